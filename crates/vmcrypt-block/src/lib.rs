@@ -1,0 +1,2 @@
+//! Block graph
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! In-process throughput measurements for `vmcrypt bench` (like `cryptsetup benchmark`).

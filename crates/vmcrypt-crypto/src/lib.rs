@@ -1,0 +1,30 @@
+//! Cryptography for vmcrypt: everything that turns keys and sectors into other bytes.
+//!
+//! * [`hash`]: the hash algorithms LUKS headers name (sha1 .. sha512, ripemd160, whirlpool).
+//! * [`kdf`]: PBKDF2 over any of those hashes, plus iteration benchmarking.
+//! * [`af`]: the LUKS anti-forensic splitter (split on key-slot write, merge on unlock).
+//! * [`spec`]: cipher specifications (`aes` + `xts-plain64`, QEMU's `aes-256`/`xts`/`plain64`).
+//! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
+//! * [`aes_xts`]: the fast AES-XTS kernel, the only module allowed to use `unsafe`.
+//! * [`secret`]: [`SecretBytes`], key material that is zeroized on drop.
+//! * [`random`]: the OS random number generator.
+//!
+//! No I/O happens here besides reading the OS RNG.
+#![deny(unsafe_code)]
+
+pub mod af;
+#[allow(unsafe_code)]
+pub mod aes_xts;
+pub mod bench;
+mod blockcipher;
+pub mod hash;
+pub mod kdf;
+pub mod random;
+pub mod secret;
+pub mod sector;
+pub mod spec;
+
+pub use hash::HashAlg;
+pub use secret::SecretBytes;
+pub use sector::SectorCipher;
+pub use spec::{CipherFamily, CipherMode, CipherSpec, IvGen};

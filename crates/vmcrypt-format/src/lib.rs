@@ -1,0 +1,4 @@
+//! Pure on-disk codecs: bytes in, typed structures out, and back. No I/O here.
+#![forbid(unsafe_code)]
+
+pub mod luks1;

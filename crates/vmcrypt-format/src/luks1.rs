@@ -1,0 +1,1 @@
+//! LUKS1 header
