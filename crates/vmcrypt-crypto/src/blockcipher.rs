@@ -12,3 +12,8 @@ pub(crate) trait BlockCipher: Send + Sync {
     /// Decrypt each block of `data` in place.
     fn decrypt_blocks(&self, data: &mut [u8]);
 }
+
+pub(crate) mod aes;
+pub(crate) mod cast5;
+pub(crate) mod serpent;
+pub(crate) mod twofish;

@@ -1,0 +1,1 @@
+//! AES via the aes crate (AES-NI/VAES when present).
