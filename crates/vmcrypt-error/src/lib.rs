@@ -72,7 +72,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` whose message says what is wrong.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), context: Vec::new(), source: None }
+        Error {
+            kind,
+            message: message.into(),
+            context: Vec::new(),
+            source: None,
+        }
     }
 
     /// Shorthand constructors, one per kind.
@@ -167,7 +172,9 @@ impl fmt::Debug for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -213,7 +220,10 @@ mod tests {
         let io = std::io::Error::other("disk on fire");
         let e = Error::io(io, "reading LUKS header").context("opening a.luks");
         assert_eq!(e.to_string(), "opening a.luks: reading LUKS header");
-        assert_eq!(e.display_chain(), "opening a.luks: reading LUKS header: disk on fire");
+        assert_eq!(
+            e.display_chain(),
+            "opening a.luks: reading LUKS header: disk on fire"
+        );
         assert_eq!(e.kind(), ErrorKind::Io);
     }
 

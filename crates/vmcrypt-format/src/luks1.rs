@@ -136,6 +136,12 @@ fn put_cstr(b: &mut [u8], off: usize, len: usize, s: &str) {
     b[off..off + n].copy_from_slice(&bytes[..n]);
 }
 
+/// Byte range of key slot `slot`'s 48-byte record inside the binary header.
+pub fn keyslot_record_range(slot: usize) -> (usize, usize) {
+    let start = OFF_KEYSLOTS + slot * KEYSLOT_SIZE;
+    (start, start + KEYSLOT_SIZE)
+}
+
 /// True if `buf` starts with the LUKS magic (either version).
 pub fn has_magic(buf: &[u8]) -> bool {
     buf.len() >= MAGIC.len() && buf[..MAGIC.len()] == MAGIC

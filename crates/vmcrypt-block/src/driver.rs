@@ -1,0 +1,136 @@
+//! The [`BlockDriver`] trait every node of a block graph implements.
+//!
+//! Drivers are synchronous and `Send + Sync`: positioned reads and writes take `&self`, so
+//! several threads may call one node at once; a driver that keeps mutable metadata guards
+//! it with its own locks. Offsets are bytes in the node's own address space (its
+//! "virtual" disk for format nodes, the file for protocol nodes).
+use std::sync::Arc;
+use vmcrypt_error::{Result, bail};
+
+/// Whether a range reads as data or is known to read as zeros.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Holds data (may still be zeros).
+    Data,
+    /// Reads as zeros and stores nothing (a hole).
+    Zero,
+}
+
+/// One extent returned by [`BlockDriver::block_status`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+    pub allocation: Allocation,
+}
+
+/// A named child edge of a node (`file`, `header`, later `backing`).
+pub struct Child {
+    pub role: &'static str,
+    pub node: Arc<dyn BlockDriver>,
+}
+
+/// A node of the block graph.
+pub trait BlockDriver: Send + Sync {
+    /// The driver's name as QEMU spells it ("file", "raw", "luks").
+    fn driver_name(&self) -> &'static str;
+
+    /// Size in bytes of this node's address space.
+    fn size(&self) -> u64;
+
+    /// Fill `buf` from `offset`. The whole range must lie inside [`BlockDriver::size`].
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// Write `buf` at `offset`. The whole range must lie inside the node (protocol nodes
+    /// may grow).
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
+
+    /// Make every completed write durable.
+    fn flush(&self) -> Result<()>;
+
+    /// Make `[offset, offset+len)` read as zeros. The default writes zero buffers.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done) as usize;
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Describe the allocation of the range starting at `offset`: the returned extent
+    /// starts at `offset`, has a non-zero length of at most `len` and one allocation state.
+    /// The default says "data" for the whole range.
+    fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
+        Ok(Extent {
+            offset,
+            length: len,
+            allocation: Allocation::Data,
+        })
+    }
+
+    /// Whether a freshly created node of this driver reads as zeros everywhere.
+    fn has_zero_init(&self) -> bool {
+        false
+    }
+
+    /// Change the size of the node.
+    fn resize(&self, new_size: u64) -> Result<()> {
+        bail!(
+            Unsupported,
+            "driver '{}' cannot be resized (asked for {new_size} bytes)",
+            self.driver_name()
+        )
+    }
+
+    /// Whether writes are refused.
+    fn is_read_only(&self) -> bool;
+
+    /// Bytes actually allocated on the host for this node and its children, if known.
+    fn allocated_size(&self) -> Option<u64> {
+        let kids = self.children();
+        if kids.is_empty() {
+            return None;
+        }
+        kids.iter().map(|c| c.node.allocated_size()).sum()
+    }
+
+    /// The file name this node stands for (protocol nodes: the path; format nodes:
+    /// their `file` child's).
+    fn filename(&self) -> String {
+        self.children()
+            .first()
+            .map(|c| c.node.filename())
+            .unwrap_or_default()
+    }
+
+    /// Children of this node, in a stable order (`file` first).
+    fn children(&self) -> Vec<Child> {
+        Vec::new()
+    }
+
+    /// Driver-specific information (QEMU's "format-specific" data), as JSON.
+    fn format_specific(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Whether the node encrypts its data.
+    fn is_encrypted(&self) -> bool {
+        false
+    }
+}
+
+/// Check that `[offset, offset+len)` lies in a node of `size` bytes.
+pub fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
+    let end = offset.checked_add(len as u64);
+    match end {
+        Some(end) if end <= size => Ok(()),
+        _ => bail!(
+            OutOfRange,
+            "{what}: request at offset {offset} length {len} is beyond the end ({size} bytes)"
+        ),
+    }
+}

@@ -1,0 +1,236 @@
+//! The `file` protocol driver: a regular host file, positioned I/O, holes via
+//! SEEK_DATA/SEEK_HOLE and fallocate.
+use crate::driver::{Allocation, BlockDriver, Extent, check_range};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use vmcrypt_error::{Error, Result, bail};
+
+/// A host file opened read-only or read-write.
+pub struct FileDriver {
+    file: File,
+    path: PathBuf,
+    read_only: bool,
+    size: AtomicU64,
+}
+
+impl FileDriver {
+    /// Open an existing file.
+    pub fn open(path: &Path, read_only: bool) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| Error::io(e, format!("could not open '{}'", path.display())))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(e, format!("could not stat '{}'", path.display())))?;
+        if meta.is_dir() {
+            bail!(Usage, "'{}' is a directory", path.display());
+        }
+        let size = if meta.file_type().is_file() {
+            meta.len()
+        } else {
+            device_size(&file)?
+        };
+        Ok(FileDriver {
+            file,
+            path: path.to_path_buf(),
+            read_only,
+            size: AtomicU64::new(size),
+        })
+    }
+
+    /// Create (or truncate) a file of `size` bytes; it reads as zeros.
+    pub fn create(path: &Path, size: u64) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(e, format!("could not create '{}'", path.display())))?;
+        file.set_len(size)
+            .map_err(|e| Error::io(e, format!("could not size '{}'", path.display())))?;
+        Ok(FileDriver {
+            file,
+            path: path.to_path_buf(),
+            read_only: false,
+            size: AtomicU64::new(size),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io_err(&self, e: std::io::Error, what: &str, offset: u64) -> Error {
+        Error::io(
+            e,
+            format!("{what} '{}' at offset {offset}", self.path.display()),
+        )
+    }
+}
+
+fn device_size(file: &File) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = file;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io(e, "could not size block device"))
+}
+
+impl BlockDriver for FileDriver {
+    fn driver_name(&self) -> &'static str {
+        "file"
+    }
+
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(
+            &format!("reading '{}'", self.path.display()),
+            offset,
+            buf.len(),
+            self.size(),
+        )?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| self.io_err(e, "reading", offset))
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if self.read_only {
+            bail!(ReadOnly, "'{}' is open read-only", self.path.display());
+        }
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| self.io_err(e, "writing", offset))?;
+        self.size
+            .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(e, format!("flushing '{}'", self.path.display())))
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        if self.read_only {
+            bail!(ReadOnly, "'{}' is open read-only", self.path.display());
+        }
+        let end = offset + len;
+        let size = self.size();
+        // Punch a hole inside the file; extend with set_len past its end.
+        let inside = end.min(size);
+        if inside > offset {
+            let punched = rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                offset,
+                inside - offset,
+            );
+            if punched.is_err() {
+                write_zero_buffers(self, offset, inside - offset)?;
+            }
+        }
+        if end > size {
+            self.file
+                .set_len(end)
+                .map_err(|e| self.io_err(e.into(), "extending", end))?;
+            self.size.fetch_max(end, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
+        let end = (offset + len).min(self.size());
+        if offset >= end {
+            bail!(
+                OutOfRange,
+                "block status at {offset} is beyond the end of '{}'",
+                self.path.display()
+            );
+        }
+        let data = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset));
+        let ext = match data {
+            Ok(d) if d > offset => Extent {
+                offset,
+                length: (d.min(end)) - offset,
+                allocation: Allocation::Zero,
+            },
+            Ok(_) => {
+                let hole =
+                    rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(offset)).unwrap_or(end);
+                Extent {
+                    offset,
+                    length: hole.min(end).max(offset + 1) - offset,
+                    allocation: Allocation::Data,
+                }
+            }
+            // ENXIO: no data after offset, the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => Extent {
+                offset,
+                length: end - offset,
+                allocation: Allocation::Zero,
+            },
+            Err(_) => Extent {
+                offset,
+                length: end - offset,
+                allocation: Allocation::Data,
+            },
+        };
+        Ok(ext)
+    }
+
+    fn has_zero_init(&self) -> bool {
+        self.file
+            .metadata()
+            .map(|m| m.file_type().is_file())
+            .unwrap_or(false)
+    }
+
+    fn resize(&self, new_size: u64) -> Result<()> {
+        if self.read_only {
+            bail!(ReadOnly, "'{}' is open read-only", self.path.display());
+        }
+        self.file
+            .set_len(new_size)
+            .map_err(|e| Error::io(e, format!("resizing '{}'", self.path.display())))?;
+        self.size.store(new_size, Ordering::Release);
+        Ok(())
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn allocated_size(&self) -> Option<u64> {
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn filename(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+fn write_zero_buffers(node: &FileDriver, offset: u64, len: u64) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min(len) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = CHUNK.min(len - done) as usize;
+        node.file
+            .write_all_at(&zeros[..n], offset + done)
+            .map_err(|e| node.io_err(e, "zeroing", offset + done))?;
+        done += n as u64;
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Build a block graph from a QEMU-style description.
+//!
+//! Input is a JSON tree as produced by [`crate::opts`] from `--image-opts` keyval strings
+//! or `json:{...}` filenames, or synthesised from a plain filename plus `-f FMT`. Every
+//! node names its `driver`; children are nested objects (or plain filename strings).
+//! A top-level node without a driver is probed (LUKS1 magic -> luks, otherwise raw).
+use crate::driver::BlockDriver;
+use crate::file::FileDriver;
+use crate::luks::LuksDriver;
+use crate::opts::{opt_str, opt_u64, parse_json_filename};
+use crate::raw::RawDriver;
+use crate::secrets::SecretStore;
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::Arc;
+use vmcrypt_error::{Error, Result, ResultExt, bail};
+use vmcrypt_format::luks1::{self, Limits};
+
+/// How a graph is opened.
+pub struct OpenContext<'a> {
+    pub secrets: &'a SecretStore,
+    pub read_only: bool,
+    /// Open encrypted nodes without their key (metadata only), as `qemu-img info` does.
+    pub metadata_only: bool,
+    pub limits: Limits,
+}
+
+/// Options of the `file` driver that are accepted and ignored (they tune QEMU's I/O).
+const FILE_IGNORED: &[&str] = &[
+    "aio",
+    "aio-max-batch",
+    "locking",
+    "cache",
+    "discard",
+    "detect-zeroes",
+    "node-name",
+    "auto-read-only",
+    "read-only",
+    "force-share",
+    "drop-cache",
+    "x-check-cache-dropped",
+];
+
+/// Describe `filename` opened with format `format` (probed when `None`). A
+/// `json:{...}` filename is parsed as such.
+pub fn spec_from_filename(filename: &str, format: Option<&str>) -> Result<Map<String, Value>> {
+    if let Some(json) = filename.strip_prefix("json:") {
+        let mut m = parse_json_filename(json)?;
+        if let Some(f) = format {
+            match opt_str(&m, "driver")? {
+                Some(d) if d != f => bail!(
+                    Usage,
+                    "format '{f}' given with -f conflicts with driver '{d}' in the json: filename"
+                ),
+                _ => {
+                    m.insert("driver".into(), Value::String(f.into()));
+                }
+            }
+        }
+        return Ok(m);
+    }
+    let mut m = Map::new();
+    if let Some(f) = format {
+        m.insert("driver".into(), Value::String(f.into()));
+    }
+    let mut file = Map::new();
+    file.insert("driver".into(), Value::String("file".into()));
+    file.insert("filename".into(), Value::String(filename.into()));
+    m.insert("file".into(), Value::Object(file));
+    Ok(m)
+}
+
+/// Guess the format of the file at `path`: "luks" for a LUKS1 header, else "raw".
+pub fn probe_format(path: &Path) -> Result<&'static str> {
+    let f = FileDriver::open(path, true)?;
+    let mut head = [0u8; 8];
+    if f.size() < 8 {
+        return Ok("raw");
+    }
+    f.read_at(&mut head, 0)?;
+    Ok(if luks1::version_of(&head) == Some(1) {
+        "luks"
+    } else {
+        "raw"
+    })
+}
+
+/// Whether the top node of `spec` would be probed, and what it probes as.
+pub fn probed_format(spec: &Map<String, Value>) -> Result<Option<&'static str>> {
+    if spec.contains_key("driver") {
+        return Ok(None);
+    }
+    let path = child_filename(spec, "file")?
+        .ok_or_else(|| Error::usage("no driver and no file.filename given"))?;
+    probe_format(Path::new(&path)).map(Some)
+}
+
+fn child_filename(spec: &Map<String, Value>, role: &str) -> Result<Option<String>> {
+    match spec.get(role) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Object(m)) => opt_str(m, "filename"),
+        _ => Ok(None),
+    }
+}
+
+/// Open the graph `spec` describes.
+pub fn open(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    let mut spec = spec.clone();
+    if let Some(fmt) = probed_format(&spec)? {
+        spec.insert("driver".into(), Value::String(fmt.into()));
+    }
+    open_node(&spec, ctx, false)
+}
+
+fn open_node(
+    spec: &Map<String, Value>,
+    ctx: &OpenContext,
+    protocol: bool,
+) -> Result<Arc<dyn BlockDriver>> {
+    let driver = match opt_str(spec, "driver")? {
+        Some(d) => d,
+        None if protocol => "file".to_string(),
+        None => bail!(Usage, "a node is missing its 'driver' option"),
+    };
+    match driver.as_str() {
+        "file" => open_file(spec, ctx),
+        "raw" => open_raw(spec, ctx),
+        "luks" => open_luks(spec, ctx),
+        other => bail!(
+            Unsupported,
+            "unknown driver '{other}' (supported: file, raw, luks)"
+        ),
+    }
+}
+
+fn check_keys(spec: &Map<String, Value>, driver: &str, allowed: &[&str]) -> Result<()> {
+    for k in spec.keys() {
+        if k != "driver" && !allowed.contains(&k.as_str()) && !FILE_IGNORED.contains(&k.as_str()) {
+            bail!(
+                Usage,
+                "block driver '{driver}' does not support the option '{k}'"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn child(
+    spec: &Map<String, Value>,
+    role: &str,
+    ctx: &OpenContext,
+) -> Result<Option<Arc<dyn BlockDriver>>> {
+    match spec.get(role) {
+        None => Ok(None),
+        Some(Value::String(name)) => Ok(Some(Arc::new(FileDriver::open(
+            Path::new(name),
+            ctx.read_only,
+        )?))),
+        Some(Value::Object(m)) => open_node(m, ctx, true)
+            .map(Some)
+            .with_ctx(|| format!("opening child '{role}'")),
+        Some(_) => bail!(Usage, "child '{role}' must be an object or a filename"),
+    }
+}
+
+fn required_child(
+    spec: &Map<String, Value>,
+    role: &str,
+    driver: &str,
+    ctx: &OpenContext,
+) -> Result<Arc<dyn BlockDriver>> {
+    child(spec, role, ctx)?.ok_or_else(|| {
+        Error::usage(format!(
+            "driver '{driver}' needs a '{role}' child (e.g. {role}.filename=PATH)"
+        ))
+    })
+}
+
+fn open_file(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    check_keys(spec, "file", &["filename"])?;
+    let name = opt_str(spec, "filename")?
+        .ok_or_else(|| Error::usage("driver 'file' needs the option 'filename'"))?;
+    Ok(Arc::new(FileDriver::open(Path::new(&name), ctx.read_only)?))
+}
+
+fn open_raw(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    check_keys(spec, "raw", &["file", "offset", "size"])?;
+    let file = required_child(spec, "file", "raw", ctx)?;
+    let offset = opt_u64(spec, "offset")?.unwrap_or(0);
+    Ok(Arc::new(RawDriver::new(
+        file,
+        offset,
+        opt_u64(spec, "size")?,
+    )?))
+}
+
+fn open_luks(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    check_keys(spec, "luks", &["file", "header", "key-secret", "key-slot"])?;
+    let file = required_child(spec, "file", "luks", ctx)?;
+    let header = child(spec, "header", ctx)?;
+    let slot = opt_u64(spec, "key-slot")?.map(|s| s as usize);
+    let name = file.filename();
+    let pass = match opt_str(spec, "key-secret")? {
+        Some(id) => Some(ctx.secrets.get(&id)?),
+        None if ctx.metadata_only => None,
+        None => bail!(
+            Usage,
+            "'{name}' is encrypted: the luks driver needs 'key-secret' (--object secret,id=ID,file=PATH and key-secret=ID)"
+        ),
+    };
+    let d = LuksDriver::open(file, header, pass.map(|p| p.as_bytes()), slot, &ctx.limits)
+        .with_ctx(|| format!("opening LUKS image '{name}'"))?;
+    Ok(Arc::new(d))
+}

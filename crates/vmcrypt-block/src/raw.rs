@@ -1,0 +1,78 @@
+//! The `raw` format driver: its `file` child as is, optionally a window of it
+//! (QEMU's `offset=` and `size=` options).
+use crate::driver::{BlockDriver, Child, Extent, check_range};
+use std::sync::Arc;
+use vmcrypt_error::{Result, bail};
+
+pub struct RawDriver {
+    file: Arc<dyn BlockDriver>,
+    offset: u64,
+    size: Option<u64>,
+}
+
+impl RawDriver {
+    pub fn new(file: Arc<dyn BlockDriver>, offset: u64, size: Option<u64>) -> Result<Self> {
+        let avail = file.size().saturating_sub(offset);
+        if let Some(s) = size
+            && s > avail
+        {
+            bail!(
+                OutOfRange,
+                "raw: offset {offset} + size {s} is beyond the end of the file ({} bytes)",
+                file.size()
+            );
+        }
+        Ok(RawDriver { file, offset, size })
+    }
+}
+
+impl BlockDriver for RawDriver {
+    fn driver_name(&self) -> &'static str {
+        "raw"
+    }
+    fn size(&self) -> u64 {
+        self.size
+            .unwrap_or_else(|| self.file.size().saturating_sub(self.offset))
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range("raw read", offset, buf.len(), self.size())?;
+        self.file.read_at(buf, self.offset + offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if self.size.is_some() {
+            check_range("raw write", offset, buf.len(), self.size())?;
+        }
+        self.file.write_at(buf, self.offset + offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.file.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.file.write_zeroes(self.offset + offset, len)
+    }
+    fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
+        let e = self.file.block_status(self.offset + offset, len)?;
+        Ok(Extent { offset, ..e })
+    }
+    fn has_zero_init(&self) -> bool {
+        self.file.has_zero_init()
+    }
+    fn resize(&self, new_size: u64) -> Result<()> {
+        if self.size.is_some() {
+            bail!(
+                Unsupported,
+                "raw: cannot resize a node opened with a fixed size="
+            );
+        }
+        self.file.resize(self.offset + new_size)
+    }
+    fn is_read_only(&self) -> bool {
+        self.file.is_read_only()
+    }
+    fn children(&self) -> Vec<Child> {
+        vec![Child {
+            role: "file",
+            node: self.file.clone(),
+        }]
+    }
+}
