@@ -13,6 +13,7 @@ pub mod create;
 pub mod driver;
 pub mod file;
 pub mod graph;
+pub mod info;
 pub mod luks;
 pub mod mem;
 pub mod opts;

@@ -1,0 +1,243 @@
+//! Command-line syntax: flags parsed to plain data (validated later, in the commands).
+//! Image commands follow qemu-img; `vmcrypt luks ...` follows cryptsetup.
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vmcrypt",
+    version,
+    about = "Encrypted VM disks: LUKS images with a qemu-img-compatible command line"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every image command takes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Common {
+    /// Define a secret: secret,id=ID,file=PATH (or data=STRING, unsafe: visible in ps)
+    #[arg(long = "object", value_name = "OBJECTDEF")]
+    pub objects: Vec<String>,
+    /// Treat the filename as a set of image options (driver=luks,file.filename=...)
+    #[arg(long = "image-opts")]
+    pub image_opts: bool,
+    /// Quiet: no progress or warnings
+    #[arg(short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create an image (qemu-img create)
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f', default_value = "raw")]
+        format: String,
+        /// Format options (key=value,...); -o help lists them
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        filename: String,
+        size: Option<String>,
+    },
+    /// Show image information (qemu-img info)
+    Info {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        filename: String,
+    },
+    /// Convert or copy an image (qemu-img convert)
+    Convert {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(short = 'O', default_value = "raw")]
+        out_format: String,
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Vec<String>,
+        /// Target exists: do not create it
+        #[arg(short = 'n')]
+        no_create: bool,
+        /// Treat the target name as image options (needs -n)
+        #[arg(long = "target-image-opts")]
+        target_image_opts: bool,
+        /// Show a progress bar
+        #[arg(short = 'p')]
+        progress: bool,
+        /// Cache mode of the target (accepted for compatibility)
+        #[arg(short = 't')]
+        cache: Option<String>,
+        /// Cache mode of the source (accepted for compatibility)
+        #[arg(short = 'T')]
+        src_cache: Option<String>,
+        source: String,
+        target: String,
+    },
+    /// Check an image for consistency (qemu-img check)
+    Check {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        filename: String,
+    },
+    /// Change the virtual size of an image (qemu-img resize)
+    Resize {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Allow shrinking (data past the new end is lost)
+        #[arg(long)]
+        shrink: bool,
+        filename: String,
+        #[arg(allow_hyphen_values = true)]
+        size: String,
+    },
+    /// LUKS header and key-slot management (cryptsetup's luks* commands)
+    Luks {
+        #[command(subcommand)]
+        command: LuksCommand,
+    },
+    /// Measure cipher and PBKDF2 speed (like cryptsetup benchmark)
+    Bench {
+        /// Seconds to spend per measurement
+        #[arg(long, default_value = "0.5")]
+        seconds: f64,
+    },
+}
+
+/// Where the passphrase and header come from, shared by the luks commands.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeyOpts {
+    /// Read the passphrase from FILE (exact bytes; - = all of stdin)
+    #[arg(long = "key-file", short = 'd', value_name = "FILE")]
+    pub key_file: Option<String>,
+    /// Key slot to use
+    #[arg(long = "key-slot", short = 'S', value_name = "N")]
+    pub key_slot: Option<usize>,
+    /// Detached LUKS header file
+    #[arg(long = "header", value_name = "FILE")]
+    pub header: Option<String>,
+    /// Batch mode: no confirmation questions
+    #[arg(long = "batch-mode", short = 'q')]
+    pub batch: bool,
+}
+
+/// How new key slots are made.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NewKeyOpts {
+    /// Read the new passphrase from FILE (exact bytes)
+    #[arg(long = "new-key-file", value_name = "FILE")]
+    pub new_key_file: Option<String>,
+    /// PBKDF2 time per unlock in milliseconds
+    #[arg(long = "iter-time", short = 'i', value_name = "MS")]
+    pub iter_time: Option<u32>,
+    /// Fixed PBKDF2 iteration count
+    #[arg(long = "pbkdf-force-iterations", value_name = "N")]
+    pub iterations: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LuksCommand {
+    /// Print the header (luksDump)
+    Dump {
+        device: String,
+        #[command(flatten)]
+        key: KeyOpts,
+        /// Print the volume key too (asks for a passphrase)
+        #[arg(long = "dump-volume-key", alias = "dump-master-key")]
+        dump_volume_key: bool,
+        /// JSON instead of cryptsetup's text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a passphrase (luksAddKey)
+    AddKey {
+        device: String,
+        /// File with the new passphrase
+        new_key_file_pos: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+        #[command(flatten)]
+        new: NewKeyOpts,
+        /// Use the volume key from FILE instead of an existing passphrase
+        #[arg(
+            long = "volume-key-file",
+            alias = "master-key-file",
+            value_name = "FILE"
+        )]
+        volume_key_file: Option<String>,
+    },
+    /// Remove the key slot a passphrase opens (luksRemoveKey)
+    RemoveKey {
+        device: String,
+        key_file_pos: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Wipe a key slot (luksKillSlot)
+    KillSlot {
+        device: String,
+        slot: usize,
+        key_file_pos: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Change a passphrase (luksChangeKey)
+    ChangeKey {
+        device: String,
+        new_key_file_pos: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+        #[command(flatten)]
+        new: NewKeyOpts,
+    },
+    /// Save the header and key slots to a file (luksHeaderBackup)
+    HeaderBackup {
+        device: String,
+        #[arg(long = "header-backup-file", value_name = "FILE")]
+        file: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Restore the header and key slots from a backup (luksHeaderRestore)
+    HeaderRestore {
+        device: String,
+        #[arg(long = "header-backup-file", value_name = "FILE")]
+        file: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Print or set the UUID (luksUUID)
+    Uuid {
+        device: String,
+        /// Set this UUID
+        #[arg(long = "uuid")]
+        uuid: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Exit 0 if the device has a LUKS header (isLuks)
+    IsLuks {
+        device: String,
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Check a passphrase without changing anything (open --test-passphrase)
+    TestKey {
+        device: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+}

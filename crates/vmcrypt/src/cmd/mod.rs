@@ -1,0 +1,123 @@
+//! Command implementations: each turns parsed flags into library calls and prints.
+mod bench;
+mod image;
+mod luks;
+
+use crate::cli::{Cli, Command, Common};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use vmcrypt_block::BlockDriver;
+use vmcrypt_block::graph::{self, OpenContext};
+use vmcrypt_block::opts::parse_keyval;
+use vmcrypt_block::secrets::SecretStore;
+use vmcrypt_error::{Result, bail};
+use vmcrypt_format::luks1::Limits;
+
+/// Run a parsed command; returns the exit status on success paths (check may return 2/3).
+pub fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Create {
+            common,
+            format,
+            options,
+            filename,
+            size,
+        } => image::create(&common, &format, &options, &filename, size.as_deref()),
+        Command::Info {
+            common,
+            format,
+            output,
+            filename,
+        } => image::info(&common, format.as_deref(), &output, &filename),
+        Command::Convert {
+            common,
+            format,
+            out_format,
+            options,
+            no_create,
+            target_image_opts,
+            progress,
+            cache,
+            src_cache,
+            source,
+            target,
+        } => {
+            let _ = (cache, src_cache);
+            image::convert(&image::ConvertArgs {
+                common: &common,
+                format: format.as_deref(),
+                out_format: &out_format,
+                options: &options,
+                no_create,
+                target_image_opts,
+                progress,
+                source: &source,
+                target: &target,
+            })
+        }
+        Command::Check {
+            common,
+            format,
+            output,
+            filename,
+        } => image::check(&common, format.as_deref(), &output, &filename),
+        Command::Resize {
+            common,
+            format,
+            shrink,
+            filename,
+            size,
+        } => image::resize(&common, format.as_deref(), shrink, &filename, &size),
+        Command::Luks { command } => luks::run(command),
+        Command::Bench { seconds } => bench::run(seconds),
+    }
+}
+
+/// Secrets from every `--object`.
+pub fn secrets(common: &Common) -> Result<SecretStore> {
+    let mut s = SecretStore::new();
+    for o in &common.objects {
+        s.add_object(o)?;
+    }
+    Ok(s)
+}
+
+/// The graph description of an image argument (`--image-opts`, `json:`, or a filename
+/// with an optional `-f`).
+pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<Map<String, Value>> {
+    if common.image_opts {
+        if format.is_some() {
+            bail!(Usage, "--image-opts and -f are mutually exclusive");
+        }
+        return parse_keyval(name, None);
+    }
+    graph::spec_from_filename(name, format)
+}
+
+/// Open an image argument.
+pub fn open_image(
+    common: &Common,
+    format: Option<&str>,
+    name: &str,
+    secrets: &SecretStore,
+    read_only: bool,
+    metadata_only: bool,
+) -> Result<Arc<dyn BlockDriver>> {
+    let spec = image_spec(common, format, name)?;
+    if !common.quiet
+        && let Ok(Some("raw")) = graph::probed_format(&spec)
+    {
+        eprintln!(
+            "WARNING: Image format was not specified for '{name}' and probing guessed raw.\n         \
+             Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n         \
+             Specify the 'raw' format explicitly to remove the restrictions."
+        );
+    }
+    let ctx = OpenContext {
+        secrets,
+        read_only,
+        metadata_only,
+        limits: Limits::default(),
+    };
+    graph::open(&spec, &ctx)
+}
