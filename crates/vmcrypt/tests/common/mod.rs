@@ -1,0 +1,442 @@
+//! Shared helpers for the live interop tests: a deterministic plaintext generator (the
+//! same one as /work/shared/vectors/qemu/gen_plain.py), runners for `vmcrypt`,
+//! `qemu-img` and `cryptsetup` that capture stdout/stderr and show them on failure, a
+//! `require_tool` check that fails loudly when a tool is missing, and a scratch dir.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Our binary under test.
+pub const VMCRYPT: &str = env!("CARGO_BIN_EXE_vmcrypt");
+
+/// Folder of the QEMU-made test vectors (see its README.txt).
+pub const QEMU_VECTORS: &str = "/work/shared/vectors/qemu";
+
+/// Passphrases used by the tests (written to files, never put on command lines).
+pub const PASS: &[u8] = b"interop pass \xc3\xa9 1";
+pub const PASS2: &[u8] = b"second-passphrase";
+pub const PASS3: &[u8] = b"third passphrase!";
+pub const WRONG: &[u8] = b"not the passphrase";
+
+/// Which Debian package provides each external tool.
+fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "qemu-img" => "qemu-utils",
+        "cryptsetup" => "cryptsetup-bin",
+        "openssl" => "openssl",
+        _ => "the package providing it",
+    }
+}
+
+/// The full path of `tool` on PATH; panics (fails the test) when it is missing.
+pub fn require_tool(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let cand = dir.join(tool);
+        if cand.is_file() {
+            return cand;
+        }
+    }
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let cand = Path::new(dir).join(tool);
+        if cand.is_file() {
+            return cand;
+        }
+    }
+    panic!(
+        "{tool} not found: install {} (this interop test needs the real tool and is never skipped)",
+        package_of(tool)
+    );
+}
+
+/// The result of running one external command.
+pub struct Out {
+    pub cmdline: String,
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Everything about the run, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "command: {}\nexit code: {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.cmdline,
+            self.code,
+            self.stdout_str(),
+            self.stderr
+        )
+    }
+
+    /// Panic unless the command exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "command failed\n{}", self.describe());
+        self
+    }
+
+    /// Panic unless the command exited with `code`.
+    #[track_caller]
+    pub fn code_is(self, code: i32) -> Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "unexpected exit code (wanted {code})\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panic unless the command failed (exited with a non-zero code, not a signal).
+    #[track_caller]
+    pub fn failed(self) -> Self {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "command should have failed with an exit code\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Panic unless stderr contains `needle` (case-insensitive).
+    #[track_caller]
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.to_lowercase().contains(&needle.to_lowercase()),
+            "stderr should mention {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Parse stdout as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e})\n{}", self.describe()))
+    }
+}
+
+fn run_in(program: &Path, args: &[&str], dir: Option<&Path>, stdin: Option<&[u8]>) -> Out {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cmdline = std::iter::once(program.display().to_string())
+        .chain(args.iter().map(|a| shell_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmdline}: {e}"));
+    if let Some(input) = stdin {
+        let mut si = child.stdin.take().expect("stdin pipe");
+        si.write_all(input).expect("writing child stdin");
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmdline}: {e}"));
+    Out {
+        cmdline,
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn shell_quote(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_=,./:+@%".contains(c))
+    {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
+/// Run our binary.
+pub fn vmcrypt(args: &[&str]) -> Out {
+    run_in(Path::new(VMCRYPT), args, None, None)
+}
+
+/// Run our binary with `input` on stdin.
+pub fn vmcrypt_stdin(args: &[&str], input: &[u8]) -> Out {
+    run_in(Path::new(VMCRYPT), args, None, Some(input))
+}
+
+/// Run qemu-img (failing the test if it is not installed).
+pub fn qemu_img(args: &[&str]) -> Out {
+    run_in(&require_tool("qemu-img"), args, None, None)
+}
+
+/// Run cryptsetup (failing the test if it is not installed).
+pub fn cryptsetup(args: &[&str]) -> Out {
+    run_in(&require_tool("cryptsetup"), args, None, None)
+}
+
+/// Run any other tool by name (failing the test if it is not installed).
+pub fn tool(name: &str, args: &[&str]) -> Out {
+    run_in(&require_tool(name), args, None, None)
+}
+
+/// Deterministic plaintext, byte-identical to `gen_plain.py SIZE OUT SEED`: sector `s`
+/// (512 bytes) is sha256(seed || le64(s)) repeated 16 times, except that sectors whose
+/// byte offset lies in [256 KiB, 512 KiB) are all zeros (a hole).
+pub fn plaintext(size: usize, seed: &str) -> Vec<u8> {
+    assert_eq!(size % 512, 0, "plaintext size must be whole sectors");
+    let mut out = Vec::with_capacity(size);
+    for s in 0..size / 512 {
+        let off = s * 512;
+        if (256 * 1024..512 * 1024).contains(&off) {
+            out.extend_from_slice(&[0u8; 512]);
+        } else {
+            let mut h = Sha256::new();
+            h.update(seed.as_bytes());
+            h.update((s as u64).to_le_bytes());
+            let d = h.finalize();
+            for _ in 0..16 {
+                out.extend_from_slice(&d);
+            }
+        }
+    }
+    out
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[track_caller]
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+#[track_caller]
+pub fn sha256_file(path: &Path) -> String {
+    sha256_hex(&read(path))
+}
+
+/// Assert two byte strings are equal, reporting the first differing offset instead of
+/// dumping megabytes.
+#[track_caller]
+pub fn assert_same_bytes(what: &str, got: &[u8], want: &[u8]) {
+    if got == want {
+        return;
+    }
+    let first = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    panic!(
+        "{what}: bytes differ (got {} bytes, want {}; first difference at offset {first} = sector {}; got sha256 {}, want sha256 {})",
+        got.len(),
+        want.len(),
+        first / 512,
+        sha256_hex(got),
+        sha256_hex(want)
+    );
+}
+
+/// A temporary directory for one test, removed when dropped.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch {
+            dir: tempfile::Builder::new()
+                .prefix("vmcrypt-interop-")
+                .tempdir()
+                .expect("creating a temporary directory"),
+        }
+    }
+
+    /// Absolute path of `name` inside the scratch dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `path(name)` as a String (for command lines).
+    pub fn p(&self, name: &str) -> String {
+        self.path(name)
+            .to_str()
+            .expect("temporary paths are UTF-8")
+            .to_string()
+    }
+
+    /// Write `bytes` to `name`; returns its path as a String.
+    pub fn write(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.path(name), bytes).expect("writing a scratch file");
+        self.p(name)
+    }
+
+    /// Create an empty (sparse) file of `len` bytes.
+    pub fn sparse(&self, name: &str, len: u64) -> String {
+        let f = std::fs::File::create(self.path(name)).expect("creating a scratch file");
+        f.set_len(len).expect("sizing a scratch file");
+        self.p(name)
+    }
+
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        read(&self.path(name))
+    }
+
+    /// The `--object` argument for a secret `id` read from key file `file`.
+    pub fn secret(&self, id: &str, file: &str) -> String {
+        format!("secret,id={id},file={}", self.p(file))
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `--image-opts` string opening `file` (and optional detached `header`) as luks
+/// with secret `id`. Commas in paths are escaped as QEMU's keyval syntax wants.
+pub fn luks_opts(id: &str, file: &str, header: Option<&str>) -> String {
+    let esc = |s: &str| s.replace(',', ",,");
+    let mut s = format!("driver=luks,key-secret={id},file.filename={}", esc(file));
+    if let Some(h) = header {
+        s += &format!(",header.filename={}", esc(h));
+    }
+    s
+}
+
+/// Decrypt a LUKS image with qemu-img into `out` (raw) and return the bytes.
+#[track_caller]
+pub fn qemu_decrypt(
+    sc: &Scratch,
+    keyfile: &str,
+    file: &str,
+    header: Option<&str>,
+    out: &str,
+) -> Vec<u8> {
+    qemu_img(&[
+        "convert",
+        "--object",
+        &sc.secret("q0", keyfile),
+        "--image-opts",
+        &luks_opts("q0", file, header),
+        "-O",
+        "raw",
+        &sc.p(out),
+    ])
+    .ok();
+    sc.read(out)
+}
+
+/// Decrypt a LUKS image with vmcrypt into `out` (raw) and return the bytes.
+#[track_caller]
+pub fn vmcrypt_decrypt(
+    sc: &Scratch,
+    keyfile: &str,
+    file: &str,
+    header: Option<&str>,
+    out: &str,
+) -> Vec<u8> {
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &sc.secret("v0", keyfile),
+        "--image-opts",
+        &luks_opts("v0", file, header),
+        "-O",
+        "raw",
+        &sc.p(out),
+    ])
+    .ok();
+    sc.read(out)
+}
+
+/// Run `cryptsetup open --test-passphrase --key-file KEYFILE` with extra `args`.
+pub fn cs_test_pass(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
+    let kf = sc.p(keyfile);
+    let mut args = vec!["open", "--test-passphrase", "--key-file", &kf];
+    args.extend_from_slice(extra);
+    args.push(image);
+    cryptsetup(&args)
+}
+
+/// Run `vmcrypt luks test-key --key-file KEYFILE` with extra `args`.
+pub fn vm_test_key(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
+    let kf = sc.p(keyfile);
+    let mut args = vec!["luks", "test-key", "--key-file", &kf];
+    args.extend_from_slice(extra);
+    args.push(image);
+    vmcrypt(&args)
+}
+
+/// Format `image` (an existing file) as LUKS1 with cryptsetup, quickly.
+#[track_caller]
+pub fn cs_format(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) {
+    let kf = sc.p(keyfile);
+    let mut args = vec![
+        "luksFormat",
+        "--type",
+        "luks1",
+        "--batch-mode",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        &kf,
+    ];
+    args.extend_from_slice(extra);
+    args.push(image);
+    cryptsetup(&args).ok();
+}
+
+/// Create a LUKS image from plaintext `raw` with vmcrypt convert and extra `-o` options.
+#[track_caller]
+pub fn vmcrypt_encrypt(sc: &Scratch, keyfile: &str, raw: &str, out: &str, opts: &str) {
+    let o = format!(
+        "key-secret=s0,iterations=1000{}{opts}",
+        if opts.is_empty() { "" } else { "," }
+    );
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &sc.secret("s0", keyfile),
+        "-f",
+        "raw",
+        "-O",
+        "luks",
+        "-o",
+        &o,
+        &sc.p(raw),
+        &sc.p(out),
+    ])
+    .ok();
+}
+
+/// One value of a `cryptsetup luksDump` line such as "Cipher name:   \taes".
+#[track_caller]
+pub fn dump_field(dump: &str, field: &str) -> String {
+    dump.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no '{field}' line in dump:\n{dump}"))
+}
