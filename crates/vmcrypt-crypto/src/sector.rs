@@ -226,7 +226,7 @@ fn check_geometry(sector_size: usize, len: usize) -> Result<()> {
             "invalid sector size {sector_size} (must be a power of two from 512 to 4096)"
         );
     }
-    if len % sector_size != 0 {
+    if !len.is_multiple_of(sector_size) {
         bail!(
             OutOfRange,
             "data length {len} is not a multiple of the sector size {sector_size}"

@@ -1,8 +1,8 @@
 //! Cipher specifications: what a LUKS header or a QEMU option names, parsed and validated.
 //!
-//! LUKS1 stores `cipher_name` ("aes") + `cipher_mode` ("xts-plain64", "cbc-essiv:sha256")
-//! + key bytes; LUKS2 stores one string ("aes-xts-plain64"); QEMU's options split it into
-//! cipher-alg ("aes-256"), cipher-mode ("xts"), ivgen-alg ("plain64"), ivgen-hash-alg.
+//! LUKS1 stores `cipher_name` ("aes"), `cipher_mode` ("xts-plain64", "cbc-essiv:sha256")
+//! and the key bytes; LUKS2 stores one string ("aes-xts-plain64"); QEMU's options split it
+//! into cipher-alg ("aes-256"), cipher-mode ("xts"), ivgen-alg ("plain64"), ivgen-hash-alg.
 //!
 //! Every constructor validates the combination: key sizes per family (XTS doubles the
 //! key), XTS only over 16-byte blocks, and ESSIV only with a hash whose digest length is
@@ -277,7 +277,9 @@ impl CipherSpec {
             );
         }
         let parts = self.mode.key_parts();
-        if self.key_bytes % parts != 0 || !self.family.is_valid_key_size(self.key_bytes / parts) {
+        if !self.key_bytes.is_multiple_of(parts)
+            || !self.family.is_valid_key_size(self.key_bytes / parts)
+        {
             let valid: Vec<String> = self
                 .family
                 .key_sizes()
@@ -291,14 +293,14 @@ impl CipherSpec {
                 valid.join(", ")
             );
         }
-        if let (IvGen::Essiv(h), CipherMode::Cbc | CipherMode::Xts) = (self.ivgen, self.mode) {
-            if !self.family.is_valid_key_size(h.output_len()) {
-                bail!(
-                    Unsupported,
-                    "essiv:{h} needs a {}-byte {fam} key, which {fam} does not support",
-                    h.output_len()
-                );
-            }
+        if let (IvGen::Essiv(h), CipherMode::Cbc | CipherMode::Xts) = (self.ivgen, self.mode)
+            && !self.family.is_valid_key_size(h.output_len())
+        {
+            bail!(
+                Unsupported,
+                "essiv:{h} needs a {}-byte {fam} key, which {fam} does not support",
+                h.output_len()
+            );
         }
         Ok(())
     }
@@ -374,7 +376,7 @@ fn parse_qemu_cipher_alg(alg: &str) -> Result<(CipherFamily, usize)> {
     let (name, bits) = alg.rsplit_once('-').ok_or_else(unsupported)?;
     let family = CipherFamily::from_name(name).map_err(|_| unsupported())?;
     let bits: usize = bits.parse().map_err(|_| unsupported())?;
-    if bits % 8 != 0 || !family.is_valid_key_size(bits / 8) {
+    if !bits.is_multiple_of(8) || !family.is_valid_key_size(bits / 8) {
         return Err(unsupported());
     }
     Ok((family, bits / 8))
