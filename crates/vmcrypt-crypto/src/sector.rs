@@ -35,8 +35,10 @@ pub struct SectorCipher {
 ///
 /// AES-XTS currently runs on the generic [`Backend::Xts`] path. The fast
 /// `crate::aes_xts::AesXts` kernel applies exactly when family = AES, mode = XTS and
-/// ivgen = plain64 (its tweak is le128(sector), which equals the plain64 IV); add a
-/// variant for it here and select it in [`Backend::new`].
+/// ivgen = plain64 (its tweak le128(sector) equals the plain64 IV): add a variant for it
+/// here, select it in [`Backend::new`], and in `SectorCipher::run` hand it the whole
+/// buffer (`encrypt_sectors(iv_sector, sector_size / 512, sector_size, data)`) before the
+/// chunk loop.
 enum Backend {
     /// XTS over any 16-byte block cipher: `data` = first key half, `tweak` = second.
     Xts {
@@ -94,14 +96,6 @@ impl SectorCipher {
 
     fn run(&self, iv_sector: u64, sector_size: usize, data: &mut [u8], enc: bool) -> Result<()> {
         check_geometry(sector_size, data.len())?;
-        if let Backend::Ecb(c) = &self.backend {
-            if enc {
-                c.encrypt_blocks(data);
-            } else {
-                c.decrypt_blocks(data);
-            }
-            return Ok(());
-        }
         let step = (sector_size / 512) as u64;
         let chunk_len = CHUNK_BYTES.max(sector_size);
         let mut scratch = Scratch::new(data.len().min(chunk_len), sector_size, self.iv.len);
@@ -125,7 +119,8 @@ impl SectorCipher {
                 (Backend::Cbc(c), false) => {
                     cbc_decrypt_chunk(c.as_ref(), ivs, sector_size, chunk, &mut scratch.buf)
                 }
-                (Backend::Ecb(_), _) => unreachable!("ECB handled above"),
+                (Backend::Ecb(c), true) => c.encrypt_blocks(chunk),
+                (Backend::Ecb(c), false) => c.decrypt_blocks(chunk),
             }
         }
         Ok(())
@@ -236,14 +231,26 @@ fn check_geometry(sector_size: usize, len: usize) -> Result<()> {
 }
 
 fn xor_in_place(dst: &mut [u8], src: &[u8]) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d ^= s;
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (a, b) in (&mut d).zip(&mut s) {
+        xor16(a, b);
     }
+    for (a, b) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *a ^= b;
+    }
+}
+
+/// XOR one 16-byte block (as a u128, so it is a single vector operation).
+fn xor16(dst: &mut [u8], src: &[u8]) {
+    let a = u128::from_ne_bytes(dst[..16].try_into().expect("16 bytes"));
+    let b = u128::from_ne_bytes(src[..16].try_into().expect("16 bytes"));
+    dst[..16].copy_from_slice(&(a ^ b).to_ne_bytes());
 }
 
 /// Multiply an XTS tweak by the primitive element alpha of GF(2^128) (little-endian).
 fn mul_alpha(t: u128) -> u128 {
-    (t << 1) ^ ((t >> 127) * 0x87)
+    (t << 1) ^ (((t as i128 >> 127) as u128) & 0x87)
 }
 
 /// XTS over whole sectors: tweaks for every block first, then one bulk cipher call.
@@ -258,17 +265,21 @@ fn xts_chunk(
 ) {
     tweak_cipher.encrypt_blocks(ivs);
     let tweaks = &mut tweak_buf[..chunk.len()];
-    for (iv, sector_tweaks) in ivs
-        .chunks_exact(16)
-        .zip(tweaks.chunks_exact_mut(sector_size))
-    {
+    let sectors = chunk
+        .chunks_exact_mut(sector_size)
+        .zip(tweaks.chunks_exact_mut(sector_size));
+    for (iv, (sector, sector_tweaks)) in ivs.chunks_exact(16).zip(sectors) {
         let mut t = u128::from_le_bytes(iv.try_into().expect("16-byte IV"));
-        for block in sector_tweaks.chunks_exact_mut(16) {
-            block.copy_from_slice(&t.to_le_bytes());
+        let blocks = sector
+            .chunks_exact_mut(16)
+            .zip(sector_tweaks.chunks_exact_mut(16));
+        for (block, tweak) in blocks {
+            let tb = t.to_le_bytes();
+            tweak.copy_from_slice(&tb);
+            xor16(block, &tb);
             t = mul_alpha(t);
         }
     }
-    xor_in_place(chunk, tweaks);
     if enc {
         cipher.encrypt_blocks(chunk);
     } else {
