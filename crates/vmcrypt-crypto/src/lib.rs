@@ -12,9 +12,9 @@
 //! No I/O happens here besides reading the OS RNG.
 #![deny(unsafe_code)]
 
-pub mod af;
 #[allow(unsafe_code)]
 pub mod aes_xts;
+pub mod af;
 pub mod bench;
 mod blockcipher;
 pub mod hash;
