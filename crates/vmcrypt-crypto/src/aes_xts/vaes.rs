@@ -1,22 +1,30 @@
-//! The VAES + AVX-512 XTS kernel (x86_64): four AES blocks per 512-bit register, eight
-//! registers (one 512-byte group) in flight.
+//! The VAES XTS kernel (x86_64 with VAES, VPCLMULQDQ, AVX-512VL/BW): two AES blocks per
+//! 256-bit register, sixteen registers (one 512-byte group) in flight.
 //!
-//! Tweaks: for a sector with encrypted tweak T, register pair (lo, hi) holds
-//! T*x^0..3 and T*x^4..7, one per 128-bit lane. Later registers of a group are
-//! lo/hi * x^8, x^16, x^24 and the next group starts at lo/hi * x^32; multiplying by
-//! x^(8k) is a byte shift of each lane plus a carry-less multiplication of the k bytes
-//! shifted out by 0x87 (the reduction polynomial x^7 + x^2 + x + 1), which keeps the tweak
-//! work off the AES port. The whitening XOR (block ^ tweak ^ round key 0) is one
+//! 256-bit rather than 512-bit registers: on the Intel cores measured, 512-bit `vaesenc`
+//! issues on one port and lowers the clock, while 256-bit `vaesenc` issues on two, so
+//! 256-bit VAES moves about a third more blocks per second (see the crate notes in
+//! `bench-xts.sh`). The AVX-512VL instructions used on 256-bit registers (three-way XOR,
+//! masked loads) are "light" and do not lower the clock.
+//!
+//! Tweaks: for a sector with encrypted tweak T, the base registers b0..b3 hold
+//! T*x^(2j), T*x^(2j+1) (one per 128-bit lane). Register 4k+j of a group is bj * x^(8k),
+//! and the next group starts at bj * x^32. Multiplying by x^(8k) is a byte shift of each
+//! lane plus a carry-less multiplication of the k bytes shifted out by 0x87 (the
+//! reduction x^128 = x^7 + x^2 + x + 1), which keeps the tweak work on the shuffle port,
+//! away from the two AES ports. The whitening XOR (block ^ tweak ^ round key 0) is one
 //! three-way XOR, and the final tweak XOR is folded into the last round's key.
 use super::HwKeys;
 use super::keysched::MAX_ROUNDS;
 use core::arch::x86_64::*;
 
-/// Sectors whose tweaks are encrypted together (4 per register).
+/// Sectors whose tweaks are encrypted together (2 per register).
 const BATCH: usize = 16;
+/// Registers per group (16 registers = 32 blocks = 512 bytes).
+const GROUP: usize = 16;
 
-/// Round keys broadcast to all four lanes.
-type Rk = [__m512i; MAX_ROUNDS + 1];
+/// Round keys broadcast to both lanes.
+type Rk = [__m256i; MAX_ROUNDS + 1];
 
 /// Whether this CPU has every feature the kernel uses.
 pub(crate) fn available() -> bool {
@@ -26,6 +34,7 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("vaes")
         && is_x86_feature_detected!("vpclmulqdq")
         && is_x86_feature_detected!("aes")
+        && is_x86_feature_detected!("avx2")
 }
 
 /// XTS-encrypt or -decrypt `data` in place (see `AesXts::encrypt_sectors`).
@@ -48,19 +57,19 @@ pub(crate) unsafe fn crypt(keys: &HwKeys, decrypt: bool, first: u64, step: u64, 
     }
 }
 
-/// A 16-byte value (round key or tweak) as a 128-bit lane, broadcast to all four lanes.
+/// A 16-byte value (round key or tweak) broadcast to both 128-bit lanes.
 #[inline]
-#[target_feature(enable = "avx512f")]
-fn broadcast(bytes: &[u8; 16]) -> __m512i {
+#[target_feature(enable = "avx2")]
+fn broadcast(bytes: &[u8; 16]) -> __m256i {
     let lo = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let hi = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-    _mm512_broadcast_i32x4(_mm_set_epi64x(hi as i64, lo as i64))
+    _mm256_broadcastsi128_si256(_mm_set_epi64x(hi as i64, lo as i64))
 }
 
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx2")]
 fn broadcast_keys<const NR: usize>(keys: &[[u8; 16]; MAX_ROUNDS + 1]) -> Rk {
-    let mut rk = [_mm512_setzero_si512(); MAX_ROUNDS + 1];
+    let mut rk = [_mm256_setzero_si256(); MAX_ROUNDS + 1];
     for (r, k) in rk.iter_mut().zip(keys).take(NR + 1) {
         *r = broadcast(k);
     }
@@ -69,127 +78,130 @@ fn broadcast_keys<const NR: usize>(keys: &[[u8; 16]; MAX_ROUNDS + 1]) -> Rk {
 
 /// The reduction constant 0x87 in the low qword of each lane.
 #[inline]
-#[target_feature(enable = "avx512f")]
-fn poly() -> __m512i {
-    _mm512_broadcast_i32x4(_mm_set_epi64x(0, 0x87))
+#[target_feature(enable = "avx2")]
+fn poly() -> __m256i {
+    _mm256_set_epi64x(0, 0x87, 0, 0x87)
 }
 
-/// Multiply each lane by x^(8K) (R = 16 - K, K <= 7).
+/// Multiply each lane by x^(8K) (R = 16 - K, 1 <= K <= 7).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
-fn mul_x8k<const K: i32, const R: i32>(t: __m512i) -> __m512i {
-    let out = _mm512_bsrli_epi128::<R>(t);
-    _mm512_xor_si512(_mm512_bslli_epi128::<K>(t), _mm512_clmulepi64_epi128::<0x00>(out, poly()))
+#[target_feature(enable = "avx2,vpclmulqdq")]
+fn mul_x8k<const K: i32, const R: i32>(t: __m256i) -> __m256i {
+    let out = _mm256_bsrli_epi128::<R>(t);
+    _mm256_xor_si256(_mm256_bslli_epi128::<K>(t), _mm256_clmulepi64_epi128::<0x00>(out, poly()))
 }
 
-/// Lane i of `t` (all lanes equal) times x^(c+i), i = 0..3, c <= 4.
+/// Lane i of `t` (both lanes equal) times x^(c+i), i = 0, 1, c <= 6.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
-fn mul_x_lanes(t: __m512i, c: i64) -> __m512i {
-    let cnt = _mm512_set_epi64(c + 3, c + 3, c + 2, c + 2, c + 1, c + 1, c, c);
-    let inv = _mm512_sub_epi64(_mm512_set1_epi64(64), cnt);
-    let shifted = _mm512_sllv_epi64(t, cnt);
+#[target_feature(enable = "avx2,avx512f,avx512vl,vpclmulqdq")]
+fn mul_x_lanes(t: __m256i, c: i64) -> __m256i {
+    let cnt = _mm256_set_epi64x(c + 1, c + 1, c, c);
+    let inv = _mm256_sub_epi64(_mm256_set1_epi64x(64), cnt);
+    let shifted = _mm256_sllv_epi64(t, cnt);
     // Bits shifted out of each qword (a count of 64 gives 0).
-    let carry = _mm512_srlv_epi64(t, inv);
-    _mm512_ternarylogic_epi64::<0x96>(
+    let carry = _mm256_srlv_epi64(t, inv);
+    _mm256_ternarylogic_epi64::<0x96>(
         shifted,
-        _mm512_bslli_epi128::<8>(carry),
-        _mm512_clmulepi64_epi128::<0x01>(carry, poly()),
+        _mm256_bslli_epi128::<8>(carry),
+        _mm256_clmulepi64_epi128::<0x01>(carry, poly()),
     )
 }
 
 /// AES rounds 1..=NR on `x` (round 0 already applied), the last with per-register keys.
 #[inline]
-#[target_feature(enable = "avx512f,vaes")]
-fn rounds<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, x: &mut [__m512i; N], last: &[__m512i; N]) {
-    for k in &rk[1..NR] {
+#[target_feature(enable = "avx2,vaes")]
+fn rounds<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, x: &mut [__m256i; N], last: &[__m256i; N]) {
+    // An opaque round count keeps this a loop: fully unrolled, LLVM's scheduler reorders
+    // the rounds into one dependent chain per register, which halves the throughput.
+    let nr = core::hint::black_box(NR);
+    for k in &rk[1..nr] {
         for v in x.iter_mut() {
-            *v = if DEC { _mm512_aesdec_epi128(*v, *k) } else { _mm512_aesenc_epi128(*v, *k) };
+            *v = if DEC { _mm256_aesdec_epi128(*v, *k) } else { _mm256_aesenc_epi128(*v, *k) };
         }
     }
     for (v, k) in x.iter_mut().zip(last) {
-        *v = if DEC { _mm512_aesdeclast_epi128(*v, *k) } else { _mm512_aesenclast_epi128(*v, *k) };
+        *v = if DEC { _mm256_aesdeclast_epi128(*v, *k) } else { _mm256_aesenclast_epi128(*v, *k) };
     }
 }
 
-/// XTS on `chunk` (exactly N registers = 64*N bytes) with tweaks `tw`.
+/// XTS on `chunk` (exactly N registers = 32*N bytes) with tweaks `tw`.
 #[inline]
-#[target_feature(enable = "avx512f,vaes")]
-fn crypt_regs<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, tw: &[__m512i; N], chunk: &mut [u8]) {
-    assert_eq!(chunk.len(), 64 * N);
+#[target_feature(enable = "avx2,avx512f,avx512vl,vaes")]
+fn crypt_regs<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, tw: &[__m256i; N], chunk: &mut [u8]) {
+    assert_eq!(chunk.len(), 32 * N);
     let p = chunk.as_mut_ptr();
-    let mut x = [_mm512_setzero_si512(); N];
-    let mut last = [_mm512_setzero_si512(); N];
+    let mut x = [_mm256_setzero_si256(); N];
+    let mut last = [_mm256_setzero_si256(); N];
     for i in 0..N {
-        // SAFETY: chunk.len() == 64 * N, so bytes 64i..64i+64 are in bounds; loadu has
-        // no alignment requirement; avx512f is enabled for this function.
-        let d = unsafe { _mm512_loadu_si512(p.add(64 * i).cast()) };
-        x[i] = _mm512_ternarylogic_epi64::<0x96>(d, tw[i], rk[0]);
-        last[i] = _mm512_xor_si512(tw[i], rk[NR]);
+        // SAFETY: chunk.len() == 32 * N, so bytes 32i..32i+32 are in bounds; loadu has
+        // no alignment requirement; avx2 is enabled for this function.
+        let d = unsafe { _mm256_loadu_si256(p.add(32 * i).cast()) };
+        x[i] = _mm256_ternarylogic_epi64::<0x96>(d, tw[i], rk[0]);
+        last[i] = _mm256_xor_si256(tw[i], rk[NR]);
     }
     rounds::<NR, DEC, N>(rk, &mut x, &last);
     for (i, v) in x.iter().enumerate() {
         // SAFETY: as for the load above.
-        unsafe { _mm512_storeu_si512(p.add(64 * i).cast(), *v) };
+        unsafe { _mm256_storeu_si256(p.add(32 * i).cast(), *v) };
     }
 }
 
-/// XTS on the last 1..=3 blocks of a sector (`tail.len()` is 16, 32 or 48) with lane
-/// tweaks `tw`, using masked loads and stores.
+/// XTS on the last block of a sector (`tail.len()` is 16) with tweak lane 0 of `tw`,
+/// using a masked load and store.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,vaes")]
-fn crypt_tail<const NR: usize, const DEC: bool>(rk: &Rk, tw: __m512i, tail: &mut [u8]) {
-    assert!(tail.len() < 64);
-    let mask = (1u64 << tail.len()) - 1;
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes")]
+fn crypt_tail<const NR: usize, const DEC: bool>(rk: &Rk, tw: __m256i, tail: &mut [u8]) {
+    assert!(tail.len() < 32);
+    let mask = (1u32 << tail.len()) - 1;
     let p = tail.as_mut_ptr();
     // SAFETY: the mask enables exactly bytes 0..tail.len(), which are in bounds; AVX-512
-    // masked loads do not access (or fault on) masked-off bytes; avx512bw is enabled.
-    let d = unsafe { _mm512_maskz_loadu_epi8(mask, p.cast()) };
-    let mut x = [_mm512_ternarylogic_epi64::<0x96>(d, tw, rk[0])];
-    rounds::<NR, DEC, 1>(rk, &mut x, &[_mm512_xor_si512(tw, rk[NR])]);
+    // masked loads do not access (or fault on) masked-off bytes; avx512bw+vl are enabled.
+    let d = unsafe { _mm256_maskz_loadu_epi8(mask, p.cast()) };
+    let mut x = [_mm256_ternarylogic_epi64::<0x96>(d, tw, rk[0])];
+    rounds::<NR, DEC, 1>(rk, &mut x, &[_mm256_xor_si256(tw, rk[NR])]);
     // SAFETY: as for the masked load.
-    unsafe { _mm512_mask_storeu_epi8(p.cast(), mask, x[0]) };
+    unsafe { _mm256_mask_storeu_epi8(p.cast(), mask, x[0]) };
 }
 
 /// XTS on one sector whose encrypted tweak is `t`.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,vaes,vpclmulqdq")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,vpclmulqdq")]
 fn crypt_sector<const NR: usize, const DEC: bool>(rk: &Rk, t: &[u8; 16], sector: &mut [u8]) {
     let t = broadcast(t);
-    let mut lo = mul_x_lanes(t, 0);
-    let mut hi = mul_x_lanes(t, 4);
-    let mut groups = sector.chunks_exact_mut(512);
+    // Index of the first register-sized chunk after the last whole group.
+    let n = sector.len() / 32 % GROUP;
+    let mut b = [mul_x_lanes(t, 0), mul_x_lanes(t, 2), mul_x_lanes(t, 4), mul_x_lanes(t, 6)];
+    let mut groups = sector.chunks_exact_mut(32 * GROUP);
     for group in &mut groups {
-        let (lo2, hi2) = (mul_x8k::<1, 15>(lo), mul_x8k::<1, 15>(hi));
-        let tw = [
-            lo,
-            hi,
-            lo2,
-            hi2,
-            mul_x8k::<2, 14>(lo),
-            mul_x8k::<2, 14>(hi),
-            mul_x8k::<2, 14>(lo2),
-            mul_x8k::<2, 14>(hi2),
-        ];
-        crypt_regs::<NR, DEC, 8>(rk, &tw, group);
-        lo = mul_x8k::<4, 12>(lo);
-        hi = mul_x8k::<4, 12>(hi);
+        let mut tw = [_mm256_setzero_si256(); GROUP];
+        for j in 0..4 {
+            tw[j] = b[j];
+            tw[4 + j] = mul_x8k::<1, 15>(b[j]);
+            tw[8 + j] = mul_x8k::<2, 14>(b[j]);
+            tw[12 + j] = mul_x8k::<3, 13>(b[j]);
+        }
+        crypt_regs::<NR, DEC, GROUP>(rk, &tw, group);
+        b = b.map(|v| mul_x8k::<4, 12>(v));
     }
-    let mut regs = groups.into_remainder().chunks_exact_mut(64);
-    for reg in &mut regs {
-        crypt_regs::<NR, DEC, 1>(rk, &[lo], reg);
-        (lo, hi) = (hi, mul_x8k::<1, 15>(lo));
+    // Fewer than 32 blocks left: one register (2 blocks) at a time, then maybe one block.
+    let mut regs = groups.into_remainder().chunks_exact_mut(32);
+    for (i, reg) in (&mut regs).enumerate() {
+        let j = i % 4;
+        crypt_regs::<NR, DEC, 1>(rk, &[b[j]], reg);
+        if j == 3 {
+            b = b.map(|v| mul_x8k::<1, 15>(v));
+        }
     }
     let tail = regs.into_remainder();
     if !tail.is_empty() {
-        crypt_tail::<NR, DEC>(rk, lo, tail);
+        crypt_tail::<NR, DEC>(rk, b[n % 4], tail);
     }
 }
 
-/// Encrypt the tweaks le128(`first` + i * `step`) of `out.len()` (<= BATCH) sectors with
-/// the tweak key; returns the tweak number following the last one.
+/// Encrypt the tweaks le128(`first` + i * `step`) of `n` (<= BATCH) sectors into `out`
+/// with the tweak key; returns the tweak number following the last one.
 #[inline]
-#[target_feature(enable = "avx512f,vaes")]
+#[target_feature(enable = "avx2,vaes")]
 fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u8; 16]; BATCH], n: usize) -> u64 {
     let mut no = first;
     let mut next = || {
@@ -197,28 +209,30 @@ fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u
         no = no.wrapping_add(step);
         v
     };
-    let mut x = [_mm512_setzero_si512(); BATCH / 4];
-    for v in x.iter_mut().take(n.div_ceil(4)) {
-        let (a, b, c, d) = (next(), next(), next(), next());
-        *v = _mm512_xor_si512(_mm512_set_epi64(0, d, 0, c, 0, b, 0, a), tk[0]);
+    const REGS: usize = BATCH / 2;
+    let mut x = [_mm256_setzero_si256(); REGS];
+    for v in x.iter_mut().take(n.div_ceil(2)) {
+        let (a, b) = (next(), next());
+        *v = _mm256_xor_si256(_mm256_set_epi64x(0, b, 0, a), tk[0]);
     }
-    let last = [tk[NR]; BATCH / 4];
-    match n.div_ceil(4) {
+    let last = [tk[NR]; REGS];
+    // Only as many registers as needed: a single-sector call costs one AES, not eight.
+    match n.div_ceil(2) {
         1 => rounds::<NR, false, 1>(tk, (&mut x[..1]).try_into().expect("1"), (&last[..1]).try_into().expect("1")),
         2 => rounds::<NR, false, 2>(tk, (&mut x[..2]).try_into().expect("2"), (&last[..2]).try_into().expect("2")),
-        3 => rounds::<NR, false, 3>(tk, (&mut x[..3]).try_into().expect("3"), (&last[..3]).try_into().expect("3")),
-        _ => rounds::<NR, false, 4>(tk, &mut x, &last),
+        3 | 4 => rounds::<NR, false, 4>(tk, (&mut x[..4]).try_into().expect("4"), (&last[..4]).try_into().expect("4")),
+        _ => rounds::<NR, false, REGS>(tk, &mut x, &last),
     }
     let p = out.as_mut_ptr().cast::<u8>();
     for (i, v) in x.iter().enumerate() {
-        // SAFETY: `out` is BATCH * 16 = 4 * 64 contiguous bytes and i < BATCH / 4, so
-        // bytes 64i..64i+64 are in bounds; storeu needs no alignment.
-        unsafe { _mm512_storeu_si512(p.add(64 * i).cast(), *v) };
+        // SAFETY: `out` is BATCH * 16 = REGS * 32 contiguous bytes and i < REGS, so
+        // bytes 32i..32i+32 are in bounds; storeu needs no alignment.
+        unsafe { _mm256_storeu_si256(p.add(32 * i).cast(), *v) };
     }
     first.wrapping_add(step.wrapping_mul(n as u64))
 }
 
-#[target_feature(enable = "avx512f,avx512vl,avx512bw,vaes,vpclmulqdq,aes")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,vpclmulqdq,aes")]
 fn kernel<const NR: usize, const DEC: bool>(keys: &HwKeys, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
     let rk = broadcast_keys::<NR>(if DEC { &keys.data.dec } else { &keys.data.enc });
     let tk = broadcast_keys::<NR>(&keys.tweak.enc);
