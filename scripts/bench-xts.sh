@@ -5,6 +5,7 @@
 #   ROUNDS  measurement rounds (default 3); each round runs openssl and ours once per
 #           block size and direction, alternating which goes first
 #   SECONDS seconds per measurement (default 2)
+#   BENCH_CPU (environment) the CPU to pin both to with taskset (default 0)
 #
 # Prints the median MB/s (10^6 bytes/s) of both and the ratio ours/openssl per block
 # size and direction; exits 1 if a ratio misses its target (1.5x at 512 bytes, 1.8x at
@@ -22,9 +23,10 @@ command -v openssl >/dev/null || { echo "openssl not found" >&2; exit 2; }
 cargo build --quiet --release -p vmcrypt-crypto --example xts_speed
 BIN=target/release/examples/xts_speed
 
+CPU=${BENCH_CPU:-0}
 PIN=()
-if command -v taskset >/dev/null && taskset -c 0 true 2>/dev/null; then
-    PIN=(taskset -c 0)
+if command -v taskset >/dev/null && taskset -c "$CPU" true 2>/dev/null; then
+    PIN=(taskset -c "$CPU")
 fi
 
 # openssl speed in machine-readable mode: "+F:<n>:AES-256-XTS:<bytes per second>".

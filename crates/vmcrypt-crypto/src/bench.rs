@@ -30,7 +30,12 @@ impl Throughput {
 /// passed (at least once) and counts `buf.len()` bytes per call; the result holds each
 /// run's rate and their median. One untimed call warms caches and lazy initialisation
 /// first. `f` may change `buf` (encrypting in place repeatedly is fine).
-pub fn throughput<F: FnMut(&mut [u8])>(buf: &mut [u8], runs: usize, min_time: Duration, mut f: F) -> Throughput {
+pub fn throughput<F: FnMut(&mut [u8])>(
+    buf: &mut [u8],
+    runs: usize,
+    min_time: Duration,
+    mut f: F,
+) -> Throughput {
     f(buf);
     let mut rates: Vec<f64> = (0..runs.max(1))
         .map(|_| {
@@ -47,7 +52,10 @@ pub fn throughput<F: FnMut(&mut [u8])>(buf: &mut [u8], runs: usize, min_time: Du
         })
         .collect();
     rates.sort_by(f64::total_cmp);
-    Throughput { median: median(&rates), runs: rates }
+    Throughput {
+        median: median(&rates),
+        runs: rates,
+    }
 }
 
 /// The median of sorted values (the mean of the middle two for an even count; 0 if empty).
@@ -80,7 +88,7 @@ mod tests {
             b[0] = b[0].wrapping_add(1);
         });
         assert_eq!(t.runs.len(), 3);
-        assert!(calls >= 1 + 3 * 5, "{calls}");
+        assert!(calls >= 4, "warm-up plus at least one call per run: {calls}");
         // At least 1 ms per 1000-byte call: at most 1 MB/s, and clearly more than 0.
         assert!(t.median > 0.0 && t.median <= 1.0e6, "{}", t.median);
         assert!(t.runs.windows(2).all(|w| w[0] <= w[1]));

@@ -20,7 +20,14 @@ pub(crate) fn available() -> bool {
 ///
 /// # Safety
 /// The CPU must support AES-NI.
-pub(crate) unsafe fn crypt(keys: &HwKeys, decrypt: bool, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
+pub(crate) unsafe fn crypt(
+    keys: &HwKeys,
+    decrypt: bool,
+    first: u64,
+    step: u64,
+    sector_size: usize,
+    data: &mut [u8],
+) {
     // SAFETY (all arms): the caller guarantees AES-NI, the only feature `kernel` enables
     // beyond the x86_64 baseline.
     unsafe {
@@ -52,27 +59,48 @@ fn from_bytes(bytes: &[u8; 16]) -> __m128i {
 fn mul_x(t: __m128i) -> __m128i {
     // Dword 0 <- dword 3, dword 2 <- dword 1; arithmetic shift spreads their top bits.
     let tops = _mm_srai_epi32::<31>(_mm_shuffle_epi32::<0x13>(t));
-    _mm_xor_si128(_mm_slli_epi64::<1>(t), _mm_and_si128(tops, _mm_set_epi32(0, 1, 0, 0x87)))
+    _mm_xor_si128(
+        _mm_slli_epi64::<1>(t),
+        _mm_and_si128(tops, _mm_set_epi32(0, 1, 0, 0x87)),
+    )
 }
 
 /// AES rounds 1..=NR on `x` (round 0 already applied), the last with per-block keys.
 #[inline]
 #[target_feature(enable = "sse2,aes")]
-fn rounds<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, x: &mut [__m128i; N], last: &[__m128i; N]) {
-    for k in &rk[1..NR] {
+fn rounds<const NR: usize, const DEC: bool, const N: usize>(
+    rk: &Rk,
+    x: &mut [__m128i; N],
+    last: &[__m128i; N],
+) {
+    // An opaque round count keeps this a round-major loop (see `vaes::rounds`).
+    let nr = core::hint::black_box(NR);
+    for k in &rk[1..nr] {
         for v in x.iter_mut() {
-            *v = if DEC { _mm_aesdec_si128(*v, *k) } else { _mm_aesenc_si128(*v, *k) };
+            *v = if DEC {
+                _mm_aesdec_si128(*v, *k)
+            } else {
+                _mm_aesenc_si128(*v, *k)
+            };
         }
     }
     for (v, k) in x.iter_mut().zip(last) {
-        *v = if DEC { _mm_aesdeclast_si128(*v, *k) } else { _mm_aesenclast_si128(*v, *k) };
+        *v = if DEC {
+            _mm_aesdeclast_si128(*v, *k)
+        } else {
+            _mm_aesenclast_si128(*v, *k)
+        };
     }
 }
 
 /// XTS on `chunk` (exactly N blocks) starting with tweak `t`; returns the next tweak.
 #[inline]
 #[target_feature(enable = "sse2,aes")]
-fn crypt_blocks<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, mut t: __m128i, chunk: &mut [u8]) -> __m128i {
+fn crypt_blocks<const NR: usize, const DEC: bool, const N: usize>(
+    rk: &Rk,
+    mut t: __m128i,
+    chunk: &mut [u8],
+) -> __m128i {
     assert_eq!(chunk.len(), 16 * N);
     let p = chunk.as_mut_ptr();
     let mut x = [_mm_setzero_si128(); N];
@@ -111,7 +139,13 @@ fn crypt_sector<const NR: usize, const DEC: bool>(rk: &Rk, t: &[u8; 16], sector:
 /// returns the tweak number following the last one.
 #[inline]
 #[target_feature(enable = "sse2,aes")]
-fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u8; 16]; LANES], n: usize) -> u64 {
+fn encrypt_tweaks<const NR: usize>(
+    tk: &Rk,
+    first: u64,
+    step: u64,
+    out: &mut [[u8; 16]; LANES],
+    n: usize,
+) -> u64 {
     let mut no = first;
     let mut x = [_mm_setzero_si128(); LANES];
     for v in x.iter_mut().take(n) {
@@ -127,7 +161,13 @@ fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u
 }
 
 #[target_feature(enable = "sse2,aes")]
-fn kernel<const NR: usize, const DEC: bool>(keys: &HwKeys, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
+fn kernel<const NR: usize, const DEC: bool>(
+    keys: &HwKeys,
+    first: u64,
+    step: u64,
+    sector_size: usize,
+    data: &mut [u8],
+) {
     let src = if DEC { &keys.data.dec } else { &keys.data.enc };
     let rk: Rk = core::array::from_fn(|r| from_bytes(&src[r]));
     let tk: Rk = core::array::from_fn(|r| from_bytes(&keys.tweak.enc[r]));

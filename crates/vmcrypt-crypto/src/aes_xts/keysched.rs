@@ -42,12 +42,8 @@ const SBOX: [u8; 256] = {
             i += 1;
         }
         let b = inv;
-        table[x] = b
-            ^ b.rotate_left(1)
-            ^ b.rotate_left(2)
-            ^ b.rotate_left(3)
-            ^ b.rotate_left(4)
-            ^ 0x63;
+        table[x] =
+            b ^ b.rotate_left(1) ^ b.rotate_left(2) ^ b.rotate_left(3) ^ b.rotate_left(4) ^ 0x63;
         x += 1;
     }
     table
@@ -67,7 +63,11 @@ impl RoundKeys {
     /// Expand a 16, 24 or 32-byte key. Panics on other lengths (callers check).
     pub(crate) fn new(key: &[u8]) -> Self {
         let nk = key.len() / 4;
-        assert!(matches!(key.len(), 16 | 24 | 32), "AES key length {}", key.len());
+        assert!(
+            matches!(key.len(), 16 | 24 | 32),
+            "AES key length {}",
+            key.len()
+        );
         let rounds = nk + 6;
         let total = 4 * (rounds + 1);
         let mut w = [[0u8; 4]; 4 * (MAX_ROUNDS + 1)];
@@ -78,7 +78,12 @@ impl RoundKeys {
         for i in nk..total {
             let mut t = w[i - 1];
             if i % nk == 0 {
-                t = [SBOX[t[1] as usize] ^ rcon, SBOX[t[2] as usize], SBOX[t[3] as usize], SBOX[t[0] as usize]];
+                t = [
+                    SBOX[t[1] as usize] ^ rcon,
+                    SBOX[t[2] as usize],
+                    SBOX[t[3] as usize],
+                    SBOX[t[0] as usize],
+                ];
                 rcon = gf_mul(rcon, 2);
             } else if nk > 6 && i % nk == 4 {
                 t = t.map(|b| SBOX[b as usize]);
@@ -87,7 +92,11 @@ impl RoundKeys {
                 w[i][j] = w[i - nk][j] ^ t[j];
             }
         }
-        let mut keys = RoundKeys { enc: [[0; 16]; MAX_ROUNDS + 1], dec: [[0; 16]; MAX_ROUNDS + 1], rounds };
+        let mut keys = RoundKeys {
+            enc: [[0; 16]; MAX_ROUNDS + 1],
+            dec: [[0; 16]; MAX_ROUNDS + 1],
+            rounds,
+        };
         for r in 0..=rounds {
             for c in 0..4 {
                 keys.enc[r][4 * c..4 * c + 4].copy_from_slice(&w[4 * r + c]);
@@ -138,12 +147,15 @@ mod tests {
         assert_eq!(k.rounds, 10);
         assert_eq!(hex::encode(k.enc[10]), "d014f9a8c9ee2589e13f0cc8b6630ca6");
         // A.2 (AES-192): w[48..51] = e98ba06f 448c773c 8ecc7204 01002202.
-        let k = RoundKeys::new(&hex::decode("8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b").unwrap());
+        let k = RoundKeys::new(
+            &hex::decode("8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b").unwrap(),
+        );
         assert_eq!(k.rounds, 12);
         assert_eq!(hex::encode(k.enc[12]), "e98ba06f448c773c8ecc720401002202");
         // A.3 (AES-256): w[56..59] = fe4890d1 e6188d0b 046df344 706c631e.
         let k = RoundKeys::new(
-            &hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4").unwrap(),
+            &hex::decode("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4")
+                .unwrap(),
         );
         assert_eq!(k.rounds, 14);
         assert_eq!(hex::encode(k.enc[14]), "fe4890d1e6188d0b046df344706c631e");

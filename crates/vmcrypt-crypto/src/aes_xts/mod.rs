@@ -11,14 +11,14 @@
 //! `aesni` and `vaes` (x86_64 only).
 use vmcrypt_error::{Error, Result};
 
-mod keysched;
-mod soft;
 #[cfg(target_arch = "x86_64")]
 mod aesni;
-#[cfg(target_arch = "x86_64")]
-mod vaes;
+mod keysched;
+mod soft;
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod vaes;
 
 use keysched::RoundKeys;
 use soft::SoftKeys;
@@ -63,7 +63,10 @@ impl Backend {
 
     /// The fastest backend this CPU can run.
     fn best() -> Backend {
-        [Backend::Vaes, Backend::AesNi].into_iter().find(|b| b.available()).unwrap_or(Backend::Soft)
+        [Backend::Vaes, Backend::AesNi]
+            .into_iter()
+            .find(|b| b.available())
+            .unwrap_or(Backend::Soft)
     }
 }
 
@@ -94,7 +97,10 @@ pub struct AesXts {
 
 impl std::fmt::Debug for AesXts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AesXts").field("key_bits", &self.key_bits).field("backend", &self.backend.name()).finish()
+        f.debug_struct("AesXts")
+            .field("key_bits", &self.key_bits)
+            .field("backend", &self.backend.name())
+            .finish()
     }
 }
 
@@ -114,16 +120,24 @@ impl AesXts {
             )));
         }
         if !backend.available() {
-            return Err(Error::unsupported(format!("AES-XTS backend {} is not supported by this CPU", backend.name())));
+            return Err(Error::unsupported(format!(
+                "AES-XTS backend {} is not supported by this CPU",
+                backend.name()
+            )));
         }
         let (k1, k2) = key.split_at(key.len() / 2);
         let keys = match backend {
             Backend::Soft => Keys::Soft(Box::new(SoftKeys::new(key))),
-            Backend::Vaes | Backend::AesNi => {
-                Keys::Hw(Box::new(HwKeys { data: RoundKeys::new(k1), tweak: RoundKeys::new(k2) }))
-            }
+            Backend::Vaes | Backend::AesNi => Keys::Hw(Box::new(HwKeys {
+                data: RoundKeys::new(k1),
+                tweak: RoundKeys::new(k2),
+            })),
         };
-        Ok(AesXts { keys, backend, key_bits: k1.len() * 8 })
+        Ok(AesXts {
+            keys,
+            backend,
+            key_bits: k1.len() * 8,
+        })
     }
 
     /// Encrypt `data` in place. Sector k of `data` (k = 0, 1, ..) is encrypted with the
@@ -133,13 +147,25 @@ impl AesXts {
     /// # Panics
     /// If `sector_size` is 0 or not a multiple of 16, or `data.len()` is not a multiple of
     /// `sector_size`. Callers ([`crate::SectorCipher`]) validate these first.
-    pub fn encrypt_sectors(&self, first_tweak: u64, tweak_step: u64, sector_size: usize, data: &mut [u8]) {
+    pub fn encrypt_sectors(
+        &self,
+        first_tweak: u64,
+        tweak_step: u64,
+        sector_size: usize,
+        data: &mut [u8],
+    ) {
         self.crypt(false, first_tweak, tweak_step, sector_size, data);
     }
 
     /// Decrypt `data` in place, the inverse of [`AesXts::encrypt_sectors`] (same tweaks,
     /// same panics).
-    pub fn decrypt_sectors(&self, first_tweak: u64, tweak_step: u64, sector_size: usize, data: &mut [u8]) {
+    pub fn decrypt_sectors(
+        &self,
+        first_tweak: u64,
+        tweak_step: u64,
+        sector_size: usize,
+        data: &mut [u8],
+    ) {
         self.crypt(true, first_tweak, tweak_step, sector_size, data);
     }
 
@@ -150,7 +176,9 @@ impl AesXts {
 
     fn crypt(&self, decrypt: bool, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
         assert!(
-            sector_size > 0 && sector_size.is_multiple_of(16) && data.len().is_multiple_of(sector_size),
+            sector_size > 0
+                && sector_size.is_multiple_of(16)
+                && data.len().is_multiple_of(sector_size),
             "AES-XTS: sector size {sector_size} / data length {} not multiples of 16 / the sector size",
             data.len()
         );
@@ -162,7 +190,9 @@ impl AesXts {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `backend` is Vaes only if `vaes::available()` returned true in
             // `with_backend`, so the CPU has every feature `vaes::crypt` enables.
-            (Keys::Hw(k), Backend::Vaes) => unsafe { vaes::crypt(k, decrypt, first, step, sector_size, data) },
+            (Keys::Hw(k), Backend::Vaes) => unsafe {
+                vaes::crypt(k, decrypt, first, step, sector_size, data)
+            },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `backend` is AesNi only if `aesni::available()` returned true in
             // `with_backend`, so the CPU has AES-NI.

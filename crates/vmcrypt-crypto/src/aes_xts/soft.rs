@@ -13,7 +13,7 @@ const CHUNK: usize = 32;
 /// Multiply a little-endian XTS tweak by x in GF(2^128) (IEEE 1619 section 5.2).
 #[inline]
 pub(crate) fn mul_x(t: u128) -> u128 {
-    (t << 1) ^ (((t >> 127) as u128) * 0x87)
+    (t << 1) ^ ((t >> 127) * 0x87)
 }
 
 /// One AES key schedule of the `aes` crate (which zeroizes it on drop).
@@ -59,12 +59,22 @@ impl SoftKeys {
     /// `key` is K1 || K2 (32, 48 or 64 bytes; checked by the caller).
     pub(crate) fn new(key: &[u8]) -> Self {
         let (k1, k2) = key.split_at(key.len() / 2);
-        SoftKeys { data: Cipher::new(k1), tweak: Cipher::new(k2) }
+        SoftKeys {
+            data: Cipher::new(k1),
+            tweak: Cipher::new(k2),
+        }
     }
 
     /// Encrypt (`decrypt == false`) or decrypt `data` sector by sector; see
     /// [`super::AesXts::encrypt_sectors`] for the tweak numbering.
-    pub(crate) fn crypt(&self, decrypt: bool, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
+    pub(crate) fn crypt(
+        &self,
+        decrypt: bool,
+        first: u64,
+        step: u64,
+        sector_size: usize,
+        data: &mut [u8],
+    ) {
         let mut tweak_no = first;
         for sector in data.chunks_exact_mut(sector_size) {
             let mut t = [Block::default()];
@@ -83,7 +93,11 @@ impl SoftKeys {
         let n = chunk.len() / 16;
         let mut tweaks = [0u128; CHUNK];
         let mut blocks = [Block::default(); CHUNK];
-        for ((t, b), src) in tweaks.iter_mut().zip(blocks.iter_mut()).zip(chunk.chunks_exact(16)) {
+        for ((t, b), src) in tweaks
+            .iter_mut()
+            .zip(blocks.iter_mut())
+            .zip(chunk.chunks_exact(16))
+        {
             *t = tweak;
             let x = u128::from_le_bytes(src.try_into().expect("16 bytes")) ^ tweak;
             b.copy_from_slice(&x.to_le_bytes());
@@ -94,7 +108,11 @@ impl SoftKeys {
         } else {
             self.data.encrypt(&mut blocks[..n]);
         }
-        for ((t, b), dst) in tweaks.iter().zip(blocks.iter()).zip(chunk.chunks_exact_mut(16)) {
+        for ((t, b), dst) in tweaks
+            .iter()
+            .zip(blocks.iter())
+            .zip(chunk.chunks_exact_mut(16))
+        {
             let x = u128::from_le_bytes((*b).into()) ^ t;
             dst.copy_from_slice(&x.to_le_bytes());
         }

@@ -41,7 +41,12 @@ fn check_vector(name: &str, key: &[u8], tweak: u64, ptx: &[u8], ctx: &[u8]) {
         let xts = AesXts::with_backend(key, b).unwrap();
         let mut buf = ptx.to_vec();
         xts.encrypt_sectors(tweak, 1, ptx.len(), &mut buf);
-        assert_eq!(hex::encode(&buf), hex::encode(ctx), "{name} encrypt on {}", b.name());
+        assert_eq!(
+            hex::encode(&buf),
+            hex::encode(ctx),
+            "{name} encrypt on {}",
+            b.name()
+        );
         xts.decrypt_sectors(tweak, 1, ptx.len(), &mut buf);
         assert_eq!(buf, ptx, "{name} decrypt on {}", b.name());
     }
@@ -221,13 +226,34 @@ fn ieee1619_annex_b_vector_14() {
          81d70ea737134cdfce93b6f82ae22423274e58a0821cc5502e2d0ab4585e94de
          6975be5e0b4efce51cd3e70c25a1fbbbd609d273ad5b0d59631c531f6a0a57b9",
     );
-    check_vector("vector 14", &unhex(KEY_256), 0xff_ffff_ffff, &ramp512(), &ctx);
+    check_vector(
+        "vector 14",
+        &unhex(KEY_256),
+        0xff_ffff_ffff,
+        &ramp512(),
+        &ctx,
+    );
 }
 
 /// XTS of `data` (sector by sector) through OpenSSL's EVP interface.
-fn openssl_xts(encrypt: bool, key: &[u8], first: u64, step: u64, sector: usize, data: &[u8]) -> Vec<u8> {
-    let cipher = if key.len() == 32 { Cipher::aes_128_xts() } else { Cipher::aes_256_xts() };
-    let mode = if encrypt { Mode::Encrypt } else { Mode::Decrypt };
+fn openssl_xts(
+    encrypt: bool,
+    key: &[u8],
+    first: u64,
+    step: u64,
+    sector: usize,
+    data: &[u8],
+) -> Vec<u8> {
+    let cipher = if key.len() == 32 {
+        Cipher::aes_128_xts()
+    } else {
+        Cipher::aes_256_xts()
+    };
+    let mode = if encrypt {
+        Mode::Encrypt
+    } else {
+        Mode::Decrypt
+    };
     let mut out = Vec::with_capacity(data.len());
     for (k, chunk) in data.chunks(sector).enumerate() {
         let iv = (first.wrapping_add(step.wrapping_mul(k as u64)) as u128).to_le_bytes();
@@ -242,7 +268,14 @@ fn openssl_xts(encrypt: bool, key: &[u8], first: u64, step: u64, sector: usize, 
 }
 
 /// Tweak numbers that exercise carries: small, around 2^32 and near u64::MAX (wrapping).
-const TWEAKS: [u64; 6] = [0, 1, 0xffff_fffe, 0x1_0000_0000, u64::MAX - 2, 0x0123_4567_89ab_cdef];
+const TWEAKS: [u64; 6] = [
+    0,
+    1,
+    0xffff_fffe,
+    0x1_0000_0000,
+    u64::MAX - 2,
+    0x0123_4567_89ab_cdef,
+];
 /// Sector sizes covering every code path: single blocks, masked 1..3-block tails,
 /// whole 64-byte registers, 512-byte groups with remainders, and 4 KiB sectors.
 const SECTORS: [usize; 10] = [16, 32, 48, 64, 80, 112, 512, 528, 1008, 4096];
@@ -252,7 +285,10 @@ fn matches_openssl_aes128_and_aes256() {
     for key_len in [32, 64] {
         let mut key = pseudo_random(key_len as u64, key_len);
         key[key_len / 2] ^= 0x5a; // OpenSSL insists K1 != K2; make sure.
-        let xtss: Vec<_> = backends().into_iter().map(|b| AesXts::with_backend(&key, b).unwrap()).collect();
+        let xtss: Vec<_> = backends()
+            .into_iter()
+            .map(|b| AesXts::with_backend(&key, b).unwrap())
+            .collect();
         for &sector in &SECTORS {
             for (i, &first) in TWEAKS.iter().enumerate() {
                 // 1, 3 or 17 sectors: 17 crosses the 16-sector tweak batches.
@@ -264,7 +300,10 @@ fn matches_openssl_aes128_and_aes256() {
                 for xts in &xtss {
                     let mut buf = plain.clone();
                     xts.encrypt_sectors(first, step, sector, &mut buf);
-                    let ctx = format!("{} key {key_len} sector {sector} tweak {first:#x}", xts.backend());
+                    let ctx = format!(
+                        "{} key {key_len} sector {sector} tweak {first:#x}",
+                        xts.backend()
+                    );
                     assert!(buf == want, "encrypt mismatch: {ctx}");
                     xts.decrypt_sectors(first, step, sector, &mut buf);
                     assert!(buf == plain, "decrypt mismatch: {ctx}");
@@ -281,7 +320,8 @@ fn reference_xts192(key: &[u8], first: u64, sector: usize, data: &[u8]) -> Vec<u
     let k2 = aes::Aes192::new_from_slice(&key[24..]).unwrap();
     let mut out = data.to_vec();
     for (k, chunk) in out.chunks_mut(sector).enumerate() {
-        let mut t = GenericArray::clone_from_slice(&(first.wrapping_add(k as u64) as u128).to_le_bytes());
+        let mut t =
+            GenericArray::clone_from_slice(&(first.wrapping_add(k as u64) as u128).to_le_bytes());
         k2.encrypt_block(&mut t);
         let mut tweak = u128::from_le_bytes(t.into());
         for block in chunk.chunks_mut(16) {
@@ -308,7 +348,11 @@ fn aes192_matches_reference() {
                 xts.encrypt_sectors(first, 1, sector, &mut buf);
                 assert!(buf == want, "{} sector {sector} tweak {first:#x}", b.name());
                 xts.decrypt_sectors(first, 1, sector, &mut buf);
-                assert!(buf == plain, "{} decrypt sector {sector} tweak {first:#x}", b.name());
+                assert!(
+                    buf == plain,
+                    "{} decrypt sector {sector} tweak {first:#x}",
+                    b.name()
+                );
             }
         }
     }
@@ -323,11 +367,21 @@ fn backends_agree_on_large_buffers() {
             let mut outputs = Vec::new();
             for b in backends() {
                 let mut buf = plain.clone();
-                AesXts::with_backend(&key, b).unwrap().encrypt_sectors(u64::MAX - 100, 1, sector, &mut buf);
+                AesXts::with_backend(&key, b).unwrap().encrypt_sectors(
+                    u64::MAX - 100,
+                    1,
+                    sector,
+                    &mut buf,
+                );
                 outputs.push((b, buf));
             }
             for (b, out) in &outputs[1..] {
-                assert!(*out == outputs[0].1, "{} differs from {}", b.name(), outputs[0].0.name());
+                assert!(
+                    *out == outputs[0].1,
+                    "{} differs from {}",
+                    b.name(),
+                    outputs[0].0.name()
+                );
             }
         }
     }
@@ -343,7 +397,10 @@ fn new_picks_an_available_backend() {
         assert_ne!(xts.backend(), "soft");
     }
     let dbg = format!("{xts:?}");
-    assert!(dbg.contains("key_bits: 256") && !dbg.contains("7, 7"), "{dbg}");
+    assert!(
+        dbg.contains("key_bits: 256") && !dbg.contains("7, 7"),
+        "{dbg}"
+    );
 }
 
 #[test]
@@ -351,7 +408,11 @@ fn rejects_bad_key_lengths() {
     for len in [0, 16, 31, 33, 47, 63, 65, 128] {
         let err = AesXts::new(&vec![1u8; len]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
-        assert!(err.message().contains(&format!("{len} bytes")), "{}", err.message());
+        assert!(
+            err.message().contains(&format!("{len} bytes")),
+            "{}",
+            err.message()
+        );
     }
 }
 
@@ -367,11 +428,15 @@ fn empty_data_is_a_no_op() {
 #[test]
 #[should_panic(expected = "AES-XTS: sector size")]
 fn panics_on_partial_sector() {
-    AesXts::new(&[1u8; 32]).unwrap().encrypt_sectors(0, 1, 512, &mut [0u8; 500]);
+    AesXts::new(&[1u8; 32])
+        .unwrap()
+        .encrypt_sectors(0, 1, 512, &mut [0u8; 500]);
 }
 
 #[test]
 #[should_panic(expected = "AES-XTS: sector size")]
 fn panics_on_unaligned_sector_size() {
-    AesXts::new(&[1u8; 32]).unwrap().encrypt_sectors(0, 1, 24, &mut [0u8; 48]);
+    AesXts::new(&[1u8; 32])
+        .unwrap()
+        .encrypt_sectors(0, 1, 24, &mut [0u8; 48]);
 }

@@ -2,10 +2,10 @@
 //! 256-bit register, sixteen registers (one 512-byte group) in flight.
 //!
 //! 256-bit rather than 512-bit registers: on the Intel cores measured, 512-bit `vaesenc`
-//! issues on one port and lowers the clock, while 256-bit `vaesenc` issues on two, so
-//! 256-bit VAES moves about a third more blocks per second (see the crate notes in
-//! `bench-xts.sh`). The AVX-512VL instructions used on 256-bit registers (three-way XOR,
-//! masked loads) are "light" and do not lower the clock.
+//! issues on one port while 256-bit `vaesenc` issues on two, so both move four blocks
+//! per cycle, and 256-bit code avoids the AVX-512 clock reduction of older Intel parts.
+//! The AVX-512VL instructions used on 256-bit registers (three-way XOR, masked loads)
+//! are "light" ones.
 //!
 //! Tweaks: for a sector with encrypted tweak T, the base registers b0..b3 hold
 //! T*x^(2j), T*x^(2j+1) (one per 128-bit lane). Register 4k+j of a group is bj * x^(8k),
@@ -42,7 +42,14 @@ pub(crate) fn available() -> bool {
 ///
 /// # Safety
 /// The CPU must support the features [`available`] checks.
-pub(crate) unsafe fn crypt(keys: &HwKeys, decrypt: bool, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
+pub(crate) unsafe fn crypt(
+    keys: &HwKeys,
+    decrypt: bool,
+    first: u64,
+    step: u64,
+    sector_size: usize,
+    data: &mut [u8],
+) {
     // SAFETY (all arms): the caller guarantees the target features of `kernel`.
     unsafe {
         match (keys.data.rounds, decrypt) {
@@ -88,7 +95,10 @@ fn poly() -> __m256i {
 #[target_feature(enable = "avx2,vpclmulqdq")]
 fn mul_x8k<const K: i32, const R: i32>(t: __m256i) -> __m256i {
     let out = _mm256_bsrli_epi128::<R>(t);
-    _mm256_xor_si256(_mm256_bslli_epi128::<K>(t), _mm256_clmulepi64_epi128::<0x00>(out, poly()))
+    _mm256_xor_si256(
+        _mm256_bslli_epi128::<K>(t),
+        _mm256_clmulepi64_epi128::<0x00>(out, poly()),
+    )
 }
 
 /// Lane i of `t` (both lanes equal) times x^(c+i), i = 0, 1, c <= 6.
@@ -110,24 +120,40 @@ fn mul_x_lanes(t: __m256i, c: i64) -> __m256i {
 /// AES rounds 1..=NR on `x` (round 0 already applied), the last with per-register keys.
 #[inline]
 #[target_feature(enable = "avx2,vaes")]
-fn rounds<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, x: &mut [__m256i; N], last: &[__m256i; N]) {
+fn rounds<const NR: usize, const DEC: bool, const N: usize>(
+    rk: &Rk,
+    x: &mut [__m256i; N],
+    last: &[__m256i; N],
+) {
     // An opaque round count keeps this a loop: fully unrolled, LLVM's scheduler reorders
     // the rounds into one dependent chain per register, which halves the throughput.
     let nr = core::hint::black_box(NR);
     for k in &rk[1..nr] {
         for v in x.iter_mut() {
-            *v = if DEC { _mm256_aesdec_epi128(*v, *k) } else { _mm256_aesenc_epi128(*v, *k) };
+            *v = if DEC {
+                _mm256_aesdec_epi128(*v, *k)
+            } else {
+                _mm256_aesenc_epi128(*v, *k)
+            };
         }
     }
     for (v, k) in x.iter_mut().zip(last) {
-        *v = if DEC { _mm256_aesdeclast_epi128(*v, *k) } else { _mm256_aesenclast_epi128(*v, *k) };
+        *v = if DEC {
+            _mm256_aesdeclast_epi128(*v, *k)
+        } else {
+            _mm256_aesenclast_epi128(*v, *k)
+        };
     }
 }
 
 /// XTS on `chunk` (exactly N registers = 32*N bytes) with tweaks `tw`.
 #[inline]
 #[target_feature(enable = "avx2,avx512f,avx512vl,vaes")]
-fn crypt_regs<const NR: usize, const DEC: bool, const N: usize>(rk: &Rk, tw: &[__m256i; N], chunk: &mut [u8]) {
+fn crypt_regs<const NR: usize, const DEC: bool, const N: usize>(
+    rk: &Rk,
+    tw: &[__m256i; N],
+    chunk: &mut [u8],
+) {
     assert_eq!(chunk.len(), 32 * N);
     let p = chunk.as_mut_ptr();
     let mut x = [_mm256_setzero_si256(); N];
@@ -170,7 +196,12 @@ fn crypt_sector<const NR: usize, const DEC: bool>(rk: &Rk, t: &[u8; 16], sector:
     let t = broadcast(t);
     // Index of the first register-sized chunk after the last whole group.
     let n = sector.len() / 32 % GROUP;
-    let mut b = [mul_x_lanes(t, 0), mul_x_lanes(t, 2), mul_x_lanes(t, 4), mul_x_lanes(t, 6)];
+    let mut b = [
+        mul_x_lanes(t, 0),
+        mul_x_lanes(t, 2),
+        mul_x_lanes(t, 4),
+        mul_x_lanes(t, 6),
+    ];
     let mut groups = sector.chunks_exact_mut(32 * GROUP);
     for group in &mut groups {
         let mut tw = [_mm256_setzero_si256(); GROUP];
@@ -202,7 +233,13 @@ fn crypt_sector<const NR: usize, const DEC: bool>(rk: &Rk, t: &[u8; 16], sector:
 /// with the tweak key; returns the tweak number following the last one.
 #[inline]
 #[target_feature(enable = "avx2,vaes")]
-fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u8; 16]; BATCH], n: usize) -> u64 {
+fn encrypt_tweaks<const NR: usize>(
+    tk: &Rk,
+    first: u64,
+    step: u64,
+    out: &mut [[u8; 16]; BATCH],
+    n: usize,
+) -> u64 {
     let mut no = first;
     let mut next = || {
         let v = no as i64;
@@ -218,9 +255,21 @@ fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u
     let last = [tk[NR]; REGS];
     // Only as many registers as needed: a single-sector call costs one AES, not eight.
     match n.div_ceil(2) {
-        1 => rounds::<NR, false, 1>(tk, (&mut x[..1]).try_into().expect("1"), (&last[..1]).try_into().expect("1")),
-        2 => rounds::<NR, false, 2>(tk, (&mut x[..2]).try_into().expect("2"), (&last[..2]).try_into().expect("2")),
-        3 | 4 => rounds::<NR, false, 4>(tk, (&mut x[..4]).try_into().expect("4"), (&last[..4]).try_into().expect("4")),
+        1 => rounds::<NR, false, 1>(
+            tk,
+            (&mut x[..1]).try_into().expect("1"),
+            (&last[..1]).try_into().expect("1"),
+        ),
+        2 => rounds::<NR, false, 2>(
+            tk,
+            (&mut x[..2]).try_into().expect("2"),
+            (&last[..2]).try_into().expect("2"),
+        ),
+        3 | 4 => rounds::<NR, false, 4>(
+            tk,
+            (&mut x[..4]).try_into().expect("4"),
+            (&last[..4]).try_into().expect("4"),
+        ),
         _ => rounds::<NR, false, REGS>(tk, &mut x, &last),
     }
     let p = out.as_mut_ptr().cast::<u8>();
@@ -233,7 +282,13 @@ fn encrypt_tweaks<const NR: usize>(tk: &Rk, first: u64, step: u64, out: &mut [[u
 }
 
 #[target_feature(enable = "avx2,avx512f,avx512vl,avx512bw,vaes,vpclmulqdq,aes")]
-fn kernel<const NR: usize, const DEC: bool>(keys: &HwKeys, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
+fn kernel<const NR: usize, const DEC: bool>(
+    keys: &HwKeys,
+    first: u64,
+    step: u64,
+    sector_size: usize,
+    data: &mut [u8],
+) {
     let rk = broadcast_keys::<NR>(if DEC { &keys.data.dec } else { &keys.data.enc });
     let tk = broadcast_keys::<NR>(&keys.tweak.enc);
     let mut tweaks = [[0u8; 16]; BATCH];
