@@ -6,6 +6,7 @@
 #           block size and direction, alternating which goes first
 #   SECONDS seconds per measurement (default 2)
 #   BENCH_CPU (environment) the CPU to pin both to with taskset (default 0)
+#   BENCH_CLOCK (environment) cpu (default: CPU time, as openssl speed counts) or wall
 #
 # Prints the median MB/s (10^6 bytes/s) of both and the ratio ours/openssl per block
 # size and direction; exits 1 if a ratio misses its target (1.5x at 512 bytes, 1.8x at
@@ -29,17 +30,27 @@ if command -v taskset >/dev/null && taskset -c "$CPU" true 2>/dev/null; then
     PIN=(taskset -c "$CPU")
 fi
 
+# openssl speed counts the CPU time of its process by default (times()); measure ours
+# the same way (per-thread CPU time), so that other processes sharing the core skew
+# neither. BENCH_CLOCK=wall measures both by wall-clock time instead.
+CLOCK=(--cpu-time)
+OSSL_CLOCK=()
+if [ "${BENCH_CLOCK:-cpu}" = wall ]; then
+    CLOCK=()
+    OSSL_CLOCK=(-elapsed)
+fi
+
 # openssl speed in machine-readable mode: "+F:<n>:AES-256-XTS:<bytes per second>".
 openssl_mbs() { # SIZE DIRECTION
     local flag=()
     [ "$2" = decrypt ] && flag=(-decrypt)
-    "${PIN[@]}" openssl speed -mr -evp aes-256-xts -bytes "$1" -seconds "$SECS" "${flag[@]}" 2>/dev/null |
+    "${PIN[@]}" openssl speed -mr "${OSSL_CLOCK[@]}" -evp aes-256-xts -bytes "$1" -seconds "$SECS" "${flag[@]}" 2>/dev/null |
         awk -F: '/^\+F:/ { printf "%.1f\n", $4 / 1e6; found = 1 } END { exit !found }'
 }
 
 ours_mbs() { # SIZE DIRECTION
     # Five runs of SECS/5 seconds each; the example prints their median.
-    "${PIN[@]}" "$BIN" --raw 256 "$2" "$1" $((SECS * 200)) 5
+    "${PIN[@]}" "$BIN" "${CLOCK[@]}" --raw 256 "$2" "$1" $((SECS * 200)) 5
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -48,7 +59,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 CASES=("512 encrypt" "512 decrypt" "4096 encrypt" "4096 decrypt")
 
-echo "backend: $("$BIN" --backend), pinned: ${PIN[*]:-no}, $ROUNDS rounds x ${SECS}s" >&2
+echo "backend: $("$BIN" --backend), pinned: ${PIN[*]:-no}, clock: ${BENCH_CLOCK:-cpu}, $ROUNDS rounds x ${SECS}s" >&2
 for ((r = 1; r <= ROUNDS; r++)); do
     for c in "${CASES[@]}"; do
         set -- $c

@@ -2,108 +2,141 @@
 //! `openssl speed -evp aes-256-xts -bytes N`.
 //!
 //! ```text
-//! xts_speed                      # table: AES-128/256-XTS, encrypt/decrypt, 512/4096 bytes
-//! xts_speed --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS   # one median, in MB/s
-//! xts_speed --backend            # the backend AesXts::new picks on this CPU
+//! xts_speed [--cpu-time] [--sectors-per-call N]   # table: AES-128/256-XTS, enc/dec, 512/4096
+//! xts_speed [--cpu-time] --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS  # one median MB/s
+//! xts_speed --backend                             # the backend AesXts::new picks here
 //! ```
 //! Each call processes a 16 KiB working buffer of SECTOR-byte sectors in place
-//! (`--sectors-per-call 1` in the table mode measures one sector per call instead, like
-//! openssl speed's one EVP call per block). MB = 10^6 bytes.
+//! (`--sectors-per-call 1` measures one sector per call instead, like openssl speed's
+//! one EVP call per block). MB = 10^6 bytes. Time is wall-clock time, or with
+//! `--cpu-time` this thread's CPU time (what `openssl speed` reports by default; other
+//! processes sharing the core then do not skew the result).
 use std::time::Duration;
 use vmcrypt_crypto::aes_xts::AesXts;
-use vmcrypt_crypto::bench::{Throughput, throughput};
+use vmcrypt_crypto::bench::{Throughput, thread_cpu_clock, throughput, throughput_by};
 
 const WORKING_SET: usize = 16 * 1024;
 
-fn measure(
+/// One measurement's parameters.
+struct Case {
     aes_bits: usize,
     decrypt: bool,
     sector: usize,
     per_call: usize,
     time: Duration,
     runs: usize,
-) -> (Throughput, &'static str) {
-    let key: Vec<u8> = (0..aes_bits / 4).map(|i| (i * 37 + 11) as u8).collect();
+    cpu_time: bool,
+}
+
+fn measure(c: &Case) -> (Throughput, &'static str) {
+    let key: Vec<u8> = (0..c.aes_bits / 4).map(|i| (i * 37 + 11) as u8).collect();
     let xts = AesXts::new(&key).expect("valid key length");
     let mut buf = vec![0x5au8; WORKING_SET];
     let mut tweak = 0u64;
-    let chunk = sector * per_call;
-    let t = throughput(&mut buf, runs, time, |b| {
-        for part in b.chunks_exact_mut(chunk) {
-            if decrypt {
-                xts.decrypt_sectors(tweak, 1, sector, part);
+    let work = |b: &mut [u8]| {
+        for part in b.chunks_exact_mut(c.sector * c.per_call) {
+            if c.decrypt {
+                xts.decrypt_sectors(tweak, 1, c.sector, part);
             } else {
-                xts.encrypt_sectors(tweak, 1, sector, part);
+                xts.encrypt_sectors(tweak, 1, c.sector, part);
             }
-            tweak = tweak.wrapping_add(per_call as u64);
+            tweak = tweak.wrapping_add(c.per_call as u64);
         }
-    });
+    };
+    let t = match (c.cpu_time, thread_cpu_clock()) {
+        (true, Some(clock)) => throughput_by(clock, &mut buf, c.runs, c.time, work),
+        (true, None) => {
+            eprintln!("no per-thread CPU clock here; measuring wall-clock time");
+            throughput(&mut buf, c.runs, c.time, work)
+        }
+        (false, _) => throughput(&mut buf, c.runs, c.time, work),
+    };
     (t, xts.backend())
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xts_speed [--sectors-per-call N] | --backend | --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS"
+        "usage: xts_speed [--cpu-time] [--sectors-per-call N]\n       \
+         xts_speed [--cpu-time] --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS\n       \
+         xts_speed --backend"
     );
     std::process::exit(2);
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let num = |s: &String| s.parse::<usize>().unwrap_or_else(|_| usage());
-    if args.first().map(String::as_str) == Some("--backend") {
-        println!(
-            "{}",
-            AesXts::new(&[1u8; 64]).expect("valid key length").backend()
-        );
-        return;
-    }
-    if args.first().map(String::as_str) == Some("--raw") {
-        if args.len() != 6 {
-            usage();
-        }
-        let decrypt = match args[2].as_str() {
-            "encrypt" => false,
-            "decrypt" => true,
-            _ => usage(),
-        };
-        let (aes_bits, sector, millis, runs) =
-            (num(&args[1]), num(&args[3]), num(&args[4]), num(&args[5]));
-        let per_call = WORKING_SET / sector;
-        let (t, _) = measure(
-            aes_bits,
-            decrypt,
-            sector,
-            per_call,
-            Duration::from_millis(millis as u64),
-            runs,
-        );
-        println!("{:.1}", t.mb_per_sec());
-        return;
-    }
-    let per_call_arg = match args.as_slice() {
-        [] => None,
-        [flag, n] if flag == "--sectors-per-call" => Some(num(n).max(1)),
+fn num(s: &str) -> usize {
+    s.parse().unwrap_or_else(|_| usage())
+}
+
+fn raw(args: &[String], cpu_time: bool) {
+    let [bits, dir, sector, millis, runs] = args else {
+        usage()
+    };
+    let decrypt = match dir.as_str() {
+        "encrypt" => false,
+        "decrypt" => true,
         _ => usage(),
     };
+    let sector = num(sector);
+    if sector == 0 || !sector.is_multiple_of(16) || !WORKING_SET.is_multiple_of(sector) {
+        usage();
+    }
+    let case = Case {
+        aes_bits: num(bits),
+        decrypt,
+        sector,
+        per_call: WORKING_SET / sector,
+        time: Duration::from_millis(num(millis) as u64),
+        runs: num(runs),
+        cpu_time,
+    };
+    println!("{:.1}", measure(&case).0.mb_per_sec());
+}
+
+fn table(per_call: Option<usize>, cpu_time: bool) {
     println!(
-        "{:<12} {:>8} {:>10} {:>14} {:>14}",
+        "{:<12} {:>8} {:>12} {:>14} {:>14}",
         "cipher", "sector", "backend", "encrypt MB/s", "decrypt MB/s"
     );
     for aes_bits in [128, 256] {
         for sector in [512, 4096] {
-            let per_call = per_call_arg
-                .unwrap_or(WORKING_SET / sector)
-                .min(WORKING_SET / sector);
-            let time = Duration::from_millis(300);
-            let (enc, backend) = measure(aes_bits, false, sector, per_call, time, 5);
-            let (dec, _) = measure(aes_bits, true, sector, per_call, time, 5);
-            let name = format!("aes-{aes_bits}-xts");
+            let mut case = Case {
+                aes_bits,
+                decrypt: false,
+                sector,
+                per_call: per_call
+                    .unwrap_or(usize::MAX)
+                    .clamp(1, WORKING_SET / sector),
+                time: Duration::from_millis(300),
+                runs: 5,
+                cpu_time,
+            };
+            let (enc, backend) = measure(&case);
+            case.decrypt = true;
+            let (dec, _) = measure(&case);
             println!(
-                "{name:<12} {sector:>8} {backend:>10} {:>14.1} {:>14.1}",
+                "{:<12} {sector:>8} {backend:>12} {:>14.1} {:>14.1}",
+                format!("aes-{aes_bits}-xts"),
                 enc.mb_per_sec(),
                 dec.mb_per_sec()
             );
         }
+    }
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let cpu_time = args.first().is_some_and(|a| a == "--cpu-time");
+    if cpu_time {
+        args.remove(0);
+    }
+    match args.first().map(String::as_str) {
+        Some("--backend") => {
+            let xts = AesXts::new(&[1u8; 64]).expect("valid key length");
+            println!("{}", xts.backend());
+        }
+        Some("--raw") => raw(&args[1..], cpu_time),
+        Some("--sectors-per-call") if args.len() == 2 => table(Some(num(&args[1])), cpu_time),
+        None => table(None, cpu_time),
+        _ => usage(),
     }
 }

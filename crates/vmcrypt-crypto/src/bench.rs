@@ -1,6 +1,6 @@
 //! In-process throughput measurements for `vmcrypt bench` (like `cryptsetup benchmark`)
 //! and the `xts_speed` example: run a closure over a buffer repeatedly for a minimum
-//! time, several times, and report the median rate.
+//! time (wall-clock or this thread's CPU time), several times, and report the median rate.
 use std::time::{Duration, Instant};
 
 /// The result of [`throughput`]: bytes per second of each run, and their median.
@@ -24,7 +24,7 @@ impl Throughput {
     }
 }
 
-/// Measure how fast `f` processes `buf`.
+/// Measure how fast `f` processes `buf`, by wall-clock time.
 ///
 /// Each of `runs` runs (at least one) calls `f(buf)` repeatedly until `min_time` has
 /// passed (at least once) and counts `buf.len()` bytes per call; the result holds each
@@ -34,17 +34,31 @@ pub fn throughput<F: FnMut(&mut [u8])>(
     buf: &mut [u8],
     runs: usize,
     min_time: Duration,
+    f: F,
+) -> Throughput {
+    let start = Instant::now();
+    throughput_by(move || start.elapsed(), buf, runs, min_time, f)
+}
+
+/// [`throughput`] measured with another monotonic clock, e.g. [`thread_cpu_clock`]
+/// (CPU time of this thread, which is what `openssl speed` reports by default and which
+/// other processes competing for the core do not inflate).
+pub fn throughput_by<C: FnMut() -> Duration, F: FnMut(&mut [u8])>(
+    mut clock: C,
+    buf: &mut [u8],
+    runs: usize,
+    min_time: Duration,
     mut f: F,
 ) -> Throughput {
     f(buf);
     let mut rates: Vec<f64> = (0..runs.max(1))
         .map(|_| {
-            let start = Instant::now();
+            let start = clock();
             let mut calls = 0u64;
             loop {
                 f(buf);
                 calls += 1;
-                let elapsed = start.elapsed();
+                let elapsed = clock().saturating_sub(start);
                 if elapsed >= min_time {
                     break calls as f64 * buf.len() as f64 / elapsed.as_secs_f64().max(1e-9);
                 }
@@ -56,6 +70,19 @@ pub fn throughput<F: FnMut(&mut [u8])>(
         median: median(&rates),
         runs: rates,
     }
+}
+
+/// A clock of the CPU time the calling thread has used (Linux: the first field of
+/// `/proc/thread-self/schedstat`, in nanoseconds), or `None` where that is unavailable.
+/// The clock must be read on the thread it was made on.
+pub fn thread_cpu_clock() -> Option<impl FnMut() -> Duration> {
+    fn read() -> Option<Duration> {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+        let ns = text.split_whitespace().next()?.parse::<u64>().ok()?;
+        Some(Duration::from_nanos(ns))
+    }
+    read()?;
+    Some(|| read().unwrap_or_default())
 }
 
 /// The median of sorted values (the mean of the middle two for an even count; 0 if empty).
@@ -88,10 +115,39 @@ mod tests {
             b[0] = b[0].wrapping_add(1);
         });
         assert_eq!(t.runs.len(), 3);
-        assert!(calls >= 4, "warm-up plus at least one call per run: {calls}");
+        assert!(
+            calls >= 4,
+            "warm-up plus at least one call per run: {calls}"
+        );
         // At least 1 ms per 1000-byte call: at most 1 MB/s, and clearly more than 0.
         assert!(t.median > 0.0 && t.median <= 1.0e6, "{}", t.median);
         assert!(t.runs.windows(2).all(|w| w[0] <= w[1]));
         assert!((t.mb_per_sec() - t.median / 1e6).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_clock_advances_with_work_not_sleep() {
+        let Some(mut clock) = thread_cpu_clock() else {
+            return;
+        };
+        let a = clock();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = clock();
+        let mut x = 0u64;
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let c = clock();
+        assert!(
+            b - a < Duration::from_millis(15),
+            "sleep counted: {:?}",
+            b - a
+        );
+        assert!(
+            c - b >= Duration::from_millis(5),
+            "spin not counted: {:?}",
+            c - b
+        );
     }
 }
