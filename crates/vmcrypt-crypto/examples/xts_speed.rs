@@ -2,18 +2,17 @@
 //! `openssl speed -evp aes-256-xts -bytes N`.
 //!
 //! ```text
-//! xts_speed [--cpu-time] [--sectors-per-call N]   # table: AES-128/256-XTS, enc/dec, 512/4096
-//! xts_speed [--cpu-time] --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS  # one median MB/s
+//! xts_speed [--sectors-per-call N]   # table: AES-128/256-XTS, enc/dec, 512/4096
+//! xts_speed --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS  # one median MB/s
 //! xts_speed --backend                             # the backend AesXts::new picks here
 //! ```
 //! Each call processes a 16 KiB working buffer of SECTOR-byte sectors in place
 //! (`--sectors-per-call 1` measures one sector per call instead, like openssl speed's
-//! one EVP call per block). MB = 10^6 bytes. Time is wall-clock time, or with
-//! `--cpu-time` this thread's CPU time (what `openssl speed` reports by default; other
-//! processes sharing the core then do not skew the result).
+//! one EVP call per block). MB = 10^6 bytes; time is wall-clock time (compare with
+//! `openssl speed -elapsed`).
 use std::time::Duration;
 use vmcrypt_crypto::aes_xts::AesXts;
-use vmcrypt_crypto::bench::{Throughput, thread_cpu_clock, throughput, throughput_by};
+use vmcrypt_crypto::bench::{Throughput, throughput};
 
 const WORKING_SET: usize = 16 * 1024;
 
@@ -25,7 +24,6 @@ struct Case {
     per_call: usize,
     time: Duration,
     runs: usize,
-    cpu_time: bool,
 }
 
 fn measure(c: &Case) -> (Throughput, &'static str) {
@@ -43,21 +41,14 @@ fn measure(c: &Case) -> (Throughput, &'static str) {
             tweak = tweak.wrapping_add(c.per_call as u64);
         }
     };
-    let t = match (c.cpu_time, thread_cpu_clock()) {
-        (true, Some(clock)) => throughput_by(clock, &mut buf, c.runs, c.time, work),
-        (true, None) => {
-            eprintln!("no per-thread CPU clock here; measuring wall-clock time");
-            throughput(&mut buf, c.runs, c.time, work)
-        }
-        (false, _) => throughput(&mut buf, c.runs, c.time, work),
-    };
+    let t = throughput(&mut buf, c.runs, c.time, work);
     (t, xts.backend())
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: xts_speed [--cpu-time] [--sectors-per-call N]\n       \
-         xts_speed [--cpu-time] --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS\n       \
+        "usage: xts_speed [--sectors-per-call N]\n       \
+         xts_speed --raw AESBITS encrypt|decrypt SECTOR MILLIS RUNS\n       \
          xts_speed --backend"
     );
     std::process::exit(2);
@@ -67,7 +58,7 @@ fn num(s: &str) -> usize {
     s.parse().unwrap_or_else(|_| usage())
 }
 
-fn raw(args: &[String], cpu_time: bool) {
+fn raw(args: &[String]) {
     let [bits, dir, sector, millis, runs] = args else {
         usage()
     };
@@ -87,12 +78,11 @@ fn raw(args: &[String], cpu_time: bool) {
         per_call: WORKING_SET / sector,
         time: Duration::from_millis(num(millis) as u64),
         runs: num(runs),
-        cpu_time,
     };
     println!("{:.1}", measure(&case).0.mb_per_sec());
 }
 
-fn table(per_call: Option<usize>, cpu_time: bool) {
+fn table(per_call: Option<usize>) {
     println!(
         "{:<12} {:>8} {:>12} {:>14} {:>14}",
         "cipher", "sector", "backend", "encrypt MB/s", "decrypt MB/s"
@@ -108,7 +98,6 @@ fn table(per_call: Option<usize>, cpu_time: bool) {
                     .clamp(1, WORKING_SET / sector),
                 time: Duration::from_millis(300),
                 runs: 5,
-                cpu_time,
             };
             let (enc, backend) = measure(&case);
             case.decrypt = true;
@@ -124,19 +113,15 @@ fn table(per_call: Option<usize>, cpu_time: bool) {
 }
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let cpu_time = args.first().is_some_and(|a| a == "--cpu-time");
-    if cpu_time {
-        args.remove(0);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("--backend") => {
             let xts = AesXts::new(&[1u8; 64]).expect("valid key length");
             println!("{}", xts.backend());
         }
-        Some("--raw") => raw(&args[1..], cpu_time),
-        Some("--sectors-per-call") if args.len() == 2 => table(Some(num(&args[1])), cpu_time),
-        None => table(None, cpu_time),
+        Some("--raw") => raw(&args[1..]),
+        Some("--sectors-per-call") if args.len() == 2 => table(Some(num(&args[1]))),
+        None => table(None),
         _ => usage(),
     }
 }
