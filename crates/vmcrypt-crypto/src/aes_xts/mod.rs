@@ -1,9 +1,10 @@
 //! The fast AES-XTS kernel (IEEE 1619, no ciphertext stealing: sectors are multiples of
 //! 16 bytes). Picks an implementation at run time:
 //!
-//! * `vaes-avx512`: VAES on 512-bit registers (4 blocks per register, 8 registers in
-//!   flight), tweaks advanced 4..32 blocks at a time with byte shifts and carry-less
-//!   multiplication, the tweak XOR folded into the first and last AES round.
+//! * `vaes-avx512`: VAES on 256-bit registers with AVX-512VL/BW helpers (2 blocks per
+//!   register, 16 registers in flight), tweaks advanced 8..32 blocks at a time with byte
+//!   shifts and carry-less multiplication, the tweak XOR folded into the first and last
+//!   AES round.
 //! * `aesni`: 128-bit AES-NI, 8 blocks in flight.
 //! * `soft`: the `aes` crate (portable; used on other CPUs and architectures).
 //!
