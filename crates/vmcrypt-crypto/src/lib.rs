@@ -16,6 +16,7 @@
 pub mod aes_xts;
 pub mod af;
 pub mod bench;
+pub mod bench_suite;
 mod blockcipher;
 pub mod hash;
 pub mod kdf;

@@ -9,8 +9,9 @@
 //! is what lets AES-NI pipeline): XTS computes every tweak of a chunk first and then
 //! encrypts the chunk in one call; CBC encryption interleaves the chains of all sectors
 //! of a chunk; CBC decryption decrypts a whole chunk at once and XORs afterwards.
+use crate::aes_xts::AesXts;
 use crate::blockcipher::{BlockCipher, new_block_cipher};
-use crate::{CipherMode, CipherSpec, IvGen};
+use crate::{CipherFamily, CipherMode, CipherSpec, IvGen};
 use vmcrypt_error::{Result, bail};
 use zeroize::Zeroizing;
 
@@ -33,13 +34,12 @@ pub struct SectorCipher {
 
 /// The engine doing the bulk work: the single place that picks an implementation.
 ///
-/// AES-XTS currently runs on the generic [`Backend::Xts`] path. The fast
-/// `crate::aes_xts::AesXts` kernel applies exactly when family = AES, mode = XTS and
-/// ivgen = plain64 (its tweak le128(sector) equals the plain64 IV): add a variant for it
-/// here, select it in [`Backend::new`], and in `SectorCipher::run` hand it the whole
-/// buffer (`encrypt_sectors(iv_sector, sector_size / 512, sector_size, data)`) before the
-/// chunk loop.
+/// AES-XTS with plain64 IVs (the LUKS and QEMU default) runs on the fast
+/// [`crate::aes_xts::AesXts`] kernel: its tweak le128(sector) equals the plain64 IV, so it
+/// takes the whole buffer at once. Every other combination uses the generic paths.
 enum Backend {
+    /// AES-XTS-plain64 on the VAES/AES-NI kernel.
+    AesXts(AesXts),
     /// XTS over any 16-byte block cipher: `data` = first key half, `tweak` = second.
     Xts {
         data: Box<dyn BlockCipher>,
@@ -97,6 +97,14 @@ impl SectorCipher {
     fn run(&self, iv_sector: u64, sector_size: usize, data: &mut [u8], enc: bool) -> Result<()> {
         check_geometry(sector_size, data.len())?;
         let step = (sector_size / 512) as u64;
+        if let Backend::AesXts(k) = &self.backend {
+            if enc {
+                k.encrypt_sectors(iv_sector, step, sector_size, data);
+            } else {
+                k.decrypt_sectors(iv_sector, step, sector_size, data);
+            }
+            return Ok(());
+        }
         let chunk_len = CHUNK_BYTES.max(sector_size);
         let mut scratch = Scratch::new(data.len().min(chunk_len), sector_size, self.iv.len);
         for (i, chunk) in data.chunks_mut(chunk_len).enumerate() {
@@ -121,6 +129,7 @@ impl SectorCipher {
                 }
                 (Backend::Ecb(c), true) => c.encrypt_blocks(chunk),
                 (Backend::Ecb(c), false) => c.decrypt_blocks(chunk),
+                (Backend::AesXts(_), _) => unreachable!("handled before the chunk loop"),
             }
         }
         Ok(())
@@ -138,6 +147,9 @@ impl std::fmt::Debug for SectorCipher {
 impl Backend {
     fn new(spec: &CipherSpec, key: &[u8]) -> Result<Self> {
         Ok(match spec.mode {
+            CipherMode::Xts if spec.family == CipherFamily::Aes && spec.ivgen == IvGen::Plain64 => {
+                Backend::AesXts(AesXts::new(key)?)
+            }
             CipherMode::Xts => {
                 let (k1, k2) = key.split_at(key.len() / 2);
                 Backend::Xts {

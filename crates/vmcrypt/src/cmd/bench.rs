@@ -5,7 +5,11 @@ use vmcrypt_crypto::bench_suite::{CIPHERS, cipher_row, kdf_rows, render};
 use vmcrypt_error::{Result, ensure};
 
 pub fn run(seconds: f64) -> Result<u8> {
-    ensure!(seconds > 0.0 && seconds <= 60.0, Usage, "--seconds must be in (0, 60]");
+    ensure!(
+        seconds > 0.0 && seconds <= 60.0,
+        Usage,
+        "--seconds must be in (0, 60]"
+    );
     let budget = Duration::from_secs_f64(seconds);
     eprint!("measuring PBKDF2 and {} ciphers...", CIPHERS.len());
     let _ = std::io::stderr().flush();
