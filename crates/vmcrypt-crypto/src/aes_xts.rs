@@ -12,12 +12,24 @@ impl AesXts {
 
     /// Encrypt `data` (a multiple of `sector_size`) in place. Sector k of `data` uses
     /// tweak le128(`first_tweak` + k * `tweak_step`).
-    pub fn encrypt_sectors(&self, first_tweak: u64, tweak_step: u64, sector_size: usize, data: &mut [u8]) {
+    pub fn encrypt_sectors(
+        &self,
+        first_tweak: u64,
+        tweak_step: u64,
+        sector_size: usize,
+        data: &mut [u8],
+    ) {
         todo!("{first_tweak} {tweak_step} {sector_size} {}", data.len())
     }
 
     /// Decrypt, the inverse of [`AesXts::encrypt_sectors`].
-    pub fn decrypt_sectors(&self, first_tweak: u64, tweak_step: u64, sector_size: usize, data: &mut [u8]) {
+    pub fn decrypt_sectors(
+        &self,
+        first_tweak: u64,
+        tweak_step: u64,
+        sector_size: usize,
+        data: &mut [u8],
+    ) {
         todo!("{first_tweak} {tweak_step} {sector_size} {}", data.len())
     }
 

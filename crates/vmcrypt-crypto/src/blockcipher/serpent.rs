@@ -83,7 +83,11 @@ const fn anf_all(inverse: bool) -> [[u16; 4]; 8] {
     let mut out = [[0u16; 4]; 8];
     let mut i = 0;
     while i < 8 {
-        out[i] = if inverse { anf(&invert(&SBOX[i])) } else { anf(&SBOX[i]) };
+        out[i] = if inverse {
+            anf(&invert(&SBOX[i]))
+        } else {
+            anf(&SBOX[i])
+        };
         i += 1;
     }
     out

@@ -105,13 +105,33 @@ fn aes_submission_vk_vt_byte_reversed() {
     let cases = [
         (one.to_string(), z16, "49AFBFAD9D5A34052CD8FFA5986BD2DD"),
         (z16.to_string(), one, "10B5FFB720B8CB9002A1142B0BA2E94A"),
-        (format!("{one}0000000000000000"), z16, "E78E5402C7195568AC3678F7A3F60C66"),
-        (format!("{z16}0000000000000000"), one, "B10B271BA25257E1294F2B51F076D0D9"),
-        (format!("{one}{z16}"), z16, "ABED96E766BF28CBC0EBD21A82EF0819"),
-        (format!("{z16}{z16}"), one, "DA5A7992B1B4AE6F8C004BC8A7DE5520"),
+        (
+            format!("{one}0000000000000000"),
+            z16,
+            "E78E5402C7195568AC3678F7A3F60C66",
+        ),
+        (
+            format!("{z16}0000000000000000"),
+            one,
+            "B10B271BA25257E1294F2B51F076D0D9",
+        ),
+        (
+            format!("{one}{z16}"),
+            z16,
+            "ABED96E766BF28CBC0EBD21A82EF0819",
+        ),
+        (
+            format!("{z16}{z16}"),
+            one,
+            "DA5A7992B1B4AE6F8C004BC8A7DE5520",
+        ),
     ];
     for (key, pt, ct) in cases {
-        assert_eq!(encrypt_one(&reversed(&key), &reversed(pt)), reversed(ct), "key {key}");
+        assert_eq!(
+            encrypt_one(&reversed(&key), &reversed(pt)),
+            reversed(ct),
+            "key {key}"
+        );
     }
 }
 
@@ -125,7 +145,11 @@ fn short_key_padding() {
         let mut long = key.clone();
         long.push(1);
         long.resize(32, 0);
-        assert_eq!(encrypt_one(&key, &pt), encrypt_one(&long, &pt), "{len}-byte key");
+        assert_eq!(
+            encrypt_one(&key, &pt),
+            encrypt_one(&long, &pt),
+            "{len}-byte key"
+        );
     }
 }
 
