@@ -9,8 +9,9 @@
 //!
 //! Work is batched so that the block cipher sees long runs of independent blocks (which
 //! is what lets AES-NI pipeline): XTS computes every tweak of a chunk first and then
-//! encrypts the chunk in one call (LRW likewise); CBC encryption interleaves the chains of all sectors
-//! of a chunk; CBC decryption decrypts a whole chunk at once and XORs afterwards.
+//! encrypts the chunk in one call (LRW likewise); CBC encryption interleaves the chains
+//! of all sectors of a chunk; CBC decryption decrypts a whole chunk at once and XORs
+//! afterwards.
 use crate::blockcipher::{BlockCipher, new_block_cipher};
 use crate::lrw::{LrwKey, TWEAK_KEY_BYTES};
 use crate::{CipherMode, CipherSpec, IvGen};
