@@ -8,7 +8,7 @@
 //! convention: the 16 bytes are a big-endian integer whose bit `k` is the coefficient of
 //! `x^k`, reduced modulo `x^128 + x^7 + x^2 + x + 1`.
 //!
-//! [`LrwKey`] holds per-key tables: `K2 * (n << 4w)` for every nibble `n` and position
+//! `LrwKey` holds per-key tables: `K2 * (n << 4w)` for every nibble `n` and position
 //! `w` (a full product is 32 lookups, once per sector), and `K2 * (2^(k+1) - 1)` (the
 //! XOR of `I` and `I + 1` when `I` ends in `k` one bits), so moving to the next block
 //! costs one XOR. Every table index derives from the IV, never from the key.
