@@ -2,6 +2,10 @@
 //!
 //! Every algorithm is backed by a RustCrypto crate of the `digest` 0.10 generation
 //! (`sha1`, `sha2`, `ripemd`, `whirlpool`); SHA-1/SHA-2 pick SHA-NI at run time.
+//!
+//! `wp256`/`wp384`/`wp512` are the Linux kernel's names for Whirlpool truncated to its
+//! first 32/48/64 bytes (old cryptsetup images use them for ESSIV, "xts-essiv:wp256");
+//! `wp512` computes the same digest as `whirlpool` but keeps its own name.
 use sha2::Digest;
 use vmcrypt_error::{Error, Result};
 
@@ -15,11 +19,17 @@ pub enum HashAlg {
     Sha512,
     Ripemd160,
     Whirlpool,
+    /// Whirlpool truncated to 32 bytes (kernel "wp256").
+    Wp256,
+    /// Whirlpool truncated to 48 bytes (kernel "wp384").
+    Wp384,
+    /// Whirlpool under the kernel's name "wp512".
+    Wp512,
 }
 
 impl HashAlg {
     /// All supported algorithms.
-    pub const ALL: [HashAlg; 7] = [
+    pub const ALL: [HashAlg; 10] = [
         HashAlg::Sha1,
         HashAlg::Sha224,
         HashAlg::Sha256,
@@ -27,10 +37,13 @@ impl HashAlg {
         HashAlg::Sha512,
         HashAlg::Ripemd160,
         HashAlg::Whirlpool,
+        HashAlg::Wp256,
+        HashAlg::Wp384,
+        HashAlg::Wp512,
     ];
 
     /// Parse a name as LUKS headers and QEMU spell it ("sha256", "SHA256", "ripemd160",
-    /// "whirlpool"); an unknown name is an `Unsupported` error naming it.
+    /// "whirlpool", "wp256"); an unknown name is an `Unsupported` error naming it.
     pub fn from_name(name: &str) -> Result<Self> {
         HashAlg::ALL
             .into_iter()
@@ -48,6 +61,9 @@ impl HashAlg {
             HashAlg::Sha512 => "sha512",
             HashAlg::Ripemd160 => "ripemd160",
             HashAlg::Whirlpool => "whirlpool",
+            HashAlg::Wp256 => "wp256",
+            HashAlg::Wp384 => "wp384",
+            HashAlg::Wp512 => "wp512",
         }
     }
 
@@ -56,9 +72,9 @@ impl HashAlg {
         match self {
             HashAlg::Sha1 | HashAlg::Ripemd160 => 20,
             HashAlg::Sha224 => 28,
-            HashAlg::Sha256 => 32,
-            HashAlg::Sha384 => 48,
-            HashAlg::Sha512 | HashAlg::Whirlpool => 64,
+            HashAlg::Sha256 | HashAlg::Wp256 => 32,
+            HashAlg::Sha384 | HashAlg::Wp384 => 48,
+            HashAlg::Sha512 | HashAlg::Whirlpool | HashAlg::Wp512 => 64,
         }
     }
 
@@ -71,7 +87,20 @@ impl HashAlg {
             HashAlg::Sha384 => digest_with::<sha2::Sha384>(parts),
             HashAlg::Sha512 => digest_with::<sha2::Sha512>(parts),
             HashAlg::Ripemd160 => digest_with::<ripemd::Ripemd160>(parts),
-            HashAlg::Whirlpool => digest_with::<whirlpool::Whirlpool>(parts),
+            HashAlg::Whirlpool | HashAlg::Wp256 | HashAlg::Wp384 | HashAlg::Wp512 => {
+                let mut d = digest_with::<whirlpool::Whirlpool>(parts);
+                d.truncate(self.output_len());
+                d
+            }
+        }
+    }
+
+    /// The full-length algorithm a truncated one is cut from (Whirlpool for wp256/wp384/
+    /// wp512), or `None` if the digest is not truncated.
+    pub fn truncated_from(self) -> Option<HashAlg> {
+        match self {
+            HashAlg::Wp256 | HashAlg::Wp384 => Some(HashAlg::Whirlpool),
+            _ => None,
         }
     }
 
@@ -114,6 +143,16 @@ mod tests {
         let e = HashAlg::from_name("md5").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert_eq!(e.message(), "unsupported hash algorithm 'md5'");
+    }
+
+    #[test]
+    fn whirlpool_truncations() {
+        let full = HashAlg::Whirlpool.digest(b"abc");
+        assert_eq!(HashAlg::Wp512.digest(b"abc"), full);
+        assert_eq!(HashAlg::Wp384.digest(b"abc"), full[..48]);
+        assert_eq!(HashAlg::Wp256.digest(b"abc"), full[..32]);
+        assert_eq!(HashAlg::Wp256.truncated_from(), Some(HashAlg::Whirlpool));
+        assert_eq!(HashAlg::Wp512.truncated_from(), None);
     }
 
     #[test]

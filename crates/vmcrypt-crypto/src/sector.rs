@@ -2,15 +2,19 @@
 //!
 //! Modes are XTS (IEEE 1619 without ciphertext stealing, as dm-crypt runs it: the IV
 //! generator's output is the tweak block), CBC (the chain restarts at every sector with
-//! that sector's IV) and ECB, over any [`crate::CipherFamily`], with the dm-crypt IV
-//! generators plain, plain64, plain64be, essiv:HASH, benbi and null.
+//! that sector's IV), ECB and LRW (the kernel's `lrw(...)`: the IV is the big-endian
+//! index of the sector's first block, see [`crate::lrw`]), over any
+//! [`crate::CipherFamily`], with the dm-crypt IV generators plain, plain64, plain64be,
+//! essiv:HASH, benbi and null.
 //!
 //! Work is batched so that the block cipher sees long runs of independent blocks (which
 //! is what lets AES-NI pipeline): XTS computes every tweak of a chunk first and then
-//! encrypts the chunk in one call; CBC encryption interleaves the chains of all sectors
-//! of a chunk; CBC decryption decrypts a whole chunk at once and XORs afterwards.
+//! encrypts the chunk in one call (LRW likewise); CBC encryption interleaves the chains
+//! of all sectors of a chunk; CBC decryption decrypts a whole chunk at once and XORs
+//! afterwards.
 use crate::aes_xts::AesXts;
 use crate::blockcipher::{BlockCipher, new_block_cipher};
+use crate::lrw::{LrwKey, TWEAK_KEY_BYTES};
 use crate::{CipherFamily, CipherMode, CipherSpec, IvGen};
 use vmcrypt_error::{Result, bail};
 use zeroize::Zeroizing;
@@ -47,6 +51,11 @@ enum Backend {
     },
     Cbc(Box<dyn BlockCipher>),
     Ecb(Box<dyn BlockCipher>),
+    /// LRW: the block cipher keyed with K1 and the tables of the tweak key K2.
+    Lrw {
+        data: Box<dyn BlockCipher>,
+        tweak: LrwKey,
+    },
 }
 
 /// An IV generator bound to a cipher block size (and, for ESSIV, to its own cipher).
@@ -130,6 +139,15 @@ impl SectorCipher {
                 (Backend::Ecb(c), true) => c.encrypt_blocks(chunk),
                 (Backend::Ecb(c), false) => c.decrypt_blocks(chunk),
                 (Backend::AesXts(_), _) => unreachable!("handled before the chunk loop"),
+                (Backend::Lrw { data: d, tweak }, _) => lrw_chunk(
+                    d.as_ref(),
+                    tweak,
+                    ivs,
+                    sector_size,
+                    chunk,
+                    &mut scratch.buf,
+                    enc,
+                ),
             }
         }
         Ok(())
@@ -159,6 +177,14 @@ impl Backend {
             }
             CipherMode::Cbc => Backend::Cbc(new_block_cipher(spec.family, key)?),
             CipherMode::Ecb => Backend::Ecb(new_block_cipher(spec.family, key)?),
+            CipherMode::Lrw => {
+                let (k1, k2) = key.split_at(key.len() - TWEAK_KEY_BYTES);
+                let k2 = Zeroizing::new(<[u8; TWEAK_KEY_BYTES]>::try_from(k2).expect("16 bytes"));
+                Backend::Lrw {
+                    data: new_block_cipher(spec.family, k1)?,
+                    tweak: LrwKey::new(&k2),
+                }
+            }
         })
     }
 }
@@ -292,6 +318,32 @@ fn xts_chunk(
             t = mul_alpha(t);
         }
     }
+    if enc {
+        cipher.encrypt_blocks(chunk);
+    } else {
+        cipher.decrypt_blocks(chunk);
+    }
+    xor_in_place(chunk, tweaks);
+}
+
+/// LRW over whole sectors: every block's tweak `K2 * (I + j)` first (`I` = the sector's
+/// IV as a big-endian block index), then one bulk cipher call.
+fn lrw_chunk(
+    cipher: &dyn BlockCipher,
+    key: &LrwKey,
+    ivs: &[u8],
+    sector_size: usize,
+    chunk: &mut [u8],
+    tweak_buf: &mut [u8],
+    enc: bool,
+) {
+    let tweaks = &mut tweak_buf[..chunk.len()];
+    let sectors = tweaks.chunks_exact_mut(sector_size);
+    for (iv, sector_tweaks) in ivs.chunks_exact(16).zip(sectors) {
+        let first = u128::from_be_bytes(iv.try_into().expect("16-byte IV"));
+        key.tweaks(first, sector_tweaks);
+    }
+    xor_in_place(chunk, tweaks);
     if enc {
         cipher.encrypt_blocks(chunk);
     } else {

@@ -5,8 +5,9 @@
 //! into cipher-alg ("aes-256"), cipher-mode ("xts"), ivgen-alg ("plain64"), ivgen-hash-alg.
 //!
 //! Every constructor validates the combination: key sizes per family (XTS doubles the
-//! key), XTS only over 16-byte blocks, and ESSIV only with a hash whose digest length is
-//! a valid key size of the family (dm-crypt keys the ESSIV cipher with H(volume key)).
+//! key, LRW appends a 16-byte tweak key), XTS and LRW only over 16-byte blocks, and ESSIV
+//! only with a hash whose digest length is a valid key size of the family (dm-crypt keys
+//! the ESSIV cipher with H(volume key)). QEMU has no LRW mode.
 use crate::HashAlg;
 use vmcrypt_error::{Error, Result, bail};
 
@@ -25,6 +26,8 @@ pub enum CipherMode {
     Xts,
     Cbc,
     Ecb,
+    /// LRW as the Linux kernel's `lrw(...)` runs it: key = cipher key || 16-byte tweak key.
+    Lrw,
 }
 
 /// dm-crypt IV generator.
@@ -45,7 +48,8 @@ pub enum IvGen {
 }
 
 /// A complete sector-cipher description plus the total key length in bytes
-/// (for XTS: both halves, e.g. 64 for AES-256-XTS).
+/// (for XTS: both halves, e.g. 64 for AES-256-XTS; for LRW: cipher key + 16, e.g. 32 for
+/// AES-128-LRW).
 ///
 /// For [`CipherMode::Ecb`] the IV generator is unused and is [`IvGen::Null`] when parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,9 +110,17 @@ impl CipherFamily {
 }
 
 impl CipherMode {
-    /// Parse "xts", "cbc", "ecb" (any case).
+    /// All supported modes.
+    pub const ALL: [CipherMode; 4] = [
+        CipherMode::Xts,
+        CipherMode::Cbc,
+        CipherMode::Ecb,
+        CipherMode::Lrw,
+    ];
+
+    /// Parse "xts", "cbc", "ecb", "lrw" (any case).
     pub fn from_name(name: &str) -> Result<Self> {
-        [CipherMode::Xts, CipherMode::Cbc, CipherMode::Ecb]
+        CipherMode::ALL
             .into_iter()
             .find(|m| m.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| Error::unsupported(format!("unsupported cipher mode '{name}'")))
@@ -120,15 +132,44 @@ impl CipherMode {
             CipherMode::Xts => "xts",
             CipherMode::Cbc => "cbc",
             CipherMode::Ecb => "ecb",
+            CipherMode::Lrw => "lrw",
         }
     }
 
-    /// How many cipher keys the volume key holds (2 for XTS).
+    /// How many block-cipher keys the volume key holds (2 for XTS; LRW holds one plus
+    /// a tweak key, see [`CipherMode::total_key_bytes`]).
     pub fn key_parts(self) -> usize {
         match self {
             CipherMode::Xts => 2,
             _ => 1,
         }
+    }
+
+    /// The volume key length for one block-cipher key of `cipher_key` bytes: doubled for
+    /// XTS, plus the 16-byte tweak key for LRW.
+    pub fn total_key_bytes(self, cipher_key: usize) -> usize {
+        match self {
+            CipherMode::Xts => 2 * cipher_key,
+            CipherMode::Lrw => cipher_key + crate::lrw::TWEAK_KEY_BYTES,
+            _ => cipher_key,
+        }
+    }
+
+    /// The length of one block-cipher key inside a `total`-byte volume key, or `None`
+    /// if `total` cannot be split that way (odd XTS key, LRW key of 16 bytes or less).
+    pub fn cipher_key_bytes(self, total: usize) -> Option<usize> {
+        match self {
+            CipherMode::Xts => total.is_multiple_of(2).then_some(total / 2),
+            CipherMode::Lrw => total
+                .checked_sub(crate::lrw::TWEAK_KEY_BYTES)
+                .filter(|&k| k > 0),
+            _ => Some(total),
+        }
+    }
+
+    /// Whether the mode needs a 16-byte block cipher (XTS, LRW).
+    pub fn needs_16_byte_blocks(self) -> bool {
+        matches!(self, CipherMode::Xts | CipherMode::Lrw)
     }
 }
 
@@ -238,7 +279,8 @@ impl CipherSpec {
     ///
     /// As in QEMU, essiv without a hash uses sha256 and the hash is ignored for the other
     /// generators; ECB ignores the IV generator. Besides QEMU's plain/plain64/essiv, the
-    /// dm-crypt generators plain64be/benbi/null are accepted.
+    /// dm-crypt generators plain64be/benbi/null are accepted. QEMU has no LRW mode, so
+    /// "lrw" is rejected.
     pub fn from_qemu(
         cipher_alg: &str,
         cipher_mode: &str,
@@ -247,6 +289,13 @@ impl CipherSpec {
     ) -> Result<Self> {
         let (family, one_key) = parse_qemu_cipher_alg(cipher_alg)?;
         let mode = CipherMode::from_name(cipher_mode)?;
+        if mode == CipherMode::Lrw {
+            bail!(
+                Unsupported,
+                "cipher-mode 'lrw' is not supported by QEMU (only dm-crypt/LUKS names it, \
+                 e.g. LUKS cipher mode 'lrw-plain64')"
+            );
+        }
         let ivgen = match ivgen_alg.to_ascii_lowercase().as_str() {
             _ if mode == CipherMode::Ecb => IvGen::Null,
             "essiv" => IvGen::Essiv(HashAlg::from_name(ivgen_hash.unwrap_or("sha256"))?),
@@ -254,7 +303,7 @@ impl CipherSpec {
             name => IvGen::from_dm_name(name)
                 .map_err(|_| Error::unsupported(format!("unsupported ivgen-alg '{ivgen_alg}'")))?,
         };
-        let key_bytes = one_key * mode.key_parts();
+        let key_bytes = mode.total_key_bytes(one_key);
         let spec = CipherSpec {
             family,
             mode,
@@ -269,22 +318,21 @@ impl CipherSpec {
     pub fn validate(&self) -> Result<()> {
         let fam = self.family.name();
         let mode = self.mode.name();
-        if self.mode == CipherMode::Xts && self.family.block_size() != 16 {
+        if self.mode.needs_16_byte_blocks() && self.family.block_size() != 16 {
             bail!(
                 Unsupported,
-                "XTS needs a 16-byte block cipher, but {fam} has {}-byte blocks",
+                "{} needs a 16-byte block cipher, but {fam} has {}-byte blocks",
+                mode.to_ascii_uppercase(),
                 self.family.block_size()
             );
         }
-        let parts = self.mode.key_parts();
-        if !self.key_bytes.is_multiple_of(parts)
-            || !self.family.is_valid_key_size(self.key_bytes / parts)
-        {
+        let one_key = self.mode.cipher_key_bytes(self.key_bytes);
+        if !one_key.is_some_and(|k| self.family.is_valid_key_size(k)) {
             let valid: Vec<String> = self
                 .family
                 .key_sizes()
                 .iter()
-                .map(|k| (k * parts).to_string())
+                .map(|&k| self.mode.total_key_bytes(k).to_string())
                 .collect();
             bail!(
                 Unsupported,
@@ -293,7 +341,8 @@ impl CipherSpec {
                 valid.join(", ")
             );
         }
-        if let (IvGen::Essiv(h), CipherMode::Cbc | CipherMode::Xts) = (self.ivgen, self.mode)
+        if let (IvGen::Essiv(h), CipherMode::Cbc | CipherMode::Xts | CipherMode::Lrw) =
+            (self.ivgen, self.mode)
             && !self.family.is_valid_key_size(h.output_len())
         {
             bail!(
@@ -324,13 +373,18 @@ impl CipherSpec {
     }
 
     /// QEMU's cipher-alg name: family + bits of ONE cipher key ("aes-256" for a 64-byte
-    /// XTS key, "cast5-128").
+    /// XTS key, "cast5-128"; "aes-128" for a 32-byte LRW key).
     pub fn qemu_cipher_alg(&self) -> String {
-        let bits = self.key_bytes / self.mode.key_parts() * 8;
-        format!("{}-{bits}", self.family.name())
+        format!("{}-{}", self.family.name(), self.cipher_key_bytes() * 8)
     }
 
-    /// QEMU's cipher-mode name ("xts", "cbc", "ecb").
+    /// The length of one block-cipher key (the XTS half, the LRW key without its tweak
+    /// key); 0 only for a spec that fails [`CipherSpec::validate`].
+    pub fn cipher_key_bytes(&self) -> usize {
+        self.mode.cipher_key_bytes(self.key_bytes).unwrap_or(0)
+    }
+
+    /// QEMU's cipher-mode name ("xts", "cbc", "ecb"; "lrw", which QEMU does not know).
     pub fn qemu_cipher_mode(&self) -> &'static str {
         self.mode.name()
     }
@@ -429,6 +483,26 @@ mod tests {
             ),
             ("aes", "cbc-benbi", 24, spec(Aes, Cbc, IvGen::Benbi, 24)),
             ("aes", "cbc-null", 32, spec(Aes, Cbc, IvGen::Null, 32)),
+            ("aes", "lrw-plain64", 32, spec(Aes, Lrw, IvGen::Plain64, 32)),
+            ("aes", "lrw-benbi", 48, spec(Aes, Lrw, IvGen::Benbi, 48)),
+            (
+                "serpent",
+                "lrw-essiv:sha256",
+                40,
+                spec(Serpent, Lrw, IvGen::Essiv(HashAlg::Sha256), 40),
+            ),
+            (
+                "aes",
+                "xts-essiv:wp256",
+                32,
+                spec(Aes, Xts, IvGen::Essiv(HashAlg::Wp256), 32),
+            ),
+            (
+                "twofish",
+                "cbc-essiv:wp256",
+                16,
+                spec(Twofish, Cbc, IvGen::Essiv(HashAlg::Wp256), 16),
+            ),
         ];
         for (name, mode, kb, want) in cases {
             let got = CipherSpec::from_luks(name, mode, kb).unwrap();
@@ -449,8 +523,8 @@ mod tests {
 
     #[test]
     fn luks1_rejections_name_the_part() {
-        let m = unsupported(CipherSpec::from_luks("aes", "lrw-benbi", 32));
-        assert_eq!(m, "unsupported cipher mode 'lrw'");
+        let m = unsupported(CipherSpec::from_luks("aes", "ctr-plain64", 32));
+        assert_eq!(m, "unsupported cipher mode 'ctr'");
         let m = unsupported(CipherSpec::from_luks("des", "cbc-plain", 8));
         assert_eq!(m, "unsupported cipher 'des'");
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-lmk", 32));
@@ -471,6 +545,40 @@ mod tests {
         unsupported(CipherSpec::from_luks("aes", "cbc-essiv", 32));
         unsupported(CipherSpec::from_luks("aes", "ecb-plain64", 32));
         unsupported(CipherSpec::from_luks2("aes", 32));
+    }
+
+    #[test]
+    fn lrw_key_sizes_and_rejections() {
+        for (key_bytes, cipher_key) in [(32, 16), (40, 24), (48, 32)] {
+            let s = CipherSpec::from_luks("aes", "lrw-plain64", key_bytes).unwrap();
+            assert_eq!(s.cipher_key_bytes(), cipher_key);
+            assert_eq!(s.qemu_cipher_alg(), format!("aes-{}", cipher_key * 8));
+            assert_eq!(CipherMode::Lrw.total_key_bytes(cipher_key), key_bytes);
+        }
+        for bad in [0, 16, 24, 33, 64] {
+            let m = unsupported(CipherSpec::from_luks("aes", "lrw-plain64", bad));
+            assert!(m.contains("for aes-lrw (valid: 32, 40, 48)"), "{m}");
+        }
+        let m = unsupported(CipherSpec::from_luks("cast5", "lrw-plain64", 32));
+        assert!(m.contains("LRW needs a 16-byte block"), "{m}");
+        let m = unsupported(CipherSpec::from_luks("aes", "lrw", 32));
+        assert!(
+            m.contains("needs an IV generator (e.g. 'lrw-plain64')"),
+            "{m}"
+        );
+        // ESSIV keys the cipher with H(whole key): sha1 gives a 20-byte key.
+        let m = unsupported(CipherSpec::from_luks("aes", "lrw-essiv:sha1", 32));
+        assert!(m.contains("essiv:sha1 needs a 20-byte aes key"), "{m}");
+        let m = unsupported(CipherSpec::from_qemu("aes-128", "lrw", "plain64", None));
+        assert!(m.contains("'lrw' is not supported by QEMU"), "{m}");
+    }
+
+    #[test]
+    fn modes_round_trip_names() {
+        for m in CipherMode::ALL {
+            assert_eq!(CipherMode::from_name(m.name()).unwrap(), m);
+            assert_eq!(CipherMode::from_name(&m.name().to_uppercase()).unwrap(), m);
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: OpenSSL as the reference implementation.
 #![allow(dead_code)]
 
+pub mod luks1;
+
 use openssl::symm::{Cipher, Crypter, Mode};
 use std::sync::OnceLock;
 
