@@ -33,6 +33,7 @@ pub const CIPHERS: &[(&str, &str, usize)] = &[
     ("aes", "xts-plain64", 64),
     ("serpent", "xts-plain64", 64),
     ("twofish", "xts-plain64", 64),
+    ("aes", "lrw-plain64", 32),
 ];
 
 /// Hashes measured for PBKDF2.

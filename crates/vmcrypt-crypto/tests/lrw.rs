@@ -262,34 +262,3 @@ fn bad_keys_are_errors() {
     assert!(SectorCipher::new(&s, &[0u8; 16]).is_err());
     assert!(SectorCipher::new(&s, &[0u8; 48]).is_err());
 }
-
-/// Throughput: `cargo test -p vmcrypt-crypto --release --test lrw -- --ignored --nocapture`.
-#[test]
-#[ignore = "measurement, run on demand"]
-fn lrw_throughput() {
-    let mut data = vec![0u8; 4 << 20];
-    for (name, key_len) in [
-        ("aes-lrw-plain64", 32),
-        ("aes-lrw-plain64", 48),
-        ("aes-xts-plain64", 64),
-    ] {
-        let s = CipherSpec::from_luks2(name, key_len).unwrap();
-        let cipher = SectorCipher::new(&s, &common::bytes(key_len, 3)).unwrap();
-        for enc in [true, false] {
-            let rounds = 32;
-            let start = std::time::Instant::now();
-            for r in 0..rounds {
-                let first = r * (data.len() as u64 / 512);
-                if enc {
-                    cipher.encrypt(first, 512, &mut data).unwrap();
-                } else {
-                    cipher.decrypt(first, 512, &mut data).unwrap();
-                }
-            }
-            let secs = start.elapsed().as_secs_f64();
-            let mb = (rounds as usize * data.len()) as f64 / 1e6;
-            let what = if enc { "encrypt" } else { "decrypt" };
-            println!("{s} {what}: {:.0} MB/s", mb / secs);
-        }
-    }
-}
