@@ -166,7 +166,7 @@ pub fn create_image(
             })?;
             let pass = secrets.get(&id)?;
             ensure!(
-                size % 512 == 0,
+                size.is_multiple_of(512),
                 Usage,
                 "LUKS image size {size} must be a multiple of 512 bytes"
             );

@@ -144,7 +144,7 @@ impl BlockDriver for FileDriver {
         if end > size {
             self.file
                 .set_len(end)
-                .map_err(|e| self.io_err(e.into(), "extending", end))?;
+                .map_err(|e| self.io_err(e, "extending", end))?;
             self.size.fetch_max(end, Ordering::AcqRel);
         }
         Ok(())

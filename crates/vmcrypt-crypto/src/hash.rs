@@ -1,5 +1,13 @@
 //! Hash algorithms named by LUKS headers (`hash-spec`, `hash_alg`) and ESSIV.
-use vmcrypt_error::Result;
+//!
+//! Every algorithm is backed by a RustCrypto crate of the `digest` 0.10 generation
+//! (`sha1`, `sha2`, `ripemd`, `whirlpool`); SHA-1/SHA-2 pick SHA-NI at run time.
+//!
+//! `wp256`/`wp384`/`wp512` are the Linux kernel's names for Whirlpool truncated to its
+//! first 32/48/64 bytes (old cryptsetup images use them for ESSIV, "xts-essiv:wp256");
+//! `wp512` computes the same digest as `whirlpool` but keeps its own name.
+use sha2::Digest;
+use vmcrypt_error::{Error, Result};
 
 /// A hash algorithm that LUKS/QEMU/cryptsetup can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -11,11 +19,17 @@ pub enum HashAlg {
     Sha512,
     Ripemd160,
     Whirlpool,
+    /// Whirlpool truncated to 32 bytes (kernel "wp256").
+    Wp256,
+    /// Whirlpool truncated to 48 bytes (kernel "wp384").
+    Wp384,
+    /// Whirlpool under the kernel's name "wp512".
+    Wp512,
 }
 
 impl HashAlg {
     /// All supported algorithms.
-    pub const ALL: [HashAlg; 7] = [
+    pub const ALL: [HashAlg; 10] = [
         HashAlg::Sha1,
         HashAlg::Sha224,
         HashAlg::Sha256,
@@ -23,31 +37,128 @@ impl HashAlg {
         HashAlg::Sha512,
         HashAlg::Ripemd160,
         HashAlg::Whirlpool,
+        HashAlg::Wp256,
+        HashAlg::Wp384,
+        HashAlg::Wp512,
     ];
 
     /// Parse a name as LUKS headers and QEMU spell it ("sha256", "SHA256", "ripemd160",
-    /// "whirlpool"); an unknown name is an `Unsupported` error naming it.
+    /// "whirlpool", "wp256"); an unknown name is an `Unsupported` error naming it.
     pub fn from_name(name: &str) -> Result<Self> {
-        todo!("{name}")
+        HashAlg::ALL
+            .into_iter()
+            .find(|h| h.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| Error::unsupported(format!("unsupported hash algorithm '{name}'")))
     }
 
     /// The canonical lowercase name written into headers ("sha256").
     pub fn name(self) -> &'static str {
-        todo!("{self:?}")
+        match self {
+            HashAlg::Sha1 => "sha1",
+            HashAlg::Sha224 => "sha224",
+            HashAlg::Sha256 => "sha256",
+            HashAlg::Sha384 => "sha384",
+            HashAlg::Sha512 => "sha512",
+            HashAlg::Ripemd160 => "ripemd160",
+            HashAlg::Whirlpool => "whirlpool",
+            HashAlg::Wp256 => "wp256",
+            HashAlg::Wp384 => "wp384",
+            HashAlg::Wp512 => "wp512",
+        }
     }
 
     /// Digest length in bytes.
     pub fn output_len(self) -> usize {
-        todo!("{self:?}")
+        match self {
+            HashAlg::Sha1 | HashAlg::Ripemd160 => 20,
+            HashAlg::Sha224 => 28,
+            HashAlg::Sha256 | HashAlg::Wp256 => 32,
+            HashAlg::Sha384 | HashAlg::Wp384 => 48,
+            HashAlg::Sha512 | HashAlg::Whirlpool | HashAlg::Wp512 => 64,
+        }
     }
 
     /// Hash the concatenation of `parts`.
     pub fn digest_parts(self, parts: &[&[u8]]) -> Vec<u8> {
-        todo!("{self:?} {}", parts.len())
+        match self {
+            HashAlg::Sha1 => digest_with::<sha1::Sha1>(parts),
+            HashAlg::Sha224 => digest_with::<sha2::Sha224>(parts),
+            HashAlg::Sha256 => digest_with::<sha2::Sha256>(parts),
+            HashAlg::Sha384 => digest_with::<sha2::Sha384>(parts),
+            HashAlg::Sha512 => digest_with::<sha2::Sha512>(parts),
+            HashAlg::Ripemd160 => digest_with::<ripemd::Ripemd160>(parts),
+            HashAlg::Whirlpool | HashAlg::Wp256 | HashAlg::Wp384 | HashAlg::Wp512 => {
+                let mut d = digest_with::<whirlpool::Whirlpool>(parts);
+                d.truncate(self.output_len());
+                d
+            }
+        }
+    }
+
+    /// The full-length algorithm a truncated one is cut from (Whirlpool for wp256/wp384/
+    /// wp512), or `None` if the digest is not truncated.
+    pub fn truncated_from(self) -> Option<HashAlg> {
+        match self {
+            HashAlg::Wp256 | HashAlg::Wp384 => Some(HashAlg::Whirlpool),
+            _ => None,
+        }
     }
 
     /// Hash one buffer.
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
         self.digest_parts(&[data])
+    }
+}
+
+impl std::fmt::Display for HashAlg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn digest_with<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = D::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmcrypt_error::ErrorKind;
+
+    #[test]
+    fn names_round_trip_in_any_case() {
+        for h in HashAlg::ALL {
+            assert_eq!(HashAlg::from_name(h.name()).unwrap(), h);
+            assert_eq!(HashAlg::from_name(&h.name().to_uppercase()).unwrap(), h);
+            assert_eq!(h.digest(b"abc").len(), h.output_len());
+        }
+    }
+
+    #[test]
+    fn unknown_name_is_unsupported() {
+        let e = HashAlg::from_name("md5").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert_eq!(e.message(), "unsupported hash algorithm 'md5'");
+    }
+
+    #[test]
+    fn whirlpool_truncations() {
+        let full = HashAlg::Whirlpool.digest(b"abc");
+        assert_eq!(HashAlg::Wp512.digest(b"abc"), full);
+        assert_eq!(HashAlg::Wp384.digest(b"abc"), full[..48]);
+        assert_eq!(HashAlg::Wp256.digest(b"abc"), full[..32]);
+        assert_eq!(HashAlg::Wp256.truncated_from(), Some(HashAlg::Whirlpool));
+        assert_eq!(HashAlg::Wp512.truncated_from(), None);
+    }
+
+    #[test]
+    fn parts_equal_concatenation() {
+        for h in HashAlg::ALL {
+            assert_eq!(h.digest_parts(&[b"ab", b"", b"c"]), h.digest(b"abc"));
+        }
     }
 }

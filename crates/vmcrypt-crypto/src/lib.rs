@@ -1,10 +1,12 @@
 //! Cryptography for vmcrypt: everything that turns keys and sectors into other bytes.
 //!
-//! * [`hash`]: the hash algorithms LUKS headers name (sha1 .. sha512, ripemd160, whirlpool).
+//! * [`hash`]: the hash algorithms LUKS headers name (sha1 .. sha512, ripemd160, whirlpool,
+//!   the kernel's truncated wp256/wp384/wp512).
 //! * [`kdf`]: PBKDF2 over any of those hashes, plus iteration benchmarking.
 //! * [`af`]: the LUKS anti-forensic splitter (split on key-slot write, merge on unlock).
 //! * [`spec`]: cipher specifications (`aes` + `xts-plain64`, QEMU's `aes-256`/`xts`/`plain64`).
 //! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
+//! * [`lrw`]: the GF(2^128) tweak arithmetic of the kernel's LRW mode.
 //! * [`aes_xts`]: the fast AES-XTS kernel, the only module allowed to use `unsafe`.
 //! * [`secret`]: [`SecretBytes`], key material that is zeroized on drop.
 //! * [`random`]: the OS random number generator.
@@ -12,13 +14,15 @@
 //! No I/O happens here besides reading the OS RNG.
 #![deny(unsafe_code)]
 
-pub mod af;
 #[allow(unsafe_code)]
 pub mod aes_xts;
+pub mod af;
 pub mod bench;
+pub mod bench_suite;
 mod blockcipher;
 pub mod hash;
 pub mod kdf;
+pub mod lrw;
 pub mod random;
 pub mod secret;
 pub mod sector;

@@ -203,7 +203,7 @@ impl BlockDriver for LuksDriver {
     }
 
     fn resize(&self, new_size: u64) -> Result<()> {
-        if new_size % SECTOR != 0 {
+        if !new_size.is_multiple_of(SECTOR) {
             bail!(
                 Usage,
                 "luks: the new size {new_size} is not a multiple of 512 bytes"

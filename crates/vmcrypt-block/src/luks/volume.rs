@@ -198,7 +198,8 @@ impl Luks1Volume {
             .read_at(material.as_mut(), ks.material_offset_bytes())
             .with_ctx(|| format!("reading key material of slot {s}"))?;
         SectorCipher::new(&self.spec, slot_key.as_bytes())?.decrypt(0, 512, material.as_mut())?;
-        let candidate = af::merge(self.hash, material.as_bytes(), key_bytes, ks.stripes);
+        let candidate = af::merge(self.hash, material.as_bytes(), key_bytes, ks.stripes)
+            .with_ctx(|| format!("key slot {s}"))?;
         Ok(self.verify_volume_key(&candidate).then_some(candidate))
     }
 
