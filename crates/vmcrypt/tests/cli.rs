@@ -360,7 +360,7 @@ fn usage_errors_exit_1() {
 
 #[test]
 fn option_help_lists_luks_options() {
-    let ours = vmcrypt(&["create", "-f", "luks", "-o", "help"])
+    let ours = vmcrypt(&["create", "-f", "luks", "-o", "help", "unused.img"])
         .ok()
         .stdout_str();
     // Every option qemu-img lists for luks must be listed by vmcrypt.
@@ -408,4 +408,22 @@ fn key_files_are_exact_bytes() {
     // `--key-file -` reads all of stdin.
     let out = vmcrypt_stdin(&["luks", "test-key", "--key-file", "-", &img], pass);
     out.ok();
+}
+
+/// qemu-img prints the option list without a filename (`qemu-img create -f luks -o
+/// help`); vmcrypt must accept the same command line.
+#[test]
+fn option_help_needs_no_filename() {
+    let theirs = qemu_img(&["create", "-f", "luks", "-o", "help"])
+        .ok()
+        .stdout_str();
+    assert!(theirs.contains("key-secret"), "{theirs}");
+    let ours = vmcrypt(&["create", "-f", "luks", "-o", "help"])
+        .ok()
+        .stdout_str();
+    assert!(ours.contains("key-secret"), "{ours}");
+    let ours = vmcrypt(&["convert", "-O", "luks", "-o", "help"])
+        .ok()
+        .stdout_str();
+    assert!(ours.contains("key-secret"), "{ours}");
 }
