@@ -12,6 +12,8 @@ use vmcrypt_error::{Error, Result};
 /// A hash algorithm that LUKS/QEMU/cryptsetup can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HashAlg {
+    /// Broken for collisions; accepted because QEMU accepts it (hash-alg, ivgen-hash-alg).
+    Md5,
     Sha1,
     Sha224,
     Sha256,
@@ -29,7 +31,8 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// All supported algorithms.
-    pub const ALL: [HashAlg; 10] = [
+    pub const ALL: [HashAlg; 11] = [
+        HashAlg::Md5,
         HashAlg::Sha1,
         HashAlg::Sha224,
         HashAlg::Sha256,
@@ -54,6 +57,7 @@ impl HashAlg {
     /// The canonical lowercase name written into headers ("sha256").
     pub fn name(self) -> &'static str {
         match self {
+            HashAlg::Md5 => "md5",
             HashAlg::Sha1 => "sha1",
             HashAlg::Sha224 => "sha224",
             HashAlg::Sha256 => "sha256",
@@ -70,6 +74,7 @@ impl HashAlg {
     /// Digest length in bytes.
     pub fn output_len(self) -> usize {
         match self {
+            HashAlg::Md5 => 16,
             HashAlg::Sha1 | HashAlg::Ripemd160 => 20,
             HashAlg::Sha224 => 28,
             HashAlg::Sha256 | HashAlg::Wp256 => 32,
@@ -81,6 +86,7 @@ impl HashAlg {
     /// Hash the concatenation of `parts`.
     pub fn digest_parts(self, parts: &[&[u8]]) -> Vec<u8> {
         match self {
+            HashAlg::Md5 => digest_with::<md5::Md5>(parts),
             HashAlg::Sha1 => digest_with::<sha1::Sha1>(parts),
             HashAlg::Sha224 => digest_with::<sha2::Sha224>(parts),
             HashAlg::Sha256 => digest_with::<sha2::Sha256>(parts),
@@ -140,9 +146,9 @@ mod tests {
 
     #[test]
     fn unknown_name_is_unsupported() {
-        let e = HashAlg::from_name("md5").unwrap_err();
+        let e = HashAlg::from_name("md4").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert_eq!(e.message(), "unsupported hash algorithm 'md5'");
+        assert_eq!(e.message(), "unsupported hash algorithm 'md4'");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub fn pbkdf2(hash: HashAlg, password: &[u8], salt: &[u8], iterations: u32, out:
     use pbkdf2::pbkdf2_hmac;
     let rounds = iterations.max(1);
     match hash {
+        HashAlg::Md5 => pbkdf2_hmac::<md5::Md5>(password, salt, rounds, out),
         HashAlg::Sha1 => pbkdf2_hmac::<sha1::Sha1>(password, salt, rounds, out),
         HashAlg::Sha224 => pbkdf2_hmac::<sha2::Sha224>(password, salt, rounds, out),
         HashAlg::Sha256 => pbkdf2_hmac::<sha2::Sha256>(password, salt, rounds, out),

@@ -51,7 +51,8 @@ pub enum IvGen {
 /// (for XTS: both halves, e.g. 64 for AES-256-XTS; for LRW: cipher key + 16, e.g. 32 for
 /// AES-128-LRW).
 ///
-/// For [`CipherMode::Ecb`] the IV generator is unused and is [`IvGen::Null`] when parsed.
+/// For [`CipherMode::Ecb`] the IV generator is unused; it is kept (QEMU writes "ecb-plain64")
+/// and is [`IvGen::Null`] for a bare "ecb".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CipherSpec {
     pub family: CipherFamily,
@@ -239,13 +240,8 @@ impl CipherSpec {
         let mode = CipherMode::from_name(mode_name)?;
         let ivgen = match (mode, iv_part) {
             (CipherMode::Ecb, None) => IvGen::Null,
-            (CipherMode::Ecb, Some(iv)) if iv.eq_ignore_ascii_case("null") => IvGen::Null,
-            (CipherMode::Ecb, Some(iv)) => {
-                bail!(
-                    Unsupported,
-                    "cipher mode 'ecb' takes no IV generator (got '{iv}')"
-                )
-            }
+            // ECB uses no IV, but QEMU writes (and requires) "ecb-plain64" & co.: keep the
+            // generator so the name round-trips.
             (_, None) => bail!(
                 Unsupported,
                 "cipher mode '{mode_name}' needs an IV generator (e.g. '{mode_name}-plain64')"
@@ -297,7 +293,6 @@ impl CipherSpec {
             );
         }
         let ivgen = match ivgen_alg.to_ascii_lowercase().as_str() {
-            _ if mode == CipherMode::Ecb => IvGen::Null,
             "essiv" => IvGen::Essiv(HashAlg::from_name(ivgen_hash.unwrap_or("sha256"))?),
             name if name.contains(':') => bail!(Unsupported, "unsupported ivgen-alg '{ivgen_alg}'"),
             name => IvGen::from_dm_name(name)
@@ -361,9 +356,9 @@ impl CipherSpec {
 
     /// LUKS1 `cipher_mode` ("xts-plain64", "cbc-essiv:sha256", "ecb").
     pub fn luks_cipher_mode(&self) -> String {
-        match self.mode {
-            CipherMode::Ecb => "ecb".to_string(),
-            m => format!("{}-{}", m.name(), self.ivgen.dm_name()),
+        match (self.mode, self.ivgen) {
+            (CipherMode::Ecb, IvGen::Null) => "ecb".to_string(),
+            (m, iv) => format!("{}-{}", m.name(), iv.dm_name()),
         }
     }
 
@@ -389,19 +384,18 @@ impl CipherSpec {
         self.mode.name()
     }
 
-    /// QEMU's ivgen-alg name ("plain64", "essiv", ...); `None` for ECB.
+    /// QEMU's ivgen-alg name ("plain64", "essiv", ...); `None` for a bare "ecb".
     pub fn qemu_ivgen_alg(&self) -> Option<&'static str> {
-        match self.mode {
-            CipherMode::Ecb => None,
+        match (self.mode, self.ivgen) {
+            (CipherMode::Ecb, IvGen::Null) => None,
             _ => Some(self.ivgen.base_name()),
         }
     }
 
     /// QEMU's ivgen-hash-alg ("sha256"), only for essiv.
     pub fn qemu_ivgen_hash_alg(&self) -> Option<&'static str> {
-        match (self.mode, self.ivgen) {
-            (CipherMode::Ecb, _) => None,
-            (_, IvGen::Essiv(h)) => Some(h.name()),
+        match self.ivgen {
+            IvGen::Essiv(h) => Some(h.name()),
             _ => None,
         }
     }
@@ -529,8 +523,8 @@ mod tests {
         assert_eq!(m, "unsupported cipher 'des'");
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-lmk", 32));
         assert_eq!(m, "unsupported IV generator 'lmk'");
-        let m = unsupported(CipherSpec::from_luks("aes", "cbc-essiv:md5", 32));
-        assert_eq!(m, "unsupported hash algorithm 'md5'");
+        let m = unsupported(CipherSpec::from_luks("aes", "cbc-essiv:md4", 32));
+        assert_eq!(m, "unsupported hash algorithm 'md4'");
         let m = unsupported(CipherSpec::from_luks("cast5", "cbc-plain", 24));
         assert!(m.contains("invalid key size 24 bytes for cast5-cbc"), "{m}");
         let m = unsupported(CipherSpec::from_luks("aes", "xts-plain64", 32 + 1));
@@ -543,7 +537,8 @@ mod tests {
         assert!(m.contains("essiv:sha1 needs a 20-byte aes key"), "{m}");
         unsupported(CipherSpec::from_luks("aes", "cbc", 32));
         unsupported(CipherSpec::from_luks("aes", "cbc-essiv", 32));
-        unsupported(CipherSpec::from_luks("aes", "ecb-plain64", 32));
+        let ecb = CipherSpec::from_luks("aes", "ecb-plain64", 32).unwrap();
+        assert_eq!(ecb.luks_cipher_mode(), "ecb-plain64");
         unsupported(CipherSpec::from_luks2("aes", 32));
     }
 
@@ -604,7 +599,8 @@ mod tests {
         assert_eq!(s.block_size(), 8);
 
         let s = CipherSpec::from_qemu("serpent-192", "ecb", "plain64", None).unwrap();
-        assert_eq!(s.qemu_ivgen_alg(), None);
+        assert_eq!(s.qemu_ivgen_alg(), Some("plain64"));
+        assert_eq!(s.luks_cipher_mode(), "ecb-plain64");
         assert_eq!(s.key_bytes, 24);
         let s = CipherSpec::from_qemu("twofish-128", "xts", "benbi", None).unwrap();
         assert_eq!(s.key_bytes, 32);

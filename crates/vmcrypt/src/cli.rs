@@ -38,7 +38,8 @@ pub enum Command {
         /// Format options (key=value,...); -o help lists them
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
-        filename: String,
+        /// Image to create (not needed with -o help)
+        filename: Option<String>,
         size: Option<String>,
     },
     /// Show image information (qemu-img info)
@@ -76,8 +77,10 @@ pub enum Command {
         /// Cache mode of the source (accepted for compatibility)
         #[arg(short = 'T')]
         src_cache: Option<String>,
-        source: String,
-        target: String,
+        /// Source image (not needed with -o help)
+        source: Option<String>,
+        /// Target image
+        target: Option<String>,
     },
     /// Check an image for consistency (qemu-img check)
     Check {

@@ -1,4 +1,22 @@
 //! The `vmcrypt` command: parse arguments, run the command, map errors to exit codes.
+/// `print!` that ends the process quietly when stdout is closed (e.g. `| head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if std::io::stdout().write_fmt(format_args!($($arg)*)).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `println!` with [`out!`]'s behaviour on a closed stdout.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        out!($($arg)*);
+        out!("\n");
+    }};
+}
+
 mod cli;
 mod cmd;
 mod passphrase;

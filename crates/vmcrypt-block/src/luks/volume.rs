@@ -478,15 +478,10 @@ impl Luks1Volume {
         Ok((vol, volume_key))
     }
 
-    /// Bytes a header backup holds: the payload offset (cryptsetup), or the header area
-    /// rounded up to 4 KiB for a detached header with payload offset 0.
+    /// Bytes a header backup holds: the binary header and all key material, rounded up
+    /// to 4 KiB, exactly as cryptsetup's luksHeaderBackup writes it.
     pub fn backup_len(&self) -> u64 {
-        let p = self.header.payload_offset_bytes();
-        if p > 0 {
-            p
-        } else {
-            self.header.header_area_end().div_ceil(4096) * 4096
-        }
+        self.header.header_area_end().div_ceil(4096) * 4096
     }
 
     /// Read the header area for a backup file.

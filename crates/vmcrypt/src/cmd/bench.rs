@@ -19,6 +19,6 @@ pub fn run(seconds: f64) -> Result<u8> {
         .map(|&(c, m, k)| cipher_row(c, m, k, budget / 3))
         .collect::<Result<Vec<_>>>()?;
     eprintln!();
-    print!("{}", render(&kdf, &rows));
+    out!("{}", render(&kdf, &rows));
     Ok(0)
 }

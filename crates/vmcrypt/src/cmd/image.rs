@@ -26,9 +26,9 @@ fn merge_options(options: &[String]) -> Result<Map<String, Value>> {
 }
 
 fn print_option_help(format: &str) -> Result<u8> {
-    println!("Supported options:");
+    outln!("Supported options:");
     for (name, help) in options_for(format)? {
-        println!("  {name:<18} - {help}");
+        outln!("  {name:<18} - {help}");
     }
     Ok(0)
 }
@@ -41,12 +41,13 @@ pub fn create(
     common: &Common,
     format: &str,
     options: &[String],
-    filename: &str,
+    filename: Option<&str>,
     size: Option<&str>,
 ) -> Result<u8> {
     if wants_help(options) {
         return print_option_help(format);
     }
+    let filename = filename.ok_or_else(|| Error::usage("expecting an image file name"))?;
     let mut opts = merge_options(options)?;
     let size = match (size, opts.remove("size")) {
         (Some(s), None) => parse_size(s)?,
@@ -65,7 +66,7 @@ pub fn create(
         for (k, v) in &opts {
             line += &format!(" {k}={}", v.as_str().unwrap_or_default());
         }
-        println!("{line}");
+        outln!("{line}");
     }
     create_image(Path::new(filename), format, size, &opts, &store)?;
     Ok(0)
@@ -75,8 +76,8 @@ pub fn info(common: &Common, format: Option<&str>, output: &str, filename: &str)
     let store = secrets(common)?;
     let node = open_image(common, format, filename, &store, true, true)?;
     match output {
-        "json" => println!("{}", pretty(&image_info(node.as_ref()))),
-        "human" => print!("{}", human_info(node.as_ref(), &node.filename())),
+        "json" => outln!("{}", pretty(&image_info(node.as_ref()))),
+        "human" => out!("{}", human_info(node.as_ref(), &node.filename())),
         other => bail!(Usage, "--output must be human or json, not '{other}'"),
     }
     Ok(0)
@@ -99,21 +100,24 @@ pub struct ConvertArgs<'a> {
     pub no_create: bool,
     pub target_image_opts: bool,
     pub progress: bool,
-    pub source: &'a str,
-    pub target: &'a str,
+    pub source: Option<&'a str>,
+    pub target: Option<&'a str>,
 }
 
 pub fn convert(a: &ConvertArgs) -> Result<u8> {
     if wants_help(a.options) {
         return print_option_help(a.out_format);
     }
+    let (Some(source), Some(target)) = (a.source, a.target) else {
+        bail!(Usage, "convert needs a source and a target image");
+    };
     ensure!(
         !a.target_image_opts || a.no_create,
         Usage,
         "--target-image-opts requires use of -n flag"
     );
     let store = secrets(a.common)?;
-    let src = open_image(a.common, a.format, a.source, &store, true, false).ctx("source")?;
+    let src = open_image(a.common, a.format, source, &store, true, false).ctx("source")?;
     let opts = merge_options(a.options)?;
     let ctx = OpenContext {
         secrets: &store,
@@ -128,17 +132,17 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
             "-o cannot be used with -n (the target already exists)"
         );
         let spec = if a.target_image_opts {
-            parse_keyval(a.target, None)?
+            parse_keyval(target, None)?
         } else {
-            graph::spec_from_filename(a.target, Some(a.out_format))?
+            graph::spec_from_filename(target, Some(a.out_format))?
         };
         (graph::open(&spec, &ctx).ctx("target")?, false)
     } else {
-        let file = create_image(Path::new(a.target), a.out_format, src.size(), &opts, &store)
+        let file = create_image(Path::new(target), a.out_format, src.size(), &opts, &store)
             .ctx("target")?;
         let zeroed = a.out_format == "raw" && file.has_zero_init();
         drop(file);
-        let mut spec = graph::spec_from_filename(a.target, Some(a.out_format))?;
+        let mut spec = graph::spec_from_filename(target, Some(a.out_format))?;
         if let Some(id) = opt_str(&opts, "key-secret")? {
             spec.insert("key-secret".into(), Value::String(id));
         }
@@ -194,13 +198,13 @@ pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str
         Err(e) => return Err(e),
     };
     match output {
-        "json" => println!(
+        "json" => outln!(
             "{}",
             pretty(
                 &serde_json::json!({"filename": filename, "format": "luks", "check-errors": errors})
             )
         ),
-        _ => println!("{message}"),
+        _ => outln!("{message}"),
     }
     Ok(if errors > 0 { 2 } else { 0 })
 }
@@ -232,7 +236,7 @@ pub fn resize(
     node.resize(new)?;
     node.flush()?;
     if !common.quiet {
-        println!("Image resized.");
+        outln!("Image resized.");
     }
     Ok(0)
 }

@@ -177,7 +177,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             let mut vol = open_volume(&device, &key, uuid.is_none())?;
             match uuid {
                 Some(u) => vol.set_uuid(&u)?,
-                None => println!("{}", vol.header().uuid),
+                None => outln!("{}", vol.header().uuid),
             }
             Ok(0)
         }
@@ -205,9 +205,9 @@ fn dump(device: &str, key: &KeyOpts, dump_volume_key: bool, json: bool) -> Resul
         None
     };
     if json {
-        println!("{}", pretty(&luks_dump_json(&vol, vk.as_ref())));
+        outln!("{}", pretty(&luks_dump_json(&vol, vk.as_ref())));
     } else {
-        print!("{}", luks_dump_text(&vol, device, vk.as_ref()));
+        out!("{}", luks_dump_text(&vol, device, vk.as_ref()));
     }
     Ok(0)
 }

@@ -22,7 +22,13 @@ pub fn run(cli: Cli) -> Result<u8> {
             options,
             filename,
             size,
-        } => image::create(&common, &format, &options, &filename, size.as_deref()),
+        } => image::create(
+            &common,
+            &format,
+            &options,
+            filename.as_deref(),
+            size.as_deref(),
+        ),
         Command::Info {
             common,
             format,
@@ -51,8 +57,8 @@ pub fn run(cli: Cli) -> Result<u8> {
                 no_create,
                 target_image_opts,
                 progress,
-                source: &source,
-                target: &target,
+                source: source.as_deref(),
+                target: target.as_deref(),
             })
         }
         Command::Check {
