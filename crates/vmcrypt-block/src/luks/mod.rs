@@ -216,18 +216,25 @@ impl BlockDriver for LuksDriver {
         self.file.is_read_only()
     }
 
+    /// `header` first, then `file`, in the order qemu-img lists a detached LUKS image's
+    /// children.
     fn children(&self) -> Vec<Child> {
-        let mut v = vec![Child {
-            role: "file",
-            node: self.file.clone(),
-        }];
+        let mut v = Vec::new();
         if let Some(h) = &self.header_node {
             v.push(Child {
                 role: "header",
                 node: h.clone(),
             });
         }
+        v.push(Child {
+            role: "file",
+            node: self.file.clone(),
+        });
         v
+    }
+
+    fn filename(&self) -> String {
+        self.file.filename()
     }
 
     fn format_specific(&self) -> Option<serde_json::Value> {
