@@ -23,8 +23,14 @@ const IMAGES: [&str; 8] = [
 
 fn load(name: &str) -> (luks2::Loaded, Vec<u8>) {
     let (buf, size) = head(&vectors().join(name));
-    let l = luks2::load(&buf, &sha2_hasher, LoadOptions { device_size: Some(size) })
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let l = luks2::load(
+        &buf,
+        &sha2_hasher,
+        LoadOptions {
+            device_size: Some(size),
+        },
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
     (l, buf)
 }
 
@@ -58,7 +64,10 @@ fn vectors_decode_validate_and_round_trip() {
         assert_eq!(l.header.metadata.to_value(), meta, "{name}: JSON differs");
         let hs = l.header.hdr_size() as usize;
         assert!(independent_checksum_ok(&buf[..hs]), "{name}: primary csum");
-        assert!(independent_checksum_ok(&buf[hs..2 * hs]), "{name}: secondary csum");
+        assert!(
+            independent_checksum_ok(&buf[hs..2 * hs]),
+            "{name}: secondary csum"
+        );
         let again = l.header.encode_both(&sha2_hasher).unwrap();
         assert!(again == buf[..2 * hs], "{name}: re-encoding differs");
         // typed views parse everywhere
@@ -79,25 +88,45 @@ fn typed_views_match_the_dumps() {
     let ids: Vec<u32> = md.keyslots().unwrap().iter().map(|k| k.id).collect();
     assert_eq!(ids, [0, 2, 3, 7, 9, 12]);
     let k3 = md.keyslot(3).unwrap().unwrap();
-    let KeyslotKind::Luks2(k3) = k3.kind else { panic!() };
+    let KeyslotKind::Luks2(k3) = k3.kind else {
+        panic!()
+    };
     assert_eq!(k3.priority, Priority::Prefer);
     assert_eq!((k3.area_offset, k3.area_size), (839680, 258048));
-    assert!(matches!(k3.kdf, luks2::Kdf::Argon2 { id: false, time: 4, memory: 1024, cpus: 1, .. }));
+    assert!(matches!(
+        k3.kdf,
+        luks2::Kdf::Argon2 {
+            id: false,
+            time: 4,
+            memory: 1024,
+            cpus: 1,
+            ..
+        }
+    ));
     let k12 = md.digest_for_keyslot(12).unwrap().unwrap();
     assert!(k12.segments.is_empty(), "slot 12 is unbound");
     let seg = md.default_segment().unwrap();
-    assert_eq!((seg.offset, seg.size, seg.sector_size), (2097152, SegmentSize::Dynamic, 512));
+    assert_eq!(
+        (seg.offset, seg.size, seg.sector_size),
+        (2097152, SegmentSize::Dynamic, 512)
+    );
     assert_eq!(md.config().unwrap().keyslots_size, 2031616);
     assert_eq!(md.first_free_keyslot().unwrap(), Some(1));
     assert!(l.header.requirements().unwrap().mandatory.is_empty());
 
     let (l, _) = load("luks2-pbkdf2-sha512-aes128-xts.img");
     let d = &l.header.metadata.digests().unwrap()[0];
-    assert_eq!((d.hash.as_str(), d.digest.len(), d.salt.len()), ("sha512", 64, 32));
+    assert_eq!(
+        (d.hash.as_str(), d.digest.len(), d.salt.len()),
+        ("sha512", 64, 32)
+    );
     let (l, _) = load("luks2-converted-from-luks1.img");
     assert_eq!(l.header.metadata.digests().unwrap()[0].digest.len(), 20);
     let (l, _) = load("luks2-sector4096-argon2i.img");
-    assert_eq!(l.header.metadata.default_segment().unwrap().sector_size, 4096);
+    assert_eq!(
+        l.header.metadata.default_segment().unwrap().sector_size,
+        4096
+    );
     let (l, _) = load("luks2-detached.hdr");
     assert_eq!(l.header.metadata.data_offset().unwrap(), 0);
 }
@@ -111,7 +140,10 @@ fn reencryption_header_is_read_only() {
     let e = r.check_writable().unwrap_err();
     assert_eq!(e.kind(), vmcrypt_error::ErrorKind::ReadOnly);
     let md = &l.header.metadata;
-    assert!(matches!(md.keyslot(2).unwrap().unwrap().kind, KeyslotKind::Reencrypt { .. }));
+    assert!(matches!(
+        md.keyslot(2).unwrap().unwrap().kind,
+        KeyslotKind::Reencrypt { .. }
+    ));
     assert_eq!(md.regular_segment_count().unwrap(), 1);
     assert_eq!(md.default_segment().unwrap().id, 2, "backup-final segment");
 }
@@ -131,12 +163,18 @@ fn tokens_keep_unknown_fields() {
     // Remove and re-import token 0: same bytes as before, field order preserved.
     let mut h = l.header.clone();
     let t0 = h.metadata.remove_token(0).unwrap();
-    assert_eq!(h.metadata.add_token(Some(1), t0.clone(), false).unwrap_err().kind(),
-               vmcrypt_error::ErrorKind::Busy);
+    assert_eq!(
+        h.metadata
+            .add_token(Some(1), t0.clone(), false)
+            .unwrap_err()
+            .kind(),
+        vmcrypt_error::ErrorKind::Busy
+    );
     let mut md = h.metadata.clone();
     md.remove_token(1).unwrap();
     assert_eq!(md.add_token(None, t0.clone(), false).unwrap(), 0);
-    md.add_token(None, toks[1].json.clone().into(), true).unwrap();
+    md.add_token(None, toks[1].json.clone().into(), true)
+        .unwrap();
     h.metadata = md;
     let hs = h.hdr_size() as usize;
     assert!(h.encode_both(&sha2_hasher).unwrap() == buf[..2 * hs]);

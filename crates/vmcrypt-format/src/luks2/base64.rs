@@ -50,7 +50,11 @@ pub fn decode(text: &str, field: &str) -> Result<Vec<u8>> {
         let mut n = 0u32;
         for &c in &q[..4 - pad] {
             let Some(v) = value(c) else {
-                bail!(Corrupt, "LUKS2 {field}: invalid base64 character {:?}", c as char);
+                bail!(
+                    Corrupt,
+                    "LUKS2 {field}: invalid base64 character {:?}",
+                    c as char
+                );
             };
             n = (n << 6) | v;
         }

@@ -234,7 +234,9 @@ pub fn checksum(
     zeroed.copy_from_slice(&bin[..BIN_HEADER_SIZE]);
     zeroed[CSUM_RANGE].fill(0);
     let digest = hasher.digest(alg, &[&zeroed, json_area]).ok_or_else(|| {
-        Error::unsupported(format!("LUKS2 header checksum algorithm '{alg}' is not supported"))
+        Error::unsupported(format!(
+            "LUKS2 header checksum algorithm '{alg}' is not supported"
+        ))
     })?;
     ensure!(
         !digest.is_empty() && digest.len() <= CSUM_LEN,
@@ -261,4 +263,66 @@ pub fn verify_checksum(
         header.checksum_alg
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BinaryHeader {
+        BinaryHeader {
+            copy: HeaderCopy::Secondary,
+            version: 2,
+            hdr_size: 0x8000,
+            seqid: 7,
+            label: "vm-disk".into(),
+            checksum_alg: "sha256".into(),
+            salt: [0x5a; SALT_LEN],
+            uuid: "5a9ad1c3-0000-4000-8000-00000000a2d0".into(),
+            subsystem: "sub".into(),
+            hdr_offset: 0x8000,
+            csum: [0; CSUM_LEN],
+        }
+    }
+
+    fn xor_hasher(_alg: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; 32];
+        for (i, b) in parts.iter().flat_map(|p| p.iter()).enumerate() {
+            out[i % 32] ^= b.rotate_left(i as u32 % 7);
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn round_trip_and_layout() {
+        let mut h = sample();
+        let json = vec![0u8; 0x8000 - BIN_HEADER_SIZE];
+        let bytes = h.seal(&json, &xor_hasher).unwrap();
+        assert_eq!(&bytes[..8], b"SKUL\xba\xbe\x00\x02");
+        assert_eq!(&bytes[72..78], b"sha256");
+        assert_eq!(bytes[256..264], 0x8000u64.to_be_bytes());
+        let back = BinaryHeader::decode(&bytes, HeaderCopy::Secondary, 0x8000).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(back.encode(), bytes);
+        verify_checksum(&back, &bytes, &json, &xor_hasher).unwrap();
+        let mut json2 = json.clone();
+        json2[5] = 1;
+        assert!(verify_checksum(&back, &bytes, &json2, &xor_hasher).is_err());
+    }
+
+    #[test]
+    fn decode_names_what_is_wrong() {
+        let mut h = sample();
+        let bytes = h.seal(&[], &xor_hasher).unwrap();
+        let err = |b: &[u8], c, o| BinaryHeader::decode(b, c, o).unwrap_err().to_string();
+        assert!(err(&bytes, HeaderCopy::Primary, 0x8000).contains("magic"));
+        assert!(err(&bytes, HeaderCopy::Secondary, 0x4000).contains("hdr_offset"));
+        assert!(err(&bytes[..100], HeaderCopy::Secondary, 0x8000).contains("truncated"));
+        let mut b = bytes;
+        b[OFF_LABEL..OFF_LABEL + 2].copy_from_slice(&[0xff, 0xfe]);
+        assert!(err(&b, HeaderCopy::Secondary, 0x8000).contains("label"));
+        let mut b = bytes;
+        b[7] = 3;
+        assert!(err(&b, HeaderCopy::Secondary, 0x8000).contains("version 3"));
+    }
 }

@@ -142,8 +142,9 @@ impl Metadata {
     /// Keyslot `id`, if present.
     pub fn keyslot(&self, id: u32) -> Result<Option<Keyslot>> {
         match self.section("keyslots")?.get(&id.to_string()) {
-            Some(v) => Keyslot::parse(&id.to_string(), obj(v, "keyslot", &id.to_string())?)
-                .map(Some),
+            Some(v) => {
+                Keyslot::parse(&id.to_string(), obj(v, "keyslot", &id.to_string())?).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -158,7 +159,10 @@ impl Metadata {
 
     /// The digest that keyslot `id` is bound to.
     pub fn digest_for_keyslot(&self, id: u32) -> Result<Option<Digest>> {
-        Ok(self.digests()?.into_iter().find(|d| d.keyslots.contains(&id)))
+        Ok(self
+            .digests()?
+            .into_iter()
+            .find(|d| d.keyslots.contains(&id)))
     }
 
     /// All segments, sorted by id.
@@ -195,7 +199,10 @@ impl Metadata {
     /// otherwise the only regular segment.
     pub fn default_segment(&self) -> Result<Segment> {
         let segs = self.segments()?;
-        if let Some(s) = segs.iter().find(|s| s.flags.iter().any(|f| f == "backup-final")) {
+        if let Some(s) = segs
+            .iter()
+            .find(|s| s.flags.iter().any(|f| f == "backup-final"))
+        {
             return Ok(s.clone());
         }
         let regular: Vec<_> = segs.into_iter().filter(|s| !s.is_backup()).collect();
@@ -235,7 +242,11 @@ impl Metadata {
     /// Fails with `Busy` if the id is taken. The caller binds it to a digest.
     pub fn add_keyslot(&mut self, id: u32, keyslot: Value) -> Result<()> {
         check_range(id, KEYSLOTS_MAX, "keyslot")?;
-        ensure!(keyslot.is_object(), Usage, "a LUKS2 keyslot must be a JSON object");
+        ensure!(
+            keyslot.is_object(),
+            Usage,
+            "a LUKS2 keyslot must be a JSON object"
+        );
         let ks = self.section_mut("keyslots")?;
         ensure!(
             !ks.contains_key(&id.to_string()),
@@ -332,7 +343,11 @@ impl Metadata {
     /// Insert or replace digest `id` (e.g. `Digest::to_json()`).
     pub fn set_digest(&mut self, id: u32, digest: Value) -> Result<()> {
         check_range(id, super::DIGESTS_MAX, "digest")?;
-        ensure!(digest.is_object(), Usage, "a LUKS2 digest must be a JSON object");
+        ensure!(
+            digest.is_object(),
+            Usage,
+            "a LUKS2 digest must be a JSON object"
+        );
         self.section_mut("digests")?.insert(id.to_string(), digest);
         Ok(())
     }
@@ -400,7 +415,11 @@ fn obj<'a>(v: &'a Value, section: &str, key: &str) -> Result<&'a Obj> {
 }
 
 fn check_range(id: u32, max: u32, what: &str) -> Result<()> {
-    ensure!(id < max, Usage, "LUKS2 {what} id {id} is out of range 0..{max}");
+    ensure!(
+        id < max,
+        Usage,
+        "LUKS2 {what} id {id} is out of range 0..{max}"
+    );
     Ok(())
 }
 

@@ -54,7 +54,10 @@ pub fn is_int(v: &Value) -> bool {
 
 /// Integer field (any size that fits i64/u64).
 pub fn get_int(m: &Obj, key: &str, what: &str) -> Result<i128> {
-    let v = m.get(key).filter(|v| is_int(v)).ok_or_else(|| missing(what, key, "integer"))?;
+    let v = m
+        .get(key)
+        .filter(|v| is_int(v))
+        .ok_or_else(|| missing(what, key, "integer"))?;
     Ok(v.as_i64()
         .map(i128::from)
         .or_else(|| v.as_u64().map(i128::from))
@@ -74,7 +77,10 @@ pub fn get_u32(m: &Obj, key: &str, what: &str) -> Result<u32> {
 /// Parse a LUKS2 decimal string (digits only, no sign, no overflow).
 pub fn parse_u64(s: &str, what: &str) -> Result<u64> {
     if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
-        bail!(Corrupt, "LUKS2 metadata: {what} \"{s}\" is not a decimal number");
+        bail!(
+            Corrupt,
+            "LUKS2 metadata: {what} \"{s}\" is not a decimal number"
+        );
     }
     s.parse::<u64>().map_err(|_| {
         Error::corrupt(format!(

@@ -97,9 +97,8 @@ where
     R: FnMut(u64, usize) -> Result<Vec<u8>>,
 {
     let (bin, area) = read_binary(read, copy, offset, hasher)?;
-    let json = Metadata::from_json_area(&area).map_err(|e| {
-        e.context(format!("{} LUKS2 header at offset {offset}", copy.name()))
-    });
+    let json = Metadata::from_json_area(&area)
+        .map_err(|e| e.context(format!("{} LUKS2 header at offset {offset}", copy.name())));
     Ok(CopyRead { bin, json })
 }
 
@@ -171,7 +170,11 @@ where
                 } else {
                     ErrorKind::Corrupt
                 },
-                format!("no valid LUKS2 header: primary: {}; secondary: {}", reason(&s1), reason(&s2)),
+                format!(
+                    "no valid LUKS2 header: primary: {}; secondary: {}",
+                    reason(&s1),
+                    reason(&s2)
+                ),
             ));
         }
     };

@@ -24,8 +24,7 @@ pub use binary::{BinaryHeader, HeaderCopy};
 pub use json::Metadata;
 pub use load::{CopyState, LoadOptions, Loaded, load, load_with};
 pub use model::{
-    Config, Digest, Kdf, Keyslot, KeyslotKind, Luks2Keyslot, Priority, Segment, SegmentSize,
-    Token,
+    Config, Digest, Kdf, Keyslot, KeyslotKind, Luks2Keyslot, Priority, Segment, SegmentSize, Token,
 };
 
 use vmcrypt_error::Result;

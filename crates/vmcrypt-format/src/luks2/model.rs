@@ -99,7 +99,10 @@ impl Kdf {
                 cpus: get_u32(kdf, "cpus", what)?,
                 salt,
             }),
-            other => bail!(Unsupported, "LUKS2 {what}: unsupported KDF type \"{other}\""),
+            other => bail!(
+                Unsupported,
+                "LUKS2 {what}: unsupported KDF type \"{other}\""
+            ),
         }
     }
 
@@ -190,7 +193,10 @@ impl Luks2Keyslot {
 pub enum KeyslotKind {
     Luks2(Luks2Keyslot),
     /// Reencryption metadata (`type reencrypt`): not a key; its area is in use.
-    Reencrypt { mode: String, direction: String },
+    Reencrypt {
+        mode: String,
+        direction: String,
+    },
     /// A type vmcrypt does not know; kept as is.
     Unknown(String),
 }
@@ -263,7 +269,10 @@ impl Digest {
             SEGMENTS_MAX,
         )?;
         if kind != "pbkdf2" {
-            bail!(Unsupported, "LUKS2 {what}: unsupported digest type \"{kind}\"");
+            bail!(
+                Unsupported,
+                "LUKS2 {what}: unsupported digest type \"{kind}\""
+            );
         }
         Ok(Digest {
             id,
@@ -336,13 +345,21 @@ impl Segment {
             offset: get_u64_str(s, "offset", &what)?,
             size,
             flags,
-            iv_tweak: if crypt { get_u64_str(s, "iv_tweak", &what)? } else { 0 },
+            iv_tweak: if crypt {
+                get_u64_str(s, "iv_tweak", &what)?
+            } else {
+                0
+            },
             encryption: if crypt {
                 get_str(s, "encryption", &what)?.to_string()
             } else {
                 String::new()
             },
-            sector_size: if crypt { get_u32(s, "sector_size", &what)? } else { 512 },
+            sector_size: if crypt {
+                get_u32(s, "sector_size", &what)?
+            } else {
+                512
+            },
             integrity: match s.get("integrity") {
                 Some(_) => Some(get_str(get_obj(s, "integrity", &what)?, "type", &what)?.into()),
                 None => None,

@@ -9,11 +9,11 @@ use serde_json::Value;
 use vmcrypt_error::{Error, Result, bail, ensure};
 
 use super::jsonutil::{
-    Obj, as_obj, field, get_arr, get_int, get_obj, get_str, get_u32, get_u64_str, is_int,
-    parse_id, parse_u64, str_array,
+    Obj, as_obj, field, get_arr, get_int, get_obj, get_str, get_u32, get_u64_str, is_int, parse_id,
+    parse_u64, str_array,
 };
 use super::{
-    BIN_HEADER_SIZE, KEYSLOTS_MAX, MAX_KEYSLOTS_SIZE, SEGMENTS_MAX, TOKENS_MAX, DIGESTS_MAX,
+    BIN_HEADER_SIZE, DIGESTS_MAX, KEYSLOTS_MAX, MAX_KEYSLOTS_SIZE, SEGMENTS_MAX, TOKENS_MAX,
     is_legal_hdr_size,
 };
 
@@ -106,12 +106,10 @@ fn check_digests(root: &Obj) -> Result<()> {
 
 /// True if the segment carries a flag starting with "backup-".
 pub fn segment_is_backup(seg: &Obj) -> bool {
-    seg.get("flags")
-        .and_then(Value::as_array)
-        .is_some_and(|f| {
-            f.iter()
-                .any(|v| v.as_str().is_some_and(|s| s.starts_with("backup-")))
-        })
+    seg.get("flags").and_then(Value::as_array).is_some_and(|f| {
+        f.iter()
+            .any(|v| v.as_str().is_some_and(|s| s.starts_with("backup-")))
+    })
 }
 
 fn segment_has_digest(id: &str, digests: &Obj) -> bool {
@@ -370,7 +368,9 @@ fn check_areas(root: &Obj) -> Result<()> {
     }
     for &(a, off_a, _) in &areas {
         for &(b, off_b, size_b) in &areas {
-            if a != b && off_a >= off_b && u128::from(off_a) < u128::from(off_b) + u128::from(size_b)
+            if a != b
+                && off_a >= off_b
+                && u128::from(off_a) < u128::from(off_b) + u128::from(size_b)
             {
                 bail!(
                     Corrupt,
