@@ -2,3 +2,4 @@
 #![forbid(unsafe_code)]
 
 pub mod luks1;
+pub mod luks2;
