@@ -11,6 +11,8 @@
 //! normal form, derived at compile time from the published 4-bit tables. [`LANES`]
 //! blocks are processed side by side in `[u32; LANES]` arrays, which LLVM turns into
 //! SIMD instructions.
+// The bitsliced rounds index several parallel word arrays in lock-step.
+#![allow(clippy::needless_range_loop)]
 use super::BlockCipher;
 use vmcrypt_error::{Error, Result};
 use zeroize::Zeroize;
