@@ -105,13 +105,33 @@ fn aes_submission_vk_vt_byte_reversed() {
     let cases = [
         (one.to_string(), z16, "49AFBFAD9D5A34052CD8FFA5986BD2DD"),
         (z16.to_string(), one, "10B5FFB720B8CB9002A1142B0BA2E94A"),
-        (format!("{one}0000000000000000"), z16, "E78E5402C7195568AC3678F7A3F60C66"),
-        (format!("{z16}0000000000000000"), one, "B10B271BA25257E1294F2B51F076D0D9"),
-        (format!("{one}{z16}"), z16, "ABED96E766BF28CBC0EBD21A82EF0819"),
-        (format!("{z16}{z16}"), one, "DA5A7992B1B4AE6F8C004BC8A7DE5520"),
+        (
+            format!("{one}0000000000000000"),
+            z16,
+            "E78E5402C7195568AC3678F7A3F60C66",
+        ),
+        (
+            format!("{z16}0000000000000000"),
+            one,
+            "B10B271BA25257E1294F2B51F076D0D9",
+        ),
+        (
+            format!("{one}{z16}"),
+            z16,
+            "ABED96E766BF28CBC0EBD21A82EF0819",
+        ),
+        (
+            format!("{z16}{z16}"),
+            one,
+            "DA5A7992B1B4AE6F8C004BC8A7DE5520",
+        ),
     ];
     for (key, pt, ct) in cases {
-        assert_eq!(encrypt_one(&reversed(&key), &reversed(pt)), reversed(ct), "key {key}");
+        assert_eq!(
+            encrypt_one(&reversed(&key), &reversed(pt)),
+            reversed(ct),
+            "key {key}"
+        );
     }
 }
 
@@ -125,7 +145,11 @@ fn short_key_padding() {
         let mut long = key.clone();
         long.push(1);
         long.resize(32, 0);
-        assert_eq!(encrypt_one(&key, &pt), encrypt_one(&long, &pt), "{len}-byte key");
+        assert_eq!(
+            encrypt_one(&key, &pt),
+            encrypt_one(&long, &pt),
+            "{len}-byte key"
+        );
     }
 }
 
@@ -170,4 +194,41 @@ fn rejects_bad_key_lengths() {
         let err = Serpent::new(&vec![0u8; len]).err().expect("must fail");
         assert!(err.to_string().contains(&len.to_string()), "{err}");
     }
+}
+
+/// The bitsliced ANF circuits reproduce every published S-box and its inverse on all
+/// 16 inputs, in every one of the 32 bit positions.
+#[test]
+fn bitsliced_sboxes_match_tables() {
+    use super::{SBOX, State, sbox};
+    fn check<const S: usize>() {
+        for v in 0..16u32 {
+            for pos in [0u32, 7, 31] {
+                let mut st: State<2> = std::array::from_fn(|i| [((v >> i) & 1) << pos, 0]);
+                sbox::<S, false, 2>(&mut st);
+                let out: u32 = (0..4).map(|i| ((st[i][0] >> pos) & 1) << i).sum();
+                assert_eq!(out, u32::from(SBOX[S][v as usize]), "S{S}({v})");
+                // Lane 1 is all zeros: every bit position must hold S(0).
+                for (i, plane) in st.iter().enumerate() {
+                    let want = if SBOX[S][0] >> i & 1 != 0 {
+                        u32::MAX
+                    } else {
+                        0
+                    };
+                    assert_eq!(plane[1], want, "S{S}(0) bit {i}");
+                }
+                sbox::<S, true, 2>(&mut st);
+                let back: u32 = (0..4).map(|i| ((st[i][0] >> pos) & 1) << i).sum();
+                assert_eq!(back, v, "S{S}^-1(S{S}({v}))");
+            }
+        }
+    }
+    check::<0>();
+    check::<1>();
+    check::<2>();
+    check::<3>();
+    check::<4>();
+    check::<5>();
+    check::<6>();
+    check::<7>();
 }
