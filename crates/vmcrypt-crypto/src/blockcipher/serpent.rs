@@ -8,11 +8,9 @@
 //! The cipher runs in the specification's bitslice mode: the four 32-bit words of a
 //! block are the bit planes, so each S-box is a boolean circuit on whole words. The
 //! circuits are not hand-written: each S-box output bit is evaluated as its algebraic
-//! normal form, derived at compile time from the published 4-bit tables. [`LANES`]
-//! blocks are processed side by side in `[u32; LANES]` arrays, which LLVM turns into
-//! SIMD instructions.
-// The bitsliced rounds index several parallel word arrays in lock-step.
-#![allow(clippy::needless_range_loop)]
+//! normal form, derived at compile time from the published 4-bit tables. The round
+//! code is generic over the number of blocks processed side by side (`[u32; N]`
+//! planes); [`LANES`] picks it.
 use super::BlockCipher;
 use vmcrypt_error::{Error, Result};
 use zeroize::Zeroize;
@@ -32,8 +30,10 @@ const SBOX: [[u8; 16]; 8] = [
 /// Golden-ratio constant of the key schedule.
 const PHI: u32 = 0x9E37_79B9;
 
-/// Number of blocks processed side by side.
-const LANES: usize = 8;
+/// Number of blocks processed side by side. The code is generic over this, but on the
+/// x86-64 baseline (SSE2, no vector rotate) LLVM does not vectorise the interleaved
+/// form, and one block at a time measured fastest (see examples/cipher_speed.rs).
+const LANES: usize = 1;
 
 /// The inverse of a 4-bit permutation.
 const fn invert(s: &[u8; 16]) -> [u8; 16] {
@@ -120,31 +120,47 @@ fn rotr<const N: usize>(a: &mut [u32; N], r: u32) {
     a.iter_mut().for_each(|x| *x = x.rotate_right(r));
 }
 
-/// Apply the 4-bit S-box whose ANF is `f` to every bit position of the state.
+/// XOR into `$acc` every monomial of `$mono` whose bit is set in the constant `$f`.
+/// Spelled out per monomial so that the conditions are compile-time constants.
+macro_rules! xor_terms {
+    ($acc:expr, $f:expr, $mono:expr; $($m:literal)*) => {
+        $( if $f >> $m & 1 != 0 { xor_into(&mut $acc, &$mono[$m]); } )*
+    };
+}
+
+/// Apply S-box `S` (or its inverse if `INV`) to every bit position of the state,
+/// evaluating each output bit as its algebraic normal form.
 #[inline(always)]
-fn sbox<const N: usize>(f: &[u16; 4], x: &mut State<N>) {
-    // All 16 monomials: mono[m] = AND of x[i] for the bits i of m (mono[0] = all ones).
+fn sbox<const S: usize, const INV: bool, const N: usize>(x: &mut State<N>) {
+    let f: [u16; 4] = const { if INV { ANF_INV[S] } else { ANF[S] } };
+    // mono[m] = AND of x[i] over the bits i of m; mono[0] = all ones.
     let mut mono = [[u32::MAX; N]; 16];
     mono[1] = x[0];
     mono[2] = x[1];
     mono[4] = x[2];
     mono[8] = x[3];
-    for m in [3usize, 5, 6, 9, 10, 12, 7, 11, 13, 14, 15] {
-        let low = m & m.wrapping_neg();
-        mono[m] = and(&mono[m ^ low], &mono[low]);
-    }
+    mono[3] = and(&x[0], &x[1]);
+    mono[5] = and(&x[0], &x[2]);
+    mono[6] = and(&x[1], &x[2]);
+    mono[9] = and(&x[0], &x[3]);
+    mono[10] = and(&x[1], &x[3]);
+    mono[12] = and(&x[2], &x[3]);
+    mono[7] = and(&mono[3], &x[2]);
+    mono[11] = and(&mono[3], &x[3]);
+    mono[13] = and(&mono[5], &x[3]);
+    mono[14] = and(&mono[6], &x[3]);
+    mono[15] = and(&mono[7], &x[3]);
     let mut out = [[0u32; N]; 4];
-    for (o, acc) in out.iter_mut().enumerate() {
-        for (m, term) in mono.iter().enumerate() {
-            if f[o] >> m & 1 != 0 {
-                xor_into(acc, term);
-            }
-        }
-    }
+    xor_terms!(out[0], f[0], mono; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    xor_terms!(out[1], f[1], mono; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    xor_terms!(out[2], f[2], mono; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+    xor_terms!(out[3], f[3], mono; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
     *x = out;
 }
 
 /// The Serpent linear transformation.
+// Lane loops index all four planes at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn lt<const N: usize>(x: &mut State<N>) {
     rotl(&mut x[0], 13);
@@ -164,6 +180,8 @@ fn lt<const N: usize>(x: &mut State<N>) {
 }
 
 /// The inverse linear transformation.
+// Lane loops index all four planes at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn lt_inv<const N: usize>(x: &mut State<N>) {
     rotr(&mut x[2], 22);
@@ -223,7 +241,7 @@ impl Serpent {
         for (i, rk) in k.iter_mut().enumerate() {
             // Round key i goes through S-box (3 - i) mod 8, in bitslice mode.
             let mut st: State<1> = std::array::from_fn(|j| [w[8 + 4 * i + j]]);
-            sbox(&ANF[(35 - i) % 8], &mut st);
+            sbox_dyn((35 - i) % 8, &mut st);
             *rk = std::array::from_fn(|j| st[j][0]);
             st.zeroize();
         }
@@ -235,37 +253,55 @@ impl Serpent {
     /// Encrypt `N` blocks held as bit planes.
     #[inline(always)]
     fn encrypt_state<const N: usize>(&self, x: &mut State<N>) {
-        let k = &self.k;
         for i in 0..4 {
-            for s in 0..8 {
-                let r = 8 * i + s;
-                add_key(x, &k[r]);
-                sbox(&ANF[s], x);
-                if r == 31 {
-                    add_key(x, &k[32]);
-                } else {
-                    lt(x);
-                }
+            let k = &self.k[8 * i..8 * i + 9];
+            macro_rules! round {
+                ($($s:literal)*) => {$(
+                    add_key(x, &k[$s]);
+                    sbox::<$s, false, N>(x);
+                    if $s < 7 || i < 3 {
+                        lt(x);
+                    } else {
+                        add_key(x, &k[8]);
+                    }
+                )*};
             }
+            round!(0 1 2 3 4 5 6 7);
         }
     }
 
     /// Decrypt `N` blocks held as bit planes.
     #[inline(always)]
     fn decrypt_state<const N: usize>(&self, x: &mut State<N>) {
-        let k = &self.k;
         for i in (0..4).rev() {
-            for s in (0..8).rev() {
-                let r = 8 * i + s;
-                if r == 31 {
-                    add_key(x, &k[32]);
-                } else {
-                    lt_inv(x);
-                }
-                sbox(&ANF_INV[s], x);
-                add_key(x, &k[r]);
+            let k = &self.k[8 * i..8 * i + 9];
+            macro_rules! round {
+                ($($s:literal)*) => {$(
+                    if $s < 7 || i < 3 {
+                        lt_inv(x);
+                    } else {
+                        add_key(x, &k[8]);
+                    }
+                    sbox::<$s, true, N>(x);
+                    add_key(x, &k[$s]);
+                )*};
             }
+            round!(7 6 5 4 3 2 1 0);
         }
+    }
+}
+
+/// S-box `s` applied to a single block (key schedule only).
+fn sbox_dyn(s: usize, x: &mut State<1>) {
+    match s {
+        0 => sbox::<0, false, 1>(x),
+        1 => sbox::<1, false, 1>(x),
+        2 => sbox::<2, false, 1>(x),
+        3 => sbox::<3, false, 1>(x),
+        4 => sbox::<4, false, 1>(x),
+        5 => sbox::<5, false, 1>(x),
+        6 => sbox::<6, false, 1>(x),
+        _ => sbox::<7, false, 1>(x),
     }
 }
 
