@@ -3,6 +3,7 @@
 //! * [`hash`]: the hash algorithms LUKS headers name (sha1 .. sha512, ripemd160, whirlpool,
 //!   the kernel's truncated wp256/wp384/wp512).
 //! * [`kdf`]: PBKDF2 over any of those hashes, plus iteration benchmarking.
+//! * [`argon`]: Argon2i/Argon2id for LUKS2 key slots, header cost limits, calibration.
 //! * [`af`]: the LUKS anti-forensic splitter (split on key-slot write, merge on unlock).
 //! * [`spec`]: cipher specifications (`aes` + `xts-plain64`, QEMU's `aes-256`/`xts`/`plain64`).
 //! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
@@ -17,6 +18,7 @@
 #[allow(unsafe_code)]
 pub mod aes_xts;
 pub mod af;
+pub mod argon;
 pub mod bench;
 pub mod bench_suite;
 mod blockcipher;
