@@ -1,7 +1,10 @@
-//! Image creation (`vmcrypt create`, and the target side of `convert`): raw files and
-//! LUKS1 images, from qemu-img's `-o` option names.
+//! Image creation (`vmcrypt create`, and the target side of `convert`): raw files, LUKS1
+//! and LUKS2 images, from qemu-img's `-o` option names (plus cryptsetup's LUKS2 knobs).
 use crate::driver::BlockDriver;
 use crate::file::FileDriver;
+use crate::luks::v2::Luks2Volume;
+use crate::luks::v2::create::Luks2CreateParams;
+use crate::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use crate::luks::volume::{CreateParams, KdfParams, Luks1Volume};
 use crate::opts::{opt_bool, opt_str, opt_u64};
 use crate::secrets::SecretStore;
@@ -60,6 +63,37 @@ pub const LUKS_OPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Options `-f luks2` (or `-f luks -o luks-version=2`) accepts besides [`LUKS_OPTIONS`].
+pub const LUKS2_OPTIONS: &[(&str, &str)] = &[
+    (
+        "luks-version",
+        "1 (default for -f luks) or 2 (default for -f luks2)",
+    ),
+    (
+        "sector-size",
+        "LUKS2 data sector size: 512, 1024, 2048 or 4096 (default 4096)",
+    ),
+    (
+        "pbkdf",
+        "LUKS2 key slot KDF: argon2id (default), argon2i or pbkdf2",
+    ),
+    (
+        "pbkdf-memory",
+        "Argon2 memory in KiB (default: 1 GiB, at most half of RAM)",
+    ),
+    ("pbkdf-parallel", "Argon2 threads (default: min(4, CPUs))"),
+    ("label", "LUKS2 label"),
+    ("subsystem", "LUKS2 subsystem"),
+    (
+        "metadata-size",
+        "size of one LUKS2 header copy: 16k (default) .. 4m",
+    ),
+    (
+        "keyslots-size",
+        "size of the LUKS2 keyslots area (default: up to the 16 MiB data offset)",
+    ),
+];
+
 /// Options `-f raw` accepts.
 pub const RAW_OPTIONS: &[(&str, &str)] = &[
     ("size", "virtual disk size"),
@@ -67,13 +101,26 @@ pub const RAW_OPTIONS: &[(&str, &str)] = &[
 ];
 
 /// The -o options of `format`, or an error naming unsupported formats.
-pub fn options_for(format: &str) -> Result<&'static [(&'static str, &'static str)]> {
+pub fn options_for(format: &str) -> Result<Vec<(&'static str, &'static str)>> {
     match format {
-        "raw" => Ok(RAW_OPTIONS),
-        "luks" => Ok(LUKS_OPTIONS),
+        "raw" => Ok(RAW_OPTIONS.to_vec()),
+        "luks" | "luks2" => Ok(LUKS_OPTIONS.iter().chain(LUKS2_OPTIONS).copied().collect()),
         other => bail!(
             Unsupported,
-            "cannot create images of format '{other}' (supported: raw, luks)"
+            "cannot create images of format '{other}' (supported: raw, luks, luks2)"
+        ),
+    }
+}
+
+/// The LUKS version `-f FORMAT -o luks-version=N` asks for.
+pub fn luks_version(format: &str, opts: &Map<String, Value>) -> Result<u8> {
+    let default = if format == "luks2" { 2 } else { 1 };
+    match opt_u64(opts, "luks-version")? {
+        None => Ok(default),
+        Some(v @ (1 | 2)) if format != "luks2" || v == 2 => Ok(v as u8),
+        Some(v) => bail!(
+            Usage,
+            "luks-version={v} is not valid for format '{format}' (1 or 2)"
         ),
     }
 }
@@ -159,7 +206,20 @@ pub fn create_image(
     check_known(format, opts)?;
     match format {
         "raw" => Ok(Arc::new(FileDriver::create(path, size)?)),
+        "luks" | "luks2" if luks_version(format, opts)? == 2 => {
+            create_luks2(path, size, opts, secrets)
+        }
         "luks" => {
+            if let Some(k) = LUKS2_OPTIONS
+                .iter()
+                .map(|(k, _)| *k)
+                .find(|k| *k != "luks-version" && opts.contains_key(*k))
+            {
+                bail!(
+                    Usage,
+                    "option '{k}' needs LUKS2 (-f luks2 or -o luks-version=2)"
+                );
+            }
             let params = luks_params(opts)?;
             let id = opt_str(opts, "key-secret")?.ok_or_else(|| {
                 Error::usage("Parameter 'key-secret' is required for cipher (-o key-secret=ID)")
@@ -184,4 +244,65 @@ pub fn create_image(
         }
         _ => unreachable!("checked by options_for"),
     }
+}
+
+/// LUKS2 create parameters from `-o` options.
+pub fn luks2_params(opts: &Map<String, Value>) -> Result<Luks2CreateParams> {
+    let v1 = luks_params(opts)?;
+    let mut p = Luks2CreateParams::new(v1.spec);
+    let kdf = KdfKind::from_name(&opt_str(opts, "pbkdf")?.unwrap_or_else(|| "argon2id".into()))?;
+    p.keyslot = KeyslotParams {
+        kdf,
+        hash: v1.hash,
+        iter_time_ms: v1.kdf.iter_time_ms,
+        iterations: v1.kdf.iterations,
+        memory_kib: opt_u64(opts, "pbkdf-memory")?.map(|m| m.min(u64::from(u32::MAX)) as u32),
+        parallel: opt_u64(opts, "pbkdf-parallel")?.map(|m| m.min(64) as u32),
+        ..KeyslotParams::default()
+    };
+    if let Some(ss) = opt_u64(opts, "sector-size")? {
+        p.sector_size = ss.min(u64::from(u32::MAX)) as u32;
+    }
+    if let Some(m) = opt_u64(opts, "metadata-size")? {
+        p.hdr_size = m;
+    }
+    p.keyslots_size = opt_u64(opts, "keyslots-size")?;
+    p.detached = v1.detached;
+    p.label = opt_str(opts, "label")?.unwrap_or_default();
+    p.subsystem = opt_str(opts, "subsystem")?.unwrap_or_default();
+    p.uuid = v1.uuid;
+    p.slot = v1.slot as u32;
+    p.layout()?;
+    Ok(p)
+}
+
+fn create_luks2(
+    path: &Path,
+    size: u64,
+    opts: &Map<String, Value>,
+    secrets: &SecretStore,
+) -> Result<Arc<dyn BlockDriver>> {
+    let params = luks2_params(opts)?;
+    let id = opt_str(opts, "key-secret")?.ok_or_else(|| {
+        Error::usage("Parameter 'key-secret' is required for cipher (-o key-secret=ID)")
+    })?;
+    let pass = secrets.get(&id)?;
+    ensure!(
+        size.is_multiple_of(u64::from(params.sector_size)),
+        Usage,
+        "LUKS2 image size {size} must be a multiple of the {}-byte sector size",
+        params.sector_size
+    );
+    let (data_offset, keyslots) = params.layout()?;
+    let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create(path, 0)?);
+    Luks2Volume::create(file.clone(), &params, pass.as_bytes())
+        .with_ctx(|| format!("creating LUKS2 header in '{}'", path.display()))?;
+    let total = if params.detached {
+        2 * params.hdr_size + keyslots
+    } else {
+        data_offset + size
+    };
+    file.resize(total)?;
+    file.flush()?;
+    Ok(file)
 }

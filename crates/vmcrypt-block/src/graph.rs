@@ -13,8 +13,9 @@ use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
+use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail};
-use vmcrypt_format::luks1::{self, Limits};
+use vmcrypt_format::luks1;
 
 /// How a graph is opened.
 pub struct OpenContext<'a> {
@@ -22,7 +23,7 @@ pub struct OpenContext<'a> {
     pub read_only: bool,
     /// Open encrypted nodes without their key (metadata only), as `qemu-img info` does.
     pub metadata_only: bool,
-    pub limits: Limits,
+    pub limits: KdfLimits,
 }
 
 /// Options of the `file` driver that are accepted and ignored (they tune QEMU's I/O).
@@ -70,7 +71,7 @@ pub fn spec_from_filename(filename: &str, format: Option<&str>) -> Result<Map<St
     Ok(m)
 }
 
-/// Guess the format of the file at `path`: "luks" for a LUKS1 header, else "raw".
+/// Guess the format of the file at `path`: "luks" for a LUKS1 or LUKS2 header, else "raw".
 pub fn probe_format(path: &Path) -> Result<&'static str> {
     let f = FileDriver::open(path, true)?;
     let mut head = [0u8; 8];
@@ -78,7 +79,7 @@ pub fn probe_format(path: &Path) -> Result<&'static str> {
         return Ok("raw");
     }
     f.read_at(&mut head, 0)?;
-    Ok(if luks1::version_of(&head) == Some(1) {
+    Ok(if matches!(luks1::version_of(&head), Some(1 | 2)) {
         "luks"
     } else {
         "raw"
@@ -125,7 +126,8 @@ fn open_node(
     match driver.as_str() {
         "file" => open_file(spec, ctx),
         "raw" => open_raw(spec, ctx),
-        "luks" => open_luks(spec, ctx),
+        // One driver serves both LUKS versions; "luks2" is accepted as an alias.
+        "luks" | "luks2" => open_luks(spec, ctx),
         other => bail!(
             Unsupported,
             "unknown driver '{other}' (supported: file, raw, luks)"
@@ -198,7 +200,7 @@ fn open_luks(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn Blo
     check_keys(spec, "luks", &["file", "header", "key-secret", "key-slot"])?;
     let file = required_child(spec, "file", "luks", ctx)?;
     let header = child(spec, "header", ctx)?;
-    let slot = opt_u64(spec, "key-slot")?.map(|s| s as usize);
+    let slot = opt_u64(spec, "key-slot")?.map(|s| s as u32);
     let name = file.filename();
     let pass = match opt_str(spec, "key-secret")? {
         Some(id) => Some(ctx.secrets.get(&id)?),

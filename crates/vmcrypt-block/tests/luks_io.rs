@@ -4,9 +4,10 @@ use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::luks::{CreateParams, KdfParams, Luks1Volume, LuksDriver};
 use vmcrypt_block::mem::MemDriver;
+use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::ErrorKind;
-use vmcrypt_format::luks1::{Layout, Limits};
+use vmcrypt_format::luks1::Layout;
 
 const SIZE: usize = 1 << 20;
 
@@ -33,7 +34,7 @@ fn new_image(spec: CipherSpec) -> (Arc<MemDriver>, u64) {
 }
 
 fn open(mem: &Arc<MemDriver>) -> LuksDriver {
-    LuksDriver::open(mem.clone(), None, Some(b"pw"), None, &Limits::default()).unwrap()
+    LuksDriver::open(mem.clone(), None, Some(b"pw"), None, &KdfLimits::default()).unwrap()
 }
 
 /// xorshift so the test is reproducible without a rand dependency.
@@ -111,7 +112,7 @@ fn out_of_range_and_missing_key() {
         ErrorKind::OutOfRange
     );
     let before = mem.snapshot();
-    let meta = LuksDriver::open(mem.clone(), None, None, None, &Limits::default()).unwrap();
+    let meta = LuksDriver::open(mem.clone(), None, None, None, &KdfLimits::default()).unwrap();
     assert_eq!(
         meta.read_at(&mut b, 0).unwrap_err().kind(),
         ErrorKind::Usage

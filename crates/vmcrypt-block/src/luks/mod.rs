@@ -1,22 +1,29 @@
-//! The `luks` format driver: decrypts on read and encrypts on write.
+//! The `luks` format driver: decrypts on read and encrypts on write, for LUKS1 and LUKS2.
 //!
 //! A luks node has a `file` child holding the payload and an optional `header` child
-//! (a detached LUKS header). Guest offset `g` lives at `payload_offset + g` in `file`
-//! and is encrypted in 512-byte sectors with IV sector `g / 512`. Unaligned requests are
-//! read-modify-write on whole sectors. Large requests are split over threads.
+//! (a detached LUKS header). Guest offset `g` lives at `data_offset + g` in `file` and is
+//! encrypted in sectors of the segment's sector size (512 for LUKS1, 512..4096 for LUKS2)
+//! with IV sector `iv_tweak + g / 512` (IVs count 512-byte units even for 4096-byte
+//! sectors). Unaligned requests are read-modify-write on whole sectors. Large requests
+//! are split over threads.
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
 pub mod dump;
+pub mod dump2;
+pub mod v2;
 pub mod volume;
 
 use crate::driver::{BlockDriver, Child, check_range};
 use std::sync::{Arc, Mutex};
+use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
-use vmcrypt_error::{Result, bail};
-use vmcrypt_format::luks1::Limits;
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_error::{Error, Result, bail};
+use vmcrypt_format::luks1::{self, Limits};
+use vmcrypt_format::luks2::SegmentSize;
 pub use volume::{CreateParams, KdfParams, Luks1Volume, Unlocked};
 
-/// LUKS1 data sectors are 512 bytes.
+/// IV sectors are always 512 bytes.
 pub const SECTOR: u64 = 512;
 /// Requests at least this large are encrypted on several threads.
 const PARALLEL_MIN: usize = 256 * 1024;
@@ -31,58 +38,195 @@ pub struct GuestOffset(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostOffset(pub u64);
 
-/// An open LUKS1 node.
+/// The LUKS header of a node, either version.
+pub enum Header {
+    V1(Box<Luks1Volume>),
+    V2(Box<Luks2Volume>),
+}
+
+/// Which LUKS version the header device holds (by its first bytes; a LUKS2 device with
+/// a damaged primary header is still LUKS2 if a secondary copy is found later).
+pub fn probe_version(dev: &dyn BlockDriver) -> Result<u16> {
+    let mut head = [0u8; 8];
+    if dev.size() < 8 {
+        bail!(
+            Corrupt,
+            "not a LUKS device: {} bytes is too small",
+            dev.size()
+        );
+    }
+    dev.read_at(&mut head, 0)?;
+    Ok(luks1::version_of(&head).unwrap_or(2))
+}
+
+/// Open the LUKS header on `dev`, either version.
+pub fn open_header(
+    dev: Arc<dyn BlockDriver>,
+    detached: bool,
+    limits: &KdfLimits,
+) -> Result<Header> {
+    match probe_version(dev.as_ref())? {
+        1 => {
+            let l = Limits {
+                max_iterations: limits.max_pbkdf2_iterations,
+            };
+            Ok(Header::V1(Box::new(Luks1Volume::open(dev, detached, &l)?)))
+        }
+        2 => match Luks2Volume::open(dev, detached, limits) {
+            Ok(v) => Ok(Header::V2(Box::new(v))),
+            Err(e)
+                if e.kind() == vmcrypt_error::ErrorKind::Corrupt
+                    && e.message().contains("magic") =>
+            {
+                Err(Error::corrupt("not a LUKS device (no LUKS header found)").with_source(e))
+            }
+            Err(e) => Err(e),
+        },
+        v => bail!(Unsupported, "unsupported LUKS version {v}"),
+    }
+}
+
+/// Where the data lives and how it is encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DataLayout {
+    offset: u64,
+    /// Fixed segment size, or `None` for "up to the end of the file".
+    size: Option<u64>,
+    sector: u64,
+    iv_tweak: u64,
+}
+
+/// An open LUKS node.
 pub struct LuksDriver {
     file: Arc<dyn BlockDriver>,
     header_node: Option<Arc<dyn BlockDriver>>,
-    volume: Luks1Volume,
+    header: Header,
+    layout: DataLayout,
     cipher: Option<SectorCipher>,
-    unlocked_slot: Option<usize>,
+    unlocked_slot: Option<u32>,
+    /// Unknown LUKS2 requirements: data is readable, nothing may be written.
+    read_only_reason: Option<String>,
     rmw: Mutex<()>,
 }
 
 impl LuksDriver {
-    /// Open a LUKS1 node. Without `passphrase`, only metadata is available.
+    /// Open a LUKS node. Without `passphrase`, only metadata is available.
     pub fn open(
         file: Arc<dyn BlockDriver>,
         header_node: Option<Arc<dyn BlockDriver>>,
         passphrase: Option<&[u8]>,
-        slot: Option<usize>,
-        limits: &Limits,
+        slot: Option<u32>,
+        limits: &KdfLimits,
     ) -> Result<Self> {
         let hdev = header_node.clone().unwrap_or_else(|| file.clone());
-        let volume = Luks1Volume::open(hdev, header_node.is_some(), limits)?;
-        let (cipher, unlocked_slot) = match passphrase {
-            Some(p) => {
-                let u = volume.unlock(p, slot)?;
-                (
-                    Some(SectorCipher::new(volume.spec(), u.volume_key.as_bytes())?),
-                    Some(u.slot),
-                )
+        let header = open_header(hdev, header_node.is_some(), limits)?;
+        let (layout, read_only_reason) = match &header {
+            Header::V1(v) => (
+                DataLayout {
+                    offset: v.payload_offset(),
+                    size: None,
+                    sector: SECTOR,
+                    iv_tweak: 0,
+                },
+                None,
+            ),
+            Header::V2(v) => {
+                let seg = v.header().metadata.default_segment()?;
+                let size = match seg.size {
+                    SegmentSize::Dynamic => None,
+                    SegmentSize::Bytes(n) => Some(n),
+                };
+                let req = v.requirements()?;
+                let ro = req
+                    .read_only()
+                    .then(|| format!("unmet LUKS2 requirements: {}", req.mandatory.join(", ")));
+                let layout = DataLayout {
+                    offset: seg.offset,
+                    size,
+                    sector: u64::from(seg.sector_size),
+                    iv_tweak: seg.iv_tweak,
+                };
+                (layout, ro)
             }
+        };
+        let (cipher, unlocked_slot) = match passphrase {
             None => (None, None),
+            Some(p) => match &header {
+                Header::V1(v) => {
+                    let s = slot.map(|s| s as usize);
+                    let u = v.unlock(p, s)?;
+                    (
+                        Some(SectorCipher::new(v.spec(), u.volume_key.as_bytes())?),
+                        Some(u.slot as u32),
+                    )
+                }
+                Header::V2(v) => {
+                    v.data_segment()?;
+                    let u = v.unlock(p, slot)?;
+                    if !u.bound {
+                        bail!(
+                            WrongKey,
+                            "keyslot {} holds a key that is not bound to the data segment",
+                            u.slot
+                        );
+                    }
+                    let spec = v.data_spec(u.volume_key.len())?;
+                    (
+                        Some(SectorCipher::new(&spec, u.volume_key.as_bytes())?),
+                        Some(u.slot),
+                    )
+                }
+            },
         };
         Ok(LuksDriver {
             file,
             header_node,
-            volume,
+            header,
+            layout,
             cipher,
             unlocked_slot,
+            read_only_reason,
             rmw: Mutex::new(()),
         })
     }
 
-    pub fn volume(&self) -> &Luks1Volume {
-        &self.volume
+    /// The header, either version.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The LUKS1 header, if this is LUKS1.
+    pub fn luks1(&self) -> Option<&Luks1Volume> {
+        match &self.header {
+            Header::V1(v) => Some(v),
+            Header::V2(_) => None,
+        }
+    }
+
+    /// The LUKS2 header, if this is LUKS2.
+    pub fn luks2(&self) -> Option<&Luks2Volume> {
+        match &self.header {
+            Header::V1(_) => None,
+            Header::V2(v) => Some(v),
+        }
     }
 
     /// The slot the passphrase opened.
-    pub fn unlocked_slot(&self) -> Option<usize> {
+    pub fn unlocked_slot(&self) -> Option<u32> {
         self.unlocked_slot
     }
 
+    /// Data sector size (512 for LUKS1).
+    pub fn sector_size(&self) -> u64 {
+        self.layout.sector
+    }
+
     fn host(&self, g: GuestOffset) -> HostOffset {
-        HostOffset(self.volume.payload_offset() + g.0)
+        HostOffset(self.layout.offset + g.0)
+    }
+
+    fn iv(&self, g: GuestOffset) -> u64 {
+        self.layout.iv_tweak.wrapping_add(g.0 / SECTOR)
     }
 
     fn cipher(&self) -> Result<&SectorCipher> {
@@ -100,7 +244,7 @@ impl LuksDriver {
     fn read_sectors(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
         let cipher = self.cipher()?;
         self.file.read_at(buf, self.host(g).0)?;
-        crypt(cipher, g.0 / SECTOR, buf, false)
+        crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false)
     }
 
     /// Encrypt and write whole sectors starting at the sector-aligned `g`.
@@ -108,38 +252,44 @@ impl LuksDriver {
         let cipher = self.cipher()?;
         let mut scratch = vec![0u8; data.len().min(WRITE_CHUNK)];
         for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
-            let off = g.0 + (i * WRITE_CHUNK) as u64;
+            let off = GuestOffset(g.0 + (i * WRITE_CHUNK) as u64);
             let buf = &mut scratch[..chunk.len()];
             buf.copy_from_slice(chunk);
-            crypt(cipher, off / SECTOR, buf, true)?;
-            self.file.write_at(buf, self.host(GuestOffset(off)).0)?;
+            crypt(cipher, self.iv(off), self.layout.sector as usize, buf, true)?;
+            self.file.write_at(buf, self.host(off).0)?;
         }
         Ok(())
     }
 }
 
-/// Encrypt or decrypt `buf` (whole sectors, first IV sector `iv`), on several threads
-/// when it is large.
-fn crypt(cipher: &SectorCipher, iv: u64, buf: &mut [u8], encrypt: bool) -> Result<()> {
+/// Encrypt or decrypt `buf` (whole sectors of `sector` bytes, first IV sector `iv`), on
+/// several threads when it is large.
+fn crypt(
+    cipher: &SectorCipher,
+    iv: u64,
+    sector: usize,
+    buf: &mut [u8],
+    encrypt: bool,
+) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let run = |iv: u64, b: &mut [u8]| {
         if encrypt {
-            cipher.encrypt(iv, SECTOR as usize, b)
+            cipher.encrypt(iv, sector, b)
         } else {
-            cipher.decrypt(iv, SECTOR as usize, b)
+            cipher.decrypt(iv, sector, b)
         }
     };
     if threads < 2 || buf.len() < PARALLEL_MIN {
         return run(iv, buf);
     }
-    let sectors = buf.len() / SECTOR as usize;
-    let per = sectors.div_ceil(threads) * SECTOR as usize;
+    let per = (buf.len() / sector).div_ceil(threads) * sector;
     std::thread::scope(|s| {
         let handles: Vec<_> = buf
             .chunks_mut(per)
             .enumerate()
             .map(|(i, b)| {
-                let iv = iv + (i * per) as u64 / SECTOR;
+                // IVs count 512-byte units whatever the sector size.
+                let iv = iv.wrapping_add((i * per) as u64 / SECTOR);
                 s.spawn(move || run(iv, b))
             })
             .collect();
@@ -155,17 +305,16 @@ impl BlockDriver for LuksDriver {
     }
 
     fn size(&self) -> u64 {
-        let raw = self
-            .file
-            .size()
-            .saturating_sub(self.volume.payload_offset());
-        raw / SECTOR * SECTOR
+        let avail = self.file.size().saturating_sub(self.layout.offset);
+        let raw = self.layout.size.map_or(avail, |s| s.min(avail));
+        raw / self.layout.sector * self.layout.sector
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("luks read", offset, buf.len(), self.size())?;
-        let start = offset / SECTOR * SECTOR;
-        let end = (offset + buf.len() as u64).div_ceil(SECTOR) * SECTOR;
+        let ss = self.layout.sector;
+        let start = offset / ss * ss;
+        let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         if start == offset && end == offset + buf.len() as u64 {
             return self.read_sectors(buf, GuestOffset(offset));
         }
@@ -177,10 +326,14 @@ impl BlockDriver for LuksDriver {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        if let Some(why) = &self.read_only_reason {
+            bail!(ReadOnly, "'{}' is read-only: {why}", self.file.filename());
+        }
         check_range("luks write", offset, buf.len(), self.size())?;
         self.cipher()?;
-        let start = offset / SECTOR * SECTOR;
-        let end = (offset + buf.len() as u64).div_ceil(SECTOR) * SECTOR;
+        let ss = self.layout.sector;
+        let start = offset / ss * ss;
+        let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         if start == offset && end == offset + buf.len() as u64 {
             return self.write_sectors(buf, GuestOffset(offset));
         }
@@ -188,10 +341,10 @@ impl BlockDriver for LuksDriver {
         // unaligned writers to one sector cannot lose each other's bytes.
         let _guard = self.rmw.lock().expect("rmw lock");
         let mut tmp = vec![0u8; (end - start) as usize];
-        self.read_sectors(&mut tmp[..SECTOR as usize], GuestOffset(start))?;
-        if end - start > SECTOR {
-            let last = tmp.len() - SECTOR as usize;
-            self.read_sectors(&mut tmp[last..], GuestOffset(end - SECTOR))?;
+        self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
+        if end - start > ss {
+            let last = tmp.len() - ss as usize;
+            self.read_sectors(&mut tmp[last..], GuestOffset(end - ss))?;
         }
         let skip = (offset - start) as usize;
         tmp[skip..skip + buf.len()].copy_from_slice(buf);
@@ -203,17 +356,24 @@ impl BlockDriver for LuksDriver {
     }
 
     fn resize(&self, new_size: u64) -> Result<()> {
-        if !new_size.is_multiple_of(SECTOR) {
+        if !new_size.is_multiple_of(self.layout.sector) {
             bail!(
                 Usage,
-                "luks: the new size {new_size} is not a multiple of 512 bytes"
+                "luks: the new size {new_size} is not a multiple of the {}-byte sector size",
+                self.layout.sector
             );
         }
-        self.file.resize(self.volume.payload_offset() + new_size)
+        if self.layout.size.is_some() {
+            bail!(
+                Unsupported,
+                "luks: the LUKS2 data segment has a fixed size; it cannot be resized"
+            );
+        }
+        self.file.resize(self.layout.offset + new_size)
     }
 
     fn is_read_only(&self) -> bool {
-        self.file.is_read_only()
+        self.file.is_read_only() || self.read_only_reason.is_some()
     }
 
     /// `header` first, then `file`, in the order qemu-img lists a detached LUKS image's
@@ -238,7 +398,10 @@ impl BlockDriver for LuksDriver {
     }
 
     fn format_specific(&self) -> Option<serde_json::Value> {
-        Some(dump::qemu_info_json(&self.volume))
+        Some(match &self.header {
+            Header::V1(v) => dump::qemu_info_json(v),
+            Header::V2(v) => dump2::luks2_info_json(v),
+        })
     }
 
     fn is_encrypted(&self) -> bool {

@@ -10,8 +10,8 @@ use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
 use vmcrypt_block::opts::{opt_str, parse_keyval, parse_size};
 use vmcrypt_block::{BlockDriver, convert as conv};
+use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
-use vmcrypt_format::luks1::Limits;
 
 /// Merge every `-o` argument into one option map.
 fn merge_options(options: &[String]) -> Result<Map<String, Value>> {
@@ -123,7 +123,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         secrets: &store,
         read_only: false,
         metadata_only: false,
-        limits: Limits::default(),
+        limits: KdfLimits::default(),
     };
     let (dst, zeroed): (Arc<dyn BlockDriver>, bool) = if a.no_create {
         ensure!(
@@ -183,7 +183,7 @@ pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str
         secrets: &store,
         read_only: true,
         metadata_only: true,
-        limits: Limits::default(),
+        limits: KdfLimits::default(),
     };
     let (errors, message) = match graph::open(&spec, &ctx) {
         Ok(_) => (0, "No errors were found on the image.".to_string()),

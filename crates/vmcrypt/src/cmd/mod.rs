@@ -10,8 +10,8 @@ use vmcrypt_block::BlockDriver;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::opts::parse_keyval;
 use vmcrypt_block::secrets::SecretStore;
+use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
-use vmcrypt_format::luks1::Limits;
 
 /// Run a parsed command; returns the exit status on success paths (check may return 2/3).
 pub fn run(cli: Cli) -> Result<u8> {
@@ -123,7 +123,7 @@ pub fn open_image(
         secrets,
         read_only,
         metadata_only,
-        limits: Limits::default(),
+        limits: KdfLimits::default(),
     };
     graph::open(&spec, &ctx)
 }

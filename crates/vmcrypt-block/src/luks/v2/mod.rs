@@ -1,0 +1,371 @@
+//! LUKS2 volumes: open (either header copy, repair of the other), unlock by keyslot
+//! priority, and crash-safe header writes. Key-slot and token changes are in
+//! [`keyslots`], creation in [`create`].
+//!
+//! Header writes go copy by copy, each one write followed by a flush, the copy that is
+//! not currently trusted first: an interruption leaves one valid copy with the old or
+//! the new metadata, and the loader picks the valid copy with the higher seqid.
+pub mod create;
+pub mod keyslots;
+
+use crate::driver::BlockDriver;
+use std::sync::Arc;
+use vmcrypt_crypto::argon::{Argon2Cost, Argon2Type, KdfLimits, argon2};
+use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf};
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+use vmcrypt_format::luks2::{
+    self, CopyState, Digest, HeaderCopy, Kdf, KeyslotKind, LoadOptions, Luks2Header, Luks2Keyslot,
+    Priority, Requirements, Segment,
+};
+
+/// Hash a LUKS2 header checksum names.
+pub fn header_hasher(alg: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
+    HashAlg::from_name(alg).ok().map(|h| h.digest_parts(parts))
+}
+
+/// A key slot opened with a passphrase.
+pub struct Unlocked2 {
+    pub slot: u32,
+    pub digest: u32,
+    pub volume_key: SecretBytes,
+    /// The digest is bound to the data segment (false for `--unbound` keys).
+    pub bound: bool,
+}
+
+/// An open LUKS2 header on its device.
+pub struct Luks2Volume {
+    dev: Arc<dyn BlockDriver>,
+    hdr: Luks2Header,
+    source: HeaderCopy,
+    primary: CopyState,
+    secondary: CopyState,
+    json_repaired: bool,
+    detached: bool,
+    limits: KdfLimits,
+}
+
+/// Signatures of other formats that make an automatic repair ambiguous (as blkid sees
+/// them): (offset, magic, name).
+const FOREIGN_SIGNATURES: &[(u64, &[u8], &str)] =
+    &[(512, b"LABELONE", "LVM2 PV"), (536, b"LVM2 001", "LVM2 PV")];
+
+impl Luks2Volume {
+    /// Read the header copies from `dev` and keep the newest valid one.
+    pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
+        let size = dev.size();
+        let read = |off: u64, len: usize| -> Result<Vec<u8>> {
+            let n = (len as u64).min(size.saturating_sub(off)) as usize;
+            let mut buf = vec![0u8; n];
+            if n > 0 {
+                dev.read_at(&mut buf, off)?;
+            }
+            Ok(buf)
+        };
+        let loaded = luks2::load_with(
+            read,
+            &header_hasher,
+            LoadOptions {
+                device_size: Some(size),
+            },
+        )?;
+        let vol = Luks2Volume {
+            dev: dev.clone(),
+            hdr: loaded.header.clone(),
+            source: loaded.source,
+            primary: loaded.primary.clone(),
+            secondary: loaded.secondary.clone(),
+            json_repaired: loaded.json_repaired,
+            detached,
+            limits: *limits,
+        };
+        if vol.needs_repair() {
+            vol.check_unambiguous()?;
+        }
+        Ok(vol)
+    }
+
+    fn check_unambiguous(&self) -> Result<()> {
+        for &(off, magic, name) in FOREIGN_SIGNATURES {
+            let mut buf = vec![0u8; magic.len()];
+            if self.dev.size() >= off + magic.len() as u64
+                && self.dev.read_at(&mut buf, off).is_ok()
+                && buf == magic
+            {
+                bail!(
+                    Corrupt,
+                    "device contains ambiguous signatures (LUKS2 and {name}), cannot auto-recover LUKS2; \
+                     the damaged header copy was not repaired"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn header(&self) -> &Luks2Header {
+        &self.hdr
+    }
+    pub fn device(&self) -> &Arc<dyn BlockDriver> {
+        &self.dev
+    }
+    pub fn is_detached(&self) -> bool {
+        self.detached
+    }
+    /// (primary, secondary) copy states as found at open.
+    pub fn copy_states(&self) -> (&CopyState, &CopyState) {
+        (&self.primary, &self.secondary)
+    }
+
+    /// A copy is damaged/outdated or the JSON needed cryptsetup's repair.
+    pub fn needs_repair(&self) -> bool {
+        self.primary != CopyState::Valid || self.secondary != CopyState::Valid || self.json_repaired
+    }
+
+    pub fn requirements(&self) -> Result<Requirements> {
+        self.hdr.requirements()
+    }
+
+    /// The segment data I/O uses, after refusing headers in reencryption.
+    pub fn data_segment(&self) -> Result<Segment> {
+        let req = self.requirements()?;
+        if req.reencryption_in_progress() {
+            bail!(
+                Unsupported,
+                "LUKS2 reencryption is in progress ({}); finish or roll it back with \
+                 `cryptsetup reencrypt` before accessing the data",
+                req.reencryption.join(", ")
+            );
+        }
+        self.hdr.metadata.default_segment()
+    }
+
+    /// The cipher of the data segment, for a volume key of `key_bytes`.
+    pub fn data_spec(&self, key_bytes: usize) -> Result<CipherSpec> {
+        let seg = self.data_segment()?;
+        CipherSpec::from_luks2(&seg.encryption, key_bytes).ctx("LUKS2 data segment")
+    }
+
+    /// Keyslot ids in the order an unlock tries them: prefer, then normal (ignore-priority
+    /// slots only when named).
+    fn unlock_order(&self) -> Result<Vec<(u32, Luks2Keyslot)>> {
+        let mut slots: Vec<(u32, Luks2Keyslot)> = self
+            .hdr
+            .metadata
+            .keyslots()?
+            .into_iter()
+            .filter_map(|k| match k.kind {
+                KeyslotKind::Luks2(l) => Some((k.id, l)),
+                _ => None,
+            })
+            .collect();
+        slots.retain(|(_, k)| k.priority != Priority::Ignore);
+        slots.sort_by_key(|(id, k)| (k.priority != Priority::Prefer, *id));
+        Ok(slots)
+    }
+
+    /// Try `passphrase` on `slot`, or on every keyslot bound to the data segment by priority.
+    pub fn unlock(&self, passphrase: &[u8], slot: Option<u32>) -> Result<Unlocked2> {
+        let seg = self.hdr.metadata.default_segment().ok().map(|s| s.id);
+        if let Some(id) = slot {
+            let ks = match self.hdr.metadata.keyslot(id)? {
+                Some(k) => k,
+                None => bail!(WrongKey, "LUKS2 keyslot {id} is not active"),
+            };
+            let KeyslotKind::Luks2(l) = ks.kind else {
+                bail!(
+                    WrongKey,
+                    "LUKS2 keyslot {id} is not a key slot that holds a key"
+                );
+            };
+            return match self.try_keyslot(id, &l, passphrase)? {
+                Some(u) => Ok(u),
+                None => bail!(
+                    WrongKey,
+                    "no key available with this passphrase in keyslot {id}"
+                ),
+            };
+        }
+        for (id, l) in self.unlock_order()? {
+            let bound = self
+                .hdr
+                .metadata
+                .digest_for_keyslot(id)?
+                .is_some_and(|d| seg.is_some_and(|s| d.segments.contains(&s)));
+            if !bound {
+                continue;
+            }
+            if let Some(u) = self.try_keyslot(id, &l, passphrase)? {
+                return Ok(u);
+            }
+        }
+        bail!(WrongKey, "no key available with this passphrase")
+    }
+
+    /// Derive the key that decrypts keyslot `l`'s area.
+    fn slot_key(&self, id: u32, l: &Luks2Keyslot, passphrase: &[u8]) -> Result<SecretBytes> {
+        let mut key = SecretBytes::zeroed(l.area_key_size as usize);
+        match &l.kdf {
+            Kdf::Pbkdf2 {
+                hash,
+                iterations,
+                salt,
+            } => {
+                ensure!(
+                    *iterations <= self.limits.max_pbkdf2_iterations,
+                    LimitExceeded,
+                    "LUKS2 keyslot {id}: {iterations} PBKDF2 iterations exceed the limit {}",
+                    self.limits.max_pbkdf2_iterations
+                );
+                kdf::pbkdf2(
+                    HashAlg::from_name(hash)?,
+                    passphrase,
+                    salt,
+                    *iterations,
+                    key.as_mut(),
+                );
+            }
+            Kdf::Argon2 {
+                id: is_id,
+                time,
+                memory,
+                cpus,
+                salt,
+            } => {
+                let cost = Argon2Cost {
+                    time: *time,
+                    memory_kib: *memory,
+                    lanes: *cpus,
+                };
+                self.limits
+                    .check_argon2(cost)
+                    .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
+                let ty = if *is_id {
+                    Argon2Type::Argon2id
+                } else {
+                    Argon2Type::Argon2i
+                };
+                argon2(ty, passphrase, salt, cost, key.as_mut())?;
+            }
+        }
+        Ok(key)
+    }
+
+    fn try_keyslot(
+        &self,
+        id: u32,
+        l: &Luks2Keyslot,
+        passphrase: &[u8],
+    ) -> Result<Option<Unlocked2>> {
+        let Some(digest) = self.hdr.metadata.digest_for_keyslot(id)? else {
+            return Ok(None);
+        };
+        let slot_key = self.slot_key(id, l, passphrase)?;
+        let hash = HashAlg::from_name(&l.af_hash).with_ctx(|| format!("LUKS2 keyslot {id} af"))?;
+        let len = material_len(l.key_size, l.af_stripes);
+        ensure!(
+            len <= l.area_size,
+            Corrupt,
+            "LUKS2 keyslot {id}: key material ({len} bytes) exceeds its area"
+        );
+        let mut material = SecretBytes::zeroed(len as usize);
+        self.dev
+            .read_at(material.as_mut(), l.area_offset)
+            .with_ctx(|| format!("reading LUKS2 keyslot {id}"))?;
+        let spec = CipherSpec::from_luks2(&l.area_encryption, l.area_key_size as usize)?;
+        SectorCipher::new(&spec, slot_key.as_bytes())?.decrypt(0, 512, material.as_mut())?;
+        let key = af::merge(hash, material.as_bytes(), l.key_size as usize, l.af_stripes)?;
+        if !verify_digest(&digest, &key)? {
+            return Ok(None);
+        }
+        let seg = self.hdr.metadata.default_segment().ok().map(|s| s.id);
+        let bound = seg.is_some_and(|s| digest.segments.contains(&s));
+        Ok(Some(Unlocked2 {
+            slot: id,
+            digest: digest.id,
+            volume_key: key,
+            bound,
+        }))
+    }
+
+    /// The digest (bound to the data segment) that `key` matches.
+    pub fn digest_of_volume_key(&self, key: &SecretBytes) -> Result<Option<u32>> {
+        for d in self.hdr.metadata.digests()? {
+            if verify_digest(&d, key)? {
+                return Ok(Some(d.id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Write `next` as the new header (seqid + 1), both copies, crash-safely.
+    pub fn write_header(&mut self, mut next: Luks2Header) -> Result<()> {
+        self.requirements()?.check_writable()?;
+        ensure!(
+            !self.dev.is_read_only(),
+            ReadOnly,
+            "the LUKS2 header device is open read-only"
+        );
+        next.binary.seqid = self.hdr.binary.seqid + 1;
+        let first = self.source.other();
+        for copy in [first, first.other()] {
+            let bytes = next.encode_copy(copy, &header_hasher)?;
+            let off = match copy {
+                HeaderCopy::Primary => 0,
+                HeaderCopy::Secondary => next.hdr_size(),
+            };
+            self.dev
+                .write_at(&bytes, off)
+                .with_ctx(|| format!("writing the {} LUKS2 header", copy.name()))?;
+            self.dev.flush()?;
+        }
+        self.hdr = next;
+        self.primary = CopyState::Valid;
+        self.secondary = CopyState::Valid;
+        self.json_repaired = false;
+        Ok(())
+    }
+
+    /// Rewrite both copies from the trusted one (`vmcrypt luks repair`). Returns whether
+    /// anything needed repair.
+    pub fn repair(&mut self) -> Result<bool> {
+        if !self.needs_repair() {
+            return Ok(false);
+        }
+        self.check_unambiguous()?;
+        let mut next = self.hdr.clone();
+        for salt in [&mut next.primary_salt, &mut next.secondary_salt] {
+            vmcrypt_crypto::random::fill(salt)?;
+        }
+        self.write_header(next)?;
+        Ok(true)
+    }
+}
+
+/// Key material bytes of a keyslot: key_size * stripes, rounded up to 512.
+pub fn material_len(key_size: u32, stripes: u32) -> u64 {
+    (u64::from(key_size) * u64::from(stripes)).div_ceil(512) * 512
+}
+
+/// Whether `key` matches `digest` (PBKDF2 with the digest's hash, salt and iterations).
+pub fn verify_digest(digest: &Digest, key: &SecretBytes) -> Result<bool> {
+    let hash =
+        HashAlg::from_name(&digest.hash).with_ctx(|| format!("LUKS2 digest {}", digest.id))?;
+    if digest.digest.is_empty() {
+        return Err(Error::corrupt(format!(
+            "LUKS2 digest {} is empty",
+            digest.id
+        )));
+    }
+    let mut out = vec![0u8; digest.digest.len()];
+    kdf::pbkdf2(
+        hash,
+        key.as_bytes(),
+        &digest.salt,
+        digest.iterations,
+        &mut out,
+    );
+    Ok(out
+        .iter()
+        .zip(&digest.digest)
+        .fold(0u8, |a, (x, y)| a | (x ^ y))
+        == 0)
+}
