@@ -167,8 +167,9 @@ pub struct KdfLimits {
     /// Largest Argon2 memory cost in KiB. Default 4194304 (4 GiB), cryptsetup's maximum.
     pub max_memory_kib: u32,
     /// Largest Argon2 time cost (passes). Default 1000: with the 4 GiB memory maximum that
-    /// is about 4 TiB of memory traffic (tens of minutes on a 2-core machine, never hours
-    /// on current hardware); cryptsetup's calibration at its default 1 GiB gives 4..~20.
+    /// is 4 x 10^9 KiB-passes, about 45 minutes on one core at the ~0.65 us per KiB-pass
+    /// measured on the development machine, less with several lanes: long, but not
+    /// hours. cryptsetup's calibration at its default 1 GiB gives 4 to a few tens.
     /// A legitimate header made with a tiny `--pbkdf-memory` and a long `--iter-time` can
     /// need more: raise this limit for headers you trust.
     pub max_time: u32,
