@@ -1,15 +1,26 @@
-//! The `vmcrypt bench` measurement suite: PBKDF2 iterations per second and sector-cipher
-//! throughput for the ciphers LUKS volumes use, like `cryptsetup benchmark` (which cannot
-//! run its cipher part without dm-crypt).
+//! The `vmcrypt bench` measurement suite: PBKDF2 iterations per second, calibrated
+//! Argon2 costs and sector-cipher throughput for the ciphers LUKS volumes use, like
+//! `cryptsetup benchmark` (which cannot run its cipher part without dm-crypt).
+use crate::argon::{self, Argon2Cost, Argon2Type};
 use crate::bench::{Throughput, throughput};
 use crate::{CipherSpec, HashAlg, SectorCipher, kdf};
 use std::time::Duration;
 
-/// One PBKDF2 result.
+/// One KDF result.
 #[derive(Clone, Debug)]
-pub struct KdfRow {
-    pub hash: HashAlg,
-    pub iterations_per_sec: u64,
+pub enum KdfRow {
+    /// PBKDF2 speed for a 256-bit key.
+    Pbkdf2 {
+        hash: HashAlg,
+        iterations_per_sec: u64,
+    },
+    /// The Argon2 cost calibrated for a 256-bit key to take about `target`, with
+    /// cryptsetup's default memory maximum and lanes.
+    Argon2 {
+        ty: Argon2Type,
+        cost: Argon2Cost,
+        target: Duration,
+    },
 }
 
 /// One cipher result (MiB/s medians).
@@ -45,15 +56,57 @@ pub const KDF_HASHES: [HashAlg; 5] = [
     HashAlg::Whirlpool,
 ];
 
-/// PBKDF2 speed for a 256-bit key (as cryptsetup reports it).
+/// Argon2 variants calibrated.
+pub const ARGON2_TYPES: [Argon2Type; 2] = [Argon2Type::Argon2i, Argon2Type::Argon2id];
+
+/// The Argon2 calibration target for a measurement `budget`: 4 x `budget`, at most
+/// cryptsetup's default 2000 ms (so the default 0.5 s budget requests 2000 ms, as
+/// `cryptsetup benchmark` does).
+pub fn argon2_target(budget: Duration) -> Duration {
+    (budget * 4).min(Duration::from_millis(2000))
+}
+
+/// PBKDF2 speed and calibrated Argon2 costs for a 256-bit key (as cryptsetup reports
+/// them).
 pub fn kdf_rows(budget: Duration) -> Vec<KdfRow> {
-    KDF_HASHES
-        .iter()
-        .map(|&hash| KdfRow {
+    let pbkdf2 = KDF_HASHES.iter().map(|&hash| KdfRow::Pbkdf2 {
+        hash,
+        iterations_per_sec: kdf::pbkdf2_iterations_per_second(hash, 32, budget),
+    });
+    let target = argon2_target(budget);
+    let (memory, lanes) = (
+        argon::default_argon2_memory_kib(),
+        argon::default_argon2_lanes(),
+    );
+    let argon2 = ARGON2_TYPES.iter().map(|&ty| KdfRow::Argon2 {
+        ty,
+        cost: argon::calibrate_argon2(ty, target, memory, lanes, 32),
+        target,
+    });
+    pbkdf2.chain(argon2).collect()
+}
+
+/// One KDF line of the table.
+fn render_kdf(row: &KdfRow) -> String {
+    match row {
+        KdfRow::Pbkdf2 {
             hash,
-            iterations_per_sec: kdf::pbkdf2_iterations_per_second(hash, 32, budget),
-        })
-        .collect()
+            iterations_per_sec,
+        } => format!(
+            "PBKDF2-{:<10} {:>9} iterations per second for 256-bit key\n",
+            hash.name(),
+            iterations_per_sec
+        ),
+        KdfRow::Argon2 { ty, cost, target } => format!(
+            "{:<17} {:>4} iterations, {:>7} memory, {} parallel threads (CPUs) for 256-bit \
+             key (requested {} ms time)\n",
+            ty.display_name(),
+            cost.time,
+            cost.memory_kib,
+            cost.lanes,
+            target.as_millis()
+        ),
+    }
 }
 
 /// Throughput of one cipher over a 64 KiB buffer of 512-byte sectors on one thread, median
@@ -92,14 +145,11 @@ pub fn cipher_row(
 
 /// The table `vmcrypt bench` prints.
 pub fn render(kdf: &[KdfRow], ciphers: &[CipherRow]) -> String {
-    let mut s =
-        String::from("# Tests are approximate using memory only (no storage IO), one thread.\n");
+    let mut s = String::from(
+        "# Tests are approximate using memory only (no storage IO), ciphers on one thread.\n",
+    );
     for r in kdf {
-        s += &format!(
-            "PBKDF2-{:<10} {:>9} iterations per second for 256-bit key\n",
-            r.hash.name(),
-            r.iterations_per_sec
-        );
+        s += &render_kdf(r);
     }
     s += "#     Algorithm |       Key |      Encryption |      Decryption\n";
     for r in ciphers {
@@ -112,4 +162,41 @@ pub fn render(kdf: &[KdfRow], ciphers: &[CipherRow]) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kdf_lines_look_like_cryptsetup() {
+        let rows = [
+            KdfRow::Pbkdf2 {
+                hash: HashAlg::Sha256,
+                iterations_per_sec: 1_234_567,
+            },
+            KdfRow::Argon2 {
+                ty: Argon2Type::Argon2id,
+                cost: Argon2Cost {
+                    time: 4,
+                    memory_kib: 1_048_576,
+                    lanes: 4,
+                },
+                target: Duration::from_millis(2000),
+            },
+        ];
+        let text = render(&rows, &[]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "PBKDF2-sha256       1234567 iterations per second for 256-bit key"
+        );
+        assert_eq!(
+            lines[2],
+            "Argon2id             4 iterations, 1048576 memory, 4 parallel threads (CPUs) \
+             for 256-bit key (requested 2000 ms time)"
+        );
+        assert_eq!(argon2_target(Duration::from_millis(500)).as_millis(), 2000);
+        assert_eq!(argon2_target(Duration::from_millis(50)).as_millis(), 200);
+    }
 }
