@@ -144,9 +144,21 @@ pub struct NewKeyOpts {
     /// PBKDF2 time per unlock in milliseconds
     #[arg(long = "iter-time", short = 'i', value_name = "MS")]
     pub iter_time: Option<u32>,
-    /// Fixed PBKDF2 iteration count
+    /// Fixed PBKDF2 iteration count (or Argon2 time cost)
     #[arg(long = "pbkdf-force-iterations", value_name = "N")]
     pub iterations: Option<u32>,
+    /// LUKS2 key slot KDF: argon2id (default), argon2i or pbkdf2
+    #[arg(long = "pbkdf", value_name = "KDF")]
+    pub pbkdf: Option<String>,
+    /// Argon2 memory cost in KiB
+    #[arg(long = "pbkdf-memory", value_name = "KIB")]
+    pub pbkdf_memory: Option<u32>,
+    /// Argon2 threads
+    #[arg(long = "pbkdf-parallel", value_name = "N")]
+    pub pbkdf_parallel: Option<u32>,
+    /// PBKDF2 / AF hash for the new slot (default sha256)
+    #[arg(long = "hash", value_name = "HASH")]
+    pub hash: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -240,6 +252,39 @@ pub enum LuksCommand {
     /// Check a passphrase without changing anything (open --test-passphrase)
     TestKey {
         device: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// LUKS2 tokens: import, export or remove (cryptsetup token)
+    Token {
+        /// import, export or remove
+        action: String,
+        device: String,
+        /// Token id (import: default the lowest free one)
+        #[arg(long = "token-id", value_name = "N")]
+        token_id: Option<u32>,
+        /// JSON file to import (default: stdin) or to export to (default: stdout)
+        #[arg(long = "json-file", value_name = "FILE")]
+        json_file: Option<String>,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Rewrite a damaged or outdated LUKS2 header copy from the valid one (cryptsetup repair)
+    Repair {
+        device: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
+    /// Set LUKS2 keyslot priority, label or subsystem (cryptsetup config)
+    Config {
+        device: String,
+        /// Keyslot priority: ignore, normal or prefer (needs --key-slot)
+        #[arg(long)]
+        priority: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        subsystem: Option<String>,
         #[command(flatten)]
         key: KeyOpts,
     },

@@ -1,4 +1,5 @@
-//! `vmcrypt luks ...`: cryptsetup's LUKS1 header and key-slot commands.
+//! `vmcrypt luks ...`: cryptsetup's header and key-slot commands, for LUKS1 and LUKS2.
+//! Each command opens the header, dispatches on its version and calls the library.
 use super::image::pretty;
 use crate::cli::{KeyOpts, LuksCommand, NewKeyOpts};
 use crate::passphrase::{existing, prompt_new, read_key_file};
@@ -7,8 +8,13 @@ use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::file::FileDriver;
 use vmcrypt_block::luks::dump::{luks_dump_json, luks_dump_text};
-use vmcrypt_block::luks::volume::{KdfParams, Luks1Volume, restore_header};
-use vmcrypt_crypto::SecretBytes;
+use vmcrypt_block::luks::dump2::{luks2_dump_json, luks2_dump_text};
+use vmcrypt_block::luks::v2::Luks2Volume;
+use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::luks::volume::{KdfParams, restore_header};
+use vmcrypt_block::luks::{Header, open_header};
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::{HashAlg, SecretBytes};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{self, Limits};
 
@@ -23,11 +29,38 @@ fn header_device(
     Ok((Arc::new(dev), key.header.is_some()))
 }
 
-fn open_volume(device: &str, key: &KeyOpts, read_only: bool) -> Result<Luks1Volume> {
+/// Open the header of either version.
+fn open_any(device: &str, key: &KeyOpts, read_only: bool) -> Result<Header> {
     let (dev, detached) = header_device(device, key, read_only)?;
-    Luks1Volume::open(dev, detached, &Limits::default()).with_ctx(|| format!("device {device}"))
+    open_header(dev, detached, &KdfLimits::default()).with_ctx(|| format!("device {device}"))
 }
 
+/// Open a LUKS2 header (for LUKS2-only commands).
+pub fn open_v2(device: &str, key: &KeyOpts, read_only: bool) -> Result<Box<Luks2Volume>> {
+    match open_any(device, key, read_only)? {
+        Header::V2(v) => Ok(v),
+        Header::V1(_) => bail!(Unsupported, "{device} is LUKS1; this command needs LUKS2"),
+    }
+}
+
+/// Key-slot parameters of a new LUKS2 keyslot from the command line.
+fn params2(new: &NewKeyOpts) -> Result<KeyslotParams> {
+    Ok(KeyslotParams {
+        kdf: KdfKind::from_name(new.pbkdf.as_deref().unwrap_or("argon2id"))?,
+        hash: HashAlg::from_name(new.hash.as_deref().unwrap_or("sha256"))?,
+        iter_time_ms: new.iter_time.unwrap_or(2000),
+        iterations: new.iterations,
+        memory_kib: new.pbkdf_memory,
+        parallel: new.pbkdf_parallel,
+        ..KeyslotParams::default()
+    })
+}
+
+fn slot2(key: &KeyOpts) -> Option<u32> {
+    key.key_slot.map(|s| s as u32)
+}
+
+/// LUKS1 key-slot iteration choice from the command line.
 fn kdf(new: &NewKeyOpts) -> KdfParams {
     KdfParams {
         iter_time_ms: new.iter_time.unwrap_or(2000),
@@ -78,24 +111,34 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             new,
             volume_key_file,
         } => {
-            let mut vol = open_volume(&device, &key, false)?;
-            let volume_key = match volume_key_file {
-                Some(f) => {
-                    let k = read_key_file(&f)?;
-                    ensure!(
-                        vol.verify_volume_key(&k),
-                        WrongKey,
-                        "volume key in '{f}' does not match the header"
-                    );
-                    k
-                }
+            let hdr = open_any(&device, &key, false)?;
+            let volume_key = match &volume_key_file {
+                Some(f) => read_key_file(f)?,
                 None => {
                     let pass = existing(key.key_file.as_deref(), &device)?;
-                    vol.unlock(pass.as_bytes(), None)?.volume_key
+                    match &hdr {
+                        Header::V1(v) => v.unlock(pass.as_bytes(), None)?.volume_key,
+                        Header::V2(v) => v.unlock(pass.as_bytes(), None)?.volume_key,
+                    }
                 }
             };
             let newpass = new_passphrase(new_key_file_pos.as_deref(), &new, &key)?;
-            let slot = vol.add_key(&volume_key, newpass.as_bytes(), key.key_slot, &kdf(&new))?;
+            let slot = match hdr {
+                Header::V1(mut v) => {
+                    ensure!(
+                        v.verify_volume_key(&volume_key),
+                        WrongKey,
+                        "the volume key does not match the header"
+                    );
+                    v.add_key(&volume_key, newpass.as_bytes(), key.key_slot, &kdf(&new))? as u32
+                }
+                Header::V2(mut v) => v.add_key(
+                    &volume_key,
+                    newpass.as_bytes(),
+                    slot2(&key),
+                    &params2(&new)?,
+                )?,
+            };
             eprintln!("Key slot {slot} created.");
             Ok(0)
         }
@@ -104,17 +147,23 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key_file_pos,
             key,
         } => {
-            let mut vol = open_volume(&device, &key, false)?;
             let file = key_file_pos.as_deref().or(key.key_file.as_deref());
             let pass = existing(file, &device)?;
-            let slot = vol.unlock(pass.as_bytes(), None)?.slot;
-            ensure!(
-                key.batch || vol.active_slots() > 1,
-                Busy,
-                "this is the last key slot; the device would become unusable (use -q to remove it anyway)"
-            );
-            vol.kill_slot(slot, true)?;
-            eprintln!("Key slot {slot} removed.");
+            match open_any(&device, &key, false)? {
+                Header::V1(mut v) => {
+                    let slot = v.unlock(pass.as_bytes(), None)?.slot;
+                    ensure!(key.batch || v.active_slots() > 1, Busy, "{LAST_SLOT}");
+                    v.kill_slot(slot, true)?;
+                    eprintln!("Key slot {slot} removed.");
+                }
+                Header::V2(mut v) => {
+                    let (slot, r) = v
+                        .remove_key(pass.as_bytes(), key.batch)
+                        .map_err(last_slot_hint)?;
+                    eprintln!("Key slot {slot} removed.");
+                    report_tokens(&r.dropped_tokens);
+                }
+            }
             Ok(0)
         }
         LuksCommand::KillSlot {
@@ -123,19 +172,32 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key_file_pos,
             key,
         } => {
-            let mut vol = open_volume(&device, &key, false)?;
             let file = key_file_pos.as_deref().or(key.key_file.as_deref());
-            if file.is_some() || !key.batch {
-                let pass = existing(file, &device)?;
-                vol.unlock(pass.as_bytes(), None)
-                    .ctx("verifying a remaining passphrase")?;
+            let pass = if file.is_some() || !key.batch {
+                Some(existing(file, &device)?)
+            } else {
+                None
+            };
+            match open_any(&device, &key, false)? {
+                Header::V1(mut v) => {
+                    if let Some(p) = &pass {
+                        v.unlock(p.as_bytes(), None)
+                            .ctx("verifying a remaining passphrase")?;
+                    }
+                    ensure!(key.batch || v.active_slots() > 1, Busy, "{LAST_SLOT}");
+                    v.kill_slot(slot, true)?;
+                }
+                Header::V2(mut v) => {
+                    if let Some(p) = &pass {
+                        v.unlock(p.as_bytes(), None)
+                            .ctx("verifying a remaining passphrase")?;
+                    }
+                    let r = v
+                        .kill_slot(slot as u32, key.batch)
+                        .map_err(last_slot_hint)?;
+                    report_tokens(&r.dropped_tokens);
+                }
             }
-            ensure!(
-                key.batch || vol.active_slots() > 1,
-                Busy,
-                "key slot {slot} is the last key slot; the device would become unusable (use -q to kill it anyway)"
-            );
-            vol.kill_slot(slot, true)?;
             eprintln!("Key slot {slot} wiped.");
             Ok(0)
         }
@@ -145,23 +207,41 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
             new,
         } => {
-            let mut vol = open_volume(&device, &key, false)?;
             let old = existing(key.key_file.as_deref(), &device)?;
-            vol.unlock(old.as_bytes(), key.key_slot)?;
+            let hdr = open_any(&device, &key, false)?;
+            match &hdr {
+                Header::V1(v) => drop(v.unlock(old.as_bytes(), key.key_slot)?),
+                Header::V2(v) => drop(v.unlock(old.as_bytes(), slot2(&key))?),
+            }
             let newpass = new_passphrase(new_key_file_pos.as_deref(), &new, &key)?;
-            let (from, to) =
-                vol.change_key(old.as_bytes(), newpass.as_bytes(), key.key_slot, &kdf(&new))?;
-            eprintln!("Key slot {from} changed (now key slot {to}).");
+            match hdr {
+                Header::V1(mut v) => {
+                    let (from, to) =
+                        v.change_key(old.as_bytes(), newpass.as_bytes(), key.key_slot, &kdf(&new))?;
+                    eprintln!("Key slot {from} changed (now key slot {to}).");
+                }
+                Header::V2(mut v) => {
+                    let s = v.change_key(
+                        old.as_bytes(),
+                        newpass.as_bytes(),
+                        slot2(&key),
+                        &params2(&new)?,
+                    )?;
+                    eprintln!("Key slot {s} changed.");
+                }
+            }
             Ok(0)
         }
         LuksCommand::HeaderBackup { device, file, key } => {
-            let vol = open_volume(&device, &key, true)?;
             ensure!(
                 !Path::new(&file).exists(),
                 Busy,
                 "requested header backup file '{file}' already exists"
             );
-            let bytes = vol.backup()?;
+            let bytes = match open_any(&device, &key, true)? {
+                Header::V1(v) => v.backup()?,
+                Header::V2(v) => v.backup()?,
+            };
             write_new_file(&file, &bytes)?;
             Ok(0)
         }
@@ -169,15 +249,21 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             let backup = std::fs::read(&file)
                 .map_err(|e| Error::io(e, format!("reading backup '{file}'")))?;
             let (dev, _) = header_device(&device, &key, false)?;
-            restore_header(&dev, &backup, &Limits::default())
-                .with_ctx(|| format!("device {device}"))?;
+            if luks1::version_of(&backup) == Some(1) {
+                restore_header(&dev, &backup, &Limits::default())
+                    .with_ctx(|| format!("device {device}"))?;
+            } else {
+                Luks2Volume::restore(&dev, &backup, &KdfLimits::default())
+                    .with_ctx(|| format!("device {device}"))?;
+            }
             Ok(0)
         }
         LuksCommand::Uuid { device, uuid, key } => {
-            let mut vol = open_volume(&device, &key, uuid.is_none())?;
-            match uuid {
-                Some(u) => vol.set_uuid(&u)?,
-                None => outln!("{}", vol.header().uuid),
+            match (open_any(&device, &key, uuid.is_none())?, uuid) {
+                (Header::V1(v), None) => outln!("{}", v.header().uuid),
+                (Header::V2(v), None) => outln!("{}", v.header().binary.uuid),
+                (Header::V1(mut v), Some(u)) => v.set_uuid(&u)?,
+                (Header::V2(mut v), Some(u)) => v.set_uuid(&u)?,
             }
             Ok(0)
         }
@@ -187,27 +273,65 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
         } => is_luks(&device, &key, verbose),
         LuksCommand::TestKey { device, key } => {
-            let vol = open_volume(&device, &key, true)?;
             let pass = existing(key.key_file.as_deref(), &device)?;
-            let u = vol.unlock(pass.as_bytes(), key.key_slot)?;
-            eprintln!("Key slot {} unlocked.", u.slot);
+            let slot = match open_any(&device, &key, true)? {
+                Header::V1(v) => v.unlock(pass.as_bytes(), key.key_slot)?.slot as u32,
+                Header::V2(v) => v.unlock(pass.as_bytes(), slot2(&key))?.slot,
+            };
+            eprintln!("Key slot {slot} unlocked.");
             Ok(0)
         }
+        LuksCommand::Token {
+            action,
+            device,
+            token_id,
+            json_file,
+            key,
+        } => super::luks2::token(&action, &device, token_id, json_file.as_deref(), &key),
+        LuksCommand::Repair { device, key } => super::luks2::repair(&device, &key),
+        LuksCommand::Config {
+            device,
+            priority,
+            label,
+            subsystem,
+            key,
+        } => super::luks2::config(&device, priority.as_deref(), label, subsystem, &key),
+    }
+}
+
+const LAST_SLOT: &str =
+    "this is the last key slot; the device would become unusable (use -q to remove it anyway)";
+
+fn last_slot_hint(e: Error) -> Error {
+    if e.kind() == vmcrypt_error::ErrorKind::Busy && e.message().contains("last key slot") {
+        Error::busy(LAST_SLOT)
+    } else {
+        e
+    }
+}
+
+fn report_tokens(dropped: &[u32]) {
+    for t in dropped {
+        eprintln!("Token {t} was bound only to this key slot and was removed with it.");
     }
 }
 
 fn dump(device: &str, key: &KeyOpts, dump_volume_key: bool, json: bool) -> Result<u8> {
-    let vol = open_volume(device, key, true)?;
+    let hdr = open_any(device, key, true)?;
     let vk = if dump_volume_key {
         let pass = existing(key.key_file.as_deref(), device)?;
-        Some(vol.unlock(pass.as_bytes(), key.key_slot)?.volume_key)
+        Some(match &hdr {
+            Header::V1(v) => v.unlock(pass.as_bytes(), key.key_slot)?.volume_key,
+            Header::V2(v) => v.unlock(pass.as_bytes(), slot2(key))?.volume_key,
+        })
     } else {
         None
     };
-    if json {
-        outln!("{}", pretty(&luks_dump_json(&vol, vk.as_ref())));
-    } else {
-        out!("{}", luks_dump_text(&vol, device, vk.as_ref()));
+    match (&hdr, json) {
+        (Header::V1(v), true) => outln!("{}", pretty(&luks_dump_json(v, vk.as_ref()))),
+        (Header::V1(v), false) => out!("{}", luks_dump_text(v, device, vk.as_ref())),
+        (Header::V2(v), true) => outln!("{}", pretty(&luks2_dump_json(v))),
+        (Header::V2(v), false) => out!("{}", luks2_dump_text(v, vk.as_ref())?),
     }
     Ok(0)
 }

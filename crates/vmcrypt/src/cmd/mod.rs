@@ -2,6 +2,7 @@
 mod bench;
 mod image;
 mod luks;
+mod luks2;
 
 use crate::cli::{Cli, Command, Common};
 use serde_json::{Map, Value};

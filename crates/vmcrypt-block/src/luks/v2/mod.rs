@@ -340,6 +340,70 @@ impl Luks2Volume {
     }
 }
 
+impl Luks2Volume {
+    /// Bytes of a header backup: both copies and the keyslots area (cryptsetup's size).
+    pub fn backup_len(&self) -> Result<u64> {
+        self.hdr.metadata.hdr_and_areas_size()
+    }
+
+    /// Read the header area for a backup file.
+    pub fn backup(&self) -> Result<Vec<u8>> {
+        let len = self.backup_len()?.min(self.dev.size());
+        let mut buf = vec![0u8; len as usize];
+        self.dev.read_at(&mut buf, 0)?;
+        Ok(buf)
+    }
+
+    /// Restore a LUKS2 header backup onto `dev`. The backup must load; if `dev` holds a
+    /// LUKS2 header, its data offset and metadata sizes must match the backup's.
+    pub fn restore(dev: &Arc<dyn BlockDriver>, backup: &[u8], limits: &KdfLimits) -> Result<()> {
+        let loaded =
+            luks2::load(backup, &header_hasher, LoadOptions::default()).ctx("header backup")?;
+        let md = &loaded.header.metadata;
+        let len = md.hdr_and_areas_size()?;
+        ensure!(
+            backup.len() as u64 >= len,
+            Corrupt,
+            "header backup is truncated: {} bytes, need {len}",
+            backup.len()
+        );
+        if let Ok(cur) = Luks2Volume::open(dev.clone(), false, limits) {
+            let c = &cur.hdr.metadata;
+            ensure!(
+                c.data_offset()? == md.data_offset()? && c.hdr_and_areas_size()? == len,
+                Usage,
+                "data offset or metadata size differs on device and backup, restore refused"
+            );
+        }
+        dev.write_at(&backup[..len as usize], 0)
+            .ctx("restoring the LUKS2 header")?;
+        dev.flush()
+    }
+
+    /// Set a new UUID (both copies).
+    pub fn set_uuid(&mut self, uuid: &str) -> Result<()> {
+        crate::luks::volume::validate_uuid(uuid)?;
+        let mut next = self.hdr.clone();
+        next.binary.uuid = uuid.to_string();
+        self.write_header(next)
+    }
+
+    /// Set the label and/or subsystem (both copies).
+    pub fn set_label(&mut self, label: Option<&str>, subsystem: Option<&str>) -> Result<()> {
+        let mut next = self.hdr.clone();
+        for (field, v) in [
+            (&mut next.binary.label, label),
+            (&mut next.binary.subsystem, subsystem),
+        ] {
+            if let Some(v) = v {
+                ensure!(v.len() < 48, Usage, "'{v}' is longer than 47 bytes");
+                *field = v.to_string();
+            }
+        }
+        self.write_header(next)
+    }
+}
+
 /// Key material bytes of a keyslot: key_size * stripes, rounded up to 512.
 pub fn material_len(key_size: u32, stripes: u32) -> u64 {
     (u64::from(key_size) * u64::from(stripes)).div_ceil(512) * 512
