@@ -235,3 +235,35 @@ fn ambiguous_signature_is_not_repaired() {
     }
     assert_eq!(std::fs::read(&img).unwrap(), before);
 }
+
+#[test]
+fn hostile_kdf_costs_are_refused_unless_the_limit_is_raised() {
+    let img = cs("luks2-argon2id-aes-xts.img"); // argon2id m=1024 KiB t=4
+    let tight = KdfLimits {
+        max_memory_kib: 512,
+        ..KdfLimits::default()
+    };
+    let vol = Luks2Volume::open(file(&img, true), false, &tight).unwrap();
+    let e = vol.unlock(&key("l2a-slot0"), None).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+    assert!(e.to_string().contains("--max-kdf-memory"), "{e}");
+    let tight = KdfLimits {
+        max_time: 3,
+        ..KdfLimits::default()
+    };
+    let vol = Luks2Volume::open(file(&img, true), false, &tight).unwrap();
+    assert_eq!(
+        vol.unlock(&key("l2a-slot0"), None).err().unwrap().kind(),
+        ErrorKind::LimitExceeded
+    );
+    let pb = cs("luks2-pbkdf2-sha512-aes128-xts.img"); // pbkdf2 1000 iterations
+    let tight = KdfLimits {
+        max_pbkdf2_iterations: 999,
+        ..KdfLimits::default()
+    };
+    let vol = Luks2Volume::open(file(&pb, true), false, &tight).unwrap();
+    assert_eq!(
+        vol.unlock(&key("l2p-slot0"), None).err().unwrap().kind(),
+        ErrorKind::LimitExceeded
+    );
+}

@@ -196,8 +196,8 @@ impl KdfLimits {
     pub fn check_argon2(&self, cost: Argon2Cost) -> Result<()> {
         let over = |what: &str, value: u32, max: u32, field: &str| {
             Error::limit(format!(
-                "Argon2 {what} {value} exceeds the limit {max} (raise KdfLimits::{field} \
-                 if this header is trusted)"
+                "Argon2 {what} {value} exceeds the limit {max}; if you trust this header, \
+                 raise the limit ({field})"
             ))
         };
         if cost.memory_kib > self.max_memory_kib {
@@ -205,11 +205,16 @@ impl KdfLimits {
                 "memory cost (KiB)",
                 cost.memory_kib,
                 self.max_memory_kib,
-                "max_memory_kib",
+                "vmcrypt --max-kdf-memory, KdfLimits::max_memory_kib",
             ));
         }
         if cost.time > self.max_time {
-            return Err(over("time cost", cost.time, self.max_time, "max_time"));
+            return Err(over(
+                "time cost",
+                cost.time,
+                self.max_time,
+                "vmcrypt --max-kdf-time, KdfLimits::max_time",
+            ));
         }
         if cost.lanes > self.max_lanes {
             return Err(over(
@@ -227,8 +232,9 @@ impl KdfLimits {
         ensure!(
             iterations <= self.max_pbkdf2_iterations,
             LimitExceeded,
-            "PBKDF2 iteration count {iterations} exceeds the limit {} (raise \
-             KdfLimits::max_pbkdf2_iterations if this header is trusted)",
+            "PBKDF2 iteration count {iterations} exceeds the limit {}; if you trust this \
+             header, raise the limit (vmcrypt --max-pbkdf2-iterations, \
+             KdfLimits::max_pbkdf2_iterations)",
             self.max_pbkdf2_iterations
         );
         Ok(())

@@ -25,6 +25,39 @@ pub struct Common {
     /// Quiet: no progress or warnings
     #[arg(short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub limits: LimitOpts,
+}
+
+/// Raise the caps that protect an unlock from a hostile header's KDF cost (see README).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LimitOpts {
+    /// Largest Argon2 memory cost accepted from a header, KiB (default 4194304 = 4 GiB)
+    #[arg(long = "max-kdf-memory", value_name = "KIB", global = true)]
+    pub max_kdf_memory: Option<u32>,
+    /// Largest Argon2 time cost accepted from a header (default 1000)
+    #[arg(long = "max-kdf-time", value_name = "N", global = true)]
+    pub max_kdf_time: Option<u32>,
+    /// Largest PBKDF2 iteration count accepted from a header (default 100000000)
+    #[arg(long = "max-pbkdf2-iterations", value_name = "N", global = true)]
+    pub max_pbkdf2_iterations: Option<u32>,
+}
+
+impl LimitOpts {
+    /// The limits with the user's overrides applied.
+    pub fn limits(&self) -> vmcrypt_crypto::argon::KdfLimits {
+        let mut l = vmcrypt_crypto::argon::KdfLimits::default();
+        if let Some(m) = self.max_kdf_memory {
+            l.max_memory_kib = m;
+        }
+        if let Some(t) = self.max_kdf_time {
+            l.max_time = t;
+        }
+        if let Some(i) = self.max_pbkdf2_iterations {
+            l.max_pbkdf2_iterations = i;
+        }
+        l
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,6 +166,8 @@ pub struct KeyOpts {
     /// Batch mode: no confirmation questions
     #[arg(long = "batch-mode", short = 'q')]
     pub batch: bool,
+    #[command(flatten)]
+    pub limits: LimitOpts,
 }
 
 /// How new key slots are made.

@@ -10,7 +10,6 @@ use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
 use vmcrypt_block::opts::{opt_str, parse_keyval, parse_size};
 use vmcrypt_block::{BlockDriver, convert as conv};
-use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
 /// Merge every `-o` argument into one option map.
@@ -123,7 +122,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         secrets: &store,
         read_only: false,
         metadata_only: false,
-        limits: KdfLimits::default(),
+        limits: a.common.limits.limits(),
     };
     let (dst, zeroed): (Arc<dyn BlockDriver>, bool) = if a.no_create {
         ensure!(
@@ -183,7 +182,7 @@ pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str
         secrets: &store,
         read_only: true,
         metadata_only: true,
-        limits: KdfLimits::default(),
+        limits: common.limits.limits(),
     };
     let (errors, message) = match graph::open(&spec, &ctx) {
         Ok(_) => (0, "No errors were found on the image.".to_string()),

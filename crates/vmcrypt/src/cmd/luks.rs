@@ -13,7 +13,6 @@ use vmcrypt_block::luks::v2::Luks2Volume;
 use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use vmcrypt_block::luks::volume::{KdfParams, restore_header};
 use vmcrypt_block::luks::{Header, open_header};
-use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{HashAlg, SecretBytes};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{self, Limits};
@@ -32,7 +31,7 @@ fn header_device(
 /// Open the header of either version.
 fn open_any(device: &str, key: &KeyOpts, read_only: bool) -> Result<Header> {
     let (dev, detached) = header_device(device, key, read_only)?;
-    open_header(dev, detached, &KdfLimits::default()).with_ctx(|| format!("device {device}"))
+    open_header(dev, detached, &key.limits.limits()).with_ctx(|| format!("device {device}"))
 }
 
 /// Open a LUKS2 header (for LUKS2-only commands).
@@ -253,7 +252,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
                 restore_header(&dev, &backup, &Limits::default())
                     .with_ctx(|| format!("device {device}"))?;
             } else {
-                Luks2Volume::restore(&dev, &backup, &KdfLimits::default())
+                Luks2Volume::restore(&dev, &backup, &key.limits.limits())
                     .with_ctx(|| format!("device {device}"))?;
             }
             Ok(0)

@@ -11,7 +11,6 @@ use vmcrypt_block::BlockDriver;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::opts::parse_keyval;
 use vmcrypt_block::secrets::SecretStore;
-use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
 
 /// Run a parsed command; returns the exit status on success paths (check may return 2/3).
@@ -124,7 +123,7 @@ pub fn open_image(
         secrets,
         read_only,
         metadata_only,
-        limits: KdfLimits::default(),
+        limits: common.limits.limits(),
     };
     graph::open(&spec, &ctx)
 }

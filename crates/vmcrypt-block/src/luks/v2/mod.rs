@@ -209,12 +209,9 @@ impl Luks2Volume {
                 iterations,
                 salt,
             } => {
-                ensure!(
-                    *iterations <= self.limits.max_pbkdf2_iterations,
-                    LimitExceeded,
-                    "LUKS2 keyslot {id}: {iterations} PBKDF2 iterations exceed the limit {}",
-                    self.limits.max_pbkdf2_iterations
-                );
+                self.limits
+                    .check_pbkdf2(*iterations)
+                    .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
                 kdf::pbkdf2(
                     HashAlg::from_name(hash)?,
                     passphrase,
@@ -258,6 +255,9 @@ impl Luks2Volume {
         let Some(digest) = self.hdr.metadata.digest_for_keyslot(id)? else {
             return Ok(None);
         };
+        self.limits
+            .check_pbkdf2(digest.iterations)
+            .with_ctx(|| format!("LUKS2 digest {}", digest.id))?;
         let slot_key = self.slot_key(id, l, passphrase)?;
         let hash = HashAlg::from_name(&l.af_hash).with_ctx(|| format!("LUKS2 keyslot {id} af"))?;
         let len = material_len(l.key_size, l.af_stripes);
