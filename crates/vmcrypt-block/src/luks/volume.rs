@@ -411,28 +411,11 @@ impl Luks1Volume {
     ) -> Result<(Self, SecretBytes)> {
         check_slot_index(params.slot)?;
         let key_bytes = params.spec.key_bytes;
-        let volume_key = match &params.volume_key {
-            Some(k) => {
-                ensure!(
-                    k.len() == key_bytes,
-                    Usage,
-                    "volume key is {} bytes, the cipher needs {key_bytes}",
-                    k.len()
-                );
-                k.clone()
-            }
-            None => SecretBytes::random(key_bytes)?,
-        };
+        let volume_key = new_volume_key(params.volume_key.as_ref(), key_bytes)?;
         let (offsets, payload) =
             luks1::plan_layout(key_bytes as u32, params.layout, params.detached);
         let payload = params.payload_offset.unwrap_or(payload);
-        let uuid = match &params.uuid {
-            Some(u) => {
-                validate_uuid(u)?;
-                u.clone()
-            }
-            None => random_uuid()?,
-        };
+        let uuid = new_uuid(params.uuid.as_deref())?;
         let mut header = Luks1Header {
             version: 1,
             cipher_name: params.spec.luks_cipher_name().to_string(),
@@ -534,6 +517,31 @@ fn check_slot_index(s: usize) -> Result<()> {
         "key slot {s} is out of range (LUKS1 has slots 0-7)"
     );
     Ok(())
+}
+
+/// The volume key of a new volume: the one given (checked against the cipher's key size)
+/// or a random one.
+pub fn new_volume_key(given: Option<&SecretBytes>, key_bytes: usize) -> Result<SecretBytes> {
+    match given {
+        Some(k) => {
+            ensure!(
+                k.len() == key_bytes,
+                Usage,
+                "volume key is {} bytes, the cipher needs {key_bytes}",
+                k.len()
+            );
+            Ok(k.clone())
+        }
+        None => SecretBytes::random(key_bytes),
+    }
+}
+
+/// The UUID of a new volume: the one given (checked) or a random one.
+pub fn new_uuid(given: Option<&str>) -> Result<String> {
+    match given {
+        Some(u) => validate_uuid(u).map(|_| u.to_string()),
+        None => random_uuid(),
+    }
 }
 
 /// Check a UUID string's shape (8-4-4-4-12 hex digits).

@@ -4,7 +4,7 @@
 use super::keyslots::{KeyslotParams, area_size, write_sealed};
 use super::{Luks2Volume, header_hasher};
 use crate::driver::BlockDriver;
-use crate::luks::volume::{random_uuid, validate_uuid};
+use crate::luks::volume::{new_uuid, new_volume_key};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,25 +133,8 @@ impl Luks2Volume {
             params.slot
         );
         let key_bytes = params.spec.key_bytes;
-        let volume_key = match &params.volume_key {
-            Some(k) => {
-                ensure!(
-                    k.len() == key_bytes,
-                    Usage,
-                    "volume key is {} bytes, the cipher needs {key_bytes}",
-                    k.len()
-                );
-                k.clone()
-            }
-            None => SecretBytes::random(key_bytes)?,
-        };
-        let uuid = match &params.uuid {
-            Some(u) => {
-                validate_uuid(u)?;
-                u.clone()
-            }
-            None => random_uuid()?,
-        };
+        let volume_key = new_volume_key(params.volume_key.as_ref(), key_bytes)?;
+        let uuid = new_uuid(params.uuid.as_deref())?;
         let area_start = 2 * params.hdr_size;
         dev.write_zeroes(0, area_start + keyslots_size)
             .ctx("clearing the LUKS2 header area")?;

@@ -133,9 +133,40 @@ impl KeyslotParams {
     }
 }
 
-/// Derive a keyslot key with `kdf` (new keyslots; limits were applied when the params
-/// were chosen).
-fn derive(kdf_: &Kdf, passphrase: &[u8], out: &mut [u8]) -> Result<()> {
+/// The Argon2 type and cost of an Argon2 `kdf` (time 0 for PBKDF2).
+pub(super) fn argon2_params(kdf_: &Kdf) -> (Argon2Type, Argon2Cost) {
+    match kdf_ {
+        Kdf::Argon2 {
+            id,
+            time,
+            memory,
+            cpus,
+            ..
+        } => (
+            if *id {
+                Argon2Type::Argon2id
+            } else {
+                Argon2Type::Argon2i
+            },
+            Argon2Cost {
+                time: *time,
+                memory_kib: *memory,
+                lanes: *cpus,
+            },
+        ),
+        Kdf::Pbkdf2 { .. } => (
+            Argon2Type::Argon2id,
+            Argon2Cost {
+                time: 0,
+                memory_kib: 0,
+                lanes: 0,
+            },
+        ),
+    }
+}
+
+/// Derive a keyslot key with `kdf` (the caller has checked the cost against its limits).
+pub(super) fn derive(kdf_: &Kdf, passphrase: &[u8], out: &mut [u8]) -> Result<()> {
     match kdf_ {
         Kdf::Pbkdf2 {
             hash,
@@ -151,29 +182,9 @@ fn derive(kdf_: &Kdf, passphrase: &[u8], out: &mut [u8]) -> Result<()> {
             );
             Ok(())
         }
-        Kdf::Argon2 {
-            id,
-            time,
-            memory,
-            cpus,
-            salt,
-        } => {
-            let ty = if *id {
-                Argon2Type::Argon2id
-            } else {
-                Argon2Type::Argon2i
-            };
-            argon2(
-                ty,
-                passphrase,
-                salt,
-                Argon2Cost {
-                    time: *time,
-                    memory_kib: *memory,
-                    lanes: *cpus,
-                },
-                out,
-            )
+        Kdf::Argon2 { salt, .. } => {
+            let (ty, cost) = argon2_params(kdf_);
+            argon2(ty, passphrase, salt, cost, out)
         }
     }
 }

@@ -10,7 +10,7 @@ pub mod keyslots;
 
 use crate::driver::BlockDriver;
 use std::sync::Arc;
-use vmcrypt_crypto::argon::{Argon2Cost, Argon2Type, KdfLimits, argon2};
+use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::{
@@ -202,47 +202,13 @@ impl Luks2Volume {
 
     /// Derive the key that decrypts keyslot `l`'s area.
     fn slot_key(&self, id: u32, l: &Luks2Keyslot, passphrase: &[u8]) -> Result<SecretBytes> {
-        let mut key = SecretBytes::zeroed(l.area_key_size as usize);
         match &l.kdf {
-            Kdf::Pbkdf2 {
-                hash,
-                iterations,
-                salt,
-            } => {
-                self.limits
-                    .check_pbkdf2(*iterations)
-                    .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
-                kdf::pbkdf2(
-                    HashAlg::from_name(hash)?,
-                    passphrase,
-                    salt,
-                    *iterations,
-                    key.as_mut(),
-                );
-            }
-            Kdf::Argon2 {
-                id: is_id,
-                time,
-                memory,
-                cpus,
-                salt,
-            } => {
-                let cost = Argon2Cost {
-                    time: *time,
-                    memory_kib: *memory,
-                    lanes: *cpus,
-                };
-                self.limits
-                    .check_argon2(cost)
-                    .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
-                let ty = if *is_id {
-                    Argon2Type::Argon2id
-                } else {
-                    Argon2Type::Argon2i
-                };
-                argon2(ty, passphrase, salt, cost, key.as_mut())?;
-            }
+            Kdf::Pbkdf2 { iterations, .. } => self.limits.check_pbkdf2(*iterations),
+            k @ Kdf::Argon2 { .. } => self.limits.check_argon2(keyslots::argon2_params(k).1),
         }
+        .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
+        let mut key = SecretBytes::zeroed(l.area_key_size as usize);
+        keyslots::derive(&l.kdf, passphrase, key.as_mut())?;
         Ok(key)
     }
 
