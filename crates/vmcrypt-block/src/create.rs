@@ -149,6 +149,20 @@ fn check_known(format: &str, opts: &Map<String, Value>) -> Result<()> {
 
 /// LUKS create parameters from `-o` options (QEMU's names and defaults).
 pub fn luks_params(opts: &Map<String, Value>) -> Result<CreateParams> {
+    let p = luks_params_any_kdf(opts)?;
+    if let Some(i) = p.kdf.iterations {
+        ensure!(
+            i >= 1000,
+            Usage,
+            "iterations {i} is below the minimum of 1000"
+        );
+    }
+    Ok(p)
+}
+
+/// [`luks_params`] without the PBKDF2 iteration minimum: for LUKS2, where `iterations`
+/// may be an Argon2 time cost and the key-slot layer checks each KDF's own range.
+fn luks_params_any_kdf(opts: &Map<String, Value>) -> Result<CreateParams> {
     let alg = opt_str(opts, "cipher-alg")?.unwrap_or_else(|| "aes-256".into());
     let mode = opt_str(opts, "cipher-mode")?.unwrap_or_else(|| "xts".into());
     let ivgen = opt_str(opts, "ivgen-alg")?.unwrap_or_else(|| "plain64".into());
@@ -165,14 +179,7 @@ pub fn luks_params(opts: &Map<String, Value>) -> Result<CreateParams> {
         Usage,
         "iter-time {iter_time} ms is out of range (1..600000)"
     );
-    let iterations = opt_u64(opts, "iterations")?.map(|i| i as u32);
-    if let Some(i) = iterations {
-        ensure!(
-            i >= 1000,
-            Usage,
-            "iterations {i} is below the minimum of 1000"
-        );
-    }
+    let iterations = opt_u64(opts, "iterations")?.map(|i| i.min(u64::from(u32::MAX)) as u32);
     let layout = match opt_str(opts, "layout")?.as_deref() {
         None | Some("cryptsetup") => Layout::default(),
         Some("qemu") => Layout::Qemu,
@@ -248,7 +255,7 @@ pub fn create_image(
 
 /// LUKS2 create parameters from `-o` options.
 pub fn luks2_params(opts: &Map<String, Value>) -> Result<Luks2CreateParams> {
-    let v1 = luks_params(opts)?;
+    let v1 = luks_params_any_kdf(opts)?;
     let mut p = Luks2CreateParams::new(v1.spec);
     let kdf = KdfKind::from_name(&opt_str(opts, "pbkdf")?.unwrap_or_else(|| "argon2id".into()))?;
     p.keyslot = KeyslotParams {

@@ -34,6 +34,18 @@ fn open_any(device: &str, key: &KeyOpts, read_only: bool) -> Result<Header> {
     open_header(dev, detached, &key.limits.limits()).with_ctx(|| format!("device {device}"))
 }
 
+/// Open a header to change its key slots: a LUKS2 header with unmet requirements (or a
+/// reencryption in progress) is refused before any passphrase is asked for or tried.
+fn open_for_write(device: &str, key: &KeyOpts) -> Result<Header> {
+    let hdr = open_any(device, key, false)?;
+    if let Header::V2(v) = &hdr {
+        v.requirements()
+            .and_then(|r| r.check_writable())
+            .with_ctx(|| format!("device {device}"))?;
+    }
+    Ok(hdr)
+}
+
 /// Open a LUKS2 header (for LUKS2-only commands).
 pub fn open_v2(device: &str, key: &KeyOpts, read_only: bool) -> Result<Box<Luks2Volume>> {
     match open_any(device, key, read_only)? {
@@ -110,7 +122,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             new,
             volume_key_file,
         } => {
-            let hdr = open_any(&device, &key, false)?;
+            let hdr = open_for_write(&device, &key)?;
             let volume_key = match &volume_key_file {
                 Some(f) => read_key_file(f)?,
                 None => {
@@ -147,8 +159,9 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
         } => {
             let file = key_file_pos.as_deref().or(key.key_file.as_deref());
+            let hdr = open_for_write(&device, &key)?;
             let pass = existing(file, &device)?;
-            match open_any(&device, &key, false)? {
+            match hdr {
                 Header::V1(mut v) => {
                     let slot = v.unlock(pass.as_bytes(), None)?.slot;
                     ensure!(key.batch || v.active_slots() > 1, Busy, "{LAST_SLOT}");
@@ -172,12 +185,13 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
         } => {
             let file = key_file_pos.as_deref().or(key.key_file.as_deref());
+            let hdr = open_for_write(&device, &key)?;
             let pass = if file.is_some() || !key.batch {
                 Some(existing(file, &device)?)
             } else {
                 None
             };
-            match open_any(&device, &key, false)? {
+            match hdr {
                 Header::V1(mut v) => {
                     if let Some(p) = &pass {
                         v.unlock(p.as_bytes(), None)
@@ -206,8 +220,8 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
             new,
         } => {
+            let hdr = open_for_write(&device, &key)?;
             let old = existing(key.key_file.as_deref(), &device)?;
-            let hdr = open_any(&device, &key, false)?;
             match &hdr {
                 Header::V1(v) => drop(v.unlock(old.as_bytes(), key.key_slot)?),
                 Header::V2(v) => drop(v.unlock(old.as_bytes(), slot2(&key))?),
