@@ -267,3 +267,13 @@ fn hostile_kdf_costs_are_refused_unless_the_limit_is_raised() {
         ErrorKind::LimitExceeded
     );
 }
+
+#[test]
+fn a_detached_header_alone_is_not_an_image() {
+    let hdr = cs("luks2-detached.hdr");
+    let e = LuksDriver::open(file(&hdr, true), None, None, None, &KdfLimits::default())
+        .err()
+        .unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.to_string().contains("detached header"), "{e}");
+}

@@ -132,6 +132,15 @@ impl LuksDriver {
             ),
             Header::V2(v) => {
                 let seg = v.header().metadata.default_segment()?;
+                let meta_end = v.header().metadata.hdr_and_areas_size()?;
+                if header_node.is_none() && seg.offset < meta_end {
+                    bail!(
+                        Corrupt,
+                        "LUKS2 data segment at {} overlaps the header and keyslots ({meta_end} bytes): \
+                         this is a detached header; open its data with header.filename=THIS,file.filename=DATA",
+                        seg.offset
+                    );
+                }
                 let size = match seg.size {
                     SegmentSize::Dynamic => None,
                     SegmentSize::Bytes(n) => Some(n),
