@@ -703,3 +703,84 @@ fn retrying_on_the_same_volume_after_a_failed_header_write_keeps_a_valid_copy() 
         assert_eq!(state(mem.snapshot(), &vk).keys, [true, true, false]);
     }
 }
+
+/// Run cryptsetup on `img`; (success, stdout + stderr).
+fn cryptsetup(args: &[&str], img: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("cryptsetup")
+        .args(args)
+        .arg(img)
+        .output()
+        .expect("cryptsetup must be installed (cryptsetup-bin)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn cryptsetup_accepts_the_headers_these_operations_write() {
+    // Every write path once (add, change, kill, priority, token, repair of a damaged
+    // copy), then the real tool must read the result as a clean LUKS2 header.
+    let (base, vk) = base_image();
+    let mem = Arc::new(MemDriver::new(base));
+    let mut vol = open_mem(mem.clone()).unwrap();
+    vol.add_key(&vk, KEYS[1], None, &argon2id()).unwrap();
+    vol.add_key(&vk, b"temporary", Some(5), &pbkdf2()).unwrap();
+    vol.change_key(KEYS[1], KEYS[2], None, &pbkdf2()).unwrap();
+    vol.kill_slot(5, false).unwrap();
+    vol.set_priority(0, Priority::Ignore).unwrap();
+    vol.token_import(Some(3), TOKEN).unwrap();
+    let mut img = mem.snapshot();
+    damage(&mut img, HeaderCopy::Secondary);
+    let mem = Arc::new(MemDriver::new(img));
+    assert!(open_mem(mem.clone()).unwrap().repair().unwrap());
+    let img = mem.snapshot();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    std::fs::write(&path, &img).unwrap();
+    let keyfile = |k: &[u8]| {
+        let p = dir.path().join(format!("key{}", k.len()));
+        std::fs::write(&p, k).unwrap();
+        p
+    };
+    let (ok, dump) = cryptsetup(&["luksDump"], &path);
+    assert!(ok, "{dump}");
+    let has = |line: &str| dump.lines().any(|l| l.trim_end() == line);
+    assert!(has("Version:       \t2"), "{dump}");
+    assert!(has("  0: luks2") && has("  1: luks2"), "{dump}");
+    assert!(!has("  5: luks2"), "killed slot still listed: {dump}");
+    assert!(dump.contains("Priority:   ignored"), "{dump}");
+    for (key, slot, opens) in [
+        (KEYS[2], None, true),
+        (KEYS[1], None, false),
+        (b"temporary".as_slice(), None, false),
+        // Slot 0 has priority ignore: only tried when named.
+        (KEYS[0], None, false),
+        (KEYS[0], Some("0"), true),
+    ] {
+        let k = keyfile(key);
+        let mut args = vec![
+            "open",
+            "--test-passphrase",
+            "--key-file",
+            k.to_str().unwrap(),
+        ];
+        if let Some(s) = slot {
+            args.extend(["--key-slot", s]);
+        }
+        let (ok, out) = cryptsetup(&args, &path);
+        assert_eq!(ok, opens, "cryptsetup {args:?} with {key:?}: {out}");
+    }
+    let (ok, tok) = cryptsetup(&["token", "export", "--token-id", "3"], &path);
+    assert!(ok, "{tok}");
+    let got: serde_json::Value = serde_json::from_str(tok.trim()).unwrap();
+    assert_eq!(
+        got,
+        serde_json::from_str::<serde_json::Value>(TOKEN).unwrap()
+    );
+    // cryptsetup rewrites a header it finds damaged or outdated: it must not have.
+    assert!(
+        std::fs::read(&path).unwrap() == img,
+        "cryptsetup repaired our header"
+    );
+}
