@@ -14,7 +14,7 @@ pub mod v2;
 pub mod volume;
 
 use crate::driver::{BlockDriver, Child, check_range};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -106,7 +106,10 @@ pub struct LuksDriver {
     unlocked_slot: Option<u32>,
     /// Unknown LUKS2 requirements: data is readable, nothing may be written.
     read_only_reason: Option<String>,
-    rmw: Mutex<()>,
+    /// Held shared by whole-sector writes and exclusively by read-modify-writes, so a
+    /// read-modify-write cannot write back sector contents that another write replaced
+    /// in the meantime.
+    rmw: RwLock<()>,
 }
 
 impl LuksDriver {
@@ -195,7 +198,7 @@ impl LuksDriver {
             cipher,
             unlocked_slot,
             read_only_reason,
-            rmw: Mutex::new(()),
+            rmw: RwLock::new(()),
         })
     }
 
@@ -344,11 +347,12 @@ impl BlockDriver for LuksDriver {
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         if start == offset && end == offset + buf.len() as u64 {
+            let _shared = self.rmw.read().expect("rmw lock");
             return self.write_sectors(buf, GuestOffset(offset));
         }
-        // Read-modify-write of the partial head/tail sectors, serialised so that two
-        // unaligned writers to one sector cannot lose each other's bytes.
-        let _guard = self.rmw.lock().expect("rmw lock");
+        // Read-modify-write of the partial head/tail sectors, serialised against every
+        // other write so that no writer to one sector can lose another's bytes.
+        let _guard = self.rmw.write().expect("rmw lock");
         let mut tmp = vec![0u8; (end - start) as usize];
         self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
         if end - start > ss {

@@ -270,7 +270,8 @@ impl Luks2Volume {
             ReadOnly,
             "the LUKS2 header device is open read-only"
         );
-        next.binary.seqid = self.hdr.binary.seqid + 1;
+        let old_seqid = self.hdr.binary.seqid;
+        next.binary.seqid = old_seqid + 1;
         let first = self.source.other();
         for copy in [first, first.other()] {
             let bytes = next.encode_copy(copy, &header_hasher)?;
@@ -278,16 +279,36 @@ impl Luks2Volume {
                 HeaderCopy::Primary => 0,
                 HeaderCopy::Secondary => next.hdr_size(),
             };
+            // Until the write is done this copy may be torn: if it fails, a later write
+            // on this object must start with it (never with the only good copy) and
+            // `repair` must know it is damaged.
+            *self.state_mut(copy) = CopyState::Invalid {
+                reason: "a header write to this copy failed".into(),
+            };
             self.dev
                 .write_at(&bytes, off)
                 .with_ctx(|| format!("writing the {} LUKS2 header", copy.name()))?;
             self.dev.flush()?;
+            if copy == first {
+                // `first` now holds the newest header; a retry must outnumber it.
+                *self.state_mut(copy) = CopyState::Valid;
+                *self.state_mut(copy.other()) = CopyState::Outdated { seqid: old_seqid };
+                self.source = copy;
+                self.hdr.binary.seqid = next.binary.seqid;
+            }
         }
         self.hdr = next;
         self.primary = CopyState::Valid;
         self.secondary = CopyState::Valid;
         self.json_repaired = false;
         Ok(())
+    }
+
+    fn state_mut(&mut self, copy: HeaderCopy) -> &mut CopyState {
+        match copy {
+            HeaderCopy::Primary => &mut self.primary,
+            HeaderCopy::Secondary => &mut self.secondary,
+        }
     }
 
     /// Rewrite both copies from the trusted one (`vmcrypt luks repair`). Returns whether
