@@ -47,8 +47,8 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, random};
 use vmcrypt_error::{Error, ErrorKind, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{
-    DIGEST_LEN, HEADER_SIZE, KEY_ENABLED, Keyslot, Limits, Luks1Header, NUM_KEYSLOTS,
-    SALT_LEN, STRIPES,
+    DIGEST_LEN, HEADER_SIZE, KEY_ENABLED, Keyslot, Limits, Luks1Header, NUM_KEYSLOTS, SALT_LEN,
+    STRIPES,
 };
 use vmcrypt_format::luks2::{
     self, BIN_HEADER_SIZE, BinaryHeader, Digest, HeaderCopy, Kdf, KeyslotKind, LoadOptions,
@@ -59,7 +59,7 @@ use vmcrypt_format::luks2::{
 pub const CONVERT_HDR_SIZE: u64 = 16 << 10;
 /// LUKS2 keyslot areas are 4 KiB aligned.
 const AREA_ALIGN: u64 = 4096;
-/// LUKS1 key material starts at sector 8 (4 KiB) in every layout cryptsetup converts.
+/// Lowest LUKS1 key-material offset written (sector 8, as cryptsetup's layouts).
 const LUKS1_FIRST_MATERIAL: u64 = 4096;
 /// Marker of luksmeta's foreign metadata after the LUKS1 key material.
 const LUKSMETA_MAGIC: &[u8; 8] = b"LUKSMETA";
@@ -112,7 +112,12 @@ fn first_fit(start: u64, limit: u64, len: u64, align: u64, used: &[Span]) -> Opt
         if end > limit {
             return None;
         }
-        match used.iter().filter(|u| overlaps(**u, (cur, end))).map(|u| u.1).max() {
+        match used
+            .iter()
+            .filter(|u| overlaps(**u, (cur, end)))
+            .map(|u| u.1)
+            .max()
+        {
             None => return Some(cur),
             Some(past) => cur = past.div_ceil(align) * align,
         }
@@ -144,7 +149,8 @@ fn subtract(a: Span, holes: &[Span]) -> Vec<Span> {
 }
 
 fn write_flush(dev: &dyn BlockDriver, buf: &[u8], off: u64, what: &str) -> Result<()> {
-    dev.write_at(buf, off).with_ctx(|| format!("writing {what}"))?;
+    dev.write_at(buf, off)
+        .with_ctx(|| format!("writing {what}"))?;
     dev.flush()
 }
 
@@ -232,7 +238,12 @@ pub fn luks1_to_luks2(
         .moves
         .iter()
         .zip(&plan.lens)
-        .map(|(m, l)| (m.new_offset, m.new_offset + l.div_ceil(AREA_ALIGN) * AREA_ALIGN))
+        .map(|(m, l)| {
+            (
+                m.new_offset,
+                m.new_offset + l.div_ceil(AREA_ALIGN) * AREA_ALIGN,
+            )
+        })
         .chain(std::iter::once((0, 2 * CONVERT_HDR_SIZE)))
         .collect();
     let mut stale = Vec::new();
@@ -267,19 +278,6 @@ fn plan_luks2(v1: &Luks1Volume) -> Result<L2Plan> {
     let h = v1.header();
     let dev = v1.device();
     let to = "LUKS2";
-    let first = (0..NUM_KEYSLOTS)
-        .map(|i| h.keyslots[i].material_offset_bytes())
-        .min()
-        .unwrap_or(0);
-    if first != LUKS1_FIRST_MATERIAL {
-        return Err(refuse(
-            to,
-            format!(
-                "unsupported LUKS1 key material layout: it starts at byte {first}, \
-                 cryptsetup converts only layouts starting at {LUKS1_FIRST_MATERIAL} (sector 8)"
-            ),
-        ));
-    }
     let luks1_size = h.header_area_end().div_ceil(AREA_ALIGN) * AREA_ALIGN;
     check_no_luksmeta(dev.as_ref(), luks1_size)?;
     // The data offset, or for a detached header without one, the header file's size.
@@ -287,16 +285,17 @@ fn plan_luks2(v1: &Luks1Volume) -> Result<L2Plan> {
         0 => dev.size(),
         p => p,
     };
-    let shift = 2 * CONVERT_HDR_SIZE - LUKS1_FIRST_MATERIAL;
-    if max_size.saturating_sub(luks1_size) < shift {
+    // cryptsetup's rule: the LUKS1 key-material block shifted behind two 16 KiB headers
+    // must end before the data, i.e. the LUKS2 keyslots area holds 8 LUKS1-sized slots.
+    let slot_area = h.material_len(0).div_ceil(AREA_ALIGN) * AREA_ALIGN;
+    let need = 2 * CONVERT_HDR_SIZE + NUM_KEYSLOTS as u64 * slot_area;
+    if max_size < need {
         return Err(refuse(
             to,
             format!(
-                "not enough room before the data: the LUKS1 header and key material end at \
-                 {luks1_size} and the data starts at {max_size}; LUKS2 needs two {} KiB \
-                 headers, i.e. {shift} more bytes before the data (cryptsetup refuses this \
-                 layout too, with \"invalid metadata\"; QEMU packs the data right after \
-                 the last key slot)",
+                "not enough room before the data: LUKS2 needs two {} KiB headers and a                  keyslots area for {NUM_KEYSLOTS} key slots of {slot_area} bytes ({need} bytes), \
+                 but the data starts at {max_size} (cryptsetup refuses this layout too, with \
+                 \"invalid metadata\"; QEMU packs the data right after the last key slot)",
                 CONVERT_HDR_SIZE >> 10
             ),
         ));
@@ -706,9 +705,11 @@ fn check_segment(seg: &luks2::Segment) -> Result<()> {
         ));
     }
     if seg.size != SegmentSize::Dynamic {
-        return bad("the data segment has a fixed size; LUKS1 data always runs to the end of \
+        return bad(
+            "the data segment has a fixed size; LUKS1 data always runs to the end of \
                     the device"
-            .into());
+                .into(),
+        );
     }
     if seg.iv_tweak != 0 {
         return bad(format!(
@@ -881,28 +882,29 @@ fn build_luks1_header(v2: &Luks2Volume, slots: &[V1Slot]) -> Result<Luks1Header>
     mk_digest.copy_from_slice(&digest.digest[..DIGEST_LEN]);
     let mut mk_digest_salt = [0u8; SALT_LEN];
     mk_digest_salt.copy_from_slice(&digest.salt);
-    let keyslots = std::array::from_fn(|i| {
-        match slots.iter().find(|s| s.id as usize == i).map(|s| &s.ks) {
-            Some(Luks2Keyslot {
-                kdf:
-                    Kdf::Pbkdf2 {
-                        iterations, salt, ..
-                    },
-                ..
-            }) => {
-                let mut s = [0u8; SALT_LEN];
-                s.copy_from_slice(salt);
-                Keyslot {
-                    active: KEY_ENABLED,
-                    iterations: *iterations,
-                    salt: s,
-                    key_material_offset: offsets[i],
-                    stripes: STRIPES,
+    let keyslots =
+        std::array::from_fn(
+            |i| match slots.iter().find(|s| s.id as usize == i).map(|s| &s.ks) {
+                Some(Luks2Keyslot {
+                    kdf:
+                        Kdf::Pbkdf2 {
+                            iterations, salt, ..
+                        },
+                    ..
+                }) => {
+                    let mut s = [0u8; SALT_LEN];
+                    s.copy_from_slice(salt);
+                    Keyslot {
+                        active: KEY_ENABLED,
+                        iterations: *iterations,
+                        salt: s,
+                        key_material_offset: offsets[i],
+                        stripes: STRIPES,
+                    }
                 }
-            }
-            _ => Keyslot::disabled(offsets[i]),
-        }
-    });
+                _ => Keyslot::disabled(offsets[i]),
+            },
+        );
     Ok(Luks1Header {
         version: 1,
         cipher_name: cipher_name.into(),
@@ -989,7 +991,10 @@ mod tests {
 
     #[test]
     fn subtract_cuts_holes() {
-        assert_eq!(subtract((0, 100), &[(10, 20), (50, 200)]), vec![(0, 10), (20, 50)]);
+        assert_eq!(
+            subtract((0, 100), &[(10, 20), (50, 200)]),
+            vec![(0, 10), (20, 50)]
+        );
         assert_eq!(subtract((0, 100), &[(0, 100)]), Vec::<Span>::new());
         assert_eq!(subtract((0, 100), &[(200, 300)]), vec![(0, 100)]);
     }
