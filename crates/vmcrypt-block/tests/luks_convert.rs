@@ -306,6 +306,9 @@ fn assert_refused(img: &[u8], op: Op, needle: &str) {
     );
 }
 
+/// A change to LUKS2 metadata JSON.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 /// Rewrite the LUKS2 metadata of `img` (both copies, via the normal header writer).
 fn edit_luks2(img: &[u8], f: impl FnOnce(&mut Value)) -> Vec<u8> {
     let m = mem(img);
@@ -359,7 +362,7 @@ fn luks2_to_luks1_refusals_name_their_reason() {
         .unwrap();
     assert_refused(&m.snapshot(), to1, "1 token(s)");
 
-    let edits: Vec<(Box<dyn FnOnce(&mut Value)>, &str)> = vec![
+    let edits: Vec<(Edit, &str)> = vec![
         (
             Box::new(|j| j["keyslots"]["0"]["af"]["hash"] = json!("sha1")),
             "AF hash",

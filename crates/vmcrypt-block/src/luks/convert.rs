@@ -345,7 +345,7 @@ fn place_luks2_areas(
     };
     let area_len = |i: usize| h.material_len(i).div_ceil(AREA_ALIGN) * AREA_ALIGN;
     let mut used: Vec<Span> = active.iter().map(|&i| span(i)).collect();
-    let mut new_off = vec![None; NUM_KEYSLOTS];
+    let mut new_off = [None; NUM_KEYSLOTS];
     for &i in active {
         let (o, _) = span(i);
         let area = (o, o + area_len(i));
