@@ -168,18 +168,29 @@ fn interrupt_everywhere(start: &[u8], op: Op, from: u16, to: u16, keys_open: &[b
     unreachable!()
 }
 
+/// cryptsetup's LUKS2 slot cells after a conversion (512-bit key, 16 KiB headers).
+fn on_luks2_grid(off: u64) -> bool {
+    off >= 32768 && (off - 32768).is_multiple_of(258048)
+}
+
+/// cryptsetup's LUKS1 slot cells (512-bit key).
+fn on_luks1_grid(off: u64) -> bool {
+    off >= 4096 && (off - 4096).is_multiple_of(258048)
+}
+
 #[test]
 fn luks1_to_luks2_survives_interruption_after_every_write() {
-    // Slot 0 (inside the LUKS2 headers) must move; slots 3 and 7 stay in place.
+    // Slots 0, 3 and 7: all move into cryptsetup's LUKS2 cells clear of their material.
     let start = luks1_image(&[0, 3, 7]);
     let writes = interrupt_everywhere(&start, luks1_to_luks2, 1, 2, &[true, true, true]);
-    // move slot 0, primary, secondary, wipe the old slot-0 material.
-    assert_eq!(writes, 4);
+    // 3 material copies, primary, secondary, 3 wipes of old material.
+    assert_eq!(writes, 8);
     let m = mem(&start);
     let r = luks1_to_luks2(m.clone(), false, &limits()).unwrap();
     assert_eq!(r.keyslots.len(), 3);
-    assert!(r.keyslots[0].moved() && r.keyslots[0].new_offset >= 32768);
-    assert!(!r.keyslots[1].moved() && !r.keyslots[2].moved());
+    for s in &r.keyslots {
+        assert!(s.moved() && on_luks2_grid(s.new_offset), "{s:?}");
+    }
     let v2 = Luks2Volume::open(m.clone(), false, &limits()).unwrap();
     assert!(!v2.needs_repair(), "both LUKS2 copies must be valid");
     let cfg = v2.header().metadata.config().unwrap();
@@ -190,19 +201,69 @@ fn luks1_to_luks2_survives_interruption_after_every_write() {
 }
 
 #[test]
+fn luks1_to_luks2_fallback_placement_survives_interruption() {
+    // Slots 0, 2, 4, 6 leave only one free cryptsetup cell: slots 2, 4 and 6 keep their
+    // material in place and slot 0 moves to the first free 4 KiB-aligned area.
+    let start = luks1_image(&[0, 2, 4, 6]);
+    let writes = interrupt_everywhere(&start, luks1_to_luks2, 1, 2, &[true, true, true]);
+    assert_eq!(writes, 4);
+    let r = luks1_to_luks2(mem(&start), false, &limits()).unwrap();
+    let moved: Vec<bool> = r.keyslots.iter().map(|s| s.moved()).collect();
+    assert_eq!(moved, [true, false, false, false]);
+}
+
+#[test]
 fn luks2_to_luks1_survives_interruption_after_every_write() {
     let (start, _) = luks2_image_with(&l2_params(), true);
     let writes = interrupt_everywhere(&start, luks2_to_luks1, 2, 1, &[true, true, false]);
-    assert_eq!(writes, 2);
+    // 2 material copies, the LUKS1 header, zeros over the LUKS2 headers, 2 wipes.
+    assert_eq!(writes, 6);
     let m = mem(&start);
     let r = luks2_to_luks1(m.clone(), false, &limits()).unwrap();
-    assert!(r.keyslots.iter().all(|s| !s.moved()));
+    for s in &r.keyslots {
+        assert!(s.moved() && on_luks1_grid(s.new_offset), "{s:?}");
+    }
     // No LUKS2 signature is left: the secondary header area is zero.
     let img = m.snapshot();
     assert!(img[16384..32768].iter().all(|&b| b == 0));
     let v1 = Luks1Volume::open(m, false, &Limits::default()).unwrap();
-    assert_eq!(v1.header().payload_offset, 4096);
+    let h = v1.header();
+    assert_eq!(h.payload_offset, 4096);
     assert_eq!(v1.active_slots(), 2);
+    // cryptsetup's LUKS1 layout: every slot on a cell, the first at sector 8.
+    assert!(
+        h.keyslots
+            .iter()
+            .all(|k| on_luks1_grid(k.material_offset_bytes()))
+    );
+    assert_eq!(
+        h.keyslots.iter().map(|k| k.key_material_offset).min(),
+        Some(8)
+    );
+}
+
+#[test]
+fn luks2_to_luks1_keeps_material_in_place_when_no_cell_is_free() {
+    // Eight keyslots fill the LUKS2 area: no cryptsetup cell is free, every slot keeps
+    // its area and the conversion is a single header switch.
+    let (base, vk) = luks2_image_with(&l2_params(), false);
+    let m = mem(&base);
+    let mut v = Luks2Volume::open(m.clone(), false, &limits()).unwrap();
+    for s in 1..8 {
+        v.add_key(
+            &vk,
+            KEYS[s % 2],
+            Some(s as u32),
+            &pbkdf2_params(HashAlg::Sha256),
+        )
+        .unwrap();
+    }
+    let start = m.snapshot();
+    let writes = interrupt_everywhere(&start, luks2_to_luks1, 2, 1, &[true, true, false]);
+    assert_eq!(writes, 2);
+    let r = luks2_to_luks1(mem(&start), false, &limits()).unwrap();
+    assert!(r.keyslots.iter().all(|s| !s.moved()));
+    assert_eq!(r.keyslots.len(), 8);
 }
 
 #[test]
@@ -287,11 +348,13 @@ fn cryptsetup_vectors_convert_both_ways() {
             "{img} back to LUKS1"
         );
     }
-    // Slots 0, 2 and 5 of the XTS vector: 2 and 5 keep their material in place.
+    // Slots 0, 2 and 5 of the XTS vector: the free cryptsetup cells clear of all three
+    // slots' material are 3, 6 and 7.
     let m = mem(&vector("luks1-aes-xts-plain64-sha256.img"));
     let r = luks1_to_luks2(m, false, &limits()).unwrap();
-    let ids: Vec<(u32, bool)> = r.keyslots.iter().map(|s| (s.slot, s.moved())).collect();
-    assert_eq!(ids, [(0, true), (2, false), (5, false)]);
+    let ids: Vec<(u32, u64)> = r.keyslots.iter().map(|s| (s.slot, s.new_offset)).collect();
+    let cell = |k: u64| 32768 + k * 258048;
+    assert_eq!(ids, [(0, cell(3)), (2, cell(6)), (5, cell(7))]);
 }
 
 /// `op` on `img` must fail with a message containing `needle` and change no byte.

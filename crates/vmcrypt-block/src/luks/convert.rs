@@ -9,32 +9,42 @@
 //! # Crash safety
 //!
 //! Interrupting after any single write leaves a device that opens with the old format
-//! or the new one, with the same key set. The trick is that both formats find the key
-//! material by offset, and the version is decided by the first 8 bytes of the device
-//! (vmcrypt's `probe_version` and cryptsetup both read offset 0):
+//! or the new one, with the same key set. Both formats find key material by offset, and
+//! the version is decided by the first 8 bytes of the device (vmcrypt's `probe_version`
+//! and cryptsetup both read offset 0), so each direction is: copy material to places
+//! the old header does not use, switch the header at offset 0 in one write, clean up.
+//! Every write is followed by a flush.
 //!
-//! * **LUKS1 -> LUKS2.** LUKS2 keyslot areas must lie after the two 16 KiB headers
-//!   (32 KiB) and be 4 KiB aligned. (1) Every active LUKS1 slot whose material already
-//!   sits at such a place keeps it (no copy at all, usually every slot but slot 0); the
-//!   others are copied to new 4 KiB-aligned areas that overlap no active LUKS1 material
-//!   (disabled slots' areas are reused), each write flushed. LUKS1 is untouched so far.
-//!   (2) The LUKS2 primary header (16 KiB at offset 0) is written in one write and
-//!   flushed: it replaces the LUKS1 header atomically; the secondary copy is still
-//!   missing, which the LUKS2 loader accepts (and repairs). (3) The secondary copy is
-//!   written and flushed. (4) Old material that no LUKS2 area uses is wiped. If no
-//!   placement avoids all active material (e.g. eight slots in use) the conversion is
-//!   refused; there is no unsafe fallback that would overwrite material in use.
-//!   cryptsetup instead shifts the whole key-material block by 28 KiB (overlapping
-//!   copy, not crash-safe); our placement differs but is equally valid LUKS2.
-//! * **LUKS2 -> LUKS1.** LUKS1 takes a key-material offset in 512-byte sectors
-//!   anywhere after its 592-byte header, so every LUKS2 area stays where it is and
-//!   becomes the LUKS1 slot's material unchanged. Disabled LUKS1 slots get placeholder
-//!   offsets in free space (LUKS1 validates all eight slots) but no writes. (1) The
-//!   592-byte LUKS1 header is written at offset 0 in one write and flushed: version 1
-//!   at offset 0 now wins, the intact LUKS2 secondary copy is ignored by every reader
-//!   that looks at offset 0 first. (2) The rest of both LUKS2 header copies
-//!   `[592, 2 * hdr_size)` is zeroed (one write) so no stale LUKS2 signature remains.
-//!   A header that needs repair (a damaged copy) is refused: repair it first.
+//! * **LUKS1 -> LUKS2.** (1) Each active slot's material is copied to a new LUKS2 area
+//!   (4 KiB aligned, after the two 16 KiB headers, before the data) that overlaps no
+//!   active LUKS1 material; disabled slots' areas are reused. LUKS1 is untouched so
+//!   far. (2) The LUKS2 primary header (16 KiB at offset 0) is written in one write: it
+//!   replaces the LUKS1 header; the secondary copy is still missing, which the LUKS2
+//!   loaders accept (cryptsetup repairs it). (3) The secondary copy is written. (4) Old
+//!   material that no LUKS2 area covers is overwritten with random bytes.
+//! * **LUKS2 -> LUKS1.** (1) Each active keyslot's material is copied to a LUKS1 place
+//!   that overlaps no LUKS2 area in use and neither LUKS2 header copy. (2) The 592-byte
+//!   LUKS1 header is written at offset 0 in one write: version 1 at offset 0 now wins,
+//!   the still intact LUKS2 secondary copy is ignored by readers that look at offset 0
+//!   first (checked against cryptsetup in the interop tests). (3) The rest of both LUKS2
+//!   header copies `[592, 2 * hdr_size)` is zeroed, so no LUKS2 signature remains.
+//!   (4) The old LUKS2 areas are overwritten with random bytes. Disabled LUKS1 slots
+//!   get placeholder offsets (LUKS1 validates all eight) that are never written.
+//!   A LUKS2 header that needs repair (a damaged copy) is refused: repair it first.
+//!
+//! # Placement
+//!
+//! cryptsetup converts by shifting the whole key-material block by 28 KiB (an
+//! overlapping copy, not crash-safe). We put slots into the same cells cryptsetup's
+//! layouts use (`32 KiB + k * area` in LUKS2, `4 KiB + k * area` in LUKS1), choosing for
+//! each moved slot a cell that is clear of all material in use; a slot already in a
+//! cell stays. The result is therefore in the layout `cryptsetup convert` expects, and
+//! it can convert it back. When no such assignment exists (e.g. LUKS1 slots 0, 2, 4
+//! and 6 in use), a fallback keeps every slot that may stay where it is (LUKS2 areas
+//! become LUKS1 material unchanged and vice versa) and first-fits the rest; the result
+//! is valid and vmcrypt converts it back, cryptsetup may refuse to. If nothing fits
+//! without overwriting material in use (e.g. all eight LUKS1 slots active), the
+//! conversion is refused; there is no unsafe fallback.
 //!
 //! Before anything is written the new header is encoded and checked by the same
 //! validation the loaders apply, against the device as it will be.
@@ -146,6 +156,40 @@ fn subtract(a: Span, holes: &[Span]) -> Vec<Span> {
             .collect();
     }
     out
+}
+
+/// Place items on the grid `base + k * stride` (`k < n`): an item whose `current` offset
+/// is a grid position keeps it, the others take the lowest free position where
+/// `clear(position, item)` holds. Returns the positions and which grid cells are taken,
+/// or None if some item finds no cell.
+fn grid_assign(
+    base: u64,
+    stride: u64,
+    n: u64,
+    current: &[u64],
+    clear: impl Fn(u64, usize) -> bool,
+) -> Option<(Vec<u64>, Vec<bool>)> {
+    let pos = |k: u64| base + k * stride;
+    let mut taken = vec![false; n as usize];
+    let mut out = vec![None; current.len()];
+    for (j, &c) in current.iter().enumerate() {
+        if c >= base && (c - base).is_multiple_of(stride) {
+            let k = (c - base) / stride;
+            if k < n && !taken[k as usize] && clear(c, j) {
+                taken[k as usize] = true;
+                out[j] = Some(c);
+            }
+        }
+    }
+    for (j, slot) in out.iter_mut().enumerate() {
+        if slot.is_some() {
+            continue;
+        }
+        let k = (0..n).find(|&k| !taken[k as usize] && clear(pos(k), j))?;
+        taken[k as usize] = true;
+        *slot = Some(pos(k));
+    }
+    Some((out.into_iter().collect::<Option<Vec<_>>>()?, taken))
 }
 
 fn write_flush(dev: &dyn BlockDriver, buf: &[u8], off: u64, what: &str) -> Result<()> {
@@ -344,6 +388,33 @@ fn place_luks2_areas(
         (o, o + h.material_len(i))
     };
     let area_len = |i: usize| h.material_len(i).div_ceil(AREA_ALIGN) * AREA_ALIGN;
+    let moves_for = |offs: &[u64]| -> Vec<SlotMove> {
+        active
+            .iter()
+            .zip(offs)
+            .map(|(&i, &o)| SlotMove {
+                slot: i as u32,
+                old_offset: span(i).0,
+                new_offset: o,
+            })
+            .collect()
+    };
+    let lens: Vec<u64> = active.iter().map(|&i| h.material_len(i)).collect();
+    // cryptsetup's grid (its LUKS1 layout shifted behind the headers), so that
+    // `cryptsetup convert --type luks1` can take the result back.
+    let a = area_len(active[0]);
+    let current: Vec<u64> = active.iter().map(|&i| span(i).0).collect();
+    let grid = grid_assign(start, a, (area_end - start) / a, &current, |pos, j| {
+        let cell = (pos, pos + a);
+        active
+            .iter()
+            .enumerate()
+            .all(|(x, &i)| (pos == current[j] && x == j) || !overlaps(cell, span(i)))
+    });
+    if let Some((offs, _)) = grid {
+        return Ok((moves_for(&offs), lens));
+    }
+    // Otherwise: keep what may stay, first-fit the rest.
     let mut used: Vec<Span> = active.iter().map(|&i| span(i)).collect();
     let mut new_off = [None; NUM_KEYSLOTS];
     for &i in active {
@@ -377,16 +448,8 @@ fn place_luks2_areas(
         new_off[i] = Some(o);
         used.push((o, o + area_len(i)));
     }
-    let moves = active
-        .iter()
-        .map(|&i| SlotMove {
-            slot: i as u32,
-            old_offset: span(i).0,
-            new_offset: new_off[i].unwrap_or(0),
-        })
-        .collect();
-    let lens = active.iter().map(|&i| h.material_len(i)).collect();
-    Ok((moves, lens))
+    let offs: Vec<u64> = active.iter().map(|&i| new_off[i].unwrap_or(0)).collect();
+    Ok((moves_for(&offs), lens))
 }
 
 fn build_luks2_header(
@@ -536,7 +599,8 @@ pub fn luks2_to_luks1(
     let v2 = open_v2(&dev, detached, limits)?;
     ensure_writable(dev.as_ref())?;
     let slots = check_luks1_compatible(&v2)?;
-    let header = build_luks1_header(&v2, &slots)?;
+    let offsets = place_luks1_slots(&v2, &slots)?;
+    let header = build_luks1_header(&v2, &slots, &offsets)?;
     let bytes = header.encode();
     // Validate exactly what will be read back (cryptsetup's LUKS1 checks).
     Luks1Header::decode(&bytes)?
@@ -547,10 +611,31 @@ pub fn luks2_to_luks1(
         &header.cipher_mode,
         header.key_bytes as usize,
     )?;
+    let len = material_len(header.key_bytes, STRIPES);
+    let moves: Vec<SlotMove> = slots
+        .iter()
+        .map(|s| SlotMove {
+            slot: s.id,
+            old_offset: s.ks.area_offset,
+            new_offset: offsets[s.id as usize],
+        })
+        .collect();
 
-    // (1) the switch: version 1 at offset 0.
+    // (1) copy material that moves into free space; LUKS2 stays valid.
+    for m in moves.iter().filter(|m| m.moved()) {
+        let mut buf = SecretBytes::zeroed(len as usize);
+        dev.read_at(buf.as_mut(), m.old_offset)
+            .with_ctx(|| format!("reading LUKS2 keyslot {}", m.slot))?;
+        write_flush(
+            dev.as_ref(),
+            buf.as_bytes(),
+            m.new_offset,
+            &format!("key material of keyslot {} to its LUKS1 place", m.slot),
+        )?;
+    }
+    // (2) the switch: version 1 at offset 0.
     write_flush(dev.as_ref(), &bytes, 0, "the LUKS1 header")?;
-    // (2) zero what is left of both LUKS2 header copies.
+    // (3) zero what is left of both LUKS2 header copies.
     let hdr_size = v2.header().hdr_size();
     let rest = vec![0u8; (2 * hdr_size) as usize - HEADER_SIZE];
     write_flush(
@@ -559,18 +644,26 @@ pub fn luks2_to_luks1(
         HEADER_SIZE as u64,
         "zeros over the old LUKS2 headers",
     )?;
+    // (4) wipe the old areas of moved material.
+    let keep: Vec<Span> = moves
+        .iter()
+        .map(|m| (m.new_offset, m.new_offset + len))
+        .collect();
+    let mut stale = Vec::new();
+    for (m, s) in moves.iter().zip(&slots) {
+        if m.moved() {
+            stale.extend(subtract(
+                (m.old_offset, m.old_offset + s.ks.area_size),
+                &keep,
+            ));
+        }
+    }
+    let wiped = wipe(dev.as_ref(), &stale)?;
     Ok(ConvertReport {
         from_version: 2,
         to_version: 1,
-        keyslots: slots
-            .iter()
-            .map(|s| SlotMove {
-                slot: s.id,
-                old_offset: s.ks.area_offset,
-                new_offset: s.ks.area_offset,
-            })
-            .collect(),
-        wiped_bytes: rest.len() as u64,
+        keyslots: moves,
+        wiped_bytes: rest.len() as u64 + wiped,
         data_offset: header.payload_offset_bytes(),
     })
 }
@@ -855,7 +948,11 @@ fn check_digest(d: &Digest, hash: &str, seg: u32) -> Result<()> {
     Ok(())
 }
 
-fn build_luks1_header(v2: &Luks2Volume, slots: &[V1Slot]) -> Result<Luks1Header> {
+fn build_luks1_header(
+    v2: &Luks2Volume,
+    slots: &[V1Slot],
+    offsets: &[u64; NUM_KEYSLOTS],
+) -> Result<Luks1Header> {
     let hdr = v2.header();
     let md = &hdr.metadata;
     let seg = &md.segments()?[0];
@@ -877,7 +974,7 @@ fn build_luks1_header(v2: &Luks2Volume, slots: &[V1Slot]) -> Result<Luks1Header>
         bail!(Internal, "keyslot checks let a non-PBKDF2 slot through");
     };
     let payload = (seg.offset / 512) as u32;
-    let offsets = place_luks1_slots(v2, slots, key_size, seg.offset)?;
+    let offsets: [u32; NUM_KEYSLOTS] = std::array::from_fn(|i| (offsets[i] / 512) as u32);
     let mut mk_digest = [0u8; DIGEST_LEN];
     mk_digest.copy_from_slice(&digest.digest[..DIGEST_LEN]);
     let mut mk_digest_salt = [0u8; SALT_LEN];
@@ -920,30 +1017,57 @@ fn build_luks1_header(v2: &Luks2Volume, slots: &[V1Slot]) -> Result<Luks1Header>
     })
 }
 
-/// LUKS1 key-material offsets (sectors) for all eight slots: active slots keep their
-/// LUKS2 area; disabled slots get placeholders in free space before the data.
-fn place_luks1_slots(
-    v2: &Luks2Volume,
-    slots: &[V1Slot],
-    key_size: u32,
-    data_offset: u64,
-) -> Result<[u32; NUM_KEYSLOTS]> {
+/// LUKS1 key-material offsets (bytes) for all eight slots. First choice: cryptsetup's
+/// LUKS1 layout (slot cells `4096 + k * area`), active slots moved into cells that
+/// overlap no LUKS2 area in use and neither header copy, so `cryptsetup convert` can
+/// take the result back to LUKS2. Otherwise every active slot keeps its LUKS2 area (no
+/// copy at all). Disabled slots get placeholder cells (never written).
+fn place_luks1_slots(v2: &Luks2Volume, slots: &[V1Slot]) -> Result<[u64; NUM_KEYSLOTS]> {
     let dev_size = v2.device().size();
+    let data_offset = v2.header().metadata.segments()?[0].offset;
     let limit = match data_offset {
         0 => dev_size,
         d => d.min(dev_size),
     };
+    let key_size = slots[0].ks.key_size;
     let len = material_len(key_size, STRIPES);
-    let mut used: Vec<Span> = slots
+    let area = len.div_ceil(AREA_ALIGN) * AREA_ALIGN;
+    let hdr_end = 2 * v2.header().hdr_size();
+    let areas: Vec<Span> = slots
         .iter()
         .map(|s| (s.ks.area_offset, s.ks.area_offset + s.ks.area_size))
         .collect();
-    let mut out = [0u32; NUM_KEYSLOTS];
-    for (i, o) in out.iter_mut().enumerate() {
-        if let Some(s) = slots.iter().find(|s| s.id as usize == i) {
-            *o = (s.ks.area_offset / 512) as u32;
-            continue;
+    let cells = limit
+        .checked_sub(LUKS1_FIRST_MATERIAL + len)
+        .map_or(0, |r| r / area + 1);
+    let current: Vec<u64> = slots.iter().map(|s| s.ks.area_offset).collect();
+    let grid = (cells >= NUM_KEYSLOTS as u64)
+        .then(|| {
+            grid_assign(LUKS1_FIRST_MATERIAL, area, cells, &current, |pos, j| {
+                pos == current[j]
+                    || (pos >= hdr_end && areas.iter().all(|a| !overlaps(*a, (pos, pos + len))))
+            })
+        })
+        .flatten();
+    let mut out = [0u64; NUM_KEYSLOTS];
+    let inactive = (0..NUM_KEYSLOTS).filter(|&i| !slots.iter().any(|s| s.id as usize == i));
+    if let Some((offs, taken)) = grid {
+        for (s, o) in slots.iter().zip(offs) {
+            out[s.id as usize] = o;
         }
+        let mut free = (0..cells).filter(|&k| !taken[k as usize]);
+        for i in inactive {
+            // cells >= 8 and each active slot takes one, so a cell is left for each.
+            let k = free.next().unwrap_or(0);
+            out[i] = LUKS1_FIRST_MATERIAL + k * area;
+        }
+        return Ok(out);
+    }
+    let mut used = areas.clone();
+    for s in slots {
+        out[s.id as usize] = s.ks.area_offset;
+    }
+    for i in inactive {
         let at = first_fit(LUKS1_FIRST_MATERIAL, limit, len, AREA_ALIGN, &used)
             .or_else(|| first_fit(LUKS1_FIRST_MATERIAL, limit, len, 512, &used))
             .ok_or_else(|| {
@@ -957,7 +1081,7 @@ fn place_luks1_slots(
                 )
             })?;
         used.push((at, at + len));
-        *o = (at / 512) as u32;
+        out[i] = at;
     }
     Ok(out)
 }
