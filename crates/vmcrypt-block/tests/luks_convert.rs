@@ -487,3 +487,58 @@ fn luks1_to_luks2_refusals_name_their_reason() {
     img[2068480..2068488].copy_from_slice(b"LUKSMETA");
     assert_refused(&img, to2, "LUKSMETA");
 }
+
+/// Open a detached-header volume and read the start of its data.
+fn detached_read(hdr: &[u8], data_dev: &Arc<MemDriver>, pass: &[u8]) -> Option<Vec<u8>> {
+    let d = LuksDriver::open(
+        data_dev.clone(),
+        Some(mem(hdr)),
+        Some(pass),
+        None,
+        &limits(),
+    )
+    .ok()?;
+    let mut buf = vec![0u8; DATA_LEN];
+    d.read_at(&mut buf, 0).unwrap();
+    Some(buf)
+}
+
+#[test]
+fn detached_headers_convert_both_ways_crash_safely() {
+    let mut p = l2_params();
+    p.detached = true;
+    p.data_offset = None;
+    p.keyslots_size = Some(8 * 258048);
+    let hdr = Arc::new(MemDriver::new(vec![0u8; 32768 + 8 * 258048]));
+    let data_dev = Arc::new(MemDriver::new(vec![0u8; 1 << 20]));
+    Luks2Volume::create(hdr.clone(), &p, KEYS[0]).unwrap();
+    let d = LuksDriver::open(
+        data_dev.clone(),
+        Some(hdr.clone()),
+        Some(KEYS[0]),
+        None,
+        &limits(),
+    )
+    .unwrap();
+    d.write_at(&data(), 0).unwrap();
+    let mut img = hdr.snapshot();
+    for (op, to) in [(luks2_to_luks1 as Op, 1u16), (luks1_to_luks2 as Op, 2)] {
+        for budget in 0.. {
+            let m = mem(&img);
+            let faulty: Arc<dyn BlockDriver> = Arc::new(FaultyDriver::new(m.clone(), budget));
+            let done = op(faulty, true, &limits()).is_ok();
+            let snap = m.snapshot();
+            assert_eq!(
+                detached_read(&snap, &data_dev, KEYS[0]).as_deref(),
+                Some(&data()[..]),
+                "detached, to v{to}, after {budget} writes"
+            );
+            if done {
+                assert_eq!(probe_version(mem(&snap).as_ref()).unwrap(), to);
+                img = snap;
+                break;
+            }
+            assert!(budget < 32);
+        }
+    }
+}
