@@ -2,9 +2,12 @@
 //! without a passphrase: the key material, salts, iteration counts and the master-key
 //! digest move over verbatim, and the data is never touched.
 //!
-//! Both directions accept exactly what cryptsetup accepts and refuse the rest with the
-//! reason (argon2 keyslots, tokens, 4096-byte sectors, a LUKS1 layout with no room for
-//! two 16 KiB LUKS2 headers, ...). Every refusal happens before the first write.
+//! Both directions apply cryptsetup's rules and refuse the rest with the reason (argon2
+//! keyslots, tokens, 4096-byte sectors, a LUKS1 layout with no room for two 16 KiB
+//! LUKS2 headers, ...). Two refusals are our own: no crash-safe placement exists (e.g.
+//! all eight LUKS1 slots in use, which cryptsetup converts by an overlapping move), and
+//! a LUKS2 header with a damaged copy (cryptsetup would repair it silently first).
+//! Every refusal happens before the first write.
 //!
 //! # Crash safety
 //!
