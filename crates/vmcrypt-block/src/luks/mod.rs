@@ -8,6 +8,7 @@
 //! are split over threads.
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
+pub mod convert;
 pub mod dump;
 pub mod dump2;
 pub mod v2;
