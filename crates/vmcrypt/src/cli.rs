@@ -304,6 +304,15 @@ pub enum LuksCommand {
         #[command(flatten)]
         key: KeyOpts,
     },
+    /// Convert a header in place between LUKS1 and LUKS2 (cryptsetup convert)
+    Convert {
+        device: String,
+        /// Target type: luks1 or luks2
+        #[arg(long = "type", value_name = "TYPE")]
+        to: String,
+        #[command(flatten)]
+        key: KeyOpts,
+    },
     /// Rewrite a damaged or outdated LUKS2 header copy from the valid one (cryptsetup repair)
     Repair {
         device: String,

@@ -315,3 +315,40 @@ fn qemu_layout_is_refused_like_cryptsetup() {
     assert!(e.to_string().contains("not enough room"), "{e}");
     assert_same_bytes("refused image", &sc.read("q.img"), &read(Path::new(&src)));
 }
+
+/// The CLI: `vmcrypt luks convert --type luks2` then `--type luks1`, each checked by
+/// cryptsetup, data unchanged; a bad --type is a usage error; a refusal is exit 4 with
+/// its reason and no change.
+#[test]
+fn cli_convert_round_trip_checked_by_cryptsetup() {
+    let sc = Scratch::new();
+    let img = cs_luks1(&sc, "cli.img");
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 13 % 251) as u8).collect();
+    vm_write(&img, PASS, &data);
+    vmcrypt(&["luks", "convert", "--type", "luks2", &img]).ok();
+    assert_eq!(cs_version(&img), "2");
+    cs_test_open(&sc, &img, "pw2");
+    assert_eq!(vm_read(&img, PASS, data.len()), data);
+    vmcrypt(&["luks", "convert", "--type", "luks1", &img]).ok();
+    assert_eq!(cs_version(&img), "1");
+    cs_test_open(&sc, &img, "pw");
+    assert_eq!(vm_read(&img, PASS2, data.len()), data);
+    vmcrypt(&["luks", "convert", "--type", "luks3", &img]).code_is(1);
+    // A LUKS2 header with a token cannot become LUKS1.
+    vmcrypt(&["luks", "convert", "--type", "luks2", &img]).ok();
+    sc.write("t.json", br#"{"type":"x-test","keyslots":["0"]}"#);
+    vmcrypt(&[
+        "luks",
+        "token",
+        "import",
+        "--json-file",
+        &sc.p("t.json"),
+        &img,
+    ])
+    .ok();
+    let before = sha256_file(Path::new(&img));
+    vmcrypt(&["luks", "convert", "--type", "luks1", &img])
+        .code_is(4)
+        .stderr_has("token");
+    assert_eq!(sha256_file(Path::new(&img)), before);
+}

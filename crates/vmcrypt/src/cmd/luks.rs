@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::file::FileDriver;
+use vmcrypt_block::luks::convert::convert_to;
 use vmcrypt_block::luks::dump::{luks_dump_json, luks_dump_text};
 use vmcrypt_block::luks::dump2::{luks2_dump_json, luks2_dump_text};
 use vmcrypt_block::luks::v2::Luks2Volume;
@@ -302,6 +303,23 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
             key,
         } => super::luks2::token(&action, &device, token_id, json_file.as_deref(), &key),
         LuksCommand::Repair { device, key } => super::luks2::repair(&device, &key),
+        LuksCommand::Convert { device, to, key } => {
+            let version = match to.as_str() {
+                "luks1" => 1,
+                "luks2" => 2,
+                other => bail!(Usage, "--type must be luks1 or luks2, not '{other}'"),
+            };
+            let (dev, detached) = header_device(&device, &key, false)?;
+            let r = convert_to(dev, version, detached, &key.limits.limits())
+                .with_ctx(|| format!("device {device}"))?;
+            eprintln!(
+                "Converted LUKS{} to LUKS{} ({} key slot(s) moved).",
+                r.from_version,
+                r.to_version,
+                r.keyslots.iter().filter(|m| m.moved()).count()
+            );
+            Ok(0)
+        }
         LuksCommand::Config {
             device,
             priority,
