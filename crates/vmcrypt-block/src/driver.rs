@@ -117,6 +117,12 @@ pub trait BlockDriver: Send + Sync {
         None
     }
 
+    /// Consistency problems of this node's metadata (`vmcrypt check`), or `None` if the
+    /// driver has no checks (qemu-img's "does not support checks").
+    fn check(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Whether the node encrypts its data.
     fn is_encrypted(&self) -> bool {
         false

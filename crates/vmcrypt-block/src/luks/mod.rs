@@ -21,7 +21,7 @@ use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, bail};
 use vmcrypt_format::luks1::{self, Limits};
-use vmcrypt_format::luks2::SegmentSize;
+use vmcrypt_format::luks2::{CopyState, SegmentSize};
 pub use volume::{CreateParams, KdfParams, Luks1Volume, Unlocked};
 
 /// IV sectors are always 512 bytes.
@@ -420,5 +420,32 @@ impl BlockDriver for LuksDriver {
 
     fn is_encrypted(&self) -> bool {
         true
+    }
+
+    /// LUKS1 headers were validated at open. For LUKS2, a damaged or outdated header
+    /// copy, or JSON that needed cryptsetup's repair, is reported (`vmcrypt luks repair`
+    /// fixes it).
+    fn check(&self) -> Option<Vec<String>> {
+        let Header::V2(v) = &self.header else {
+            return Some(Vec::new());
+        };
+        let mut problems = Vec::new();
+        let (p, s) = v.copy_states();
+        for (name, state) in [("primary", p), ("secondary", s)] {
+            match state {
+                CopyState::Valid => {}
+                CopyState::Outdated { seqid } => problems.push(format!(
+                    "the {name} LUKS2 header copy is outdated (seqid {seqid})"
+                )),
+                CopyState::Invalid { reason } => {
+                    problems.push(format!("the {name} LUKS2 header copy is invalid: {reason}"))
+                }
+            }
+        }
+        if v.json_needed_repair() {
+            problems
+                .push("the LUKS2 metadata needed cryptsetup's repair (stray KDF fields)".into());
+        }
+        Some(problems)
     }
 }

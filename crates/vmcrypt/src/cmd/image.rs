@@ -169,43 +169,48 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
 pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str) -> Result<u8> {
     let store = secrets(common)?;
     let spec = image_spec(common, format, filename)?;
-    let driver = match (opt_str(&spec, "driver")?, graph::probed_format(&spec)?) {
-        (Some(d), _) => d,
-        (None, Some(p)) => p.to_string(),
-        (None, None) => bail!(Usage, "cannot tell the image format"),
-    };
-    if driver != "luks" {
-        eprintln!("vmcrypt: This image format does not support checks");
-        return Ok(63);
-    }
     let ctx = OpenContext {
         secrets: &store,
         read_only: true,
         metadata_only: true,
         limits: common.limits.limits(),
     };
-    let (errors, message) = match graph::open(&spec, &ctx) {
-        Ok(_) => (0, "No errors were found on the image.".to_string()),
+    let (fmt, problems) = match graph::open(&spec, &ctx) {
+        Ok(node) => match node.check() {
+            Some(p) => (node.driver_name().to_string(), p),
+            None => {
+                eprintln!("vmcrypt: This image format does not support checks");
+                return Ok(63);
+            }
+        },
         Err(e)
             if matches!(
                 e.kind(),
                 vmcrypt_error::ErrorKind::Corrupt | vmcrypt_error::ErrorKind::LimitExceeded
             ) =>
         {
-            (1, format!("ERROR: {}", e.display_chain()))
+            ("luks".to_string(), vec![e.display_chain()])
         }
         Err(e) => return Err(e),
     };
     match output {
         "json" => outln!(
             "{}",
-            pretty(
-                &serde_json::json!({"filename": filename, "format": "luks", "check-errors": errors})
-            )
+            pretty(&serde_json::json!({"filename": filename, "format": fmt,
+                                       "check-errors": problems.len(), "corruptions": problems}))
         ),
-        _ => outln!("{message}"),
+        _ if problems.is_empty() => outln!("No errors were found on the image."),
+        _ => {
+            for p in &problems {
+                outln!("ERROR: {p}");
+            }
+            outln!(
+                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.",
+                problems.len()
+            );
+        }
     }
-    Ok(if errors > 0 { 2 } else { 0 })
+    Ok(if problems.is_empty() { 0 } else { 2 })
 }
 
 pub fn resize(

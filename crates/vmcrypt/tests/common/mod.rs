@@ -107,6 +107,16 @@ impl Out {
 
     /// Panic unless stderr contains `needle` (case-insensitive).
     #[track_caller]
+    /// Panic (showing everything) unless stdout contains `needle`.
+    pub fn stdout_has(self, needle: &str) -> Self {
+        assert!(
+            self.stdout_str().contains(needle),
+            "expected stdout to contain {needle:?}\n{}",
+            self.describe()
+        );
+        self
+    }
+
     pub fn stderr_has(self, needle: &str) -> Self {
         assert!(
             self.stderr.to_lowercase().contains(&needle.to_lowercase()),

@@ -115,6 +115,11 @@ impl Luks2Volume {
         (&self.primary, &self.secondary)
     }
 
+    /// The JSON needed cryptsetup's repair (stray KDF parameters) when it was read.
+    pub fn json_needed_repair(&self) -> bool {
+        self.json_repaired
+    }
+
     /// A copy is damaged/outdated or the JSON needed cryptsetup's repair.
     pub fn needs_repair(&self) -> bool {
         self.primary != CopyState::Valid || self.secondary != CopyState::Valid || self.json_repaired
