@@ -1,0 +1,2 @@
+pub struct Export;
+pub struct Server;
