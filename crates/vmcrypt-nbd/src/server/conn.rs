@@ -17,6 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, W
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinSet;
 
+/// Time a client has to finish the handshake (so an idle socket cannot pin the server).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Bytes of request payload and reply data a connection may hold at once.
 const INFLIGHT_BUDGET: u32 = 96 << 20;
 
@@ -28,7 +31,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let infos = exports.iter().map(Export::info).collect();
-    let negotiated = match negotiate(&mut stream, infos).await {
+    let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, infos))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ))
+        }) {
         Ok(Some(n)) => n,
         Ok(None) => {
             tracing::info!(%peer, "client left during the handshake");
