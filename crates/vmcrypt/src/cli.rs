@@ -143,6 +143,8 @@ pub enum Command {
         #[command(subcommand)]
         command: LuksCommand,
     },
+    /// Serve images over NBD (like qemu-nbd)
+    Serve(crate::cmd::serve::ServeArgs),
     /// Measure cipher and PBKDF2 speed (like cryptsetup benchmark)
     Bench {
         /// Seconds to spend per measurement

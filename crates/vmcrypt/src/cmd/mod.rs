@@ -3,6 +3,7 @@ mod bench;
 mod image;
 mod luks;
 mod luks2;
+pub mod serve;
 
 use crate::cli::{Cli, Command, Common};
 use serde_json::{Map, Value};
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         } => image::resize(&common, format.as_deref(), shrink, &filename, &size),
         Command::Luks { command } => luks::run(command),
         Command::Bench { seconds } => bench::run(seconds),
+        Command::Serve(args) => serve::run(&args),
     }
 }
 

@@ -23,7 +23,8 @@ pub const WRONG: &[u8] = b"not the passphrase";
 /// Which Debian package provides each external tool.
 fn package_of(tool: &str) -> &'static str {
     match tool {
-        "qemu-img" => "qemu-utils",
+        "qemu-img" | "qemu-io" => "qemu-utils",
+        "nbdinfo" => "libnbd-bin",
         "cryptsetup" => "cryptsetup-bin",
         "openssl" => "openssl",
         _ => "the package providing it",

@@ -1,0 +1,224 @@
+//! One client connection: the handshake, then the transmission loop.
+//!
+//! The loop reads request headers (and WRITE payloads) in order and hands each request
+//! to its own task, which runs the block I/O on the blocking pool and writes the reply
+//! under the connection's writer lock, so several requests are in flight while every
+//! reply goes out whole. A byte budget bounds the memory held by in-flight requests.
+//! A protocol violation or a socket error ends only this connection; in-flight requests
+//! finish and the export is flushed before the socket closes.
+use super::Export;
+use super::ops;
+use crate::proto::handshake::{ExportInfo, Handshake, Negotiated, Step, greeting};
+use crate::proto::transmission::{Command, REQUEST_LEN, Replies, Request, Session, validate};
+use crate::proto::{MAX_OPTION_LEN, handshake};
+use std::io;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, WriteHalf};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+/// Time a client has to finish the handshake (so an idle socket cannot pin the server).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Bytes of request payload and reply data a connection may hold at once.
+const INFLIGHT_BUDGET: u32 = 96 << 20;
+
+type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
+
+/// Serve one connection until the client disconnects or misbehaves.
+pub(crate) async fn serve<S>(mut stream: S, exports: Arc<[Export]>, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let infos = exports.iter().map(Export::info).collect();
+    let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, infos))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "handshake timed out",
+            ))
+        }) {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            tracing::info!(%peer, "client left during the handshake");
+            return;
+        }
+        Err(e) => {
+            tracing::info!(%peer, "handshake ended: {e}");
+            return;
+        }
+    };
+    let export = &exports[negotiated.export];
+    tracing::info!(
+        %peer,
+        export = %export.name,
+        structured = negotiated.structured,
+        block_status = negotiated.base_allocation,
+        "client connected"
+    );
+    let node = export.node.clone();
+    if let Err(e) = transmit(stream, export, negotiated).await {
+        tracing::info!(%peer, "connection closed: {e}");
+    }
+    match tokio::task::spawn_blocking(move || node.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%peer, "flush after disconnect failed: {}", e.display_chain()),
+        Err(e) => tracing::warn!(%peer, "flush task failed: {e}"),
+    }
+    tracing::info!(%peer, export = %export.name, "client disconnected");
+}
+
+fn violation(e: crate::proto::ProtocolError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Run the handshake; `None` when the client aborted or chose no export.
+async fn negotiate<S>(s: &mut S, infos: Vec<ExportInfo>) -> io::Result<Option<Negotiated>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut hs = Handshake::new(infos);
+    s.write_all(&greeting()).await?;
+    s.flush().await?;
+    let mut flags = [0u8; 4];
+    s.read_exact(&mut flags).await?;
+    hs.client_flags(&flags).map_err(violation)?;
+    loop {
+        let mut header = [0u8; 16];
+        s.read_exact(&mut header).await?;
+        let (opt, len) = handshake::parse_option_header(&header).map_err(violation)?;
+        tracing::debug!(opt, len, "option");
+        let step = if len > MAX_OPTION_LEN {
+            let drained =
+                tokio::io::copy(&mut (&mut *s).take(u64::from(len)), &mut tokio::io::sink())
+                    .await?;
+            if drained < u64::from(len) {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            hs.oversized_option(opt)
+        } else {
+            let mut data = vec![0u8; len as usize];
+            s.read_exact(&mut data).await?;
+            hs.handle_option(opt, &data)
+        };
+        match step {
+            Step::Continue(bytes) => s.write_all(&bytes).await?,
+            Step::Close(bytes) => {
+                s.write_all(&bytes).await?;
+                s.flush().await?;
+                return Ok(None);
+            }
+            Step::Transmit(bytes, n) => {
+                s.write_all(&bytes).await?;
+                s.flush().await?;
+                return Ok(Some(n));
+            }
+        }
+        s.flush().await?;
+    }
+}
+
+/// Bytes a command holds while in flight (at least 1 so every request takes a permit).
+fn cost(cmd: &Command) -> u32 {
+    match *cmd {
+        Command::Read { length, .. } | Command::Write { length, .. } => length.max(1),
+        _ => 1,
+    }
+}
+
+async fn transmit<S>(stream: S, export: &Export, n: Negotiated) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = BufReader::new(rd);
+    let writer: Writer<S> = Arc::new(Mutex::new(wr));
+    let budget = Arc::new(Semaphore::new(INFLIGHT_BUDGET as usize));
+    let replies = Replies {
+        structured: n.structured,
+    };
+    let session = Session {
+        size: export.node.size(),
+        read_only: export.read_only,
+        structured: n.structured,
+        base_allocation: n.base_allocation,
+    };
+    let mut inflight = JoinSet::new();
+    let result = loop {
+        // Reap finished tasks so the set does not grow without bound.
+        while inflight.try_join_next().is_some() {}
+        let mut header = [0u8; REQUEST_LEN];
+        if let Err(e) = rd.read_exact(&mut header).await {
+            break if e.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        let req = match Request::decode(&header) {
+            Ok(r) => r,
+            Err(e) => break Err(violation(e)),
+        };
+        tracing::debug!(
+            cookie = req.cookie,
+            kind = req.kind,
+            offset = req.offset,
+            length = req.length,
+            flags = req.flags,
+            "request"
+        );
+        let cmd = match validate(&req, &session) {
+            Err(e) => break Err(violation(e)),
+            Ok(Err(rej)) => {
+                tracing::debug!(cookie = req.cookie, error = ?rej.error, "rejected: {}", rej.message);
+                let drained = tokio::io::copy(
+                    &mut (&mut rd).take(u64::from(rej.drain)),
+                    &mut tokio::io::sink(),
+                )
+                .await?;
+                if drained < u64::from(rej.drain) {
+                    break Ok(());
+                }
+                let reply = replies.error(req.cookie, rej.error, &rej.message);
+                send(&writer, &reply).await?;
+                continue;
+            }
+            Ok(Ok(Command::Disconnect)) => break Ok(()),
+            Ok(Ok(cmd)) => cmd,
+        };
+        let permit = budget
+            .clone()
+            .acquire_many_owned(cost(&cmd))
+            .await
+            .map_err(io::Error::other)?;
+        let mut payload = vec![0u8; req.payload_len() as usize];
+        rd.read_exact(&mut payload).await?;
+        let node = export.node.clone();
+        let writer = writer.clone();
+        let cookie = req.cookie;
+        inflight.spawn(async move {
+            let work = move || ops::execute(node.as_ref(), cmd, payload, replies, cookie);
+            let reply = match tokio::task::spawn_blocking(work).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(cookie, "I/O task failed: {e}");
+                    replies.error(cookie, crate::proto::NbdError::Io, "internal error")
+                }
+            };
+            if let Err(e) = send(&writer, &reply).await {
+                tracing::debug!(cookie, "could not send reply: {e}");
+            }
+            drop(permit);
+        });
+    };
+    while inflight.join_next().await.is_some() {}
+    let _ = writer.lock().await.shutdown().await;
+    result
+}
+
+async fn send<S: AsyncWrite>(writer: &Writer<S>, bytes: &[u8]) -> io::Result<()> {
+    let mut w = writer.lock().await;
+    w.write_all(bytes).await?;
+    w.flush().await
+}

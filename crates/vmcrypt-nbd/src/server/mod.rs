@@ -1,0 +1,225 @@
+//! The tokio NBD server: a list of named exports served on a Unix socket or a TCP
+//! address, one task per connection (see [`conn`]), block I/O on the blocking pool.
+//!
+//! Without [`Server::persistent`] the server returns after its first client (and every
+//! client connected meanwhile) has gone, like qemu-nbd; with it, it serves until the
+//! shutdown future completes. Either way every export is flushed before `serve` returns.
+mod conn;
+mod ops;
+
+use crate::proto::handshake::ExportInfo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use vmcrypt_block::BlockDriver;
+use vmcrypt_error::{Error, ErrorKind, Result, bail};
+
+/// One block node offered under a name.
+#[derive(Clone)]
+pub struct Export {
+    /// The name clients ask for ("" is the default export).
+    pub name: String,
+    pub node: Arc<dyn BlockDriver>,
+    /// Refuse writes (forced on when the node itself is read-only).
+    pub read_only: bool,
+    /// Free text shown by `NBD_OPT_LIST` / `NBD_INFO_DESCRIPTION`.
+    pub description: String,
+}
+
+impl Export {
+    fn info(&self) -> ExportInfo {
+        ExportInfo {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            size: self.node.size(),
+            read_only: self.read_only,
+        }
+    }
+}
+
+/// A bound listening socket.
+pub enum Listener {
+    /// A Unix socket; the path is removed when serving ends.
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    /// Bind a Unix socket at `path` (which must not exist).
+    pub fn unix(path: &Path) -> Result<Self> {
+        let l = UnixListener::bind(path)
+            .map_err(|e| io_error(e, "binding", &path.display().to_string()))?;
+        Ok(Listener::Unix(l, path.to_path_buf()))
+    }
+
+    /// Bind a TCP address.
+    pub async fn tcp(addr: SocketAddr) -> Result<Self> {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| io_error(e, "binding", &addr.to_string()))?;
+        Ok(Listener::Tcp(l))
+    }
+
+    /// Where the listener is reachable, for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| format!("tcp:{a}"))
+                .unwrap_or_else(|_| "tcp".into()),
+        }
+    }
+}
+
+fn io_error(e: std::io::Error, what: &str, target: &str) -> Error {
+    Error::new(ErrorKind::Io, format!("{what} {target}: {e}"))
+}
+
+/// An NBD server for a fixed set of exports.
+pub struct Server {
+    exports: Arc<[Export]>,
+    persistent: bool,
+}
+
+impl Server {
+    /// A server for `exports`; names must be unique and at most 4096 bytes.
+    pub fn new(exports: Vec<Export>) -> Result<Self> {
+        if exports.is_empty() {
+            bail!(Usage, "an NBD server needs at least one export");
+        }
+        let mut exports = exports;
+        for e in exports.iter_mut() {
+            if e.name.len() > crate::proto::MAX_STRING {
+                bail!(Usage, "export name is longer than 4096 bytes");
+            }
+            e.read_only |= e.node.is_read_only();
+        }
+        for (i, e) in exports.iter().enumerate() {
+            if exports[..i].iter().any(|o| o.name == e.name) {
+                bail!(Usage, "export name '{}' is given twice", e.name);
+            }
+        }
+        Ok(Server {
+            exports: exports.into(),
+            persistent: false,
+        })
+    }
+
+    /// Keep serving after the last client leaves.
+    pub fn persistent(mut self, yes: bool) -> Self {
+        self.persistent = yes;
+        self
+    }
+
+    /// The exports served.
+    pub fn exports(&self) -> &[Export] {
+        &self.exports
+    }
+
+    /// Bind `path` and serve until shutdown (see the module doc).
+    pub async fn serve_unix(&self, path: &Path, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.serve(Listener::unix(path)?, shutdown).await
+    }
+
+    /// Bind `addr` and serve until shutdown (see the module doc).
+    pub async fn serve_tcp(
+        &self,
+        addr: SocketAddr,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        self.serve(Listener::tcp(addr).await?, shutdown).await
+    }
+
+    /// Serve on an already bound listener until `shutdown` completes or, when not
+    /// persistent, the clients are gone; then flush every export.
+    pub async fn serve(
+        &self,
+        listener: Listener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<()> {
+        tracing::info!(listen = %listener.describe(), exports = self.exports.len(), "serving NBD");
+        let mut conns = JoinSet::new();
+        let mut served = 0u64;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    break;
+                }
+                accepted = accept(&listener) => match accepted {
+                    Ok((stream, peer)) => {
+                        served += 1;
+                        let exports = self.exports.clone();
+                        match stream {
+                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, peer)),
+                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, peer)),
+                        };
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {
+                    if !self.persistent && served > 0 && conns.is_empty() {
+                        tracing::info!("last client left; exiting (not persistent)");
+                        break;
+                    }
+                }
+            }
+        }
+        conns.shutdown().await;
+        if let Listener::Unix(_, path) = &listener {
+            let _ = std::fs::remove_file(path);
+        }
+        self.flush_all().await
+    }
+
+    /// Flush every export; the first error is returned after trying them all.
+    pub async fn flush_all(&self) -> Result<()> {
+        let exports = self.exports.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut first = None;
+            for e in exports.iter() {
+                if e.read_only {
+                    continue;
+                }
+                if let Err(err) = e.node.flush() {
+                    tracing::warn!(export = %e.name, "flush failed: {}", err.display_chain());
+                    first.get_or_insert(err);
+                }
+            }
+            first.map_or(Ok(()), Err)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("flush task failed: {e}")))?
+    }
+}
+
+enum Stream {
+    Unix(tokio::net::UnixStream),
+    Tcp(tokio::net::TcpStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<(Stream, String)> {
+    match l {
+        Listener::Unix(l, path) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), format!("unix:{}", path.display())))
+        }
+        Listener::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            s.set_nodelay(true)?;
+            Ok((Stream::Tcp(s), peer.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

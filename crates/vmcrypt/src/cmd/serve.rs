@@ -1,0 +1,156 @@
+//! `vmcrypt serve`: export images over NBD, like qemu-nbd. Images are opened with the
+//! same syntax as the other commands (`--object`, `--image-opts`, `-f`, `json:`); the
+//! server itself lives in the `vmcrypt-nbd` crate.
+use super::{open_image, secrets};
+use crate::cli::Common;
+use clap::Args;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
+use vmcrypt_nbd::server::Listener;
+use vmcrypt_nbd::{Export, Server};
+
+/// Arguments of `vmcrypt serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Image format (probed when omitted)
+    #[arg(short = 'f')]
+    pub format: Option<String>,
+    /// Serve IMAGE under export NAME (repeatable; instead of the positional image)
+    #[arg(long = "export", value_name = "NAME=IMAGE")]
+    pub exports: Vec<String>,
+    /// Listen on this Unix socket
+    #[arg(long = "socket", short = 'k', value_name = "PATH")]
+    pub socket: Option<String>,
+    /// Listen on this TCP address (default 127.0.0.1:10809)
+    #[arg(long = "bind", value_name = "ADDR:PORT", conflicts_with = "socket")]
+    pub bind: Option<String>,
+    /// Open the images read-only and refuse writes
+    #[arg(long = "read-only", short = 'r')]
+    pub read_only: bool,
+    /// Keep serving after the last client disconnects
+    #[arg(long = "persistent", short = 't')]
+    pub persistent: bool,
+    /// Write the server's process id to PATH once it listens
+    #[arg(long = "pid-file", value_name = "PATH")]
+    pub pid_file: Option<String>,
+    /// The image served as the default export ""
+    pub image: Option<String>,
+}
+
+/// Default TCP address, NBD's registered port on the loopback interface.
+const DEFAULT_BIND: &str = "127.0.0.1:10809";
+
+pub fn run(args: &ServeArgs) -> Result<u8> {
+    init_logging();
+    let pairs = export_args(args)?;
+    let store = secrets(&args.common)?;
+    let mut exports = Vec::with_capacity(pairs.len());
+    for (name, image) in pairs {
+        let node = open_image(
+            &args.common,
+            args.format.as_deref(),
+            &image,
+            &store,
+            args.read_only,
+            false,
+        )?;
+        exports.push(Export {
+            name,
+            node,
+            read_only: args.read_only,
+            description: image,
+        });
+    }
+    drop(store);
+    let server = Server::new(exports)?.persistent(args.persistent);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Io, format!("starting the async runtime: {e}")))?;
+    runtime.block_on(serve(args, &server))?;
+    Ok(0)
+}
+
+/// `(export name, image)` pairs from `--export` or the positional image.
+fn export_args(args: &ServeArgs) -> Result<Vec<(String, String)>> {
+    match (&args.image, args.exports.is_empty()) {
+        (Some(_), false) => bail!(
+            Usage,
+            "give either an image or --export NAME=IMAGE, not both"
+        ),
+        (None, true) => bail!(
+            Usage,
+            "expecting an image to serve (or --export NAME=IMAGE)"
+        ),
+        (Some(image), true) => Ok(vec![(String::new(), image.clone())]),
+        (None, false) => args
+            .exports
+            .iter()
+            .map(|e| {
+                let (name, image) = e.split_once('=').ok_or_else(|| {
+                    Error::usage(format!("--export '{e}' must have the form NAME=IMAGE"))
+                })?;
+                ensure!(!image.is_empty(), Usage, "--export '{e}' names no image");
+                Ok((name.to_string(), image.to_string()))
+            })
+            .collect(),
+    }
+}
+
+fn bind_addr(spec: &str) -> Result<SocketAddr> {
+    spec.to_socket_addrs()
+        .map_err(|e| Error::usage(format!("--bind '{spec}' is not an ADDR:PORT: {e}")))?
+        .next()
+        .ok_or_else(|| Error::usage(format!("--bind '{spec}' resolves to no address")))
+}
+
+async fn serve(args: &ServeArgs, server: &Server) -> Result<()> {
+    let listener = match &args.socket {
+        Some(path) => Listener::unix(Path::new(path))?,
+        None => Listener::tcp(bind_addr(args.bind.as_deref().unwrap_or(DEFAULT_BIND))?).await?,
+    };
+    if let Some(pid) = &args.pid_file {
+        std::fs::write(pid, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::new(ErrorKind::Io, format!("writing pid file '{pid}': {e}")))?;
+    }
+    let result = server.serve(listener, shutdown_signal()).await;
+    if let Some(pid) = &args.pid_file {
+        let _ = std::fs::remove_file(pid);
+    }
+    result
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Logs to stderr; `VMCRYPT_LOG` (or `RUST_LOG`) filters them, default `info`.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("VMCRYPT_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
