@@ -3,3 +3,4 @@
 
 pub mod luks1;
 pub mod luks2;
+pub mod qcow2;
