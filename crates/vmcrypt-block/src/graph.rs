@@ -3,11 +3,15 @@
 //! Input is a JSON tree as produced by [`crate::opts`] from `--image-opts` keyval strings
 //! or `json:{...}` filenames, or synthesised from a plain filename plus `-f FMT`. Every
 //! node names its `driver`; children are nested objects (or plain filename strings).
-//! A top-level node without a driver is probed (LUKS1 magic -> luks, otherwise raw).
+//! A top-level node without a driver is probed (qcow magic -> qcow2/qcow, LUKS magic ->
+//! luks, otherwise raw). qcow2 and qcow nodes get a `backing` node: the options under
+//! `backing` (QEMU's `backing.encrypt.key-secret=ID` or a nested json object), completed
+//! by the header's backing file name (relative to the image's directory) and format.
 use crate::driver::BlockDriver;
 use crate::file::FileDriver;
 use crate::luks::LuksDriver;
 use crate::opts::{opt_str, opt_u64, parse_json_filename};
+use crate::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
 use crate::raw::RawDriver;
 use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
@@ -15,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail};
-use vmcrypt_format::luks1;
+use vmcrypt_format::{luks1, qcow2};
 
 /// How a graph is opened.
 pub struct OpenContext<'a> {
@@ -71,7 +75,8 @@ pub fn spec_from_filename(filename: &str, format: Option<&str>) -> Result<Map<St
     Ok(m)
 }
 
-/// Guess the format of the file at `path`: "luks" for a LUKS1 or LUKS2 header, else "raw".
+/// Guess the format of the file at `path`: "qcow2"/"qcow" for the qcow magic, "luks" for
+/// a LUKS1 or LUKS2 header, else "raw".
 pub fn probe_format(path: &Path) -> Result<&'static str> {
     let f = FileDriver::open(path, true)?;
     let mut head = [0u8; 8];
@@ -79,10 +84,11 @@ pub fn probe_format(path: &Path) -> Result<&'static str> {
         return Ok("raw");
     }
     f.read_at(&mut head, 0)?;
-    Ok(if matches!(luks1::version_of(&head), Some(1 | 2)) {
-        "luks"
-    } else {
-        "raw"
+    Ok(match (qcow2::version_of(&head), luks1::version_of(&head)) {
+        (Some(1), _) => "qcow",
+        (Some(2 | 3), _) => "qcow2",
+        (_, Some(1 | 2)) => "luks",
+        _ => "raw",
     })
 }
 
@@ -118,6 +124,26 @@ fn open_node(
     ctx: &OpenContext,
     protocol: bool,
 ) -> Result<Arc<dyn BlockDriver>> {
+    open_node_in(spec, ctx, protocol, &Layer::default())
+}
+
+/// Where a node sits in a backing chain: the option prefix of its layer ("",
+/// "backing.", "backing.backing.", ...) and its depth.
+#[derive(Clone, Default)]
+struct Layer {
+    prefix: String,
+    depth: usize,
+}
+
+/// Longest backing chain opened.
+pub const MAX_BACKING_DEPTH: usize = 16;
+
+fn open_node_in(
+    spec: &Map<String, Value>,
+    ctx: &OpenContext,
+    protocol: bool,
+    layer: &Layer,
+) -> Result<Arc<dyn BlockDriver>> {
     let driver = match opt_str(spec, "driver")? {
         Some(d) => d,
         None if protocol => "file".to_string(),
@@ -128,9 +154,10 @@ fn open_node(
         "raw" => open_raw(spec, ctx),
         // One driver serves both LUKS versions; "luks2" is accepted as an alias.
         "luks" | "luks2" => open_luks(spec, ctx),
+        "qcow2" | "qcow" => open_qcow(spec, ctx, &driver, layer),
         other => bail!(
             Unsupported,
-            "unknown driver '{other}' (supported: file, raw, luks)"
+            "unknown driver '{other}' (supported: file, raw, luks, qcow2, qcow)"
         ),
     }
 }
@@ -213,4 +240,161 @@ fn open_luks(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn Blo
     let d = LuksDriver::open(file, header, pass.map(|p| p.as_bytes()), slot, &ctx.limits)
         .with_ctx(|| format!("opening LUKS image '{name}'"))?;
     Ok(Arc::new(d))
+}
+
+/// `encrypt.key-secret` and `encrypt.format` of a qcow/qcow2 node.
+fn encrypt_opts(
+    spec: &Map<String, Value>,
+    layer: &Layer,
+) -> Result<(Option<String>, Option<String>)> {
+    match spec.get("encrypt") {
+        None => Ok((None, None)),
+        Some(Value::Object(m)) => {
+            if let Some(k) = m.keys().find(|k| *k != "key-secret" && *k != "format") {
+                bail!(
+                    Usage,
+                    "qcow2 does not support the option '{}encrypt.{k}' (supported: encrypt.key-secret, encrypt.format)",
+                    layer.prefix
+                );
+            }
+            Ok((opt_str(m, "key-secret")?, opt_str(m, "format")?))
+        }
+        Some(_) => bail!(
+            Usage,
+            "option '{}encrypt' must be an object (encrypt.key-secret=ID)",
+            layer.prefix
+        ),
+    }
+}
+
+fn open_qcow(
+    spec: &Map<String, Value>,
+    ctx: &OpenContext,
+    driver: &str,
+    layer: &Layer,
+) -> Result<Arc<dyn BlockDriver>> {
+    check_keys(spec, driver, &["file", "backing", "encrypt", "data-file"])?;
+    if spec.contains_key("data-file") {
+        bail!(
+            Unsupported,
+            "{driver}: the 'data-file' option is not supported yet"
+        );
+    }
+    let (secret, format) = encrypt_opts(spec, layer)?;
+    let file = required_child(spec, "file", driver, ctx)?;
+    let name = file.filename();
+    let pass = secret.map(|id| ctx.secrets.get(&id)).transpose()?;
+    let opts = OpenOptions {
+        passphrase: pass.map(|p| p.as_bytes()),
+        encrypt_format: format.as_deref(),
+        limits: ctx.limits,
+    };
+    let missing_key = || {
+        Error::usage(format!(
+            "'{name}' is encrypted: pass its passphrase with {}encrypt.key-secret=ID \
+             (and --object secret,id=ID,file=PATH)",
+            layer.prefix
+        ))
+    };
+    if driver == "qcow" {
+        let mut d = QcowDriver::open(file, &opts)?;
+        if d.needs_key() && !ctx.metadata_only {
+            return Err(missing_key());
+        }
+        let b = open_backing(spec, ctx, layer, &name, d.backing_file(), None)?;
+        d.set_backing(b);
+        return Ok(Arc::new(d));
+    }
+    let mut d = Qcow2Driver::open(file, &opts)?;
+    if d.needs_key() && !ctx.metadata_only {
+        return Err(missing_key());
+    }
+    let b = open_backing(
+        spec,
+        ctx,
+        layer,
+        &name,
+        d.backing_file(),
+        d.backing_format(),
+    )?;
+    d.set_backing(b);
+    Ok(Arc::new(d))
+}
+
+/// Open the backing node of the image `image`: the options under `backing` (an object,
+/// a filename, or null for none), completed by the header's backing file name and
+/// format. Without options, metadata-only opens skip the backing file.
+fn open_backing(
+    spec: &Map<String, Value>,
+    ctx: &OpenContext,
+    layer: &Layer,
+    image: &str,
+    header_name: Option<&str>,
+    header_format: Option<&str>,
+) -> Result<Option<Arc<dyn BlockDriver>>> {
+    let given = spec.get("backing");
+    let mut bspec = match given {
+        Some(Value::Null) => return Ok(None),
+        None if ctx.metadata_only || header_name.is_none() => return Ok(None),
+        None => Map::new(),
+        Some(Value::String(f)) => spec_from_filename(f, None)?,
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => bail!(
+            Usage,
+            "option '{}backing' must be an object, a filename or null",
+            layer.prefix
+        ),
+    };
+    let mut format = None;
+    if !bspec.contains_key("file") {
+        let Some(hn) = header_name else {
+            bail!(
+                Usage,
+                "'{image}' has no backing file, but {}backing options were given",
+                layer.prefix
+            );
+        };
+        format = header_format;
+        let from_header = spec_from_filename(&resolve_backing(image, hn), None)?;
+        for (k, v) in from_header {
+            bspec.entry(k).or_insert(v);
+        }
+    }
+    if !bspec.contains_key("driver") {
+        let fmt = match format {
+            Some(f) => f,
+            None => {
+                let path = child_filename(&bspec, "file")?.ok_or_else(|| {
+                    Error::usage(format!("{}backing needs a driver", layer.prefix))
+                })?;
+                probe_format(Path::new(&path))?
+            }
+        };
+        bspec.insert("driver".into(), Value::String(fmt.into()));
+    }
+    if layer.depth + 1 > MAX_BACKING_DEPTH {
+        bail!(
+            LimitExceeded,
+            "the backing chain of '{image}' is deeper than {MAX_BACKING_DEPTH} images (a loop?)"
+        );
+    }
+    let child = Layer {
+        prefix: format!("{}backing.", layer.prefix),
+        depth: layer.depth + 1,
+    };
+    open_node_in(&bspec, ctx, false, &child)
+        .with_ctx(|| format!("opening the backing file of '{image}'"))
+        .map(Some)
+}
+
+/// A backing file name from a header: `json:` and absolute names as they are, others
+/// relative to the directory of `image`.
+fn resolve_backing(image: &str, name: &str) -> String {
+    if name.starts_with("json:") || Path::new(name).is_absolute() {
+        return name.to_string();
+    }
+    match Path::new(image).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name).to_string_lossy().into_owned(),
+        _ => name.to_string(),
+    }
 }

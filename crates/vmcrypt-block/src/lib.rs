@@ -17,6 +17,7 @@ pub mod info;
 pub mod luks;
 pub mod mem;
 pub mod opts;
+pub mod qcow2;
 pub mod raw;
 pub mod secrets;
 pub mod testing;

@@ -1,0 +1,241 @@
+//! The read path shared by the qcow2 and qcow v1 drivers.
+//!
+//! A [`ClusterMap`] says how each guest unit (cluster, or subcluster with extended L2)
+//! reads; [`Engine`] turns that into bytes: runs of units with the same mapping (and, for
+//! data, contiguous host offsets) are served with one read from the `file` child,
+//! decrypted when the image is encrypted; unallocated units come from the backing node
+//! (zeros past its end, or without one); zero units are zeros; compressed clusters are
+//! inflated (raw deflate) and the last one is cached.
+use super::crypt::Crypto;
+use crate::driver::{Allocation, BlockDriver, Extent};
+use std::sync::{Arc, Mutex};
+use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_format::qcow2::{CompressedDescriptor, CompressionType, Mapping};
+
+/// How guest units map to the image file.
+pub trait ClusterMap: Send + Sync {
+    /// log2 of the cluster size.
+    fn cluster_bits(&self) -> u32;
+    /// log2 of the mapping unit (the cluster, or the subcluster).
+    fn unit_bits(&self) -> u32;
+    /// How the unit holding guest offset `g` reads. `Data` carries the host offset of
+    /// the cluster's start.
+    fn map_unit(&self, g: u64) -> Result<Mapping>;
+}
+
+/// One run of guest bytes with a single way to read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece {
+    Backing,
+    Zero,
+    /// Host offset of the run's first byte.
+    Data(u64),
+    /// A compressed cluster and the offset of the run inside it.
+    Compressed(CompressedDescriptor, u64),
+}
+
+/// File, backing, encryption and decompression state of an open image.
+pub struct Engine {
+    pub file: Arc<dyn BlockDriver>,
+    pub backing: Option<Arc<dyn BlockDriver>>,
+    pub crypto: Crypto,
+    pub size: u64,
+    pub compression: CompressionType,
+    /// The last inflated cluster: (descriptor offset, bytes).
+    last_inflated: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl Engine {
+    pub fn new(
+        file: Arc<dyn BlockDriver>,
+        crypto: Crypto,
+        size: u64,
+        compression: CompressionType,
+    ) -> Engine {
+        Engine {
+            file,
+            backing: None,
+            crypto,
+            size,
+            compression,
+            last_inflated: Mutex::new(None),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.file.filename()
+    }
+
+    /// The piece at `g` and how many bytes (at most `max`) it covers. With `for_status`,
+    /// data runs need not be contiguous on the host.
+    fn piece(
+        &self,
+        map: &dyn ClusterMap,
+        g: u64,
+        max: u64,
+        for_status: bool,
+    ) -> Result<(Piece, u64)> {
+        let unit = 1u64 << map.unit_bits();
+        let cmask = (1u64 << map.cluster_bits()) - 1;
+        let first = map.map_unit(g)?;
+        let piece = match first {
+            Mapping::Backing => Piece::Backing,
+            Mapping::Zero => Piece::Zero,
+            Mapping::Data(h) => Piece::Data(h + (g & cmask)),
+            Mapping::Compressed(d) => Piece::Compressed(d, g & cmask),
+        };
+        let mut len = (unit - (g & (unit - 1))).min(max);
+        if let Piece::Compressed(..) = piece {
+            return Ok((piece, len));
+        }
+        while len < max {
+            let next = map.map_unit(g + len)?;
+            let same = match (piece, next) {
+                (Piece::Backing, Mapping::Backing) | (Piece::Zero, Mapping::Zero) => true,
+                (Piece::Data(_), Mapping::Data(_)) if for_status => true,
+                (Piece::Data(h), Mapping::Data(h2)) => h2 + ((g + len) & cmask) == h + len,
+                _ => false,
+            };
+            if !same {
+                break;
+            }
+            len = (len + unit).min(max);
+        }
+        Ok((piece, len))
+    }
+
+    /// Fill `buf` with guest bytes from `offset` (range already checked).
+    pub fn read(&self, map: &dyn ClusterMap, buf: &mut [u8], offset: u64) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let g = offset + done as u64;
+            let (piece, len) = self.piece(map, g, (buf.len() - done) as u64, false)?;
+            let out = &mut buf[done..done + len as usize];
+            match piece {
+                Piece::Zero => out.fill(0),
+                Piece::Backing => self.read_backing(out, g)?,
+                Piece::Data(h) => self.read_data(out, h, g)?,
+                Piece::Compressed(d, at) => {
+                    let c = self.inflate(d, 1usize << map.cluster_bits())?;
+                    out.copy_from_slice(&c[at as usize..at as usize + out.len()]);
+                }
+            }
+            done += len as usize;
+        }
+        Ok(())
+    }
+
+    fn read_backing(&self, out: &mut [u8], g: u64) -> Result<()> {
+        let Some(b) = &self.backing else {
+            out.fill(0);
+            return Ok(());
+        };
+        let avail = b.size().saturating_sub(g).min(out.len() as u64) as usize;
+        if avail > 0 {
+            b.read_at(&mut out[..avail], g)
+                .with_ctx(|| format!("reading the backing file of '{}'", self.name()))?;
+        }
+        out[avail..].fill(0);
+        Ok(())
+    }
+
+    /// Read host bytes, zero-filling what lies past the end of the file (as QEMU does).
+    fn read_host(&self, out: &mut [u8], host: u64) -> Result<()> {
+        let avail = self.file.size().saturating_sub(host).min(out.len() as u64) as usize;
+        if avail > 0 {
+            self.file.read_at(&mut out[..avail], host)?;
+        }
+        out[avail..].fill(0);
+        Ok(())
+    }
+
+    fn read_data(&self, out: &mut [u8], host: u64, g: u64) -> Result<()> {
+        if !self.crypto.is_encrypted() {
+            return self.read_host(out, host);
+        }
+        let name = self.name();
+        if host.is_multiple_of(512) && out.len().is_multiple_of(512) {
+            self.read_host(out, host)?;
+            return self.crypto.decrypt(out, host, g, &name);
+        }
+        let start = host / 512 * 512;
+        let end = (host + out.len() as u64).div_ceil(512) * 512;
+        let mut tmp = vec![0u8; (end - start) as usize];
+        self.read_host(&mut tmp, start)?;
+        let skip = host - start;
+        self.crypto.decrypt(&mut tmp, start, g - skip, &name)?;
+        out.copy_from_slice(&tmp[skip as usize..skip as usize + out.len()]);
+        Ok(())
+    }
+
+    fn inflate(&self, d: CompressedDescriptor, cluster: usize) -> Result<Arc<Vec<u8>>> {
+        let mut last = self.last_inflated.lock().expect("inflate cache");
+        if let Some((off, c)) = last.as_ref()
+            && *off == d.offset
+        {
+            return Ok(c.clone());
+        }
+        if self.compression == CompressionType::Zstd {
+            bail!(
+                Unsupported,
+                "'{}': zstd-compressed clusters are not supported yet",
+                self.name()
+            );
+        }
+        let avail = self.file.size().saturating_sub(d.offset).min(d.size);
+        ensure!(
+            avail > 0,
+            Corrupt,
+            "'{}': compressed cluster at {:#x} is beyond the end of the file",
+            self.name(),
+            d.offset
+        );
+        let mut src = vec![0u8; avail as usize];
+        self.file.read_at(&mut src, d.offset)?;
+        let c =
+            Arc::new(inflate_raw(&src, cluster).with_ctx(|| {
+                format!("'{}': compressed cluster at {:#x}", self.name(), d.offset)
+            })?);
+        *last = Some((d.offset, c.clone()));
+        Ok(c)
+    }
+
+    /// Allocation of the range at `offset` (already checked to lie in the image).
+    pub fn block_status(&self, map: &dyn ClusterMap, offset: u64, len: u64) -> Result<Extent> {
+        let (piece, run) = self.piece(map, offset, len, true)?;
+        let allocation = match piece {
+            Piece::Zero => Allocation::Zero,
+            Piece::Data(_) | Piece::Compressed(..) => Allocation::Data,
+            Piece::Backing => match &self.backing {
+                None => Allocation::Zero,
+                Some(b) if offset >= b.size() => Allocation::Zero,
+                Some(b) => {
+                    let n = run.min(b.size() - offset);
+                    let e = b.block_status(offset, n)?;
+                    return Ok(Extent { offset, ..e });
+                }
+            },
+        };
+        Ok(Extent {
+            offset,
+            length: run,
+            allocation,
+        })
+    }
+}
+
+/// Inflate raw deflate data into exactly `cluster` bytes.
+pub fn inflate_raw(src: &[u8], cluster: usize) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; cluster];
+    let mut z = flate2::Decompress::new(false);
+    let status = z
+        .decompress(src, &mut out, flate2::FlushDecompress::Finish)
+        .map_err(|e| vmcrypt_error::Error::corrupt(format!("bad deflate data: {e}")))?;
+    let produced = z.total_out() as usize;
+    ensure!(
+        produced == cluster,
+        Corrupt,
+        "deflate data gives {produced} bytes, a cluster is {cluster} ({status:?})"
+    );
+    Ok(out)
+}
