@@ -460,3 +460,141 @@ fn live_qemu_img_overlay_zero_and_compressed() {
     let d = open_opts(&format!("file.filename={}", comp.display()), &s).unwrap();
     assert_eq!(sha(&read_all(d.as_ref())), sha(&src));
 }
+
+// ---- hostile and broken images ----
+
+fn patch(path: &Path, off: u64, bytes: &[u8]) {
+    let mut b = std::fs::read(path).unwrap();
+    b[off as usize..off as usize + bytes.len()].copy_from_slice(bytes);
+    std::fs::write(path, b).unwrap();
+}
+
+fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+#[test]
+fn backing_loop_hits_the_depth_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.qcow2");
+    let b = dir.path().join("b.qcow2");
+    for p in [&a, &b] {
+        run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", p.to_str().unwrap(), "1M"],
+        );
+    }
+    // a -> b -> a, written without opening the chain.
+    run(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            "b.qcow2",
+            "-F",
+            "qcow2",
+            a.to_str().unwrap(),
+        ],
+    );
+    run(
+        "qemu-img",
+        &[
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-b",
+            "a.qcow2",
+            "-F",
+            "qcow2",
+            b.to_str().unwrap(),
+        ],
+    );
+    let err = open_opts(
+        &format!("driver=qcow2,file.filename={}", a.display()),
+        &SecretStore::new(),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+    assert!(err.to_string().contains("deeper than 16"), "{err}");
+}
+
+#[test]
+fn broken_tables_give_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.qcow2");
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "4M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 128k",
+            img.to_str().unwrap(),
+        ],
+    );
+    let orig = std::fs::read(&img).unwrap();
+    let l1_off = be64(&orig, 40);
+    let s = SecretStore::new();
+    let opts = format!("driver=qcow2,file.filename={}", img.display());
+
+    // L1 entry 0 points far beyond the end of the file.
+    patch(&img, l1_off, &0x8000_0000_7fff_0000u64.to_be_bytes());
+    let d = open_opts(&opts, &s).unwrap();
+    let err = d.read_at(&mut [0u8; 512], 0).unwrap_err();
+    assert!(err.to_string().contains("L2 table"), "{err}");
+
+    // L2 entry 0 becomes a compressed descriptor over garbage (the header cluster).
+    std::fs::write(&img, &orig).unwrap();
+    let l2_off = be64(&orig, l1_off as usize) & 0x00ff_ffff_ffff_fe00;
+    patch(&img, l2_off, &((1u64 << 62) | 8).to_be_bytes());
+    let d = open_opts(&opts, &s).unwrap();
+    let err = d.read_at(&mut [0u8; 512], 0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("compressed cluster"), "{err}");
+
+    // Unaligned host offset in an L2 entry.
+    std::fs::write(&img, &orig).unwrap();
+    patch(&img, l2_off, &0x8000_0000_0005_0200u64.to_be_bytes());
+    let d = open_opts(&opts, &s).unwrap();
+    assert!(d.read_at(&mut [0u8; 512], 0).is_err());
+
+    // An unknown incompatible feature bit refuses the open.
+    std::fs::write(&img, &orig).unwrap();
+    patch(&img, 72, &(1u64 << 33).to_be_bytes());
+    let err = open_opts(&opts, &s).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.to_string().contains("bit 33"), "{err}");
+
+    // A header claiming a huge L1 table.
+    std::fs::write(&img, &orig).unwrap();
+    patch(&img, 36, &0x0100_0000u32.to_be_bytes());
+    let err = open_opts(&opts, &s).err().unwrap();
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded, "{err}");
+
+    // Truncated file: the header alone.
+    std::fs::write(&img, &orig[..100]).unwrap();
+    assert!(open_opts(&opts, &s).is_err());
+}
+
+#[test]
+fn data_file_option_is_refused() {
+    let err = open_opts(
+        &format!(
+            "driver=qcow2,file.filename={},data-file.filename=/dev/null",
+            qemu("qcow2-luks-base.qcow2")
+        ),
+        &SecretStore::new(),
+    )
+    .err()
+    .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}

@@ -24,8 +24,10 @@ use vmcrypt_format::qcow2::{Extensions, Header, L2Entry, Limits, Mapping};
 
 pub use v1::QcowDriver;
 
-/// Bytes of L2 tables kept in memory per image.
+/// Bytes of L2 tables kept in memory per image, and the most tables (eviction scans
+/// them all).
 const L2_CACHE_BYTES: u64 = 32 << 20;
+const L2_CACHE_MAX_TABLES: u64 = 1024;
 /// Message of every refused write.
 pub const READ_ONLY_MSG: &str = "qcow2 writing is not supported yet";
 
@@ -107,7 +109,8 @@ impl Qcow2Driver {
             opts.encrypt_format,
             &opts.limits,
         )?;
-        let capacity = (L2_CACHE_BYTES / header.cluster_size()).max(4) as usize;
+        let capacity =
+            (L2_CACHE_BYTES / header.cluster_size()).clamp(4, L2_CACHE_MAX_TABLES) as usize;
         let engine = Engine::new(file, crypto, header.size, header.compression_type);
         Ok(Qcow2Driver {
             l2_cache: Mutex::new(L2Cache {
