@@ -277,7 +277,7 @@ impl LuksDriver {
 
 /// Encrypt or decrypt `buf` (whole sectors of `sector` bytes, first IV sector `iv`), on
 /// several threads when it is large.
-fn crypt(
+pub(crate) fn crypt(
     cipher: &SectorCipher,
     iv: u64,
     sector: usize,
