@@ -123,6 +123,16 @@ pub trait BlockDriver: Send + Sync {
         None
     }
 
+    /// Cluster size of a format with clusters (qemu-img info's `cluster_size`).
+    fn cluster_size(&self) -> Option<u64> {
+        None
+    }
+
+    /// The backing file name and format the image header records.
+    fn backing_info(&self) -> Option<(String, Option<String>)> {
+        None
+    }
+
     /// Whether the node encrypts its data.
     fn is_encrypted(&self) -> bool {
         false

@@ -14,6 +14,17 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     m.insert("children".into(), Value::Array(children));
     m.insert("virtual-size".into(), json!(node.size()));
     m.insert("filename".into(), json!(node.filename()));
+    if let Some(c) = node.cluster_size() {
+        m.insert("cluster-size".into(), json!(c));
+    }
+    if let Some((file, fmt)) = node.backing_info() {
+        let full = full_backing_name(node, &file);
+        m.insert("backing-filename".into(), json!(file));
+        m.insert("full-backing-filename".into(), json!(full));
+        if let Some(f) = fmt {
+            m.insert("backing-filename-format".into(), json!(f));
+        }
+    }
     m.insert("format".into(), json!(node.driver_name()));
     if let Some(a) = node.allocated_size() {
         m.insert("actual-size".into(), json!(a));
@@ -31,6 +42,18 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     }
     m.insert("dirty-flag".into(), json!(false));
     Value::Object(m)
+}
+
+/// A relative backing file name resolved against the image's directory, as qemu-img
+/// prints it.
+fn full_backing_name(node: &dyn BlockDriver, file: &str) -> String {
+    if file.starts_with('/') {
+        return file.to_string();
+    }
+    match std::path::Path::new(&node.filename()).parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(file).display().to_string(),
+        _ => file.to_string(),
+    }
 }
 
 /// qemu's `size_to_str`: three significant digits and a binary unit ("2.97 MiB").
@@ -78,6 +101,20 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
     }
     if node.is_encrypted() {
         s += "encrypted: yes\n";
+    }
+    if let Some(c) = node.cluster_size() {
+        s += &format!("cluster_size: {c}\n");
+    }
+    if let Some((file, fmt)) = node.backing_info() {
+        let full = full_backing_name(node, &file);
+        if full == file {
+            s += &format!("backing file: {file}\n");
+        } else {
+            s += &format!("backing file: {file} (actual path: {full})\n");
+        }
+        if let Some(f) = fmt {
+            s += &format!("backing file format: {f}\n");
+        }
     }
     if let Some(data) = node.format_specific() {
         s += "Format specific information:\n";

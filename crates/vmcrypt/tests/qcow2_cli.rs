@@ -54,3 +54,43 @@ fn convert_encrypted_qcow2_chain_to_raw() {
     .stderr_has("qcow2-luks-base.qcow2' is encrypted")
     .stderr_has("backing.encrypt.key-secret");
 }
+
+/// `vmcrypt info` prints qemu-img's qcow2 lines and JSON keys for an encrypted overlay.
+#[test]
+fn info_matches_qemu_img_for_the_overlay() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/qemu");
+    let img = dir.join("qcow2-luks-overlay.qcow2");
+    let img = img.to_str().unwrap();
+    let ours = vmcrypt(&["info", img]).ok().stdout_str();
+    let theirs = qemu_img(&["info", img]).ok().stdout_str();
+    for key in [
+        "virtual size:",
+        "cluster_size:",
+        "backing file:",
+        "backing file format:",
+        "encrypted:",
+    ] {
+        let line = |s: &str| s.lines().find(|l| l.starts_with(key)).map(str::to_string);
+        assert_eq!(
+            line(&ours),
+            line(&theirs),
+            "{key}\nours:\n{ours}\nqemu-img:\n{theirs}"
+        );
+    }
+    let ours = vmcrypt(&["info", "--output=json", img]).ok().json();
+    let theirs = qemu_img(&["info", "--output=json", img]).ok().json();
+    for key in [
+        "virtual-size",
+        "cluster-size",
+        "backing-filename",
+        "full-backing-filename",
+        "backing-filename-format",
+        "encrypted",
+    ] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+    assert_eq!(
+        ours["format-specific"]["data"]["encrypt"],
+        theirs["format-specific"]["data"]["encrypt"]
+    );
+}

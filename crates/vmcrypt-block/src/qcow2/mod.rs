@@ -283,6 +283,15 @@ impl BlockDriver for Qcow2Driver {
     fn driver_name(&self) -> &'static str {
         "qcow2"
     }
+
+    fn cluster_size(&self) -> Option<u64> {
+        Some(self.header.cluster_size())
+    }
+
+    fn backing_info(&self) -> Option<(String, Option<String>)> {
+        self.backing_file()
+            .map(|b| (b.to_string(), self.backing_format().map(str::to_string)))
+    }
     fn size(&self) -> u64 {
         self.header.size
     }

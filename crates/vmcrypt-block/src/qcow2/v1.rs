@@ -144,6 +144,10 @@ impl BlockDriver for QcowDriver {
     fn driver_name(&self) -> &'static str {
         "qcow"
     }
+
+    fn backing_info(&self) -> Option<(String, Option<String>)> {
+        self.backing_file().map(|b| (b.to_string(), None))
+    }
     fn size(&self) -> u64 {
         self.header.size
     }
