@@ -145,6 +145,13 @@ pub enum Command {
     },
     /// Serve images over NBD (like qemu-nbd)
     Serve(crate::cmd::serve::ServeArgs),
+    /// libvirt glue: print domain XML for an export of `vmcrypt serve`
+    Libvirt {
+        #[command(subcommand)]
+        command: crate::cmd::glue::LibvirtCommand,
+    },
+    /// Print the -object/-blockdev arguments with which QEMU opens an image natively
+    QemuArgs(crate::cmd::glue::QemuArgsArgs),
     /// Measure cipher and PBKDF2 speed (like cryptsetup benchmark)
     Bench {
         /// Seconds to spend per measurement

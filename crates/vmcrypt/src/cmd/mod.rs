@@ -1,5 +1,6 @@
 //! Command implementations: each turns parsed flags into library calls and prints.
 mod bench;
+pub mod glue;
 mod image;
 mod luks;
 mod luks2;
@@ -78,6 +79,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Luks { command } => luks::run(command),
         Command::Bench { seconds } => bench::run(seconds),
         Command::Serve(args) => serve::run(&args),
+        Command::Libvirt { command } => glue::libvirt(&command),
+        Command::QemuArgs(args) => glue::qemu_args(&args),
     }
 }
 

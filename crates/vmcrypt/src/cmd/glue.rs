@@ -1,0 +1,436 @@
+//! Glue for virtual machines: `vmcrypt libvirt disk-xml` prints the libvirt `<disk>`
+//! element for an export of `vmcrypt serve`, and `vmcrypt qemu-args` prints the
+//! `-object secret` and `-blockdev` arguments with which QEMU opens an image natively
+//! (LUKS1, detached-header LUKS1, raw). LUKS2 is refused: QEMU cannot open it, so it has
+//! to go through `vmcrypt serve` and NBD.
+use super::image_spec;
+use crate::cli::Common;
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+use vmcrypt_block::BlockDriver;
+use vmcrypt_block::graph::{self, OpenContext};
+use vmcrypt_block::opts::{opt_str, parse_json_filename, parse_keyval};
+use vmcrypt_block::secrets::SecretStore;
+use vmcrypt_error::{Error, Result, bail, ensure};
+
+/// `vmcrypt libvirt ...`.
+#[derive(Subcommand, Debug)]
+pub enum LibvirtCommand {
+    /// Print a libvirt <disk> element for an NBD export of `vmcrypt serve`
+    DiskXml(DiskXmlArgs),
+}
+
+/// Arguments of `vmcrypt libvirt disk-xml`.
+#[derive(Args, Debug)]
+pub struct DiskXmlArgs {
+    /// Unix socket the server listens on (`vmcrypt serve --socket PATH`)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
+    pub socket: Option<String>,
+    /// TCP host name or address of the server
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// TCP port of the server (default 10809)
+    #[arg(long, value_name = "PORT", requires = "host")]
+    pub port: Option<u16>,
+    /// Export name (default: the default export "")
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub export: String,
+    /// Guest device name
+    #[arg(long, value_name = "DEV", default_value = "vdb")]
+    pub target: String,
+    /// Guest bus
+    #[arg(long, value_name = "BUS", default_value = "virtio")]
+    pub bus: String,
+    /// Connect with TLS (libvirt's default TLS environment for NBD)
+    #[arg(long)]
+    pub tls: bool,
+    /// Give the guest a read-only disk
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+}
+
+/// Arguments of `vmcrypt qemu-args`.
+#[derive(Args, Debug)]
+pub struct QemuArgsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Image format (probed when omitted)
+    #[arg(short = 'f')]
+    pub format: Option<String>,
+    /// node-name of the top block node (what -device ...,drive=NAME refers to)
+    #[arg(long = "node-name", default_value = "disk0")]
+    pub node_name: String,
+    /// human: -blockdev in keyval syntax; json: -blockdev in JSON syntax
+    #[arg(long = "output", default_value = "human")]
+    pub output: String,
+    /// The image (a filename, json:{...}, or options with --image-opts)
+    pub image: String,
+}
+
+/// Buses libvirt knows for `<target bus=...>`.
+const BUSES: &[&str] = &["virtio", "scsi", "sata", "ide", "usb", "sd", "fdc", "xen"];
+
+pub fn libvirt(cmd: &LibvirtCommand) -> Result<u8> {
+    match cmd {
+        LibvirtCommand::DiskXml(a) => {
+            print!("{}", disk_xml(a)?);
+            Ok(0)
+        }
+    }
+}
+
+/// The `<disk>` element for `a`.
+pub fn disk_xml(a: &DiskXmlArgs) -> Result<String> {
+    ensure!(
+        BUSES.contains(&a.bus.as_str()),
+        Usage,
+        "--bus '{}' is not a libvirt disk bus ({})",
+        a.bus,
+        BUSES.join(", ")
+    );
+    ensure!(
+        !a.target.is_empty() && a.target.bytes().all(|b| b.is_ascii_alphanumeric()),
+        Usage,
+        "--target '{}' must be a device name like vdb or sda",
+        a.target
+    );
+    let host = match (&a.socket, &a.host) {
+        (Some(sock), None) => {
+            ensure!(!sock.is_empty(), Usage, "--socket needs a path");
+            let abs = std::path::absolute(sock)
+                .map_err(|e| Error::usage(format!("--socket '{sock}': {e}")))?;
+            let abs = abs
+                .to_str()
+                .ok_or_else(|| Error::usage(format!("--socket '{sock}' is not UTF-8")))?;
+            format!(
+                "<host transport='unix' socket='{}'/>",
+                attr(abs, "--socket")?
+            )
+        }
+        (None, Some(h)) => {
+            ensure!(!h.is_empty(), Usage, "--host needs a name or address");
+            let port = a.port.unwrap_or(10809);
+            format!("<host name='{}' port='{port}'/>", attr(h, "--host")?)
+        }
+        (None, None) => bail!(Usage, "give the server's --socket PATH or --host HOST"),
+        (Some(_), Some(_)) => bail!(Usage, "--socket and --host are mutually exclusive"),
+    };
+    let mut source = String::from("<source protocol='nbd'");
+    if !a.export.is_empty() {
+        source += &format!(" name='{}'", attr(&a.export, "--export")?);
+    }
+    if a.tls {
+        source += " tls='yes'";
+    }
+    let mut x = String::from("<disk type='network' device='disk'>\n");
+    x += "  <driver name='qemu' type='raw'/>\n";
+    x += &format!("  {source}>\n    {host}\n  </source>\n");
+    x += &format!("  <target dev='{}' bus='{}'/>\n", a.target, a.bus);
+    if a.read_only {
+        x += "  <readonly/>\n";
+    }
+    x += "</disk>\n";
+    Ok(x)
+}
+
+/// `s` escaped for a single-quoted XML attribute; control characters are refused
+/// (XML 1.0 cannot carry most of them, and libvirt would normalise the rest).
+fn attr(s: &str, what: &str) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out += "&amp;",
+            '<' => out += "&lt;",
+            '>' => out += "&gt;",
+            '\'' => out += "&apos;",
+            '"' => out += "&quot;",
+            c if c.is_control() => bail!(
+                Usage,
+                "{what} contains the control character U+{:04X}, which XML cannot carry",
+                c as u32
+            ),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+pub fn qemu_args(a: &QemuArgsArgs) -> Result<u8> {
+    let json = match a.output.as_str() {
+        "human" => false,
+        "json" => true,
+        o => bail!(Usage, "--output '{o}' must be human or json"),
+    };
+    for line in qemu_arg_list(a, json)? {
+        println!("{}", shell_quote(&line));
+    }
+    Ok(0)
+}
+
+/// The arguments for QEMU, unquoted: `-object X` per secret, then `-blockdev NODE`.
+pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
+    let (store, ids) = checked_secrets(&a.common)?;
+    let mut spec = image_spec(&a.common, a.format.as_deref(), &a.image)?;
+    if let Some(fmt) = graph::probed_format(&spec)? {
+        spec.insert("driver".into(), Value::String(fmt.into()));
+    }
+    let driver = opt_str(&spec, "driver")?.unwrap_or_default();
+    let ctx = OpenContext {
+        secrets: &store,
+        read_only: true,
+        metadata_only: true,
+        limits: a.common.limits.limits(),
+    };
+    let node = graph::open(&spec, &ctx)?;
+    if driver == "luks" || driver == "luks2" {
+        check_luks_for_qemu(&*node, &a.image)?;
+        let id = match (opt_str(&spec, "key-secret")?, ids.as_slice()) {
+            (Some(id), _) => id,
+            // One secret and a plain filename: that secret is the key.
+            (None, [only]) => only.clone(),
+            (None, _) => bail!(
+                Usage,
+                "QEMU needs the passphrase: give --object secret,id=ID,file=PATH and key-secret=ID"
+            ),
+        };
+        store.get(&id)?;
+        spec.insert("key-secret".into(), Value::String(id));
+        spec.insert("driver".into(), Value::String("luks".into()));
+        if spec.remove("key-slot").is_some() && !a.common.quiet {
+            eprintln!("vmcrypt: QEMU's luks driver has no key-slot option: QEMU tries every slot");
+        }
+    }
+    let node_json = qemu_node(spec, &a.node_name)?;
+    let mut out = Vec::new();
+    for o in &a.common.objects {
+        out.push("-object".to_string());
+        out.push(o.clone());
+    }
+    out.push("-blockdev".to_string());
+    out.push(if json {
+        Value::Object(node_json).to_string()
+    } else {
+        keyval(&node_json)
+    });
+    Ok(out)
+}
+
+/// Load every `--object` (so a missing key file is reported now, not by QEMU), refusing
+/// `data=`: the arguments are meant for a command line, where a passphrase is public.
+/// Returns the store and the secrets' ids.
+fn checked_secrets(common: &Common) -> Result<(SecretStore, Vec<String>)> {
+    let mut store = SecretStore::new();
+    let mut ids = Vec::new();
+    for o in &common.objects {
+        let m = if o.trim_start().starts_with('{') {
+            parse_json_filename(o)?
+        } else {
+            parse_keyval(o, Some("qom-type"))?
+        };
+        ensure!(
+            !m.contains_key("data"),
+            Usage,
+            "--object '{}': data= would put the passphrase on QEMU's command line, where every \
+             user can read it (ps, /proc); write it to a file readable only by you and use file=PATH",
+            opt_str(&m, "id")?.unwrap_or_default()
+        );
+        store.add_object(o)?;
+        ids.extend(opt_str(&m, "id")?);
+    }
+    Ok((store, ids))
+}
+
+/// Refuse what QEMU's luks driver cannot open: LUKS2, and LUKS1 ciphers, IV generators
+/// or hashes QEMU does not implement.
+fn check_luks_for_qemu(node: &dyn BlockDriver, image: &str) -> Result<()> {
+    let info = node.format_specific().unwrap_or(Value::Null);
+    if info.get("version").and_then(Value::as_u64) == Some(2) {
+        bail!(
+            Unsupported,
+            "'{image}' is LUKS2, which QEMU cannot open: serve it with `vmcrypt serve --socket PATH ...` \
+             and attach the NBD export (`vmcrypt libvirt disk-xml --socket PATH`, or QEMU's \
+             -blockdev driver=nbd,server.type=unix,server.path=PATH)"
+        );
+    }
+    let get = |k: &str| info.get(k).and_then(Value::as_str).unwrap_or("");
+    let unsupported = |what: &str, v: &str| {
+        Error::unsupported(format!(
+            "'{image}' uses {what} '{v}', which QEMU's luks driver does not implement: \
+             serve it with `vmcrypt serve` and attach it over NBD instead"
+        ))
+    };
+    const HASHES: &[&str] = &[
+        "md5",
+        "sha1",
+        "sha224",
+        "sha256",
+        "sha384",
+        "sha512",
+        "ripemd160",
+    ];
+    let mode = get("cipher-mode");
+    if !["xts", "cbc", "ecb", "ctr"].contains(&mode) {
+        return Err(unsupported("cipher mode", mode));
+    }
+    if let Some(iv) = info.get("ivgen-alg").and_then(Value::as_str)
+        && !["plain", "plain64", "essiv"].contains(&iv)
+    {
+        return Err(unsupported("IV generator", iv));
+    }
+    for key in ["hash-alg", "ivgen-hash-alg"] {
+        if let Some(h) = info.get(key).and_then(Value::as_str)
+            && !HASHES.contains(&h)
+        {
+            return Err(unsupported("hash", h));
+        }
+    }
+    Ok(())
+}
+
+/// The node as QEMU's -blockdev wants it: a node-name on top, every child an object
+/// with an explicit driver (a plain filename child becomes a `file` node).
+fn qemu_node(mut spec: Map<String, Value>, node_name: &str) -> Result<Map<String, Value>> {
+    ensure!(
+        !node_name.is_empty()
+            && node_name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && node_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        Usage,
+        "--node-name '{node_name}' must start with a letter and hold only letters, digits, '-', '_', '.'"
+    );
+    for role in ["file", "header"] {
+        if let Some(child) = spec.remove(role) {
+            spec.insert(role.into(), Value::Object(protocol_child(child, role)?));
+        }
+    }
+    let mut top = Map::new();
+    if let Some(d) = spec.remove("driver") {
+        top.insert("driver".into(), d);
+    }
+    top.insert("node-name".into(), Value::String(node_name.into()));
+    spec.remove("node-name");
+    top.extend(spec);
+    Ok(top)
+}
+
+fn protocol_child(child: Value, role: &str) -> Result<Map<String, Value>> {
+    let mut m = match child {
+        Value::String(name) => {
+            let mut m = Map::new();
+            m.insert("filename".into(), Value::String(name));
+            m
+        }
+        Value::Object(m) => m,
+        _ => bail!(Usage, "child '{role}' must be an object or a filename"),
+    };
+    let mut out = Map::new();
+    out.insert(
+        "driver".into(),
+        m.remove("driver")
+            .unwrap_or_else(|| Value::String("file".into())),
+    );
+    for sub in ["file", "header"] {
+        if let Some(c) = m.remove(sub) {
+            out.insert(sub.into(), Value::Object(protocol_child(c, sub)?));
+        }
+    }
+    out.extend(m);
+    Ok(out)
+}
+
+/// QEMU's dotted keyval syntax for a node (`driver=luks,file.filename=a,,b`).
+fn keyval(node: &Map<String, Value>) -> String {
+    let mut parts = Vec::new();
+    flatten("", node, &mut parts);
+    parts.join(",")
+}
+
+fn flatten(prefix: &str, node: &Map<String, Value>, out: &mut Vec<String>) {
+    for (k, v) in node {
+        let key = format!("{prefix}{k}");
+        let val = match v {
+            Value::Object(m) => {
+                flatten(&format!("{key}."), m, out);
+                continue;
+            }
+            Value::String(s) => s.replace(',', ",,"),
+            Value::Bool(b) => (if *b { "on" } else { "off" }).to_string(),
+            other => other.to_string(),
+        };
+        out.push(format!("{key}={val}"));
+    }
+}
+
+/// `s` as one POSIX shell word: unchanged when it holds only safe characters, otherwise
+/// in single quotes (a quote inside becomes `'\''`).
+pub fn shell_quote(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xml_args() -> DiskXmlArgs {
+        DiskXmlArgs {
+            socket: Some("/run/a'b&c.sock".into()),
+            host: None,
+            port: None,
+            export: "<x>".into(),
+            target: "vdb".into(),
+            bus: "virtio".into(),
+            tls: true,
+            read_only: true,
+        }
+    }
+
+    #[test]
+    fn xml_escapes_attributes() {
+        let x = disk_xml(&xml_args()).unwrap();
+        assert!(x.contains("socket='/run/a&apos;b&amp;c.sock'"), "{x}");
+        assert!(x.contains("name='&lt;x&gt;' tls='yes'"), "{x}");
+        assert!(x.contains("<readonly/>"), "{x}");
+    }
+
+    #[test]
+    fn xml_refuses_control_characters_and_unknown_bus() {
+        let mut a = xml_args();
+        a.export = "a\nb".into();
+        assert!(disk_xml(&a).is_err());
+        let mut a = xml_args();
+        a.bus = "pci".into();
+        assert!(disk_xml(&a).is_err());
+    }
+
+    #[test]
+    fn keyval_escapes_commas_and_nests() {
+        let node: Map<String, Value> = serde_json::from_str(
+            r#"{"driver":"luks","file":{"driver":"file","filename":"a,b"},"x":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            keyval(&node),
+            "driver=luks,file.driver=file,file.filename=a,,b,x=on"
+        );
+        // Round trip through the keyval parser QEMU's syntax is modelled on.
+        let back = parse_keyval(&keyval(&node), None).unwrap();
+        assert_eq!(back["file"]["filename"], "a,b");
+    }
+
+    #[test]
+    fn shell_quote_round_trips_through_sh() {
+        for s in ["plain", "it's", "a b", "", "{\"k\":\"v\"}", "$HOME`x`"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(s)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! VM glue against the real tools: the arguments `vmcrypt qemu-args` prints are handed
+//! to `qemu-storage-daemon --object ... --blockdev ...` (the same parsers as
+//! qemu-system's `-object`/`-blockdev`), exported over NBD and read back with qemu-img;
+//! the bytes must equal the plaintext. `vmcrypt libvirt disk-xml` must parse as XML
+//! (python3's minidom) and carry the socket and export name. A missing tool fails.
+mod common;
+
+use common::*;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SIZE: usize = 4 << 20;
+
+/// A running qemu-storage-daemon, killed when dropped.
+struct Qsd(Child);
+
+impl Drop for Qsd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The words of `vmcrypt qemu-args` output, unquoted by bash itself (so the shell quoting
+/// is tested too).
+fn unquote(printed: &str) -> Vec<String> {
+    let out = tool(
+        "bash",
+        &[
+            "-c",
+            r#"eval "a=($1)"; printf '%s\0' "${a[@]}""#,
+            "_",
+            printed,
+        ],
+    )
+    .ok();
+    out.stdout_str()
+        .split_terminator('\0')
+        .map(str::to_string)
+        .collect()
+}
+
+/// Serve the node the arguments describe with qemu-storage-daemon and read it back with
+/// qemu-img; returns the bytes.
+fn read_through_qsd(sc: &Scratch, args: &[String], tag: &str) -> Vec<u8> {
+    let qsd = require_tool("qemu-storage-daemon");
+    let sock = sc.p(&format!("{tag}.sock"));
+    // qemu-system spells the options -object/-blockdev; the daemon wants --object/--blockdev.
+    let long: Vec<String> = args
+        .iter()
+        .map(|a| match a.as_str() {
+            "-object" | "-blockdev" => format!("-{a}"),
+            _ => a.clone(),
+        })
+        .collect();
+    let log = sc.p(&format!("{tag}.log"));
+    let child = Command::new(qsd)
+        .args(&long)
+        .arg("--nbd-server")
+        .arg(format!("addr.type=unix,addr.path={sock}"))
+        .arg("--export")
+        .arg("type=nbd,id=e0,node-name=disk0,name=disk0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting qemu-storage-daemon");
+    let mut d = Qsd(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        if let Ok(Some(st)) = d.0.try_wait() {
+            panic!(
+                "qemu-storage-daemon {long:?} exited ({st}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "qemu-storage-daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = sc.p(&format!("{tag}.out"));
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        &format!("nbd+unix:///disk0?socket={sock}"),
+        "-O",
+        "raw",
+        &out,
+    ])
+    .ok();
+    drop(d);
+    read(std::path::Path::new(&out))
+}
+
+/// `vmcrypt qemu-args` in both output forms, each read back through qemu-storage-daemon.
+fn check_both_forms(sc: &Scratch, image_args: &[&str], plain: &[u8], what: &str) {
+    for output in ["human", "json"] {
+        let mut a = vec!["qemu-args", "--output", output];
+        a.extend_from_slice(image_args);
+        let printed = vmcrypt(&a).ok().stdout_str();
+        let words = unquote(&printed);
+        assert_eq!(words[0], "-object", "{printed}");
+        assert!(words.iter().any(|w| w == "-blockdev"), "{printed}");
+        let got = read_through_qsd(sc, &words, output);
+        assert_same_bytes(&format!("{what} via --output {output}"), &got, plain);
+    }
+}
+
+fn make_luks1(sc: &Scratch, plain: &[u8]) -> String {
+    sc.write("pw", PASS);
+    let raw = sc.write("plain.raw", plain);
+    vmcrypt(&[
+        "convert",
+        "-q",
+        "--object",
+        &sc.secret("s0", "pw"),
+        "-f",
+        "raw",
+        "-O",
+        "luks",
+        "-o",
+        "key-secret=s0,iterations=1000",
+        &raw,
+        &sc.p("d.luks"),
+    ])
+    .ok();
+    sc.p("d.luks")
+}
+
+#[test]
+fn luks1_args_open_in_qemu() {
+    let sc = Scratch::new();
+    let plain = plaintext(SIZE, "glue-luks1");
+    let img = make_luks1(&sc, &plain);
+    let secret = sc.secret("s0", "pw");
+    check_both_forms(
+        &sc,
+        &[
+            "--object",
+            &secret,
+            "--image-opts",
+            &luks_opts("s0", &img, None),
+        ],
+        &plain,
+        "LUKS1",
+    );
+    // A plain filename with a single secret: that secret is the key.
+    let printed = vmcrypt(&["qemu-args", "--object", &secret, &img])
+        .ok()
+        .stdout_str();
+    let got = read_through_qsd(&sc, &unquote(&printed), "plainname");
+    assert_same_bytes("LUKS1 from a plain filename", &got, &plain);
+}
+
+#[test]
+fn detached_header_luks1_args_open_in_qemu() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let plain = plaintext(SIZE, "glue-detached");
+    let raw = sc.write("plain.raw", &plain);
+    let secret = sc.secret("s0", "pw");
+    vmcrypt(&[
+        "create",
+        "-q",
+        "-f",
+        "luks",
+        "--object",
+        &secret,
+        "-o",
+        "key-secret=s0,detached-header=on,iterations=1000",
+        &sc.p("hdr.img"),
+    ])
+    .ok();
+    let data = sc.sparse("data,1.img", SIZE as u64); // a comma exercises keyval escaping
+    let opts = luks_opts("s0", &data, Some(&sc.p("hdr.img")));
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "--object",
+        &secret,
+        "-f",
+        "raw",
+        &raw,
+        "--target-image-opts",
+        &opts,
+    ])
+    .ok();
+    check_both_forms(
+        &sc,
+        &["--object", &secret, "--image-opts", &opts],
+        &plain,
+        "detached LUKS1",
+    );
+    // The JSON form also works as qemu-img's json: filename.
+    let printed = vmcrypt(&[
+        "qemu-args",
+        "--output",
+        "json",
+        "--object",
+        &secret,
+        "--image-opts",
+        &opts,
+    ])
+    .ok()
+    .stdout_str();
+    let words = unquote(&printed);
+    let json = &words[words.iter().position(|w| w == "-blockdev").unwrap() + 1];
+    assert!(json.contains("\"header\""), "{json}");
+    qemu_img(&[
+        "convert",
+        "--object",
+        &secret,
+        &format!("json:{json}"),
+        "-O",
+        "raw",
+        &sc.p("viajson.raw"),
+    ])
+    .ok();
+    assert_same_bytes("detached LUKS1 via json:", &sc.read("viajson.raw"), &plain);
+}
+
+#[test]
+fn raw_args_open_in_qemu() {
+    let sc = Scratch::new();
+    let plain = plaintext(1 << 20, "glue-raw");
+    let raw = sc.write("r.raw", &plain);
+    let printed = vmcrypt(&["qemu-args", "-f", "raw", &raw]).ok().stdout_str();
+    let words = unquote(&printed);
+    assert_eq!(words[0], "-blockdev", "{printed}");
+    assert_same_bytes("raw", &read_through_qsd(&sc, &words, "raw"), &plain);
+}
+
+#[test]
+fn luks2_and_inline_secrets_are_refused() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let secret = sc.secret("s0", "pw");
+    vmcrypt(&[
+        "create",
+        "-q",
+        "-f",
+        "luks2",
+        "--object",
+        &secret,
+        "-o",
+        "key-secret=s0,pbkdf=pbkdf2,iterations=1000",
+        &sc.p("d.luks2"),
+        "20M",
+    ])
+    .ok();
+    vmcrypt(&["qemu-args", "--object", &secret, &sc.p("d.luks2")])
+        .code_is(4)
+        .stderr_has("vmcrypt serve");
+    let img = make_luks1(&sc, &plaintext(1 << 20, "x"));
+    vmcrypt(&["qemu-args", "--object", "secret,id=s0,data=hunter2", &img])
+        .code_is(1)
+        .stderr_has("file=PATH");
+    // Without a secret QEMU could not unlock the image.
+    vmcrypt(&["qemu-args", &img]).code_is(1);
+}
+
+/// Parse `xml` with python3's minidom and return (source name, host socket or name:port,
+/// tls, readonly present).
+fn parse_disk_xml(xml: &str) -> String {
+    let script = r#"
+import sys, xml.dom.minidom as m
+d = m.parseString(sys.stdin.read()).documentElement
+s = d.getElementsByTagName('source')[0]
+h = s.getElementsByTagName('host')[0]
+print(d.getAttribute('type'), s.getAttribute('protocol'), repr(s.getAttribute('name')),
+      repr(h.getAttribute('socket') or h.getAttribute('name') + ':' + h.getAttribute('port')),
+      s.getAttribute('tls') or '-', len(d.getElementsByTagName('readonly')))
+"#;
+    let mut child = Command::new(require_tool("python3"))
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(xml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "not well-formed XML:\n{xml}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn disk_xml_parses_and_carries_the_socket_and_export() {
+    let xml = vmcrypt(&[
+        "libvirt",
+        "disk-xml",
+        "--socket",
+        "/run/vm <0>&'q'.sock",
+        "--export",
+        "disk \"a\"&b",
+        "--read-only",
+        "--tls",
+    ])
+    .ok()
+    .stdout_str();
+    assert_eq!(
+        parse_disk_xml(&xml),
+        r#"network nbd 'disk "a"&b' "/run/vm <0>&'q'.sock" yes 1"#
+    );
+    let xml = vmcrypt(&[
+        "libvirt",
+        "disk-xml",
+        "--host",
+        "nbd.example",
+        "--port",
+        "10810",
+        "--target",
+        "sdc",
+        "--bus",
+        "scsi",
+    ])
+    .ok()
+    .stdout_str();
+    assert_eq!(
+        parse_disk_xml(&xml),
+        "network nbd '' 'nbd.example:10810' - 0"
+    );
+    assert!(xml.contains("<target dev='sdc' bus='scsi'/>"), "{xml}");
+    vmcrypt(&["libvirt", "disk-xml", "--export", "x"]).code_is(1);
+}
