@@ -9,4 +9,4 @@
 pub mod proto;
 pub mod server;
 
-pub use server::{Export, Server};
+pub use server::{Export, Server, TlsCreds};
