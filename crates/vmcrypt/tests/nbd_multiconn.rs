@@ -13,6 +13,7 @@ use nbd_support::Served;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -175,8 +176,8 @@ fn expect_pattern(client: usize, what: &str, off: u64, got: &[u8]) {
     assert_same_bytes(&format!("client {client}: {what} at {off}"), got, &want);
 }
 
-/// One client's whole job; `barrier` separates writing from cross-reading.
-fn run_client(sock: &str, i: usize, barrier: &Barrier) {
+/// Connect, write client `i`'s pieces, read them back and flush.
+fn write_and_check(sock: &str, i: usize) -> Client {
     let mut c = Client::connect(sock);
     assert_eq!(c.size, DISK);
     assert_ne!(
@@ -191,7 +192,15 @@ fn run_client(sock: &str, i: usize, barrier: &Barrier) {
         expect_pattern(i, "read back", off, data);
     }
     c.flush();
+    c
+}
+
+/// One client's whole job; `barrier` separates writing from cross-reading. A client
+/// that fails still reaches the barrier (then fails), so the others cannot hang.
+fn run_client(sock: &str, i: usize, barrier: &Barrier) {
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| write_and_check(sock, i)));
     barrier.wait();
+    let mut c = first.unwrap_or_else(|p| std::panic::resume_unwind(p));
     // Every client has flushed: its writes must be visible on this connection too.
     let other = (i + 1) % CLIENTS;
     let (os, oe) = range_of(other);
