@@ -9,8 +9,15 @@
 //!
 //! Supported options: EXPORT_NAME, ABORT, LIST, INFO, GO (with INFO_EXPORT, NAME,
 //! DESCRIPTION and BLOCK_SIZE), STRUCTURED_REPLY, LIST_META_CONTEXT and
-//! SET_META_CONTEXT for `base:allocation`. Everything else (STARTTLS, EXTENDED_HEADERS,
-//! unknown numbers) is answered with `NBD_REP_ERR_UNSUP`.
+//! SET_META_CONTEXT for `base:allocation`, and STARTTLS when the server has TLS
+//! ([`Handshake::require_tls`]). Everything else (EXTENDED_HEADERS, unknown numbers) is
+//! answered with `NBD_REP_ERR_UNSUP`.
+//!
+//! TLS follows the spec's FORCEDTLS mode: until STARTTLS every option but ABORT gets
+//! `NBD_REP_ERR_TLS_REQD` and EXPORT_NAME closes the connection. After the ACK the I/O
+//! layer runs the TLS handshake, calls [`Handshake::tls_started`] and goes on with the
+//! options over TLS; a second STARTTLS gets `NBD_REP_ERR_INVALID`. Without TLS the
+//! server is in NOTLS mode and STARTTLS gets `NBD_REP_ERR_UNSUP`.
 use super::*;
 
 /// What the handshake needs to know about one export.
@@ -44,6 +51,9 @@ pub enum Step {
     Close(Vec<u8>),
     /// Send the bytes, then serve requests with these settings.
     Transmit(Vec<u8>, Negotiated),
+    /// Send the bytes (the STARTTLS ACK), then run the TLS handshake as the server,
+    /// call [`Handshake::tls_started`] and read the next option over TLS.
+    StartTls(Vec<u8>),
 }
 
 /// The 18 bytes the server sends first: NBDMAGIC, IHAVEOPT, handshake flags.
@@ -104,6 +114,10 @@ pub struct Handshake {
     structured: bool,
     /// Export name for which `base:allocation` was selected by SET_META_CONTEXT.
     meta_for: Option<String>,
+    /// TLS must be started before anything else (FORCEDTLS).
+    tls_required: bool,
+    /// STARTTLS was acknowledged.
+    tls_active: bool,
 }
 
 /// The meta context queries of LIST/SET_META_CONTEXT: export name and query strings.
@@ -120,7 +134,28 @@ impl Handshake {
             no_zeroes: false,
             structured: false,
             meta_for: None,
+            tls_required: false,
+            tls_active: false,
         }
+    }
+
+    /// Demand TLS (the server has credentials): FORCEDTLS mode, see the module doc.
+    pub fn require_tls(mut self, yes: bool) -> Self {
+        self.tls_required = yes;
+        self
+    }
+
+    /// The TLS handshake after STARTTLS succeeded. Nothing negotiated in clear text is
+    /// kept (in FORCEDTLS mode nothing could have been, but say so explicitly).
+    pub fn tls_started(&mut self) {
+        self.tls_active = true;
+        self.structured = false;
+        self.meta_for = None;
+    }
+
+    /// Whether options may be served now (TLS is not required or is running).
+    fn tls_ok(&self) -> bool {
+        !self.tls_required || self.tls_active
     }
 
     /// Check the client's 32-bit flags; unknown bits are a violation (the spec says the
@@ -141,6 +176,9 @@ impl Handshake {
         if opt == OPT_EXPORT_NAME || !self.fixed {
             return Step::Close(Vec::new());
         }
+        if !self.tls_ok() && opt != OPT_ABORT {
+            return Step::Continue(option_reply(opt, REP_ERR_TLS_REQD, b"TLS required"));
+        }
         Step::Continue(option_reply(
             opt,
             REP_ERR_TOO_BIG,
@@ -151,11 +189,25 @@ impl Handshake {
     /// Handle one option with its whole payload.
     pub fn handle_option(&mut self, opt: u32, data: &[u8]) -> Step {
         if opt == OPT_EXPORT_NAME {
+            // EXPORT_NAME cannot be refused with an error: without TLS, hang up.
+            if !self.tls_ok() {
+                return Step::Close(Vec::new());
+            }
             return self.export_name(data);
         }
         if !self.fixed {
             // Without fixed newstyle only EXPORT_NAME exists and errors cannot be sent.
             return Step::Close(Vec::new());
+        }
+        if opt == OPT_STARTTLS {
+            return self.starttls(data);
+        }
+        if !self.tls_ok() && opt != OPT_ABORT {
+            return Step::Continue(option_reply(
+                opt,
+                REP_ERR_TLS_REQD,
+                b"this server requires TLS: send NBD_OPT_STARTTLS first",
+            ));
         }
         match opt {
             OPT_ABORT => Step::Close(option_reply(opt, REP_ACK, &[])),
@@ -169,17 +221,29 @@ impl Handshake {
                 Step::Continue(option_reply(opt, REP_ACK, &[]))
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => self.meta_context(opt, data),
-            OPT_STARTTLS => Step::Continue(option_reply(
-                opt,
-                REP_ERR_UNSUP,
-                b"TLS is not supported by this server",
-            )),
             _ => Step::Continue(option_reply(
                 opt,
                 REP_ERR_UNSUP,
                 format!("option {opt} is not supported").as_bytes(),
             )),
         }
+    }
+
+    fn starttls(&mut self, data: &[u8]) -> Step {
+        if !self.tls_required {
+            return Step::Continue(option_reply(
+                OPT_STARTTLS,
+                REP_ERR_UNSUP,
+                b"TLS is not configured on this server",
+            ));
+        }
+        if self.tls_active {
+            return invalid(OPT_STARTTLS, "TLS is already running");
+        }
+        if !data.is_empty() {
+            return invalid(OPT_STARTTLS, "STARTTLS takes no data");
+        }
+        Step::StartTls(option_reply(OPT_STARTTLS, REP_ACK, &[]))
     }
 
     fn find(&self, name: &[u8]) -> Option<usize> {
@@ -350,3 +414,7 @@ fn info_block_size(min: u32, preferred: u32, max: u32) -> Vec<u8> {
 #[cfg(test)]
 #[path = "handshake_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "handshake_tls_tests.rs"]
+mod tls_tests;

@@ -6,8 +6,12 @@
 //! reply goes out whole. A byte budget bounds the memory held by in-flight requests.
 //! A protocol violation or a socket error ends only this connection; in-flight requests
 //! finish and the export is flushed before the socket closes.
-use super::Export;
+//!
+//! With TLS credentials the handshake demands NBD_OPT_STARTTLS; after its ACK the
+//! socket is wrapped in a rustls server session and everything else (the remaining
+//! options and the whole transmission phase) goes over it.
 use super::ops;
+use super::{Export, TlsCreds};
 use crate::proto::handshake::{ExportInfo, Handshake, Negotiated, Step, greeting};
 use crate::proto::transmission::{Command, REQUEST_LEN, Replies, Request, Session, validate};
 use crate::proto::{MAX_OPTION_LEN, handshake};
@@ -25,13 +29,20 @@ const INFLIGHT_BUDGET: u32 = 96 << 20;
 
 type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
 
+/// The connection after the handshake: clear text or TLS.
+enum Conn<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+}
+
 /// Serve one connection until the client disconnects or misbehaves.
-pub(crate) async fn serve<S>(mut stream: S, exports: Arc<[Export]>, peer: String)
+pub(crate) async fn serve<S>(stream: S, exports: Arc<[Export]>, tls: Option<TlsCreds>, peer: String)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let infos = exports.iter().map(Export::info).collect();
-    let negotiated = match tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate(&mut stream, infos))
+    let handshake = negotiate(stream, infos, tls.as_ref());
+    let (conn, negotiated) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
@@ -54,11 +65,16 @@ where
         %peer,
         export = %export.name,
         structured = negotiated.structured,
+        tls = matches!(conn, Conn::Tls(_)),
         block_status = negotiated.base_allocation,
         "client connected"
     );
     let node = export.node.clone();
-    if let Err(e) = transmit(stream, export, negotiated).await {
+    let result = match conn {
+        Conn::Plain(s) => transmit(s, export, negotiated).await,
+        Conn::Tls(s) => transmit(s, export, negotiated).await,
+    };
+    if let Err(e) = result {
         tracing::info!(%peer, "connection closed: {e}");
     }
     match tokio::task::spawn_blocking(move || node.flush()).await {
@@ -73,17 +89,55 @@ fn violation(e: crate::proto::ProtocolError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-/// Run the handshake; `None` when the client aborted or chose no export.
-async fn negotiate<S>(s: &mut S, infos: Vec<ExportInfo>) -> io::Result<Option<Negotiated>>
+/// How an option loop ended.
+enum Outcome {
+    /// The client aborted or chose no export.
+    Closed,
+    Transmit(Negotiated),
+    /// STARTTLS was acknowledged: upgrade the socket.
+    StartTls,
+}
+
+/// Run the handshake (with the TLS upgrade when `tls` is set); `None` when the client
+/// aborted or chose no export.
+async fn negotiate<S>(
+    mut s: S,
+    infos: Vec<ExportInfo>,
+    tls: Option<&TlsCreds>,
+) -> io::Result<Option<(Conn<S>, Negotiated)>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut hs = Handshake::new(infos);
+    let mut hs = Handshake::new(infos).require_tls(tls.is_some());
     s.write_all(&greeting()).await?;
     s.flush().await?;
     let mut flags = [0u8; 4];
     s.read_exact(&mut flags).await?;
     hs.client_flags(&flags).map_err(violation)?;
+    match options(&mut s, &mut hs).await? {
+        Outcome::Closed => Ok(None),
+        Outcome::Transmit(n) => Ok(Some((Conn::Plain(s), n))),
+        Outcome::StartTls => {
+            let Some(creds) = tls else {
+                return Err(io::Error::other("STARTTLS acknowledged without TLS"));
+            };
+            let mut t = creds.acceptor().accept(s).await?;
+            hs.tls_started();
+            tracing::debug!("TLS session established");
+            match options(&mut t, &mut hs).await? {
+                Outcome::Closed => Ok(None),
+                Outcome::Transmit(n) => Ok(Some((Conn::Tls(Box::new(t)), n))),
+                Outcome::StartTls => Err(io::Error::other("STARTTLS acknowledged twice")),
+            }
+        }
+    }
+}
+
+/// Read options and answer them until the handshake leaves the option phase.
+async fn options<S>(s: &mut S, hs: &mut Handshake) -> io::Result<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let mut header = [0u8; 16];
         s.read_exact(&mut header).await?;
@@ -107,12 +161,17 @@ where
             Step::Close(bytes) => {
                 s.write_all(&bytes).await?;
                 s.flush().await?;
-                return Ok(None);
+                return Ok(Outcome::Closed);
             }
             Step::Transmit(bytes, n) => {
                 s.write_all(&bytes).await?;
                 s.flush().await?;
-                return Ok(Some(n));
+                return Ok(Outcome::Transmit(n));
+            }
+            Step::StartTls(bytes) => {
+                s.write_all(&bytes).await?;
+                s.flush().await?;
+                return Ok(Outcome::StartTls);
             }
         }
         s.flush().await?;

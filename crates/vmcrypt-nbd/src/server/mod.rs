@@ -4,8 +4,14 @@
 //! Without [`Server::persistent`] the server returns after its first client (and every
 //! client connected meanwhile) has gone, like qemu-nbd; with it, it serves until the
 //! shutdown future completes. Either way every export is flushed before `serve` returns.
+//!
+//! With [`Server::tls`] every client must upgrade to TLS with NBD_OPT_STARTTLS before
+//! anything else (see [`tls`] for the credentials).
 mod conn;
 mod ops;
+pub mod tls;
+
+pub use tls::TlsCreds;
 
 use crate::proto::handshake::ExportInfo;
 use std::future::Future;
@@ -83,6 +89,7 @@ fn io_error(e: std::io::Error, what: &str, target: &str) -> Error {
 pub struct Server {
     exports: Arc<[Export]>,
     persistent: bool,
+    tls: Option<TlsCreds>,
 }
 
 impl Server {
@@ -106,12 +113,19 @@ impl Server {
         Ok(Server {
             exports: exports.into(),
             persistent: false,
+            tls: None,
         })
     }
 
     /// Keep serving after the last client leaves.
     pub fn persistent(mut self, yes: bool) -> Self {
         self.persistent = yes;
+        self
+    }
+
+    /// Require TLS with these credentials (`None`: no TLS, STARTTLS is unsupported).
+    pub fn tls(mut self, creds: Option<TlsCreds>) -> Self {
+        self.tls = creds;
         self
     }
 
@@ -155,9 +169,10 @@ impl Server {
                     Ok((stream, peer)) => {
                         served += 1;
                         let exports = self.exports.clone();
+                        let tls = self.tls.clone();
                         match stream {
-                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, peer)),
-                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, peer)),
+                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer)),
+                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer)),
                         };
                     }
                     Err(e) => {

@@ -1,6 +1,7 @@
 //! `vmcrypt serve`: export images over NBD, like qemu-nbd. Images are opened with the
 //! same syntax as the other commands (`--object`, `--image-opts`, `-f`, `json:`); the
-//! server itself lives in the `vmcrypt-nbd` crate.
+//! server itself lives in the `vmcrypt-nbd` crate. `--tls-creds DIR` demands TLS with
+//! the certificate files qemu's `tls-creds-x509` object uses.
 use super::{open_image, secrets};
 use crate::cli::Common;
 use clap::Args;
@@ -8,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
 use vmcrypt_nbd::server::Listener;
-use vmcrypt_nbd::{Export, Server};
+use vmcrypt_nbd::{Export, Server, TlsCreds};
 
 /// Arguments of `vmcrypt serve`.
 #[derive(Args, Debug)]
@@ -33,6 +34,12 @@ pub struct ServeArgs {
     /// Keep serving after the last client disconnects
     #[arg(long = "persistent", short = 't')]
     pub persistent: bool,
+    /// Require TLS with the x509 files in DIR (ca-cert.pem, server-cert.pem, server-key.pem)
+    #[arg(long = "tls-creds", value_name = "DIR")]
+    pub tls_creds: Option<String>,
+    /// With --tls-creds: clients must present a certificate signed by DIR/ca-cert.pem
+    #[arg(long = "tls-verify-peer", requires = "tls_creds")]
+    pub tls_verify_peer: bool,
     /// Write the server's process id to PATH once it listens
     #[arg(long = "pid-file", value_name = "PATH")]
     pub pid_file: Option<String>,
@@ -46,6 +53,14 @@ const DEFAULT_BIND: &str = "127.0.0.1:10809";
 pub fn run(args: &ServeArgs) -> Result<u8> {
     init_logging();
     let pairs = export_args(args)?;
+    // Bad TLS files are reported before any keyslot is unlocked.
+    let tls = match &args.tls_creds {
+        Some(dir) => Some(TlsCreds::from_x509_dir(
+            Path::new(dir),
+            args.tls_verify_peer,
+        )?),
+        None => None,
+    };
     let store = secrets(&args.common)?;
     let mut exports = Vec::with_capacity(pairs.len());
     for (name, image) in pairs {
@@ -65,7 +80,7 @@ pub fn run(args: &ServeArgs) -> Result<u8> {
         });
     }
     drop(store);
-    let server = Server::new(exports)?.persistent(args.persistent);
+    let server = Server::new(exports)?.persistent(args.persistent).tls(tls);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
