@@ -4,7 +4,7 @@
 //! zeros (a freshly created sparse file), skips zero ranges at 4 KiB granularity so the
 //! target stays sparse. An encrypted target never reads as zeros, so zeros are written
 //! (encrypted) there.
-use crate::driver::{Allocation, BlockDriver};
+use crate::driver::{Allocation, BlockDriver, Extent};
 use vmcrypt_error::{Result, ResultExt, bail};
 
 /// Copy granularity.
@@ -39,11 +39,25 @@ pub fn convert(
     let mut buf = vec![0u8; CHUNK];
     let mut off = 0u64;
     progress(0, total);
+    let mut cached: Option<(u64, u64, Allocation)> = None;
     while off < total {
         let want = (CHUNK as u64).min(total - off);
-        let ext = src
-            .block_status(off, want)
-            .ctx("querying source allocation")?;
+        let (alloc, ext_end) = match cached {
+            Some((s, e, a)) if s <= off && off < e => (a, e),
+            _ => {
+                let ext = src
+                    .block_status(off, total - off)
+                    .ctx("querying source allocation")?;
+                let e = off + ext.length.max(1);
+                cached = Some((off, e, ext.allocation));
+                (ext.allocation, e)
+            }
+        };
+        let ext = Extent {
+            offset: off,
+            length: ext_end - off,
+            allocation: alloc,
+        };
         let len = ext.length.clamp(1, want);
         if ext.allocation == Allocation::Zero {
             if target_zeroed {
