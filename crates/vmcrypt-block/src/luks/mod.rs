@@ -5,7 +5,7 @@
 //! encrypted in sectors of the segment's sector size (512 for LUKS1, 512..4096 for LUKS2)
 //! with IV sector `iv_tweak + g / 512` (IVs count 512-byte units even for 4096-byte
 //! sectors). Unaligned requests are read-modify-write on whole sectors. Large requests
-//! are split over threads.
+//! are split over rayon's thread pool.
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
 pub mod convert;
@@ -15,6 +15,7 @@ pub mod v2;
 pub mod volume;
 
 use crate::driver::{BlockDriver, Child, check_range};
+use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
@@ -364,20 +365,11 @@ pub(crate) fn crypt(
     if threads < 2 || buf.len() < PARALLEL_MIN {
         return run(iv, buf);
     }
+    // rayon's pool keeps its threads: spawning two per request cost more than it saved.
     let per = (buf.len() / sector).div_ceil(threads) * sector;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(i, b)| {
-                // IVs count 512-byte units whatever the sector size.
-                let iv = iv.wrapping_add((i * per) as u64 / SECTOR);
-                s.spawn(move || run(iv, b))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("crypto thread panicked"))
+    buf.par_chunks_mut(per).enumerate().try_for_each(|(i, b)| {
+        // IVs count 512-byte units whatever the sector size.
+        run(iv.wrapping_add((i * per) as u64 / SECTOR), b)
     })
 }
 
