@@ -4,19 +4,35 @@
 //! zeros (a freshly created sparse file), skips zero ranges at 4 KiB granularity so the
 //! target stays sparse. An encrypted target never reads as zeros, so zeros are written
 //! (encrypted) there.
-use crate::driver::{Allocation, BlockDriver, Extent};
+//!
+//! Reading and writing overlap: a reader thread plans the chunks (block status) and
+//! reads them into a few reusable buffers, which it hands over a bounded channel to the
+//! calling thread; that thread writes them with [`BlockDriver::write_at_mut`] (so an
+//! encrypting target encrypts in place) and sends the buffer back for the next read.
+use crate::driver::{Allocation, BlockDriver};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use vmcrypt_error::{Result, ResultExt, bail};
 
 /// Copy granularity.
-pub const CHUNK: usize = 2 << 20;
+pub const CHUNK: usize = 8 << 20;
 /// Zero-detection granularity (qemu-img's default `-S 4k`).
 pub const ZERO_GRAIN: usize = 4096;
+/// Chunk buffers in circulation: one being read, one queued, one being written.
+const BUFFERS: usize = 3;
 
 /// What a conversion did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConvertStats {
     pub bytes_written: u64,
     pub bytes_skipped: u64,
+}
+
+/// One planned piece of the copy, in order.
+enum Piece {
+    /// The source reads as zeros here.
+    Zero { off: u64, len: u64 },
+    /// Source bytes at `off`: `buf` holds exactly them.
+    Data { off: u64, buf: Vec<u8> },
 }
 
 /// Copy `src` into `dst`. `target_zeroed` says `dst` reads as zeros everywhere now
@@ -36,60 +52,129 @@ pub fn convert(
         );
     }
     let mut stats = ConvertStats::default();
-    let mut buf = vec![0u8; CHUNK];
-    let mut off = 0u64;
     progress(0, total);
+    let (piece_tx, piece_rx) = sync_channel::<Result<Piece>>(BUFFERS - 1);
+    let (buf_tx, buf_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    let size = (CHUNK as u64).min(total) as usize;
+    for _ in 0..BUFFERS {
+        buf_tx
+            .send(vec![0u8; size])
+            .expect("fresh channel has room");
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || read_pieces(src, total, &piece_tx, &buf_rx));
+        // When this returns early, `piece_rx` and `buf_tx` drop, which stops the reader.
+        write_pieces(
+            dst,
+            target_zeroed,
+            total,
+            piece_rx,
+            buf_tx,
+            &mut stats,
+            progress,
+        )
+    })?;
+    dst.flush()?;
+    Ok(stats)
+}
+
+/// The reader thread: plan chunks from the source's allocation and read data chunks
+/// into buffers taken from `bufs`. Stops at the end, at the first error (sent on), or
+/// when the writer hangs up.
+fn read_pieces(
+    src: &dyn BlockDriver,
+    total: u64,
+    out: &SyncSender<Result<Piece>>,
+    bufs: &Receiver<Vec<u8>>,
+) {
+    let mut off = 0u64;
+    // One block-status answer serves every chunk it covers (tmpfs answers SEEK_DATA
+    // by scanning to the end of the file, so asking per chunk is quadratic).
     let mut cached: Option<(u64, u64, Allocation)> = None;
     while off < total {
         let want = (CHUNK as u64).min(total - off);
         let (alloc, ext_end) = match cached {
             Some((s, e, a)) if s <= off && off < e => (a, e),
-            _ => {
-                let ext = src
-                    .block_status(off, total - off)
-                    .ctx("querying source allocation")?;
-                let e = off + ext.length.max(1);
-                cached = Some((off, e, ext.allocation));
-                (ext.allocation, e)
-            }
+            _ => match src.block_status(off, total - off) {
+                Ok(ext) => {
+                    let e = off + ext.length.max(1);
+                    cached = Some((off, e, ext.allocation));
+                    (ext.allocation, e)
+                }
+                Err(e) => {
+                    let _ = out.send(Err(e).ctx("querying source allocation"));
+                    return;
+                }
+            },
         };
-        let ext = Extent {
-            offset: off,
-            length: ext_end - off,
-            allocation: alloc,
-        };
-        let len = ext.length.clamp(1, want);
-        if ext.allocation == Allocation::Zero {
-            if target_zeroed {
-                stats.bytes_skipped += len;
-            } else {
-                dst.write_zeroes(off, len)?;
-                stats.bytes_written += len;
-            }
+        let len = (ext_end - off).clamp(1, want);
+        let piece = if alloc == Allocation::Zero {
+            Piece::Zero { off, len }
         } else {
-            let b = &mut buf[..len as usize];
-            src.read_at(b, off)
-                .with_ctx(|| format!("reading source at offset {off}"))?;
-            copy_runs(dst, b, off, target_zeroed, &mut stats)
-                .with_ctx(|| format!("writing target at offset {off}"))?;
+            let Ok(mut buf) = bufs.recv() else { return };
+            buf.resize(len as usize, 0);
+            if let Err(e) = src.read_at(&mut buf, off) {
+                let _ = out.send(Err(e).with_ctx(|| format!("reading source at offset {off}")));
+                return;
+            }
+            Piece::Data { off, buf }
+        };
+        if out.send(Ok(piece)).is_err() {
+            return;
         }
         off += len;
-        progress(off, total);
     }
-    dst.flush()?;
-    Ok(stats)
 }
 
-/// Write `b` at `off`, leaving out 4 KiB-aligned all-zero pieces when the target is zeroed.
+/// The calling thread: write the pieces in order, hand buffers back, report progress.
+fn write_pieces(
+    dst: &dyn BlockDriver,
+    target_zeroed: bool,
+    total: u64,
+    pieces: Receiver<Result<Piece>>,
+    bufs: SyncSender<Vec<u8>>,
+    stats: &mut ConvertStats,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let mut done = 0u64;
+    while done < total {
+        let Ok(piece) = pieces.recv() else {
+            bail!(Internal, "the source reader stopped at offset {done}");
+        };
+        match piece? {
+            Piece::Zero { off, len } => {
+                if target_zeroed {
+                    stats.bytes_skipped += len;
+                } else {
+                    dst.write_zeroes(off, len)?;
+                    stats.bytes_written += len;
+                }
+                done = off + len;
+            }
+            Piece::Data { off, mut buf } => {
+                copy_runs(dst, &mut buf, off, target_zeroed, stats)
+                    .with_ctx(|| format!("writing target at offset {off}"))?;
+                done = off + buf.len() as u64;
+                // The reader may already have finished and gone: nothing to hand back.
+                let _ = bufs.send(buf);
+            }
+        }
+        progress(done, total);
+    }
+    Ok(())
+}
+
+/// Write `b` at `off`, leaving out 4 KiB-aligned all-zero pieces when the target is
+/// zeroed. The target may clobber `b` (it is not read again after being written).
 fn copy_runs(
     dst: &dyn BlockDriver,
-    b: &[u8],
+    b: &mut [u8],
     off: u64,
     target_zeroed: bool,
     stats: &mut ConvertStats,
 ) -> Result<()> {
     if !target_zeroed {
-        dst.write_at(b, off)?;
+        dst.write_at_mut(b, off)?;
         stats.bytes_written += b.len() as u64;
         return Ok(());
     }
@@ -103,7 +188,7 @@ fn copy_runs(
         if zero {
             stats.bytes_skipped += (j - i) as u64;
         } else {
-            dst.write_at(&b[i..j], off + i as u64)?;
+            dst.write_at_mut(&mut b[i..j], off + i as u64)?;
             stats.bytes_written += (j - i) as u64;
         }
         i = j;

@@ -45,6 +45,13 @@ pub trait BlockDriver: Send + Sync {
     /// may grow).
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()>;
 
+    /// Write `buf` at `offset` like [`BlockDriver::write_at`], but the driver may use
+    /// `buf` as scratch space (an encrypting node encrypts it in place), so its contents
+    /// are unspecified afterwards. Callers that no longer need the data save a copy.
+    fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.write_at(buf, offset)
+    }
+
     /// Make every completed write durable.
     fn flush(&self) -> Result<()>;
 

@@ -44,6 +44,12 @@ impl BlockDriver for RawDriver {
         }
         self.file.write_at(buf, self.offset + offset)
     }
+    fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if self.size.is_some() {
+            check_range("raw write", offset, buf.len(), self.size())?;
+        }
+        self.file.write_at_mut(buf, self.offset + offset)
+    }
     fn flush(&self) -> Result<()> {
         self.file.flush()
     }

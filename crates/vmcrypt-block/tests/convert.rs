@@ -40,3 +40,90 @@ fn sparse_source_gives_sparse_identical_target() {
         std::fs::read(dir.path().join("dst2.raw")).unwrap()
     );
 }
+
+/// A source that fails every read touching `[bad, ..)`.
+struct FailingSource {
+    inner: vmcrypt_block::mem::MemDriver,
+    bad: u64,
+}
+
+impl BlockDriver for FailingSource {
+    fn driver_name(&self) -> &'static str {
+        "failing"
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vmcrypt_error::Result<()> {
+        if offset + buf.len() as u64 > self.bad {
+            vmcrypt_error::bail!(Io, "injected read fault");
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> vmcrypt_error::Result<()> {
+        vmcrypt_error::bail!(ReadOnly, "read-only");
+    }
+    fn flush(&self) -> vmcrypt_error::Result<()> {
+        Ok(())
+    }
+    fn is_read_only(&self) -> bool {
+        true
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut v: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8 | 1).collect();
+    // Zero runs inside data: one grain-aligned, one not.
+    v[(1 << 20)..(1 << 20) + 3 * 4096].fill(0);
+    v[(9 << 20) + 100..(9 << 20) + 9000].fill(0);
+    v
+}
+
+#[test]
+fn many_chunks_copy_exactly_with_ordered_progress() {
+    use vmcrypt_block::mem::MemDriver;
+    let len = 2 * vmcrypt_block::convert::CHUNK + 12_345;
+    let data = pattern(len);
+    let src = MemDriver::new(data.clone());
+    for zeroed in [true, false] {
+        let dst = MemDriver::new(vec![if zeroed { 0 } else { 0xee }; len]);
+        let mut seen = vec![];
+        let stats = convert(&src, &dst, zeroed, &mut |d, t| seen.push((d, t))).unwrap();
+        assert!(dst.snapshot() == data, "zeroed={zeroed}");
+        assert_eq!(stats.bytes_written + stats.bytes_skipped, len as u64);
+        // Three grains of the first run and the one whole grain inside the second.
+        assert_eq!(stats.bytes_skipped, if zeroed { 4 * 4096 } else { 0 });
+        assert_eq!(seen.first(), Some(&(0, len as u64)));
+        assert_eq!(seen.last(), Some(&(len as u64, len as u64)));
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    }
+}
+
+#[test]
+fn errors_name_the_side_and_offset_and_do_not_hang() {
+    use vmcrypt_block::mem::MemDriver;
+    use vmcrypt_block::testing::FaultyDriver;
+    let chunk = vmcrypt_block::convert::CHUNK;
+    let len = 3 * chunk;
+    let src = FailingSource {
+        inner: MemDriver::new(pattern(len)),
+        bad: (2 * chunk) as u64,
+    };
+    let dst = MemDriver::new(vec![0; len]);
+    let e = convert(&src, &dst, false, &mut |_, _| {}).unwrap_err();
+    let msg = e.display_chain();
+    assert!(
+        msg.contains(&format!("reading source at offset {}", 2 * chunk)),
+        "{msg}"
+    );
+    assert!(dst.snapshot()[..2 * chunk] == pattern(len)[..2 * chunk]);
+
+    let good = MemDriver::new(pattern(len));
+    let faulty = FaultyDriver::new(Arc::new(MemDriver::new(vec![0; len])), 1);
+    let e = convert(&good, &faulty, false, &mut |_, _| {}).unwrap_err();
+    let msg = e.display_chain();
+    assert!(
+        msg.contains(&format!("writing target at offset {chunk}")),
+        "{msg}"
+    );
+}

@@ -5,7 +5,7 @@
 //! encrypted in sectors of the segment's sector size (512 for LUKS1, 512..4096 for LUKS2)
 //! with IV sector `iv_tweak + g / 512` (IVs count 512-byte units even for 4096-byte
 //! sectors). Unaligned requests are read-modify-write on whole sectors. Large requests
-//! are split over threads.
+//! are split over rayon's thread pool.
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
 pub mod convert;
@@ -15,7 +15,8 @@ pub mod v2;
 pub mod volume;
 
 use crate::driver::{BlockDriver, Child, check_range};
-use std::sync::{Arc, RwLock};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -28,8 +29,10 @@ pub use volume::{CreateParams, KdfParams, Luks1Volume, Unlocked};
 pub const SECTOR: u64 = 512;
 /// Requests at least this large are encrypted on several threads.
 const PARALLEL_MIN: usize = 256 * 1024;
-/// Largest buffer encrypted in one piece on the write path.
+/// Largest buffer encrypted in one piece on the copying write path.
 const WRITE_CHUNK: usize = 4 << 20;
+/// Scratch buffers a node keeps for the copying write path.
+const SCRATCH_KEEP: usize = 4;
 
 /// A byte offset in the decrypted (guest) address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,6 +114,9 @@ pub struct LuksDriver {
     /// read-modify-write cannot write back sector contents that another write replaced
     /// in the meantime.
     rmw: RwLock<()>,
+    /// Reusable scratch buffers for [`BlockDriver::write_at`] (which must not touch the
+    /// caller's buffer), so a write neither allocates nor zeroes one.
+    scratch: Mutex<Vec<Vec<u8>>>,
 }
 
 impl LuksDriver {
@@ -200,6 +206,7 @@ impl LuksDriver {
             unlocked_slot,
             read_only_reason,
             rmw: RwLock::new(()),
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -260,19 +267,82 @@ impl LuksDriver {
         crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false)
     }
 
-    /// Encrypt and write whole sectors starting at the sector-aligned `g`.
+    /// Encrypt and write whole sectors starting at the sector-aligned `g`, copying
+    /// `data` piecewise into a reused scratch buffer.
     fn write_sectors(&self, data: &[u8], g: GuestOffset) -> Result<()> {
-        let cipher = self.cipher()?;
-        let mut scratch = vec![0u8; data.len().min(WRITE_CHUNK)];
+        let mut scratch = self.take_scratch();
+        let mut result = Ok(());
         for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
             let off = GuestOffset(g.0 + (i * WRITE_CHUNK) as u64);
-            let buf = &mut scratch[..chunk.len()];
-            buf.copy_from_slice(chunk);
-            crypt(cipher, self.iv(off), self.layout.sector as usize, buf, true)?;
-            self.file.write_at(buf, self.host(off).0)?;
+            scratch.clear();
+            scratch.extend_from_slice(chunk);
+            result = self.encrypt_and_write(&mut scratch, off);
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if result.is_err() {
+            // It may still hold plaintext.
+            scratch.fill(0);
+        }
+        self.return_scratch(scratch);
+        result
     }
+
+    /// Encrypt whole sectors in place and write them at the sector-aligned `g`.
+    fn encrypt_and_write(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
+        let cipher = self.cipher()?;
+        crypt(cipher, self.iv(g), self.layout.sector as usize, buf, true)?;
+        self.file.write_at(buf, self.host(g).0)
+    }
+
+    fn take_scratch(&self) -> Vec<u8> {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        pool.pop().unwrap_or_default()
+    }
+
+    /// Keep `buf` (which holds ciphertext or zeros) for the next write.
+    fn return_scratch(&self, buf: Vec<u8>) {
+        let mut pool = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < SCRATCH_KEEP {
+            pool.push(buf);
+        }
+    }
+
+    /// Common checks of a write; `Ok(true)` when it covers whole sectors.
+    fn check_write(&self, offset: u64, len: usize) -> Result<bool> {
+        if let Some(why) = &self.read_only_reason {
+            bail!(ReadOnly, "'{}' is read-only: {why}", self.file.filename());
+        }
+        check_range("luks write", offset, len, self.size())?;
+        self.cipher()?;
+        let ss = self.layout.sector;
+        Ok(offset.is_multiple_of(ss) && (len as u64).is_multiple_of(ss))
+    }
+
+    /// Read-modify-write of the partial head/tail sectors, serialised against every
+    /// other write so that no writer to one sector can lose another's bytes.
+    fn write_unaligned(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let ss = self.layout.sector;
+        let start = offset / ss * ss;
+        let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
+        let _guard = self.rmw.write().expect("rmw lock");
+        let mut tmp = vec![0u8; (end - start) as usize];
+        self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
+        if end - start > ss {
+            let last = tmp.len() - ss as usize;
+            self.read_sectors(&mut tmp[last..], GuestOffset(end - ss))?;
+        }
+        let skip = (offset - start) as usize;
+        tmp[skip..skip + buf.len()].copy_from_slice(buf);
+        self.encrypt_and_write(&mut tmp, GuestOffset(start))
+    }
+}
+
+/// The number of cores, asked once (the std call reads cgroup files every time).
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Encrypt or decrypt `buf` (whole sectors of `sector` bytes, first IV sector `iv`), on
@@ -284,7 +354,7 @@ pub(crate) fn crypt(
     buf: &mut [u8],
     encrypt: bool,
 ) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores();
     let run = |iv: u64, b: &mut [u8]| {
         if encrypt {
             cipher.encrypt(iv, sector, b)
@@ -295,20 +365,11 @@ pub(crate) fn crypt(
     if threads < 2 || buf.len() < PARALLEL_MIN {
         return run(iv, buf);
     }
+    // rayon's pool keeps its threads: spawning two per request cost more than it saved.
     let per = (buf.len() / sector).div_ceil(threads) * sector;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = buf
-            .chunks_mut(per)
-            .enumerate()
-            .map(|(i, b)| {
-                // IVs count 512-byte units whatever the sector size.
-                let iv = iv.wrapping_add((i * per) as u64 / SECTOR);
-                s.spawn(move || run(iv, b))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().expect("crypto thread panicked"))
+    buf.par_chunks_mut(per).enumerate().try_for_each(|(i, b)| {
+        // IVs count 512-byte units whatever the sector size.
+        run(iv.wrapping_add((i * per) as u64 / SECTOR), b)
     })
 }
 
@@ -339,30 +400,23 @@ impl BlockDriver for LuksDriver {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if let Some(why) = &self.read_only_reason {
-            bail!(ReadOnly, "'{}' is read-only: {why}", self.file.filename());
+        if !self.check_write(offset, buf.len())? {
+            return self.write_unaligned(buf, offset);
         }
-        check_range("luks write", offset, buf.len(), self.size())?;
-        self.cipher()?;
-        let ss = self.layout.sector;
-        let start = offset / ss * ss;
-        let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
-        if start == offset && end == offset + buf.len() as u64 {
-            let _shared = self.rmw.read().expect("rmw lock");
-            return self.write_sectors(buf, GuestOffset(offset));
+        let _shared = self.rmw.read().expect("rmw lock");
+        self.write_sectors(buf, GuestOffset(offset))
+    }
+
+    /// Encrypts `buf` in place: no copy, no scratch buffer.
+    fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if !self.check_write(offset, buf.len())? {
+            return self.write_unaligned(buf, offset);
         }
-        // Read-modify-write of the partial head/tail sectors, serialised against every
-        // other write so that no writer to one sector can lose another's bytes.
-        let _guard = self.rmw.write().expect("rmw lock");
-        let mut tmp = vec![0u8; (end - start) as usize];
-        self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
-        if end - start > ss {
-            let last = tmp.len() - ss as usize;
-            self.read_sectors(&mut tmp[last..], GuestOffset(end - ss))?;
+        if buf.is_empty() {
+            return Ok(());
         }
-        let skip = (offset - start) as usize;
-        tmp[skip..skip + buf.len()].copy_from_slice(buf);
-        self.write_sectors(&tmp, GuestOffset(start))
+        let _shared = self.rmw.read().expect("rmw lock");
+        self.encrypt_and_write(buf, GuestOffset(offset))
     }
 
     fn flush(&self) -> Result<()> {

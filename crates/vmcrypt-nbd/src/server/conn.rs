@@ -27,7 +27,50 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// Bytes of request payload and reply data a connection may hold at once.
 const INFLIGHT_BUDGET: u32 = 96 << 20;
 
+/// Most bytes of idle WRITE payload buffers a connection keeps for reuse.
+const POOL_BYTES: usize = 32 << 20;
+
 type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
+
+/// Idle WRITE payload buffers of one connection (so a write neither allocates nor
+/// zeroes its buffer).
+#[derive(Clone, Default)]
+struct Pool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Pool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let held: usize = idle.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() <= POOL_BYTES {
+            idle.push(buf);
+        }
+    }
+}
+
+/// Read exactly `n` payload bytes into `buf` (replacing its contents) without first
+/// zero-filling it.
+async fn read_payload<R>(rd: &mut R, buf: &mut Vec<u8>, n: usize) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+{
+    buf.clear();
+    buf.reserve_exact(n);
+    let mut limited = rd.take(n as u64);
+    while buf.len() < n {
+        if limited.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
 
 /// The connection after the handshake: clear text or TLS.
 enum Conn<S> {
@@ -204,6 +247,7 @@ where
         base_allocation: n.base_allocation,
     };
     let mut inflight = JoinSet::new();
+    let pool = Pool::default();
     let result = loop {
         // Reap finished tasks so the set does not grow without bound.
         while inflight.try_join_next().is_some() {}
@@ -251,15 +295,25 @@ where
             .acquire_many_owned(cost(&cmd))
             .await
             .map_err(io::Error::other)?;
-        let mut payload = vec![0u8; req.payload_len() as usize];
-        rd.read_exact(&mut payload).await?;
+        let n = req.payload_len() as usize;
+        let mut payload = if n > 0 { pool.take() } else { Vec::new() };
+        read_payload(&mut rd, &mut payload, n).await?;
         let node = export.node.clone();
         let writer = writer.clone();
         let cookie = req.cookie;
+        let pool = pool.clone();
         inflight.spawn(async move {
-            let work = move || ops::execute(node.as_ref(), cmd, payload, replies, cookie);
+            let work = move || {
+                let reply = ops::execute(node.as_ref(), cmd, &mut payload, replies, cookie);
+                (reply, payload)
+            };
             let reply = match tokio::task::spawn_blocking(work).await {
-                Ok(r) => r,
+                Ok((r, payload)) => {
+                    if payload.capacity() > 0 {
+                        pool.give(payload);
+                    }
+                    r
+                }
                 Err(e) => {
                     tracing::warn!(cookie, "I/O task failed: {e}");
                     replies.error(cookie, crate::proto::NbdError::Io, "internal error")

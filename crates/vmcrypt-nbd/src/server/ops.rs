@@ -14,11 +14,12 @@ use vmcrypt_error::{Error, Result, bail};
 /// Most descriptors sent in one BLOCK_STATUS reply (the spec lets us cover a prefix).
 const MAX_EXTENTS: usize = 1024;
 
-/// Run `cmd` (never `Disconnect`) on `node` and encode its reply for `cookie`.
+/// Run `cmd` (never `Disconnect`) on `node` and encode its reply for `cookie`. A WRITE's
+/// `payload` may be clobbered (an encrypting node encrypts it in place).
 pub(crate) fn execute(
     node: &dyn BlockDriver,
     cmd: Command,
-    payload: Vec<u8>,
+    payload: &mut [u8],
     replies: Replies,
     cookie: u64,
 ) -> Vec<u8> {
@@ -30,7 +31,7 @@ pub(crate) fn execute(
             req_one,
         } => return block_status(node, offset, length, req_one, replies, cookie),
         Command::Write { offset, fua, .. } => node
-            .write_at(&payload, offset)
+            .write_at_mut(payload, offset)
             .and_then(|()| fua_flush(node, fua)),
         Command::WriteZeroes {
             offset,
@@ -160,7 +161,7 @@ mod tests {
                 offset: 10,
                 length: 5,
             },
-            vec![],
+            &mut [],
             ST,
             9,
         );
@@ -172,7 +173,7 @@ mod tests {
                 offset: 0,
                 length: 2,
             },
-            vec![],
+            &mut [],
             simple,
             9,
         );
@@ -183,7 +184,7 @@ mod tests {
                 offset: 0,
                 length: 0,
             },
-            vec![],
+            &mut [],
             ST,
             9,
         );
@@ -199,7 +200,7 @@ mod tests {
             fua: true,
         };
         assert_eq!(
-            execute(&node, w, vec![1, 2, 3], ST, 1),
+            execute(&node, w, &mut [1, 2, 3], ST, 1),
             none_chunk(1).to_vec()
         );
         let z = Command::WriteZeroes {
@@ -208,7 +209,7 @@ mod tests {
             fua: false,
             no_hole: true,
         };
-        assert_eq!(execute(&node, z, vec![], ST, 2), none_chunk(2).to_vec());
+        assert_eq!(execute(&node, z, &mut [], ST, 2), none_chunk(2).to_vec());
         let data = node.snapshot();
         assert!(data[..101].iter().all(|&b| b == 0));
         assert_eq!(&data[101..104], &[2, 3, 7]);
@@ -222,7 +223,7 @@ mod tests {
             length: 1,
             fua: false,
         };
-        let r = execute(&node, w, vec![1], ST, 3);
+        let r = execute(&node, w, &mut [1], ST, 3);
         // ERROR chunk type 0x8001 and EPERM for a read-only node.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &1u32.to_be_bytes());
@@ -236,7 +237,7 @@ mod tests {
             length: 4096,
             req_one: false,
         };
-        let r = execute(&node, bs, vec![], ST, 4);
+        let r = execute(&node, bs, &mut [], ST, 4);
         assert_eq!(r, block_status_chunk(4, BASE_ALLOCATION_ID, &[(4096, 0)]));
     }
 }
