@@ -48,6 +48,26 @@ pub enum Header {
     V2(Box<Luks2Volume>),
 }
 
+impl Header {
+    /// Try `passphrase` on `slot` (or every usable slot): (slot, volume key).
+    pub fn unlock(
+        &self,
+        passphrase: &[u8],
+        slot: Option<u32>,
+    ) -> Result<(u32, vmcrypt_crypto::SecretBytes)> {
+        Ok(match self {
+            Header::V1(v) => {
+                let u = v.unlock(passphrase, slot.map(|s| s as usize))?;
+                (u.slot as u32, u.volume_key)
+            }
+            Header::V2(v) => {
+                let u = v.unlock(passphrase, slot)?;
+                (u.slot, u.volume_key)
+            }
+        })
+    }
+}
+
 /// Which LUKS version the header device holds (by its first bytes; a LUKS2 device with
 /// a damaged primary header is still LUKS2 if a secondary copy is found later).
 pub fn probe_version(dev: &dyn BlockDriver) -> Result<u16> {

@@ -128,10 +128,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
                 Some(f) => read_key_file(f)?,
                 None => {
                     let pass = existing(key.key_file.as_deref(), &device)?;
-                    match &hdr {
-                        Header::V1(v) => v.unlock(pass.as_bytes(), None)?.volume_key,
-                        Header::V2(v) => v.unlock(pass.as_bytes(), None)?.volume_key,
-                    }
+                    hdr.unlock(pass.as_bytes(), None)?.1
                 }
             };
             let newpass = new_passphrase(new_key_file_pos.as_deref(), &new, &key)?;
@@ -223,10 +220,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         } => {
             let hdr = open_for_write(&device, &key)?;
             let old = existing(key.key_file.as_deref(), &device)?;
-            match &hdr {
-                Header::V1(v) => drop(v.unlock(old.as_bytes(), key.key_slot)?),
-                Header::V2(v) => drop(v.unlock(old.as_bytes(), slot2(&key))?),
-            }
+            hdr.unlock(old.as_bytes(), slot2(&key))?;
             let newpass = new_passphrase(new_key_file_pos.as_deref(), &new, &key)?;
             match hdr {
                 Header::V1(mut v) => {
@@ -288,10 +282,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         } => is_luks(&device, &key, verbose),
         LuksCommand::TestKey { device, key } => {
             let pass = existing(key.key_file.as_deref(), &device)?;
-            let slot = match open_any(&device, &key, true)? {
-                Header::V1(v) => v.unlock(pass.as_bytes(), key.key_slot)?.slot as u32,
-                Header::V2(v) => v.unlock(pass.as_bytes(), slot2(&key))?.slot,
-            };
+            let (slot, _) = open_any(&device, &key, true)?.unlock(pass.as_bytes(), slot2(&key))?;
             eprintln!("Key slot {slot} unlocked.");
             Ok(0)
         }
@@ -351,10 +342,7 @@ fn dump(device: &str, key: &KeyOpts, dump_volume_key: bool, json: bool) -> Resul
     let hdr = open_any(device, key, true)?;
     let vk = if dump_volume_key {
         let pass = existing(key.key_file.as_deref(), device)?;
-        Some(match &hdr {
-            Header::V1(v) => v.unlock(pass.as_bytes(), key.key_slot)?.volume_key,
-            Header::V2(v) => v.unlock(pass.as_bytes(), slot2(key))?.volume_key,
-        })
+        Some(hdr.unlock(pass.as_bytes(), slot2(key))?.1)
     } else {
         None
     };

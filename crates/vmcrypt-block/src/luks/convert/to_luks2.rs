@@ -5,7 +5,7 @@ use super::{
     first_fit, grid_assign, kdf_limits_v1, overlaps, refuse, subtract, wipe, write_flush,
 };
 use crate::driver::BlockDriver;
-use crate::luks::v2::header_hasher;
+use crate::luks::v2::{header_hasher, read_clamped};
 use crate::luks::volume::Luks1Volume;
 use serde_json::json;
 use std::sync::Arc;
@@ -327,11 +327,7 @@ fn check_luks2_result(
     let mut image_head = primary.to_vec();
     image_head.extend_from_slice(secondary);
     let read = |off: u64, len: usize| -> Result<Vec<u8>> {
-        let n = (len as u64).min(size.saturating_sub(off)) as usize;
-        let mut buf = vec![0u8; n];
-        if n > 0 {
-            dev.read_at(&mut buf, off)?;
-        }
+        let mut buf = read_clamped(dev, off, len)?;
         for (i, b) in buf.iter_mut().enumerate() {
             let at = off + i as u64;
             if let Some(&h) = image_head.get(at as usize) {

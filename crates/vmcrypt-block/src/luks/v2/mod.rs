@@ -53,16 +53,8 @@ impl Luks2Volume {
     /// Read the header copies from `dev` and keep the newest valid one.
     pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
         let size = dev.size();
-        let read = |off: u64, len: usize| -> Result<Vec<u8>> {
-            let n = (len as u64).min(size.saturating_sub(off)) as usize;
-            let mut buf = vec![0u8; n];
-            if n > 0 {
-                dev.read_at(&mut buf, off)?;
-            }
-            Ok(buf)
-        };
         let loaded = luks2::load_with(
-            read,
+            |off, len| read_clamped(dev.as_ref(), off, len),
             &header_hasher,
             LoadOptions {
                 device_size: Some(size),
@@ -394,6 +386,17 @@ impl Luks2Volume {
         }
         self.write_header(next)
     }
+}
+
+/// Up to `len` bytes at `off` of `dev` (fewer at its end): the reader `luks2::load_with`
+/// wants.
+pub(crate) fn read_clamped(dev: &dyn BlockDriver, off: u64, len: usize) -> Result<Vec<u8>> {
+    let n = (len as u64).min(dev.size().saturating_sub(off)) as usize;
+    let mut buf = vec![0u8; n];
+    if n > 0 {
+        dev.read_at(&mut buf, off)?;
+    }
+    Ok(buf)
 }
 
 /// Key material bytes of a keyslot: key_size * stripes, rounded up to 512.
