@@ -288,6 +288,7 @@ fn open_qcow(
         passphrase: pass.map(|p| p.as_bytes()),
         encrypt_format: format.as_deref(),
         limits: ctx.limits,
+        writable: !ctx.read_only,
     };
     let missing_key = || {
         Error::usage(format!(

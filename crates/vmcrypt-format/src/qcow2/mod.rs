@@ -2,6 +2,7 @@
 //! entries, compressed cluster descriptors. Bytes in, typed values out; no I/O.
 pub mod ext;
 pub mod header;
+pub mod refcount;
 pub mod table;
 pub mod v1;
 
