@@ -116,6 +116,7 @@ fn open_node(store: &SecretStore, opts: &str, read_only: bool) -> Arc<dyn BlockD
         read_only,
         metadata_only: false,
         limits: Default::default(),
+        writable_backing: false,
     };
     graph::open(&spec(opts), &ctx).unwrap()
 }

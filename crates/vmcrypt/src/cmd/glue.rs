@@ -180,6 +180,7 @@ pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
         read_only: true,
         metadata_only: true,
         limits: a.common.limits.limits(),
+        writable_backing: false,
     };
     let node = graph::open(&spec, &ctx)?;
     if driver == "luks" || driver == "luks2" {
