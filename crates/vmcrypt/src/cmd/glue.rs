@@ -283,55 +283,69 @@ fn chain(mut spec: Map<String, Value>, ctx: &OpenContext, ids: &[String]) -> Res
         let node = graph::open(&probe, ctx)?;
         let image = node.filename();
         layer_secret(&mut spec, &*node, &image, &prefix, ids, out.is_empty())?;
-        let mut next = match given {
-            Some(Value::Null) => bail!(
-                Unsupported,
-                "{prefix}backing=null (cutting the chain) is not supported by qemu-args"
-            ),
-            None => Map::new(),
-            Some(Value::String(f)) => graph::spec_from_filename(&f, None)?,
-            Some(Value::Object(m)) => m,
-            Some(_) => bail!(
-                Usage,
-                "option '{prefix}backing' must be an object or a filename"
-            ),
-        };
-        let Some((bname, bfmt)) = node.backing_info() else {
-            ensure!(
-                next.is_empty(),
-                Usage,
-                "'{image}' has no backing file, but {prefix}backing options were given"
-            );
+        let Some(next) = backing_spec(given, &*node, &image, &prefix)? else {
             out.push(Layer {
                 spec,
                 has_backing: false,
             });
             return Ok(out);
         };
-        if !next.contains_key("file") {
-            for (k, v) in graph::spec_from_filename(&resolve_backing(&image, &bname), None)? {
-                next.entry(k).or_insert(v);
-            }
-        }
-        if !next.contains_key("driver") {
-            let fmt = match bfmt {
-                Some(f) => f,
-                None => graph::probed_format(&next)?
-                    .ok_or_else(|| {
-                        Error::usage(format!(
-                            "{prefix}backing.driver: cannot tell the format of '{bname}'"
-                        ))
-                    })?
-                    .to_string(),
-            };
-            next.insert("driver".into(), Value::String(fmt));
-        }
         out.push(Layer {
             spec,
             has_backing: true,
         });
         spec = next;
     }
+}
+
+/// The options of the layer below `image`: those given under its `backing`, completed
+/// by the header's backing file name and format; `None` when the image has no backing.
+fn backing_spec(
+    given: Option<Value>,
+    node: &dyn BlockDriver,
+    image: &str,
+    prefix: &str,
+) -> Result<Option<Map<String, Value>>> {
+    let mut next = match given {
+        Some(Value::Null) => bail!(
+            Unsupported,
+            "{prefix}backing=null (cutting the chain) is not supported by qemu-args"
+        ),
+        None => Map::new(),
+        Some(Value::String(f)) => graph::spec_from_filename(&f, None)?,
+        Some(Value::Object(m)) => m,
+        Some(_) => bail!(
+            Usage,
+            "option '{prefix}backing' must be an object or a filename"
+        ),
+    };
+    let Some((bname, bfmt)) = node.backing_info() else {
+        ensure!(
+            next.is_empty(),
+            Usage,
+            "'{image}' has no backing file, but {prefix}backing options were given"
+        );
+        return Ok(None);
+    };
+    if !next.contains_key("file") {
+        for (k, v) in graph::spec_from_filename(&resolve_backing(image, &bname), None)? {
+            next.entry(k).or_insert(v);
+        }
+    }
+    if !next.contains_key("driver") {
+        let fmt = match bfmt {
+            Some(f) => f,
+            None => graph::probed_format(&next)?
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "{prefix}backing.driver: cannot tell the format of '{bname}'"
+                    ))
+                })?
+                .to_string(),
+        };
+        next.insert("driver".into(), Value::String(fmt));
+    }
+    Ok(Some(next))
 }
 
 /// A backing file name from a header: `json:` and absolute names as they are, others
