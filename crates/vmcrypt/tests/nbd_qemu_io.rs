@@ -39,7 +39,7 @@ fn run_commands(url: &str, plain: &[u8]) -> Vec<u8> {
     let mut want = plain.to_vec();
     want[..MIB].fill(0x11);
     want[MIB..2 * MIB].fill(0);
-    // TRIM is advisory and vmcrypt ignores it (docs/vm-glue.md): 2M+64k keeps its data.
+    // TRIM is advisory and LUKS nodes ignore it (docs/vm-glue.md): 2M+64k keeps its data.
     want
 }
 

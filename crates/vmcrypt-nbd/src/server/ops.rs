@@ -1,9 +1,10 @@
 //! Running one validated command against a block node. These functions are synchronous
 //! and run on tokio's blocking pool; each returns the complete reply bytes.
 //!
-//! TRIM is accepted and does nothing (after a flush when FUA is set): it is advisory in
-//! NBD, the block layer has no discard operation, and on an encrypted node discarding
-//! ciphertext would reveal which blocks are in use. WRITE_ZEROES uses the node's
+//! TRIM goes to the node's `discard` (then a flush when FUA is set). It is advisory in
+//! NBD: qcow2 turns whole clusters into zero clusters, while raw and LUKS nodes ignore it
+//! (on an encrypted node, punching holes in the ciphertext would reveal which blocks
+//! are in use). WRITE_ZEROES uses the node's
 //! `write_zeroes` (which may punch holes in a raw file) unless NO_HOLE is set, in
 //! which case zero buffers are written so the range stays allocated. A FAST_ZERO request
 //! succeeds at once when the node reports the whole range as already reading zeros (and
@@ -51,7 +52,13 @@ pub(crate) fn execute(
             no_hole,
             fast: false,
         } => zeroes(node, offset, length, no_hole).and_then(|()| fua_flush(node, fua)),
-        Command::Trim { fua, .. } => fua_flush(node, fua),
+        Command::Trim {
+            offset,
+            length,
+            fua,
+        } => node
+            .discard(offset, u64::from(length))
+            .and_then(|()| fua_flush(node, fua)),
         Command::Flush => node.flush(),
         Command::Cache | Command::Disconnect => Ok(()),
     };
