@@ -87,6 +87,17 @@ pub trait BlockDriver: Send + Sync {
         })
     }
 
+    /// Copy this layer's data into its backing node and (unless `keep_top`) empty this
+    /// layer (`qemu-img commit`). `progress(done, total)` reports bytes processed.
+    fn commit(&self, keep_top: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        let _ = (keep_top, progress);
+        bail!(
+            Unsupported,
+            "driver '{}' has no backing file to commit into",
+            self.driver_name()
+        )
+    }
+
     /// Whether a freshly created node of this driver reads as zeros everywhere.
     fn has_zero_init(&self) -> bool {
         false

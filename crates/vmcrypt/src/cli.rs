@@ -138,6 +138,20 @@ pub enum Command {
         #[arg(allow_hyphen_values = true)]
         size: String,
     },
+    /// Copy an image's data into its backing file (qemu-img commit)
+    Commit {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// Do not empty the image after the commit
+        #[arg(short = 'd')]
+        keep: bool,
+        /// Show progress
+        #[arg(short = 'p')]
+        progress: bool,
+        filename: String,
+    },
     /// LUKS header and key-slot management (cryptsetup's luks* commands)
     Luks {
         #[command(subcommand)]

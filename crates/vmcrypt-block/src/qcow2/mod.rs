@@ -7,6 +7,7 @@
 //! by the graph opener ([`Qcow2Driver::set_backing`]), which resolves
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
+mod commit;
 pub mod crypt;
 pub mod engine;
 mod meta;
@@ -205,8 +206,6 @@ fn write_refusal(writable: bool, h: &Header, crypto: &Crypto) -> Option<String> 
         "legacy AES-encrypted qcow images are insecure and read-only here: convert to LUKS \
          with 'vmcrypt convert -O qcow2 -o encrypt.format=luks,encrypt.key-secret=ID'"
             .into()
-    } else if !crypto.is_unlocked() {
-        "the image is encrypted and no key was given".into()
     } else if h.has_extended_l2() {
         "writing images with extended L2 entries (subclusters) is not supported yet".into()
     } else if h.is_corrupt() {
@@ -343,6 +342,9 @@ impl BlockDriver for Qcow2Driver {
     }
     fn flush(&self) -> Result<()> {
         self.flush_all()
+    }
+    fn commit(&self, keep_top: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.commit_into_backing(keep_top, progress)
     }
     fn has_zero_init(&self) -> bool {
         self.engine.backing.is_none()

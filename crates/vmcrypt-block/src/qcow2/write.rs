@@ -48,6 +48,17 @@ impl Qcow2Driver {
         Ok(())
     }
 
+    /// Data writes need the key (metadata changes such as growth do not).
+    pub(super) fn check_key(&self) -> Result<()> {
+        ensure!(
+            self.engine.crypto.is_unlocked(),
+            Usage,
+            "'{}' is encrypted: writing data needs its key (encrypt.key-secret=ID)",
+            self.engine.file.filename()
+        );
+        Ok(())
+    }
+
     /// The raw L1 and L2 entries of guest cluster `ci` (L2 entry 0 when no table).
     fn raw_entry(&self, ci: u64) -> Result<(u64, u64)> {
         let l1i = (ci >> self.header.l2_bits()) as usize;
@@ -89,6 +100,7 @@ impl Qcow2Driver {
     /// Write guest bytes (`buf` may be used as scratch space).
     pub(super) fn write_guest(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.check_writable()?;
+        self.check_key()?;
         let aligned = offset.is_multiple_of(512) && buf.len().is_multiple_of(512);
         if aligned || !self.engine.crypto.is_encrypted() {
             let _shared = self.io.read().expect("io lock");
@@ -196,7 +208,7 @@ impl Qcow2Driver {
     }
 
     /// Queue the refcount decrements of the clusters an old L2 entry referenced.
-    fn release(&self, m: &mut super::meta::Meta, old: u64, idx: usize) -> Result<()> {
+    pub(super) fn release(&self, m: &mut super::meta::Meta, old: u64, idx: usize) -> Result<()> {
         let cs = self.cs();
         match L2Entry::decode(old, None, self.header.cluster_bits, idx)?.kind {
             ClusterKind::Unallocated | ClusterKind::Zero(0) => {}
@@ -214,7 +226,7 @@ impl Qcow2Driver {
 
     /// The L2 table (host offset) and index for guest cluster `ci`, allocating the
     /// table or copying a shared one first. The table stays cached until the next flush.
-    fn l2_for_write(&self, ci: u64) -> Result<(u64, usize)> {
+    pub(super) fn l2_for_write(&self, ci: u64) -> Result<(u64, usize)> {
         let cs = self.cs();
         let l1i = (ci >> self.header.l2_bits()) as usize;
         let idx = (ci & self.entries_mask()) as usize;
@@ -254,6 +266,7 @@ impl Qcow2Driver {
     /// partial clusters at the edges alone, as discard is advisory).
     pub(super) fn zero_range(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
         self.check_writable()?;
+        self.check_key()?;
         let _x = self.io.write().expect("io lock");
         let (cs, size) = (self.cs(), self.size());
         let end = offset + len;

@@ -246,3 +246,39 @@ pub fn resize(
     }
     Ok(0)
 }
+
+/// `commit`: the image's data goes into its backing file (opened read-write, with its
+/// own key from `backing.encrypt.key-secret`), then the image is emptied unless `-d`.
+pub fn commit(
+    common: &Common,
+    format: Option<&str>,
+    keep: bool,
+    progress: bool,
+    filename: &str,
+) -> Result<u8> {
+    let store = secrets(common)?;
+    let spec = image_spec(common, format, filename)?;
+    let ctx = OpenContext {
+        secrets: &store,
+        read_only: false,
+        metadata_only: false,
+        limits: common.limits.limits(),
+        writable_backing: true,
+    };
+    let node = graph::open(&spec, &ctx)?;
+    let mut last = u64::MAX;
+    node.commit(keep, &mut |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if progress && pct != last {
+            last = pct;
+            eprint!("\r    ({pct}.00/100%)");
+        }
+    })?;
+    if progress {
+        eprintln!();
+    }
+    if !common.quiet {
+        outln!("Image committed.");
+    }
+    Ok(0)
+}

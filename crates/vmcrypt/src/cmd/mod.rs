@@ -76,6 +76,13 @@ pub fn run(cli: Cli) -> Result<u8> {
             filename,
             size,
         } => image::resize(&common, format.as_deref(), shrink, &filename, &size),
+        Command::Commit {
+            common,
+            format,
+            keep,
+            progress,
+            filename,
+        } => image::commit(&common, format.as_deref(), keep, progress, &filename),
         Command::Luks { command } => luks::run(command),
         Command::Bench { seconds } => bench::run(seconds),
         Command::Serve(args) => serve::run(&args),
