@@ -400,7 +400,7 @@ fn open_backing(
 
 /// A backing file name from a header: `json:` and absolute names as they are, others
 /// relative to the directory of `image`.
-fn resolve_backing(image: &str, name: &str) -> String {
+pub fn resolve_backing(image: &str, name: &str) -> String {
     if name.starts_with("json:") || Path::new(name).is_absolute() {
         return name.to_string();
     }

@@ -12,7 +12,7 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
         .collect();
     let mut m = Map::new();
     m.insert("children".into(), Value::Array(children));
-    m.insert("virtual-size".into(), json!(node.size()));
+    m.insert("virtual-size".into(), json!(reported_size(node)));
     m.insert("filename".into(), json!(node.filename()));
     if let Some(c) = node.cluster_size() {
         m.insert("cluster-size".into(), json!(c));
@@ -88,6 +88,16 @@ fn g3(v: f64) -> String {
     }
 }
 
+/// The size QEMU reports for a node: protocol nodes in whole 512-byte sectors
+/// (QEMU keeps their length as a sector count, rounded up).
+fn reported_size(node: &dyn BlockDriver) -> u64 {
+    if node.driver_name() == "file" {
+        node.size().div_ceil(512) * 512
+    } else {
+        node.size()
+    }
+}
+
 /// The human text `qemu-img info` prints for `node` called `name`.
 pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
     let mut s = format!("image: {name}\nfile format: {}\n", node.driver_name());
@@ -126,8 +136,8 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
         s += &format!("    protocol type: {}\n", c.node.driver_name());
         s += &format!(
             "    file length: {} ({} bytes)\n",
-            size_to_str(c.node.size()),
-            c.node.size()
+            size_to_str(reported_size(c.node.as_ref())),
+            reported_size(c.node.as_ref())
         );
         if let Some(a) = c.node.allocated_size() {
             s += &format!("    disk size: {}\n", size_to_str(a));

@@ -83,6 +83,9 @@ pub enum Command {
         format: Option<String>,
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Also show every backing file of the chain
+        #[arg(long = "backing-chain")]
+        backing_chain: bool,
         filename: String,
     },
     /// Convert or copy an image (qemu-img convert)

@@ -94,3 +94,58 @@ fn info_matches_qemu_img_for_the_overlay() {
         theirs["format-specific"]["data"]["encrypt"]
     );
 }
+
+/// `info --backing-chain`: a three-layer chain (encrypted overlay, plain middle, raw
+/// base) gives the same JSON array and the same text as qemu-img.
+#[test]
+fn info_backing_chain_matches_qemu_img() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let key = sc.write("key", PASS);
+    let obj = format!("secret,id=s0,file={key}");
+    sc.write("base.raw", &plaintext(1 << 20, "chain-base"));
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        &sc.p("mid.qcow2"),
+    ])
+    .ok();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        &obj,
+        "-b",
+        "mid.qcow2",
+        "-F",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        &sc.p("top.qcow2"),
+    ])
+    .ok();
+    let top = sc.p("top.qcow2");
+    let ours = vmcrypt(&["info", "--backing-chain", "--output=json", &top])
+        .ok()
+        .json();
+    let theirs = qemu_img(&["info", "--backing-chain", "--output=json", &top])
+        .ok()
+        .json();
+    assert_eq!(ours.as_array().map(Vec::len), Some(3), "{ours}");
+    assert_eq!(ours, theirs);
+    let ours = vmcrypt(&["info", "--backing-chain", &top])
+        .ok()
+        .stdout_str();
+    let theirs = qemu_img(&["info", "--backing-chain", &top])
+        .ok()
+        .stdout_str();
+    assert_eq!(ours, theirs);
+}

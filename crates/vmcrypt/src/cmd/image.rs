@@ -71,13 +71,51 @@ pub fn create(
     Ok(0)
 }
 
-pub fn info(common: &Common, format: Option<&str>, output: &str, filename: &str) -> Result<u8> {
+pub fn info(
+    common: &Common,
+    format: Option<&str>,
+    output: &str,
+    backing_chain: bool,
+    filename: &str,
+) -> Result<u8> {
+    ensure!(
+        output == "json" || output == "human",
+        Usage,
+        "--output must be human or json, not '{output}'"
+    );
     let store = secrets(common)?;
-    let node = open_image(common, format, filename, &store, true, true)?;
-    match output {
-        "json" => outln!("{}", pretty(&image_info(node.as_ref()))),
-        "human" => out!("{}", human_info(node.as_ref(), &node.filename())),
-        other => bail!(Usage, "--output must be human or json, not '{other}'"),
+    let mut node = open_image(common, format, filename, &store, true, true)?;
+    let mut infos = Vec::new();
+    let mut human = Vec::new();
+    loop {
+        infos.push(image_info(node.as_ref()));
+        human.push(human_info(node.as_ref(), &node.filename()));
+        let next = match node.backing_info() {
+            Some((name, fmt)) if backing_chain => (name, fmt),
+            _ => break,
+        };
+        ensure!(
+            infos.len() < graph::MAX_BACKING_DEPTH,
+            LimitExceeded,
+            "the backing chain of '{filename}' is deeper than {} images (a loop?)",
+            graph::MAX_BACKING_DEPTH
+        );
+        let path = graph::resolve_backing(&node.filename(), &next.0);
+        let spec = graph::spec_from_filename(&path, next.1.as_deref())?;
+        let ctx = OpenContext {
+            secrets: &store,
+            read_only: true,
+            metadata_only: true,
+            limits: common.limits.limits(),
+            writable_backing: false,
+        };
+        node =
+            graph::open(&spec, &ctx).with_ctx(|| format!("opening the backing file '{path}'"))?;
+    }
+    match (output, backing_chain) {
+        ("json", false) => outln!("{}", pretty(&infos[0])),
+        ("json", true) => outln!("{}", pretty(&Value::Array(infos))),
+        _ => out!("{}", human.join("\n")),
     }
     Ok(0)
 }

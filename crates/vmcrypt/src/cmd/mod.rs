@@ -35,8 +35,15 @@ pub fn run(cli: Cli) -> Result<u8> {
             common,
             format,
             output,
+            backing_chain,
             filename,
-        } => image::info(&common, format.as_deref(), &output, &filename),
+        } => image::info(
+            &common,
+            format.as_deref(),
+            &output,
+            backing_chain,
+            &filename,
+        ),
         Command::Convert {
             common,
             format,
