@@ -166,7 +166,9 @@ run_fio() {
 declare -A RES
 note() { # CASE SIDE ROUND VALUE UNIT
     RES[$1-$2]="${RES[$1-$2]:-} $4"
-    printf 'round %d  %-10s %-8s %12.3f %s\n' "$3" "$1" "$2" "$4" "$5" >&2
+    local f=%12.3f
+    [ "$5" = IOPS ] && f=%12.0f
+    printf "round %d  %-10s %-8s $f %s\n" "$3" "$1" "$2" "$4" "$5" >&2
 }
 
 # Sequential write into a fresh empty image of side $1 ($DIR/$1.qcow2); prints seconds.
@@ -243,7 +245,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
         for c in convert create; do
             v=$(make_image "$c" "$s"); note "$c" "$s" "$r" "$v" s
             if ((r == 1)) && [ "$s" = vmcrypt ] && [ "$c" = convert ]; then
-                qemu-img compare -q --object "$SECRET" -f raw "$PLAIN" --image-opts "$(opts "$OUT")" ||
+                qemu-img compare -q --object "$SECRET" --image-opts \
+                    "driver=raw,file.filename=$PLAIN" "$(opts "$OUT")" ||
                     fail "qemu-img compare: vmcrypt's converted qcow2 differs from the plaintext"
                 echo "check: vmcrypt's converted qcow2 holds the plaintext (qemu-img compare)" >&2
             fi
@@ -270,6 +273,11 @@ row() { # LABEL CASE UNIT(s or IOPS)
     local v=${MED[$2-vmcrypt]:-} q=${MED[$2-qemu]} ratio
     if [ -z "$v" ]; then
         printf '%-50s %12s %12s %6s  %s\n' "$1" n/a "$(num "$q" "$3")" "$3" "$NA"
+        return
+    fi
+    if awk -v v="$v" -v q="$q" 'BEGIN { exit !(v <= 0 || q <= 0) }'; then
+        printf '%-50s %12s %12s %6s  %s\n' "$1" "$(num "$v" "$3")" "$(num "$q" "$3")" "$3" \
+            "n/a (noise exceeds the data time: use a larger SIZE_MIB)"
         return
     fi
     ratio=$(awk -v v="$v" -v q="$q" -v u="$3" 'BEGIN { printf "%.2fx", (u == "IOPS") ? v / q : q / v }')
