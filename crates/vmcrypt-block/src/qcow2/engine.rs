@@ -5,11 +5,11 @@
 //! data, contiguous host offsets) are served with one read from the `file` child,
 //! decrypted when the image is encrypted; unallocated units come from the backing node
 //! (zeros past its end, or without one); zero units are zeros; compressed clusters are
-//! inflated (raw deflate) and the last one is cached.
+//! inflated (raw deflate or zstd) and the last one is cached.
 use super::crypt::Crypto;
 use crate::driver::{Allocation, BlockDriver, Extent};
 use std::sync::{Arc, Mutex};
-use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::{CompressedDescriptor, CompressionType, Mapping};
 
 /// How guest units map to the image file.
@@ -175,13 +175,6 @@ impl Engine {
         {
             return Ok(c.clone());
         }
-        if self.compression == CompressionType::Zstd {
-            bail!(
-                Unsupported,
-                "'{}': zstd-compressed clusters are not supported yet",
-                self.name()
-            );
-        }
         let avail = self.file.size().saturating_sub(d.offset).min(d.size);
         ensure!(
             avail > 0,
@@ -192,8 +185,12 @@ impl Engine {
         );
         let mut src = vec![0u8; avail as usize];
         self.file.read_at(&mut src, d.offset)?;
+        let data = match self.compression {
+            CompressionType::Zlib => inflate_raw(&src, cluster),
+            CompressionType::Zstd => unzstd(&src, cluster),
+        };
         let c =
-            Arc::new(inflate_raw(&src, cluster).with_ctx(|| {
+            Arc::new(data.with_ctx(|| {
                 format!("'{}': compressed cluster at {:#x}", self.name(), d.offset)
             })?);
         *last = Some((d.offset, c.clone()));
@@ -222,6 +219,18 @@ impl Engine {
             allocation,
         })
     }
+}
+
+/// Decode one zstd frame into exactly `cluster` bytes (the stored bytes run to the end
+/// of a 512-byte sector, so anything after the frame is ignored).
+pub fn unzstd(src: &[u8], cluster: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let bad =
+        |e: &dyn std::fmt::Display| vmcrypt_error::Error::corrupt(format!("bad zstd data: {e}"));
+    let mut dec = ruzstd::decoding::StreamingDecoder::new(src).map_err(|e| bad(&e))?;
+    let mut out = vec![0u8; cluster];
+    dec.read_exact(&mut out).map_err(|e| bad(&e))?;
+    Ok(out)
 }
 
 /// Inflate raw deflate data into exactly `cluster` bytes.

@@ -75,7 +75,7 @@ mod tests {
     fn widths_round_trip_and_do_not_touch_neighbours() {
         for order in 0..=6u32 {
             let mut block = vec![0u8; 64];
-            let n = 64 * 8 >> order;
+            let n = (64 * 8) >> order;
             let max = max_refcount(order);
             for i in 0..n {
                 set(&mut block, order, i, (i as u64 * 7 + 1) & max);
