@@ -34,7 +34,11 @@ pub struct Report {
 }
 
 /// Compare images `a` and `b`. `strict` also requires equal sizes and allocation.
-pub fn compare(a: &dyn BlockDriver, b: &dyn BlockDriver, strict: bool) -> Result<(Outcome, Report)> {
+pub fn compare(
+    a: &dyn BlockDriver,
+    b: &dyn BlockDriver,
+    strict: bool,
+) -> Result<(Outcome, Report)> {
     let (sa, sb) = (a.size(), b.size());
     let mut report = Report {
         size_mismatch: sa != sb,
@@ -62,7 +66,11 @@ pub fn compare(a: &dyn BlockDriver, b: &dyn BlockDriver, strict: bool) -> Result
                 read(b, &mut buf_b[..n], off, "second")?;
                 first_diff(&buf_a[..n], &buf_b[..n])
             } else {
-                let (node, which) = if ea.present { (a, "first") } else { (b, "second") };
+                let (node, which) = if ea.present {
+                    (a, "first")
+                } else {
+                    (b, "second")
+                };
                 read(node, &mut buf_a[..n], off, which)?;
                 first_nonzero(&buf_a[..n])
             };

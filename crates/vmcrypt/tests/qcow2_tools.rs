@@ -43,7 +43,12 @@ fn same_json_map(min_entries: usize, args: &[&str]) {
         ours.describe(),
         theirs.describe()
     );
-    assert!(theirs.json().as_array().is_some_and(|v| v.len() >= min_entries));
+    assert!(
+        theirs
+            .json()
+            .as_array()
+            .is_some_and(|v| v.len() >= min_entries)
+    );
 }
 
 /// The human map of both tools: same exit code and same stdout.
@@ -53,7 +58,13 @@ fn same_human_map(args: &[&str]) -> i32 {
     a.extend_from_slice(args);
     let ours = vmcrypt(&a);
     let theirs = qemu_img(&a);
-    assert_eq!(ours.code, theirs.code, "{}\n{}", ours.describe(), theirs.describe());
+    assert_eq!(
+        ours.code,
+        theirs.code,
+        "{}\n{}",
+        ours.describe(),
+        theirs.describe()
+    );
     assert_eq!(
         ours.stdout_str(),
         theirs.stdout_str(),
@@ -83,17 +94,26 @@ fn map_matches_qemu_img() {
     qemu_img(&["create", "-q", "-f", "qcow2", &q, "6M"]).ok();
     io(&["-f", "qcow2", &q], WRITES);
     let enc = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
-    qemu_img(&["create", "-q", "-f", "qcow2", "--object", &obj, "-o", enc, &qe, "6M"]).ok();
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", &obj, "-o", enc, &qe, "6M",
+    ])
+    .ok();
     let qe_opts = format!("driver=qcow2,file.filename={qe},encrypt.key-secret=s0");
     io(&["--object", &obj, "--image-opts", &qe_opts], WRITES);
     let lo = "key-secret=s0,iter-time=10";
-    qemu_img(&["create", "-q", "-f", "luks", "--object", &obj, "-o", lo, &l, "6M"]).ok();
+    qemu_img(&[
+        "create", "-q", "-f", "luks", "--object", &obj, "-o", lo, &l, "6M",
+    ])
+    .ok();
     let l_opts = format!("driver=luks,file.filename={l},key-secret=s0");
     io(&["--object", &obj, "--image-opts", &l_opts], WRITES);
     qemu_img(&["convert", "-c", "-f", "qcow2", "-O", "qcow2", &q, &c]).ok();
     qemu_img(&["create", "-q", "-f", "qcow2", &base, "4M"]).ok();
     io(&["-f", "qcow2", &base], &WRITES[..4]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top, "6M"]).ok();
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &top, "6M",
+    ])
+    .ok();
     io(
         &["-f", "qcow2", &top],
         &[
@@ -110,14 +130,20 @@ fn map_matches_qemu_img() {
     same_json_map(1, &["--object", &obj, "--image-opts", &l_opts]);
     same_json_map(5, &["-f", "qcow2", &c]);
     same_json_map(5, &["-f", "qcow2", &top]);
-    same_json_map(5, &["--start-offset", "1000000", "--max-length", "3000000", &top]);
+    same_json_map(
+        5,
+        &["--start-offset", "1000000", "--max-length", "3000000", &top],
+    );
 
     assert_eq!(same_human_map(&["-f", "raw", &raw]), 0);
     assert_eq!(same_human_map(&["-f", "qcow2", &q]), 0);
     assert_eq!(same_human_map(&["-f", "qcow2", &top]), 0);
     // Encrypted and compressed data have no place in a file: both refuse the table.
     assert_eq!(same_human_map(&["-f", "qcow2", &c]), 1);
-    assert_eq!(same_human_map(&["--object", &obj, "--image-opts", &l_opts]), 1);
+    assert_eq!(
+        same_human_map(&["--object", &obj, "--image-opts", &l_opts]),
+        1
+    );
 }
 
 /// Both tools' compare: exit code and stdout.
@@ -127,7 +153,13 @@ fn same_compare(args: &[&str]) -> (i32, String) {
     a.extend_from_slice(args);
     let ours = vmcrypt(&a);
     let theirs = qemu_img(&a);
-    assert_eq!(ours.code, theirs.code, "{}\n{}", ours.describe(), theirs.describe());
+    assert_eq!(
+        ours.code,
+        theirs.code,
+        "{}\n{}",
+        ours.describe(),
+        theirs.describe()
+    );
     assert_eq!(
         ours.stdout_str(),
         theirs.stdout_str(),
@@ -154,8 +186,10 @@ fn compare_matches_qemu_img() {
     io(&["-f", "qcow2", &src], WRITES);
     qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &src, &raw]).ok();
     let eo = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
-    qemu_img(&["convert", "--object", &obj, "-f", "qcow2", "-O", "qcow2", "-o", eo, &src, &enc])
-        .ok();
+    qemu_img(&[
+        "convert", "--object", &obj, "-f", "qcow2", "-O", "qcow2", "-o", eo, &src, &enc,
+    ])
+    .ok();
     let raw_opts = format!("driver=raw,file.filename={raw}");
     let enc_opts = format!("driver=qcow2,file.filename={enc},encrypt.key-secret=s0");
     let (code, out) = same_compare(&["--object", &obj, "--image-opts", &raw_opts, &enc_opts]);
@@ -170,7 +204,10 @@ fn compare_matches_qemu_img() {
     );
     let (code, out) = same_compare(&["-f", "raw", "-F", "raw", &other, &raw]);
     assert_eq!(code, 1);
-    assert_eq!(out, format!("Content mismatch at offset {}!\n", 3200007 / 512 * 512));
+    assert_eq!(
+        out,
+        format!("Content mismatch at offset {}!\n", 3200007 / 512 * 512)
+    );
     let (code, _) = same_compare(&["--object", &obj, "--image-opts", &enc_opts, &raw_opts]);
     assert_eq!(code, 0);
     let other_opts = format!("driver=raw,file.filename={other}");
@@ -189,14 +226,23 @@ fn compare_matches_qemu_img() {
     assert_eq!(code, 0);
     assert!(out.starts_with("Warning: Image size mismatch!"), "{out}");
     let (code, out) = same_compare(&["-s", "-f", "raw", "-F", "qcow2", &big, &src]);
-    assert_eq!((code, out.as_str()), (1, "Strict mode: Image size mismatch!\n"));
+    assert_eq!(
+        (code, out.as_str()),
+        (1, "Strict mode: Image size mismatch!\n")
+    );
     // A non-zero byte in the tail is a mismatch.
     io(&["-f", "raw", &big], &["write -P 1 7340033 1"]);
     let (code, out) = same_compare(&["-f", "qcow2", "-F", "raw", &src, &big]);
     assert_eq!(code, 1);
-    assert!(out.contains(&format!("offset {}!", 7340033 / 512 * 512)), "{out}");
+    assert!(
+        out.contains(&format!("offset {}!", 7340033 / 512 * 512)),
+        "{out}"
+    );
     // A missing image is an error (2) for both.
-    assert_eq!(same_compare(&["-f", "raw", "-F", "raw", &raw, &sc.p("nope")]).0, 2);
+    assert_eq!(
+        same_compare(&["-f", "raw", "-F", "raw", &raw, &sc.p("nope")]).0,
+        2
+    );
 }
 
 /// `qemu-img check` on the encrypted qcow2 with the secret `id`: must be clean.
@@ -210,7 +256,14 @@ fn check_clean(obj: &str, opts: &str) {
 /// The bytes qemu-io reads at 5 MiB must be the pattern written there.
 #[track_caller]
 fn qemu_reads(obj: &str, opts: &str) -> Out {
-    qemu_io(&["--object", obj, "--image-opts", opts, "-c", "read -P 0x55 5242880 4096"])
+    qemu_io(&[
+        "--object",
+        obj,
+        "--image-opts",
+        opts,
+        "-c",
+        "read -P 0x55 5242880 4096",
+    ])
 }
 
 #[test]
@@ -226,7 +279,10 @@ fn luks_key_slots_inside_qcow2() {
     let o_new = sc.secret("s1", "new");
     let o_newer = sc.secret("s2", "newer");
     let eo = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
-    qemu_img(&["create", "-q", "-f", "qcow2", "--object", &o_old, "-o", eo, &img, "6M"]).ok();
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", &o_old, "-o", eo, &img, "6M",
+    ])
+    .ok();
     let opts = |id: &str| format!("driver=qcow2,file.filename={img},encrypt.key-secret={id}");
     io(&["--object", &o_old, "--image-opts", &opts("s0")], WRITES);
     check_clean(&o_old, &opts("s0"));
@@ -268,7 +324,14 @@ fn luks_key_slots_inside_qcow2() {
     // remove-key of the only slot needs batch mode; a backup holds the header region.
     vmcrypt(&["luks", "remove-key", &img, &newer]).failed();
     let backup = sc.p("hdr.bin");
-    vmcrypt(&["luks", "header-backup", &img, "--header-backup-file", &backup]).ok();
+    vmcrypt(&[
+        "luks",
+        "header-backup",
+        &img,
+        "--header-backup-file",
+        &backup,
+    ])
+    .ok();
     assert!(std::fs::read(&backup).unwrap().starts_with(b"LUKS\xba\xbe"));
     check_clean(&o_newer, &opts("s2"));
 
@@ -278,7 +341,10 @@ fn luks_key_slots_inside_qcow2() {
         .stderr_has("LUKS1");
     let aes = sc.p("aes.qcow2");
     let ao = "encrypt.format=aes,encrypt.key-secret=s0";
-    qemu_img(&["create", "-q", "-f", "qcow2", "--object", &o_old, "-o", ao, &aes, "1M"]).ok();
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", &o_old, "-o", ao, &aes, "1M",
+    ])
+    .ok();
     vmcrypt(&["luks", "dump", &aes])
         .failed()
         .stderr_has("encrypt.format=luks");

@@ -10,8 +10,8 @@ use crate::driver::BlockDriver;
 use crate::raw::RawDriver;
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
-use vmcrypt_format::qcow2::{self, CryptMethod, Extensions, Header as QHeader};
 use vmcrypt_format::luks1;
+use vmcrypt_format::qcow2::{self, CryptMethod, Extensions, Header as QHeader};
 
 /// Where a device's LUKS header lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use super::Qcow2Driver;
 use super::engine::ClusterMap;
 use crate::driver::{Allocation, HostRange, MapExtent, check_range};
 use vmcrypt_error::Result;
-use vmcrypt_format::qcow2::table::l1_l2_offset;
 use vmcrypt_format::qcow2::table::ClusterKind;
+use vmcrypt_format::qcow2::table::l1_l2_offset;
 use vmcrypt_format::qcow2::{L2Entry, Mapping};
 
 /// The kind of one unit.
