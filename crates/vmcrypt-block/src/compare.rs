@@ -54,7 +54,7 @@ pub fn compare(
         let ea = status(a, off, common - off)?;
         let eb = status(b, off, common - off)?;
         let mut chunk = ea.length.min(eb.length);
-        if strict && (ea.allocation != eb.allocation || ea.present != eb.present) {
+        if strict && status_flags(&ea, common) != status_flags(&eb, common) {
             return Ok((Outcome::StatusMismatch(off), report));
         }
         let (za, zb) = (is_zero(&ea), is_zero(&eb));
@@ -93,6 +93,18 @@ pub fn compare(
 fn status(node: &dyn BlockDriver, off: u64, len: u64) -> Result<MapExtent> {
     node.map_extent(off, len)
         .with_ctx(|| format!("block status of '{}' at offset {off}", node.filename()))
+}
+
+/// What qemu-img's strict mode compares: allocation, whether some layer allocates the
+/// range, whether it has a host offset, compression, and whether it reaches `end`.
+fn status_flags(e: &MapExtent, end: u64) -> (Allocation, bool, bool, bool, bool) {
+    (
+        e.allocation,
+        e.present,
+        e.host.is_some(),
+        e.compressed,
+        e.offset + e.length == end,
+    )
 }
 
 fn is_zero(e: &MapExtent) -> bool {

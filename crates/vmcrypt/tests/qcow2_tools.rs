@@ -144,6 +144,10 @@ fn map_matches_qemu_img() {
         same_human_map(&["--object", &obj, "--image-opts", &l_opts]),
         1
     );
+    assert_eq!(
+        same_human_map(&["--object", &obj, "--image-opts", &qe_opts]),
+        1
+    );
 }
 
 /// Both tools' compare: exit code and stdout.
@@ -237,6 +241,21 @@ fn compare_matches_qemu_img() {
     assert!(
         out.contains(&format!("offset {}!", 7340033 / 512 * 512)),
         "{out}"
+    );
+    // Strict mode also compares the allocation: compressed clusters differ from plain
+    // ones, an image equals itself.
+    let comp = sc.p("c.qcow2");
+    qemu_img(&["convert", "-c", "-f", "qcow2", "-O", "qcow2", &src, &comp]).ok();
+    assert_eq!(
+        same_compare(&["-f", "qcow2", "-F", "qcow2", &src, &comp]).0,
+        0
+    );
+    let (code, out) = same_compare(&["-s", "-f", "qcow2", "-F", "qcow2", &src, &comp]);
+    assert_eq!(code, 1);
+    assert!(out.contains("block status mismatch"), "{out}");
+    assert_eq!(
+        same_compare(&["-s", "-f", "qcow2", "-F", "qcow2", &src, &src]).0,
+        0
     );
     // A missing image is an error (2) for both.
     assert_eq!(
