@@ -341,7 +341,9 @@ fn luks_key_slots_inside_qcow2() {
     io(&["--object", &o_newer, "--image-opts", &opts("s2")], &cmds);
 
     // remove-key of the only slot needs batch mode; a backup holds the header region.
-    vmcrypt(&["luks", "remove-key", &img, &newer]).failed();
+    vmcrypt(&["luks", "remove-key", &img, &newer])
+        .failed()
+        .stderr_has("last key slot");
     let backup = sc.p("hdr.bin");
     vmcrypt(&[
         "luks",
