@@ -24,6 +24,34 @@ pub struct Extent {
     pub allocation: Allocation,
 }
 
+/// Where a range of a node's data lies on the host (qemu-img map's `offset` and file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRange {
+    /// Byte offset of the range's first byte in `file`.
+    pub offset: u64,
+    /// The name of the protocol node holding the bytes.
+    pub file: String,
+}
+
+/// One extent returned by [`BlockDriver::map_extent`]: the allocation of a range seen
+/// through the whole backing chain, as `qemu-img map` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapExtent {
+    pub offset: u64,
+    pub length: u64,
+    /// Data, or known to read as zeros.
+    pub allocation: Allocation,
+    /// Whether the layer at `depth` allocates the range (QEMU's "present").
+    pub present: bool,
+    /// The layer that decides the contents: 0 is this node, 1 its backing node, ...
+    pub depth: u32,
+    /// Whether the range lies in a compressed cluster.
+    pub compressed: bool,
+    /// Where the bytes lie contiguously in a file, if they do (never for encrypted
+    /// or compressed data).
+    pub host: Option<HostRange>,
+}
+
 /// A named child edge of a node (`file`, `header`, later `backing`).
 pub struct Child {
     pub role: &'static str,
@@ -96,6 +124,24 @@ pub trait BlockDriver: Send + Sync {
             "driver '{}' has no backing file to commit into",
             self.driver_name()
         )
+    }
+
+    /// Describe the range starting at `offset` like `qemu-img map`: the returned extent
+    /// starts at `offset`, has a non-zero length of at most `len`, one allocation state,
+    /// one depth in the backing chain and (if any) contiguous host bytes. The default
+    /// suits format drivers that transform their data (luks): [`BlockDriver::block_status`]
+    /// at depth 0, present, without a host offset.
+    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        let e = self.block_status(offset, len)?;
+        Ok(MapExtent {
+            offset,
+            length: e.length,
+            allocation: e.allocation,
+            present: true,
+            depth: 0,
+            compressed: false,
+            host: None,
+        })
     }
 
     /// Whether a freshly created node of this driver reads as zeros everywhere.

@@ -1,6 +1,6 @@
 //! The `file` protocol driver: a regular host file, positioned I/O, holes via
 //! SEEK_DATA/SEEK_HOLE and fallocate.
-use crate::driver::{Allocation, BlockDriver, Extent, check_range};
+use crate::driver::{Allocation, BlockDriver, Extent, HostRange, MapExtent, check_range};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -188,6 +188,23 @@ impl BlockDriver for FileDriver {
             },
         };
         Ok(ext)
+    }
+
+    /// The bytes are where they are: the host offset is the offset itself.
+    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        let e = self.block_status(offset, len)?;
+        Ok(MapExtent {
+            offset,
+            length: e.length,
+            allocation: e.allocation,
+            present: true,
+            depth: 0,
+            compressed: false,
+            host: Some(HostRange {
+                offset,
+                file: self.filename(),
+            }),
+        })
     }
 
     fn has_zero_init(&self) -> bool {

@@ -8,6 +8,7 @@
 //! the image-level jobs the CLI calls.
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod driver;
@@ -15,6 +16,7 @@ pub mod file;
 pub mod graph;
 pub mod info;
 pub mod luks;
+pub mod map;
 pub mod mem;
 pub mod opts;
 pub mod qcow2;
@@ -22,4 +24,4 @@ pub mod raw;
 pub mod secrets;
 pub mod testing;
 
-pub use driver::{Allocation, BlockDriver, Child, Extent};
+pub use driver::{Allocation, BlockDriver, Child, Extent, HostRange, MapExtent};

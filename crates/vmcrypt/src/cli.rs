@@ -155,6 +155,38 @@ pub enum Command {
         progress: bool,
         filename: String,
     },
+    /// Show how an image's data is allocated and where it lies (qemu-img map)
+    Map {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        #[arg(long = "output", default_value = "human")]
+        output: String,
+        /// First guest byte to map
+        #[arg(long = "start-offset", value_name = "OFFSET", default_value = "0")]
+        start_offset: String,
+        /// Map at most this many bytes
+        #[arg(long = "max-length", value_name = "LENGTH")]
+        max_length: Option<String>,
+        filename: String,
+    },
+    /// Check whether two images have the same contents (qemu-img compare)
+    Compare {
+        #[command(flatten)]
+        common: Common,
+        /// Format of the first image
+        #[arg(short = 'f')]
+        format1: Option<String>,
+        /// Format of the second image
+        #[arg(short = 'F')]
+        format2: Option<String>,
+        /// Strict mode: fail on different sizes or allocation
+        #[arg(short = 's')]
+        strict: bool,
+        image1: String,
+        image2: String,
+    },
     /// LUKS header and key-slot management (cryptsetup's luks* commands)
     Luks {
         #[command(subcommand)]

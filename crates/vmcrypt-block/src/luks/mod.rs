@@ -11,6 +11,7 @@
 pub mod convert;
 pub mod dump;
 pub mod dump2;
+pub mod embedded;
 pub mod v2;
 pub mod volume;
 

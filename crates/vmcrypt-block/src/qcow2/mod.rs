@@ -10,6 +10,7 @@
 mod commit;
 pub mod crypt;
 pub mod engine;
+pub mod map;
 mod meta;
 mod refcount;
 pub mod v1;
@@ -356,6 +357,9 @@ impl BlockDriver for Qcow2Driver {
     }
     fn is_read_only(&self) -> bool {
         self.write_refusal.is_some()
+    }
+    fn map_extent(&self, offset: u64, len: u64) -> Result<crate::driver::MapExtent> {
+        self.map_extent_impl(offset, len)
     }
     fn allocated_size(&self) -> Option<u64> {
         self.engine.file.allocated_size()

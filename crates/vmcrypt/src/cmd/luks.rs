@@ -10,6 +10,7 @@ use vmcrypt_block::file::FileDriver;
 use vmcrypt_block::luks::convert::convert_to;
 use vmcrypt_block::luks::dump::{luks_dump_json, luks_dump_text};
 use vmcrypt_block::luks::dump2::{luks2_dump_json, luks2_dump_text};
+use vmcrypt_block::luks::embedded::{self, Container, require_plain};
 use vmcrypt_block::luks::v2::Luks2Volume;
 use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use vmcrypt_block::luks::volume::{KdfParams, restore_header};
@@ -18,20 +19,22 @@ use vmcrypt_crypto::{HashAlg, SecretBytes};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{self, Limits};
 
-/// The device holding the header: `--header` if given, else the device itself.
+/// The device holding the header: `--header` if given, else the device itself, or the
+/// LUKS header embedded in a LUKS-encrypted qcow2 image.
 fn header_device(
     device: &str,
     key: &KeyOpts,
     read_only: bool,
-) -> Result<(Arc<dyn BlockDriver>, bool)> {
+) -> Result<(Arc<dyn BlockDriver>, bool, Container)> {
     let path = key.header.as_deref().unwrap_or(device);
-    let dev = FileDriver::open(Path::new(path), read_only)?;
-    Ok((Arc::new(dev), key.header.is_some()))
+    let dev: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(Path::new(path), read_only)?);
+    let (dev, container) = embedded::header_device(dev)?;
+    Ok((dev, key.header.is_some(), container))
 }
 
 /// Open the header of either version.
 fn open_any(device: &str, key: &KeyOpts, read_only: bool) -> Result<Header> {
-    let (dev, detached) = header_device(device, key, read_only)?;
+    let (dev, detached, _) = header_device(device, key, read_only)?;
     open_header(dev, detached, &key.limits.limits()).with_ctx(|| format!("device {device}"))
 }
 
@@ -49,6 +52,8 @@ fn open_for_write(device: &str, key: &KeyOpts) -> Result<Header> {
 
 /// Open a LUKS2 header (for LUKS2-only commands).
 pub fn open_v2(device: &str, key: &KeyOpts, read_only: bool) -> Result<Box<Luks2Volume>> {
+    let (_, _, container) = header_device(device, key, true)?;
+    require_plain(container, device, "this command")?;
     match open_any(device, key, read_only)? {
         Header::V2(v) => Ok(v),
         Header::V1(_) => bail!(Unsupported, "{device} is LUKS1; this command needs LUKS2"),
@@ -256,11 +261,19 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         LuksCommand::HeaderRestore { device, file, key } => {
             let backup = std::fs::read(&file)
                 .map_err(|e| Error::io(e, format!("reading backup '{file}'")))?;
-            let (dev, _) = header_device(&device, &key, false)?;
+            let (dev, _, container) = header_device(&device, &key, false)?;
             if luks1::version_of(&backup) == Some(1) {
+                ensure!(
+                    backup.len() as u64 <= dev.size(),
+                    Usage,
+                    "the backup ({} bytes) does not fit the LUKS header region of {device} ({} bytes)",
+                    backup.len(),
+                    dev.size()
+                );
                 restore_header(&dev, &backup, &Limits::default())
                     .with_ctx(|| format!("device {device}"))?;
             } else {
+                require_plain(container, &device, "restoring a LUKS2 header backup")?;
                 Luks2Volume::restore(&dev, &backup, &key.limits.limits())
                     .with_ctx(|| format!("device {device}"))?;
             }
@@ -300,7 +313,8 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
                 "luks2" => 2,
                 other => bail!(Usage, "--type must be luks1 or luks2, not '{other}'"),
             };
-            let (dev, detached) = header_device(&device, &key, false)?;
+            let (dev, detached, container) = header_device(&device, &key, false)?;
+            require_plain(container, &device, "converting the header")?;
             let r = convert_to(dev, version, detached, &key.limits.limits())
                 .with_ctx(|| format!("device {device}"))?;
             eprintln!(
@@ -356,7 +370,7 @@ fn dump(device: &str, key: &KeyOpts, dump_volume_key: bool, json: bool) -> Resul
 }
 
 fn is_luks(device: &str, key: &KeyOpts, verbose: bool) -> Result<u8> {
-    let (dev, _) = header_device(device, key, true)?;
+    let (dev, _, _) = header_device(device, key, true)?;
     let mut head = [0u8; 8];
     let ok = dev.size() >= 8 && dev.read_at(&mut head, 0).is_ok() && luks1::has_magic(&head);
     if !ok && verbose {

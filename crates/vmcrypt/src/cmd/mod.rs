@@ -5,13 +5,14 @@ mod image;
 mod luks;
 mod luks2;
 pub mod serve;
+mod tools;
 
 use crate::cli::{Cli, Command, Common};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::graph::{self, OpenContext};
-use vmcrypt_block::opts::parse_keyval;
+use vmcrypt_block::opts::{parse_keyval, parse_size};
 use vmcrypt_block::secrets::SecretStore;
 use vmcrypt_error::{Result, bail};
 
@@ -90,6 +91,36 @@ pub fn run(cli: Cli) -> Result<u8> {
             progress,
             filename,
         } => image::commit(&common, format.as_deref(), keep, progress, &filename),
+        Command::Map {
+            common,
+            format,
+            output,
+            start_offset,
+            max_length,
+            filename,
+        } => tools::map(&tools::MapArgs {
+            common: &common,
+            format: format.as_deref(),
+            output: &output,
+            start: parse_size(&start_offset)?,
+            max_length: max_length.as_deref().map(parse_size).transpose()?,
+            filename: &filename,
+        }),
+        Command::Compare {
+            common,
+            format1,
+            format2,
+            strict,
+            image1,
+            image2,
+        } => tools::compare_images(&tools::CompareArgs {
+            common: &common,
+            format1: format1.as_deref(),
+            format2: format2.as_deref(),
+            strict,
+            image1: &image1,
+            image2: &image2,
+        }),
         Command::Luks { command } => luks::run(command),
         Command::Bench { seconds } => bench::run(seconds),
         Command::Serve(args) => serve::run(&args),

@@ -451,3 +451,8 @@ pub fn dump_field(dump: &str, field: &str) -> String {
         })
         .unwrap_or_else(|| panic!("no '{field}' line in dump:\n{dump}"))
 }
+
+/// Run qemu-io (failing the test if it is not installed).
+pub fn qemu_io(args: &[&str]) -> Out {
+    run_in(&require_tool("qemu-io"), args, None, None)
+}
