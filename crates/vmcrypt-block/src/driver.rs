@@ -68,6 +68,14 @@ pub trait BlockDriver: Send + Sync {
         Ok(())
     }
 
+    /// Tell the node that `[offset, offset+len)` is no longer needed (NBD TRIM, qemu-io
+    /// discard). Advisory: the range may read as before or as zeros afterwards. The
+    /// default does nothing.
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Describe the allocation of the range starting at `offset`: the returned extent
     /// starts at `offset`, has a non-zero length of at most `len` and one allocation state.
     /// The default says "data" for the whole range.

@@ -28,6 +28,9 @@ pub struct OpenContext<'a> {
     /// Open encrypted nodes without their key (metadata only), as `qemu-img info` does.
     pub metadata_only: bool,
     pub limits: KdfLimits,
+    /// Open backing files read-write too (only `commit` needs it; QEMU also opens
+    /// backing files read-only, so a read-only base on disk works).
+    pub writable_backing: bool,
 }
 
 /// Options of the `file` driver that are accepted and ignored (they tune QEMU's I/O).
@@ -288,6 +291,7 @@ fn open_qcow(
         passphrase: pass.map(|p| p.as_bytes()),
         encrypt_format: format.as_deref(),
         limits: ctx.limits,
+        writable: !ctx.read_only,
     };
     let missing_key = || {
         Error::usage(format!(
@@ -382,7 +386,14 @@ fn open_backing(
         prefix: format!("{}backing.", layer.prefix),
         depth: layer.depth + 1,
     };
-    open_node_in(&bspec, ctx, false, &child)
+    let bctx = OpenContext {
+        secrets: ctx.secrets,
+        read_only: ctx.read_only || !ctx.writable_backing,
+        metadata_only: ctx.metadata_only,
+        limits: ctx.limits,
+        writable_backing: ctx.writable_backing,
+    };
+    open_node_in(&bspec, &bctx, false, &child)
         .with_ctx(|| format!("opening the backing file of '{image}'"))
         .map(Some)
 }

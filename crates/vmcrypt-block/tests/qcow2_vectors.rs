@@ -45,6 +45,7 @@ fn open_spec(
         read_only: true,
         metadata_only: meta,
         limits: KdfLimits::default(),
+        writable_backing: false,
     };
     graph::open(spec, &ctx)
 }

@@ -209,31 +209,11 @@ fn run_client(sock: &str, i: usize, barrier: &Barrier) {
     c.disconnect();
 }
 
-#[test]
-fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
-    let t0 = Instant::now();
-    let sc = Scratch::new();
-    sc.write("pw", PASS);
-    let img = sc.p("disk.luks2");
-    vmcrypt(&[
-        "create",
-        "-f",
-        "luks2",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
-        "key-secret=s0,pbkdf=pbkdf2,iterations=1000,sector-size=4096",
-        &img,
-        "4M",
-    ])
-    .ok();
-    vmcrypt(&["info", "--output", "json", &img])
-        .ok()
-        .stdout_has("\"sector-size\": 4096");
-    let before = vmcrypt_decrypt(&sc, "pw", &img, None, "before.raw");
-    let opts = luks_opts("s0", &img, None);
+/// Serve `opts` (secret `s0` from the file `pw`), run the 16 clients, stop the server
+/// and return what the image holds afterwards and what it must hold.
+fn sixteen_clients(sc: &Scratch, opts: &str, before: Vec<u8>) -> Vec<u8> {
     let secret = sc.secret("s0", "pw");
-    let (server, sock) = Served::unix(&sc, &["--object", &secret, "--image-opts", &opts]);
+    let (server, sock) = Served::unix(sc, &["--object", &secret, "--image-opts", opts]);
 
     let info = tool(
         "nbdinfo",
@@ -264,7 +244,6 @@ fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
         log.matches("client connected").count() > CLIENTS,
         "log:\n{log}"
     );
-
     let mut want = before;
     for i in 0..CLIENTS {
         let (start, end) = range_of(i);
@@ -272,7 +251,85 @@ fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
             want[p as usize] = pattern(i, p);
         }
     }
+    want
+}
+
+#[test]
+fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
+    let t0 = Instant::now();
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let img = sc.p("disk.luks2");
+    vmcrypt(&[
+        "create",
+        "-f",
+        "luks2",
+        "--object",
+        &sc.secret("s0", "pw"),
+        "-o",
+        "key-secret=s0,pbkdf=pbkdf2,iterations=1000,sector-size=4096",
+        &img,
+        "4M",
+    ])
+    .ok();
+    vmcrypt(&["info", "--output", "json", &img])
+        .ok()
+        .stdout_has("\"sector-size\": 4096");
+    let before = vmcrypt_decrypt(&sc, "pw", &img, None, "before.raw");
+    let want = sixteen_clients(&sc, &luks_opts("s0", &img, None), before);
     let got = vmcrypt_decrypt(&sc, "pw", &img, None, "after.raw");
     assert_same_bytes("decrypted image after 16 clients", &got, &want);
     eprintln!("multi-connection test took {:?}", t0.elapsed());
+}
+
+/// The same 16 clients against a qcow2+LUKS overlay with 4 KiB clusters on a raw base:
+/// concurrent allocation, copy-on-write from the base and in-place writes; afterwards
+/// `qemu-img check` is clean and QEMU reads the expected bytes.
+#[test]
+fn sixteen_connections_write_a_qcow2_luks_overlay() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let before = plaintext(DISK as usize, "multiconn-base");
+    let base = sc.write("base.raw", &before);
+    let img = sc.p("top.qcow2");
+    let secret = sc.secret("s0", "pw");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        &secret,
+        "-b",
+        &base,
+        "-F",
+        "raw",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096",
+        &img,
+        "4M",
+    ])
+    .ok();
+    let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
+    let want = sixteen_clients(&sc, &opts, before);
+    qemu_img(&["check", "--object", &secret, "--image-opts", &opts])
+        .ok()
+        .stdout_has("No errors were found on the image.");
+    let out = sc.p("after.raw");
+    qemu_img(&[
+        "convert",
+        "--object",
+        &secret,
+        "--image-opts",
+        &opts,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .ok();
+    assert_same_bytes(
+        "qcow2 overlay after 16 clients",
+        &sc.read("after.raw"),
+        &want,
+    );
 }

@@ -92,6 +92,20 @@ impl Crypto {
         crate::luks::crypt(c, iv, 512, buf, false)
     }
 
+    /// Encrypt `buf` (whole 512-byte sectors) for host offset `host` (LUKS only: legacy
+    /// AES images are never written).
+    pub fn encrypt(&self, buf: &mut [u8], host: u64, name: &str) -> Result<()> {
+        let cipher = match self {
+            Crypto::None => return Ok(()),
+            Crypto::Luks { cipher, .. } => cipher,
+            Crypto::Aes { .. } => bail!(ReadOnly, "'{name}': legacy AES images are read-only"),
+        };
+        let Some(c) = cipher else {
+            bail!(Usage, "'{name}' is encrypted and no key was given");
+        };
+        crate::luks::crypt(c, host / 512, 512, buf, true)
+    }
+
     /// The `encrypt` object of qemu-img info's qcow2 block.
     pub fn info_json(&self) -> Option<Value> {
         match self {

@@ -140,7 +140,7 @@ impl Engine {
     }
 
     /// Read host bytes, zero-filling what lies past the end of the file (as QEMU does).
-    fn read_host(&self, out: &mut [u8], host: u64) -> Result<()> {
+    pub(crate) fn read_host(&self, out: &mut [u8], host: u64) -> Result<()> {
         let avail = self.file.size().saturating_sub(host).min(out.len() as u64) as usize;
         if avail > 0 {
             self.file.read_at(&mut out[..avail], host)?;

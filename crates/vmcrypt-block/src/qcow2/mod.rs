@@ -1,21 +1,27 @@
-//! The `qcow2` format driver (read-only for now) and the legacy `qcow` (v1) driver.
+//! The `qcow2` format driver and the legacy `qcow` (v1) driver (read-only).
 //!
 //! Opening reads and validates the header (`vmcrypt_format::qcow2`), its extensions and
-//! the L1 table; L2 tables are read on demand and cached. Encryption (LUKS or legacy
-//! AES) is set up by [`crypt`]; the read path is [`engine`]. The backing node is attached
+//! the L1 table; L2 tables are read on demand and cached ([`meta`]). Encryption (LUKS or
+//! legacy AES) is set up by [`crypt`]; the read path is [`engine`], the write path
+//! [`write`] with allocation in [`refcount`]. The backing node is attached
 //! by the graph opener ([`Qcow2Driver::set_backing`]), which resolves
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
 pub mod crypt;
 pub mod engine;
+mod meta;
+mod refcount;
 pub mod v1;
+mod write;
 
 use crate::driver::{BlockDriver, Child, Extent, check_range};
 use crypt::Crypto;
 use engine::{ClusterMap, Engine};
+use meta::Meta;
+use refcount::Refcounts;
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::ext::FeatureKind;
@@ -28,9 +34,6 @@ pub use v1::QcowDriver;
 /// them all).
 const L2_CACHE_BYTES: u64 = 32 << 20;
 const L2_CACHE_MAX_TABLES: u64 = 1024;
-/// Message of every refused write.
-pub const READ_ONLY_MSG: &str = "qcow2 writing is not supported yet";
-
 /// Options for opening an image.
 #[derive(Default)]
 pub struct OpenOptions<'a> {
@@ -39,37 +42,8 @@ pub struct OpenOptions<'a> {
     /// `encrypt.format` if given ("luks" or "aes").
     pub encrypt_format: Option<&'a str>,
     pub limits: KdfLimits,
-}
-
-/// A small cache of L2 tables keyed by host offset, evicting the least recently used.
-struct L2Cache {
-    tables: HashMap<u64, (u64, Arc<Vec<u64>>)>,
-    clock: u64,
-    capacity: usize,
-}
-
-impl L2Cache {
-    fn get(&mut self, off: u64) -> Option<Arc<Vec<u64>>> {
-        self.clock += 1;
-        let now = self.clock;
-        self.tables.get_mut(&off).map(|(t, v)| {
-            *t = now;
-            v.clone()
-        })
-    }
-
-    fn insert(&mut self, off: u64, table: Arc<Vec<u64>>) {
-        if self.tables.len() >= self.capacity
-            && let Some(&oldest) = self
-                .tables
-                .iter()
-                .min_by_key(|(_, (t, _))| *t)
-                .map(|(k, _)| k)
-        {
-            self.tables.remove(&oldest);
-        }
-        self.tables.insert(off, (self.clock, table));
-    }
+    /// Open for writing (refused, with the reason, for images we cannot write).
+    pub writable: bool,
 }
 
 /// An open qcow2 image.
@@ -77,8 +51,14 @@ pub struct Qcow2Driver {
     header: Header,
     ext: Extensions,
     backing_file: Option<String>,
-    l1: Vec<u64>,
-    l2_cache: Mutex<L2Cache>,
+    meta: Mutex<Meta>,
+    /// Shared by reads and in-place writes, exclusive for metadata changes.
+    io: RwLock<()>,
+    size: AtomicU64,
+    /// Why writes are refused (`None`: writable).
+    write_refusal: Option<String>,
+    /// Whether the first write happened (the autoclear bits are cleared then).
+    touched: AtomicBool,
     engine: Engine,
 }
 
@@ -111,17 +91,27 @@ impl Qcow2Driver {
         )?;
         let capacity =
             (L2_CACHE_BYTES / header.cluster_size()).clamp(4, L2_CACHE_MAX_TABLES) as usize;
+        let write_refusal = write_refusal(opts.writable, &header, &crypto);
+        let mut meta = Meta::new(l1, header.l1_table_offset, capacity);
+        if write_refusal.is_none() {
+            meta.refs = Some(Refcounts::load(
+                file.as_ref(),
+                header.cluster_bits,
+                header.refcount_order,
+                header.refcount_table_offset,
+                header.refcount_table_clusters.into(),
+            )?);
+        }
         let engine = Engine::new(file, crypto, header.size, header.compression_type);
         Ok(Qcow2Driver {
-            l2_cache: Mutex::new(L2Cache {
-                tables: HashMap::new(),
-                clock: 0,
-                capacity,
-            }),
+            meta: Mutex::new(meta),
+            io: RwLock::new(()),
+            size: AtomicU64::new(header.size),
+            write_refusal,
+            touched: AtomicBool::new(false),
             header,
             ext,
             backing_file,
-            l1,
             engine,
         })
     }
@@ -153,8 +143,7 @@ impl Qcow2Driver {
     }
 
     fn l2_table(&self, off: u64) -> Result<Arc<Vec<u64>>> {
-        let mut cache = self.l2_cache.lock().expect("L2 cache");
-        if let Some(t) = cache.get(off) {
+        if let Some(t) = self.meta.lock().expect("meta").cached(off) {
             return Ok(t);
         }
         let cs = self.header.cluster_size() as usize;
@@ -168,8 +157,7 @@ impl Qcow2Driver {
                 .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
                 .collect(),
         );
-        cache.insert(off, t.clone());
-        Ok(t)
+        Ok(self.meta.lock().expect("meta").insert_clean(off, t))
     }
 }
 
@@ -190,7 +178,8 @@ impl ClusterMap for Qcow2Driver {
         let cb = self.header.cluster_bits;
         let l2_bits = self.header.l2_bits();
         let l1_index = (g >> (cb + l2_bits)) as usize;
-        let Some(&l1e) = self.l1.get(l1_index) else {
+        let l1e = self.meta.lock().expect("meta").l1.get(l1_index).copied();
+        let Some(l1e) = l1e else {
             return Ok(Mapping::Backing);
         };
         let Some(l2_off) = l1_l2_offset(l1e, l1_index, self.header.cluster_size())? else {
@@ -206,6 +195,29 @@ impl ClusterMap for Qcow2Driver {
         let sub = ((g >> self.unit_bits()) & 31) as u32;
         entry.mapping(sub)
     }
+}
+
+/// Why an image cannot be written, if it cannot.
+fn write_refusal(writable: bool, h: &Header, crypto: &Crypto) -> Option<String> {
+    Some(if !writable {
+        "the image is opened read-only".into()
+    } else if let Crypto::Aes { .. } = crypto {
+        "legacy AES-encrypted qcow images are insecure and read-only here: convert to LUKS \
+         with 'vmcrypt convert -O qcow2 -o encrypt.format=luks,encrypt.key-secret=ID'"
+            .into()
+    } else if !crypto.is_unlocked() {
+        "the image is encrypted and no key was given".into()
+    } else if h.has_extended_l2() {
+        "writing images with extended L2 entries (subclusters) is not supported yet".into()
+    } else if h.is_corrupt() {
+        "the image is marked corrupt; repair it with 'vmcrypt check -r all'".into()
+    } else if h.is_dirty() {
+        "the image was not closed cleanly (dirty bit, lazy refcounts); repair it with \
+         'vmcrypt check -r all'"
+            .into()
+    } else {
+        return None;
+    })
 }
 
 /// Refuse unknown incompatible features (named from the feature table when possible)
@@ -279,6 +291,17 @@ fn info_json(h: &Header, crypto: &Crypto) -> Value {
     Value::Object(m)
 }
 
+impl Drop for Qcow2Driver {
+    /// Write back what a caller forgot to flush (errors cannot be reported here; the
+    /// ordered flush still leaves a consistent image).
+    fn drop(&mut self) {
+        let dirty = self.meta.get_mut().map(|m| m.is_dirty()).unwrap_or(false);
+        if dirty {
+            let _ = self.flush_all();
+        }
+    }
+}
+
 impl BlockDriver for Qcow2Driver {
     fn driver_name(&self) -> &'static str {
         "qcow2"
@@ -293,30 +316,44 @@ impl BlockDriver for Qcow2Driver {
             .map(|b| (b.to_string(), self.backing_format().map(str::to_string)))
     }
     fn size(&self) -> u64 {
-        self.header.size
+        self.size.load(Ordering::SeqCst)
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range("qcow2 read", offset, buf.len(), self.header.size)?;
+        check_range("qcow2 read", offset, buf.len(), self.size())?;
+        let _shared = self.io.read().expect("io lock");
         self.engine.read(self, buf, offset)
     }
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
-        bail!(ReadOnly, "{READ_ONLY_MSG}")
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_at_mut(&mut buf.to_vec(), offset)
     }
-    fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
-        bail!(ReadOnly, "{READ_ONLY_MSG}")
+    fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range("qcow2 write", offset, buf.len(), self.size())?;
+        self.write_guest(buf, offset)
     }
-    fn resize(&self, _new_size: u64) -> Result<()> {
-        bail!(ReadOnly, "{READ_ONLY_MSG}")
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        check_range("qcow2 write zeroes", offset, len as usize, self.size())?;
+        self.zero_range(offset, len, false)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        check_range("qcow2 discard", offset, len as usize, self.size())?;
+        self.zero_range(offset, len, true)
+    }
+    fn resize(&self, new_size: u64) -> Result<()> {
+        self.grow(new_size)
     }
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.flush_all()
+    }
+    fn has_zero_init(&self) -> bool {
+        self.engine.backing.is_none()
     }
     fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
-        check_range("qcow2 block status", offset, len as usize, self.header.size)?;
+        check_range("qcow2 block status", offset, len as usize, self.size())?;
+        let _shared = self.io.read().expect("io lock");
         self.engine.block_status(self, offset, len)
     }
     fn is_read_only(&self) -> bool {
-        true
+        self.write_refusal.is_some()
     }
     fn allocated_size(&self) -> Option<u64> {
         self.engine.file.allocated_size()

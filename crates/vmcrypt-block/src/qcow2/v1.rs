@@ -1,9 +1,13 @@
 //! The legacy `qcow` (version 1) driver, read-only: one L1 table covering the disk, L2
 //! tables of `1 << l2_bits` entries, optional raw-deflate compression and legacy AES
 //! encryption (IV = guest sector), backing file by name (format probed).
+use super::OpenOptions;
 use super::crypt::Crypto;
 use super::engine::{ClusterMap, Engine};
-use super::{OpenOptions, READ_ONLY_MSG};
+
+/// Message of every refused write.
+const READ_ONLY_MSG: &str =
+    "qcow (version 1) images are read-only here: convert them with 'vmcrypt convert -O qcow2'";
 use crate::driver::{BlockDriver, Child, Extent, check_range};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -156,10 +160,10 @@ impl BlockDriver for QcowDriver {
         self.engine.read(self, buf, offset)
     }
     fn write_at(&self, _buf: &[u8], _offset: u64) -> Result<()> {
-        bail!(ReadOnly, "{}", READ_ONLY_MSG.replace("qcow2", "qcow"))
+        bail!(ReadOnly, "{}", READ_ONLY_MSG)
     }
     fn write_zeroes(&self, _offset: u64, _len: u64) -> Result<()> {
-        bail!(ReadOnly, "{}", READ_ONLY_MSG.replace("qcow2", "qcow"))
+        bail!(ReadOnly, "{}", READ_ONLY_MSG)
     }
     fn flush(&self) -> Result<()> {
         Ok(())

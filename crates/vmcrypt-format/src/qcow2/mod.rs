@@ -3,6 +3,7 @@
 pub mod create;
 pub mod ext;
 pub mod header;
+pub mod refcount;
 pub mod table;
 pub mod v1;
 

@@ -97,7 +97,8 @@ pub fn transmission_flags(export: &ExportInfo, structured: bool) -> u16 {
     if export.read_only {
         f |= FLAG_READ_ONLY;
     } else {
-        f |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES;
+        // A fast zero the node cannot do cheaply fails with ENOTSUP (see server::ops).
+        f |= FLAG_SEND_TRIM | FLAG_SEND_WRITE_ZEROES | FLAG_SEND_FAST_ZERO;
     }
     if structured {
         // We never fragment a read, so DF is always honoured.

@@ -97,8 +97,8 @@ fn export_name_sends_size_flags_and_zeroes_unless_no_zeroes() {
     let Step::Transmit(bytes, _) = h.handle_option(OPT_EXPORT_NAME, b"") else {
         panic!("EXPORT_NAME must enter transmission");
     };
-    // Writable: HAS_FLAGS|FLUSH|FUA|TRIM|WRITE_ZEROES|MULTI_CONN|CACHE = 0x056d.
-    assert_eq!(bytes, hex("0000000100000200 056d"));
+    // Writable: HAS_FLAGS|FLUSH|FUA|TRIM|WRITE_ZEROES|MULTI_CONN|CACHE|FAST_ZERO = 0x0d6d.
+    assert_eq!(bytes, hex("0000000100000200 0d6d"));
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn go_replies_export_name_description_block_size_then_ack() {
     else {
         panic!("GO must enter transmission");
     };
-    let mut want = rep(7, 3, "0000 0000000100000200 056d");
+    let mut want = rep(7, 3, "0000 0000000100000200 0d6d");
     want.extend(rep(7, 3, "0001"));
     want.extend(rep(7, 3, &format!("0002{}", hexs("default disk"))));
     // min 1, preferred 4096, max 32 MiB.
@@ -187,7 +187,7 @@ fn structured_reply_adds_df_flag() {
         panic!("GO must enter transmission");
     };
     assert!(n.structured);
-    assert_eq!(n.flags, 0x056d | FLAG_SEND_DF);
+    assert_eq!(n.flags, 0x0d6d | FLAG_SEND_DF);
     assert!(!n.base_allocation);
 }
 

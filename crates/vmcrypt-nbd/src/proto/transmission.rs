@@ -87,6 +87,8 @@ pub enum Command {
         length: u32,
         fua: bool,
         no_hole: bool,
+        /// NBD_CMD_FLAG_FAST_ZERO: fail with ENOTSUP rather than zero slowly.
+        fast: bool,
     },
     BlockStatus {
         offset: u64,
@@ -153,9 +155,11 @@ pub fn validate(req: &Request, s: &Session) -> Result<Result<Command, Rejection>
     if writes && s.read_only {
         return reject(NbdError::Perm, "the export is read-only".into());
     }
-    if req.flags & CMD_FLAG_FAST_ZERO != 0 {
-        // Not advertised: we cannot promise zeroing is faster than writing.
-        return reject(NbdError::NotSup, "fast zero is not supported".into());
+    if req.flags & CMD_FLAG_FAST_ZERO != 0 && req.kind != CMD_WRITE_ZEROES {
+        return reject(
+            NbdError::Inval,
+            "NBD_CMD_FLAG_FAST_ZERO is only valid on WRITE_ZEROES".into(),
+        );
     }
     match req.kind {
         CMD_READ | CMD_CACHE if length > MAX_PAYLOAD => reject(
@@ -187,6 +191,7 @@ pub fn validate(req: &Request, s: &Session) -> Result<Result<Command, Rejection>
             length,
             fua,
             no_hole: req.flags & CMD_FLAG_NO_HOLE != 0,
+            fast: req.flags & CMD_FLAG_FAST_ZERO != 0,
         })),
         CMD_BLOCK_STATUS if !(s.structured && s.base_allocation) => reject(
             NbdError::Inval,

@@ -81,7 +81,8 @@ fn valid_commands_parse() {
             offset: 0,
             length: 1 << 20,
             fua: false,
-            no_hole: true
+            no_hole: true,
+            fast: false
         }
     );
     assert_eq!(
@@ -176,9 +177,14 @@ fn unknown_commands_and_flags_are_einval_not_fatal() {
         NbdError::Inval
     );
     assert_eq!(
-        rejected(req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 1), &s).error,
-        NbdError::NotSup
+        rejected(req(CMD_READ, CMD_FLAG_FAST_ZERO, 0, 1), &s).error,
+        NbdError::Inval,
+        "FAST_ZERO outside WRITE_ZEROES"
     );
+    assert!(matches!(
+        ok(req(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 0, 1), &s),
+        Command::WriteZeroes { fast: true, .. }
+    ));
 }
 
 #[test]

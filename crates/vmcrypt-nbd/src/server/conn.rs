@@ -5,7 +5,9 @@
 //! under the connection's writer lock, so several requests are in flight while every
 //! reply goes out whole. A byte budget bounds the memory held by in-flight requests.
 //! A protocol violation or a socket error ends only this connection; in-flight requests
-//! finish and the export is flushed before the socket closes.
+//! finish and the export is flushed before the socket closes. When the server stops
+//! (the `stopping` watch turns true) the loop reads no further request: requests already
+//! read finish and are answered, then the connection closes the same way.
 //!
 //! With TLS credentials the handshake demands NBD_OPT_STARTTLS; after its ACK the
 //! socket is wrapped in a rustls server session and everything else (the remaining
@@ -18,7 +20,7 @@ use crate::proto::{MAX_OPTION_LEN, handshake};
 use std::io;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, WriteHalf};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Time a client has to finish the handshake (so an idle socket cannot pin the server).
@@ -78,21 +80,41 @@ enum Conn<S> {
     Tls(Box<tokio_rustls::server::TlsStream<S>>),
 }
 
-/// Serve one connection until the client disconnects or misbehaves.
-pub(crate) async fn serve<S>(stream: S, exports: Arc<[Export]>, tls: Option<TlsCreds>, peer: String)
-where
+/// Completes once the server is stopping (or gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Serve one connection until the client disconnects or misbehaves, or the server stops.
+pub(crate) async fn serve<S>(
+    stream: S,
+    exports: Arc<[Export]>,
+    tls: Option<TlsCreds>,
+    peer: String,
+    mut stopping: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let infos = exports.iter().map(Export::info).collect();
     let handshake = negotiate(stream, infos, tls.as_ref());
-    let (conn, negotiated) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "handshake timed out",
-            ))
-        }) {
+    let timed = async {
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake timed out",
+                ))
+            })
+    };
+    let outcome = tokio::select! {
+        r = timed => r,
+        () = stopped(&mut stopping) => {
+            tracing::info!(%peer, "server stopping: handshake abandoned");
+            return;
+        }
+    };
+    let (conn, negotiated) = match outcome {
         Ok(Some(n)) => n,
         Ok(None) => {
             tracing::info!(%peer, "client left during the handshake");
@@ -114,8 +136,8 @@ where
     );
     let node = export.node.clone();
     let result = match conn {
-        Conn::Plain(s) => transmit(s, export, negotiated).await,
-        Conn::Tls(s) => transmit(s, export, negotiated).await,
+        Conn::Plain(s) => transmit(s, export, negotiated, stopping).await,
+        Conn::Tls(s) => transmit(s, export, negotiated, stopping).await,
     };
     if let Err(e) = result {
         tracing::info!(%peer, "connection closed: {e}");
@@ -229,7 +251,12 @@ fn cost(cmd: &Command) -> u32 {
     }
 }
 
-async fn transmit<S>(stream: S, export: &Export, n: Negotiated) -> io::Result<()>
+async fn transmit<S>(
+    stream: S,
+    export: &Export,
+    n: Negotiated,
+    mut stopping: watch::Receiver<bool>,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -252,7 +279,15 @@ where
         // Reap finished tasks so the set does not grow without bound.
         while inflight.try_join_next().is_some() {}
         let mut header = [0u8; REQUEST_LEN];
-        if let Err(e) = rd.read_exact(&mut header).await {
+        let read = tokio::select! {
+            biased;
+            () = stopped(&mut stopping) => {
+                tracing::info!(in_flight = inflight.len(), "server stopping: reading no more requests");
+                break Ok(());
+            }
+            r = rd.read_exact(&mut header) => r,
+        };
+        if let Err(e) = read {
             break if e.kind() == io::ErrorKind::UnexpectedEof {
                 Ok(())
             } else {

@@ -5,6 +5,13 @@
 //! client connected meanwhile) has gone, like qemu-nbd; with it, it serves until the
 //! shutdown future completes. Either way every export is flushed before `serve` returns.
 //!
+//! Shutdown is clean: the listener closes at once, every connection stops reading new
+//! requests, requests already read run to completion and get their replies, and then
+//! the sockets close. Connections still busy after the grace period
+//! ([`Server::grace`], 5 s by default) are aborted. [`Server::shared`] limits how many
+//! clients are served at once; further clients wait in the listen backlog, as with
+//! qemu-nbd's `--shared`.
+//!
 //! With [`Server::tls`] every client must upgrade to TLS with NBD_OPT_STARTTLS before
 //! anything else (see [`tls`] for the credentials).
 mod conn;
@@ -18,7 +25,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_error::{Error, ErrorKind, Result, bail};
@@ -90,7 +99,12 @@ pub struct Server {
     exports: Arc<[Export]>,
     persistent: bool,
     tls: Option<TlsCreds>,
+    shared: usize,
+    grace: Duration,
 }
+
+/// How long a shutdown waits for in-flight requests before aborting connections.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 impl Server {
     /// A server for `exports`; names must be unique and at most 4096 bytes.
@@ -114,6 +128,8 @@ impl Server {
             exports: exports.into(),
             persistent: false,
             tls: None,
+            shared: 0,
+            grace: DEFAULT_GRACE,
         })
     }
 
@@ -126,6 +142,18 @@ impl Server {
     /// Require TLS with these credentials (`None`: no TLS, STARTTLS is unsupported).
     pub fn tls(mut self, creds: Option<TlsCreds>) -> Self {
         self.tls = creds;
+        self
+    }
+
+    /// Serve at most `n` clients at once (0: no limit); more wait to be accepted.
+    pub fn shared(mut self, n: usize) -> Self {
+        self.shared = n;
+        self
+    }
+
+    /// How long shutdown waits for in-flight requests before aborting connections.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
         self
     }
 
@@ -156,28 +184,31 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         tracing::info!(listen = %listener.describe(), exports = self.exports.len(), "serving NBD");
+        let (stop, stopping) = watch::channel(false);
         let mut conns = JoinSet::new();
         let mut served = 0u64;
         tokio::pin!(shutdown);
         loop {
+            let room = self.shared == 0 || conns.len() < self.shared;
             tokio::select! {
                 () = &mut shutdown => {
-                    tracing::info!("shutting down");
+                    tracing::info!(clients = conns.len(), "shutting down: no new connections");
                     break;
                 }
-                accepted = accept(&listener) => match accepted {
+                accepted = accept(&listener), if room => match accepted {
                     Ok((stream, peer)) => {
                         served += 1;
                         let exports = self.exports.clone();
                         let tls = self.tls.clone();
+                        let stopping = stopping.clone();
                         match stream {
-                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer)),
-                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer)),
+                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
+                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
                         };
                     }
                     Err(e) => {
                         tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {
@@ -188,11 +219,40 @@ impl Server {
                 }
             }
         }
-        conns.shutdown().await;
         if let Listener::Unix(_, path) = &listener {
             let _ = std::fs::remove_file(path);
         }
-        self.flush_all().await
+        drop(listener);
+        self.drain(conns, stop).await;
+        let flushed = self.flush_all().await;
+        if flushed.is_ok() {
+            tracing::info!("every export flushed; server stopped");
+        }
+        flushed
+    }
+
+    /// Tell the connections to stop and wait up to the grace period for their
+    /// in-flight requests; abort what is left.
+    async fn drain(&self, mut conns: JoinSet<()>, stop: watch::Sender<bool>) {
+        let _ = stop.send(true);
+        if conns.is_empty() {
+            return;
+        }
+        tracing::info!(
+            clients = conns.len(),
+            grace = ?self.grace,
+            "waiting for in-flight requests"
+        );
+        let all = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!(
+                clients = conns.len(),
+                "grace period over: aborting connections with requests still in flight"
+            );
+            conns.shutdown().await;
+        } else {
+            tracing::info!("all connections finished");
+        }
     }
 
     /// Flush every export; the first error is returned after trying them all.

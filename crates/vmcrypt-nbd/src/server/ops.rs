@@ -1,11 +1,16 @@
 //! Running one validated command against a block node. These functions are synchronous
 //! and run on tokio's blocking pool; each returns the complete reply bytes.
 //!
-//! TRIM is accepted and does nothing (after a flush when FUA is set): it is advisory in
-//! NBD, the block layer has no discard operation, and on an encrypted node discarding
-//! ciphertext would reveal which blocks are in use. WRITE_ZEROES uses the node's
+//! TRIM goes to the node's `discard` (then a flush when FUA is set). It is advisory in
+//! NBD: qcow2 turns whole clusters into zero clusters, while raw and LUKS nodes ignore it
+//! (on an encrypted node, punching holes in the ciphertext would reveal which blocks
+//! are in use). WRITE_ZEROES uses the node's
 //! `write_zeroes` (which may punch holes in a raw file) unless NO_HOLE is set, in
-//! which case zero buffers are written so the range stays allocated.
+//! which case zero buffers are written so the range stays allocated. A FAST_ZERO request
+//! succeeds at once when the node reports the whole range as already reading zeros (and
+//! NO_HOLE is not set); otherwise it fails with ENOTSUP, as the spec demands of a server
+//! that cannot zero faster than writing (the block layer offers no cheaper zeroing
+//! that is guaranteed, and an encrypting node must write ciphertext of zeros).
 use crate::proto::transmission::{Command, Replies, allocation_flags, block_status_chunk};
 use crate::proto::{BASE_ALLOCATION_ID, NbdError};
 use vmcrypt_block::BlockDriver;
@@ -38,8 +43,22 @@ pub(crate) fn execute(
             length,
             fua,
             no_hole,
+            fast: true,
+        } => fast_zeroes(node, offset, length, no_hole).and_then(|()| fua_flush(node, fua)),
+        Command::WriteZeroes {
+            offset,
+            length,
+            fua,
+            no_hole,
+            fast: false,
         } => zeroes(node, offset, length, no_hole).and_then(|()| fua_flush(node, fua)),
-        Command::Trim { fua, .. } => fua_flush(node, fua),
+        Command::Trim {
+            offset,
+            length,
+            fua,
+        } => node
+            .discard(offset, u64::from(length))
+            .and_then(|()| fua_flush(node, fua)),
         Command::Flush => node.flush(),
         Command::Cache | Command::Disconnect => Ok(()),
     };
@@ -92,6 +111,27 @@ fn zeroes(node: &dyn BlockDriver, offset: u64, length: u32, no_hole: bool) -> Re
         done += n;
     }
     Ok(())
+}
+
+/// A fast zero: nothing to do when the range already reads as zeros, else ENOTSUP.
+fn fast_zeroes(node: &dyn BlockDriver, offset: u64, length: u32, no_hole: bool) -> Result<()> {
+    let end = offset + u64::from(length);
+    let mut pos = offset;
+    while pos < end && !no_hole {
+        let e = node.block_status(pos, end - pos)?;
+        if e.allocation != vmcrypt_block::Allocation::Zero || e.length == 0 {
+            break;
+        }
+        pos += e.length.min(end - pos);
+    }
+    if pos >= end && !no_hole {
+        return Ok(());
+    }
+    bail!(
+        Unsupported,
+        "fast zero of {length} bytes at {offset}: driver '{}' cannot zero that range quickly",
+        node.driver_name()
+    )
 }
 
 /// Collect `(length, flags)` descriptors covering a prefix of the range.
@@ -208,11 +248,29 @@ mod tests {
             length: 101,
             fua: false,
             no_hole: true,
+            fast: false,
         };
         assert_eq!(execute(&node, z, &mut [], ST, 2), none_chunk(2).to_vec());
         let data = node.snapshot();
         assert!(data[..101].iter().all(|&b| b == 0));
         assert_eq!(&data[101..104], &[2, 3, 7]);
+    }
+
+    #[test]
+    fn fast_zero_of_data_is_enotsup_and_changes_nothing() {
+        let node = MemDriver::new(vec![7u8; 4096]);
+        let z = Command::WriteZeroes {
+            offset: 0,
+            length: 512,
+            fua: false,
+            no_hole: false,
+            fast: true,
+        };
+        let r = execute(&node, z, &mut [], ST, 5);
+        // ERROR chunk with NBD_ENOTSUP (95).
+        assert_eq!(&r[6..8], &[0x80, 0x01]);
+        assert_eq!(&r[20..24], &95u32.to_be_bytes());
+        assert!(node.snapshot().iter().all(|&b| b == 7));
     }
 
     #[test]

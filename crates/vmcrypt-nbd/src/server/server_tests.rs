@@ -244,3 +244,113 @@ fn duplicate_export_names_are_refused() {
     assert!(Server::new(vec![a, b]).is_err());
     assert!(Server::new(vec![]).is_err());
 }
+
+/// A memory node whose writes take `delay` and which counts flushes, to hold requests
+/// in flight while the server is told to stop.
+struct SlowNode {
+    inner: MemDriver,
+    delay: std::time::Duration,
+    flushes: std::sync::atomic::AtomicUsize,
+}
+
+impl BlockDriver for SlowNode {
+    fn driver_name(&self) -> &'static str {
+        "slow"
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+}
+
+/// Serve one SlowNode export with grace period `grace`; the client has sent a 4-byte
+/// WRITE at offset 8 and the server is running it when this returns.
+async fn slow_server_with_write_in_flight(
+    delay_ms: u64,
+    grace: std::time::Duration,
+) -> (
+    tempfile::TempDir,
+    Client,
+    Arc<SlowNode>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
+    let node = Arc::new(SlowNode {
+        inner: MemDriver::new(vec![0u8; 4096]),
+        delay: std::time::Duration::from_millis(delay_ms),
+        flushes: Default::default(),
+    });
+    let export = Export {
+        name: String::new(),
+        node: node.clone(),
+        read_only: false,
+        description: String::new(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nbd.sock");
+    let server = Server::new(vec![export])
+        .unwrap()
+        .persistent(true)
+        .grace(grace);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let p = path.clone();
+    let h = tokio::spawn(async move {
+        server
+            .serve_unix(&p, async {
+                let _ = rx.await;
+            })
+            .await
+    });
+    let (mut c, _, _) = Client::open(&path, "").await;
+    c.request(CMD_WRITE, 0, 1, 8, 4).await;
+    c.s.write_all(&[4, 3, 2, 1]).await.unwrap();
+    // Let the server read the request and start the slow write.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    (dir, c, node, tx, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_answers_in_flight_requests_then_flushes() {
+    let (dir, mut c, node, stop, handle) =
+        slow_server_with_write_in_flight(600, DEFAULT_GRACE).await;
+    let flushes_before = node.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    stop.send(()).unwrap();
+    let (fl, ty, cookie, _) = c.chunk().await;
+    assert_eq!((fl, ty, cookie), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 1));
+    // Then the server closes the connection without reading anything more.
+    let mut rest = Vec::new();
+    c.s.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    handle.await.unwrap().unwrap();
+    assert_eq!(&node.inner.snapshot()[8..12], &[4, 3, 2, 1]);
+    assert!(node.flushes.load(std::sync::atomic::Ordering::SeqCst) > flushes_before);
+    assert!(!dir.path().join("nbd.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_aborts_requests_that_outlast_the_grace_period() {
+    let grace = std::time::Duration::from_millis(200);
+    let (_dir, _c, _node, stop, handle) = slow_server_with_write_in_flight(1500, grace).await;
+    let t0 = std::time::Instant::now();
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1200),
+        "serve waited {:?} for a request past the {grace:?} grace period",
+        t0.elapsed()
+    );
+}

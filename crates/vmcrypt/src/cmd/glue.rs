@@ -1,8 +1,10 @@
 //! Glue for virtual machines: `vmcrypt libvirt disk-xml` prints the libvirt `<disk>`
 //! element for an export of `vmcrypt serve`, and `vmcrypt qemu-args` prints the
 //! `-object secret` and `-blockdev` arguments with which QEMU opens an image natively
-//! (LUKS1, detached-header LUKS1, raw). LUKS2 is refused: QEMU cannot open it, so it has
-//! to go through `vmcrypt serve` and NBD.
+//! (LUKS1, detached-header LUKS1 over a raw or qcow2 payload, raw, and qcow2 with LUKS
+//! encryption, backing chains included: one `-blockdev` per layer, each with its own
+//! `encrypt.key-secret`, linked by `backing=NODE`). LUKS2 is refused: QEMU cannot open
+//! it, so it has to go through `vmcrypt serve` and NBD.
 use super::image_spec;
 use crate::cli::Common;
 use clap::{Args, Subcommand};
@@ -180,10 +182,14 @@ pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
         read_only: true,
         metadata_only: true,
         limits: a.common.limits.limits(),
+        writable_backing: false,
     };
     let node = graph::open(&spec, &ctx)?;
+    if driver == "qcow2" {
+        return qcow2_arg_list(a, spec, &ctx, &ids, json);
+    }
     if driver == "luks" || driver == "luks2" {
-        check_luks_for_qemu(&*node, &a.image)?;
+        check_luks_for_qemu(&node.format_specific().unwrap_or(Value::Null), &a.image)?;
         let id = match (opt_str(&spec, "key-secret")?, ids.as_slice()) {
             (Some(id), _) => id,
             // One secret and a plain filename: that secret is the key.
@@ -201,18 +207,225 @@ pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
         }
     }
     let node_json = qemu_node(spec, &a.node_name)?;
+    Ok(arg_words(&a.common, &[node_json], json))
+}
+
+/// `-object` for every secret, then `-blockdev` for every node in order.
+fn arg_words(common: &Common, nodes: &[Map<String, Value>], json: bool) -> Vec<String> {
     let mut out = Vec::new();
-    for o in &a.common.objects {
+    for o in &common.objects {
         out.push("-object".to_string());
         out.push(o.clone());
     }
-    out.push("-blockdev".to_string());
-    out.push(if json {
-        Value::Object(node_json).to_string()
-    } else {
-        keyval(&node_json)
-    });
-    Ok(out)
+    for n in nodes {
+        out.push("-blockdev".to_string());
+        out.push(if json {
+            Value::Object(n.clone()).to_string()
+        } else {
+            keyval(n)
+        });
+    }
+    out
+}
+
+/// A qcow2 image and its backing chain: one node per layer, the deepest first, each
+/// naming the layer below with `backing=NODE` (QEMU's -blockdev cannot complete a
+/// partial `backing.` option set from the header, so every layer is spelled out).
+fn qcow2_arg_list(
+    a: &QemuArgsArgs,
+    spec: Map<String, Value>,
+    ctx: &OpenContext,
+    ids: &[String],
+    json: bool,
+) -> Result<Vec<String>> {
+    let layers = chain(spec, ctx, ids)?;
+    let name = |i: usize| {
+        if i == 0 {
+            a.node_name.clone()
+        } else {
+            format!("{}-backing{i}", a.node_name)
+        }
+    };
+    let mut nodes = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.into_iter().enumerate().rev() {
+        let mut n = qemu_node(layer.spec, &name(i))?;
+        if layer.has_backing {
+            n.insert("backing".into(), Value::String(name(i + 1)));
+        }
+        nodes.push(n);
+    }
+    Ok(arg_words(&a.common, &nodes, json))
+}
+
+/// One layer of a backing chain: its options (without `backing`) and whether the
+/// next entry of the chain is its backing node.
+struct Layer {
+    spec: Map<String, Value>,
+    has_backing: bool,
+}
+
+/// Longest backing chain `qemu-args` follows.
+const MAX_CHAIN: usize = 64;
+
+/// Walk the chain from `spec` down: each layer is opened (metadata only) to read its
+/// header's backing file, whose options come from the layer's `backing` object.
+fn chain(mut spec: Map<String, Value>, ctx: &OpenContext, ids: &[String]) -> Result<Vec<Layer>> {
+    let mut out: Vec<Layer> = Vec::new();
+    loop {
+        ensure!(
+            out.len() < MAX_CHAIN,
+            LimitExceeded,
+            "the backing chain is deeper than {MAX_CHAIN} images (a loop?)"
+        );
+        let prefix = "backing.".repeat(out.len());
+        let given = spec.remove("backing");
+        let mut probe = spec.clone();
+        probe.insert("backing".into(), Value::Null);
+        let node = graph::open(&probe, ctx)?;
+        let image = node.filename();
+        layer_secret(&mut spec, &*node, &image, &prefix, ids, out.is_empty())?;
+        let Some(next) = backing_spec(given, &*node, &image, &prefix)? else {
+            out.push(Layer {
+                spec,
+                has_backing: false,
+            });
+            return Ok(out);
+        };
+        out.push(Layer {
+            spec,
+            has_backing: true,
+        });
+        spec = next;
+    }
+}
+
+/// The options of the layer below `image`: those given under its `backing`, completed
+/// by the header's backing file name and format; `None` when the image has no backing.
+fn backing_spec(
+    given: Option<Value>,
+    node: &dyn BlockDriver,
+    image: &str,
+    prefix: &str,
+) -> Result<Option<Map<String, Value>>> {
+    let mut next = match given {
+        Some(Value::Null) => bail!(
+            Unsupported,
+            "{prefix}backing=null (cutting the chain) is not supported by qemu-args"
+        ),
+        None => Map::new(),
+        Some(Value::String(f)) => graph::spec_from_filename(&f, None)?,
+        Some(Value::Object(m)) => m,
+        Some(_) => bail!(
+            Usage,
+            "option '{prefix}backing' must be an object or a filename"
+        ),
+    };
+    let Some((bname, bfmt)) = node.backing_info() else {
+        ensure!(
+            next.is_empty(),
+            Usage,
+            "'{image}' has no backing file, but {prefix}backing options were given"
+        );
+        return Ok(None);
+    };
+    if !next.contains_key("file") {
+        for (k, v) in graph::spec_from_filename(&resolve_backing(image, &bname), None)? {
+            next.entry(k).or_insert(v);
+        }
+    }
+    if !next.contains_key("driver") {
+        let fmt = match bfmt {
+            Some(f) => f,
+            None => graph::probed_format(&next)?
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "{prefix}backing.driver: cannot tell the format of '{bname}'"
+                    ))
+                })?
+                .to_string(),
+        };
+        next.insert("driver".into(), Value::String(fmt));
+    }
+    Ok(Some(next))
+}
+
+/// A backing file name from a header: `json:` and absolute names as they are, others
+/// relative to the directory of `image` (as QEMU resolves them).
+fn resolve_backing(image: &str, name: &str) -> String {
+    let path = std::path::Path::new(name);
+    if name.starts_with("json:") || path.is_absolute() {
+        return name.to_string();
+    }
+    match std::path::Path::new(image).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name).to_string_lossy().into_owned(),
+        _ => name.to_string(),
+    }
+}
+
+/// Check one layer's encryption and set the secret QEMU needs: `encrypt.format=luks`
+/// and `encrypt.key-secret` for an encrypted qcow2 layer, `key-secret` for a luks one.
+/// A top layer given as a plain filename with exactly one `--object` uses that secret.
+fn layer_secret(
+    spec: &mut Map<String, Value>,
+    node: &dyn BlockDriver,
+    image: &str,
+    prefix: &str,
+    ids: &[String],
+    top: bool,
+) -> Result<()> {
+    let driver = opt_str(spec, "driver")?.unwrap_or_default();
+    let info = node.format_specific().unwrap_or(Value::Null);
+    let fallback = || match ids {
+        [only] if top => Some(only.clone()),
+        _ => None,
+    };
+    match driver.as_str() {
+        "qcow2" if node.is_encrypted() => {
+            let enc = info.get("encrypt").cloned().unwrap_or(Value::Null);
+            if enc.get("format").and_then(Value::as_str) != Some("luks") {
+                bail!(
+                    Unsupported,
+                    "'{image}' uses qcow2's legacy AES encryption, which QEMU's system emulators \
+                     refuse: convert it to LUKS encryption, or serve it with `vmcrypt serve`"
+                );
+            }
+            check_luks_for_qemu(&enc, image)?;
+            let mut e = match spec.remove("encrypt") {
+                Some(Value::Object(m)) => m,
+                None => Map::new(),
+                Some(_) => bail!(Usage, "option '{prefix}encrypt' must be an object"),
+            };
+            let id = match opt_str(&e, "key-secret")? {
+                Some(id) => id,
+                None => fallback().ok_or_else(|| {
+                    Error::usage(format!(
+                        "'{image}' is encrypted: QEMU needs {prefix}encrypt.key-secret=ID \
+                         (and --object secret,id=ID,file=PATH)"
+                    ))
+                })?,
+            };
+            e.insert("format".into(), Value::String("luks".into()));
+            e.insert("key-secret".into(), Value::String(id));
+            spec.insert("encrypt".into(), Value::Object(e));
+        }
+        "luks" | "luks2" if !top => {
+            check_luks_for_qemu(&info, image)?;
+            let id = opt_str(spec, "key-secret")?.ok_or_else(|| {
+                Error::usage(format!(
+                    "'{image}' is LUKS: QEMU needs {prefix}key-secret=ID"
+                ))
+            })?;
+            spec.insert("key-secret".into(), Value::String(id));
+            spec.insert("driver".into(), Value::String("luks".into()));
+        }
+        "qcow2" | "raw" | "file" => {}
+        d if !top => bail!(
+            Unsupported,
+            "'{image}' is a {d} image, which qemu-args does not spell out as a backing layer"
+        ),
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Load every `--object` (so a missing key file is reported now, not by QEMU), refusing
@@ -241,9 +454,9 @@ fn checked_secrets(common: &Common) -> Result<(SecretStore, Vec<String>)> {
 }
 
 /// Refuse what QEMU's luks driver cannot open: LUKS2, and LUKS1 ciphers, IV generators
-/// or hashes QEMU does not implement.
-fn check_luks_for_qemu(node: &dyn BlockDriver, image: &str) -> Result<()> {
-    let info = node.format_specific().unwrap_or(Value::Null);
+/// or hashes QEMU does not implement. `info` is the node's format-specific data (for
+/// qcow2, its `encrypt` object).
+fn check_luks_for_qemu(info: &Value, image: &str) -> Result<()> {
     if info.get("version").and_then(Value::as_u64) == Some(2) {
         bail!(
             Unsupported,

@@ -233,6 +233,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         read_only: false,
         metadata_only: false,
         limits: a.common.limits.limits(),
+        writable_backing: false,
     };
     let (dst, zeroed): (Arc<dyn BlockDriver>, bool) = if a.no_create {
         ensure!(
@@ -284,6 +285,7 @@ pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str
         read_only: true,
         metadata_only: true,
         limits: common.limits.limits(),
+        writable_backing: false,
     };
     let (fmt, problems) = match graph::open(&spec, &ctx) {
         Ok(node) => match node.check() {

@@ -152,6 +152,7 @@ pub fn open_image(
         read_only,
         metadata_only,
         limits: common.limits.limits(),
+        writable_backing: false,
     };
     graph::open(&spec, &ctx)
 }

@@ -93,3 +93,5 @@ pub fn free_port() -> u16 {
         .expect("finding a free TCP port")
         .port()
 }
+
+pub mod raw;

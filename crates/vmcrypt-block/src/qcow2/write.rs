@@ -1,0 +1,364 @@
+//! The qcow2 write path.
+//!
+//! * Writes to clusters this image owns (L1 and L2 entries with COPIED) go in place
+//!   under the shared side of the I/O lock, so they run in parallel with reads.
+//! * Anything else takes the exclusive side: a new cluster is allocated (refcount first,
+//!   see [`super::refcount`]), filled with the old contents (backing file, zeros,
+//!   compressed or shared cluster) merged with the new bytes, encrypted for its new
+//!   host offset, written, and only then the cached L2 entry points at it. Clusters
+//!   that lose a reference are freed after the next metadata flush.
+//! * Whole-cluster zeroing and discard change L2 entries only; resize grows the L1
+//!   table in a new place and switches the header to it.
+use super::Qcow2Driver;
+use crate::driver::BlockDriver;
+use std::sync::atomic::Ordering;
+use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_format::qcow2::table::{COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
+use vmcrypt_format::qcow2::{ClusterKind, L2Entry};
+
+/// A run of newly allocated, contiguous host clusters waiting to be written.
+struct Batch {
+    host: u64,
+    data: Vec<u8>,
+}
+
+impl Qcow2Driver {
+    fn cs(&self) -> u64 {
+        self.header.cluster_size()
+    }
+
+    fn entries_mask(&self) -> u64 {
+        (1u64 << self.header.l2_bits()) - 1
+    }
+
+    /// Refuse writes with the reason, and clear the autoclear features (we do not
+    /// maintain bitmaps) before the first change.
+    pub(super) fn check_writable(&self) -> Result<()> {
+        if let Some(r) = &self.write_refusal {
+            bail!(ReadOnly, "'{}': {r}", self.engine.file.filename());
+        }
+        if self.header.autoclear_features != 0 && !self.touched.swap(true, Ordering::SeqCst) {
+            let _x = self.io.write().expect("io lock");
+            self.engine
+                .file
+                .write_at(&0u64.to_be_bytes(), 88)
+                .ctx("qcow2: clearing the autoclear feature bits")?;
+            self.engine.file.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The raw L1 and L2 entries of guest cluster `ci` (L2 entry 0 when no table).
+    fn raw_entry(&self, ci: u64) -> Result<(u64, u64)> {
+        let l1i = (ci >> self.header.l2_bits()) as usize;
+        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
+        let Some(l1e) = l1e else { return Ok((0, 0)) };
+        let Some(off) = l1_l2_offset(l1e, l1i, self.cs())? else {
+            return Ok((l1e, 0));
+        };
+        let t = self.l2_table(off)?;
+        Ok((l1e, t[(ci & self.entries_mask()) as usize]))
+    }
+
+    /// Host runs `(buffer offset, host offset, length)` of an in-place write, or `None`
+    /// if some cluster is not owned by this image.
+    fn owned_runs(&self, offset: u64, len: u64) -> Result<Option<Vec<(usize, u64, usize)>>> {
+        let (cs, end) = (self.cs(), offset + len);
+        let mut runs: Vec<(usize, u64, usize)> = Vec::new();
+        let mut g = offset;
+        while g < end {
+            let n = (cs - g % cs).min(end - g);
+            let (l1e, e) = self.raw_entry(g / cs)?;
+            let owned = l1e & COPIED != 0 && e & COPIED != 0 && e & ZERO == 0;
+            let host = e & OFFSET_MASK;
+            if !owned || host == 0 || L2Entry::decode(e, None, self.header.cluster_bits, 0).is_err()
+            {
+                return Ok(None);
+            }
+            let host = host + g % cs;
+            let rel = (g - offset) as usize;
+            match runs.last_mut() {
+                Some(r) if r.1 + r.2 as u64 == host => r.2 += n as usize,
+                _ => runs.push((rel, host, n as usize)),
+            }
+            g += n;
+        }
+        Ok(Some(runs))
+    }
+
+    /// Write guest bytes (`buf` may be used as scratch space).
+    pub(super) fn write_guest(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        let aligned = offset.is_multiple_of(512) && buf.len().is_multiple_of(512);
+        if aligned || !self.engine.crypto.is_encrypted() {
+            let _shared = self.io.read().expect("io lock");
+            if let Some(runs) = self.owned_runs(offset, buf.len() as u64)? {
+                for (rel, host, n) in runs {
+                    self.write_owned(&mut buf[rel..rel + n], host)?;
+                }
+                return Ok(());
+            }
+        }
+        let _x = self.io.write().expect("io lock");
+        self.write_locked(buf, offset)?;
+        self.meta
+            .lock()
+            .expect("meta")
+            .trim(self.engine.file.as_ref())
+    }
+
+    /// Encrypt (when needed) and write bytes to a cluster this image owns.
+    fn write_owned(&self, data: &mut [u8], host: u64) -> Result<()> {
+        let file = &self.engine.file;
+        let crypto = &self.engine.crypto;
+        let name = file.filename();
+        if !crypto.is_encrypted() {
+            return file.write_at(data, host);
+        }
+        if host.is_multiple_of(512) && data.len().is_multiple_of(512) {
+            crypto.encrypt(data, host, &name)?;
+            return file.write_at(data, host);
+        }
+        let start = host / 512 * 512;
+        let end = (host + data.len() as u64).div_ceil(512) * 512;
+        let mut tmp = vec![0u8; (end - start) as usize];
+        self.engine.read_host(&mut tmp, start)?;
+        crypto.decrypt(&mut tmp, start, 0, &name)?;
+        let skip = (host - start) as usize;
+        tmp[skip..skip + data.len()].copy_from_slice(data);
+        crypto.encrypt(&mut tmp, start, &name)?;
+        file.write_at(&tmp, start)
+    }
+
+    /// The write path with the exclusive I/O lock held.
+    pub(super) fn write_locked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let (cs, end) = (self.cs(), offset + buf.len() as u64);
+        let mut batch: Option<Batch> = None;
+        let mut g = offset;
+        while g < end {
+            let (ci, within) = (g / cs, g % cs);
+            let n = (cs - within).min(end - g);
+            let rel = (g - offset) as usize;
+            let (l2, idx) = self.l2_for_write(ci)?;
+            let e = self.meta.lock().expect("meta").cached(l2).expect("pinned")[idx];
+            if e & COPIED != 0 && e & ZERO == 0 && e & OFFSET_MASK != 0 {
+                self.write_batch(&mut batch)?;
+                self.write_owned(&mut buf[rel..rel + n as usize], (e & OFFSET_MASK) + within)?;
+            } else {
+                let mut data = if n == cs {
+                    buf[rel..rel + n as usize].to_vec()
+                } else {
+                    let mut c = self.cluster_contents(ci)?;
+                    c[within as usize..(within + n) as usize]
+                        .copy_from_slice(&buf[rel..rel + n as usize]);
+                    c
+                };
+                let host = {
+                    let mut m = self.meta.lock().expect("meta");
+                    let host = m.refs().alloc(self.engine.file.as_ref(), 1)?;
+                    m.set_entry(l2, idx, host | COPIED);
+                    self.release(&mut m, e, idx)?;
+                    host
+                };
+                match batch.as_mut() {
+                    Some(b) if b.host + b.data.len() as u64 == host => b.data.append(&mut data),
+                    _ => {
+                        self.write_batch(&mut batch)?;
+                        batch = Some(Batch { host, data });
+                    }
+                }
+            }
+            g += n;
+        }
+        self.write_batch(&mut batch)
+    }
+
+    fn write_batch(&self, batch: &mut Option<Batch>) -> Result<()> {
+        let Some(mut b) = batch.take() else {
+            return Ok(());
+        };
+        let name = self.engine.file.filename();
+        self.engine.crypto.encrypt(&mut b.data, b.host, &name)?;
+        self.engine
+            .file
+            .write_at(&b.data, b.host)
+            .with_ctx(|| format!("qcow2: writing data clusters at {:#x}", b.host))
+    }
+
+    /// The guest contents of cluster `ci` (zero-padded past the end of the disk).
+    fn cluster_contents(&self, ci: u64) -> Result<Vec<u8>> {
+        let cs = self.cs();
+        let mut c = vec![0u8; cs as usize];
+        let start = ci * cs;
+        let n = cs.min(self.size().saturating_sub(start)) as usize;
+        self.engine.read(self, &mut c[..n], start)?;
+        Ok(c)
+    }
+
+    /// Queue the refcount decrements of the clusters an old L2 entry referenced.
+    fn release(&self, m: &mut super::meta::Meta, old: u64, idx: usize) -> Result<()> {
+        let cs = self.cs();
+        match L2Entry::decode(old, None, self.header.cluster_bits, idx)?.kind {
+            ClusterKind::Unallocated | ClusterKind::Zero(0) => {}
+            ClusterKind::Normal(h) | ClusterKind::Zero(h) => m.refs().queue_free(h),
+            ClusterKind::Compressed(d) => {
+                let first = (d.offset & !511) / cs;
+                let last = (d.offset + d.size - 1) / cs;
+                for c in first..=last {
+                    m.refs().queue_free(c * cs);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The L2 table (host offset) and index for guest cluster `ci`, allocating the
+    /// table or copying a shared one first. The table stays cached until the next flush.
+    fn l2_for_write(&self, ci: u64) -> Result<(u64, usize)> {
+        let cs = self.cs();
+        let l1i = (ci >> self.header.l2_bits()) as usize;
+        let idx = (ci & self.entries_mask()) as usize;
+        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
+        let Some(l1e) = l1e else {
+            bail!(
+                Corrupt,
+                "qcow2: guest cluster {ci} is beyond the L1 table ({l1i} entries needed)"
+            );
+        };
+        let old = l1_l2_offset(l1e, l1i, cs)?;
+        let shared = match old {
+            Some(off) if l1e & COPIED != 0 => {
+                self.l2_table(off)?;
+                self.meta.lock().expect("meta").pin(off);
+                return Ok((off, idx));
+            }
+            Some(off) => Some((off, self.l2_table(off)?)),
+            None => None,
+        };
+        let mut m = self.meta.lock().expect("meta");
+        let new = m.refs().alloc(self.engine.file.as_ref(), 1)?;
+        let table = match shared {
+            Some((off, t)) => {
+                m.refs().queue_free(off);
+                m.forget(off);
+                (*t).clone()
+            }
+            None => vec![0u64; (cs / 8) as usize],
+        };
+        m.insert_dirty(new, table);
+        m.set_l1(l1i, new | COPIED);
+        Ok((new, idx))
+    }
+
+    /// Make `[offset, offset+len)` read as zeros (`discard`: may instead leave the
+    /// partial clusters at the edges alone, as discard is advisory).
+    pub(super) fn zero_range(&self, offset: u64, len: u64, discard: bool) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.io.write().expect("io lock");
+        let (cs, size) = (self.cs(), self.size());
+        let end = offset + len;
+        let mut g = offset;
+        while g < end {
+            let n = (cs - g % cs).min(end - g);
+            let whole = g.is_multiple_of(cs) && (n == cs || g + n == size);
+            if whole {
+                self.zero_cluster(g / cs, discard)?;
+            } else if !discard {
+                self.write_locked(&mut vec![0u8; n as usize], g)?;
+            }
+            g += n;
+        }
+        self.meta
+            .lock()
+            .expect("meta")
+            .trim(self.engine.file.as_ref())
+    }
+
+    fn zero_cluster(&self, ci: u64, discard: bool) -> Result<()> {
+        let v3 = self.header.version >= 3;
+        let backing = self.engine.backing.is_some();
+        let (l1e, e) = self.raw_entry(ci)?;
+        let unallocated = l1e & OFFSET_MASK == 0 || e == 0;
+        if unallocated && !backing {
+            return Ok(());
+        }
+        let new = match (v3, backing, discard) {
+            (true, _, _) => ZERO,
+            (false, false, _) | (false, true, true) => 0,
+            (false, true, false) => {
+                let cs = self.cs();
+                let n = cs.min(self.size() - ci * cs) as usize;
+                return self.write_locked(&mut vec![0u8; n], ci * cs);
+            }
+        };
+        if e == new {
+            return Ok(());
+        }
+        let (l2, idx) = self.l2_for_write(ci)?;
+        let mut m = self.meta.lock().expect("meta");
+        m.set_entry(l2, idx, new);
+        self.release(&mut m, e, idx)
+    }
+
+    /// Write back all metadata in the safe order and flush the file.
+    pub(super) fn flush_all(&self) -> Result<()> {
+        let _x = self.io.write().expect("io lock");
+        self.meta
+            .lock()
+            .expect("meta")
+            .flush(self.engine.file.as_ref())
+    }
+
+    /// Grow the virtual disk to `new_size` bytes.
+    pub(super) fn grow(&self, new_size: u64) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.io.write().expect("io lock");
+        let old = self.size();
+        ensure!(
+            new_size >= old,
+            Unsupported,
+            "qcow2: shrinking an image ({old} to {new_size} bytes) is not supported"
+        );
+        let file = self.engine.file.as_ref();
+        let mut m = self.meta.lock().expect("meta");
+        m.flush(file)?;
+        let cs = self.cs();
+        let per_l2 = cs << self.header.l2_bits();
+        let need = new_size.div_ceil(per_l2);
+        let have = m.l1.len() as u64;
+        if need > have {
+            ensure!(
+                need * 8 <= 32 << 20,
+                LimitExceeded,
+                "qcow2: {new_size} bytes needs an L1 table over 32 MiB"
+            );
+            let clusters = (need * 8).div_ceil(cs);
+            let at = m.refs().alloc(file, clusters)?;
+            let mut raw: Vec<u8> = m.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            raw.resize((clusters * cs) as usize, 0);
+            file.write_at(&raw, at)
+                .ctx("qcow2: writing the new L1 table")?;
+            m.refs().write_dirty(file)?;
+            file.flush()?;
+            let mut hdr = [0u8; 12];
+            hdr[..4].copy_from_slice(&(need as u32).to_be_bytes());
+            hdr[4..].copy_from_slice(&at.to_be_bytes());
+            file.write_at(&hdr, 36)
+                .ctx("qcow2: switching the header to the new L1 table")?;
+            file.flush()?;
+            let old_off = m.l1_offset;
+            if old_off != 0 {
+                for c in 0..(have * 8).div_ceil(cs) {
+                    m.refs().queue_free(old_off + c * cs);
+                }
+            }
+            m.l1.resize(need as usize, 0);
+            m.l1_offset = at;
+        }
+        file.write_at(&new_size.to_be_bytes(), 24)
+            .ctx("qcow2: writing the new size")?;
+        file.flush()?;
+        self.size.store(new_size, Ordering::SeqCst);
+        m.flush(file)
+    }
+}
