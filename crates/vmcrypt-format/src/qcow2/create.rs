@@ -167,16 +167,8 @@ impl Plan {
         let first = i as u64 * per_block;
         let count = self.used_clusters.saturating_sub(first).min(per_block);
         let mut b = vec![0u8; cs as usize];
-        for k in 0..count {
-            let bit = k * bits;
-            // Refcount 1: the lowest bit of a big-endian field of `bits` bits; narrower
-            // fields are packed from the least significant bits of each byte up.
-            let (byte, shift) = if bits >= 8 {
-                ((bit + bits) / 8 - 1, 0)
-            } else {
-                (bit / 8, bit % 8)
-            };
-            b[byte as usize] |= 1 << shift;
+        for k in 0..count as usize {
+            super::refcount::set(&mut b, refcount_order, k, 1);
         }
         b
     }
@@ -195,7 +187,7 @@ impl Plan {
 pub fn plan(spec: &CreateSpec) -> Result<Plan> {
     spec.check()?;
     let cs = 1u64 << spec.cluster_bits;
-    let per_block = cs * 8 >> spec.refcount_order;
+    let per_block = (cs * 8) >> spec.refcount_order;
     let l1_size = spec.l1_size();
     ensure!(
         l1_size * 8 <= 32 << 20,

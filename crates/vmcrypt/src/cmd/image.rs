@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vmcrypt_block::create::{create_image, options_for};
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
-use vmcrypt_block::opts::{opt_str, parse_keyval, parse_size};
+use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
 use vmcrypt_block::{BlockDriver, convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
@@ -255,6 +255,12 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         let mut spec = graph::spec_from_filename(target, Some(a.out_format))?;
         if let Some(id) = opt_str(&opts, "key-secret")? {
             spec.insert("key-secret".into(), Value::String(id));
+        }
+        // qcow2 names its key encrypt.key-secret (nested by the -o parser).
+        if let Some(Value::Object(enc)) = opts.get("encrypt")
+            && let Some(id) = opt_str(enc, "key-secret")?
+        {
+            insert_dotted(&mut spec, "encrypt.key-secret", Value::String(id))?;
         }
         (graph::open(&spec, &ctx).ctx("target")?, zeroed)
     };
