@@ -1,5 +1,6 @@
 //! Image creation (`vmcrypt create`, and the target side of `convert`): raw files, LUKS1
-//! and LUKS2 images, from qemu-img's `-o` option names (plus cryptsetup's LUKS2 knobs).
+//! and LUKS2 images, from qemu-img's `-o` option names (plus cryptsetup's LUKS2 knobs);
+//! qcow2 images are made by [`crate::qcow2::create`].
 use crate::driver::BlockDriver;
 use crate::file::FileDriver;
 use crate::luks::v2::Luks2Volume;
@@ -105,9 +106,10 @@ pub fn options_for(format: &str) -> Result<Vec<(&'static str, &'static str)>> {
     match format {
         "raw" => Ok(RAW_OPTIONS.to_vec()),
         "luks" | "luks2" => Ok(LUKS_OPTIONS.iter().chain(LUKS2_OPTIONS).copied().collect()),
+        "qcow2" => Ok(crate::qcow2::create::QCOW2_OPTIONS.to_vec()),
         other => bail!(
             Unsupported,
-            "cannot create images of format '{other}' (supported: raw, luks, luks2)"
+            "cannot create images of format '{other}' (supported: raw, luks, luks2, qcow2)"
         ),
     }
 }
@@ -210,6 +212,9 @@ pub fn create_image(
     opts: &Map<String, Value>,
     secrets: &SecretStore,
 ) -> Result<Arc<dyn BlockDriver>> {
+    if format == "qcow2" {
+        return crate::qcow2::create::create(path, size, opts, secrets);
+    }
     check_known(format, opts)?;
     match format {
         "raw" => Ok(Arc::new(FileDriver::create(path, size)?)),

@@ -71,9 +71,35 @@ pub enum Command {
         /// Format options (key=value,...); -o help lists them
         #[arg(short = 'o', value_name = "OPTIONS")]
         options: Vec<String>,
+        /// Backing file (qcow2; same as -o backing_file=)
+        #[arg(short = 'b', value_name = "BACKING_FILE")]
+        backing: Option<String>,
+        /// Format of the backing file (same as -o backing_fmt=)
+        #[arg(short = 'F', value_name = "BACKING_FMT")]
+        backing_format: Option<String>,
+        /// Do not open the backing file (the size must be given)
+        #[arg(short = 'u')]
+        unsafe_backing: bool,
         /// Image to create (not needed with -o help)
         filename: Option<String>,
         size: Option<String>,
+    },
+    /// Change the backing file of a qcow2 image (qemu-img rebase; only -u for now)
+    Rebase {
+        #[command(flatten)]
+        common: Common,
+        #[arg(short = 'f')]
+        format: Option<String>,
+        /// New backing file ("" removes the backing file)
+        #[arg(short = 'b', value_name = "BACKING_FILE")]
+        backing: String,
+        /// Format of the new backing file
+        #[arg(short = 'F', value_name = "BACKING_FMT")]
+        backing_format: Option<String>,
+        /// Unsafe mode: change only the backing file name, copy no data
+        #[arg(short = 'u')]
+        unsafe_mode: bool,
+        filename: String,
     },
     /// Show image information (qemu-img info)
     Info {

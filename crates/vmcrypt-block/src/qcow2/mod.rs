@@ -8,6 +8,7 @@
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
 mod commit;
+pub mod create;
 pub mod crypt;
 pub mod engine;
 pub mod map;

@@ -126,6 +126,44 @@ impl Extensions {
         Ok(())
     }
 
+    /// The on-disk bytes of these extensions, each padded to 8 bytes, in the order QEMU
+    /// writes them (backing format, external data file, FDE, feature names, bitmaps,
+    /// unknown ones verbatim), followed by the 8-byte end marker.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.backing_format {
+            push_ext(&mut out, EXT_BACKING_FORMAT, f.as_bytes());
+        }
+        if let Some(f) = &self.data_file {
+            push_ext(&mut out, EXT_DATA_FILE, f.as_bytes());
+        }
+        if let Some(r) = &self.fde {
+            let mut d = r.offset.to_be_bytes().to_vec();
+            d.extend_from_slice(&r.length.to_be_bytes());
+            push_ext(&mut out, EXT_FDE, &d);
+        }
+        if !self.feature_names.is_empty() {
+            let d: Vec<u8> = self
+                .feature_names
+                .iter()
+                .flat_map(FeatureName::encode)
+                .collect();
+            push_ext(&mut out, EXT_FEATURE_NAMES, &d);
+        }
+        if let Some(b) = &self.bitmaps {
+            let mut d = b.nb_bitmaps.to_be_bytes().to_vec();
+            d.extend_from_slice(&[0; 4]);
+            d.extend_from_slice(&b.directory_size.to_be_bytes());
+            d.extend_from_slice(&b.directory_offset.to_be_bytes());
+            push_ext(&mut out, EXT_BITMAPS, &d);
+        }
+        for (kind, data) in &self.unknown {
+            push_ext(&mut out, *kind, data);
+        }
+        out.extend_from_slice(&[0; 8]);
+        out
+    }
+
     /// The name the feature table gives `bit` of `kind`, if any.
     pub fn feature_name(&self, kind: FeatureKind, bit: u8) -> Option<&str> {
         self.feature_names
@@ -133,6 +171,53 @@ impl Extensions {
             .find(|f| f.kind == kind && f.bit == bit)
             .map(|f| f.name.as_str())
     }
+}
+
+impl FeatureName {
+    /// QEMU's feature name table for a new version 3 image, in QEMU's order.
+    pub fn qemu_table() -> Vec<FeatureName> {
+        use FeatureKind::*;
+        [
+            (Incompatible, 0, "dirty bit"),
+            (Incompatible, 1, "corrupt bit"),
+            (Incompatible, 2, "external data file"),
+            (Incompatible, 3, "compression type"),
+            (Incompatible, 4, "extended L2 entries"),
+            (Compatible, 0, "lazy refcounts"),
+            (Autoclear, 0, "bitmaps"),
+            (Autoclear, 1, "raw external data"),
+        ]
+        .into_iter()
+        .map(|(kind, bit, name)| FeatureName {
+            kind,
+            bit,
+            name: name.to_string(),
+        })
+        .collect()
+    }
+
+    /// The 48-byte table entry (the name is cut to 46 bytes, zero-padded).
+    pub fn encode(&self) -> [u8; 48] {
+        let mut e = [0u8; 48];
+        e[0] = match self.kind {
+            FeatureKind::Incompatible => 0,
+            FeatureKind::Compatible => 1,
+            FeatureKind::Autoclear => 2,
+            FeatureKind::Other(k) => k,
+        };
+        e[1] = self.bit;
+        let n = self.name.len().min(46);
+        e[2..2 + n].copy_from_slice(&self.name.as_bytes()[..n]);
+        e
+    }
+}
+
+/// Append extension `kind` with `data`, zero-padded to 8 bytes.
+fn push_ext(out: &mut Vec<u8>, kind: u32, data: &[u8]) {
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(8), 0);
 }
 
 fn is_known(kind: u32) -> bool {

@@ -59,6 +59,17 @@ pub enum CryptMethod {
     Luks,
 }
 
+impl CryptMethod {
+    /// The `crypt_method` field value.
+    pub fn code(self) -> u32 {
+        match self {
+            CryptMethod::None => 0,
+            CryptMethod::Aes => 1,
+            CryptMethod::Luks => 2,
+        }
+    }
+}
+
 /// How compressed clusters are compressed (`compression_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionType {
@@ -68,6 +79,14 @@ pub enum CompressionType {
 }
 
 impl CompressionType {
+    /// The `compression_type` byte.
+    pub fn code(self) -> u8 {
+        match self {
+            CompressionType::Zlib => 0,
+            CompressionType::Zstd => 1,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CompressionType::Zlib => "zlib",
@@ -186,6 +205,42 @@ impl Header {
             };
         }
         Ok(())
+    }
+
+    /// The on-disk bytes of this header: 72 bytes for version 2, `header_length` bytes
+    /// for version 3 (with `compression_type` at 104 when `header_length` >= 112). The
+    /// inverse of [`Header::decode`] for every field it reads.
+    pub fn encode(&self) -> Vec<u8> {
+        let len = if self.version >= 3 {
+            self.header_length.max(V3_HEADER_LEN) as usize
+        } else {
+            V2_HEADER_LEN as usize
+        };
+        let mut b = vec![0u8; len];
+        b[..4].copy_from_slice(&MAGIC);
+        put32(&mut b, 4, self.version);
+        put64(&mut b, 8, self.backing_file_offset);
+        put32(&mut b, 16, self.backing_file_size);
+        put32(&mut b, 20, self.cluster_bits);
+        put64(&mut b, 24, self.size);
+        put32(&mut b, 32, self.crypt_method.code());
+        put32(&mut b, 36, self.l1_size);
+        put64(&mut b, 40, self.l1_table_offset);
+        put64(&mut b, 48, self.refcount_table_offset);
+        put32(&mut b, 56, self.refcount_table_clusters);
+        put32(&mut b, 60, self.nb_snapshots);
+        put64(&mut b, 64, self.snapshots_offset);
+        if self.version >= 3 {
+            put64(&mut b, 72, self.incompatible_features);
+            put64(&mut b, 80, self.compatible_features);
+            put64(&mut b, 88, self.autoclear_features);
+            put32(&mut b, 96, self.refcount_order);
+            put32(&mut b, 100, len as u32);
+            if len > V3_HEADER_LEN as usize {
+                b[104] = self.compression_type.code();
+            }
+        }
+        b
     }
 
     pub fn cluster_size(&self) -> u64 {
@@ -355,6 +410,14 @@ impl Header {
             self.cluster_size()
         }
     }
+}
+
+fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+fn put64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_be_bytes());
 }
 
 /// A table of `bytes` at `offset` must be cluster-aligned and inside the file.

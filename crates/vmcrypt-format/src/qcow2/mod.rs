@@ -1,5 +1,6 @@
 //! qcow2 (and qcow version 1) on-disk structures: header, header extensions, L1/L2
 //! entries, compressed cluster descriptors. Bytes in, typed values out; no I/O.
+pub mod create;
 pub mod ext;
 pub mod header;
 pub mod refcount;
@@ -9,6 +10,7 @@ pub mod v1;
 #[cfg(test)]
 mod tests;
 
+pub use create::{CreateSpec, Plan, build_header_cluster, plan};
 pub use ext::{BitmapsExt, Extensions, FdeRegion, FeatureKind, FeatureName};
 pub use header::{CompressionType, CryptMethod, Header, Limits, MAGIC};
 pub use table::{ClusterKind, CompressedDescriptor, L2Entry, Mapping};

@@ -1,4 +1,4 @@
-//! qemu-img-compatible image commands: create, info, convert, check, resize.
+//! qemu-img-compatible image commands: create, info, convert, check, resize, rebase -u.
 use super::{image_spec, open_image, secrets};
 use crate::cli::Common;
 use serde_json::{Map, Value};
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use vmcrypt_block::create::{create_image, options_for};
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
-use vmcrypt_block::opts::{opt_str, parse_keyval, parse_size};
+use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
 use vmcrypt_block::{BlockDriver, convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
@@ -36,28 +36,93 @@ fn wants_help(options: &[String]) -> bool {
     options.iter().any(|o| o == "help" || o == "?")
 }
 
+/// The backing-file flags of `create` (`-b`, `-F`, `-u`) and its `-o` arguments.
+pub struct CreateArgs<'a> {
+    pub options: &'a [String],
+    pub backing: Option<&'a str>,
+    pub backing_format: Option<&'a str>,
+    pub unsafe_backing: bool,
+}
+
+/// Fold `-b` / `-F` into the option map as `backing_file` / `backing_fmt`.
+fn add_backing_options(a: &CreateArgs, opts: &mut Map<String, Value>) -> Result<()> {
+    for (flag, key, val) in [
+        ("-b", "backing_file", a.backing),
+        ("-F", "backing_fmt", a.backing_format),
+    ] {
+        if let Some(v) = val {
+            ensure!(
+                !opts.contains_key(key),
+                Usage,
+                "{flag} and -o {key} cannot both be given"
+            );
+            opts.insert(key.into(), Value::String(v.into()));
+        }
+    }
+    Ok(())
+}
+
+/// The virtual size of the backing file `name` (relative to the new image's directory,
+/// as QEMU resolves it), opened read-only for metadata.
+fn backing_size(common: &Common, image: &str, name: &str, fmt: Option<&str>) -> Result<u64> {
+    let path = Path::new(name);
+    let full = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        Path::new(image)
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join(path)
+    };
+    let plain = Common {
+        image_opts: false,
+        ..common.clone()
+    };
+    let store = secrets(common)?;
+    let full = full.to_string_lossy();
+    let node = open_image(&plain, fmt, &full, &store, true, true)
+        .with_ctx(|| format!("could not open backing file '{full}'"))?;
+    Ok(node.size())
+}
+
 pub fn create(
     common: &Common,
     format: &str,
-    options: &[String],
+    args: &CreateArgs,
     filename: Option<&str>,
     size: Option<&str>,
 ) -> Result<u8> {
-    if wants_help(options) {
+    if wants_help(args.options) {
         return print_option_help(format);
     }
     let filename = filename.ok_or_else(|| Error::usage("expecting an image file name"))?;
-    let mut opts = merge_options(options)?;
+    let mut opts = merge_options(args.options)?;
+    add_backing_options(args, &mut opts)?;
+    let backing = if format == "qcow2" {
+        vmcrypt_block::qcow2::create::backing_of(&opts)?
+    } else {
+        ensure!(
+            args.backing.is_none() && args.backing_format.is_none(),
+            Usage,
+            "format '{format}' does not support backing files"
+        );
+        None
+    };
     let size = match (size, opts.remove("size")) {
         (Some(s), None) => parse_size(s)?,
         (None, Some(v)) => parse_size(v.as_str().unwrap_or_default())?,
         (Some(_), Some(_)) => bail!(Usage, "size given both as an argument and as -o size"),
-        (None, None) => {
-            let detached =
-                opt_str(&opts, "detached-header")?.is_some_and(|v| v == "on" || v == "true");
-            ensure!(detached, Usage, "image creation needs a size parameter");
-            0
-        }
+        (None, None) => match &backing {
+            Some((name, fmt)) if !args.unsafe_backing => {
+                backing_size(common, filename, name, fmt.as_deref())?
+            }
+            _ => {
+                let detached =
+                    opt_str(&opts, "detached-header")?.is_some_and(|v| v == "on" || v == "true");
+                ensure!(detached, Usage, "image creation needs a size parameter");
+                0
+            }
+        },
     };
     let store = secrets(common)?;
     if !common.quiet {
@@ -68,6 +133,51 @@ pub fn create(
         outln!("{line}");
     }
     create_image(Path::new(filename), format, size, &opts, &store)?;
+    Ok(0)
+}
+
+/// `rebase`: only `-u` (metadata-only) is supported; `-b ""` removes the backing file.
+pub fn rebase(
+    common: &Common,
+    format: Option<&str>,
+    backing: &str,
+    backing_format: Option<&str>,
+    unsafe_mode: bool,
+    filename: &str,
+) -> Result<u8> {
+    ensure!(
+        unsafe_mode,
+        Unsupported,
+        "safe rebase (copying data between backing files) is not supported yet; use -u to change only the backing file name"
+    );
+    ensure!(
+        !common.image_opts,
+        Unsupported,
+        "rebase -u takes a file name, not --image-opts"
+    );
+    if let Some(f) = format {
+        ensure!(
+            f == "qcow2",
+            Unsupported,
+            "rebase needs a qcow2 image (format '{f}' has no backing file)"
+        );
+    }
+    let new = if backing.is_empty() {
+        ensure!(
+            backing_format.is_none(),
+            Usage,
+            "-F cannot be used when removing the backing file (-b \"\")"
+        );
+        None
+    } else {
+        ensure!(
+            backing_format.is_some(),
+            Usage,
+            "a backing format is required with -u (-F FMT)"
+        );
+        Some((backing, backing_format))
+    };
+    vmcrypt_block::qcow2::create::rebase_unsafe(Path::new(filename), new)?;
     Ok(0)
 }
 
@@ -183,6 +293,12 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         let mut spec = graph::spec_from_filename(target, Some(a.out_format))?;
         if let Some(id) = opt_str(&opts, "key-secret")? {
             spec.insert("key-secret".into(), Value::String(id));
+        }
+        // qcow2 names its key encrypt.key-secret (nested by the -o parser).
+        if let Some(Value::Object(enc)) = opts.get("encrypt")
+            && let Some(id) = opt_str(enc, "key-secret")?
+        {
+            insert_dotted(&mut spec, "encrypt.key-secret", Value::String(id))?;
         }
         (graph::open(&spec, &ctx).ctx("target")?, zeroed)
     };
