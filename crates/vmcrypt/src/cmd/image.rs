@@ -288,7 +288,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
     } else {
         let file = create_image(Path::new(target), a.out_format, src.size(), &opts, &store)
             .ctx("target")?;
-        let zeroed = a.out_format == "raw" && file.has_zero_init();
+        let raw_zeroed = a.out_format == "raw" && file.has_zero_init();
         drop(file);
         let mut spec = graph::spec_from_filename(target, Some(a.out_format))?;
         if let Some(id) = opt_str(&opts, "key-secret")? {
@@ -300,7 +300,11 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         {
             insert_dotted(&mut spec, "encrypt.key-secret", Value::String(id))?;
         }
-        (graph::open(&spec, &ctx).ctx("target")?, zeroed)
+        let dst = graph::open(&spec, &ctx).ctx("target")?;
+        // A new qcow2 without a backing file reads as zeros (encrypted or not: its
+        // clusters are unallocated); a LUKS payload never does.
+        let zeroed = raw_zeroed || (a.out_format == "qcow2" && dst.has_zero_init());
+        (dst, zeroed)
     };
     let show = a.progress && !a.common.quiet;
     let mut report = |done: u64, total: u64| {
