@@ -52,6 +52,21 @@ pub struct MapExtent {
     pub host: Option<HostRange>,
 }
 
+impl MapExtent {
+    /// A range of this node itself (depth 0, present) as `block_status` described it.
+    pub fn own(e: Extent, host: Option<HostRange>) -> MapExtent {
+        MapExtent {
+            offset: e.offset,
+            length: e.length,
+            allocation: e.allocation,
+            present: true,
+            depth: 0,
+            compressed: false,
+            host,
+        }
+    }
+}
+
 /// A named child edge of a node (`file`, `header`, later `backing`).
 pub struct Child {
     pub role: &'static str,
@@ -132,16 +147,7 @@ pub trait BlockDriver: Send + Sync {
     /// suits format drivers that transform their data (luks): [`BlockDriver::block_status`]
     /// at depth 0, present, without a host offset.
     fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
-        let e = self.block_status(offset, len)?;
-        Ok(MapExtent {
-            offset,
-            length: e.length,
-            allocation: e.allocation,
-            present: true,
-            depth: 0,
-            compressed: false,
-            host: None,
-        })
+        Ok(MapExtent::own(self.block_status(offset, len)?, None))
     }
 
     /// Whether a freshly created node of this driver reads as zeros everywhere.

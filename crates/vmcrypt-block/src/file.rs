@@ -192,19 +192,11 @@ impl BlockDriver for FileDriver {
 
     /// The bytes are where they are: the host offset is the offset itself.
     fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
-        let e = self.block_status(offset, len)?;
-        Ok(MapExtent {
+        let host = HostRange {
             offset,
-            length: e.length,
-            allocation: e.allocation,
-            present: true,
-            depth: 0,
-            compressed: false,
-            host: Some(HostRange {
-                offset,
-                file: self.filename(),
-            }),
-        })
+            file: self.filename(),
+        };
+        Ok(MapExtent::own(self.block_status(offset, len)?, Some(host)))
     }
 
     fn has_zero_init(&self) -> bool {

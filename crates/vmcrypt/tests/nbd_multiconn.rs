@@ -293,23 +293,7 @@ fn sixteen_connections_write_a_qcow2_luks_overlay() {
     let base = sc.write("base.raw", &before);
     let img = sc.p("top.qcow2");
     let secret = sc.secret("s0", "pw");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        &secret,
-        "-b",
-        &base,
-        "-F",
-        "raw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096",
-        &img,
-        "4M",
-    ])
-    .ok();
+    qemu_qcow2_luks_over_raw(&secret, &base, "cluster_size=4096", &img, "4M");
     let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
     let want = sixteen_clients(&sc, &opts, before);
     qemu_img(&["check", "--object", &secret, "--image-opts", &opts])

@@ -247,23 +247,7 @@ fn a_torn_client_leaves_a_qcow2_image_clean() {
     let base = sc.write("base.raw", &plain);
     let img = sc.p("top.qcow2");
     let secret = sc.secret("s0", "pw");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        &secret,
-        "-b",
-        &base,
-        "-F",
-        "raw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        &img,
-        &SIZE.to_string(),
-    ])
-    .ok();
+    qemu_qcow2_luks_over_raw(&secret, &base, "", &img, &SIZE.to_string());
     let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
     let (server, sock) = Served::unix(&sc, &["--object", &secret, "--image-opts", &opts]);
     let mut good = RawClient::open(&sock, "");

@@ -85,7 +85,7 @@ fn with_objects<'a>(objects: &'a [String], head: &[&'a str], tail: &[&'a str]) -
 }
 
 /// Write `k`'s image of the source as `file` with vmcrypt convert from a sparse raw.
-fn make(sc: &Scratch, objs: &[String], k: &Kind, src: &str, file: &str) {
+fn make(objs: &[String], k: &Kind, src: &str, file: &str) {
     let mut tail = vec!["-f", "raw", "-O", k.format];
     if !k.opts.is_empty() {
         tail.extend(["-o", k.opts]);
@@ -134,7 +134,7 @@ fn every_direction_keeps_bytes_and_sparseness() {
     qemu_img(&["map", "--output=json", "-f", "raw", &src]).ok();
     for from in KINDS {
         let a = sc.p(&format!("a-{}", from.name));
-        make(&sc, &objs, from, &src, &a);
+        make(&objs, from, &src, &a);
         let a_opts = from.read.replace("{}", &a);
         for to in KINDS {
             let b = sc.p(&format!("b-{}-{}", from.name, to.name));

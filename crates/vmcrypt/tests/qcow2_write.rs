@@ -366,23 +366,7 @@ fn qemu_io_writes_read_back_through_vmcrypt() {
     let obj = format!("secret,id=s0,file={key}");
     let base = sc.write("base.raw", &plaintext(size as usize, "qemu-io-base"));
     let img = sc.p("img.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        &obj,
-        "-b",
-        &base,
-        "-F",
-        "raw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096",
-        &img,
-        &size.to_string(),
-    ])
-    .ok();
+    qemu_qcow2_luks_over_raw(&obj, &base, "cluster_size=4096", &img, &size.to_string());
     let mut model = sc.read("base.raw");
     let mut args: Vec<String> = vec!["--object".into(), obj.clone(), "--image-opts".into()];
     for op in ops(77, size, 60) {
@@ -580,23 +564,13 @@ fn concurrent_writers_share_clusters_safely() {
     let base = plaintext(size as usize, "threads-base");
     let base_path = sc.write("base.raw", &base);
     let img = sc.p("img.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
+    qemu_qcow2_luks_over_raw(
         &obj,
-        "-b",
         &base_path,
-        "-F",
-        "raw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096",
+        "cluster_size=4096",
         &img,
         &size.to_string(),
-    ])
-    .ok();
+    );
     let store = store_of(std::slice::from_ref(&obj));
     let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
     let d = open_rw(&store, &opts);

@@ -10,9 +10,8 @@ use super::Qcow2Driver;
 use super::engine::ClusterMap;
 use crate::driver::{Allocation, HostRange, MapExtent, check_range};
 use vmcrypt_error::Result;
+use vmcrypt_format::qcow2::Mapping;
 use vmcrypt_format::qcow2::table::ClusterKind;
-use vmcrypt_format::qcow2::table::l1_l2_offset;
-use vmcrypt_format::qcow2::{L2Entry, Mapping};
 
 /// The kind of one unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,22 +120,8 @@ impl Qcow2Driver {
     /// preallocated cluster; with extended L2, an unallocated subcluster may lie in an
     /// allocated cluster).
     fn cluster_host(&self, g: u64) -> Result<Option<u64>> {
-        let cb = self.header.cluster_bits;
-        let l2_bits = self.header.l2_bits();
-        let l1_index = (g >> (cb + l2_bits)) as usize;
-        let l1e = self.meta.lock().expect("meta").l1.get(l1_index).copied();
-        let Some(l1e) = l1e else {
+        let Some(entry) = self.l2_entry(g)? else {
             return Ok(None);
-        };
-        let Some(l2_off) = l1_l2_offset(l1e, l1_index, self.header.cluster_size())? else {
-            return Ok(None);
-        };
-        let table = self.l2_table(l2_off)?;
-        let i = ((g >> cb) & ((1 << l2_bits) - 1)) as usize;
-        let entry = if self.header.has_extended_l2() {
-            L2Entry::decode(table[2 * i], Some(table[2 * i + 1]), cb, i)?
-        } else {
-            L2Entry::decode(table[i], None, cb, i)?
         };
         Ok(match entry.kind {
             ClusterKind::Normal(o) | ClusterKind::Zero(o) if o != 0 => Some(o),

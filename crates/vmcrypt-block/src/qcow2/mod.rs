@@ -178,15 +178,26 @@ impl ClusterMap for Qcow2Driver {
     }
 
     fn map_unit(&self, g: u64) -> Result<Mapping> {
+        match self.l2_entry(g)? {
+            None => Ok(Mapping::Backing),
+            Some(entry) => entry.mapping(((g >> self.unit_bits()) & 31) as u32),
+        }
+    }
+}
+
+impl Qcow2Driver {
+    /// The decoded L2 entry of the cluster holding guest offset `g` (`None` when its
+    /// L2 table is not allocated).
+    pub(crate) fn l2_entry(&self, g: u64) -> Result<Option<L2Entry>> {
         let cb = self.header.cluster_bits;
         let l2_bits = self.header.l2_bits();
         let l1_index = (g >> (cb + l2_bits)) as usize;
         let l1e = self.meta.lock().expect("meta").l1.get(l1_index).copied();
         let Some(l1e) = l1e else {
-            return Ok(Mapping::Backing);
+            return Ok(None);
         };
         let Some(l2_off) = l1_l2_offset(l1e, l1_index, self.header.cluster_size())? else {
-            return Ok(Mapping::Backing);
+            return Ok(None);
         };
         let table = self.l2_table(l2_off)?;
         let i = ((g >> cb) & ((1 << l2_bits) - 1)) as usize;
@@ -195,8 +206,7 @@ impl ClusterMap for Qcow2Driver {
         } else {
             L2Entry::decode(table[i], None, cb, i)?
         };
-        let sub = ((g >> self.unit_bits()) & 31) as u32;
-        entry.mapping(sub)
+        Ok(Some(entry))
     }
 }
 

@@ -456,3 +456,18 @@ pub fn dump_field(dump: &str, field: &str) -> String {
 pub fn qemu_io(args: &[&str]) -> Out {
     run_in(&require_tool("qemu-io"), args, None, None)
 }
+
+/// `qemu-img create -f qcow2` of an image with embedded LUKS keyed by the secret `s0`
+/// (`secret` is its `--object` argument), over a raw `base` file, with `extra` `-o`
+/// options appended.
+pub fn qemu_qcow2_luks_over_raw(secret: &str, base: &str, extra: &str, img: &str, size: &str) {
+    let mut o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10".to_string();
+    if !extra.is_empty() {
+        o = format!("{o},{extra}");
+    }
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", secret, "-b", base, "-F", "raw", "-o", &o, img,
+        size,
+    ])
+    .ok();
+}
