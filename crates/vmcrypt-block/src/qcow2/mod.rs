@@ -6,6 +6,7 @@
 //! by the graph opener ([`Qcow2Driver::set_backing`]), which resolves
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
+pub mod check;
 pub mod crypt;
 pub mod engine;
 pub mod v1;
