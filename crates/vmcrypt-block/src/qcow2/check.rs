@@ -372,7 +372,6 @@ impl<'a> Counter<'a> {
         let bytes = u64::from(l1_size) * 8;
         self.inc(l1_off, bytes);
         let l1 = read_u64s(self.img.file, l1_off, bytes).ctx("qcow2: reading an L1 table")?;
-        let mut next = 0;
         for e in l1 {
             let l2 = e & OFFSET_MASK;
             if l2 == 0 {
@@ -384,19 +383,21 @@ impl<'a> Counter<'a> {
                     "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
                 ));
             }
-            self.walk_l2(l2, active, &mut next)?;
+            self.walk_l2(l2, active)?;
         }
         Ok(())
     }
 
-    fn walk_l2(&mut self, l2_off: u64, active: bool, next: &mut u64) -> Result<()> {
+    fn walk_l2(&mut self, l2_off: u64, active: bool) -> Result<()> {
         let table = read_u64s(self.img.file, l2_off, self.img.cs)
             .with_ctx(|| format!("qcow2: reading the L2 table at {l2_off:#x}"))?;
         let ext = self.img.h.has_extended_l2();
         let step = if ext { 2 } else { 1 };
+        // Fragmentation is judged within one L2 table, as qemu-img does.
+        let mut next = 0;
         for (i, pair) in table.chunks_exact(step).enumerate() {
             let bitmap = if ext { pair[1] } else { 0 };
-            self.l2_entry(i, pair[0], bitmap, active, next);
+            self.l2_entry(i, pair[0], bitmap, active, &mut next);
         }
         Ok(())
     }
@@ -893,7 +894,7 @@ impl CheckReport {
     /// qemu-img's key order).
     pub fn json(&self, filename: &str) -> Value {
         let mut m = Map::new();
-        let mut opt = |m: &mut Map<String, Value>, k: &str, v: u64| {
+        let opt = |m: &mut Map<String, Value>, k: &str, v: u64| {
             if v != 0 {
                 m.insert(k.into(), json!(v));
             }
