@@ -214,6 +214,10 @@ fn same_counts(sc: &Scratch, name: &str, bytes: &[u8]) -> Value {
     for k in ["leaks", "corruptions", "check-errors", "image-end-offset"] {
         assert_eq!(v[k], q[k], "{name}: {k}; vmcrypt {v} vs qemu-img {q}");
     }
+    // The per-problem messages (stderr) are worded and ordered like qemu-img's.
+    let qe = qemu_img(&["check", &img]).stderr.replace("qemu-img: ", "");
+    let ve = vmcrypt(&["check", &img]).stderr.replace("vmcrypt: ", "");
+    assert_eq!(ve, qe, "{name}: stderr");
     q
 }
 
@@ -278,7 +282,12 @@ fn repair_leaks_leaves_an_image_qemu_img_finds_clean() {
     let l1c = l.l1 >> l.cluster_bits;
     set_rc16(&mut b, &l, l1c, 2);
     let img = sc.write("leaky.qcow2", &b);
+    let theirs = sc.write("leaky-qemu.qcow2", &b);
+    let q = qemu_img(&["check", "-r", "leaks", &theirs]).code_is(0);
     let out = vmcrypt(&["check", "-r", "leaks", &img]).code_is(0);
+    assert_eq!(out.stdout_str(), q.stdout_str().replace(&theirs, &img));
+    assert_eq!(out.stderr, q.stderr, "repair messages");
+    assert_eq!(sc.read("leaky.qcow2"), sc.read("leaky-qemu.qcow2"));
     let text = out.stdout_str();
     assert!(
         text.starts_with(
