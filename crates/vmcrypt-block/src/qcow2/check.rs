@@ -12,7 +12,7 @@
 //! Messages follow qemu-img's wording. [`repair`] lowers leaked refcounts (`-r leaks`)
 //! and raises too-low ones (`-r all`) in existing refcount blocks, then checks again.
 use crate::driver::BlockDriver;
-use serde_json::{Map, Value, json};
+use parse::{bitmap_tables, read_snapshot};
 use std::collections::BTreeMap;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
@@ -252,7 +252,7 @@ impl<'a> Image<'a> {
     }
 
     fn refs_per_block(&self) -> u64 {
-        self.cs * 8 >> self.h.refcount_order
+        (self.cs * 8) >> self.h.refcount_order
     }
 
     /// The refcount block holding `cluster`'s refcount, if one is allocated and sane.
@@ -758,175 +758,10 @@ fn read_u64s(file: &dyn BlockDriver, offset: u64, bytes: u64) -> Result<Vec<u64>
         .collect())
 }
 
-/// One snapshot table entry's fields the check needs.
-struct Snapshot {
-    id: String,
-    name: String,
-    l1_offset: u64,
-    l1_size: u32,
-}
-
-/// Read the snapshot table entry at `pos`; returns it and its padded length.
-fn read_snapshot(img: &Image, pos: u64) -> Result<(Snapshot, u64)> {
-    let mut fixed = [0u8; 40];
-    ensure!(
-        pos.checked_add(40).is_some_and(|e| e <= img.file_len),
-        Corrupt,
-        "qcow2: snapshot table entry at {pos:#x} is beyond the end of the file"
-    );
-    img.file.read_at(&mut fixed, pos)?;
-    let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
-    let be16 = |o: usize| u16::from_be_bytes(fixed[o..o + 2].try_into().expect("2"));
-    let (id_len, name_len, extra) = (u64::from(be16(12)), u64::from(be16(14)), be32(36));
-    ensure!(
-        extra <= MAX_SNAPSHOT_EXTRA,
-        Corrupt,
-        "qcow2: snapshot table entry at {pos:#x} has {extra} bytes of extra data (at most {MAX_SNAPSHOT_EXTRA})"
-    );
-    let var = u64::from(extra) + id_len + name_len;
-    ensure!(
-        pos + 40 + var <= img.file_len,
-        Corrupt,
-        "qcow2: snapshot table entry at {pos:#x} is beyond the end of the file"
-    );
-    let mut rest = vec![0u8; var as usize];
-    img.file.read_at(&mut rest, pos + 40)?;
-    let ids = &rest[extra as usize..];
-    let sn = Snapshot {
-        l1_offset: u64::from_be_bytes(fixed[0..8].try_into().expect("8")),
-        l1_size: be32(8),
-        id: String::from_utf8_lossy(&ids[..id_len as usize]).into_owned(),
-        name: String::from_utf8_lossy(&ids[id_len as usize..]).into_owned(),
-    };
-    Ok((sn, (40 + var).next_multiple_of(8)))
-}
-
-/// The (offset, entries) of every bitmap table in the bitmap directory.
-fn bitmap_tables(img: &Image, offset: u64, size: u64) -> Result<Vec<(u64, u32)>> {
-    ensure!(
-        size <= MAX_BITMAP_DIR_BYTES && offset.checked_add(size).is_some_and(|e| e <= img.file_len),
-        Corrupt,
-        "bitmap directory at {offset:#x} ({size} bytes) is too large or beyond the end of the file"
-    );
-    let mut dir = vec![0u8; size as usize];
-    img.file.read_at(&mut dir, offset)?;
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while pos < dir.len() {
-        ensure!(
-            pos + 24 <= dir.len(),
-            Corrupt,
-            "bitmap directory entry at {pos} is truncated"
-        );
-        let e = &dir[pos..];
-        let table = u64::from_be_bytes(e[0..8].try_into().expect("8"));
-        let entries = u32::from_be_bytes(e[8..12].try_into().expect("4"));
-        let name = u64::from(u16::from_be_bytes(e[18..20].try_into().expect("2")));
-        let extra = u64::from(u32::from_be_bytes(e[20..24].try_into().expect("4")));
-        let len = (24 + extra + name).next_multiple_of(8);
-        ensure!(
-            pos as u64 + len <= dir.len() as u64,
-            Corrupt,
-            "bitmap directory entry at {pos} runs past the directory"
-        );
-        out.push((table, entries));
-        pos += len as usize;
-    }
-    Ok(out)
-}
-
-impl CheckReport {
-    /// qemu-img check's exit status: 0 clean, 1 check errors, 2 corruptions, 3 leaks.
-    pub fn exit_code(&self) -> u8 {
-        if self.check_errors > 0 {
-            1
-        } else if self.corruptions > 0 {
-            2
-        } else if self.leaks > 0 {
-            3
-        } else {
-            0
-        }
-    }
-
-    /// The human summary qemu-img prints on stdout (messages are separate).
-    pub fn human(&self) -> String {
-        let mut s = String::new();
-        if self.corruptions == 0 && self.leaks == 0 && self.check_errors == 0 {
-            s += "No errors were found on the image.\n";
-        }
-        if self.corruptions > 0 {
-            s += &format!(
-                "\n{} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.\n",
-                self.corruptions
-            );
-        }
-        if self.leaks > 0 {
-            s += &format!(
-                "\n{} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.\n",
-                self.leaks
-            );
-        }
-        if self.check_errors > 0 {
-            s += &format!(
-                "\n{} internal errors have occurred during the check.\n",
-                self.check_errors
-            );
-        }
-        if self.total_clusters != 0 && self.allocated_clusters != 0 {
-            let a = self.allocated_clusters as f64;
-            s += &format!(
-                "{}/{} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters\n",
-                self.allocated_clusters,
-                self.total_clusters,
-                a * 100.0 / self.total_clusters as f64,
-                self.fragmented_clusters as f64 * 100.0 / a,
-                self.compressed_clusters as f64 * 100.0 / a
-            );
-        }
-        if self.image_end_offset != 0 {
-            s += &format!("Image end offset: {}\n", self.image_end_offset);
-        }
-        s
-    }
-
-    /// qemu-img check --output=json's object (zero optional counters left out, in
-    /// qemu-img's key order).
-    pub fn json(&self, filename: &str) -> Value {
-        let mut m = Map::new();
-        let opt = |m: &mut Map<String, Value>, k: &str, v: u64| {
-            if v != 0 {
-                m.insert(k.into(), json!(v));
-            }
-        };
-        opt(&mut m, "image-end-offset", self.image_end_offset);
-        opt(&mut m, "compressed-clusters", self.compressed_clusters);
-        opt(&mut m, "total-clusters", self.total_clusters);
-        opt(&mut m, "corruptions", self.corruptions);
-        opt(&mut m, "corruptions-fixed", self.corruptions_fixed);
-        m.insert("check-errors".into(), json!(self.check_errors));
-        opt(&mut m, "leaks", self.leaks);
-        opt(&mut m, "leaks-fixed", self.leaks_fixed);
-        opt(&mut m, "allocated-clusters", self.allocated_clusters);
-        m.insert("filename".into(), json!(filename));
-        m.insert("format".into(), json!("qcow2"));
-        opt(&mut m, "fragmented-clusters", self.fragmented_clusters);
-        Value::Object(m)
-    }
-}
-
-impl Repaired {
-    /// qemu-img's "The following inconsistencies were found and repaired" preamble.
-    pub fn human_preamble(&self) -> String {
-        if self.leaks_fixed == 0 && self.corruptions_fixed == 0 {
-            return String::new();
-        }
-        format!(
-            "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...\n",
-            self.leaks_fixed, self.corruptions_fixed
-        )
-    }
-}
+#[path = "check_parse.rs"]
+mod parse;
+#[path = "check_report.rs"]
+mod report;
 
 #[cfg(test)]
 #[path = "check_tests.rs"]

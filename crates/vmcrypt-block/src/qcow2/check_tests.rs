@@ -26,9 +26,9 @@ impl Img {
         put32(&mut b, 96, order);
         put32(&mut b, 100, 104);
         put64(&mut b, CS as usize, 2 * CS);
-        put64(&mut b, 3 * CS as usize, COPIED | 4 * CS);
-        put64(&mut b, 4 * CS as usize, COPIED | 5 * CS);
-        put64(&mut b, 4 * CS as usize + 8, COPIED | 6 * CS);
+        put64(&mut b, 3 * CS as usize, COPIED | (4 * CS));
+        put64(&mut b, 4 * CS as usize, COPIED | (5 * CS));
+        put64(&mut b, 4 * CS as usize + 8, COPIED | (6 * CS));
         let mut img = Img { bytes: b, order };
         for c in 0..7 {
             img.set_rc(c, 1);
@@ -83,7 +83,7 @@ fn refcount_entries_round_trip_at_every_width() {
         } else {
             (1 << (1 << order)) - 1
         };
-        let n = 64 * 8 >> order;
+        let n = (64 * 8) >> order;
         for i in 0..n {
             set_refcount(&mut block, order, i, (i * 7 + 3) & max);
         }
@@ -180,7 +180,7 @@ fn too_low_refcount_is_fixed_by_all() {
 #[test]
 fn data_beyond_end_of_file_is_corruption() {
     let mut img = Img::new(4);
-    img.l2(1, COPIED | 100 * CS);
+    img.l2(1, COPIED | (100 * CS));
     let r = run_check(&img);
     assert!(r.messages[0].starts_with("ERROR: counting reference for region exceeding"));
     assert_eq!(r.leaks, 1, "cluster 6 lost its reference: {:?}", r.messages);
@@ -216,8 +216,8 @@ fn qemu_like_4k() -> Vec<u8> {
     put32(&mut b, 96, 4);
     put32(&mut b, 100, 104);
     put64(&mut b, cs, 2 * cs as u64);
-    put64(&mut b, 3 * cs, COPIED | 4 * cs as u64);
-    put64(&mut b, 4 * cs, COPIED | 5 * cs as u64);
+    put64(&mut b, 3 * cs, COPIED | (4 * cs as u64));
+    put64(&mut b, 4 * cs, COPIED | (5 * cs as u64));
     for c in 0..6 {
         set_refcount(&mut b[2 * cs..3 * cs], 4, c, 1);
     }
@@ -262,7 +262,7 @@ fn refcount_overflow_with_one_bit_refcounts() {
 #[test]
 fn refcount_block_with_wrong_refcount_refuses_repair() {
     let mut img = Img::new(4);
-    img.l2(1, COPIED | 2 * CS); // data cluster on top of the refcount block
+    img.l2(1, COPIED | (2 * CS)); // data cluster on top of the refcount block
     let r = run_check(&img);
     assert!(
         r.messages
