@@ -302,6 +302,26 @@ fn repair_leaks_leaves_an_image_qemu_img_finds_clean() {
         "repair restores the exact refcounts"
     );
 
+    // OFLAG_COPIED cleared on the first L1 entry and on a data cluster: -r leaks sets
+    // them again, exactly like qemu-img.
+    let mut b = good.clone();
+    let e = be64(&b, l.l1);
+    b[l.l1 as usize..l.l1 as usize + 8].copy_from_slice(&(e & !(1 << 63)).to_be_bytes());
+    let l2 = e & 0x00ff_ffff_ffff_fe00;
+    let i = (0..1u64 << (l.cluster_bits - 3))
+        .find(|i| be64(&b, l2 + i * 8) & 0x00ff_ffff_ffff_fe00 != 0)
+        .expect("a mapped cluster");
+    let at = (l2 + i * 8) as usize;
+    let x = be64(&b, l2 + i * 8) & !(1 << 63);
+    b[at..at + 8].copy_from_slice(&x.to_be_bytes());
+    let img = sc.write("oflag.qcow2", &b);
+    let theirs = sc.write("oflag-qemu.qcow2", &b);
+    let q = qemu_img(&["check", "-r", "leaks", &theirs]).code_is(0);
+    let out = vmcrypt(&["check", "-r", "leaks", &img]).code_is(0);
+    assert_eq!(out.stdout_str(), q.stdout_str().replace(&theirs, &img));
+    assert_eq!(out.stderr, q.stderr, "OFLAG_COPIED repair messages");
+    assert_eq!(sc.read("oflag.qcow2"), good);
+
     // A used cluster with refcount 0 needs a rebuild: -r leaks refuses and writes nothing.
     let mut b = good.clone();
     set_rc16(&mut b, &l, l1c, 0);

@@ -13,6 +13,7 @@
 //! and raises too-low ones (`-r all`) in existing refcount blocks, then checks again.
 use crate::driver::BlockDriver;
 use parse::{bitmap_tables, read_snapshot};
+pub use repair::repair;
 use std::collections::BTreeMap;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
@@ -101,105 +102,6 @@ pub fn check_with(file: &dyn BlockDriver, limits: &CheckLimits) -> Result<CheckR
     let name = file.filename();
     let img = Image::open(file).with_ctx(|| format!("checking qcow2 image '{name}'"))?;
     Ok(run(&img, limits)?.report)
-}
-
-/// Repair refcounts of the qcow2 image in `file` (opened writable), then check it again.
-pub fn repair(file: &dyn BlockDriver, mode: Repair, limits: &CheckLimits) -> Result<Repaired> {
-    let img = Image::open(file)?;
-    ensure!(
-        !img.h.is_corrupt(),
-        Unsupported,
-        "qcow2: the image is marked corrupt; vmcrypt does not repair such images (qemu-img check -r all can)"
-    );
-    let pass = run(&img, limits)?;
-    let fixes = plan_fixes(&img, &pass, mode)?;
-    let mut messages = pass.report.messages.clone();
-    let (mut leaks_fixed, mut corruptions_fixed) = (0, 0);
-    for m in &fixes {
-        messages.push(format!(
-            "Repairing cluster {} refcount={} reference={}",
-            m.cluster, m.stored, m.counted
-        ));
-        if m.stored > m.counted {
-            leaks_fixed += 1;
-        } else {
-            corruptions_fixed += 1;
-        }
-    }
-    write_fixes(&img, &fixes)?;
-    let mut report = run(&Image::open(file)?, limits)?.report;
-    report.leaks_fixed = leaks_fixed;
-    report.corruptions_fixed = corruptions_fixed;
-    Ok(Repaired {
-        leaks_fixed,
-        corruptions_fixed,
-        messages,
-        report,
-    })
-}
-
-/// Choose the refcount entries to rewrite, or refuse what cannot be fixed in place.
-fn plan_fixes(img: &Image, pass: &Pass, mode: Repair) -> Result<Vec<Mismatch>> {
-    ensure!(
-        !pass.refblocks_broken,
-        Unsupported,
-        "qcow2: ERROR need to rebuild refcount structures (refcount table or blocks are damaged); vmcrypt cannot rebuild them, qemu-img check -r all can"
-    );
-    let low: Vec<&Mismatch> = pass
-        .mismatches
-        .iter()
-        .filter(|m| m.stored < m.counted)
-        .collect();
-    if mode == Repair::Leaks {
-        ensure!(
-            !low.iter().any(|m| m.stored == 0),
-            Unsupported,
-            "qcow2: ERROR need to rebuild refcount structures (a cluster in use has refcount 0); use -r all"
-        );
-    } else {
-        // OFLAG_COPIED errors are judged again after the refcounts are fixed.
-        let other = pass.report.corruptions - low.len() as u64 - pass.oflag_errors;
-        ensure!(
-            other == 0,
-            Unsupported,
-            "qcow2: {other} corruptions are not refcount errors; vmcrypt -r all only fixes refcounts"
-        );
-        for m in &low {
-            ensure!(
-                img.refblock_of(m.cluster).is_some(),
-                Unsupported,
-                "qcow2: cluster {} has no refcount block; vmcrypt cannot allocate one",
-                m.cluster
-            );
-        }
-    }
-    Ok(pass
-        .mismatches
-        .iter()
-        .filter(|m| m.stored > m.counted || mode == Repair::All)
-        .copied()
-        .collect())
-}
-
-/// Rewrite each touched refcount block once, then flush.
-fn write_fixes(img: &Image, fixes: &[Mismatch]) -> Result<()> {
-    let mut blocks: BTreeMap<u64, Vec<&Mismatch>> = BTreeMap::new();
-    for m in fixes {
-        let off = img.refblock_of(m.cluster).expect("checked by plan_fixes");
-        blocks.entry(off).or_default().push(m);
-    }
-    for (off, ms) in blocks {
-        let mut block = vec![0u8; img.cs as usize];
-        read_padded(img.file, &mut block, off)?;
-        for m in ms {
-            let idx = m.cluster & (img.refs_per_block() - 1);
-            set_refcount(&mut block, img.h.refcount_order, idx, m.counted);
-        }
-        img.file
-            .write_at(&block, off)
-            .with_ctx(|| format!("qcow2: writing the refcount block at {off:#x}"))?;
-    }
-    img.file.flush()
 }
 
 /// The parsed image: header, extensions, refcount table.
@@ -760,6 +662,8 @@ fn read_u64s(file: &dyn BlockDriver, offset: u64, bytes: u64) -> Result<Vec<u64>
 
 #[path = "check_parse.rs"]
 mod parse;
+#[path = "check_repair.rs"]
+mod repair;
 #[path = "check_report.rs"]
 mod report;
 

@@ -342,3 +342,35 @@ fn human_and_json_shapes() {
         ]
     );
 }
+
+#[test]
+fn repair_fixes_oflag_copied_like_qemu_img() {
+    let mut img = Img::new(4);
+    img.l2(1, 6 * CS); // refcount 1 but COPIED clear
+    put64(&mut img.bytes, 3 * CS as usize, 4 * CS); // L1 entry likewise
+    img.set_rc(0, 2); // and a leak
+    let r = run_check(&img);
+    assert_eq!((r.corruptions, r.leaks), (2, 1), "{:?}", r.messages);
+    let node = img.node();
+    let fixed = repair(&node, Repair::Leaks, &CheckLimits::default()).unwrap();
+    assert_eq!(
+        fixed.messages,
+        [
+            "Leaked cluster 0 refcount=2 reference=1",
+            "Repairing cluster 0 refcount=2 reference=1",
+            "Repairing OFLAG_COPIED L2 cluster: l1_index=0 l1_entry=800 refcount=1",
+            "Repairing OFLAG_COPIED data cluster: l2_entry=c00 refcount=1",
+        ]
+    );
+    assert_eq!((fixed.leaks_fixed, fixed.corruptions_fixed), (1, 2));
+    assert_eq!(fixed.report.exit_code(), 0, "{:?}", fixed.report.messages);
+    let b = node.snapshot();
+    assert_eq!(
+        &b[3 * CS as usize..3 * CS as usize + 8],
+        &(COPIED | (4 * CS)).to_be_bytes()
+    );
+    assert_eq!(
+        &b[4 * CS as usize + 8..4 * CS as usize + 16],
+        &(COPIED | (6 * CS)).to_be_bytes()
+    );
+}

@@ -260,12 +260,26 @@ fn check_qcow2(
     repair: Option<Repair>,
     filename: &str,
 ) -> Result<u8> {
-    let file = FileDriver::open(Path::new(path), repair.is_none())?;
+    // Like qemu-img, an image that cannot be checked (or repaired) exits with 1.
+    let fail = |e: Error| {
+        eprintln!("vmcrypt: Check failed: {}", e.display_chain());
+        Ok(1)
+    };
+    let file = match FileDriver::open(Path::new(path), repair.is_none()) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
     let limits = CheckLimits::default();
     let (report, preamble) = match repair {
-        None => (qcheck::check_with(&file, &limits)?, String::new()),
+        None => match qcheck::check_with(&file, &limits) {
+            Ok(r) => (r, String::new()),
+            Err(e) => return fail(e),
+        },
         Some(mode) => {
-            let r = qcheck::repair(&file, mode, &limits)?;
+            let r = match qcheck::repair(&file, mode, &limits) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
             for m in &r.messages {
                 eprintln!("{m}");
             }
