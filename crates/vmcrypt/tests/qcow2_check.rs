@@ -362,3 +362,74 @@ fn refcount_widths_leak_and_repair() {
         qemu_img(&["check", &leaky]).code_is(0);
     }
 }
+
+/// Random byte flips in the header, L1, refcount table and block, snapshot table and an
+/// L2 table of a snapshotted image: every damaged image is counted like qemu-img does
+/// (same exit code, counters and messages). Images qemu-img cannot open at all are
+/// skipped (their header parsing is not the checker's).
+#[test]
+fn random_metadata_damage_counts_like_qemu_img() {
+    require_tool("qemu-io");
+    let sc = Scratch::new();
+    let img = create(&sc, "f.qcow2", "cluster_size=4096", "16M");
+    let w = |c: &str| qemu_io(&img, false, &[c.to_string()]);
+    w("write -P 1 0 1M");
+    w("write -P 2 5M 300k");
+    w("discard 100k 64k");
+    w("write -z 200k 8k");
+    qemu_img(&["snapshot", "-c", "s1", &img]).ok();
+    w("write -P 3 0 200k");
+    let good = sc.read("f.qcow2");
+    let rt = be64(&good, 48);
+    let meta = [
+        0,
+        be64(&good, 40),
+        rt,
+        be64(&good, rt) & !0x1ff,
+        be64(&good, 64),
+        be64(&good, be64(&good, 40)) & 0x00ff_ffff_ffff_fe00,
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let (mut compared, mut damaged) = (0, 0);
+    for round in 0..80 {
+        let mut b = good.clone();
+        for _ in 0..1 + next(3) {
+            let base = meta[next(meta.len() as u64) as usize];
+            let off = if base == 0 {
+                [8, 16, 36, 40, 48, 56, 60, 64, 72, 96][next(10) as usize] + next(8)
+            } else {
+                base + next(4096)
+            };
+            b[off as usize] = next(256) as u8;
+        }
+        let name = format!("f{round}.qcow2");
+        let path = sc.write(&name, &b);
+        let q = qemu_img(&["check", &path]);
+        if q.code == Some(1) && q.stderr.contains("Could not open") {
+            continue;
+        }
+        let v = vmcrypt(&["check", &path]);
+        assert_eq!(
+            v.code, q.code,
+            "{name}: exit code; qemu-img said {}",
+            q.stderr
+        );
+        assert_eq!(v.stdout_str(), q.stdout_str(), "{name}: summary");
+        if q.code != Some(1) {
+            // (A failed check's reason is worded differently.)
+            assert_eq!(v.stderr, q.stderr, "{name}: messages");
+        }
+        compared += 1;
+        damaged += usize::from(q.code != Some(0));
+    }
+    assert!(
+        compared >= 60 && damaged >= 30,
+        "{compared} compared, {damaged} damaged"
+    );
+}

@@ -12,7 +12,7 @@
 //! Messages follow qemu-img's wording. [`repair`] lowers leaked refcounts (`-r leaks`)
 //! and raises too-low ones (`-r all`) in existing refcount blocks, then checks again.
 use crate::driver::BlockDriver;
-use parse::{bitmap_tables, read_snapshot};
+use parse::{Snapshot, bitmap_tables, read_snapshot};
 pub use repair::repair;
 use std::collections::BTreeMap;
 use vmcrypt_error::{Result, ResultExt, ensure};
@@ -20,6 +20,10 @@ use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO};
 use vmcrypt_format::qcow2::{CompressedDescriptor, CryptMethod, Extensions, Header, Limits};
 
+/// Reserved bits of an L1 entry.
+const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
+/// Reserved bits of a standard (not compressed) L2 entry.
+const L2_STD_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 /// Refcount table entry: offset bits and reserved bits.
 const REFT_OFFSET_MASK: u64 = !0x1ff;
 /// Bitmap table entry: reserved bits and the "all ones" flag.
@@ -120,7 +124,9 @@ impl<'a> Image<'a> {
         let mut head = vec![0u8; file_len.min(1 << 21) as usize];
         file.read_at(&mut head, 0)?;
         let h = Header::decode(&head)?;
-        h.validate(file_len, &Limits::default())?;
+        // Every rule but "inside the file": like qemu-img check, tables past the end of
+        // the file are reported as corruptions (and read as zeros), not refused.
+        h.validate(u64::MAX, &Limits::default())?;
         ensure!(
             h.unknown_incompatible() == 0,
             Unsupported,
@@ -178,9 +184,10 @@ struct Pass {
 fn run(img: &Image, limits: &CheckLimits) -> Result<Pass> {
     let mut c = Counter::new(img, limits)?;
     c.report.total_clusters = img.h.size.div_ceil(img.cs);
+    let (snaps, snap_bytes) = c.read_snapshots()?;
     c.inc(0, img.cs);
     c.walk_l1(img.h.l1_table_offset, img.h.l1_size, true)?;
-    c.snapshots()?;
+    c.walk_snapshots(&snaps, snap_bytes)?;
     c.inc(img.h.refcount_table_offset, img.reftable.len() as u64 * 8);
     if let Some(fde) = img.ext.fde {
         c.inc(fde.offset, fde.length);
@@ -275,10 +282,17 @@ impl<'a> Counter<'a> {
         self.inc(l1_off, bytes);
         let l1 = read_u64s(self.img.file, l1_off, bytes).ctx("qcow2: reading an L1 table")?;
         for e in l1 {
-            let l2 = e & OFFSET_MASK;
-            if l2 == 0 {
+            if e & L1_RESERVED != 0 {
+                self.corrupt(format!(
+                    "ERROR found L1 entry with reserved bits set: {e:x}"
+                ));
+            }
+            // qemu-img walks every non-zero entry, even one whose offset bits are zero
+            // (it then reads the header cluster as an L2 table).
+            if e == 0 {
                 continue;
             }
+            let l2 = e & OFFSET_MASK;
             self.inc(l2, self.img.cs);
             if !l2.is_multiple_of(self.img.cs) {
                 self.corrupt(format!(
@@ -308,6 +322,11 @@ impl<'a> Counter<'a> {
         let ext = self.img.h.has_extended_l2();
         if entry & COMPRESSED != 0 {
             return self.compressed(i, entry, bitmap, active);
+        }
+        if entry & L2_STD_RESERVED != 0 {
+            self.corrupt(format!(
+                "ERROR found l2 entry with reserved bits set: {entry:x}"
+            ));
         }
         let off = entry & OFFSET_MASK;
         if entry & ZERO != 0 && !ext && off == 0 {
@@ -373,11 +392,10 @@ impl<'a> Counter<'a> {
         }
     }
 
-    fn snapshots(&mut self) -> Result<()> {
+    /// Read the snapshot table (reporting incomplete entries first, like qemu-img);
+    /// returns the entries and the table's size in bytes.
+    fn read_snapshots(&mut self) -> Result<(Vec<Snapshot>, u64)> {
         let h = &self.img.h;
-        if h.nb_snapshots == 0 {
-            return Ok(());
-        }
         ensure!(
             h.nb_snapshots <= MAX_SNAPSHOTS,
             LimitExceeded,
@@ -385,9 +403,22 @@ impl<'a> Counter<'a> {
             h.nb_snapshots
         );
         let mut pos = h.snapshots_offset;
-        for _ in 0..h.nb_snapshots {
+        let mut out = Vec::with_capacity(h.nb_snapshots as usize);
+        for i in 0..h.nb_snapshots {
+            pos = pos.next_multiple_of(8);
             let (sn, len) = read_snapshot(self.img, pos)?;
-            pos += len;
+            pos = pos.saturating_add(len);
+            // Version 3 entries carry at least the large VM state size and disk size.
+            if h.version >= 3 && sn.extra_data_size < 16 {
+                self.corrupt(format!("ERROR snapshot table entry {i} is incomplete"));
+            }
+            out.push(sn);
+        }
+        Ok((out, pos - h.snapshots_offset))
+    }
+
+    fn walk_snapshots(&mut self, snaps: &[Snapshot], table_size: u64) -> Result<()> {
+        for sn in snaps {
             if !sn.l1_offset.is_multiple_of(self.img.cs) {
                 self.corrupt(format!(
                     "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
@@ -404,7 +435,7 @@ impl<'a> Counter<'a> {
             }
             self.walk_l1(sn.l1_offset, sn.l1_size, false)?;
         }
-        self.inc(h.snapshots_offset, pos - h.snapshots_offset);
+        self.inc(self.img.h.snapshots_offset, table_size);
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! Parsers of the snapshot table and the bitmap directory for the qcow2 checker: just
 //! the fields the reference count needs, with QEMU's caps on sizes.
-use super::{Image, MAX_BITMAP_DIR_BYTES, MAX_SNAPSHOT_EXTRA};
+use super::{Image, MAX_BITMAP_DIR_BYTES, MAX_SNAPSHOT_EXTRA, read_padded};
 use vmcrypt_error::{Result, ensure};
 
 /// One snapshot table entry's fields the check needs.
@@ -9,17 +9,15 @@ pub(super) struct Snapshot {
     pub name: String,
     pub l1_offset: u64,
     pub l1_size: u32,
+    pub extra_data_size: u32,
 }
 
-/// Read the snapshot table entry at `pos`; returns it and its padded length.
+/// Read the snapshot table entry at `pos`; returns it and its length (unpadded).
 pub(super) fn read_snapshot(img: &Image, pos: u64) -> Result<(Snapshot, u64)> {
+    // Past the end of the file an entry reads as zeros (qemu-img then calls it
+    // incomplete).
     let mut fixed = [0u8; 40];
-    ensure!(
-        pos.checked_add(40).is_some_and(|e| e <= img.file_len),
-        Corrupt,
-        "qcow2: snapshot table entry at {pos:#x} is beyond the end of the file"
-    );
-    img.file.read_at(&mut fixed, pos)?;
+    read_padded(img.file, &mut fixed, pos)?;
     let be32 = |o: usize| u32::from_be_bytes(fixed[o..o + 4].try_into().expect("4"));
     let be16 = |o: usize| u16::from_be_bytes(fixed[o..o + 2].try_into().expect("2"));
     let (id_len, name_len, extra) = (u64::from(be16(12)), u64::from(be16(14)), be32(36));
@@ -29,21 +27,17 @@ pub(super) fn read_snapshot(img: &Image, pos: u64) -> Result<(Snapshot, u64)> {
         "qcow2: snapshot table entry at {pos:#x} has {extra} bytes of extra data (at most {MAX_SNAPSHOT_EXTRA})"
     );
     let var = u64::from(extra) + id_len + name_len;
-    ensure!(
-        pos + 40 + var <= img.file_len,
-        Corrupt,
-        "qcow2: snapshot table entry at {pos:#x} is beyond the end of the file"
-    );
     let mut rest = vec![0u8; var as usize];
-    img.file.read_at(&mut rest, pos + 40)?;
+    read_padded(img.file, &mut rest, pos.saturating_add(40))?;
     let ids = &rest[extra as usize..];
     let sn = Snapshot {
         l1_offset: u64::from_be_bytes(fixed[0..8].try_into().expect("8")),
         l1_size: be32(8),
+        extra_data_size: extra,
         id: String::from_utf8_lossy(&ids[..id_len as usize]).into_owned(),
         name: String::from_utf8_lossy(&ids[id_len as usize..]).into_owned(),
     };
-    Ok((sn, (40 + var).next_multiple_of(8)))
+    Ok((sn, 40 + var))
 }
 
 /// The (offset, entries) of every bitmap table in the bitmap directory.
