@@ -294,9 +294,12 @@ fn snapshot_l1_references_are_counted() {
     put32(&mut e, 8, 2);
     e[13] = 1; // id "1"
     e[15] = 2; // name "s1"
+    put32(&mut e, 36, 16); // extra data: large VM state size, disk size
+    e.extend_from_slice(&[0u8; 8]);
+    e.extend_from_slice(&(64u64 << 10).to_be_bytes());
     e.extend_from_slice(b"1s1");
-    e.resize(48, 0);
-    img.bytes[7 * CS as usize..7 * CS as usize + 48].copy_from_slice(&e);
+    e.resize(64, 0);
+    img.bytes[7 * CS as usize..7 * CS as usize + 64].copy_from_slice(&e);
     put64(&mut img.bytes, 8 * CS as usize, 4 * CS);
     put32(&mut img.bytes, 60, 1);
     put64(&mut img.bytes, 64, 7 * CS);
