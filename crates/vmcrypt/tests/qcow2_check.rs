@@ -85,6 +85,9 @@ fn assert_same_check(img: &str) -> Value {
         v, q,
         "vmcrypt check (left) vs qemu-img check (right) on {img}"
     );
+    let qj = qemu_img(&["check", "--output=json", img]).stdout_str();
+    let vj = vmcrypt(&["check", "--output=json", img]).stdout_str();
+    assert_eq!(vj, qj, "JSON text (key order)");
     let qh = qemu_img(&["check", img]);
     let vh = vmcrypt(&["check", img]);
     assert_eq!(vh.stdout_str(), qh.stdout_str(), "human output");
@@ -134,6 +137,17 @@ fn luks_backing_compressed_snapshot_bitmap_images_check_like_qemu_img() {
     assert_eq!(v, q, "encrypted image");
     assert!(q.1["allocated-clusters"].as_u64().unwrap_or(0) > 0, "{q:?}");
     vmcrypt(&["check", &enc]).code_is(0);
+    // Legacy AES encryption (crypt_method 1): no key needed either.
+    let aes = create(
+        &sc,
+        "aes.qcow2",
+        "encrypt.format=aes,encrypt.key-secret=s0",
+        "8M",
+    );
+    let aes_opts = format!("driver=qcow2,file.filename={aes},encrypt.key-secret=s0");
+    let (q, v) = both_args(&["--object", SECRET, "--image-opts", &aes_opts]);
+    assert_eq!(v, q, "AES image");
+    vmcrypt(&["check", &aes]).code_is(0);
     // Backing chain: the overlay's own clusters only.
     let base = create(&sc, "base.qcow2", "", "32M");
     qemu_io(&base, false, &io_script(8, 32 << 20));
@@ -321,6 +335,19 @@ fn repair_leaks_leaves_an_image_qemu_img_finds_clean() {
     assert_eq!(out.stdout_str(), q.stdout_str().replace(&theirs, &img));
     assert_eq!(out.stderr, q.stderr, "OFLAG_COPIED repair messages");
     assert_eq!(sc.read("oflag.qcow2"), good);
+    // The same repair with JSON output: qemu-img's object, with leaks-fixed and
+    // corruptions-fixed.
+    let mut b2 = b.clone();
+    set_rc16(&mut b2, &l, 0, 2);
+    let img = sc.write("json.qcow2", &b2);
+    let theirs = sc.write("json-qemu.qcow2", &b2);
+    let q = qemu_img(&["check", "-r", "leaks", "--output=json", &theirs]).code_is(0);
+    let v = vmcrypt(&["check", "-r", "leaks", "--output=json", &img]).code_is(0);
+    let qj = q.json();
+    // Same text, so the same key order too.
+    assert_eq!(v.stdout_str(), q.stdout_str().replace(&theirs, &img));
+    assert_eq!(qj["leaks-fixed"], 1, "{qj}");
+    assert_eq!(qj["corruptions-fixed"], 2, "{qj}");
 
     // A used cluster with refcount 0 needs a rebuild: -r leaks refuses and writes nothing.
     let mut b = good.clone();
