@@ -377,3 +377,15 @@ fn repair_fixes_oflag_copied_like_qemu_img() {
         &(COPIED | (6 * CS)).to_be_bytes()
     );
 }
+
+#[test]
+fn image_marked_corrupt_is_checked_but_not_repaired() {
+    let mut img = Img::new(4);
+    img.set_rc(0, 2);
+    put64(&mut img.bytes, 72, 2); // incompatible feature: corrupt
+    assert_eq!(run_check(&img).leaks, 1);
+    let node = img.node();
+    let e = repair(&node, Repair::Leaks, &CheckLimits::default()).unwrap_err();
+    assert!(e.to_string().contains("marked corrupt"), "{e}");
+    assert_eq!(node.snapshot(), img.bytes);
+}
