@@ -152,6 +152,10 @@ pub enum Command {
         format: Option<String>,
         #[arg(long = "output", default_value = "human")]
         output: String,
+        /// Repair qcow2 refcounts: leaks (lower leaked refcounts) or all (also raise
+        /// too-low ones)
+        #[arg(short = 'r', value_name = "leaks|all")]
+        repair: Option<String>,
         filename: String,
     },
     /// Change the virtual size of an image (qemu-img resize)

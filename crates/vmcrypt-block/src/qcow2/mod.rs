@@ -7,6 +7,7 @@
 //! by the graph opener ([`Qcow2Driver::set_backing`]), which resolves
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
+pub mod check;
 mod commit;
 pub mod create;
 pub mod crypt;
@@ -73,6 +74,9 @@ impl Qcow2Driver {
     }
 
     fn open_inner(file: Arc<dyn BlockDriver>, opts: &OpenOptions) -> Result<Qcow2Driver> {
+        if opts.writable {
+            repair_if_dirty(file.as_ref())?;
+        }
         let fsize = file.size();
         let mut head = vec![0u8; fsize.min(1 << 21) as usize];
         file.read_at(&mut head, 0)?;
@@ -210,6 +214,23 @@ impl Qcow2Driver {
     }
 }
 
+/// An image left with the dirty bit (lazy refcounts, not closed cleanly) has stale
+/// refcounts: rebuild them before writing, as QEMU does when it opens such an image
+/// read-write.
+fn repair_if_dirty(file: &dyn BlockDriver) -> Result<()> {
+    let mut head = vec![0u8; file.size().min(1 << 16) as usize];
+    file.read_at(&mut head, 0)?;
+    let Ok(h) = Header::decode(&head) else {
+        return Ok(());
+    };
+    if !h.is_dirty() || h.is_corrupt() {
+        return Ok(());
+    }
+    check::repair(file, check::Repair::All, &check::CheckLimits::default())
+        .ctx("qcow2: repairing the refcounts of an image that was not closed cleanly")?;
+    Ok(())
+}
+
 /// Why an image cannot be written, if it cannot.
 fn write_refusal(writable: bool, h: &Header, crypto: &Crypto) -> Option<String> {
     Some(if !writable {
@@ -221,10 +242,12 @@ fn write_refusal(writable: bool, h: &Header, crypto: &Crypto) -> Option<String> 
     } else if h.has_extended_l2() {
         "writing images with extended L2 entries (subclusters) is not supported yet".into()
     } else if h.is_corrupt() {
-        "the image is marked corrupt; repair it with 'vmcrypt check -r all'".into()
+        "the image is marked corrupt (inconsistent metadata); repair it with \
+         'qemu-img check -r all'"
+            .into()
     } else if h.is_dirty() {
-        "the image was not closed cleanly (dirty bit, lazy refcounts); repair it with \
-         'vmcrypt check -r all'"
+        "the image was not closed cleanly (dirty bit, lazy refcounts) and could not be \
+         repaired"
             .into()
     } else {
         return None;

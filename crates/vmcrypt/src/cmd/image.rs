@@ -6,9 +6,11 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::create::{create_image, options_for};
+use vmcrypt_block::file::FileDriver;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
 use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
+use vmcrypt_block::qcow2::check::{self as qcheck, CheckLimits, Repair};
 use vmcrypt_block::{BlockDriver, convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
@@ -325,9 +327,29 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str) -> Result<u8> {
-    let store = secrets(common)?;
+pub fn check(
+    common: &Common,
+    format: Option<&str>,
+    output: &str,
+    repair: Option<&str>,
+    filename: &str,
+) -> Result<u8> {
+    ensure!(
+        output == "human" || output == "json",
+        Usage,
+        "--output must be human or json, not '{output}'"
+    );
+    let repair = match repair {
+        None => None,
+        Some("leaks") => Some(Repair::Leaks),
+        Some("all") => Some(Repair::All),
+        Some(o) => bail!(Usage, "-r must be 'leaks' or 'all', not '{o}'"),
+    };
     let spec = image_spec(common, format, filename)?;
+    if let Some(path) = qcow2_file(&spec)? {
+        return check_qcow2(common, &path, output, repair, filename);
+    }
+    let store = secrets(common)?;
     let ctx = OpenContext {
         secrets: &store,
         read_only: true,
@@ -371,6 +393,73 @@ pub fn check(common: &Common, format: Option<&str>, output: &str, filename: &str
         }
     }
     Ok(if problems.is_empty() { 0 } else { 2 })
+}
+
+/// The file of `spec` if its top node is (or probes as) qcow2.
+fn qcow2_file(spec: &Map<String, Value>) -> Result<Option<String>> {
+    let driver = match spec.get("driver") {
+        Some(Value::String(d)) => Some(d.as_str()),
+        Some(_) => None,
+        None => graph::probed_format(spec)?,
+    };
+    if driver != Some("qcow2") {
+        return Ok(None);
+    }
+    Ok(match spec.get("file") {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Object(m)) => opt_str(m, "filename")?,
+        _ => None,
+    })
+}
+
+/// qemu-img check for qcow2: the checker reads the file node itself (no key needed).
+fn check_qcow2(
+    common: &Common,
+    path: &str,
+    output: &str,
+    repair: Option<Repair>,
+    filename: &str,
+) -> Result<u8> {
+    // Like qemu-img, an image that cannot be checked (or repaired) exits with 1.
+    let fail = |e: Error| {
+        eprintln!("vmcrypt: Check failed: {}", e.display_chain());
+        Ok(1)
+    };
+    let file = match FileDriver::open(Path::new(path), repair.is_none()) {
+        Ok(f) => f,
+        Err(e) => return fail(e),
+    };
+    let limits = CheckLimits::default();
+    let (report, preamble) = match repair {
+        None => match qcheck::check_with(&file, &limits) {
+            Ok(r) => (r, String::new()),
+            Err(e) => return fail(e),
+        },
+        Some(mode) => {
+            let r = match qcheck::repair(&file, mode, &limits) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            for m in &r.messages {
+                eprintln!("{m}");
+            }
+            let pre = r.human_preamble();
+            (r.report, pre)
+        }
+    };
+    for m in &report.messages {
+        eprintln!("{m}");
+    }
+    if output == "json" {
+        outln!("{}", pretty(&report.json(filename)));
+    } else if !common.quiet {
+        out!("{preamble}{}", report.human());
+    }
+    let code = report.exit_code();
+    if code == 1 {
+        eprintln!("vmcrypt: Check failed");
+    }
+    Ok(code)
 }
 
 pub fn resize(

@@ -98,8 +98,15 @@ pub fn run(cli: Cli) -> Result<u8> {
             common,
             format,
             output,
+            repair,
             filename,
-        } => image::check(&common, format.as_deref(), &output, &filename),
+        } => image::check(
+            &common,
+            format.as_deref(),
+            &output,
+            repair.as_deref(),
+            &filename,
+        ),
         Command::Resize {
             common,
             format,
