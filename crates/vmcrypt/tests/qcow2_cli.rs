@@ -204,3 +204,79 @@ fn zstd_compressed_clusters_read_and_rewrite() {
         &want,
     );
 }
+
+/// A legacy AES image opened for writing refuses the write and names the way off it
+/// (convert to LUKS); `resize` grows an encrypted qcow2 without its key, and QEMU sees
+/// the new size with a clean check.
+#[test]
+fn legacy_aes_refuses_writes_and_resize_grows_luks_qcow2() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let aes = sc.p("aes.qcow2");
+    std::fs::copy(format!("{QEMU_VECTORS}/qcow2-legacy-aes.qcow2"), &aes).unwrap();
+    let before = sc.read("aes.qcow2");
+    let key = sc.write("k", b"x");
+    let data = sc.write("d.raw", &[1u8; 512]);
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "--object",
+        &format!("secret,id=s,file={key}"),
+        "-f",
+        "raw",
+        &data,
+        "--target-image-opts",
+        &format!("driver=qcow2,file.filename={aes},encrypt.key-secret=s"),
+    ])
+    .failed()
+    .stderr_has("vmcrypt convert -O qcow2 -o encrypt.format=luks");
+    assert_eq!(
+        sc.read("aes.qcow2"),
+        before,
+        "a refused write changed the image"
+    );
+
+    let pw = sc.write("pw", PASS);
+    let obj = format!("secret,id=s0,file={pw}");
+    let img = sc.p("l.qcow2");
+    vmcrypt(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        &obj,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10,cluster_size=4096",
+        &img,
+        "1M",
+    ])
+    .ok();
+    // 1 MiB -> 3 GiB needs a bigger L1 table with 4 KiB clusters (512 entries per L2).
+    vmcrypt(&["resize", &img, "3G"])
+        .ok()
+        .stdout_has("Image resized.");
+    let info = qemu_img(&["info", "--output=json", &img]).ok().json();
+    assert_eq!(info["virtual-size"], 3u64 << 30);
+    let opts = format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0");
+    qemu_img(&["check", "--object", &obj, "--image-opts", &opts])
+        .ok()
+        .stdout_has("No errors were found on the image.");
+    tool(
+        "qemu-io",
+        &[
+            "--object",
+            &obj,
+            "-c",
+            "write -P 0x42 3221160000 4096",
+            "-c",
+            "read -P 0x42 3221160000 4096",
+            "--image-opts",
+            &opts,
+        ],
+    )
+    .ok();
+    vmcrypt(&["resize", &img, "1G"])
+        .failed()
+        .stderr_has("--shrink");
+}
