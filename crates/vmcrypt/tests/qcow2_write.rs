@@ -608,3 +608,46 @@ fn concurrent_writers_share_clusters_safely() {
     let got = qemu_read(&sc, std::slice::from_ref(&obj), &opts, "out.raw");
     assert_same_bytes("after concurrent writers", &got, &model);
 }
+
+/// Persistent bitmaps are not maintained by vmcrypt: the first write flags them
+/// "in-use" (QEMU then treats them as inconsistent) instead of leaving stale bits, the
+/// image stays free of leaks, and QEMU can still remove them.
+#[test]
+fn writes_flag_persistent_bitmaps_in_use() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let img = sc.p("bm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &img, "16M"]).ok();
+    qemu_img(&["bitmap", "--add", &img, "b0"]).ok();
+    qemu_img(&["bitmap", "--add", &img, "backup-2026"]).ok();
+    let flags = |info: &Value| -> Vec<Value> {
+        info["format-specific"]["data"]["bitmaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["flags"].clone())
+            .collect()
+    };
+    let info = qemu_img(&["info", "--output=json", &img]).ok().json();
+    assert!(
+        flags(&info)
+            .iter()
+            .all(|f| !f.to_string().contains("in-use")),
+        "{info}"
+    );
+    {
+        let d = open_rw(
+            &SecretStore::new(),
+            &format!("driver=qcow2,file.filename={img}"),
+        );
+        d.write_at(&[9u8; 70_000], 12_345).unwrap();
+        d.flush().unwrap();
+    }
+    let info = qemu_img(&["info", "--output=json", &img]).ok().json();
+    let f = flags(&info);
+    assert_eq!(f.len(), 2, "{info}");
+    assert!(f.iter().all(|f| f.to_string().contains("in-use")), "{info}");
+    qemu_check_clean(&format!("driver=qcow2,file.filename={img}"), &[]);
+    qemu_img(&["bitmap", "--remove", &img, "b0"]).ok();
+    qemu_check_clean(&format!("driver=qcow2,file.filename={img}"), &[]);
+}

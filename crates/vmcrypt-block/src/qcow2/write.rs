@@ -13,8 +13,9 @@ use super::Qcow2Driver;
 use crate::driver::BlockDriver;
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::table::{COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
-use vmcrypt_format::qcow2::{ClusterKind, L2Entry};
+use vmcrypt_format::qcow2::{ClusterKind, L2Entry, bitmaps};
 
 /// A run of newly allocated, contiguous host clusters waiting to be written.
 struct Batch {
@@ -31,19 +32,39 @@ impl Qcow2Driver {
         (1u64 << self.header.l2_bits()) - 1
     }
 
-    /// Refuse writes with the reason, and clear the autoclear features (we do not
-    /// maintain bitmaps) before the first change.
+    /// Refuse writes with the reason. Before the first change, flag persistent bitmaps
+    /// "in use" (we do not update them, so QEMU must not trust them; it keeps them and
+    /// lets the user remove them) and clear autoclear bits we do not know.
     pub(super) fn check_writable(&self) -> Result<()> {
         if let Some(r) = &self.write_refusal {
             bail!(ReadOnly, "'{}': {r}", self.engine.file.filename());
         }
-        if self.header.autoclear_features != 0 && !self.touched.swap(true, Ordering::SeqCst) {
-            let _x = self.io.write().expect("io lock");
-            self.engine
-                .file
-                .write_at(&0u64.to_be_bytes(), 88)
-                .ctx("qcow2: clearing the autoclear feature bits")?;
-            self.engine.file.flush()?;
+        if self.touched.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _x = self.io.write().expect("io lock");
+        let file = self.engine.file.as_ref();
+        let autoclear = self.header.autoclear_features;
+        let keep = autoclear & AUTOCLEAR_BITMAPS;
+        if let Some(bm) = self.ext.bitmaps.filter(|_| keep != 0) {
+            ensure!(
+                bm.directory_size <= 64 << 20,
+                LimitExceeded,
+                "qcow2: the bitmap directory is {} bytes (at most 64 MiB)",
+                bm.directory_size
+            );
+            let mut dir = vec![0u8; bm.directory_size as usize];
+            file.read_at(&mut dir, bm.directory_offset)
+                .ctx("qcow2: reading the bitmap directory")?;
+            bitmaps::mark_in_use(&mut dir, bm.nb_bitmaps)?;
+            file.write_at(&dir, bm.directory_offset)
+                .ctx("qcow2: flagging persistent bitmaps in use")?;
+            file.flush()?;
+        }
+        if autoclear != keep {
+            file.write_at(&keep.to_be_bytes(), 88)
+                .ctx("qcow2: clearing unknown autoclear feature bits")?;
+            file.flush()?;
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! qcow2 (and qcow version 1) on-disk structures: header, header extensions, L1/L2
 //! entries, compressed cluster descriptors. Bytes in, typed values out; no I/O.
+pub mod bitmaps;
 pub mod create;
 pub mod ext;
 pub mod header;
