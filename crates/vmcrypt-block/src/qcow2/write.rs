@@ -17,10 +17,33 @@ use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::table::{COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
 use vmcrypt_format::qcow2::{ClusterKind, L2Entry, bitmaps};
 
-/// A run of newly allocated, contiguous host clusters waiting to be written.
-struct Batch {
-    host: u64,
-    data: Vec<u8>,
+/// Newly allocated, contiguous host clusters waiting to be written: whole clusters
+/// still in the caller's buffer (encrypted there in place), or assembled bytes.
+enum Batch {
+    Borrowed { host: u64, start: usize, end: usize },
+    Owned { host: u64, data: Vec<u8> },
+}
+
+impl Batch {
+    fn host_end(&self) -> u64 {
+        match self {
+            Batch::Borrowed { host, start, end } => host + (end - start) as u64,
+            Batch::Owned { host, data } => host + data.len() as u64,
+        }
+    }
+
+    /// Add bytes to an owned batch, copying a borrowed one out of `buf` first.
+    fn append(&mut self, buf: &[u8], bytes: &[u8]) {
+        if let Batch::Borrowed { host, start, end } = *self {
+            *self = Batch::Owned {
+                host,
+                data: buf[start..end].to_vec(),
+            };
+        }
+        if let Batch::Owned { data, .. } = self {
+            data.extend_from_slice(bytes);
+        }
+    }
 }
 
 impl Qcow2Driver {
@@ -175,16 +198,14 @@ impl Qcow2Driver {
             let (l2, idx) = self.l2_for_write(ci)?;
             let e = self.meta.lock().expect("meta").cached(l2).expect("pinned")[idx];
             if e & COPIED != 0 && e & ZERO == 0 && e & OFFSET_MASK != 0 {
-                self.write_batch(&mut batch)?;
+                self.write_batch(buf, &mut batch)?;
                 self.write_owned(&mut buf[rel..rel + n as usize], (e & OFFSET_MASK) + within)?;
             } else {
-                let mut data = if n == cs {
-                    buf[rel..rel + n as usize].to_vec()
+                // The old contents are read before the entry points elsewhere.
+                let old = if n < cs {
+                    Some(self.cluster_contents(ci)?)
                 } else {
-                    let mut c = self.cluster_contents(ci)?;
-                    c[within as usize..(within + n) as usize]
-                        .copy_from_slice(&buf[rel..rel + n as usize]);
-                    c
+                    None
                 };
                 let host = {
                     let mut m = self.meta.lock().expect("meta");
@@ -193,29 +214,50 @@ impl Qcow2Driver {
                     self.release(&mut m, e, idx)?;
                     host
                 };
+                if batch.as_ref().is_some_and(|b| b.host_end() != host) {
+                    self.write_batch(buf, &mut batch)?;
+                }
+                let range = rel..rel + n as usize;
                 match batch.as_mut() {
-                    Some(b) if b.host + b.data.len() as u64 == host => b.data.append(&mut data),
+                    Some(Batch::Borrowed { end, .. }) if n == cs && *end == rel => {
+                        *end += n as usize
+                    }
+                    None if n == cs => {
+                        batch = Some(Batch::Borrowed {
+                            host,
+                            start: rel,
+                            end: range.end,
+                        })
+                    }
                     _ => {
-                        self.write_batch(&mut batch)?;
-                        batch = Some(Batch { host, data });
+                        let mut c = old.unwrap_or_else(|| buf[range.clone()].to_vec());
+                        c[within as usize..(within + n) as usize].copy_from_slice(&buf[range]);
+                        match batch.as_mut() {
+                            Some(b) => b.append(buf, &c),
+                            None => batch = Some(Batch::Owned { host, data: c }),
+                        }
                     }
                 }
             }
             g += n;
         }
-        self.write_batch(&mut batch)
+        self.write_batch(buf, &mut batch)
     }
 
-    fn write_batch(&self, batch: &mut Option<Batch>) -> Result<()> {
-        let Some(mut b) = batch.take() else {
-            return Ok(());
-        };
+    fn write_batch(&self, buf: &mut [u8], batch: &mut Option<Batch>) -> Result<()> {
         let name = self.engine.file.filename();
-        self.engine.crypto.encrypt(&mut b.data, b.host, &name)?;
+        let (host, data): (u64, &mut [u8]) = match batch {
+            None => return Ok(()),
+            Some(Batch::Borrowed { host, start, end }) => (*host, &mut buf[*start..*end]),
+            Some(Batch::Owned { host, data }) => (*host, data.as_mut_slice()),
+        };
+        self.engine.crypto.encrypt(data, host, &name)?;
         self.engine
             .file
-            .write_at(&b.data, b.host)
-            .with_ctx(|| format!("qcow2: writing data clusters at {:#x}", b.host))
+            .write_at(data, host)
+            .with_ctx(|| format!("qcow2: writing data clusters at {host:#x}"))?;
+        *batch = None;
+        Ok(())
     }
 
     /// The guest contents of cluster `ci` (zero-padded past the end of the disk).
