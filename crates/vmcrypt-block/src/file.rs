@@ -16,8 +16,14 @@ pub struct FileDriver {
 }
 
 impl FileDriver {
-    /// Open an existing file.
+    /// Open an existing file, locked against conflicting users as QEMU locks images
+    /// ([`crate::lock`]).
     pub fn open(path: &Path, read_only: bool) -> Result<Self> {
+        Self::open_with(path, read_only, true)
+    }
+
+    /// Open an existing file, with or without QEMU-compatible locking.
+    pub fn open_with(path: &Path, read_only: bool, locking: bool) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -34,6 +40,9 @@ impl FileDriver {
         } else {
             device_size(&file)?
         };
+        if locking {
+            crate::lock::lock_image(&file, path, !read_only)?;
+        }
         Ok(FileDriver {
             file,
             path: path.to_path_buf(),
@@ -42,15 +51,19 @@ impl FileDriver {
         })
     }
 
-    /// Create (or truncate) a file of `size` bytes; it reads as zeros.
+    /// Create (or truncate) a file of `size` bytes; it reads as zeros. An existing file
+    /// is truncated only once the write lock is held.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .open(path)
             .map_err(|e| Error::io(e, format!("could not create '{}'", path.display())))?;
+        crate::lock::lock_image(&file, path, true)?;
+        file.set_len(0)
+            .map_err(|e| Error::io(e, format!("could not truncate '{}'", path.display())))?;
         file.set_len(size)
             .map_err(|e| Error::io(e, format!("could not size '{}'", path.display())))?;
         Ok(FileDriver {

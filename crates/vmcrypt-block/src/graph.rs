@@ -37,7 +37,6 @@ pub struct OpenContext<'a> {
 const FILE_IGNORED: &[&str] = &[
     "aio",
     "aio-max-batch",
-    "locking",
     "cache",
     "discard",
     "detect-zeroes",
@@ -81,7 +80,8 @@ pub fn spec_from_filename(filename: &str, format: Option<&str>) -> Result<Map<St
 /// Guess the format of the file at `path`: "qcow2"/"qcow" for the qcow magic, "luks" for
 /// a LUKS1 or LUKS2 header, else "raw".
 pub fn probe_format(path: &Path) -> Result<&'static str> {
-    let f = FileDriver::open(path, true)?;
+    // Reading 8 bytes needs no lock; the open that follows takes it.
+    let f = FileDriver::open_with(path, true, false)?;
     let mut head = [0u8; 8];
     if f.size() < 8 {
         return Ok("raw");
@@ -110,6 +110,27 @@ fn child_filename(spec: &Map<String, Value>, role: &str) -> Result<Option<String
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Object(m)) => opt_str(m, "filename"),
         _ => Ok(None),
+    }
+}
+
+/// Turn off image locking for the protocol node of `spec` (qemu-img's `-U`): the
+/// `file` child's `locking=off`, or the node itself when it is a `file` node.
+pub fn disable_locking(spec: &mut Map<String, Value>) {
+    if spec.get("driver").and_then(Value::as_str) == Some("file") {
+        spec.insert("locking".into(), Value::String("off".into()));
+        return;
+    }
+    match spec.get_mut("file") {
+        Some(Value::Object(f)) => disable_locking(f),
+        Some(Value::String(name)) => {
+            let name = name.clone();
+            let mut f = Map::new();
+            f.insert("driver".into(), Value::String("file".into()));
+            f.insert("filename".into(), Value::String(name));
+            f.insert("locking".into(), Value::String("off".into()));
+            spec.insert("file".into(), Value::Object(f));
+        }
+        _ => {}
     }
 }
 
@@ -209,10 +230,19 @@ fn required_child(
 }
 
 fn open_file(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
-    check_keys(spec, "file", &["filename"])?;
+    check_keys(spec, "file", &["filename", "locking"])?;
     let name = opt_str(spec, "filename")?
         .ok_or_else(|| Error::usage("driver 'file' needs the option 'filename'"))?;
-    Ok(Arc::new(FileDriver::open(Path::new(&name), ctx.read_only)?))
+    let locking = match opt_str(spec, "locking")?.as_deref() {
+        None | Some("auto" | "on") => true,
+        Some("off") => false,
+        Some(other) => bail!(Usage, "locking must be on, off or auto, not '{other}'"),
+    };
+    Ok(Arc::new(FileDriver::open_with(
+        Path::new(&name),
+        ctx.read_only,
+        locking,
+    )?))
 }
 
 fn open_raw(spec: &Map<String, Value>, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {

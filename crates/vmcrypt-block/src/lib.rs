@@ -15,6 +15,7 @@ pub mod driver;
 pub mod file;
 pub mod graph;
 pub mod info;
+pub mod lock;
 pub mod luks;
 pub mod map;
 pub mod mem;

@@ -25,6 +25,10 @@ pub struct Common {
     /// Quiet: no progress or warnings
     #[arg(short = 'q')]
     pub quiet: bool,
+    /// Open the image without locking it (qemu-img's -U), e.g. to inspect a disk a
+    /// running VM uses; what another writer changes meanwhile may read inconsistently
+    #[arg(short = 'U', long = "force-share")]
+    pub force_share: bool,
     #[command(flatten)]
     pub limits: LimitOpts,
 }

@@ -118,6 +118,8 @@ fn b_cryptsetup_convert_to_luks2_opens_in_vmcrypt() {
     assert_eq!(cs_version(&img), "2");
     let d = luks(&img, PASS2, true);
     assert!(d.luks2().is_some());
+    // Release our reader: converting needs the image to itself (image locking).
+    drop(d);
     assert_same_bytes("data", &vm_read(&img, PASS2, DATA), &data);
     // vmcrypt takes it back to LUKS1; cryptsetup accepts the result.
     luks2_to_luks1(file(&img, false), false, &KdfLimits::default()).unwrap();
@@ -266,6 +268,7 @@ fn d_cryptsetup_convert_to_luks1_opens_in_vmcrypt() {
     assert_eq!(cs_version(&img), "1");
     let d = luks(&img, PASS, true);
     assert!(d.luks1().is_some());
+    drop(d);
     assert_same_bytes("data", &vm_read(&img, PASS, DATA), &data);
     // And vmcrypt takes it to LUKS2 again; cryptsetup opens that.
     luks1_to_luks2(file(&img, false), false, &KdfLimits::default()).unwrap();

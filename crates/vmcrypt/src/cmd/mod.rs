@@ -171,13 +171,18 @@ pub fn secrets(common: &Common) -> Result<SecretStore> {
 /// The graph description of an image argument (`--image-opts`, `json:`, or a filename
 /// with an optional `-f`).
 pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<Map<String, Value>> {
-    if common.image_opts {
+    let mut spec = if common.image_opts {
         if format.is_some() {
             bail!(Usage, "--image-opts and -f are mutually exclusive");
         }
-        return parse_keyval(name, None);
+        parse_keyval(name, None)?
+    } else {
+        graph::spec_from_filename(name, format)?
+    };
+    if common.force_share {
+        graph::disable_locking(&mut spec);
     }
-    graph::spec_from_filename(name, format)
+    Ok(spec)
 }
 
 /// Open an image argument.
