@@ -651,3 +651,52 @@ fn writes_flag_persistent_bitmaps_in_use() {
     qemu_img(&["bitmap", "--remove", &img, "b0"]).ok();
     qemu_check_clean(&format!("driver=qcow2,file.filename={img}"), &[]);
 }
+
+/// A hostile image whose L2 entry (marked COPIED) points at metadata: the L1 table,
+/// the refcount table or its own L2 table. A write there is refused as
+/// corrupt (exit 4) and the file is left unchanged, as QEMU's overlap checks do.
+#[test]
+fn hostile_l2_entries_never_overwrite_metadata() {
+    require_tool("qemu-io");
+    let sc = Scratch::new();
+    let img = sc.p("h.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &img, "4M"]).ok();
+    tool(
+        "qemu-io",
+        &["-c", "write -P 0x11 0 64k", "-f", "qcow2", &img],
+    )
+    .ok();
+    let good = sc.read("h.qcow2");
+    let be64 = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let l1 = be64(&good, 40) as usize;
+    let l2 = (be64(&good, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let reftable = be64(&good, 48);
+    let data = sc.write("d.raw", &[0x22; 4096]);
+    // (Offset 0, the header, means "unallocated" in an L2 entry.)
+    for (what, target) in [
+        ("L1 table", l1 as u64),
+        ("refcount table", reftable),
+        ("its own L2 table", l2 as u64),
+    ] {
+        let mut bad = good.clone();
+        let entry = (1u64 << 63) | target;
+        bad[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
+        let path = sc.write("bad.qcow2", &bad);
+        vmcrypt(&[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            &data,
+            "--target-image-opts",
+            &format!("driver=qcow2,file.filename={path}"),
+        ])
+        .code_is(4)
+        .stderr_has("would overwrite metadata");
+        assert_eq!(
+            sc.read("bad.qcow2"),
+            bad,
+            "{what}: the refused write changed the file"
+        );
+    }
+}

@@ -10,7 +10,7 @@
 //! data or refcount is not on disk.
 use super::refcount::Refcounts;
 use crate::driver::BlockDriver;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt};
 
@@ -30,8 +30,12 @@ pub struct Meta {
     slots: HashMap<u64, L2Slot>,
     clock: u64,
     capacity: usize,
-    /// Loaded by the first write.
+    /// Loaded for writing.
     pub refs: Option<Refcounts>,
+    /// Host clusters of the header, L1 and L2 tables, LUKS header, snapshot table and
+    /// bitmap directory (refcount structures are [`Refcounts::is_metadata`]): data
+    /// writes must never land there, whatever a hostile L2 entry says.
+    pub protected: HashSet<u64>,
 }
 
 impl Meta {
@@ -44,7 +48,13 @@ impl Meta {
             clock: 0,
             capacity,
             refs: None,
+            protected: HashSet::new(),
         }
+    }
+
+    /// Whether host cluster `c` holds metadata.
+    pub fn is_metadata(&self, c: u64) -> bool {
+        self.protected.contains(&c) || self.refs.as_ref().is_some_and(|r| r.is_metadata(c))
     }
 
     /// The cached L2 table at host offset `off`.
@@ -124,8 +134,10 @@ impl Meta {
         self.slots.remove(&off);
     }
 
-    /// Point L1 entry `index` at `value`.
-    pub fn set_l1(&mut self, index: usize, value: u64) {
+    /// Point L1 entry `index` at `value` (an L2 table, which becomes protected).
+    pub fn set_l1(&mut self, index: usize, value: u64, cluster_bits: u32) {
+        self.protected
+            .insert((value & vmcrypt_format::qcow2::table::OFFSET_MASK) >> cluster_bits);
         self.l1[index] = value;
         self.l1_dirty.insert(index);
     }

@@ -24,6 +24,7 @@ use engine::{ClusterMap, Engine};
 use meta::Meta;
 use refcount::Refcounts;
 use serde_json::{Map, Value, json};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vmcrypt_crypto::argon::KdfLimits;
@@ -101,6 +102,7 @@ impl Qcow2Driver {
         let write_refusal = write_refusal(opts.writable, &header, &crypto);
         let mut meta = Meta::new(l1, header.l1_table_offset, capacity);
         if write_refusal.is_none() {
+            meta.protected = protected_clusters(&header, &ext, &meta.l1);
             meta.refs = Some(Refcounts::load(
                 file.as_ref(),
                 header.cluster_bits,
@@ -229,6 +231,32 @@ fn repair_if_dirty(file: &dyn BlockDriver) -> Result<()> {
     check::repair(file, check::Repair::All, &check::CheckLimits::default())
         .ctx("qcow2: repairing the refcounts of an image that was not closed cleanly")?;
     Ok(())
+}
+
+/// Host clusters data must never be written to: the header, the L1 table and the L2
+/// tables it names, the LUKS header region, the snapshot table's first cluster and the
+/// bitmap directory (the refcount structures are tracked by [`Refcounts`]).
+fn protected_clusters(h: &Header, ext: &Extensions, l1: &[u64]) -> HashSet<u64> {
+    let cb = h.cluster_bits;
+    let span = |off: u64, len: u64| (off >> cb)..(off + len).div_ceil(1 << cb).max((off >> cb) + 1);
+    let mut set: HashSet<u64> = span(0, 1).collect();
+    set.extend(span(h.l1_table_offset, u64::from(h.l1_size) * 8));
+    set.extend(
+        l1.iter()
+            .map(|e| e & vmcrypt_format::qcow2::table::OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .map(|o| o >> cb),
+    );
+    if let Some(f) = ext.fde {
+        set.extend(span(f.offset, f.length));
+    }
+    if h.nb_snapshots > 0 {
+        set.extend(span(h.snapshots_offset, 1));
+    }
+    if let Some(b) = ext.bitmaps {
+        set.extend(span(b.directory_offset, b.directory_size));
+    }
+    set
 }
 
 /// Why an image cannot be written, if it cannot.

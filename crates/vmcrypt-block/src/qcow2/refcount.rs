@@ -11,7 +11,7 @@
 //!   L1 writes of a flush. Until then the cluster keeps its refcount and cannot be
 //!   allocated again.
 use crate::driver::BlockDriver;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::refcount as rc;
 
@@ -37,6 +37,8 @@ pub struct Refcounts {
     cursor: u64,
     /// Every cluster index from here on is free (past the file and all allocations).
     end: u64,
+    /// Host clusters holding refcount blocks.
+    block_clusters: HashSet<u64>,
 }
 
 impl Refcounts {
@@ -64,7 +66,13 @@ impl Refcounts {
                 "qcow2: refcount table entry {i} ({e:#x}) is not cluster-aligned"
             );
         }
+        let block_clusters = table
+            .iter()
+            .filter(|&&e| e != 0)
+            .map(|&e| e >> cluster_bits)
+            .collect();
         Ok(Refcounts {
+            block_clusters,
             cluster_bits,
             order,
             table,
@@ -75,6 +83,12 @@ impl Refcounts {
             cursor: 0,
             end: file.size().div_ceil(cs),
         })
+    }
+
+    /// Whether host cluster `c` holds the refcount table or a refcount block.
+    pub fn is_metadata(&self, c: u64) -> bool {
+        let t = self.table_offset >> self.cluster_bits;
+        (t..t + self.table_clusters).contains(&c) || self.block_clusters.contains(&c)
     }
 
     fn entries_bits(&self) -> u32 {
@@ -272,6 +286,7 @@ impl Refcounts {
             },
         );
         self.table[i] = at << self.cluster_bits;
+        self.block_clusters.insert(at);
         self.add_in(file, at, 1, link)?;
         if link {
             self.write_dirty(file)?;

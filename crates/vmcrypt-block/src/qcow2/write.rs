@@ -10,6 +10,7 @@
 //! * Whole-cluster zeroing and discard change L2 entries only; resize grows the L1
 //!   table in a new place and switches the header to it.
 use super::Qcow2Driver;
+use super::meta::Meta;
 use crate::driver::BlockDriver;
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
@@ -163,8 +164,34 @@ impl Qcow2Driver {
             .trim(self.engine.file.as_ref())
     }
 
+    /// Refuse a data write to host bytes that hold metadata (a hostile or damaged L2
+    /// entry), like QEMU's overlap checks; nothing is written.
+    fn guard(&self, m: &Meta, host: u64, len: u64) -> Result<()> {
+        let cb = self.header.cluster_bits;
+        for c in host >> cb..=(host + len.max(1) - 1) >> cb {
+            ensure!(
+                !m.is_metadata(c),
+                Corrupt,
+                "qcow2: '{}': data at host offset {:#x} would overwrite metadata \
+                 (cluster {c}); the image is damaged, see 'vmcrypt check'",
+                self.engine.file.filename(),
+                c << cb
+            );
+        }
+        Ok(())
+    }
+
+    /// Allocate `n` clusters for new data or tables, never ones holding metadata (which
+    /// a damaged image may list as free).
+    fn alloc(&self, m: &mut Meta, n: u64) -> Result<u64> {
+        let host = m.refs().alloc(self.engine.file.as_ref(), n)?;
+        self.guard(m, host, n << self.header.cluster_bits)?;
+        Ok(host)
+    }
+
     /// Encrypt (when needed) and write bytes to a cluster this image owns.
     fn write_owned(&self, data: &mut [u8], host: u64) -> Result<()> {
+        self.guard(&self.meta.lock().expect("meta"), host, data.len() as u64)?;
         let file = &self.engine.file;
         let crypto = &self.engine.crypto;
         let name = file.filename();
@@ -209,7 +236,7 @@ impl Qcow2Driver {
                 };
                 let host = {
                     let mut m = self.meta.lock().expect("meta");
-                    let host = m.refs().alloc(self.engine.file.as_ref(), 1)?;
+                    let host = self.alloc(&mut m, 1)?;
                     m.set_entry(l2, idx, host | COPIED);
                     self.release(&mut m, e, idx)?;
                     host
@@ -271,7 +298,7 @@ impl Qcow2Driver {
     }
 
     /// Queue the refcount decrements of the clusters an old L2 entry referenced.
-    pub(super) fn release(&self, m: &mut super::meta::Meta, old: u64, idx: usize) -> Result<()> {
+    pub(super) fn release(&self, m: &mut Meta, old: u64, idx: usize) -> Result<()> {
         let cs = self.cs();
         match L2Entry::decode(old, None, self.header.cluster_bits, idx)?.kind {
             ClusterKind::Unallocated | ClusterKind::Zero(0) => {}
@@ -311,7 +338,7 @@ impl Qcow2Driver {
             None => None,
         };
         let mut m = self.meta.lock().expect("meta");
-        let new = m.refs().alloc(self.engine.file.as_ref(), 1)?;
+        let new = self.alloc(&mut m, 1)?;
         let table = match shared {
             Some((off, t)) => {
                 m.refs().queue_free(off);
@@ -321,7 +348,7 @@ impl Qcow2Driver {
             None => vec![0u64; (cs / 8) as usize],
         };
         m.insert_dirty(new, table);
-        m.set_l1(l1i, new | COPIED);
+        m.set_l1(l1i, new | COPIED, self.header.cluster_bits);
         Ok((new, idx))
     }
 
@@ -409,7 +436,7 @@ impl Qcow2Driver {
                 "qcow2: {new_size} bytes needs an L1 table over 32 MiB"
             );
             let clusters = (need * 8).div_ceil(cs);
-            let at = m.refs().alloc(file, clusters)?;
+            let at = self.alloc(&mut m, clusters)?;
             let mut raw: Vec<u8> = m.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
             raw.resize((clusters * cs) as usize, 0);
             file.write_at(&raw, at)
@@ -426,8 +453,10 @@ impl Qcow2Driver {
             if old_off != 0 {
                 for c in 0..(have * 8).div_ceil(cs) {
                     m.refs().queue_free(old_off + c * cs);
+                    m.protected.remove(&((old_off + c * cs) / cs));
                 }
             }
+            m.protected.extend((at / cs)..(at / cs + clusters));
             m.l1.resize(need as usize, 0);
             m.l1_offset = at;
         }
