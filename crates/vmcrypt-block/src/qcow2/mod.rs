@@ -102,7 +102,7 @@ impl Qcow2Driver {
         let write_refusal = write_refusal(opts.writable, &header, &crypto);
         let mut meta = Meta::new(l1, header.l1_table_offset, capacity);
         if write_refusal.is_none() {
-            meta.protected = protected_clusters(&header, &ext, &meta.l1);
+            meta.protected = protected_clusters(&header, &ext, &meta.l1, fsize);
             meta.refs = Some(Refcounts::load(
                 file.as_ref(),
                 header.cluster_bits,
@@ -235,17 +235,25 @@ fn repair_if_dirty(file: &dyn BlockDriver) -> Result<()> {
 
 /// Host clusters data must never be written to: the header, the L1 table and the L2
 /// tables it names, the LUKS header region, the snapshot table's first cluster and the
-/// bitmap directory (the refcount structures are tracked by [`Refcounts`]).
-fn protected_clusters(h: &Header, ext: &Extensions, l1: &[u64]) -> HashSet<u64> {
+/// bitmap directory (the refcount structures are tracked by [`Refcounts`]). Only
+/// clusters inside the file (`file_size` bytes) count: a damaged header may name
+/// absurd ranges.
+fn protected_clusters(h: &Header, ext: &Extensions, l1: &[u64], file_size: u64) -> HashSet<u64> {
     let cb = h.cluster_bits;
-    let span = |off: u64, len: u64| (off >> cb)..(off + len).div_ceil(1 << cb).max((off >> cb) + 1);
+    let file_clusters = file_size.div_ceil(1 << cb);
+    let span = |off: u64, len: u64| {
+        let start = (off >> cb).min(file_clusters);
+        let end = off.saturating_add(len).div_ceil(1 << cb).max(start + 1);
+        start..end.min(file_clusters)
+    };
     let mut set: HashSet<u64> = span(0, 1).collect();
     set.extend(span(h.l1_table_offset, u64::from(h.l1_size) * 8));
     set.extend(
         l1.iter()
             .map(|e| e & vmcrypt_format::qcow2::table::OFFSET_MASK)
             .filter(|&o| o != 0)
-            .map(|o| o >> cb),
+            .map(|o| o >> cb)
+            .filter(|&c| c < file_clusters),
     );
     if let Some(f) = ext.fde {
         set.extend(span(f.offset, f.length));
