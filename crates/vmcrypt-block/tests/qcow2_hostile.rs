@@ -188,3 +188,35 @@ fn damaged_luks_images_never_panic() {
     let img = seed_image(dir.path(), true);
     fuzz(&img, Some(PASS), 150, 0x5eed_0002);
 }
+
+#[test]
+fn damaged_qcow_v1_images_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("v1.qcow");
+    let s = img.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow", s, "2M"]);
+    run(
+        "qemu-io",
+        &["-c", "write -P 0x44 3000 70000", "-f", "qcow", s],
+    );
+    let bytes = std::fs::read(&img).unwrap();
+    let mut r = Rng(0x5eed_0003);
+    for round in 0..800 {
+        let mut b = bytes.clone();
+        for _ in 0..1 + r.below(4) {
+            let at = r.below(b.len().min(16384) as u64) as usize;
+            b[at] ^= 1 << r.below(8);
+        }
+        let ok = catch_unwind(AssertUnwindSafe(|| {
+            let mem = Arc::new(MemDriver::new(b));
+            if let Ok(d) = vmcrypt_block::qcow2::QcowDriver::open(mem, &OpenOptions::default())
+                && d.size() <= 1 << 30
+            {
+                let mut buf = vec![0u8; d.size().min(4 << 20) as usize];
+                let _ = d.read_at(&mut buf, 0);
+                let _ = d.block_status(0, d.size());
+            }
+        }));
+        assert!(ok.is_ok(), "round {round}: the qcow driver panicked");
+    }
+}
