@@ -19,6 +19,7 @@ macro_rules! outln {
 
 mod cli;
 mod cmd;
+mod hardening;
 mod passphrase;
 
 use clap::Parser;
@@ -42,6 +43,7 @@ fn exit_code(e: &Error) -> u8 {
 }
 
 fn main() -> ExitCode {
+    let _ = hardening::STATE.set(hardening::harden());
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

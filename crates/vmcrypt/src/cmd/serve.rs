@@ -57,6 +57,13 @@ const DEFAULT_BIND: &str = "127.0.0.1:10809";
 
 pub fn run(args: &ServeArgs) -> Result<u8> {
     init_logging();
+    if let Some(h) = crate::hardening::STATE.get() {
+        tracing::info!(
+            memory_locked = h.memory_locked,
+            not_dumpable = h.not_dumpable,
+            "process hardening (keys kept out of swap and core dumps)"
+        );
+    }
     let pairs = export_args(args)?;
     // Bad TLS files are reported before any keyslot is unlocked.
     let tls = match &args.tls_creds {
