@@ -7,6 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use vmcrypt_error::{Error, Result, bail};
 
+impl Drop for FileDriver {
+    fn drop(&mut self) {
+        crate::lock::unlock_all(&self.file);
+    }
+}
+
 /// A host file opened read-only or read-write.
 pub struct FileDriver {
     file: File,
@@ -20,6 +26,14 @@ impl FileDriver {
     /// ([`crate::lock`]).
     pub fn open(path: &Path, read_only: bool) -> Result<Self> {
         Self::open_with(path, read_only, true)
+    }
+
+    /// Open an existing file for LUKS key-slot work: only the header lock is taken
+    /// ([`crate::lock::lock_header`]), so a VM using the image keeps running.
+    pub fn open_header(path: &Path, read_only: bool) -> Result<Self> {
+        let f = Self::open_with(path, read_only, false)?;
+        crate::lock::lock_header(&f.file, path, !read_only)?;
+        Ok(f)
     }
 
     /// Open an existing file, with or without QEMU-compatible locking.

@@ -9,6 +9,12 @@
 //! processes) never write one image at once, and nobody reads an image someone else is
 //! changing underneath. The locks go away when the file is closed. Filesystems without
 //! OFD locks are used unlocked, as QEMU's `locking=auto` does.
+//!
+//! LUKS key-slot commands take only [`lock_header`]: byte 300, outside QEMU's ranges,
+//! exclusive for a change and shared for reading. Two vmcrypt commands never change one
+//! header at once, while a VM that has the image open keeps running: it read the header
+//! when it opened and never writes it, and the volume key does not change (online key
+//! rotation, as cryptsetup allows on an active device).
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
@@ -71,6 +77,39 @@ pub fn lock_image(file: &File, path: &Path, writable: bool) -> Result<()> {
     }
 }
 
+const HEADER_BYTE: i64 = 300;
+
+/// Lock the LUKS header of `file` against other vmcrypt header changes (see the module
+/// docs), or fail with `Busy`.
+pub fn lock_header(file: &File, path: &Path, writable: bool) -> Result<()> {
+    let kind = if writable {
+        libc::F_WRLCK
+    } else {
+        libc::F_RDLCK
+    };
+    let l = flock(kind as libc::c_short, HEADER_BYTE);
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&l)) {
+        Ok(_) => Ok(()),
+        Err(Errno::EAGAIN | Errno::EACCES) => bail!(
+            Busy,
+            "another vmcrypt command is changing the LUKS header of '{}'",
+            path.display()
+        ),
+        Err(Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOLCK | Errno::ENOSYS) => Ok(()),
+        Err(e) => bail!(Io, "locking the header of '{}' failed: {e}", path.display()),
+    }
+}
+
+/// Release every lock this open file description holds. Called before the file is
+/// closed: a process forked meanwhile (another thread spawning a program) keeps the
+/// description alive until it execs, and with it the locks, unless they are dropped
+/// explicitly.
+pub fn unlock_all(file: &File) {
+    let mut l = flock(libc::F_UNLCK as libc::c_short, PERM_BASE);
+    l.l_len = HEADER_BYTE - PERM_BASE + 1;
+    let _ = fcntl(file, FcntlArg::F_OFD_SETLK(&l));
+}
+
 /// Take the locks and test for conflicts; `Some(perm)` names the first conflict.
 fn try_lock(
     file: &File,
@@ -128,5 +167,15 @@ mod tests {
         );
         drop(c);
         lock_image(&d, &p, false).unwrap();
+        // Header changes exclude each other but not image users.
+        let (e, f) = (open(&p), open(&p));
+        lock_header(&e, &p, true).unwrap();
+        assert_eq!(
+            lock_header(&f, &p, true).unwrap_err().kind(),
+            vmcrypt_error::ErrorKind::Busy
+        );
+        assert!(lock_header(&f, &p, false).is_err());
+        drop(e);
+        lock_header(&f, &p, false).unwrap();
     }
 }

@@ -113,3 +113,86 @@ fn vmcrypt_serve_locks_qemu_out_and_readers_share() {
         .stderr_has("lock");
     ro.stop();
 }
+
+/// Online key rotation: while qemu-nbd serves a LUKS image read-write, `vmcrypt luks
+/// add-key` and `kill-slot` work (they take only the header lock), the export keeps
+/// serving the same bytes, and the new passphrase opens the image afterwards; a header
+/// conversion, which a running user must not see, is refused as busy.
+#[test]
+fn key_slots_change_while_qemu_serves_the_image() {
+    require_tool("qemu-nbd");
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    sc.write("pw2", PASS2);
+    let plain = plaintext(1 << 20, "online-rotation");
+    sc.write("plain.raw", &plain);
+    vmcrypt_encrypt(&sc, "pw", "plain.raw", "disk.luks", "");
+    let img = sc.p("disk.luks");
+    let secret = sc.secret("s0", "pw");
+    let sock = sc.p("q.sock");
+    let mut qemu = Command::new("qemu-nbd")
+        .args([
+            "--persistent",
+            "-k",
+            &sock,
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
+        .arg(format!("driver=luks,key-secret=s0,file.filename={img}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting qemu-nbd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "qemu-nbd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vmcrypt(&[
+        "luks",
+        "add-key",
+        &img,
+        "--key-file",
+        &sc.p("pw"),
+        "--new-key-file",
+        &sc.p("pw2"),
+        "--iter-time",
+        "10",
+    ])
+    .ok();
+    vmcrypt(&["luks", "kill-slot", &img, "0", "--key-file", &sc.p("pw2")]).ok();
+    vmcrypt(&[
+        "luks",
+        "convert",
+        "--type",
+        "luks2",
+        &img,
+        "--key-file",
+        &sc.p("pw2"),
+    ])
+    .code_is(5)
+    .stderr_has("lock");
+    let out = sc.p("via-nbd.raw");
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        &format!("nbd+unix:///?socket={sock}"),
+        &out,
+    ])
+    .ok();
+    assert_same_bytes(
+        "served during the rotation",
+        &sc.read("via-nbd.raw"),
+        &plain,
+    );
+    qemu.kill().unwrap();
+    qemu.wait().unwrap();
+    let got = vmcrypt_decrypt(&sc, "pw2", &img, None, "after.raw");
+    assert_same_bytes("new passphrase", &got, &plain);
+    vmcrypt(&["luks", "test-key", &img, "--key-file", &sc.p("pw")]).code_is(2);
+}

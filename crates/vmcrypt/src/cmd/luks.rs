@@ -20,16 +20,33 @@ use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{self, Limits};
 
 /// The device holding the header: `--header` if given, else the device itself, or the
-/// LUKS header embedded in a LUKS-encrypted qcow2 image.
+/// LUKS header embedded in a LUKS-encrypted qcow2 image. Key-slot work takes only the
+/// header lock (a VM using the image keeps running, as with cryptsetup on an active
+/// device); `whole_image` takes the image lock for changes a running user must not see
+/// (restoring a header, converting its format).
+fn header_device_with(
+    device: &str,
+    key: &KeyOpts,
+    read_only: bool,
+    whole_image: bool,
+) -> Result<(Arc<dyn BlockDriver>, bool, Container)> {
+    let path = Path::new(key.header.as_deref().unwrap_or(device));
+    let file = if whole_image {
+        FileDriver::open(path, read_only)?
+    } else {
+        FileDriver::open_header(path, read_only)?
+    };
+    let dev: Arc<dyn BlockDriver> = Arc::new(file);
+    let (dev, container) = embedded::header_device(dev)?;
+    Ok((dev, key.header.is_some(), container))
+}
+
 fn header_device(
     device: &str,
     key: &KeyOpts,
     read_only: bool,
 ) -> Result<(Arc<dyn BlockDriver>, bool, Container)> {
-    let path = key.header.as_deref().unwrap_or(device);
-    let dev: Arc<dyn BlockDriver> = Arc::new(FileDriver::open(Path::new(path), read_only)?);
-    let (dev, container) = embedded::header_device(dev)?;
-    Ok((dev, key.header.is_some(), container))
+    header_device_with(device, key, read_only, false)
 }
 
 /// Open the header of either version.
@@ -261,7 +278,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         LuksCommand::HeaderRestore { device, file, key } => {
             let backup = std::fs::read(&file)
                 .map_err(|e| Error::io(e, format!("reading backup '{file}'")))?;
-            let (dev, _, container) = header_device(&device, &key, false)?;
+            let (dev, _, container) = header_device_with(&device, &key, false, true)?;
             if luks1::version_of(&backup) == Some(1) {
                 ensure!(
                     backup.len() as u64 <= dev.size(),
@@ -313,7 +330,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
                 "luks2" => 2,
                 other => bail!(Usage, "--type must be luks1 or luks2, not '{other}'"),
             };
-            let (dev, detached, container) = header_device(&device, &key, false)?;
+            let (dev, detached, container) = header_device_with(&device, &key, false, true)?;
             require_plain(container, &device, "converting the header")?;
             let r = convert_to(dev, version, detached, &key.limits.limits())
                 .with_ctx(|| format!("device {device}"))?;
