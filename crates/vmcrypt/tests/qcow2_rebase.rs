@@ -336,3 +336,82 @@ fn bad_new_backing_leaves_the_image_untouched() {
         assert!(c.sc.read("top") == orig, "qemu-img changed the image");
     }
 }
+
+#[test]
+fn name_too_long_for_the_header_is_refused_before_copying() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let base = sc.write("base.raw", &plaintext(1 << 20, "rebase-long"));
+    let img = sc.p("small.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        "-b",
+        &base,
+        "-F",
+        "raw",
+        &img,
+    ])
+    .ok();
+    let before = sc.read("small.qcow2");
+    let long = sc.p(&"x".repeat(400));
+    vmcrypt(&["rebase", "-b", &long, "-F", "raw", &img])
+        .failed()
+        .stderr_has("first cluster");
+    assert!(sc.read("small.qcow2") == before, "the image changed");
+}
+
+#[test]
+fn relative_name_is_resolved_from_the_image_directory() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let plain = plaintext(1 << 20, "rebase-rel");
+    sc.write("old.raw", &plain);
+    let mut other = plain.clone();
+    other[70000..200000].fill(0x77);
+    sc.write("new.raw", &other);
+    let img = sc.p("ov.qcow2");
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", "old.raw", "-F", "raw", &img,
+    ])
+    .ok();
+    std::fs::copy(&img, sc.path("q.qcow2")).unwrap();
+    // Run from elsewhere: "new.raw" means the file next to the image, as in the header.
+    vmcrypt(&["rebase", "-q", "-b", "new.raw", "-F", "raw", &img]).ok();
+    qemu_img(&[
+        "rebase",
+        "-q",
+        "-b",
+        "new.raw",
+        "-F",
+        "raw",
+        &sc.p("q.qcow2"),
+    ])
+    .ok();
+    for name in ["ov.qcow2", "q.qcow2"] {
+        let info = qemu_img(&["info", "--output=json", &sc.p(name)])
+            .ok()
+            .json();
+        assert_eq!(info["backing-filename"], "new.raw");
+        let out = sc.p(&format!("{name}.raw"));
+        qemu_img(&["convert", "-O", "raw", &sc.p(name), &out]).ok();
+        assert_same_bytes(name, &sc.read(&format!("{name}.raw")), &plain);
+        qemu_img(&["check", &sc.p(name)]).ok();
+    }
+    let map = |n: &str| qemu_img(&["map", "--output=json", &sc.p(n)]).ok().json();
+    let strip = |m: Value| -> Vec<(u64, u64, u64)> {
+        m.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let g = |k: &str| e[k].as_u64().unwrap();
+                (g("start"), g("length"), g("depth"))
+            })
+            .collect()
+    };
+    assert_eq!(strip(map("ov.qcow2")), strip(map("q.qcow2")));
+}
