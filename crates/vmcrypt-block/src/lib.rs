@@ -22,6 +22,7 @@ pub mod mem;
 pub mod opts;
 pub mod qcow2;
 pub mod raw;
+pub mod rebase;
 pub mod secrets;
 pub mod testing;
 

@@ -88,7 +88,8 @@ pub enum Command {
         filename: Option<String>,
         size: Option<String>,
     },
-    /// Change the backing file of a qcow2 image (qemu-img rebase; only -u for now)
+    /// Change the backing file of a qcow2 image (qemu-img rebase): copies what differs
+    /// between the old and new backing files into the image first, unless -u
     Rebase {
         #[command(flatten)]
         common: Common,
@@ -103,6 +104,9 @@ pub enum Command {
         /// Unsafe mode: change only the backing file name, copy no data
         #[arg(short = 'u')]
         unsafe_mode: bool,
+        /// Show progress (safe mode)
+        #[arg(short = 'p')]
+        progress: bool,
         filename: String,
     },
     /// Show image information (qemu-img info)

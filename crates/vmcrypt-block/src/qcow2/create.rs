@@ -284,24 +284,36 @@ pub fn backing_of(opts: &Map<String, Value>) -> Result<Option<(String, Option<St
 /// backing file. Only cluster 0 changes, and it is written with one write.
 pub fn rebase_unsafe(image: &Path, backing: Option<(&str, Option<&str>)>) -> Result<()> {
     let file = FileDriver::open(image, false)?;
+    let bytes = rebased_header(&file, &image.display().to_string(), backing)?;
+    file.write_at(&bytes, 0).ctx("qcow2: writing the header")?;
+    file.flush()
+}
+
+/// The new cluster 0 of the qcow2 image in `file` (named `image` in messages) after
+/// pointing it at `backing` (see [`rebase_unsafe`]); nothing is written. Fails like
+/// [`rebase_unsafe`] would (dirty or corrupt image, name too long for cluster 0), so a
+/// safe rebase can check before it copies data.
+pub fn rebased_header(
+    file: &dyn BlockDriver,
+    image: &str,
+    backing: Option<(&str, Option<&str>)>,
+) -> Result<Vec<u8>> {
     let size = file.size();
     let mut head = vec![0u8; 512.min(size) as usize];
     file.read_at(&mut head, 0)?;
-    let h = Header::decode(&head).with_ctx(|| format!("'{}'", image.display()))?;
+    let h = Header::decode(&head).with_ctx(|| format!("'{image}'"))?;
     h.validate(size, &Limits::default())?;
     let mut cluster = vec![0u8; h.cluster_size().min(size) as usize];
     file.read_at(&mut cluster, 0)?;
     ensure!(
         !h.is_dirty() && !h.is_corrupt(),
         Unsupported,
-        "qcow2: '{}' is marked dirty or corrupt; repair it first (check -r)",
-        image.display()
+        "qcow2: '{image}' is marked dirty or corrupt; repair it first (check -r)"
     );
     ensure!(
         h.unknown_incompatible() == 0,
         Unsupported,
-        "qcow2: '{}' uses unknown incompatible features {:#x}",
-        image.display(),
+        "qcow2: '{image}' uses unknown incompatible features {:#x}",
         h.unknown_incompatible()
     );
     let mut ext = Extensions::decode(&cluster, u64::from(h.header_length), h.extensions_end())?;
@@ -316,8 +328,7 @@ pub fn rebase_unsafe(image: &Path, backing: Option<(&str, Option<&str>)>) -> Res
         }
     };
     let (_, mut bytes) = build_header_cluster(&h, &ext, name)
-        .with_ctx(|| format!("cannot rebase '{}' in place", image.display()))?;
+        .with_ctx(|| format!("cannot rebase '{image}' in place"))?;
     bytes.truncate(cluster.len());
-    file.write_at(&bytes, 0).ctx("qcow2: writing the header")?;
-    file.flush()
+    Ok(bytes)
 }

@@ -1,4 +1,4 @@
-//! qemu-img-compatible image commands: create, info, convert, check, resize, rebase -u.
+//! qemu-img-compatible image commands: create, info, convert, check, resize, rebase.
 use super::{image_spec, open_image, secrets};
 use crate::cli::Common;
 use serde_json::{Map, Value};
@@ -11,6 +11,7 @@ use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::info::{human_info, image_info};
 use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
 use vmcrypt_block::qcow2::check::{self as qcheck, CheckLimits, Repair};
+use vmcrypt_block::rebase::NewBacking;
 use vmcrypt_block::{BlockDriver, convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
@@ -138,48 +139,84 @@ pub fn create(
     Ok(0)
 }
 
-/// `rebase`: only `-u` (metadata-only) is supported; `-b ""` removes the backing file.
-pub fn rebase(
-    common: &Common,
-    format: Option<&str>,
-    backing: &str,
-    backing_format: Option<&str>,
-    unsafe_mode: bool,
-    filename: &str,
-) -> Result<u8> {
-    ensure!(
-        unsafe_mode,
-        Unsupported,
-        "safe rebase (copying data between backing files) is not supported yet; use -u to change only the backing file name"
-    );
-    ensure!(
-        !common.image_opts,
-        Unsupported,
-        "rebase -u takes a file name, not --image-opts"
-    );
-    if let Some(f) = format {
+/// The flags of `rebase`.
+pub struct RebaseArgs<'a> {
+    pub format: Option<&'a str>,
+    /// `-b`: the new backing file ("" removes it).
+    pub backing: &'a str,
+    pub backing_format: Option<&'a str>,
+    /// `-u`: change only the header.
+    pub unsafe_mode: bool,
+    pub progress: bool,
+}
+
+/// `rebase`: safe by default (data that differs between the old and the new backing file
+/// is copied into the image first, see `vmcrypt_block::rebase`); `-u` changes only the
+/// header. `-b ""` removes the backing file.
+pub fn rebase(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
+    if let Some(f) = a.format {
         ensure!(
             f == "qcow2",
             Unsupported,
             "rebase needs a qcow2 image (format '{f}' has no backing file)"
         );
     }
-    let new = if backing.is_empty() {
+    if !a.unsafe_mode {
+        return rebase_safe(common, a, filename);
+    }
+    ensure!(
+        !common.image_opts,
+        Unsupported,
+        "rebase -u takes a file name, not --image-opts"
+    );
+    let new = if a.backing.is_empty() {
         ensure!(
-            backing_format.is_none(),
+            a.backing_format.is_none(),
             Usage,
             "-F cannot be used when removing the backing file (-b \"\")"
         );
         None
     } else {
         ensure!(
-            backing_format.is_some(),
+            a.backing_format.is_some(),
             Usage,
             "a backing format is required with -u (-F FMT)"
         );
-        Some((backing, backing_format))
+        Some((a.backing, a.backing_format))
     };
     vmcrypt_block::qcow2::create::rebase_unsafe(Path::new(filename), new)?;
+    Ok(0)
+}
+
+/// Safe `rebase`: the image's keys come from its options (`encrypt.key-secret`,
+/// `backing.encrypt.key-secret`), the new backing file's from a `json:` `-b`.
+fn rebase_safe(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
+    let store = secrets(common)?;
+    let spec = image_spec(common, a.format, filename)?;
+    let ctx = OpenContext {
+        secrets: &store,
+        read_only: false,
+        metadata_only: false,
+        limits: common.limits.limits(),
+        writable_backing: false,
+    };
+    // qemu-img ignores -F when the backing file is removed.
+    let new = (!a.backing.is_empty()).then_some(NewBacking {
+        name: a.backing,
+        format: a.backing_format,
+    });
+    let show = a.progress && !common.quiet;
+    let mut last = u64::MAX;
+    vmcrypt_block::rebase::rebase(&spec, new, &ctx, &mut |done, total| {
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
+        if show && pct != last {
+            last = pct;
+            eprint!("\r    ({pct}.00/100%)");
+        }
+    })?;
+    if show {
+        eprintln!();
+    }
     Ok(0)
 }
 

@@ -46,13 +46,17 @@ pub fn run(cli: Cli) -> Result<u8> {
             backing,
             backing_format,
             unsafe_mode,
+            progress,
             filename,
         } => image::rebase(
             &common,
-            format.as_deref(),
-            &backing,
-            backing_format.as_deref(),
-            unsafe_mode,
+            &image::RebaseArgs {
+                format: format.as_deref(),
+                backing: &backing,
+                backing_format: backing_format.as_deref(),
+                unsafe_mode,
+                progress,
+            },
             &filename,
         ),
         Command::Info {

@@ -1,0 +1,239 @@
+//! Safe rebase (`qemu-img rebase` without `-u`): move a qcow2 image onto another backing
+//! file (or onto none) without changing what the image reads.
+//!
+//! For every range the image itself does not allocate (its guest data comes from the old
+//! backing chain, or reads as zeros past the old chain's end) the old chain's bytes are
+//! compared with the new backing file's, one image cluster at a time as qemu-img does;
+//! runs of clusters that differ get the old bytes written into the image (encrypted with
+//! the image's own key by the qcow2 write path), or zeros where nothing lies below the
+//! image. The data is flushed before the header is switched to the new backing name and
+//! format ([`crate::qcow2::create::rebase_unsafe`]), so a rebase cut off at any point
+//! leaves an image that reads the same through either backing file.
+//!
+//! The new backing file is named like qemu-img's `-b`: a filename (relative names are
+//! resolved against the image's directory) or a `json:{...}` filename, which is how an
+//! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
+//! the name exactly as given, with `-F` as its format, as qemu-img does.
+use crate::driver::BlockDriver;
+use crate::file::FileDriver;
+use crate::graph::{self, OpenContext};
+use crate::qcow2::create::{rebase_unsafe, rebased_header};
+use serde_json::{Map, Value};
+use std::path::Path;
+use std::sync::Arc;
+use vmcrypt_error::{Result, ResultExt, ensure};
+
+/// Bytes compared per step (qemu-img's buffer size).
+const CHUNK: u64 = 2 << 20;
+
+/// The backing file an image is rebased onto (`-b NAME -F FORMAT`).
+#[derive(Clone, Copy, Debug)]
+pub struct NewBacking<'a> {
+    /// The name stored in the header: a path or a `json:{...}` filename.
+    pub name: &'a str,
+    /// Its format (`-F`); required, as qemu-img requires it.
+    pub format: Option<&'a str>,
+}
+
+/// What a safe rebase did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebaseStats {
+    /// Bytes not allocated in the image, compared between the old and new backing.
+    pub compared: u64,
+    /// Bytes written into the image because the two differed.
+    pub written: u64,
+}
+
+/// Safely rebase the qcow2 image `image` (a graph description, with its own key and its
+/// old backing chain's keys as `encrypt.key-secret` / `backing.encrypt.key-secret`) onto
+/// `new`, or onto no backing file for `None`. `progress(done, total)` reports bytes of the
+/// image processed. On any error before the data phase (bad key, missing secret, a name
+/// that does not fit in the header) the image is left untouched.
+pub fn rebase(
+    image: &Map<String, Value>,
+    new: Option<NewBacking>,
+    ctx: &OpenContext,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebaseStats> {
+    let new = new.filter(|n| !n.name.is_empty());
+    if let Some(n) = new {
+        ensure!(
+            n.format.is_some(),
+            Usage,
+            "could not change the backing file to '{}': backing format must be specified (-F FMT)",
+            n.name
+        );
+    }
+    let rw = OpenContext {
+        secrets: ctx.secrets,
+        read_only: false,
+        metadata_only: false,
+        limits: ctx.limits,
+        writable_backing: false,
+    };
+    let top = graph::open(image, &rw)?;
+    ensure!(
+        top.driver_name() == "qcow2",
+        Unsupported,
+        "rebase needs a qcow2 image ('{}' is {}, which has no backing file)",
+        top.filename(),
+        top.driver_name()
+    );
+    let path = top.filename();
+    let header_backing = new.map(|n| (n.name, n.format));
+    // Fail now, not after copying, if the header cannot take the new name. Our own
+    // write lock is held, so this read goes around the locking.
+    let unlocked = FileDriver::open_with(Path::new(&path), true, false)?;
+    rebased_header(&unlocked, &path, header_backing)?;
+    drop(unlocked);
+    let target = match new {
+        Some(n) => Some(open_new_backing(&path, n, ctx)?),
+        None => None,
+    };
+    let stats = copy_differences(top.as_ref(), target.as_deref(), progress)?;
+    top.flush().ctx("flushing the rebased image")?;
+    // Release the image (and its lock) before the header is rewritten by path.
+    drop(target);
+    drop(top);
+    rebase_unsafe(Path::new(&path), header_backing)?;
+    Ok(stats)
+}
+
+/// Open the new backing file `n` of the image at `image_path` read-only, the way the
+/// rebased image will open it (relative names from the image's directory).
+fn open_new_backing(
+    image_path: &str,
+    n: NewBacking,
+    ctx: &OpenContext,
+) -> Result<Arc<dyn BlockDriver>> {
+    let full = graph::resolve_backing(image_path, n.name);
+    let spec = graph::spec_from_filename(&full, n.format)
+        .with_ctx(|| format!("could not open new backing file '{}'", n.name))?;
+    let ro = OpenContext {
+        secrets: ctx.secrets,
+        read_only: true,
+        metadata_only: false,
+        limits: ctx.limits,
+        writable_backing: false,
+    };
+    graph::open(&spec, &ro).with_ctx(|| format!("could not open new backing file '{}'", n.name))
+}
+
+/// Walk `top` and write into it the old chain's bytes wherever they differ from `new`'s
+/// (zeros past `new`'s end or without `new`).
+fn copy_differences(
+    top: &dyn BlockDriver,
+    new: Option<&dyn BlockDriver>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<RebaseStats> {
+    let size = top.size();
+    let cs = top.cluster_size().unwrap_or(1 << 16).max(512);
+    let has_backing = top.backing_info().is_some();
+    let mut stats = RebaseStats::default();
+    let mut bufs = (Vec::new(), Vec::new());
+    let mut off = 0;
+    progress(0, size);
+    while off < size {
+        let e = top.map_extent(off, CHUNK.min(size - off))?;
+        ensure!(
+            e.length > 0 && e.offset == off,
+            Internal,
+            "rebase: empty map extent at {off}"
+        );
+        if e.depth == 0 && e.present {
+            off += e.length;
+            progress(off, size);
+            continue;
+        }
+        // Unallocated in the image, so its whole clusters are: extend to the cluster end.
+        let end = (off + e.length).next_multiple_of(cs).min(size);
+        let range = Range {
+            off,
+            len: end - off,
+            // Nothing lies below here: the old chain reads zeros.
+            zeros_below: e.depth == 0 && has_backing,
+        };
+        let written = compare_and_copy(top, new, range, cs, &mut bufs)?;
+        stats.compared += range.len;
+        stats.written += written;
+        off = end;
+        progress(off, size);
+    }
+    Ok(stats)
+}
+
+/// A range of the image not allocated in it.
+#[derive(Clone, Copy)]
+struct Range {
+    off: u64,
+    len: u64,
+    /// The range lies past the end of the old backing chain (written as zeros).
+    zeros_below: bool,
+}
+
+/// Compare one range cluster by cluster and write the runs of differing clusters.
+/// Returns the bytes written.
+fn compare_and_copy(
+    top: &dyn BlockDriver,
+    new: Option<&dyn BlockDriver>,
+    r: Range,
+    cs: u64,
+    (old_buf, new_buf): &mut (Vec<u8>, Vec<u8>),
+) -> Result<u64> {
+    let n = r.len as usize;
+    old_buf.resize(n, 0);
+    new_buf.resize(n, 0);
+    // Reading the image where it allocates nothing reads the old backing chain.
+    top.read_at(&mut old_buf[..n], r.off)
+        .with_ctx(|| format!("reading the old backing chain at offset {}", r.off))?;
+    read_new(new, &mut new_buf[..n], r.off)?;
+    let cs = cs as usize;
+    let mut written = 0;
+    let mut i = 0;
+    while i < n {
+        let differs = |at: usize| {
+            let e = (at + cs).min(n);
+            old_buf[at..e] != new_buf[at..e]
+        };
+        let first = differs(i);
+        let mut j = (i + cs).min(n);
+        while j < n && differs(j) == first {
+            j = (j + cs).min(n);
+        }
+        if first {
+            write_run(top, &mut old_buf[i..j], r.off + i as u64, r.zeros_below)?;
+            written += (j - i) as u64;
+        }
+        i = j;
+    }
+    Ok(written)
+}
+
+/// Fill `buf` from the new backing file at `off`, zeros past its end (or without one).
+fn read_new(new: Option<&dyn BlockDriver>, buf: &mut [u8], off: u64) -> Result<()> {
+    buf.fill(0);
+    let Some(new) = new else {
+        return Ok(());
+    };
+    let avail = new.size().saturating_sub(off).min(buf.len() as u64) as usize;
+    if avail > 0 {
+        new.read_at(&mut buf[..avail], off)
+            .with_ctx(|| format!("reading the new backing file at offset {off}"))?;
+    }
+    Ok(())
+}
+
+/// Write the old chain's bytes `data` at `off` (zero clusters past the old chain's end).
+fn write_run(top: &dyn BlockDriver, data: &mut [u8], off: u64, zeros: bool) -> Result<()> {
+    let res = if zeros {
+        top.write_zeroes(off, data.len() as u64)
+    } else {
+        top.write_at_mut(data, off)
+    };
+    res.with_ctx(|| {
+        format!(
+            "writing {} bytes at offset {off} into the image",
+            data.len()
+        )
+    })
+}
