@@ -729,6 +729,18 @@ fn hostile_l2_entries_never_overwrite_metadata() {
     }
 }
 
+/// How the image of [`extended_l2_allocation_matches_qemu`] starts.
+#[derive(Clone, Copy)]
+enum Start {
+    Empty,
+    /// Over a raw backing file.
+    Backed,
+    /// All clusters compressed.
+    Compressed,
+    /// With an internal snapshot sharing some clusters.
+    Snapshot,
+}
+
 /// `qemu-img map --output=json` of an image without host offsets, adjacent runs of
 /// the same kind merged (host layouts differ between the two writers).
 fn map_kinds(path: &str) -> Vec<(u64, u64, Value)> {
@@ -749,15 +761,18 @@ fn map_kinds(path: &str) -> Vec<(u64, u64, Value)> {
 
 /// The same writes, zero writes (`write -z -u`) and discards applied by qemu-io to
 /// one copy of an image with extended L2 entries and by vmcrypt to another leave the
-/// same allocation map (subcluster granularity) and the same bytes.
+/// same allocation map (subcluster granularity) and the same bytes; the image starts
+/// empty, over a backing file, compressed or sharing clusters with a snapshot.
 #[test]
 fn extended_l2_allocation_matches_qemu() {
     require_tool("qemu-img");
     require_tool("qemu-io");
-    for (i, (create, backed)) in [
-        ("extended_l2=on,cluster_size=65536", false),
-        ("extended_l2=on,cluster_size=32768", true),
-        ("extended_l2=on,cluster_size=16384", false),
+    for (i, (create, start)) in [
+        ("extended_l2=on,cluster_size=65536", Start::Empty),
+        ("extended_l2=on,cluster_size=32768", Start::Backed),
+        ("extended_l2=on,cluster_size=16384", Start::Empty),
+        ("extended_l2=on,cluster_size=65536", Start::Compressed),
+        ("extended_l2=on,cluster_size=32768", Start::Snapshot),
     ]
     .into_iter()
     .enumerate()
@@ -765,15 +780,34 @@ fn extended_l2_allocation_matches_qemu() {
         let sc = Scratch::new();
         let size = 3 * MIB + 4096 + 1536;
         let (a, b) = (sc.p("qemu.qcow2"), sc.p("vmcrypt.qcow2"));
-        let mut args = vec!["create", "-q", "-f", "qcow2", "-o", create];
-        let base;
-        if backed {
-            base = sc.write("base.raw", &plaintext(size as usize, "xl2-base"));
-            args.extend(["-b", base.as_str(), "-F", "raw"]);
-        }
         let sz = size.to_string();
-        args.extend([a.as_str(), sz.as_str()]);
-        qemu_img(&args).ok();
+        let data = sc.write("data.raw", &plaintext(size as usize, "xl2-data"));
+        match start {
+            Start::Empty | Start::Snapshot => {
+                qemu_img(&["create", "-q", "-f", "qcow2", "-o", create, &a, &sz]).ok();
+            }
+            Start::Backed => {
+                qemu_img(&[
+                    "create", "-q", "-f", "qcow2", "-o", create, "-b", &data, "-F", "raw", &a, &sz,
+                ])
+                .ok();
+            }
+            Start::Compressed => {
+                let o = ["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o"];
+                qemu_img(&[&o[..], &[create, &data, &a]].concat()).ok();
+            }
+        }
+        if let Start::Snapshot = start {
+            // Clusters shared with an internal snapshot (no COPIED flag), with holes.
+            let c = [
+                "-c",
+                "write -P 9 0 100000",
+                "-c",
+                "write -P 8 1048576 70000",
+            ];
+            tool("qemu-io", &[&c[..], &[a.as_str()]].concat()).ok();
+            qemu_img(&["snapshot", "-c", "s1", &a]).ok();
+        }
         std::fs::copy(&a, &b).unwrap();
         let mut cmds: Vec<String> = Vec::new();
         let ops = ops(0xabc + i as u64, size, 80);
@@ -807,8 +841,18 @@ fn extended_l2_allocation_matches_qemu() {
                 mb.len()
             );
         }
-        let ra = qemu_read(&sc, &[], &format!("driver=qcow2,file.filename={a}"), "a.raw");
-        let rb = qemu_read(&sc, &[], &format!("driver=qcow2,file.filename={b}"), "b.raw");
+        let ra = qemu_read(
+            &sc,
+            &[],
+            &format!("driver=qcow2,file.filename={a}"),
+            "a.raw",
+        );
+        let rb = qemu_read(
+            &sc,
+            &[],
+            &format!("driver=qcow2,file.filename={b}"),
+            "b.raw",
+        );
         assert_same_bytes(&format!("{create}: qemu-io vs vmcrypt bytes"), &rb, &ra);
     }
 }

@@ -17,8 +17,8 @@
 //!   clusters zero (a whole cluster drops its host cluster); discard works on whole
 //!   clusters.
 use super::Qcow2Driver;
-use super::meta::Meta;
 use super::engine::ClusterMap;
+use super::meta::Meta;
 use crate::driver::{Allocation, BlockDriver};
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
