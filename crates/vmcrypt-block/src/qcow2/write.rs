@@ -554,19 +554,41 @@ impl Qcow2Driver {
                 continue;
             }
             let ae = if end == size { end } else { end / scs * scs };
-            while g < ae {
-                let (ci, within) = (g / cs, g % cs);
-                let n = (cs - within).min(ae - g);
-                if within == 0 && (n == cs || g + n == size) {
-                    self.zero_cluster(ci, false)?;
-                } else {
-                    let (s0, s1) = self.touched(within, n);
-                    self.mark_zero(ci, s0, s1)?;
-                }
-                g += n;
+            let pieces = self.cluster_pieces(g, ae);
+            // QEMU cannot mark part of a compressed cluster zero and then writes
+            // zeros over the whole aligned piece instead.
+            let mut split_compressed = false;
+            for &(ci, within, n) in &pieces {
+                let whole = within == 0 && (n == cs || ci * cs + n == size);
+                split_compressed |= !whole && self.raw_entry(ci)?.1 & COMPRESSED != 0;
             }
+            if split_compressed {
+                self.write_locked(&mut vec![0u8; (ae - g) as usize], g)?;
+            } else {
+                for (ci, within, n) in pieces {
+                    if within == 0 && (n == cs || ci * cs + n == size) {
+                        self.zero_cluster(ci, false)?;
+                    } else {
+                        let (s0, s1) = self.touched(within, n);
+                        self.mark_zero(ci, s0, s1)?;
+                    }
+                }
+            }
+            g = ae;
         }
         Ok(())
+    }
+
+    /// The clusters `(index, offset inside, length)` that guest bytes `[g, end)` cover.
+    fn cluster_pieces(&self, mut g: u64, end: u64) -> Vec<(u64, u64, u64)> {
+        let cs = self.cs();
+        let mut v = Vec::new();
+        while g < end {
+            let n = (cs - g % cs).min(end - g);
+            v.push((g / cs, g % cs, n));
+            g += n;
+        }
+        v
     }
 
     /// Zero `[g, pe)`, which lies inside one subcluster and does not cover all of it.
@@ -595,16 +617,15 @@ impl Qcow2Driver {
         Ok(true)
     }
 
-    /// Make subclusters `s0..=s1` of cluster `ci` (not all of it) read as zeros; a
-    /// compressed cluster gets zeros written instead (it cannot be split).
+    /// Make subclusters `s0..=s1` of cluster `ci` (not all of it, not compressed) read
+    /// as zeros.
     fn mark_zero(&self, ci: u64, s0: u32, s1: u32) -> Result<()> {
         let (_, e, bm) = self.raw_entry(ci)?;
-        if e & COMPRESSED != 0 {
-            let span = self.span(s0, s1);
-            let start = ci * self.cs() + span.start;
-            let n = (span.end - span.start).min(self.size() - start);
-            return self.write_locked(&mut vec![0u8; n as usize], start);
-        }
+        ensure!(
+            e & COMPRESSED == 0,
+            Corrupt,
+            "qcow2: cannot mark part of compressed cluster {ci} zero"
+        );
         let mask = sc_range(s0, s1 + 1);
         let new = (bm | mask << 32) & !mask;
         if new == bm {
