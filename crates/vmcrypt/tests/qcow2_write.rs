@@ -321,6 +321,18 @@ fn random_writes_match_a_model_plain_and_luks() {
             luks: false,
             backing: None,
         },
+        Case {
+            name: "extended L2, 64k",
+            create: "extended_l2=on,cluster_size=65536",
+            luks: false,
+            backing: None,
+        },
+        Case {
+            name: "extended L2, 32k, luks",
+            create: "extended_l2=on,cluster_size=32768",
+            luks: true,
+            backing: None,
+        },
     ];
     for (i, c) in cases.iter().enumerate() {
         run_model_case(c, 0x9e37_79b9 + i as u64);
@@ -349,6 +361,18 @@ fn random_writes_over_backing_files() {
             create: "cluster_size=4096",
             luks: true,
             backing: Some("qcow2-luks"),
+        },
+        Case {
+            name: "extended L2 64k, luks over raw",
+            create: "extended_l2=on,cluster_size=65536",
+            luks: true,
+            backing: Some("raw"),
+        },
+        Case {
+            name: "extended L2 32k over raw",
+            create: "extended_l2=on,cluster_size=32768",
+            luks: false,
+            backing: Some("raw"),
         },
     ];
     for (i, c) in cases.iter().enumerate() {
@@ -435,9 +459,13 @@ fn interrupted_writes_leave_no_corruption() {
     let sc = Scratch::new();
     let key = sc.write("key", PASS);
     let obj = format!("secret,id=s0,file={key}");
-    for luks in [false, true] {
+    for (luks, base) in [
+        (false, "cluster_size=512"),
+        (true, "cluster_size=512"),
+        (true, "cluster_size=16384,extended_l2=on"),
+    ] {
         let img = sc.p("fresh.qcow2");
-        let mut o = "cluster_size=512,lazy_refcounts=off".to_string();
+        let mut o = format!("{base},lazy_refcounts=off");
         if luks {
             o.push_str(",encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10");
         }
@@ -484,7 +512,7 @@ fn interrupted_writes_leave_no_corruption() {
             let v = out.json();
             assert!(
                 v.get("corruptions").is_none() && matches!(out.code, Some(0 | 3)),
-                "luks={luks} budget {budget}/{total}: {}",
+                "{base} luks={luks} budget {budget}/{total}: {}",
                 out.describe()
             );
             // It still opens and reads.
@@ -699,4 +727,176 @@ fn hostile_l2_entries_never_overwrite_metadata() {
             "{what}: the refused write changed the file"
         );
     }
+}
+
+/// How the image of [`extended_l2_allocation_matches_qemu`] starts.
+#[derive(Clone, Copy)]
+enum Start {
+    Empty,
+    /// Over a raw backing file.
+    Backed,
+    /// All clusters compressed.
+    Compressed,
+    /// With an internal snapshot sharing some clusters.
+    Snapshot,
+}
+
+/// `qemu-img map --output=json` of an image without host offsets, adjacent runs of
+/// the same kind merged (host layouts differ between the two writers).
+fn map_kinds(path: &str) -> Vec<(u64, u64, Value)> {
+    let out = qemu_img(&["map", "--output=json", path]).ok();
+    let mut runs: Vec<(u64, u64, Value)> = Vec::new();
+    for mut e in out.json().as_array().unwrap().iter().cloned() {
+        let o = e.as_object_mut().unwrap();
+        let start = o.remove("start").unwrap().as_u64().unwrap();
+        let len = o.remove("length").unwrap().as_u64().unwrap();
+        o.remove("offset");
+        match runs.last_mut() {
+            Some(r) if r.2 == e && r.0 + r.1 == start => r.1 += len,
+            _ => runs.push((start, len, e)),
+        }
+    }
+    runs
+}
+
+/// The same writes, zero writes (`write -z -u`) and discards applied by qemu-io to
+/// one copy of an image with extended L2 entries and by vmcrypt to another leave the
+/// same allocation map (subcluster granularity) and the same bytes; the image starts
+/// empty, over a backing file, compressed or sharing clusters with a snapshot.
+#[test]
+fn extended_l2_allocation_matches_qemu() {
+    require_tool("qemu-img");
+    require_tool("qemu-io");
+    for (i, (create, start)) in [
+        ("extended_l2=on,cluster_size=65536", Start::Empty),
+        ("extended_l2=on,cluster_size=32768", Start::Backed),
+        ("extended_l2=on,cluster_size=16384", Start::Empty),
+        ("extended_l2=on,cluster_size=65536", Start::Compressed),
+        ("extended_l2=on,cluster_size=32768", Start::Snapshot),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sc = Scratch::new();
+        let size = 3 * MIB + 4096 + 1536;
+        let (a, b) = (sc.p("qemu.qcow2"), sc.p("vmcrypt.qcow2"));
+        let sz = size.to_string();
+        let data = sc.write("data.raw", &plaintext(size as usize, "xl2-data"));
+        match start {
+            Start::Empty | Start::Snapshot => {
+                qemu_img(&["create", "-q", "-f", "qcow2", "-o", create, &a, &sz]).ok();
+            }
+            Start::Backed => {
+                qemu_img(&[
+                    "create", "-q", "-f", "qcow2", "-o", create, "-b", &data, "-F", "raw", &a, &sz,
+                ])
+                .ok();
+            }
+            Start::Compressed => {
+                let o = ["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o"];
+                qemu_img(&[&o[..], &[create, &data, &a]].concat()).ok();
+            }
+        }
+        if let Start::Snapshot = start {
+            // Clusters shared with an internal snapshot (no COPIED flag), with holes.
+            let c = [
+                "-c",
+                "write -P 9 0 100000",
+                "-c",
+                "write -P 8 1048576 70000",
+            ];
+            tool("qemu-io", &[&c[..], &[a.as_str()]].concat()).ok();
+            qemu_img(&["snapshot", "-c", "s1", &a]).ok();
+        }
+        std::fs::copy(&a, &b).unwrap();
+        let mut cmds: Vec<String> = Vec::new();
+        let ops = ops(0xabc + i as u64, size, 80);
+        for op in &ops {
+            let c = match *op {
+                Op::Write { off, len, byte } => format!("write -P {byte} {off} {len}"),
+                Op::Zero { off, len } => format!("write -z -u {off} {len}"),
+                Op::Discard { off, len } => format!("discard {off} {len}"),
+            };
+            cmds.extend(["-c".into(), c]);
+        }
+        let mut qa: Vec<&str> = cmds.iter().map(String::as_str).collect();
+        qa.push(&a);
+        tool("qemu-io", &qa).ok();
+        {
+            let store = SecretStore::new();
+            let d = open_rw(&store, &format!("driver=qcow2,file.filename={b}"));
+            let mut model = vec![0u8; size as usize];
+            for op in ops {
+                apply_driver(d.as_ref(), &mut model, op);
+            }
+            d.flush().unwrap();
+        }
+        qemu_check_clean(&format!("driver=qcow2,file.filename={b}"), &[]);
+        let (ma, mb) = (map_kinds(&a), map_kinds(&b));
+        if ma != mb {
+            let first = ma.iter().zip(&mb).find(|(x, y)| x != y);
+            panic!(
+                "{create}: qemu-img map differs ({} vs {} runs), first difference: {first:?}",
+                ma.len(),
+                mb.len()
+            );
+        }
+        let ra = qemu_read(
+            &sc,
+            &[],
+            &format!("driver=qcow2,file.filename={a}"),
+            "a.raw",
+        );
+        let rb = qemu_read(
+            &sc,
+            &[],
+            &format!("driver=qcow2,file.filename={b}"),
+            "b.raw",
+        );
+        assert_same_bytes(&format!("{create}: qemu-io vs vmcrypt bytes"), &rb, &ra);
+    }
+}
+
+/// `commit` of an overlay with extended L2 entries into its raw base: the base gets the
+/// overlay's bytes, the overlay is emptied (every entry and bitmap cleared, its clusters
+/// freed) and `qemu-img check` finds no leaks.
+#[test]
+fn extended_l2_overlay_commits_and_empties() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let size = 2 * MIB + 512;
+    let mut model = plaintext(size as usize, "xl2-commit-base");
+    let base = sc.write("base.raw", &model);
+    let img = sc.p("top.qcow2");
+    let sz = size.to_string();
+    let o = "extended_l2=on,cluster_size=32768";
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-o", o, "-b", &base, "-F", "raw", &img, &sz,
+    ])
+    .ok();
+    let opts = format!("driver=qcow2,file.filename={img}");
+    let store = SecretStore::new();
+    {
+        let ctx = OpenContext {
+            secrets: &store,
+            read_only: false,
+            metadata_only: false,
+            limits: Default::default(),
+            writable_backing: true,
+        };
+        let d = graph::open(&spec(&opts), &ctx).unwrap();
+        for op in ops(0x5eed, size, 60) {
+            apply_driver(d.as_ref(), &mut model, op);
+        }
+        d.flush().unwrap();
+        d.commit(false, &mut |_, _| {}).unwrap();
+    }
+    qemu_check_clean(&opts, &[]);
+    assert_same_bytes("committed base", &sc.read("base.raw"), &model);
+    let map = qemu_img(&["map", "--output=json", &img]).ok().json();
+    for e in map.as_array().unwrap() {
+        assert_eq!(e["depth"], 1, "the emptied overlay still holds {e}");
+    }
+    let got = qemu_read(&sc, &[], &opts, "top.raw");
+    assert_same_bytes("emptied overlay reads the base", &got, &model);
 }

@@ -106,14 +106,15 @@ impl Qcow2Driver {
                 continue;
             };
             let t = self.l2_table(table)?;
-            for (i, &e) in t.iter().enumerate() {
-                if e == 0 {
+            for i in 0..per_l2 as usize {
+                let (e, bm) = self.entry_at(&t, i);
+                if e == 0 && bm == 0 {
                     continue;
                 }
                 let ci = l1i as u64 * per_l2 + i as u64;
                 let (l2, idx) = self.l2_for_write(ci)?;
                 let mut m = self.meta.lock().expect("meta");
-                m.set_entry(l2, idx, 0);
+                self.set_l2(&mut m, l2, idx, 0, 0);
                 self.release(&mut m, e, idx)?;
             }
         }

@@ -275,8 +275,6 @@ fn write_refusal(writable: bool, h: &Header, crypto: &Crypto) -> Option<String> 
         "legacy AES-encrypted qcow images are insecure and read-only here: convert to LUKS \
          with 'vmcrypt convert -O qcow2 -o encrypt.format=luks,encrypt.key-secret=ID'"
             .into()
-    } else if h.has_extended_l2() {
-        "writing images with extended L2 entries (subclusters) is not supported yet".into()
     } else if h.is_corrupt() {
         "the image is marked corrupt (inconsistent metadata); repair it with \
          'qemu-img check -r all'"

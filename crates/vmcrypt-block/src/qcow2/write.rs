@@ -9,14 +9,22 @@
 //!   that lose a reference are freed after the next metadata flush.
 //! * Whole-cluster zeroing and discard change L2 entries only; resize grows the L1
 //!   table in a new place and switches the header to it.
+//! * Extended L2 entries (subclusters) follow QEMU: a write allocates only the
+//!   subclusters it touches (the partial ones at its edges completed from what they
+//!   read: backing file or zeros), in a new cluster or in place in one the image owns
+//!   (a bitmap change, so on the exclusive side); a compressed or shared cluster is
+//!   copied as a whole (its allocated span). Zeroing marks subclusters or whole
+//!   clusters zero (a whole cluster drops its host cluster); discard works on whole
+//!   clusters.
 use super::Qcow2Driver;
+use super::engine::ClusterMap;
 use super::meta::Meta;
-use crate::driver::BlockDriver;
+use crate::driver::{Allocation, BlockDriver};
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
-use vmcrypt_format::qcow2::table::{COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
-use vmcrypt_format::qcow2::{ClusterKind, L2Entry, bitmaps};
+use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
+use vmcrypt_format::qcow2::{ClusterKind, L2Entry, Mapping, bitmaps};
 
 /// Newly allocated, contiguous host clusters waiting to be written: whole clusters
 /// still in the caller's buffer (encrypted there in place), or assembled bytes.
@@ -45,6 +53,21 @@ impl Batch {
             data.extend_from_slice(bytes);
         }
     }
+}
+
+/// Subcluster bitmap bits `a..b` of the "allocated" half (shift left by 32 for the
+/// "reads as zeros" half).
+fn sc_range(a: u32, b: u32) -> u64 {
+    ((1u64 << b) - 1) & !((1u64 << a) - 1)
+}
+
+/// An extended L2 bitmap with every subcluster reading as zeros.
+const ALL_ZERO: u64 = 0xffff_ffff << 32;
+
+/// Whether an L2 entry names a cluster this image owns and may write in place (with
+/// extended L2, some subclusters may still be unallocated or zero).
+fn owns(e: u64, ext: bool) -> bool {
+    e & COPIED != 0 && e & COMPRESSED == 0 && e & OFFSET_MASK != 0 && (ext || e & ZERO == 0)
 }
 
 impl Qcow2Driver {
@@ -104,32 +127,80 @@ impl Qcow2Driver {
         Ok(())
     }
 
-    /// The raw L1 and L2 entries of guest cluster `ci` (L2 entry 0 when no table).
-    fn raw_entry(&self, ci: u64) -> Result<(u64, u64)> {
+    /// Whether L2 entries are extended (16 bytes: entry and subcluster bitmap).
+    pub(super) fn ext(&self) -> bool {
+        self.header.has_extended_l2()
+    }
+
+    /// log2 of the subcluster size (the cluster size without extended L2).
+    fn sc_bits(&self) -> u32 {
+        self.unit_bits()
+    }
+
+    /// Entry `idx` of an L2 table and its subcluster bitmap (0 for standard entries).
+    pub(super) fn entry_at(&self, t: &[u64], idx: usize) -> (u64, u64) {
+        if self.ext() {
+            (t[2 * idx], t[2 * idx + 1])
+        } else {
+            (t[idx], 0)
+        }
+    }
+
+    /// Set entry `idx` (and its bitmap, with extended L2) of the cached table at `l2`.
+    pub(super) fn set_l2(&self, m: &mut Meta, l2: u64, idx: usize, e: u64, bm: u64) {
+        if self.ext() {
+            m.set_entry(l2, 2 * idx, e);
+            m.set_entry(l2, 2 * idx + 1, bm);
+        } else {
+            m.set_entry(l2, idx, e);
+        }
+    }
+
+    /// The raw L1 entry, L2 entry and subcluster bitmap of guest cluster `ci` (zeros
+    /// when there is no table).
+    fn raw_entry(&self, ci: u64) -> Result<(u64, u64, u64)> {
         let l1i = (ci >> self.header.l2_bits()) as usize;
         let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
-        let Some(l1e) = l1e else { return Ok((0, 0)) };
+        let Some(l1e) = l1e else {
+            return Ok((0, 0, 0));
+        };
         let Some(off) = l1_l2_offset(l1e, l1i, self.cs())? else {
-            return Ok((l1e, 0));
+            return Ok((l1e, 0, 0));
         };
         let t = self.l2_table(off)?;
-        Ok((l1e, t[(ci & self.entries_mask()) as usize]))
+        let (e, bm) = self.entry_at(&t, (ci & self.entries_mask()) as usize);
+        Ok((l1e, e, bm))
+    }
+
+    /// The subclusters `first..=last` that guest bytes `[within, within + n)` of a
+    /// cluster touch (`0..=0` with standard entries, where the unit is the cluster).
+    fn touched(&self, within: u64, n: u64) -> (u32, u32) {
+        let b = self.sc_bits();
+        ((within >> b) as u32, ((within + n - 1) >> b) as u32)
     }
 
     /// Host runs `(buffer offset, host offset, length)` of an in-place write, or `None`
-    /// if some cluster is not owned by this image.
+    /// if some cluster (with extended L2: some touched subcluster) is not owned by this
+    /// image.
     fn owned_runs(&self, offset: u64, len: u64) -> Result<Option<Vec<(usize, u64, usize)>>> {
-        let (cs, end) = (self.cs(), offset + len);
+        let (cs, end, ext) = (self.cs(), offset + len, self.ext());
         let mut runs: Vec<(usize, u64, usize)> = Vec::new();
         let mut g = offset;
         while g < end {
             let n = (cs - g % cs).min(end - g);
-            let (l1e, e) = self.raw_entry(g / cs)?;
-            let owned = l1e & COPIED != 0 && e & COPIED != 0 && e & ZERO == 0;
+            let (l1e, e, bm) = self.raw_entry(g / cs)?;
+            let owned = l1e & COPIED != 0 && owns(e, ext);
             let host = e & OFFSET_MASK;
-            if !owned || host == 0 || L2Entry::decode(e, None, self.header.cluster_bits, 0).is_err()
-            {
+            let cb = self.header.cluster_bits;
+            if !owned || L2Entry::decode(e, ext.then_some(bm), cb, 0).is_err() {
                 return Ok(None);
+            }
+            if ext {
+                let (s0, s1) = self.touched(g % cs, n);
+                let need = sc_range(s0, s1 + 1);
+                if bm & need != need || bm & (need << 32) != 0 {
+                    return Ok(None);
+                }
             }
             let host = host + g % cs;
             let rel = (g - offset) as usize;
@@ -223,52 +294,112 @@ impl Qcow2Driver {
             let n = (cs - within).min(end - g);
             let rel = (g - offset) as usize;
             let (l2, idx) = self.l2_for_write(ci)?;
-            let e = self.meta.lock().expect("meta").cached(l2).expect("pinned")[idx];
-            if e & COPIED != 0 && e & ZERO == 0 && e & OFFSET_MASK != 0 {
+            let t = self.meta.lock().expect("meta").cached(l2).expect("pinned");
+            let (e, bm) = self.entry_at(&t, idx);
+            let (s0, s1) = self.touched(within, n);
+            let range = rel..rel + n as usize;
+            if owns(e, self.ext()) {
                 self.write_batch(buf, &mut batch)?;
-                self.write_owned(&mut buf[rel..rel + n as usize], (e & OFFSET_MASK) + within)?;
-            } else {
-                // The old contents are read before the entry points elsewhere.
-                let old = if n < cs {
-                    Some(self.cluster_contents(ci)?)
+                let host = e & OFFSET_MASK;
+                let need = sc_range(s0, s1 + 1);
+                if !self.ext() || (bm & need == need && bm & (need << 32) == 0) {
+                    self.write_owned(&mut buf[range], host + within)?;
                 } else {
-                    None
-                };
-                let host = {
+                    // Unallocated or zero subclusters of a cluster we own: write in
+                    // place, the partial edge subclusters completed from what they read.
+                    let span = self.span(s0, s1);
+                    let mut data = self.merged(ci, &span, within, &buf[range])?;
+                    self.write_owned(&mut data, host + span.start)?;
                     let mut m = self.meta.lock().expect("meta");
-                    let host = self.alloc(&mut m, 1)?;
-                    m.set_entry(l2, idx, host | COPIED);
-                    self.release(&mut m, e, idx)?;
-                    host
+                    self.set_l2(&mut m, l2, idx, e, (bm | need) & !(need << 32));
+                }
+                g += n;
+                continue;
+            }
+            // A new cluster holds the subclusters `a0..=a1` (the whole cluster without
+            // extended L2); the old contents are read before the entry points elsewhere.
+            let (a0, a1) = self.new_span(e, bm, s0, s1);
+            let span = self.span(a0, a1);
+            let full = within == span.start && within + n == span.end;
+            let data = if full {
+                None
+            } else {
+                Some(self.merged(ci, &span, within, &buf[range.clone()])?)
+            };
+            let host = {
+                let mut m = self.meta.lock().expect("meta");
+                let host = self.alloc(&mut m, 1)?;
+                let keep = if e & COMPRESSED != 0 { 0 } else { bm };
+                let fill = sc_range(a0, a1 + 1);
+                let new_bm = if self.ext() {
+                    (keep | fill) & !(fill << 32)
+                } else {
+                    0
                 };
-                if batch.as_ref().is_some_and(|b| b.host_end() != host) {
-                    self.write_batch(buf, &mut batch)?;
+                self.set_l2(&mut m, l2, idx, host | COPIED, new_bm);
+                self.release(&mut m, e, idx)?;
+                host + span.start
+            };
+            if batch.as_ref().is_some_and(|b| b.host_end() != host) {
+                self.write_batch(buf, &mut batch)?;
+            }
+            match (batch.as_mut(), data) {
+                (Some(Batch::Borrowed { end, .. }), None) if *end == rel => *end += n as usize,
+                (None, None) => {
+                    batch = Some(Batch::Borrowed {
+                        host,
+                        start: rel,
+                        end: range.end,
+                    })
                 }
-                let range = rel..rel + n as usize;
-                match batch.as_mut() {
-                    Some(Batch::Borrowed { end, .. }) if n == cs && *end == rel => {
-                        *end += n as usize
-                    }
-                    None if n == cs => {
-                        batch = Some(Batch::Borrowed {
-                            host,
-                            start: rel,
-                            end: range.end,
-                        })
-                    }
-                    _ => {
-                        let mut c = old.unwrap_or_else(|| buf[range.clone()].to_vec());
-                        c[within as usize..(within + n) as usize].copy_from_slice(&buf[range]);
-                        match batch.as_mut() {
-                            Some(b) => b.append(buf, &c),
-                            None => batch = Some(Batch::Owned { host, data: c }),
-                        }
-                    }
+                (Some(b), data) => {
+                    let c = data.unwrap_or_else(|| buf[range].to_vec());
+                    b.append(buf, &c)
                 }
+                (None, Some(c)) => batch = Some(Batch::Owned { host, data: c }),
             }
             g += n;
         }
         self.write_batch(buf, &mut batch)
+    }
+
+    /// Byte range inside a cluster of subclusters `a0..=a1` (the cluster without
+    /// extended L2).
+    fn span(&self, a0: u32, a1: u32) -> std::ops::Range<u64> {
+        let b = self.sc_bits();
+        (u64::from(a0) << b)..(u64::from(a1) + 1) << b
+    }
+
+    /// The subclusters a newly allocated cluster must hold when bytes in `s0..=s1` are
+    /// written over the entry `(e, bm)`, as QEMU does: all of a compressed cluster; of a
+    /// cluster with a host offset (shared), the touched ones and everything between
+    /// its allocated ones; otherwise just the touched ones.
+    fn new_span(&self, e: u64, bm: u64, s0: u32, s1: u32) -> (u32, u32) {
+        let alloc = bm as u32;
+        if !self.ext() || e & COMPRESSED != 0 {
+            (0, (1u32 << (self.header.cluster_bits - self.sc_bits())) - 1)
+        } else if e & OFFSET_MASK != 0 && alloc != 0 {
+            (
+                s0.min(alloc.trailing_zeros()),
+                s1.max(31 - alloc.leading_zeros()),
+            )
+        } else {
+            (s0, s1)
+        }
+    }
+
+    /// The guest bytes `span` of cluster `ci` with `new` written at `within`.
+    fn merged(
+        &self,
+        ci: u64,
+        span: &std::ops::Range<u64>,
+        within: u64,
+        new: &[u8],
+    ) -> Result<Vec<u8>> {
+        let mut c = self.guest_bytes(ci * self.cs() + span.start, span.end - span.start)?;
+        let at = (within - span.start) as usize;
+        c[at..at + new.len()].copy_from_slice(new);
+        Ok(c)
     }
 
     fn write_batch(&self, buf: &mut [u8], batch: &mut Option<Batch>) -> Result<()> {
@@ -287,12 +418,10 @@ impl Qcow2Driver {
         Ok(())
     }
 
-    /// The guest contents of cluster `ci` (zero-padded past the end of the disk).
-    fn cluster_contents(&self, ci: u64) -> Result<Vec<u8>> {
-        let cs = self.cs();
-        let mut c = vec![0u8; cs as usize];
-        let start = ci * cs;
-        let n = cs.min(self.size().saturating_sub(start)) as usize;
+    /// `len` guest bytes from `start`, zero-padded past the end of the disk.
+    fn guest_bytes(&self, start: u64, len: u64) -> Result<Vec<u8>> {
+        let mut c = vec![0u8; len as usize];
+        let n = len.min(self.size().saturating_sub(start)) as usize;
         self.engine.read(self, &mut c[..n], start)?;
         Ok(c)
     }
@@ -358,18 +487,22 @@ impl Qcow2Driver {
         self.check_writable()?;
         self.check_key()?;
         let _x = self.io.write().expect("io lock");
-        let (cs, size) = (self.cs(), self.size());
-        let end = offset + len;
-        let mut g = offset;
-        while g < end {
-            let n = (cs - g % cs).min(end - g);
-            let whole = g.is_multiple_of(cs) && (n == cs || g + n == size);
-            if whole {
-                self.zero_cluster(g / cs, discard)?;
-            } else if !discard {
-                self.write_locked(&mut vec![0u8; n as usize], g)?;
+        if self.ext() && !discard {
+            self.zero_subclusters(offset, offset + len)?;
+        } else {
+            let (cs, size) = (self.cs(), self.size());
+            let end = offset + len;
+            let mut g = offset;
+            while g < end {
+                let n = (cs - g % cs).min(end - g);
+                let whole = g.is_multiple_of(cs) && (n == cs || g + n == size);
+                if whole {
+                    self.zero_cluster(g / cs, discard)?;
+                } else if !discard {
+                    self.write_locked(&mut vec![0u8; n as usize], g)?;
+                }
+                g += n;
             }
-            g += n;
         }
         self.meta
             .lock()
@@ -380,27 +513,128 @@ impl Qcow2Driver {
     fn zero_cluster(&self, ci: u64, discard: bool) -> Result<()> {
         let v3 = self.header.version >= 3;
         let backing = self.engine.backing.is_some();
-        let (l1e, e) = self.raw_entry(ci)?;
+        let (l1e, e, bm) = self.raw_entry(ci)?;
         let unallocated = l1e & OFFSET_MASK == 0 || e == 0;
-        if unallocated && !backing {
-            return Ok(());
-        }
-        let new = match (v3, backing, discard) {
-            (true, _, _) => ZERO,
-            (false, false, _) | (false, true, true) => 0,
-            (false, true, false) => {
+        let new = match (self.ext(), v3, backing, discard) {
+            // Like QEMU: zeroing marks even an unallocated cluster, discard leaves
+            // one alone when nothing lies below it.
+            (true, ..) if unallocated && discard && !backing => return Ok(()),
+            (true, ..) => (0, ALL_ZERO),
+            _ if unallocated && !backing => return Ok(()),
+            (_, true, _, _) => (ZERO, 0),
+            (_, false, false, _) | (_, false, true, true) => (0, 0),
+            (_, false, true, false) => {
                 let cs = self.cs();
                 let n = cs.min(self.size() - ci * cs) as usize;
                 return self.write_locked(&mut vec![0u8; n], ci * cs);
             }
         };
-        if e == new {
+        if (e, bm) == new {
             return Ok(());
         }
         let (l2, idx) = self.l2_for_write(ci)?;
         let mut m = self.meta.lock().expect("meta");
-        m.set_entry(l2, idx, new);
+        self.set_l2(&mut m, l2, idx, new.0, new.1);
         self.release(&mut m, e, idx)
+    }
+
+    /// `write_zeroes` with extended L2, as QEMU splits it: a piece that covers only
+    /// part of a subcluster turns the whole subcluster into a zero one if the rest of
+    /// it already reads as zeros and it holds no data, else zeros are written; aligned
+    /// pieces mark whole clusters (dropping their host cluster) or subclusters zero.
+    fn zero_subclusters(&self, offset: u64, end: u64) -> Result<()> {
+        let (scs, cs, size) = (1u64 << self.sc_bits(), self.cs(), self.size());
+        let mut g = offset;
+        while g < end {
+            let sc_end = (g / scs + 1) * scs;
+            if !g.is_multiple_of(scs) || (end < sc_end && end != size) {
+                let pe = end.min(sc_end);
+                self.zero_partial_subcluster(g, pe)?;
+                g = pe;
+                continue;
+            }
+            let ae = if end == size { end } else { end / scs * scs };
+            let pieces = self.cluster_pieces(g, ae);
+            // QEMU cannot mark part of a compressed cluster zero and then writes
+            // zeros over the whole aligned piece instead.
+            let mut split_compressed = false;
+            for &(ci, within, n) in &pieces {
+                let whole = within == 0 && (n == cs || ci * cs + n == size);
+                split_compressed |= !whole && self.raw_entry(ci)?.1 & COMPRESSED != 0;
+            }
+            if split_compressed {
+                self.write_locked(&mut vec![0u8; (ae - g) as usize], g)?;
+            } else {
+                for (ci, within, n) in pieces {
+                    if within == 0 && (n == cs || ci * cs + n == size) {
+                        self.zero_cluster(ci, false)?;
+                    } else {
+                        let (s0, s1) = self.touched(within, n);
+                        self.mark_zero(ci, s0, s1)?;
+                    }
+                }
+            }
+            g = ae;
+        }
+        Ok(())
+    }
+
+    /// The clusters `(index, offset inside, length)` that guest bytes `[g, end)` cover.
+    fn cluster_pieces(&self, mut g: u64, end: u64) -> Vec<(u64, u64, u64)> {
+        let cs = self.cs();
+        let mut v = Vec::new();
+        while g < end {
+            let n = (cs - g % cs).min(end - g);
+            v.push((g / cs, g % cs, n));
+            g += n;
+        }
+        v
+    }
+
+    /// Zero `[g, pe)`, which lies inside one subcluster and does not cover all of it.
+    fn zero_partial_subcluster(&self, g: u64, pe: u64) -> Result<()> {
+        let (scs, cs, size) = (1u64 << self.sc_bits(), self.cs(), self.size());
+        let start = g / scs * scs;
+        let stop = (start + scs).min(size);
+        let quiet = matches!(self.map_unit(g)?, Mapping::Backing | Mapping::Zero);
+        if quiet && self.reads_zero(start, g)? && self.reads_zero(pe, stop)? {
+            let (s0, _) = self.touched(g % cs, 1);
+            return self.mark_zero(g / cs, s0, s0);
+        }
+        self.write_locked(&mut vec![0u8; (pe - g) as usize], g)
+    }
+
+    /// Whether guest bytes `[g, end)` read as zeros without holding data (QEMU's
+    /// block-status test, through the backing chain).
+    fn reads_zero(&self, mut g: u64, end: u64) -> Result<bool> {
+        while g < end {
+            let x = self.engine.block_status(self, g, end - g)?;
+            if x.allocation != Allocation::Zero || x.length == 0 {
+                return Ok(false);
+            }
+            g += x.length;
+        }
+        Ok(true)
+    }
+
+    /// Make subclusters `s0..=s1` of cluster `ci` (not all of it, not compressed) read
+    /// as zeros.
+    fn mark_zero(&self, ci: u64, s0: u32, s1: u32) -> Result<()> {
+        let (_, e, bm) = self.raw_entry(ci)?;
+        ensure!(
+            e & COMPRESSED == 0,
+            Corrupt,
+            "qcow2: cannot mark part of compressed cluster {ci} zero"
+        );
+        let mask = sc_range(s0, s1 + 1);
+        let new = (bm | mask << 32) & !mask;
+        if new == bm {
+            return Ok(());
+        }
+        let (l2, idx) = self.l2_for_write(ci)?;
+        let mut m = self.meta.lock().expect("meta");
+        self.set_l2(&mut m, l2, idx, e, new);
+        Ok(())
     }
 
     /// Write back all metadata in the safe order and flush the file.
