@@ -220,3 +220,39 @@ fn damaged_qcow_v1_images_never_panic() {
         assert!(ok.is_ok(), "round {round}: the qcow driver panicked");
     }
 }
+
+#[test]
+fn damaged_extended_l2_images_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.qcow2");
+    let s = img.to_str().unwrap();
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=16384",
+            s,
+            "2M",
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -P 0x21 1000 30000",
+            "-c",
+            "write -z 65536 4096",
+            "-c",
+            "write -P 0x22 300000 2048",
+            "-f",
+            "qcow2",
+            s,
+        ],
+    );
+    let bytes = std::fs::read(&img).unwrap();
+    fuzz(&bytes, None, 800, 0x5eed_0004);
+}
