@@ -59,8 +59,18 @@ impl KdfParams {
 }
 
 /// PBKDF2 iterations that take about `ms` milliseconds here, at least [`MIN_ITERATIONS`].
+/// The speed is measured once per hash and key size in a process, for up to 250 ms
+/// (less for short targets: a 10 ms target needs no quarter-second benchmark).
 pub fn calibrate(hash: HashAlg, key_bytes: usize, ms: u64) -> u32 {
-    let per_sec = kdf::pbkdf2_iterations_per_second(hash, key_bytes, Duration::from_millis(250));
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SPEED: Mutex<Option<HashMap<(HashAlg, usize), u64>>> = Mutex::new(None);
+    let budget = Duration::from_millis(ms.clamp(40, 250));
+    let mut speeds = SPEED.lock().unwrap_or_else(|e| e.into_inner());
+    let per_sec = *speeds
+        .get_or_insert_with(HashMap::new)
+        .entry((hash, key_bytes))
+        .or_insert_with(|| kdf::pbkdf2_iterations_per_second(hash, key_bytes, budget));
     let iters = per_sec.saturating_mul(ms) / 1000;
     iters.clamp(u64::from(MIN_ITERATIONS), u64::from(u32::MAX)) as u32
 }
