@@ -205,18 +205,9 @@ fn rebase_safe(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
         name: a.backing,
         format: a.backing_format,
     });
-    let show = a.progress && !common.quiet;
-    let mut last = u64::MAX;
-    vmcrypt_block::rebase::rebase(&spec, new, &ctx, &mut |done, total| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if show && pct != last {
-            last = pct;
-            eprint!("\r    ({pct}.00/100%)");
-        }
-    })?;
-    if show {
-        eprintln!();
-    }
+    let mut bar = Progress::new(a.progress && !common.quiet);
+    vmcrypt_block::rebase::rebase(&spec, new, &ctx, &mut |d, t| bar.update(d, t))?;
+    bar.finish();
     Ok(0)
 }
 
@@ -345,22 +336,11 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
         let zeroed = raw_zeroed || (a.out_format == "qcow2" && dst.has_zero_init());
         (dst, zeroed)
     };
-    let show = a.progress && !a.common.quiet;
-    let mut report = |done: u64, total: u64| {
-        if show {
-            let pct = if total == 0 {
-                100.0
-            } else {
-                done as f64 * 100.0 / total as f64
-            };
-            eprint!("    ({pct:.2}/100%)\r");
-            let _ = std::io::stderr().flush();
-        }
-    };
-    conv::convert(src.as_ref(), dst.as_ref(), zeroed, &mut report)?;
-    if show {
-        eprintln!();
-    }
+    let mut bar = Progress::new(a.progress && !a.common.quiet);
+    conv::convert(src.as_ref(), dst.as_ref(), zeroed, &mut |d, t| {
+        bar.update(d, t)
+    })?;
+    bar.finish();
     Ok(0)
 }
 
@@ -550,19 +530,40 @@ pub fn commit(
         writable_backing: true,
     };
     let node = graph::open(&spec, &ctx)?;
-    let mut last = u64::MAX;
-    node.commit(keep, &mut |done, total| {
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        if progress && pct != last {
-            last = pct;
-            eprint!("\r    ({pct}.00/100%)");
-        }
-    })?;
-    if progress {
-        eprintln!();
-    }
+    let mut bar = Progress::new(progress && !common.quiet);
+    node.commit(keep, &mut |d, t| bar.update(d, t))?;
+    bar.finish();
     if !common.quiet {
         outln!("Image committed.");
     }
     Ok(0)
+}
+
+/// qemu-img's `-p` progress line on stderr, "    (12.34/100%)", redrawn when it changes.
+struct Progress {
+    show: bool,
+    last: Option<u64>,
+}
+
+impl Progress {
+    fn new(show: bool) -> Progress {
+        Progress { show, last: None }
+    }
+
+    fn update(&mut self, done: u64, total: u64) {
+        let hundredths = (u128::from(done) * 10_000)
+            .checked_div(u128::from(total))
+            .map_or(10_000, |h| h as u64);
+        if self.show && self.last != Some(hundredths) {
+            self.last = Some(hundredths);
+            eprint!("    ({}.{:02}/100%)\r", hundredths / 100, hundredths % 100);
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.show {
+            eprintln!();
+        }
+    }
 }
