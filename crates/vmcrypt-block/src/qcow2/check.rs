@@ -17,6 +17,7 @@ pub use repair::repair;
 use std::collections::BTreeMap;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
+use vmcrypt_format::qcow2::refcount as rc;
 use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO};
 use vmcrypt_format::qcow2::{CompressedDescriptor, CryptMethod, Extensions, Header, Limits};
 
@@ -629,38 +630,7 @@ impl StoredRefcounts<'_> {
         }
         let (_, block) = self.cached.as_ref().expect("just filled");
         let idx = cluster & (img.refs_per_block() - 1);
-        Ok(get_refcount(block, img.h.refcount_order, idx))
-    }
-}
-
-/// Entry `idx` of a refcount block with `1 << order`-bit entries (sub-byte entries fill
-/// each byte from its least significant bit; wider ones are big-endian).
-pub fn get_refcount(block: &[u8], order: u32, idx: u64) -> u64 {
-    let bits = 1u64 << order;
-    if order < 3 {
-        let bit = idx * bits;
-        u64::from(block[(bit / 8) as usize] >> (bit % 8)) & ((1 << bits) - 1)
-    } else {
-        let n = (bits / 8) as usize;
-        let at = idx as usize * n;
-        block[at..at + n]
-            .iter()
-            .fold(0u64, |acc, &b| acc << 8 | u64::from(b))
-    }
-}
-
-/// Set entry `idx` of a refcount block (see [`get_refcount`]).
-pub fn set_refcount(block: &mut [u8], order: u32, idx: u64, value: u64) {
-    let bits = 1u64 << order;
-    if order < 3 {
-        let bit = idx * bits;
-        let mask = (((1u16 << bits) - 1) << (bit % 8)) as u8;
-        let b = &mut block[(bit / 8) as usize];
-        *b = (*b & !mask) | ((value << (bit % 8)) as u8 & mask);
-    } else {
-        let n = (bits / 8) as usize;
-        let at = idx as usize * n;
-        block[at..at + n].copy_from_slice(&value.to_be_bytes()[8 - n..]);
+        Ok(rc::get(block, img.h.refcount_order, idx as usize))
     }
 }
 

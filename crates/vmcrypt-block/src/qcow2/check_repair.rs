@@ -112,7 +112,7 @@ fn write_fixes(img: &Image, fixes: &[Mismatch]) -> Result<()> {
         read_padded(img.file, &mut block, off)?;
         for m in ms {
             let idx = m.cluster & (img.refs_per_block() - 1);
-            set_refcount(&mut block, img.h.refcount_order, idx, m.counted);
+            rc::set(&mut block, img.h.refcount_order, idx as usize, m.counted);
         }
         img.file
             .write_at(&block, off)

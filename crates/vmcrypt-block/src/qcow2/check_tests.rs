@@ -38,7 +38,7 @@ impl Img {
 
     fn set_rc(&mut self, cluster: u64, v: u64) {
         let rb = &mut self.bytes[2 * CS as usize..3 * CS as usize];
-        set_refcount(rb, self.order, cluster, v);
+        rc::set(rb, self.order, cluster as usize, v);
     }
 
     fn l2(&mut self, i: usize, v: u64) {
@@ -85,11 +85,11 @@ fn refcount_entries_round_trip_at_every_width() {
         };
         let n = (64 * 8) >> order;
         for i in 0..n {
-            set_refcount(&mut block, order, i, (i * 7 + 3) & max);
+            rc::set(&mut block, order, i as usize, (i * 7 + 3) & max);
         }
         for i in 0..n {
             assert_eq!(
-                get_refcount(&block, order, i),
+                rc::get(&block, order, i as usize),
                 (i * 7 + 3) & max,
                 "order {order} idx {i}"
             );
@@ -97,9 +97,9 @@ fn refcount_entries_round_trip_at_every_width() {
     }
     // Sub-byte entries fill a byte from its least significant bit (QEMU's layout).
     let mut b = [0u8; 1];
-    set_refcount(&mut b, 0, 1, 1);
+    rc::set(&mut b, 0, 1, 1);
     assert_eq!(b[0], 0b10);
-    set_refcount(&mut b, 2, 1, 0xa);
+    rc::set(&mut b, 2, 1, 0xa);
     assert_eq!(b[0], 0xa2);
 }
 
@@ -116,7 +116,7 @@ fn leak_is_reported_and_repaired() {
     assert_eq!(fixed.leaks_fixed, 1);
     assert_eq!(fixed.report.exit_code(), 0);
     assert!(fixed.report.messages.is_empty());
-    assert_eq!(get_refcount(&node.snapshot()[2 * CS as usize..], 4, 0), 1);
+    assert_eq!(rc::get(&node.snapshot()[2 * CS as usize..], 4, 0), 1);
 }
 
 #[test]
@@ -219,7 +219,7 @@ fn qemu_like_4k() -> Vec<u8> {
     put64(&mut b, 3 * cs, COPIED | (4 * cs as u64));
     put64(&mut b, 4 * cs, COPIED | (5 * cs as u64));
     for c in 0..6 {
-        set_refcount(&mut b[2 * cs..3 * cs], 4, c, 1);
+        rc::set(&mut b[2 * cs..3 * cs], 4, c, 1);
     }
     b
 }
