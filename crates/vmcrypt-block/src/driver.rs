@@ -217,6 +217,17 @@ pub trait BlockDriver: Send + Sync {
     }
 }
 
+/// Fill `buf` from `node` at `offset`; bytes past the node's end read as zeros (as
+/// QEMU reads past the end of a file or of a shorter backing file).
+pub fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
+    let avail = node.size().saturating_sub(offset).min(buf.len() as u64) as usize;
+    if avail > 0 {
+        node.read_at(&mut buf[..avail], offset)?;
+    }
+    buf[avail..].fill(0);
+    Ok(())
+}
+
 /// Check that `[offset, offset+len)` lies in a node of `size` bytes.
 pub fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     let end = offset.checked_add(len as u64);

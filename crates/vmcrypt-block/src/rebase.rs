@@ -14,7 +14,7 @@
 //! resolved against the image's directory) or a `json:{...}` filename, which is how an
 //! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
 //! the name exactly as given, with `-F` as its format, as qemu-img does.
-use crate::driver::BlockDriver;
+use crate::driver::{BlockDriver, read_padded};
 use crate::file::FileDriver;
 use crate::graph::{self, OpenContext};
 use crate::qcow2::create::{rebase_unsafe, rebased_header};
@@ -211,16 +211,11 @@ fn compare_and_copy(
 
 /// Fill `buf` from the new backing file at `off`, zeros past its end (or without one).
 fn read_new(new: Option<&dyn BlockDriver>, buf: &mut [u8], off: u64) -> Result<()> {
-    buf.fill(0);
     let Some(new) = new else {
+        buf.fill(0);
         return Ok(());
     };
-    let avail = new.size().saturating_sub(off).min(buf.len() as u64) as usize;
-    if avail > 0 {
-        new.read_at(&mut buf[..avail], off)
-            .with_ctx(|| format!("reading the new backing file at offset {off}"))?;
-    }
-    Ok(())
+    read_padded(new, buf, off).with_ctx(|| format!("reading the new backing file at offset {off}"))
 }
 
 /// Write the old chain's bytes `data` at `off` (zero clusters past the old chain's end).

@@ -11,7 +11,7 @@
 //! references a cluster or more past the end of the file and wrong OFLAG_COPIED flags.
 //! Messages follow qemu-img's wording. [`repair`] lowers leaked refcounts (`-r leaks`)
 //! and raises too-low ones (`-r all`) in existing refcount blocks, then checks again.
-use crate::driver::BlockDriver;
+use crate::driver::{BlockDriver, read_padded};
 use parse::{Snapshot, bitmap_tables, read_snapshot};
 pub use repair::repair;
 use std::collections::BTreeMap;
@@ -632,18 +632,6 @@ impl StoredRefcounts<'_> {
         let idx = cluster & (img.refs_per_block() - 1);
         Ok(rc::get(block, img.h.refcount_order, idx as usize))
     }
-}
-
-/// Fill `buf` from `offset`; bytes past the end of the file read as zeros (as QEMU's
-/// file driver does).
-fn read_padded(file: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
-    let size = file.size();
-    let avail = size.saturating_sub(offset).min(buf.len() as u64) as usize;
-    buf[avail..].fill(0);
-    if avail > 0 {
-        file.read_at(&mut buf[..avail], offset)?;
-    }
-    Ok(())
 }
 
 /// Read `bytes` (a multiple of 8, already capped by the caller) as big-endian u64s.

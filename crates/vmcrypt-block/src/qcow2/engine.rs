@@ -7,7 +7,7 @@
 //! (zeros past its end, or without one); zero units are zeros; compressed clusters are
 //! inflated (raw deflate or zstd) and the last one is cached.
 use super::crypt::Crypto;
-use crate::driver::{Allocation, BlockDriver, Extent};
+use crate::driver::{Allocation, BlockDriver, Extent, read_padded};
 use std::sync::{Arc, Mutex};
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::{CompressedDescriptor, CompressionType, Mapping};
@@ -130,23 +130,13 @@ impl Engine {
             out.fill(0);
             return Ok(());
         };
-        let avail = b.size().saturating_sub(g).min(out.len() as u64) as usize;
-        if avail > 0 {
-            b.read_at(&mut out[..avail], g)
-                .with_ctx(|| format!("reading the backing file of '{}'", self.name()))?;
-        }
-        out[avail..].fill(0);
-        Ok(())
+        read_padded(b.as_ref(), out, g)
+            .with_ctx(|| format!("reading the backing file of '{}'", self.name()))
     }
 
     /// Read host bytes, zero-filling what lies past the end of the file (as QEMU does).
     pub(crate) fn read_host(&self, out: &mut [u8], host: u64) -> Result<()> {
-        let avail = self.file.size().saturating_sub(host).min(out.len() as u64) as usize;
-        if avail > 0 {
-            self.file.read_at(&mut out[..avail], host)?;
-        }
-        out[avail..].fill(0);
-        Ok(())
+        read_padded(self.file.as_ref(), out, host)
     }
 
     fn read_data(&self, out: &mut [u8], host: u64, g: u64) -> Result<()> {
