@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::refcount as rc;
-use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO};
+use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO, decode_u64s};
 use vmcrypt_format::qcow2::{CompressedDescriptor, CryptMethod, Extensions, Header, Limits};
 
 /// Reserved bits of an L1 entry.
@@ -643,10 +643,7 @@ fn read_u64s(file: &dyn BlockDriver, offset: u64, bytes: u64) -> Result<Vec<u64>
     );
     let mut raw = vec![0u8; bytes as usize];
     read_padded(file, &mut raw, offset)?;
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect())
+    Ok(decode_u64s(&raw))
 }
 
 #[path = "check_parse.rs"]

@@ -13,6 +13,7 @@ use crate::driver::BlockDriver;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt};
+use vmcrypt_format::qcow2::table::encode_u64s;
 
 /// Refcount blocks kept in memory before clean ones are dropped.
 const MAX_REFBLOCKS: usize = 512;
@@ -185,7 +186,7 @@ impl Meta {
         dirty.sort_unstable();
         for off in dirty {
             let s = self.slots.get_mut(&off).expect("dirty slot");
-            let raw: Vec<u8> = s.table.iter().flat_map(|e| e.to_be_bytes()).collect();
+            let raw = encode_u64s(&s.table);
             file.write_at(&raw, off)
                 .with_ctx(|| format!("qcow2: writing the L2 table at {off:#x}"))?;
             s.dirty = false;

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::ext::FeatureKind;
-use vmcrypt_format::qcow2::table::l1_l2_offset;
+use vmcrypt_format::qcow2::table::{decode_u64s, l1_l2_offset};
 use vmcrypt_format::qcow2::{Extensions, Header, L2Entry, Limits, Mapping};
 
 pub use v1::QcowDriver;
@@ -161,11 +161,7 @@ impl Qcow2Driver {
             .file
             .read_at(&mut raw, off)
             .with_ctx(|| format!("qcow2: reading the L2 table at {off:#x}"))?;
-        let t: Arc<Vec<u64>> = Arc::new(
-            raw.chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        );
+        let t: Arc<Vec<u64>> = Arc::new(decode_u64s(&raw));
         Ok(self.meta.lock().expect("meta").insert_clean(off, t))
     }
 }
@@ -333,10 +329,7 @@ fn read_l1(file: &dyn BlockDriver, h: &Header) -> Result<Vec<u64>> {
     let mut raw = vec![0u8; h.l1_size as usize * 8];
     file.read_at(&mut raw, h.l1_table_offset)
         .ctx("qcow2: reading the L1 table")?;
-    Ok(raw
-        .chunks_exact(8)
-        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-        .collect())
+    Ok(decode_u64s(&raw))
 }
 
 /// The qcow2 block of qemu-img info.

@@ -14,6 +14,7 @@ use crate::driver::BlockDriver;
 use std::collections::{HashMap, HashSet};
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::refcount as rc;
+use vmcrypt_format::qcow2::table::{decode_u64s, encode_u64s};
 
 /// How far the allocator scans for reusable free clusters before appending.
 const SCAN_LIMIT: u64 = 1 << 16;
@@ -54,10 +55,7 @@ impl Refcounts {
         let mut raw = vec![0u8; (table_clusters << cluster_bits) as usize];
         file.read_at(&mut raw, table_offset)
             .ctx("qcow2: reading the refcount table")?;
-        let table: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let table: Vec<u64> = decode_u64s(&raw);
         let cs = 1u64 << cluster_bits;
         for (i, &e) in table.iter().enumerate() {
             ensure!(
@@ -324,7 +322,7 @@ impl Refcounts {
             self.add_in(file, c, 1, false)?;
         }
         self.write_dirty(file)?;
-        let raw: Vec<u8> = self.table.iter().flat_map(|e| e.to_be_bytes()).collect();
+        let raw = encode_u64s(&self.table);
         file.write_at(&raw, start << cs_bits)
             .ctx("qcow2: writing the new refcount table")?;
         file.flush()?;

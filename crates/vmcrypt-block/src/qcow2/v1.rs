@@ -4,6 +4,7 @@
 use super::OpenOptions;
 use super::crypt::Crypto;
 use super::engine::{ClusterMap, Engine};
+use vmcrypt_format::qcow2::table::decode_u64s;
 
 /// Message of every refused write.
 const READ_ONLY_MSG: &str =
@@ -43,10 +44,7 @@ impl QcowDriver {
         let mut raw = vec![0u8; header.l1_size() as usize * 8];
         file.read_at(&mut raw, header.l1_table_offset)
             .ctx("qcow: reading the L1 table")?;
-        let l1 = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-            .collect();
+        let l1 = decode_u64s(&raw);
         let crypto = Crypto::open(
             &file,
             header.crypt_method,
@@ -91,11 +89,7 @@ impl QcowDriver {
             .file
             .read_at(&mut raw, off)
             .with_ctx(|| format!("qcow: reading the L2 table at {off:#x}"))?;
-        let t: Arc<Vec<u64>> = Arc::new(
-            raw.chunks_exact(8)
-                .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-        );
+        let t: Arc<Vec<u64>> = Arc::new(decode_u64s(&raw));
         if cache.len() >= L2_CACHE_TABLES {
             cache.clear();
         }

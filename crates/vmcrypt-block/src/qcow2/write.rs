@@ -23,7 +23,9 @@ use crate::driver::{Allocation, BlockDriver};
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
-use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO, l1_l2_offset};
+use vmcrypt_format::qcow2::table::{
+    COMPRESSED, COPIED, OFFSET_MASK, ZERO, encode_u64s, l1_l2_offset,
+};
 use vmcrypt_format::qcow2::{ClusterKind, L2Entry, Mapping, bitmaps};
 
 /// Newly allocated, contiguous host clusters waiting to be written: whole clusters
@@ -671,7 +673,7 @@ impl Qcow2Driver {
             );
             let clusters = (need * 8).div_ceil(cs);
             let at = self.alloc(&mut m, clusters)?;
-            let mut raw: Vec<u8> = m.l1.iter().flat_map(|e| e.to_be_bytes()).collect();
+            let mut raw = encode_u64s(&m.l1);
             raw.resize((clusters * cs) as usize, 0);
             file.write_at(&raw, at)
                 .ctx("qcow2: writing the new L1 table")?;

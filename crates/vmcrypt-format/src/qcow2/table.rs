@@ -17,6 +17,19 @@ const L2_STD_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 /// Subclusters per cluster with extended L2 entries.
 pub const SUBCLUSTERS: u32 = 32;
 
+/// Decode a table of big-endian 64-bit entries (L1, L2, refcount table); a trailing
+/// partial entry is ignored.
+pub fn decode_u64s(raw: &[u8]) -> Vec<u64> {
+    raw.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Encode a table of 64-bit entries big-endian.
+pub fn encode_u64s(table: &[u64]) -> Vec<u8> {
+    table.iter().flat_map(|e| e.to_be_bytes()).collect()
+}
+
 /// Decode an L1 entry: the L2 table's offset, or `None` when unallocated.
 pub fn l1_l2_offset(entry: u64, index: usize, cluster_size: u64) -> Result<Option<u64>> {
     ensure!(
