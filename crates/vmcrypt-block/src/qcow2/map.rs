@@ -120,10 +120,7 @@ impl Qcow2Driver {
     /// preallocated cluster; with extended L2, an unallocated subcluster may lie in an
     /// allocated cluster).
     fn cluster_host(&self, g: u64) -> Result<Option<u64>> {
-        let Some(entry) = self.l2_entry(g)? else {
-            return Ok(None);
-        };
-        Ok(match entry.kind {
+        Ok(match self.l2_entry(g)?.kind {
             ClusterKind::Normal(o) | ClusterKind::Zero(o) if o != 0 => Some(o),
             _ => None,
         })

@@ -180,35 +180,36 @@ impl ClusterMap for Qcow2Driver {
     }
 
     fn map_unit(&self, g: u64) -> Result<Mapping> {
-        match self.l2_entry(g)? {
-            None => Ok(Mapping::Backing),
-            Some(entry) => entry.mapping(((g >> self.unit_bits()) & 31) as u32),
-        }
+        self.l2_entry(g)?
+            .mapping(((g >> self.unit_bits()) & 31) as u32)
     }
 }
 
 impl Qcow2Driver {
-    /// The decoded L2 entry of the cluster holding guest offset `g` (`None` when its
-    /// L2 table is not allocated).
-    pub(crate) fn l2_entry(&self, g: u64) -> Result<Option<L2Entry>> {
-        let cb = self.header.cluster_bits;
-        let l2_bits = self.header.l2_bits();
-        let l1_index = (g >> (cb + l2_bits)) as usize;
-        let l1e = self.meta.lock().expect("meta").l1.get(l1_index).copied();
+    /// The raw L1 entry, L2 entry and subcluster bitmap of guest cluster `ci` (zeros
+    /// when there is no table).
+    pub(super) fn raw_entry(&self, ci: u64) -> Result<(u64, u64, u64)> {
+        let l1i = (ci >> self.header.l2_bits()) as usize;
+        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
         let Some(l1e) = l1e else {
-            return Ok(None);
+            return Ok((0, 0, 0));
         };
-        let Some(l2_off) = l1_l2_offset(l1e, l1_index, self.header.cluster_size())? else {
-            return Ok(None);
+        let Some(off) = l1_l2_offset(l1e, l1i, self.header.cluster_size())? else {
+            return Ok((l1e, 0, 0));
         };
-        let table = self.l2_table(l2_off)?;
-        let i = ((g >> cb) & ((1 << l2_bits) - 1)) as usize;
-        let entry = if self.header.has_extended_l2() {
-            L2Entry::decode(table[2 * i], Some(table[2 * i + 1]), cb, i)?
-        } else {
-            L2Entry::decode(table[i], None, cb, i)?
-        };
-        Ok(Some(entry))
+        let t = self.l2_table(off)?;
+        let (e, bm) = self.entry_at(&t, (ci & self.entries_mask()) as usize);
+        Ok((l1e, e, bm))
+    }
+
+    /// The decoded L2 entry of the cluster holding guest offset `g` (unallocated when
+    /// there is no L2 table).
+    pub(crate) fn l2_entry(&self, g: u64) -> Result<L2Entry> {
+        let ci = g >> self.header.cluster_bits;
+        let (_, e, bm) = self.raw_entry(ci)?;
+        let idx = (ci & self.entries_mask()) as usize;
+        let ext = self.header.has_extended_l2().then_some(bm);
+        L2Entry::decode(e, ext, self.header.cluster_bits, idx)
     }
 }
 

@@ -77,7 +77,7 @@ impl Qcow2Driver {
         self.header.cluster_size()
     }
 
-    fn entries_mask(&self) -> u64 {
+    pub(super) fn entries_mask(&self) -> u64 {
         (1u64 << self.header.l2_bits()) - 1
     }
 
@@ -156,22 +156,6 @@ impl Qcow2Driver {
         } else {
             m.set_entry(l2, idx, e);
         }
-    }
-
-    /// The raw L1 entry, L2 entry and subcluster bitmap of guest cluster `ci` (zeros
-    /// when there is no table).
-    fn raw_entry(&self, ci: u64) -> Result<(u64, u64, u64)> {
-        let l1i = (ci >> self.header.l2_bits()) as usize;
-        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
-        let Some(l1e) = l1e else {
-            return Ok((0, 0, 0));
-        };
-        let Some(off) = l1_l2_offset(l1e, l1i, self.cs())? else {
-            return Ok((l1e, 0, 0));
-        };
-        let t = self.l2_table(off)?;
-        let (e, bm) = self.entry_at(&t, (ci & self.entries_mask()) as usize);
-        Ok((l1e, e, bm))
     }
 
     /// The subclusters `first..=last` that guest bytes `[within, within + n)` of a
