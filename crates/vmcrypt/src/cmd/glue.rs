@@ -5,7 +5,7 @@
 //! encryption, backing chains included: one `-blockdev` per layer, each with its own
 //! `encrypt.key-secret`, linked by `backing=NODE`). LUKS2 is refused: QEMU cannot open
 //! it, so it has to go through `vmcrypt serve` and NBD.
-use super::image_spec;
+use super::{image_spec, open_ctx};
 use crate::cli::Common;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
@@ -177,13 +177,7 @@ pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
         spec.insert("driver".into(), Value::String(fmt.into()));
     }
     let driver = opt_str(&spec, "driver")?.unwrap_or_default();
-    let ctx = OpenContext {
-        secrets: &store,
-        read_only: true,
-        metadata_only: true,
-        limits: a.common.limits.limits(),
-        writable_backing: false,
-    };
+    let ctx = open_ctx(&a.common, &store, true, true);
     let node = graph::open(&spec, &ctx)?;
     if driver == "qcow2" {
         return qcow2_arg_list(a, spec, &ctx, &ids, json);

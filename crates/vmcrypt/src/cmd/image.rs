@@ -1,5 +1,5 @@
 //! qemu-img-compatible image commands: create, info, convert, check, resize, rebase.
-use super::{image_spec, open_image, secrets};
+use super::{image_spec, open_ctx, open_image, secrets};
 use crate::cli::Common;
 use serde_json::{Map, Value};
 use std::io::Write;
@@ -193,13 +193,7 @@ pub fn rebase(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
 fn rebase_safe(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
     let store = secrets(common)?;
     let spec = image_spec(common, a.format, filename)?;
-    let ctx = OpenContext {
-        secrets: &store,
-        read_only: false,
-        metadata_only: false,
-        limits: common.limits.limits(),
-        writable_backing: false,
-    };
+    let ctx = open_ctx(common, &store, false, false);
     // qemu-img ignores -F when the backing file is removed.
     let new = (!a.backing.is_empty()).then_some(NewBacking {
         name: a.backing,
@@ -242,13 +236,7 @@ pub fn info(
         );
         let path = graph::resolve_backing(&node.filename(), &next.0);
         let spec = graph::spec_from_filename(&path, next.1.as_deref())?;
-        let ctx = OpenContext {
-            secrets: &store,
-            read_only: true,
-            metadata_only: true,
-            limits: common.limits.limits(),
-            writable_backing: false,
-        };
+        let ctx = open_ctx(common, &store, true, true);
         node =
             graph::open(&spec, &ctx).with_ctx(|| format!("opening the backing file '{path}'"))?;
     }
@@ -296,13 +284,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
     let store = secrets(a.common)?;
     let src = open_image(a.common, a.format, source, &store, true, false).ctx("source")?;
     let opts = merge_options(a.options)?;
-    let ctx = OpenContext {
-        secrets: &store,
-        read_only: false,
-        metadata_only: false,
-        limits: a.common.limits.limits(),
-        writable_backing: false,
-    };
+    let ctx = open_ctx(a.common, &store, false, false);
     let (dst, zeroed): (Arc<dyn BlockDriver>, bool) = if a.no_create {
         ensure!(
             opts.is_empty(),
@@ -367,13 +349,7 @@ pub fn check(
         return check_qcow2(common, &path, output, repair, filename);
     }
     let store = secrets(common)?;
-    let ctx = OpenContext {
-        secrets: &store,
-        read_only: true,
-        metadata_only: true,
-        limits: common.limits.limits(),
-        writable_backing: false,
-    };
+    let ctx = open_ctx(common, &store, true, true);
     let (fmt, problems) = match graph::open(&spec, &ctx) {
         Ok(node) => match node.check() {
             Some(p) => (node.driver_name().to_string(), p),
@@ -523,11 +499,8 @@ pub fn commit(
     let store = secrets(common)?;
     let spec = image_spec(common, format, filename)?;
     let ctx = OpenContext {
-        secrets: &store,
-        read_only: false,
-        metadata_only: false,
-        limits: common.limits.limits(),
         writable_backing: true,
+        ..open_ctx(common, &store, false, false)
     };
     let node = graph::open(&spec, &ctx)?;
     let mut bar = Progress::new(progress && !common.quiet);

@@ -189,6 +189,23 @@ pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<M
     Ok(spec)
 }
 
+/// How the command line's images are opened: its secrets and KDF limits, backing files
+/// read-only.
+pub fn open_ctx<'a>(
+    common: &Common,
+    secrets: &'a SecretStore,
+    read_only: bool,
+    metadata_only: bool,
+) -> OpenContext<'a> {
+    OpenContext {
+        secrets,
+        read_only,
+        metadata_only,
+        limits: common.limits.limits(),
+        writable_backing: false,
+    }
+}
+
 /// Open an image argument.
 pub fn open_image(
     common: &Common,
@@ -208,12 +225,5 @@ pub fn open_image(
              Specify the 'raw' format explicitly to remove the restrictions."
         );
     }
-    let ctx = OpenContext {
-        secrets,
-        read_only,
-        metadata_only,
-        limits: common.limits.limits(),
-        writable_backing: false,
-    };
-    graph::open(&spec, &ctx)
+    graph::open(&spec, &open_ctx(common, secrets, read_only, metadata_only))
 }
