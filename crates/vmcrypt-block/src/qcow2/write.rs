@@ -251,10 +251,10 @@ impl Qcow2Driver {
         self.guard(&self.meta.lock().expect("meta"), host, data.len() as u64)?;
         let file = &self.engine.file;
         let crypto = &self.engine.crypto;
-        let name = file.filename();
         if !crypto.is_encrypted() {
             return file.write_at(data, host);
         }
+        let name = file.filename();
         if host.is_multiple_of(512) && data.len().is_multiple_of(512) {
             crypto.encrypt(data, host, &name)?;
             return file.write_at(data, host);
@@ -389,13 +389,15 @@ impl Qcow2Driver {
     }
 
     fn write_batch(&self, buf: &mut [u8], batch: &mut Option<Batch>) -> Result<()> {
-        let name = self.engine.file.filename();
         let (host, data): (u64, &mut [u8]) = match batch {
             None => return Ok(()),
             Some(Batch::Borrowed { host, start, end }) => (*host, &mut buf[*start..*end]),
             Some(Batch::Owned { host, data }) => (*host, data.as_mut_slice()),
         };
-        self.engine.crypto.encrypt(data, host, &name)?;
+        if self.engine.crypto.is_encrypted() {
+            let name = self.engine.file.filename();
+            self.engine.crypto.encrypt(data, host, &name)?;
+        }
         self.engine
             .file
             .write_at(data, host)
