@@ -18,7 +18,7 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
         m.insert("cluster-size".into(), json!(c));
     }
     if let Some((file, fmt)) = node.backing_info() {
-        let full = full_backing_name(node, &file);
+        let full = crate::graph::resolve_backing(&node.filename(), &file);
         m.insert("backing-filename".into(), json!(file));
         m.insert("full-backing-filename".into(), json!(full));
         if let Some(f) = fmt {
@@ -42,18 +42,6 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     }
     m.insert("dirty-flag".into(), json!(false));
     Value::Object(m)
-}
-
-/// A relative backing file name resolved against the image's directory, as qemu-img
-/// prints it.
-fn full_backing_name(node: &dyn BlockDriver, file: &str) -> String {
-    if file.starts_with('/') {
-        return file.to_string();
-    }
-    match std::path::Path::new(&node.filename()).parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.join(file).display().to_string(),
-        _ => file.to_string(),
-    }
 }
 
 /// qemu's `size_to_str`: three significant digits and a binary unit ("2.97 MiB").
@@ -116,7 +104,7 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
         s += &format!("cluster_size: {c}\n");
     }
     if let Some((file, fmt)) = node.backing_info() {
-        let full = full_backing_name(node, &file);
+        let full = crate::graph::resolve_backing(&node.filename(), &file);
         if full == file {
             s += &format!("backing file: {file}\n");
         } else {

@@ -280,3 +280,27 @@ fn legacy_aes_refuses_writes_and_resize_grows_luks_qcow2() {
         .failed()
         .stderr_has("--shrink");
 }
+
+/// A `json:` backing file name is used as it is, never joined to the image's
+/// directory: `create` without a size takes the size of that backing file, and `info`
+/// reports the same full-backing-filename as qemu-img.
+#[test]
+fn json_backing_names_are_not_relative_paths() {
+    require_tool("qemu-img");
+    let sc = Scratch::new();
+    let base = sc.write("base.raw", &plaintext(3 << 20, "json-backing"));
+    let json = format!(r#"json:{{"driver":"raw","file":{{"driver":"file","filename":"{base}"}}}}"#);
+    let top = sc.p("top.qcow2");
+    vmcrypt(&[
+        "create", "-q", "-f", "qcow2", "-b", &json, "-F", "raw", &top,
+    ])
+    .ok();
+    let ours = vmcrypt(&["info", "--output=json", &top]).ok().json();
+    let theirs = qemu_img(&["info", "--output=json", &top]).ok().json();
+    assert_eq!(ours["virtual-size"], 3u64 << 20);
+    assert_eq!(
+        ours["full-backing-filename"],
+        theirs["full-backing-filename"]
+    );
+    assert_eq!(ours["full-backing-filename"], json.as_str());
+}

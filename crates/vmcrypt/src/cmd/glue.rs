@@ -323,7 +323,7 @@ fn backing_spec(
         return Ok(None);
     };
     if !next.contains_key("file") {
-        for (k, v) in graph::spec_from_filename(&resolve_backing(image, &bname), None)? {
+        for (k, v) in graph::spec_from_filename(&graph::resolve_backing(image, &bname), None)? {
             next.entry(k).or_insert(v);
         }
     }
@@ -341,19 +341,6 @@ fn backing_spec(
         next.insert("driver".into(), Value::String(fmt));
     }
     Ok(Some(next))
-}
-
-/// A backing file name from a header: `json:` and absolute names as they are, others
-/// relative to the directory of `image` (as QEMU resolves them).
-fn resolve_backing(image: &str, name: &str) -> String {
-    let path = std::path::Path::new(name);
-    if name.starts_with("json:") || path.is_absolute() {
-        return name.to_string();
-    }
-    match std::path::Path::new(image).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name).to_string_lossy().into_owned(),
-        _ => name.to_string(),
-    }
 }
 
 /// Check one layer's encryption and set the secret QEMU needs: `encrypt.format=luks`

@@ -68,21 +68,12 @@ fn add_backing_options(a: &CreateArgs, opts: &mut Map<String, Value>) -> Result<
 /// The virtual size of the backing file `name` (relative to the new image's directory,
 /// as QEMU resolves it), opened read-only for metadata.
 fn backing_size(common: &Common, image: &str, name: &str, fmt: Option<&str>) -> Result<u64> {
-    let path = Path::new(name);
-    let full = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        Path::new(image)
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join(path)
-    };
+    let full = graph::resolve_backing(image, name);
     let plain = Common {
         image_opts: false,
         ..common.clone()
     };
     let store = secrets(common)?;
-    let full = full.to_string_lossy();
     let node = open_image(&plain, fmt, &full, &store, true, true)
         .with_ctx(|| format!("could not open backing file '{full}'"))?;
     Ok(node.size())
