@@ -29,6 +29,15 @@ const READ: usize = 0;
 const WRITE: usize = 1;
 const RESIZE: usize = 3;
 
+/// Errors that mean the filesystem has no OFD locks: the file is then used unlocked,
+/// as QEMU's `locking=auto` does.
+fn no_locks_here(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOLCK | Errno::ENOSYS
+    )
+}
+
 fn flock(kind: libc::c_short, byte: i64) -> libc::flock {
     libc::flock {
         l_type: kind,
@@ -67,8 +76,7 @@ pub fn lock_image(file: &File, path: &Path, writable: bool) -> Result<()> {
             NAMES[perm],
             path.display()
         ),
-        // No OFD locks on this filesystem: go on unlocked, as QEMU's locking=auto.
-        Err(Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOLCK | Errno::ENOSYS) => Ok(()),
+        Err(e) if no_locks_here(e) => Ok(()),
         Err(e) => bail!(
             Io,
             "locking '{}' failed: {e} (file.locking=off skips locking)",
@@ -95,7 +103,7 @@ pub fn lock_header(file: &File, path: &Path, writable: bool) -> Result<()> {
             "another vmcrypt command is changing the LUKS header of '{}'",
             path.display()
         ),
-        Err(Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOLCK | Errno::ENOSYS) => Ok(()),
+        Err(e) if no_locks_here(e) => Ok(()),
         Err(e) => bail!(Io, "locking the header of '{}' failed: {e}", path.display()),
     }
 }
