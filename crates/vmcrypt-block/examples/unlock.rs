@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use vmcrypt_block::file::FileDriver;
-use vmcrypt_block::luks::LuksDriver;
+use vmcrypt_block::drivers::file::FileDriver;
+use vmcrypt_block::drivers::luks::LuksDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result};
 use zeroize::Zeroizing;

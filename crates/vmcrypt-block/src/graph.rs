@@ -8,11 +8,11 @@
 //! `backing` (QEMU's `backing.encrypt.key-secret=ID` or a nested json object), completed
 //! by the header's backing file name (relative to the image's directory) and format.
 use crate::driver::BlockDriver;
-use crate::file::FileDriver;
-use crate::luks::LuksDriver;
+use crate::drivers::file::FileDriver;
+use crate::drivers::luks::LuksDriver;
+use crate::drivers::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
+use crate::drivers::raw::RawDriver;
 use crate::opts::{opt_str, opt_u64, parse_json_filename};
-use crate::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
-use crate::raw::RawDriver;
 use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
 use std::path::Path;

@@ -1,29 +1,20 @@
 //! The vmcrypt block graph.
 //!
 //! A disk is a small tree of nodes implementing [`BlockDriver`]: protocol nodes move bytes
-//! ([`file::FileDriver`], [`mem::MemDriver`]), format nodes interpret them
-//! ([`raw::RawDriver`], [`luks::LuksDriver`], which decrypts on read and encrypts on write).
-//! [`graph`] builds such trees from QEMU's `--image-opts` / `json:{...}` descriptions,
-//! [`luks::volume`] holds the LUKS1 key-slot operations, [`create`] and [`convert`] are
-//! the image-level jobs the CLI calls.
+//! ([`drivers::file::FileDriver`], [`drivers::mem::MemDriver`]), format nodes interpret
+//! them ([`drivers::raw::RawDriver`], [`drivers::qcow2`], and
+//! [`drivers::luks::LuksDriver`], which decrypts on read and encrypts on write).
+//! [`graph`] builds such trees from QEMU's `--image-opts` / `json:{...}` descriptions;
+//! [`jobs`] holds the image-level operations (create, convert, compare, map, info, ...)
+//! that the CLI calls, each a request in and a report out.
 #![forbid(unsafe_code)]
 
-pub mod compare;
-pub mod convert;
-pub mod create;
 pub mod driver;
-pub mod file;
+pub mod drivers;
 pub mod graph;
-pub mod info;
+pub mod jobs;
 pub mod lock;
-pub mod luks;
-pub mod map;
-pub mod mem;
 pub mod opts;
-pub mod qcow2;
-pub mod raw;
-pub mod rebase;
 pub mod secrets;
-pub mod testing;
 
 pub use driver::{Allocation, BlockDriver, Child, Extent, HostRange, MapExtent};

@@ -3,8 +3,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::convert::convert;
-use vmcrypt_block::file::FileDriver;
+use vmcrypt_block::drivers::file::FileDriver;
+use vmcrypt_block::jobs::convert::convert;
 
 #[test]
 fn sparse_source_gives_sparse_identical_target() {
@@ -43,7 +43,7 @@ fn sparse_source_gives_sparse_identical_target() {
 
 /// A source that fails every read touching `[bad, ..)`.
 struct FailingSource {
-    inner: vmcrypt_block::mem::MemDriver,
+    inner: vmcrypt_block::drivers::mem::MemDriver,
     bad: u64,
 }
 
@@ -81,8 +81,8 @@ fn pattern(len: usize) -> Vec<u8> {
 
 #[test]
 fn many_chunks_copy_exactly_with_ordered_progress() {
-    use vmcrypt_block::mem::MemDriver;
-    let len = 2 * vmcrypt_block::convert::CHUNK + 12_345;
+    use vmcrypt_block::drivers::mem::MemDriver;
+    let len = 2 * vmcrypt_block::jobs::convert::CHUNK + 12_345;
     let data = pattern(len);
     let src = MemDriver::new(data.clone());
     for zeroed in [true, false] {
@@ -101,9 +101,9 @@ fn many_chunks_copy_exactly_with_ordered_progress() {
 
 #[test]
 fn errors_name_the_side_and_offset_and_do_not_hang() {
-    use vmcrypt_block::mem::MemDriver;
-    use vmcrypt_block::testing::FaultyDriver;
-    let chunk = vmcrypt_block::convert::CHUNK;
+    use vmcrypt_block::drivers::mem::MemDriver;
+    use vmcrypt_block::drivers::testing::FaultyDriver;
+    let chunk = vmcrypt_block::jobs::convert::CHUNK;
     let len = 3 * chunk;
     let src = FailingSource {
         inner: MemDriver::new(pattern(len)),

@@ -2,9 +2,9 @@
 //! turn; the image left behind must open with the old or the new key set, never neither.
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::luks::{CreateParams, KdfParams, Luks1Volume};
-use vmcrypt_block::mem::MemDriver;
-use vmcrypt_block::testing::FaultyDriver;
+use vmcrypt_block::drivers::luks::{CreateParams, KdfParams, Luks1Volume};
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::ErrorKind;
 use vmcrypt_format::luks1::{Layout, Limits};

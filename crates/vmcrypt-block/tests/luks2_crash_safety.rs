@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::luks::v2::Luks2Volume;
-use vmcrypt_block::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use vmcrypt_block::mem::MemDriver;
-use vmcrypt_block::testing::FaultyDriver;
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
+use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes};
 use vmcrypt_error::{ErrorKind, Result, bail};

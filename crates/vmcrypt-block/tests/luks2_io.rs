@@ -5,11 +5,11 @@
 //! requests and unknown requirements (read-only data) are covered too.
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::luks::LuksDriver;
-use vmcrypt_block::luks::v2::Luks2Volume;
-use vmcrypt_block::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use vmcrypt_block::mem::MemDriver;
+use vmcrypt_block::drivers::luks::LuksDriver;
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
+use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
 use vmcrypt_error::ErrorKind;

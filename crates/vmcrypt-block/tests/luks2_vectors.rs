@@ -5,9 +5,9 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::file::FileDriver;
-use vmcrypt_block::luks::LuksDriver;
-use vmcrypt_block::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::file::FileDriver;
+use vmcrypt_block::drivers::luks::LuksDriver;
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::ErrorKind;
 

@@ -7,13 +7,15 @@ use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::luks::convert::{ConvertReport, luks1_to_luks2, luks2_to_luks1};
-use vmcrypt_block::luks::v2::Luks2Volume;
-use vmcrypt_block::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use vmcrypt_block::luks::{CreateParams, KdfParams, Luks1Volume, LuksDriver, probe_version};
-use vmcrypt_block::mem::MemDriver;
-use vmcrypt_block::testing::FaultyDriver;
+use vmcrypt_block::drivers::luks::convert::{ConvertReport, luks1_to_luks2, luks2_to_luks1};
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
+use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::luks::{
+    CreateParams, KdfParams, Luks1Volume, LuksDriver, probe_version,
+};
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
 use vmcrypt_error::Result;

@@ -2,8 +2,8 @@
 //! back identically, through a fresh open too; out-of-range requests are refused.
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::luks::{CreateParams, KdfParams, Luks1Volume, LuksDriver};
-use vmcrypt_block::mem::MemDriver;
+use vmcrypt_block::drivers::luks::{CreateParams, KdfParams, Luks1Volume, LuksDriver};
+use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::ErrorKind;

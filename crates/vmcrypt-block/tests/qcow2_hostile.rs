@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::mem::MemDriver;
-use vmcrypt_block::qcow2::{OpenOptions, Qcow2Driver};
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::qcow2::{OpenOptions, Qcow2Driver};
 
 const PASS: &[u8] = b"hostile pass";
 
@@ -209,7 +209,8 @@ fn damaged_qcow_v1_images_never_panic() {
         }
         let ok = catch_unwind(AssertUnwindSafe(|| {
             let mem = Arc::new(MemDriver::new(b));
-            if let Ok(d) = vmcrypt_block::qcow2::QcowDriver::open(mem, &OpenOptions::default())
+            if let Ok(d) =
+                vmcrypt_block::drivers::qcow2::QcowDriver::open(mem, &OpenOptions::default())
                 && d.size() <= 1 << 30
             {
                 let mut buf = vec![0u8; d.size().min(4 << 20) as usize];

@@ -10,12 +10,12 @@ use common::*;
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::file::FileDriver;
-use vmcrypt_block::luks::LuksDriver;
-use vmcrypt_block::luks::convert::{luks1_to_luks2, luks2_to_luks1};
-use vmcrypt_block::luks::v2::Luks2Volume;
-use vmcrypt_block::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::file::FileDriver;
+use vmcrypt_block::drivers::luks::LuksDriver;
+use vmcrypt_block::drivers::luks::convert::{luks1_to_luks2, luks2_to_luks1};
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
+use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 
@@ -166,7 +166,7 @@ type Op = fn(
     Arc<dyn BlockDriver>,
     bool,
     &KdfLimits,
-) -> vmcrypt_error::Result<vmcrypt_block::luks::convert::ConvertReport>;
+) -> vmcrypt_error::Result<vmcrypt_block::drivers::luks::convert::ConvertReport>;
 
 /// Interrupt `op` on a copy of `img` after every write in turn; cryptsetup must open
 /// every intermediate image (as `from` or `to`) and vmcrypt must decrypt `data` from it.
@@ -177,8 +177,8 @@ fn interrupted_states_open_in_cryptsetup(
     op: Op,
     data: &[u8],
 ) -> Vec<String> {
-    use vmcrypt_block::mem::MemDriver;
-    use vmcrypt_block::testing::FaultyDriver;
+    use vmcrypt_block::drivers::mem::MemDriver;
+    use vmcrypt_block::drivers::testing::FaultyDriver;
     let start = read(Path::new(img));
     let mut seen = Vec::new();
     for budget in 0..32 {

@@ -14,11 +14,11 @@ use common::*;
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::qcow2::{OpenOptions, Qcow2Driver};
+use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_block::graph::{self, OpenContext};
-use vmcrypt_block::mem::MemDriver;
-use vmcrypt_block::qcow2::{OpenOptions, Qcow2Driver};
 use vmcrypt_block::secrets::SecretStore;
-use vmcrypt_block::testing::FaultyDriver;
 
 const MIB: u64 = 1 << 20;
 

@@ -188,7 +188,7 @@ fn block_status(
 mod tests {
     use super::*;
     use crate::proto::transmission::{none_chunk, simple_reply};
-    use vmcrypt_block::mem::MemDriver;
+    use vmcrypt_block::drivers::mem::MemDriver;
 
     const ST: Replies = Replies { structured: true };
 

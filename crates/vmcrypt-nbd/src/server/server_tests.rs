@@ -6,7 +6,7 @@ use crate::proto::transmission::Request;
 use crate::proto::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use vmcrypt_block::mem::MemDriver;
+use vmcrypt_block::drivers::mem::MemDriver;
 
 struct Client {
     s: UnixStream,

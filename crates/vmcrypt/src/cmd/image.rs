@@ -5,14 +5,14 @@ use serde_json::{Map, Value};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_block::create::{create_image, options_for};
-use vmcrypt_block::file::FileDriver;
+use vmcrypt_block::drivers::file::FileDriver;
+use vmcrypt_block::drivers::qcow2::check::{self as qcheck, CheckLimits, Repair};
 use vmcrypt_block::graph::{self, OpenContext};
-use vmcrypt_block::info::{human_info, image_info};
+use vmcrypt_block::jobs::create::{create_image, options_for};
+use vmcrypt_block::jobs::info::{human_info, image_info};
+use vmcrypt_block::jobs::rebase::NewBacking;
 use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
-use vmcrypt_block::qcow2::check::{self as qcheck, CheckLimits, Repair};
-use vmcrypt_block::rebase::NewBacking;
-use vmcrypt_block::{BlockDriver, convert as conv};
+use vmcrypt_block::{BlockDriver, jobs::convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
 /// Merge every `-o` argument into one option map.
@@ -93,7 +93,7 @@ pub fn create(
     let mut opts = merge_options(args.options)?;
     add_backing_options(args, &mut opts)?;
     let backing = if format == "qcow2" {
-        vmcrypt_block::qcow2::create::backing_of(&opts)?
+        vmcrypt_block::drivers::qcow2::create::backing_of(&opts)?
     } else {
         ensure!(
             args.backing.is_none() && args.backing_format.is_none(),
@@ -142,7 +142,7 @@ pub struct RebaseArgs<'a> {
 }
 
 /// `rebase`: safe by default (data that differs between the old and the new backing file
-/// is copied into the image first, see `vmcrypt_block::rebase`); `-u` changes only the
+/// is copied into the image first, see `vmcrypt_block::jobs::rebase`); `-u` changes only the
 /// header. `-b ""` removes the backing file.
 pub fn rebase(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
     if let Some(f) = a.format {
@@ -175,7 +175,7 @@ pub fn rebase(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
         );
         Some((a.backing, a.backing_format))
     };
-    vmcrypt_block::qcow2::create::rebase_unsafe(Path::new(filename), new)?;
+    vmcrypt_block::drivers::qcow2::create::rebase_unsafe(Path::new(filename), new)?;
     Ok(0)
 }
 
@@ -191,7 +191,7 @@ fn rebase_safe(common: &Common, a: &RebaseArgs, filename: &str) -> Result<u8> {
         format: a.backing_format,
     });
     let mut bar = Progress::new(a.progress && !common.quiet);
-    vmcrypt_block::rebase::rebase(&spec, new, &ctx, &mut |d, t| bar.update(d, t))?;
+    vmcrypt_block::jobs::rebase::rebase(&spec, new, &ctx, &mut |d, t| bar.update(d, t))?;
     bar.finish();
     Ok(0)
 }

@@ -3,8 +3,8 @@
 use super::{open_image, secrets};
 use crate::cli::Common;
 use std::io::Write;
-use vmcrypt_block::compare::{Outcome, compare};
-use vmcrypt_block::map::{map_human, map_json};
+use vmcrypt_block::jobs::compare::{Outcome, compare};
+use vmcrypt_block::jobs::map::{map_human, map_json};
 use vmcrypt_error::{Error, Result, bail};
 
 /// Report `e` and return qemu-img's exit status `code` for it.

@@ -366,7 +366,7 @@ impl Luks2Volume {
 
     /// Set a new UUID (both copies).
     pub fn set_uuid(&mut self, uuid: &str) -> Result<()> {
-        crate::luks::volume::validate_uuid(uuid)?;
+        crate::drivers::luks::volume::validate_uuid(uuid)?;
         let mut next = self.hdr.clone();
         next.binary.uuid = uuid.to_string();
         self.write_header(next)

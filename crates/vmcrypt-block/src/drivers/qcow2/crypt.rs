@@ -10,9 +10,9 @@
 //!
 //! Unallocated and zero clusters are never decrypted; compressed clusters are never
 //! encrypted.
-use crate::luks::Luks1Volume;
-use crate::raw::RawDriver;
-use crate::{BlockDriver, luks::dump};
+use crate::drivers::luks::Luks1Volume;
+use crate::drivers::raw::RawDriver;
+use crate::{BlockDriver, drivers::luks::dump};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -89,7 +89,7 @@ impl Crypto {
             );
         };
         // Large runs are split over threads like the luks node's.
-        crate::luks::crypt(c, iv, 512, buf, false)
+        crate::drivers::luks::crypt(c, iv, 512, buf, false)
     }
 
     /// Encrypt `buf` (whole 512-byte sectors) for host offset `host` (LUKS only: legacy
@@ -103,7 +103,7 @@ impl Crypto {
         let Some(c) = cipher else {
             bail!(Usage, "'{name}' is encrypted and no key was given");
         };
-        crate::luks::crypt(c, host / 512, 512, buf, true)
+        crate::drivers::luks::crypt(c, host / 512, 512, buf, true)
     }
 
     /// The `encrypt` object of qemu-img info's qcow2 block.

@@ -1,6 +1,6 @@
 //! Unit tests of the qcow2 checker on small hand-built images (512-byte clusters).
 use super::*;
-use crate::mem::MemDriver;
+use crate::drivers::mem::MemDriver;
 
 const CS: u64 = 512;
 

@@ -1,7 +1,7 @@
 //! Test support shipped with the library: a fault-injecting node that "crashes" after a
 //! given number of writes, so tests can prove every metadata update is crash-safe.
 use crate::driver::{BlockDriver, Child};
-use crate::mem::MemDriver;
+use crate::drivers::mem::MemDriver;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vmcrypt_error::{Result, bail};

@@ -7,7 +7,7 @@
 //! region, so every LUKS1 operation reads and writes inside it and the qcow2 metadata
 //! around it is never touched.
 use crate::driver::BlockDriver;
-use crate::raw::RawDriver;
+use crate::drivers::raw::RawDriver;
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1;

@@ -7,10 +7,10 @@
 //! material packed, payload offset = region length, e.g. 4040 sectors for AES-256-XTS).
 //! No guest data is written: the image is empty (all clusters unallocated).
 use crate::driver::BlockDriver;
-use crate::file::FileDriver;
-use crate::luks::volume::{CreateParams, Luks1Volume};
+use crate::drivers::file::FileDriver;
+use crate::drivers::luks::volume::{CreateParams, Luks1Volume};
+use crate::drivers::raw::RawDriver;
 use crate::opts::{opt_bool, opt_str, opt_u64};
-use crate::raw::RawDriver;
 use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -207,7 +207,7 @@ fn parse_encryption(o: &Map<String, Value>) -> Result<Option<(CreateParams, Stri
                     sub.insert((*k).to_string(), v.clone());
                 }
             }
-            let mut params = crate::create::luks_params(&sub)?;
+            let mut params = crate::jobs::create::luks_params(&sub)?;
             params.layout = Layout::Qemu;
             params.detached = false;
             let id = opt_str(o, "encrypt.key-secret")?.ok_or_else(|| {

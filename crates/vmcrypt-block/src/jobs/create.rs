@@ -1,12 +1,12 @@
 //! Image creation (`vmcrypt create`, and the target side of `convert`): raw files, LUKS1
 //! and LUKS2 images, from qemu-img's `-o` option names (plus cryptsetup's LUKS2 knobs);
-//! qcow2 images are made by [`crate::qcow2::create`].
+//! qcow2 images are made by [`crate::drivers::qcow2::create`].
 use crate::driver::BlockDriver;
-use crate::file::FileDriver;
-use crate::luks::v2::Luks2Volume;
-use crate::luks::v2::create::Luks2CreateParams;
-use crate::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use crate::luks::volume::{CreateParams, KdfParams, Luks1Volume};
+use crate::drivers::file::FileDriver;
+use crate::drivers::luks::v2::Luks2Volume;
+use crate::drivers::luks::v2::create::Luks2CreateParams;
+use crate::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use crate::drivers::luks::volume::{CreateParams, KdfParams, Luks1Volume};
 use crate::opts::{opt_bool, opt_str, opt_u64};
 use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
@@ -106,7 +106,7 @@ pub fn options_for(format: &str) -> Result<Vec<(&'static str, &'static str)>> {
     match format {
         "raw" => Ok(RAW_OPTIONS.to_vec()),
         "luks" | "luks2" => Ok(LUKS_OPTIONS.iter().chain(LUKS2_OPTIONS).copied().collect()),
-        "qcow2" => Ok(crate::qcow2::create::QCOW2_OPTIONS.to_vec()),
+        "qcow2" => Ok(crate::drivers::qcow2::create::QCOW2_OPTIONS.to_vec()),
         other => bail!(
             Unsupported,
             "cannot create images of format '{other}' (supported: raw, luks, luks2, qcow2)"
@@ -213,7 +213,7 @@ pub fn create_image(
     secrets: &SecretStore,
 ) -> Result<Arc<dyn BlockDriver>> {
     if format == "qcow2" {
-        return crate::qcow2::create::create(path, size, opts, secrets);
+        return crate::drivers::qcow2::create::create(path, size, opts, secrets);
     }
     check_known(format, opts)?;
     match format {

@@ -5,7 +5,7 @@ use super::{
     grid_assign, kdf_limits_v1, overlaps, refuse, subtract, wipe, write_flush,
 };
 use crate::driver::BlockDriver;
-use crate::luks::v2::{Luks2Volume, material_len};
+use crate::drivers::luks::v2::{Luks2Volume, material_len};
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
@@ -102,7 +102,7 @@ pub fn luks2_to_luks1(
 
 fn open_v2(dev: &Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Luks2Volume> {
     let to = "LUKS1";
-    match crate::luks::probe_version(dev.as_ref())? {
+    match crate::drivers::luks::probe_version(dev.as_ref())? {
         1 => return Err(refuse(to, "the device is already LUKS1")),
         2 => {}
         v => bail!(Unsupported, "unsupported LUKS version {v}"),

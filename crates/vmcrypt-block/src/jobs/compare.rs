@@ -163,7 +163,7 @@ fn first_nonzero(a: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::MemDriver;
+    use crate::drivers::mem::MemDriver;
 
     fn mem(size: usize, writes: &[(u64, u8)]) -> MemDriver {
         let m = MemDriver::new(vec![0u8; size]);

@@ -7,7 +7,7 @@
 //! runs of clusters that differ get the old bytes written into the image (encrypted with
 //! the image's own key by the qcow2 write path), or zeros where nothing lies below the
 //! image. The data is flushed before the header is switched to the new backing name and
-//! format ([`crate::qcow2::create::rebase_unsafe`]), so a rebase cut off at any point
+//! format ([`crate::drivers::qcow2::create::rebase_unsafe`]), so a rebase cut off at any point
 //! leaves an image that reads the same through either backing file.
 //!
 //! The new backing file is named like qemu-img's `-b`: a filename (relative names are
@@ -15,9 +15,9 @@
 //! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
 //! the name exactly as given, with `-F` as its format, as qemu-img does.
 use crate::driver::{BlockDriver, read_padded};
-use crate::file::FileDriver;
+use crate::drivers::file::FileDriver;
+use crate::drivers::qcow2::create::{rebase_unsafe, rebased_header};
 use crate::graph::{self, OpenContext};
-use crate::qcow2::create::{rebase_unsafe, rebased_header};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;

@@ -5,8 +5,8 @@ use super::{
     first_fit, grid_assign, kdf_limits_v1, overlaps, refuse, subtract, wipe, write_flush,
 };
 use crate::driver::BlockDriver;
-use crate::luks::v2::{header_hasher, read_clamped};
-use crate::luks::volume::Luks1Volume;
+use crate::drivers::luks::v2::{header_hasher, read_clamped};
+use crate::drivers::luks::volume::Luks1Volume;
 use serde_json::json;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -97,7 +97,7 @@ pub fn luks1_to_luks2(
 }
 
 fn open_v1(dev: &Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Luks1Volume> {
-    match crate::luks::probe_version(dev.as_ref())? {
+    match crate::drivers::luks::probe_version(dev.as_ref())? {
         1 => Luks1Volume::open(dev.clone(), detached, &kdf_limits_v1(limits)),
         2 => Err(refuse(
             "LUKS2",

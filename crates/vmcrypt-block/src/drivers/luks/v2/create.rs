@@ -4,7 +4,7 @@
 use super::keyslots::{KeyslotParams, area_size, write_sealed};
 use super::{Luks2Volume, header_hasher};
 use crate::driver::BlockDriver;
-use crate::luks::volume::{new_uuid, new_volume_key};
+use crate::drivers::luks::volume::{new_uuid, new_volume_key};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;

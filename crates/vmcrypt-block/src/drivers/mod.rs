@@ -1,0 +1,9 @@
+//! The block drivers: protocol nodes that move bytes (`file`, `mem`), format nodes that
+//! interpret them (`raw`, `qcow2`), the `luks` filter that decrypts on read and encrypts
+//! on write, and a fault-injecting node for tests (`testing`).
+pub mod file;
+pub mod luks;
+pub mod mem;
+pub mod qcow2;
+pub mod raw;
+pub mod testing;
