@@ -2,7 +2,8 @@
 //! check how we drive it), the reference `argon2` CLI (libargon2) for the no-secret case
 //! LUKS2 uses, and real cryptsetup LUKS2 key slots (derive, decrypt the key material, AF
 //! merge, compare with the volume key README.txt lists). Plus limits and calibration.
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 use vmcrypt_crypto::argon::{
     Argon2Cost, Argon2Type, KdfLimits, argon2, calibrate_argon2, default_argon2_lanes,
@@ -123,10 +124,8 @@ fn libargon2_cli_known_answers() {
     }
 }
 
-const CRYPTSETUP: &str = "/work/shared/vectors/cryptsetup";
-
 fn read(rel: &str) -> Vec<u8> {
-    let path = PathBuf::from(CRYPTSETUP).join(rel);
+    let path = common::shared("vectors/cryptsetup").join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 

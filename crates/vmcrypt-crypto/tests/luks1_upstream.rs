@@ -1,5 +1,5 @@
 //! Known answers from cryptsetup's own LUKS1 test images
-//! (/work/shared/vectors/cryptsetup/upstream/luks1-images.tar.xz): unlock key slot 0 with
+//! (shared/vectors/cryptsetup/upstream/luks1-images.tar.xz): unlock key slot 0 with
 //! `keyfile1` (the whole 25000-byte file is the passphrase), then decrypt payload sector 0,
 //! which must be the boot sector of the FAT12 filesystem those images carry (volume serial
 //! DEAD-BABE). Covers LRW (aes-lrw-plain64), ESSIV over the kernel's truncated Whirlpool
@@ -14,8 +14,6 @@ use std::process::Command;
 use std::sync::OnceLock;
 use vmcrypt_crypto::SectorCipher;
 
-const TARBALL: &str = "/work/shared/vectors/cryptsetup/upstream/luks1-images.tar.xz";
-
 /// The unpacked `luks1-images` directory.
 fn images_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -24,18 +22,23 @@ fn images_dir() -> &'static Path {
         let dir = root.join("luks1-images");
         let done = root.join(".unpacked");
         if !done.exists() {
+            let tarball = common::shared("vectors/cryptsetup/upstream/luks1-images.tar.xz");
             // Unpack next to the final place, then rename, so a half-written tree from
             // an interrupted run (or a concurrent one) is never used.
             let tmp = root.join(format!("tmp-{}", std::process::id()));
             std::fs::create_dir_all(&tmp).unwrap();
             let status = Command::new("tar")
                 .arg("-xJf")
-                .arg(TARBALL)
+                .arg(&tarball)
                 .arg("-C")
                 .arg(&tmp)
                 .status()
                 .expect("running tar");
-            assert!(status.success(), "tar -xJf {TARBALL} failed: {status}");
+            assert!(
+                status.success(),
+                "tar -xJf {} failed: {status}",
+                tarball.display()
+            );
             let _ = std::fs::remove_dir_all(&dir);
             if std::fs::rename(tmp.join("luks1-images"), &dir).is_err() {
                 // Another process won the race; its tree is complete.

@@ -1,4 +1,4 @@
-//! Known answers from real QEMU-made LUKS1 images (/work/shared/vectors/qemu): unlock key
+//! Known answers from real QEMU-made LUKS1 images (shared/vectors/qemu): unlock key
 //! slot 0 (PBKDF2 + key-material decryption + AF merge + master-key digest), compare the
 //! master key with METADATA.txt, decrypt the payload and compare its sha256 with
 //! README.txt. The LUKS1 header is parsed by fixed offsets (tests/common/luks1.rs),
@@ -9,16 +9,19 @@ use common::luks1::{Header, parse_header, spec_of, unlock};
 use std::path::PathBuf;
 use vmcrypt_crypto::SectorCipher;
 
-const VECTORS: &str = "/work/shared/vectors/qemu";
+/// `name` in the QEMU-made vectors folder.
+fn vector_path(name: &str) -> PathBuf {
+    common::shared("vectors/qemu").join(name)
+}
 
 fn read_vector(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(VECTORS).join(name);
+    let path = vector_path(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 /// The master key METADATA.txt lists for `name`.
 fn metadata_master_key(name: &str) -> Vec<u8> {
-    let meta = std::fs::read_to_string(PathBuf::from(VECTORS).join("METADATA.txt")).unwrap();
+    let meta = std::fs::read_to_string(vector_path("METADATA.txt")).unwrap();
     let section = meta
         .split("\n=== ")
         .find(|s| s.starts_with(name))
@@ -32,7 +35,7 @@ fn metadata_master_key(name: &str) -> Vec<u8> {
 
 /// The expected sha256 of the decrypted disk from README.txt's table.
 fn readme_plain_sha256(name: &str) -> String {
-    let readme = std::fs::read_to_string(PathBuf::from(VECTORS).join("README.txt")).unwrap();
+    let readme = std::fs::read_to_string(vector_path("README.txt")).unwrap();
     let line = readme
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(name))

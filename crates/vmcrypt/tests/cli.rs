@@ -8,7 +8,7 @@ use common::*;
 use serde_json::Value;
 
 fn vector1() -> String {
-    format!("{QEMU_VECTORS}/luks1-aes256-xts-plain64-sha256.luks")
+    shared("vectors/qemu/luks1-aes256-xts-plain64-sha256.luks")
 }
 
 /// Remove every "actual-size" (allocation depends on the filesystem, not the tool).
@@ -55,8 +55,9 @@ fn info_json_matches_qemu_img() {
 
 #[test]
 fn info_json_matches_qemu_img_detached() {
+    let v = shared("vectors/qemu");
     let opts = format!(
-        "driver=luks,file.filename={QEMU_VECTORS}/luks1-detached.data,header.filename={QEMU_VECTORS}/luks1-detached.hdr"
+        "driver=luks,file.filename={v}/luks1-detached.data,header.filename={v}/luks1-detached.hdr"
     );
     let mut ours = vmcrypt(&["info", "--output=json", "--image-opts", &opts])
         .ok()
@@ -101,7 +102,7 @@ fn luks_dump_matches_cryptsetup() {
         "luks1-aes128-cbc-essiv_sha256-hsha1.luks",
         "luks1-multislot-aes256-xts.luks",
     ] {
-        let img = format!("{QEMU_VECTORS}/{name}");
+        let img = shared(&format!("vectors/qemu/{name}"));
         let ours = vmcrypt(&["luks", "dump", &img]).ok().stdout_str();
         let theirs = cryptsetup(&["luksDump", &img]).ok().stdout_str();
         assert_eq!(

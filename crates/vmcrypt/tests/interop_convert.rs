@@ -21,7 +21,6 @@ use vmcrypt_crypto::{CipherSpec, HashAlg};
 
 const MIB: u64 = 1 << 20;
 const DATA: usize = 512 * 1024;
-const CS_VECTORS: &str = "/work/shared/vectors/cryptsetup";
 
 fn file(path: &str, ro: bool) -> Arc<dyn BlockDriver> {
     Arc::new(FileDriver::open(Path::new(path), ro).unwrap_or_else(|e| panic!("{path}: {e}")))
@@ -280,16 +279,14 @@ fn d_cryptsetup_convert_to_luks1_opens_in_vmcrypt() {
 #[test]
 fn e_shared_vector_converts_back_to_luks1() {
     let sc = Scratch::new();
-    let src = format!("{CS_VECTORS}/luks2-converted-from-luks1.img");
+    let src = shared("vectors/cryptsetup/luks2-converted-from-luks1.img");
     let img = sc.write("e.img", &read(Path::new(&src)));
-    sc.write(
-        "pw",
-        &read(Path::new(&format!("{CS_VECTORS}/keys/l2c-slot0"))),
-    );
+    let key_file = shared("vectors/cryptsetup/keys/l2c-slot0");
+    sc.write("pw", &read(Path::new(&key_file)));
     luks2_to_luks1(file(&img, false), false, &KdfLimits::default()).unwrap();
     assert_eq!(cs_version(&img), "1");
     cs_test_open(&sc, &img, "pw");
-    let key = read(Path::new(&format!("{CS_VECTORS}/keys/l2c-slot0")));
+    let key = read(Path::new(&key_file));
     assert_eq!(
         sha256_hex(&vm_read(&img, &key, 262144)),
         "54cf73fd6f1b4f559d10ced43191d8bc506977954428b4b5b7118e0601a10312"
@@ -311,7 +308,7 @@ fn e_shared_vector_converts_back_to_luks1() {
 #[test]
 fn qemu_layout_is_refused_like_cryptsetup() {
     let sc = Scratch::new();
-    let src = format!("{CS_VECTORS}/luks1-qemu-img-aes-xts.img");
+    let src = shared("vectors/cryptsetup/luks1-qemu-img-aes-xts.img");
     let img = sc.write("q.img", &read(Path::new(&src)));
     cryptsetup(&["convert", "-q", "--type", "luks2", &img]).failed();
     let e = luks1_to_luks2(file(&img, false), false, &KdfLimits::default()).unwrap_err();

@@ -89,11 +89,11 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
     // Work on copies: the vectors are read-only references.
     let hdr = sc.write(
         "hdr",
-        &read(format!("{QEMU_VECTORS}/luks1-detached.hdr").as_ref()),
+        &read(shared("vectors/qemu/luks1-detached.hdr").as_ref()),
     );
     let data = sc.write(
         "data",
-        &read(format!("{QEMU_VECTORS}/luks1-detached.data").as_ref()),
+        &read(shared("vectors/qemu/luks1-detached.data").as_ref()),
     );
     let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(

@@ -1070,8 +1070,6 @@ fn repair_after_primary_corruption() {
 // ------------------------------------------------------------------------------------
 // 6. CLI details.
 
-const VECTORS: &str = "/work/shared/vectors/cryptsetup";
-
 /// The value of an indented `name: value` line of `vmcrypt info` output.
 fn info_field(out: &str, name: &str) -> String {
     let trimmed: String = out
@@ -1131,11 +1129,11 @@ fn info_prints_the_luks2_block() {
 #[test]
 fn reencryption_in_progress_is_refused() {
     let sc = scratch();
-    let src = format!("{VECTORS}/luks2-reencrypt-initialized.img");
+    let src = shared("vectors/cryptsetup/luks2-reencrypt-initialized.img");
     let img = sc.p("r.img");
     std::fs::copy(&src, &img).unwrap();
     let before = sc.read("r.img");
-    let key = format!("{VECTORS}/keys/l2r-slot0");
+    let key = shared("vectors/cryptsetup/keys/l2r-slot0");
     vmcrypt(&[
         "convert",
         "--object",
@@ -1162,7 +1160,7 @@ fn unknown_requirements_dump_but_refuse_add_key() {
         "tar",
         &[
             "-xJf",
-            &format!("{VECTORS}/upstream/luks2_header_requirements.tar.xz"),
+            &shared("vectors/cryptsetup/upstream/luks2_header_requirements.tar.xz"),
             "-C",
             &sc.p(""),
         ],

@@ -386,7 +386,7 @@ fn plaintext_generator_matches_vectors() {
     );
     let sc = Scratch::new();
     sc.write("pw", b"vec-aes256-xts");
-    let img = format!("{QEMU_VECTORS}/luks1-aes256-xts-plain64-sha256.luks");
+    let img = shared("vectors/qemu/luks1-aes256-xts-plain64-sha256.luks");
     let back = qemu_decrypt(&sc, "pw", &img, None, "v1.raw");
     assert_same_bytes("qemu-img decryption of vector 1", &back, &plain);
 }
@@ -395,8 +395,8 @@ fn plaintext_generator_matches_vectors() {
 fn vector(file: &str, header: Option<&str>, pass: &str, seed: &str, size: usize, sha: &str) {
     let sc = Scratch::new();
     sc.write("pw", pass.as_bytes());
-    let data = format!("{QEMU_VECTORS}/{file}");
-    let hdr = header.map(|h| format!("{QEMU_VECTORS}/{h}"));
+    let data = shared(&format!("vectors/qemu/{file}"));
+    let hdr = header.map(|h| shared(&format!("vectors/qemu/{h}")));
     let before = sha256_file(std::path::Path::new(&data));
     let ours = vmcrypt_decrypt(&sc, "pw", &data, hdr.as_deref(), "out.raw");
     assert_eq!(sha256_hex(&ours), sha, "decrypted sha256 of {file}");
@@ -480,7 +480,7 @@ mod qemu_vectors {
         // The erased slot's passphrase must not open anything.
         let sc = Scratch::new();
         sc.write("pw", b"slot1-pass");
-        let img = format!("{QEMU_VECTORS}/luks1-multislot-aes256-xts.luks");
+        let img = shared("vectors/qemu/luks1-multislot-aes256-xts.luks");
         vmcrypt(&[
             "convert",
             "--object",

@@ -16,7 +16,7 @@ fn convert_encrypted_qcow2_chain_to_raw() {
     let out = dir.path().join("out.raw");
     let obj_o = format!("secret,id=so,file={}", so.display());
     let obj_b = format!("secret,id=sb,file={}", sb.display());
-    let overlay = format!("{QEMU_VECTORS}/qcow2-luks-overlay.qcow2");
+    let overlay = shared("vectors/qemu/qcow2-luks-overlay.qcow2");
     let opts = format!(
         "driver=qcow2,file.filename={overlay},encrypt.key-secret=so,backing.encrypt.key-secret=sb"
     );
@@ -58,9 +58,8 @@ fn convert_encrypted_qcow2_chain_to_raw() {
 /// `vmcrypt info` prints qemu-img's qcow2 lines and JSON keys for an encrypted overlay.
 #[test]
 fn info_matches_qemu_img_for_the_overlay() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/qemu");
-    let img = dir.join("qcow2-luks-overlay.qcow2");
-    let img = img.to_str().unwrap();
+    let img = shared("vectors/qemu/qcow2-luks-overlay.qcow2");
+    let img = img.as_str();
     let ours = vmcrypt(&["info", img]).ok().stdout_str();
     let theirs = qemu_img(&["info", img]).ok().stdout_str();
     for key in [
@@ -213,7 +212,7 @@ fn legacy_aes_refuses_writes_and_resize_grows_luks_qcow2() {
     require_tool("qemu-img");
     let sc = Scratch::new();
     let aes = sc.p("aes.qcow2");
-    std::fs::copy(format!("{QEMU_VECTORS}/qcow2-legacy-aes.qcow2"), &aes).unwrap();
+    std::fs::copy(shared("vectors/qemu/qcow2-legacy-aes.qcow2"), &aes).unwrap();
     let before = sc.read("aes.qcow2");
     let key = sc.write("k", b"x");
     let data = sc.write("d.raw", &[1u8; 512]);

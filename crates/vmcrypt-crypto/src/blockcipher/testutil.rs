@@ -15,12 +15,25 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// Read `len` bytes at `offset` of a file in /work/shared/vectors/qemu (or
-/// `$VMCRYPT_VECTORS/qemu`); fails the test if the file is missing.
+/// The test vectors folder: `$VMCRYPT_VECTORS`, else `shared/vectors` in the `shared/`
+/// folder beside the checkout (`../shared` from the workspace root).
+fn vectors_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("VMCRYPT_VECTORS") {
+        return dir.into();
+    }
+    // The manifest dir is <checkout>/crates/vmcrypt-crypto; its third ancestor holds both.
+    let beside = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(3)
+        .expect("the checkout has a parent directory");
+    beside.join("shared/vectors")
+}
+
+/// Read `len` bytes at `offset` of a file in the QEMU vectors (`qemu/` in
+/// [`vectors_dir`]); fails the test, naming the path, if the file is missing.
 pub(crate) fn qemu_payload(name: &str, offset: usize, len: usize) -> Vec<u8> {
-    let dir = std::env::var("VMCRYPT_VECTORS").unwrap_or_else(|_| "/work/shared/vectors".into());
-    let path = format!("{dir}/qemu/{name}");
-    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let path = vectors_dir().join("qemu").join(name);
+    let data = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     data[offset..offset + len].to_vec()
 }
 

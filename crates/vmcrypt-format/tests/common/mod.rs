@@ -24,8 +24,16 @@ pub fn sha2_hasher(alg: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
     }
 }
 
+/// The cryptsetup vectors in the `shared/` folder beside the checkout (`../shared` from
+/// the workspace root); fails the test, naming the path it looked for, when missing.
 pub fn vectors() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/cryptsetup")
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors/cryptsetup");
+    assert!(
+        p.is_dir(),
+        "test data not found at {} (put the shared/ folder beside the checkout)",
+        p.display()
+    );
+    p
 }
 
 /// The first 8 MiB of a file (enough for any LUKS2 header pair) and the file size.

@@ -1,7 +1,8 @@
 //! Shared helpers for the live interop tests: a deterministic plaintext generator (the
-//! same one as /work/shared/vectors/qemu/gen_plain.py), runners for `vmcrypt`,
-//! `qemu-img` and `cryptsetup` that capture stdout/stderr and show them on failure, a
-//! `require_tool` check that fails loudly when a tool is missing, and a scratch dir.
+//! same one as shared/vectors/qemu/gen_plain.py), runners for `vmcrypt`, `qemu-img` and
+//! `cryptsetup` that capture stdout/stderr and show them on failure, a `require_tool`
+//! check that fails loudly when a tool is missing, [`shared`] (the one way to reach the
+//! test data in `shared/` beside the checkout) and a scratch dir.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -11,8 +12,23 @@ use std::process::Command;
 /// Our binary under test.
 pub const VMCRYPT: &str = env!("CARGO_BIN_EXE_vmcrypt");
 
-/// Folder of the QEMU-made test vectors (see its README.txt).
-pub const QEMU_VECTORS: &str = "/work/shared/vectors/qemu";
+/// `rel` inside the `shared/` folder beside the checkout (`../shared` from the workspace
+/// root), e.g. `shared("vectors/qemu")` for the QEMU-made vectors (see its README.txt).
+/// Fails the test, naming the path it looked for, when it is missing: never skipped.
+pub fn shared(rel: &str) -> String {
+    // The manifest dir is <checkout>/crates/vmcrypt; its third ancestor holds both.
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(3)
+        .expect("the checkout has a parent directory");
+    let path = beside.join("shared").join(rel);
+    assert!(
+        path.exists(),
+        "test data not found at {} (put the shared/ folder beside the checkout)",
+        path.display()
+    );
+    path.to_str().expect("a UTF-8 checkout path").to_owned()
+}
 
 /// Passphrases used by the tests (written to files, never put on command lines).
 pub const PASS: &[u8] = b"interop pass \xc3\xa9 1";
