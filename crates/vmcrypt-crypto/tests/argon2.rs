@@ -125,7 +125,7 @@ fn libargon2_cli_known_answers() {
 }
 
 fn read(rel: &str) -> Vec<u8> {
-    let path = common::shared("vectors/cryptsetup").join(rel);
+    let path = common::shared_data::shared_path("vectors/cryptsetup").join(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 

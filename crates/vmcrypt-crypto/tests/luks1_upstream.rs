@@ -22,7 +22,8 @@ fn images_dir() -> &'static Path {
         let dir = root.join("luks1-images");
         let done = root.join(".unpacked");
         if !done.exists() {
-            let tarball = common::shared("vectors/cryptsetup/upstream/luks1-images.tar.xz");
+            let tarball =
+                common::shared_data::shared_path("vectors/cryptsetup/upstream/luks1-images.tar.xz");
             // Unpack next to the final place, then rename, so a half-written tree from
             // an interrupted run (or a concurrent one) is never used.
             let tmp = root.join(format!("tmp-{}", std::process::id()));

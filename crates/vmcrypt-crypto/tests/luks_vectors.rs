@@ -11,7 +11,7 @@ use vmcrypt_crypto::SectorCipher;
 
 /// `name` in the QEMU-made vectors folder.
 fn vector_path(name: &str) -> PathBuf {
-    common::shared("vectors/qemu").join(name)
+    common::shared_data::shared_path("vectors/qemu").join(name)
 }
 
 fn read_vector(name: &str) -> Vec<u8> {

@@ -1,30 +1,12 @@
 //! Helpers shared by the integration tests: OpenSSL as the reference implementation,
-//! and [`shared`], the one way to reach the test data in `shared/` beside the checkout.
+//! and [`shared_data`], the one way to reach the test data in `shared/` beside the checkout.
 #![allow(dead_code)]
 
 pub mod luks1;
+pub mod shared_data;
 
 use openssl::symm::{Cipher, Crypter, Mode};
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-
-/// `rel` inside the `shared/` folder beside the checkout (`../shared` from the workspace
-/// root). Fails the test, naming the path it looked for, when it is missing: these tests
-/// are never skipped.
-pub fn shared(rel: &str) -> PathBuf {
-    // The manifest dir is <checkout>/crates/vmcrypt-crypto; its third ancestor holds both.
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(3)
-        .expect("the checkout has a parent directory");
-    let path = beside.join("shared").join(rel);
-    assert!(
-        path.exists(),
-        "test data not found at {} (put the shared/ folder beside the checkout)",
-        path.display()
-    );
-    path
-}
 
 /// Load OpenSSL 3's legacy provider (ripemd160, whirlpool, cast5) next to the default one.
 /// Returns false if it is not installed.

@@ -12,21 +12,15 @@ use std::process::Command;
 /// Our binary under test.
 pub const VMCRYPT: &str = env!("CARGO_BIN_EXE_vmcrypt");
 
+/// The one definition of where the test data lives, shared with vmcrypt-crypto's tests.
+#[path = "../../../vmcrypt-crypto/tests/common/shared_data.rs"]
+mod shared_data;
+
 /// `rel` inside the `shared/` folder beside the checkout (`../shared` from the workspace
-/// root), e.g. `shared("vectors/qemu")` for the QEMU-made vectors (see its README.txt).
-/// Fails the test, naming the path it looked for, when it is missing: never skipped.
+/// root), as a string for command lines: e.g. `shared("vectors/qemu")` for the QEMU-made
+/// vectors (see its README.txt). Fails the test, naming the path, when it is missing.
 pub fn shared(rel: &str) -> String {
-    // The manifest dir is <checkout>/crates/vmcrypt; its third ancestor holds both.
-    let beside = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(3)
-        .expect("the checkout has a parent directory");
-    let path = beside.join("shared").join(rel);
-    assert!(
-        path.exists(),
-        "test data not found at {} (put the shared/ folder beside the checkout)",
-        path.display()
-    );
+    let path = shared_data::shared_path(rel);
     path.to_str().expect("a UTF-8 checkout path").to_owned()
 }
 
