@@ -15,6 +15,7 @@ use crate::driver::{BlockDriver, read_padded};
 use parse::{Snapshot, bitmap_tables, read_snapshot};
 pub use repair::repair;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::refcount as rc;
@@ -178,8 +179,9 @@ struct Pass {
     mismatches: Vec<Mismatch>,
     /// The refcount table or a refcount block is damaged (qemu-img would rebuild).
     refblocks_broken: bool,
-    /// How many of the corruptions are OFLAG_COPIED errors.
-    oflag_errors: u64,
+    /// Which of the report's messages are OFLAG_COPIED errors (one corruption each),
+    /// which a repairing run reports only as it repairs them.
+    oflag_messages: Range<usize>,
 }
 
 fn run(img: &Image, limits: &CheckLimits) -> Result<Pass> {
@@ -196,12 +198,14 @@ fn run(img: &Image, limits: &CheckLimits) -> Result<Pass> {
     c.bitmaps()?;
     c.refblocks();
     let mismatches = c.compare();
+    let oflag_from = c.report.messages.len();
     c.oflag_copied()?;
+    let oflag_messages = oflag_from..c.report.messages.len();
     Ok(Pass {
         report: c.report,
         mismatches,
         refblocks_broken: c.refblocks_broken,
-        oflag_errors: c.oflag_errors,
+        oflag_messages,
     })
 }
 
@@ -213,7 +217,6 @@ struct Counter<'a> {
     max: u64,
     report: CheckReport,
     refblocks_broken: bool,
-    oflag_errors: u64,
     stored: StoredRefcounts<'a>,
 }
 
@@ -238,7 +241,6 @@ impl<'a> Counter<'a> {
             max,
             report: CheckReport::default(),
             refblocks_broken: false,
-            oflag_errors: 0,
             stored: StoredRefcounts { img, cached: None },
         })
     }
@@ -559,6 +561,7 @@ impl<'a> Counter<'a> {
     }
 
     /// COPIED must be set exactly on active L2 tables and data clusters with refcount 1.
+    /// Every message this adds is an OFLAG_COPIED error (see [`Pass::oflag_messages`]).
     fn oflag_copied(&mut self) -> Result<()> {
         let h = &self.img.h;
         let l1 = read_u64s(self.img.file, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
@@ -572,7 +575,6 @@ impl<'a> Counter<'a> {
                 continue;
             };
             if (rc == 1) != (e & COPIED != 0) {
-                self.oflag_errors += 1;
                 self.corrupt(format!(
                     "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
                 ));
@@ -588,7 +590,6 @@ impl<'a> Counter<'a> {
                     continue;
                 };
                 if (rc == 1) != (x & COPIED != 0) {
-                    self.oflag_errors += 1;
                     self.corrupt(format!(
                         "ERROR OFLAG_COPIED data cluster: l2_entry={x:x} refcount={rc}"
                     ));

@@ -14,10 +14,8 @@ pub fn repair(file: &dyn BlockDriver, mode: Repair, limits: &CheckLimits) -> Res
     let pass = run(&img, limits)?;
     let fixes = plan_fixes(&img, &pass, mode)?;
     // Like qemu-img, a repairing run reports OFLAG_COPIED only as it repairs it.
-    let mut messages: Vec<String> = (pass.report.messages.iter())
-        .filter(|m| !m.starts_with("ERROR OFLAG_COPIED"))
-        .cloned()
-        .collect();
+    let mut messages = pass.report.messages.clone();
+    messages.drain(pass.oflag_messages.clone());
     let (mut leaks_fixed, mut corruptions_fixed) = (0, 0);
     for m in &fixes {
         messages.push(format!(
@@ -77,7 +75,7 @@ fn plan_fixes(img: &Image, pass: &Pass, mode: Repair) -> Result<Vec<Mismatch>> {
         );
     } else {
         // OFLAG_COPIED errors are judged again after the refcounts are fixed.
-        let other = pass.report.corruptions - low.len() as u64 - pass.oflag_errors;
+        let other = pass.report.corruptions - low.len() as u64 - pass.oflag_messages.len() as u64;
         ensure!(
             other == 0,
             Unsupported,
