@@ -13,7 +13,7 @@ use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes};
-use vmcrypt_error::{ErrorKind, Result, bail};
+use vmcrypt_error::{ErrorKind, Reason, Result, bail};
 use vmcrypt_format::luks2::{CopyState, HeaderCopy, Metadata, Priority};
 
 const KEYS: [&[u8]; 3] = [b"key-A", b"key-B", b"key-C"];
@@ -451,6 +451,8 @@ fn refusals_write_nothing() {
     let mut vol = open_mem(mem.clone()).unwrap();
     let p = pbkdf2();
     assert_kind(vol.kill_slot(0, false), ErrorKind::Busy, "kill last slot");
+    let last = vol.kill_slot(0, false).err().unwrap();
+    assert_eq!(last.reason(), Some(Reason::LastKeySlot), "{last}");
     assert_kind(
         vol.kill_slot(5, true),
         ErrorKind::NotFound,

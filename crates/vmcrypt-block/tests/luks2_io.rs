@@ -12,7 +12,7 @@ use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
-use vmcrypt_error::ErrorKind;
+use vmcrypt_error::{ErrorKind, Reason};
 use vmcrypt_format::luks2::Metadata;
 
 const SIZE: usize = 1 << 20;
@@ -424,4 +424,16 @@ fn a_whole_sector_write_during_a_read_modify_write_is_not_lost() {
             &got[..4]
         );
     }
+}
+
+#[test]
+fn a_device_without_luks_magic_is_not_a_luks_device() {
+    let mem = Arc::new(MemDriver::new(vec![0u8; SIZE]));
+    let open = vmcrypt_block::drivers::luks::open_header(mem, false, &KdfLimits::default());
+    let e = open.err().unwrap();
+    assert_eq!(
+        (e.kind(), e.reason()),
+        (ErrorKind::Corrupt, Some(Reason::BadMagic))
+    );
+    assert_eq!(e.message(), "not a LUKS device (no LUKS header found)");
 }

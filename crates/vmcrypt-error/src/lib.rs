@@ -1,8 +1,9 @@
 //! The single error type used across vmcrypt.
 //!
 //! An [`Error`] carries a machine-readable [`ErrorKind`] (which the CLI maps to an exit
-//! code and tests match on), a human-readable message naming what is wrong, an optional
-//! chain of context strings ("while opening key slot 3", "in header file X") and an
+//! code and tests match on), an optional [`Reason`] (a finer, typed cause for the few
+//! places where code decides on more than the kind; never match the message text),
+//! a human-readable message naming what is wrong, an optional chain of context strings ("while opening key slot 3", "in header file X") and an
 //! optional source error. `Display` prints context outermost-first followed by the
 //! message; it never repeats the source's text, which is reachable through
 //! [`std::error::Error::source`].
@@ -56,11 +57,26 @@ impl ErrorKind {
     }
 }
 
+/// Why an error happened, finer than its [`ErrorKind`], for code that must tell causes
+/// apart (never by the message text, which is for people). Carried by [`Error`] when the
+/// code producing it sets one ([`Error::with_reason`], `bail!(Kind(Reason), ...)`);
+/// contexts and sources added later keep it. New reasons are added as callers need them.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The data does not start with the format's magic: not this format at all (as
+    /// opposed to a damaged header of the right format).
+    BadMagic,
+    /// The operation would remove the last key slot, leaving the volume unusable.
+    LastKeySlot,
+}
+
 type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// The vmcrypt error: kind + message + context chain + optional source.
+/// The vmcrypt error: kind + optional reason + message + context chain + optional source.
 pub struct Error {
     kind: ErrorKind,
+    reason: Option<Reason>,
     message: String,
     context: Vec<String>,
     source: Option<Source>,
@@ -74,6 +90,7 @@ impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
+            reason: None,
             message: message.into(),
             context: Vec::new(),
             source: None,
@@ -123,6 +140,12 @@ impl Error {
         self
     }
 
+    /// Tag the error with a typed [`Reason`] for callers that decide on it.
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+
     /// Add an outer context line ("opening image foo.luks").
     pub fn context(mut self, ctx: impl Into<String>) -> Self {
         self.context.push(ctx.into());
@@ -131,6 +154,11 @@ impl Error {
 
     pub fn kind(&self) -> ErrorKind {
         self.kind
+    }
+
+    /// The typed reason, when the code that produced the error set one.
+    pub fn reason(&self) -> Option<Reason> {
+        self.reason
     }
 
     pub fn message(&self) -> &str {
@@ -193,17 +221,30 @@ impl<T> ResultExt<T> for Result<T> {
     }
 }
 
-/// Return early with an error of the given kind: `bail!(Corrupt, "bad magic {x}")`.
+/// Return early with an error of the given kind: `bail!(Corrupt, "bad magic {x}")`, or
+/// of a kind and a [`Reason`]: `bail!(Corrupt(BadMagic), "bad magic {x}")`.
 #[macro_export]
 macro_rules! bail {
+    ($kind:ident ($reason:ident), $($arg:tt)*) => {
+        return Err(
+            $crate::Error::new($crate::ErrorKind::$kind, format!($($arg)*))
+                .with_reason($crate::Reason::$reason),
+        )
+    };
     ($kind:ident, $($arg:tt)*) => {
         return Err($crate::Error::new($crate::ErrorKind::$kind, format!($($arg)*)))
     };
 }
 
-/// `ensure!(cond, Corrupt, "...")`: bail unless `cond` holds.
+/// `ensure!(cond, Corrupt, "...")` or `ensure!(cond, Busy(LastKeySlot), "...")`: bail
+/// unless `cond` holds.
 #[macro_export]
 macro_rules! ensure {
+    ($cond:expr, $kind:ident ($reason:ident), $($arg:tt)*) => {
+        if !($cond) {
+            $crate::bail!($kind($reason), $($arg)*);
+        }
+    };
     ($cond:expr, $kind:ident, $($arg:tt)*) => {
         if !($cond) {
             $crate::bail!($kind, $($arg)*);
@@ -237,5 +278,45 @@ mod tests {
         let e = f(5).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::LimitExceeded);
         assert_eq!(e.message(), "x=5 too big");
+        assert_eq!(e.reason(), None);
+    }
+
+    #[test]
+    fn bail_and_ensure_set_the_reason() {
+        fn f(x: u32) -> Result<()> {
+            ensure!(x != 1, Busy(LastKeySlot), "slot {x} is the last key slot");
+            if x == 2 {
+                bail!(Corrupt(BadMagic), "no magic at {x}");
+            }
+            Ok(())
+        }
+        assert!(f(0).is_ok());
+        let e = f(1).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.reason()),
+            (ErrorKind::Busy, Some(Reason::LastKeySlot))
+        );
+        assert_eq!(e.message(), "slot 1 is the last key slot");
+        let e = f(2).unwrap_err();
+        assert_eq!(
+            (e.kind(), e.reason()),
+            (ErrorKind::Corrupt, Some(Reason::BadMagic))
+        );
+        assert_eq!(e.to_string(), "no magic at 2");
+    }
+
+    #[test]
+    fn reason_survives_context_and_source_and_leaves_text_alone() {
+        let plain = Error::corrupt("no header");
+        let e = Error::corrupt("no header")
+            .with_reason(Reason::BadMagic)
+            .with_source(std::io::Error::other("inner"))
+            .context("opening d.img");
+        assert_eq!(e.reason(), Some(Reason::BadMagic));
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert_eq!(e.to_string(), "opening d.img: no header");
+        assert_eq!(e.display_chain(), "opening d.img: no header: inner");
+        assert_eq!(format!("{plain:?}"), "Error(Corrupt: no header)");
+        assert_eq!(plain.reason(), None);
     }
 }

@@ -26,8 +26,20 @@ use clap::Parser;
 use std::process::ExitCode;
 use vmcrypt_error::{Error, ErrorKind};
 
-/// Exit status for an error, as documented in the README: 1 usage, 2 wrong key or no
-/// usable key slot, 3 I/O, 4 corrupt/unsupported/limit (bad image), 5 busy/exists.
+/// Exit status for an error, as documented in the README ("Exit codes"):
+///
+/// | code | kinds |
+/// |---|---|
+/// | 1 | usage error, or something named does not exist (`Usage`, `NotFound`) |
+/// | 2 | wrong passphrase or no usable key slot (`WrongKey`) |
+/// | 3 | I/O error (`Io`) |
+/// | 4 | corrupt, unsupported or hostile image, request outside it (`Corrupt`, `Unsupported`, `LimitExceeded`, `OutOfRange`) |
+/// | 5 | busy or read-only: slot in use, last slot, image locked (`Busy`, `ReadOnly`) |
+/// | 6 | internal error, a bug in vmcrypt (`Internal`) |
+///
+/// Commands with statuses of their own return them as `Ok(code)`, not through here:
+/// `check` 1 (could not check), 2 (corruptions), 3 (leaks), 63 (no checks for the
+/// format); `compare` 1 (images differ).
 fn exit_code(e: &Error) -> u8 {
     match e.kind() {
         ErrorKind::Usage | ErrorKind::NotFound => 1,

@@ -135,7 +135,7 @@ impl BinaryHeader {
         );
         ensure!(
             buf[..6] == copy.magic(),
-            Corrupt,
+            Corrupt(BadMagic),
             "no {what} LUKS2 header magic at offset {offset}"
         );
         let version = be16(buf, OFF_VERSION);
@@ -324,5 +324,15 @@ mod tests {
         let mut b = bytes;
         b[7] = 3;
         assert!(err(&b, HeaderCopy::Secondary, 0x8000).contains("version 3"));
+    }
+
+    #[test]
+    fn only_a_missing_magic_is_bad_magic() {
+        let bytes = sample().seal(&[], &xor_hasher).unwrap();
+        let reason = |b: &[u8], c, o| BinaryHeader::decode(b, c, o).unwrap_err().reason();
+        let bad_magic = Some(vmcrypt_error::Reason::BadMagic);
+        assert_eq!(reason(&bytes, HeaderCopy::Primary, 0x8000), bad_magic);
+        assert_eq!(reason(&bytes, HeaderCopy::Secondary, 0x4000), None);
+        assert_eq!(reason(&bytes[..100], HeaderCopy::Secondary, 0x8000), None);
     }
 }

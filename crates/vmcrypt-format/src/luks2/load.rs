@@ -7,7 +7,7 @@
 //! of two valid copies the one with the lower seqid is "outdated". The valid copy with
 //! the highest seqid wins (primary on a tie); the other one, if not valid and current,
 //! should be rewritten from the winner (with a fresh salt) by the caller.
-use vmcrypt_error::{Error, ErrorKind, Result, ensure};
+use vmcrypt_error::{Error, ErrorKind, Reason, Result, ensure};
 
 use super::binary::{BinaryHeader, HeaderCopy, SALT_LEN, verify_checksum};
 use super::{BIN_HEADER_SIZE, HDR_SIZES, HeaderHasher, Luks2Header, Metadata};
@@ -164,18 +164,7 @@ where
         (Ok(CopyRead { json: Ok(_), .. }), _) => false,
         (_, Ok(CopyRead { json: Ok(_), .. })) => true,
         _ => {
-            return Err(Error::new(
-                if matches!(&c1, Err(e) if e.kind() == ErrorKind::Unsupported) {
-                    ErrorKind::Unsupported
-                } else {
-                    ErrorKind::Corrupt
-                },
-                format!(
-                    "no valid LUKS2 header: primary: {}; secondary: {}",
-                    reason(&s1),
-                    reason(&s2)
-                ),
-            ));
+            return Err(no_valid_header(&c1, &c2, &s1, &s2));
         }
     };
     let (chosen, other) = if use_secondary { (c2, c1) } else { (c1, c2) };
@@ -219,6 +208,37 @@ where
     })
 }
 
+/// The error when neither copy is usable: unsupported when the primary is of an unknown
+/// version, else corrupt; [`Reason::BadMagic`] when a copy had no magic (no LUKS2 header
+/// there at all).
+fn no_valid_header(
+    c1: &Result<CopyRead>,
+    c2: &Result<CopyRead>,
+    s1: &CopyState,
+    s2: &CopyState,
+) -> Error {
+    let kind = if matches!(c1, Err(e) if e.kind() == ErrorKind::Unsupported) {
+        ErrorKind::Unsupported
+    } else {
+        ErrorKind::Corrupt
+    };
+    let e = Error::new(
+        kind,
+        format!(
+            "no valid LUKS2 header: primary: {}; secondary: {}",
+            reason(s1),
+            reason(s2)
+        ),
+    );
+    let no_magic =
+        |c: &Result<CopyRead>| matches!(c, Err(e) if e.reason() == Some(Reason::BadMagic));
+    if no_magic(c1) || no_magic(c2) {
+        e.with_reason(Reason::BadMagic)
+    } else {
+        e
+    }
+}
+
 fn reason(s: &CopyState) -> String {
     match s {
         CopyState::Invalid { reason } => reason.clone(),
@@ -238,4 +258,43 @@ pub fn load(area: &[u8], hasher: &dyn HeaderHasher, opts: LoadOptions) -> Result
         hasher,
         opts,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_hash(_alg: &str, _parts: &[&[u8]]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn load_err(area: &[u8]) -> Error {
+        load(area, &no_hash, LoadOptions::default()).unwrap_err()
+    }
+
+    #[test]
+    fn no_magic_anywhere_is_bad_magic() {
+        let e = load_err(&[0u8; 0x10000]);
+        assert_eq!(
+            (e.kind(), e.reason()),
+            (ErrorKind::Corrupt, Some(Reason::BadMagic))
+        );
+        assert!(
+            e.message().starts_with("no valid LUKS2 header: primary: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_damaged_header_with_its_magic_is_not_bad_magic() {
+        let mut area = vec![0u8; 0x10000];
+        area[..8].copy_from_slice(b"LUKS\xba\xbe\x00\x02");
+        area[8..16].copy_from_slice(&0x4000u64.to_be_bytes()); // hdr_size
+        area[256..264].copy_from_slice(&0x1000u64.to_be_bytes()); // wrong hdr_offset
+        let e = load_err(&area);
+        assert_eq!((e.kind(), e.reason()), (ErrorKind::Corrupt, None));
+        area[7] = 3; // unsupported version
+        let e = load_err(&area);
+        assert_eq!((e.kind(), e.reason()), (ErrorKind::Unsupported, None));
+    }
 }

@@ -14,7 +14,9 @@ mod tests;
 pub use create::{CreateSpec, Plan, build_header_cluster, plan};
 pub use ext::{BitmapsExt, Extensions, FdeRegion, FeatureKind, FeatureName};
 pub use header::{CompressionType, CryptMethod, Header, Limits, MAGIC};
-pub use table::{ClusterKind, CompressedDescriptor, L2Entry, Mapping};
+pub use table::{
+    ClusterKind, CompressedDescriptor, L1Entry, L2Entry, Mapping, RawL2Entry, Subclusters,
+};
 pub use v1::{V1Header, V1Mapping};
 
 /// Whether `head` (at least 8 bytes) starts a qcow file, and which version.

@@ -5,6 +5,11 @@
 //! says "reads as zeros"; a compressed cluster keeps a [`CompressedDescriptor`] in bits
 //! 0..61. Extended L2 entries add a 64-bit bitmap: bit `i` allocates subcluster `i`, bit
 //! `32 + i` makes it read as zeros.
+//!
+//! Two levels: [`L1Entry`], [`RawL2Entry`] and [`Subclusters`] name the bits of an entry
+//! as stored and build new ones, and never fail (the checker must look at damaged
+//! entries, the write path keeps whatever it does not change); [`L1Entry::l2_table`]
+//! and [`L2Entry::decode`] validate and say what a guest cluster maps to.
 use vmcrypt_error::{Result, bail, ensure};
 
 pub const COPIED: u64 = 1 << 63;
@@ -32,21 +37,217 @@ pub fn encode_u64s(table: &[u64]) -> Vec<u8> {
 
 /// Decode an L1 entry: the L2 table's offset, or `None` when unallocated.
 pub fn l1_l2_offset(entry: u64, index: usize, cluster_size: u64) -> Result<Option<u64>> {
-    ensure!(
-        entry & L1_RESERVED == 0,
-        Corrupt,
-        "qcow2: L1 entry {index} ({entry:#018x}) has reserved bits set"
-    );
-    let off = entry & OFFSET_MASK;
-    if off == 0 {
-        return Ok(None);
+    L1Entry::from_raw(entry).l2_table(index, cluster_size)
+}
+
+/// The raw word of an L1 or L2 entry type: `from_raw`, `raw` and the COPIED flag.
+macro_rules! entry_word {
+    ($t:ident) => {
+        impl $t {
+            pub const fn from_raw(raw: u64) -> $t {
+                $t(raw)
+            }
+
+            pub const fn raw(self) -> u64 {
+                self.0
+            }
+
+            /// COPIED: the cluster is used by this image only and may change in place.
+            pub fn copied(self) -> bool {
+                self.0 & COPIED != 0
+            }
+
+            /// This entry with COPIED set or cleared, every other bit kept.
+            pub fn with_copied(self, copied: bool) -> $t {
+                $t(if copied {
+                    self.0 | COPIED
+                } else {
+                    self.0 & !COPIED
+                })
+            }
+        }
+    };
+}
+
+entry_word!(L1Entry);
+entry_word!(RawL2Entry);
+
+/// An L1 entry as stored: the L2 table's offset (bits 9..55) and COPIED (bit 63, the
+/// table is used by this image only and may be changed in place).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct L1Entry(u64);
+
+impl L1Entry {
+    /// No L2 table.
+    pub const UNALLOCATED: L1Entry = L1Entry(0);
+
+    /// An entry naming the L2 table at `offset` (cluster-aligned, below 2^56) that this
+    /// image owns (COPIED).
+    pub fn owned(offset: u64) -> L1Entry {
+        debug_assert_eq!(offset & !OFFSET_MASK, 0, "L2 table offset {offset:#x}");
+        L1Entry(offset | COPIED)
     }
-    ensure!(
-        off.is_multiple_of(cluster_size),
-        Corrupt,
-        "qcow2: L2 table offset {off:#x} in L1 entry {index} is not cluster-aligned"
-    );
-    Ok(Some(off))
+
+    /// The offset bits as stored (0: no table), unchecked.
+    pub fn l2_offset(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+
+    pub fn has_reserved_bits(self) -> bool {
+        self.0 & L1_RESERVED != 0
+    }
+
+    /// The L2 table's offset, or `None` when unallocated; refuses reserved bits and a
+    /// misaligned offset, naming entry `index`.
+    pub fn l2_table(self, index: usize, cluster_size: u64) -> Result<Option<u64>> {
+        let entry = self.0;
+        ensure!(
+            !self.has_reserved_bits(),
+            Corrupt,
+            "qcow2: L1 entry {index} ({entry:#018x}) has reserved bits set"
+        );
+        let off = self.l2_offset();
+        if off == 0 {
+            return Ok(None);
+        }
+        ensure!(
+            off.is_multiple_of(cluster_size),
+            Corrupt,
+            "qcow2: L2 table offset {off:#x} in L1 entry {index} is not cluster-aligned"
+        );
+        Ok(Some(off))
+    }
+}
+
+/// A standard L2 entry (the first word of an extended one) as stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RawL2Entry(u64);
+
+impl RawL2Entry {
+    /// No host cluster: reads from the backing file (or subclusters say otherwise).
+    pub const UNALLOCATED: RawL2Entry = RawL2Entry(0);
+    /// Reads as zeros, no host cluster (standard entries of version 3 images).
+    pub const ZERO: RawL2Entry = RawL2Entry(ZERO);
+
+    /// A normal cluster at host offset `host` (cluster-aligned, below 2^56) that this
+    /// image owns (COPIED).
+    pub fn owned(host: u64) -> RawL2Entry {
+        debug_assert_eq!(host & !OFFSET_MASK, 0, "host offset {host:#x}");
+        RawL2Entry(host | COPIED)
+    }
+
+    pub fn is_compressed(self) -> bool {
+        self.0 & COMPRESSED != 0
+    }
+
+    /// The "reads as zeros" flag (bit 0) of a standard, not compressed entry.
+    pub fn zero_flag(self) -> bool {
+        self.0 & ZERO != 0
+    }
+
+    /// The host offset bits (9..55) of a not compressed entry (0: none), unchecked.
+    pub fn host_offset(self) -> u64 {
+        self.0 & OFFSET_MASK
+    }
+
+    /// Whether a not compressed entry has reserved bits set.
+    pub fn has_reserved_bits(self) -> bool {
+        self.0 & L2_STD_RESERVED != 0
+    }
+
+    /// Where a compressed entry's bytes are (the flag bits are ignored).
+    pub fn compressed(self, cluster_bits: u32) -> CompressedDescriptor {
+        CompressedDescriptor::decode(self.0 & !(COPIED | COMPRESSED), cluster_bits)
+    }
+
+    /// Whether the entry names a host cluster this image owns and may write in place:
+    /// COPIED, not compressed, with a host offset, and (standard entries) not zero.
+    /// With extended L2, some of its subclusters may still be unallocated or zero.
+    pub fn is_owned(self, extended: bool) -> bool {
+        self.copied()
+            && !self.is_compressed()
+            && self.host_offset() != 0
+            && (extended || !self.zero_flag())
+    }
+
+    /// Validate and decode (see [`L2Entry::decode`]).
+    pub fn decode(
+        self,
+        bitmap: Option<Subclusters>,
+        cluster_bits: u32,
+        index: usize,
+    ) -> Result<L2Entry> {
+        L2Entry::decode(self.0, bitmap.map(Subclusters::raw), cluster_bits, index)
+    }
+}
+
+/// The subcluster bitmap of an extended L2 entry: bit `i` allocates subcluster `i`,
+/// bit `32 + i` makes it read as zeros. A standard entry has none ([`Self::NONE`]).
+/// Sets of subclusters are `u32` masks (bit `i`: subcluster `i`), see [`Self::span`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Subclusters(u64);
+
+impl Subclusters {
+    /// Nothing allocated, nothing zero: every subcluster reads from the backing file.
+    pub const NONE: Subclusters = Subclusters(0);
+    /// Every subcluster reads as zeros.
+    pub const ALL_ZERO: Subclusters = Subclusters(0xffff_ffff << 32);
+
+    pub const fn from_raw(raw: u64) -> Subclusters {
+        Subclusters(raw)
+    }
+
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// The mask of subclusters `first..=last` (`first <= last < 32`).
+    pub fn span(first: u32, last: u32) -> u32 {
+        debug_assert!(first <= last && last < SUBCLUSTERS, "{first}..={last}");
+        (u32::MAX >> (SUBCLUSTERS - 1 - last)) & (u32::MAX << first)
+    }
+
+    /// The allocated subclusters.
+    pub fn allocated(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The subclusters that read as zeros.
+    pub fn zeros(self) -> u32 {
+        (self.0 >> SUBCLUSTERS) as u32
+    }
+
+    pub fn is_allocated(self, sub: u32) -> bool {
+        self.allocated() >> sub & 1 != 0
+    }
+
+    pub fn is_zero(self, sub: u32) -> bool {
+        self.zeros() >> sub & 1 != 0
+    }
+
+    /// Whether every subcluster in `mask` is allocated and none of them is zero.
+    pub fn holds(self, mask: u32) -> bool {
+        self.allocated() & mask == mask && self.zeros() & mask == 0
+    }
+
+    /// The subclusters marked both allocated and zero (a corruption).
+    pub fn conflicts(self) -> u32 {
+        self.allocated() & self.zeros()
+    }
+
+    /// `mask` allocated and no longer zero, the rest kept.
+    pub fn with_allocated(self, mask: u32) -> Subclusters {
+        Subclusters::halves(self.allocated() | mask, self.zeros() & !mask)
+    }
+
+    /// `mask` zero and no longer allocated, the rest kept.
+    pub fn with_zero(self, mask: u32) -> Subclusters {
+        Subclusters::halves(self.allocated() & !mask, self.zeros() | mask)
+    }
+
+    fn halves(allocated: u32, zeros: u32) -> Subclusters {
+        Subclusters((u64::from(zeros) << SUBCLUSTERS) | u64::from(allocated))
+    }
 }
 
 /// Where a compressed cluster's bytes are.
@@ -96,7 +297,7 @@ pub struct L2Entry {
     pub kind: ClusterKind,
     pub copied: bool,
     /// The subcluster bitmap of an extended entry.
-    pub bitmap: Option<u64>,
+    pub bitmap: Option<Subclusters>,
 }
 
 /// How one guest (sub)cluster reads.
@@ -134,7 +335,7 @@ impl L2Entry {
             return Ok(L2Entry {
                 kind: ClusterKind::Compressed(d),
                 copied,
-                bitmap,
+                bitmap: bitmap.map(Subclusters),
             });
         }
         ensure!(
@@ -162,8 +363,24 @@ impl L2Entry {
         Ok(L2Entry {
             kind,
             copied,
-            bitmap,
+            bitmap: bitmap.map(Subclusters),
         })
+    }
+
+    /// Encode: the entry word and the subcluster bitmap ([`Subclusters::NONE`] for a
+    /// standard entry). Decoding the result gives `self` back.
+    pub fn encode(&self, cluster_bits: u32) -> (RawL2Entry, Subclusters) {
+        let word = match self.kind {
+            ClusterKind::Unallocated => 0,
+            ClusterKind::Normal(o) => o,
+            ClusterKind::Zero(o) => o | ZERO,
+            ClusterKind::Compressed(d) => d.encode(cluster_bits),
+        };
+        let copied = if self.copied { COPIED } else { 0 };
+        (
+            RawL2Entry(word | copied),
+            self.bitmap.unwrap_or(Subclusters::NONE),
+        )
     }
 
     /// How subcluster `sub` reads (`sub` is ignored for standard entries).
@@ -179,9 +396,7 @@ impl L2Entry {
         if let ClusterKind::Compressed(d) = self.kind {
             return Ok(Mapping::Compressed(d));
         }
-        let alloc = bm >> sub & 1 != 0;
-        let zero = bm >> (SUBCLUSTERS + sub) & 1 != 0;
-        Ok(match (alloc, zero, self.kind) {
+        Ok(match (bm.is_allocated(sub), bm.is_zero(sub), self.kind) {
             (true, true, _) => bail!(
                 Corrupt,
                 "qcow2: subcluster {sub} is marked both allocated and zero"
@@ -196,3 +411,7 @@ impl L2Entry {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

@@ -16,7 +16,7 @@ use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use vmcrypt_block::drivers::luks::volume::{KdfParams, restore_header};
 use vmcrypt_block::drivers::luks::{Header, open_header};
 use vmcrypt_crypto::{HashAlg, SecretBytes};
-use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+use vmcrypt_error::{Error, Reason, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{self, Limits};
 
 /// The device holding the header: `--header` if given, else the device itself, or the
@@ -356,8 +356,8 @@ const LAST_SLOT: &str =
     "this is the last key slot; the device would become unusable (use -q to remove it anyway)";
 
 fn last_slot_hint(e: Error) -> Error {
-    if e.kind() == vmcrypt_error::ErrorKind::Busy && e.message().contains("last key slot") {
-        Error::busy(LAST_SLOT)
+    if e.kind() == vmcrypt_error::ErrorKind::Busy && e.reason() == Some(Reason::LastKeySlot) {
+        Error::busy(LAST_SLOT).with_reason(Reason::LastKeySlot)
     } else {
         e
     }

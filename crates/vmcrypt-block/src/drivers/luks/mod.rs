@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Error, Result, bail};
+use vmcrypt_error::{Error, Reason, Result, bail};
 use vmcrypt_format::luks1::{self, Limits};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 pub use volume::{CreateParams, KdfParams, Luks1Volume, Unlocked};
@@ -101,9 +101,11 @@ pub fn open_header(
             Ok(v) => Ok(Header::V2(Box::new(v))),
             Err(e)
                 if e.kind() == vmcrypt_error::ErrorKind::Corrupt
-                    && e.message().contains("magic") =>
+                    && e.reason() == Some(Reason::BadMagic) =>
             {
-                Err(Error::corrupt("not a LUKS device (no LUKS header found)").with_source(e))
+                Err(Error::corrupt("not a LUKS device (no LUKS header found)")
+                    .with_reason(Reason::BadMagic)
+                    .with_source(e))
             }
             Err(e) => Err(e),
         },

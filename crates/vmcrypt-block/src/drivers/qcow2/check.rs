@@ -15,16 +15,15 @@ use crate::driver::{BlockDriver, read_padded};
 use parse::{Snapshot, bitmap_tables, read_snapshot};
 pub use repair::repair;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
 use vmcrypt_format::qcow2::refcount as rc;
-use vmcrypt_format::qcow2::table::{COMPRESSED, COPIED, OFFSET_MASK, ZERO, decode_u64s};
-use vmcrypt_format::qcow2::{CompressedDescriptor, CryptMethod, Extensions, Header, Limits};
+use vmcrypt_format::qcow2::table::{OFFSET_MASK, decode_u64s};
+use vmcrypt_format::qcow2::{
+    CryptMethod, Extensions, Header, L1Entry, Limits, RawL2Entry, Subclusters,
+};
 
-/// Reserved bits of an L1 entry.
-const L1_RESERVED: u64 = 0x7f00_0000_0000_01ff;
-/// Reserved bits of a standard (not compressed) L2 entry.
-const L2_STD_RESERVED: u64 = 0x3f00_0000_0000_01fe;
 /// Refcount table entry: offset bits and reserved bits.
 const REFT_OFFSET_MASK: u64 = !0x1ff;
 /// Bitmap table entry: reserved bits and the "all ones" flag.
@@ -178,8 +177,9 @@ struct Pass {
     mismatches: Vec<Mismatch>,
     /// The refcount table or a refcount block is damaged (qemu-img would rebuild).
     refblocks_broken: bool,
-    /// How many of the corruptions are OFLAG_COPIED errors.
-    oflag_errors: u64,
+    /// Which of the report's messages are OFLAG_COPIED errors (one corruption each),
+    /// which a repairing run reports only as it repairs them.
+    oflag_messages: Range<usize>,
 }
 
 fn run(img: &Image, limits: &CheckLimits) -> Result<Pass> {
@@ -196,12 +196,14 @@ fn run(img: &Image, limits: &CheckLimits) -> Result<Pass> {
     c.bitmaps()?;
     c.refblocks();
     let mismatches = c.compare();
+    let oflag_from = c.report.messages.len();
     c.oflag_copied()?;
+    let oflag_messages = oflag_from..c.report.messages.len();
     Ok(Pass {
         report: c.report,
         mismatches,
         refblocks_broken: c.refblocks_broken,
-        oflag_errors: c.oflag_errors,
+        oflag_messages,
     })
 }
 
@@ -213,7 +215,6 @@ struct Counter<'a> {
     max: u64,
     report: CheckReport,
     refblocks_broken: bool,
-    oflag_errors: u64,
     stored: StoredRefcounts<'a>,
 }
 
@@ -238,7 +239,6 @@ impl<'a> Counter<'a> {
             max,
             report: CheckReport::default(),
             refblocks_broken: false,
-            oflag_errors: 0,
             stored: StoredRefcounts { img, cached: None },
         })
     }
@@ -282,18 +282,19 @@ impl<'a> Counter<'a> {
         let bytes = u64::from(l1_size) * 8;
         self.inc(l1_off, bytes);
         let l1 = read_u64s(self.img.file, l1_off, bytes).ctx("qcow2: reading an L1 table")?;
-        for e in l1 {
-            if e & L1_RESERVED != 0 {
+        for e in l1.into_iter().map(L1Entry::from_raw) {
+            if e.has_reserved_bits() {
                 self.corrupt(format!(
-                    "ERROR found L1 entry with reserved bits set: {e:x}"
+                    "ERROR found L1 entry with reserved bits set: {:x}",
+                    e.raw()
                 ));
             }
             // qemu-img walks every non-zero entry, even one whose offset bits are zero
             // (it then reads the header cluster as an L2 table).
-            if e == 0 {
+            if e == L1Entry::UNALLOCATED {
                 continue;
             }
-            let l2 = e & OFFSET_MASK;
+            let l2 = e.l2_offset();
             self.inc(l2, self.img.cs);
             if !l2.is_multiple_of(self.img.cs) {
                 self.corrupt(format!(
@@ -313,44 +314,52 @@ impl<'a> Counter<'a> {
         // Fragmentation is judged within one L2 table, as qemu-img does.
         let mut next = 0;
         for (i, pair) in table.chunks_exact(step).enumerate() {
-            let bitmap = if ext { pair[1] } else { 0 };
-            self.l2_entry(i, pair[0], bitmap, active, &mut next);
+            let bitmap = Subclusters::from_raw(if ext { pair[1] } else { 0 });
+            self.l2_entry(i, RawL2Entry::from_raw(pair[0]), bitmap, active, &mut next);
         }
         Ok(())
     }
 
-    fn l2_entry(&mut self, i: usize, entry: u64, bitmap: u64, active: bool, next: &mut u64) {
+    fn l2_entry(
+        &mut self,
+        i: usize,
+        entry: RawL2Entry,
+        bitmap: Subclusters,
+        active: bool,
+        next: &mut u64,
+    ) {
         let ext = self.img.h.has_extended_l2();
-        if entry & COMPRESSED != 0 {
+        if entry.is_compressed() {
             return self.compressed(i, entry, bitmap, active);
         }
-        if entry & L2_STD_RESERVED != 0 {
+        if entry.has_reserved_bits() {
             self.corrupt(format!(
-                "ERROR found l2 entry with reserved bits set: {entry:x}"
+                "ERROR found l2 entry with reserved bits set: {:x}",
+                entry.raw()
             ));
         }
-        let off = entry & OFFSET_MASK;
-        if entry & ZERO != 0 && !ext && off == 0 {
+        let off = entry.host_offset();
+        if entry.zero_flag() && !ext && off == 0 {
             return;
         }
         if off == 0 {
-            if bitmap & 0xffff_ffff != 0 {
+            if bitmap.allocated() != 0 {
                 self.corrupt(
                     "ERROR: Unallocated cluster has non-zero subcluster allocation map".into(),
                 );
             }
             return;
         }
-        if (bitmap >> 32) & bitmap != 0 {
+        if bitmap.conflicts() != 0 {
             self.corrupt(format!(
                 "ERROR offset={off:x}: Allocated cluster has corrupted subcluster allocation bitmap"
             ));
         }
         if !off.is_multiple_of(self.img.cs) {
             let data = if ext {
-                bitmap & 0xffff_ffff != 0
+                bitmap.allocated() != 0
             } else {
-                entry & ZERO == 0
+                !entry.zero_flag()
             };
             self.corrupt(if data {
                 format!("ERROR offset={off:x}: Data cluster is not properly aligned; L2 entry corrupted.")
@@ -368,23 +377,21 @@ impl<'a> Counter<'a> {
         self.inc(off, self.img.cs);
     }
 
-    fn compressed(&mut self, i: usize, mut entry: u64, bitmap: u64, active: bool) {
-        let cb = self.img.h.cluster_bits;
-        let offset_mask = (1u64 << (62 - (cb - 8))) - 1;
-        if entry & COPIED != 0 {
+    fn compressed(&mut self, i: usize, entry: RawL2Entry, bitmap: Subclusters, active: bool) {
+        let d = entry.compressed(self.img.h.cluster_bits);
+        if entry.copied() {
             self.corrupt(format!(
                 "ERROR: coffset={:#x}: copied flag must never be set for compressed clusters",
-                entry & offset_mask
+                d.offset
             ));
-            entry &= !COPIED;
         }
-        if bitmap != 0 {
+        if bitmap != Subclusters::NONE {
             self.corrupt(format!(
-                "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={entry:#x}"
+                "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={:#x}",
+                entry.with_copied(false).raw()
             ));
             return;
         }
-        let d = CompressedDescriptor::decode(entry & !COMPRESSED, cb);
         self.inc(d.offset, d.size);
         if active {
             self.report.allocated_clusters += 1;
@@ -559,38 +566,39 @@ impl<'a> Counter<'a> {
     }
 
     /// COPIED must be set exactly on active L2 tables and data clusters with refcount 1.
+    /// Every message this adds is an OFLAG_COPIED error (see [`Pass::oflag_messages`]).
     fn oflag_copied(&mut self) -> Result<()> {
         let h = &self.img.h;
         let l1 = read_u64s(self.img.file, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
         let step = if h.has_extended_l2() { 2 } else { 1 };
-        for (i, &e) in l1.iter().enumerate() {
-            let l2 = e & OFFSET_MASK;
+        for (i, e) in l1.into_iter().map(L1Entry::from_raw).enumerate() {
+            let l2 = e.l2_offset();
             if l2 == 0 {
                 continue;
             }
             let Ok(rc) = self.stored.get(l2 >> h.cluster_bits) else {
                 continue;
             };
-            if (rc == 1) != (e & COPIED != 0) {
-                self.oflag_errors += 1;
+            if (rc == 1) != e.copied() {
                 self.corrupt(format!(
-                    "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
+                    "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={:x} refcount={rc}",
+                    e.raw()
                 ));
             }
             let table = read_u64s(self.img.file, l2, self.img.cs)?;
             for pair in table.chunks_exact(step) {
-                let x = pair[0];
-                let off = x & OFFSET_MASK;
-                if x & COMPRESSED != 0 || off == 0 {
+                let x = RawL2Entry::from_raw(pair[0]);
+                let off = x.host_offset();
+                if x.is_compressed() || off == 0 {
                     continue;
                 }
                 let Ok(rc) = self.stored.get(off >> h.cluster_bits) else {
                     continue;
                 };
-                if (rc == 1) != (x & COPIED != 0) {
-                    self.oflag_errors += 1;
+                if (rc == 1) != x.copied() {
                     self.corrupt(format!(
-                        "ERROR OFLAG_COPIED data cluster: l2_entry={x:x} refcount={rc}"
+                        "ERROR OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                        x.raw()
                     ));
                 }
             }

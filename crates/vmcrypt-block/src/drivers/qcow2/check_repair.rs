@@ -14,10 +14,8 @@ pub fn repair(file: &dyn BlockDriver, mode: Repair, limits: &CheckLimits) -> Res
     let pass = run(&img, limits)?;
     let fixes = plan_fixes(&img, &pass, mode)?;
     // Like qemu-img, a repairing run reports OFLAG_COPIED only as it repairs it.
-    let mut messages: Vec<String> = (pass.report.messages.iter())
-        .filter(|m| !m.starts_with("ERROR OFLAG_COPIED"))
-        .cloned()
-        .collect();
+    let mut messages = pass.report.messages.clone();
+    messages.drain(pass.oflag_messages.clone());
     let (mut leaks_fixed, mut corruptions_fixed) = (0, 0);
     for m in &fixes {
         messages.push(format!(
@@ -77,7 +75,7 @@ fn plan_fixes(img: &Image, pass: &Pass, mode: Repair) -> Result<Vec<Mismatch>> {
         );
     } else {
         // OFLAG_COPIED errors are judged again after the refcounts are fixed.
-        let other = pass.report.corruptions - low.len() as u64 - pass.oflag_errors;
+        let other = pass.report.corruptions - low.len() as u64 - pass.oflag_messages.len() as u64;
         ensure!(
             other == 0,
             Unsupported,
@@ -128,8 +126,8 @@ fn fix_oflag_copied(img: &Image) -> Result<Vec<String>> {
     let mut stored = StoredRefcounts { img, cached: None };
     let mut out = Vec::new();
     let l1 = read_u64s(img.file, h.l1_table_offset, u64::from(h.l1_size) * 8)?;
-    for (i, &e) in l1.iter().enumerate() {
-        let l2 = e & OFFSET_MASK;
+    for (i, e) in l1.into_iter().map(L1Entry::from_raw).enumerate() {
+        let l2 = e.l2_offset();
         let sane = l2.is_multiple_of(img.cs) && l2 + img.cs <= img.file_len;
         if l2 == 0 || !sane {
             continue;
@@ -137,12 +135,14 @@ fn fix_oflag_copied(img: &Image) -> Result<Vec<String>> {
         let Ok(rc) = stored.get(l2 >> h.cluster_bits) else {
             continue;
         };
-        if (rc == 1) != (e & COPIED != 0) {
+        if (rc == 1) != e.copied() {
             out.push(format!(
-                "Repairing OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
+                "Repairing OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={:x} refcount={rc}",
+                e.raw()
             ));
             let at = h.l1_table_offset + 8 * i as u64;
-            img.file.write_at(&(e ^ COPIED).to_be_bytes(), at)?;
+            let fixed = e.with_copied(rc == 1);
+            img.file.write_at(&fixed.raw().to_be_bytes(), at)?;
         }
         fix_l2_copied(img, &mut stored, l2, &mut out)?;
     }
@@ -161,19 +161,20 @@ fn fix_l2_copied(
     let step = if img.h.has_extended_l2() { 16 } else { 8 };
     let mut changed = false;
     for chunk in raw.chunks_exact_mut(step) {
-        let x = u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes"));
-        let off = x & OFFSET_MASK;
-        if x & COMPRESSED != 0 || off == 0 {
+        let x = RawL2Entry::from_raw(u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes")));
+        let off = x.host_offset();
+        if x.is_compressed() || off == 0 {
             continue;
         }
         let Ok(rc) = stored.get(off >> img.h.cluster_bits) else {
             continue;
         };
-        if (rc == 1) != (x & COPIED != 0) {
+        if (rc == 1) != x.copied() {
             out.push(format!(
-                "Repairing OFLAG_COPIED data cluster: l2_entry={x:x} refcount={rc}"
+                "Repairing OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                x.raw()
             ));
-            chunk[..8].copy_from_slice(&(x ^ COPIED).to_be_bytes());
+            chunk[..8].copy_from_slice(&x.with_copied(rc == 1).raw().to_be_bytes());
             changed = true;
         }
     }

@@ -1,6 +1,8 @@
 //! Unit tests of the qcow2 checker on small hand-built images (512-byte clusters).
 use super::*;
 use crate::drivers::mem::MemDriver;
+use vmcrypt_format::qcow2::CompressedDescriptor;
+use vmcrypt_format::qcow2::table::COPIED;
 
 const CS: u64 = 512;
 

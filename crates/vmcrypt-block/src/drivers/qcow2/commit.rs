@@ -9,8 +9,8 @@ use super::Qcow2Driver;
 use super::engine::ClusterMap;
 use crate::driver::BlockDriver;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
-use vmcrypt_format::qcow2::Mapping;
 use vmcrypt_format::qcow2::table::l1_l2_offset;
+use vmcrypt_format::qcow2::{Mapping, RawL2Entry, Subclusters};
 
 /// Largest run copied with one read and one write.
 const CHUNK: u64 = 8 << 20;
@@ -108,13 +108,13 @@ impl Qcow2Driver {
             let t = self.l2_table(table)?;
             for i in 0..per_l2 as usize {
                 let (e, bm) = self.entry_at(&t, i);
-                if e == 0 && bm == 0 {
+                if e == RawL2Entry::UNALLOCATED && bm == Subclusters::NONE {
                     continue;
                 }
                 let ci = l1i as u64 * per_l2 + i as u64;
                 let (l2, idx) = self.l2_for_write(ci)?;
                 let mut m = self.meta.lock().expect("meta");
-                self.set_l2(&mut m, l2, idx, 0, 0);
+                self.set_l2(&mut m, l2, idx, RawL2Entry::UNALLOCATED, Subclusters::NONE);
                 self.release(&mut m, e, idx)?;
             }
         }

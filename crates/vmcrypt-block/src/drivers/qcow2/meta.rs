@@ -13,6 +13,7 @@ use crate::driver::BlockDriver;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt};
+use vmcrypt_format::qcow2::L1Entry;
 use vmcrypt_format::qcow2::table::encode_u64s;
 
 /// Refcount blocks kept in memory before clean ones are dropped.
@@ -135,11 +136,15 @@ impl Meta {
         self.slots.remove(&off);
     }
 
+    /// L1 entry `index`, or `None` past the end of the table.
+    pub fn l1_entry(&self, index: usize) -> Option<L1Entry> {
+        self.l1.get(index).copied().map(L1Entry::from_raw)
+    }
+
     /// Point L1 entry `index` at `value` (an L2 table, which becomes protected).
-    pub fn set_l1(&mut self, index: usize, value: u64, cluster_bits: u32) {
-        self.protected
-            .insert((value & vmcrypt_format::qcow2::table::OFFSET_MASK) >> cluster_bits);
-        self.l1[index] = value;
+    pub fn set_l1(&mut self, index: usize, value: L1Entry, cluster_bits: u32) {
+        self.protected.insert(value.l2_offset() >> cluster_bits);
+        self.l1[index] = value.raw();
         self.l1_dirty.insert(index);
     }
 

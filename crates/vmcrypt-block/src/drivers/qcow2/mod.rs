@@ -30,8 +30,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::ext::FeatureKind;
-use vmcrypt_format::qcow2::table::{decode_u64s, l1_l2_offset};
-use vmcrypt_format::qcow2::{Extensions, Header, L2Entry, Limits, Mapping};
+use vmcrypt_format::qcow2::table::decode_u64s;
+use vmcrypt_format::qcow2::{
+    Extensions, Header, L1Entry, L2Entry, Limits, Mapping, RawL2Entry, Subclusters,
+};
 
 pub use v1::QcowDriver;
 
@@ -186,16 +188,17 @@ impl ClusterMap for Qcow2Driver {
 }
 
 impl Qcow2Driver {
-    /// The raw L1 entry, L2 entry and subcluster bitmap of guest cluster `ci` (zeros
-    /// when there is no table).
-    pub(super) fn raw_entry(&self, ci: u64) -> Result<(u64, u64, u64)> {
+    /// The raw L1 entry, L2 entry and subcluster bitmap of guest cluster `ci`
+    /// (unallocated when there is no table).
+    pub(super) fn raw_entry(&self, ci: u64) -> Result<(L1Entry, RawL2Entry, Subclusters)> {
         let l1i = (ci >> self.header.l2_bits()) as usize;
-        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
+        let none = (RawL2Entry::UNALLOCATED, Subclusters::NONE);
+        let l1e = self.meta.lock().expect("meta").l1_entry(l1i);
         let Some(l1e) = l1e else {
-            return Ok((0, 0, 0));
+            return Ok((L1Entry::UNALLOCATED, none.0, none.1));
         };
-        let Some(off) = l1_l2_offset(l1e, l1i, self.header.cluster_size())? else {
-            return Ok((l1e, 0, 0));
+        let Some(off) = l1e.l2_table(l1i, self.header.cluster_size())? else {
+            return Ok((l1e, none.0, none.1));
         };
         let t = self.l2_table(off)?;
         let (e, bm) = self.entry_at(&t, (ci & self.entries_mask()) as usize);
@@ -209,7 +212,7 @@ impl Qcow2Driver {
         let (_, e, bm) = self.raw_entry(ci)?;
         let idx = (ci & self.entries_mask()) as usize;
         let ext = self.header.has_extended_l2().then_some(bm);
-        L2Entry::decode(e, ext, self.header.cluster_bits, idx)
+        e.decode(ext, self.header.cluster_bits, idx)
     }
 }
 
@@ -247,7 +250,7 @@ fn protected_clusters(h: &Header, ext: &Extensions, l1: &[u64], file_size: u64) 
     set.extend(span(h.l1_table_offset, u64::from(h.l1_size) * 8));
     set.extend(
         l1.iter()
-            .map(|e| e & vmcrypt_format::qcow2::table::OFFSET_MASK)
+            .map(|&e| L1Entry::from_raw(e).l2_offset())
             .filter(|&o| o != 0)
             .map(|o| o >> cb)
             .filter(|&c| c < file_clusters),

@@ -23,10 +23,8 @@ use crate::driver::{Allocation, BlockDriver};
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
-use vmcrypt_format::qcow2::table::{
-    COMPRESSED, COPIED, OFFSET_MASK, ZERO, encode_u64s, l1_l2_offset,
-};
-use vmcrypt_format::qcow2::{ClusterKind, L2Entry, Mapping, bitmaps};
+use vmcrypt_format::qcow2::table::encode_u64s;
+use vmcrypt_format::qcow2::{ClusterKind, L1Entry, Mapping, RawL2Entry, Subclusters, bitmaps};
 
 /// Newly allocated, contiguous host clusters waiting to be written: whole clusters
 /// still in the caller's buffer (encrypted there in place), or assembled bytes.
@@ -55,21 +53,6 @@ impl Batch {
             data.extend_from_slice(bytes);
         }
     }
-}
-
-/// Subcluster bitmap bits `a..b` of the "allocated" half (shift left by 32 for the
-/// "reads as zeros" half).
-fn sc_range(a: u32, b: u32) -> u64 {
-    ((1u64 << b) - 1) & !((1u64 << a) - 1)
-}
-
-/// An extended L2 bitmap with every subcluster reading as zeros.
-const ALL_ZERO: u64 = 0xffff_ffff << 32;
-
-/// Whether an L2 entry names a cluster this image owns and may write in place (with
-/// extended L2, some subclusters may still be unallocated or zero).
-fn owns(e: u64, ext: bool) -> bool {
-    e & COPIED != 0 && e & COMPRESSED == 0 && e & OFFSET_MASK != 0 && (ext || e & ZERO == 0)
 }
 
 impl Qcow2Driver {
@@ -139,22 +122,25 @@ impl Qcow2Driver {
         self.unit_bits()
     }
 
-    /// Entry `idx` of an L2 table and its subcluster bitmap (0 for standard entries).
-    pub(super) fn entry_at(&self, t: &[u64], idx: usize) -> (u64, u64) {
+    /// Entry `idx` of an L2 table and its subcluster bitmap (none for standard entries).
+    pub(super) fn entry_at(&self, t: &[u64], idx: usize) -> (RawL2Entry, Subclusters) {
         if self.ext() {
-            (t[2 * idx], t[2 * idx + 1])
+            (
+                RawL2Entry::from_raw(t[2 * idx]),
+                Subclusters::from_raw(t[2 * idx + 1]),
+            )
         } else {
-            (t[idx], 0)
+            (RawL2Entry::from_raw(t[idx]), Subclusters::NONE)
         }
     }
 
     /// Set entry `idx` (and its bitmap, with extended L2) of the cached table at `l2`.
-    pub(super) fn set_l2(&self, m: &mut Meta, l2: u64, idx: usize, e: u64, bm: u64) {
+    pub(super) fn set_l2(&self, m: &mut Meta, l2: u64, idx: usize, e: RawL2Entry, bm: Subclusters) {
         if self.ext() {
-            m.set_entry(l2, 2 * idx, e);
-            m.set_entry(l2, 2 * idx + 1, bm);
+            m.set_entry(l2, 2 * idx, e.raw());
+            m.set_entry(l2, 2 * idx + 1, bm.raw());
         } else {
-            m.set_entry(l2, idx, e);
+            m.set_entry(l2, idx, e.raw());
         }
     }
 
@@ -175,20 +161,18 @@ impl Qcow2Driver {
         while g < end {
             let n = (cs - g % cs).min(end - g);
             let (l1e, e, bm) = self.raw_entry(g / cs)?;
-            let owned = l1e & COPIED != 0 && owns(e, ext);
-            let host = e & OFFSET_MASK;
+            let owned = l1e.copied() && e.is_owned(ext);
             let cb = self.header.cluster_bits;
-            if !owned || L2Entry::decode(e, ext.then_some(bm), cb, 0).is_err() {
+            if !owned || e.decode(ext.then_some(bm), cb, 0).is_err() {
                 return Ok(None);
             }
             if ext {
                 let (s0, s1) = self.touched(g % cs, n);
-                let need = sc_range(s0, s1 + 1);
-                if bm & need != need || bm & (need << 32) != 0 {
+                if !bm.holds(Subclusters::span(s0, s1)) {
                     return Ok(None);
                 }
             }
-            let host = host + g % cs;
+            let host = e.host_offset() + g % cs;
             let rel = (g - offset) as usize;
             match runs.last_mut() {
                 Some(r) if r.1 + r.2 as u64 == host => r.2 += n as usize,
@@ -284,11 +268,11 @@ impl Qcow2Driver {
             let (e, bm) = self.entry_at(&t, idx);
             let (s0, s1) = self.touched(within, n);
             let range = rel..rel + n as usize;
-            if owns(e, self.ext()) {
+            if e.is_owned(self.ext()) {
                 self.write_batch(buf, &mut batch)?;
-                let host = e & OFFSET_MASK;
-                let need = sc_range(s0, s1 + 1);
-                if !self.ext() || (bm & need == need && bm & (need << 32) == 0) {
+                let host = e.host_offset();
+                let need = Subclusters::span(s0, s1);
+                if !self.ext() || bm.holds(need) {
                     self.write_owned(&mut buf[range], host + within)?;
                 } else {
                     // Unallocated or zero subclusters of a cluster we own: write in
@@ -297,7 +281,7 @@ impl Qcow2Driver {
                     let mut data = self.merged(ci, &span, within, &buf[range])?;
                     self.write_owned(&mut data, host + span.start)?;
                     let mut m = self.meta.lock().expect("meta");
-                    self.set_l2(&mut m, l2, idx, e, (bm | need) & !(need << 32));
+                    self.set_l2(&mut m, l2, idx, e, bm.with_allocated(need));
                 }
                 g += n;
                 continue;
@@ -315,14 +299,17 @@ impl Qcow2Driver {
             let host = {
                 let mut m = self.meta.lock().expect("meta");
                 let host = self.alloc(&mut m, 1)?;
-                let keep = if e & COMPRESSED != 0 { 0 } else { bm };
-                let fill = sc_range(a0, a1 + 1);
-                let new_bm = if self.ext() {
-                    (keep | fill) & !(fill << 32)
+                let keep = if e.is_compressed() {
+                    Subclusters::NONE
                 } else {
-                    0
+                    bm
                 };
-                self.set_l2(&mut m, l2, idx, host | COPIED, new_bm);
+                let new_bm = if self.ext() {
+                    keep.with_allocated(Subclusters::span(a0, a1))
+                } else {
+                    Subclusters::NONE
+                };
+                self.set_l2(&mut m, l2, idx, RawL2Entry::owned(host), new_bm);
                 self.release(&mut m, e, idx)?;
                 host + span.start
             };
@@ -360,11 +347,11 @@ impl Qcow2Driver {
     /// written over the entry `(e, bm)`, as QEMU does: all of a compressed cluster; of a
     /// cluster with a host offset (shared), the touched ones and everything between
     /// its allocated ones; otherwise just the touched ones.
-    fn new_span(&self, e: u64, bm: u64, s0: u32, s1: u32) -> (u32, u32) {
-        let alloc = bm as u32;
-        if !self.ext() || e & COMPRESSED != 0 {
+    fn new_span(&self, e: RawL2Entry, bm: Subclusters, s0: u32, s1: u32) -> (u32, u32) {
+        let alloc = bm.allocated();
+        if !self.ext() || e.is_compressed() {
             (0, (1u32 << (self.header.cluster_bits - self.sc_bits())) - 1)
-        } else if e & OFFSET_MASK != 0 && alloc != 0 {
+        } else if e.host_offset() != 0 && alloc != 0 {
             (
                 s0.min(alloc.trailing_zeros()),
                 s1.max(31 - alloc.leading_zeros()),
@@ -415,9 +402,9 @@ impl Qcow2Driver {
     }
 
     /// Queue the refcount decrements of the clusters an old L2 entry referenced.
-    pub(super) fn release(&self, m: &mut Meta, old: u64, idx: usize) -> Result<()> {
+    pub(super) fn release(&self, m: &mut Meta, old: RawL2Entry, idx: usize) -> Result<()> {
         let cs = self.cs();
-        match L2Entry::decode(old, None, self.header.cluster_bits, idx)?.kind {
+        match old.decode(None, self.header.cluster_bits, idx)?.kind {
             ClusterKind::Unallocated | ClusterKind::Zero(0) => {}
             ClusterKind::Normal(h) | ClusterKind::Zero(h) => m.refs().queue_free(h),
             ClusterKind::Compressed(d) => {
@@ -437,16 +424,16 @@ impl Qcow2Driver {
         let cs = self.cs();
         let l1i = (ci >> self.header.l2_bits()) as usize;
         let idx = (ci & self.entries_mask()) as usize;
-        let l1e = self.meta.lock().expect("meta").l1.get(l1i).copied();
+        let l1e = self.meta.lock().expect("meta").l1_entry(l1i);
         let Some(l1e) = l1e else {
             bail!(
                 Corrupt,
                 "qcow2: guest cluster {ci} is beyond the L1 table ({l1i} entries needed)"
             );
         };
-        let old = l1_l2_offset(l1e, l1i, cs)?;
+        let old = l1e.l2_table(l1i, cs)?;
         let shared = match old {
-            Some(off) if l1e & COPIED != 0 => {
+            Some(off) if l1e.copied() => {
                 self.l2_table(off)?;
                 self.meta.lock().expect("meta").pin(off);
                 return Ok((off, idx));
@@ -465,7 +452,7 @@ impl Qcow2Driver {
             None => vec![0u64; (cs / 8) as usize],
         };
         m.insert_dirty(new, table);
-        m.set_l1(l1i, new | COPIED, self.header.cluster_bits);
+        m.set_l1(l1i, L1Entry::owned(new), self.header.cluster_bits);
         Ok((new, idx))
     }
 
@@ -502,15 +489,17 @@ impl Qcow2Driver {
         let v3 = self.header.version >= 3;
         let backing = self.engine.backing.is_some();
         let (l1e, e, bm) = self.raw_entry(ci)?;
-        let unallocated = l1e & OFFSET_MASK == 0 || e == 0;
+        let unallocated = l1e.l2_offset() == 0 || e == RawL2Entry::UNALLOCATED;
         let new = match (self.ext(), v3, backing, discard) {
             // Like QEMU: zeroing marks even an unallocated cluster, discard leaves
             // one alone when nothing lies below it.
             (true, ..) if unallocated && discard && !backing => return Ok(()),
-            (true, ..) => (0, ALL_ZERO),
+            (true, ..) => (RawL2Entry::UNALLOCATED, Subclusters::ALL_ZERO),
             _ if unallocated && !backing => return Ok(()),
-            (_, true, _, _) => (ZERO, 0),
-            (_, false, false, _) | (_, false, true, true) => (0, 0),
+            (_, true, _, _) => (RawL2Entry::ZERO, Subclusters::NONE),
+            (_, false, false, _) | (_, false, true, true) => {
+                (RawL2Entry::UNALLOCATED, Subclusters::NONE)
+            }
             (_, false, true, false) => {
                 let cs = self.cs();
                 let n = cs.min(self.size() - ci * cs) as usize;
@@ -548,7 +537,7 @@ impl Qcow2Driver {
             let mut split_compressed = false;
             for &(ci, within, n) in &pieces {
                 let whole = within == 0 && (n == cs || ci * cs + n == size);
-                split_compressed |= !whole && self.raw_entry(ci)?.1 & COMPRESSED != 0;
+                split_compressed |= !whole && self.raw_entry(ci)?.1.is_compressed();
             }
             if split_compressed {
                 self.write_locked(&mut vec![0u8; (ae - g) as usize], g)?;
@@ -610,12 +599,11 @@ impl Qcow2Driver {
     fn mark_zero(&self, ci: u64, s0: u32, s1: u32) -> Result<()> {
         let (_, e, bm) = self.raw_entry(ci)?;
         ensure!(
-            e & COMPRESSED == 0,
+            !e.is_compressed(),
             Corrupt,
             "qcow2: cannot mark part of compressed cluster {ci} zero"
         );
-        let mask = sc_range(s0, s1 + 1);
-        let new = (bm | mask << 32) & !mask;
+        let new = bm.with_zero(Subclusters::span(s0, s1));
         if new == bm {
             return Ok(());
         }

@@ -358,7 +358,7 @@ impl Luks2Volume {
             .count();
         ensure!(
             allow_last || keys > 1,
-            Busy,
+            Busy(LastKeySlot),
             "keyslot {id} is the last key slot; killing it makes the volume unusable (use -q to do it anyway)"
         );
         let dropped: Vec<u32> = self
