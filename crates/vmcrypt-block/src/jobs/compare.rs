@@ -1,6 +1,6 @@
 //! `qemu-img compare`: whether two images read the same.
 //!
-//! Both images are walked with [`BlockDriver::map_extent`] (the status through the
+//! Both images are walked with [`map_extent`] (the status through the
 //! backing chain): ranges that are zero in both are skipped, ranges allocated in both
 //! are read and compared, and where only one side is allocated that side must read as
 //! zeros. When the sizes differ, the extra part of the larger image must read as zeros

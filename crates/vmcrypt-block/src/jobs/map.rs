@@ -1,4 +1,4 @@
-//! `qemu-img map`: walk an image with [`BlockDriver::map_extent`], merge neighbouring
+//! `qemu-img map`: walk an image with [`map_extent`], merge neighbouring
 //! extents that look alike, and print them as qemu-img does (JSON or the human table).
 //!
 //! Merging follows qemu-img: two entries merge when zero, data, compressed, depth,
