@@ -13,6 +13,8 @@
 //! return `None` by default.
 pub mod caps;
 mod extent;
+#[cfg(test)]
+mod tests;
 
 pub use caps::{Backing, BackingInfo, Check, Commit, HostMap, Introspect};
 pub use extent::{Allocation, Extent, HostRange, MapExtent};
@@ -172,7 +174,7 @@ pub fn allocated_size(node: &dyn BlockDriver) -> Option<u64> {
 
 /// Fill `buf` from `node` at `offset`; bytes past the node's end read as zeros (as
 /// QEMU reads past the end of a file or of a shorter backing file).
-pub fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
+pub(crate) fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
     let avail = node.size().saturating_sub(offset).min(buf.len() as u64) as usize;
     if avail > 0 {
         node.read_at(&mut buf[..avail], offset)?;
@@ -182,7 +184,7 @@ pub fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Resul
 }
 
 /// Check that `[offset, offset+len)` lies in a node of `size` bytes.
-pub fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
+pub(crate) fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     let end = offset.checked_add(len as u64);
     match end {
         Some(end) if end <= size => Ok(()),

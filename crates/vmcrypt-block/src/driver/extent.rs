@@ -48,7 +48,7 @@ pub struct MapExtent {
 
 impl MapExtent {
     /// A range of this node itself (depth 0, present) as `block_status` described it.
-    pub fn own(e: Extent, host: Option<HostRange>) -> MapExtent {
+    pub(crate) fn own(e: Extent, host: Option<HostRange>) -> MapExtent {
         MapExtent {
             offset: e.offset,
             length: e.length,
