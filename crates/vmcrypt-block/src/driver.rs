@@ -1,71 +1,25 @@
-//! The [`BlockDriver`] trait every node of a block graph implements.
+//! The [`BlockDriver`] trait every node of a block graph implements, and the optional
+//! capabilities some nodes add to it ([`caps`]).
 //!
 //! Drivers are synchronous and `Send + Sync`: positioned reads and writes take `&self`, so
 //! several threads may call one node at once; a driver that keeps mutable metadata guards
 //! it with its own locks. Offsets are bytes in the node's own address space (its
 //! "virtual" disk for format nodes, the file for protocol nodes).
+//!
+//! The trait is small on purpose: what every node has (name, children, read-only state)
+//! and the I/O every node serves (size, read, write, flush, zeroes, discard, block status,
+//! resize). Operations only some drivers can do (commit, check, backing chain, `info`
+//! details, host mapping) are capability traits reached through `as_*` accessors that
+//! return `None` by default.
+pub mod caps;
+mod extent;
+#[cfg(test)]
+mod tests;
+
+pub use caps::{Backing, BackingInfo, Check, Commit, HostMap, Introspect};
+pub use extent::{Allocation, Extent, HostRange, MapExtent};
 use std::sync::Arc;
 use vmcrypt_error::{Result, bail};
-
-/// Whether a range reads as data or is known to read as zeros.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Allocation {
-    /// Holds data (may still be zeros).
-    Data,
-    /// Reads as zeros and stores nothing (a hole).
-    Zero,
-}
-
-/// One extent returned by [`BlockDriver::block_status`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Extent {
-    pub offset: u64,
-    pub length: u64,
-    pub allocation: Allocation,
-}
-
-/// Where a range of a node's data lies on the host (qemu-img map's `offset` and file).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostRange {
-    /// Byte offset of the range's first byte in `file`.
-    pub offset: u64,
-    /// The name of the protocol node holding the bytes.
-    pub file: String,
-}
-
-/// One extent returned by [`BlockDriver::map_extent`]: the allocation of a range seen
-/// through the whole backing chain, as `qemu-img map` reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapExtent {
-    pub offset: u64,
-    pub length: u64,
-    /// Data, or known to read as zeros.
-    pub allocation: Allocation,
-    /// Whether the layer at `depth` allocates the range (QEMU's "present").
-    pub present: bool,
-    /// The layer that decides the contents: 0 is this node, 1 its backing node, ...
-    pub depth: u32,
-    /// Whether the range lies in a compressed cluster.
-    pub compressed: bool,
-    /// Where the bytes lie contiguously in a file, if they do (never for encrypted
-    /// or compressed data).
-    pub host: Option<HostRange>,
-}
-
-impl MapExtent {
-    /// A range of this node itself (depth 0, present) as `block_status` described it.
-    pub fn own(e: Extent, host: Option<HostRange>) -> MapExtent {
-        MapExtent {
-            offset: e.offset,
-            length: e.length,
-            allocation: e.allocation,
-            present: true,
-            depth: 0,
-            compressed: false,
-            host,
-        }
-    }
-}
 
 /// A named child edge of a node (`file`, `header`, later `backing`).
 pub struct Child {
@@ -73,10 +27,30 @@ pub struct Child {
     pub node: Arc<dyn BlockDriver>,
 }
 
-/// A node of the block graph.
+/// A node of the block graph: its identity, its I/O, and accessors for the optional
+/// capabilities of [`caps`].
 pub trait BlockDriver: Send + Sync {
     /// The driver's name as QEMU spells it ("file", "raw", "luks").
     fn driver_name(&self) -> &'static str;
+
+    /// The file name this node stands for (protocol nodes: the path; format nodes:
+    /// their `file` child's).
+    fn filename(&self) -> String {
+        self.children()
+            .first()
+            .map(|c| c.node.filename())
+            .unwrap_or_default()
+    }
+
+    /// Children of this node, in a stable order (`file` first).
+    fn children(&self) -> Vec<Child> {
+        Vec::new()
+    }
+
+    /// Whether writes are refused.
+    fn is_read_only(&self) -> bool;
+
+    // I/O.
 
     /// Size in bytes of this node's address space.
     fn size(&self) -> u64;
@@ -130,26 +104,6 @@ pub trait BlockDriver: Send + Sync {
         })
     }
 
-    /// Copy this layer's data into its backing node and (unless `keep_top`) empty this
-    /// layer (`qemu-img commit`). `progress(done, total)` reports bytes processed.
-    fn commit(&self, keep_top: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        let _ = (keep_top, progress);
-        bail!(
-            Unsupported,
-            "driver '{}' has no backing file to commit into",
-            self.driver_name()
-        )
-    }
-
-    /// Describe the range starting at `offset` like `qemu-img map`: the returned extent
-    /// starts at `offset`, has a non-zero length of at most `len`, one allocation state,
-    /// one depth in the backing chain and (if any) contiguous host bytes. The default
-    /// suits format drivers that transform their data (luks): [`BlockDriver::block_status`]
-    /// at depth 0, present, without a host offset.
-    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
-        Ok(MapExtent::own(self.block_status(offset, len)?, None))
-    }
-
     /// Whether a freshly created node of this driver reads as zeros everywhere.
     fn has_zero_init(&self) -> bool {
         false
@@ -164,62 +118,63 @@ pub trait BlockDriver: Send + Sync {
         )
     }
 
-    /// Whether writes are refused.
-    fn is_read_only(&self) -> bool;
+    // Optional capabilities (see the `caps` module): `None` unless the driver has them.
 
-    /// Bytes actually allocated on the host for this node and its children, if known.
-    fn allocated_size(&self) -> Option<u64> {
-        let kids = self.children();
-        if kids.is_empty() {
-            return None;
-        }
-        kids.iter().map(|c| c.node.allocated_size()).sum()
-    }
-
-    /// The file name this node stands for (protocol nodes: the path; format nodes:
-    /// their `file` child's).
-    fn filename(&self) -> String {
-        self.children()
-            .first()
-            .map(|c| c.node.filename())
-            .unwrap_or_default()
-    }
-
-    /// Children of this node, in a stable order (`file` first).
-    fn children(&self) -> Vec<Child> {
-        Vec::new()
-    }
-
-    /// Driver-specific information (QEMU's "format-specific" data), as JSON.
-    fn format_specific(&self) -> Option<serde_json::Value> {
+    /// The backing chain, if this node's format can have one ([`Backing`]).
+    fn as_backing(&self) -> Option<&dyn Backing> {
         None
     }
 
-    /// Consistency problems of this node's metadata (`vmcrypt check`), or `None` if the
-    /// driver has no checks (qemu-img's "does not support checks").
-    fn check(&self) -> Option<Vec<String>> {
+    /// Committing into the backing node, if the driver can ([`Commit`]).
+    fn as_commit(&self) -> Option<&dyn Commit> {
         None
     }
 
-    /// Cluster size of a format with clusters (qemu-img info's `cluster_size`).
-    fn cluster_size(&self) -> Option<u64> {
+    /// A metadata check, if the driver has one ([`Check`]).
+    fn as_check(&self) -> Option<&dyn Check> {
         None
     }
 
-    /// The backing file name and format the image header records.
-    fn backing_info(&self) -> Option<(String, Option<String>)> {
+    /// What `info` reports beyond name, size and children ([`Introspect`]).
+    fn as_introspect(&self) -> Option<&dyn Introspect> {
         None
     }
 
-    /// Whether the node encrypts its data.
-    fn is_encrypted(&self) -> bool {
-        false
+    /// Mapping ranges through the chain to host bytes ([`HostMap`]); without it
+    /// [`map_extent`] reports the node's own allocation.
+    fn as_host_map(&self) -> Option<&dyn HostMap> {
+        None
     }
+}
+
+/// Describe the range starting at `offset` like `qemu-img map` (see
+/// [`HostMap::map_extent`]). A node without [`HostMap`] (one that transforms its data,
+/// like luks) reports its [`BlockDriver::block_status`] at depth 0, present, without a
+/// host offset.
+pub fn map_extent(node: &dyn BlockDriver, offset: u64, len: u64) -> Result<MapExtent> {
+    match node.as_host_map() {
+        Some(m) => m.map_extent(offset, len),
+        None => Ok(MapExtent::own(node.block_status(offset, len)?, None)),
+    }
+}
+
+/// Bytes actually allocated on the host for `node` and its children, if known: the
+/// node's own figure ([`Introspect::allocated_size`]), else the sum over its children
+/// (unknown if it has none or one of them is unknown).
+pub fn allocated_size(node: &dyn BlockDriver) -> Option<u64> {
+    if let Some(own) = node.as_introspect().and_then(|i| i.allocated_size()) {
+        return Some(own);
+    }
+    let kids = node.children();
+    if kids.is_empty() {
+        return None;
+    }
+    kids.iter().map(|c| allocated_size(c.node.as_ref())).sum()
 }
 
 /// Fill `buf` from `node` at `offset`; bytes past the node's end read as zeros (as
 /// QEMU reads past the end of a file or of a shorter backing file).
-pub fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
+pub(crate) fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Result<()> {
     let avail = node.size().saturating_sub(offset).min(buf.len() as u64) as usize;
     if avail > 0 {
         node.read_at(&mut buf[..avail], offset)?;
@@ -229,7 +184,7 @@ pub fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -> Resul
 }
 
 /// Check that `[offset, offset+len)` lies in a node of `size` bytes.
-pub fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
+pub(crate) fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
     let end = offset.checked_add(len as u64);
     match end {
         Some(end) if end <= size => Ok(()),

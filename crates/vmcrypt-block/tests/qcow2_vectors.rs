@@ -91,7 +91,7 @@ fn vector7_base_decrypts() {
     );
     let e = d.block_status(0, 0x200000).unwrap();
     assert_eq!((e.length, e.allocation), (0x40000, Allocation::Data));
-    assert!(d.is_encrypted());
+    assert!(d.as_introspect().unwrap().is_encrypted());
     // Opened read-only: writes are refused and say why.
     let err = d.write_at(&[0; 512], 0).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ReadOnly);
@@ -157,7 +157,7 @@ fn vector7_format_specific_matches_qemu_img() {
     .unwrap();
     let d = open_spec(&spec, &s, true).unwrap();
     assert_eq!(
-        serde_json::to_string(&d.format_specific().unwrap()).unwrap(),
+        serde_json::to_string(&d.as_introspect().unwrap().format_specific().unwrap()).unwrap(),
         serde_json::to_string(&want["format-specific"]["data"]).unwrap()
     );
 }
@@ -250,7 +250,7 @@ fn vector10_legacy_aes_long_and_prefix_passphrase() {
         )
         .unwrap();
         assert_eq!(sha(&read_all(d.as_ref())), AES_SHA);
-        let fs = d.format_specific().unwrap();
+        let fs = d.as_introspect().unwrap().format_specific().unwrap();
         assert_eq!(fs["encrypt"]["format"], "aes");
         assert_eq!(fs["encrypt"]["insecure"], true);
     }

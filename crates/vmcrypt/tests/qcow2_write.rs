@@ -889,7 +889,10 @@ fn extended_l2_overlay_commits_and_empties() {
             apply_driver(d.as_ref(), &mut model, op);
         }
         d.flush().unwrap();
-        d.commit(false, &mut |_, _| {}).unwrap();
+        d.as_commit()
+            .unwrap()
+            .commit(false, &mut |_, _| {})
+            .unwrap();
     }
     qemu_check_clean(&opts, &[]);
     assert_same_bytes("committed base", &sc.read("base.raw"), &model);

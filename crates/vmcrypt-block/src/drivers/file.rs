@@ -1,6 +1,8 @@
 //! The `file` protocol driver: a regular host file, positioned I/O, holes via
 //! SEEK_DATA/SEEK_HOLE and fallocate.
-use crate::driver::{Allocation, BlockDriver, Extent, HostRange, MapExtent, check_range};
+use crate::driver::{
+    Allocation, BlockDriver, Extent, HostMap, HostRange, Introspect, MapExtent, check_range,
+};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -217,15 +219,6 @@ impl BlockDriver for FileDriver {
         Ok(ext)
     }
 
-    /// The bytes are where they are: the host offset is the offset itself.
-    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
-        let host = HostRange {
-            offset,
-            file: self.filename(),
-        };
-        Ok(MapExtent::own(self.block_status(offset, len)?, Some(host)))
-    }
-
     fn has_zero_init(&self) -> bool {
         self.file
             .metadata()
@@ -248,12 +241,34 @@ impl BlockDriver for FileDriver {
         self.read_only
     }
 
+    fn filename(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn as_introspect(&self) -> Option<&dyn Introspect> {
+        Some(self)
+    }
+
+    fn as_host_map(&self) -> Option<&dyn HostMap> {
+        Some(self)
+    }
+}
+
+/// The blocks the file occupies on its filesystem.
+impl Introspect for FileDriver {
     fn allocated_size(&self) -> Option<u64> {
         self.file.metadata().ok().map(|m| m.blocks() * 512)
     }
+}
 
-    fn filename(&self) -> String {
-        self.path.display().to_string()
+impl HostMap for FileDriver {
+    /// The bytes are where they are: the host offset is the offset itself.
+    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        let host = HostRange {
+            offset,
+            file: self.filename(),
+        };
+        Ok(MapExtent::own(self.block_status(offset, len)?, Some(host)))
     }
 }
 

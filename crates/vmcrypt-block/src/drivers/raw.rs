@@ -1,6 +1,6 @@
 //! The `raw` format driver: its `file` child as is, optionally a window of it
 //! (QEMU's `offset=` and `size=` options).
-use crate::driver::{BlockDriver, Child, Extent, MapExtent, check_range};
+use crate::driver::{BlockDriver, Child, Extent, HostMap, MapExtent, check_range, map_extent};
 use std::sync::Arc;
 use vmcrypt_error::{Result, bail};
 
@@ -60,11 +60,6 @@ impl BlockDriver for RawDriver {
         let e = self.file.block_status(self.offset + offset, len)?;
         Ok(Extent { offset, ..e })
     }
-    /// The `file` child's mapping of the same bytes (shifted by the window offset).
-    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
-        let e = self.file.map_extent(self.offset + offset, len)?;
-        Ok(MapExtent { offset, ..e })
-    }
     fn has_zero_init(&self) -> bool {
         self.file.has_zero_init()
     }
@@ -85,5 +80,16 @@ impl BlockDriver for RawDriver {
             role: "file",
             node: self.file.clone(),
         }]
+    }
+    fn as_host_map(&self) -> Option<&dyn HostMap> {
+        Some(self)
+    }
+}
+
+impl HostMap for RawDriver {
+    /// The `file` child's mapping of the same bytes (shifted by the window offset).
+    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        let e = map_extent(self.file.as_ref(), self.offset + offset, len)?;
+        Ok(MapExtent { offset, ..e })
     }
 }

@@ -1,12 +1,12 @@
 //! `qemu-img compare`: whether two images read the same.
 //!
-//! Both images are walked with [`BlockDriver::map_extent`] (the status through the
+//! Both images are walked with [`map_extent`] (the status through the
 //! backing chain): ranges that are zero in both are skipped, ranges allocated in both
 //! are read and compared, and where only one side is allocated that side must read as
 //! zeros. When the sizes differ, the extra part of the larger image must read as zeros
 //! (strict mode refuses the size difference outright). Mismatches are reported at the
 //! first differing 512-byte sector, as qemu-img does.
-use crate::driver::{Allocation, BlockDriver, MapExtent};
+use crate::driver::{Allocation, BlockDriver, MapExtent, map_extent};
 use vmcrypt_error::{Result, ResultExt};
 
 /// Bytes read per request.
@@ -91,7 +91,7 @@ pub fn compare(
 }
 
 fn status(node: &dyn BlockDriver, off: u64, len: u64) -> Result<MapExtent> {
-    node.map_extent(off, len)
+    map_extent(node, off, len)
         .with_ctx(|| format!("block status of '{}' at offset {off}", node.filename()))
 }
 

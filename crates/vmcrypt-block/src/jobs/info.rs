@@ -1,6 +1,6 @@
 //! `qemu-img info`-shaped descriptions of an open graph: the JSON object
 //! (`--output=json`) and the human text, with qemu-img's field names and size formatting.
-use crate::driver::BlockDriver;
+use crate::driver::{BlockDriver, allocated_size};
 use serde_json::{Map, Value, json};
 
 /// The JSON `qemu-img info --output=json` prints for `node`.
@@ -14,22 +14,23 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     m.insert("children".into(), Value::Array(children));
     m.insert("virtual-size".into(), json!(reported_size(node)));
     m.insert("filename".into(), json!(node.filename()));
-    if let Some(c) = node.cluster_size() {
+    let fmt = node.as_introspect();
+    if let Some(c) = fmt.and_then(|f| f.cluster_size()) {
         m.insert("cluster-size".into(), json!(c));
     }
-    if let Some((file, fmt)) = node.backing_info() {
-        let full = crate::graph::resolve_backing(&node.filename(), &file);
-        m.insert("backing-filename".into(), json!(file));
+    if let Some(b) = node.as_backing().and_then(|b| b.backing_info()) {
+        let full = crate::graph::resolve_backing(&node.filename(), &b.filename);
+        m.insert("backing-filename".into(), json!(b.filename));
         m.insert("full-backing-filename".into(), json!(full));
-        if let Some(f) = fmt {
+        if let Some(f) = b.format {
             m.insert("backing-filename-format".into(), json!(f));
         }
     }
     m.insert("format".into(), json!(node.driver_name()));
-    if let Some(a) = node.allocated_size() {
+    if let Some(a) = allocated_size(node) {
         m.insert("actual-size".into(), json!(a));
     }
-    let fs = match node.format_specific() {
+    let fs = match fmt.and_then(|f| f.format_specific()) {
         Some(data) => Some(json!({"type": node.driver_name(), "data": data})),
         None if node.driver_name() == "file" => Some(json!({"type": "file", "data": {}})),
         None => None,
@@ -37,7 +38,7 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     if let Some(fs) = fs {
         m.insert("format-specific".into(), fs);
     }
-    if node.is_encrypted() {
+    if fmt.is_some_and(|f| f.is_encrypted()) {
         m.insert("encrypted".into(), json!(true));
     }
     m.insert("dirty-flag".into(), json!(false));
@@ -94,27 +95,29 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
         size_to_str(node.size()),
         node.size()
     );
-    if let Some(a) = node.allocated_size() {
+    if let Some(a) = allocated_size(node) {
         s += &format!("disk size: {}\n", size_to_str(a));
     }
-    if node.is_encrypted() {
+    let fmt = node.as_introspect();
+    if fmt.is_some_and(|f| f.is_encrypted()) {
         s += "encrypted: yes\n";
     }
-    if let Some(c) = node.cluster_size() {
+    if let Some(c) = fmt.and_then(|f| f.cluster_size()) {
         s += &format!("cluster_size: {c}\n");
     }
-    if let Some((file, fmt)) = node.backing_info() {
-        let full = crate::graph::resolve_backing(&node.filename(), &file);
-        if full == file {
+    if let Some(b) = node.as_backing().and_then(|b| b.backing_info()) {
+        let file = &b.filename;
+        let full = crate::graph::resolve_backing(&node.filename(), file);
+        if full == *file {
             s += &format!("backing file: {file}\n");
         } else {
             s += &format!("backing file: {file} (actual path: {full})\n");
         }
-        if let Some(f) = fmt {
+        if let Some(f) = b.format {
             s += &format!("backing file format: {f}\n");
         }
     }
-    if let Some(data) = node.format_specific() {
+    if let Some(data) = fmt.and_then(|f| f.format_specific()) {
         s += "Format specific information:\n";
         render(&data, 1, &mut s);
     }
@@ -127,7 +130,7 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
             size_to_str(reported_size(c.node.as_ref())),
             reported_size(c.node.as_ref())
         );
-        if let Some(a) = c.node.allocated_size() {
+        if let Some(a) = allocated_size(c.node.as_ref()) {
             s += &format!("    disk size: {}\n", size_to_str(a));
         }
     }

@@ -1,11 +1,11 @@
-//! `qemu-img map`: walk an image with [`BlockDriver::map_extent`], merge neighbouring
+//! `qemu-img map`: walk an image with [`map_extent`], merge neighbouring
 //! extents that look alike, and print them as qemu-img does (JSON or the human table).
 //!
 //! Merging follows qemu-img: two entries merge when zero, data, compressed, depth,
 //! present, file and "has an offset" agree and, with offsets, the second continues the
 //! first on the host. The human table lists only data that is not known to be zero, and
 //! refuses data without a host offset (encrypted or compressed clusters).
-use crate::driver::{Allocation, BlockDriver};
+use crate::driver::{Allocation, BlockDriver, map_extent};
 use std::fmt::Write as _;
 use vmcrypt_error::{Result, bail};
 
@@ -69,7 +69,7 @@ impl MapEntry {
 
 /// The entry of the range at `offset` (at most `len` bytes).
 fn entry_at(node: &dyn BlockDriver, offset: u64, len: u64) -> Result<MapEntry> {
-    let e = node.map_extent(offset, len)?;
+    let e = map_extent(node, offset, len)?;
     if e.length == 0 || e.length > len {
         bail!(
             Corrupt,

@@ -14,7 +14,7 @@
 //! resolved against the image's directory) or a `json:{...}` filename, which is how an
 //! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
 //! the name exactly as given, with `-F` as its format, as qemu-img does.
-use crate::driver::{BlockDriver, read_padded};
+use crate::driver::{BlockDriver, map_extent, read_padded};
 use crate::drivers::file::FileDriver;
 use crate::drivers::qcow2::create::{rebase_unsafe, rebased_header};
 use crate::graph::{self, OpenContext};
@@ -127,14 +127,18 @@ fn copy_differences(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RebaseStats> {
     let size = top.size();
-    let cs = top.cluster_size().unwrap_or(1 << 16).max(512);
-    let has_backing = top.backing_info().is_some();
+    let cs = top
+        .as_introspect()
+        .and_then(|i| i.cluster_size())
+        .unwrap_or(1 << 16)
+        .max(512);
+    let has_backing = top.as_backing().and_then(|b| b.backing_info()).is_some();
     let mut stats = RebaseStats::default();
     let mut bufs = (Vec::new(), Vec::new());
     let mut off = 0;
     progress(0, size);
     while off < size {
-        let e = top.map_extent(off, CHUNK.min(size - off))?;
+        let e = map_extent(top, off, CHUNK.min(size - off))?;
         ensure!(
             e.length > 0 && e.offset == off,
             Internal,

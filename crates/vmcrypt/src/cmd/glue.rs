@@ -10,6 +10,7 @@ use crate::cli::Common;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 use vmcrypt_block::BlockDriver;
+use vmcrypt_block::driver::BackingInfo;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::opts::{opt_str, parse_json_filename, parse_keyval};
 use vmcrypt_block::secrets::SecretStore;
@@ -183,7 +184,8 @@ pub fn qemu_arg_list(a: &QemuArgsArgs, json: bool) -> Result<Vec<String>> {
         return qcow2_arg_list(a, spec, &ctx, &ids, json);
     }
     if driver == "luks" || driver == "luks2" {
-        check_luks_for_qemu(&node.format_specific().unwrap_or(Value::Null), &a.image)?;
+        let info = node.as_introspect().and_then(|i| i.format_specific());
+        check_luks_for_qemu(&info.unwrap_or(Value::Null), &a.image)?;
         let id = match (opt_str(&spec, "key-secret")?, ids.as_slice()) {
             (Some(id), _) => id,
             // One secret and a plain filename: that secret is the key.
@@ -314,7 +316,11 @@ fn backing_spec(
             "option '{prefix}backing' must be an object or a filename"
         ),
     };
-    let Some((bname, bfmt)) = node.backing_info() else {
+    let Some(BackingInfo {
+        filename: bname,
+        format: bfmt,
+    }) = node.as_backing().and_then(|b| b.backing_info())
+    else {
         ensure!(
             next.is_empty(),
             Usage,
@@ -355,13 +361,15 @@ fn layer_secret(
     top: bool,
 ) -> Result<()> {
     let driver = opt_str(spec, "driver")?.unwrap_or_default();
-    let info = node.format_specific().unwrap_or(Value::Null);
+    let introspect = node.as_introspect();
+    let info = introspect.and_then(|i| i.format_specific());
+    let info = info.unwrap_or(Value::Null);
     let fallback = || match ids {
         [only] if top => Some(only.clone()),
         _ => None,
     };
     match driver.as_str() {
-        "qcow2" if node.is_encrypted() => {
+        "qcow2" if introspect.is_some_and(|i| i.is_encrypted()) => {
             let enc = info.get("encrypt").cloned().unwrap_or(Value::Null);
             if enc.get("format").and_then(Value::as_str) != Some("luks") {
                 bail!(

@@ -215,8 +215,8 @@ pub fn info(
     loop {
         infos.push(image_info(node.as_ref()));
         human.push(human_info(node.as_ref(), &node.filename()));
-        let next = match node.backing_info() {
-            Some((name, fmt)) if backing_chain => (name, fmt),
+        let next = match node.as_backing().and_then(|b| b.backing_info()) {
+            Some(b) if backing_chain => b,
             _ => break,
         };
         ensure!(
@@ -225,8 +225,8 @@ pub fn info(
             "the backing chain of '{filename}' is deeper than {} images (a loop?)",
             graph::MAX_BACKING_DEPTH
         );
-        let path = graph::resolve_backing(&node.filename(), &next.0);
-        let spec = graph::spec_from_filename(&path, next.1.as_deref())?;
+        let path = graph::resolve_backing(&node.filename(), &next.filename);
+        let spec = graph::spec_from_filename(&path, next.format.as_deref())?;
         let ctx = open_ctx(common, &store, true, true);
         node =
             graph::open(&spec, &ctx).with_ctx(|| format!("opening the backing file '{path}'"))?;
@@ -342,8 +342,8 @@ pub fn check(
     let store = secrets(common)?;
     let ctx = open_ctx(common, &store, true, true);
     let (fmt, problems) = match graph::open(&spec, &ctx) {
-        Ok(node) => match node.check() {
-            Some(p) => (node.driver_name().to_string(), p),
+        Ok(node) => match node.as_check() {
+            Some(c) => (node.driver_name().to_string(), c.check()),
             None => {
                 eprintln!("vmcrypt: This image format does not support checks");
                 return Ok(63);
@@ -495,7 +495,14 @@ pub fn commit(
     };
     let node = graph::open(&spec, &ctx)?;
     let mut bar = Progress::new(progress && !common.quiet);
-    node.commit(keep, &mut |d, t| bar.update(d, t))?;
+    let Some(top) = node.as_commit() else {
+        bail!(
+            Unsupported,
+            "driver '{}' has no backing file to commit into",
+            node.driver_name()
+        );
+    };
+    top.commit(keep, &mut |d, t| bar.update(d, t))?;
     bar.finish();
     if !common.quiet {
         outln!("Image committed.");

@@ -15,7 +15,7 @@ pub mod embedded;
 pub mod v2;
 pub mod volume;
 
-use crate::driver::{BlockDriver, Child, check_range};
+use crate::driver::{BlockDriver, Check, Child, Introspect, check_range};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use v2::Luks2Volume;
@@ -488,6 +488,16 @@ impl BlockDriver for LuksDriver {
         self.file.filename()
     }
 
+    fn as_check(&self) -> Option<&dyn Check> {
+        Some(self)
+    }
+
+    fn as_introspect(&self) -> Option<&dyn Introspect> {
+        Some(self)
+    }
+}
+
+impl Introspect for LuksDriver {
     fn format_specific(&self) -> Option<serde_json::Value> {
         Some(match &self.header {
             Header::V1(v) => dump::qemu_info_json(v),
@@ -498,13 +508,15 @@ impl BlockDriver for LuksDriver {
     fn is_encrypted(&self) -> bool {
         true
     }
+}
 
+impl Check for LuksDriver {
     /// LUKS1 headers were validated at open. For LUKS2, a damaged or outdated header
     /// copy, or JSON that needed cryptsetup's repair, is reported (`vmcrypt luks repair`
     /// fixes it).
-    fn check(&self) -> Option<Vec<String>> {
+    fn check(&self) -> Vec<String> {
         let Header::V2(v) = &self.header else {
-            return Some(Vec::new());
+            return Vec::new();
         };
         let mut problems = Vec::new();
         let (p, s) = v.copy_states();
@@ -523,6 +535,6 @@ impl BlockDriver for LuksDriver {
             problems
                 .push("the LUKS2 metadata needed cryptsetup's repair (stray KDF fields)".into());
         }
-        Some(problems)
+        problems
     }
 }

@@ -8,7 +8,7 @@
 //! are contiguous. Unallocated runs are answered by the backing node one layer deeper.
 use super::Qcow2Driver;
 use super::engine::ClusterMap;
-use crate::driver::{Allocation, HostRange, MapExtent, check_range};
+use crate::driver::{Allocation, HostRange, MapExtent, check_range, map_extent};
 use vmcrypt_error::Result;
 use vmcrypt_format::qcow2::Mapping;
 use vmcrypt_format::qcow2::table::ClusterKind;
@@ -30,7 +30,7 @@ struct Unit {
 }
 
 impl Qcow2Driver {
-    /// [`BlockDriver::map_extent`] for qcow2 (see the module documentation).
+    /// [`HostMap::map_extent`](crate::driver::HostMap::map_extent) for qcow2 (see the module documentation).
     pub fn map_extent_impl(&self, offset: u64, len: u64) -> Result<MapExtent> {
         check_range("qcow2 map", offset, len as usize, self.header.size)?;
         let (unit, run) = self.map_run(offset, len)?;
@@ -53,7 +53,7 @@ impl Qcow2Driver {
             Kind::Zero => extent(Allocation::Zero, true, false, host),
             Kind::Unallocated => match self.backing() {
                 Some(b) if offset < b.size() => {
-                    let e = b.map_extent(offset, run.min(b.size() - offset))?;
+                    let e = map_extent(b.as_ref(), offset, run.min(b.size() - offset))?;
                     MapExtent {
                         offset,
                         depth: e.depth + 1,

@@ -18,7 +18,10 @@ mod refcount;
 pub mod v1;
 mod write;
 
-use crate::driver::{BlockDriver, Child, Extent, check_range};
+use crate::driver::{
+    Backing, BackingInfo, BlockDriver, Child, Commit, Extent, HostMap, Introspect, MapExtent,
+    check_range,
+};
 use crypt::Crypto;
 use engine::{ClusterMap, Engine};
 use meta::Meta;
@@ -371,15 +374,6 @@ impl BlockDriver for Qcow2Driver {
     fn driver_name(&self) -> &'static str {
         "qcow2"
     }
-
-    fn cluster_size(&self) -> Option<u64> {
-        Some(self.header.cluster_size())
-    }
-
-    fn backing_info(&self) -> Option<(String, Option<String>)> {
-        self.backing_file()
-            .map(|b| (b.to_string(), self.backing_format().map(str::to_string)))
-    }
     fn size(&self) -> u64 {
         self.size.load(Ordering::SeqCst)
     }
@@ -409,9 +403,6 @@ impl BlockDriver for Qcow2Driver {
     fn flush(&self) -> Result<()> {
         self.flush_all()
     }
-    fn commit(&self, keep_top: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        self.commit_into_backing(keep_top, progress)
-    }
     fn has_zero_init(&self) -> bool {
         self.engine.backing.is_none()
     }
@@ -423,12 +414,6 @@ impl BlockDriver for Qcow2Driver {
     fn is_read_only(&self) -> bool {
         self.write_refusal.is_some()
     }
-    fn map_extent(&self, offset: u64, len: u64) -> Result<crate::driver::MapExtent> {
-        self.map_extent_impl(offset, len)
-    }
-    fn allocated_size(&self) -> Option<u64> {
-        self.engine.file.allocated_size()
-    }
     /// Only `file`: the backing chain is reported separately (like `qemu-img info`).
     fn children(&self) -> Vec<Child> {
         vec![Child {
@@ -436,10 +421,52 @@ impl BlockDriver for Qcow2Driver {
             node: self.engine.file.clone(),
         }]
     }
-    fn format_specific(&self) -> Option<Value> {
-        Some(info_json(&self.header, &self.engine.crypto))
+    fn as_backing(&self) -> Option<&dyn Backing> {
+        Some(self)
+    }
+    fn as_commit(&self) -> Option<&dyn Commit> {
+        Some(self)
+    }
+    fn as_introspect(&self) -> Option<&dyn Introspect> {
+        Some(self)
+    }
+    fn as_host_map(&self) -> Option<&dyn HostMap> {
+        Some(self)
+    }
+}
+
+impl Backing for Qcow2Driver {
+    fn backing_info(&self) -> Option<BackingInfo> {
+        self.backing_file().map(|b| BackingInfo {
+            filename: b.to_string(),
+            format: self.backing_format().map(str::to_string),
+        })
+    }
+    fn backing_node(&self) -> Option<&Arc<dyn BlockDriver>> {
+        self.backing()
+    }
+}
+
+impl Commit for Qcow2Driver {
+    fn commit(&self, keep_top: bool, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        self.commit_into_backing(keep_top, progress)
+    }
+}
+
+impl Introspect for Qcow2Driver {
+    fn cluster_size(&self) -> Option<u64> {
+        Some(self.header.cluster_size())
     }
     fn is_encrypted(&self) -> bool {
         self.engine.crypto.is_encrypted()
+    }
+    fn format_specific(&self) -> Option<Value> {
+        Some(info_json(&self.header, &self.engine.crypto))
+    }
+}
+
+impl HostMap for Qcow2Driver {
+    fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        self.map_extent_impl(offset, len)
     }
 }

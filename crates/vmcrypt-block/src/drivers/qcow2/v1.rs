@@ -9,7 +9,7 @@ use vmcrypt_format::qcow2::table::decode_u64s;
 /// Message of every refused write.
 const READ_ONLY_MSG: &str =
     "qcow (version 1) images are read-only here: convert them with 'vmcrypt convert -O qcow2'";
-use crate::driver::{BlockDriver, Child, Extent, check_range};
+use crate::driver::{Backing, BackingInfo, BlockDriver, Child, Extent, Introspect, check_range};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use vmcrypt_error::{Result, ResultExt, bail};
@@ -143,9 +143,6 @@ impl BlockDriver for QcowDriver {
         "qcow"
     }
 
-    fn backing_info(&self) -> Option<(String, Option<String>)> {
-        self.backing_file().map(|b| (b.to_string(), None))
-    }
     fn size(&self) -> u64 {
         self.header.size
     }
@@ -169,15 +166,34 @@ impl BlockDriver for QcowDriver {
     fn is_read_only(&self) -> bool {
         true
     }
-    fn allocated_size(&self) -> Option<u64> {
-        self.engine.file.allocated_size()
-    }
     fn children(&self) -> Vec<Child> {
         vec![Child {
             role: "file",
             node: self.engine.file.clone(),
         }]
     }
+    fn as_backing(&self) -> Option<&dyn Backing> {
+        Some(self)
+    }
+    fn as_introspect(&self) -> Option<&dyn Introspect> {
+        Some(self)
+    }
+}
+
+/// qcow v1 headers name a backing file but never its format.
+impl Backing for QcowDriver {
+    fn backing_info(&self) -> Option<BackingInfo> {
+        self.backing_file().map(|b| BackingInfo {
+            filename: b.to_string(),
+            format: None,
+        })
+    }
+    fn backing_node(&self) -> Option<&Arc<dyn BlockDriver>> {
+        self.backing()
+    }
+}
+
+impl Introspect for QcowDriver {
     fn is_encrypted(&self) -> bool {
         self.engine.crypto.is_encrypted()
     }
