@@ -68,17 +68,20 @@ impl Deferred {
 
     /// `-U` for a node still to be probed: its `file` child's `locking=off`.
     pub(crate) fn disable_locking(&mut self) {
-        disable_locking_in(&mut self.0);
+        disable_locking_in(&mut self.0, false);
     }
 }
 
-fn disable_locking_in(spec: &mut Map<String, Value>) {
-    if spec.get("driver").and_then(Value::as_str) == Some("file") {
+/// `locking=off` on the first `file` node down the `file` children of `spec`; a
+/// `protocol` child without a driver is a `file` node.
+fn disable_locking_in(spec: &mut Map<String, Value>, protocol: bool) {
+    let driver = spec.get("driver");
+    if driver.and_then(Value::as_str) == Some("file") || (protocol && driver.is_none()) {
         spec.insert("locking".into(), Value::String("off".into()));
         return;
     }
     match spec.get_mut("file") {
-        Some(Value::Object(f)) => disable_locking_in(f),
+        Some(Value::Object(f)) => disable_locking_in(f, true),
         Some(Value::String(name)) => {
             let name = name.clone();
             let mut f = Map::new();

@@ -158,3 +158,6 @@ pub(crate) fn known_driver(name: &str) -> Result<&'static str> {
         ),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,7 +34,7 @@ impl Syntax {
 
 /// The node as QEMU's -blockdev wants it: `driver`, then `node-name`, then its options,
 /// every child an object with an explicit driver.
-pub fn qemu_node(spec: &NodeSpec, node_name: &str) -> Result<Map<String, Value>> {
+pub(crate) fn qemu_node(spec: &NodeSpec, node_name: &str) -> Result<Map<String, Value>> {
     ensure!(
         !node_name.is_empty()
             && node_name.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -56,7 +56,7 @@ pub fn qemu_node(spec: &NodeSpec, node_name: &str) -> Result<Map<String, Value>>
 }
 
 /// QEMU's dotted keyval syntax for a node (`driver=luks,file.filename=a,,b`).
-pub fn keyval(node: &Map<String, Value>) -> String {
+pub(crate) fn keyval(node: &Map<String, Value>) -> String {
     let mut parts = Vec::new();
     flatten("", node, &mut parts);
     parts.join(",")
