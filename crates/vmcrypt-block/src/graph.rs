@@ -61,7 +61,8 @@ pub fn probed_format(spec: &NodeSpec) -> Result<Option<&'static str>> {
     }
 }
 
-fn probe_deferred(d: &Deferred) -> Result<&'static str> {
+/// What the top node of `d` probes as, from its `file` child's filename.
+pub(crate) fn probe_deferred(d: &Deferred) -> Result<&'static str> {
     let path = d
         .file_name()?
         .ok_or_else(|| Error::usage("no driver and no file.filename given"))?;

@@ -191,13 +191,7 @@ fn backing_spec(
     if !next.has_driver() {
         let fmt = match bfmt {
             Some(f) => f,
-            None => graph::probed_format(&NodeSpec::Probe(next.clone()))?
-                .ok_or_else(|| {
-                    Error::usage(format!(
-                        "{prefix}backing.driver: cannot tell the format of '{bname}'"
-                    ))
-                })?
-                .to_string(),
+            None => graph::probe_deferred(&next)?.to_string(),
         };
         next.set_driver(&fmt);
     }
