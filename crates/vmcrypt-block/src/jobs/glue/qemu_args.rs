@@ -255,3 +255,64 @@ fn layer_secret(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(
+        image: ImageArg<'a>,
+        objects: &'a [String],
+        syntax: Syntax,
+    ) -> QemuArgsRequest<'a> {
+        QemuArgsRequest {
+            image,
+            objects,
+            node_name: "disk0",
+            syntax,
+            limits: KdfLimits::default(),
+        }
+    }
+
+    #[test]
+    fn a_raw_image_is_one_blockdev() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a,b.raw");
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        let name = path.to_str().unwrap();
+        let image = ImageArg {
+            name,
+            format: Some("raw"),
+            image_opts: false,
+            force_share: true,
+        };
+        let out = qemu_args(&request(image, &[], Syntax::Keyval)).unwrap();
+        let escaped = name.replace(',', ",,");
+        assert_eq!(
+            out.words,
+            [
+                "-blockdev".to_string(),
+                format!(
+                    "driver=raw,node-name=disk0,file.driver=file,file.filename={escaped},file.locking=off"
+                )
+            ]
+        );
+        assert!(out.warnings.is_empty());
+    }
+
+    #[test]
+    fn inline_secrets_are_refused_before_the_image_is_read() {
+        let objects = ["secret,id=s0,data=pw".to_string()];
+        let image = ImageArg {
+            name: "/nonexistent/image",
+            format: None,
+            image_opts: false,
+            force_share: false,
+        };
+        let e = qemu_args(&request(image, &objects, Syntax::Json)).unwrap_err();
+        assert!(
+            e.message().contains("data= would put the passphrase"),
+            "{e}"
+        );
+    }
+}
