@@ -12,6 +12,7 @@ use vmcrypt_block::driver::Allocation;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::opts::parse_keyval;
 use vmcrypt_block::secrets::SecretStore;
+use vmcrypt_block::spec::{NodeSpec, filename_options};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{ErrorKind, Result};
@@ -47,7 +48,7 @@ fn open_spec(
         limits: KdfLimits::default(),
         writable_backing: false,
     };
-    graph::open(spec, &ctx)
+    graph::open(&NodeSpec::from_options(spec)?, &ctx)
 }
 
 fn open_opts(opts: &str, s: &SecretStore) -> Result<Arc<dyn BlockDriver>> {
@@ -195,7 +196,7 @@ fn vector8_json_form() {
         qemu("qcow2-luks-overlay.qcow2"),
         qemu("qcow2-luks-base.qcow2")
     );
-    let spec = graph::spec_from_filename(&format!("json:{json}"), None).unwrap();
+    let spec = filename_options(&format!("json:{json}"), None).unwrap();
     let d = open_spec(&spec, &s, false).unwrap();
     assert_eq!(sha(&read_all(d.as_ref())), OVERLAY_SHA);
 }

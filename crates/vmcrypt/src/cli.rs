@@ -235,10 +235,10 @@ pub enum Command {
     /// libvirt glue: print domain XML for an export of `vmcrypt serve`
     Libvirt {
         #[command(subcommand)]
-        command: crate::cmd::glue::LibvirtCommand,
+        command: crate::cmd::libvirt::LibvirtCommand,
     },
     /// Print the -object/-blockdev arguments with which QEMU opens an image natively
-    QemuArgs(crate::cmd::glue::QemuArgsArgs),
+    QemuArgs(crate::cmd::qemu_args::QemuArgsArgs),
     /// Measure cipher and PBKDF2 speed (like cryptsetup benchmark)
     Bench {
         /// Seconds to spend per measurement

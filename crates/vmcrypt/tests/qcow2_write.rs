@@ -11,7 +11,7 @@
 //!   still opens.
 mod common;
 use common::*;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::mem::MemDriver;
@@ -19,6 +19,7 @@ use vmcrypt_block::drivers::qcow2::{OpenOptions, Qcow2Driver};
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_block::graph::{self, OpenContext};
 use vmcrypt_block::secrets::SecretStore;
+use vmcrypt_block::spec::NodeSpec;
 
 const MIB: u64 = 1 << 20;
 
@@ -94,8 +95,8 @@ fn apply_driver(d: &dyn BlockDriver, model: &mut [u8], op: Op) {
     apply_model(model, op);
 }
 
-fn spec(opts: &str) -> Map<String, Value> {
-    vmcrypt_block::opts::parse_keyval(opts, None).unwrap()
+fn spec(opts: &str) -> NodeSpec {
+    NodeSpec::from_options(&vmcrypt_block::opts::parse_keyval(opts, None).unwrap()).unwrap()
 }
 
 fn store_of(objects: &[String]) -> SecretStore {

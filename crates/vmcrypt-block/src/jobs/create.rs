@@ -9,6 +9,7 @@ use crate::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
 use crate::drivers::luks::volume::{CreateParams, KdfParams, Luks1Volume};
 use crate::opts::{opt_bool, opt_str, opt_u64};
 use crate::secrets::SecretStore;
+use crate::spec::{NodeSpec, spec_from_filename};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
@@ -256,6 +257,23 @@ pub fn create_image(
         }
         _ => unreachable!("checked by options_for"),
     }
+}
+
+/// The spec that opens an image [`create_image`] made at `target` with `format` and the
+/// `-o` options `opts`: the key its options named (`key-secret` for luks,
+/// `encrypt.key-secret` for qcow2) becomes the node's key.
+pub fn created_spec(target: &str, format: &str, opts: &Map<String, Value>) -> Result<NodeSpec> {
+    let mut spec = spec_from_filename(target, Some(format))?;
+    match &mut spec {
+        NodeSpec::Luks(l) => l.key_secret = opt_str(opts, "key-secret")?,
+        NodeSpec::Qcow2(q) => {
+            if let Some(Value::Object(enc)) = opts.get("encrypt") {
+                q.encrypt.key_secret = opt_str(enc, "key-secret")?;
+            }
+        }
+        _ => {}
+    }
+    Ok(spec)
 }
 
 /// LUKS2 create parameters from `-o` options.

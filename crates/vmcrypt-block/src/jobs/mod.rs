@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod glue;
 pub mod info;
 pub mod map;
 pub mod rebase;

@@ -18,7 +18,7 @@ use crate::driver::{BlockDriver, map_extent, read_padded};
 use crate::drivers::file::FileDriver;
 use crate::drivers::qcow2::create::{rebase_unsafe, rebased_header};
 use crate::graph::{self, OpenContext};
-use serde_json::{Map, Value};
+use crate::spec::NodeSpec;
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_error::{Result, ResultExt, ensure};
@@ -50,7 +50,7 @@ pub struct RebaseStats {
 /// image processed. On any error before the data phase (bad key, missing secret, a name
 /// that does not fit in the header) the image is left untouched.
 pub fn rebase(
-    image: &Map<String, Value>,
+    image: &NodeSpec,
     new: Option<NewBacking>,
     ctx: &OpenContext,
     progress: &mut dyn FnMut(u64, u64),

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use vmcrypt_block::drivers::file::FileDriver;
 use vmcrypt_block::drivers::qcow2::check::{self as qcheck, CheckLimits, Repair};
 use vmcrypt_block::graph::{self, OpenContext};
-use vmcrypt_block::jobs::create::{create_image, options_for};
+use vmcrypt_block::jobs::create::{create_image, created_spec, options_for};
 use vmcrypt_block::jobs::info::{human_info, image_info};
 use vmcrypt_block::jobs::rebase::NewBacking;
-use vmcrypt_block::opts::{insert_dotted, opt_str, parse_keyval, parse_size};
+use vmcrypt_block::opts::{opt_str, parse_keyval, parse_size};
+use vmcrypt_block::spec::{ImageArg, NodeSpec};
 use vmcrypt_block::{BlockDriver, jobs::convert as conv};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
@@ -283,7 +284,13 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
             "-o cannot be used with -n (the target already exists)"
         );
         let spec = if a.target_image_opts {
-            parse_keyval(target, None)?
+            let arg = ImageArg {
+                name: target,
+                format: None,
+                image_opts: true,
+                force_share: false,
+            };
+            arg.to_spec()?
         } else {
             graph::spec_from_filename(target, Some(a.out_format))?
         };
@@ -293,16 +300,7 @@ pub fn convert(a: &ConvertArgs) -> Result<u8> {
             .ctx("target")?;
         let raw_zeroed = a.out_format == "raw" && file.has_zero_init();
         drop(file);
-        let mut spec = graph::spec_from_filename(target, Some(a.out_format))?;
-        if let Some(id) = opt_str(&opts, "key-secret")? {
-            spec.insert("key-secret".into(), Value::String(id));
-        }
-        // qcow2 names its key encrypt.key-secret (nested by the -o parser).
-        if let Some(Value::Object(enc)) = opts.get("encrypt")
-            && let Some(id) = opt_str(enc, "key-secret")?
-        {
-            insert_dotted(&mut spec, "encrypt.key-secret", Value::String(id))?;
-        }
+        let spec = created_spec(target, a.out_format, &opts)?;
         let dst = graph::open(&spec, &ctx).ctx("target")?;
         // A new qcow2 without a backing file reads as zeros (encrypted or not: its
         // clusters are unallocated); a LUKS payload never does.
@@ -380,20 +378,15 @@ pub fn check(
 }
 
 /// The file of `spec` if its top node is (or probes as) qcow2.
-fn qcow2_file(spec: &Map<String, Value>) -> Result<Option<String>> {
-    let driver = match spec.get("driver") {
-        Some(Value::String(d)) => Some(d.as_str()),
-        Some(_) => None,
+fn qcow2_file(spec: &NodeSpec) -> Result<Option<String>> {
+    let driver = match spec.driver() {
+        Some(d) => Some(d),
         None => graph::probed_format(spec)?,
     };
     if driver != Some("qcow2") {
         return Ok(None);
     }
-    Ok(match spec.get("file") {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Object(m)) => opt_str(m, "filename")?,
-        _ => None,
-    })
+    spec.file_name()
 }
 
 /// qemu-img check for qcow2: the checker reads the file node itself (no key needed).

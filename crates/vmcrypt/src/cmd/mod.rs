@@ -1,20 +1,21 @@
 //! Command implementations: each turns parsed flags into library calls and prints.
 mod bench;
-pub mod glue;
 mod image;
+pub mod libvirt;
 mod luks;
 mod luks2;
+pub mod qemu_args;
 pub mod serve;
 mod tools;
 
 use crate::cli::{Cli, Command, Common};
-use serde_json::{Map, Value};
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::graph::{self, OpenContext};
-use vmcrypt_block::opts::{parse_keyval, parse_size};
+use vmcrypt_block::opts::parse_size;
 use vmcrypt_block::secrets::SecretStore;
-use vmcrypt_error::{Result, bail};
+use vmcrypt_block::spec::{ImageArg, NodeSpec};
+use vmcrypt_error::Result;
 
 /// Run a parsed command; returns the exit status on success paths (check may return 2/3).
 pub fn run(cli: Cli) -> Result<u8> {
@@ -158,8 +159,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Luks { command } => luks::run(command),
         Command::Bench { seconds } => bench::run(seconds),
         Command::Serve(args) => serve::run(&args),
-        Command::Libvirt { command } => glue::libvirt(&command),
-        Command::QemuArgs(args) => glue::qemu_args(&args),
+        Command::Libvirt { command } => libvirt::run(&command),
+        Command::QemuArgs(args) => qemu_args::run(&args),
     }
 }
 
@@ -172,21 +173,20 @@ pub fn secrets(common: &Common) -> Result<SecretStore> {
     Ok(s)
 }
 
-/// The graph description of an image argument (`--image-opts`, `json:`, or a filename
-/// with an optional `-f`).
-pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<Map<String, Value>> {
-    let mut spec = if common.image_opts {
-        if format.is_some() {
-            bail!(Usage, "--image-opts and -f are mutually exclusive");
-        }
-        parse_keyval(name, None)?
-    } else {
-        graph::spec_from_filename(name, format)?
-    };
-    if common.force_share {
-        graph::disable_locking(&mut spec);
+/// An image argument as the library takes it (`--image-opts`, `json:`, or a filename
+/// with an optional `-f`; `-U`).
+pub fn image_arg<'a>(common: &Common, format: Option<&'a str>, name: &'a str) -> ImageArg<'a> {
+    ImageArg {
+        name,
+        format,
+        image_opts: common.image_opts,
+        force_share: common.force_share,
     }
-    Ok(spec)
+}
+
+/// The node spec of an image argument.
+pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<NodeSpec> {
+    image_arg(common, format, name).to_spec()
 }
 
 /// How the command line's images are opened: its secrets and KDF limits, backing files

@@ -1,0 +1,73 @@
+//! The one way a command line's image argument becomes a [`NodeSpec`]: a filename, a
+//! `json:{...}` filename, or `--image-opts` keyval options, with `-f` and `-U`.
+use super::NodeSpec;
+use crate::opts::{opt_str, parse_json_filename, parse_keyval};
+use serde_json::{Map, Value};
+use vmcrypt_error::{Result, bail};
+
+/// An image as a command line names it.
+#[derive(Clone, Copy, Debug)]
+pub struct ImageArg<'a> {
+    /// The argument: a filename, `json:{...}`, or keyval options with `image_opts`.
+    pub name: &'a str,
+    /// `-f FMT`: the top node's driver (probed when `None`).
+    pub format: Option<&'a str>,
+    /// `--image-opts`: `name` is `driver=...,file.filename=...` keyval options.
+    pub image_opts: bool,
+    /// `-U`: open the protocol node without image locking.
+    pub force_share: bool,
+}
+
+impl ImageArg<'_> {
+    /// The node spec the argument describes.
+    pub fn to_spec(&self) -> Result<NodeSpec> {
+        let mut spec = if self.image_opts {
+            if self.format.is_some() {
+                bail!(Usage, "--image-opts and -f are mutually exclusive");
+            }
+            NodeSpec::from_options(&parse_keyval(self.name, None)?)?
+        } else {
+            spec_from_filename(self.name, self.format)?
+        };
+        if self.force_share {
+            spec.disable_locking();
+        }
+        Ok(spec)
+    }
+}
+
+/// Describe `filename` opened with format `format` (probed when `None`). A
+/// `json:{...}` filename is parsed as such.
+pub fn spec_from_filename(filename: &str, format: Option<&str>) -> Result<NodeSpec> {
+    NodeSpec::from_options(&filename_options(filename, format)?)
+}
+
+/// The option tree of `filename` with format `format`: a `json:{...}` filename's
+/// options (its driver checked against `format`), or
+/// `{"driver": FORMAT, "file": {"driver": "file", "filename": NAME}}`.
+pub fn filename_options(filename: &str, format: Option<&str>) -> Result<Map<String, Value>> {
+    if let Some(json) = filename.strip_prefix("json:") {
+        let mut m = parse_json_filename(json)?;
+        if let Some(f) = format {
+            match opt_str(&m, "driver")? {
+                Some(d) if d != f => bail!(
+                    Usage,
+                    "format '{f}' given with -f conflicts with driver '{d}' in the json: filename"
+                ),
+                _ => {
+                    m.insert("driver".into(), Value::String(f.into()));
+                }
+            }
+        }
+        return Ok(m);
+    }
+    let mut m = Map::new();
+    if let Some(f) = format {
+        m.insert("driver".into(), Value::String(f.into()));
+    }
+    let mut file = Map::new();
+    file.insert("driver".into(), Value::String("file".into()));
+    file.insert("filename".into(), Value::String(filename.into()));
+    m.insert("file".into(), Value::Object(file));
+    Ok(m)
+}
