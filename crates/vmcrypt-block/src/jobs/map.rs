@@ -5,9 +5,44 @@
 //! present, file and "has an offset" agree and, with offsets, the second continues the
 //! first on the host. The human table lists only data that is not known to be zero, and
 //! refuses data without a host offset (encrypted or compressed clusters).
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{Allocation, BlockDriver};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use vmcrypt_error::{Result, bail};
+
+/// What `vmcrypt map` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MapRequest {
+    pub image: ImageArg,
+    /// First guest byte to map.
+    pub start: u64,
+    /// Map at most this many bytes.
+    pub max_length: Option<u64>,
+}
+
+impl MapRequest {
+    fn open(&self, env: &Env, events: &mut dyn Events) -> Result<Arc<dyn BlockDriver>> {
+        self.image.open(env, Access::READ, events)
+    }
+
+    /// The map as qemu-img's JSON text (`--output=json`, with the final newline).
+    pub fn json(&self, env: &Env, events: &mut dyn Events) -> Result<String> {
+        map_json(self.open(env, events)?.as_ref(), self.start, self.max_length)
+    }
+
+    /// The human table, written line by line to `out` (see [`map_human`]).
+    pub fn human(
+        &self,
+        env: &Env,
+        events: &mut dyn Events,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let node = self.open(env, events)?;
+        map_human(node.as_ref(), self.start, self.max_length, out)
+    }
+}
 
 /// Largest range asked for at once (qemu-img probes 1 GiB at a time).
 const PROBE: u64 = 1 << 30;

@@ -14,6 +14,8 @@
 //! resolved against the image's directory) or a `json:{...}` filename, which is how an
 //! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
 //! the name exactly as given, with `-F` as its format, as qemu-img does.
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{BlockDriver, read_padded};
 use crate::drivers::file::FileDriver;
 use crate::drivers::qcow2::create::{rebase_unsafe, rebased_header};
@@ -33,6 +35,68 @@ pub struct NewBacking<'a> {
     pub name: &'a str,
     /// Its format (`-F`); required, as qemu-img requires it.
     pub format: Option<&'a str>,
+}
+
+/// What `vmcrypt rebase` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RebaseRequest {
+    pub image: ImageArg,
+    /// `-b`: the new backing file ("" removes it).
+    pub backing: String,
+    /// `-F`: its format.
+    pub backing_format: Option<String>,
+    /// `-u`: change only the header, copy no data.
+    pub unsafe_mode: bool,
+}
+
+/// Rebase as `req` asks: safely (see [`rebase`]; progress in bytes goes to `events`) or,
+/// with `unsafe_mode`, by rewriting only the header. Unsafe mode reports no stats.
+pub fn run(req: &RebaseRequest, env: &Env, events: &mut dyn Events) -> Result<RebaseStats> {
+    if let Some(f) = &req.image.format {
+        ensure!(
+            f == "qcow2",
+            Unsupported,
+            "rebase needs a qcow2 image (format '{f}' has no backing file)"
+        );
+    }
+    if req.unsafe_mode {
+        rebase_unsafe_request(req)?;
+        return Ok(RebaseStats::default());
+    }
+    let spec = req.image.spec()?;
+    // qemu-img ignores -F when the backing file is removed.
+    let new = (!req.backing.is_empty()).then_some(NewBacking {
+        name: &req.backing,
+        format: req.backing_format.as_deref(),
+    });
+    rebase(&spec, new, &env.ctx(Access::WRITE), &mut |d, t| {
+        events.progress(d, t)
+    })
+}
+
+/// `rebase -u`: a file name only, and `-F` exactly when a backing file is named.
+fn rebase_unsafe_request(req: &RebaseRequest) -> Result<()> {
+    ensure!(
+        !req.image.image_opts,
+        Unsupported,
+        "rebase -u takes a file name, not --image-opts"
+    );
+    let new = if req.backing.is_empty() {
+        ensure!(
+            req.backing_format.is_none(),
+            Usage,
+            "-F cannot be used when removing the backing file (-b \"\")"
+        );
+        None
+    } else {
+        ensure!(
+            req.backing_format.is_some(),
+            Usage,
+            "a backing format is required with -u (-F FMT)"
+        );
+        Some((req.backing.as_str(), req.backing_format.as_deref()))
+    };
+    rebase_unsafe(Path::new(&req.image.name), new)
 }
 
 /// What a safe rebase did.
