@@ -40,7 +40,9 @@ impl CompareReport {
             Outcome::Identical => "Images are identical.".into(),
             Outcome::Mismatch(at) => format!("Content mismatch at offset {at}!"),
             Outcome::SizeMismatch => "Strict mode: Image size mismatch!".into(),
-            Outcome::StatusMismatch(at) => format!("Strict mode: Offset {at} block status mismatch!"),
+            Outcome::StatusMismatch(at) => {
+                format!("Strict mode: Offset {at} block status mismatch!")
+            }
         });
         v
     }
@@ -236,12 +238,18 @@ mod tests {
         let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
         assert_eq!(
             r.lines(),
-            ["Warning: Image size mismatch!", "Content mismatch at offset 4096!"]
+            [
+                "Warning: Image size mismatch!",
+                "Content mismatch at offset 4096!"
+            ]
         );
         assert_eq!(r.exit_code(), 1);
         req.second = arg(&a);
         let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
-        assert_eq!((r.lines(), r.exit_code()), (vec!["Images are identical.".into()], 0));
+        assert_eq!(
+            (r.lines(), r.exit_code()),
+            (vec!["Images are identical.".into()], 0)
+        );
         req.second = arg(&b);
         req.strict = true;
         let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();

@@ -153,7 +153,12 @@ mod tests {
     fn raw_plan_and_run() {
         let dir = tempfile::tempdir().unwrap();
         let env = Env::default();
-        let p = plan(&req(dir.path(), "raw", &[], Some("1M")), &env, &mut NoEvents).unwrap();
+        let p = plan(
+            &req(dir.path(), "raw", &[], Some("1M")),
+            &env,
+            &mut NoEvents,
+        )
+        .unwrap();
         assert_eq!(p.size, 1 << 20);
         assert!(p.summary().ends_with("', fmt=raw size=1048576"));
         p.run(&env).unwrap();
@@ -165,7 +170,11 @@ mod tests {
     fn size_from_options_and_refusals() {
         let dir = tempfile::tempdir().unwrap();
         let env = Env::default();
-        let p = plan(&req(dir.path(), "raw", &["size=2k"], None), &env, &mut NoEvents);
+        let p = plan(
+            &req(dir.path(), "raw", &["size=2k"], None),
+            &env,
+            &mut NoEvents,
+        );
         assert_eq!(p.unwrap().size, 2048);
         let both = req(dir.path(), "raw", &["size=2k"], Some("1k"));
         let e = plan(&both, &env, &mut NoEvents).unwrap_err();
@@ -185,10 +194,14 @@ mod tests {
     fn qcow2_size_comes_from_the_backing_file() {
         let dir = tempfile::tempdir().unwrap();
         let env = Env::default();
-        plan(&req(dir.path(), "raw", &[], Some("64k")), &env, &mut NoEvents)
-            .unwrap()
-            .run(&env)
-            .unwrap();
+        plan(
+            &req(dir.path(), "raw", &[], Some("64k")),
+            &env,
+            &mut NoEvents,
+        )
+        .unwrap()
+        .run(&env)
+        .unwrap();
         let top = CreateRequest {
             filename: Some(dir.path().join("top").display().to_string()),
             backing: Some("img".into()),

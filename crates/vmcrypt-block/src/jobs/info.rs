@@ -278,8 +278,16 @@ mod tests {
         assert_eq!(report.images.len(), 1);
         assert_eq!(report.json()["format"], "raw");
         assert_eq!(report.json()["virtual-size"], 1 << 20);
-        assert!(report.human().starts_with(&format!("image: {name}\nfile format: raw\n")));
-        assert!(report.human().contains("virtual size: 1 MiB (1048576 bytes)\n"));
+        assert!(
+            report
+                .human()
+                .starts_with(&format!("image: {name}\nfile format: raw\n"))
+        );
+        assert!(
+            report
+                .human()
+                .contains("virtual size: 1 MiB (1048576 bytes)\n")
+        );
         let chain = InfoRequest {
             backing_chain: true,
             ..req

@@ -29,7 +29,11 @@ impl MapRequest {
 
     /// The map as qemu-img's JSON text (`--output=json`, with the final newline).
     pub fn json(&self, env: &Env, events: &mut dyn Events) -> Result<String> {
-        map_json(self.open(env, events)?.as_ref(), self.start, self.max_length)
+        map_json(
+            self.open(env, events)?.as_ref(),
+            self.start,
+            self.max_length,
+        )
     }
 
     /// The human table, written line by line to `out` (see [`map_human`]).
