@@ -185,6 +185,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_qcow2_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("img").display().to_string();
+        let env = Env::default();
+        let create = crate::jobs::create_request::CreateRequest {
+            filename: Some(name.clone()),
+            format: "qcow2".into(),
+            size: Some("1M".into()),
+            ..Default::default()
+        };
+        crate::jobs::create_request::plan(&create, &env, &mut crate::jobs::NoEvents)
+            .unwrap()
+            .run(&env)
+            .unwrap();
+        let req = CheckRequest {
+            image: ImageArg::file(&name, None),
+            repair: None,
+        };
+        let CheckOutcome::Qcow2(q) = run(&req, &env).unwrap() else {
+            panic!("a qcow2 image goes to the qcow2 checker");
+        };
+        assert_eq!(q.report.exit_code(), 0);
+        assert!(
+            q.report
+                .human()
+                .starts_with("No errors were found on the image.\n")
+        );
+    }
+
+    #[test]
     fn a_broken_qcow2_fails_the_check() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");

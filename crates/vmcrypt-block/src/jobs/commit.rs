@@ -41,4 +41,38 @@ mod tests {
         };
         assert!(run(&req, &Env::default(), &mut NoEvents).is_err());
     }
+
+    #[test]
+    fn overlay_data_goes_into_the_base() {
+        use crate::jobs::create_request::{CreateRequest, plan};
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::write(&base, vec![0u8; 65536]).unwrap();
+        let top = dir.path().join("top").display().to_string();
+        let env = Env::default();
+        let create = CreateRequest {
+            filename: Some(top.clone()),
+            format: "qcow2".into(),
+            backing: Some("base".into()),
+            backing_format: Some("raw".into()),
+            ..CreateRequest::default()
+        };
+        plan(&create, &env, &mut NoEvents)
+            .unwrap()
+            .run(&env)
+            .unwrap();
+        let arg = ImageArg::file(&top, Some("qcow2"));
+        let node = arg.open(&env, Access::WRITE, &mut NoEvents).unwrap();
+        node.write_at(&[9u8; 512], 1024).unwrap();
+        node.flush().unwrap();
+        drop(node);
+        let req = CommitRequest {
+            image: arg,
+            keep: true,
+        };
+        run(&req, &env, &mut NoEvents).unwrap();
+        let bytes = std::fs::read(&base).unwrap();
+        assert_eq!(&bytes[1024..1536], &[9u8; 512]);
+        assert!(bytes[..1024].iter().all(|&b| b == 0));
+    }
 }

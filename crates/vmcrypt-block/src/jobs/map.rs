@@ -231,3 +231,34 @@ pub fn map_human(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::NoEvents;
+
+    #[test]
+    fn map_job_renders_both_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("img");
+        std::fs::write(&path, vec![1u8; 65536]).unwrap();
+        let name = path.display().to_string();
+        let mut req = MapRequest {
+            image: ImageArg::file(&name, Some("raw")),
+            start: 0,
+            max_length: None,
+        };
+        let json = req.json(&Env::default(), &mut NoEvents).unwrap();
+        assert!(json.starts_with("[{ \"start\": 0, \"length\": 65536, \"depth\": 0"));
+        assert!(json.contains("\"data\": true"));
+        assert!(json.ends_with("}]\n"));
+        req.start = 4096;
+        req.max_length = Some(4096);
+        let mut out = Vec::new();
+        req.human(&Env::default(), &mut NoEvents, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols, ["0x1000", "0x1000", "0x1000", name.as_str()]);
+    }
+}

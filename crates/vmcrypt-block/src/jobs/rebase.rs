@@ -296,3 +296,35 @@ fn write_run(top: &dyn BlockDriver, data: &mut [u8], off: u64, zeros: bool) -> R
         )
     })
 }
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use crate::jobs::NoEvents;
+
+    fn req(format: Option<&str>, backing: &str, backing_format: Option<&str>) -> RebaseRequest {
+        RebaseRequest {
+            image: ImageArg::file("/nonexistent/img.qcow2", format),
+            backing: backing.into(),
+            backing_format: backing_format.map(Into::into),
+            unsafe_mode: true,
+        }
+    }
+
+    #[test]
+    fn unsafe_rebase_refusals() {
+        let env = Env::default();
+        let run_err = |r: RebaseRequest| run(&r, &env, &mut NoEvents).unwrap_err().to_string();
+        assert!(run_err(req(Some("raw"), "b", Some("raw"))).contains("needs a qcow2 image"));
+        assert!(run_err(req(None, "b", None)).contains("a backing format is required with -u"));
+        assert!(run_err(req(None, "", Some("raw"))).contains("-F cannot be used"));
+        let opts = RebaseRequest {
+            image: ImageArg {
+                image_opts: true,
+                ..ImageArg::file("driver=qcow2", None)
+            },
+            ..req(None, "b", Some("raw"))
+        };
+        assert!(run_err(opts).contains("not --image-opts"));
+    }
+}
