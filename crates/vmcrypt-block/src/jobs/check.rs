@@ -169,61 +169,41 @@ fn check_qcow2(path: &str, repair: Option<Repair>) -> Result<CheckOutcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::testutil::{Scratch, sized};
+
+    fn check(path: &str, format: Option<&str>, repair: Option<Repair>) -> CheckOutcome {
+        let req = CheckRequest {
+            image: ImageArg::file(path, format),
+            repair,
+        };
+        run(&req, &Env::default()).unwrap()
+    }
 
     #[test]
     fn raw_images_have_no_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, [0u8; 4096]).unwrap();
-        let req = CheckRequest {
-            image: ImageArg::file(&path.display().to_string(), Some("raw")),
-            repair: None,
-        };
-        let out = run(&req, &Env::default()).unwrap();
+        let sc = Scratch::new();
+        let out = check(&sc.raw("img", &[0u8; 4096]), Some("raw"), None);
         assert!(matches!(out, CheckOutcome::NotSupported));
         assert_eq!(out.exit_code(), 63);
     }
 
     #[test]
     fn a_fresh_qcow2_is_clean() {
-        let dir = tempfile::tempdir().unwrap();
-        let name = dir.path().join("img").display().to_string();
-        let env = Env::default();
-        let create = crate::jobs::create_request::CreateRequest {
-            filename: Some(name.clone()),
-            format: "qcow2".into(),
-            size: Some("1M".into()),
-            ..Default::default()
-        };
-        crate::jobs::create_request::plan(&create, &env, &mut crate::jobs::NoEvents)
-            .unwrap()
-            .run(&env)
-            .unwrap();
-        let req = CheckRequest {
-            image: ImageArg::file(&name, None),
-            repair: None,
-        };
-        let CheckOutcome::Qcow2(q) = run(&req, &env).unwrap() else {
+        let sc = Scratch::new();
+        let img = sc.create("img", sized("qcow2", "1M"));
+        let CheckOutcome::Qcow2(q) = check(&img, None, None) else {
             panic!("a qcow2 image goes to the qcow2 checker");
         };
         assert_eq!(q.report.exit_code(), 0);
-        assert!(
-            q.report
-                .human()
-                .starts_with("No errors were found on the image.\n")
-        );
+        let human = q.report.human();
+        assert!(human.starts_with("No errors were found on the image.\n"));
     }
 
     #[test]
     fn a_broken_qcow2_fails_the_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, [0u8; 4096]).unwrap();
-        let req = CheckRequest {
-            image: ImageArg::file(&path.display().to_string(), Some("qcow2")),
-            repair: Some(parse_repair("leaks").unwrap()),
-        };
-        let out = run(&req, &Env::default()).unwrap();
+        let sc = Scratch::new();
+        let img = sc.raw("img", &[0u8; 4096]);
+        let out = check(&img, Some("qcow2"), Some(parse_repair("leaks").unwrap()));
         assert!(matches!(out, CheckOutcome::Failed(_)));
         assert_eq!(out.exit_code(), 1);
         assert!(parse_repair("some").is_err());

@@ -29,14 +29,14 @@ pub fn run(req: &CommitRequest, env: &Env, events: &mut dyn Events) -> Result<()
 mod tests {
     use super::*;
     use crate::jobs::NoEvents;
+    use crate::jobs::create_request::CreateRequest;
+    use crate::jobs::testutil::Scratch;
 
     #[test]
     fn raw_images_cannot_be_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let sc = Scratch::new();
         let req = CommitRequest {
-            image: ImageArg::file(&path.display().to_string(), Some("raw")),
+            image: ImageArg::file(&sc.raw("img", &[0u8; 4096]), Some("raw")),
             keep: false,
         };
         assert!(run(&req, &Env::default(), &mut NoEvents).is_err());
@@ -44,24 +44,16 @@ mod tests {
 
     #[test]
     fn overlay_data_goes_into_the_base() {
-        use crate::jobs::create_request::{CreateRequest, plan};
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base");
-        std::fs::write(&base, vec![0u8; 65536]).unwrap();
-        let top = dir.path().join("top").display().to_string();
-        let env = Env::default();
-        let create = CreateRequest {
-            filename: Some(top.clone()),
+        let sc = Scratch::new();
+        let base = sc.raw("base", &[0u8; 65536]);
+        let overlay = CreateRequest {
             format: "qcow2".into(),
             backing: Some("base".into()),
             backing_format: Some("raw".into()),
             ..CreateRequest::default()
         };
-        plan(&create, &env, &mut NoEvents)
-            .unwrap()
-            .run(&env)
-            .unwrap();
-        let arg = ImageArg::file(&top, Some("qcow2"));
+        let arg = ImageArg::file(&sc.create("top", overlay), Some("qcow2"));
+        let env = Env::default();
         let node = arg.open(&env, Access::WRITE, &mut NoEvents).unwrap();
         node.write_at(&[9u8; 512], 1024).unwrap();
         node.flush().unwrap();

@@ -266,10 +266,8 @@ mod tests {
 
     #[test]
     fn info_of_a_raw_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
-        let name = path.display().to_string();
+        let sc = crate::jobs::testutil::Scratch::new();
+        let name = sc.raw("img", &vec![0u8; 1 << 20]);
         let req = InfoRequest {
             image: ImageArg::file(&name, Some("raw")),
             backing_chain: false,

@@ -239,10 +239,8 @@ mod tests {
 
     #[test]
     fn map_job_renders_both_shapes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, vec![1u8; 65536]).unwrap();
-        let name = path.display().to_string();
+        let sc = crate::jobs::testutil::Scratch::new();
+        let name = sc.raw("img", &[1u8; 65536]);
         let mut req = MapRequest {
             image: ImageArg::file(&name, Some("raw")),
             start: 0,

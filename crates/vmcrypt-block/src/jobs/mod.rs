@@ -19,6 +19,8 @@ pub mod map;
 pub mod options;
 pub mod rebase;
 pub mod resize;
+#[cfg(test)]
+mod testutil;
 
 pub use image_arg::{Env, ImageArg};
 

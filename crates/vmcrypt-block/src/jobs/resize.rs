@@ -72,11 +72,10 @@ mod tests {
 
     #[test]
     fn grow_and_refuse_to_shrink() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("img");
-        std::fs::write(&path, [0u8; 4096]).unwrap();
+        let sc = crate::jobs::testutil::Scratch::new();
+        let path = sc.raw("img", &[0u8; 4096]);
         let mut req = ResizeRequest {
-            image: ImageArg::file(&path.display().to_string(), Some("raw")),
+            image: ImageArg::file(&path, Some("raw")),
             size: "+4k".into(),
             shrink: false,
         };

@@ -1,6 +1,6 @@
 //! `vmcrypt check` (qemu-img check): flags -> [`CheckRequest`] -> the check job ->
 //! qemu-img's messages, report and exit status.
-use super::common::{Common, Output, pretty};
+use super::common::{Output, ReportOpts, pretty};
 use vmcrypt_block::jobs::check::{
     CheckOutcome, CheckRequest, Qcow2Check, parse_repair, run as check,
 };
@@ -10,11 +10,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
-    #[arg(long = "output", default_value = "human")]
-    pub output: String,
+    pub opts: ReportOpts,
     /// Repair qcow2 refcounts: leaks (lower leaked refcounts) or all (also raise
     /// too-low ones)
     #[arg(short = 'r', value_name = "leaks|all")]
@@ -23,16 +19,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let output = Output::parse(&a.output)?;
+    let output = a.opts.output()?;
     let repair = a.repair.as_deref().map(parse_repair).transpose()?;
-    let env = a.common.env()?;
-    let req = CheckRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
-        repair,
-    };
+    let (env, image) = a.opts.image.open_parts(&a.filename)?;
+    let req = CheckRequest { image, repair };
     let outcome = check(&req, &env)?;
     match &outcome {
-        CheckOutcome::Qcow2(q) => print_qcow2(q, output, a.common.quiet, &a.filename),
+        CheckOutcome::Qcow2(q) => print_qcow2(q, output, a.opts.image.common.quiet, &a.filename),
         CheckOutcome::Driver(d) => match output {
             Output::Json => outln!("{}", pretty(&d.json(&a.filename))),
             Output::Human => out!("{}", d.human()),

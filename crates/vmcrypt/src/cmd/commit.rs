@@ -1,6 +1,6 @@
 //! `vmcrypt commit` (qemu-img commit): flags -> [`CommitRequest`] -> the commit job,
 //! with qemu-img's `-p` progress line.
-use super::common::{Common, Ui};
+use super::common::ImageOpts;
 use vmcrypt_block::jobs::commit::{CommitRequest, run as commit};
 use vmcrypt_error::Result;
 
@@ -8,9 +8,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
+    pub image: ImageOpts,
     /// Do not empty the image after the commit
     #[arg(short = 'd')]
     pub keep: bool,
@@ -21,15 +19,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let env = a.common.env()?;
+    let (env, image) = a.image.open_parts(&a.filename)?;
     let req = CommitRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
+        image,
         keep: a.keep,
     };
-    let mut ui = Ui::with_progress(&a.common, a.progress);
-    commit(&req, &env, &mut ui)?;
-    ui.finish();
-    if !a.common.quiet {
+    a.image.ui(a.progress).run(|ui| commit(&req, &env, ui))?;
+    if !a.image.common.quiet {
         outln!("Image committed.");
     }
     Ok(0)

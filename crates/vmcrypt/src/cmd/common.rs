@@ -63,6 +63,44 @@ impl LimitOpts {
     }
 }
 
+/// The options of a command that opens images of one format: [`Common`] and `-f`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ImageOpts {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(short = 'f')]
+    pub format: Option<String>,
+}
+
+impl ImageOpts {
+    /// The command's [`Env`] and its image argument `name`.
+    pub fn open_parts(&self, name: &str) -> Result<(Env, ImageArg)> {
+        let env = self.common.env()?;
+        Ok((env, self.common.image(self.format.as_deref(), name)))
+    }
+
+    /// Terminal events for this command (see [`Ui::with_progress`]).
+    pub fn ui(&self, progress: bool) -> Ui {
+        Ui::with_progress(&self.common, progress)
+    }
+}
+
+/// [`ImageOpts`] and `--output` for a command that prints a report.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReportOpts {
+    #[command(flatten)]
+    pub image: ImageOpts,
+    #[arg(long = "output", default_value = "human")]
+    pub output: String,
+}
+
+impl ReportOpts {
+    /// The parsed `--output`.
+    pub fn output(&self) -> Result<Output> {
+        Output::parse(&self.output)
+    }
+}
+
 impl Common {
     /// Secrets from every `--object`.
     pub fn secrets(&self) -> Result<SecretStore> {
@@ -137,11 +175,13 @@ impl Ui {
         }
     }
 
-    /// End the progress line.
-    pub fn finish(&self) {
+    /// Run `job` with these events; the progress line ends when it succeeds.
+    pub fn run<T>(mut self, job: impl FnOnce(&mut Ui) -> Result<T>) -> Result<T> {
+        let r = job(&mut self)?;
         if self.show_progress {
             eprintln!();
         }
+        Ok(r)
     }
 }
 

@@ -1,6 +1,6 @@
 //! `vmcrypt convert` (qemu-img convert): flags -> [`ConvertRequest`] -> the convert job,
 //! with qemu-img's `-p` progress line.
-use super::common::{Common, Ui, print_option_help};
+use super::common::{ImageOpts, print_option_help};
 use vmcrypt_block::jobs::convert::{ConvertRequest, run as convert};
 use vmcrypt_block::jobs::options::wants_help;
 use vmcrypt_error::{Result, bail};
@@ -9,9 +9,7 @@ use vmcrypt_error::{Result, bail};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
+    pub image: ImageOpts,
     #[arg(short = 'O', default_value = "raw")]
     pub out_format: String,
     #[arg(short = 'o', value_name = "OPTIONS")]
@@ -44,17 +42,15 @@ pub fn run(a: Args) -> Result<u8> {
     let (Some(source), Some(target)) = (&a.source, a.target) else {
         bail!(Usage, "convert needs a source and a target image");
     };
-    let env = a.common.env()?;
+    let (env, source) = a.image.open_parts(source)?;
     let req = ConvertRequest {
-        source: a.common.image(a.format.as_deref(), source),
+        source,
         target,
         out_format: a.out_format,
         options: a.options,
         no_create: a.no_create,
         target_image_opts: a.target_image_opts,
     };
-    let mut ui = Ui::with_progress(&a.common, a.progress);
-    convert(&req, &env, &mut ui)?;
-    ui.finish();
+    a.image.ui(a.progress).run(|ui| convert(&req, &env, ui))?;
     Ok(0)
 }

@@ -1,6 +1,6 @@
 //! `vmcrypt info` (qemu-img info): flags -> [`InfoRequest`] -> the info job -> its
 //! JSON or human rendering.
-use super::common::{Common, Output, Ui, pretty};
+use super::common::{Output, ReportOpts, pretty};
 use vmcrypt_block::jobs::info::{InfoRequest, run as info};
 use vmcrypt_error::Result;
 
@@ -8,11 +8,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
-    #[arg(long = "output", default_value = "human")]
-    pub output: String,
+    pub opts: ReportOpts,
     /// Also show every backing file of the chain
     #[arg(long = "backing-chain")]
     pub backing_chain: bool,
@@ -20,13 +16,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let output = Output::parse(&a.output)?;
-    let env = a.common.env()?;
+    let output = a.opts.output()?;
+    let (env, image) = a.opts.image.open_parts(&a.filename)?;
     let req = InfoRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
+        image,
         backing_chain: a.backing_chain,
     };
-    let report = info(&req, &env, &mut Ui::new(&a.common))?;
+    let report = info(&req, &env, &mut a.opts.image.ui(false))?;
     match output {
         Output::Json => outln!("{}", pretty(&report.json())),
         Output::Human => out!("{}", report.human()),

@@ -1,6 +1,6 @@
 //! `vmcrypt map` (qemu-img map): flags -> [`MapRequest`] -> the map as JSON or as the
 //! human table; any failure exits with qemu-img's status 1.
-use super::common::{Common, Output, Ui, failed};
+use super::common::{Output, ReportOpts, failed};
 use std::io::Write;
 use vmcrypt_block::jobs::map::MapRequest;
 use vmcrypt_block::opts::parse_size;
@@ -10,11 +10,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
-    #[arg(long = "output", default_value = "human")]
-    pub output: String,
+    pub opts: ReportOpts,
     /// First guest byte to map
     #[arg(long = "start-offset", value_name = "OFFSET", default_value = "0")]
     pub start_offset: String,
@@ -27,15 +23,15 @@ pub struct Args {
 pub fn run(a: Args) -> Result<u8> {
     let start = parse_size(&a.start_offset)?;
     let max_length = a.max_length.as_deref().map(parse_size).transpose()?;
-    let output = Output::parse(&a.output)?;
-    let req = MapRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
-        start,
-        max_length,
-    };
+    let output = a.opts.output()?;
     let run = || -> Result<()> {
-        let env = a.common.env()?;
-        let mut ui = Ui::new(&a.common);
+        let (env, image) = a.opts.image.open_parts(&a.filename)?;
+        let req = MapRequest {
+            image,
+            start,
+            max_length,
+        };
+        let mut ui = a.opts.image.ui(false);
         if output == Output::Json {
             let text = req.json(&env, &mut ui)?;
             out!("{text}");

@@ -1,6 +1,6 @@
 //! `vmcrypt rebase` (qemu-img rebase): flags -> [`RebaseRequest`] -> the rebase job
 //! (safe by default, header only with `-u`), with qemu-img's `-p` progress line.
-use super::common::{Common, Ui};
+use super::common::ImageOpts;
 use vmcrypt_block::jobs::rebase::{RebaseRequest, run as rebase};
 use vmcrypt_error::Result;
 
@@ -8,9 +8,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
+    pub image: ImageOpts,
     /// New backing file ("" removes the backing file)
     #[arg(short = 'b', value_name = "BACKING_FILE")]
     pub backing: String,
@@ -27,15 +25,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let env = a.common.env()?;
+    let (env, image) = a.image.open_parts(&a.filename)?;
     let req = RebaseRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
+        image,
         backing: a.backing,
         backing_format: a.backing_format,
         unsafe_mode: a.unsafe_mode,
     };
-    let mut ui = Ui::with_progress(&a.common, a.progress && !a.unsafe_mode);
-    rebase(&req, &env, &mut ui)?;
-    ui.finish();
+    let ui = a.image.ui(a.progress && !a.unsafe_mode);
+    ui.run(|ui| rebase(&req, &env, ui))?;
     Ok(0)
 }

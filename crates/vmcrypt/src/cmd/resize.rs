@@ -1,5 +1,5 @@
 //! `vmcrypt resize` (qemu-img resize): flags -> [`ResizeRequest`] -> the resize job.
-use super::common::{Common, Ui};
+use super::common::ImageOpts;
 use vmcrypt_block::jobs::resize::{ResizeRequest, run as resize};
 use vmcrypt_error::Result;
 
@@ -7,9 +7,7 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    pub common: Common,
-    #[arg(short = 'f')]
-    pub format: Option<String>,
+    pub image: ImageOpts,
     /// Allow shrinking (data past the new end is lost)
     #[arg(long)]
     pub shrink: bool,
@@ -19,14 +17,14 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let env = a.common.env()?;
+    let (env, image) = a.image.open_parts(&a.filename)?;
     let req = ResizeRequest {
-        image: a.common.image(a.format.as_deref(), &a.filename),
+        image,
         size: a.size,
         shrink: a.shrink,
     };
-    resize(&req, &env, &mut Ui::new(&a.common))?;
-    if !a.common.quiet {
+    resize(&req, &env, &mut a.image.ui(false))?;
+    if !a.image.common.quiet {
         outln!("Image resized.");
     }
     Ok(0)
