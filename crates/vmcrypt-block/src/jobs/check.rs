@@ -109,7 +109,7 @@ pub fn run(req: &CheckRequest, env: &Env) -> Result<CheckOutcome> {
     if let Some(path) = qcow2_file(&spec)? {
         return Ok(check_qcow2(&path, req.repair).unwrap_or_else(CheckOutcome::Failed));
     }
-    match graph::open(&spec, &env.ctx(Access::METADATA)) {
+    match graph::open(&spec, &env.ctx(Access::METADATA)?) {
         Ok(node) => Ok(match node.check() {
             Some(problems) => CheckOutcome::Driver(DriverCheck {
                 format: node.driver_name().to_string(),

@@ -16,11 +16,11 @@ pub struct CommitRequest {
 
 /// Commit the image of `req` into its backing file; progress in bytes goes to `events`.
 pub fn run(req: &CommitRequest, env: &Env, events: &mut dyn Events) -> Result<()> {
-    let spec = req.image.spec()?;
     let ctx = OpenContext {
         writable_backing: true,
-        ..env.ctx(Access::WRITE)
+        ..env.ctx(Access::WRITE)?
     };
+    let spec = req.image.spec()?;
     let node = graph::open(&spec, &ctx)?;
     node.commit(req.keep, &mut |d, t| events.progress(d, t))
 }

@@ -82,7 +82,7 @@ fn open_target(
     if let Some(opts) = opts {
         add_key_secrets(&mut spec, opts)?;
     }
-    graph::open(&spec, &env.ctx(Access::WRITE)).ctx("target")
+    graph::open(&spec, &env.ctx(Access::WRITE)?).ctx("target")
 }
 
 /// The key the target was created with names its secret in its graph too:
@@ -108,7 +108,7 @@ fn create_target(
     env: &Env,
 ) -> Result<(Arc<dyn BlockDriver>, bool)> {
     let path = Path::new(&req.target);
-    let file = create_image(path, &req.out_format, size, opts, &env.secrets).ctx("target")?;
+    let file = create_image(path, &req.out_format, size, opts, env.secrets()?).ctx("target")?;
     let raw_zeroed = req.out_format == "raw" && file.has_zero_init();
     drop(file);
     let dst = open_target(req, Some(opts), env)?;

@@ -60,7 +60,7 @@ impl CreatePlan {
     /// Create the image.
     pub fn run(&self, env: &Env) -> Result<()> {
         let path = Path::new(&self.filename);
-        create_image(path, &self.format, self.size, &self.options, &env.secrets)?;
+        create_image(path, &self.format, self.size, &self.options, env.secrets()?)?;
         Ok(())
     }
 }
@@ -108,6 +108,8 @@ pub fn plan(req: &CreateRequest, env: &Env, events: &mut dyn Events) -> Result<C
             }
         },
     };
+    // A bad --object fails before the image is announced, as in qemu-img.
+    env.secrets()?;
     Ok(CreatePlan {
         filename,
         format: req.format.clone(),

@@ -8,6 +8,7 @@ use crate::graph::{self, OpenContext};
 use crate::opts::parse_keyval;
 use crate::secrets::SecretStore;
 use serde_json::{Map, Value};
+use std::cell::OnceCell;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
@@ -25,11 +26,14 @@ pub struct ImageArg {
     pub force_share: bool,
 }
 
-/// The secrets and limits every image of one command is opened with.
+/// The secrets and limits every image of one command is opened with. The secret
+/// definitions are parsed (and their files read) when a job first needs them, so a job
+/// that needs none (a qcow2 check, `rebase -u`) is not stopped by them.
 #[derive(Default)]
 pub struct Env {
-    /// Secrets named by `key-secret` options (from `--object`).
-    pub secrets: SecretStore,
+    /// `--object` definitions (`secret,id=ID,file=PATH`).
+    objects: Vec<String>,
+    secrets: OnceCell<SecretStore>,
     /// Caps on the KDF cost accepted from a header.
     pub limits: KdfLimits,
 }
@@ -61,15 +65,36 @@ impl Access {
 }
 
 impl Env {
+    /// Secrets from the `--object` definitions `objects`, and the KDF caps `limits`.
+    pub fn new(objects: Vec<String>, limits: KdfLimits) -> Env {
+        Env {
+            objects,
+            secrets: OnceCell::new(),
+            limits,
+        }
+    }
+
+    /// The secrets, parsed on first use.
+    pub fn secrets(&self) -> Result<&SecretStore> {
+        if let Some(s) = self.secrets.get() {
+            return Ok(s);
+        }
+        let mut store = SecretStore::new();
+        for o in &self.objects {
+            store.add_object(o)?;
+        }
+        Ok(self.secrets.get_or_init(|| store))
+    }
+
     /// The open context for `access`, backing files read-only.
-    pub fn ctx(&self, access: Access) -> OpenContext<'_> {
-        OpenContext {
-            secrets: &self.secrets,
+    pub fn ctx(&self, access: Access) -> Result<OpenContext<'_>> {
+        Ok(OpenContext {
+            secrets: self.secrets()?,
             read_only: access.read_only,
             metadata_only: access.metadata_only,
             limits: self.limits,
             writable_backing: false,
-        }
+        })
     }
 }
 
@@ -106,11 +131,12 @@ impl ImageArg {
         access: Access,
         events: &mut dyn Events,
     ) -> Result<Arc<dyn BlockDriver>> {
+        let ctx = env.ctx(access)?;
         let spec = self.spec()?;
         if let Ok(Some("raw")) = graph::probed_format(&spec) {
             events.warning(&probed_raw_warning(&self.name));
         }
-        graph::open(&spec, &env.ctx(access))
+        graph::open(&spec, &ctx)
     }
 }
 

@@ -95,7 +95,7 @@ pub fn run(req: &InfoRequest, env: &Env, events: &mut dyn Events) -> Result<Info
         );
         let path = next.full_filename;
         let spec = ImageArg::file(&path, next.format.as_deref()).spec()?;
-        node = graph::open(&spec, &env.ctx(Access::METADATA))
+        node = graph::open(&spec, &env.ctx(Access::METADATA)?)
             .with_ctx(|| format!("opening the backing file '{path}'"))?;
     }
     Ok(InfoReport {

@@ -63,15 +63,14 @@ pub fn run(req: &RebaseRequest, env: &Env, events: &mut dyn Events) -> Result<Re
         rebase_unsafe_request(req)?;
         return Ok(RebaseStats::default());
     }
+    let ctx = env.ctx(Access::WRITE)?;
     let spec = req.image.spec()?;
     // qemu-img ignores -F when the backing file is removed.
     let new = (!req.backing.is_empty()).then_some(NewBacking {
         name: &req.backing,
         format: req.backing_format.as_deref(),
     });
-    rebase(&spec, new, &env.ctx(Access::WRITE), &mut |d, t| {
-        events.progress(d, t)
-    })
+    rebase(&spec, new, &ctx, &mut |d, t| events.progress(d, t))
 }
 
 /// `rebase -u`: a file name only, and `-F` exactly when a backing file is named.

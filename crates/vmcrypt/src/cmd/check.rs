@@ -21,7 +21,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<u8> {
     let output = a.opts.output()?;
     let repair = a.repair.as_deref().map(parse_repair).transpose()?;
-    let (env, image) = a.opts.image.open_parts(&a.filename)?;
+    let (env, image) = a.opts.image.open_parts(&a.filename);
     let req = CheckRequest { image, repair };
     let outcome = check(&req, &env)?;
     match &outcome {

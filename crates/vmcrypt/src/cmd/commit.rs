@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
-    let (env, image) = a.image.open_parts(&a.filename)?;
+    let (env, image) = a.image.open_parts(&a.filename);
     let req = CommitRequest {
         image,
         keep: a.keep,

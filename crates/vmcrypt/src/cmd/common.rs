@@ -74,9 +74,11 @@ pub struct ImageOpts {
 
 impl ImageOpts {
     /// The command's [`Env`] and its image argument `name`.
-    pub fn open_parts(&self, name: &str) -> Result<(Env, ImageArg)> {
-        let env = self.common.env()?;
-        Ok((env, self.common.image(self.format.as_deref(), name)))
+    pub fn open_parts(&self, name: &str) -> (Env, ImageArg) {
+        (
+            self.common.env(),
+            self.common.image(self.format.as_deref(), name),
+        )
     }
 
     /// Terminal events for this command (see [`Ui::with_progress`]).
@@ -102,21 +104,10 @@ impl ReportOpts {
 }
 
 impl Common {
-    /// Secrets from every `--object`.
-    pub fn secrets(&self) -> Result<SecretStore> {
-        let mut s = SecretStore::new();
-        for o in &self.objects {
-            s.add_object(o)?;
-        }
-        Ok(s)
-    }
-
-    /// The secrets and KDF limits the command's images are opened with.
-    pub fn env(&self) -> Result<Env> {
-        Ok(Env {
-            secrets: self.secrets()?,
-            limits: self.limits.limits(),
-        })
+    /// The secrets and KDF limits the command's images are opened with (the
+    /// `--object` definitions are parsed when a job first needs them).
+    pub fn env(&self) -> Env {
+        Env::new(self.objects.clone(), self.limits.limits())
     }
 
     /// The image argument `name` with the format `-f` gave.

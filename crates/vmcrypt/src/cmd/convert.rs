@@ -42,7 +42,7 @@ pub fn run(a: Args) -> Result<u8> {
     let (Some(source), Some(target)) = (&a.source, a.target) else {
         bail!(Usage, "convert needs a source and a target image");
     };
-    let (env, source) = a.image.open_parts(source)?;
+    let (env, source) = a.image.open_parts(source);
     let req = ConvertRequest {
         source,
         target,

@@ -33,7 +33,7 @@ pub fn run(a: Args) -> Result<u8> {
     if wants_help(&a.options) {
         return print_option_help(&a.format);
     }
-    let env = a.common.env()?;
+    let env = a.common.env();
     let req = CreateRequest {
         filename: a.filename,
         format: a.format,

@@ -17,7 +17,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<u8> {
     let output = a.opts.output()?;
-    let (env, image) = a.opts.image.open_parts(&a.filename)?;
+    let (env, image) = a.opts.image.open_parts(&a.filename);
     let req = InfoRequest {
         image,
         backing_chain: a.backing_chain,

@@ -25,7 +25,7 @@ pub fn run(a: Args) -> Result<u8> {
     let max_length = a.max_length.as_deref().map(parse_size).transpose()?;
     let output = a.opts.output()?;
     let run = || -> Result<()> {
-        let (env, image) = a.opts.image.open_parts(&a.filename)?;
+        let (env, image) = a.opts.image.open_parts(&a.filename);
         let req = MapRequest {
             image,
             start,

@@ -73,7 +73,7 @@ pub fn run(args: Args) -> Result<u8> {
         )?),
         None => None,
     };
-    let env = args.common.env()?;
+    let env = args.common.env();
     let access = Access {
         read_only: args.read_only,
         metadata_only: false,
