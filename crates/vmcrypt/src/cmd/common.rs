@@ -121,7 +121,8 @@ impl Common {
     }
 }
 
-/// The graph description of an image argument (for `qemu-args`).
+/// The graph description of an image argument, for `qemu-args` (`glue.rs`) until it
+/// takes a typed spec; the image commands leave this to their jobs.
 pub fn image_spec(common: &Common, format: Option<&str>, name: &str) -> Result<Map<String, Value>> {
     common.image(format, name).spec()
 }
