@@ -6,8 +6,64 @@
 //! zeros. When the sizes differ, the extra part of the larger image must read as zeros
 //! (strict mode refuses the size difference outright). Mismatches are reported at the
 //! first differing 512-byte sector, as qemu-img does.
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{Allocation, BlockDriver, MapExtent, map_extent};
 use vmcrypt_error::{Result, ResultExt};
+
+/// What `vmcrypt compare` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct CompareRequest {
+    pub first: ImageArg,
+    pub second: ImageArg,
+    /// `-s`: sizes and allocation must match too.
+    pub strict: bool,
+}
+
+/// The verdict with what qemu-img prints for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompareReport {
+    pub outcome: Outcome,
+    /// The sizes differ.
+    pub size_mismatch: bool,
+    pub strict: bool,
+}
+
+impl CompareReport {
+    /// qemu-img's lines on stdout, in order.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.size_mismatch && !self.strict {
+            v.push("Warning: Image size mismatch!".to_string());
+        }
+        v.push(match self.outcome {
+            Outcome::Identical => "Images are identical.".into(),
+            Outcome::Mismatch(at) => format!("Content mismatch at offset {at}!"),
+            Outcome::SizeMismatch => "Strict mode: Image size mismatch!".into(),
+            Outcome::StatusMismatch(at) => {
+                format!("Strict mode: Offset {at} block status mismatch!")
+            }
+        });
+        v
+    }
+
+    /// qemu-img compare's exit status: 0 identical, 1 different (2 is an error).
+    pub fn exit_code(&self) -> u8 {
+        u8::from(self.outcome != Outcome::Identical)
+    }
+}
+
+/// Open both images of `req` read-only and compare them.
+pub fn run(req: &CompareRequest, env: &Env, events: &mut dyn Events) -> Result<CompareReport> {
+    let first = req.first.open(env, Access::READ, events)?;
+    let second = req.second.open(env, Access::READ, events)?;
+    let (outcome, report) = compare(first.as_ref(), second.as_ref(), req.strict)?;
+    Ok(CompareReport {
+        outcome,
+        size_mismatch: report.size_mismatch,
+        strict: req.strict,
+    })
+}
 
 /// Bytes read per request.
 const CHUNK: u64 = 2 << 20;
@@ -164,6 +220,41 @@ fn first_nonzero(a: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::drivers::mem::MemDriver;
+
+    #[test]
+    fn compare_job_reports_like_qemu_img() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, [0u8; 8192]).unwrap();
+        let mut data = [0u8; 16384];
+        data[4096] = 1;
+        std::fs::write(&b, data).unwrap();
+        let arg = |p: &std::path::Path| ImageArg::file(&p.display().to_string(), Some("raw"));
+        let mut req = CompareRequest {
+            first: arg(&a),
+            second: arg(&b),
+            strict: false,
+        };
+        let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
+        assert_eq!(
+            r.lines(),
+            [
+                "Warning: Image size mismatch!",
+                "Content mismatch at offset 4096!"
+            ]
+        );
+        assert_eq!(r.exit_code(), 1);
+        req.second = arg(&a);
+        let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
+        assert_eq!(
+            (r.lines(), r.exit_code()),
+            (vec!["Images are identical.".into()], 0)
+        );
+        req.second = arg(&b);
+        req.strict = true;
+        let r = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
+        assert_eq!(r.lines(), ["Strict mode: Image size mismatch!"]);
+    }
 
     fn mem(size: usize, writes: &[(u64, u8)]) -> MemDriver {
         let m = MemDriver::new(vec![0u8; size]);

@@ -9,9 +9,15 @@
 //! reads them into a few reusable buffers, which it hands over a bounded channel to the
 //! calling thread; that thread writes them with [`BlockDriver::write_at_mut`] (so an
 //! encrypting target encrypts in place) and sends the buffer back for the next read.
+//!
+//! The job around the copy ([`ConvertRequest`], [`run`]) lives in `convert_target.rs`:
+//! it opens the source, creates or opens the target and decides whether the target
+//! already reads as zeros.
 use crate::driver::{Allocation, BlockDriver};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use vmcrypt_error::{Result, ResultExt, bail};
+
+pub use super::convert_target::{ConvertReport, ConvertRequest, run};
 
 /// Copy granularity.
 pub const CHUNK: usize = 8 << 20;

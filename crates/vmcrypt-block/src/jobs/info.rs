@@ -1,7 +1,108 @@
-//! `qemu-img info`-shaped descriptions of an open graph: the JSON object
-//! (`--output=json`) and the human text, with qemu-img's field names and size formatting.
+//! The `info` job: describe an image (and with `backing_chain` every image below it) in
+//! `qemu-img info`'s shapes: the JSON object (`--output=json`) and the human text, with
+//! qemu-img's field names and size formatting.
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{BlockDriver, allocated_size};
+use crate::graph;
 use serde_json::{Map, Value, json};
+use vmcrypt_error::{Result, ResultExt, ensure};
+
+/// What `vmcrypt info` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct InfoRequest {
+    pub image: ImageArg,
+    /// Also describe every backing file of the chain.
+    pub backing_chain: bool,
+}
+
+/// One image of the report, in both renderings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageInfo {
+    /// qemu-img's JSON object.
+    pub json: Value,
+    /// qemu-img's human text (ends with a newline).
+    pub human: String,
+}
+
+/// The images described, top first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InfoReport {
+    pub images: Vec<ImageInfo>,
+    /// Whether the whole chain was asked for (JSON is then an array).
+    pub backing_chain: bool,
+}
+
+impl InfoReport {
+    /// `--output=json`: the top image's object, or an array of the chain.
+    pub fn json(&self) -> Value {
+        if self.backing_chain {
+            Value::Array(self.images.iter().map(|i| i.json.clone()).collect())
+        } else {
+            self.images[0].json.clone()
+        }
+    }
+
+    /// The human text, images separated by blank lines.
+    pub fn human(&self) -> String {
+        let parts: Vec<&str> = self.images.iter().map(|i| i.human.as_str()).collect();
+        parts.join("\n")
+    }
+}
+
+/// A node's backing file: the name in its header, where that resolves to, its format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackingFile {
+    /// The name as stored.
+    pub filename: String,
+    /// The name resolved against the image's directory (as QEMU opens it).
+    pub full_filename: String,
+    pub format: Option<String>,
+}
+
+impl BackingFile {
+    /// The backing file of `node`, if it has one.
+    pub fn of(node: &dyn BlockDriver) -> Option<BackingFile> {
+        let crate::driver::BackingInfo { filename, format } = node.as_backing()?.backing_info()?;
+        let full_filename = graph::resolve_backing(&node.filename(), &filename);
+        Some(BackingFile {
+            filename,
+            full_filename,
+            format,
+        })
+    }
+}
+
+/// Describe the image of `req` (opened read-only, metadata only: no key needed).
+pub fn run(req: &InfoRequest, env: &Env, events: &mut dyn Events) -> Result<InfoReport> {
+    let mut node = req.image.open(env, Access::METADATA, events)?;
+    let mut images = Vec::new();
+    loop {
+        images.push(ImageInfo {
+            json: image_info(node.as_ref()),
+            human: human_info(node.as_ref(), &node.filename()),
+        });
+        let next = match BackingFile::of(node.as_ref()) {
+            Some(b) if req.backing_chain => b,
+            _ => break,
+        };
+        ensure!(
+            images.len() < graph::MAX_BACKING_DEPTH,
+            LimitExceeded,
+            "the backing chain of '{}' is deeper than {} images (a loop?)",
+            req.image.name,
+            graph::MAX_BACKING_DEPTH
+        );
+        let path = next.full_filename;
+        let spec = ImageArg::file(&path, next.format.as_deref()).to_spec()?;
+        node = graph::open(&spec, &env.ctx(Access::METADATA)?)
+            .with_ctx(|| format!("opening the backing file '{path}'"))?;
+    }
+    Ok(InfoReport {
+        images,
+        backing_chain: req.backing_chain,
+    })
+}
 
 /// The JSON `qemu-img info --output=json` prints for `node`.
 pub fn image_info(node: &dyn BlockDriver) -> Value {
@@ -18,10 +119,9 @@ pub fn image_info(node: &dyn BlockDriver) -> Value {
     if let Some(c) = fmt.and_then(|f| f.cluster_size()) {
         m.insert("cluster-size".into(), json!(c));
     }
-    if let Some(b) = node.as_backing().and_then(|b| b.backing_info()) {
-        let full = crate::graph::resolve_backing(&node.filename(), &b.filename);
+    if let Some(b) = BackingFile::of(node) {
         m.insert("backing-filename".into(), json!(b.filename));
-        m.insert("full-backing-filename".into(), json!(full));
+        m.insert("full-backing-filename".into(), json!(b.full_filename));
         if let Some(f) = b.format {
             m.insert("backing-filename-format".into(), json!(f));
         }
@@ -105,10 +205,9 @@ pub fn human_info(node: &dyn BlockDriver, name: &str) -> String {
     if let Some(c) = fmt.and_then(|f| f.cluster_size()) {
         s += &format!("cluster_size: {c}\n");
     }
-    if let Some(b) = node.as_backing().and_then(|b| b.backing_info()) {
-        let file = &b.filename;
-        let full = crate::graph::resolve_backing(&node.filename(), file);
-        if full == *file {
+    if let Some(b) = BackingFile::of(node) {
+        let (file, full) = (&b.filename, &b.full_filename);
+        if full == file {
             s += &format!("backing file: {file}\n");
         } else {
             s += &format!("backing file: {file} (actual path: {full})\n");
@@ -166,6 +265,36 @@ fn render(v: &Value, depth: usize, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_of_a_raw_file() {
+        let sc = crate::jobs::testutil::Scratch::new();
+        let name = sc.raw("img", &vec![0u8; 1 << 20]);
+        let req = InfoRequest {
+            image: ImageArg::file(&name, Some("raw")),
+            backing_chain: false,
+        };
+        let report = run(&req, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
+        assert_eq!(report.images.len(), 1);
+        assert_eq!(report.json()["format"], "raw");
+        assert_eq!(report.json()["virtual-size"], 1 << 20);
+        assert!(
+            report
+                .human()
+                .starts_with(&format!("image: {name}\nfile format: raw\n"))
+        );
+        assert!(
+            report
+                .human()
+                .contains("virtual size: 1 MiB (1048576 bytes)\n")
+        );
+        let chain = InfoRequest {
+            backing_chain: true,
+            ..req
+        };
+        let report = run(&chain, &Env::default(), &mut crate::jobs::NoEvents).unwrap();
+        assert!(report.json().is_array());
+    }
 
     #[test]
     fn sizes_print_like_qemu() {

@@ -5,9 +5,48 @@
 //! present, file and "has an offset" agree and, with offsets, the second continues the
 //! first on the host. The human table lists only data that is not known to be zero, and
 //! refuses data without a host offset (encrypted or compressed clusters).
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{Allocation, BlockDriver, map_extent};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use vmcrypt_error::{Result, bail};
+
+/// What `vmcrypt map` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct MapRequest {
+    pub image: ImageArg,
+    /// First guest byte to map.
+    pub start: u64,
+    /// Map at most this many bytes.
+    pub max_length: Option<u64>,
+}
+
+impl MapRequest {
+    fn open(&self, env: &Env, events: &mut dyn Events) -> Result<Arc<dyn BlockDriver>> {
+        self.image.open(env, Access::READ, events)
+    }
+
+    /// The map as qemu-img's JSON text (`--output=json`, with the final newline).
+    pub fn json(&self, env: &Env, events: &mut dyn Events) -> Result<String> {
+        map_json(
+            self.open(env, events)?.as_ref(),
+            self.start,
+            self.max_length,
+        )
+    }
+
+    /// The human table, written line by line to `out` (see [`map_human`]).
+    pub fn human(
+        &self,
+        env: &Env,
+        events: &mut dyn Events,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        let node = self.open(env, events)?;
+        map_human(node.as_ref(), self.start, self.max_length, out)
+    }
+}
 
 /// Largest range asked for at once (qemu-img probes 1 GiB at a time).
 const PROBE: u64 = 1 << 30;
@@ -191,4 +230,33 @@ pub fn map_human(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::NoEvents;
+
+    #[test]
+    fn map_job_renders_both_shapes() {
+        let sc = crate::jobs::testutil::Scratch::new();
+        let name = sc.raw("img", &[1u8; 65536]);
+        let mut req = MapRequest {
+            image: ImageArg::file(&name, Some("raw")),
+            start: 0,
+            max_length: None,
+        };
+        let json = req.json(&Env::default(), &mut NoEvents).unwrap();
+        assert!(json.starts_with("[{ \"start\": 0, \"length\": 65536, \"depth\": 0"));
+        assert!(json.contains("\"data\": true"));
+        assert!(json.ends_with("}]\n"));
+        req.start = 4096;
+        req.max_length = Some(4096);
+        let mut out = Vec::new();
+        req.human(&Env::default(), &mut NoEvents, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols, ["0x1000", "0x1000", "0x1000", name.as_str()]);
+    }
 }

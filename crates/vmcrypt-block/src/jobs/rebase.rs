@@ -14,6 +14,8 @@
 //! resolved against the image's directory) or a `json:{...}` filename, which is how an
 //! encrypted new backing gets its key (`"encrypt.key-secret": "ID"`). The header stores
 //! the name exactly as given, with `-F` as its format, as qemu-img does.
+use super::image_arg::Access;
+use super::{Env, Events, ImageArg};
 use crate::driver::{BlockDriver, map_extent, read_padded};
 use crate::drivers::file::FileDriver;
 use crate::drivers::qcow2::create::{rebase_unsafe, rebased_header};
@@ -33,6 +35,67 @@ pub struct NewBacking<'a> {
     pub name: &'a str,
     /// Its format (`-F`); required, as qemu-img requires it.
     pub format: Option<&'a str>,
+}
+
+/// What `vmcrypt rebase` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RebaseRequest {
+    pub image: ImageArg,
+    /// `-b`: the new backing file ("" removes it).
+    pub backing: String,
+    /// `-F`: its format.
+    pub backing_format: Option<String>,
+    /// `-u`: change only the header, copy no data.
+    pub unsafe_mode: bool,
+}
+
+/// Rebase as `req` asks: safely (see [`rebase`]; progress in bytes goes to `events`) or,
+/// with `unsafe_mode`, by rewriting only the header. Unsafe mode reports no stats.
+pub fn run(req: &RebaseRequest, env: &Env, events: &mut dyn Events) -> Result<RebaseStats> {
+    if let Some(f) = &req.image.format {
+        ensure!(
+            f == "qcow2",
+            Unsupported,
+            "rebase needs a qcow2 image (format '{f}' has no backing file)"
+        );
+    }
+    if req.unsafe_mode {
+        rebase_unsafe_request(req)?;
+        return Ok(RebaseStats::default());
+    }
+    let ctx = env.ctx(Access::WRITE)?;
+    let spec = req.image.to_spec()?;
+    // qemu-img ignores -F when the backing file is removed.
+    let new = (!req.backing.is_empty()).then_some(NewBacking {
+        name: &req.backing,
+        format: req.backing_format.as_deref(),
+    });
+    rebase(&spec, new, &ctx, &mut |d, t| events.progress(d, t))
+}
+
+/// `rebase -u`: a file name only, and `-F` exactly when a backing file is named.
+fn rebase_unsafe_request(req: &RebaseRequest) -> Result<()> {
+    ensure!(
+        !req.image.image_opts,
+        Unsupported,
+        "rebase -u takes a file name, not --image-opts"
+    );
+    let new = if req.backing.is_empty() {
+        ensure!(
+            req.backing_format.is_none(),
+            Usage,
+            "-F cannot be used when removing the backing file (-b \"\")"
+        );
+        None
+    } else {
+        ensure!(
+            req.backing_format.is_some(),
+            Usage,
+            "a backing format is required with -u (-F FMT)"
+        );
+        Some((req.backing.as_str(), req.backing_format.as_deref()))
+    };
+    rebase_unsafe(Path::new(&req.image.name), new)
 }
 
 /// What a safe rebase did.
@@ -235,4 +298,36 @@ fn write_run(top: &dyn BlockDriver, data: &mut [u8], off: u64, zeros: bool) -> R
             data.len()
         )
     })
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+    use crate::jobs::NoEvents;
+
+    fn req(format: Option<&str>, backing: &str, backing_format: Option<&str>) -> RebaseRequest {
+        RebaseRequest {
+            image: ImageArg::file("/nonexistent/img.qcow2", format),
+            backing: backing.into(),
+            backing_format: backing_format.map(Into::into),
+            unsafe_mode: true,
+        }
+    }
+
+    #[test]
+    fn unsafe_rebase_refusals() {
+        let env = Env::default();
+        let run_err = |r: RebaseRequest| run(&r, &env, &mut NoEvents).unwrap_err().to_string();
+        assert!(run_err(req(Some("raw"), "b", Some("raw"))).contains("needs a qcow2 image"));
+        assert!(run_err(req(None, "b", None)).contains("a backing format is required with -u"));
+        assert!(run_err(req(None, "", Some("raw"))).contains("-F cannot be used"));
+        let opts = RebaseRequest {
+            image: ImageArg {
+                image_opts: true,
+                ..ImageArg::file("driver=qcow2", None)
+            },
+            ..req(None, "b", Some("raw"))
+        };
+        assert!(run_err(opts).contains("not --image-opts"));
+    }
 }

@@ -6,28 +6,37 @@ use serde_json::{Map, Value};
 use vmcrypt_error::{Result, bail};
 
 /// An image as a command line names it.
-#[derive(Clone, Copy, Debug)]
-pub struct ImageArg<'a> {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageArg {
     /// The argument: a filename, `json:{...}`, or keyval options with `image_opts`.
-    pub name: &'a str,
+    pub name: String,
     /// `-f FMT`: the top node's driver (probed when `None`).
-    pub format: Option<&'a str>,
+    pub format: Option<String>,
     /// `--image-opts`: `name` is `driver=...,file.filename=...` keyval options.
     pub image_opts: bool,
     /// `-U`: open the protocol node without image locking.
     pub force_share: bool,
 }
 
-impl ImageArg<'_> {
+impl ImageArg {
+    /// A plain filename (or `json:` filename) with an optional format.
+    pub fn file(name: &str, format: Option<&str>) -> ImageArg {
+        ImageArg {
+            name: name.into(),
+            format: format.map(Into::into),
+            ..ImageArg::default()
+        }
+    }
+
     /// The node spec the argument describes.
     pub fn to_spec(&self) -> Result<NodeSpec> {
         let mut spec = if self.image_opts {
             if self.format.is_some() {
                 bail!(Usage, "--image-opts and -f are mutually exclusive");
             }
-            NodeSpec::from_options(&parse_keyval(self.name, None)?)?
+            NodeSpec::from_options(&parse_keyval(&self.name, None)?)?
         } else {
-            spec_from_filename(self.name, self.format)?
+            spec_from_filename(&self.name, self.format.as_deref())?
         };
         if self.force_share {
             spec.disable_locking();

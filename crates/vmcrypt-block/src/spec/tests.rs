@@ -82,7 +82,7 @@ fn force_share_turns_locking_off_on_the_protocol_node() {
         "file.filename=x",
     ] {
         let arg = ImageArg {
-            name,
+            name: name.into(),
             format: None,
             image_opts: true,
             force_share: true,
@@ -91,8 +91,8 @@ fn force_share_turns_locking_off_on_the_protocol_node() {
         assert_eq!(opts["file"]["locking"], "off", "{name}");
     }
     let e = ImageArg {
-        name: "driver=raw,file.filename=x",
-        format: Some("raw"),
+        name: "driver=raw,file.filename=x".into(),
+        format: Some("raw".into()),
         image_opts: true,
         force_share: false,
     }

@@ -4,7 +4,16 @@ use std::time::Duration;
 use vmcrypt_crypto::bench_suite::{CIPHERS, cipher_row, kdf_rows, render};
 use vmcrypt_error::{Result, ensure};
 
-pub fn run(seconds: f64) -> Result<u8> {
+/// Flags of `vmcrypt bench`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seconds to spend per measurement
+    #[arg(long, default_value = "0.5")]
+    pub seconds: f64,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let seconds = a.seconds;
     ensure!(
         seconds > 0.0 && seconds <= 60.0,
         Usage,

@@ -1,6 +1,6 @@
 //! `vmcrypt luks ...`: cryptsetup's header and key-slot commands, for LUKS1 and LUKS2.
 //! Each command opens the header, dispatches on its version and calls the library.
-use super::image::pretty;
+use super::common::pretty;
 use crate::cli::{KeyOpts, LuksCommand, NewKeyOpts};
 use crate::passphrase::{existing, prompt_new, read_key_file};
 use std::path::Path;

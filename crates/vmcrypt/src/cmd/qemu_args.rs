@@ -1,7 +1,6 @@
 //! `vmcrypt qemu-args`: print the `-object secret` and `-blockdev` arguments with which
 //! QEMU opens an image natively (built by `vmcrypt_block::jobs::glue::qemu_args`), one
 //! shell-quoted word per line.
-use super::image_arg;
 use crate::cli::Common;
 use clap::Args;
 use vmcrypt_block::jobs::glue::print::{Syntax, shell_quote};
@@ -29,7 +28,7 @@ pub struct QemuArgsArgs {
 pub fn run(a: &QemuArgsArgs) -> Result<u8> {
     let syntax = Syntax::from_output(&a.output)?;
     let args = qemu_args(&QemuArgsRequest {
-        image: image_arg(&a.common, a.format.as_deref(), &a.image),
+        image: a.common.image(a.format.as_deref(), &a.image),
         objects: &a.common.objects,
         node_name: &a.node_name,
         syntax,

@@ -4,18 +4,17 @@
 //! the certificate files qemu's `tls-creds-x509` object uses. SIGTERM or SIGINT stops
 //! the server cleanly: no new clients, in-flight requests finish (for up to 5 s), every
 //! export is flushed, exit status 0.
-use super::{open_image, secrets};
-use crate::cli::Common;
-use clap::Args;
+use super::common::{Common, Ui};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use vmcrypt_block::jobs::image_arg::Access;
 use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
 use vmcrypt_nbd::server::Listener;
 use vmcrypt_nbd::{Export, Server, TlsCreds};
 
-/// Arguments of `vmcrypt serve`.
-#[derive(Args, Debug)]
-pub struct ServeArgs {
+/// Flags of `vmcrypt serve`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
     #[command(flatten)]
     pub common: Common,
     /// Image format (probed when omitted)
@@ -55,7 +54,8 @@ pub struct ServeArgs {
 /// Default TCP address, NBD's registered port on the loopback interface.
 const DEFAULT_BIND: &str = "127.0.0.1:10809";
 
-pub fn run(args: &ServeArgs) -> Result<u8> {
+pub fn run(args: Args) -> Result<u8> {
+    let args = &args;
     init_logging();
     if let Some(h) = crate::hardening::STATE.get() {
         tracing::info!(
@@ -73,17 +73,15 @@ pub fn run(args: &ServeArgs) -> Result<u8> {
         )?),
         None => None,
     };
-    let store = secrets(&args.common)?;
+    let env = args.common.env();
+    let access = Access {
+        read_only: args.read_only,
+        metadata_only: false,
+    };
     let mut exports = Vec::with_capacity(pairs.len());
     for (name, image) in pairs {
-        let node = open_image(
-            &args.common,
-            args.format.as_deref(),
-            &image,
-            &store,
-            args.read_only,
-            false,
-        )?;
+        let arg = args.common.image(args.format.as_deref(), &image);
+        let node = arg.open(&env, access, &mut Ui::new(&args.common))?;
         exports.push(Export {
             name,
             node,
@@ -91,7 +89,7 @@ pub fn run(args: &ServeArgs) -> Result<u8> {
             description: image,
         });
     }
-    drop(store);
+    drop(env);
     let server = Server::new(exports)?
         .persistent(args.persistent)
         .shared(args.shared)
@@ -105,7 +103,7 @@ pub fn run(args: &ServeArgs) -> Result<u8> {
 }
 
 /// `(export name, image)` pairs from `--export` or the positional image.
-fn export_args(args: &ServeArgs) -> Result<Vec<(String, String)>> {
+fn export_args(args: &Args) -> Result<Vec<(String, String)>> {
     match (&args.image, args.exports.is_empty()) {
         (Some(_), false) => bail!(
             Usage,
@@ -137,7 +135,7 @@ fn bind_addr(spec: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::usage(format!("--bind '{spec}' resolves to no address")))
 }
 
-async fn serve(args: &ServeArgs, server: &Server) -> Result<()> {
+async fn serve(args: &Args, server: &Server) -> Result<()> {
     let listener = match &args.socket {
         Some(path) => Listener::unix(Path::new(path))?,
         None => Listener::tcp(bind_addr(args.bind.as_deref().unwrap_or(DEFAULT_BIND))?).await?,

@@ -12,10 +12,10 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, bail, ensure};
 
 /// What to print arguments for.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct QemuArgsRequest<'a> {
     /// The image, as the command line names it.
-    pub image: ImageArg<'a>,
+    pub image: ImageArg,
     /// The `--object secret,...` definitions, passed on to QEMU as they are.
     pub objects: &'a [String],
     /// node-name of the top block node (what `-device ...,drive=NAME` refers to).
@@ -54,7 +54,7 @@ pub fn qemu_args(r: &QemuArgsRequest) -> Result<QemuArgs> {
     }
     if let NodeSpec::Luks(l) = &mut spec {
         let info = node.as_introspect().and_then(|i| i.format_specific());
-        check_luks_for_qemu(&info.unwrap_or(Value::Null), r.image.name)?;
+        check_luks_for_qemu(&info.unwrap_or(Value::Null), &r.image.name)?;
         let id = match (l.key_secret.take(), ids.as_slice()) {
             (Some(id), _) => id,
             // One secret and a plain filename: that secret is the key.
@@ -267,11 +267,7 @@ fn layer_secret(
 mod tests {
     use super::*;
 
-    fn request<'a>(
-        image: ImageArg<'a>,
-        objects: &'a [String],
-        syntax: Syntax,
-    ) -> QemuArgsRequest<'a> {
+    fn request<'a>(image: ImageArg, objects: &'a [String], syntax: Syntax) -> QemuArgsRequest<'a> {
         QemuArgsRequest {
             image,
             objects,
@@ -288,10 +284,8 @@ mod tests {
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         let name = path.to_str().unwrap();
         let image = ImageArg {
-            name,
-            format: Some("raw"),
-            image_opts: false,
             force_share: true,
+            ..ImageArg::file(name, Some("raw"))
         };
         let out = qemu_args(&request(image, &[], Syntax::Keyval)).unwrap();
         let escaped = name.replace(',', ",,");
@@ -310,12 +304,7 @@ mod tests {
     #[test]
     fn inline_secrets_are_refused_before_the_image_is_read() {
         let objects = ["secret,id=s0,data=pw".to_string()];
-        let image = ImageArg {
-            name: "/nonexistent/image",
-            format: None,
-            image_opts: false,
-            force_share: false,
-        };
+        let image = ImageArg::file("/nonexistent/image", None);
         let e = qemu_args(&request(image, &objects, Syntax::Json)).unwrap_err();
         assert!(
             e.message().contains("data= would put the passphrase"),
