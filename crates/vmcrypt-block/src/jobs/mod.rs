@@ -4,5 +4,6 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod info;
+pub mod luks;
 pub mod map;
 pub mod rebase;

@@ -2,8 +2,7 @@
 mod bench;
 pub mod glue;
 mod image;
-mod luks;
-mod luks2;
+pub mod luks;
 pub mod serve;
 mod tools;
 
