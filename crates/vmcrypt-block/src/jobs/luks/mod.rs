@@ -94,8 +94,11 @@ impl Target {
 
     /// Open a LUKS2 header for a LUKS2-only command (a qcow2-embedded header is LUKS1).
     fn open_v2(&self, read_only: bool) -> Result<Volume> {
-        let h = self.header_device(Access::Header { read_only: true })?;
-        require_plain(h.container, &self.device, "this command")?;
+        // Only the container is kept: the read-only header lock goes before the open.
+        let container = self
+            .header_device(Access::Header { read_only: true })?
+            .container;
+        require_plain(container, &self.device, "this command")?;
         let vol = self.open(read_only)?;
         vol.require_luks2(&self.device)?;
         Ok(vol)
