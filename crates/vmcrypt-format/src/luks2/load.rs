@@ -140,9 +140,49 @@ fn state_of(c: &Result<CopyRead>) -> CopyState {
     }
 }
 
+/// Why [`load_report`] failed.
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub error: Error,
+    /// No valid copy was found and a copy lacks its magic where it was looked for (the
+    /// primary at offset 0, or the secondary after a good primary binary header):
+    /// nothing says this is a LUKS2 header at all.
+    pub no_magic: bool,
+}
+
+impl From<Error> for LoadFailure {
+    fn from(error: Error) -> Self {
+        LoadFailure {
+            error,
+            no_magic: false,
+        }
+    }
+}
+
+/// Whether a full binary header's worth of bytes at `offset` lacks `copy`'s magic.
+fn lacks_magic<R>(read: &mut R, copy: HeaderCopy, offset: u64) -> bool
+where
+    R: FnMut(u64, usize) -> Result<Vec<u8>>,
+{
+    read(offset, BIN_HEADER_SIZE)
+        .is_ok_and(|b| b.len() >= BIN_HEADER_SIZE && b[..6] != copy.magic())
+}
+
 /// Load a LUKS2 header through `read(offset, len)`, which returns up to `len` bytes at
 /// `offset` of the header device (fewer at its end). See the module documentation.
-pub fn load_with<R>(mut read: R, hasher: &dyn HeaderHasher, opts: LoadOptions) -> Result<Loaded>
+pub fn load_with<R>(read: R, hasher: &dyn HeaderHasher, opts: LoadOptions) -> Result<Loaded>
+where
+    R: FnMut(u64, usize) -> Result<Vec<u8>>,
+{
+    load_report(read, hasher, opts).map_err(|f| f.error)
+}
+
+/// [`load_with`], saying in the failure whether any LUKS2 magic was found.
+pub fn load_report<R>(
+    mut read: R,
+    hasher: &dyn HeaderHasher,
+    opts: LoadOptions,
+) -> Result<Loaded, LoadFailure>
 where
     R: FnMut(u64, usize) -> Result<Vec<u8>>,
 {
@@ -164,7 +204,13 @@ where
         (Ok(CopyRead { json: Ok(_), .. }), _) => false,
         (_, Ok(CopyRead { json: Ok(_), .. })) => true,
         _ => {
-            return Err(Error::new(
+            let no_magic = match &c1 {
+                Err(_) => lacks_magic(&mut read, HeaderCopy::Primary, 0),
+                Ok(p) => {
+                    c2.is_err() && lacks_magic(&mut read, HeaderCopy::Secondary, p.bin.hdr_size)
+                }
+            };
+            let error = Error::new(
                 if matches!(&c1, Err(e) if e.kind() == ErrorKind::Unsupported) {
                     ErrorKind::Unsupported
                 } else {
@@ -175,7 +221,8 @@ where
                     reason(&s1),
                     reason(&s2)
                 ),
-            ));
+            );
+            return Err(LoadFailure { error, no_magic });
         }
     };
     let (chosen, other) = if use_secondary { (c2, c1) } else { (c1, c2) };
@@ -200,11 +247,12 @@ where
     };
     if let Some(size) = opts.device_size {
         let need = header.metadata.hdr_and_areas_size()?;
-        ensure!(
-            size >= need,
-            Corrupt,
-            "device is too small: {size} bytes, the LUKS2 header and keyslots need {need}"
-        );
+        if size < need {
+            return Err(Error::corrupt(format!(
+                "device is too small: {size} bytes, the LUKS2 header and keyslots need {need}"
+            ))
+            .into());
+        }
     }
     Ok(Loaded {
         header,

@@ -22,7 +22,7 @@ pub mod validate;
 
 pub use binary::{BinaryHeader, HeaderCopy};
 pub use json::Metadata;
-pub use load::{CopyState, LoadOptions, Loaded, load, load_with};
+pub use load::{CopyState, LoadFailure, LoadOptions, Loaded, load, load_report, load_with};
 pub use model::{
     Config, Digest, Kdf, Keyslot, KeyslotKind, Luks2Keyslot, Priority, Segment, SegmentSize, Token,
 };

@@ -31,11 +31,6 @@ enum Inner {
 /// Which LUKS version the header device holds (by its first bytes; a LUKS2 device with
 /// a damaged primary header is still LUKS2 if a secondary copy is found later).
 pub fn probe_version(dev: &dyn BlockDriver) -> Result<u16> {
-    Ok(read_head(dev)?.0)
-}
-
-/// (version, whether offset 0 carries a LUKS magic).
-fn read_head(dev: &dyn BlockDriver) -> Result<(u16, bool)> {
     let mut head = [0u8; 8];
     if dev.size() < 8 {
         bail!(
@@ -45,25 +40,23 @@ fn read_head(dev: &dyn BlockDriver) -> Result<(u16, bool)> {
         );
     }
     dev.read_at(&mut head, 0)?;
-    let v = luks1::version_of(&head);
-    Ok((v.unwrap_or(2), v.is_some()))
+    Ok(luks1::version_of(&head).unwrap_or(2))
 }
 
 impl Volume {
     /// Open the LUKS header on `dev`, either version.
     pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
-        let inner = match read_head(dev.as_ref())? {
-            (1, _) => Inner::V1(Box::new(Luks1Volume::open(dev, detached, limits)?)),
-            (2, magic) => match Luks2Volume::open(dev, detached, limits) {
+        let inner = match probe_version(dev.as_ref())? {
+            1 => Inner::V1(Box::new(Luks1Volume::open(dev, detached, limits)?)),
+            2 => match Luks2Volume::open_report(dev, detached, limits) {
                 Ok(v) => Inner::V2(Box::new(v)),
-                Err(e) if !magic && e.kind() == vmcrypt_error::ErrorKind::Corrupt => {
-                    return Err(
-                        Error::corrupt("not a LUKS device (no LUKS header found)").with_source(e)
-                    );
+                Err(f) if f.no_magic => {
+                    return Err(Error::corrupt("not a LUKS device (no LUKS header found)")
+                        .with_source(f.error));
                 }
-                Err(e) => return Err(e),
+                Err(f) => return Err(f.error),
             },
-            (v, _) => bail!(Unsupported, "unsupported LUKS version {v}"),
+            v => bail!(Unsupported, "unsupported LUKS version {v}"),
         };
         Ok(Volume { inner })
     }

@@ -6,9 +6,9 @@ use vmcrypt_error::Result;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     device: String,
-    new_key_file_pos: Option<String>,
     #[command(flatten)]
     key: KeyOpts,
+    new_key_file_pos: Option<String>,
     #[command(flatten)]
     new: NewKeyOpts,
 }

@@ -6,8 +6,7 @@ mod change_key;
 mod config;
 mod convert;
 mod dump;
-mod header_backup;
-mod header_restore;
+mod header_file;
 mod is_luks;
 mod kill_slot;
 pub mod opts;
@@ -33,21 +32,21 @@ pub enum LuksCommand {
     /// Change a passphrase (luksChangeKey)
     ChangeKey(change_key::Args),
     /// Save the header and key slots to a file (luksHeaderBackup)
-    HeaderBackup(header_backup::Args),
+    HeaderBackup(header_file::Args),
     /// Restore the header and key slots from a backup (luksHeaderRestore)
-    HeaderRestore(header_restore::Args),
+    HeaderRestore(header_file::Args),
     /// Print or set the UUID (luksUUID)
     Uuid(uuid::Args),
     /// Exit 0 if the device has a LUKS header (isLuks)
     IsLuks(is_luks::Args),
     /// Check a passphrase without changing anything (open --test-passphrase)
-    TestKey(test_key::Args),
+    TestKey(opts::DeviceArgs),
     /// LUKS2 tokens: import, export or remove (cryptsetup token)
     Token(token::Args),
     /// Convert a header in place between LUKS1 and LUKS2 (cryptsetup convert)
     Convert(convert::Args),
     /// Rewrite a damaged or outdated LUKS2 header copy from the valid one (cryptsetup repair)
-    Repair(repair::Args),
+    Repair(opts::DeviceArgs),
     /// Set LUKS2 keyslot priority, label or subsystem (cryptsetup config)
     Config(config::Args),
 }
@@ -60,8 +59,8 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         LuksCommand::RemoveKey(a) => remove_key::run(&a),
         LuksCommand::KillSlot(a) => kill_slot::run(&a),
         LuksCommand::ChangeKey(a) => change_key::run(&a),
-        LuksCommand::HeaderBackup(a) => header_backup::run(&a),
-        LuksCommand::HeaderRestore(a) => header_restore::run(&a),
+        LuksCommand::HeaderBackup(a) => header_file::run_backup(&a),
+        LuksCommand::HeaderRestore(a) => header_file::run_restore(&a),
         LuksCommand::Uuid(a) => uuid::run(&a),
         LuksCommand::IsLuks(a) => is_luks::run(&a),
         LuksCommand::TestKey(a) => test_key::run(&a),

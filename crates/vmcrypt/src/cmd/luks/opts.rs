@@ -51,6 +51,14 @@ impl KeyOpts {
     }
 }
 
+/// A command that takes only the device and the key options.
+#[derive(Args, Debug)]
+pub struct DeviceArgs {
+    pub device: String,
+    #[command(flatten)]
+    pub key: KeyOpts,
+}
+
 /// How new key slots are made.
 #[derive(Args, Debug, Clone, Default)]
 pub struct NewKeyOpts {

@@ -16,8 +16,8 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::{
-    self, CopyState, Digest, HeaderCopy, Kdf, KeyslotKind, LoadOptions, Luks2Header, Luks2Keyslot,
-    Priority, Requirements, Segment,
+    self, CopyState, Digest, HeaderCopy, Kdf, KeyslotKind, LoadFailure, LoadOptions, Luks2Header,
+    Luks2Keyslot, Priority, Requirements, Segment,
 };
 
 /// Hash a LUKS2 header checksum names.
@@ -45,8 +45,17 @@ const FOREIGN_SIGNATURES: &[(u64, &[u8], &str)] =
 impl Luks2Volume {
     /// Read the header copies from `dev` and keep the newest valid one.
     pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
+        Self::open_report(dev, detached, limits).map_err(|f| f.error)
+    }
+
+    /// [`Luks2Volume::open`], saying in the failure whether any LUKS2 magic was found.
+    pub(crate) fn open_report(
+        dev: Arc<dyn BlockDriver>,
+        detached: bool,
+        limits: &KdfLimits,
+    ) -> Result<Self, LoadFailure> {
         let size = dev.size();
-        let loaded = luks2::load_with(
+        let loaded = luks2::load_report(
             |off, len| read_clamped(dev.as_ref(), off, len),
             &header_hasher,
             LoadOptions {
