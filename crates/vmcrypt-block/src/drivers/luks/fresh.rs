@@ -4,7 +4,7 @@ use vmcrypt_error::{Error, ErrorKind, Result, ensure};
 
 /// The volume key of a new volume: the one given (checked against the cipher's key size)
 /// or a random one.
-pub fn new_volume_key(given: Option<&SecretBytes>, key_bytes: usize) -> Result<SecretBytes> {
+pub(crate) fn new_volume_key(given: Option<&SecretBytes>, key_bytes: usize) -> Result<SecretBytes> {
     match given {
         Some(k) => {
             ensure!(
@@ -20,7 +20,7 @@ pub fn new_volume_key(given: Option<&SecretBytes>, key_bytes: usize) -> Result<S
 }
 
 /// The UUID of a new volume: the one given (checked) or a random one.
-pub fn new_uuid(given: Option<&str>) -> Result<String> {
+pub(crate) fn new_uuid(given: Option<&str>) -> Result<String> {
     match given {
         Some(u) => validate_uuid(u).map(|_| u.to_string()),
         None => random_uuid(),
@@ -28,7 +28,7 @@ pub fn new_uuid(given: Option<&str>) -> Result<String> {
 }
 
 /// Check a UUID string's shape (8-4-4-4-12 hex digits).
-pub fn validate_uuid(u: &str) -> Result<()> {
+pub(crate) fn validate_uuid(u: &str) -> Result<()> {
     let groups: Vec<&str> = u.split('-').collect();
     let lens = [8, 4, 4, 4, 12];
     let ok = groups.len() == 5
@@ -46,7 +46,7 @@ pub fn validate_uuid(u: &str) -> Result<()> {
 }
 
 /// A random (version 4) UUID string.
-pub fn random_uuid() -> Result<String> {
+fn random_uuid() -> Result<String> {
     let mut b = [0u8; 16];
     random::fill(&mut b)?;
     b[6] = (b[6] & 0x0f) | 0x40;

@@ -27,7 +27,6 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
-pub use fresh::{new_uuid, new_volume_key, random_uuid, validate_uuid};
 pub use params::{
     ChangeReport, CreateParams, KdfKind, KeyslotParams, KillReport, Unlocked, Version,
 };

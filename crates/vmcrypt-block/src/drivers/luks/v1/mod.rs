@@ -54,7 +54,7 @@ impl KeyslotParams {
 /// PBKDF2 iterations that take about `ms` milliseconds here, at least [`MIN_ITERATIONS`].
 /// The speed is measured once per hash and key size in a process, for up to 250 ms
 /// (less for short targets: a 10 ms target needs no quarter-second benchmark).
-pub fn calibrate(hash: HashAlg, key_bytes: usize, ms: u64) -> u32 {
+fn calibrate(hash: HashAlg, key_bytes: usize, ms: u64) -> u32 {
     use std::collections::HashMap;
     use std::sync::Mutex;
     static SPEED: Mutex<Option<HashMap<(HashAlg, usize), u64>>> = Mutex::new(None);
