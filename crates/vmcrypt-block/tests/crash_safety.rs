@@ -2,31 +2,30 @@
 //! turn; the image left behind must open with the old or the new key set, never neither.
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::drivers::luks::{CreateParams, KdfParams, Luks1Volume};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, Luks1Volume};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
+use vmcrypt_crypto::argon::KdfLimits as Limits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::ErrorKind;
-use vmcrypt_format::luks1::{Layout, Limits};
+use vmcrypt_format::luks2::Priority;
 
-const KDF: KdfParams = KdfParams {
+const KDF: KeyslotParams = KeyslotParams {
+    kdf: KdfKind::Pbkdf2,
+    hash: HashAlg::Sha256,
     iter_time_ms: 1,
     iterations: Some(1000),
+    memory_kib: None,
+    parallel: None,
+    priority: Priority::Normal,
 };
 const KEYS: [&[u8]; 3] = [b"key-A", b"key-B", b"key-C"];
 
 fn base_image() -> Vec<u8> {
     let mem = Arc::new(MemDriver::new(vec![0u8; 3 << 20]));
     let params = CreateParams {
-        spec: CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap(),
-        hash: HashAlg::Sha256,
-        layout: Layout::default(),
-        detached: false,
-        payload_offset: None,
-        kdf: KDF,
-        uuid: None,
-        volume_key: None,
-        slot: 0,
+        keyslot: KDF,
+        ..CreateParams::luks1(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap())
     };
     Luks1Volume::create(mem.clone(), &params, KEYS[0]).unwrap();
     mem.snapshot()

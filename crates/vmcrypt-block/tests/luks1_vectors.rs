@@ -9,7 +9,6 @@ use vmcrypt_block::drivers::luks::{Luks1Volume, LuksDriver};
 use vmcrypt_crypto::HashAlg;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::ErrorKind;
-use vmcrypt_format::luks1::Limits;
 
 fn vectors() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/vectors");
@@ -229,7 +228,7 @@ fn cryptsetup_vector_volume_keys_match() {
             "luks1-qemu-img-aes-xts.vk",
         ),
     ] {
-        let vol = Luks1Volume::open(file(&cs(img)), false, &Limits::default()).unwrap();
+        let vol = Luks1Volume::open(file(&cs(img)), false, &KdfLimits::default()).unwrap();
         let u = vol.unlock(&key(k), None).unwrap();
         assert_eq!(u.volume_key.as_bytes(), &key(vk)[..], "{img}");
     }
@@ -360,7 +359,7 @@ fn evil_headers_are_rejected_and_valid_header_opens() {
     for (name, needle) in cases {
         let (_d, img) = unxz(name);
         let before = std::fs::read(&img).unwrap();
-        let e = Luks1Volume::open(file(&img), false, &Limits::default())
+        let e = Luks1Volume::open(file(&img), false, &KdfLimits::default())
             .err()
             .unwrap_or_else(|| panic!("{name} opened"));
         assert_eq!(e.kind(), ErrorKind::Corrupt, "{name}: {e}");
@@ -368,7 +367,7 @@ fn evil_headers_are_rejected_and_valid_header_opens() {
         assert_eq!(std::fs::read(&img).unwrap(), before, "{name} was modified");
     }
     let (_d, img) = unxz("valid_header_file");
-    let vol = Luks1Volume::open(file(&img), false, &Limits::default()).unwrap();
+    let vol = Luks1Volume::open(file(&img), false, &KdfLimits::default()).unwrap();
     assert_eq!(vol.header().cipher_mode, "cbc-essiv:sha256");
     assert_eq!(vol.active_slots(), 0);
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
-use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -43,7 +42,7 @@ fn argon2id() -> KeyslotParams {
 
 fn base_image() -> (Vec<u8>, SecretBytes) {
     let mem = Arc::new(MemDriver::new(vec![0u8; DATA as usize + 4096]));
-    let mut p = Luks2CreateParams::new(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
+    let mut p = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
     p.keyslot = pbkdf2();
     p.keyslots_size = Some(KEYSLOTS);
     p.data_offset = Some(DATA);

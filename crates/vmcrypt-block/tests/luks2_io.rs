@@ -7,8 +7,7 @@ use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::LuksDriver;
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
-use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
@@ -28,7 +27,7 @@ fn spec() -> CipherSpec {
 /// device and the volume key.
 fn new_image(sector_size: u32) -> (Arc<MemDriver>, SecretBytes) {
     let mem = Arc::new(MemDriver::new(Vec::new()));
-    let mut p = Luks2CreateParams::new(spec());
+    let mut p = CreateParams::luks2(spec());
     p.sector_size = sector_size;
     p.keyslot = KeyslotParams {
         kdf: KdfKind::Pbkdf2,
@@ -429,7 +428,7 @@ fn a_whole_sector_write_during_a_read_modify_write_is_not_lost() {
 #[test]
 fn a_device_without_luks_magic_is_not_a_luks_device() {
     let mem = Arc::new(MemDriver::new(vec![0u8; SIZE]));
-    let open = vmcrypt_block::drivers::luks::open_header(mem, false, &KdfLimits::default());
+    let open = vmcrypt_block::drivers::luks::Volume::open(mem, false, &KdfLimits::default());
     let e = open.err().unwrap();
     assert_eq!(
         (e.kind(), e.reason()),

@@ -9,17 +9,14 @@ use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::convert::{ConvertReport, luks1_to_luks2, luks2_to_luks1};
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
-use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use vmcrypt_block::drivers::luks::{
-    CreateParams, KdfParams, Luks1Volume, LuksDriver, probe_version,
-};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::luks::{Luks1Volume, LuksDriver, probe_version};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
 use vmcrypt_error::Result;
-use vmcrypt_format::luks1::{Layout, Limits};
+use vmcrypt_format::luks1::Layout;
 use vmcrypt_format::luks2::Metadata;
 
 const KEYS: [&[u8]; 3] = [b"convert-A", b"convert-B", b"convert-C"];
@@ -62,22 +59,18 @@ fn write_data(m: &Arc<MemDriver>, pass: &[u8]) {
 }
 
 /// LUKS1 (cryptsetup layout, 512-bit XTS, 2 MiB payload) with KEYS in `slots`, data written.
-fn luks1_image(slots: &[usize]) -> Vec<u8> {
+fn luks1_image(slots: &[u32]) -> Vec<u8> {
     let m = Arc::new(MemDriver::new(vec![0u8; 3 << 20]));
-    let kdf = KdfParams {
+    let kdf = KeyslotParams {
         iter_time_ms: 1,
-        iterations: Some(1000),
+        ..pbkdf2_params(HashAlg::Sha256)
     };
     let params = CreateParams {
-        spec: CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap(),
-        hash: HashAlg::Sha256,
         layout: Layout::default(),
-        detached: false,
-        payload_offset: None,
-        kdf,
+        keyslot: kdf,
         uuid: Some("0d0c0f2e-1111-4222-8333-944455556666".into()),
-        volume_key: None,
         slot: slots[0],
+        ..CreateParams::luks1(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap())
     };
     let (mut v, vk) = Luks1Volume::create(m.clone(), &params, KEYS[0]).unwrap();
     for (i, &s) in slots.iter().enumerate().skip(1) {
@@ -96,8 +89,8 @@ fn pbkdf2_params(hash: HashAlg) -> KeyslotParams {
     }
 }
 
-fn l2_params() -> Luks2CreateParams {
-    let mut p = Luks2CreateParams::new(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap());
+fn l2_params() -> CreateParams {
+    let mut p = CreateParams::luks2(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap());
     p.sector_size = 512;
     p.keyslot = pbkdf2_params(HashAlg::Sha256);
     p.data_offset = Some(2 << 20);
@@ -105,7 +98,7 @@ fn l2_params() -> Luks2CreateParams {
 }
 
 /// LUKS2 made by vmcrypt with `p` (plus KEYS[1] in slot 2 when `second`), data written.
-fn luks2_image_with(p: &Luks2CreateParams, second: bool) -> (Vec<u8>, SecretBytes) {
+fn luks2_image_with(p: &CreateParams, second: bool) -> (Vec<u8>, SecretBytes) {
     let size = p.data_offset.unwrap_or(2 << 20) + (1 << 20);
     let m = Arc::new(MemDriver::new(vec![0u8; size as usize]));
     let (mut v, vk) = Luks2Volume::create(m.clone(), p, KEYS[0]).unwrap();
@@ -228,7 +221,7 @@ fn luks2_to_luks1_survives_interruption_after_every_write() {
     // No LUKS2 signature is left: the secondary header area is zero.
     let img = m.snapshot();
     assert!(img[16384..32768].iter().all(|&b| b == 0));
-    let v1 = Luks1Volume::open(m, false, &Limits::default()).unwrap();
+    let v1 = Luks1Volume::open(m, false, &KdfLimits::default()).unwrap();
     let h = v1.header();
     assert_eq!(h.payload_offset, 4096);
     assert_eq!(v1.active_slots(), 2);
@@ -272,13 +265,13 @@ fn luks2_to_luks1_keeps_material_in_place_when_no_cell_is_free() {
 fn round_trip_keeps_keys_and_data() {
     let start = luks1_image(&[0, 1]);
     let m = mem(&start);
-    let before = Luks1Volume::open(m.clone(), false, &Limits::default())
+    let before = Luks1Volume::open(m.clone(), false, &KdfLimits::default())
         .unwrap()
         .header()
         .clone();
     luks1_to_luks2(m.clone(), false, &limits()).unwrap();
     luks2_to_luks1(m.clone(), false, &limits()).unwrap();
-    let after = Luks1Volume::open(m.clone(), false, &Limits::default())
+    let after = Luks1Volume::open(m.clone(), false, &KdfLimits::default())
         .unwrap()
         .header()
         .clone();

@@ -2,7 +2,7 @@
 //! back identically, through a fresh open too; out-of-range requests are refused.
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
-use vmcrypt_block::drivers::luks::{CreateParams, KdfParams, Luks1Volume, LuksDriver};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, Luks1Volume, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
@@ -14,18 +14,15 @@ const SIZE: usize = 1 << 20;
 fn new_image(spec: CipherSpec) -> (Arc<MemDriver>, u64) {
     let mem = Arc::new(MemDriver::new(Vec::new()));
     let params = CreateParams {
-        spec,
-        hash: HashAlg::Sha256,
         layout: Layout::Qemu,
-        detached: false,
-        payload_offset: None,
-        kdf: KdfParams {
+        keyslot: KeyslotParams {
+            kdf: KdfKind::Pbkdf2,
+            hash: HashAlg::Sha256,
             iter_time_ms: 1,
             iterations: Some(1000),
+            ..KeyslotParams::default()
         },
-        uuid: None,
-        volume_key: None,
-        slot: 0,
+        ..CreateParams::luks1(spec)
     };
     let (vol, _) = Luks1Volume::create(mem.clone(), &params, b"pw").unwrap();
     let payload = vol.payload_offset();

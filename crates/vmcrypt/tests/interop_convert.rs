@@ -14,8 +14,7 @@ use vmcrypt_block::drivers::file::FileDriver;
 use vmcrypt_block::drivers::luks::LuksDriver;
 use vmcrypt_block::drivers::luks::convert::{luks1_to_luks2, luks2_to_luks1};
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
-use vmcrypt_block::drivers::luks::v2::create::Luks2CreateParams;
-use vmcrypt_block::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 
@@ -203,7 +202,7 @@ fn interrupted_states_open_in_cryptsetup(
 fn vm_luks2_pbkdf2(sc: &Scratch, name: &str) -> String {
     sc.write("pw", PASS);
     let img = sc.sparse(name, 3 * MIB);
-    let mut p = Luks2CreateParams::new(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap());
+    let mut p = CreateParams::luks2(CipherSpec::from_luks("aes", "xts-plain64", 64).unwrap());
     p.sector_size = 512;
     p.data_offset = Some(2 * MIB);
     p.keyslot = KeyslotParams {

@@ -3,10 +3,7 @@
 //! qcow2 images are made by [`crate::drivers::qcow2::create`].
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
-use crate::drivers::luks::v2::Luks2Volume;
-use crate::drivers::luks::v2::create::Luks2CreateParams;
-use crate::drivers::luks::v2::keyslots::{KdfKind, KeyslotParams};
-use crate::drivers::luks::volume::{CreateParams, KdfParams, Luks1Volume};
+use crate::drivers::luks::{CreateParams, KdfKind, Luks1Volume, Luks2Volume};
 use crate::opts::{opt_bool, opt_str, opt_u64};
 use crate::secrets::SecretStore;
 use crate::spec::{NodeSpec, spec_from_filename};
@@ -153,7 +150,7 @@ fn check_known(format: &str, opts: &Map<String, Value>) -> Result<()> {
 /// LUKS create parameters from `-o` options (QEMU's names and defaults).
 pub fn luks_params(opts: &Map<String, Value>) -> Result<CreateParams> {
     let p = luks_params_any_kdf(opts)?;
-    if let Some(i) = p.kdf.iterations {
+    if let Some(i) = p.keyslot.iterations {
         ensure!(
             i >= 1000,
             Usage,
@@ -188,20 +185,14 @@ fn luks_params_any_kdf(opts: &Map<String, Value>) -> Result<CreateParams> {
         Some("qemu") => Layout::Qemu,
         Some(l) => bail!(Usage, "unknown layout '{l}' (cryptsetup or qemu)"),
     };
-    Ok(CreateParams {
-        spec,
-        hash,
-        layout,
-        detached: opt_bool(opts, "detached-header")?.unwrap_or(false),
-        payload_offset: None,
-        kdf: KdfParams {
-            iter_time_ms: iter_time as u32,
-            iterations,
-        },
-        uuid: opt_str(opts, "uuid")?,
-        volume_key: None,
-        slot: opt_u64(opts, "key-slot")?.unwrap_or(0) as usize,
-    })
+    let mut p = CreateParams::luks1(spec);
+    (p.keyslot.hash, p.keyslot.iter_time_ms) = (hash, iter_time as u32);
+    p.keyslot.iterations = iterations;
+    p.layout = layout;
+    p.detached = opt_bool(opts, "detached-header")?.unwrap_or(false);
+    p.uuid = opt_str(opts, "uuid")?;
+    p.slot = opt_u64(opts, "key-slot")?.map_or(0, |s| s.min(u64::from(u32::MAX)) as u32);
+    Ok(p)
 }
 
 /// Create an image of `format` at `path` with `size` virtual bytes.
@@ -277,19 +268,16 @@ pub fn created_spec(target: &str, format: &str, opts: &Map<String, Value>) -> Re
 }
 
 /// LUKS2 create parameters from `-o` options.
-pub fn luks2_params(opts: &Map<String, Value>) -> Result<Luks2CreateParams> {
+pub fn luks2_params(opts: &Map<String, Value>) -> Result<CreateParams> {
     let v1 = luks_params_any_kdf(opts)?;
-    let mut p = Luks2CreateParams::new(v1.spec);
-    let kdf = KdfKind::from_name(&opt_str(opts, "pbkdf")?.unwrap_or_else(|| "argon2id".into()))?;
-    p.keyslot = KeyslotParams {
-        kdf,
-        hash: v1.hash,
-        iter_time_ms: v1.kdf.iter_time_ms,
-        iterations: v1.kdf.iterations,
-        memory_kib: opt_u64(opts, "pbkdf-memory")?.map(|m| m.min(u64::from(u32::MAX)) as u32),
-        parallel: opt_u64(opts, "pbkdf-parallel")?.map(|m| m.min(64) as u32),
-        ..KeyslotParams::default()
-    };
+    let mut p = CreateParams::luks2(v1.spec);
+    p.keyslot.kdf =
+        KdfKind::from_name(&opt_str(opts, "pbkdf")?.unwrap_or_else(|| "argon2id".into()))?;
+    (p.keyslot.hash, p.keyslot.iter_time_ms) = (v1.keyslot.hash, v1.keyslot.iter_time_ms);
+    p.keyslot.iterations = v1.keyslot.iterations;
+    p.keyslot.memory_kib =
+        opt_u64(opts, "pbkdf-memory")?.map(|m| m.min(u64::from(u32::MAX)) as u32);
+    p.keyslot.parallel = opt_u64(opts, "pbkdf-parallel")?.map(|m| m.min(64) as u32);
     if let Some(ss) = opt_u64(opts, "sector-size")? {
         p.sector_size = ss.min(u64::from(u32::MAX)) as u32;
     }
@@ -301,8 +289,8 @@ pub fn luks2_params(opts: &Map<String, Value>) -> Result<Luks2CreateParams> {
     p.label = opt_str(opts, "label")?.unwrap_or_default();
     p.subsystem = opt_str(opts, "subsystem")?.unwrap_or_default();
     p.uuid = v1.uuid;
-    p.slot = v1.slot as u32;
-    p.layout()?;
+    p.slot = v1.slot;
+    p.luks2_layout()?;
     Ok(p)
 }
 
@@ -323,7 +311,7 @@ fn create_luks2(
         "LUKS2 image size {size} must be a multiple of the {}-byte sector size",
         params.sector_size
     );
-    let (data_offset, keyslots) = params.layout()?;
+    let (data_offset, keyslots) = params.luks2_layout()?;
     let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create(path, 0)?);
     Luks2Volume::create(file.clone(), &params, pass.as_bytes())
         .with_ctx(|| format!("creating LUKS2 header in '{}'", path.display()))?;

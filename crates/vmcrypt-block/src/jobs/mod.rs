@@ -16,6 +16,7 @@ pub mod create_request;
 pub mod glue;
 pub mod image_arg;
 pub mod info;
+pub mod luks;
 pub mod map;
 pub mod options;
 pub mod rebase;

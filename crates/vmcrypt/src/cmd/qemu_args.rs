@@ -1,7 +1,7 @@
 //! `vmcrypt qemu-args`: print the `-object secret` and `-blockdev` arguments with which
 //! QEMU opens an image natively (built by `vmcrypt_block::jobs::glue::qemu_args`), one
 //! shell-quoted word per line.
-use crate::cli::Common;
+use super::common::Common;
 use clap::Args;
 use vmcrypt_block::jobs::glue::print::{Syntax, shell_quote};
 use vmcrypt_block::jobs::glue::qemu_args::{QemuArgsRequest, qemu_args};

@@ -62,7 +62,6 @@ use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::random;
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
-use vmcrypt_format::luks1::Limits;
 
 /// The LUKS2 header size a conversion from LUKS1 uses (cryptsetup's: 16 KiB per copy).
 pub const CONVERT_HDR_SIZE: u64 = 16 << 10;
@@ -206,12 +205,6 @@ fn wipe(dev: &dyn BlockDriver, spans: &[Span]) -> Result<u64> {
         total += b - a;
     }
     Ok(total)
-}
-
-fn kdf_limits_v1(limits: &KdfLimits) -> Limits {
-    Limits {
-        max_iterations: limits.max_pbkdf2_iterations,
-    }
 }
 
 fn ensure_writable(dev: &dyn BlockDriver) -> Result<()> {

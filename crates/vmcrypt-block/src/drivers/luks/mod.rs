@@ -8,23 +8,31 @@
 //! are split over rayon's thread pool.
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
+//!
+//! The LUKS API is version-blind: [`Volume`] opens either header and dispatches to
+//! [`v1`] and [`v2`]; [`params`] holds the one set of parameter types both use.
 pub mod convert;
-pub mod dump;
-pub mod dump2;
 pub mod embedded;
+mod fresh;
+pub mod params;
+pub mod v1;
 pub mod v2;
-pub mod volume;
+mod volume;
 
 use crate::driver::{BlockDriver, Check, Child, Introspect, check_range};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use v2::Luks2Volume;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Error, Reason, Result, bail};
-use vmcrypt_format::luks1::{self, Limits};
+use vmcrypt_error::{Result, bail};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
-pub use volume::{CreateParams, KdfParams, Luks1Volume, Unlocked};
+
+pub use params::{
+    ChangeReport, CreateParams, KdfKind, KeyslotParams, KillReport, Unlocked, Version,
+};
+pub use v1::Luks1Volume;
+pub use v2::Luks2Volume;
+pub use volume::{LAST_SLOT, Volume, backup_version, probe_version};
 
 /// IV sectors are always 512 bytes.
 pub const SECTOR: u64 = 512;
@@ -43,76 +51,6 @@ pub struct GuestOffset(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct HostOffset(pub u64);
 
-/// The LUKS header of a node, either version.
-pub enum Header {
-    V1(Box<Luks1Volume>),
-    V2(Box<Luks2Volume>),
-}
-
-impl Header {
-    /// Try `passphrase` on `slot` (or every usable slot): (slot, volume key).
-    pub fn unlock(
-        &self,
-        passphrase: &[u8],
-        slot: Option<u32>,
-    ) -> Result<(u32, vmcrypt_crypto::SecretBytes)> {
-        Ok(match self {
-            Header::V1(v) => {
-                let u = v.unlock(passphrase, slot.map(|s| s as usize))?;
-                (u.slot as u32, u.volume_key)
-            }
-            Header::V2(v) => {
-                let u = v.unlock(passphrase, slot)?;
-                (u.slot, u.volume_key)
-            }
-        })
-    }
-}
-
-/// Which LUKS version the header device holds (by its first bytes; a LUKS2 device with
-/// a damaged primary header is still LUKS2 if a secondary copy is found later).
-pub fn probe_version(dev: &dyn BlockDriver) -> Result<u16> {
-    let mut head = [0u8; 8];
-    if dev.size() < 8 {
-        bail!(
-            Corrupt,
-            "not a LUKS device: {} bytes is too small",
-            dev.size()
-        );
-    }
-    dev.read_at(&mut head, 0)?;
-    Ok(luks1::version_of(&head).unwrap_or(2))
-}
-
-/// Open the LUKS header on `dev`, either version.
-pub fn open_header(
-    dev: Arc<dyn BlockDriver>,
-    detached: bool,
-    limits: &KdfLimits,
-) -> Result<Header> {
-    match probe_version(dev.as_ref())? {
-        1 => {
-            let l = Limits {
-                max_iterations: limits.max_pbkdf2_iterations,
-            };
-            Ok(Header::V1(Box::new(Luks1Volume::open(dev, detached, &l)?)))
-        }
-        2 => match Luks2Volume::open(dev, detached, limits) {
-            Ok(v) => Ok(Header::V2(Box::new(v))),
-            Err(e)
-                if e.kind() == vmcrypt_error::ErrorKind::Corrupt
-                    && e.reason() == Some(Reason::BadMagic) =>
-            {
-                Err(Error::corrupt("not a LUKS device (no LUKS header found)")
-                    .with_reason(Reason::BadMagic)
-                    .with_source(e))
-            }
-            Err(e) => Err(e),
-        },
-        v => bail!(Unsupported, "unsupported LUKS version {v}"),
-    }
-}
-
 /// Where the data lives and how it is encrypted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DataLayout {
@@ -127,7 +65,7 @@ struct DataLayout {
 pub struct LuksDriver {
     file: Arc<dyn BlockDriver>,
     header_node: Option<Arc<dyn BlockDriver>>,
-    header: Header,
+    header: Volume,
     layout: DataLayout,
     cipher: Option<SectorCipher>,
     unlocked_slot: Option<u32>,
@@ -152,73 +90,14 @@ impl LuksDriver {
         limits: &KdfLimits,
     ) -> Result<Self> {
         let hdev = header_node.clone().unwrap_or_else(|| file.clone());
-        let header = open_header(hdev, header_node.is_some(), limits)?;
-        let (layout, read_only_reason) = match &header {
-            Header::V1(v) => (
-                DataLayout {
-                    offset: v.payload_offset(),
-                    size: None,
-                    sector: SECTOR,
-                    iv_tweak: 0,
-                },
-                None,
-            ),
-            Header::V2(v) => {
-                let seg = v.header().metadata.default_segment()?;
-                let meta_end = v.header().metadata.hdr_and_areas_size()?;
-                if header_node.is_none() && seg.offset < meta_end {
-                    bail!(
-                        Corrupt,
-                        "LUKS2 data segment at {} overlaps the header and keyslots ({meta_end} bytes): \
-                         this is a detached header; open its data with header.filename=THIS,file.filename=DATA",
-                        seg.offset
-                    );
-                }
-                let size = match seg.size {
-                    SegmentSize::Dynamic => None,
-                    SegmentSize::Bytes(n) => Some(n),
-                };
-                let req = v.requirements()?;
-                let ro = req
-                    .read_only()
-                    .then(|| format!("unmet LUKS2 requirements: {}", req.mandatory.join(", ")));
-                let layout = DataLayout {
-                    offset: seg.offset,
-                    size,
-                    sector: u64::from(seg.sector_size),
-                    iv_tweak: seg.iv_tweak,
-                };
-                (layout, ro)
-            }
-        };
+        let header = Volume::open(hdev, header_node.is_some(), limits)?;
+        let (layout, read_only_reason) = data_layout(&header, header_node.is_some())?;
         let (cipher, unlocked_slot) = match passphrase {
             None => (None, None),
-            Some(p) => match &header {
-                Header::V1(v) => {
-                    let s = slot.map(|s| s as usize);
-                    let u = v.unlock(p, s)?;
-                    (
-                        Some(SectorCipher::new(v.spec(), u.volume_key.as_bytes())?),
-                        Some(u.slot as u32),
-                    )
-                }
-                Header::V2(v) => {
-                    v.data_segment()?;
-                    let u = v.unlock(p, slot)?;
-                    if !u.bound {
-                        bail!(
-                            WrongKey,
-                            "keyslot {} holds a key that is not bound to the data segment",
-                            u.slot
-                        );
-                    }
-                    let spec = v.data_spec(u.volume_key.len())?;
-                    (
-                        Some(SectorCipher::new(&spec, u.volume_key.as_bytes())?),
-                        Some(u.slot),
-                    )
-                }
-            },
+            Some(p) => {
+                let (c, s) = header.data_cipher(p, slot)?;
+                (Some(c), Some(s))
+            }
         };
         Ok(LuksDriver {
             file,
@@ -234,24 +113,18 @@ impl LuksDriver {
     }
 
     /// The header, either version.
-    pub fn header(&self) -> &Header {
+    pub fn header(&self) -> &Volume {
         &self.header
     }
 
     /// The LUKS1 header, if this is LUKS1.
     pub fn luks1(&self) -> Option<&Luks1Volume> {
-        match &self.header {
-            Header::V1(v) => Some(v),
-            Header::V2(_) => None,
-        }
+        self.header.v1()
     }
 
     /// The LUKS2 header, if this is LUKS2.
     pub fn luks2(&self) -> Option<&Luks2Volume> {
-        match &self.header {
-            Header::V1(_) => None,
-            Header::V2(v) => Some(v),
-        }
+        self.header.v2()
     }
 
     /// The slot the passphrase opened.
@@ -360,6 +233,46 @@ impl LuksDriver {
         tmp[skip..skip + buf.len()].copy_from_slice(buf);
         self.encrypt_and_write(&mut tmp, GuestOffset(start))
     }
+}
+
+/// Where the data of `header` lives, and why it is read-only (unmet LUKS2
+/// requirements). A LUKS2 data segment inside the header area needs a detached header.
+fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<String>)> {
+    let Some(v) = header.v2() else {
+        let v = header.v1().expect("a LUKS1 or LUKS2 header");
+        let layout = DataLayout {
+            offset: v.payload_offset(),
+            size: None,
+            sector: SECTOR,
+            iv_tweak: 0,
+        };
+        return Ok((layout, None));
+    };
+    let seg = v.header().metadata.default_segment()?;
+    let meta_end = v.header().metadata.hdr_and_areas_size()?;
+    if !detached && seg.offset < meta_end {
+        bail!(
+            Corrupt,
+            "LUKS2 data segment at {} overlaps the header and keyslots ({meta_end} bytes): \
+             this is a detached header; open its data with header.filename=THIS,file.filename=DATA",
+            seg.offset
+        );
+    }
+    let size = match seg.size {
+        SegmentSize::Dynamic => None,
+        SegmentSize::Bytes(n) => Some(n),
+    };
+    let req = v.requirements()?;
+    let ro = req
+        .read_only()
+        .then(|| format!("unmet LUKS2 requirements: {}", req.mandatory.join(", ")));
+    let layout = DataLayout {
+        offset: seg.offset,
+        size,
+        sector: u64::from(seg.sector_size),
+        iv_tweak: seg.iv_tweak,
+    };
+    Ok((layout, ro))
 }
 
 /// The number of cores, asked once (the std call reads cgroup files every time).
@@ -499,10 +412,7 @@ impl BlockDriver for LuksDriver {
 
 impl Introspect for LuksDriver {
     fn format_specific(&self) -> Option<serde_json::Value> {
-        Some(match &self.header {
-            Header::V1(v) => dump::qemu_info_json(v),
-            Header::V2(v) => dump2::luks2_info_json(v),
-        })
+        Some(self.header.info_json())
     }
 
     fn is_encrypted(&self) -> bool {
@@ -515,7 +425,7 @@ impl Check for LuksDriver {
     /// copy, or JSON that needed cryptsetup's repair, is reported (`vmcrypt luks repair`
     /// fixes it).
     fn check(&self) -> Vec<String> {
-        let Header::V2(v) = &self.header else {
+        let Some(v) = self.header.v2() else {
             return Vec::new();
         };
         let mut problems = Vec::new();

@@ -1,590 +1,355 @@
-//! LUKS1 volumes: unlock, create and key-slot management on the device that holds the
-//! header (the image itself, or a detached header file).
-//!
-//! Every change is ordered so that an interruption after any single write leaves a
-//! header that opens with the old or the new key set:
-//! * add: key material goes into a disabled slot's area first (flushed), then the slot's
-//!   48-byte header record is written (flushed);
-//! * kill: the slot record is disabled first (flushed), then its key material is wiped;
-//! * change: add the new key in a free slot, then kill the old one.
+//! [`Volume`]: one LUKS header on its device, either version, behind one API. Callers
+//! open, unlock and change key slots without knowing the version; each method
+//! dispatches to [`super::v1`] or [`super::v2`]. Operations only LUKS2 has (tokens,
+//! priorities, labels, repair) refuse a LUKS1 header with `Unsupported`.
+use super::params::{ChangeReport, CreateParams, KeyslotParams, KillReport, Unlocked, Version};
+use super::v1::{self, Luks1Volume};
+use super::v2::Luks2Volume;
 use crate::driver::BlockDriver;
+use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
-use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf, random};
-use vmcrypt_error::{Error, ErrorKind, Result, ResultExt, bail, ensure};
-use vmcrypt_format::luks1::{
-    self, DIGEST_LEN, HEADER_SIZE, KEY_DISABLED, KEY_ENABLED, Keyslot, Layout, Limits, Luks1Header,
-    NUM_KEYSLOTS, SALT_LEN, STRIPES,
-};
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
+use vmcrypt_error::{Error, ErrorKind, Reason, Result, bail, ensure};
+use vmcrypt_format::luks1;
+use vmcrypt_format::luks2::Priority;
 
-/// How key-slot iteration counts are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KdfParams {
-    /// Target unlock time per key slot in milliseconds (cryptsetup's and QEMU's
-    /// `iter-time`); ignored when `iterations` is set.
-    pub iter_time_ms: u32,
-    /// A fixed iteration count (cryptsetup's `--pbkdf-force-iterations`).
-    pub iterations: Option<u32>,
+/// The refusal to remove the only key slot without `-q` (both versions).
+pub const LAST_SLOT: &str =
+    "this is the last key slot; the device would become unusable (use -q to remove it anyway)";
+
+/// An open LUKS header, either version.
+pub struct Volume {
+    inner: Inner,
 }
 
-impl Default for KdfParams {
-    fn default() -> Self {
-        KdfParams {
-            iter_time_ms: 2000,
-            iterations: None,
-        }
-    }
+enum Inner {
+    V1(Box<Luks1Volume>),
+    V2(Box<Luks2Volume>),
 }
 
-/// The smallest iteration count we ever write (cryptsetup's minimum for LUKS1).
-pub const MIN_ITERATIONS: u32 = 1000;
-/// cryptsetup spends 1/16 of `iter-time` on the master-key digest (125 ms of 2 s).
-const MK_DIGEST_FRACTION: u64 = 16;
-
-impl KdfParams {
-    fn slot_iterations(&self, hash: HashAlg, key_bytes: usize) -> u32 {
-        self.iterations
-            .unwrap_or_else(|| calibrate(hash, key_bytes, u64::from(self.iter_time_ms)))
-    }
-
-    fn digest_iterations(&self, hash: HashAlg) -> u32 {
-        self.iterations.unwrap_or_else(|| {
-            calibrate(
-                hash,
-                DIGEST_LEN,
-                u64::from(self.iter_time_ms) / MK_DIGEST_FRACTION,
-            )
-        })
-    }
-}
-
-/// PBKDF2 iterations that take about `ms` milliseconds here, at least [`MIN_ITERATIONS`].
-/// The speed is measured once per hash and key size in a process, for up to 250 ms
-/// (less for short targets: a 10 ms target needs no quarter-second benchmark).
-pub fn calibrate(hash: HashAlg, key_bytes: usize, ms: u64) -> u32 {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static SPEED: Mutex<Option<HashMap<(HashAlg, usize), u64>>> = Mutex::new(None);
-    let budget = Duration::from_millis(ms.clamp(40, 250));
-    let mut speeds = SPEED.lock().unwrap_or_else(|e| e.into_inner());
-    let per_sec = *speeds
-        .get_or_insert_with(HashMap::new)
-        .entry((hash, key_bytes))
-        .or_insert_with(|| kdf::pbkdf2_iterations_per_second(hash, key_bytes, budget));
-    let iters = per_sec.saturating_mul(ms) / 1000;
-    iters.clamp(u64::from(MIN_ITERATIONS), u64::from(u32::MAX)) as u32
-}
-
-/// Parameters of a new LUKS1 volume.
-#[derive(Clone, Debug)]
-pub struct CreateParams {
-    pub spec: CipherSpec,
-    pub hash: HashAlg,
-    pub layout: Layout,
-    /// The header lives in its own file; the payload offset is 0 unless `payload_offset`.
-    pub detached: bool,
-    /// Override the payload offset (512-byte sectors).
-    pub payload_offset: Option<u32>,
-    pub kdf: KdfParams,
-    pub uuid: Option<String>,
-    /// Use this volume key instead of a random one.
-    pub volume_key: Option<SecretBytes>,
-    /// Key slot for the first passphrase.
-    pub slot: usize,
-}
-
-/// A key slot opened with a passphrase.
-pub struct Unlocked {
-    pub slot: usize,
-    pub volume_key: SecretBytes,
-}
-
-/// A LUKS1 header on its device.
-pub struct Luks1Volume {
-    dev: Arc<dyn BlockDriver>,
-    header: Luks1Header,
-    spec: CipherSpec,
-    hash: HashAlg,
-    detached: bool,
-}
-
-impl Luks1Volume {
-    /// Read and validate the header at offset 0 of `dev`.
-    pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &Limits) -> Result<Self> {
-        let size = dev.size();
-        ensure!(
-            size >= HEADER_SIZE as u64,
+/// Which LUKS version the header device holds (by its first bytes; a LUKS2 device with
+/// a damaged primary header is still LUKS2 if a secondary copy is found later).
+pub fn probe_version(dev: &dyn BlockDriver) -> Result<u16> {
+    let mut head = [0u8; 8];
+    if dev.size() < 8 {
+        bail!(
             Corrupt,
-            "not a LUKS device: {size} bytes is smaller than a LUKS header"
+            "not a LUKS device: {} bytes is too small",
+            dev.size()
         );
-        let mut buf = [0u8; HEADER_SIZE];
-        dev.read_at(&mut buf, 0)?;
-        let header = Luks1Header::decode(&buf)?;
-        header.validate(size, detached, limits)?;
-        let spec = CipherSpec::from_luks(
-            &header.cipher_name,
-            &header.cipher_mode,
-            header.key_bytes as usize,
-        )
-        .ctx("LUKS1 header")?;
-        let hash = HashAlg::from_name(&header.hash_spec).ctx("LUKS1 header hash-spec")?;
-        Ok(Luks1Volume {
-            dev,
-            header,
-            spec,
-            hash,
-            detached,
-        })
     }
+    dev.read_at(&mut head, 0)?;
+    Ok(luks1::version_of(&head).unwrap_or(2))
+}
 
-    pub fn header(&self) -> &Luks1Header {
-        &self.header
-    }
-    pub fn spec(&self) -> &CipherSpec {
-        &self.spec
-    }
-    pub fn hash(&self) -> HashAlg {
-        self.hash
-    }
-    pub fn is_detached(&self) -> bool {
-        self.detached
-    }
-    pub fn device(&self) -> &Arc<dyn BlockDriver> {
-        &self.dev
-    }
-
-    /// Payload start in bytes (on the data device).
-    pub fn payload_offset(&self) -> u64 {
-        self.header.payload_offset_bytes()
-    }
-
-    /// Try `passphrase` on `slot`, or on every enabled slot in order.
-    pub fn unlock(&self, passphrase: &[u8], slot: Option<usize>) -> Result<Unlocked> {
-        if let Some(s) = slot {
-            check_slot_index(s)?;
-            ensure!(
-                self.header.keyslots[s].is_enabled(),
-                WrongKey,
-                "key slot {s} is not active"
-            );
-            return match self.try_slot(s, passphrase)? {
-                Some(volume_key) => Ok(Unlocked {
-                    slot: s,
-                    volume_key,
-                }),
-                None => bail!(
-                    WrongKey,
-                    "no key available with this passphrase in key slot {s}"
-                ),
-            };
-        }
-        for s in 0..NUM_KEYSLOTS {
-            if !self.header.keyslots[s].is_enabled() {
-                continue;
-            }
-            if let Some(volume_key) = self.try_slot(s, passphrase)? {
-                return Ok(Unlocked {
-                    slot: s,
-                    volume_key,
-                });
-            }
-        }
-        bail!(WrongKey, "no key available with this passphrase")
-    }
-
-    fn try_slot(&self, s: usize, passphrase: &[u8]) -> Result<Option<SecretBytes>> {
-        let ks = &self.header.keyslots[s];
-        let key_bytes = self.header.key_bytes as usize;
-        let mut slot_key = SecretBytes::zeroed(key_bytes);
-        kdf::pbkdf2(
-            self.hash,
-            passphrase,
-            &ks.salt,
-            ks.iterations,
-            slot_key.as_mut(),
-        );
-        let mut material = SecretBytes::zeroed(self.header.material_len(s) as usize);
-        self.dev
-            .read_at(material.as_mut(), ks.material_offset_bytes())
-            .with_ctx(|| format!("reading key material of slot {s}"))?;
-        SectorCipher::new(&self.spec, slot_key.as_bytes())?.decrypt(0, 512, material.as_mut())?;
-        let candidate = af::merge(self.hash, material.as_bytes(), key_bytes, ks.stripes)
-            .with_ctx(|| format!("key slot {s}"))?;
-        Ok(self.verify_volume_key(&candidate).then_some(candidate))
-    }
-
-    /// Whether `key` matches the header's master-key digest.
-    pub fn verify_volume_key(&self, key: &SecretBytes) -> bool {
-        if key.len() != self.header.key_bytes as usize {
-            return false;
-        }
-        let mut digest = [0u8; DIGEST_LEN];
-        kdf::pbkdf2(
-            self.hash,
-            key.as_bytes(),
-            &self.header.mk_digest_salt,
-            self.header.mk_digest_iter,
-            &mut digest,
-        );
-        digest
-            .iter()
-            .zip(self.header.mk_digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-
-    /// The lowest disabled slot.
-    pub fn free_slot(&self) -> Option<usize> {
-        (0..NUM_KEYSLOTS).find(|&s| !self.header.keyslots[s].is_enabled())
-    }
-
-    /// Number of enabled slots.
-    pub fn active_slots(&self) -> usize {
-        self.header
-            .keyslots
-            .iter()
-            .filter(|k| k.is_enabled())
-            .count()
-    }
-
-    /// Store `volume_key` under `passphrase` in `slot` (or the first free one).
-    pub fn add_key(
-        &mut self,
-        volume_key: &SecretBytes,
-        passphrase: &[u8],
-        slot: Option<usize>,
-        kdf: &KdfParams,
-    ) -> Result<usize> {
-        self.ensure_writable()?;
-        ensure!(
-            self.verify_volume_key(volume_key),
-            WrongKey,
-            "volume key does not match this header"
-        );
-        let s = match slot {
-            Some(s) => {
-                check_slot_index(s)?;
-                ensure!(
-                    !self.header.keyslots[s].is_enabled(),
-                    Busy,
-                    "key slot {s} is full; choose another one"
-                );
-                s
-            }
-            None => self
-                .free_slot()
-                .ok_or_else(|| Error::busy("all key slots full; remove a key first"))?,
+impl Volume {
+    /// Open the LUKS header on `dev`, either version.
+    pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
+        let inner = match probe_version(dev.as_ref())? {
+            1 => Inner::V1(Box::new(Luks1Volume::open(dev, detached, limits)?)),
+            2 => match Luks2Volume::open(dev, detached, limits) {
+                Ok(v) => Inner::V2(Box::new(v)),
+                Err(e)
+                    if e.kind() == ErrorKind::Corrupt && e.reason() == Some(Reason::BadMagic) =>
+                {
+                    return Err(Error::corrupt("not a LUKS device (no LUKS header found)")
+                        .with_reason(Reason::BadMagic)
+                        .with_source(e));
+                }
+                Err(e) => return Err(e),
+            },
+            v => bail!(Unsupported, "unsupported LUKS version {v}"),
         };
-        let iterations = kdf.slot_iterations(self.hash, self.header.key_bytes as usize);
-        let mut record = self.header.keyslots[s].clone();
-        random::fill(&mut record.salt)?;
-        record.iterations = iterations;
-        record.stripes = STRIPES;
-        self.write_material(s, &record, volume_key, passphrase)?;
-        record.active = KEY_ENABLED;
-        self.write_slot_record(s, record)?;
-        Ok(s)
+        Ok(Volume { inner })
     }
 
-    fn write_material(
-        &self,
-        s: usize,
-        record: &Keyslot,
-        volume_key: &SecretBytes,
-        passphrase: &[u8],
-    ) -> Result<()> {
-        let key_bytes = self.header.key_bytes as usize;
-        let mut slot_key = SecretBytes::zeroed(key_bytes);
-        kdf::pbkdf2(
-            self.hash,
-            passphrase,
-            &record.salt,
-            record.iterations,
-            slot_key.as_mut(),
-        );
-        let split = af::split(self.hash, volume_key.as_bytes(), STRIPES)?;
-        let mut material = SecretBytes::zeroed(self.header.material_len(s) as usize);
-        material.as_mut()[..split.len()].copy_from_slice(split.as_bytes());
-        SectorCipher::new(&self.spec, slot_key.as_bytes())?.encrypt(0, 512, material.as_mut())?;
-        self.dev
-            .write_at(material.as_bytes(), record.material_offset_bytes())
-            .with_ctx(|| format!("writing key material of slot {s}"))?;
-        self.dev.flush()
-    }
-
-    /// Write one 48-byte key-slot record (a single write, then flush).
-    fn write_slot_record(&mut self, s: usize, record: Keyslot) -> Result<()> {
-        let mut next = self.header.clone();
-        next.keyslots[s] = record;
-        let bytes = next.encode();
-        let (start, end) = luks1::keyslot_record_range(s);
-        self.dev
-            .write_at(&bytes[start..end], start as u64)
-            .with_ctx(|| format!("writing header record of key slot {s}"))?;
-        self.dev.flush()?;
-        self.header = next;
-        Ok(())
-    }
-
-    /// Disable `slot` and wipe its key material. Refuses to kill the last slot unless
-    /// `allow_last`.
-    pub fn kill_slot(&mut self, s: usize, allow_last: bool) -> Result<()> {
-        self.ensure_writable()?;
-        check_slot_index(s)?;
-        ensure!(
-            self.header.keyslots[s].is_enabled(),
-            NotFound,
-            "key slot {s} is not active"
-        );
-        ensure!(
-            allow_last || self.active_slots() > 1,
-            Busy,
-            "key slot {s} is the last active key slot; killing it makes the volume unusable \
-             (use --force to do it anyway)"
-        );
-        let mut record = self.header.keyslots[s].clone();
-        record.active = KEY_DISABLED;
-        record.iterations = 0;
-        record.salt = [0; SALT_LEN];
-        self.write_slot_record(s, record)?;
-        let mut wipe = vec![0u8; self.header.material_len(s) as usize];
-        random::fill(&mut wipe)?;
-        self.dev
-            .write_at(&wipe, self.header.keyslots[s].material_offset_bytes())
-            .with_ctx(|| format!("wiping key material of slot {s}"))?;
-        self.dev.flush()
-    }
-
-    /// Remove the key slot that `passphrase` opens.
-    pub fn remove_key(&mut self, passphrase: &[u8], allow_last: bool) -> Result<usize> {
-        let u = self.unlock(passphrase, None)?;
-        self.kill_slot(u.slot, allow_last)?;
-        Ok(u.slot)
-    }
-
-    /// Replace the passphrase `old` (in `slot` or any slot) by `new`. The new key goes
-    /// into a free slot before the old slot is killed; with no free slot the old slot is
-    /// rewritten in place (not crash-safe, as in cryptsetup). Returns (old slot, new slot).
-    pub fn change_key(
-        &mut self,
-        old: &[u8],
-        new: &[u8],
-        slot: Option<usize>,
-        kdf: &KdfParams,
-    ) -> Result<(usize, usize)> {
-        self.ensure_writable()?;
-        let u = self.unlock(old, slot)?;
-        match self.free_slot() {
-            Some(free) => {
-                let ns = self.add_key(&u.volume_key, new, Some(free), kdf)?;
-                self.kill_slot(u.slot, true)?;
-                Ok((u.slot, ns))
-            }
-            None => {
-                let mut record = self.header.keyslots[u.slot].clone();
-                random::fill(&mut record.salt)?;
-                record.iterations = kdf.slot_iterations(self.hash, self.header.key_bytes as usize);
-                self.write_material(u.slot, &record, &u.volume_key, new)?;
-                self.write_slot_record(u.slot, record)?;
-                Ok((u.slot, u.slot))
-            }
-        }
-    }
-
-    /// Set a new UUID (one header write).
-    pub fn set_uuid(&mut self, uuid: &str) -> Result<()> {
-        self.ensure_writable()?;
-        validate_uuid(uuid)?;
-        let mut next = self.header.clone();
-        next.uuid = uuid.to_string();
-        self.dev.write_at(&next.encode(), 0)?;
-        self.dev.flush()?;
-        self.header = next;
-        Ok(())
-    }
-
-    fn ensure_writable(&self) -> Result<()> {
-        ensure!(
-            !self.dev.is_read_only(),
-            ReadOnly,
-            "the LUKS header device is open read-only"
-        );
-        Ok(())
-    }
-
-    /// Create a new LUKS1 volume on `dev`, with `passphrase` in `params.slot`.
-    /// Writes: zeros over the header area, the key material, then the binary header.
+    /// Create a new volume of `params.version` on `dev` with `passphrase` in
+    /// `params.slot`; returns it and its volume key.
     pub fn create(
         dev: Arc<dyn BlockDriver>,
         params: &CreateParams,
         passphrase: &[u8],
     ) -> Result<(Self, SecretBytes)> {
-        check_slot_index(params.slot)?;
-        let key_bytes = params.spec.key_bytes;
-        let volume_key = new_volume_key(params.volume_key.as_ref(), key_bytes)?;
-        let (offsets, payload) =
-            luks1::plan_layout(key_bytes as u32, params.layout, params.detached);
-        let payload = params.payload_offset.unwrap_or(payload);
-        let uuid = new_uuid(params.uuid.as_deref())?;
-        let mut header = Luks1Header {
-            version: 1,
-            cipher_name: params.spec.luks_cipher_name().to_string(),
-            cipher_mode: params.spec.luks_cipher_mode(),
-            hash_spec: params.hash.name().to_string(),
-            payload_offset: payload,
-            key_bytes: key_bytes as u32,
-            mk_digest: [0; DIGEST_LEN],
-            mk_digest_salt: [0; SALT_LEN],
-            mk_digest_iter: params.kdf.digest_iterations(params.hash),
-            uuid,
-            keyslots: std::array::from_fn(|i| Keyslot::disabled(offsets[i])),
-        };
-        random::fill(&mut header.mk_digest_salt)?;
-        kdf::pbkdf2(
-            params.hash,
-            volume_key.as_bytes(),
-            &header.mk_digest_salt,
-            header.mk_digest_iter,
-            &mut header.mk_digest,
+        Ok(match params.version {
+            Version::V1 => {
+                let (v, k) = Luks1Volume::create(dev, params, passphrase)?;
+                (Volume::from(v), k)
+            }
+            Version::V2 => {
+                let (v, k) = Luks2Volume::create(dev, params, passphrase)?;
+                (Volume::from(v), k)
+            }
+        })
+    }
+
+    /// Write a header backup (either version, as found in `backup`) onto `dev`.
+    pub fn restore(dev: &Arc<dyn BlockDriver>, backup: &[u8], limits: &KdfLimits) -> Result<()> {
+        match backup_version(backup) {
+            Version::V1 => v1::restore_header(dev, backup, limits),
+            Version::V2 => Luks2Volume::restore(dev, backup, limits),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match &self.inner {
+            Inner::V1(_) => Version::V1,
+            Inner::V2(_) => Version::V2,
+        }
+    }
+
+    /// The LUKS1 header, if this is LUKS1.
+    pub fn v1(&self) -> Option<&Luks1Volume> {
+        match &self.inner {
+            Inner::V1(v) => Some(v),
+            Inner::V2(_) => None,
+        }
+    }
+
+    /// The LUKS2 header, if this is LUKS2.
+    pub fn v2(&self) -> Option<&Luks2Volume> {
+        match &self.inner {
+            Inner::V1(_) => None,
+            Inner::V2(v) => Some(v),
+        }
+    }
+
+    /// Refuse a LUKS1 header for a LUKS2-only command on device `name`.
+    pub fn require_luks2(&self, name: &str) -> Result<()> {
+        ensure!(
+            self.version() == Version::V2,
+            Unsupported,
+            "{name} is LUKS1; this command needs LUKS2"
         );
-        let area_end = header.header_area_end().max(header.payload_offset_bytes());
-        dev.write_zeroes(0, area_end)
-            .ctx("clearing the LUKS header area")?;
-        let mut vol = Luks1Volume {
-            dev,
-            header,
-            spec: params.spec,
-            hash: params.hash,
-            detached: params.detached,
+        Ok(())
+    }
+
+    fn v2_mut(&mut self) -> Result<&mut Luks2Volume> {
+        match &mut self.inner {
+            Inner::V1(_) => Err(needs_luks2()),
+            Inner::V2(v) => Ok(v),
+        }
+    }
+
+    /// Refuse key-slot changes a LUKS2 header forbids (unmet requirements, reencryption).
+    pub fn check_writable(&self) -> Result<()> {
+        match &self.inner {
+            Inner::V1(_) => Ok(()),
+            Inner::V2(v) => v.requirements().and_then(|r| r.check_writable()),
+        }
+    }
+
+    /// Try `passphrase` on `slot` (or every usable slot).
+    pub fn unlock(&self, passphrase: &[u8], slot: Option<u32>) -> Result<Unlocked> {
+        match &self.inner {
+            Inner::V1(v) => v.unlock(passphrase, slot),
+            Inner::V2(v) => v.unlock(passphrase, slot),
+        }
+    }
+
+    /// The cipher of the data, keyed by the volume key `passphrase` opens, and the slot
+    /// that opened it. A LUKS2 header in reencryption is refused before any KDF runs.
+    pub fn data_cipher(&self, passphrase: &[u8], slot: Option<u32>) -> Result<(SectorCipher, u32)> {
+        if let Inner::V2(v) = &self.inner {
+            v.data_segment()?;
+        }
+        let u = self.unlock(passphrase, slot)?;
+        ensure!(
+            u.bound,
+            WrongKey,
+            "keyslot {} holds a key that is not bound to the data segment",
+            u.slot
+        );
+        let spec: CipherSpec = match &self.inner {
+            Inner::V1(v) => *v.spec(),
+            Inner::V2(v) => v.data_spec(u.volume_key.len())?,
         };
-        let s = params.slot;
-        let mut record = vol.header.keyslots[s].clone();
-        random::fill(&mut record.salt)?;
-        record.iterations = params.kdf.slot_iterations(params.hash, key_bytes);
-        vol.write_material(s, &record, &volume_key, passphrase)?;
-        record.active = KEY_ENABLED;
-        vol.header.keyslots[s] = record;
-        vol.dev
-            .write_at(&vol.header.encode(), 0)
-            .ctx("writing the LUKS header")?;
-        vol.dev.flush()?;
-        Ok((vol, volume_key))
+        Ok((SectorCipher::new(&spec, u.volume_key.as_bytes())?, u.slot))
     }
 
-    /// Bytes a header backup holds: the binary header and all key material, rounded up
-    /// to 4 KiB, exactly as cryptsetup's luksHeaderBackup writes it.
-    pub fn backup_len(&self) -> u64 {
-        self.header.header_area_end().div_ceil(4096) * 4096
+    /// Whether `key` is this header's volume key.
+    pub fn verify_volume_key(&self, key: &SecretBytes) -> Result<bool> {
+        match &self.inner {
+            Inner::V1(v) => Ok(v.verify_volume_key(key)),
+            Inner::V2(v) => Ok(v.digest_of_volume_key(key)?.is_some()),
+        }
     }
 
-    /// Read the header area for a backup file.
+    /// Store `volume_key` under `passphrase` in `slot` (or the lowest free one).
+    pub fn add_key(
+        &mut self,
+        volume_key: &SecretBytes,
+        passphrase: &[u8],
+        slot: Option<u32>,
+        params: &KeyslotParams,
+    ) -> Result<u32> {
+        match &mut self.inner {
+            Inner::V1(v) => {
+                ensure!(
+                    v.verify_volume_key(volume_key),
+                    WrongKey,
+                    "the volume key does not match the header"
+                );
+                v.add_key(volume_key, passphrase, slot, params)
+            }
+            Inner::V2(v) => v.add_key(volume_key, passphrase, slot, params),
+        }
+    }
+
+    /// Number of key slots that hold a key.
+    pub fn key_count(&self) -> Result<usize> {
+        match &self.inner {
+            Inner::V1(v) => Ok(v.active_slots()),
+            Inner::V2(v) => v.key_count(),
+        }
+    }
+
+    /// Remove key slot `id` and wipe its key material; the last one only with
+    /// `allow_last` (else `Busy` with [`LAST_SLOT`]).
+    pub fn kill_slot(&mut self, id: u32, allow_last: bool) -> Result<KillReport> {
+        if let Inner::V2(v) = &self.inner {
+            v.check_killable(id)?;
+        }
+        ensure!(
+            allow_last || self.key_count()? > 1,
+            Busy(LastKeySlot),
+            "{LAST_SLOT}"
+        );
+        match &mut self.inner {
+            Inner::V1(v) => v.kill_slot(id, true).map(|_| KillReport::default()),
+            Inner::V2(v) => v.kill_slot(id, true),
+        }
+    }
+
+    /// Remove the key slot `passphrase` opens; returns its id.
+    pub fn remove_key(&mut self, passphrase: &[u8], allow_last: bool) -> Result<(u32, KillReport)> {
+        let slot = self.unlock(passphrase, None)?.slot;
+        Ok((slot, self.kill_slot(slot, allow_last)?))
+    }
+
+    /// Replace the passphrase `old` (in `slot` or any slot) by `new`.
+    pub fn change_key(
+        &mut self,
+        old: &[u8],
+        new: &[u8],
+        slot: Option<u32>,
+        params: &KeyslotParams,
+    ) -> Result<ChangeReport> {
+        match &mut self.inner {
+            Inner::V1(v) => v.change_key(old, new, slot, params),
+            Inner::V2(v) => {
+                let s = v.change_key(old, new, slot, params)?;
+                Ok(ChangeReport { from: s, to: None })
+            }
+        }
+    }
+
+    pub fn uuid(&self) -> &str {
+        match &self.inner {
+            Inner::V1(v) => &v.header().uuid,
+            Inner::V2(v) => &v.header().binary.uuid,
+        }
+    }
+
+    pub fn set_uuid(&mut self, uuid: &str) -> Result<()> {
+        match &mut self.inner {
+            Inner::V1(v) => v.set_uuid(uuid),
+            Inner::V2(v) => v.set_uuid(uuid),
+        }
+    }
+
+    /// The header area as a backup file holds it.
     pub fn backup(&self) -> Result<Vec<u8>> {
-        let len = self.backup_len().min(self.dev.size());
-        let mut buf = vec![0u8; len as usize];
-        self.dev.read_at(&mut buf, 0)?;
-        Ok(buf)
-    }
-}
-
-/// Restore a header backup (`backup` bytes, as written by us or cryptsetup's
-/// luksHeaderBackup) onto `dev`. If `dev` already holds a LUKS1 header, its payload
-/// offset and key size must match the backup's, as cryptsetup requires.
-pub fn restore_header(dev: &Arc<dyn BlockDriver>, backup: &[u8], limits: &Limits) -> Result<()> {
-    let hdr = Luks1Header::decode(backup).ctx("header backup")?;
-    hdr.validate(backup.len() as u64, true, limits)
-        .ctx("header backup")?;
-    let mut cur = [0u8; HEADER_SIZE];
-    if dev.size() >= HEADER_SIZE as u64 {
-        dev.read_at(&mut cur, 0)?;
-        if luks1::version_of(&cur) == Some(1)
-            && let Ok(old) = Luks1Header::decode(&cur)
-        {
-            ensure!(
-                old.payload_offset == hdr.payload_offset && old.key_bytes == hdr.key_bytes,
-                Usage,
-                "data offset or key size differs on device and backup, restore refused"
-            );
+        match &self.inner {
+            Inner::V1(v) => v.backup(),
+            Inner::V2(v) => v.backup(),
         }
     }
-    let len = hdr
-        .header_area_end()
-        .max(hdr.payload_offset_bytes())
-        .min(backup.len() as u64);
-    ensure!(
-        hdr.payload_offset == 0 || dev.size() >= hdr.payload_offset_bytes(),
-        OutOfRange,
-        "device is smaller than the backup's payload offset"
-    );
-    dev.write_at(&backup[..len as usize], 0)
-        .ctx("restoring the LUKS header")?;
-    dev.flush()
-}
 
-fn check_slot_index(s: usize) -> Result<()> {
-    ensure!(
-        s < NUM_KEYSLOTS,
-        Usage,
-        "key slot {s} is out of range (LUKS1 has slots 0-7)"
-    );
-    Ok(())
-}
-
-/// The volume key of a new volume: the one given (checked against the cipher's key size)
-/// or a random one.
-pub fn new_volume_key(given: Option<&SecretBytes>, key_bytes: usize) -> Result<SecretBytes> {
-    match given {
-        Some(k) => {
-            ensure!(
-                k.len() == key_bytes,
-                Usage,
-                "volume key is {} bytes, the cipher needs {key_bytes}",
-                k.len()
-            );
-            Ok(k.clone())
+    /// cryptsetup's `luksDump` text (LUKS1 names the device `name`).
+    pub fn dump_text(&self, name: &str, volume_key: Option<&SecretBytes>) -> Result<String> {
+        match &self.inner {
+            Inner::V1(v) => Ok(v1::dump::luks_dump_text(v, name, volume_key)),
+            Inner::V2(v) => super::v2::dump::luks2_dump_text(v, volume_key),
         }
-        None => SecretBytes::random(key_bytes),
+    }
+
+    /// A JSON dump (LUKS1: our own shape, with the volume key if given; LUKS2: the
+    /// metadata).
+    pub fn dump_json(&self, volume_key: Option<&SecretBytes>) -> Value {
+        match &self.inner {
+            Inner::V1(v) => v1::dump::luks_dump_json(v, volume_key),
+            Inner::V2(v) => super::v2::dump::luks2_dump_json(v),
+        }
+    }
+
+    /// The `format-specific` block of `vmcrypt info`.
+    pub fn info_json(&self) -> Value {
+        match &self.inner {
+            Inner::V1(v) => v1::dump::qemu_info_json(v),
+            Inner::V2(v) => super::v2::dump::luks2_info_json(v),
+        }
+    }
+
+    /// LUKS2: import a token; returns its id.
+    pub fn token_import(&mut self, id: Option<u32>, json: &str) -> Result<u32> {
+        self.v2_mut()?.token_import(id, json)
+    }
+
+    /// LUKS2: a token's JSON.
+    pub fn token_export(&self, id: u32) -> Result<String> {
+        match &self.inner {
+            Inner::V1(_) => Err(needs_luks2()),
+            Inner::V2(v) => v.token_export(id),
+        }
+    }
+
+    /// LUKS2: remove a token.
+    pub fn token_remove(&mut self, id: u32) -> Result<()> {
+        self.v2_mut()?.token_remove(id)
+    }
+
+    /// LUKS2: set a keyslot's priority.
+    pub fn set_priority(&mut self, id: u32, priority: Priority) -> Result<()> {
+        self.v2_mut()?.set_priority(id, priority)
+    }
+
+    /// LUKS2: set the label and/or subsystem.
+    pub fn set_label(&mut self, label: Option<&str>, subsystem: Option<&str>) -> Result<()> {
+        self.v2_mut()?.set_label(label, subsystem)
+    }
+
+    /// LUKS2: rewrite both header copies from the trusted one; whether it was needed.
+    pub fn repair(&mut self) -> Result<bool> {
+        self.v2_mut()?.repair()
     }
 }
 
-/// The UUID of a new volume: the one given (checked) or a random one.
-pub fn new_uuid(given: Option<&str>) -> Result<String> {
-    match given {
-        Some(u) => validate_uuid(u).map(|_| u.to_string()),
-        None => random_uuid(),
+impl From<Luks1Volume> for Volume {
+    fn from(v: Luks1Volume) -> Self {
+        Volume {
+            inner: Inner::V1(Box::new(v)),
+        }
     }
 }
 
-/// Check a UUID string's shape (8-4-4-4-12 hex digits).
-pub fn validate_uuid(u: &str) -> Result<()> {
-    let groups: Vec<&str> = u.split('-').collect();
-    let lens = [8, 4, 4, 4, 12];
-    let ok = groups.len() == 5
-        && groups
-            .iter()
-            .zip(lens)
-            .all(|(g, l)| g.len() == l && g.bytes().all(|c| c.is_ascii_hexdigit()));
-    if !ok {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            format!("'{u}' is not a valid UUID"),
-        ));
+impl From<Luks2Volume> for Volume {
+    fn from(v: Luks2Volume) -> Self {
+        Volume {
+            inner: Inner::V2(Box::new(v)),
+        }
     }
-    Ok(())
 }
 
-/// A random (version 4) UUID string.
-pub fn random_uuid() -> Result<String> {
-    let mut b = [0u8; 16];
-    random::fill(&mut b)?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    ))
+fn needs_luks2() -> Error {
+    Error::unsupported("this operation needs a LUKS2 header")
+}
+
+/// The version of a header backup file (LUKS1 by its version field, else LUKS2).
+pub fn backup_version(backup: &[u8]) -> Version {
+    if luks1::version_of(backup) == Some(1) {
+        Version::V1
+    } else {
+        Version::V2
+    }
 }

@@ -8,7 +8,7 @@
 //! No guest data is written: the image is empty (all clusters unallocated).
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
-use crate::drivers::luks::volume::{CreateParams, Luks1Volume};
+use crate::drivers::luks::{CreateParams, Luks1Volume};
 use crate::drivers::raw::RawDriver;
 use crate::opts::{opt_bool, opt_str, opt_u64};
 use crate::secrets::SecretStore;

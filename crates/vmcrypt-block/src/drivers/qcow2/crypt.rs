@@ -12,13 +12,13 @@
 //! encrypted.
 use crate::drivers::luks::Luks1Volume;
 use crate::drivers::raw::RawDriver;
-use crate::{BlockDriver, drivers::luks::dump};
+use crate::{BlockDriver, drivers::luks::v1::dump};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SectorCipher};
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
-use vmcrypt_format::luks1::{self, Limits};
+use vmcrypt_format::luks1;
 use vmcrypt_format::qcow2::{CryptMethod, FdeRegion};
 use zeroize::Zeroizing;
 
@@ -172,10 +172,7 @@ fn open_luks(
         RawDriver::new(file.clone(), fde.offset, Some(fde.length))
             .ctx("qcow2: the LUKS header region")?,
     );
-    let l = Limits {
-        max_iterations: limits.max_pbkdf2_iterations,
-    };
-    let volume = Luks1Volume::open(window, false, &l).ctx("qcow2 embedded LUKS header")?;
+    let volume = Luks1Volume::open(window, false, limits).ctx("qcow2 embedded LUKS header")?;
     let cipher = match passphrase {
         None => None,
         Some(p) => {

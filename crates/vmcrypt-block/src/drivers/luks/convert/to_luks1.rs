@@ -2,7 +2,7 @@
 //! the write order is described in the parent module.
 use super::{
     AREA_ALIGN, ConvertReport, LUKS1_FIRST_MATERIAL, SlotMove, Span, ensure_writable, first_fit,
-    grid_assign, kdf_limits_v1, overlaps, refuse, subtract, wipe, write_flush,
+    grid_assign, overlaps, refuse, subtract, wipe, write_flush,
 };
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::{Luks2Volume, material_len};
@@ -36,7 +36,11 @@ pub fn luks2_to_luks1(
     let bytes = header.encode();
     // Validate exactly what will be read back (cryptsetup's LUKS1 checks).
     Luks1Header::decode(&bytes)?
-        .validate(dev.size(), detached, &kdf_limits_v1(limits))
+        .validate(
+            dev.size(),
+            detached,
+            &crate::drivers::luks::v1::codec_limits(limits),
+        )
         .ctx("the converted LUKS1 header would not be valid (nothing was written)")?;
     CipherSpec::from_luks(
         &header.cipher_name,

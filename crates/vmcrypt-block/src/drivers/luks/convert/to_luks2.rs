@@ -2,11 +2,11 @@
 //! write order is described in the parent module.
 use super::{
     AREA_ALIGN, CONVERT_HDR_SIZE, ConvertReport, LUKSMETA_MAGIC, SlotMove, Span, ensure_writable,
-    first_fit, grid_assign, kdf_limits_v1, overlaps, refuse, subtract, wipe, write_flush,
+    first_fit, grid_assign, overlaps, refuse, subtract, wipe, write_flush,
 };
 use crate::driver::BlockDriver;
+use crate::drivers::luks::v1::Luks1Volume;
 use crate::drivers::luks::v2::{header_hasher, read_clamped};
-use crate::drivers::luks::volume::Luks1Volume;
 use serde_json::json;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -98,7 +98,7 @@ pub fn luks1_to_luks2(
 
 fn open_v1(dev: &Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Luks1Volume> {
     match crate::drivers::luks::probe_version(dev.as_ref())? {
-        1 => Luks1Volume::open(dev.clone(), detached, &kdf_limits_v1(limits)),
+        1 => Luks1Volume::open(dev.clone(), detached, limits),
         2 => Err(refuse(
             "LUKS2",
             "the device is already LUKS2 (there is nothing to convert)",

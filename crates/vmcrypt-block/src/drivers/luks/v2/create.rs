@@ -1,68 +1,25 @@
 //! Creating a LUKS2 volume with cryptsetup's layout and defaults: two 16 KiB header copies,
 //! a keyslots area filling the space up to the data, data at 16 MiB (or offset 0 in a
 //! separate file with a detached header), 4096-byte sectors, Argon2id.
-use super::keyslots::{KeyslotParams, area_size, write_sealed};
+use super::keyslots::{area_size, write_sealed};
 use super::{Luks2Volume, header_hasher};
 use crate::driver::BlockDriver;
-use crate::drivers::luks::volume::{new_uuid, new_volume_key};
+use crate::drivers::luks::fresh::{new_uuid, new_volume_key};
+use crate::drivers::luks::params::{CreateParams, DEFAULT_DATA_OFFSET, KdfKind, KeyslotParams};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_crypto::{CipherSpec, SecretBytes, kdf, random};
+use vmcrypt_crypto::{SecretBytes, kdf, random};
 use vmcrypt_error::{Result, ResultExt, ensure};
 use vmcrypt_format::luks2::{
     BIN_HEADER_SIZE, BinaryHeader, Digest, HeaderCopy, Luks2Header, MAX_KEYSLOTS_SIZE, Metadata,
     is_legal_hdr_size,
 };
 
-/// cryptsetup's default data offset for LUKS2 (16 MiB).
-pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
-/// cryptsetup's default metadata (one header copy) size.
-pub const DEFAULT_HDR_SIZE: u64 = 16 << 10;
-
-/// Parameters of a new LUKS2 volume.
-#[derive(Clone, Debug)]
-pub struct Luks2CreateParams {
-    pub spec: CipherSpec,
-    /// Data sector size, 512..=4096, a power of two.
-    pub sector_size: u32,
-    pub keyslot: KeyslotParams,
-    /// One header copy (binary + JSON): 16 KiB .. 4 MiB.
-    pub hdr_size: u64,
-    /// Keyslots area; default: up to the data offset (or 16 MiB - 2 headers).
-    pub keyslots_size: Option<u64>,
-    /// Data offset in bytes; default 16 MiB (0 with a detached header).
-    pub data_offset: Option<u64>,
-    pub detached: bool,
-    pub label: String,
-    pub subsystem: String,
-    pub uuid: Option<String>,
-    pub volume_key: Option<SecretBytes>,
-    pub slot: u32,
-}
-
-impl Luks2CreateParams {
-    /// cryptsetup's defaults for `spec`.
-    pub fn new(spec: CipherSpec) -> Self {
-        Luks2CreateParams {
-            spec,
-            sector_size: 4096,
-            keyslot: KeyslotParams::default(),
-            hdr_size: DEFAULT_HDR_SIZE,
-            keyslots_size: None,
-            data_offset: None,
-            detached: false,
-            label: String::new(),
-            subsystem: String::new(),
-            uuid: None,
-            volume_key: None,
-            slot: 0,
-        }
-    }
-
-    /// (data offset, keyslots size) after defaults and checks.
-    pub fn layout(&self) -> Result<(u64, u64)> {
+impl CreateParams {
+    /// LUKS2: (data offset, keyslots size) after defaults and checks.
+    pub fn luks2_layout(&self) -> Result<(u64, u64)> {
         ensure!(
             is_legal_hdr_size(self.hdr_size),
             Usage,
@@ -122,10 +79,10 @@ impl Luks2Volume {
     /// two header copies.
     pub fn create(
         dev: Arc<dyn BlockDriver>,
-        params: &Luks2CreateParams,
+        params: &CreateParams,
         passphrase: &[u8],
     ) -> Result<(Self, SecretBytes)> {
-        let (data_offset, keyslots_size) = params.layout()?;
+        let (data_offset, keyslots_size) = params.luks2_layout()?;
         ensure!(
             params.slot < 32,
             Usage,
@@ -194,7 +151,7 @@ fn make_digest(p: &KeyslotParams, key: &SecretBytes, slot: u32) -> Result<Digest
     let mut salt = vec![0u8; 32];
     random::fill(&mut salt)?;
     let iterations = match (p.kdf, p.iterations) {
-        (super::keyslots::KdfKind::Pbkdf2, Some(i)) => i,
+        (KdfKind::Pbkdf2, Some(i)) => i,
         _ => {
             let per_sec = kdf::pbkdf2_iterations_per_second(
                 p.hash,

@@ -5,6 +5,7 @@
 //!   at it (one atomic switch), then wipe the old area;
 //! * tokens and priorities: one header write.
 use super::{Luks2Volume, material_len};
+use crate::drivers::luks::params::{KdfKind, KeyslotParams, KillReport};
 use std::time::Duration;
 use vmcrypt_crypto::argon::{
     Argon2Cost, Argon2Type, argon2, calibrate_argon2, default_argon2_lanes,
@@ -13,56 +14,6 @@ use vmcrypt_crypto::argon::{
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf, random};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::{KEYSLOTS_MAX, Kdf, KeyslotKind, Luks2Keyslot, Priority};
-
-/// The KDF family of a new keyslot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KdfKind {
-    Pbkdf2,
-    Argon2i,
-    Argon2id,
-}
-
-impl KdfKind {
-    pub fn from_name(s: &str) -> Result<Self> {
-        match s {
-            "pbkdf2" => Ok(KdfKind::Pbkdf2),
-            "argon2i" => Ok(KdfKind::Argon2i),
-            "argon2id" => Ok(KdfKind::Argon2id),
-            _ => bail!(Usage, "unknown pbkdf '{s}' (pbkdf2, argon2i or argon2id)"),
-        }
-    }
-}
-
-/// How a new keyslot derives its key (cryptsetup's --pbkdf* options).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct KeyslotParams {
-    pub kdf: KdfKind,
-    /// PBKDF2 hash and AF hash.
-    pub hash: HashAlg,
-    /// Target unlock time in ms, when no cost is forced.
-    pub iter_time_ms: u32,
-    /// Forced PBKDF2 iterations or Argon2 time cost.
-    pub iterations: Option<u32>,
-    /// Argon2 memory in KiB (default: min(1 GiB, half of RAM)).
-    pub memory_kib: Option<u32>,
-    /// Argon2 lanes (default: min(4, CPUs)).
-    pub parallel: Option<u32>,
-    pub priority: Priority,
-}
-
-impl Default for KeyslotParams {
-    fn default() -> Self {
-        KeyslotParams {
-            kdf: KdfKind::Argon2id,
-            hash: HashAlg::Sha256,
-            iter_time_ms: 2000,
-            iterations: None,
-            memory_kib: None,
-            parallel: None,
-            priority: Priority::Normal,
-        }
-    }
-}
 
 /// The smallest PBKDF2 iteration count written (cryptsetup's).
 const MIN_PBKDF2: u32 = 1000;
@@ -229,13 +180,6 @@ pub fn write_sealed(
     })
 }
 
-/// What a kill did besides removing the slot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KillReport {
-    /// Tokens that were bound only to the killed slot and were removed with it.
-    pub dropped_tokens: Vec<u32>,
-}
-
 impl Luks2Volume {
     /// Area ranges in use by any keyslot (all types).
     fn used_areas(&self) -> Result<Vec<(u64, u64)>> {
@@ -340,24 +284,32 @@ impl Luks2Volume {
         Ok(id)
     }
 
-    /// Remove keyslot `id` and wipe its area; tokens bound only to it go too.
-    pub fn kill_slot(&mut self, id: u32, allow_last: bool) -> Result<KillReport> {
+    /// The keyslot `id`, if the header may change and the slot exists.
+    pub(crate) fn check_killable(&self, id: u32) -> Result<vmcrypt_format::luks2::Keyslot> {
         self.requirements()?.check_writable()?;
         Self::check_slot_id(id)?;
-        let ks = self
-            .hdr
+        self.hdr
             .metadata
             .keyslot(id)?
-            .ok_or_else(|| Error::not_found(format!("keyslot {id} is not active")))?;
-        let keys = self
+            .ok_or_else(|| Error::not_found(format!("keyslot {id} is not active")))
+    }
+
+    /// Number of keyslots that hold a key.
+    pub fn key_count(&self) -> Result<usize> {
+        Ok(self
             .hdr
             .metadata
             .keyslots()?
             .iter()
             .filter(|k| matches!(k.kind, KeyslotKind::Luks2(_)))
-            .count();
+            .count())
+    }
+
+    /// Remove keyslot `id` and wipe its area; tokens bound only to it go too.
+    pub fn kill_slot(&mut self, id: u32, allow_last: bool) -> Result<KillReport> {
+        let ks = self.check_killable(id)?;
         ensure!(
-            allow_last || keys > 1,
+            allow_last || self.key_count()? > 1,
             Busy(LastKeySlot),
             "keyslot {id} is the last key slot; killing it makes the volume unusable (use -q to do it anyway)"
         );

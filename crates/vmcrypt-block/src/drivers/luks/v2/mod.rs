@@ -6,8 +6,10 @@
 //! not currently trusted first: an interruption leaves one valid copy with the old or
 //! the new metadata, and the loader picks the valid copy with the higher seqid.
 pub mod create;
+pub mod dump;
 pub mod keyslots;
 
+use super::params::Unlocked;
 use crate::driver::BlockDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -21,15 +23,6 @@ use vmcrypt_format::luks2::{
 /// Hash a LUKS2 header checksum names.
 pub fn header_hasher(alg: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
     HashAlg::from_name(alg).ok().map(|h| h.digest_parts(parts))
-}
-
-/// A key slot opened with a passphrase.
-pub struct Unlocked2 {
-    pub slot: u32,
-    pub digest: u32,
-    pub volume_key: SecretBytes,
-    /// The digest is bound to the data segment (false for `--unbound` keys).
-    pub bound: bool,
 }
 
 /// An open LUKS2 header on its device.
@@ -51,6 +44,8 @@ const FOREIGN_SIGNATURES: &[(u64, &[u8], &str)] =
 
 impl Luks2Volume {
     /// Read the header copies from `dev` and keep the newest valid one.
+    /// A device with no LUKS2 magic where a header copy was looked for fails as
+    /// `Corrupt` with [`Reason::BadMagic`](vmcrypt_error::Reason::BadMagic).
     pub fn open(dev: Arc<dyn BlockDriver>, detached: bool, limits: &KdfLimits) -> Result<Self> {
         let size = dev.size();
         let loaded = luks2::load_with(
@@ -160,7 +155,7 @@ impl Luks2Volume {
     }
 
     /// Try `passphrase` on `slot`, or on every keyslot bound to the data segment by priority.
-    pub fn unlock(&self, passphrase: &[u8], slot: Option<u32>) -> Result<Unlocked2> {
+    pub fn unlock(&self, passphrase: &[u8], slot: Option<u32>) -> Result<Unlocked> {
         let seg = self.hdr.metadata.default_segment().ok().map(|s| s.id);
         if let Some(id) = slot {
             let ks = match self.hdr.metadata.keyslot(id)? {
@@ -214,7 +209,7 @@ impl Luks2Volume {
         id: u32,
         l: &Luks2Keyslot,
         passphrase: &[u8],
-    ) -> Result<Option<Unlocked2>> {
+    ) -> Result<Option<Unlocked>> {
         let Some(digest) = self.hdr.metadata.digest_for_keyslot(id)? else {
             return Ok(None);
         };
@@ -241,7 +236,7 @@ impl Luks2Volume {
         }
         let seg = self.hdr.metadata.default_segment().ok().map(|s| s.id);
         let bound = seg.is_some_and(|s| digest.segments.contains(&s));
-        Ok(Some(Unlocked2 {
+        Ok(Some(Unlocked {
             slot: id,
             digest: digest.id,
             volume_key: key,
@@ -366,7 +361,7 @@ impl Luks2Volume {
 
     /// Set a new UUID (both copies).
     pub fn set_uuid(&mut self, uuid: &str) -> Result<()> {
-        crate::drivers::luks::volume::validate_uuid(uuid)?;
+        crate::drivers::luks::fresh::validate_uuid(uuid)?;
         let mut next = self.hdr.clone();
         next.binary.uuid = uuid.to_string();
         self.write_header(next)

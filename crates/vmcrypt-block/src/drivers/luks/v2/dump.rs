@@ -1,6 +1,6 @@
 //! Descriptions of a LUKS2 header: cryptsetup's `luksDump` text, the JSON metadata
 //! (`--dump-json-metadata`), and the `format-specific` block of `vmcrypt info`.
-use super::v2::Luks2Volume;
+use super::Luks2Volume;
 use serde_json::{Value, json};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::Result;

@@ -1,6 +1,6 @@
 //! Human and machine descriptions of a LUKS1 header: cryptsetup's `luksDump` text, a JSON
 //! dump, and the `format-specific` block `qemu-img info` prints for LUKS.
-use super::volume::Luks1Volume;
+use super::Luks1Volume;
 use serde_json::{Value, json};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_format::luks1::NUM_KEYSLOTS;

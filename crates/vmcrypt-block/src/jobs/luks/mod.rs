@@ -1,0 +1,106 @@
+//! Key-management jobs: the `vmcrypt luks ...` operations (cryptsetup's header and
+//! key-slot commands), each a typed request and a typed report, version-blind through
+//! [`Volume`]. Secrets come from a [`KeySource`], asked only at the point an operation
+//! needs them, so prompts and errors keep cryptsetup's order.
+//!
+//! * [`slots`]: add, remove, kill, change and test a key slot;
+//! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
+//! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair.
+pub mod header;
+pub mod luks2;
+pub mod slots;
+
+use crate::driver::BlockDriver;
+use crate::drivers::file::FileDriver;
+use crate::drivers::luks::Volume;
+use crate::drivers::luks::embedded::{self, Container, require_plain};
+use std::path::Path;
+use std::sync::Arc;
+use vmcrypt_crypto::SecretBytes;
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_error::{Result, ResultExt};
+
+/// The device a key-management job works on.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The device as named on the command line (used in messages).
+    pub device: String,
+    /// A detached header file holding the LUKS header instead of `device`.
+    pub header: Option<String>,
+    /// Limits on the KDF costs of the header's key slots.
+    pub limits: KdfLimits,
+}
+
+/// Where an operation gets its secrets; each is asked for only when needed.
+pub trait KeySource {
+    /// A passphrase that opens an existing key slot.
+    fn existing(&mut self) -> Result<SecretBytes>;
+    /// The passphrase for a new key slot.
+    fn new_passphrase(&mut self) -> Result<SecretBytes>;
+    /// A volume key given directly instead of an existing passphrase (add-key).
+    fn volume_key(&mut self) -> Result<Option<SecretBytes>> {
+        Ok(None)
+    }
+}
+
+/// How the header device is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Only the header lock: a VM using the image keeps running, as with cryptsetup on
+    /// an active device.
+    Header { read_only: bool },
+    /// The image lock, writable: for changes a running user must not see (restoring a
+    /// header, converting its format).
+    WholeImage,
+}
+
+/// The header device of `t`: a detached header, the device itself, or the LUKS header
+/// embedded in a LUKS-encrypted qcow2 image.
+struct HeaderDevice {
+    dev: Arc<dyn BlockDriver>,
+    detached: bool,
+    container: Container,
+}
+
+impl Target {
+    fn header_device(&self, access: Access) -> Result<HeaderDevice> {
+        let path = Path::new(self.header.as_deref().unwrap_or(&self.device));
+        let file = match access {
+            Access::WholeImage => FileDriver::open(path, false)?,
+            Access::Header { read_only } => FileDriver::open_header(path, read_only)?,
+        };
+        let (dev, container) = embedded::header_device(Arc::new(file))?;
+        Ok(HeaderDevice {
+            dev,
+            detached: self.header.is_some(),
+            container,
+        })
+    }
+
+    /// Open the header of either version.
+    fn open(&self, read_only: bool) -> Result<Volume> {
+        let h = self.header_device(Access::Header { read_only })?;
+        Volume::open(h.dev, h.detached, &self.limits).with_ctx(|| format!("device {}", self.device))
+    }
+
+    /// Open a header to change its key slots: a LUKS2 header with unmet requirements (or
+    /// a reencryption in progress) is refused before any passphrase is asked for.
+    fn open_for_write(&self) -> Result<Volume> {
+        let vol = self.open(false)?;
+        vol.check_writable()
+            .with_ctx(|| format!("device {}", self.device))?;
+        Ok(vol)
+    }
+
+    /// Open a LUKS2 header for a LUKS2-only command (a qcow2-embedded header is LUKS1).
+    fn open_v2(&self, read_only: bool) -> Result<Volume> {
+        // Only the container is kept: the read-only header lock goes before the open.
+        let container = self
+            .header_device(Access::Header { read_only: true })?
+            .container;
+        require_plain(container, &self.device, "this command")?;
+        let vol = self.open(read_only)?;
+        vol.require_luks2(&self.device)?;
+        Ok(vol)
+    }
+}

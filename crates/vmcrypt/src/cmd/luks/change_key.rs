@@ -1,0 +1,28 @@
+//! `vmcrypt luks change-key`: change a passphrase (luksChangeKey).
+use super::opts::{KeyOpts, NewKeyOpts};
+use vmcrypt_block::jobs::luks::slots::change_key;
+use vmcrypt_error::Result;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    device: String,
+    #[command(flatten)]
+    key: KeyOpts,
+    new_key_file_pos: Option<String>,
+    #[command(flatten)]
+    new: NewKeyOpts,
+}
+
+pub fn run(a: &Args) -> Result<u8> {
+    let mut keys = a
+        .key
+        .keys(&a.device, None)
+        .with_new(a.new_key_file_pos.as_deref(), &a.new);
+    let t = a.key.target(&a.device);
+    let r = change_key(&t, a.key.key_slot, &a.new.keyslot(), &mut keys)?;
+    match r.to {
+        Some(to) => eprintln!("Key slot {} changed (now key slot {to}).", r.from),
+        None => eprintln!("Key slot {} changed.", r.from),
+    }
+    Ok(0)
+}
