@@ -11,7 +11,7 @@
 //! resize). Operations only some drivers can do (commit, check, backing chain, `info`
 //! details, host mapping) are capability traits reached through `as_*` accessors that
 //! return `None` by default.
-pub mod caps;
+pub(crate) mod caps;
 mod extent;
 #[cfg(test)]
 mod tests;

@@ -5,5 +5,5 @@ pub mod file;
 pub mod luks;
 pub mod mem;
 pub mod qcow2;
-pub mod raw;
+pub(crate) mod raw;
 pub mod testing;

@@ -17,13 +17,13 @@
 //!
 //! [`ImageArg`] is the one entry point from a command line's image argument;
 //! [`NodeSpec::to_options`] prints a spec back as QEMU's JSON option tree.
-pub mod deferred;
-pub mod file;
+pub(crate) mod deferred;
+pub(crate) mod file;
 mod image_arg;
-pub mod luks;
+pub(crate) mod luks;
 mod parse;
-pub mod qcow2;
-pub mod raw;
+pub(crate) mod qcow2;
+pub(crate) mod raw;
 
 pub use deferred::Deferred;
 pub use file::{FileSpec, Locking};

@@ -12,10 +12,10 @@
 //! The LUKS API is version-blind: [`Volume`] opens either header and dispatches to
 //! [`v1`] and [`v2`]; [`params`] holds the one set of parameter types both use.
 pub mod convert;
-pub mod embedded;
+pub(crate) mod embedded;
 mod fresh;
-pub mod params;
-pub mod v1;
+pub(crate) mod params;
+pub(crate) mod v1;
 pub mod v2;
 mod volume;
 

@@ -97,7 +97,8 @@ pub struct Repaired {
 }
 
 /// Check the qcow2 image in `file` (its protocol node) with the default limits.
-pub fn check(file: &dyn BlockDriver) -> Result<CheckReport> {
+#[cfg(test)]
+pub(crate) fn check(file: &dyn BlockDriver) -> Result<CheckReport> {
     check_with(file, &CheckLimits::default())
 }
 

@@ -39,24 +39,17 @@ pub struct Engine {
     pub file: Arc<dyn BlockDriver>,
     pub backing: Option<Arc<dyn BlockDriver>>,
     pub crypto: Crypto,
-    pub size: u64,
     pub compression: CompressionType,
     /// The last inflated cluster: (descriptor offset, bytes).
     last_inflated: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
 }
 
 impl Engine {
-    pub fn new(
-        file: Arc<dyn BlockDriver>,
-        crypto: Crypto,
-        size: u64,
-        compression: CompressionType,
-    ) -> Engine {
+    pub fn new(file: Arc<dyn BlockDriver>, crypto: Crypto, compression: CompressionType) -> Engine {
         Engine {
             file,
             backing: None,
             crypto,
-            size,
             compression,
             last_inflated: Mutex::new(None),
         }

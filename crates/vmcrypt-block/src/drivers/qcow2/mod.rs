@@ -7,15 +7,15 @@
 //! by the graph opener ([`Qcow2Driver::set_backing`]), which resolves
 //! [`Qcow2Driver::backing_file`] relative to the image and opens it with the format named
 //! by [`Qcow2Driver::backing_format`].
-pub mod check;
+pub(crate) mod check;
 mod commit;
-pub mod create;
-pub mod crypt;
-pub mod engine;
-pub mod map;
+pub(crate) mod create;
+pub(crate) mod crypt;
+pub(crate) mod engine;
+pub(crate) mod map;
 mod meta;
 mod refcount;
-pub mod v1;
+pub(crate) mod v1;
 mod write;
 
 use crate::driver::{
@@ -116,7 +116,7 @@ impl Qcow2Driver {
                 header.refcount_table_clusters.into(),
             )?);
         }
-        let engine = Engine::new(file, crypto, header.size, header.compression_type);
+        let engine = Engine::new(file, crypto, header.compression_type);
         Ok(Qcow2Driver {
             meta: Mutex::new(meta),
             io: RwLock::new(()),

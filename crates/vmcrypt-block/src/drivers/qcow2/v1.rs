@@ -53,7 +53,7 @@ impl QcowDriver {
             opts.encrypt_format,
             &opts.limits,
         )?;
-        let engine = Engine::new(file, crypto, header.size, CompressionType::Zlib);
+        let engine = Engine::new(file, crypto, CompressionType::Zlib);
         Ok(QcowDriver {
             header,
             backing_file,

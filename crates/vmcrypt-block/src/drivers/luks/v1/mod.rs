@@ -7,7 +7,7 @@
 //!   48-byte header record is written (flushed);
 //! * kill: the slot record is disabled first (flushed), then its key material is wiped;
 //! * change: add the new key in a free slot, then kill the old one.
-pub mod dump;
+pub(crate) mod dump;
 
 use super::fresh::{new_uuid, new_volume_key, validate_uuid};
 use super::params::{ChangeReport, CreateParams, KeyslotParams, Unlocked};

@@ -5,9 +5,9 @@
 //! Header writes go copy by copy, each one write followed by a flush, the copy that is
 //! not currently trusted first: an interruption leaves one valid copy with the old or
 //! the new metadata, and the loader picks the valid copy with the higher seqid.
-pub mod create;
-pub mod dump;
-pub mod keyslots;
+pub(crate) mod create;
+pub(crate) mod dump;
+pub(crate) mod keyslots;
 
 use super::params::Unlocked;
 use crate::driver::BlockDriver;
