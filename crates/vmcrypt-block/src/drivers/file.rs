@@ -70,11 +70,24 @@ impl FileDriver {
     /// Create (or truncate) a file of `size` bytes; it reads as zeros. An existing file
     /// is truncated only once the write lock is held.
     pub fn create(path: &Path, size: u64) -> Result<Self> {
+        Self::create_mode(path, size, 0o666)
+    }
+
+    /// [`FileDriver::create`] for a file that will hold key slots (a LUKS header): a
+    /// new file is readable and writable by its owner only (0600), as cryptsetup creates
+    /// detached headers; an existing file keeps its mode.
+    pub fn create_private(path: &Path, size: u64) -> Result<Self> {
+        Self::create_mode(path, size, 0o600)
+    }
+
+    fn create_mode(path: &Path, size: u64, mode: u32) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(mode)
             .open(path)
             .map_err(|e| Error::io(e, format!("could not create '{}'", path.display())))?;
         crate::lock::lock_image(&file, path, true)?;

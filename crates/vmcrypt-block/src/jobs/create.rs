@@ -234,7 +234,7 @@ pub fn create_image(
                 Usage,
                 "LUKS image size {size} must be a multiple of 512 bytes"
             );
-            let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create(path, 0)?);
+            let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create_private(path, 0)?);
             let (vol, _key) = Luks1Volume::create(file.clone(), &params, pass.as_bytes())
                 .with_ctx(|| format!("creating LUKS header in '{}'", path.display()))?;
             let total = if params.detached {
@@ -312,7 +312,7 @@ fn create_luks2(
         params.sector_size
     );
     let (data_offset, keyslots) = params.luks2_layout()?;
-    let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create(path, 0)?);
+    let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create_private(path, 0)?);
     Luks2Volume::create(file.clone(), &params, pass.as_bytes())
         .with_ctx(|| format!("creating LUKS2 header in '{}'", path.display()))?;
     let total = if params.detached {

@@ -241,7 +241,12 @@ pub fn create(
         Some((params, id)) => Some((params, secrets.get(id)?)),
         None => None,
     };
-    let file: Arc<dyn BlockDriver> = Arc::new(FileDriver::create(path, p.file_size)?);
+    // An image with a LUKS header holds key slots: owner-only, like a LUKS image.
+    let file: Arc<dyn BlockDriver> = Arc::new(if luks.is_some() {
+        FileDriver::create_private(path, p.file_size)?
+    } else {
+        FileDriver::create(path, p.file_size)?
+    });
     let order = parsed.spec.refcount_order;
     file.write_at(&p.refcount_table(), p.refcount_table_offset)
         .ctx("qcow2: writing the refcount table")?;

@@ -106,11 +106,15 @@ pub fn convert(t: &Target, to: Version) -> Result<ConvertReport> {
         .with_ctx(|| format!("device {}", t.device))
 }
 
+/// Write `bytes` to the new file `path`, read-only for its owner (0400, as cryptsetup
+/// creates header backups: they hold every key slot).
 fn write_new_file(path: &str, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o400)
         .open(path)
         .map_err(|e| Error::io(e, format!("creating '{path}'")))?;
     f.write_all(bytes)
