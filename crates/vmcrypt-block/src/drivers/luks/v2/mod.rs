@@ -216,7 +216,10 @@ impl Luks2Volume {
         self.limits
             .check_pbkdf2(digest.iterations)
             .with_ctx(|| format!("LUKS2 digest {}", digest.id))?;
-        let slot_key = self.slot_key(id, l, passphrase)?;
+        // Everything the header says about the area is checked before anything is
+        // derived or allocated from it: a hostile key size must not cost memory or time.
+        let spec = CipherSpec::from_luks2(&l.area_encryption, l.area_key_size as usize)
+            .with_ctx(|| format!("LUKS2 keyslot {id} area"))?;
         let hash = HashAlg::from_name(&l.af_hash).with_ctx(|| format!("LUKS2 keyslot {id} af"))?;
         let len = material_len(l.key_size, l.af_stripes);
         ensure!(
@@ -224,11 +227,11 @@ impl Luks2Volume {
             Corrupt,
             "LUKS2 keyslot {id}: key material ({len} bytes) exceeds its area"
         );
+        let slot_key = self.slot_key(id, l, passphrase)?;
         let mut material = SecretBytes::zeroed(len as usize);
         self.dev
             .read_at(material.as_mut(), l.area_offset)
             .with_ctx(|| format!("reading LUKS2 keyslot {id}"))?;
-        let spec = CipherSpec::from_luks2(&l.area_encryption, l.area_key_size as usize)?;
         SectorCipher::new(&spec, slot_key.as_bytes())?.decrypt(0, 512, material.as_mut())?;
         let key = af::merge(hash, material.as_bytes(), l.key_size as usize, l.af_stripes)?;
         if !verify_digest(&digest, &key)? {
