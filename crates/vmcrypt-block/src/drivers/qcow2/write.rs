@@ -22,9 +22,12 @@ use super::meta::Meta;
 use crate::driver::{Allocation, BlockDriver};
 use std::sync::atomic::Ordering;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
-use vmcrypt_format::qcow2::header::AUTOCLEAR_BITMAPS;
+use vmcrypt_format::qcow2::header::{AUTOCLEAR_BITMAPS, INCOMPAT_CORRUPT};
 use vmcrypt_format::qcow2::table::encode_u64s;
 use vmcrypt_format::qcow2::{ClusterKind, L1Entry, Mapping, RawL2Entry, Subclusters, bitmaps};
+
+/// Byte offset of the v3 header's incompatible-features word.
+const INCOMPATIBLE_FEATURES_OFFSET: u64 = 72;
 
 /// Newly allocated, contiguous host clusters waiting to be written: whole clusters
 /// still in the caller's buffer (encrypted there in place), or assembled bytes.
@@ -205,6 +208,47 @@ impl Qcow2Driver {
             .trim(self.engine.file.as_ref())
     }
 
+    /// An L2 entry the read path would refuse (an unaligned host offset, reserved bits,
+    /// an invalid compressed descriptor) is refused for writing too, before anything is
+    /// written at the offset it names; the image is marked corrupt, as QEMU does.
+    fn check_entry_for_write(
+        &self,
+        e: RawL2Entry,
+        bm: Subclusters,
+        ci: u64,
+        idx: usize,
+    ) -> Result<()> {
+        let cb = self.header.cluster_bits;
+        let Err(err) = e.decode(self.ext().then_some(bm), cb, idx) else {
+            return Ok(());
+        };
+        let marked = self.mark_corrupt();
+        Err(err).with_ctx(|| {
+            format!(
+                "qcow2: '{}': refusing to write guest cluster {ci} ({}); see 'vmcrypt check'",
+                self.engine.file.filename(),
+                match marked {
+                    Ok(true) => "the image is now marked corrupt".to_string(),
+                    Ok(false) => "a version 2 image has no corrupt flag".to_string(),
+                    Err(e) => format!("marking the image corrupt failed too: {e}"),
+                }
+            )
+        })
+    }
+
+    /// Set QEMU's corrupt bit (incompatible feature bit 1, qcow2 v3 only) on disk, so
+    /// that no writer uses the image until it is checked. Returns whether it was set.
+    fn mark_corrupt(&self) -> Result<bool> {
+        if self.header.version < 3 {
+            return Ok(false);
+        }
+        let file = self.engine.file.as_ref();
+        let features = self.header.incompatible_features | INCOMPAT_CORRUPT;
+        file.write_at(&features.to_be_bytes(), INCOMPATIBLE_FEATURES_OFFSET)?;
+        file.flush()?;
+        Ok(true)
+    }
+
     /// Refuse a data write to host bytes that hold metadata (a hostile or damaged L2
     /// entry), like QEMU's overlap checks; nothing is written.
     fn guard(&self, m: &Meta, host: u64, len: u64) -> Result<()> {
@@ -266,6 +310,7 @@ impl Qcow2Driver {
             let (l2, idx) = self.l2_for_write(ci)?;
             let t = self.meta.lock().expect("meta").cached(l2).expect("pinned");
             let (e, bm) = self.entry_at(&t, idx);
+            self.check_entry_for_write(e, bm, ci, idx)?;
             let (s0, s1) = self.touched(within, n);
             let range = rel..rel + n as usize;
             if e.is_owned(self.ext()) {
