@@ -18,6 +18,7 @@ const KDF: KeyslotParams = KeyslotParams {
     memory_kib: None,
     parallel: None,
     priority: Priority::Normal,
+    in_place: false,
 };
 const KEYS: [&[u8]; 3] = [b"key-A", b"key-B", b"key-C"];
 

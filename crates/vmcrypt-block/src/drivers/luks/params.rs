@@ -61,6 +61,10 @@ pub struct KeyslotParams {
     /// Argon2 lanes (default: min(4, CPUs)).
     pub parallel: Option<u32>,
     pub priority: Priority,
+    /// `change-key` on a LUKS1 header with no free slot may rewrite the slot in place
+    /// (cryptsetup's behaviour: an interruption then loses that slot). Off unless the
+    /// user asks for it.
+    pub in_place: bool,
 }
 
 impl Default for KeyslotParams {
@@ -73,6 +77,7 @@ impl Default for KeyslotParams {
             memory_kib: None,
             parallel: None,
             priority: Priority::Normal,
+            in_place: false,
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct NewKeyslot {
     pub iterations: Option<u32>,
     pub memory_kib: Option<u32>,
     pub parallel: Option<u32>,
+    /// `change-key` may rewrite a LUKS1 slot in place when none is free (see
+    /// [`KeyslotParams::in_place`]).
+    pub in_place: bool,
 }
 
 impl NewKeyslot {
@@ -27,6 +30,7 @@ impl NewKeyslot {
         let base = KeyslotParams {
             iter_time_ms: self.iter_time_ms.unwrap_or(2000),
             iterations: self.iterations,
+            in_place: self.in_place,
             ..KeyslotParams::default()
         };
         if version == Version::V1 {

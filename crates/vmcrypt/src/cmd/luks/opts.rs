@@ -95,6 +95,7 @@ impl NewKeyOpts {
             iterations: self.iterations,
             memory_kib: self.pbkdf_memory,
             parallel: self.pbkdf_parallel,
+            in_place: false,
         }
     }
 }

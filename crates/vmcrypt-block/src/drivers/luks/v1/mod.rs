@@ -348,6 +348,13 @@ impl Luks1Volume {
             }
             None => {
                 let s = u.slot as usize;
+                ensure!(
+                    kdf.in_place,
+                    Busy,
+                    "no free key slot for a crash-safe change of key slot {s}: remove a key \
+                     slot first, or pass --force-in-place to rewrite key slot {s} in place \
+                     (if that is interrupted, neither passphrase opens key slot {s})"
+                );
                 let mut record = self.header.keyslots[s].clone();
                 random::fill(&mut record.salt)?;
                 record.iterations = kdf.slot_iterations(self.hash, self.header.key_bytes as usize);
