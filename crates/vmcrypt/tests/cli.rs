@@ -144,18 +144,9 @@ fn wrong_passphrase_exit_code_2() {
     vm_test_key(&sc, "wrong", &img, &[])
         .code_is(2)
         .stderr_has("no key available");
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "wrong"),
-        "--image-opts",
-        &luks_opts("s0", &img, None),
-        "-O",
-        "raw",
-        &sc.p("out.raw"),
-    ])
-    .code_is(2)
-    .stderr_has("passphrase");
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, None, "out.raw")
+        .code_is(2)
+        .stderr_has("passphrase");
     vmcrypt(&[
         "luks",
         "add-key",

@@ -65,17 +65,14 @@ fn detached_header_luks1_args_open_in_qemu() {
     let plain = plaintext(SIZE, "glue-detached");
     let raw = sc.write("plain.raw", &plain);
     let secret = sc.secret("s0", "pw");
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &secret,
-        "-o",
+    create_luks(
+        vmcrypt,
+        &sc,
+        "pw",
         "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
+        "hdr.img",
+        None,
+    )
     .ok();
     let data = sc.sparse("data,1.img", SIZE as u64); // a comma exercises keyval escaping
     let opts = luks_opts("s0", &data, Some(&sc.p("hdr.img")));

@@ -162,17 +162,14 @@ fn detached_luks1_header_over_a_qcow2_payload_opens_in_qemu() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     let secret = sc.secret("s0", "pw");
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &secret,
-        "-o",
+    create_luks(
+        vmcrypt,
+        &sc,
+        "pw",
         "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
+        "hdr.img",
+        None,
+    )
     .ok();
     qemu_img(&[
         "create",

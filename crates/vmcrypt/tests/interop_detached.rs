@@ -9,52 +9,19 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn vm_write(sc: &Scratch, raw: &str, data: &str, hdr: &str) {
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", data, Some(hdr)),
-    ])
-    .ok();
-}
-
-fn qemu_write(sc: &Scratch, raw: &str, data: &str, hdr: &str) {
-    qemu_img(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", data, Some(hdr)),
-    ])
-    .ok();
-}
-
 #[test]
 fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     sc.write("wrong", WRONG);
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        vmcrypt,
+        &sc,
+        "pw",
         "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
+        "hdr.img",
+        None,
+    )
     .ok();
     let (hdr, data) = (sc.p("hdr.img"), sc.sparse("data.img", MIB as u64));
     let dump = cryptsetup(&["luksDump", &hdr]).ok().stdout_str();
@@ -62,7 +29,7 @@ fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
 
     let plain = plaintext(MIB, "detached-vm");
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "plain.raw", &data, &hdr);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &data, Some(&hdr));
     assert_eq!(
         std::fs::metadata(&data).unwrap().len(),
         MIB as u64,
@@ -105,7 +72,7 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
 
     let plain = plaintext(MIB / 2, "detached-rewrite");
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "plain.raw", &data, &hdr);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &data, Some(&hdr));
     let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes(
         "qemu-img reading what vmcrypt wrote into QEMU's detached image",
@@ -130,7 +97,7 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
 
     let plain = plaintext(MIB, "cs-detached");
     sc.write("plain.raw", &plain);
-    qemu_write(&sc, "plain.raw", &data, &hdr);
+    write_into_luks(qemu_img, &sc, "pw", "plain.raw", &data, Some(&hdr));
     let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(
         "vmcrypt reading qemu-img's write to a cryptsetup detached image",
@@ -140,7 +107,7 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
 
     let plain2 = plaintext(MIB, "cs-detached-2");
     sc.write("plain2.raw", &plain2);
-    vm_write(&sc, "plain2.raw", &data, &hdr);
+    write_into_luks(vmcrypt, &sc, "pw", "plain2.raw", &data, Some(&hdr));
     let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes("qemu-img reading vmcrypt's write", &back, &plain2);
     cs_test_pass(&sc, "pw", &data, &["--header", &hdr]).ok();

@@ -65,18 +65,14 @@ impl Suite {
 /// Check that qemu-img itself accepts `suite` (so the matrix below only holds suites
 /// QEMU supports): `qemu-img create -f luks` must succeed.
 fn assert_qemu_accepts(sc: &Scratch, suite: &Suite) {
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        sc,
+        "pw",
         &format!("key-secret=s0,iter-time=10,{}", suite.opts()),
-        &sc.p("probe.luks"),
-        "1M",
-    ])
+        "probe.luks",
+        Some("1M"),
+    )
     .ok();
 }
 
@@ -190,18 +186,14 @@ fn suites_qemu_refuses_are_refused() {
     sc.write("pw", PASS);
     sc.write("plain.raw", &plaintext(64 * 1024, "refuse"));
     let o = "key-secret=s0,iterations=1000,cipher-alg=cast5-128,cipher-mode=xts";
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        &sc,
+        "pw",
         &format!("{o},iter-time=10").replace("iterations=1000,", ""),
-        &sc.p("q.luks"),
-        "1M",
-    ])
+        "q.luks",
+        Some("1M"),
+    )
     .failed();
     vmcrypt(&[
         "convert",
@@ -224,18 +216,14 @@ fn suites_qemu_refuses_are_refused() {
         "ivgen-alg=bogus",
         "hash-alg=sha3",
     ] {
-        vmcrypt(&[
-            "create",
-            "-q",
-            "-f",
-            "luks",
-            "--object",
-            &sc.secret("s0", "pw"),
-            "-o",
+        create_luks(
+            vmcrypt,
+            &sc,
+            "pw",
             &format!("key-secret=s0,iterations=1000,{bad}"),
-            &sc.p("bad.luks"),
-            "1M",
-        ])
+            "bad.luks",
+            Some("1M"),
+        )
         .failed()
         .stderr_has(bad.split('=').nth(1).unwrap());
     }
@@ -274,17 +262,7 @@ fn qemu_to_vmcrypt(opts: &str) {
     assert_same_bytes("vmcrypt decryption of a qemu-img image", &ours, &theirs);
     // A wrong passphrase is refused with exit code 2.
     sc.write("wrong", WRONG);
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "wrong"),
-        "--image-opts",
-        &luks_opts("s0", &img, None),
-        "-O",
-        "raw",
-        &sc.p("never.raw"),
-    ])
-    .code_is(2);
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, None, "never.raw").code_is(2);
 }
 
 mod qemu_writes_vmcrypt_reads {
@@ -345,32 +323,17 @@ fn vmcrypt_writes_into_qemu_created_image() {
     sc.write("pw", PASS);
     let plain = plaintext(MIB, "write-into-qemu");
     sc.write("plain.raw", &plain);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        &sc,
+        "pw",
         "key-secret=s0,iter-time=10,cipher-alg=twofish-128,cipher-mode=xts",
-        &sc.p("q.luks"),
-        "1M",
-    ])
+        "q.luks",
+        Some("1M"),
+    )
     .ok();
     let img = sc.p("q.luks");
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "--target-image-opts",
-        &sc.p("plain.raw"),
-        &luks_opts("s0", &img, None),
-    ])
-    .ok();
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
     let back = qemu_decrypt(&sc, "pw", &img, None, "back.raw");
     assert_same_bytes("qemu-img reading what vmcrypt wrote", &back, &plain);
 }
@@ -481,17 +444,7 @@ mod qemu_vectors {
         let sc = Scratch::new();
         sc.write("pw", b"slot1-pass");
         let img = shared("vectors/qemu/luks1-multislot-aes256-xts.luks");
-        vmcrypt(&[
-            "convert",
-            "--object",
-            &sc.secret("s0", "pw"),
-            "--image-opts",
-            &luks_opts("s0", &img, None),
-            "-O",
-            "raw",
-            &sc.p("never.raw"),
-        ])
-        .code_is(2);
+        luks_to_raw(vmcrypt, &sc, "pw", &img, None, "never.raw").code_is(2);
         vm_test_key(&sc, "pw", &img, &[]).code_is(2);
     }
     #[test]

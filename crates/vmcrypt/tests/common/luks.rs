@@ -1,0 +1,221 @@
+//! LUKS command lines the interop tests run through more than one tool: creating an
+//! image, writing plaintext into one and reading it back as raw (each through either
+//! `qemu-img` or `vmcrypt`, see [`Tool`]), cryptsetup's format and key-slot commands,
+//! and the `--image-opts` string naming a LUKS node with an optional detached header.
+
+use super::{Out, Scratch, Tool, cryptsetup, qemu_img, vmcrypt};
+
+/// The `--image-opts` string opening `file` (and optional detached `header`) as luks
+/// with secret `id`. Commas in paths are escaped as QEMU's keyval syntax wants.
+pub fn luks_opts(id: &str, file: &str, header: Option<&str>) -> String {
+    let esc = |s: &str| s.replace(',', ",,");
+    let mut s = format!("driver=luks,key-secret={id},file.filename={}", esc(file));
+    if let Some(h) = header {
+        s += &format!(",header.filename={}", esc(h));
+    }
+    s
+}
+
+/// `TOOL create -q -f luks --object secret,id=s0,file=KEYFILE -o OPTS NAME [SIZE]` in
+/// the scratch dir; the caller checks the outcome.
+pub fn create_luks(
+    tool: Tool,
+    sc: &Scratch,
+    keyfile: &str,
+    opts: &str,
+    name: &str,
+    size: Option<&str>,
+) -> Out {
+    let (secret, path) = (sc.secret("s0", keyfile), sc.p(name));
+    let mut args = vec![
+        "create", "-q", "-f", "luks", "--object", &secret, "-o", opts, &path,
+    ];
+    args.extend(size);
+    tool(&args)
+}
+
+/// Write plaintext file `raw` into the existing LUKS image `img` (with an optional
+/// detached `header`) through TOOL's luks driver, keyed by `keyfile`; panics on failure.
+#[track_caller]
+pub fn write_into_luks(
+    tool: Tool,
+    sc: &Scratch,
+    keyfile: &str,
+    raw: &str,
+    img: &str,
+    header: Option<&str>,
+) {
+    let secret = sc.secret("s0", keyfile);
+    let target = luks_opts("s0", img, header);
+    tool(&[
+        "convert",
+        "-n",
+        "--object",
+        &secret,
+        "-f",
+        "raw",
+        &sc.p(raw),
+        "--target-image-opts",
+        &target,
+    ])
+    .ok();
+}
+
+/// `TOOL convert` of the LUKS image `file` (optional detached `header`), keyed by
+/// `keyfile`, into the raw file `out`; the caller checks the outcome.
+pub fn luks_to_raw(
+    tool: Tool,
+    sc: &Scratch,
+    keyfile: &str,
+    file: &str,
+    header: Option<&str>,
+    out: &str,
+) -> Out {
+    tool(&[
+        "convert",
+        "--object",
+        &sc.secret("s0", keyfile),
+        "--image-opts",
+        &luks_opts("s0", file, header),
+        "-O",
+        "raw",
+        &sc.p(out),
+    ])
+}
+
+/// Decrypt a LUKS image with qemu-img into `out` (raw) and return the bytes.
+#[track_caller]
+pub fn qemu_decrypt(
+    sc: &Scratch,
+    keyfile: &str,
+    file: &str,
+    header: Option<&str>,
+    out: &str,
+) -> Vec<u8> {
+    luks_to_raw(qemu_img, sc, keyfile, file, header, out).ok();
+    sc.read(out)
+}
+
+/// Decrypt a LUKS image with vmcrypt into `out` (raw) and return the bytes.
+#[track_caller]
+pub fn vmcrypt_decrypt(
+    sc: &Scratch,
+    keyfile: &str,
+    file: &str,
+    header: Option<&str>,
+    out: &str,
+) -> Vec<u8> {
+    luks_to_raw(vmcrypt, sc, keyfile, file, header, out).ok();
+    sc.read(out)
+}
+
+/// Run `cryptsetup open --test-passphrase --key-file KEYFILE` with extra `args`.
+pub fn cs_test_pass(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
+    let kf = sc.p(keyfile);
+    let mut args = vec!["open", "--test-passphrase", "--key-file", &kf];
+    args.extend_from_slice(extra);
+    args.push(image);
+    cryptsetup(&args)
+}
+
+/// Run `vmcrypt luks test-key --key-file KEYFILE` with extra `args`.
+pub fn vm_test_key(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
+    let kf = sc.p(keyfile);
+    let mut args = vec!["luks", "test-key", "--key-file", &kf];
+    args.extend_from_slice(extra);
+    args.push(image);
+    vmcrypt(&args)
+}
+
+/// Format `image` (an existing file) as LUKS1 with cryptsetup, quickly.
+#[track_caller]
+pub fn cs_format(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) {
+    let kf = sc.p(keyfile);
+    let mut args = vec![
+        "luksFormat",
+        "--type",
+        "luks1",
+        "--batch-mode",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        &kf,
+    ];
+    args.extend_from_slice(extra);
+    args.push(image);
+    cryptsetup(&args).ok();
+}
+
+/// Create a LUKS image from plaintext `raw` with vmcrypt convert and extra `-o` options.
+#[track_caller]
+pub fn vmcrypt_encrypt(sc: &Scratch, keyfile: &str, raw: &str, out: &str, opts: &str) {
+    let o = format!(
+        "key-secret=s0,iterations=1000{}{opts}",
+        if opts.is_empty() { "" } else { "," }
+    );
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &sc.secret("s0", keyfile),
+        "-f",
+        "raw",
+        "-O",
+        "luks",
+        "-o",
+        &o,
+        &sc.p(raw),
+        &sc.p(out),
+    ])
+    .ok();
+}
+
+/// One value of a `cryptsetup luksDump` line such as "Cipher name:   \taes".
+#[track_caller]
+pub fn dump_field(dump: &str, field: &str) -> String {
+    dump.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.trim_start().strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no '{field}' line in dump:\n{dump}"))
+}
+/// `cryptsetup OP --batch-mode --pbkdf-force-iterations 1000 --key-file KEYFILE EXTRA...
+/// IMAGE NEWFILE` (`luksAddKey`, `luksChangeKey`): a key-slot change unlocked by
+/// `keyfile` that sets the passphrase in `newfile`; the caller checks the outcome.
+pub fn cs_new_key(
+    sc: &Scratch,
+    op: &str,
+    keyfile: &str,
+    image: &str,
+    newfile: &str,
+    extra: &[&str],
+) -> Out {
+    let (kf, nf) = (sc.p(keyfile), sc.p(newfile));
+    let mut args = vec![
+        op,
+        "--batch-mode",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--key-file",
+        &kf,
+    ];
+    args.extend_from_slice(extra);
+    args.extend([image, &nf]);
+    cryptsetup(&args)
+}
+
+/// `qemu-img create -f qcow2` of an image with embedded LUKS keyed by the secret `s0`
+/// (`secret` is its `--object` argument), over a raw `base` file, with `extra` `-o`
+/// options appended.
+pub fn qemu_qcow2_luks_over_raw(secret: &str, base: &str, extra: &str, img: &str, size: &str) {
+    let mut o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10".to_string();
+    if !extra.is_empty() {
+        o = format!("{o},{extra}");
+    }
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", secret, "-b", base, "-F", "raw", "-o", &o, img,
+        size,
+    ])
+    .ok();
+}
