@@ -192,18 +192,9 @@ fn slot_state(img: &str, slot: usize) -> String {
 fn vmcrypt_add_key_opens_in_cryptsetup() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--key-file",
-        &sc.p("pw"),
-        "--pbkdf-force-iterations",
-        "1000",
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok()
-    .stderr_has("key slot 1");
+    vmcrypt_add_key(&sc, "pw", &img, "pw2", &[])
+        .ok()
+        .stderr_has("key slot 1");
     assert_eq!(slot_state(&img, 1), "ENABLED");
     cs_test_pass(&sc, "pw2", &img, &[]).ok();
     cs_test_pass(&sc, "pw2", &img, &["--key-slot", "1"]).ok();
@@ -264,17 +255,7 @@ fn cryptsetup_kill_slot_refused_by_vmcrypt() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
     let kf = sc.p("pw");
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--key-file",
-        &kf,
-        "--pbkdf-force-iterations",
-        "1000",
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    vmcrypt_add_key(&sc, "pw", &img, "pw2", &[]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).ok();
     cryptsetup(&["luksKillSlot", "--batch-mode", "--key-file", &kf, &img, "1"]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).code_is(2);
@@ -471,19 +452,14 @@ fn header_backup_restore_qemu_image() {
     sc.write("pw", PASS);
     let plain = plaintext(MIB, "backup-qemu");
     sc.write("plain.raw", &plain);
-    qemu_img(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        "key-secret=s0,iter-time=10",
-        &sc.p("plain.raw"),
-        &sc.p("q.luks"),
-    ])
+    encrypt_raw(
+        qemu_img,
+        &sc,
+        "pw",
+        "plain.raw",
+        ("luks", "key-secret=s0,iter-time=10"),
+        "q.luks",
+    )
     .ok();
     let img = sc.p("q.luks");
     backup_restore(&sc, &img, "qemu");

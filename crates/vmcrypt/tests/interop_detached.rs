@@ -14,15 +14,7 @@ fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     sc.write("wrong", WRONG);
-    create_luks(
-        vmcrypt,
-        &sc,
-        "pw",
-        "key-secret=s0,detached-header=on,iterations=1000",
-        "hdr.img",
-        None,
-    )
-    .ok();
+    vmcrypt_detached_header(&sc, "pw", "hdr.img");
     let (hdr, data) = (sc.p("hdr.img"), sc.sparse("data.img", MIB as u64));
     let dump = cryptsetup(&["luksDump", &hdr]).ok().stdout_str();
     assert_eq!(dump_field(&dump, "Payload offset"), "0", "{dump}");
@@ -114,18 +106,6 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
 
     // Key slots through the detached header: vmcrypt adds, cryptsetup opens.
     sc.write("pw2", PASS2);
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--header",
-        &hdr,
-        "--key-file",
-        &sc.p("pw"),
-        "--pbkdf-force-iterations",
-        "1000",
-        &data,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    vmcrypt_add_key(&sc, "pw", &data, "pw2", &["--header", &hdr]).ok();
     cs_test_pass(&sc, "pw2", &data, &["--header", &hdr]).ok();
 }

@@ -195,21 +195,9 @@ fn suites_qemu_refuses_are_refused() {
         Some("1M"),
     )
     .failed();
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        o,
-        &sc.p("plain.raw"),
-        &sc.p("v.luks"),
-    ])
-    .failed()
-    .stderr_has("xts");
+    encrypt_raw(vmcrypt, &sc, "pw", "plain.raw", ("luks", o), "v.luks")
+        .failed()
+        .stderr_has("xts");
     for bad in [
         "cipher-alg=aes-512",
         "cipher-mode=ofb",
@@ -241,20 +229,7 @@ fn qemu_to_vmcrypt(opts: &str) {
     } else {
         format!("key-secret=s0,iter-time=10,{opts}")
     };
-    qemu_img(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        &o,
-        &sc.p("plain.raw"),
-        &sc.p("q.luks"),
-    ])
-    .ok();
+    encrypt_raw(qemu_img, &sc, "pw", "plain.raw", ("luks", &o), "q.luks").ok();
     let img = sc.p("q.luks");
     let theirs = qemu_decrypt(&sc, "pw", &img, None, "qemu.raw");
     assert_same_bytes("qemu-img round trip", &theirs, &plain);

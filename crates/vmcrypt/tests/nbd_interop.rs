@@ -29,19 +29,14 @@ fn virtual_size(url: &str) -> u64 {
 
 /// Encrypt `plain.raw` into `name` with `-O FORMAT -o key-secret=s0,OPTS`.
 fn encrypt(sc: &Scratch, format: &str, opts: &str, name: &str) {
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        format,
-        "-o",
-        &format!("key-secret=s0,{opts}"),
-        &sc.p("plain.raw"),
-        &sc.p(name),
-    ])
+    encrypt_raw(
+        vmcrypt,
+        sc,
+        "pw",
+        "plain.raw",
+        (format, &format!("key-secret=s0,{opts}")),
+        name,
+    )
     .ok();
 }
 

@@ -180,15 +180,10 @@ fn zstd_compressed_clusters_read_and_rewrite() {
     let out = sc.p("out.raw");
     vmcrypt(&["convert", "-f", "qcow2", "-O", "raw", &img, &out]).ok();
     assert_same_bytes("zstd image", &sc.read("out.raw"), &src);
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "--target-image-opts",
+    vmcrypt_write_raw(
         &sc.write("patch.raw", &[7u8; 4096]),
         &format!("driver=qcow2,file.filename={img}"),
-    ])
+    )
     .ok();
     qemu_img(&["check", &img])
         .ok()

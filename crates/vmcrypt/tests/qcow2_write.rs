@@ -711,17 +711,9 @@ fn hostile_l2_entries_never_overwrite_metadata() {
         let entry = (1u64 << 63) | target;
         bad[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
         let path = sc.write("bad.qcow2", &bad);
-        vmcrypt(&[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            &data,
-            "--target-image-opts",
-            &format!("driver=qcow2,file.filename={path}"),
-        ])
-        .code_is(4)
-        .stderr_has("would overwrite metadata");
+        vmcrypt_write_raw(&data, &format!("driver=qcow2,file.filename={path}"))
+            .code_is(4)
+            .stderr_has("would overwrite metadata");
         assert_eq!(
             sc.read("bad.qcow2"),
             bad,

@@ -153,20 +153,65 @@ pub fn vmcrypt_encrypt(sc: &Scratch, keyfile: &str, raw: &str, out: &str, opts: 
         "key-secret=s0,iterations=1000{}{opts}",
         if opts.is_empty() { "" } else { "," }
     );
-    vmcrypt(&[
+    encrypt_raw(vmcrypt, sc, keyfile, raw, ("luks", &o), out).ok();
+}
+
+/// `TOOL convert --object secret,id=s0,file=KEYFILE -f raw RAW -O FORMAT -o OPTS OUT`
+/// (`target` is `(FORMAT, OPTS)`): a new encrypted image from the plaintext file `raw`
+/// in the scratch dir; the caller checks the outcome.
+pub fn encrypt_raw(
+    tool: Tool,
+    sc: &Scratch,
+    keyfile: &str,
+    raw: &str,
+    target: (&str, &str),
+    out: &str,
+) -> Out {
+    let (format, opts) = target;
+    tool(&[
         "convert",
         "--object",
         &sc.secret("s0", keyfile),
         "-f",
         "raw",
         "-O",
-        "luks",
+        format,
         "-o",
-        &o,
+        opts,
         &sc.p(raw),
         &sc.p(out),
     ])
-    .ok();
+}
+
+/// `vmcrypt luks add-key --key-file KEYFILE --pbkdf-force-iterations 1000 EXTRA... IMAGE
+/// NEWFILE`; the caller checks the outcome.
+pub fn vmcrypt_add_key(
+    sc: &Scratch,
+    keyfile: &str,
+    image: &str,
+    newfile: &str,
+    extra: &[&str],
+) -> Out {
+    let (kf, nf) = (sc.p(keyfile), sc.p(newfile));
+    let mut args = vec![
+        "luks",
+        "add-key",
+        "--key-file",
+        &kf,
+        "--pbkdf-force-iterations",
+        "1000",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([image, &nf]);
+    vmcrypt(&args)
+}
+
+/// `vmcrypt create` of a detached LUKS1 header file `name` (no payload) keyed by
+/// `keyfile`; panics on failure.
+#[track_caller]
+pub fn vmcrypt_detached_header(sc: &Scratch, keyfile: &str, name: &str) {
+    let opts = "key-secret=s0,detached-header=on,iterations=1000";
+    create_luks(vmcrypt, sc, keyfile, opts, name, None).ok();
 }
 
 /// One value of a `cryptsetup luksDump` line such as "Cipher name:   \taes".
