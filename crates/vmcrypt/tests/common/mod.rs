@@ -4,7 +4,8 @@
 //! check that fails loudly when a tool is missing, [`shared`] (the one way to reach the
 //! test data in `shared/` beside the checkout) and a scratch dir. The LUKS command lines
 //! several test files run (create, write into, read back, cryptsetup key slots) are in
-//! the `luks` submodule, re-exported here.
+//! the `luks` submodule, the keyed qcow2 chains' qemu runs in `keyring`; both are
+//! re-exported here.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -359,6 +360,7 @@ pub fn vmcrypt_write_raw(data: &str, target: &str) -> Out {
     ])
 }
 
+mod keyring;
 mod luks;
-#[allow(unused_imports)] // not every test binary uses the LUKS helpers
-pub use luks::*;
+#[allow(unused_imports)] // not every test binary uses these
+pub use {keyring::Keyring, luks::*};
