@@ -300,17 +300,7 @@ fn sixteen_connections_write_a_qcow2_luks_overlay() {
         .ok()
         .stdout_has("No errors were found on the image.");
     let out = sc.p("after.raw");
-    qemu_img(&[
-        "convert",
-        "--object",
-        &secret,
-        "--image-opts",
-        &opts,
-        "-O",
-        "raw",
-        &out,
-    ])
-    .ok();
+    qemu_convert_to_raw(&secret, &opts, &out).ok();
     assert_same_bytes(
         "qcow2 overlay after 16 clients",
         &sc.read("after.raw"),

@@ -3,7 +3,7 @@
 //! `qemu-img` or `vmcrypt`, see [`Tool`]), cryptsetup's format and key-slot commands,
 //! and the `--image-opts` string naming a LUKS node with an optional detached header.
 
-use super::{Out, Scratch, Tool, cryptsetup, qemu_img, vmcrypt};
+use super::{Out, PASS, Scratch, Tool, cryptsetup, plaintext, qemu_img, vmcrypt};
 
 /// The `--image-opts` string opening `file` (and optional detached `header`) as luks
 /// with secret `id`. Commas in paths are escaped as QEMU's keyval syntax wants.
@@ -154,6 +154,28 @@ pub fn vmcrypt_encrypt(sc: &Scratch, keyfile: &str, raw: &str, out: &str, opts: 
         if opts.is_empty() { "" } else { "," }
     );
     encrypt_raw(vmcrypt, sc, keyfile, raw, ("luks", &o), out).ok();
+}
+
+/// `--object secret,id=s0,file=KEYFILE --image-opts LUKS_OPTS`: the arguments naming the
+/// LUKS image `name` in the scratch dir, owned, for longer command lines (`vmcrypt serve`).
+pub fn luks_node_args(sc: &Scratch, keyfile: &str, name: &str) -> Vec<String> {
+    vec![
+        "--object".into(),
+        sc.secret("s0", keyfile),
+        "--image-opts".into(),
+        luks_opts("s0", &sc.p(name), None),
+    ]
+}
+
+/// The LUKS1 image `disk.luks` made by vmcrypt from `plaintext(size, seed)` (written to
+/// `plain.raw`) under the key file `pw` holding [`PASS`]; returns the plaintext.
+#[track_caller]
+pub fn vmcrypt_luks_disk(sc: &Scratch, size: usize, seed: &str) -> Vec<u8> {
+    sc.write("pw", PASS);
+    let plain = plaintext(size, seed);
+    sc.write("plain.raw", &plain);
+    vmcrypt_encrypt(sc, "pw", "plain.raw", "disk.luks", "");
+    plain
 }
 
 /// `TOOL convert --object secret,id=s0,file=KEYFILE -f raw RAW -O FORMAT -o OPTS OUT`

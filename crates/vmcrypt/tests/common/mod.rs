@@ -360,6 +360,27 @@ pub fn vmcrypt_write_raw(data: &str, target: &str) -> Out {
     ])
 }
 
+/// `qemu-img convert --object OBJECT --image-opts OPTS -O raw OUT`: read the node `opts`
+/// names (keyed or configured by the one `object`) into the raw file at path `out`; the
+/// caller checks the outcome.
+pub fn qemu_convert_to_raw(object: &str, opts: &str, out: &str) -> Out {
+    qemu_img(&[
+        "convert",
+        "--object",
+        object,
+        "--image-opts",
+        opts,
+        "-O",
+        "raw",
+        out,
+    ])
+}
+
+/// Borrow owned arguments as the `&str`s the runners take.
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 mod keyring;
 mod luks;
 #[allow(unused_imports)] // not every test binary uses these
