@@ -160,20 +160,7 @@ fn zstd_compressed_clusters_read_and_rewrite() {
     src.resize(2 << 20, 0x41);
     let raw = sc.write("src.raw", &src);
     let img = sc.p("z.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "compression_type=zstd",
-        &raw,
-        &img,
-    ])
-    .ok();
+    qemu_compressed_qcow2("compression_type=zstd", &raw, &img);
     qemu_img(&["info", &img])
         .ok()
         .stdout_has("compression type: zstd");

@@ -536,20 +536,7 @@ fn snapshots_and_compressed_clusters_survive_writes() {
     let old = plaintext(size as usize, "snapshot-old");
     let src = sc.write("src.raw", &old);
     let img = sc.p("img.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        &src,
-        &img,
-    ])
-    .ok();
+    qemu_compressed_qcow2("cluster_size=4096", &src, &img);
     qemu_img(&["snapshot", "-c", "before", &img]).ok();
     let mut model = old.clone();
     let store = SecretStore::new();

@@ -376,6 +376,14 @@ pub fn qemu_convert_to_raw(object: &str, opts: &str, out: &str) -> Out {
     ])
 }
 
+/// `qemu-img convert -q -c -f raw -O qcow2 -o OPTS RAW IMG`: a qcow2 image of
+/// compressed clusters made by QEMU from the raw file `raw`; panics on failure.
+#[track_caller]
+pub fn qemu_compressed_qcow2(opts: &str, raw: &str, img: &str) {
+    #[rustfmt::skip]
+    qemu_img(&["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts, raw, img]).ok();
+}
+
 /// Borrow owned arguments as the `&str`s the runners take.
 pub fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
