@@ -144,7 +144,7 @@ fn wrong_passphrase_exit_code_2() {
     vm_test_key(&sc, "wrong", &img, &[])
         .code_is(2)
         .stderr_has("no key available");
-    luks_to_raw(vmcrypt, &sc, "wrong", &img, None, "out.raw")
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, "out.raw")
         .code_is(2)
         .stderr_has("passphrase");
     vmcrypt_add_key(&sc, "wrong", &img, "wrong", &[]).code_is(2);

@@ -175,7 +175,7 @@ fn key_slots_change_while_qemu_serves_the_image() {
     );
     qemu.kill().unwrap();
     qemu.wait().unwrap();
-    let got = vmcrypt_decrypt(&sc, "pw2", &img, None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "after.raw");
     assert_same_bytes("new passphrase", &got, &plain);
     vmcrypt(&["luks", "test-key", &img, "--key-file", &sc.p("pw")]).code_is(2);
 }

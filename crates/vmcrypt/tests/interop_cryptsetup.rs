@@ -37,13 +37,13 @@ fn cryptsetup_to_vmcrypt(cipher: &str, bits: &str, hash: &str) {
     let plain = plaintext(virt, &format!("cs {cipher} {bits} {hash}"));
     sc.write("plain.raw", &plain);
     write_into_luks(qemu_img, &sc, "pw", "plain.raw", &img, None);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt reading what qemu-img wrote", &ours, &plain);
 
     let plain2 = plaintext(virt, &format!("cs2 {cipher} {bits} {hash}"));
     sc.write("plain2.raw", &plain2);
     write_into_luks(vmcrypt, &sc, "pw", "plain2.raw", &img, None);
-    let theirs = qemu_decrypt(&sc, "pw", &img, None, "theirs.raw");
+    let theirs = decrypt_luks(qemu_img, &sc, "pw", &img, None, "theirs.raw");
     assert_same_bytes("qemu-img reading what vmcrypt wrote", &theirs, &plain2);
     // Writing data must not have touched the header: cryptsetup still opens it.
     cs_test_pass(&sc, "pw", &img, &[]).ok();
@@ -130,7 +130,7 @@ fn cryptsetup_ecb_without_iv_checked_with_openssl() {
         &pt,
         &plain,
     );
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt round trip", &ours, &plain);
 }
 
@@ -175,7 +175,7 @@ fn vm_image(sc: &Scratch) -> String {
 
 /// The data still decrypts (in qemu-img) with `keyfile`.
 fn data_intact(sc: &Scratch, keyfile: &str, img: &str) {
-    let back = qemu_decrypt(sc, keyfile, img, None, "check.raw");
+    let back = decrypt_luks(qemu_img, sc, keyfile, img, None, "check.raw");
     assert_same_bytes(
         "payload after key-slot changes",
         &back,
@@ -242,7 +242,7 @@ fn cryptsetup_add_key_opens_in_vmcrypt() {
     vm_test_key(&sc, "pw2", &img, &[]).ok().stderr_has("slot 3");
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "3"]).ok();
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "0"]).code_is(2);
-    let back = vmcrypt_decrypt(&sc, "pw2", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "back.raw");
     assert_same_bytes(
         "vmcrypt decrypting with the cryptsetup-added key",
         &back,
@@ -260,7 +260,7 @@ fn cryptsetup_kill_slot_refused_by_vmcrypt() {
     cryptsetup(&["luksKillSlot", "--batch-mode", "--key-file", &kf, &img, "1"]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).code_is(2);
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "1"]).code_is(2);
-    luks_to_raw(vmcrypt, &sc, "pw2", &img, None, "never.raw").code_is(2);
+    luks_to_raw(vmcrypt, &sc, "pw2", &img, "never.raw").code_is(2);
     vm_test_key(&sc, "pw", &img, &[]).ok();
 }
 
@@ -287,7 +287,7 @@ fn change_key_both_ways() {
     cs_new_key(&sc, "luksChangeKey", "pw3", &img, "pw2", &[]).ok();
     vm_test_key(&sc, "pw3", &img, &[]).code_is(2);
     vm_test_key(&sc, "pw2", &img, &[]).ok();
-    let back = vmcrypt_decrypt(&sc, "pw2", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "back.raw");
     assert_same_bytes(
         "after cryptsetup luksChangeKey",
         &back,
@@ -442,7 +442,7 @@ fn header_backup_restore_cryptsetup_image() {
     sc.write("plain.raw", &plain);
     write_into_luks(qemu_img, &sc, "pw", "plain.raw", &img, None);
     backup_restore(&sc, &img, "cs");
-    let back = vmcrypt_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("after restores", &back, &plain);
 }
 
@@ -463,7 +463,7 @@ fn header_backup_restore_qemu_image() {
     .ok();
     let img = sc.p("q.luks");
     backup_restore(&sc, &img, "qemu");
-    let back = vmcrypt_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("after restores", &back, &plain);
 }
 

@@ -34,7 +34,7 @@ fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
         "sector 0 is not encrypted at data offset 0"
     );
 
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes("qemu-img reading a vmcrypt detached image", &back, &plain);
     cs_test_pass(&sc, "pw", &data, &["--header", &hdr]).ok();
     cs_test_pass(&sc, "wrong", &data, &["--header", &hdr]).code_is(2);
@@ -54,7 +54,7 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
         "data",
         &read(shared("vectors/qemu/luks1-detached.data").as_ref()),
     );
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(
         "vmcrypt reading QEMU's detached vector",
         &ours,
@@ -65,7 +65,7 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
     let plain = plaintext(MIB / 2, "detached-rewrite");
     sc.write("plain.raw", &plain);
     write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &data, Some(&hdr));
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes(
         "qemu-img reading what vmcrypt wrote into QEMU's detached image",
         &back,
@@ -90,7 +90,7 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
     let plain = plaintext(MIB, "cs-detached");
     sc.write("plain.raw", &plain);
     write_into_luks(qemu_img, &sc, "pw", "plain.raw", &data, Some(&hdr));
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(
         "vmcrypt reading qemu-img's write to a cryptsetup detached image",
         &ours,
@@ -100,7 +100,7 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
     let plain2 = plaintext(MIB, "cs-detached-2");
     sc.write("plain2.raw", &plain2);
     write_into_luks(vmcrypt, &sc, "pw", "plain2.raw", &data, Some(&hdr));
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes("qemu-img reading vmcrypt's write", &back, &plain2);
     cs_test_pass(&sc, "pw", &data, &["--header", &hdr]).ok();
 

@@ -458,7 +458,7 @@ fn cryptsetup_encrypts(kdf: &[&str], sector: &str, detached: bool) {
     args.push(&img);
     cryptsetup(&args).ok();
     let header = detached.then_some(hdr.as_str());
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, header, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, header, "ours.raw");
     // With an attached header the data shift leaves an unused tail after the payload.
     assert!(ours.len() >= size, "vmcrypt read {} bytes", ours.len());
     assert_same_bytes(
@@ -491,7 +491,7 @@ fn cryptsetup_formats(kdf: &[&str], sector: &str, detached: bool) {
     let plain = plaintext(size, &format!("cs-fmt {kdf:?} {sector} {detached}"));
     sc.write("plain.raw", &plain);
     write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, hdr.as_deref());
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, hdr.as_deref(), "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, hdr.as_deref(), "ours.raw");
     assert_same_bytes("vmcrypt reading back what it wrote", &ours, &plain);
 
     // cryptsetup's view of the same data.
@@ -1000,7 +1000,7 @@ fn header_backups_are_identical_and_restore_in_the_other_tool() {
     cs_opens(&sc, "pw3", &img, None).ok();
     cs_opens(&sc, "pw2", &img, None).code_is(2);
     // The data area was not touched by either restore.
-    let back = vmcrypt_decrypt(&sc, "pw3", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw3", &img, None, "back.raw");
     assert_same_bytes("data after the restores", &back, &plain);
 }
 

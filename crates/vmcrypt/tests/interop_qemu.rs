@@ -96,9 +96,9 @@ fn vmcrypt_to_qemu(suite: Suite) {
         "the first plaintext sector appears unencrypted in the image"
     );
 
-    let back = qemu_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("qemu-img decryption of a vmcrypt image", &back, &plain);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt decryption of its own image", &ours, &plain);
 
     let dump = cryptsetup(&["luksDump", &img]).ok().stdout_str();
@@ -231,13 +231,13 @@ fn qemu_to_vmcrypt(opts: &str) {
     };
     encrypt_raw(qemu_img, &sc, "pw", "plain.raw", ("luks", &o), "q.luks").ok();
     let img = sc.p("q.luks");
-    let theirs = qemu_decrypt(&sc, "pw", &img, None, "qemu.raw");
+    let theirs = decrypt_luks(qemu_img, &sc, "pw", &img, None, "qemu.raw");
     assert_same_bytes("qemu-img round trip", &theirs, &plain);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt decryption of a qemu-img image", &ours, &theirs);
     // A wrong passphrase is refused with exit code 2.
     sc.write("wrong", WRONG);
-    luks_to_raw(vmcrypt, &sc, "wrong", &img, None, "never.raw").code_is(2);
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, "never.raw").code_is(2);
 }
 
 mod qemu_writes_vmcrypt_reads {
@@ -309,7 +309,7 @@ fn vmcrypt_writes_into_qemu_created_image() {
     .ok();
     let img = sc.p("q.luks");
     write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
-    let back = qemu_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("qemu-img reading what vmcrypt wrote", &back, &plain);
 }
 
@@ -325,7 +325,7 @@ fn plaintext_generator_matches_vectors() {
     let sc = Scratch::new();
     sc.write("pw", b"vec-aes256-xts");
     let img = shared("vectors/qemu/luks1-aes256-xts-plain64-sha256.luks");
-    let back = qemu_decrypt(&sc, "pw", &img, None, "v1.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "v1.raw");
     assert_same_bytes("qemu-img decryption of vector 1", &back, &plain);
 }
 
@@ -336,7 +336,7 @@ fn vector(file: &str, header: Option<&str>, pass: &str, seed: &str, size: usize,
     let data = shared(&format!("vectors/qemu/{file}"));
     let hdr = header.map(|h| shared(&format!("vectors/qemu/{h}")));
     let before = sha256_file(std::path::Path::new(&data));
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, hdr.as_deref(), "out.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, hdr.as_deref(), "out.raw");
     assert_eq!(sha256_hex(&ours), sha, "decrypted sha256 of {file}");
     assert_same_bytes(file, &ours, &plaintext(size, seed));
     assert_eq!(
@@ -419,7 +419,7 @@ mod qemu_vectors {
         let sc = Scratch::new();
         sc.write("pw", b"slot1-pass");
         let img = shared("vectors/qemu/luks1-multislot-aes256-xts.luks");
-        luks_to_raw(vmcrypt, &sc, "pw", &img, None, "never.raw").code_is(2);
+        luks_to_raw(vmcrypt, &sc, "pw", &img, "never.raw").code_is(2);
         vm_test_key(&sc, "pw", &img, &[]).code_is(2);
     }
     #[test]

@@ -85,7 +85,7 @@ fn luks1_export_reads_plaintext_and_writes_land_encrypted() {
     want[1234..6234].fill(0x55);
     want[65536..131072].fill(0);
     // TRIM is a documented no-op: the discarded range keeps its data.
-    let got = vmcrypt_decrypt(&sc, "pw", &sc.p("disk.luks"), None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &sc.p("disk.luks"), None, "after.raw");
     assert_same_bytes("LUKS1 image after NBD writes", &got, &want);
 }
 
@@ -116,7 +116,7 @@ fn luks2_4k_sector_export_reads_and_writes_unaligned() {
     server.stop();
     let mut want = plain;
     want[4095..4098].fill(0xa7);
-    let got = vmcrypt_decrypt(&sc, "pw", &sc.p("disk.luks2"), None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &sc.p("disk.luks2"), None, "after.raw");
     assert_same_bytes("LUKS2 image after NBD write", &got, &want);
 }
 

@@ -275,9 +275,9 @@ fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
     vmcrypt(&["info", "--output", "json", &img])
         .ok()
         .stdout_has("\"sector-size\": 4096");
-    let before = vmcrypt_decrypt(&sc, "pw", &img, None, "before.raw");
+    let before = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "before.raw");
     let want = sixteen_clients(&sc, &luks_opts("s0", &img, None), before);
-    let got = vmcrypt_decrypt(&sc, "pw", &img, None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "after.raw");
     assert_same_bytes("decrypted image after 16 clients", &got, &want);
     eprintln!("multi-connection test took {:?}", t0.elapsed());
 }

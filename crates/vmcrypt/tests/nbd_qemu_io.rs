@@ -51,9 +51,9 @@ fn luks_image(sc: &Scratch, seed: &str) -> (Vec<u8>, Vec<String>) {
 }
 
 fn check_image(sc: &Scratch, want: &[u8], what: &str) {
-    let by_vmcrypt = vmcrypt_decrypt(sc, "pw", &sc.p("disk.luks"), None, "v.raw");
+    let by_vmcrypt = decrypt_luks(vmcrypt, sc, "pw", &sc.p("disk.luks"), None, "v.raw");
     assert_same_bytes(&format!("{what}: vmcrypt convert"), &by_vmcrypt, want);
-    let by_qemu = qemu_decrypt(sc, "pw", &sc.p("disk.luks"), None, "q.raw");
+    let by_qemu = decrypt_luks(qemu_img, sc, "pw", &sc.p("disk.luks"), None, "q.raw");
     assert_eq!(
         sha256_hex(&by_qemu),
         sha256_hex(want),

@@ -24,7 +24,7 @@ fn luks_image(sc: &Scratch, seed: &str) -> (Vec<u8>, Vec<String>) {
 }
 
 fn decrypted(sc: &Scratch) -> Vec<u8> {
-    vmcrypt_decrypt(sc, "pw", &sc.p("disk.luks"), None, "after.raw")
+    decrypt_luks(vmcrypt, sc, "pw", &sc.p("disk.luks"), None, "after.raw")
 }
 
 #[test]

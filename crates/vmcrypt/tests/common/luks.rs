@@ -61,89 +61,79 @@ pub fn write_into_luks(
     .ok();
 }
 
-/// `TOOL convert` of the LUKS image `file` (optional detached `header`), keyed by
-/// `keyfile`, into the raw file `out`; the caller checks the outcome.
-pub fn luks_to_raw(
-    tool: Tool,
-    sc: &Scratch,
-    keyfile: &str,
-    file: &str,
-    header: Option<&str>,
-    out: &str,
-) -> Out {
+/// `TOOL convert --object secret,id=s0,file=KEYFILE --image-opts OPTS -O raw OUT`.
+fn node_to_raw(tool: Tool, sc: &Scratch, keyfile: &str, opts: &str, out: &str) -> Out {
+    let secret = sc.secret("s0", keyfile);
     tool(&[
         "convert",
         "--object",
-        &sc.secret("s0", keyfile),
+        &secret,
         "--image-opts",
-        &luks_opts("s0", file, header),
+        opts,
         "-O",
         "raw",
         &sc.p(out),
     ])
 }
 
-/// Decrypt a LUKS image with qemu-img into `out` (raw) and return the bytes.
-#[track_caller]
-pub fn qemu_decrypt(
-    sc: &Scratch,
-    keyfile: &str,
-    file: &str,
-    header: Option<&str>,
-    out: &str,
-) -> Vec<u8> {
-    luks_to_raw(qemu_img, sc, keyfile, file, header, out).ok();
-    sc.read(out)
+/// `TOOL convert` of the LUKS image `file`, keyed by `keyfile`, into the raw file `out`;
+/// the caller checks the outcome.
+pub fn luks_to_raw(tool: Tool, sc: &Scratch, keyfile: &str, file: &str, out: &str) -> Out {
+    node_to_raw(tool, sc, keyfile, &luks_opts("s0", file, None), out)
 }
 
-/// Decrypt a LUKS image with vmcrypt into `out` (raw) and return the bytes.
+/// Decrypt a LUKS image (optional detached `header`) with TOOL (`qemu_img` or
+/// `vmcrypt`) into `out` (raw) and return the bytes; panics when the tool fails.
 #[track_caller]
-pub fn vmcrypt_decrypt(
+pub fn decrypt_luks(
+    tool: Tool,
     sc: &Scratch,
     keyfile: &str,
     file: &str,
     header: Option<&str>,
     out: &str,
 ) -> Vec<u8> {
-    luks_to_raw(vmcrypt, sc, keyfile, file, header, out).ok();
+    node_to_raw(tool, sc, keyfile, &luks_opts("s0", file, header), out).ok();
     sc.read(out)
 }
 
 /// Run `cryptsetup open --test-passphrase --key-file KEYFILE` with extra `args`.
 pub fn cs_test_pass(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
-    let kf = sc.p(keyfile);
-    let mut args = vec!["open", "--test-passphrase", "--key-file", &kf];
-    args.extend_from_slice(extra);
-    args.push(image);
-    cryptsetup(&args)
+    let head = ["open", "--test-passphrase"];
+    with_key_file(cryptsetup, &head, &sc.p(keyfile), extra, image)
 }
 
 /// Run `vmcrypt luks test-key --key-file KEYFILE` with extra `args`.
 pub fn vm_test_key(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
-    let kf = sc.p(keyfile);
-    let mut args = vec!["luks", "test-key", "--key-file", &kf];
+    let head = ["luks", "test-key"];
+    with_key_file(vmcrypt, &head, &sc.p(keyfile), extra, image)
+}
+
+/// `TOOL HEAD... --key-file KEYFILE EXTRA... IMAGE`.
+fn with_key_file(tool: Tool, head: &[&str], keyfile: &str, extra: &[&str], image: &str) -> Out {
+    let mut args = head.to_vec();
+    args.extend(["--key-file", keyfile]);
     args.extend_from_slice(extra);
     args.push(image);
-    vmcrypt(&args)
+    tool(&args)
 }
 
 /// Format `image` (an existing file) as LUKS1 with cryptsetup, quickly.
 #[track_caller]
 pub fn cs_format(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) {
-    let kf = sc.p(keyfile);
-    let mut args = vec![
-        "luksFormat",
-        "--type",
-        "luks1",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &kf,
-    ];
+    let head = ["luksFormat", "--type", "luks1"];
+    cs_quick(&head, &sc.p(keyfile), extra, &[image]).ok();
+}
+
+/// `cryptsetup HEAD... --batch-mode --pbkdf-force-iterations 1000 --key-file KEYFILE
+/// EXTRA... TAIL...`: a cryptsetup key operation with a fast KDF.
+fn cs_quick(head: &[&str], keyfile: &str, extra: &[&str], tail: &[&str]) -> Out {
+    let mut args = head.to_vec();
+    args.extend(["--batch-mode", "--pbkdf-force-iterations", "1000"]);
+    args.extend(["--key-file", keyfile]);
     args.extend_from_slice(extra);
-    args.push(image);
-    cryptsetup(&args).ok();
+    args.extend_from_slice(tail);
+    cryptsetup(&args)
 }
 
 /// Create a LUKS image from plaintext `raw` with vmcrypt convert and extra `-o` options.
@@ -258,18 +248,7 @@ pub fn cs_new_key(
     newfile: &str,
     extra: &[&str],
 ) -> Out {
-    let (kf, nf) = (sc.p(keyfile), sc.p(newfile));
-    let mut args = vec![
-        op,
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &kf,
-    ];
-    args.extend_from_slice(extra);
-    args.extend([image, &nf]);
-    cryptsetup(&args)
+    cs_quick(&[op], &sc.p(keyfile), extra, &[image, &sc.p(newfile)])
 }
 
 /// `qemu-img create -f qcow2` of an image with embedded LUKS keyed by the secret `s0`
