@@ -3,6 +3,8 @@
 //! decrypts independently with the volume key, sector by sector, with IV sector =
 //! iv_tweak + byte offset / 512. Fixed-size segments, a nonzero iv_tweak, out-of-range
 //! requests and unknown requirements (read-only data) are covered too.
+mod common;
+use common::Rng;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::LuksDriver;
@@ -46,17 +48,6 @@ fn new_image(sector_size: u32) -> (Arc<MemDriver>, SecretBytes) {
 
 fn open(mem: &Arc<MemDriver>) -> LuksDriver {
     LuksDriver::open(mem.clone(), None, Some(PW), None, &KdfLimits::default()).unwrap()
-}
-
-/// xorshift so the test is reproducible without a rand dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 /// Fill `d` and `model` with the same data, then mirror `rounds` random unaligned

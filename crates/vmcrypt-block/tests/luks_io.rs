@@ -1,5 +1,7 @@
 //! The luks node's data path: random unaligned writes mirrored into a plain model read
 //! back identically, through a fresh open too; out-of-range requests are refused.
+mod common;
+use common::Rng;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, Luks1Volume, LuksDriver};
@@ -32,17 +34,6 @@ fn new_image(spec: CipherSpec) -> (Arc<MemDriver>, u64) {
 
 fn open(mem: &Arc<MemDriver>) -> LuksDriver {
     LuksDriver::open(mem.clone(), None, Some(b"pw"), None, &KdfLimits::default()).unwrap()
-}
-
-/// xorshift so the test is reproducible without a rand dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -4,8 +4,9 @@
 //! opening, reading, writing, zeroing, discarding, growing and flushing must each end
 //! in `Ok` or an `Err`, never a panic, and never take unbounded memory or time.
 //! `HOSTILE_TRACE=1` prints each round and step (to find a round that hangs).
+mod common;
+use common::{Rng, run};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vmcrypt_block::BlockDriver;
@@ -13,18 +14,6 @@ use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::qcow2::{OpenOptions, Qcow2Driver};
 
 const PASS: &[u8] = b"hostile pass";
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is required (qemu-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A small written image; `luks` embeds a LUKS header keyed by [`PASS`].
 fn seed_image(dir: &std::path::Path, luks: bool) -> Vec<u8> {
@@ -81,14 +70,7 @@ fn seed_image(dir: &std::path::Path, luks: bool) -> Vec<u8> {
     std::fs::read(&img).unwrap()
 }
 
-struct Rng(u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }

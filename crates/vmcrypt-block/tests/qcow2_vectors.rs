@@ -2,10 +2,11 @@
 //! decrypt to the sha256 values in its README.txt (opened through the graph with QEMU's
 //! option syntax), and images made live by qemu-img / qemu-io (backing file, zero
 //! clusters, compressed clusters, extended L2) read back like `qemu-img convert -O raw`.
+mod common;
+use common::run;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::driver::Allocation;
@@ -294,19 +295,6 @@ fn vector11_qcow_v1_legacy_aes() {
 }
 
 // ---- live images made by qemu-img / qemu-io ----
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd} is required (qemu-utils): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Deterministic bytes (xorshift), so failures reproduce.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {

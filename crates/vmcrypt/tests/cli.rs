@@ -144,29 +144,10 @@ fn wrong_passphrase_exit_code_2() {
     vm_test_key(&sc, "wrong", &img, &[])
         .code_is(2)
         .stderr_has("no key available");
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "wrong"),
-        "--image-opts",
-        &luks_opts("s0", &img, None),
-        "-O",
-        "raw",
-        &sc.p("out.raw"),
-    ])
-    .code_is(2)
-    .stderr_has("passphrase");
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--key-file",
-        &sc.p("wrong"),
-        "--pbkdf-force-iterations",
-        "1000",
-        &img,
-        &sc.p("wrong"),
-    ])
-    .code_is(2);
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, "out.raw")
+        .code_is(2)
+        .stderr_has("passphrase");
+    vmcrypt_add_key(&sc, "wrong", &img, "wrong", &[]).code_is(2);
     vmcrypt(&[
         "luks",
         "dump",
@@ -234,16 +215,7 @@ fn corrupt_headers_refused_and_left_untouched() {
         let img = sc.write("bad.luks", &bytes);
         let before = sha256_file(img.as_ref());
         let runs = [
-            vmcrypt(&[
-                "luks",
-                "add-key",
-                "--key-file",
-                &sc.p("pw"),
-                "--pbkdf-force-iterations",
-                "1000",
-                &img,
-                &sc.p("pw2"),
-            ]),
+            vmcrypt_add_key(&sc, "pw", &img, "pw2", &[]),
             vmcrypt(&["luks", "kill-slot", "--key-file", &sc.p("pw"), &img, "0"]),
             vmcrypt(&["luks", "kill-slot", "--batch-mode", &img, "0"]),
             vmcrypt(&[

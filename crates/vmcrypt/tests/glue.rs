@@ -14,21 +14,15 @@ const SIZE: usize = 4 << 20;
 
 fn make_luks1(sc: &Scratch, plain: &[u8]) -> String {
     sc.write("pw", PASS);
-    let raw = sc.write("plain.raw", plain);
-    vmcrypt(&[
-        "convert",
-        "-q",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        "key-secret=s0,iterations=1000",
-        &raw,
-        &sc.p("d.luks"),
-    ])
+    sc.write("plain.raw", plain);
+    encrypt_raw(
+        vmcrypt,
+        sc,
+        "pw",
+        "plain.raw",
+        ("luks", "key-secret=s0,iterations=1000"),
+        "d.luks",
+    )
     .ok();
     sc.p("d.luks")
 }
@@ -63,34 +57,19 @@ fn detached_header_luks1_args_open_in_qemu() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     let plain = plaintext(SIZE, "glue-detached");
-    let raw = sc.write("plain.raw", &plain);
+    sc.write("plain.raw", &plain);
     let secret = sc.secret("s0", "pw");
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &secret,
-        "-o",
-        "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
-    .ok();
+    vmcrypt_detached_header(&sc, "pw", "hdr.img");
     let data = sc.sparse("data,1.img", SIZE as u64); // a comma exercises keyval escaping
     let opts = luks_opts("s0", &data, Some(&sc.p("hdr.img")));
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &secret,
-        "-f",
-        "raw",
-        &raw,
-        "--target-image-opts",
-        &opts,
-    ])
-    .ok();
+    write_into_luks(
+        vmcrypt,
+        &sc,
+        "pw",
+        "plain.raw",
+        &data,
+        Some(&sc.p("hdr.img")),
+    );
     check_both_forms(
         &sc,
         &["--object", &secret, "--image-opts", &opts],

@@ -162,18 +162,7 @@ fn detached_luks1_header_over_a_qcow2_payload_opens_in_qemu() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     let secret = sc.secret("s0", "pw");
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &secret,
-        "-o",
-        "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
-    .ok();
+    vmcrypt_detached_header(&sc, "pw", "hdr.img");
     qemu_img(&[
         "create",
         "-q",

@@ -39,15 +39,7 @@ fn a_qemu_writer_locks_vmcrypt_out() {
     let before = sc.read("disk.qcow2");
     let data = sc.write("d.raw", &[5u8; 4096]);
     let target = format!("driver=qcow2,file.filename={img}");
-    let out = vmcrypt(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        &data,
-        "--target-image-opts",
-        &target,
-    ]);
+    let out = vmcrypt_write_raw(&data, &target);
     let out = out.code_is(5).stderr_has("\"write\" lock");
     drop(out);
     vmcrypt(&["info", &img]).code_is(5).stderr_has("lock");
@@ -62,16 +54,7 @@ fn a_qemu_writer_locks_vmcrypt_out() {
         "a refused open changed the image"
     );
     // Once qemu-nbd is gone the write goes through.
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        &data,
-        "--target-image-opts",
-        &target,
-    ])
-    .ok();
+    vmcrypt_write_raw(&data, &target).ok();
 }
 
 #[test]
@@ -192,7 +175,7 @@ fn key_slots_change_while_qemu_serves_the_image() {
     );
     qemu.kill().unwrap();
     qemu.wait().unwrap();
-    let got = vmcrypt_decrypt(&sc, "pw2", &img, None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "after.raw");
     assert_same_bytes("new passphrase", &got, &plain);
     vmcrypt(&["luks", "test-key", &img, "--key-file", &sc.p("pw")]).code_is(2);
 }

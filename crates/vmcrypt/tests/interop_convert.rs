@@ -68,17 +68,7 @@ fn cs_luks1(sc: &Scratch, name: &str) -> String {
     sc.write("pw2", PASS2);
     let img = sc.sparse(name, 4 * MIB);
     cs_format(sc, "pw", &img, &["-c", "aes-xts-plain64", "-s", "512"]);
-    cryptsetup(&[
-        "luksAddKey",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &sc.p("pw"),
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    cs_new_key(sc, "luksAddKey", "pw", &img, "pw2", &[]).ok();
     img
 }
 
@@ -142,17 +132,7 @@ fn c_vmcrypt_luks2_converted_to_luks1_opens_in_cryptsetup() {
     assert_same_bytes("data", &vm_read(&img, PASS, DATA), &data);
     // A key slot cryptsetup adds to the converted header works in vmcrypt.
     sc.write("pw3", PASS3);
-    cryptsetup(&[
-        "luksAddKey",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &sc.p("pw"),
-        &img,
-        &sc.p("pw3"),
-    ])
-    .ok();
+    cs_new_key(&sc, "luksAddKey", "pw", &img, "pw3", &[]).ok();
     assert_same_bytes("data via new slot", &vm_read(&img, PASS3, DATA), &data);
     // vmcrypt wrote cryptsetup's LUKS1 layout, so cryptsetup converts it to LUKS2 again.
     cs_convert(&img, "luks2");

@@ -28,38 +28,6 @@ fn cs_image(sc: &Scratch, name: &str, payload: usize, args: &[&str]) -> (String,
     (img, virt)
 }
 
-/// Write `raw` into the luks image through qemu-img's luks driver.
-fn qemu_write(sc: &Scratch, keyfile: &str, raw: &str, img: &str, header: Option<&str>) {
-    qemu_img(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", keyfile),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", img, header),
-    ])
-    .ok();
-}
-
-/// Write `raw` into the luks image through vmcrypt's luks driver.
-fn vmcrypt_write(sc: &Scratch, keyfile: &str, raw: &str, img: &str, header: Option<&str>) {
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", keyfile),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", img, header),
-    ])
-    .ok();
-}
-
 /// Test 2 (cryptsetup side): cryptsetup formats, qemu-img writes, vmcrypt must read the
 /// same bytes; and vmcrypt writes, qemu-img must read them.
 fn cryptsetup_to_vmcrypt(cipher: &str, bits: &str, hash: &str) {
@@ -68,14 +36,14 @@ fn cryptsetup_to_vmcrypt(cipher: &str, bits: &str, hash: &str) {
     let (img, virt) = cs_image(&sc, "cs.img", MIB, &["-c", cipher, "-s", bits, "-h", hash]);
     let plain = plaintext(virt, &format!("cs {cipher} {bits} {hash}"));
     sc.write("plain.raw", &plain);
-    qemu_write(&sc, "pw", "plain.raw", &img, None);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    write_into_luks(qemu_img, &sc, "pw", "plain.raw", &img, None);
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt reading what qemu-img wrote", &ours, &plain);
 
     let plain2 = plaintext(virt, &format!("cs2 {cipher} {bits} {hash}"));
     sc.write("plain2.raw", &plain2);
-    vmcrypt_write(&sc, "pw", "plain2.raw", &img, None);
-    let theirs = qemu_decrypt(&sc, "pw", &img, None, "theirs.raw");
+    write_into_luks(vmcrypt, &sc, "pw", "plain2.raw", &img, None);
+    let theirs = decrypt_luks(qemu_img, &sc, "pw", &img, None, "theirs.raw");
     assert_same_bytes("qemu-img reading what vmcrypt wrote", &theirs, &plain2);
     // Writing data must not have touched the header: cryptsetup still opens it.
     cs_test_pass(&sc, "pw", &img, &[]).ok();
@@ -151,7 +119,7 @@ fn cryptsetup_ecb_without_iv_checked_with_openssl() {
     let (img, virt) = cs_image(&sc, "ecb.img", MIB, &["-c", "aes-ecb", "-s", "128"]);
     let plain = plaintext(virt, "ecb");
     sc.write("plain.raw", &plain);
-    vmcrypt_write(&sc, "pw", "plain.raw", &img, None);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
     let key = cs_volume_key(&sc, &img);
     assert_eq!(key.len(), 32, "128-bit key: {key}");
     let off = cs_payload_offset(&img);
@@ -162,7 +130,7 @@ fn cryptsetup_ecb_without_iv_checked_with_openssl() {
         &pt,
         &plain,
     );
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt round trip", &ours, &plain);
 }
 
@@ -173,7 +141,7 @@ fn cryptsetup_aes192_cbc_plain_checked_with_openssl() {
     let (img, virt) = cs_image(&sc, "c192.img", MIB, &["-c", "aes-cbc-plain", "-s", "192"]);
     let plain = plaintext(virt, "cbc192");
     sc.write("plain.raw", &plain);
-    vmcrypt_write(&sc, "pw", "plain.raw", &img, None);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
     let key = cs_volume_key(&sc, &img);
     assert_eq!(key.len(), 48, "192-bit key: {key}");
     let off = cs_payload_offset(&img);
@@ -207,7 +175,7 @@ fn vm_image(sc: &Scratch) -> String {
 
 /// The data still decrypts (in qemu-img) with `keyfile`.
 fn data_intact(sc: &Scratch, keyfile: &str, img: &str) {
-    let back = qemu_decrypt(sc, keyfile, img, None, "check.raw");
+    let back = decrypt_luks(qemu_img, sc, keyfile, img, None, "check.raw");
     assert_same_bytes(
         "payload after key-slot changes",
         &back,
@@ -224,18 +192,9 @@ fn slot_state(img: &str, slot: usize) -> String {
 fn vmcrypt_add_key_opens_in_cryptsetup() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--key-file",
-        &sc.p("pw"),
-        "--pbkdf-force-iterations",
-        "1000",
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok()
-    .stderr_has("key slot 1");
+    vmcrypt_add_key(&sc, "pw", &img, "pw2", &[])
+        .ok()
+        .stderr_has("key slot 1");
     assert_eq!(slot_state(&img, 1), "ENABLED");
     cs_test_pass(&sc, "pw2", &img, &[]).ok();
     cs_test_pass(&sc, "pw2", &img, &["--key-slot", "1"]).ok();
@@ -266,17 +225,7 @@ fn vmcrypt_kill_slot_closes_in_cryptsetup() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
     let kf = sc.p("pw");
-    cryptsetup(&[
-        "luksAddKey",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &kf,
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    cs_new_key(&sc, "luksAddKey", "pw", &img, "pw2", &[]).ok();
     cs_test_pass(&sc, "pw2", &img, &[]).ok();
     vmcrypt(&["luks", "kill-slot", "--key-file", &kf, &img, "1"]).ok();
     assert_eq!(slot_state(&img, 1), "DISABLED");
@@ -289,23 +238,11 @@ fn vmcrypt_kill_slot_closes_in_cryptsetup() {
 fn cryptsetup_add_key_opens_in_vmcrypt() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
-    cryptsetup(&[
-        "luksAddKey",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &sc.p("pw"),
-        "--key-slot",
-        "3",
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    cs_new_key(&sc, "luksAddKey", "pw", &img, "pw2", &["--key-slot", "3"]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).ok().stderr_has("slot 3");
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "3"]).ok();
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "0"]).code_is(2);
-    let back = vmcrypt_decrypt(&sc, "pw2", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "back.raw");
     assert_same_bytes(
         "vmcrypt decrypting with the cryptsetup-added key",
         &back,
@@ -318,32 +255,12 @@ fn cryptsetup_kill_slot_refused_by_vmcrypt() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
     let kf = sc.p("pw");
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--key-file",
-        &kf,
-        "--pbkdf-force-iterations",
-        "1000",
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    vmcrypt_add_key(&sc, "pw", &img, "pw2", &[]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).ok();
     cryptsetup(&["luksKillSlot", "--batch-mode", "--key-file", &kf, &img, "1"]).ok();
     vm_test_key(&sc, "pw2", &img, &[]).code_is(2);
     vm_test_key(&sc, "pw2", &img, &["--key-slot", "1"]).code_is(2);
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw2"),
-        "--image-opts",
-        &luks_opts("s0", &img, None),
-        "-O",
-        "raw",
-        &sc.p("never.raw"),
-    ])
-    .code_is(2);
+    luks_to_raw(vmcrypt, &sc, "pw2", &img, "never.raw").code_is(2);
     vm_test_key(&sc, "pw", &img, &[]).ok();
 }
 
@@ -367,20 +284,10 @@ fn change_key_both_ways() {
     cs_test_pass(&sc, "pw3", &img, &[]).ok();
     data_intact(&sc, "pw3", &img);
     // cryptsetup changes pw3 -> pw2; vmcrypt sees it.
-    cryptsetup(&[
-        "luksChangeKey",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &sc.p("pw3"),
-        &img,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    cs_new_key(&sc, "luksChangeKey", "pw3", &img, "pw2", &[]).ok();
     vm_test_key(&sc, "pw3", &img, &[]).code_is(2);
     vm_test_key(&sc, "pw2", &img, &[]).ok();
-    let back = vmcrypt_decrypt(&sc, "pw2", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw2", &img, None, "back.raw");
     assert_same_bytes(
         "after cryptsetup luksChangeKey",
         &back,
@@ -392,19 +299,8 @@ fn change_key_both_ways() {
 fn remove_key_both_ways() {
     let sc = Scratch::new();
     let img = vm_image(&sc);
-    let kf = sc.p("pw");
     for extra in ["pw2", "pw3"] {
-        cryptsetup(&[
-            "luksAddKey",
-            "--batch-mode",
-            "--pbkdf-force-iterations",
-            "1000",
-            "--key-file",
-            &kf,
-            &img,
-            &sc.p(extra),
-        ])
-        .ok();
+        cs_new_key(&sc, "luksAddKey", "pw", &img, extra, &[]).ok();
     }
     // vmcrypt removes pw2's slot; cryptsetup no longer opens it.
     vmcrypt(&["luks", "remove-key", &img, &sc.p("pw2")]).ok();
@@ -544,9 +440,9 @@ fn header_backup_restore_cryptsetup_image() {
     let (img, virt) = cs_image(&sc, "cs.img", MIB, &["-c", "aes-xts-plain64", "-s", "256"]);
     let plain = plaintext(virt, "backup-cs");
     sc.write("plain.raw", &plain);
-    qemu_write(&sc, "pw", "plain.raw", &img, None);
+    write_into_luks(qemu_img, &sc, "pw", "plain.raw", &img, None);
     backup_restore(&sc, &img, "cs");
-    let back = vmcrypt_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("after restores", &back, &plain);
 }
 
@@ -556,23 +452,18 @@ fn header_backup_restore_qemu_image() {
     sc.write("pw", PASS);
     let plain = plaintext(MIB, "backup-qemu");
     sc.write("plain.raw", &plain);
-    qemu_img(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        "key-secret=s0,iter-time=10",
-        &sc.p("plain.raw"),
-        &sc.p("q.luks"),
-    ])
+    encrypt_raw(
+        qemu_img,
+        &sc,
+        "pw",
+        "plain.raw",
+        ("luks", "key-secret=s0,iter-time=10"),
+        "q.luks",
+    )
     .ok();
     let img = sc.p("q.luks");
     backup_restore(&sc, &img, "qemu");
-    let back = vmcrypt_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("after restores", &back, &plain);
 }
 

@@ -9,60 +9,19 @@ use common::*;
 
 const MIB: usize = 1 << 20;
 
-fn vm_write(sc: &Scratch, raw: &str, data: &str, hdr: &str) {
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", data, Some(hdr)),
-    ])
-    .ok();
-}
-
-fn qemu_write(sc: &Scratch, raw: &str, data: &str, hdr: &str) {
-    qemu_img(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", data, Some(hdr)),
-    ])
-    .ok();
-}
-
 #[test]
 fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
     let sc = Scratch::new();
     sc.write("pw", PASS);
     sc.write("wrong", WRONG);
-    vmcrypt(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
-        "key-secret=s0,detached-header=on,iterations=1000",
-        &sc.p("hdr.img"),
-    ])
-    .ok();
+    vmcrypt_detached_header(&sc, "pw", "hdr.img");
     let (hdr, data) = (sc.p("hdr.img"), sc.sparse("data.img", MIB as u64));
     let dump = cryptsetup(&["luksDump", &hdr]).ok().stdout_str();
     assert_eq!(dump_field(&dump, "Payload offset"), "0", "{dump}");
 
     let plain = plaintext(MIB, "detached-vm");
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "plain.raw", &data, &hdr);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &data, Some(&hdr));
     assert_eq!(
         std::fs::metadata(&data).unwrap().len(),
         MIB as u64,
@@ -75,7 +34,7 @@ fn vmcrypt_detached_header_opens_in_qemu_and_cryptsetup() {
         "sector 0 is not encrypted at data offset 0"
     );
 
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes("qemu-img reading a vmcrypt detached image", &back, &plain);
     cs_test_pass(&sc, "pw", &data, &["--header", &hdr]).ok();
     cs_test_pass(&sc, "wrong", &data, &["--header", &hdr]).code_is(2);
@@ -95,7 +54,7 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
         "data",
         &read(shared("vectors/qemu/luks1-detached.data").as_ref()),
     );
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(
         "vmcrypt reading QEMU's detached vector",
         &ours,
@@ -105,8 +64,8 @@ fn qemu_detached_vector_reads_and_writes_in_vmcrypt() {
 
     let plain = plaintext(MIB / 2, "detached-rewrite");
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "plain.raw", &data, &hdr);
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &data, Some(&hdr));
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes(
         "qemu-img reading what vmcrypt wrote into QEMU's detached image",
         &back,
@@ -130,8 +89,8 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
 
     let plain = plaintext(MIB, "cs-detached");
     sc.write("plain.raw", &plain);
-    qemu_write(&sc, "plain.raw", &data, &hdr);
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, Some(&hdr), "ours.raw");
+    write_into_luks(qemu_img, &sc, "pw", "plain.raw", &data, Some(&hdr));
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, Some(&hdr), "ours.raw");
     assert_same_bytes(
         "vmcrypt reading qemu-img's write to a cryptsetup detached image",
         &ours,
@@ -140,25 +99,13 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
 
     let plain2 = plaintext(MIB, "cs-detached-2");
     sc.write("plain2.raw", &plain2);
-    vm_write(&sc, "plain2.raw", &data, &hdr);
-    let back = qemu_decrypt(&sc, "pw", &data, Some(&hdr), "back.raw");
+    write_into_luks(vmcrypt, &sc, "pw", "plain2.raw", &data, Some(&hdr));
+    let back = decrypt_luks(qemu_img, &sc, "pw", &data, Some(&hdr), "back.raw");
     assert_same_bytes("qemu-img reading vmcrypt's write", &back, &plain2);
     cs_test_pass(&sc, "pw", &data, &["--header", &hdr]).ok();
 
     // Key slots through the detached header: vmcrypt adds, cryptsetup opens.
     sc.write("pw2", PASS2);
-    vmcrypt(&[
-        "luks",
-        "add-key",
-        "--header",
-        &hdr,
-        "--key-file",
-        &sc.p("pw"),
-        "--pbkdf-force-iterations",
-        "1000",
-        &data,
-        &sc.p("pw2"),
-    ])
-    .ok();
+    vmcrypt_add_key(&sc, "pw", &data, "pw2", &["--header", &hdr]).ok();
     cs_test_pass(&sc, "pw2", &data, &["--header", &hdr]).ok();
 }

@@ -75,23 +75,6 @@ fn vm_create(sc: &Scratch, name: &str, size: usize, opts: &str) -> String {
     img
 }
 
-/// Write plaintext file `raw` into a LUKS image through vmcrypt's luks driver.
-#[track_caller]
-fn vm_write(sc: &Scratch, keyfile: &str, raw: &str, img: &str, header: Option<&str>) {
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", keyfile),
-        "-f",
-        "raw",
-        &sc.p(raw),
-        "--target-image-opts",
-        &luks_opts("s0", img, header),
-    ])
-    .ok();
-}
-
 /// `vmcrypt luks SUB ARGS... DEVICE` (device last, like cryptsetup).
 fn vm_luks(sub: &str, args: &[&str], device: &str) -> Out {
     let mut v = vec!["luks", sub];
@@ -308,7 +291,7 @@ fn vmcrypt_to_cryptsetup(c: &Case) {
     // The data vmcrypt writes decrypts in cryptsetup to the same bytes.
     let plain = plaintext(size, &format!("vm->cs {}", c.opts));
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "pw2", "plain.raw", &data, Some(&hdr));
+    write_into_luks(vmcrypt, &sc, "pw2", "plain.raw", &data, Some(&hdr));
     assert_ne!(sc.read("data.img"), plain, "vmcrypt wrote plaintext");
     cs_decrypt_in_place(&sc, "pw", &hdr, &data);
     assert_same_bytes(
@@ -475,7 +458,7 @@ fn cryptsetup_encrypts(kdf: &[&str], sector: &str, detached: bool) {
     args.push(&img);
     cryptsetup(&args).ok();
     let header = detached.then_some(hdr.as_str());
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, header, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, header, "ours.raw");
     // With an attached header the data shift leaves an unused tail after the payload.
     assert!(ours.len() >= size, "vmcrypt read {} bytes", ours.len());
     assert_same_bytes(
@@ -507,8 +490,8 @@ fn cryptsetup_formats(kdf: &[&str], sector: &str, detached: bool) {
     cs_format2(&sc, &img, &extra);
     let plain = plaintext(size, &format!("cs-fmt {kdf:?} {sector} {detached}"));
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "pw", "plain.raw", &img, hdr.as_deref());
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, hdr.as_deref(), "ours.raw");
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, hdr.as_deref());
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, hdr.as_deref(), "ours.raw");
     assert_same_bytes("vmcrypt reading back what it wrote", &ours, &plain);
 
     // cryptsetup's view of the same data.
@@ -972,7 +955,7 @@ fn header_backups_are_identical_and_restore_in_the_other_tool() {
     let img = vm_create(&sc, "h.img", MIB, &format!("{VM_PBKDF2},metadata-size=32k"));
     let plain = plaintext(MIB, "backup");
     sc.write("plain.raw", &plain);
-    vm_write(&sc, "pw", "plain.raw", &img, None);
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
 
     let (vm_bak, cs_bak) = (sc.p("vm.bak"), sc.p("cs.bak"));
     vm_luks("header-backup", &["--header-backup-file", &vm_bak], &img).ok();
@@ -1017,7 +1000,7 @@ fn header_backups_are_identical_and_restore_in_the_other_tool() {
     cs_opens(&sc, "pw3", &img, None).ok();
     cs_opens(&sc, "pw2", &img, None).code_is(2);
     // The data area was not touched by either restore.
-    let back = vmcrypt_decrypt(&sc, "pw3", &img, None, "back.raw");
+    let back = decrypt_luks(vmcrypt, &sc, "pw3", &img, None, "back.raw");
     assert_same_bytes("data after the restores", &back, &plain);
 }
 

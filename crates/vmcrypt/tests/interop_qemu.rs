@@ -65,18 +65,14 @@ impl Suite {
 /// Check that qemu-img itself accepts `suite` (so the matrix below only holds suites
 /// QEMU supports): `qemu-img create -f luks` must succeed.
 fn assert_qemu_accepts(sc: &Scratch, suite: &Suite) {
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        sc,
+        "pw",
         &format!("key-secret=s0,iter-time=10,{}", suite.opts()),
-        &sc.p("probe.luks"),
-        "1M",
-    ])
+        "probe.luks",
+        Some("1M"),
+    )
     .ok();
 }
 
@@ -100,9 +96,9 @@ fn vmcrypt_to_qemu(suite: Suite) {
         "the first plaintext sector appears unencrypted in the image"
     );
 
-    let back = qemu_decrypt(&sc, "pw", &img, None, "back.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("qemu-img decryption of a vmcrypt image", &back, &plain);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt decryption of its own image", &ours, &plain);
 
     let dump = cryptsetup(&["luksDump", &img]).ok().stdout_str();
@@ -190,52 +186,32 @@ fn suites_qemu_refuses_are_refused() {
     sc.write("pw", PASS);
     sc.write("plain.raw", &plaintext(64 * 1024, "refuse"));
     let o = "key-secret=s0,iterations=1000,cipher-alg=cast5-128,cipher-mode=xts";
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        &sc,
+        "pw",
         &format!("{o},iter-time=10").replace("iterations=1000,", ""),
-        &sc.p("q.luks"),
-        "1M",
-    ])
+        "q.luks",
+        Some("1M"),
+    )
     .failed();
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        o,
-        &sc.p("plain.raw"),
-        &sc.p("v.luks"),
-    ])
-    .failed()
-    .stderr_has("xts");
+    encrypt_raw(vmcrypt, &sc, "pw", "plain.raw", ("luks", o), "v.luks")
+        .failed()
+        .stderr_has("xts");
     for bad in [
         "cipher-alg=aes-512",
         "cipher-mode=ofb",
         "ivgen-alg=bogus",
         "hash-alg=sha3",
     ] {
-        vmcrypt(&[
-            "create",
-            "-q",
-            "-f",
-            "luks",
-            "--object",
-            &sc.secret("s0", "pw"),
-            "-o",
+        create_luks(
+            vmcrypt,
+            &sc,
+            "pw",
             &format!("key-secret=s0,iterations=1000,{bad}"),
-            &sc.p("bad.luks"),
-            "1M",
-        ])
+            "bad.luks",
+            Some("1M"),
+        )
         .failed()
         .stderr_has(bad.split('=').nth(1).unwrap());
     }
@@ -253,38 +229,15 @@ fn qemu_to_vmcrypt(opts: &str) {
     } else {
         format!("key-secret=s0,iter-time=10,{opts}")
     };
-    qemu_img(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        &o,
-        &sc.p("plain.raw"),
-        &sc.p("q.luks"),
-    ])
-    .ok();
+    encrypt_raw(qemu_img, &sc, "pw", "plain.raw", ("luks", &o), "q.luks").ok();
     let img = sc.p("q.luks");
-    let theirs = qemu_decrypt(&sc, "pw", &img, None, "qemu.raw");
+    let theirs = decrypt_luks(qemu_img, &sc, "pw", &img, None, "qemu.raw");
     assert_same_bytes("qemu-img round trip", &theirs, &plain);
-    let ours = vmcrypt_decrypt(&sc, "pw", &img, None, "ours.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "ours.raw");
     assert_same_bytes("vmcrypt decryption of a qemu-img image", &ours, &theirs);
     // A wrong passphrase is refused with exit code 2.
     sc.write("wrong", WRONG);
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "wrong"),
-        "--image-opts",
-        &luks_opts("s0", &img, None),
-        "-O",
-        "raw",
-        &sc.p("never.raw"),
-    ])
-    .code_is(2);
+    luks_to_raw(vmcrypt, &sc, "wrong", &img, "never.raw").code_is(2);
 }
 
 mod qemu_writes_vmcrypt_reads {
@@ -345,33 +298,18 @@ fn vmcrypt_writes_into_qemu_created_image() {
     sc.write("pw", PASS);
     let plain = plaintext(MIB, "write-into-qemu");
     sc.write("plain.raw", &plain);
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-o",
+    create_luks(
+        qemu_img,
+        &sc,
+        "pw",
         "key-secret=s0,iter-time=10,cipher-alg=twofish-128,cipher-mode=xts",
-        &sc.p("q.luks"),
-        "1M",
-    ])
+        "q.luks",
+        Some("1M"),
+    )
     .ok();
     let img = sc.p("q.luks");
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "--target-image-opts",
-        &sc.p("plain.raw"),
-        &luks_opts("s0", &img, None),
-    ])
-    .ok();
-    let back = qemu_decrypt(&sc, "pw", &img, None, "back.raw");
+    write_into_luks(vmcrypt, &sc, "pw", "plain.raw", &img, None);
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "back.raw");
     assert_same_bytes("qemu-img reading what vmcrypt wrote", &back, &plain);
 }
 
@@ -387,7 +325,7 @@ fn plaintext_generator_matches_vectors() {
     let sc = Scratch::new();
     sc.write("pw", b"vec-aes256-xts");
     let img = shared("vectors/qemu/luks1-aes256-xts-plain64-sha256.luks");
-    let back = qemu_decrypt(&sc, "pw", &img, None, "v1.raw");
+    let back = decrypt_luks(qemu_img, &sc, "pw", &img, None, "v1.raw");
     assert_same_bytes("qemu-img decryption of vector 1", &back, &plain);
 }
 
@@ -398,7 +336,7 @@ fn vector(file: &str, header: Option<&str>, pass: &str, seed: &str, size: usize,
     let data = shared(&format!("vectors/qemu/{file}"));
     let hdr = header.map(|h| shared(&format!("vectors/qemu/{h}")));
     let before = sha256_file(std::path::Path::new(&data));
-    let ours = vmcrypt_decrypt(&sc, "pw", &data, hdr.as_deref(), "out.raw");
+    let ours = decrypt_luks(vmcrypt, &sc, "pw", &data, hdr.as_deref(), "out.raw");
     assert_eq!(sha256_hex(&ours), sha, "decrypted sha256 of {file}");
     assert_same_bytes(file, &ours, &plaintext(size, seed));
     assert_eq!(
@@ -481,17 +419,7 @@ mod qemu_vectors {
         let sc = Scratch::new();
         sc.write("pw", b"slot1-pass");
         let img = shared("vectors/qemu/luks1-multislot-aes256-xts.luks");
-        vmcrypt(&[
-            "convert",
-            "--object",
-            &sc.secret("s0", "pw"),
-            "--image-opts",
-            &luks_opts("s0", &img, None),
-            "-O",
-            "raw",
-            &sc.p("never.raw"),
-        ])
-        .code_is(2);
+        luks_to_raw(vmcrypt, &sc, "pw", &img, "never.raw").code_is(2);
         vm_test_key(&sc, "pw", &img, &[]).code_is(2);
     }
     #[test]

@@ -5,6 +5,7 @@ mod nbd_support;
 
 use common::*;
 use nbd_support::Served;
+use nbd_support::raw::{CMD_READ, RawClient};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -29,33 +30,15 @@ fn virtual_size(url: &str) -> u64 {
 
 /// Encrypt `plain.raw` into `name` with `-O FORMAT -o key-secret=s0,OPTS`.
 fn encrypt(sc: &Scratch, format: &str, opts: &str, name: &str) {
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "raw",
-        "-O",
-        format,
-        "-o",
-        &format!("key-secret=s0,{opts}"),
-        &sc.p("plain.raw"),
-        &sc.p(name),
-    ])
+    encrypt_raw(
+        vmcrypt,
+        sc,
+        "pw",
+        "plain.raw",
+        (format, &format!("key-secret=s0,{opts}")),
+        name,
+    )
     .ok();
-}
-
-fn luks_serve_args(sc: &Scratch, image: &str) -> Vec<String> {
-    vec![
-        "--object".into(),
-        sc.secret("s0", "pw"),
-        "--image-opts".into(),
-        luks_opts("s0", &sc.p(image), None),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }
 
 const SIZE: usize = 2 << 20;
@@ -67,7 +50,7 @@ fn luks1_export_reads_plaintext_and_writes_land_encrypted() {
     let plain = plaintext(SIZE, "nbd-luks1");
     sc.write("plain.raw", &plain);
     encrypt(&sc, "luks", "iterations=1000", "disk.luks");
-    let (server, sock) = Served::unix(&sc, &strs(&luks_serve_args(&sc, "disk.luks")));
+    let (server, sock) = Served::unix(&sc, &strs(&luks_node_args(&sc, "pw", "disk.luks")));
 
     assert_eq!(virtual_size(&url(&sock)), SIZE as u64);
     assert_same_bytes(
@@ -102,7 +85,7 @@ fn luks1_export_reads_plaintext_and_writes_land_encrypted() {
     want[1234..6234].fill(0x55);
     want[65536..131072].fill(0);
     // TRIM is a documented no-op: the discarded range keeps its data.
-    let got = vmcrypt_decrypt(&sc, "pw", &sc.p("disk.luks"), None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &sc.p("disk.luks"), None, "after.raw");
     assert_same_bytes("LUKS1 image after NBD writes", &got, &want);
 }
 
@@ -118,7 +101,7 @@ fn luks2_4k_sector_export_reads_and_writes_unaligned() {
         "pbkdf=pbkdf2,iterations=1000,sector-size=4096",
         "disk.luks2",
     );
-    let (server, sock) = Served::unix(&sc, &strs(&luks_serve_args(&sc, "disk.luks2")));
+    let (server, sock) = Served::unix(&sc, &strs(&luks_node_args(&sc, "pw", "disk.luks2")));
     assert_eq!(virtual_size(&url(&sock)), SIZE as u64);
     assert_same_bytes(
         "NBD read of LUKS2",
@@ -133,7 +116,7 @@ fn luks2_4k_sector_export_reads_and_writes_unaligned() {
     server.stop();
     let mut want = plain;
     want[4095..4098].fill(0xa7);
-    let got = vmcrypt_decrypt(&sc, "pw", &sc.p("disk.luks2"), None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &sc.p("disk.luks2"), None, "after.raw");
     assert_same_bytes("LUKS2 image after NBD write", &got, &want);
 }
 
@@ -175,7 +158,7 @@ fn read_only_export_refuses_writes_and_keeps_the_image() {
     sc.write("plain.raw", &plaintext(SIZE, "nbd-ro"));
     encrypt(&sc, "luks", "iterations=1000", "disk.luks");
     let before = sha256_file(&sc.path("disk.luks"));
-    let mut args = luks_serve_args(&sc, "disk.luks");
+    let mut args = luks_node_args(&sc, "pw", "disk.luks");
     args.push("--read-only".into());
     let (server, sock) = Served::unix(&sc, &strs(&args));
     tool(
@@ -190,11 +173,10 @@ fn read_only_export_refuses_writes_and_keeps_the_image() {
     .ok();
     // A raw client that writes anyway gets EPERM.
     let mut c = RawClient::open(&sock, "");
-    c.request(1, 7, 0, 512);
-    c.s.write_all(&[0u8; 512]).unwrap();
+    c.write(7, 0, &[0u8; 512]);
     assert_eq!(
-        c.simple_reply(7),
-        1,
+        c.reply(),
+        Some((7, 1)),
         "EPERM for a write to a read-only export"
     );
     drop(c);
@@ -256,10 +238,10 @@ fn hostile_clients_do_not_stop_the_server() {
     let _ = g.read_to_end(&mut Vec::new());
     // An out-of-range read gets EINVAL; a truncated request then ends the connection.
     let mut c = RawClient::open(&sock, "");
-    c.request(0, 1, (1 << 20) - 10, 20);
-    assert_eq!(c.simple_reply(1), 22);
-    c.request(99, 2, 0, 0);
-    assert_eq!(c.simple_reply(2), 22, "unknown command is EINVAL");
+    c.request(0, CMD_READ, 1, (1 << 20) - 10, 20);
+    assert_eq!(c.reply(), Some((1, 22)));
+    c.request(0, 99, 2, 0, 0);
+    assert_eq!(c.reply(), Some((2, 22)), "unknown command is EINVAL");
     c.s.write_all(&[0x25, 0x60, 0x95, 0x13, 0, 0]).unwrap();
     drop(c);
     // Bad request magic after a good handshake.
@@ -314,49 +296,4 @@ fn without_persistent_the_server_exits_after_its_client() {
     };
     assert!(status.success());
     assert!(!Path::new(&sock).exists() && !Path::new(&pid).exists());
-}
-
-/// A minimal NBD client written from the spec: fixed newstyle, NBD_OPT_EXPORT_NAME,
-/// simple replies.
-struct RawClient {
-    s: UnixStream,
-}
-
-impl RawClient {
-    fn open(sock: &str, name: &str) -> RawClient {
-        let mut s = UnixStream::connect(sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut greet = [0u8; 18];
-        s.read_exact(&mut greet).unwrap();
-        assert_eq!(&greet[..16], b"NBDMAGICIHAVEOPT");
-        // Client flags FIXED_NEWSTYLE | NO_ZEROES, then EXPORT_NAME.
-        let mut msg = 3u32.to_be_bytes().to_vec();
-        msg.extend(b"IHAVEOPT");
-        msg.extend(1u32.to_be_bytes());
-        msg.extend((name.len() as u32).to_be_bytes());
-        msg.extend(name.as_bytes());
-        s.write_all(&msg).unwrap();
-        let mut export = [0u8; 10];
-        s.read_exact(&mut export).unwrap();
-        RawClient { s }
-    }
-
-    fn request(&mut self, kind: u16, cookie: u64, offset: u64, length: u32) {
-        let mut r = 0x2560_9513u32.to_be_bytes().to_vec();
-        r.extend(0u16.to_be_bytes());
-        r.extend(kind.to_be_bytes());
-        r.extend(cookie.to_be_bytes());
-        r.extend(offset.to_be_bytes());
-        r.extend(length.to_be_bytes());
-        self.s.write_all(&r).unwrap();
-    }
-
-    /// Read a simple reply without data and return its error field.
-    fn simple_reply(&mut self, cookie: u64) -> u32 {
-        let mut r = [0u8; 16];
-        self.s.read_exact(&mut r).unwrap();
-        assert_eq!(&r[..4], &0x6744_6698u32.to_be_bytes());
-        assert_eq!(&r[8..], &cookie.to_be_bytes());
-        u32::from_be_bytes(r[4..8].try_into().unwrap())
-    }
 }

@@ -275,9 +275,9 @@ fn sixteen_connections_write_disjoint_unaligned_ranges_of_a_luks2_4k_image() {
     vmcrypt(&["info", "--output", "json", &img])
         .ok()
         .stdout_has("\"sector-size\": 4096");
-    let before = vmcrypt_decrypt(&sc, "pw", &img, None, "before.raw");
+    let before = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "before.raw");
     let want = sixteen_clients(&sc, &luks_opts("s0", &img, None), before);
-    let got = vmcrypt_decrypt(&sc, "pw", &img, None, "after.raw");
+    let got = decrypt_luks(vmcrypt, &sc, "pw", &img, None, "after.raw");
     assert_same_bytes("decrypted image after 16 clients", &got, &want);
     eprintln!("multi-connection test took {:?}", t0.elapsed());
 }
@@ -300,17 +300,7 @@ fn sixteen_connections_write_a_qcow2_luks_overlay() {
         .ok()
         .stdout_has("No errors were found on the image.");
     let out = sc.p("after.raw");
-    qemu_img(&[
-        "convert",
-        "--object",
-        &secret,
-        "--image-opts",
-        &opts,
-        "-O",
-        "raw",
-        &out,
-    ])
-    .ok();
+    qemu_convert_to_raw(&secret, &opts, &out).ok();
     assert_same_bytes(
         "qcow2 overlay after 16 clients",
         &sc.read("after.raw"),

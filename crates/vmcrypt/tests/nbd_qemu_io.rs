@@ -44,24 +44,16 @@ fn run_commands(url: &str, plain: &[u8]) -> Vec<u8> {
 }
 
 fn luks_image(sc: &Scratch, seed: &str) -> (Vec<u8>, Vec<String>) {
-    sc.write("pw", PASS);
-    let plain = plaintext(SIZE, seed);
-    sc.write("plain.raw", &plain);
-    vmcrypt_encrypt(sc, "pw", "plain.raw", "disk.luks", "");
-    let args = vec![
-        "--persistent".to_string(),
-        "--object".to_string(),
-        sc.secret("s0", "pw"),
-        "--image-opts".to_string(),
-        luks_opts("s0", &sc.p("disk.luks"), None),
-    ];
+    let plain = vmcrypt_luks_disk(sc, SIZE, seed);
+    let mut args = vec!["--persistent".to_string()];
+    args.extend(luks_node_args(sc, "pw", "disk.luks"));
     (plain, args)
 }
 
 fn check_image(sc: &Scratch, want: &[u8], what: &str) {
-    let by_vmcrypt = vmcrypt_decrypt(sc, "pw", &sc.p("disk.luks"), None, "v.raw");
+    let by_vmcrypt = decrypt_luks(vmcrypt, sc, "pw", &sc.p("disk.luks"), None, "v.raw");
     assert_same_bytes(&format!("{what}: vmcrypt convert"), &by_vmcrypt, want);
-    let by_qemu = qemu_decrypt(sc, "pw", &sc.p("disk.luks"), None, "q.raw");
+    let by_qemu = decrypt_luks(qemu_img, sc, "pw", &sc.p("disk.luks"), None, "q.raw");
     assert_eq!(
         sha256_hex(&by_qemu),
         sha256_hex(want),

@@ -19,25 +19,12 @@ const WRITES: u64 = 16;
 /// A LUKS1 image `disk.luks` holding `plaintext(SIZE)`; returns the plaintext and the
 /// serve arguments.
 fn luks_image(sc: &Scratch, seed: &str) -> (Vec<u8>, Vec<String>) {
-    sc.write("pw", PASS);
-    let plain = plaintext(SIZE, seed);
-    sc.write("plain.raw", &plain);
-    vmcrypt_encrypt(sc, "pw", "plain.raw", "disk.luks", "");
-    let args = vec![
-        "--object".to_string(),
-        sc.secret("s0", "pw"),
-        "--image-opts".to_string(),
-        luks_opts("s0", &sc.p("disk.luks"), None),
-    ];
-    (plain, args)
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
+    let plain = vmcrypt_luks_disk(sc, SIZE, seed);
+    (plain, luks_node_args(sc, "pw", "disk.luks"))
 }
 
 fn decrypted(sc: &Scratch) -> Vec<u8> {
-    vmcrypt_decrypt(sc, "pw", &sc.p("disk.luks"), None, "after.raw")
+    decrypt_luks(vmcrypt, sc, "pw", &sc.p("disk.luks"), None, "after.raw")
 }
 
 #[test]
@@ -280,16 +267,6 @@ fn a_torn_client_leaves_a_qcow2_image_clean() {
         out.describe()
     );
     let raw = sc.p("after.raw");
-    qemu_img(&[
-        "convert",
-        "--object",
-        &secret,
-        "--image-opts",
-        &opts,
-        "-O",
-        "raw",
-        &raw,
-    ])
-    .ok();
+    qemu_convert_to_raw(&secret, &opts, &raw).ok();
     assert_same_bytes("qcow2 after a torn client", &sc.read("after.raw"), &want);
 }

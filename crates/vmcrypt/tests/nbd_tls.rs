@@ -146,8 +146,7 @@ fn qemu_img_reads_and_writes_over_tls_and_clear_text_clients_are_refused() {
 
     // TLS clients are still served: read everything, then write and read back.
     let out = sc.p("got.raw");
-    #[rustfmt::skip]
-    qemu_img(&["convert", "--object", &obj, "--image-opts", &opts, "-O", "raw", &out]).ok();
+    qemu_convert_to_raw(&obj, &opts, &out).ok();
     assert_same_bytes("disk read over TLS", &sc.read("got.raw"), &plain);
     #[rustfmt::skip]
     tool("qemu-io", &["--object", &obj, "--image-opts", &opts,
@@ -174,8 +173,7 @@ fn unix_socket_with_verify_peer_needs_a_client_certificate() {
     };
     let (obj, opts) = url(&creds);
     let out = sc.p("got.raw");
-    #[rustfmt::skip]
-    qemu_img(&["convert", "--object", &obj, "--image-opts", &opts, "-O", "raw", &out]).ok();
+    qemu_convert_to_raw(&obj, &opts, &out).ok();
     assert_same_bytes("disk read over TLS on unix", &sc.read("got.raw"), &plain);
 
     // A client that trusts the CA but has no certificate of its own is refused.

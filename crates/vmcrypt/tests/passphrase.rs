@@ -7,21 +7,9 @@ use std::process::{Command, Stdio};
 
 fn image(sc: &Scratch) -> String {
     sc.write("pw", b"tty-pass");
-    let img = sc.p("d.luks");
-    vmcrypt(&[
-        "create",
-        "-q",
-        "--object",
-        &sc.secret("s0", "pw"),
-        "-f",
-        "luks",
-        "-o",
-        "key-secret=s0,iterations=1000",
-        &img,
-        "1M",
-    ])
-    .ok();
-    img
+    let opts = "key-secret=s0,iterations=1000";
+    create_luks(vmcrypt, sc, "pw", opts, "d.luks", Some("1M")).ok();
+    sc.p("d.luks")
 }
 
 #[test]

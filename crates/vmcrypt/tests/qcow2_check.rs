@@ -480,16 +480,7 @@ fn a_dirty_image_is_repaired_before_writing() {
     b[79] |= 1;
     let img = sc.write("d.qcow2", &b);
     let data = sc.write("one.raw", &[0x6b; 65536]);
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        &data,
-        "--target-image-opts",
-        &format!("driver=qcow2,file.filename={img}"),
-    ])
-    .ok();
+    vmcrypt_write_raw(&data, &format!("driver=qcow2,file.filename={img}")).ok();
     let after = sc.read("d.qcow2");
     assert_eq!(after[79] & 1, 0, "dirty bit still set");
     qemu_img(&["check", &img])

@@ -160,35 +160,17 @@ fn zstd_compressed_clusters_read_and_rewrite() {
     src.resize(2 << 20, 0x41);
     let raw = sc.write("src.raw", &src);
     let img = sc.p("z.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "compression_type=zstd",
-        &raw,
-        &img,
-    ])
-    .ok();
+    qemu_compressed_qcow2("compression_type=zstd", &raw, &img);
     qemu_img(&["info", &img])
         .ok()
         .stdout_has("compression type: zstd");
     let out = sc.p("out.raw");
     vmcrypt(&["convert", "-f", "qcow2", "-O", "raw", &img, &out]).ok();
     assert_same_bytes("zstd image", &sc.read("out.raw"), &src);
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "--target-image-opts",
+    vmcrypt_write_raw(
         &sc.write("patch.raw", &[7u8; 4096]),
         &format!("driver=qcow2,file.filename={img}"),
-    ])
+    )
     .ok();
     qemu_img(&["check", &img])
         .ok()

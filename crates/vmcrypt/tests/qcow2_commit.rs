@@ -9,21 +9,22 @@ use common::*;
 const SIZE: u64 = 4 << 20;
 
 struct Chain {
-    sc: Scratch,
-    objects: Vec<String>,
+    keys: Keyring,
+}
+
+impl std::ops::Deref for Chain {
+    type Target = Keyring;
+    fn deref(&self) -> &Keyring {
+        &self.keys
+    }
 }
 
 impl Chain {
     /// base (qcow2+LUKS key sb, or raw) <- top (qcow2+LUKS key st), with qemu-io
     /// writes in the top: partial clusters, zeros, a discard.
     fn new(raw_base: bool) -> Chain {
-        let sc = Scratch::new();
-        let st = sc.write("st", PASS);
-        let sb = sc.write("sb", PASS2);
-        let objects = vec![
-            format!("secret,id=st,file={st}"),
-            format!("secret,id=sb,file={sb}"),
-        ];
+        let keys = Keyring::new(&[("st", PASS), ("sb", PASS2)]);
+        let (sc, objects) = (&keys.sc, &keys.objects);
         let plain = sc.write("plain.raw", &plaintext(SIZE as usize, "commit-base"));
         if raw_base {
             std::fs::copy(&plain, sc.p("base")).unwrap();
@@ -62,7 +63,7 @@ impl Chain {
             &SIZE.to_string(),
         ])
         .ok();
-        let c = Chain { sc, objects };
+        let c = Chain { keys };
         let opts = c.top_opts("top", raw_base);
         c.qemu_io(
             &[
@@ -98,40 +99,6 @@ impl Chain {
             )
         }
     }
-
-    fn qemu_io(&self, cmds: &[&str], opts: &str) {
-        let mut a: Vec<&str> = Vec::new();
-        for o in &self.objects {
-            a.extend(["--object", o]);
-        }
-        for c in cmds {
-            a.extend(["-c", c]);
-        }
-        a.extend(["--image-opts", opts]);
-        tool("qemu-io", &a).ok();
-    }
-
-    fn with_objects<'a>(&'a self, head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
-        let mut a: Vec<&str> = head.to_vec();
-        for o in &self.objects {
-            a.extend(["--object", o.as_str()]);
-        }
-        a.extend_from_slice(tail);
-        a
-    }
-
-    /// Plaintext of an image via qemu-img convert.
-    fn read(&self, opts: &str, out: &str) -> Vec<u8> {
-        let o = self.sc.p(out);
-        qemu_img(&self.with_objects(&["convert"], &["--image-opts", opts, "-O", "raw", &o])).ok();
-        self.sc.read(out)
-    }
-}
-
-fn check_clean(c: &Chain, opts: &str) {
-    qemu_img(&c.with_objects(&["check"], &["--image-opts", opts]))
-        .ok()
-        .stdout_has("No errors were found on the image.");
 }
 
 fn commit_case(raw_base: bool) {
@@ -169,9 +136,9 @@ fn commit_case(raw_base: bool) {
     assert_same_bytes("base after qemu-img commit", &qbase, &want);
     let top = c.read(&c.top_opts("top", raw_base), "top.raw");
     assert_same_bytes("emptied overlay through the chain", &top, &want);
-    check_clean(&c, &c.top_opts("top", raw_base));
+    c.check_clean(&c.top_opts("top", raw_base));
     if !raw_base {
-        check_clean(&c, &c.base_opts("base", raw_base));
+        c.check_clean(&c.base_opts("base", raw_base));
     }
     // The overlay is empty: every byte comes from the base.
     let map = qemu_img(&c.with_objects(

@@ -122,10 +122,6 @@ fn open_args(c: &Case, file: &str) -> Vec<String> {
     }
 }
 
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 fn check_clean(c: &Case, file: &str, when: &str) {
     let mut a = vec!["check".to_string()];
     a.extend(open_args(c, file));

@@ -33,27 +33,27 @@ const BASE2_WRITES: &[&str] = &[
 ];
 
 struct Chain {
-    sc: Scratch,
-    objects: Vec<String>,
+    keys: Keyring,
     /// base1 is qcow2+LUKS (key sb1) rather than raw.
     qcow_base1: bool,
     /// base2 is qcow2+LUKS (key sb2) rather than raw.
     qcow_base2: bool,
 }
 
+impl std::ops::Deref for Chain {
+    type Target = Keyring;
+    fn deref(&self) -> &Keyring {
+        &self.keys
+    }
+}
+
 impl Chain {
     fn new(qcow_base1: bool, qcow_base2: bool) -> Chain {
         require_tool("qemu-img");
         require_tool("qemu-io");
-        let sc = Scratch::new();
         let keys = [("st", PASS), ("sb1", PASS2), ("sb2", PASS3), ("bad", WRONG)];
-        let objects = keys
-            .iter()
-            .map(|(id, pw)| format!("secret,id={id},file={}", sc.write(id, pw)))
-            .collect();
         let c = Chain {
-            sc,
-            objects,
+            keys: Keyring::new(&keys),
             qcow_base1,
             qcow_base2,
         };
@@ -141,34 +141,6 @@ impl Chain {
         }
     }
 
-    fn qemu_io(&self, cmds: &[&str], opts: &str) {
-        let mut a: Vec<&str> = Vec::new();
-        for o in &self.objects {
-            a.extend(["--object", o]);
-        }
-        for c in cmds {
-            a.extend(["-c", c]);
-        }
-        a.extend(["--image-opts", opts]);
-        tool("qemu-io", &a).ok();
-    }
-
-    fn with_objects<'a>(&'a self, head: &[&'a str], tail: &[&'a str]) -> Vec<&'a str> {
-        let mut a: Vec<&str> = head.to_vec();
-        for o in &self.objects {
-            a.extend(["--object", o.as_str()]);
-        }
-        a.extend_from_slice(tail);
-        a
-    }
-
-    /// Plaintext of an image via qemu-img convert.
-    fn read(&self, opts: &str, out: &str) -> Vec<u8> {
-        let o = self.sc.p(out);
-        qemu_img(&self.with_objects(&["convert"], &["--image-opts", opts, "-O", "raw", &o])).ok();
-        self.sc.read(out)
-    }
-
     fn map(&self, opts: &str) -> Value {
         qemu_img(&self.with_objects(&["map", "--output=json"], &["--image-opts", opts]))
             .ok()
@@ -205,12 +177,6 @@ fn own_ranges(map: &Value) -> Vec<(u64, u64, bool)> {
         }
     }
     out
-}
-
-fn check_clean(c: &Chain, opts: &str) {
-    qemu_img(&c.with_objects(&["check"], &["--image-opts", opts]))
-        .ok()
-        .stdout_has("No errors were found on the image.");
 }
 
 fn info_backing(c: &Chain, img: &str) -> (Option<String>, Option<String>) {
@@ -253,7 +219,7 @@ fn rebase_case(qcow_base1: bool, qcow_base2: bool) {
         let opts = c.top_opts(img, false);
         let got = c.read(&opts, &format!("{img}.after.raw"));
         assert_same_bytes(&format!("{img} after rebase"), &got, &want);
-        check_clean(&c, &opts);
+        c.check_clean(&opts);
         assert_eq!(
             info_backing(&c, img),
             (Some(nb.clone()), Some(fmt2.to_string())),
@@ -294,7 +260,7 @@ fn rebase_to_no_backing_flattens() {
         let opts = c.top_opts(img, false);
         let got = c.read(&opts, &format!("{img}.flat.raw"));
         assert_same_bytes(&format!("{img} flattened"), &got, &want);
-        check_clean(&c, &opts);
+        c.check_clean(&opts);
         assert_eq!(info_backing(&c, img), (None, None), "{img} has no backing");
         for e in c.map(&opts).as_array().unwrap() {
             assert_eq!(e["depth"], 0, "{img}: a flattened image has one layer: {e}");

@@ -536,20 +536,7 @@ fn snapshots_and_compressed_clusters_survive_writes() {
     let old = plaintext(size as usize, "snapshot-old");
     let src = sc.write("src.raw", &old);
     let img = sc.p("img.qcow2");
-    qemu_img(&[
-        "convert",
-        "-q",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        &src,
-        &img,
-    ])
-    .ok();
+    qemu_compressed_qcow2("cluster_size=4096", &src, &img);
     qemu_img(&["snapshot", "-c", "before", &img]).ok();
     let mut model = old.clone();
     let store = SecretStore::new();
@@ -711,17 +698,9 @@ fn hostile_l2_entries_never_overwrite_metadata() {
         let entry = (1u64 << 63) | target;
         bad[l2..l2 + 8].copy_from_slice(&entry.to_be_bytes());
         let path = sc.write("bad.qcow2", &bad);
-        vmcrypt(&[
-            "convert",
-            "-n",
-            "-f",
-            "raw",
-            &data,
-            "--target-image-opts",
-            &format!("driver=qcow2,file.filename={path}"),
-        ])
-        .code_is(4)
-        .stderr_has("would overwrite metadata");
+        vmcrypt_write_raw(&data, &format!("driver=qcow2,file.filename={path}"))
+            .code_is(4)
+            .stderr_has("would overwrite metadata");
         assert_eq!(
             sc.read("bad.qcow2"),
             bad,

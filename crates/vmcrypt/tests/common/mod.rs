@@ -2,7 +2,10 @@
 //! same one as shared/vectors/qemu/gen_plain.py), runners for `vmcrypt`, `qemu-img` and
 //! `cryptsetup` that capture stdout/stderr and show them on failure, a `require_tool`
 //! check that fails loudly when a tool is missing, [`shared`] (the one way to reach the
-//! test data in `shared/` beside the checkout) and a scratch dir.
+//! test data in `shared/` beside the checkout) and a scratch dir. The LUKS command lines
+//! several test files run (create, write into, read back, cryptsetup key slots) are in
+//! the `luks` submodule, the keyed qcow2 chains' qemu runs in `keyring`; both are
+//! re-exported here.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -116,9 +119,8 @@ impl Out {
         self
     }
 
-    /// Panic unless stderr contains `needle` (case-insensitive).
-    #[track_caller]
     /// Panic (showing everything) unless stdout contains `needle`.
+    #[track_caller]
     pub fn stdout_has(self, needle: &str) -> Self {
         assert!(
             self.stdout_str().contains(needle),
@@ -128,6 +130,8 @@ impl Out {
         self
     }
 
+    /// Panic unless stderr contains `needle` (case-insensitive).
+    #[track_caller]
     pub fn stderr_has(self, needle: &str) -> Self {
         assert!(
             self.stderr.to_lowercase().contains(&needle.to_lowercase()),
@@ -333,151 +337,59 @@ impl Default for Scratch {
     }
 }
 
-/// The `--image-opts` string opening `file` (and optional detached `header`) as luks
-/// with secret `id`. Commas in paths are escaped as QEMU's keyval syntax wants.
-pub fn luks_opts(id: &str, file: &str, header: Option<&str>) -> String {
-    let esc = |s: &str| s.replace(',', ",,");
-    let mut s = format!("driver=luks,key-secret={id},file.filename={}", esc(file));
-    if let Some(h) = header {
-        s += &format!(",header.filename={}", esc(h));
-    }
-    s
-}
-
-/// Decrypt a LUKS image with qemu-img into `out` (raw) and return the bytes.
-#[track_caller]
-pub fn qemu_decrypt(
-    sc: &Scratch,
-    keyfile: &str,
-    file: &str,
-    header: Option<&str>,
-    out: &str,
-) -> Vec<u8> {
-    qemu_img(&[
-        "convert",
-        "--object",
-        &sc.secret("q0", keyfile),
-        "--image-opts",
-        &luks_opts("q0", file, header),
-        "-O",
-        "raw",
-        &sc.p(out),
-    ])
-    .ok();
-    sc.read(out)
-}
-
-/// Decrypt a LUKS image with vmcrypt into `out` (raw) and return the bytes.
-#[track_caller]
-pub fn vmcrypt_decrypt(
-    sc: &Scratch,
-    keyfile: &str,
-    file: &str,
-    header: Option<&str>,
-    out: &str,
-) -> Vec<u8> {
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("v0", keyfile),
-        "--image-opts",
-        &luks_opts("v0", file, header),
-        "-O",
-        "raw",
-        &sc.p(out),
-    ])
-    .ok();
-    sc.read(out)
-}
-
-/// Run `cryptsetup open --test-passphrase --key-file KEYFILE` with extra `args`.
-pub fn cs_test_pass(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
-    let kf = sc.p(keyfile);
-    let mut args = vec!["open", "--test-passphrase", "--key-file", &kf];
-    args.extend_from_slice(extra);
-    args.push(image);
-    cryptsetup(&args)
-}
-
-/// Run `vmcrypt luks test-key --key-file KEYFILE` with extra `args`.
-pub fn vm_test_key(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) -> Out {
-    let kf = sc.p(keyfile);
-    let mut args = vec!["luks", "test-key", "--key-file", &kf];
-    args.extend_from_slice(extra);
-    args.push(image);
-    vmcrypt(&args)
-}
-
-/// Format `image` (an existing file) as LUKS1 with cryptsetup, quickly.
-#[track_caller]
-pub fn cs_format(sc: &Scratch, keyfile: &str, image: &str, extra: &[&str]) {
-    let kf = sc.p(keyfile);
-    let mut args = vec![
-        "luksFormat",
-        "--type",
-        "luks1",
-        "--batch-mode",
-        "--pbkdf-force-iterations",
-        "1000",
-        "--key-file",
-        &kf,
-    ];
-    args.extend_from_slice(extra);
-    args.push(image);
-    cryptsetup(&args).ok();
-}
-
-/// Create a LUKS image from plaintext `raw` with vmcrypt convert and extra `-o` options.
-#[track_caller]
-pub fn vmcrypt_encrypt(sc: &Scratch, keyfile: &str, raw: &str, out: &str, opts: &str) {
-    let o = format!(
-        "key-secret=s0,iterations=1000{}{opts}",
-        if opts.is_empty() { "" } else { "," }
-    );
-    vmcrypt(&[
-        "convert",
-        "--object",
-        &sc.secret("s0", keyfile),
-        "-f",
-        "raw",
-        "-O",
-        "luks",
-        "-o",
-        &o,
-        &sc.p(raw),
-        &sc.p(out),
-    ])
-    .ok();
-}
-
-/// One value of a `cryptsetup luksDump` line such as "Cipher name:   \taes".
-#[track_caller]
-pub fn dump_field(dump: &str, field: &str) -> String {
-    dump.lines()
-        .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|r| r.trim_start().strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_else(|| panic!("no '{field}' line in dump:\n{dump}"))
-}
-
 /// Run qemu-io (failing the test if it is not installed).
 pub fn qemu_io(args: &[&str]) -> Out {
     run_in(&require_tool("qemu-io"), args, None, None)
 }
 
-/// `qemu-img create -f qcow2` of an image with embedded LUKS keyed by the secret `s0`
-/// (`secret` is its `--object` argument), over a raw `base` file, with `extra` `-o`
-/// options appended.
-pub fn qemu_qcow2_luks_over_raw(secret: &str, base: &str, extra: &str, img: &str, size: &str) {
-    let mut o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10".to_string();
-    if !extra.is_empty() {
-        o = format!("{o},{extra}");
-    }
-    qemu_img(&[
-        "create", "-q", "-f", "qcow2", "--object", secret, "-b", base, "-F", "raw", "-o", &o, img,
-        size,
+/// A runner of one tool ([`qemu_img`] or [`vmcrypt`]), for helpers that run the same
+/// command line through either.
+pub type Tool = fn(&[&str]) -> Out;
+
+/// `vmcrypt convert -n -f raw DATA --target-image-opts TARGET`: write the raw file
+/// `data` over the start of the node `target` names; the caller checks the outcome.
+pub fn vmcrypt_write_raw(data: &str, target: &str) -> Out {
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        data,
+        "--target-image-opts",
+        target,
     ])
-    .ok();
 }
+
+/// `qemu-img convert --object OBJECT --image-opts OPTS -O raw OUT`: read the node `opts`
+/// names (keyed or configured by the one `object`) into the raw file at path `out`; the
+/// caller checks the outcome.
+pub fn qemu_convert_to_raw(object: &str, opts: &str, out: &str) -> Out {
+    qemu_img(&[
+        "convert",
+        "--object",
+        object,
+        "--image-opts",
+        opts,
+        "-O",
+        "raw",
+        out,
+    ])
+}
+
+/// `qemu-img convert -q -c -f raw -O qcow2 -o OPTS RAW IMG`: a qcow2 image of
+/// compressed clusters made by QEMU from the raw file `raw`; panics on failure.
+#[track_caller]
+pub fn qemu_compressed_qcow2(opts: &str, raw: &str, img: &str) {
+    #[rustfmt::skip]
+    qemu_img(&["convert", "-q", "-c", "-f", "raw", "-O", "qcow2", "-o", opts, raw, img]).ok();
+}
+
+/// Borrow owned arguments as the `&str`s the runners take.
+pub fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+mod keyring;
+mod luks;
+#[allow(unused_imports)] // not every test binary uses these
+pub use {keyring::Keyring, luks::*};
