@@ -7,8 +7,8 @@
 //! the committed corpora and regression inputs through the same functions. Each entry
 //! takes any bytes and must return without panicking; the `assert!`s are properties of
 //! the codecs (what decodes also re-encodes to the same value).
+use crate::common::sha2_hasher as hasher;
 use crate::replay::Target;
-use sha2::Digest;
 use vmcrypt_format::luks1::{self, Luks1Header};
 use vmcrypt_format::luks2::binary::{self, BinaryHeader, CSUM_RANGE, HeaderCopy};
 use vmcrypt_format::luks2::{self, BIN_HEADER_SIZE, HDR_SIZES, LoadOptions, Metadata};
@@ -23,22 +23,6 @@ pub const TARGETS: &[Target] = &[
     ("qcow2_header", qcow2_header),
     ("qcow2_tables", qcow2_tables),
 ];
-
-/// The LUKS2 header hasher used by the block layer's algorithms that matter here.
-fn hasher(alg: &str, parts: &[&[u8]]) -> Option<Vec<u8>> {
-    fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
-        let mut d = D::new();
-        parts.iter().for_each(|p| d.update(p));
-        d.finalize().to_vec()
-    }
-    match alg {
-        "sha256" => Some(run::<sha2::Sha256>(parts)),
-        "sha512" => Some(run::<sha2::Sha512>(parts)),
-        "sha384" => Some(run::<sha2::Sha384>(parts)),
-        "sha224" => Some(run::<sha2::Sha224>(parts)),
-        _ => None,
-    }
-}
 
 /// LUKS1: decode, validate as attached and detached, and re-encode.
 pub fn luks1_header(data: &[u8]) {

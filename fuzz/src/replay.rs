@@ -53,3 +53,17 @@ pub fn replay(targets: &[Target]) -> usize {
     }
     ran
 }
+
+/// The `#[test]` of each crate's `tests/fuzz_replay.rs`, which declares `entries` (its
+/// entry-point file) and `replay` (this file) beside it.
+#[allow(unused_macros)] // see the `use` below
+macro_rules! replay_test {
+    () => {
+        #[test]
+        fn committed_fuzz_inputs_replay_cleanly() {
+            assert!(replay::replay(entries::TARGETS) > 0);
+        }
+    };
+}
+#[allow(unused_imports)] // used by the tests that include this file, not by the fuzz crate
+pub(crate) use replay_test;
