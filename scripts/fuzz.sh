@@ -2,6 +2,7 @@
 # Coverage-guided fuzzing of vmcrypt's parsers (see fuzz/README.md).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
+#   scripts/fuzz.sh cmin [TARGET...]
 #
 # Runs each target (default: all of `cargo fuzz list`) for SECONDS (default 60) under
 # `nice -n 19`, FUZZ_JOBS at a time (default 1), then prints per target the executions,
@@ -10,12 +11,22 @@
 # fuzz/corpus/TARGET are read only. Crashes land in fuzz/artifacts/TARGET/: minimize
 # one with `cargo +nightly fuzz tmin -s none TARGET FILE` and commit it under
 # fuzz/regressions/TARGET/ so `cargo test` replays it. Logs: fuzz/logs/TARGET.log.
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+# `cmin` shrinks corpus/TARGET to inputs covering every edge of corpus/TARGET and
+# work/TARGET (libFuzzer's -set_cover_merge, counters off); check the sizes it prints
+# before committing. Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
 set -euo pipefail
 
 cd "$(dirname "$0")/../fuzz"
-secs=${1:-60}
-[ $# -gt 0 ] && shift
+mode=run
+if [ "${1:-}" = cmin ]; then
+    mode=cmin
+    shift
+fi
+secs=60
+if [ "$mode" = run ] && [ $# -gt 0 ]; then
+    secs=$1
+    shift
+fi
 jobs=${FUZZ_JOBS:-1}
 if [ $# -gt 0 ]; then
     targets=("$@")
@@ -25,6 +36,24 @@ fi
 
 nice -n 19 cargo +nightly fuzz build -s none
 mkdir -p logs
+
+cmin() {
+    local bin=target/x86_64-unknown-linux-gnu/release t out
+    for t in "$@"; do
+        out=$(mktemp -d)
+        mkdir -p "work/$t"
+        nice -n 19 "$bin/$t" -set_cover_merge=1 -use_counters=0 "$out" "corpus/$t" "work/$t" \
+            >"logs/$t.cmin.log" 2>&1
+        find "corpus/$t" -type f -delete
+        mv "$out"/* "corpus/$t/"
+        rmdir "$out"
+        echo "$t: $(find "corpus/$t" -type f | wc -l) files, $(du -sh "corpus/$t" | cut -f1)"
+    done
+}
+if [ "$mode" = cmin ]; then
+    cmin "${targets[@]}"
+    exit 0
+fi
 
 run_one() {
     local t=$1
