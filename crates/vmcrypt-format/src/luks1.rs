@@ -247,10 +247,14 @@ impl Luks1Header {
     }
 
     /// End of the header area in bytes: the furthest key-material end (or the binary
-    /// header itself). This is how big a detached header file must be.
+    /// header itself). This is how big a detached header file must be. Saturates on a
+    /// header that was not validated (found by the `luks1_header` fuzz target).
     pub fn header_area_end(&self) -> u64 {
         (0..NUM_KEYSLOTS)
-            .map(|i| self.keyslots[i].material_offset_bytes() + self.material_len(i))
+            .map(|i| {
+                let start = self.keyslots[i].material_offset_bytes();
+                start.saturating_add(self.material_len(i))
+            })
             .chain(std::iter::once(HEADER_SIZE as u64))
             .max()
             .unwrap_or(HEADER_SIZE as u64)
