@@ -85,6 +85,23 @@ fn skipped(mem: &Arc<MemDriver>, limits: &KdfLimits, passphrase: &[u8], slots: &
     assert!(msg.contains("--key-slot"), "{msg}");
 }
 
+/// With the budget raised to `cost`, slot `slot` opens and a wrong passphrase is
+/// plainly wrong (every slot tried).
+#[track_caller]
+fn all_tried_with(mem: &Arc<MemDriver>, caps: KdfLimits, cost: u32, slot: u32) {
+    let raised = KdfLimits {
+        max_unlock_cost: cost,
+        ..caps
+    };
+    assert_eq!(
+        open(mem, &raised).unlock(&pass(slot), None).unwrap().slot,
+        slot
+    );
+    let e = open(mem, &raised).unlock(b"wrong", None).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
+    assert_eq!(e.to_string(), "no key available with this passphrase");
+}
+
 #[test]
 fn luks1_wrong_passphrase_stops_at_the_budget() {
     let mem = luks1();
@@ -106,14 +123,7 @@ fn luks1_slots_within_the_budget_or_named_still_open() {
     skipped(&mem, &luks1_caps(), &pass(6), "4, 5, 6, 7");
     let u = open(&mem, &luks1_caps()).unlock(&pass(6), Some(6)).unwrap();
     assert_eq!(u.slot, 6);
-    let raised = KdfLimits {
-        max_unlock_cost: 8,
-        ..luks1_caps()
-    };
-    assert_eq!(open(&mem, &raised).unlock(&pass(6), None).unwrap().slot, 6);
-    let e = open(&mem, &raised).unlock(b"wrong", None).err().unwrap();
-    assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
-    assert_eq!(e.to_string(), "no key available with this passphrase");
+    all_tried_with(&mem, luks1_caps(), 8, 6);
 }
 
 #[test]
@@ -139,11 +149,5 @@ fn luks2_wrong_passphrase_stops_at_the_budget() {
     assert_eq!(u.slot, 7);
     let u = open(&mem, &luks2_caps()).unlock(&pass(5), None).unwrap();
     assert_eq!(u.slot, 5);
-    let raised = KdfLimits {
-        max_unlock_cost: 5,
-        ..luks2_caps()
-    };
-    assert_eq!(open(&mem, &raised).unlock(&pass(7), None).unwrap().slot, 7);
-    let e = open(&mem, &raised).unlock(b"wrong", None).err().unwrap();
-    assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
+    all_tried_with(&mem, luks2_caps(), 5, 7);
 }
