@@ -15,7 +15,7 @@ use crate::secrets::SecretStore;
 use crate::spec::{
     BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, filename_options,
 };
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail};
@@ -94,15 +94,46 @@ pub fn open(spec: &NodeSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> 
 }
 
 /// Where a node sits in a backing chain: the option prefix of its layer ("",
-/// "backing.", "backing.backing.", ...) and its depth.
+/// "backing.", "backing.backing.", ...), its depth and the files of the chain down to
+/// and including it (to refuse a loop; empty at the top).
 #[derive(Clone, Default)]
 struct Layer {
     prefix: String,
     depth: usize,
+    chain: Vec<PathBuf>,
 }
 
-/// Longest backing chain opened.
-pub const MAX_BACKING_DEPTH: usize = 16;
+/// Longest backing chain opened. QEMU has no fixed limit (`qemu-img` opens chains
+/// hundreds deep); this one only stops a chain that does not end, such as a loop through
+/// names [`BackingLoop`] cannot see (a loop of files is refused when it closes).
+pub const MAX_BACKING_DEPTH: usize = 1000;
+
+/// The files of a backing chain walked so far, to refuse a loop as soon as a file comes
+/// back (`qemu-img info`'s "creates an infinite loop") instead of at the depth limit.
+#[derive(Default)]
+pub(crate) struct BackingLoop {
+    seen: Vec<PathBuf>,
+}
+
+impl BackingLoop {
+    /// Record the file at `path` (a layer of the chain of `image`); refuse it if it was
+    /// already seen. Names that do not resolve to a file are not checked (their open
+    /// fails on its own).
+    pub(crate) fn visit(&mut self, image: &str, path: &str) -> Result<()> {
+        let Ok(key) = std::fs::canonicalize(path) else {
+            return Ok(());
+        };
+        if self.seen.contains(&key) {
+            bail!(
+                LimitExceeded,
+                "the backing chain of '{image}' is a loop: backing file '{path}' creates an \
+                 infinite loop"
+            );
+        }
+        self.seen.push(key);
+        Ok(())
+    }
+}
 
 fn open_node(spec: &NodeSpec, ctx: &OpenContext, layer: &Layer) -> Result<Arc<dyn BlockDriver>> {
     match spec {
@@ -261,6 +292,15 @@ fn open_backing(
         };
         bspec.set_driver(fmt);
     }
+    let mut seen = BackingLoop {
+        seen: layer.chain.clone(),
+    };
+    if layer.depth == 0 {
+        seen.visit(image, image)?;
+    }
+    if let Some(path) = bspec.file_name()? {
+        seen.visit(image, &path)?;
+    }
     if layer.depth + 1 > MAX_BACKING_DEPTH {
         bail!(
             LimitExceeded,
@@ -270,6 +310,7 @@ fn open_backing(
     let child = Layer {
         prefix: format!("{}backing.", layer.prefix),
         depth: layer.depth + 1,
+        chain: seen.seen,
     };
     let bctx = OpenContext {
         secrets: ctx.secrets,

@@ -178,6 +178,12 @@ pub struct KdfLimits {
     /// Largest PBKDF2 iteration count. Default 100 million, matching
     /// `vmcrypt_format::luks1::Limits`.
     pub max_pbkdf2_iterations: u32,
+    /// Largest total KDF cost of one unlock attempt over all the key slots it tries, in
+    /// multiples of the costliest slot the per-slot caps allow (a PBKDF2 slot at
+    /// `max_pbkdf2_iterations`, an Argon2 slot at `max_memory_kib` x `max_time`).
+    /// Default 4. A slot that would take the total over it is skipped (see
+    /// [`UnlockBudget`]); a slot named explicitly is always tried.
+    pub max_unlock_cost: u32,
 }
 
 impl Default for KdfLimits {
@@ -187,6 +193,7 @@ impl Default for KdfLimits {
             max_time: 1000,
             max_lanes: 16,
             max_pbkdf2_iterations: 100_000_000,
+            max_unlock_cost: 4,
         }
     }
 }
@@ -238,6 +245,73 @@ impl KdfLimits {
             self.max_pbkdf2_iterations
         );
         Ok(())
+    }
+}
+
+/// What one key slot's unlock try costs: the PBKDF2 iterations it runs (slot and digest)
+/// and its Argon2 work (memory KiB x passes, 0 for PBKDF2 slots).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCost {
+    /// PBKDF2 iterations (the slot's KDF if PBKDF2, plus the volume-key digest's).
+    pub pbkdf2_iterations: u64,
+    /// Argon2 memory (KiB) x time of the slot's KDF, 0 if it is PBKDF2.
+    pub argon2_work: u64,
+}
+
+/// The KDF cost one unlock attempt may still spend on the slots it tries in turn
+/// ([`KdfLimits::max_unlock_cost`]), and the slots it skipped because they did not fit.
+/// The per-slot caps bound one slot; this bounds a header with many slots at the caps.
+#[derive(Debug)]
+pub struct UnlockBudget {
+    /// Cost left, in the same units as [`KdfLimits::max_unlock_cost`].
+    left: f64,
+    max: u32,
+    pbkdf2_unit: f64,
+    argon2_unit: f64,
+    skipped: Vec<u32>,
+}
+
+impl UnlockBudget {
+    /// A full budget for one unlock attempt under `limits`.
+    pub fn new(limits: &KdfLimits) -> Self {
+        let argon2_unit = u64::from(limits.max_memory_kib) * u64::from(limits.max_time);
+        UnlockBudget {
+            left: f64::from(limits.max_unlock_cost),
+            max: limits.max_unlock_cost,
+            pbkdf2_unit: limits.max_pbkdf2_iterations.max(1) as f64,
+            argon2_unit: argon2_unit.max(1) as f64,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Spend `cost` on slot `id` if it fits in what is left and return true; otherwise
+    /// remember `id` as skipped and return false.
+    pub fn charge(&mut self, id: u32, cost: SlotCost) -> bool {
+        let units = cost.pbkdf2_iterations as f64 / self.pbkdf2_unit
+            + cost.argon2_work as f64 / self.argon2_unit;
+        if units > self.left {
+            self.skipped.push(id);
+            return false;
+        }
+        self.left -= units;
+        true
+    }
+
+    /// The error for an unlock in which no slot tried took the passphrase: `WrongKey` if
+    /// every slot was tried, `LimitExceeded` naming the skipped slots if some were not.
+    pub fn no_key(&self) -> Error {
+        if self.skipped.is_empty() {
+            return Error::wrong_key("no key available with this passphrase");
+        }
+        let ids: Vec<String> = self.skipped.iter().map(u32::to_string).collect();
+        Error::limit(format!(
+            "no key available with this passphrase in the key slots tried; key slot(s) {} \
+             were not tried: with them this unlock would cost more than {} times the \
+             per-slot KDF caps; name a slot with --key-slot, or if you trust this header \
+             raise the budget (vmcrypt --max-unlock-cost, KdfLimits::max_unlock_cost)",
+            ids.join(", "),
+            self.max
+        ))
     }
 }
 

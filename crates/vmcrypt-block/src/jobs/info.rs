@@ -77,6 +77,8 @@ impl BackingFile {
 pub fn run(req: &InfoRequest, env: &Env, events: &mut dyn Events) -> Result<InfoReport> {
     let mut node = req.image.open(env, Access::METADATA, events)?;
     let mut images = Vec::new();
+    let mut seen = graph::BackingLoop::default();
+    seen.visit(&req.image.name, &node.filename())?;
     loop {
         images.push(ImageInfo {
             json: image_info(node.as_ref()),
@@ -94,6 +96,7 @@ pub fn run(req: &InfoRequest, env: &Env, events: &mut dyn Events) -> Result<Info
             graph::MAX_BACKING_DEPTH
         );
         let path = next.full_filename;
+        seen.visit(&req.image.name, &path)?;
         let spec = ImageArg::file(&path, next.format.as_deref()).to_spec()?;
         node = graph::open(&spec, &env.ctx(Access::METADATA)?)
             .with_ctx(|| format!("opening the backing file '{path}'"))?;

@@ -42,7 +42,7 @@ impl MapRequest {
         env: &Env,
         events: &mut dyn Events,
         out: &mut dyn std::io::Write,
-    ) -> Result<()> {
+    ) -> Result<TableEnd> {
         let node = self.open(env, events)?;
         map_human(node.as_ref(), self.start, self.max_length, out)
     }
@@ -53,6 +53,17 @@ const PROBE: u64 = 1 << 30;
 
 /// Message of the human format for data it cannot place in a file.
 pub const NO_OFFSET_MSG: &str = "File contains external, encrypted or compressed clusters.";
+
+/// How the human table ended. Errors (the image cannot be opened or read) are `Err`;
+/// data the table cannot show is not an error of the image but of the output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableEnd {
+    /// Every entry was written.
+    Complete,
+    /// Stopped at data without a host offset (encrypted or compressed clusters):
+    /// [`NO_OFFSET_MSG`]; qemu-img then exits with 1.
+    NoHostOffset,
+}
 
 /// One line of the map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,13 +201,30 @@ fn hex(v: u64) -> String {
     }
 }
 
-/// The human table, written line by line to `out`. Fails with [`NO_OFFSET_MSG`] at the
-/// first data entry without a host offset (after writing the lines before it).
+/// The human table, written line by line to `out`. Stops with
+/// [`TableEnd::NoHostOffset`] at the first data entry without a host offset (after
+/// writing the lines before it).
 pub fn map_human(
     node: &dyn BlockDriver,
     start: u64,
     max_length: Option<u64>,
     out: &mut dyn std::io::Write,
+) -> Result<TableEnd> {
+    let mut no_offset = false;
+    let r = table(node, start, max_length, out, &mut no_offset);
+    match r {
+        Err(_) if no_offset => Ok(TableEnd::NoHostOffset),
+        r => r.map(|()| TableEnd::Complete),
+    }
+}
+
+/// [`map_human`]'s walk; sets `no_offset` when it stops at data without a host offset.
+fn table(
+    node: &dyn BlockDriver,
+    start: u64,
+    max_length: Option<u64>,
+    out: &mut dyn std::io::Write,
+    no_offset: &mut bool,
 ) -> Result<()> {
     let io = |e: std::io::Error| vmcrypt_error::Error::io(e, "writing the map");
     writeln!(
@@ -207,6 +235,7 @@ pub fn map_human(
     .map_err(io)?;
     walk(node, start, max_length, |e, next| {
         if e.data && e.offset.is_none() {
+            *no_offset = true;
             bail!(Unsupported, "{NO_OFFSET_MSG}");
         }
         if e.data && !e.zero {
@@ -253,7 +282,8 @@ mod tests {
         req.start = 4096;
         req.max_length = Some(4096);
         let mut out = Vec::new();
-        req.human(&Env::default(), &mut NoEvents, &mut out).unwrap();
+        let end = req.human(&Env::default(), &mut NoEvents, &mut out).unwrap();
+        assert_eq!(end, TableEnd::Complete);
         let text = String::from_utf8(out).unwrap();
         let row = text.lines().nth(1).unwrap();
         let cols: Vec<&str> = row.split_whitespace().collect();

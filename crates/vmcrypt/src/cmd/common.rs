@@ -42,6 +42,10 @@ pub struct LimitOpts {
     /// Largest PBKDF2 iteration count accepted from a header (default 100000000)
     #[arg(long = "max-pbkdf2-iterations", value_name = "N", global = true)]
     pub max_pbkdf2_iterations: Option<u32>,
+    /// Largest total KDF cost of one unlock over all key slots it tries, in multiples of
+    /// a slot at the caps above (default 4); costlier slots are skipped unless named
+    #[arg(long = "max-unlock-cost", value_name = "N", global = true)]
+    pub max_unlock_cost: Option<u32>,
 }
 
 impl LimitOpts {
@@ -56,6 +60,9 @@ impl LimitOpts {
         }
         if let Some(i) = self.max_pbkdf2_iterations {
             l.max_pbkdf2_iterations = i;
+        }
+        if let Some(n) = self.max_unlock_cost {
+            l.max_unlock_cost = n;
         }
         l
     }

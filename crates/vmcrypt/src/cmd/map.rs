@@ -1,8 +1,10 @@
 //! `vmcrypt map` (qemu-img map): flags -> [`MapRequest`] -> the map as JSON or as the
-//! human table; any failure exits with qemu-img's status 1.
-use super::common::{Output, ReportOpts, failed};
+//! human table. An image that cannot be opened or read exits with the README's status
+//! for the error (4 for a corrupt or hostile one, such as a backing loop); the human
+//! table's refusal of data without a host offset exits with qemu-img's 1.
+use super::common::{Output, ReportOpts};
 use std::io::Write;
-use vmcrypt_block::jobs::map::MapRequest;
+use vmcrypt_block::jobs::map::{MapRequest, NO_OFFSET_MSG, TableEnd};
 use vmcrypt_block::opts::parse_size;
 use vmcrypt_error::Result;
 
@@ -24,24 +26,28 @@ pub fn run(a: Args) -> Result<u8> {
     let start = parse_size(&a.start_offset)?;
     let max_length = a.max_length.as_deref().map(parse_size).transpose()?;
     let output = a.opts.output()?;
-    let run = || -> Result<()> {
-        let (env, image) = a.opts.image.open_parts(&a.filename);
-        let req = MapRequest {
-            image,
-            start,
-            max_length,
-        };
-        let mut ui = a.opts.image.ui(false);
-        if output == Output::Json {
-            let text = req.json(&env, &mut ui)?;
-            out!("{text}");
-            return Ok(());
-        }
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
-        let r = req.human(&env, &mut ui, &mut lock);
-        let _ = lock.flush();
-        r
+    let (env, image) = a.opts.image.open_parts(&a.filename);
+    let req = MapRequest {
+        image,
+        start,
+        max_length,
     };
-    Ok(run().err().map_or(0, |e| failed(&e, 1)))
+    let mut ui = a.opts.image.ui(false);
+    if output == Output::Json {
+        let text = req.json(&env, &mut ui)?;
+        out!("{text}");
+        return Ok(0);
+    }
+    let stdout = std::io::stdout();
+    let mut lock = stdout.lock();
+    let r = req.human(&env, &mut ui, &mut lock);
+    let _ = lock.flush();
+    match r? {
+        TableEnd::Complete => Ok(0),
+        // Like qemu-img: the table cannot show such data, the image is fine (exit 1).
+        TableEnd::NoHostOffset => {
+            eprintln!("vmcrypt: {NO_OFFSET_MSG}");
+            Ok(1)
+        }
+    }
 }

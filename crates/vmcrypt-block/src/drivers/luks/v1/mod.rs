@@ -14,7 +14,7 @@ use super::params::{ChangeReport, CreateParams, KeyslotParams, Unlocked};
 use crate::driver::BlockDriver;
 use std::sync::Arc;
 use std::time::Duration;
-use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::argon::{KdfLimits, SlotCost, UnlockBudget};
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf, random};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::{
@@ -75,6 +75,7 @@ pub struct Luks1Volume {
     spec: CipherSpec,
     hash: HashAlg,
     detached: bool,
+    limits: KdfLimits,
 }
 
 impl Luks1Volume {
@@ -103,6 +104,7 @@ impl Luks1Volume {
             spec,
             hash,
             detached,
+            limits: *limits,
         })
     }
 
@@ -144,15 +146,24 @@ impl Luks1Volume {
                 ),
             };
         }
+        let mut budget = UnlockBudget::new(&self.limits);
         for s in 0..NUM_KEYSLOTS {
-            if !self.header.keyslots[s].is_enabled() {
+            let ks = &self.header.keyslots[s];
+            if !ks.is_enabled() {
+                continue;
+            }
+            let cost = SlotCost {
+                pbkdf2_iterations: u64::from(ks.iterations) + u64::from(self.header.mk_digest_iter),
+                argon2_work: 0,
+            };
+            if !budget.charge(s as u32, cost) {
                 continue;
             }
             if let Some(volume_key) = self.try_slot(s, passphrase)? {
                 return Ok(unlocked(s, volume_key));
             }
         }
-        bail!(WrongKey, "no key available with this passphrase")
+        Err(budget.no_key())
     }
 
     fn try_slot(&self, s: usize, passphrase: &[u8]) -> Result<Option<SecretBytes>> {
@@ -435,6 +446,7 @@ impl Luks1Volume {
             spec: params.spec,
             hash,
             detached: params.detached,
+            limits: KdfLimits::default(),
         };
         let mut record = vol.header.keyslots[s].clone();
         random::fill(&mut record.salt)?;

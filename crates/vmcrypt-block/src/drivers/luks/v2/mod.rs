@@ -12,7 +12,7 @@ pub(crate) mod keyslots;
 use super::params::Unlocked;
 use crate::driver::BlockDriver;
 use std::sync::Arc;
-use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::argon::{KdfLimits, SlotCost, UnlockBudget};
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::{
@@ -176,20 +176,55 @@ impl Luks2Volume {
                 ),
             };
         }
+        let mut budget = UnlockBudget::new(&self.limits);
         for (id, l) in self.unlock_order()? {
             let bound = self
                 .hdr
                 .metadata
                 .digest_for_keyslot(id)?
                 .is_some_and(|d| seg.is_some_and(|s| d.segments.contains(&s)));
-            if !bound {
+            if !bound || !budget.charge(id, self.slot_cost(id, &l)?) {
                 continue;
             }
             if let Some(u) = self.try_keyslot(id, &l, passphrase)? {
                 return Ok(u);
             }
         }
-        bail!(WrongKey, "no key available with this passphrase")
+        Err(budget.no_key())
+    }
+
+    /// What trying keyslot `l` costs, after checking its KDF and its digest's against the
+    /// per-slot caps (the same checks, in the same order, as [`Self::try_keyslot`]).
+    fn slot_cost(&self, id: u32, l: &Luks2Keyslot) -> Result<SlotCost> {
+        let digest_iterations = match self.hdr.metadata.digest_for_keyslot(id)? {
+            Some(d) => {
+                self.limits
+                    .check_pbkdf2(d.iterations)
+                    .with_ctx(|| format!("LUKS2 digest {}", d.id))?;
+                u64::from(d.iterations)
+            }
+            None => 0,
+        };
+        let cost = match &l.kdf {
+            Kdf::Pbkdf2 { iterations, .. } => {
+                self.limits.check_pbkdf2(*iterations).map(|()| SlotCost {
+                    pbkdf2_iterations: u64::from(*iterations),
+                    argon2_work: 0,
+                })
+            }
+            k @ Kdf::Argon2 { .. } => {
+                let c = keyslots::argon2_params(k).1;
+                self.limits.check_argon2(c).map(|()| SlotCost {
+                    pbkdf2_iterations: 0,
+                    argon2_work: c.work(),
+                })
+            }
+        }
+        .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
+        Ok(SlotCost {
+            pbkdf2_iterations: cost.pbkdf2_iterations + digest_iterations,
+            ..cost
+        })
     }
 
     /// Derive the key that decrypts keyslot `l`'s area.
