@@ -8,16 +8,23 @@
 //! Shutdown is clean: the listener closes at once, every connection stops reading new
 //! requests, requests already read run to completion and get their replies, and then
 //! the sockets close. Connections still busy after the grace period
-//! ([`Server::grace`], 5 s by default) are aborted. [`Server::shared`] limits how many
-//! clients are served at once; further clients wait in the listen backlog, as with
-//! qemu-nbd's `--shared`.
+//! ([`Server::grace`], 5 s by default) are aborted.
+//!
+//! Limits: [`Server::shared`] caps how many clients are served at once; further
+//! clients are refused with an NBD error during the handshake (see [`busy`]).
+//! [`Server::max_inflight`] caps the bytes all in-flight requests hold together (see
+//! [`budget`]). [`Server::handshake_timeout`] (60 s by default) and
+//! [`Server::idle_timeout`] (off by default) disconnect clients that stall.
 //!
 //! With [`Server::tls`] every client must upgrade to TLS with NBD_OPT_STARTTLS before
 //! anything else (see [`tls`] for the credentials).
+mod budget;
+mod busy;
 mod conn;
 mod ops;
 pub mod tls;
 
+pub use budget::{DEFAULT_MAX_INFLIGHT, Inflight};
 pub use tls::TlsCreds;
 
 use crate::proto::handshake::ExportInfo;
@@ -101,10 +108,16 @@ pub struct Server {
     tls: Option<TlsCreds>,
     shared: usize,
     grace: Duration,
+    handshake: Duration,
+    idle: Option<Duration>,
+    inflight: Inflight,
 }
 
 /// How long a shutdown waits for in-flight requests before aborting connections.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// Time a client has to finish the handshake (so an idle socket cannot pin the server).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Server {
     /// A server for `exports`; names must be unique and at most 4096 bytes.
@@ -130,6 +143,9 @@ impl Server {
             tls: None,
             shared: 0,
             grace: DEFAULT_GRACE,
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle: None,
+            inflight: Inflight::new(DEFAULT_MAX_INFLIGHT),
         })
     }
 
@@ -145,7 +161,7 @@ impl Server {
         self
     }
 
-    /// Serve at most `n` clients at once (0: no limit); more wait to be accepted.
+    /// Serve at most `n` clients at once (0: no limit); more are refused with an error.
     pub fn shared(mut self, n: usize) -> Self {
         self.shared = n;
         self
@@ -155,6 +171,29 @@ impl Server {
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// Time a client has to finish the handshake before it is disconnected.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake = t;
+        self
+    }
+
+    /// Disconnect a client that sends no request for `t` (`None`: never).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle = t;
+        self
+    }
+
+    /// Most bytes all in-flight requests may hold together (see [`budget`]).
+    pub fn max_inflight(mut self, bytes: u32) -> Self {
+        self.inflight = Inflight::new(bytes);
+        self
+    }
+
+    /// The server's in-flight byte counter (for logs and tests).
+    pub fn inflight(&self) -> Inflight {
+        self.inflight.clone()
     }
 
     /// The exports served.
@@ -186,24 +225,37 @@ impl Server {
         tracing::info!(listen = %listener.describe(), exports = self.exports.len(), "serving NBD");
         let (stop, stopping) = watch::channel(false);
         let mut conns = JoinSet::new();
+        let mut refused = JoinSet::new();
         let mut served = 0u64;
+        let limits = conn::Limits {
+            handshake: self.handshake,
+            idle: self.idle,
+            inflight: self.inflight.clone(),
+        };
         tokio::pin!(shutdown);
         loop {
-            let room = self.shared == 0 || conns.len() < self.shared;
+            while refused.try_join_next().is_some() {}
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!(clients = conns.len(), "shutting down: no new connections");
                     break;
                 }
-                accepted = accept(&listener), if room => match accepted {
+                accepted = accept(&listener) => match accepted {
+                    Ok((stream, peer)) if self.shared != 0 && conns.len() >= self.shared => {
+                        let msg = busy::message(conns.len(), self.shared);
+                        match stream {
+                            Stream::Unix(s) => refused.spawn(busy::refuse(s, msg, self.handshake, peer)),
+                            Stream::Tcp(s) => refused.spawn(busy::refuse(s, msg, self.handshake, peer)),
+                        };
+                    }
                     Ok((stream, peer)) => {
                         served += 1;
                         let exports = self.exports.clone();
                         let tls = self.tls.clone();
-                        let stopping = stopping.clone();
+                        let (stopping, limits) = (stopping.clone(), limits.clone());
                         match stream {
-                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
-                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
+                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping, limits)),
+                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping, limits)),
                         };
                     }
                     Err(e) => {
@@ -223,6 +275,7 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         drop(listener);
+        refused.abort_all();
         self.drain(conns, stop).await;
         let flushed = self.flush_all().await;
         if flushed.is_ok() {
