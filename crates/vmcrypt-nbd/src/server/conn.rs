@@ -95,7 +95,7 @@ enum Conn<S> {
 }
 
 /// Completes once the server is stopping (or gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 

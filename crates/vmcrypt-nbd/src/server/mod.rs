@@ -10,8 +10,9 @@
 //! the sockets close. Connections still busy after the grace period
 //! ([`Server::grace`], 5 s by default) are aborted.
 //!
-//! Limits: [`Server::shared`] caps how many clients are served at once; further
-//! clients are refused with an NBD error during the handshake (see [`busy`]).
+//! Limits: [`Server::shared`] caps how many clients are served at once; a further
+//! client waits briefly for a slot, then is refused with an NBD error during the
+//! handshake (see [`busy`]).
 //! [`Server::max_inflight`] caps the bytes all in-flight requests hold together (see
 //! [`budget`]). [`Server::handshake_timeout`] (60 s by default) and
 //! [`Server::idle_timeout`] (off by default) disconnect clients that stall.
@@ -111,6 +112,7 @@ pub struct Server {
     handshake: Duration,
     idle: Option<Duration>,
     inflight: Inflight,
+    shared_wait: Duration,
 }
 
 /// How long a shutdown waits for in-flight requests before aborting connections.
@@ -118,6 +120,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// Time a client has to finish the handshake (so an idle socket cannot pin the server).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a client beyond `--shared` waits for a slot before it is refused.
+pub const DEFAULT_SHARED_WAIT: Duration = Duration::from_secs(2);
 
 impl Server {
     /// A server for `exports`; names must be unique and at most 4096 bytes.
@@ -146,6 +151,7 @@ impl Server {
             handshake: DEFAULT_HANDSHAKE_TIMEOUT,
             idle: None,
             inflight: Inflight::new(DEFAULT_MAX_INFLIGHT),
+            shared_wait: DEFAULT_SHARED_WAIT,
         })
     }
 
@@ -164,6 +170,12 @@ impl Server {
     /// Serve at most `n` clients at once (0: no limit); more are refused with an error.
     pub fn shared(mut self, n: usize) -> Self {
         self.shared = n;
+        self
+    }
+
+    /// How long a client beyond [`Server::shared`] waits for a slot before it is refused.
+    pub fn shared_wait(mut self, wait: Duration) -> Self {
+        self.shared_wait = wait;
         self
     }
 
@@ -225,37 +237,32 @@ impl Server {
         tracing::info!(listen = %listener.describe(), exports = self.exports.len(), "serving NBD");
         let (stop, stopping) = watch::channel(false);
         let mut conns = JoinSet::new();
-        let mut refused = JoinSet::new();
         let mut served = 0u64;
-        let limits = conn::Limits {
-            handshake: self.handshake,
-            idle: self.idle,
-            inflight: self.inflight.clone(),
+        let client = busy::Client {
+            exports: self.exports.clone(),
+            tls: self.tls.clone(),
+            stopping,
+            limits: conn::Limits {
+                handshake: self.handshake,
+                idle: self.idle,
+                inflight: self.inflight.clone(),
+            },
+            gate: busy::Gate::new(self.shared, self.shared_wait),
         };
         tokio::pin!(shutdown);
         loop {
-            while refused.try_join_next().is_some() {}
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!(clients = conns.len(), "shutting down: no new connections");
                     break;
                 }
                 accepted = accept(&listener) => match accepted {
-                    Ok((stream, peer)) if self.shared != 0 && conns.len() >= self.shared => {
-                        let msg = busy::message(conns.len(), self.shared);
-                        match stream {
-                            Stream::Unix(s) => refused.spawn(busy::refuse(s, msg, self.handshake, peer)),
-                            Stream::Tcp(s) => refused.spawn(busy::refuse(s, msg, self.handshake, peer)),
-                        };
-                    }
                     Ok((stream, peer)) => {
                         served += 1;
-                        let exports = self.exports.clone();
-                        let tls = self.tls.clone();
-                        let (stopping, limits) = (stopping.clone(), limits.clone());
+                        let c = client.clone();
                         match stream {
-                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping, limits)),
-                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping, limits)),
+                            Stream::Unix(s) => conns.spawn(busy::admit(s, c, peer)),
+                            Stream::Tcp(s) => conns.spawn(busy::admit(s, c, peer)),
                         };
                     }
                     Err(e) => {
@@ -275,7 +282,6 @@ impl Server {
             let _ = std::fs::remove_file(path);
         }
         drop(listener);
-        refused.abort_all();
         self.drain(conns, stop).await;
         let flushed = self.flush_all().await;
         if flushed.is_ok() {
