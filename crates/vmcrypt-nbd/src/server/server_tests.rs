@@ -354,3 +354,6 @@ async fn stop_aborts_requests_that_outlast_the_grace_period() {
         t0.elapsed()
     );
 }
+
+#[path = "limits_tests.rs"]
+mod limits;
