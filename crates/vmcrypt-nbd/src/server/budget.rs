@@ -118,7 +118,7 @@ mod tests {
         let c = b.connection();
         let h = c.acquire(u32::MAX).await;
         assert_eq!(b.used(), 500);
-        let h2 = c.acquire(0).await;
+        let h2 = b.connection().acquire(0).await;
         assert_eq!(b.used(), 501);
         drop((h, h2));
         assert_eq!((b.used(), b.peak()), (0, 501));

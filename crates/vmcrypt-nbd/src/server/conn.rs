@@ -35,6 +35,9 @@ const POOL_BYTES: usize = 8 << 20;
 /// to the allocator (and, being large, to the OS) once the load is gone.
 const POOL_MAX_BUFFER: usize = 1 << 20;
 
+/// Longest header in front of READ data (a structured OFFSET_DATA chunk).
+const REPLY_HEADER_MAX: usize = 28;
+
 /// The limits every connection of a server runs under.
 #[derive(Clone)]
 pub(crate) struct Limits {
@@ -291,6 +294,9 @@ where
     };
     let mut inflight = JoinSet::new();
     let pool = Pool::default();
+    // Set when a reply cannot be written: the client is gone, so requests it queued
+    // are not run for nothing.
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = loop {
         // Reap finished tasks so the set does not grow without bound.
         while inflight.try_join_next().is_some() {}
@@ -342,13 +348,23 @@ where
             Ok(Ok(cmd)) => cmd,
         };
         let permit = budget.acquire(cost(&cmd)).await;
+        if gone.load(std::sync::atomic::Ordering::SeqCst) {
+            break Ok(());
+        }
         let n = req.payload_len() as usize;
         let mut payload = if n > 0 { pool.take() } else { Vec::new() };
         read_payload(&mut rd, &mut payload, n).await?;
+        if let Command::Read { length, .. } = cmd {
+            // Allocated here on a runtime worker rather than on one of the many
+            // blocking threads, so freed reply buffers stay in few malloc arenas and
+            // memory goes back once the load is gone.
+            payload = Vec::with_capacity(REPLY_HEADER_MAX + length as usize);
+        }
         let node = export.node.clone();
         let writer = writer.clone();
         let cookie = req.cookie;
         let pool = pool.clone();
+        let gone = gone.clone();
         inflight.spawn(async move {
             let work = move || {
                 let reply = ops::execute(node.as_ref(), cmd, &mut payload, replies, cookie);
@@ -368,7 +384,9 @@ where
             };
             if let Err(e) = send(&writer, &reply).await {
                 tracing::debug!(cookie, "could not send reply: {e}");
+                gone.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            drop(reply);
             drop(permit);
         });
     };
