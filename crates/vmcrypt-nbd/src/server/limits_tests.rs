@@ -6,30 +6,6 @@ use std::time::{Duration, Instant};
 
 const MIB: u32 = 1 << 20;
 
-/// Serve `server` on a socket in a new temporary directory.
-fn spawn(
-    server: Server,
-) -> (
-    tempfile::TempDir,
-    PathBuf,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<()>>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nbd.sock");
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let p = path.clone();
-    let h = tokio::spawn(async move {
-        server
-            .persistent(true)
-            .serve_unix(&p, async {
-                let _ = rx.await;
-            })
-            .await
-    });
-    (dir, path, tx, h)
-}
-
 /// Wait until the socket is closed by the server; how long that took.
 async fn closed_within(c: &mut Client, limit: Duration) -> Duration {
     let t0 = Instant::now();
