@@ -3,7 +3,10 @@
 //! The loop reads request headers (and WRITE payloads) in order and hands each request
 //! to its own task, which runs the block I/O on the blocking pool and writes the reply
 //! under the connection's writer lock, so several requests are in flight while every
-//! reply goes out whole. A byte budget bounds the memory held by in-flight requests.
+//! reply goes out whole. A byte budget (see [`super::budget`]), per connection and
+//! server-wide, bounds the memory held by in-flight requests. A client that sends no
+//! request for the idle timeout (when set) is disconnected, as is one that does not
+//! finish the handshake within the handshake timeout.
 //! A protocol violation or a socket error ends only this connection; in-flight requests
 //! finish and the export is flushed before the socket closes. When the server stops
 //! (the `stopping` watch turns true) the loop reads no further request: requests already
@@ -12,6 +15,7 @@
 //! With TLS credentials the handshake demands NBD_OPT_STARTTLS; after its ACK the
 //! socket is wrapped in a rustls server session and everything else (the remaining
 //! options and the whole transmission phase) goes over it.
+use super::budget::Inflight;
 use super::ops;
 use super::{Export, TlsCreds};
 use crate::proto::handshake::{ExportInfo, Handshake, Negotiated, Step, greeting};
@@ -19,18 +23,31 @@ use crate::proto::transmission::{Command, REQUEST_LEN, Replies, Request, Session
 use crate::proto::{MAX_OPTION_LEN, handshake};
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, WriteHalf};
-use tokio::sync::{Mutex, Semaphore, watch};
+use tokio::sync::{Mutex, watch};
 use tokio::task::JoinSet;
 
-/// Time a client has to finish the handshake (so an idle socket cannot pin the server).
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Bytes of request payload and reply data a connection may hold at once.
-const INFLIGHT_BUDGET: u32 = 96 << 20;
-
 /// Most bytes of idle WRITE payload buffers a connection keeps for reuse.
-const POOL_BYTES: usize = 32 << 20;
+const POOL_BYTES: usize = 8 << 20;
+
+/// Larger WRITE buffers are freed after use rather than pooled, so memory goes back
+/// to the allocator (and, being large, to the OS) once the load is gone.
+const POOL_MAX_BUFFER: usize = 1 << 20;
+
+/// Longest header in front of READ data (a structured OFFSET_DATA chunk).
+const REPLY_HEADER_MAX: usize = 28;
+
+/// The limits every connection of a server runs under.
+#[derive(Clone)]
+pub(crate) struct Limits {
+    /// Time a client has to finish the handshake.
+    pub(crate) handshake: Duration,
+    /// Disconnect a client that sends no request for this long.
+    pub(crate) idle: Option<Duration>,
+    /// The server-wide in-flight budget.
+    pub(crate) inflight: Inflight,
+}
 
 type Writer<S> = Arc<Mutex<WriteHalf<S>>>;
 
@@ -51,7 +68,7 @@ impl Pool {
     fn give(&self, buf: Vec<u8>) {
         let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let held: usize = idle.iter().map(Vec::capacity).sum();
-        if held + buf.capacity() <= POOL_BYTES {
+        if buf.capacity() <= POOL_MAX_BUFFER && held + buf.capacity() <= POOL_BYTES {
             idle.push(buf);
         }
     }
@@ -81,7 +98,7 @@ enum Conn<S> {
 }
 
 /// Completes once the server is stopping (or gone).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
@@ -92,13 +109,14 @@ pub(crate) async fn serve<S>(
     tls: Option<TlsCreds>,
     peer: String,
     mut stopping: watch::Receiver<bool>,
+    limits: Limits,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let infos = exports.iter().map(Export::info).collect();
     let handshake = negotiate(stream, infos, tls.as_ref());
     let timed = async {
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        tokio::time::timeout(limits.handshake, handshake)
             .await
             .unwrap_or_else(|_| {
                 Err(io::Error::new(
@@ -136,8 +154,8 @@ pub(crate) async fn serve<S>(
     );
     let node = export.node.clone();
     let result = match conn {
-        Conn::Plain(s) => transmit(s, export, negotiated, stopping).await,
-        Conn::Tls(s) => transmit(s, export, negotiated, stopping).await,
+        Conn::Plain(s) => transmit(s, export, negotiated, stopping, &limits).await,
+        Conn::Tls(s) => transmit(s, export, negotiated, stopping, &limits).await,
     };
     if let Err(e) = result {
         tracing::info!(%peer, "connection closed: {e}");
@@ -256,6 +274,7 @@ async fn transmit<S>(
     export: &Export,
     n: Negotiated,
     mut stopping: watch::Receiver<bool>,
+    limits: &Limits,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -263,7 +282,7 @@ where
     let (rd, wr) = tokio::io::split(stream);
     let mut rd = BufReader::new(rd);
     let writer: Writer<S> = Arc::new(Mutex::new(wr));
-    let budget = Arc::new(Semaphore::new(INFLIGHT_BUDGET as usize));
+    let budget = limits.inflight.connection();
     let replies = Replies {
         structured: n.structured,
     };
@@ -275,6 +294,9 @@ where
     };
     let mut inflight = JoinSet::new();
     let pool = Pool::default();
+    // Set when a reply cannot be written: the client is gone, so requests it queued
+    // are not run for nothing.
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = loop {
         // Reap finished tasks so the set does not grow without bound.
         while inflight.try_join_next().is_some() {}
@@ -285,7 +307,7 @@ where
                 tracing::info!(in_flight = inflight.len(), "server stopping: reading no more requests");
                 break Ok(());
             }
-            r = rd.read_exact(&mut header) => r,
+            r = read_header(&mut rd, &mut header, limits.idle) => r,
         };
         if let Err(e) = read {
             break if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -325,18 +347,24 @@ where
             Ok(Ok(Command::Disconnect)) => break Ok(()),
             Ok(Ok(cmd)) => cmd,
         };
-        let permit = budget
-            .clone()
-            .acquire_many_owned(cost(&cmd))
-            .await
-            .map_err(io::Error::other)?;
+        let permit = budget.acquire(cost(&cmd)).await;
+        if gone.load(std::sync::atomic::Ordering::SeqCst) {
+            break Ok(());
+        }
         let n = req.payload_len() as usize;
         let mut payload = if n > 0 { pool.take() } else { Vec::new() };
         read_payload(&mut rd, &mut payload, n).await?;
+        if let Command::Read { length, .. } = cmd {
+            // Allocated here on a runtime worker rather than on one of the many
+            // blocking threads, so freed reply buffers stay in few malloc arenas and
+            // memory goes back once the load is gone.
+            payload = Vec::with_capacity(REPLY_HEADER_MAX + length as usize);
+        }
         let node = export.node.clone();
         let writer = writer.clone();
         let cookie = req.cookie;
         let pool = pool.clone();
+        let gone = gone.clone();
         inflight.spawn(async move {
             let work = move || {
                 let reply = ops::execute(node.as_ref(), cmd, &mut payload, replies, cookie);
@@ -356,13 +384,33 @@ where
             };
             if let Err(e) = send(&writer, &reply).await {
                 tracing::debug!(cookie, "could not send reply: {e}");
+                gone.store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            drop(reply);
             drop(permit);
         });
     };
     while inflight.join_next().await.is_some() {}
     let _ = writer.lock().await.shutdown().await;
     result
+}
+
+/// Read the next request header; an error of kind `TimedOut` after `idle` without one.
+async fn read_header<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    header: &mut [u8; REQUEST_LEN],
+    idle: Option<Duration>,
+) -> io::Result<()> {
+    let Some(idle) = idle else {
+        return rd.read_exact(header).await.map(drop);
+    };
+    match tokio::time::timeout(idle, rd.read_exact(header)).await {
+        Ok(r) => r.map(drop),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no request for {idle:?} (idle timeout)"),
+        )),
+    }
 }
 
 async fn send<S: AsyncWrite>(writer: &Writer<S>, bytes: &[u8]) -> io::Result<()> {

@@ -8,16 +8,24 @@
 //! Shutdown is clean: the listener closes at once, every connection stops reading new
 //! requests, requests already read run to completion and get their replies, and then
 //! the sockets close. Connections still busy after the grace period
-//! ([`Server::grace`], 5 s by default) are aborted. [`Server::shared`] limits how many
-//! clients are served at once; further clients wait in the listen backlog, as with
-//! qemu-nbd's `--shared`.
+//! ([`Server::grace`], 5 s by default) are aborted.
+//!
+//! Limits: [`Server::shared`] caps how many clients are served at once; a further
+//! client waits briefly for a slot, then is refused with an NBD error during the
+//! handshake (see [`busy`]).
+//! [`Server::max_inflight`] caps the bytes all in-flight requests hold together (see
+//! [`budget`]). [`Server::handshake_timeout`] (60 s by default) and
+//! [`Server::idle_timeout`] (off by default) disconnect clients that stall.
 //!
 //! With [`Server::tls`] every client must upgrade to TLS with NBD_OPT_STARTTLS before
 //! anything else (see [`tls`] for the credentials).
+mod budget;
+mod busy;
 mod conn;
 mod ops;
 pub mod tls;
 
+pub use budget::{DEFAULT_MAX_INFLIGHT, Inflight};
 pub use tls::TlsCreds;
 
 use crate::proto::handshake::ExportInfo;
@@ -101,10 +109,20 @@ pub struct Server {
     tls: Option<TlsCreds>,
     shared: usize,
     grace: Duration,
+    handshake: Duration,
+    idle: Option<Duration>,
+    inflight: Inflight,
+    shared_wait: Duration,
 }
 
 /// How long a shutdown waits for in-flight requests before aborting connections.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// Time a client has to finish the handshake (so an idle socket cannot pin the server).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a client beyond `--shared` waits for a slot before it is refused.
+pub const DEFAULT_SHARED_WAIT: Duration = Duration::from_secs(2);
 
 impl Server {
     /// A server for `exports`; names must be unique and at most 4096 bytes.
@@ -130,6 +148,10 @@ impl Server {
             tls: None,
             shared: 0,
             grace: DEFAULT_GRACE,
+            handshake: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle: None,
+            inflight: Inflight::new(DEFAULT_MAX_INFLIGHT),
+            shared_wait: DEFAULT_SHARED_WAIT,
         })
     }
 
@@ -145,9 +167,15 @@ impl Server {
         self
     }
 
-    /// Serve at most `n` clients at once (0: no limit); more wait to be accepted.
+    /// Serve at most `n` clients at once (0: no limit); more are refused with an error.
     pub fn shared(mut self, n: usize) -> Self {
         self.shared = n;
+        self
+    }
+
+    /// How long a client beyond [`Server::shared`] waits for a slot before it is refused.
+    pub fn shared_wait(mut self, wait: Duration) -> Self {
+        self.shared_wait = wait;
         self
     }
 
@@ -155,6 +183,29 @@ impl Server {
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// Time a client has to finish the handshake before it is disconnected.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.handshake = t;
+        self
+    }
+
+    /// Disconnect a client that sends no request for `t` (`None`: never).
+    pub fn idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.idle = t;
+        self
+    }
+
+    /// Most bytes all in-flight requests may hold together (see [`budget`]).
+    pub fn max_inflight(mut self, bytes: u32) -> Self {
+        self.inflight = Inflight::new(bytes);
+        self
+    }
+
+    /// The server's in-flight byte counter (for logs and tests).
+    pub fn inflight(&self) -> Inflight {
+        self.inflight.clone()
     }
 
     /// The exports served.
@@ -187,23 +238,31 @@ impl Server {
         let (stop, stopping) = watch::channel(false);
         let mut conns = JoinSet::new();
         let mut served = 0u64;
+        let client = busy::Client {
+            exports: self.exports.clone(),
+            tls: self.tls.clone(),
+            stopping,
+            limits: conn::Limits {
+                handshake: self.handshake,
+                idle: self.idle,
+                inflight: self.inflight.clone(),
+            },
+            gate: busy::Gate::new(self.shared, self.shared_wait),
+        };
         tokio::pin!(shutdown);
         loop {
-            let room = self.shared == 0 || conns.len() < self.shared;
             tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!(clients = conns.len(), "shutting down: no new connections");
                     break;
                 }
-                accepted = accept(&listener), if room => match accepted {
+                accepted = accept(&listener) => match accepted {
                     Ok((stream, peer)) => {
                         served += 1;
-                        let exports = self.exports.clone();
-                        let tls = self.tls.clone();
-                        let stopping = stopping.clone();
+                        let c = client.clone();
                         match stream {
-                            Stream::Unix(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
-                            Stream::Tcp(s) => conns.spawn(conn::serve(s, exports, tls, peer, stopping)),
+                            Stream::Unix(s) => conns.spawn(busy::admit(s, c, peer)),
+                            Stream::Tcp(s) => conns.spawn(busy::admit(s, c, peer)),
                         };
                     }
                     Err(e) => {

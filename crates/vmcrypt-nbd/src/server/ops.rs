@@ -20,16 +20,20 @@ use vmcrypt_error::{Error, Result, bail};
 const MAX_EXTENTS: usize = 1024;
 
 /// Run `cmd` (never `Disconnect`) on `node` and encode its reply for `cookie`. A WRITE's
-/// `payload` may be clobbered (an encrypting node encrypts it in place).
+/// `payload` may be clobbered (an encrypting node encrypts it in place); a READ takes
+/// `payload` as the buffer of its reply (the caller allocates it, see `conn`).
 pub(crate) fn execute(
     node: &dyn BlockDriver,
     cmd: Command,
-    payload: &mut [u8],
+    payload: &mut Vec<u8>,
     replies: Replies,
     cookie: u64,
 ) -> Vec<u8> {
     let result = match cmd {
-        Command::Read { offset, length } => return read(node, offset, length, replies, cookie),
+        Command::Read { offset, length } => {
+            let buf = std::mem::take(payload);
+            return read(node, (offset, length), replies, cookie, buf);
+        }
         Command::BlockStatus {
             offset,
             length,
@@ -79,19 +83,21 @@ fn fua_flush(node: &dyn BlockDriver, fua: bool) -> Result<()> {
     if fua { node.flush() } else { Ok(()) }
 }
 
+/// READ `length` bytes at `offset` into `buf` (cleared first), after the reply header.
 fn read(
     node: &dyn BlockDriver,
-    offset: u64,
-    length: u32,
+    (offset, length): (u64, u32),
     replies: Replies,
     cookie: u64,
+    mut buf: Vec<u8>,
 ) -> Vec<u8> {
     if length == 0 {
         return replies.ok(cookie);
     }
     let header = replies.read_header(cookie, offset, length);
-    let mut buf = vec![0u8; header.len() + length as usize];
-    buf[..header.len()].copy_from_slice(&header);
+    buf.clear();
+    buf.extend_from_slice(&header);
+    buf.resize(header.len() + length as usize, 0);
     match node.read_at(&mut buf[header.len()..], offset) {
         Ok(()) => buf,
         Err(e) => error_reply(replies, cookie, &e),
@@ -201,7 +207,7 @@ mod tests {
                 offset: 10,
                 length: 5,
             },
-            &mut [],
+            &mut Vec::new(),
             ST,
             9,
         );
@@ -213,7 +219,7 @@ mod tests {
                 offset: 0,
                 length: 2,
             },
-            &mut [],
+            &mut Vec::new(),
             simple,
             9,
         );
@@ -224,7 +230,7 @@ mod tests {
                 offset: 0,
                 length: 0,
             },
-            &mut [],
+            &mut Vec::new(),
             ST,
             9,
         );
@@ -240,7 +246,7 @@ mod tests {
             fua: true,
         };
         assert_eq!(
-            execute(&node, w, &mut [1, 2, 3], ST, 1),
+            execute(&node, w, &mut vec![1, 2, 3], ST, 1),
             none_chunk(1).to_vec()
         );
         let z = Command::WriteZeroes {
@@ -250,7 +256,10 @@ mod tests {
             no_hole: true,
             fast: false,
         };
-        assert_eq!(execute(&node, z, &mut [], ST, 2), none_chunk(2).to_vec());
+        assert_eq!(
+            execute(&node, z, &mut Vec::new(), ST, 2),
+            none_chunk(2).to_vec()
+        );
         let data = node.snapshot();
         assert!(data[..101].iter().all(|&b| b == 0));
         assert_eq!(&data[101..104], &[2, 3, 7]);
@@ -266,7 +275,7 @@ mod tests {
             no_hole: false,
             fast: true,
         };
-        let r = execute(&node, z, &mut [], ST, 5);
+        let r = execute(&node, z, &mut Vec::new(), ST, 5);
         // ERROR chunk with NBD_ENOTSUP (95).
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &95u32.to_be_bytes());
@@ -281,7 +290,7 @@ mod tests {
             length: 1,
             fua: false,
         };
-        let r = execute(&node, w, &mut [1], ST, 3);
+        let r = execute(&node, w, &mut vec![1], ST, 3);
         // ERROR chunk type 0x8001 and EPERM for a read-only node.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &1u32.to_be_bytes());
@@ -295,7 +304,7 @@ mod tests {
             length: 4096,
             req_one: false,
         };
-        let r = execute(&node, bs, &mut [], ST, 4);
+        let r = execute(&node, bs, &mut Vec::new(), ST, 4);
         assert_eq!(r, block_status_chunk(4, BASE_ALLOCATION_ID, &[(4096, 0)]));
     }
 }

@@ -120,13 +120,25 @@ async fn start(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<()>>,
 ) {
+    spawn(Server::new(exports).unwrap())
+}
+
+/// Serve `server` (persistent) on a socket in a new temporary directory.
+fn spawn(
+    server: Server,
+) -> (
+    tempfile::TempDir,
+    PathBuf,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<()>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nbd.sock");
-    let server = Server::new(exports).unwrap().persistent(true);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let p = path.clone();
     let h = tokio::spawn(async move {
         server
+            .persistent(true)
             .serve_unix(&p, async {
                 let _ = rx.await;
             })
@@ -354,3 +366,6 @@ async fn stop_aborts_requests_that_outlast_the_grace_period() {
         t0.elapsed()
     );
 }
+
+#[path = "limits_tests.rs"]
+mod limits;

@@ -3,11 +3,15 @@
 //! server itself lives in the `vmcrypt-nbd` crate. `--tls-creds DIR` demands TLS with
 //! the certificate files qemu's `tls-creds-x509` object uses. SIGTERM or SIGINT stops
 //! the server cleanly: no new clients, in-flight requests finish (for up to 5 s), every
-//! export is flushed, exit status 0.
+//! export is flushed, exit status 0. Limits: `--shared N` clients at once (more wait
+//! 2 s for a slot, then get an NBD error), `--max-inflight SIZE` bytes held by in-flight requests
+//! server-wide, `--handshake-timeout` and `--idle-timeout` for stalled clients.
 use super::common::{Common, Ui};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::time::Duration;
 use vmcrypt_block::jobs::image_arg::Access;
+use vmcrypt_block::opts::parse_size;
 use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
 use vmcrypt_nbd::server::Listener;
 use vmcrypt_nbd::{Export, Server, TlsCreds};
@@ -35,7 +39,8 @@ pub struct Args {
     /// Keep serving after the last client disconnects
     #[arg(long = "persistent", short = 't')]
     pub persistent: bool,
-    /// Serve at most N clients at once; more wait until one leaves (0: no limit)
+    /// Serve at most N clients at once; more wait up to 2 s for a slot, then are refused
+    /// with an NBD error (0: no limit)
     #[arg(long = "shared", short = 'e', value_name = "N", default_value_t = 0)]
     pub shared: usize,
     /// Require TLS with the x509 files in DIR (ca-cert.pem, server-cert.pem, server-key.pem)
@@ -44,6 +49,16 @@ pub struct Args {
     /// With --tls-creds: clients must present a certificate signed by DIR/ca-cert.pem
     #[arg(long = "tls-verify-peer", requires = "tls_creds")]
     pub tls_verify_peer: bool,
+    /// Most bytes all in-flight requests hold together (payloads and unsent replies);
+    /// past it the server stops reading requests until replies are sent
+    #[arg(long = "max-inflight", value_name = "SIZE", default_value = "256M")]
+    pub max_inflight: String,
+    /// Seconds a client has to finish the handshake
+    #[arg(long = "handshake-timeout", value_name = "SECS", default_value_t = 60)]
+    pub handshake_timeout: u64,
+    /// Disconnect a client that sends no request for SECS seconds (default: never)
+    #[arg(long = "idle-timeout", value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
     /// Write the server's process id to PATH once it listens
     #[arg(long = "pid-file", value_name = "PATH")]
     pub pid_file: Option<String>,
@@ -65,6 +80,7 @@ pub fn run(args: Args) -> Result<u8> {
         );
     }
     let pairs = export_args(args)?;
+    let max_inflight = max_inflight(&args.max_inflight)?;
     // Bad TLS files are reported before any keyslot is unlocked.
     let tls = match &args.tls_creds {
         Some(dir) => Some(TlsCreds::from_x509_dir(
@@ -93,6 +109,9 @@ pub fn run(args: Args) -> Result<u8> {
     let server = Server::new(exports)?
         .persistent(args.persistent)
         .shared(args.shared)
+        .max_inflight(max_inflight)
+        .handshake_timeout(Duration::from_secs(args.handshake_timeout))
+        .idle_timeout(args.idle_timeout.map(Duration::from_secs))
         .tls(tls);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,6 +145,13 @@ fn export_args(args: &Args) -> Result<Vec<(String, String)>> {
             })
             .collect(),
     }
+}
+
+/// `--max-inflight SIZE`: at least 1 byte and below 4 GiB.
+fn max_inflight(spec: &str) -> Result<u32> {
+    let n = parse_size(spec)?;
+    ensure!(n > 0, Usage, "--max-inflight must be at least 1 byte");
+    u32::try_from(n).map_err(|_| Error::usage(format!("--max-inflight '{spec}' is 4 GiB or more")))
 }
 
 fn bind_addr(spec: &str) -> Result<SocketAddr> {

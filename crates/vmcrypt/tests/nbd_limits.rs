@@ -1,0 +1,134 @@
+//! `vmcrypt serve` limits seen from outside: qemu-img and nbdinfo beyond `--shared`
+//! get the busy error promptly, and a ~10 s soak on a Unix socket: 64 clients, one greedy (queues
+//! 4 MiB reads and never reads the replies), the others verified small writes and
+//! reads. The others keep completing with bounded latency, the server's memory stays
+//! within the `--max-inflight` budget, and its RSS returns near idle afterwards.
+mod common;
+mod nbd_support;
+
+use common::*;
+use nbd_support::Served;
+use nbd_support::raw::*;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const BUDGET_MIB: u64 = 64;
+const CLIENTS: u64 = 64;
+const SOAK: Duration = Duration::from_secs(10);
+
+fn url(sock: &str) -> String {
+    format!("nbd+unix:///?socket={sock}")
+}
+
+/// A status field of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
+    let line = s
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn clients_beyond_shared_get_the_busy_error_promptly() {
+    require_tool("nbdinfo");
+    let sc = Scratch::new();
+    sc.sparse("d.raw", MIB);
+    let (server, sock) = Served::unix(&sc, &["--shared", "1", "-f", "raw", &sc.p("d.raw")]);
+    let first = RawClient::open(&sock, "");
+    let t0 = Instant::now();
+    // qemu prints the server's message; libnbd names the error (the message is in
+    // its debug log).
+    qemu_img(&["info", &url(&sock)])
+        .failed()
+        .stderr_has("server reported: server busy: 1 clients connected (--shared 1)");
+    tool("nbdinfo", &["--size", &url(&sock)])
+        .failed()
+        .stderr_has("server is shutting down");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    drop(first);
+    server.stop();
+}
+
+/// One well-behaved client: write a 4 KiB pattern to its own block, read it back,
+/// until `until`; returns the round-trip latencies.
+fn worker(sock: &str, id: u64, until: Instant) -> Vec<Duration> {
+    let mut c = RawClient::open(sock, "");
+    let mut lat = Vec::new();
+    let mut round = 0u64;
+    while Instant::now() < until {
+        let fill = (id as u8) ^ (round as u8);
+        let offset = id * 65536;
+        let t0 = Instant::now();
+        c.write(round * 2, offset, &[fill; 4096]);
+        assert_eq!(c.reply(), Some((round * 2, 0)), "client {id} write");
+        let back = c.read(round * 2 + 1, offset, 4096);
+        lat.push(t0.elapsed());
+        assert!(
+            back.iter().all(|&b| b == fill),
+            "client {id} read back other data"
+        );
+        round += 1;
+    }
+    lat
+}
+
+#[test]
+fn soak_one_greedy_client_cannot_starve_63_others_or_grow_memory() {
+    let sc = Scratch::new();
+    sc.sparse("d.raw", 64 * MIB);
+    let budget = format!("{BUDGET_MIB}M");
+    let args = ["--max-inflight", &budget, "-f", "raw", &sc.p("d.raw")];
+    let (server, sock) = Served::unix(&sc, &args);
+    let pid = server.child.as_ref().unwrap().id();
+    let idle = status_kib(pid, "VmRSS:");
+    let mut greedy = RawClient::open(&sock, "");
+    for cookie in 0..64 {
+        greedy.request(0, CMD_READ, cookie, (cookie % 16) * 4 * MIB, 4 << 20);
+    }
+    let until = Instant::now() + SOAK;
+    let workers: Vec<_> = (1..CLIENTS)
+        .map(|id| {
+            let sock = sock.clone();
+            std::thread::spawn(move || worker(&sock, id, until))
+        })
+        .collect();
+    let mut lat: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("a client failed"))
+        .collect();
+    let peak = status_kib(pid, "VmHWM:");
+    drop(greedy);
+    lat.sort();
+    assert!(lat.len() >= 63 * 10, "only {} round trips", lat.len());
+    let p99 = lat[lat.len() * 99 / 100];
+    assert!(p99 < Duration::from_secs(2), "p99 latency {p99:?}");
+    // The budget plus the runtime, the other clients' buffers and allocator slack.
+    let limit = idle + (BUDGET_MIB + 48) * 1024;
+    assert!(
+        peak < limit,
+        "peak RSS {peak} KiB over {limit} KiB (idle {idle} KiB)"
+    );
+    let t0 = Instant::now();
+    let settled = loop {
+        let rss = status_kib(pid, "VmRSS:");
+        if rss < idle + 24 * 1024 || t0.elapsed() > Duration::from_secs(5) {
+            break rss;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "idle {idle} KiB, peak {peak} KiB, after {settled} KiB, {} round trips, p99 {p99:?}",
+        lat.len()
+    );
+    assert!(
+        settled < idle + 24 * 1024,
+        "RSS {settled} KiB after the clients left (idle {idle} KiB)"
+    );
+    server.stop();
+}
