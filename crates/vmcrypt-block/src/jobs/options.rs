@@ -13,6 +13,7 @@ pub fn wants_help(options: &[String]) -> bool {
 pub fn merge_options(options: &[String]) -> Result<Map<String, Value>> {
     let mut all = Map::new();
     for o in options {
+        refuse_legacy_encryption(o)?;
         for (k, v) in parse_keyval(o, None)? {
             ensure!(!all.contains_key(&k), Usage, "option '{k}' is given twice");
             all.insert(k, v);
@@ -21,9 +22,39 @@ pub fn merge_options(options: &[String]) -> Result<Map<String, Value>> {
     Ok(all)
 }
 
+/// qemu-img's old `-o encryption` / `-o encryption=on` (qcow2's legacy AES encryption,
+/// which QEMU itself no longer creates) is refused with the option to use instead,
+/// before anything is announced or created.
+fn refuse_legacy_encryption(o: &str) -> Result<()> {
+    for item in o.split(',') {
+        let key = item.split_once('=').map_or(item, |(k, _)| k);
+        ensure!(
+            key != "encryption",
+            Usage,
+            "option 'encryption' (qcow2's legacy AES encryption) is not supported: \
+             encrypt with -o encrypt.format=luks,encrypt.key-secret=ID"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_encryption_is_refused_naming_the_replacement() {
+        for o in [
+            "encryption=on",
+            "encryption",
+            "cluster_size=4096,encryption=off",
+        ] {
+            let e = merge_options(&[o.to_string()]).unwrap_err();
+            assert_eq!(e.kind(), vmcrypt_error::ErrorKind::Usage, "{o}");
+            assert!(e.to_string().contains("encrypt.format=luks"), "{o}: {e}");
+        }
+        assert!(merge_options(&["encrypt.format=luks".into()]).is_ok());
+    }
 
     #[test]
     fn help_and_merge() {
