@@ -47,3 +47,30 @@ fn legacy_encryption_option_is_refused_before_formatting() {
     .stderr_has("encrypt.format=luks");
     assert!(!sc.path("c.qcow2").exists(), "convert created the target");
 }
+
+/// The "Formatting" line names each nested `encrypt.*` option as qemu-img's does (it
+/// printed `encrypt=`).
+#[test]
+fn formatting_line_names_each_encrypt_option_like_qemu_img() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let obj = sc.secret("s0", "pw");
+    let o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.cipher-alg=twofish-256,encrypt.iter-time=10";
+    let (q, v) = (sc.p("q.qcow2"), sc.p("v.qcow2"));
+    let theirs = qemu_img(&["create", "--object", &obj, "-f", "qcow2", "-o", o, &q, "1M"]).ok();
+    let ours = vmcrypt(&["create", "--object", &obj, "-f", "qcow2", "-o", o, &v, "1M"]).ok();
+    let encrypt_tokens = |s: String| -> Vec<String> {
+        s.split_whitespace()
+            .filter(|t| t.starts_with("encrypt"))
+            .map(str::to_string)
+            .collect()
+    };
+    let want = encrypt_tokens(theirs.stdout_str());
+    assert_eq!(want.len(), 4, "qemu-img's line: {}", theirs.stdout_str());
+    assert_eq!(
+        encrypt_tokens(ours.stdout_str()),
+        want,
+        "{}",
+        ours.stdout_str()
+    );
+}

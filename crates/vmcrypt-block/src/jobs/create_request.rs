@@ -51,9 +51,7 @@ impl CreatePlan {
             "Formatting '{}', fmt={} size={}",
             self.filename, self.format, self.size
         );
-        for (k, v) in &self.options {
-            line += &format!(" {k}={}", v.as_str().unwrap_or_default());
-        }
+        push_options(&mut line, "", &self.options);
         line
     }
 
@@ -62,6 +60,18 @@ impl CreatePlan {
         let path = Path::new(&self.filename);
         create_image(path, &self.format, self.size, &self.options, env.secrets()?)?;
         Ok(())
+    }
+}
+
+/// Append ` key=value` for every option, nested ones with dotted keys as qemu-img
+/// prints them (`encrypt.format=luks encrypt.key-secret=s0`).
+fn push_options(line: &mut String, prefix: &str, options: &Map<String, Value>) {
+    for (k, v) in options {
+        match v {
+            Value::Object(m) => push_options(line, &format!("{prefix}{k}."), m),
+            Value::String(s) => *line += &format!(" {prefix}{k}={s}"),
+            other => *line += &format!(" {prefix}{k}={other}"),
+        }
     }
 }
 
