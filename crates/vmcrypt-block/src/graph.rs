@@ -21,8 +21,6 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Error, Result, ResultExt, bail};
 use vmcrypt_format::{luks1, qcow2};
 
-pub use crate::spec::spec_from_filename;
-
 /// How a graph is opened.
 pub struct OpenContext<'a> {
     pub secrets: &'a SecretStore,
@@ -80,12 +78,6 @@ pub fn resolve_probe(spec: &NodeSpec) -> Result<NodeSpec> {
         }
         other => Ok(other.clone()),
     }
-}
-
-/// Turn off image locking for the protocol node of `spec` (qemu-img's `-U`): the
-/// `file` child's `locking=off`, or the node itself when it is a `file` node.
-pub fn disable_locking(spec: &mut NodeSpec) {
-    spec.disable_locking();
 }
 
 /// Open the graph `spec` describes.

@@ -170,7 +170,7 @@ fn open_new_backing(
     ctx: &OpenContext,
 ) -> Result<Arc<dyn BlockDriver>> {
     let full = graph::resolve_backing(image_path, n.name);
-    let spec = graph::spec_from_filename(&full, n.format)
+    let spec = crate::spec::spec_from_filename(&full, n.format)
         .with_ctx(|| format!("could not open new backing file '{}'", n.name))?;
     let ro = OpenContext {
         secrets: ctx.secrets,
