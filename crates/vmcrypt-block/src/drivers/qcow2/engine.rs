@@ -21,6 +21,25 @@ pub trait ClusterMap: Send + Sync {
     /// How the unit holding guest offset `g` reads. `Data` carries the host offset of
     /// the cluster's start.
     fn map_unit(&self, g: u64) -> Result<Mapping>;
+    /// If guest offset `g` lies in a span that has no L2 table at all (every unit
+    /// unallocated, no host cluster), the guest offset where that span ends. Lets runs
+    /// of holes grow one table at a time instead of one unit at a time, so the cost of
+    /// a walk grows with the data, not with the virtual size.
+    fn table_hole_end(&self, _g: u64) -> Result<Option<u64>> {
+        Ok(None)
+    }
+}
+
+/// Grow a run of unallocated units that ends at `g + len` (at most `max` bytes from
+/// `g`) over the table-less spans that follow it; the new length.
+pub fn skip_table_holes(map: &dyn ClusterMap, g: u64, mut len: u64, max: u64) -> Result<u64> {
+    while len < max {
+        match map.table_hole_end(g + len)? {
+            Some(end) if end > g + len => len = (end - g).min(max),
+            _ => break,
+        }
+    }
+    Ok(len)
 }
 
 /// One run of guest bytes with a single way to read them.
@@ -82,6 +101,12 @@ impl Engine {
             return Ok((piece, len));
         }
         while len < max {
+            if piece == Piece::Backing {
+                len = skip_table_holes(map, g, len, max)?;
+                if len >= max {
+                    break;
+                }
+            }
             let next = map.map_unit(g + len)?;
             let same = match (piece, next) {
                 (Piece::Backing, Mapping::Backing) | (Piece::Zero, Mapping::Zero) => true,
@@ -230,4 +255,70 @@ pub fn inflate_raw(src: &[u8], cluster: usize) -> Result<Vec<u8>> {
         "deflate data gives {produced} bytes, a cluster is {cluster} ({status:?})"
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::mem::MemDriver;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// 64 KiB clusters, 8192 entries per table (512 MiB spans); only the span starting
+    /// at `table_at` has a table, holding one data cluster at `data_at`.
+    struct Sparse {
+        table_at: u64,
+        data_at: u64,
+        lookups: AtomicU64,
+    }
+
+    const SPAN: u64 = 512 << 20;
+
+    impl ClusterMap for Sparse {
+        fn cluster_bits(&self) -> u32 {
+            16
+        }
+        fn unit_bits(&self) -> u32 {
+            16
+        }
+        fn map_unit(&self, g: u64) -> Result<Mapping> {
+            self.lookups.fetch_add(1, Ordering::Relaxed);
+            Ok(if g >> 16 == self.data_at >> 16 {
+                Mapping::Data(1 << 20)
+            } else {
+                Mapping::Backing
+            })
+        }
+        fn table_hole_end(&self, g: u64) -> Result<Option<u64>> {
+            let span = g / SPAN;
+            Ok((span != self.table_at / SPAN).then_some((span + 1) * SPAN))
+        }
+    }
+
+    #[test]
+    fn holes_without_tables_are_skipped_a_table_at_a_time() {
+        let tib = 1u64 << 40;
+        let map = Sparse {
+            table_at: tib - SPAN,
+            data_at: tib - SPAN + (3 << 16),
+            lookups: AtomicU64::new(0),
+        };
+        let engine = Engine::new(
+            Arc::new(MemDriver::new(vec![0u8; 4 << 20])),
+            Crypto::None,
+            CompressionType::Zlib,
+        );
+        let e = engine.block_status(&map, 0, tib).unwrap();
+        assert_eq!(
+            (e.length, e.allocation),
+            (tib - SPAN + (3 << 16), Allocation::Zero)
+        );
+        // One lookup per unit inside the one table, a handful for the 2047 empty spans.
+        let n = map.lookups.load(Ordering::Relaxed);
+        assert!(n < 16, "{n} cluster lookups for a 1 TiB hole");
+        let e = engine
+            .block_status(&map, map.data_at, tib - map.data_at)
+            .unwrap();
+        assert_eq!((e.length, e.allocation), (1 << 16, Allocation::Data));
+        assert_eq!(skip_table_holes(&map, 0, 1 << 16, tib).unwrap(), tib - SPAN);
+    }
 }

@@ -7,7 +7,7 @@
 //! long as the image is not encrypted; a run with host offsets only continues while they
 //! are contiguous. Unallocated runs are answered by the backing node one layer deeper.
 use super::Qcow2Driver;
-use super::engine::ClusterMap;
+use super::engine::{ClusterMap, skip_table_holes};
 use crate::driver::{Allocation, HostRange, MapExtent, check_range, map_extent};
 use vmcrypt_error::Result;
 use vmcrypt_format::qcow2::Mapping;
@@ -76,6 +76,12 @@ impl Qcow2Driver {
             return Ok((first, to_end.min(max)));
         }
         while len < max {
+            if first.kind == Kind::Unallocated && first.host.is_none() {
+                len = skip_table_holes(self, g, len, max)?;
+                if len >= max {
+                    break;
+                }
+            }
             let next = self.unit_at(g + len)?;
             let same = next.kind == first.kind
                 && match (first.host, next.host) {

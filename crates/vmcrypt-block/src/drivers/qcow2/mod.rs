@@ -188,6 +188,17 @@ impl ClusterMap for Qcow2Driver {
         self.l2_entry(g)?
             .mapping(((g >> self.unit_bits()) & 31) as u32)
     }
+
+    fn table_hole_end(&self, g: u64) -> Result<Option<u64>> {
+        let span_bits = self.header.cluster_bits + self.header.l2_bits();
+        let l1i = g >> span_bits;
+        let l1e = self.meta.lock().expect("meta").l1_entry(l1i as usize);
+        let table = match l1e {
+            None => None,
+            Some(e) => e.l2_table(l1i as usize, self.header.cluster_size())?,
+        };
+        Ok(table.is_none().then(|| (l1i + 1) << span_bits))
+    }
 }
 
 impl Qcow2Driver {

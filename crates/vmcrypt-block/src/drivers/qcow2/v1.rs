@@ -136,6 +136,12 @@ impl ClusterMap for QcowDriver {
             }
         })
     }
+    fn table_hole_end(&self, g: u64) -> Result<Option<u64>> {
+        let span_bits = u32::from(self.header.cluster_bits) + u32::from(self.header.l2_bits);
+        let l1i = g >> span_bits;
+        let l2_off = self.l1.get(l1i as usize).copied().unwrap_or(0);
+        Ok((l2_off == 0).then(|| (l1i + 1) << span_bits))
+    }
 }
 
 impl BlockDriver for QcowDriver {
