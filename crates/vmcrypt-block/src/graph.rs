@@ -210,6 +210,7 @@ fn open_qcow(
         encrypt_format: spec.encrypt.format.as_deref(),
         limits: ctx.limits,
         writable: !ctx.read_only,
+        cache: Some(&spec.cache),
     };
     let missing_key = || {
         Error::usage(format!(

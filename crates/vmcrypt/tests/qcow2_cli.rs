@@ -285,3 +285,75 @@ fn json_backing_names_are_not_relative_paths() {
     );
     assert_eq!(ours["full-backing-filename"], json.as_str());
 }
+
+/// qcow2's run-time options (cache sizes and the write-path options) are accepted or
+/// refused as qemu-img does, with qemu-img's message; an accepted set opens the image
+/// and reads the same bytes.
+#[test]
+fn qcow2_runtime_options_match_qemu_img() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("c.qcow2").display().to_string();
+    qemu_img(&["create", "-q", "-f", "qcow2", &img, "64M"]).ok();
+    let io = tool(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x5a 1000000 70000", &img],
+    );
+    io.ok();
+    let sets = [
+        ("l2-cache-size=1M", true),
+        ("l2-cache-size=1", true),
+        ("cache-size=4M", true),
+        ("cache-size=1M,refcount-cache-size=256K", true),
+        ("cache-size=1M,l2-cache-size=512K", true),
+        ("l2-cache-entry-size=4096,cache-clean-interval=30", true),
+        (
+            "lazy-refcounts=on,pass-discard-request=on,discard-no-unref=off,overlap-check=none",
+            true,
+        ),
+        (
+            "cache-size=1M,l2-cache-size=512K,refcount-cache-size=256K",
+            false,
+        ),
+        ("cache-size=1M,l2-cache-size=2M", false),
+        ("cache-size=1M,refcount-cache-size=2M", false),
+        ("l2-cache-entry-size=131072", false),
+        ("l2-cache-entry-size=1000", false),
+    ];
+    // The image reads 0x5a in [1000000, 1070000), zeros elsewhere.
+    let mut want = vec![0u8; 64 << 20];
+    want[1_000_000..1_070_000].fill(0x5a);
+    for (set, accepted) in sets {
+        let opts = format!("driver=qcow2,file.filename={img},{set}");
+        let theirs = qemu_img(&["info", "--image-opts", &opts]);
+        let ours = vmcrypt(&["info", "--image-opts", &opts]);
+        assert_eq!(theirs.code == Some(0), accepted, "{}", theirs.describe());
+        assert_eq!(ours.code == Some(0), accepted, "{set}\n{}", ours.describe());
+        if accepted {
+            let raw = dir.path().join("out.raw").display().to_string();
+            vmcrypt(&["convert", "--image-opts", &opts, "-O", "raw", &raw]).ok();
+            assert!(
+                read(std::path::Path::new(&raw)) == want,
+                "{set}: bytes differ"
+            );
+        } else {
+            let why = theirs
+                .stderr
+                .rsplit("': ")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string();
+            assert!(
+                ours.stderr.contains(&why),
+                "{set}: want {why:?}\n{}",
+                ours.describe()
+            );
+        }
+    }
+    // qcow (version 1) has none of them.
+    let v1 = dir.path().join("v1.qcow").display().to_string();
+    qemu_img(&["create", "-q", "-f", "qcow", &v1, "1M"]).ok();
+    let opts = format!("driver=qcow,file.filename={v1},l2-cache-size=1M");
+    vmcrypt(&["info", "--image-opts", &opts]).failed();
+    qemu_img(&["info", "--image-opts", &opts]).failed();
+}

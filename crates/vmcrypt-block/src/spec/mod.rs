@@ -23,6 +23,7 @@ mod image_arg;
 pub(crate) mod luks;
 mod parse;
 pub(crate) mod qcow2;
+pub(crate) mod qcow2_runtime;
 pub(crate) mod raw;
 
 pub use deferred::Deferred;
@@ -31,6 +32,7 @@ pub use image_arg::{ImageArg, filename_options, spec_from_filename};
 pub use luks::LuksSpec;
 pub use parse::{TUNING_OPTIONS, Tuning};
 pub use qcow2::{BackingSpec, EncryptSpec, QcowSpec};
+pub use qcow2_runtime::CacheSpec;
 pub use raw::RawSpec;
 
 use serde_json::{Map, Value};

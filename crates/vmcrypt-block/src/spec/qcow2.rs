@@ -1,6 +1,7 @@
 //! Options of the `qcow2` and `qcow` (version 1) drivers: the image's `file`, its
 //! encryption key and format, and what to open as its backing file.
 use super::parse::{Tuning, check_keys, required_child, write_child};
+use super::qcow2_runtime::{CACHE_OPTIONS, CacheSpec, WRITE_PATH_OPTIONS};
 use super::{Deferred, NodeSpec, filename_options};
 use crate::opts::opt_str;
 use serde_json::{Map, Value};
@@ -15,6 +16,8 @@ pub struct QcowSpec {
     pub backing: BackingSpec,
     /// `encrypt.*`: the key of an encrypted image.
     pub encrypt: EncryptSpec,
+    /// qcow2's cache and write-path options (empty for qcow v1).
+    pub cache: CacheSpec,
     /// Tuning options as given ([`super::TUNING_OPTIONS`]).
     pub tuning: Tuning,
 }
@@ -48,7 +51,11 @@ impl QcowSpec {
     /// Parse the options of a `driver` (qcow2 or qcow) node in the backing-chain layer
     /// whose options start with `prefix` ("", "backing.", ...).
     pub(crate) fn parse(o: &Map<String, Value>, driver: &str, prefix: &str) -> Result<QcowSpec> {
-        check_keys(o, driver, &["file", "backing", "encrypt", "data-file"])?;
+        let mut allowed = vec!["file", "backing", "encrypt", "data-file"];
+        if driver == "qcow2" {
+            allowed.extend(CACHE_OPTIONS.iter().chain(WRITE_PATH_OPTIONS));
+        }
+        check_keys(o, driver, &allowed)?;
         if o.contains_key("data-file") {
             bail!(
                 Unsupported,
@@ -61,6 +68,7 @@ impl QcowSpec {
             file,
             backing: BackingSpec::parse(o, prefix)?,
             encrypt,
+            cache: CacheSpec::parse(o)?,
             tuning: Tuning::from_options(o),
         })
     }
@@ -79,6 +87,7 @@ impl QcowSpec {
         if !self.encrypt.is_empty() {
             m.insert("encrypt".into(), Value::Object(self.encrypt.to_options()));
         }
+        self.cache.write_options(m);
         self.tuning.write_options(m);
     }
 }

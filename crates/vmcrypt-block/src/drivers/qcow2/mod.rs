@@ -22,6 +22,7 @@ use crate::driver::{
     Backing, BackingInfo, BlockDriver, Child, Commit, Extent, HostMap, Introspect, MapExtent,
     check_range,
 };
+use crate::spec::CacheSpec;
 use crypt::Crypto;
 use engine::{ClusterMap, Engine};
 use meta::Meta;
@@ -40,10 +41,6 @@ use vmcrypt_format::qcow2::{
 
 pub use v1::QcowDriver;
 
-/// Bytes of L2 tables kept in memory per image, and the most tables (eviction scans
-/// them all).
-const L2_CACHE_BYTES: u64 = 32 << 20;
-const L2_CACHE_MAX_TABLES: u64 = 1024;
 /// Options for opening an image.
 #[derive(Default)]
 pub struct OpenOptions<'a> {
@@ -54,6 +51,8 @@ pub struct OpenOptions<'a> {
     pub limits: KdfLimits,
     /// Open for writing (refused, with the reason, for images we cannot write).
     pub writable: bool,
+    /// The cache options (QEMU's defaults when `None`).
+    pub cache: Option<&'a CacheSpec>,
 }
 
 /// An open qcow2 image.
@@ -102,8 +101,12 @@ impl Qcow2Driver {
             opts.encrypt_format,
             &opts.limits,
         )?;
-        let capacity =
-            (L2_CACHE_BYTES / header.cluster_size()).clamp(4, L2_CACHE_MAX_TABLES) as usize;
+        let entry_bytes = if header.has_extended_l2() { 16 } else { 8 };
+        let capacity = opts.cache.cloned().unwrap_or_default().l2_tables(
+            header.size,
+            header.cluster_size(),
+            entry_bytes,
+        )?;
         let write_refusal = write_refusal(opts.writable, &header, &crypto);
         let mut meta = Meta::new(l1, header.l1_table_offset, capacity);
         if write_refusal.is_none() {
