@@ -42,7 +42,7 @@ pub struct SectorCipher {
 /// [`crate::aes_xts::AesXts`] kernel: its tweak le128(sector) equals the plain64 IV, so it
 /// takes the whole buffer at once. Every other combination uses the generic paths.
 enum Backend {
-    /// AES-XTS-plain64 on the VAES/AES-NI kernel.
+    /// AES-XTS-plain64 on the VAES/AES-NI kernels.
     AesXts(AesXts),
     /// XTS over any 16-byte block cipher: `data` = first key half, `tweak` = second.
     Xts {

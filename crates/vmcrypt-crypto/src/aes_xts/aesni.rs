@@ -46,7 +46,7 @@ pub(crate) unsafe fn crypt(
 /// A 16-byte little-endian value as a register.
 #[inline]
 #[target_feature(enable = "sse2")]
-fn from_bytes(bytes: &[u8; 16]) -> __m128i {
+pub(crate) fn from_bytes(bytes: &[u8; 16]) -> __m128i {
     let lo = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let hi = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
     _mm_set_epi64x(hi as i64, lo as i64)
