@@ -8,7 +8,7 @@ use core::arch::x86_64::*;
 const LANES: usize = 8;
 
 /// Round keys as registers.
-type Rk = [__m128i; MAX_ROUNDS + 1];
+pub(crate) type Rk = [__m128i; MAX_ROUNDS + 1];
 
 /// Whether this CPU has AES-NI (SSE2 is part of x86_64).
 pub(crate) fn available() -> bool {
@@ -68,7 +68,7 @@ fn mul_x(t: __m128i) -> __m128i {
 /// AES rounds 1..=NR on `x` (round 0 already applied), the last with per-block keys.
 #[inline]
 #[target_feature(enable = "sse2,aes")]
-fn rounds<const NR: usize, const DEC: bool, const N: usize>(
+pub(crate) fn rounds<const NR: usize, const DEC: bool, const N: usize>(
     rk: &Rk,
     x: &mut [__m128i; N],
     last: &[__m128i; N],
