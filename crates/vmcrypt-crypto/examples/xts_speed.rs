@@ -154,9 +154,17 @@ fn main() {
             println!("{}", xts.backend());
         }
         Some("--info") => {
-            let xts = AesXts::new(&[1u8; 64]).expect("valid key length");
             let spec = CipherSpec::from_luks("aes", "cbc-essiv:sha256", 32).expect("spec");
-            let cbc = SectorCipher::new(&spec, &[1u8; 32]).expect("valid key");
+            let (xts, cbc) = match (
+                AesXts::new(&[1u8; 64]),
+                SectorCipher::new(&spec, &[1u8; 32]),
+            ) {
+                (Ok(x), Ok(c)) => (x, c),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("xts_speed: {e}");
+                    std::process::exit(2);
+                }
+            };
             println!(
                 "cpu: {}, xts kernel: {}, cbc-decrypt kernel: {}",
                 cpu_model(),

@@ -11,7 +11,8 @@
 //! is what lets AES-NI pipeline): XTS computes every tweak of a chunk first and then
 //! encrypts the chunk in one call (LRW likewise); CBC encryption interleaves the chains
 //! of all sectors of a chunk; CBC decryption decrypts a whole chunk at once and XORs
-//! afterwards.
+//! afterwards, except AES-CBC decryption, which runs on the [`crate::aes_cbc`] kernels
+//! (the XOR folded into the last AES round, no copy of the chunk).
 use crate::aes_cbc::AesCbc;
 use crate::aes_xts::AesXts;
 use crate::blockcipher::{BlockCipher, new_block_cipher};
