@@ -20,10 +20,11 @@ mod aesni;
 mod vaes;
 
 /// AES keyed for CBC over whole sectors: the `aes` crate cipher (encryption, and
-/// decryption on the `soft` kernel) and, on the hardware kernels, the expanded
-/// decryption round keys (boxed; zeroized on drop).
+/// decryption on the `soft` kernel) and, on the hardware kernels, the expanded round
+/// keys. Both are boxed, so moving an `AesCbc` leaves no key copies behind, and
+/// zeroized on drop.
 pub struct AesCbc {
-    cipher: Aes,
+    cipher: Box<Aes>,
     hw: Option<Box<RoundKeys>>,
     kernel: Kernel,
 }
@@ -46,7 +47,7 @@ impl AesCbc {
     /// if this CPU cannot run it or the key is not 16, 24 or 32 bytes.
     pub fn with_kernel(key: &[u8], kernel: Kernel) -> Result<Self> {
         let kernel = kernel.check_available()?;
-        let cipher = Aes::new(key)?;
+        let cipher = Box::new(Aes::new(key)?);
         let hw = (kernel != Kernel::Soft).then(|| Box::new(RoundKeys::new(key)));
         Ok(AesCbc { cipher, hw, kernel })
     }
@@ -58,7 +59,7 @@ impl AesCbc {
 
     /// The block cipher for the generic paths (CBC encryption).
     pub(crate) fn cipher(&self) -> &dyn BlockCipher {
-        &self.cipher
+        self.cipher.as_ref()
     }
 
     /// CBC-decrypt `data` in place, sector by sector: sector k (of `sector_size` bytes)
@@ -89,7 +90,7 @@ impl AesCbc {
         match (&self.hw, self.kernel) {
             (None, _) => {
                 let mut copy = vec![0u8; data.len()];
-                crate::sector::cbc_decrypt_chunk(&self.cipher, ivs, sector_size, data, &mut copy);
+                crate::sector::cbc_decrypt_chunk(self.cipher.as_ref(), ivs, sector_size, data, &mut copy);
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the kernel is a VAES build only if its `available()` returned true
