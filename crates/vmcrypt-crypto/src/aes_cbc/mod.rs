@@ -90,7 +90,13 @@ impl AesCbc {
         match (&self.hw, self.kernel) {
             (None, _) => {
                 let mut copy = vec![0u8; data.len()];
-                crate::sector::cbc_decrypt_chunk(self.cipher.as_ref(), ivs, sector_size, data, &mut copy);
+                crate::sector::cbc_decrypt_chunk(
+                    self.cipher.as_ref(),
+                    ivs,
+                    sector_size,
+                    data,
+                    &mut copy,
+                );
             }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the kernel is a VAES build only if its `available()` returned true

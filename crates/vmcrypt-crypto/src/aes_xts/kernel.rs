@@ -86,7 +86,15 @@ impl Kernel {
     pub(crate) fn from_setting(value: Option<&str>) -> Result<Kernel> {
         match value.map(str::trim) {
             None | Some("") => Ok(Kernel::best()),
-            Some(name) => Kernel::from_name(name)?.check_available(),
+            Some(name) => Kernel::from_name(name)
+                .and_then(Kernel::check_available)
+                .map_err(|e| {
+                    let msg = format!("{KERNEL_ENV}={name}: {}", e.message());
+                    match e.kind() {
+                        vmcrypt_error::ErrorKind::Usage => Error::usage(msg),
+                        _ => Error::unsupported(msg),
+                    }
+                }),
         }
     }
 
@@ -121,4 +129,45 @@ pub fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmcrypt_error::ErrorKind;
+
+    #[test]
+    fn setting_picks_the_named_kernel_or_the_best() {
+        assert_eq!(Kernel::from_setting(None).unwrap(), Kernel::best());
+        assert_eq!(Kernel::from_setting(Some(" ")).unwrap(), Kernel::best());
+        for k in Kernel::ALL {
+            match Kernel::from_setting(Some(k.name())) {
+                Ok(got) => assert!(k.available() && got == k, "{k}"),
+                Err(e) => {
+                    assert!(!k.available(), "{k}: {e}");
+                    assert_eq!(e.kind(), ErrorKind::Unsupported);
+                    assert!(e.message().contains(&format!("{KERNEL_ENV}={k}")), "{e}");
+                }
+            }
+        }
+        let e = Kernel::from_setting(Some("avx9")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert!(
+            e.message()
+                .starts_with("VMCRYPT_AES_KERNEL=avx9: unknown AES kernel 'avx9' (known: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kernels_are_ordered_fastest_first_and_soft_always_runs() {
+        assert!(Kernel::Soft.available());
+        let best = Kernel::best();
+        let pos = |k| Kernel::ALL.iter().position(|&x| x == k).unwrap();
+        assert!(
+            Kernel::ALL
+                .iter()
+                .all(|&k| !k.available() || pos(k) >= pos(best))
+        );
+    }
 }
