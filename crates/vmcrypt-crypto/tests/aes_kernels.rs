@@ -217,12 +217,19 @@ fn env_var_forces_the_kernel() {
 fn cbc_refuses_partial_sectors_and_missing_ivs() {
     let cbc = AesCbc::new(&[5u8; 32]).unwrap();
     let mut data = vec![0u8; 1024];
-    let err = cbc.decrypt_sectors(&[0u8; 16], 24, &mut data[..48]).unwrap_err();
+    let err = cbc
+        .decrypt_sectors(&[0u8; 16], 24, &mut data[..48])
+        .unwrap_err();
     assert!(err.message().contains("sector size 24"), "{err}");
-    let err = cbc.decrypt_sectors(&[0u8; 32], 512, &mut data[..1000]).unwrap_err();
+    let err = cbc
+        .decrypt_sectors(&[0u8; 32], 512, &mut data[..1000])
+        .unwrap_err();
     assert!(err.message().contains("data length 1000"), "{err}");
     let err = cbc.decrypt_sectors(&[0u8; 16], 512, &mut data).unwrap_err();
-    assert!(err.message().contains("16 bytes of IVs for 2 sectors"), "{err}");
+    assert!(
+        err.message().contains("16 bytes of IVs for 2 sectors"),
+        "{err}"
+    );
     assert_eq!(data, vec![0u8; 1024], "nothing written on error");
     assert!(AesCbc::new(&[5u8; 20]).is_err());
 }
