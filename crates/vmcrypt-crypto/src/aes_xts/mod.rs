@@ -3,11 +3,11 @@
 //! [`KERNEL_ENV`] names):
 //!
 //! * `vaes-avx512`: VAES on 256-bit registers, AVX-512VL/BW enabled (2 blocks per
-//!   register, 16 registers in flight), tweaks advanced 8..32 blocks at a time with byte
+//!   register, 8 registers in flight), tweaks advanced 8 or 16 blocks at a time with byte
 //!   shifts and carry-less multiplication, the tweak XOR folded into the first and last
 //!   AES round.
 //! * `vaes-avx2`: the same code built for AVX2 + VAES + VPCLMULQDQ only (Zen 3, Alder
-//!   Lake), 8 registers in flight (16 vector registers instead of 32).
+//!   Lake): 16 vector registers instead of 32, no AVX-512 instruction.
 //! * `aesni`: 128-bit AES-NI, 8 blocks in flight.
 //! * `soft`: the `aes` crate (portable; used on other CPUs and architectures).
 //!
