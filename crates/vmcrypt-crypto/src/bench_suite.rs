@@ -86,6 +86,16 @@ pub fn kdf_rows(budget: Duration) -> Vec<KdfRow> {
     pbkdf2.chain(argon2).collect()
 }
 
+/// The comment line `vmcrypt bench` prints above its table: the CPU model and the AES
+/// kernel in use (an error if `VMCRYPT_AES_KERNEL` names one this CPU lacks).
+pub fn kernel_line() -> vmcrypt_error::Result<String> {
+    Ok(format!(
+        "# CPU: {}; AES kernel (XTS, CBC decryption): {}",
+        crate::aes_xts::cpu_model(),
+        crate::aes_xts::Kernel::selected()?
+    ))
+}
+
 /// One KDF line of the table.
 fn render_kdf(row: &KdfRow) -> String {
     match row {
@@ -167,6 +177,15 @@ pub fn render(kdf: &[KdfRow], ciphers: &[CipherRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_line_names_cpu_and_kernel() {
+        let line = kernel_line().unwrap();
+        let kernel = crate::aes_xts::Kernel::selected().unwrap();
+        assert!(line.starts_with("# CPU: "), "{line}");
+        assert!(line.contains(&crate::aes_xts::cpu_model()), "{line}");
+        assert!(line.ends_with(&format!(": {kernel}")), "{line}");
+    }
 
     #[test]
     fn kdf_lines_look_like_cryptsetup() {

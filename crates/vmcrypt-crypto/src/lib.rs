@@ -8,13 +8,16 @@
 //! * [`spec`]: cipher specifications (`aes` + `xts-plain64`, QEMU's `aes-256`/`xts`/`plain64`).
 //! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
 //! * [`lrw`]: the GF(2^128) tweak arithmetic of the kernel's LRW mode.
-//! * [`aes_xts`]: the fast AES-XTS kernel, the only module allowed to use `unsafe`.
+//! * [`aes_xts`]: the fast AES-XTS kernels and the [`aes_xts::Kernel`] choice, and
+//!   [`aes_cbc`]: fast AES-CBC decryption; the only modules allowed to use `unsafe`.
 //! * [`secret`]: [`SecretBytes`], key material that is zeroized on drop.
 //! * [`random`]: the OS random number generator.
 //!
 //! No I/O happens here besides reading the OS RNG.
 #![deny(unsafe_code)]
 
+#[allow(unsafe_code)]
+pub mod aes_cbc;
 #[allow(unsafe_code)]
 pub mod aes_xts;
 pub mod af;

@@ -11,7 +11,9 @@
 //! is what lets AES-NI pipeline): XTS computes every tweak of a chunk first and then
 //! encrypts the chunk in one call (LRW likewise); CBC encryption interleaves the chains
 //! of all sectors of a chunk; CBC decryption decrypts a whole chunk at once and XORs
-//! afterwards.
+//! afterwards, except AES-CBC decryption, which runs on the [`crate::aes_cbc`] kernels
+//! (the XOR folded into the last AES round, no copy of the chunk).
+use crate::aes_cbc::AesCbc;
 use crate::aes_xts::AesXts;
 use crate::blockcipher::{BlockCipher, new_block_cipher};
 use crate::lrw::{LrwKey, TWEAK_KEY_BYTES};
@@ -42,7 +44,7 @@ pub struct SectorCipher {
 /// [`crate::aes_xts::AesXts`] kernel: its tweak le128(sector) equals the plain64 IV, so it
 /// takes the whole buffer at once. Every other combination uses the generic paths.
 enum Backend {
-    /// AES-XTS-plain64 on the VAES/AES-NI kernel.
+    /// AES-XTS-plain64 on the VAES/AES-NI kernels.
     AesXts(AesXts),
     /// XTS over any 16-byte block cipher: `data` = first key half, `tweak` = second.
     Xts {
@@ -50,6 +52,8 @@ enum Backend {
         tweak: Box<dyn BlockCipher>,
     },
     Cbc(Box<dyn BlockCipher>),
+    /// AES-CBC: decryption on the VAES/AES-NI kernels, encryption on the generic path.
+    AesCbc(AesCbc),
     Ecb(Box<dyn BlockCipher>),
     /// LRW: the block cipher keyed with K1 and the tables of the tweak key K2.
     Lrw {
@@ -93,6 +97,16 @@ impl SectorCipher {
         &self.spec
     }
 
+    /// The hardware AES kernel doing the bulk work ("vaes-avx512", "vaes-avx2", "aesni"
+    /// or "soft"; for CBC the decryption kernel), or `None` for the generic paths.
+    pub fn kernel(&self) -> Option<&'static str> {
+        match &self.backend {
+            Backend::AesXts(k) => Some(k.backend()),
+            Backend::AesCbc(k) => Some(k.kernel().name()),
+            _ => None,
+        }
+    }
+
     /// Encrypt `data` in place.
     pub fn encrypt(&self, iv_sector: u64, sector_size: usize, data: &mut [u8]) -> Result<()> {
         self.run(iv_sector, sector_size, data, true)
@@ -115,7 +129,18 @@ impl SectorCipher {
             return Ok(());
         }
         let chunk_len = CHUNK_BYTES.max(sector_size);
-        let mut scratch = Scratch::new(data.len().min(chunk_len), sector_size, self.iv.len);
+        // Only the generic XTS/CBC-decrypt/LRW paths need a chunk-sized work buffer.
+        let needs_buf = !matches!(
+            (&self.backend, enc),
+            (Backend::AesCbc(_) | Backend::Ecb(_), _) | (Backend::Cbc(_), true)
+        );
+        let buf_len = if needs_buf {
+            data.len().min(chunk_len)
+        } else {
+            0
+        };
+        let mut scratch =
+            Scratch::new(data.len().min(chunk_len), buf_len, sector_size, self.iv.len);
         for (i, chunk) in data.chunks_mut(chunk_len).enumerate() {
             let sectors_before = (i * (chunk_len / sector_size)) as u64;
             let first = iv_sector.wrapping_add(sectors_before.wrapping_mul(step));
@@ -136,6 +161,12 @@ impl SectorCipher {
                 (Backend::Cbc(c), false) => {
                     cbc_decrypt_chunk(c.as_ref(), ivs, sector_size, chunk, &mut scratch.buf)
                 }
+                (Backend::AesCbc(c), true) => {
+                    cbc_encrypt_chunk(c.cipher(), ivs, sector_size, chunk)
+                }
+                (Backend::AesCbc(c), false) => c
+                    .decrypt_sectors(ivs, sector_size, chunk)
+                    .expect("whole sectors with one IV each"),
                 (Backend::Ecb(c), true) => c.encrypt_blocks(chunk),
                 (Backend::Ecb(c), false) => c.decrypt_blocks(chunk),
                 (Backend::AesXts(_), _) => unreachable!("handled before the chunk loop"),
@@ -174,6 +205,9 @@ impl Backend {
                     data: new_block_cipher(spec.family, k1)?,
                     tweak: new_block_cipher(spec.family, k2)?,
                 }
+            }
+            CipherMode::Cbc if spec.family == CipherFamily::Aes => {
+                Backend::AesCbc(AesCbc::new(key)?)
             }
             CipherMode::Cbc => Backend::Cbc(new_block_cipher(spec.family, key)?),
             CipherMode::Ecb => Backend::Ecb(new_block_cipher(spec.family, key)?),
@@ -243,10 +277,11 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(chunk_len: usize, sector_size: usize, iv_len: usize) -> Self {
+    /// IVs for a chunk of `chunk_len` bytes, and a `buf_len`-byte work buffer.
+    fn new(chunk_len: usize, buf_len: usize, sector_size: usize, iv_len: usize) -> Self {
         Scratch {
             ivs: Zeroizing::new(vec![0u8; chunk_len / sector_size * iv_len]),
-            buf: Zeroizing::new(vec![0u8; chunk_len]),
+            buf: Zeroizing::new(vec![0u8; buf_len]),
         }
     }
 }
@@ -376,8 +411,8 @@ fn cbc_encrypt_chunk(
 }
 
 /// CBC decryption: decrypt every block at once, then XOR each with the ciphertext block
-/// before it (or the sector's IV).
-fn cbc_decrypt_chunk(
+/// before it (or the sector's IV). `copy_buf` is at least `chunk.len()` bytes.
+pub(crate) fn cbc_decrypt_chunk(
     cipher: &dyn BlockCipher,
     ivs: &[u8],
     sector_size: usize,

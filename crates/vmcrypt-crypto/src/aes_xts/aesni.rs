@@ -8,7 +8,7 @@ use core::arch::x86_64::*;
 const LANES: usize = 8;
 
 /// Round keys as registers.
-type Rk = [__m128i; MAX_ROUNDS + 1];
+pub(crate) type Rk = [__m128i; MAX_ROUNDS + 1];
 
 /// Whether this CPU has AES-NI (SSE2 is part of x86_64).
 pub(crate) fn available() -> bool {
@@ -46,7 +46,7 @@ pub(crate) unsafe fn crypt(
 /// A 16-byte little-endian value as a register.
 #[inline]
 #[target_feature(enable = "sse2")]
-fn from_bytes(bytes: &[u8; 16]) -> __m128i {
+pub(crate) fn from_bytes(bytes: &[u8; 16]) -> __m128i {
     let lo = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     let hi = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
     _mm_set_epi64x(hi as i64, lo as i64)
@@ -68,7 +68,7 @@ fn mul_x(t: __m128i) -> __m128i {
 /// AES rounds 1..=NR on `x` (round 0 already applied), the last with per-block keys.
 #[inline]
 #[target_feature(enable = "sse2,aes")]
-fn rounds<const NR: usize, const DEC: bool, const N: usize>(
+pub(crate) fn rounds<const NR: usize, const DEC: bool, const N: usize>(
     rk: &Rk,
     x: &mut [__m128i; N],
     last: &[__m128i; N],

@@ -1,75 +1,36 @@
 //! The fast AES-XTS kernel (IEEE 1619, no ciphertext stealing: sectors are multiples of
-//! 16 bytes). Picks an implementation at run time:
+//! 16 bytes). Picks a [`Kernel`] at run time (the fastest this CPU has, or the one
+//! [`KERNEL_ENV`] names):
 //!
-//! * `vaes-avx512`: VAES on 256-bit registers with AVX-512VL/BW helpers (2 blocks per
-//!   register, 16 registers in flight), tweaks advanced 8..32 blocks at a time with byte
+//! * `vaes-avx512`: VAES on 256-bit registers, AVX-512VL/BW enabled (2 blocks per
+//!   register, 8 registers in flight), tweaks advanced 8 or 16 blocks at a time with byte
 //!   shifts and carry-less multiplication, the tweak XOR folded into the first and last
 //!   AES round.
+//! * `vaes-avx2`: the same code built for AVX2 + VAES + VPCLMULQDQ only (Zen 3, Alder
+//!   Lake): 16 vector registers instead of 32, no AVX-512 instruction.
 //! * `aesni`: 128-bit AES-NI, 8 blocks in flight.
 //! * `soft`: the `aes` crate (portable; used on other CPUs and architectures).
 //!
-//! Submodules: [`keysched`] (AES key expansion for the hardware paths), [`soft`],
-//! `aesni` and `vaes` (x86_64 only).
+//! Submodules: [`keysched`] (AES key expansion for the hardware paths), `kernel` (the
+//! [`Kernel`] choice), [`soft`], and x86_64 only: `aesni`, `vaes` (both VAES builds) and
+//! `vaes_ops` (their building blocks, shared with [`crate::aes_cbc`]).
 use vmcrypt_error::{Error, Result};
 
 #[cfg(target_arch = "x86_64")]
-mod aesni;
-mod keysched;
+pub(crate) mod aesni;
+mod kernel;
+pub(crate) mod keysched;
 mod soft;
 #[cfg(test)]
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod vaes;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vaes_ops;
 
+pub use kernel::{KERNEL_ENV, Kernel, cpu_model};
 use keysched::RoundKeys;
 use soft::SoftKeys;
-
-/// An implementation of the XTS kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Backend {
-    /// VAES + AVX-512 (x86_64).
-    Vaes,
-    /// AES-NI on 128-bit registers (x86_64).
-    AesNi,
-    /// The portable `aes` crate path.
-    Soft,
-}
-
-impl Backend {
-    /// Every backend, fastest first.
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) const ALL: [Backend; 3] = [Backend::Vaes, Backend::AesNi, Backend::Soft];
-
-    /// The name [`AesXts::backend`] reports.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Backend::Vaes => "vaes-avx512",
-            Backend::AesNi => "aesni",
-            Backend::Soft => "soft",
-        }
-    }
-
-    /// Whether this CPU can run the backend.
-    pub(crate) fn available(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Backend::Vaes => vaes::available(),
-            #[cfg(target_arch = "x86_64")]
-            Backend::AesNi => aesni::available(),
-            #[cfg(not(target_arch = "x86_64"))]
-            Backend::Vaes | Backend::AesNi => false,
-            Backend::Soft => true,
-        }
-    }
-
-    /// The fastest backend this CPU can run.
-    fn best() -> Backend {
-        [Backend::Vaes, Backend::AesNi]
-            .into_iter()
-            .find(|b| b.available())
-            .unwrap_or(Backend::Soft)
-    }
-}
 
 /// Expanded round keys of the data key K1 (encryption and equivalent-inverse decryption
 /// schedules) and the tweak key K2, for the hardware backends. Zeroized on drop.
@@ -92,7 +53,7 @@ enum Keys {
 /// Expanded keys are zeroized on drop; `Debug` shows only the key size and backend.
 pub struct AesXts {
     keys: Keys,
-    backend: Backend,
+    backend: Kernel,
     key_bits: usize,
 }
 
@@ -107,29 +68,26 @@ impl std::fmt::Debug for AesXts {
 
 impl AesXts {
     /// Key AES-XTS. `key` is 32, 48 or 64 bytes (AES-128/192/256-XTS): the first half is
-    /// the data key K1, the second half the tweak key K2.
+    /// the data key K1, the second half the tweak key K2. Runs on [`Kernel::selected`]
+    /// (an error if [`KERNEL_ENV`] names a kernel this CPU lacks).
     pub fn new(key: &[u8]) -> Result<Self> {
-        Self::with_backend(key, Backend::best())
+        Self::with_kernel(key, Kernel::selected()?)
     }
 
-    /// Key AES-XTS on a given backend (tests and benchmarks use this to force a path).
-    pub(crate) fn with_backend(key: &[u8], backend: Backend) -> Result<Self> {
+    /// Key AES-XTS on a given kernel (tests and benchmarks use this to force a path); an
+    /// error if this CPU cannot run it.
+    pub fn with_kernel(key: &[u8], backend: Kernel) -> Result<Self> {
         if !matches!(key.len(), 32 | 48 | 64) {
             return Err(Error::unsupported(format!(
                 "AES-XTS key must be 32, 48 or 64 bytes (AES-128/192/256), got {} bytes",
                 key.len()
             )));
         }
-        if !backend.available() {
-            return Err(Error::unsupported(format!(
-                "AES-XTS backend {} is not supported by this CPU",
-                backend.name()
-            )));
-        }
+        let backend = backend.check_available()?;
         let (k1, k2) = key.split_at(key.len() / 2);
         let keys = match backend {
-            Backend::Soft => Keys::Soft(Box::new(SoftKeys::new(key))),
-            Backend::Vaes | Backend::AesNi => Keys::Hw(Box::new(HwKeys {
+            Kernel::Soft => Keys::Soft(Box::new(SoftKeys::new(key))),
+            Kernel::VaesAvx512 | Kernel::VaesAvx2 | Kernel::AesNi => Keys::Hw(Box::new(HwKeys {
                 data: RoundKeys::new(k1),
                 tweak: RoundKeys::new(k2),
             })),
@@ -170,9 +128,14 @@ impl AesXts {
         self.crypt(true, first_tweak, tweak_step, sector_size, data);
     }
 
-    /// Which implementation was picked: "vaes-avx512", "aesni" or "soft".
+    /// Which implementation was picked: "vaes-avx512", "vaes-avx2", "aesni" or "soft".
     pub fn backend(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// The kernel in use.
+    pub fn kernel(&self) -> Kernel {
+        self.backend
     }
 
     fn crypt(&self, decrypt: bool, first: u64, step: u64, sector_size: usize, data: &mut [u8]) {
@@ -189,14 +152,15 @@ impl AesXts {
         match (&self.keys, self.backend) {
             (Keys::Soft(k), _) => k.crypt(decrypt, first, step, sector_size, data),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `backend` is Vaes only if `vaes::available()` returned true in
-            // `with_backend`, so the CPU has every feature `vaes::crypt` enables.
-            (Keys::Hw(k), Backend::Vaes) => unsafe {
-                vaes::crypt(k, decrypt, first, step, sector_size, data)
+            // SAFETY: `backend` is a VAES kernel only if its `available()` returned true
+            // in `with_kernel`, so the CPU has every feature that build enables.
+            (Keys::Hw(k), Kernel::VaesAvx512 | Kernel::VaesAvx2) => unsafe {
+                let wide = self.backend == Kernel::VaesAvx512;
+                vaes::crypt(k, wide, decrypt, first, step, sector_size, data)
             },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `backend` is AesNi only if `aesni::available()` returned true in
-            // `with_backend`, so the CPU has AES-NI.
+            // SAFETY: the remaining hardware kernel is AesNi, chosen only if
+            // `aesni::available()` returned true in `with_kernel`, so the CPU has AES-NI.
             (Keys::Hw(k), _) => unsafe { aesni::crypt(k, decrypt, first, step, sector_size, data) },
             #[cfg(not(target_arch = "x86_64"))]
             (Keys::Hw(_), _) => unreachable!("hardware AES-XTS backends exist only on x86_64"),

@@ -1,15 +1,15 @@
 //! Tests of the AES-XTS kernel: IEEE P1619 (2007, D16) Annex B vectors, comparison with
 //! OpenSSL's XTS for AES-128/256 and with a per-block reference for AES-192, on every
 //! backend this CPU can run.
-use super::{AesXts, Backend};
+use super::{AesXts, Kernel};
 use aes::cipher::generic_array::GenericArray;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use openssl::symm::{Cipher, Crypter, Mode};
 use vmcrypt_error::ErrorKind;
 
 /// Every backend this CPU can run (always includes `Soft`).
-fn backends() -> Vec<Backend> {
-    Backend::ALL.into_iter().filter(|b| b.available()).collect()
+fn backends() -> Vec<Kernel> {
+    Kernel::ALL.into_iter().filter(|b| b.available()).collect()
 }
 
 /// Deterministic pseudo-random bytes (splitmix64).
@@ -38,7 +38,7 @@ fn ramp512() -> Vec<u8> {
 
 fn check_vector(name: &str, key: &[u8], tweak: u64, ptx: &[u8], ctx: &[u8]) {
     for b in backends() {
-        let xts = AesXts::with_backend(key, b).unwrap();
+        let xts = AesXts::with_kernel(key, b).unwrap();
         let mut buf = ptx.to_vec();
         xts.encrypt_sectors(tweak, 1, ptx.len(), &mut buf);
         assert_eq!(
@@ -287,7 +287,7 @@ fn matches_openssl_aes128_and_aes256() {
         key[key_len / 2] ^= 0x5a; // OpenSSL insists K1 != K2; make sure.
         let xtss: Vec<_> = backends()
             .into_iter()
-            .map(|b| AesXts::with_backend(&key, b).unwrap())
+            .map(|b| AesXts::with_kernel(&key, b).unwrap())
             .collect();
         for &sector in &SECTORS {
             for (i, &first) in TWEAKS.iter().enumerate() {
@@ -339,7 +339,7 @@ fn reference_xts192(key: &[u8], first: u64, sector: usize, data: &[u8]) -> Vec<u
 fn aes192_matches_reference() {
     let key = pseudo_random(192, 48);
     for b in backends() {
-        let xts = AesXts::with_backend(&key, b).unwrap();
+        let xts = AesXts::with_kernel(&key, b).unwrap();
         for &sector in &SECTORS {
             for &first in &TWEAKS {
                 let plain = pseudo_random(first ^ 7, sector * 5);
@@ -367,7 +367,7 @@ fn backends_agree_on_large_buffers() {
             let mut outputs = Vec::new();
             for b in backends() {
                 let mut buf = plain.clone();
-                AesXts::with_backend(&key, b).unwrap().encrypt_sectors(
+                AesXts::with_kernel(&key, b).unwrap().encrypt_sectors(
                     u64::MAX - 100,
                     1,
                     sector,
@@ -419,7 +419,7 @@ fn rejects_bad_key_lengths() {
 #[test]
 fn empty_data_is_a_no_op() {
     for b in backends() {
-        let xts = AesXts::with_backend(&[3u8; 32], b).unwrap();
+        let xts = AesXts::with_kernel(&[3u8; 32], b).unwrap();
         xts.encrypt_sectors(5, 1, 512, &mut []);
         xts.decrypt_sectors(5, 1, 512, &mut []);
     }

@@ -1,7 +1,7 @@
 //! `vmcrypt bench`: cipher and PBKDF2 speed, printed like `cryptsetup benchmark`.
 use std::io::Write;
 use std::time::Duration;
-use vmcrypt_crypto::bench_suite::{CIPHERS, cipher_row, kdf_rows, render};
+use vmcrypt_crypto::bench_suite::{CIPHERS, cipher_row, kdf_rows, kernel_line, render};
 use vmcrypt_error::{Result, ensure};
 
 /// Flags of `vmcrypt bench`.
@@ -20,6 +20,7 @@ pub fn run(a: Args) -> Result<u8> {
         "--seconds must be in (0, 60]"
     );
     let budget = Duration::from_secs_f64(seconds);
+    let kernel = kernel_line()?;
     eprint!("measuring PBKDF2 and {} ciphers...", CIPHERS.len());
     let _ = std::io::stderr().flush();
     let kdf = kdf_rows(budget);
@@ -28,6 +29,6 @@ pub fn run(a: Args) -> Result<u8> {
         .map(|&(c, m, k)| cipher_row(c, m, k, budget / 3))
         .collect::<Result<Vec<_>>>()?;
     eprintln!();
-    out!("{}", render(&kdf, &rows));
+    out!("{kernel}\n{}", render(&kdf, &rows));
     Ok(0)
 }

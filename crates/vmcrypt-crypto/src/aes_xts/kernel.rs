@@ -1,0 +1,173 @@
+//! [`Kernel`]: the implementations of the hardware AES paths (XTS and CBC decryption),
+//! which of them this CPU can run, and which one is used (the fastest, or the one named
+//! by the `VMCRYPT_AES_KERNEL` environment variable).
+use vmcrypt_error::{Error, Result};
+
+/// The environment variable that forces a kernel by name (benchmarks use it to measure
+/// `vaes-avx2` on an AVX-512 machine). Unset or empty: the fastest available kernel.
+pub const KERNEL_ENV: &str = "VMCRYPT_AES_KERNEL";
+
+/// One implementation of the AES-XTS and AES-CBC-decryption kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// VAES on 256-bit registers with AVX-512F/VL/BW (32 vector registers), x86_64.
+    VaesAvx512,
+    /// VAES + VPCLMULQDQ on 256-bit registers with AVX2 only (Zen 3, Alder Lake), x86_64.
+    VaesAvx2,
+    /// AES-NI on 128-bit registers, x86_64.
+    AesNi,
+    /// The portable `aes` crate.
+    Soft,
+}
+
+impl Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Kernel; 4] = [
+        Kernel::VaesAvx512,
+        Kernel::VaesAvx2,
+        Kernel::AesNi,
+        Kernel::Soft,
+    ];
+
+    /// The kernel's name: "vaes-avx512", "vaes-avx2", "aesni" or "soft".
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::VaesAvx512 => "vaes-avx512",
+            Kernel::VaesAvx2 => "vaes-avx2",
+            Kernel::AesNi => "aesni",
+            Kernel::Soft => "soft",
+        }
+    }
+
+    /// The kernel called `name` (as [`Kernel::name`] prints it).
+    pub fn from_name(name: &str) -> Result<Kernel> {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = Kernel::ALL.iter().map(|k| k.name()).collect();
+                Error::usage(format!(
+                    "unknown AES kernel '{name}' (known: {})",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::VaesAvx512 => super::vaes::available_avx512(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::VaesAvx2 => super::vaes::available_avx2(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::AesNi => super::aesni::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::VaesAvx512 | Kernel::VaesAvx2 | Kernel::AesNi => false,
+            Kernel::Soft => true,
+        }
+    }
+
+    /// The fastest kernel this CPU can run.
+    pub fn best() -> Kernel {
+        Kernel::ALL
+            .into_iter()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Soft)
+    }
+
+    /// The kernel new ciphers use: the one named by [`KERNEL_ENV`] if that is set and not
+    /// empty (an error if the name is unknown or the CPU cannot run it), else [`Kernel::best`].
+    pub fn selected() -> Result<Kernel> {
+        Kernel::from_setting(std::env::var(KERNEL_ENV).ok().as_deref())
+    }
+
+    /// [`Kernel::selected`] for a given value of the variable.
+    pub(crate) fn from_setting(value: Option<&str>) -> Result<Kernel> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Kernel::best()),
+            Some(name) => Kernel::from_name(name)
+                .and_then(Kernel::check_available)
+                .map_err(|e| {
+                    let msg = format!("{KERNEL_ENV}={name}: {}", e.message());
+                    match e.kind() {
+                        vmcrypt_error::ErrorKind::Usage => Error::usage(msg),
+                        _ => Error::unsupported(msg),
+                    }
+                }),
+        }
+    }
+
+    /// `self`, or an error naming it if this CPU cannot run it.
+    pub(crate) fn check_available(self) -> Result<Kernel> {
+        if self.available() {
+            Ok(self)
+        } else {
+            Err(Error::unsupported(format!(
+                "AES kernel {} is not supported by this CPU",
+                self.name()
+            )))
+        }
+    }
+}
+
+impl std::fmt::Display for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The CPU model as the OS reports it (`model name` in /proc/cpuinfo on Linux), or the
+/// architecture where that is not available; benchmarks print it beside their numbers.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmcrypt_error::ErrorKind;
+
+    #[test]
+    fn setting_picks_the_named_kernel_or_the_best() {
+        assert_eq!(Kernel::from_setting(None).unwrap(), Kernel::best());
+        assert_eq!(Kernel::from_setting(Some(" ")).unwrap(), Kernel::best());
+        for k in Kernel::ALL {
+            match Kernel::from_setting(Some(k.name())) {
+                Ok(got) => assert!(k.available() && got == k, "{k}"),
+                Err(e) => {
+                    assert!(!k.available(), "{k}: {e}");
+                    assert_eq!(e.kind(), ErrorKind::Unsupported);
+                    assert!(e.message().contains(&format!("{KERNEL_ENV}={k}")), "{e}");
+                }
+            }
+        }
+        let e = Kernel::from_setting(Some("avx9")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        assert!(
+            e.message()
+                .starts_with("VMCRYPT_AES_KERNEL=avx9: unknown AES kernel 'avx9' (known: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn kernels_are_ordered_fastest_first_and_soft_always_runs() {
+        assert!(Kernel::Soft.available());
+        let best = Kernel::best();
+        let pos = |k| Kernel::ALL.iter().position(|&x| x == k).unwrap();
+        assert!(
+            Kernel::ALL
+                .iter()
+                .all(|&k| !k.available() || pos(k) >= pos(best))
+        );
+    }
+}
