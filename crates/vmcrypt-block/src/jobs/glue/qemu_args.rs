@@ -44,6 +44,7 @@ pub fn qemu_args(r: &QemuArgsRequest) -> Result<QemuArgs> {
         metadata_only: true,
         limits: r.limits,
         writable_backing: false,
+        force_share: r.image.force_share,
     };
     let node = graph::open(&spec, &ctx)?;
     let mut out = QemuArgs::default();
@@ -101,7 +102,10 @@ fn qcow2_words(r: &QemuArgsRequest, layers: Vec<Layer>) -> Result<Vec<String>> {
         }
     };
     let mut nodes = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.into_iter().enumerate().rev() {
+    for (i, mut layer) in layers.into_iter().enumerate().rev() {
+        if r.image.force_share {
+            layer.spec.disable_locking();
+        }
         let mut n = qemu_node(&layer.spec, &name(i))?;
         if layer.has_backing {
             n.insert("backing".into(), Value::String(name(i + 1)));
