@@ -303,4 +303,13 @@ fn qcow2_luks_overlay_over_a_luks_base_opens_in_qemu() {
         base,
     );
     overlay_opens_in_qemu(&sc, &objects, &opts, &want, "luks");
+    // Each layer's key is checked: the base's secret holding the top's passphrase is
+    // refused, naming the base.
+    let swapped = opts.replace("backing.key-secret=sb", "backing.key-secret=st");
+    let mut a = vec!["qemu-args"];
+    for o in &objects {
+        a.extend(["--object", o]);
+    }
+    a.extend(["--image-opts", &swapped]);
+    vmcrypt(&a).code_is(2).stderr_has("base.luks");
 }
