@@ -108,8 +108,40 @@ impl ImageArg {
         if let Ok(Some("raw")) = graph::probed_format(&spec) {
             events.warning(&probed_raw_warning(&self.name));
         }
-        graph::open(&spec, &ctx)
+        let node = graph::open(&spec, &ctx)?;
+        if !access.metadata_only {
+            warn_unverified_keys(node.as_ref(), events);
+        }
+        Ok(node)
     }
+}
+
+/// Warn once for each node of the graph (its children and backing chain included) that
+/// decrypts with a key it could not check: legacy qcow AES has no key digest, so a
+/// wrong passphrase reads as garbage with no error, in QEMU too.
+fn warn_unverified_keys(node: &dyn BlockDriver, events: &mut dyn Events) {
+    if node.as_introspect().is_some_and(|i| i.key_unverified()) {
+        events.warning(&unverified_key_warning(&node.filename()));
+    }
+    for c in node.children() {
+        warn_unverified_keys(c.node.as_ref(), events);
+    }
+    if let Some(b) = node.as_backing().and_then(|b| b.backing_node()) {
+        warn_unverified_keys(b.as_ref(), events);
+    }
+}
+
+/// The warning for an image whose legacy AES key cannot be verified, with how to check it.
+pub fn unverified_key_warning(name: &str) -> String {
+    format!(
+        "WARNING: '{name}' uses legacy qcow AES encryption, which cannot verify a passphrase: \
+         a wrong key is not an error, the data just decrypts to garbage.\n         \
+         To check the key, convert the image (vmcrypt convert ... -O raw plain.raw) and look \
+         at the result: compare it with a copy you trust, or look for a partition table or \
+         filesystem (blkid plain.raw, file -s plain.raw).\n         \
+         Then move off legacy AES: vmcrypt convert ... -O qcow2 -o \
+         encrypt.format=luks,encrypt.key-secret=ID"
+    )
 }
 
 /// qemu-img's warning for an image whose format was probed as raw.
@@ -164,6 +196,43 @@ mod tests {
         let mut buf = [0u8; 512];
         node.read_at(&mut buf, 0).unwrap();
         assert_eq!(buf, [7u8; 512]);
+    }
+
+    /// Warnings a job sent.
+    #[derive(Default)]
+    struct Recorded(Vec<String>);
+
+    impl Events for Recorded {
+        fn warning(&mut self, text: &str) {
+            self.0.push(text.to_string());
+        }
+    }
+
+    #[test]
+    fn a_legacy_aes_key_is_reported_unverified_through_events() {
+        let img = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/vectors/qemu/qcow2-legacy-aes.qcow2")
+            .display()
+            .to_string();
+        assert!(Path::new(&img).is_file(), "test vector missing: {img}");
+        let sc = Scratch::new();
+        let key = sc.raw("key", b"any key: legacy AES takes it");
+        let env = Env::new(
+            vec![format!("secret,id=s0,file={key}")],
+            KdfLimits::default(),
+        );
+        let arg = ImageArg {
+            name: format!("driver=qcow2,file.filename={img},encrypt.key-secret=s0"),
+            image_opts: true,
+            ..ImageArg::default()
+        };
+        let mut events = Recorded::default();
+        arg.open(&env, Access::READ, &mut events).unwrap();
+        assert_eq!(events.0, [unverified_key_warning(&img)]);
+        // Metadata only (info): no data is decrypted, nothing to warn about.
+        let mut events = Recorded::default();
+        arg.open(&env, Access::METADATA, &mut events).unwrap();
+        assert!(events.0.is_empty(), "{:?}", events.0);
     }
 
     #[test]
