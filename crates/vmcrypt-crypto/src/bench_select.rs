@@ -31,7 +31,7 @@ impl BenchCipher {
     pub fn parse(spec: &str, key_bits: Option<u32>) -> Result<BenchCipher> {
         let bits = key_bits.unwrap_or(DEFAULT_KEY_BITS);
         ensure!(
-            bits > 0 && bits % 8 == 0,
+            bits > 0 && bits.is_multiple_of(8),
             Usage,
             "-s {bits}: the key size must be a positive multiple of 8 bits"
         );

@@ -207,19 +207,8 @@ fn force_share_reaches_a_detached_header() {
          file.driver=qcow2,file.file.driver=file,file.file.filename={payload}"
     );
     let want = plaintext(SIZE, "force-share detached");
-    let data = sc.write("data.raw", &want);
-    vmcrypt(&[
-        "convert",
-        "-n",
-        "--object",
-        &secret,
-        "-f",
-        "raw",
-        &data,
-        "--target-image-opts",
-        &opts,
-    ])
-    .ok();
+    sc.write("data.raw", &want);
+    write_into_node(vmcrypt, &sc, "pw", "data.raw", &opts);
     // The daemon holds the payload and the header for writing: -U must reach both.
     let _held = hold_for_writing(&sc, &secret, &opts);
     reads_only_with_force_share(&sc, &secret, &opts, &want, "pay.qcow2", &[]);

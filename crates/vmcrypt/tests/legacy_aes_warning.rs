@@ -25,6 +25,16 @@ fn warnings_for(stderr: &str, image: &str) -> usize {
         .count()
 }
 
+/// `vmcrypt convert --object O... --image-opts OPTS -O raw OUT`, which must succeed.
+fn convert(objects: &[&str], opts: &str, out: &str) -> Out {
+    let mut a = vec!["convert"];
+    for o in objects {
+        a.extend(["--object", o]);
+    }
+    a.extend(["--image-opts", opts, "-O", "raw", out]);
+    vmcrypt(&a).ok()
+}
+
 /// The warning says how to check the key.
 fn says_how_to_check(stderr: &str) {
     for hint in [
@@ -46,8 +56,7 @@ fn a_wrong_legacy_aes_key_reads_garbage_with_a_warning() {
     for (key, right) in [("good", true), ("bad", false)] {
         let secret = sc.secret("s0", key);
         let out = sc.p(&format!("{key}.raw"));
-        #[rustfmt::skip]
-        let conv = vmcrypt(&["convert", "--object", &secret, "--image-opts", &opts, "-O", "raw", &out]).ok();
+        let conv = convert(&[&secret], &opts, &out);
         assert_eq!(warnings_for(&conv.stderr, &img), 1, "{}", conv.stderr);
         says_how_to_check(&conv.stderr);
         assert_eq!(
@@ -90,8 +99,7 @@ fn qcow_v1_aes_warns_and_serve_warns() {
     sc.write("pw", b"qcow1-pass");
     let secret = sc.secret("s0", "pw");
     let opts = format!("driver=qcow,file.filename={img},encrypt.key-secret=s0");
-    #[rustfmt::skip]
-    let conv = vmcrypt(&["convert", "--object", &secret, "--image-opts", &opts, "-O", "raw", &sc.p("o.raw")]).ok();
+    let conv = convert(&[&secret], &opts, &sc.p("o.raw"));
     assert_eq!(warnings_for(&conv.stderr, &img), 1, "{}", conv.stderr);
 
     let (server, sock) = Served::unix(
@@ -124,9 +132,7 @@ fn an_aes_backing_layer_is_named() {
     let opts = format!(
         "driver=qcow2,file.filename={top},encrypt.key-secret=st,backing.encrypt.key-secret=sb"
     );
-    #[rustfmt::skip]
-    let conv = vmcrypt(&["convert", "--object", &sb, "--object", &st, "--image-opts", &opts,
-                         "-O", "raw", &sc.p("o.raw")]).ok();
+    let conv = convert(&[&sb, &st], &opts, &sc.p("o.raw"));
     assert_eq!(warnings_for(&conv.stderr, &base), 1, "{}", conv.stderr);
     assert_eq!(warnings_for(&conv.stderr, &top), 0, "{}", conv.stderr);
     // A LUKS-only chain: no warning.
@@ -134,7 +140,6 @@ fn an_aes_backing_layer_is_named() {
     sc.write("bp", b"base-pass");
     let s = sc.secret("s0", "bp");
     let o = format!("driver=qcow2,file.filename={luks},encrypt.key-secret=s0");
-    #[rustfmt::skip]
-    let conv = vmcrypt(&["convert", "--object", &s, "--image-opts", &o, "-O", "raw", &sc.p("l.raw")]).ok();
+    let conv = convert(&[&s], &o, &sc.p("l.raw"));
     assert!(!conv.stderr.contains(WARNING), "{}", conv.stderr);
 }
