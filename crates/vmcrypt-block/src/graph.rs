@@ -18,7 +18,7 @@ use crate::spec::{
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Error, Result, ResultExt, bail};
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::{luks1, qcow2};
 
 /// How a graph is opened.
@@ -31,6 +31,11 @@ pub struct OpenContext<'a> {
     /// Open backing files read-write too (only `commit` needs it; QEMU also opens
     /// backing files read-only, so a read-only base on disk works).
     pub writable_backing: bool,
+    /// qemu-img's `-U` (QEMU's `force-share`): open every `file` node of the graph
+    /// without image locking, whatever its spec says: the image's own file, a detached
+    /// header, every backing layer (QEMU passes force-share down to every child). Only
+    /// for read-only opens, as in QEMU.
+    pub force_share: bool,
 }
 
 /// Guess the format of the file at `path`: "qcow2"/"qcow" for the qcow magic, "luks" for
@@ -82,6 +87,12 @@ pub fn resolve_probe(spec: &NodeSpec) -> Result<NodeSpec> {
 
 /// Open the graph `spec` describes.
 pub fn open(spec: &NodeSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    ensure!(
+        ctx.read_only || !ctx.force_share,
+        Usage,
+        "-U (force-share) can only be used with read-only images: writing an image \
+         another process may be writing would corrupt it"
+    );
     open_node(&resolve_probe(spec)?, ctx, &Layer::default())
 }
 
@@ -152,7 +163,7 @@ fn open_file(spec: &FileSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>>
     Ok(Arc::new(FileDriver::open_with(
         Path::new(&spec.filename),
         ctx.read_only,
-        spec.locks(),
+        spec.locks() && !ctx.force_share,
     )?))
 }
 
@@ -311,6 +322,7 @@ fn open_backing(
         metadata_only: ctx.metadata_only,
         limits: ctx.limits,
         writable_backing: ctx.writable_backing,
+        force_share: ctx.force_share,
     };
     bspec
         .resolve(&child.prefix)

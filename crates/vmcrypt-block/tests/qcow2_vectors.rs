@@ -48,6 +48,7 @@ fn open_spec(
         metadata_only: meta,
         limits: KdfLimits::default(),
         writable_backing: false,
+        force_share: false,
     };
     graph::open(&NodeSpec::from_options(spec)?, &ctx)
 }

@@ -153,11 +153,13 @@ pub fn cipher_row(
     })
 }
 
+/// The first line of every `vmcrypt bench` table (cryptsetup's, plus how ciphers run).
+pub const APPROXIMATE: &str =
+    "# Tests are approximate using memory only (no storage IO), ciphers on one thread.";
+
 /// The table `vmcrypt bench` prints.
 pub fn render(kdf: &[KdfRow], ciphers: &[CipherRow]) -> String {
-    let mut s = String::from(
-        "# Tests are approximate using memory only (no storage IO), ciphers on one thread.\n",
-    );
+    let mut s = format!("{APPROXIMATE}\n");
     for r in kdf {
         s += &render_kdf(r);
     }

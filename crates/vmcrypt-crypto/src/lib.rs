@@ -23,6 +23,7 @@ pub mod aes_xts;
 pub mod af;
 pub mod argon;
 pub mod bench;
+pub mod bench_select;
 pub mod bench_suite;
 mod blockcipher;
 pub mod hash;

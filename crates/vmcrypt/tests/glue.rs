@@ -218,3 +218,58 @@ fn disk_xml_parses_and_carries_the_socket_and_export() {
     assert!(xml.contains("<target dev='sdc' bus='scsi'/>"), "{xml}");
     vmcrypt(&["libvirt", "disk-xml", "--export", "x"]).code_is(1);
 }
+
+/// qemu-args checks the key QEMU will be given on every layout (issue: a detached header
+/// over qcow2 refused a wrong key, the same header over a plain file accepted it): a
+/// wrong passphrase exits 2 and prints no arguments, and QEMU itself refuses that key,
+/// so the check matches what the VM would do at boot; the right key prints arguments.
+#[test]
+fn a_wrong_key_is_refused_on_every_layout() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    sc.write("bad", WRONG);
+    vmcrypt_detached_header(&sc, "pw", "hdr.img");
+    let hdr = sc.p("hdr.img");
+    let data = sc.sparse("data.img", SIZE as u64);
+    let payload = sc.p("payload.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", &payload, &SIZE.to_string()]).ok();
+    let plain = make_luks1(&sc, &plaintext(1 << 20, "wrong-key"));
+    let layouts = [
+        (
+            "detached header over a plain file",
+            luks_opts("s0", &data, Some(&hdr)),
+        ),
+        (
+            "detached header over qcow2",
+            format!(
+                "driver=luks,key-secret=s0,header.driver=raw,header.file.filename={hdr},\
+                 file.driver=qcow2,file.file.filename={payload}"
+            ),
+        ),
+        ("LUKS1 image", luks_opts("s0", &plain, None)),
+    ];
+    for (what, opts) in &layouts {
+        let args = |key: &str| {
+            let secret = sc.secret("s0", key);
+            vmcrypt(&["qemu-args", "--object", &secret, "--image-opts", opts])
+        };
+        let out = args("bad").code_is(2).stderr_has("no key available");
+        assert!(
+            out.stdout.is_empty(),
+            "{what}: printed arguments for a wrong key"
+        );
+        // QEMU refuses the same key: the check tells now what the VM would at boot.
+        let secret = sc.secret("s0", "bad");
+        #[rustfmt::skip]
+        let q = qemu_img(&[
+            "convert", "--object", &secret, "--image-opts", opts, "-O", "raw", &sc.p("q.raw"),
+        ]);
+        q.failed().stderr_has("Invalid password");
+        args("pw").ok().stdout_has("-blockdev");
+    }
+    // A plain filename with one secret (that secret is the key) is checked too.
+    let bad = sc.secret("s0", "bad");
+    vmcrypt(&["qemu-args", "--object", &bad, &plain])
+        .code_is(2)
+        .stderr_has("no key available");
+}

@@ -199,3 +199,117 @@ fn detached_luks1_header_over_a_qcow2_payload_opens_in_qemu() {
         "detached LUKS1 header over qcow2",
     );
 }
+
+/// An encrypted qcow2 overlay (`ol.qcow2`, key `st`) made by qemu-img over `base` in
+/// format `fmt` (its backing name relative, as Nova writes it), with qemu-io writes in
+/// the overlay. `base_opts` are the overlay's `--image-opts` for the base layer ("" for
+/// none); returns the `--image-opts` of the overlay and the expected bytes after the
+/// writes, on top of `base_bytes`.
+fn overlay_over(
+    sc: &Scratch,
+    objects: &[String],
+    base: &str,
+    fmt: &str,
+    base_opts: &str,
+    mut want: Vec<u8>,
+) -> (String, Vec<u8>) {
+    let st = objects.last().unwrap();
+    #[rustfmt::skip]
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "--object", st, "-b", base, "-F", fmt,
+        "-o", "encrypt.format=luks,encrypt.key-secret=st,encrypt.iter-time=10",
+        &sc.p("ol.qcow2"), &SIZE.to_string(),
+    ])
+    .ok();
+    let mut opts = format!(
+        "driver=qcow2,file.filename={},encrypt.key-secret=st",
+        sc.p("ol.qcow2")
+    );
+    if !base_opts.is_empty() {
+        opts = format!("{opts},{base_opts}");
+    }
+    qemu_io(objects, &opts, "write -P 0x3c 512k 1M");
+    want[512 << 10..(512 << 10) + MIB].fill(0x3c);
+    (opts, want)
+}
+
+/// qemu-args of `opts` must open in qemu-storage-daemon (both output forms) and serve
+/// `want`, which vmcrypt's and qemu-img's own reading of the chain give too; the base
+/// layer is its own -blockdev of driver `base_driver`, without a `backing` option.
+fn overlay_opens_in_qemu(
+    sc: &Scratch,
+    objects: &[String],
+    opts: &str,
+    want: &[u8],
+    base_driver: &str,
+) {
+    assert_same_bytes(
+        "qemu-img convert",
+        &convert(sc, false, objects, opts, "q.raw"),
+        want,
+    );
+    assert_same_bytes(
+        "vmcrypt convert",
+        &convert(sc, true, objects, opts, "vm.raw"),
+        want,
+    );
+    let mut args: Vec<&str> = Vec::new();
+    for o in objects {
+        args.extend(["--object", o]);
+    }
+    args.extend(["--image-opts", opts]);
+    check_both_forms(sc, &args, want, &format!("qcow2+LUKS over {base_driver}"));
+    let mut a = vec!["qemu-args", "--output", "json"];
+    a.extend_from_slice(&args);
+    let words = unquote(&vmcrypt(&a).ok().stdout_str());
+    let base: serde_json::Value = serde_json::from_str(&words[words.len() - 3]).unwrap();
+    assert_eq!(base["driver"], base_driver, "{words:?}");
+    assert!(base.get("backing").is_none(), "{base}");
+}
+
+/// Nova's layout: an encrypted qcow2 instance disk over a plain raw base image.
+#[test]
+fn qcow2_luks_overlay_over_a_raw_base_opens_in_qemu() {
+    let sc = Scratch::new();
+    sc.write("st.pw", b"top pw");
+    let objects = vec![sc.secret("st", "st.pw")];
+    let base = plaintext(SIZE, "nova raw base");
+    sc.write("base.raw", &base);
+    let (opts, want) = overlay_over(&sc, &objects, "base.raw", "raw", "", base);
+    overlay_opens_in_qemu(&sc, &objects, &opts, &want, "raw");
+}
+
+/// An encrypted qcow2 overlay over a LUKS1 base, each with its own key.
+#[test]
+fn qcow2_luks_overlay_over_a_luks_base_opens_in_qemu() {
+    let sc = Scratch::new();
+    sc.write("sb.pw", b"base pw");
+    sc.write("st.pw", b"top pw");
+    let objects = vec![sc.secret("sb", "sb.pw"), sc.secret("st", "st.pw")];
+    let base = plaintext(SIZE, "luks base");
+    let raw = sc.write("base-plain.raw", &base);
+    #[rustfmt::skip]
+    qemu_img(&[
+        "convert", "-q", "--object", &objects[0], "-f", "raw", "-O", "luks",
+        "-o", "key-secret=sb,iter-time=10", &raw, &sc.p("base.luks"),
+    ])
+    .ok();
+    let (opts, want) = overlay_over(
+        &sc,
+        &objects,
+        "base.luks",
+        "luks",
+        "backing.key-secret=sb",
+        base,
+    );
+    overlay_opens_in_qemu(&sc, &objects, &opts, &want, "luks");
+    // Each layer's key is checked: the base's secret holding the top's passphrase is
+    // refused, naming the base.
+    let swapped = opts.replace("backing.key-secret=sb", "backing.key-secret=st");
+    let mut a = vec!["qemu-args"];
+    for o in &objects {
+        a.extend(["--object", o]);
+    }
+    a.extend(["--image-opts", &swapped]);
+    vmcrypt(&a).code_is(2).stderr_has("base.luks");
+}

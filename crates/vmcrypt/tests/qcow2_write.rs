@@ -118,6 +118,7 @@ fn open_node(store: &SecretStore, opts: &str, read_only: bool) -> Arc<dyn BlockD
         metadata_only: false,
         limits: Default::default(),
         writable_backing: false,
+        force_share: false,
     };
     graph::open(&spec(opts), &ctx).unwrap()
 }
@@ -863,6 +864,7 @@ fn extended_l2_overlay_commits_and_empties() {
             metadata_only: false,
             limits: Default::default(),
             writable_backing: true,
+            force_share: false,
         };
         let d = graph::open(&spec(&opts), &ctx).unwrap();
         for op in ops(0x5eed, size, 60) {

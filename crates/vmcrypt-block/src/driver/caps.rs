@@ -73,6 +73,12 @@ pub trait Introspect {
         false
     }
 
+    /// Whether the node decrypts with a key it could not verify (legacy qcow AES: no
+    /// key digest, so a wrong passphrase reads as garbage rather than failing).
+    fn key_unverified(&self) -> bool {
+        false
+    }
+
     /// Driver-specific information (QEMU's "format-specific" data), as JSON.
     fn format_specific(&self) -> Option<Value> {
         None

@@ -12,7 +12,7 @@ use crate::spec::NodeSpec;
 
 use serde_json::{Value, json};
 use std::path::Path;
-use vmcrypt_error::{Error, ErrorKind, Result, bail};
+use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
 
 /// qemu-img's exit status for an image whose format has no check.
 pub const EXIT_NOT_SUPPORTED: u8 = 63;
@@ -108,9 +108,15 @@ impl DriverCheck {
 pub fn run(req: &CheckRequest, env: &Env) -> Result<CheckOutcome> {
     let spec = req.image.to_spec()?;
     if let Some(path) = qcow2_file(&spec)? {
-        return Ok(check_qcow2(&path, req.repair).unwrap_or_else(CheckOutcome::Failed));
+        ensure!(
+            !(req.image.force_share && req.repair.is_some()),
+            Usage,
+            "-U (force-share) can only be used with read-only images: -r writes the image"
+        );
+        let locks = !req.image.force_share && spec.file().is_none_or(file_locks);
+        return Ok(check_qcow2(&path, req.repair, locks).unwrap_or_else(CheckOutcome::Failed));
     }
-    match graph::open(&spec, &env.ctx(Access::METADATA)?) {
+    match graph::open(&spec, &req.image.context(env, Access::METADATA)?) {
         Ok(node) => Ok(match node.as_check() {
             Some(c) => CheckOutcome::Driver(DriverCheck {
                 format: node.driver_name().to_string(),
@@ -140,9 +146,15 @@ fn qcow2_file(spec: &NodeSpec) -> Result<Option<String>> {
     spec.file_name()
 }
 
-/// The qcow2 checker on the file at `path` (opened read-write only to repair).
-fn check_qcow2(path: &str, repair: Option<Repair>) -> Result<CheckOutcome> {
-    let file = FileDriver::open(Path::new(path), repair.is_none())?;
+/// Whether the `file` child `f` is opened with image locking (not `locking=off`).
+fn file_locks(f: &NodeSpec) -> bool {
+    !matches!(f, NodeSpec::File(f) if !f.locks())
+}
+
+/// The qcow2 checker on the file at `path` (opened read-write only to repair; without
+/// image locking unless `locks`).
+fn check_qcow2(path: &str, repair: Option<Repair>, locks: bool) -> Result<CheckOutcome> {
+    let file = FileDriver::open_with(Path::new(path), repair.is_none(), locks)?;
     let limits = CheckLimits::default();
     let check = match repair {
         None => Qcow2Check {

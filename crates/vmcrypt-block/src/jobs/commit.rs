@@ -18,7 +18,7 @@ pub struct CommitRequest {
 pub fn run(req: &CommitRequest, env: &Env, events: &mut dyn Events) -> Result<()> {
     let ctx = OpenContext {
         writable_backing: true,
-        ..env.ctx(Access::WRITE)?
+        ..req.image.context(env, Access::WRITE)?
     };
     let spec = req.image.to_spec()?;
     let node = graph::open(&spec, &ctx)?;

@@ -97,8 +97,11 @@ pub fn run(req: &InfoRequest, env: &Env, events: &mut dyn Events) -> Result<Info
         );
         let path = next.full_filename;
         seen.visit(&req.image.name, &path)?;
-        let spec = ImageArg::file(&path, next.format.as_deref()).to_spec()?;
-        node = graph::open(&spec, &env.ctx(Access::METADATA)?)
+        let layer = ImageArg {
+            force_share: req.image.force_share,
+            ..ImageArg::file(&path, next.format.as_deref())
+        };
+        node = graph::open(&layer.to_spec()?, &layer.context(env, Access::METADATA)?)
             .with_ctx(|| format!("opening the backing file '{path}'"))?;
     }
     Ok(InfoReport {

@@ -63,8 +63,14 @@ pub fn run(req: &RebaseRequest, env: &Env, events: &mut dyn Events) -> Result<Re
         rebase_unsafe_request(req)?;
         return Ok(RebaseStats::default());
     }
-    let ctx = env.ctx(Access::WRITE)?;
-    let spec = req.image.to_spec()?;
+    // As qemu-img: -U opens the new backing file without locking; the image itself,
+    // written, keeps its lock.
+    let ctx = req.image.context(env, Access::READ)?;
+    let top = ImageArg {
+        force_share: false,
+        ..req.image.clone()
+    };
+    let spec = top.to_spec()?;
     // qemu-img ignores -F when the backing file is removed.
     let new = (!req.backing.is_empty()).then_some(NewBacking {
         name: &req.backing,
@@ -133,6 +139,7 @@ pub fn rebase(
         metadata_only: false,
         limits: ctx.limits,
         writable_backing: false,
+        force_share: false,
     };
     let top = graph::open(image, &rw)?;
     ensure!(
@@ -178,6 +185,7 @@ fn open_new_backing(
         metadata_only: false,
         limits: ctx.limits,
         writable_backing: false,
+        force_share: ctx.force_share,
     };
     graph::open(&spec, &ro).with_ctx(|| format!("could not open new backing file '{}'", n.name))
 }

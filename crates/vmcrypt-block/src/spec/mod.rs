@@ -107,13 +107,22 @@ impl NodeSpec {
         }
     }
 
-    /// Turn off image locking for the protocol node (qemu-img's `-U`): this node when it
-    /// is a `file` node, otherwise down the chain of `file` children.
+    /// Turn off image locking for the protocol nodes (qemu-img's `-U`): this node when it
+    /// is a `file` node, otherwise down its `file` children and a luks node's detached
+    /// `header`. This is how `-U` is printed back (`qemu-args`); opening a graph takes
+    /// `-U` from [`crate::graph::OpenContext::force_share`], which also reaches the
+    /// nodes the spec does not spell out (backing files named by a header).
     pub fn disable_locking(&mut self) {
         match self {
             NodeSpec::File(f) => f.disable_locking(),
             NodeSpec::Probe(d) => d.disable_locking(),
             other => {
+                if let NodeSpec::Luks(LuksSpec {
+                    header: Some(h), ..
+                }) = other
+                {
+                    h.disable_locking();
+                }
                 if let Some(f) = other.file_mut() {
                     f.disable_locking();
                 }

@@ -45,8 +45,14 @@ pub fn write_into_luks(
     img: &str,
     header: Option<&str>,
 ) {
+    write_into_node(tool, sc, keyfile, raw, &luks_opts("s0", img, header));
+}
+
+/// Write the raw scratch file `raw` over the start of the node `target` (`--image-opts`
+/// naming secret `s0`, read from `keyfile`) through TOOL; panics on failure.
+#[track_caller]
+pub fn write_into_node(tool: Tool, sc: &Scratch, keyfile: &str, raw: &str, target: &str) {
     let secret = sc.secret("s0", keyfile);
-    let target = luks_opts("s0", img, header);
     tool(&[
         "convert",
         "-n",
@@ -56,7 +62,7 @@ pub fn write_into_luks(
         "raw",
         &sc.p(raw),
         "--target-image-opts",
-        &target,
+        target,
     ])
     .ok();
 }

@@ -37,26 +37,18 @@ pub fn unquote(printed: &str) -> Vec<String> {
         .collect()
 }
 
-/// Serve the node the arguments describe with qemu-storage-daemon and read it back with
-/// qemu-img; returns the bytes.
-pub fn read_through_qsd(sc: &Scratch, args: &[String], tag: &str) -> Vec<u8> {
+/// Start qemu-storage-daemon with `args` (`--object`/`--blockdev`/`--export` options)
+/// and an NBD server on a socket named after `tag`; returns once the socket accepts, with
+/// the daemon (killed when dropped) and the socket's path. Fails the test, with the
+/// daemon's log, if it exits first.
+pub fn start_qsd(sc: &Scratch, args: &[String], tag: &str) -> (Qsd, String) {
     let qsd = require_tool("qemu-storage-daemon");
     let sock = sc.p(&format!("{tag}.sock"));
-    // qemu-system spells the options -object/-blockdev; the daemon wants --object/--blockdev.
-    let long: Vec<String> = args
-        .iter()
-        .map(|a| match a.as_str() {
-            "-object" | "-blockdev" => format!("-{a}"),
-            _ => a.clone(),
-        })
-        .collect();
     let log = sc.p(&format!("{tag}.log"));
     let child = Command::new(qsd)
-        .args(&long)
         .arg("--nbd-server")
         .arg(format!("addr.type=unix,addr.path={sock}"))
-        .arg("--export")
-        .arg("type=nbd,id=e0,node-name=disk0,name=disk0")
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -67,7 +59,7 @@ pub fn read_through_qsd(sc: &Scratch, args: &[String], tag: &str) -> Vec<u8> {
     while UnixStream::connect(&sock).is_err() {
         if let Ok(Some(st)) = d.0.try_wait() {
             panic!(
-                "qemu-storage-daemon {long:?} exited ({st}):\n{}",
+                "qemu-storage-daemon {args:?} exited ({st}):\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
@@ -77,6 +69,23 @@ pub fn read_through_qsd(sc: &Scratch, args: &[String], tag: &str) -> Vec<u8> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    (d, sock)
+}
+
+/// Serve the node the arguments describe with qemu-storage-daemon and read it back with
+/// qemu-img; returns the bytes.
+pub fn read_through_qsd(sc: &Scratch, args: &[String], tag: &str) -> Vec<u8> {
+    // qemu-system spells the options -object/-blockdev; the daemon wants --object/--blockdev.
+    let mut long: Vec<String> = args
+        .iter()
+        .map(|a| match a.as_str() {
+            "-object" | "-blockdev" => format!("-{a}"),
+            _ => a.clone(),
+        })
+        .collect();
+    long.push("--export".into());
+    long.push("type=nbd,id=e0,node-name=disk0,name=disk0".into());
+    let (d, sock) = start_qsd(sc, &long, tag);
     let out = sc.p(&format!("{tag}.out"));
     qemu_img(&[
         "convert",

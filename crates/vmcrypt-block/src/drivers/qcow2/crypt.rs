@@ -66,6 +66,12 @@ impl Crypto {
         !matches!(self, Crypto::None)
     }
 
+    /// Whether data is decrypted with a key nothing could check: legacy AES has no key
+    /// digest, so a wrong passphrase reads as garbage instead of failing.
+    pub fn key_unverified(&self) -> bool {
+        matches!(self, Crypto::Aes { cipher: Some(_) })
+    }
+
     /// Whether data can be decrypted (a key was given, or nothing is encrypted).
     pub fn is_unlocked(&self) -> bool {
         match self {

@@ -474,6 +474,9 @@ impl Introspect for Qcow2Driver {
     fn is_encrypted(&self) -> bool {
         self.engine.crypto.is_encrypted()
     }
+    fn key_unverified(&self) -> bool {
+        self.engine.crypto.key_unverified()
+    }
     fn format_specific(&self) -> Option<Value> {
         Some(info_json(&self.header, &self.engine.crypto))
     }

@@ -203,6 +203,9 @@ impl Introspect for QcowDriver {
     fn is_encrypted(&self) -> bool {
         self.engine.crypto.is_encrypted()
     }
+    fn key_unverified(&self) -> bool {
+        self.engine.crypto.key_unverified()
+    }
     /// qemu-img prints nothing here; an encrypted image is flagged insecure.
     fn format_specific(&self) -> Option<serde_json::Value> {
         self.engine

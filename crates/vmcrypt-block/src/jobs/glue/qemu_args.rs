@@ -1,7 +1,9 @@
 //! `vmcrypt qemu-args`: the `-object` and `-blockdev` arguments with which QEMU opens an
 //! image natively. A qcow2 image is spelled out layer by layer (QEMU's -blockdev cannot
 //! complete a partial `backing.` option set from the header), the deepest layer first,
-//! each naming the layer below with `backing=NODE` and carrying its own key.
+//! each naming the layer below with `backing=NODE` and carrying its own key. Headers
+//! are read without keys; then each encrypted layer is unlocked once with the secret
+//! its arguments name, on every layout, so a wrong key is refused before QEMU sees it.
 use super::print::{Syntax, qemu_node};
 use super::qemu_check::{check_luks_for_qemu, checked_secrets};
 use crate::driver::{BackingInfo, BlockDriver};
@@ -9,7 +11,7 @@ use crate::graph::{self, OpenContext};
 use crate::spec::{BackingSpec, Deferred, ImageArg, NodeSpec, filename_options};
 use serde_json::Value;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Error, Result, bail, ensure};
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 
 /// What to print arguments for.
 #[derive(Clone, Debug)]
@@ -34,24 +36,32 @@ pub struct QemuArgs {
     pub warnings: Vec<String>,
 }
 
-/// Build the arguments for `r`.
+/// Build the arguments for `r`. Every header is read without its key first (what QEMU
+/// can open, which secret each layer needs), then every encrypted layer is unlocked once
+/// with the secret QEMU will be given ([`verify_key`]), so a wrong or unreadable key is
+/// an error now rather than a VM that does not start.
 pub fn qemu_args(r: &QemuArgsRequest) -> Result<QemuArgs> {
     let (store, ids) = checked_secrets(r.objects)?;
     let mut spec = graph::resolve_probe(&r.image.to_spec()?)?;
-    let ctx = OpenContext {
+    let ctx = |metadata_only| OpenContext {
         secrets: &store,
         read_only: true,
-        metadata_only: true,
+        metadata_only,
         limits: r.limits,
         writable_backing: false,
+        force_share: r.image.force_share,
     };
-    let node = graph::open(&spec, &ctx)?;
+    let (meta, keyed) = (ctx(true), ctx(false));
     let mut out = QemuArgs::default();
     if let NodeSpec::Qcow2(_) = spec {
-        let layers = chain(spec, &ctx, &ids)?;
+        let layers = chain(spec, &meta, &ids)?;
+        for layer in &layers {
+            verify_key(&layer.spec, &keyed)?;
+        }
         out.words = qcow2_words(r, layers)?;
         return Ok(out);
     }
+    let node = graph::open(&without_keys(&spec), &meta)?;
     if let NodeSpec::Luks(l) = &mut spec {
         let info = node.as_introspect().and_then(|i| i.format_specific());
         check_luks_for_qemu(&info.unwrap_or(Value::Null), &r.image.name)?;
@@ -64,16 +74,54 @@ pub fn qemu_args(r: &QemuArgsRequest) -> Result<QemuArgs> {
                 "QEMU needs the passphrase: give --object secret,id=ID,file=PATH and key-secret=ID"
             ),
         };
-        store.get(&id)?;
         l.key_secret = Some(id);
         if l.key_slot.take().is_some() {
             out.warnings
                 .push("QEMU's luks driver has no key-slot option: QEMU tries every slot".into());
         }
     }
+    verify_key(&spec, &keyed)?;
     let node_opts = qemu_node(&spec, r.node_name)?;
     out.words = words(r, &[r.syntax.render(&node_opts)]);
     Ok(out)
+}
+
+/// Unlock the node `spec` describes (its backing layers not opened: each layer is
+/// checked on its own) with the keys it names, as QEMU will: a wrong passphrase, a
+/// secret QEMU could not read or a key slot over the KDF limits is refused here. One
+/// KDF run per encrypted node, the cost QEMU pays again when it opens the image.
+fn verify_key(spec: &NodeSpec, ctx: &OpenContext) -> Result<()> {
+    let mut spec = spec.clone();
+    take_backing(&mut spec, BackingSpec::Null);
+    graph::open(&spec, ctx)
+        .map(drop)
+        .with_ctx(|| "checking the key QEMU will be given".to_string())
+}
+
+/// `spec` without its keys or backing nodes: what reading its headers needs.
+fn without_keys(spec: &NodeSpec) -> NodeSpec {
+    let mut spec = spec.clone();
+    strip_keys(&mut spec);
+    spec
+}
+
+fn strip_keys(spec: &mut NodeSpec) {
+    match spec {
+        NodeSpec::Luks(l) => {
+            l.key_secret = None;
+            strip_keys(&mut l.file);
+            if let Some(h) = &mut l.header {
+                strip_keys(h);
+            }
+        }
+        NodeSpec::Qcow2(q) | NodeSpec::Qcow(q) => {
+            q.encrypt.key_secret = None;
+            q.backing = BackingSpec::Null;
+            strip_keys(&mut q.file);
+        }
+        NodeSpec::Raw(r) => strip_keys(&mut r.file),
+        NodeSpec::File(_) | NodeSpec::Probe(_) => {}
+    }
 }
 
 /// `-object` for every secret, then `-blockdev` for every node in order.
@@ -101,7 +149,10 @@ fn qcow2_words(r: &QemuArgsRequest, layers: Vec<Layer>) -> Result<Vec<String>> {
         }
     };
     let mut nodes = Vec::with_capacity(layers.len());
-    for (i, layer) in layers.into_iter().enumerate().rev() {
+    for (i, mut layer) in layers.into_iter().enumerate().rev() {
+        if r.image.force_share {
+            layer.spec.disable_locking();
+        }
         let mut n = qemu_node(&layer.spec, &name(i))?;
         if layer.has_backing {
             n.insert("backing".into(), Value::String(name(i + 1)));
@@ -133,7 +184,7 @@ fn chain(mut spec: NodeSpec, ctx: &OpenContext, ids: &[String]) -> Result<Vec<La
         );
         let prefix = "backing.".repeat(out.len());
         let given = take_backing(&mut spec, BackingSpec::Null);
-        let node = graph::open(&spec, ctx)?;
+        let node = graph::open(&without_keys(&spec), ctx)?;
         take_backing(&mut spec, BackingSpec::FromHeader);
         let image = node.filename();
         layer_secret(&mut spec, &*node, &image, &prefix, ids, out.is_empty())?;
