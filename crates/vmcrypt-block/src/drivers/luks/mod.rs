@@ -27,6 +27,7 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
+pub(crate) use fresh::validate_uuid;
 pub use params::{
     ChangeReport, CreateParams, KdfKind, KeyslotParams, KillReport, Unlocked, Version,
 };

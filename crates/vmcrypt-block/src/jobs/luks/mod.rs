@@ -4,8 +4,10 @@
 //! needs them, so prompts and errors keep cryptsetup's order.
 //!
 //! * [`slots`]: add, remove, kill, change and test a key slot;
+//! * [`format`]: luksFormat on an existing device, keeping its size;
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
 //! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair.
+pub mod format;
 pub mod header;
 pub mod luks2;
 pub mod slots;

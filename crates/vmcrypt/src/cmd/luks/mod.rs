@@ -6,6 +6,7 @@ mod change_key;
 mod config;
 mod convert;
 mod dump;
+mod format;
 mod header_file;
 mod is_luks;
 mod kill_slot;
@@ -21,6 +22,9 @@ use vmcrypt_error::Result;
 
 #[derive(Subcommand, Debug)]
 pub enum LuksCommand {
+    /// Write a new LUKS header onto an existing file or block device, keeping its size
+    /// (luksFormat)
+    Format(format::Args),
     /// Print the header (luksDump)
     Dump(dump::Args),
     /// Add a passphrase (luksAddKey)
@@ -54,6 +58,7 @@ pub enum LuksCommand {
 /// Run one `vmcrypt luks` command; returns its exit status.
 pub fn run(cmd: LuksCommand) -> Result<u8> {
     match cmd {
+        LuksCommand::Format(a) => format::run(&a),
         LuksCommand::Dump(a) => dump::run(&a),
         LuksCommand::AddKey(a) => add_key::run(&a),
         LuksCommand::RemoveKey(a) => remove_key::run(&a),
