@@ -138,6 +138,16 @@ impl LuksDriver {
         self.layout.sector
     }
 
+    /// Where the data starts in the `file` child, in bytes.
+    pub fn data_offset(&self) -> u64 {
+        self.layout.offset
+    }
+
+    /// The data cipher, when the node was opened with its passphrase.
+    pub fn data_spec(&self) -> Option<&vmcrypt_crypto::CipherSpec> {
+        self.cipher.as_ref().map(|c| c.spec())
+    }
+
     fn host(&self, g: GuestOffset) -> HostOffset {
         HostOffset(self.layout.offset + g.0)
     }
