@@ -141,7 +141,10 @@ pub fn plan(req: &FormatRequest) -> Result<FormatPlan> {
     };
     let params = create_params(req, spec, &geo, detached)?;
     let header_path = req.header.as_deref().unwrap_or(&req.device);
-    let (header_size, existing) = header_device_state(header_path)?;
+    let HeaderState {
+        size: header_size,
+        existing,
+    } = header_device_state(header_path)?;
     let mut warnings = Vec::new();
     if detached {
         if let Some((size, false)) = header_size {
@@ -244,12 +247,22 @@ fn cipher_spec(req: &FormatRequest) -> Result<CipherSpec> {
         .with_ctx(|| format!("cipher '{name}' with a {bits}-bit key"))
 }
 
-/// The header device's size (and whether it is a regular file), or `None` when a
-/// detached header file does not exist yet; and the LUKS version it holds.
-fn header_device_state(path: &str) -> Result<(Option<(u64, bool)>, Option<u16>)> {
+/// What is on the header device before the format.
+struct HeaderState {
+    /// Its size and whether it is a regular file; `None` when a detached header file
+    /// does not exist yet.
+    size: Option<(u64, bool)>,
+    /// The LUKS version it holds.
+    existing: Option<u16>,
+}
+
+fn header_device_state(path: &str) -> Result<HeaderState> {
     let p = Path::new(path);
     if !p.exists() {
-        return Ok((None, None));
+        return Ok(HeaderState {
+            size: None,
+            existing: None,
+        });
     }
     let is_file = std::fs::metadata(p).is_ok_and(|m| m.is_file());
     let dev = FileDriver::open_with(p, true, false)?;
@@ -260,7 +273,10 @@ fn header_device_state(path: &str) -> Result<(Option<(u64, bool)>, Option<u16>)>
     } else {
         None
     };
-    Ok((Some((dev.size(), is_file)), existing))
+    Ok(HeaderState {
+        size: Some((dev.size(), is_file)),
+        existing,
+    })
 }
 
 /// A detached header file: opened, or created owner-only (it holds key slots).
@@ -450,4 +466,87 @@ fn create_params(
         crate::drivers::luks::validate_uuid(u)?;
     }
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geo(req: &FormatRequest, size: u64) -> Geometry {
+        luks2_geometry(req, req.header.is_some(), size).unwrap()
+    }
+
+    /// Layouts cryptsetup 2.6.1 chose for these options on a 40 MiB file.
+    #[test]
+    fn luks2_layouts_match_cryptsetup() {
+        let size = 40 << 20;
+        let base = FormatRequest::new("d", Version::V2);
+        let g = geo(&base, size);
+        assert_eq!(
+            (g.data_offset, g.keyslots_size),
+            (16 << 20, (16 << 20) - 32768)
+        );
+        let small = FormatRequest {
+            metadata_size: Some(64 << 10),
+            keyslots_size: Some(1 << 20),
+            ..base.clone()
+        };
+        assert_eq!(geo(&small, size).data_offset, 2 << 20);
+        let off = FormatRequest {
+            offset_sectors: Some(40000),
+            ..base.clone()
+        };
+        assert_eq!(geo(&off, size).keyslots_size, 20_447_232);
+        let aligned = FormatRequest {
+            align_sectors: Some(65536),
+            ..base.clone()
+        };
+        assert_eq!(geo(&aligned, size).data_offset, 32 << 20);
+        let detached = FormatRequest {
+            header: Some("h".into()),
+            ..base
+        };
+        let g = geo(&detached, size);
+        assert_eq!((g.data_offset, g.header_bytes), (0, 16 << 20));
+    }
+
+    /// 4096-byte sectors only where the data offset and the data size allow them; a
+    /// requested size that does not fit is refused.
+    #[test]
+    fn sector_size_falls_back_to_512() {
+        let base = FormatRequest::new("d", Version::V2);
+        assert_eq!(geo(&base, 40 << 20).sector_size, 4096);
+        assert_eq!(geo(&base, (40 << 20) + 512).sector_size, 512);
+        let odd = FormatRequest {
+            offset_sectors: Some(40001),
+            ..base.clone()
+        };
+        assert_eq!(geo(&odd, 40 << 20).sector_size, 512);
+        let forced = FormatRequest {
+            sector_size: Some(4096),
+            ..base
+        };
+        let e = luks2_geometry(&forced, false, (40 << 20) + 512).unwrap_err();
+        assert!(e.to_string().contains("sector size"), "{e}");
+    }
+
+    #[test]
+    fn luks1_offsets() {
+        let base = FormatRequest::new("d", Version::V1);
+        let g = luks1_geometry(&base, 64, false).unwrap();
+        assert_eq!(g.data_offset, 4096 * 512);
+        let packed = FormatRequest {
+            align_sectors: Some(8),
+            ..base.clone()
+        };
+        assert_eq!(
+            luks1_geometry(&packed, 64, false).unwrap().data_offset,
+            4040 * 512
+        );
+        let inside = FormatRequest {
+            offset_sectors: Some(100),
+            ..base
+        };
+        assert!(luks1_geometry(&inside, 64, false).is_err());
+    }
 }
