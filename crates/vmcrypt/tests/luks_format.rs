@@ -253,14 +253,20 @@ fn too_small_is_refused_without_a_write() {
     }
 }
 
+/// A scratch dir with key file `pw` and a device `d.img` of `size` bytes of data.
+fn device_with_data(size: usize, seed: &str) -> (Scratch, Vec<u8>, String) {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let bytes = plaintext(size, seed);
+    let dev = sc.write("d.img", &bytes);
+    (sc, bytes, dev)
+}
+
 /// Without -q the user must type YES (here on stdin, which is not a terminal);
 /// anything else, or nothing, leaves the device alone.
 #[test]
 fn confirmation_is_required_without_q() {
-    let sc = Scratch::new();
-    sc.write("pw", PASS);
-    let bytes = plaintext(4 << 20, "keep me");
-    let dev = sc.write("d.img", &bytes);
+    let (sc, bytes, dev) = device_with_data(4 << 20, "keep me");
     let pw = sc.p("pw");
     let args = [
         "luks",
@@ -318,10 +324,7 @@ fn passphrase_from_stdin_after_the_confirmation() {
 /// asked or written.
 #[test]
 fn bad_options_are_refused_first() {
-    let sc = Scratch::new();
-    sc.write("pw", PASS);
-    let bytes = plaintext(20 << 20, "untouched");
-    let dev = sc.write("d.img", &bytes);
+    let (sc, bytes, dev) = device_with_data(20 << 20, "untouched");
     let pw = sc.p("pw");
     let cases: &[(&[&str], &str)] = &[
         (&["--type", "luks1", "--sector-size", "4096"], "needs LUKS2"),
