@@ -344,3 +344,59 @@ fn bad_options_are_refused_first() {
         assert_same_bytes("a refused format", &sc.read("d.img"), &bytes);
     }
 }
+
+/// A loop device detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = tool("losetup", &["-d", &self.0]);
+    }
+}
+
+/// A block device (a loop device over a file) keeps its size too, cryptsetup opens the
+/// result, and `luks open` serves it.
+#[test]
+fn formats_a_block_device_in_place() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let file = sc.sparse("backing.img", 20 * MIB);
+    let dev = tool("losetup", &["-f", "--show", &file]).ok().stdout_str();
+    let lo = Loop(dev.trim().to_string());
+    let size = || tool("blockdev", &["--getsize64", &lo.0]).ok().stdout_str();
+    assert_eq!(size().trim(), (20 * MIB).to_string());
+    let mut argv = vec![
+        "luks".to_string(),
+        "format".into(),
+        "--pbkdf".into(),
+        "pbkdf2".into(),
+    ];
+    argv.extend(quick(&sc));
+    argv.push(lo.0.clone());
+    vmcrypt(&strs(&argv)).ok();
+    assert_eq!(
+        size().trim(),
+        (20 * MIB).to_string(),
+        "the block device changed size"
+    );
+    cs_test_pass(&sc, "pw", &lo.0, &[]).ok();
+    let dump = cryptsetup(&["luksDump", &lo.0]).ok().stdout_str();
+    assert!(dump.contains("offset: 16777216 [bytes]"), "{dump}");
+    let run = sc.p("run");
+    let pw = sc.p("pw");
+    vmcrypt(&[
+        "luks",
+        "open",
+        &lo.0,
+        "blk",
+        "--run-dir",
+        &run,
+        "--key-file",
+        &pw,
+    ])
+    .ok();
+    let uri = format!("nbd+unix:///?socket={run}/blk.sock");
+    let served = tool("nbdinfo", &["--size", &uri]);
+    vmcrypt(&["luks", "close", "blk", "--run-dir", &run]).ok();
+    assert_eq!(served.ok().stdout_str().trim(), (4 * MIB).to_string());
+}
