@@ -110,3 +110,29 @@ fn terminal_new_passphrase_is_asked_twice() {
     assert_eq!(code, 1);
     assert_eq!(sha256_file(sc.path("d.luks").as_path()), before);
 }
+
+/// `luks format` on a terminal: cryptsetup's question (only YES goes on), then the new
+/// passphrase twice; cryptsetup accepts the result.
+#[test]
+fn format_asks_yes_then_the_passphrase_twice_on_a_terminal() {
+    let sc = Scratch::new();
+    let dev = sc.sparse("f.img", 4 << 20);
+    let args = [
+        "luks",
+        "format",
+        "--type",
+        "luks1",
+        "--pbkdf-force-iterations",
+        "1000",
+        &dev,
+    ];
+    let (code, shown) = on_tty(&args, "yes\\n");
+    assert_ne!(code, 0, "{shown}");
+    assert!(shown.contains("Type 'yes' in capital letters"), "{shown}");
+    assert!(shown.contains("Operation aborted"), "{shown}");
+    let (code, shown) = on_tty(&args, "YES\\ntty-pass\\ntty-pass\\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("Verify passphrase"), "{shown}");
+    sc.write("pw", b"tty-pass");
+    cs_test_pass(&sc, "pw", &dev, &[]).ok();
+}

@@ -27,6 +27,7 @@ use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
+pub(crate) use fresh::validate_uuid;
 pub use params::{
     ChangeReport, CreateParams, KdfKind, KeyslotParams, KillReport, Unlocked, Version,
 };
@@ -135,6 +136,16 @@ impl LuksDriver {
     /// Data sector size (512 for LUKS1).
     pub fn sector_size(&self) -> u64 {
         self.layout.sector
+    }
+
+    /// Where the data starts in the `file` child, in bytes.
+    pub fn data_offset(&self) -> u64 {
+        self.layout.offset
+    }
+
+    /// The data cipher, when the node was opened with its passphrase.
+    pub fn data_spec(&self) -> Option<&vmcrypt_crypto::CipherSpec> {
+        self.cipher.as_ref().map(|c| c.spec())
     }
 
     fn host(&self, g: GuestOffset) -> HostOffset {

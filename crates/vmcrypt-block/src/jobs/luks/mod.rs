@@ -4,10 +4,16 @@
 //! needs them, so prompts and errors keep cryptsetup's order.
 //!
 //! * [`slots`]: add, remove, kill, change and test a key slot;
+//! * [`format`]: luksFormat on an existing device, keeping its size;
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
-//! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair.
+//! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair;
+//! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
+//!   the run directory that records which names are active (open/close/status).
+pub mod active;
+pub mod format;
 pub mod header;
 pub mod luks2;
+pub mod open;
 pub mod slots;
 
 use crate::driver::BlockDriver;

@@ -26,7 +26,7 @@ pub struct NewKeyslot {
 
 impl NewKeyslot {
     /// The key-slot parameters for a header of `version`.
-    fn params(&self, version: Version) -> Result<KeyslotParams> {
+    pub(crate) fn params(&self, version: Version) -> Result<KeyslotParams> {
         let base = KeyslotParams {
             iter_time_ms: self.iter_time_ms.unwrap_or(2000),
             iterations: self.iterations,

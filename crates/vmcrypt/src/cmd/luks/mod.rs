@@ -3,15 +3,20 @@
 //! `vmcrypt_block::jobs::luks`, print. Shared options live in [`opts`].
 mod add_key;
 mod change_key;
+mod close;
 mod config;
 mod convert;
+mod daemon;
 mod dump;
+mod format;
 mod header_file;
 mod is_luks;
 mod kill_slot;
+mod open;
 pub mod opts;
 mod remove_key;
 mod repair;
+mod status;
 mod test_key;
 mod token;
 mod uuid;
@@ -21,6 +26,17 @@ use vmcrypt_error::Result;
 
 #[derive(Subcommand, Debug)]
 pub enum LuksCommand {
+    /// Write a new LUKS header onto an existing file or block device, keeping its size
+    /// (luksFormat)
+    Format(format::Args),
+    /// Unlock a device and serve it decrypted over NBD as RUN_DIR/NAME.sock (open)
+    Open(open::Args),
+    /// Stop serving an opened device (close)
+    Close(status::NameArgs),
+    /// Show an opened device (status): exit 0 active, 4 inactive
+    Status(status::NameArgs),
+    #[command(hide = true)]
+    OpenDaemon(daemon::Args),
     /// Print the header (luksDump)
     Dump(dump::Args),
     /// Add a passphrase (luksAddKey)
@@ -54,6 +70,11 @@ pub enum LuksCommand {
 /// Run one `vmcrypt luks` command; returns its exit status.
 pub fn run(cmd: LuksCommand) -> Result<u8> {
     match cmd {
+        LuksCommand::Format(a) => format::run(&a),
+        LuksCommand::Open(a) => open::run(&a),
+        LuksCommand::Close(a) => close::run(&a),
+        LuksCommand::Status(a) => status::run(&a),
+        LuksCommand::OpenDaemon(a) => daemon::run(&a),
         LuksCommand::Dump(a) => dump::run(&a),
         LuksCommand::AddKey(a) => add_key::run(&a),
         LuksCommand::RemoveKey(a) => remove_key::run(&a),

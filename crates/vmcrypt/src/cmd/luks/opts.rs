@@ -65,6 +65,23 @@ pub struct NewKeyOpts {
     /// Read the new passphrase from FILE (exact bytes)
     #[arg(long = "new-key-file", value_name = "FILE")]
     pub new_key_file: Option<String>,
+    #[command(flatten)]
+    pub kdf: KdfOpts,
+    /// PBKDF2 / AF hash for the new slot (default sha256)
+    #[arg(long = "hash", value_name = "HASH")]
+    pub hash: Option<String>,
+}
+
+impl NewKeyOpts {
+    /// The new key slot's KDF choice.
+    pub fn keyslot(&self) -> NewKeyslot {
+        self.kdf.keyslot(self.hash.clone())
+    }
+}
+
+/// cryptsetup's key-derivation options for a new key slot (`--pbkdf*`, `--iter-time`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct KdfOpts {
     /// PBKDF2 time per unlock in milliseconds
     #[arg(long = "iter-time", short = 'i', value_name = "MS")]
     pub iter_time: Option<u32>,
@@ -80,17 +97,14 @@ pub struct NewKeyOpts {
     /// Argon2 threads
     #[arg(long = "pbkdf-parallel", value_name = "N")]
     pub pbkdf_parallel: Option<u32>,
-    /// PBKDF2 / AF hash for the new slot (default sha256)
-    #[arg(long = "hash", value_name = "HASH")]
-    pub hash: Option<String>,
 }
 
-impl NewKeyOpts {
-    /// The new key slot's KDF choice.
-    pub fn keyslot(&self) -> NewKeyslot {
+impl KdfOpts {
+    /// The new key slot's KDF choice with the PBKDF2 / AF hash `hash`.
+    pub fn keyslot(&self, hash: Option<String>) -> NewKeyslot {
         NewKeyslot {
             kdf: self.pbkdf.clone(),
-            hash: self.hash.clone(),
+            hash,
             iter_time_ms: self.iter_time,
             iterations: self.iterations,
             memory_kib: self.pbkdf_memory,

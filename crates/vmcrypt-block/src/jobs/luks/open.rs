@@ -1,0 +1,91 @@
+//! `luks open`: unlock a LUKS device (either version, optionally with a detached
+//! header) into a `luks` node that a daemon then serves, and describe it with the fields
+//! of cryptsetup's `status` ([`DeviceInfo`]). The device is opened with QEMU's image
+//! locks, so a device some VM or another daemon writes is refused.
+use super::Target;
+use crate::driver::BlockDriver;
+use crate::drivers::file::FileDriver;
+use crate::drivers::luks::LuksDriver;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use vmcrypt_error::{Error, Result, ResultExt};
+
+/// What `luks open` was asked for.
+#[derive(Clone, Debug)]
+pub struct OpenRequest {
+    pub target: Target,
+    /// `--readonly`: open the device read-only and refuse writes.
+    pub read_only: bool,
+    /// `--key-slot`: try only this slot.
+    pub key_slot: Option<u32>,
+}
+
+/// An opened device as cryptsetup's `status` describes it (sizes in 512-byte sectors).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    /// "LUKS1" or "LUKS2".
+    pub luks_type: String,
+    /// cryptsetup's cipher string, e.g. "aes-xts-plain64".
+    pub cipher: String,
+    pub key_bits: u32,
+    /// The key slot the passphrase opened.
+    pub key_slot: u32,
+    /// The device, as an absolute path.
+    pub device: String,
+    /// The detached header, as an absolute path.
+    pub header: Option<String>,
+    pub sector_size: u64,
+    pub offset_sectors: u64,
+    pub size_sectors: u64,
+    pub read_only: bool,
+}
+
+/// An unlocked device: the node to serve and its description.
+pub struct Opened {
+    pub node: Arc<dyn BlockDriver>,
+    pub info: DeviceInfo,
+}
+
+/// Open `req`'s device with `passphrase`: a wrong passphrase is `WrongKey` here, before
+/// anything is served.
+pub fn open(req: &OpenRequest, passphrase: &[u8]) -> Result<Opened> {
+    let t = &req.target;
+    let file = open_file(&t.device, req.read_only)?;
+    let header = match &t.header {
+        Some(h) => Some(open_file(h, req.read_only)?),
+        None => None,
+    };
+    let node = LuksDriver::open(file, header, Some(passphrase), req.key_slot, &t.limits)
+        .with_ctx(|| format!("device {}", t.device))?;
+    let spec = *node
+        .data_spec()
+        .ok_or_else(|| Error::internal("a LUKS node opened with its key has no cipher"))?;
+    let info = DeviceInfo {
+        luks_type: format!("LUKS{}", node.header().version().number()),
+        cipher: spec.luks2_encryption(),
+        key_bits: (spec.key_bytes * 8) as u32,
+        key_slot: node.unlocked_slot().unwrap_or(0),
+        device: absolute(&t.device),
+        header: t.header.as_deref().map(absolute),
+        sector_size: node.sector_size(),
+        offset_sectors: node.data_offset() / 512,
+        size_sectors: node.size() / 512,
+        read_only: req.read_only || node.is_read_only(),
+    };
+    Ok(Opened {
+        node: Arc::new(node),
+        info,
+    })
+}
+
+fn open_file(path: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {
+    Ok(Arc::new(FileDriver::open(Path::new(path), read_only)?))
+}
+
+/// `path` made absolute (symlinks resolved where possible), for `status`.
+fn absolute(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
