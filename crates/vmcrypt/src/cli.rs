@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::luks::LuksCommand,
     },
+    /// libvirt's secrets (virsh secret-*), kept encrypted in vmcrypt's store
+    Secret {
+        #[command(subcommand)]
+        command: cmd::secret::SecretCommand,
+    },
     /// Serve images over NBD (like qemu-nbd)
     Serve(cmd::serve::Args),
     /// libvirt glue: print domain XML for an export of `vmcrypt serve`

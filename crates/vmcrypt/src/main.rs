@@ -21,6 +21,7 @@ mod cli;
 mod cmd;
 mod hardening;
 mod passphrase;
+mod stored;
 
 use clap::Parser;
 use std::process::ExitCode;

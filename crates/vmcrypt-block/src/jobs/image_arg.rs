@@ -4,7 +4,7 @@
 use super::Events;
 use crate::driver::BlockDriver;
 use crate::graph::{self, OpenContext};
-use crate::secrets::SecretStore;
+use crate::secrets::{SecretStore, StoredSecrets};
 pub use crate::spec::ImageArg;
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ pub struct Env {
     /// `--object` definitions (`secret,id=ID,file=PATH`).
     objects: Vec<String>,
     secrets: OnceCell<SecretStore>,
+    /// Where `store-uuid=`/`store-usage=` secrets are loaded from.
+    stored: Option<Arc<dyn StoredSecrets>>,
     /// Caps on the KDF cost accepted from a header.
     pub limits: KdfLimits,
 }
@@ -55,8 +57,15 @@ impl Env {
         Env {
             objects,
             secrets: OnceCell::new(),
+            stored: None,
             limits,
         }
+    }
+
+    /// Let `--object secret` name stored secrets, loaded through `loader`.
+    pub fn with_stored(mut self, loader: Arc<dyn StoredSecrets>) -> Env {
+        self.stored = Some(loader);
+        self
     }
 
     /// The secrets, parsed on first use.
@@ -64,7 +73,7 @@ impl Env {
         if let Some(s) = self.secrets.get() {
             return Ok(s);
         }
-        let mut store = SecretStore::new();
+        let mut store = SecretStore::with_stored(self.stored.clone());
         for o in &self.objects {
             store.add_object(o)?;
         }

@@ -113,6 +113,7 @@ impl Common {
     /// `--object` definitions are parsed when a job first needs them).
     pub fn env(&self) -> Env {
         Env::new(self.objects.clone(), self.limits.limits())
+            .with_stored(std::sync::Arc::new(crate::stored::CliStoredSecrets))
     }
 
     /// The image argument `name` with the format `-f` gave.

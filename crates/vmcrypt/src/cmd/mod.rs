@@ -16,6 +16,7 @@ pub(crate) mod map;
 pub mod qemu_args;
 pub(crate) mod rebase;
 pub(crate) mod resize;
+pub mod secret;
 pub mod serve;
 
 use crate::cli::{Cli, Command};
@@ -38,5 +39,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Serve(a) => serve::run(a),
         Command::Libvirt { command } => libvirt::run(&command),
         Command::QemuArgs(args) => qemu_args::run(&args),
+        Command::Secret { command } => secret::run(command),
     }
 }
