@@ -262,8 +262,7 @@ fn private_ephemeral_usage_rules() {
     assert!(e.to_string().contains("cannot change private flag"), "{e}");
     let e = s.define(&def(B, false, "/a")).unwrap_err();
     assert!(
-        e.to_string()
-            .contains(&format!("already defined for use with /a")),
+        e.to_string().contains("already defined for use with /a"),
         "{e}"
     );
     let mut eph = def(B, false, "/b");

@@ -33,6 +33,13 @@ fn vm(store: &str, args: &[&str], input: &[u8]) -> Out {
     }
 }
 
+/// `vmcrypt convert --object OBJECT --image-opts OPTS -O raw OUT` against `store`.
+fn convert(store: &str, object: &str, opts: &str, out: &str) -> Out {
+    #[rustfmt::skip]
+    let args = ["convert", "--object", object, "--image-opts", opts, "-O", "raw", out];
+    vm(store, &args, b"")
+}
+
 const UUID: &str = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f";
 
 fn secret_xml(uuid: Option<&str>, private: bool, volume: &str) -> String {
@@ -135,6 +142,24 @@ fn missing_uuid_generated() {
     vm(&store, &["secret", "dumpxml", uuid], b"")
         .ok()
         .stdout_has(uuid);
+    // --store overrides $VMCRYPT_SECRET_STORE
+    let other = sc.p("other");
+    vm(&store, &["secret", "define", &xml, "--store", &other], b"").ok();
+    assert_eq!(
+        std::fs::read_dir(&other).unwrap().count(),
+        2,
+        "xml and .lock"
+    );
+    vm(
+        &store,
+        &["secret", "list", "--json", "--store", &other],
+        b"",
+    )
+    .ok()
+    .json()[0]["uuid"]
+        .as_str()
+        .filter(|u| u.len() == 36)
+        .expect("a generated uuid in the other store");
 }
 
 #[test]
@@ -282,21 +307,7 @@ fn object_store_reference_opens_a_real_image() {
     {
         let out = sc.p(&format!("got{i}.raw"));
         let o = format!("secret,id=s0,{r}");
-        vm(
-            &store,
-            &[
-                "convert",
-                "--object",
-                &o,
-                "--image-opts",
-                &opts,
-                "-O",
-                "raw",
-                &out,
-            ],
-            b"",
-        )
-        .ok();
+        convert(&store, &o, &opts, &out).ok();
         assert_same_bytes(r, &read(Path::new(&out)), &sc.read("want.raw"));
         vm(
             &store,
@@ -310,36 +321,9 @@ fn object_store_reference_opens_a_real_image() {
     // a wrong stored passphrase is a wrong key; an unknown reference names the secret
     vm(&store, &["secret", "set-value", UUID, "--plain"], b"wrong").ok();
     let o = format!("secret,id=s0,store-uuid={UUID}");
-    vm(
-        &store,
-        &[
-            "convert",
-            "--object",
-            &o,
-            "--image-opts",
-            &opts,
-            "-O",
-            "raw",
-            &sc.p("x.raw"),
-        ],
-        b"",
-    )
-    .code_is(2);
+    convert(&store, &o, &opts, &sc.p("x.raw")).code_is(2);
     let o = "secret,id=s0,store-usage=volume:/nonexistent.img";
-    vm(
-        &store,
-        &[
-            "convert",
-            "--object",
-            o,
-            "--image-opts",
-            &opts,
-            "-O",
-            "raw",
-            &sc.p("y.raw"),
-        ],
-        b"",
-    )
-    .code_is(1)
-    .stderr_has("no secret in");
+    convert(&store, o, &opts, &sc.p("y.raw"))
+        .code_is(1)
+        .stderr_has("no secret in");
 }
