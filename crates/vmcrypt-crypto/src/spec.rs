@@ -558,9 +558,15 @@ mod tests {
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-lmk", 32));
         assert_eq!(m, "unsupported IV generator 'lmk'");
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-essiv:md4", 32));
-        assert_eq!(m, "IV generator 'essiv:md4': unsupported hash algorithm 'md4'");
+        assert_eq!(
+            m,
+            "IV generator 'essiv:md4': unsupported hash algorithm 'md4'"
+        );
         let m = unsupported(CipherSpec::from_luks("aes", "xts-plain64:foo", 64));
-        assert_eq!(m, "IV generator 'plain64:foo': unsupported hash algorithm 'foo'");
+        assert_eq!(
+            m,
+            "IV generator 'plain64:foo': unsupported hash algorithm 'foo'"
+        );
         let m = unsupported(CipherSpec::from_luks("cast5", "cbc-plain", 24));
         assert!(m.contains("invalid key size 24 bytes for cast5-cbc"), "{m}");
         let m = unsupported(CipherSpec::from_luks("aes", "xts-plain64", 32 + 1));
@@ -623,10 +629,17 @@ mod tests {
                 for h in HashAlg::ALL {
                     let name = format!("{bare}:{}", h.name());
                     let s = CipherSpec::from_luks("aes", &name, kb).unwrap();
-                    assert_eq!((s.ivgen, s.unused_iv_hash), (plain.ivgen, Some(h)), "{name}");
+                    assert_eq!(
+                        (s.ivgen, s.unused_iv_hash),
+                        (plain.ivgen, Some(h)),
+                        "{name}"
+                    );
                     assert_eq!(s.luks_cipher_mode(), name);
                     assert_eq!(s.luks2_encryption(), format!("aes-{name}"));
-                    assert_eq!(CipherSpec::from_luks2(&format!("aes-{name}"), kb).unwrap(), s);
+                    assert_eq!(
+                        CipherSpec::from_luks2(&format!("aes-{name}"), kb).unwrap(),
+                        s
+                    );
                     let mut got = vec![7u8; 4096];
                     let c = SectorCipher::new(&s, key).unwrap();
                     c.encrypt(5, 512, &mut got).unwrap();
@@ -655,7 +668,12 @@ mod tests {
         }
         let s = CipherSpec::from_qemu("aes-128", "ecb", "plain64", Some("sha1")).unwrap();
         assert_eq!(s.luks_cipher_mode(), "ecb-plain64:sha1");
-        let m = unsupported(CipherSpec::from_qemu("aes-256", "xts", "plain64", Some("md4")));
+        let m = unsupported(CipherSpec::from_qemu(
+            "aes-256",
+            "xts",
+            "plain64",
+            Some("md4"),
+        ));
         assert_eq!(m, "unsupported ivgen-hash-alg 'md4'");
     }
 

@@ -154,7 +154,11 @@ pub fn luks2_dump_text(vol: &Luks2Volume, volume_key: Option<&SecretBytes>) -> R
 /// that is not PBKDF2 (type, time, memory, threads, salt: those present).
 fn unsupported_kdf_text(kind: &str, kdf: &serde_json::Map<String, Value>) -> String {
     let mut s = format!("\tPBKDF:      {kind} (not supported by vmcrypt)\n");
-    for (field, label) in [("time", "Time cost"), ("memory", "Memory"), ("cpus", "Threads")] {
+    for (field, label) in [
+        ("time", "Time cost"),
+        ("memory", "Memory"),
+        ("cpus", "Threads"),
+    ] {
         if let Some(v) = kdf.get(field).and_then(Value::as_u64) {
             s += &format!("\t{:<12}{v}\n", format!("{label}:"));
         }
