@@ -108,7 +108,8 @@ fn unknown_area_cipher_fails_only_its_keyslot() {
     let e = vol.unlock(PASS0, None).err().expect("must fail");
     assert_eq!(e.kind(), ErrorKind::WrongKey, "{e}");
     assert!(
-        e.to_string().contains("keyslot 0: unsupported cipher 'nosuch'"),
+        e.to_string()
+            .contains("keyslot 0: unsupported cipher 'nosuch'"),
         "{e}"
     );
 }

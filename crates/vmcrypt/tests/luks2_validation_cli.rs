@@ -55,7 +55,10 @@ fn luks_dump_gives_cryptsetups_verdict_on_every_validation_image() {
         let before = std::fs::metadata(&img).unwrap().modified().unwrap();
         let vm = vmcrypt(&["luks", "dump", &img]);
         let after = std::fs::metadata(&img).unwrap().modified().unwrap();
-        assert_eq!(before, after, "{name}: vmcrypt luks dump wrote to the image");
+        assert_eq!(
+            before, after,
+            "{name}: vmcrypt luks dump wrote to the image"
+        );
         // cryptsetup may repair its input in place, so it runs second.
         let cs = cryptsetup(&["luksDump", &img]);
         let ((vm_ok, vm_err), (cs_ok, cs_err)) = (verdict(&vm), verdict(&cs));
@@ -67,7 +70,11 @@ fn luks_dump_gives_cryptsetups_verdict_on_every_validation_image() {
                 if vm_ok { "R" } else { "F" },
             ));
         }
-        if vm_ok && vm.stdout_str().contains("PBKDF:      argon2 (not supported") {
+        if vm_ok
+            && vm
+                .stdout_str()
+                .contains("PBKDF:      argon2 (not supported")
+        {
             argon2_dumps += 1;
         }
     }
