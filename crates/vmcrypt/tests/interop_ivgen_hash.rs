@@ -264,7 +264,8 @@ fn cryptsetup_hashed_ivgens_open_in_vmcrypt() {
 }
 
 /// A vmcrypt-made `xts-plain64:sha256` image reads in cryptsetup (luksDump), survives a
-/// LUKS1 -> LUKS2 conversion with the mode as written, and `qemu-args` handles it.
+/// LUKS1 -> LUKS2 conversion with the mode as written, and `qemu-args` hands it (and an
+/// `essiv:sm3` one, a hash QEMU implements) to QEMU natively.
 #[test]
 fn plain64_sha256_dump_convert_and_qemu_args() {
     let sc = Scratch::new();
@@ -284,6 +285,17 @@ fn plain64_sha256_dump_convert_and_qemu_args() {
         .ok()
         .stdout_str();
     assert!(args.contains("driver"), "{args}");
+    // ESSIV with SM3, which QEMU implements: qemu-args hands it to QEMU natively too.
+    let o = format!(
+        "{},iterations=1000",
+        luks_o("aes-256", "xts", "essiv", Some("sm3"))
+    );
+    encrypt_raw(vmcrypt, &sc, "pw", "plain.raw", ("luks", &o), "sm3.luks").ok();
+    let sm3 = sc.p("sm3.luks");
+    let args = vmcrypt(&["qemu-args", "--object", &secret, &sm3])
+        .ok()
+        .stdout_str();
+    assert!(args.contains("driver=luks"), "{args}");
     vmcrypt(&["luks", "convert", "-q", "--type", "luks2", &img]).ok();
     let dump = cryptsetup(&["luksDump", &img]).ok().stdout_str();
     assert_eq!(
