@@ -1,7 +1,8 @@
 //! Hash algorithms named by LUKS headers (`hash-spec`, `hash_alg`) and ESSIV.
 //!
 //! Every algorithm is backed by a RustCrypto crate of the `digest` 0.10 generation
-//! (`sha1`, `sha2`, `ripemd`, `whirlpool`); SHA-1/SHA-2 pick SHA-NI at run time.
+//! (`sha1`, `sha2`, `ripemd`, `whirlpool`, `sm3`); SHA-1/SHA-2 pick SHA-NI at run time.
+//! SM3 is here because QEMU accepts it (`hash-alg`, `ivgen-hash-alg`, so `essiv:sm3`).
 //!
 //! `wp256`/`wp384`/`wp512` are the Linux kernel's names for Whirlpool truncated to its
 //! first 32/48/64 bytes (old cryptsetup images use them for ESSIV, "xts-essiv:wp256");
@@ -27,11 +28,13 @@ pub enum HashAlg {
     Wp384,
     /// Whirlpool under the kernel's name "wp512".
     Wp512,
+    /// SM3 (GB/T 32905-2016), 32 bytes.
+    Sm3,
 }
 
 impl HashAlg {
     /// All supported algorithms.
-    pub const ALL: [HashAlg; 11] = [
+    pub const ALL: [HashAlg; 12] = [
         HashAlg::Md5,
         HashAlg::Sha1,
         HashAlg::Sha224,
@@ -43,6 +46,7 @@ impl HashAlg {
         HashAlg::Wp256,
         HashAlg::Wp384,
         HashAlg::Wp512,
+        HashAlg::Sm3,
     ];
 
     /// Parse a name as LUKS headers and QEMU spell it ("sha256", "SHA256", "ripemd160",
@@ -68,6 +72,7 @@ impl HashAlg {
             HashAlg::Wp256 => "wp256",
             HashAlg::Wp384 => "wp384",
             HashAlg::Wp512 => "wp512",
+            HashAlg::Sm3 => "sm3",
         }
     }
 
@@ -77,7 +82,7 @@ impl HashAlg {
             HashAlg::Md5 => 16,
             HashAlg::Sha1 | HashAlg::Ripemd160 => 20,
             HashAlg::Sha224 => 28,
-            HashAlg::Sha256 | HashAlg::Wp256 => 32,
+            HashAlg::Sha256 | HashAlg::Wp256 | HashAlg::Sm3 => 32,
             HashAlg::Sha384 | HashAlg::Wp384 => 48,
             HashAlg::Sha512 | HashAlg::Whirlpool | HashAlg::Wp512 => 64,
         }
@@ -93,6 +98,7 @@ impl HashAlg {
             HashAlg::Sha384 => digest_with::<sha2::Sha384>(parts),
             HashAlg::Sha512 => digest_with::<sha2::Sha512>(parts),
             HashAlg::Ripemd160 => digest_with::<ripemd::Ripemd160>(parts),
+            HashAlg::Sm3 => digest_with::<sm3::Sm3>(parts),
             HashAlg::Whirlpool | HashAlg::Wp256 | HashAlg::Wp384 | HashAlg::Wp512 => {
                 let mut d = digest_with::<whirlpool::Whirlpool>(parts);
                 d.truncate(self.output_len());

@@ -21,6 +21,7 @@ pub fn pbkdf2(hash: HashAlg, password: &[u8], salt: &[u8], iterations: u32, out:
         HashAlg::Sha384 => pbkdf2_hmac::<sha2::Sha384>(password, salt, rounds, out),
         HashAlg::Sha512 => pbkdf2_hmac::<sha2::Sha512>(password, salt, rounds, out),
         HashAlg::Ripemd160 => pbkdf2_hmac::<ripemd::Ripemd160>(password, salt, rounds, out),
+        HashAlg::Sm3 => pbkdf2_hmac::<sm3::Sm3>(password, salt, rounds, out),
         HashAlg::Whirlpool | HashAlg::Wp512 => {
             pbkdf2_hmac::<whirlpool::Whirlpool>(password, salt, rounds, out)
         }

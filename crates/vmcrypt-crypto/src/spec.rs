@@ -8,6 +8,13 @@
 //! key, LRW appends a 16-byte tweak key), XTS and LRW only over 16-byte blocks, and ESSIV
 //! only with a hash whose digest length is a valid key size of the family (dm-crypt keys
 //! the ESSIV cipher with H(volume key)). QEMU has no LRW mode.
+//!
+//! Every IV generator may carry a hash ("plain64:sha256", "benbi:sha1"): QEMU writes one
+//! whenever `ivgen-hash-alg` is given, libvirt's `<ivgen hash=...>` and cryptsetup's
+//! `-c aes-xts-plain64:sha256` do too. Only ESSIV uses it; dm-crypt and QEMU ignore it
+//! for the others (QEMU's `crypto/block-luks.c` parses and then drops it "for compat
+//! with dm-crypt"), so it changes no IV. It is kept in
+//! [`CipherSpec::unused_iv_hash`] so the mode string is written back as it was read.
 use crate::HashAlg;
 use vmcrypt_error::{Error, Result, bail};
 
@@ -58,6 +65,10 @@ pub struct CipherSpec {
     pub family: CipherFamily,
     pub mode: CipherMode,
     pub ivgen: IvGen,
+    /// The hash written after a generator that does not use one ("plain64:sha256"):
+    /// ignored for the IV, kept so the mode string round-trips. Always `None` for ESSIV,
+    /// whose hash is the one in [`IvGen::Essiv`].
+    pub unused_iv_hash: Option<HashAlg>,
     pub key_bytes: usize,
 }
 
@@ -175,16 +186,27 @@ impl CipherMode {
 }
 
 impl IvGen {
-    /// Parse a dm-crypt IV spec: "plain", "plain64", "plain64be", "essiv:sha256", "benbi",
-    /// "null" (any case).
-    pub fn from_dm_name(spec: &str) -> Result<Self> {
+    /// Parse a dm-crypt IV spec "NAME[:HASH]" ("plain64", "essiv:sha256",
+    /// "plain64:sha256", any case): the generator and, for a generator that ignores it,
+    /// the hash written after it. ESSIV needs its hash; an unknown hash name is refused
+    /// for every generator, as QEMU does.
+    pub fn parse_dm(spec: &str) -> Result<(Self, Option<HashAlg>)> {
         let (name, opt) = match spec.split_once(':') {
             Some((n, o)) => (n, Some(o)),
             None => (spec, None),
         };
+        let hash = opt
+            .map(|h| {
+                HashAlg::from_name(h).map_err(|_| {
+                    Error::unsupported(format!(
+                        "IV generator '{spec}': unsupported hash algorithm '{h}'"
+                    ))
+                })
+            })
+            .transpose()?;
         let iv = match name.to_ascii_lowercase().as_str() {
-            "essiv" => match opt {
-                Some(h) => IvGen::Essiv(HashAlg::from_name(h)?),
+            "essiv" => match hash {
+                Some(h) => return Ok((IvGen::Essiv(h), None)),
                 None => bail!(
                     Unsupported,
                     "IV generator 'essiv' needs a hash ('essiv:sha256')"
@@ -197,13 +219,7 @@ impl IvGen {
             "null" => IvGen::Null,
             _ => bail!(Unsupported, "unsupported IV generator '{name}'"),
         };
-        if let (Some(o), false) = (opt, matches!(iv, IvGen::Essiv(_))) {
-            bail!(
-                Unsupported,
-                "IV generator '{name}' takes no option (got '{o}')"
-            );
-        }
-        Ok(iv)
+        Ok((iv, hash))
     }
 
     /// The dm-crypt spelling ("plain64", "essiv:sha256").
@@ -238,20 +254,21 @@ impl CipherSpec {
             None => (cipher_mode, None),
         };
         let mode = CipherMode::from_name(mode_name)?;
-        let ivgen = match (mode, iv_part) {
-            (CipherMode::Ecb, None) => IvGen::Null,
+        let (ivgen, unused_iv_hash) = match (mode, iv_part) {
+            (CipherMode::Ecb, None) => (IvGen::Null, None),
             // ECB uses no IV, but QEMU writes (and requires) "ecb-plain64" & co.: keep the
             // generator so the name round-trips.
             (_, None) => bail!(
                 Unsupported,
                 "cipher mode '{mode_name}' needs an IV generator (e.g. '{mode_name}-plain64')"
             ),
-            (_, Some(iv)) => IvGen::from_dm_name(iv)?,
+            (_, Some(iv)) => IvGen::parse_dm(iv)?,
         };
         let spec = CipherSpec {
             family,
             mode,
             ivgen,
+            unused_iv_hash,
             key_bytes,
         };
         spec.validate()?;
@@ -271,12 +288,13 @@ impl CipherSpec {
     }
 
     /// From QEMU's option names: cipher-alg "aes-256", cipher-mode "xts",
-    /// ivgen-alg "plain64", ivgen-hash-alg "sha256" (only for essiv).
+    /// ivgen-alg "plain64", ivgen-hash-alg "sha256".
     ///
-    /// As in QEMU, essiv without a hash uses sha256 and the hash is ignored for the other
-    /// generators; ECB ignores the IV generator. Besides QEMU's plain/plain64/essiv, the
-    /// dm-crypt generators plain64be/benbi/null are accepted. QEMU has no LRW mode, so
-    /// "lrw" is rejected.
+    /// As in QEMU, essiv without a hash uses sha256; a hash given with another generator
+    /// does not change the IV but is written into the mode ("xts-plain64:sha256", as
+    /// qemu-img writes it); ECB ignores the IV generator. Besides QEMU's
+    /// plain/plain64/essiv, the dm-crypt generators plain64be/benbi/null are accepted.
+    /// QEMU has no LRW mode, so "lrw" is rejected.
     pub fn from_qemu(
         cipher_alg: &str,
         cipher_mode: &str,
@@ -292,17 +310,29 @@ impl CipherSpec {
                  e.g. LUKS cipher mode 'lrw-plain64')"
             );
         }
-        let ivgen = match ivgen_alg.to_ascii_lowercase().as_str() {
-            "essiv" => IvGen::Essiv(HashAlg::from_name(ivgen_hash.unwrap_or("sha256"))?),
-            name if name.contains(':') => bail!(Unsupported, "unsupported ivgen-alg '{ivgen_alg}'"),
-            name => IvGen::from_dm_name(name)
-                .map_err(|_| Error::unsupported(format!("unsupported ivgen-alg '{ivgen_alg}'")))?,
+        let unsupported = || Error::unsupported(format!("unsupported ivgen-alg '{ivgen_alg}'"));
+        if ivgen_alg.contains(':') {
+            return Err(unsupported());
+        }
+        let hash = match ivgen_hash {
+            Some(h) => Some(
+                HashAlg::from_name(h)
+                    .map_err(|_| Error::unsupported(format!("unsupported ivgen-hash-alg '{h}'")))?,
+            ),
+            None if ivgen_alg.eq_ignore_ascii_case("essiv") => Some(HashAlg::Sha256),
+            None => None,
         };
+        let (ivgen, unused_iv_hash) = match hash {
+            Some(h) => IvGen::parse_dm(&format!("{ivgen_alg}:{}", h.name())),
+            None => IvGen::parse_dm(ivgen_alg),
+        }
+        .map_err(|_| unsupported())?;
         let key_bytes = mode.total_key_bytes(one_key);
         let spec = CipherSpec {
             family,
             mode,
             ivgen,
+            unused_iv_hash,
             key_bytes,
         };
         spec.validate()?;
@@ -354,11 +384,13 @@ impl CipherSpec {
         self.family.name()
     }
 
-    /// LUKS1 `cipher_mode` ("xts-plain64", "cbc-essiv:sha256", "ecb").
+    /// LUKS1 `cipher_mode` ("xts-plain64", "cbc-essiv:sha256", "xts-plain64:sha256",
+    /// "ecb").
     pub fn luks_cipher_mode(&self) -> String {
-        match (self.mode, self.ivgen) {
-            (CipherMode::Ecb, IvGen::Null) => "ecb".to_string(),
-            (m, iv) => format!("{}-{}", m.name(), iv.dm_name()),
+        match (self.mode, self.ivgen, self.unused_iv_hash) {
+            (CipherMode::Ecb, IvGen::Null, None) => "ecb".to_string(),
+            (m, iv, None) => format!("{}-{}", m.name(), iv.dm_name()),
+            (m, iv, Some(h)) => format!("{}-{}:{}", m.name(), iv.dm_name(), h.name()),
         }
     }
 
@@ -392,7 +424,8 @@ impl CipherSpec {
         }
     }
 
-    /// QEMU's ivgen-hash-alg ("sha256"), only for essiv.
+    /// QEMU's ivgen-hash-alg ("sha256") as `qemu-img info` shows it: only for essiv
+    /// (an unused hash is in [`CipherSpec::unused_iv_hash`]).
     pub fn qemu_ivgen_hash_alg(&self) -> Option<&'static str> {
         match self.ivgen {
             IvGen::Essiv(h) => Some(h.name()),
@@ -440,6 +473,7 @@ mod tests {
             family,
             mode,
             ivgen,
+            unused_iv_hash: None,
             key_bytes,
         }
     }
@@ -524,7 +558,15 @@ mod tests {
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-lmk", 32));
         assert_eq!(m, "unsupported IV generator 'lmk'");
         let m = unsupported(CipherSpec::from_luks("aes", "cbc-essiv:md4", 32));
-        assert_eq!(m, "unsupported hash algorithm 'md4'");
+        assert_eq!(
+            m,
+            "IV generator 'essiv:md4': unsupported hash algorithm 'md4'"
+        );
+        let m = unsupported(CipherSpec::from_luks("aes", "xts-plain64:foo", 64));
+        assert_eq!(
+            m,
+            "IV generator 'plain64:foo': unsupported hash algorithm 'foo'"
+        );
         let m = unsupported(CipherSpec::from_luks("cast5", "cbc-plain", 24));
         assert!(m.contains("invalid key size 24 bytes for cast5-cbc"), "{m}");
         let m = unsupported(CipherSpec::from_luks("aes", "xts-plain64", 32 + 1));
@@ -566,6 +608,73 @@ mod tests {
         assert!(m.contains("essiv:sha1 needs a 20-byte aes key"), "{m}");
         let m = unsupported(CipherSpec::from_qemu("aes-128", "lrw", "plain64", None));
         assert!(m.contains("'lrw' is not supported by QEMU"), "{m}");
+    }
+
+    /// Every generator takes a hash after ':' (QEMU, libvirt and cryptsetup write one);
+    /// only ESSIV uses it, the others keep it for the name and compute the same IVs.
+    #[test]
+    fn hashed_iv_generators_keep_the_hash_and_ignore_it() {
+        use crate::SectorCipher;
+        let key: Vec<u8> = (0..64u8).collect();
+        for iv in ["plain", "plain64", "plain64be", "benbi", "null"] {
+            for (mode, kb) in [("xts", 64), ("cbc", 32), ("ecb", 16)] {
+                let key = &key[..kb];
+                let bare = format!("{mode}-{iv}");
+                let plain = CipherSpec::from_luks("aes", &bare, kb).unwrap();
+                let mut want = vec![7u8; 4096];
+                SectorCipher::new(&plain, key)
+                    .unwrap()
+                    .encrypt(5, 512, &mut want)
+                    .unwrap();
+                for h in HashAlg::ALL {
+                    let name = format!("{bare}:{}", h.name());
+                    let s = CipherSpec::from_luks("aes", &name, kb).unwrap();
+                    assert_eq!(
+                        (s.ivgen, s.unused_iv_hash),
+                        (plain.ivgen, Some(h)),
+                        "{name}"
+                    );
+                    assert_eq!(s.luks_cipher_mode(), name);
+                    assert_eq!(s.luks2_encryption(), format!("aes-{name}"));
+                    assert_eq!(
+                        CipherSpec::from_luks2(&format!("aes-{name}"), kb).unwrap(),
+                        s
+                    );
+                    let mut got = vec![7u8; 4096];
+                    let c = SectorCipher::new(&s, key).unwrap();
+                    c.encrypt(5, 512, &mut got).unwrap();
+                    assert_eq!(got, want, "{name} must encrypt as {bare}");
+                }
+            }
+        }
+        let s = CipherSpec::from_luks("aes", "cbc-essiv:sha256", 32).unwrap();
+        assert_eq!(s.unused_iv_hash, None);
+    }
+
+    #[test]
+    fn qemu_ivgen_hash_is_written_for_every_generator() {
+        for (iv, hash, want) in [
+            ("plain64", Some("sha256"), "xts-plain64:sha256"),
+            ("plain", Some("sm3"), "xts-plain:sm3"),
+            ("plain64", None, "xts-plain64"),
+            ("essiv", None, "xts-essiv:sha256"),
+            ("essiv", Some("md5"), "xts-essiv:md5"),
+            ("benbi", Some("sha1"), "xts-benbi:sha1"),
+        ] {
+            let s = CipherSpec::from_qemu("aes-256", "xts", iv, hash).unwrap();
+            assert_eq!(s.luks_cipher_mode(), want, "{iv} {hash:?}");
+            let ivgen_hash = (iv == "essiv").then(|| want.rsplit(':').next().unwrap());
+            assert_eq!(s.qemu_ivgen_hash_alg(), ivgen_hash);
+        }
+        let s = CipherSpec::from_qemu("aes-128", "ecb", "plain64", Some("sha1")).unwrap();
+        assert_eq!(s.luks_cipher_mode(), "ecb-plain64:sha1");
+        let m = unsupported(CipherSpec::from_qemu(
+            "aes-256",
+            "xts",
+            "plain64",
+            Some("md4"),
+        ));
+        assert_eq!(m, "unsupported ivgen-hash-alg 'md4'");
     }
 
     #[test]

@@ -264,8 +264,10 @@ impl Luks1Header {
     ///
     /// `header_device_size` is the size of the file holding the header (so a truncated
     /// device is caught); `detached` says the payload lives in another file, in which case
-    /// a zero payload offset is legal and the payload may not be checked against the
-    /// key material.
+    /// the payload is not checked against the key material. As in cryptsetup, a zero
+    /// payload offset (a detached header's) is legal either way: the header and its key
+    /// slots are usable alone; whoever opens the data refuses a payload at offset 0 of
+    /// the header's own device.
     pub fn validate(&self, header_device_size: u64, detached: bool, limits: &Limits) -> Result<()> {
         ensure!(
             self.key_bytes > 0 && self.key_bytes <= 256,
@@ -284,12 +286,6 @@ impl Luks1Header {
             "LUKS1 header: master-key digest iteration count {} exceeds the limit {}",
             self.mk_digest_iter,
             limits.max_iterations
-        );
-        ensure!(
-            detached || self.payload_offset != 0,
-            Corrupt,
-            "LUKS payload is overlapping with the header (payload offset 0 is only valid \
-             with a detached header)"
         );
         for i in 0..NUM_KEYSLOTS {
             self.validate_slot(i, detached, limits)?;
@@ -344,7 +340,7 @@ impl Luks1Header {
         }
         let end = start + self.material_len(i);
         let payload = self.payload_offset_bytes();
-        if !detached && end > payload {
+        if !detached && payload != 0 && end > payload {
             return Err(bad(format!(
                 "key material [{start}, {end}) overlaps the payload at {payload}"
             )));

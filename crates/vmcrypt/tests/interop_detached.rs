@@ -1,6 +1,7 @@
 //! Detached LUKS1 headers across tools: a header file plus a data file whose ciphertext
 //! starts at byte 0. vmcrypt-made ones must open in qemu-img and cryptsetup; QEMU- and
-//! cryptsetup-made ones must open, read and write in vmcrypt.
+//! cryptsetup-made ones must open, read and write in vmcrypt. Also the virtual size of
+//! LUKS1 files (detached or not) whose size is not a multiple of 512.
 //!
 //! A missing qemu-img or cryptsetup fails these tests (see `common::require_tool`).
 mod common;
@@ -108,4 +109,61 @@ fn cryptsetup_detached_header_reads_and_writes_in_vmcrypt() {
     sc.write("pw2", PASS2);
     vmcrypt_add_key(&sc, "pw", &data, "pw2", &["--header", &hdr]).ok();
     cs_test_pass(&sc, "pw2", &data, &["--header", &hdr]).ok();
+}
+
+/// A LUKS1 image or detached data file whose size is not a multiple of 512: qemu-img
+/// counts the last partial sector as a whole one (its block layer rounds every file up
+/// to 512 bytes; the missing bytes read as zeros before decryption), so the virtual size
+/// is round_up(file, 512) - payload offset. vmcrypt must report the same size and read
+/// the same bytes, the partial sector included (issue 10 item 14).
+#[test]
+fn odd_sized_luks1_has_qemu_imgs_virtual_size_and_bytes() {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let secret = sc.secret("s0", "pw");
+    // Attached: QEMU-made, filled by qemu-io, cut 300 bytes into its last sector.
+    let img = sc.p("odd.luks");
+    #[rustfmt::skip]
+    qemu_img(&["create", "-q", "--object", &secret, "-f", "luks", "-o",
+        "key-secret=s0,iter-time=10", &img, "1M"]).ok();
+    // Detached: cryptsetup-made header over a 192 KiB data file, cut to 197000 bytes.
+    let data = sc.sparse("odd.data", 192 * 1024);
+    let hdr = sc.p("odd.hdr");
+    cs_format(&sc, "pw", &data, &["--header", &hdr]);
+    for (file, header, cut) in [(&img, None, 300u64), (&data, Some(hdr.as_str()), 0)] {
+        let opts = luks_opts("s0", file, header);
+        #[rustfmt::skip]
+        qemu_io(&["--object", &secret, "--image-opts", &opts, "-c", "write -P 0xa7 0 192k"]).ok();
+        let len = std::fs::metadata(file).unwrap().len();
+        let new_len = if cut > 0 { len - cut } else { 197000 };
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(file)
+            .unwrap()
+            .set_len(new_len)
+            .unwrap();
+        let info = |tool: Tool| {
+            tool(&[
+                "info",
+                "--output=json",
+                "--object",
+                &secret,
+                "--image-opts",
+                &opts,
+            ])
+            .ok()
+            .json()
+        };
+        let (ours, theirs) = (info(vmcrypt), info(qemu_img));
+        let payload = theirs["format-specific"]["data"]["payload-offset"]
+            .as_u64()
+            .unwrap();
+        let ours = ours["virtual-size"].as_u64().unwrap();
+        assert_eq!(ours, theirs["virtual-size"].as_u64().unwrap(), "{file}");
+        assert_eq!(ours, new_len.div_ceil(512) * 512 - payload, "{file}");
+        let want = decrypt_luks(qemu_img, &sc, "pw", file, header, "q.raw");
+        let got = decrypt_luks(vmcrypt, &sc, "pw", file, header, "v.raw");
+        assert_eq!(got.len() as u64, ours);
+        assert_same_bytes(&format!("{file} read by vmcrypt and qemu-img"), &got, &want);
+    }
 }

@@ -29,7 +29,10 @@ pub const LUKS_OPTIONS: &[(&str, &str)] = &[
         "ivgen-alg",
         "plain, plain64, plain64be, essiv, benbi or null (default plain64)",
     ),
-    ("ivgen-hash-alg", "hash for essiv (default sha256)"),
+    (
+        "ivgen-hash-alg",
+        "IV hash, written after any generator; essiv uses it (default sha256)",
+    ),
     (
         "hash-alg",
         "PBKDF2 and AF hash: sha1, sha224, sha256, sha384, sha512, ripemd160, whirlpool (default sha256)",

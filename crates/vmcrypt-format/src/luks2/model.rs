@@ -60,6 +60,15 @@ pub enum Kdf {
         cpus: u32,
         salt: Vec<u8>,
     },
+    /// A KDF vmcrypt cannot run (e.g. "argon2", the name before argon2i/argon2id
+    /// existed, in cryptsetup's own test headers), kept as stored. The header still
+    /// loads and dumps; only this keyslot cannot be unlocked.
+    Unsupported {
+        /// The `type` field.
+        kind: String,
+        /// The whole `kdf` object.
+        json: Obj,
+    },
 }
 
 impl std::fmt::Debug for Kdf {
@@ -79,30 +88,51 @@ impl std::fmt::Debug for Kdf {
                 "Argon2{}(t={time}, m={memory}, p={cpus})",
                 if *id { "id" } else { "i" }
             ),
+            Kdf::Unsupported { kind, .. } => write!(f, "Unsupported({kind})"),
         }
     }
 }
 
 impl Kdf {
     fn parse(kdf: &Obj, what: &str) -> Result<Self> {
-        let salt = base64::decode(get_str(kdf, "salt", what)?, &format!("{what} salt"))?;
+        let salt = || base64::decode(get_str(kdf, "salt", what)?, &format!("{what} salt"));
         match get_str(kdf, "type", what)? {
             "pbkdf2" => Ok(Kdf::Pbkdf2 {
                 hash: get_str(kdf, "hash", what)?.to_string(),
                 iterations: get_u32(kdf, "iterations", what)?,
-                salt,
+                salt: salt()?,
             }),
             t @ ("argon2i" | "argon2id") => Ok(Kdf::Argon2 {
                 id: t == "argon2id",
                 time: get_u32(kdf, "time", what)?,
                 memory: get_u32(kdf, "memory", what)?,
                 cpus: get_u32(kdf, "cpus", what)?,
-                salt,
+                salt: salt()?,
             }),
-            other => bail!(
+            other => Ok(Kdf::Unsupported {
+                kind: other.to_string(),
+                json: kdf.clone(),
+            }),
+        }
+    }
+
+    /// An `Unsupported` error if this KDF is [`Kdf::Unsupported`] (callers name the
+    /// keyslot in its context).
+    pub fn check_supported(&self) -> Result<()> {
+        match self {
+            Kdf::Unsupported { kind, .. } => bail!(
                 Unsupported,
-                "LUKS2 {what}: unsupported KDF type \"{other}\""
+                "unsupported KDF type \"{kind}\" (vmcrypt knows pbkdf2, argon2i and argon2id)"
             ),
+            _ => Ok(()),
+        }
+    }
+
+    /// An integer field of an unsupported KDF's object ("time", "memory", "cpus").
+    pub fn unsupported_int(&self, field: &str) -> Option<u64> {
+        match self {
+            Kdf::Unsupported { json, .. } => json.get(field).and_then(Value::as_u64),
+            _ => None,
         }
     }
 
@@ -123,6 +153,7 @@ impl Kdf {
                 salt,
             } => json!({"type": if *id { "argon2id" } else { "argon2i" }, "time": time,
                         "memory": memory, "cpus": cpus, "salt": base64::encode(salt)}),
+            Kdf::Unsupported { json, .. } => Value::Object(json.clone()),
         }
     }
 }

@@ -60,6 +60,12 @@ struct DataLayout {
     size: Option<u64>,
     sector: u64,
     iv_tweak: u64,
+    /// LUKS1 as QEMU serves it: a last partial sector of the file counts as a whole one
+    /// (QEMU's block layer rounds every file length up to 512 bytes, so `qemu-img info`
+    /// reports round_up(file, 512) - payload offset); the missing bytes read as zeros
+    /// before decryption and a write of that sector extends the file. LUKS2 (which QEMU
+    /// does not serve) rounds down, as dm-crypt sees the device.
+    round_up_file: bool,
 }
 
 /// An open LUKS node.
@@ -167,10 +173,17 @@ impl LuksDriver {
         }
     }
 
-    /// Read and decrypt whole sectors starting at the sector-aligned `g`.
+    /// Read and decrypt whole sectors starting at the sector-aligned `g`. Bytes past the
+    /// end of the file (only in LUKS1's last partial sector) read as zeros.
     fn read_sectors(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
         let cipher = self.cipher()?;
-        self.file.read_at(buf, self.host(g).0)?;
+        let host = self.host(g).0;
+        let have = self.file.size().saturating_sub(host).min(buf.len() as u64) as usize;
+        let (inside, past_end) = buf.split_at_mut(have);
+        if !inside.is_empty() {
+            self.file.read_at(inside, host)?;
+        }
+        past_end.fill(0);
         crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false)
     }
 
@@ -247,15 +260,25 @@ impl LuksDriver {
 }
 
 /// Where the data of `header` lives, and why it is read-only (unmet LUKS2
-/// requirements). A LUKS2 data segment inside the header area needs a detached header.
+/// requirements). Data inside the header area (a LUKS1 payload at offset 0, a LUKS2
+/// data segment before the end of the keyslots) needs a detached header: the header
+/// file alone serves `dump` and key-slot commands, not data.
 fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<String>)> {
     let Some(v) = header.v2() else {
         let v = header.v1().expect("a LUKS1 or LUKS2 header");
+        if !detached && v.payload_offset() == 0 {
+            bail!(
+                Corrupt,
+                "LUKS payload is overlapping with the header (payload offset 0): this is a \
+                 detached header; open its data with header.filename=THIS,file.filename=DATA"
+            );
+        }
         let layout = DataLayout {
             offset: v.payload_offset(),
             size: None,
             sector: SECTOR,
             iv_tweak: 0,
+            round_up_file: true,
         };
         return Ok((layout, None));
     };
@@ -282,6 +305,7 @@ fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<St
         size,
         sector: u64::from(seg.sector_size),
         iv_tweak: seg.iv_tweak,
+        round_up_file: false,
     };
     Ok((layout, ro))
 }
@@ -326,7 +350,11 @@ impl BlockDriver for LuksDriver {
     }
 
     fn size(&self) -> u64 {
-        let avail = self.file.size().saturating_sub(self.layout.offset);
+        let mut file = self.file.size();
+        if self.layout.round_up_file {
+            file = file.div_ceil(SECTOR).saturating_mul(SECTOR);
+        }
+        let avail = file.saturating_sub(self.layout.offset);
         let raw = self.layout.size.map_or(avail, |s| s.min(avail));
         raw / self.layout.sector * self.layout.sector
     }

@@ -47,7 +47,10 @@ pub const QCOW2_OPTIONS: &[(&str, &str)] = &[
         "encrypt.ivgen-alg",
         "plain, plain64, essiv, ... (default plain64)",
     ),
-    ("encrypt.ivgen-hash-alg", "hash for essiv (default sha256)"),
+    (
+        "encrypt.ivgen-hash-alg",
+        "IV hash, written after any generator; essiv uses it (default sha256)",
+    ),
     ("encrypt.hash-alg", "PBKDF2 and AF hash (default sha256)"),
     (
         "encrypt.iter-time",

@@ -39,6 +39,7 @@ const HASHES: &[&str] = &[
     "sha384",
     "sha512",
     "ripemd160",
+    "sm3",
 ];
 
 /// Refuse what QEMU's luks driver cannot open: LUKS2, and LUKS1 ciphers, IV generators

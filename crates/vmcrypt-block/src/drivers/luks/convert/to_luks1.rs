@@ -209,7 +209,7 @@ fn check_luks1_compatible(v2: &Luks2Volume) -> Result<Vec<V1Slot>> {
     let key_size = slots[0].ks.key_size;
     let hash = match &slots[0].ks.kdf {
         Kdf::Pbkdf2 { hash, .. } => hash.clone(),
-        Kdf::Argon2 { .. } => String::new(),
+        Kdf::Argon2 { .. } | Kdf::Unsupported { .. } => String::new(),
     };
     for s in &slots {
         check_keyslot(s, key_size, &hash, seg, digest)?;

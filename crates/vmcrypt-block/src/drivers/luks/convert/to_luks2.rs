@@ -249,7 +249,9 @@ fn build_luks2_header(
     keyslots_size: u64,
 ) -> Result<Luks2Header> {
     let h = v1.header();
-    let enc = v1.spec().luks2_encryption();
+    // The cipher exactly as the LUKS1 header spells it ("aes" + "xts-plain64:sha256"),
+    // as cryptsetup carries it over.
+    let enc = format!("{}-{}", h.cipher_name, h.cipher_mode);
     let mut keyslots = serde_json::Map::new();
     for (m, len) in moves.iter().zip(lens) {
         let ks = &h.keyslots[m.slot as usize];

@@ -4,7 +4,7 @@ use super::Luks2Volume;
 use serde_json::{Value, json};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::Result;
-use vmcrypt_format::luks2::{Kdf, KeyslotKind, Priority, SegmentSize};
+use vmcrypt_format::luks2::{Kdf, KeyslotKind, Priority, SegmentSize, base64};
 
 fn hex_block(bytes: &[u8], indent: &str) -> String {
     bytes
@@ -108,6 +108,7 @@ pub fn luks2_dump_text(vol: &Luks2Volume, volume_key: Option<&SecretBytes>) -> R
                         );
                         s += &format!("\tSalt:       {}\n", hex_block(salt, "\t            "));
                     }
+                    Kdf::Unsupported { kind, json } => s += &unsupported_kdf_text(kind, json),
                 }
                 s += &format!(
                     "\tAF stripes: {}\n\tAF hash:    {}\n",
@@ -149,6 +150,26 @@ pub fn luks2_dump_text(vol: &Luks2Volume, volume_key: Option<&SecretBytes>) -> R
     Ok(s)
 }
 
+/// The KDF lines of a keyslot whose KDF vmcrypt cannot run, as cryptsetup prints any KDF
+/// that is not PBKDF2 (type, time, memory, threads, salt: those present).
+fn unsupported_kdf_text(kind: &str, kdf: &serde_json::Map<String, Value>) -> String {
+    let mut s = format!("\tPBKDF:      {kind} (not supported by vmcrypt)\n");
+    for (field, label) in [
+        ("time", "Time cost"),
+        ("memory", "Memory"),
+        ("cpus", "Threads"),
+    ] {
+        if let Some(v) = kdf.get(field).and_then(Value::as_u64) {
+            s += &format!("\t{:<12}{v}\n", format!("{label}:"));
+        }
+    }
+    let salt = kdf.get("salt").and_then(Value::as_str);
+    if let Some(salt) = salt.and_then(|b| base64::decode(b, "salt").ok()) {
+        s += &format!("\tSalt:       {}\n", hex_block(&salt, "\t            "));
+    }
+    s
+}
+
 /// The JSON metadata as stored (cryptsetup's `luksDump --dump-json-metadata`).
 pub fn luks2_dump_json(vol: &Luks2Volume) -> Value {
     vol.header().metadata.to_value()
@@ -169,6 +190,7 @@ pub fn luks2_info_json(vol: &Luks2Volume) -> Value {
                     Kdf::Pbkdf2 { hash, iterations, .. } => json!({"type": "pbkdf2", "hash": hash, "iterations": iterations}),
                     Kdf::Argon2 { id, time, memory, cpus, .. } => json!({
                         "type": if id { "argon2id" } else { "argon2i" }, "time": time, "memory": memory, "cpus": cpus}),
+                    Kdf::Unsupported { kind, .. } => json!({"type": kind, "supported": false}),
                 };
                 json!({"id": k.id, "type": "luks2", "priority": priority_name(l.priority), "kdf": kdf,
                        "key-offset": l.area_offset, "key-size": l.area_size})

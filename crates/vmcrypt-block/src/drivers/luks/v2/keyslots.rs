@@ -84,7 +84,8 @@ impl KeyslotParams {
     }
 }
 
-/// The Argon2 type and cost of an Argon2 `kdf` (time 0 for PBKDF2).
+/// The Argon2 type and cost of an Argon2 `kdf` (time 0 for PBKDF2 and KDFs we cannot
+/// run).
 pub(super) fn argon2_params(kdf_: &Kdf) -> (Argon2Type, Argon2Cost) {
     match kdf_ {
         Kdf::Argon2 {
@@ -105,7 +106,7 @@ pub(super) fn argon2_params(kdf_: &Kdf) -> (Argon2Type, Argon2Cost) {
                 lanes: *cpus,
             },
         ),
-        Kdf::Pbkdf2 { .. } => (
+        Kdf::Pbkdf2 { .. } | Kdf::Unsupported { .. } => (
             Argon2Type::Argon2id,
             Argon2Cost {
                 time: 0,
@@ -116,7 +117,8 @@ pub(super) fn argon2_params(kdf_: &Kdf) -> (Argon2Type, Argon2Cost) {
     }
 }
 
-/// Derive a keyslot key with `kdf` (the caller has checked the cost against its limits).
+/// Derive a keyslot key with `kdf` (the caller has checked the cost against its limits
+/// and refused unsupported KDFs naming the keyslot).
 pub(super) fn derive(kdf_: &Kdf, passphrase: &[u8], out: &mut [u8]) -> Result<()> {
     match kdf_ {
         Kdf::Pbkdf2 {
@@ -137,6 +139,7 @@ pub(super) fn derive(kdf_: &Kdf, passphrase: &[u8], out: &mut [u8]) -> Result<()
             let (ty, cost) = argon2_params(kdf_);
             argon2(ty, passphrase, salt, cost, out)
         }
+        Kdf::Unsupported { .. } => kdf_.check_supported(),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::driver::BlockDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::argon::{KdfLimits, SlotCost, UnlockBudget};
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, af, kdf};
-use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+use vmcrypt_error::{Error, ErrorKind, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::{
     self, CopyState, Digest, HeaderCopy, Kdf, KeyslotKind, LoadOptions, Luks2Header, Luks2Keyslot,
     Priority, Requirements, Segment,
@@ -177,25 +177,41 @@ impl Luks2Volume {
             };
         }
         let mut budget = UnlockBudget::new(&self.limits);
+        // Keyslots we cannot use (a KDF, cipher or AF hash vmcrypt does not know) do not
+        // stop the others; they are named if no other slot takes the passphrase.
+        let mut unusable = Unusable::default();
         for (id, l) in self.unlock_order()? {
             let bound = self
                 .hdr
                 .metadata
                 .digest_for_keyslot(id)?
                 .is_some_and(|d| seg.is_some_and(|s| d.segments.contains(&s)));
-            if !bound || !budget.charge(id, self.slot_cost(id, &l)?) {
+            if !bound {
                 continue;
             }
-            if let Some(u) = self.try_keyslot(id, &l, passphrase)? {
-                return Ok(u);
+            unusable.candidates += 1;
+            let tried = self
+                .slot_cost(id, &l)
+                .and_then(|cost| match budget.charge(id, cost) {
+                    true => self.try_keyslot(id, &l, passphrase),
+                    false => Ok(None),
+                });
+            match tried {
+                Ok(Some(u)) => return Ok(u),
+                Ok(None) => {}
+                Err(e) if e.kind() == ErrorKind::Unsupported => unusable.add(id, &e),
+                Err(e) => return Err(e),
             }
         }
-        Err(budget.no_key())
+        Err(unusable.error(budget.no_key()))
     }
 
     /// What trying keyslot `l` costs, after checking its KDF and its digest's against the
     /// per-slot caps (the same checks, in the same order, as [`Self::try_keyslot`]).
     fn slot_cost(&self, id: u32, l: &Luks2Keyslot) -> Result<SlotCost> {
+        l.kdf
+            .check_supported()
+            .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
         let digest_iterations = match self.hdr.metadata.digest_for_keyslot(id)? {
             Some(d) => {
                 self.limits
@@ -212,7 +228,7 @@ impl Luks2Volume {
                     argon2_work: 0,
                 })
             }
-            k @ Kdf::Argon2 { .. } => {
+            k @ (Kdf::Argon2 { .. } | Kdf::Unsupported { .. }) => {
                 let c = keyslots::argon2_params(k).1;
                 self.limits.check_argon2(c).map(|()| SlotCost {
                     pbkdf2_iterations: 0,
@@ -229,9 +245,14 @@ impl Luks2Volume {
 
     /// Derive the key that decrypts keyslot `l`'s area.
     fn slot_key(&self, id: u32, l: &Luks2Keyslot, passphrase: &[u8]) -> Result<SecretBytes> {
+        l.kdf
+            .check_supported()
+            .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
         match &l.kdf {
             Kdf::Pbkdf2 { iterations, .. } => self.limits.check_pbkdf2(*iterations),
-            k @ Kdf::Argon2 { .. } => self.limits.check_argon2(keyslots::argon2_params(k).1),
+            k @ (Kdf::Argon2 { .. } | Kdf::Unsupported { .. }) => {
+                self.limits.check_argon2(keyslots::argon2_params(k).1)
+            }
         }
         .with_ctx(|| format!("LUKS2 keyslot {id}"))?;
         let mut key = SecretBytes::zeroed(l.area_key_size as usize);
@@ -430,6 +451,56 @@ pub(crate) fn read_clamped(dev: &dyn BlockDriver, off: u64, len: usize) -> Resul
         dev.read_at(&mut buf, off)?;
     }
     Ok(buf)
+}
+
+/// The keyslots an unlock could not use at all (a KDF, cipher or AF hash vmcrypt does
+/// not know), grouped by reason, out of the `candidates` it considered.
+#[derive(Default)]
+struct Unusable {
+    candidates: usize,
+    reasons: Vec<(String, Vec<u32>)>,
+}
+
+impl Unusable {
+    fn add(&mut self, id: u32, e: &Error) {
+        let why = e.message().to_string();
+        match self.reasons.iter_mut().find(|(r, _)| *r == why) {
+            Some((_, ids)) => ids.push(id),
+            None => self.reasons.push((why, vec![id])),
+        }
+    }
+
+    /// `no_key` (no slot took the passphrase), naming the unusable keyslots; when no
+    /// keyslot could be used at all, an `Unsupported` error instead of a wrong key.
+    fn error(self, no_key: Error) -> Error {
+        let count: usize = self.reasons.iter().map(|(_, ids)| ids.len()).sum();
+        if count == 0 {
+            return no_key;
+        }
+        let list: Vec<String> = self
+            .reasons
+            .iter()
+            .map(|(why, ids)| {
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                let s = if ids.len() > 1 { "s" } else { "" };
+                format!("keyslot{s} {}: {why}", ids.join(", "))
+            })
+            .collect();
+        if count == self.candidates {
+            return Error::unsupported(format!(
+                "no LUKS2 keyslot can be used: {}",
+                list.join("; ")
+            ));
+        }
+        Error::new(
+            no_key.kind(),
+            format!(
+                "{}; not tried, cannot be used: {}",
+                no_key.message(),
+                list.join("; ")
+            ),
+        )
+    }
 }
 
 /// Key material bytes of a keyslot: key_size * stripes, rounded up to 512.
