@@ -23,7 +23,10 @@ mod budget;
 mod busy;
 mod conn;
 mod ops;
+mod outbox;
+mod pace;
 pub mod tls;
+mod transmit;
 
 pub use budget::{DEFAULT_MAX_INFLIGHT, Inflight};
 pub use tls::TlsCreds;
