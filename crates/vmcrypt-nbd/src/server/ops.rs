@@ -72,7 +72,7 @@ pub(crate) fn execute(
         Command::Cache | Command::Disconnect => Ok(()),
     };
     match result {
-        Ok(()) => out.extend_from_slice(&replies.ok(cookie)),
+        Ok(()) => replies.push_ok(cookie, out),
         Err(e) => out.extend_from_slice(&error_reply(replies, cookie, &e)),
     }
 }
@@ -98,10 +98,10 @@ fn read(
     out: &mut Vec<u8>,
 ) {
     if length == 0 {
-        return out.extend_from_slice(&replies.ok(cookie));
+        return replies.push_ok(cookie, out);
     }
     let start = out.len();
-    out.extend_from_slice(&replies.read_header(cookie, offset, length));
+    replies.push_read_header(cookie, offset, length, out);
     let data = out.len();
     out.resize(data + length as usize, 0);
     if let Err(e) = node.read_at(&mut out[data..], offset) {

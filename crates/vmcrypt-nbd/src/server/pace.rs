@@ -7,10 +7,13 @@
 //! READs and WRITEs run inline on the connection's task while the node answers them
 //! quickly, and their replies go out together. A node that blocks (a disk, a network
 //! file system) would stall the connection and a runtime worker that way, and would
-//! lose the parallelism of several requests in flight, so [`Pace`] keeps a score of
-//! slow answers: one slow request moves the next ones to the blocking pool, where they
-//! are still timed, and only a run of fast answers brings them back. A connection starts
-//! with the pool until it has seen the node answer quickly.
+//! lose the parallelism of several requests in flight, so [`Pace`] keeps a running
+//! share of slow answers (a moving average over about the last 8 small requests,
+//! wherever they ran): while more than one in four is slow, small requests go to the
+//! blocking pool, where they are still timed. A single slow answer does not count for
+//! much, as a request can be slow because its thread lost the CPU for a moment on a
+//! busy machine, which says nothing about the node. A connection starts on the pool
+//! until it has seen the node answer quickly.
 use crate::proto::transmission::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,16 +25,14 @@ pub(crate) const INLINE_MAX: u32 = 64 << 10;
 /// A request that takes longer than this counts as slow.
 pub(crate) const SLOW: Duration = Duration::from_micros(50);
 
-/// Score added by a slow answer; a fast one takes 1 off. Inline only at 0, so one slow
-/// request sends the next `SLOW_COST` fast ones to the pool, and a node slow for more
-/// than about one request in `SLOW_COST` stays there.
-const SLOW_COST: u32 = 8;
+/// The share of slow answers is kept in units of 1/[`ONE`].
+const ONE: u32 = 1024;
 
-/// Highest score: after a long slow spell, this many fast answers bring requests back.
-const MAX_SCORE: u32 = 64;
+/// Small requests run inline while the share of slow answers is below this.
+const INLINE_BELOW: u32 = ONE / 4;
 
-/// Score of a new connection: the node has to prove itself fast first.
-const START_SCORE: u32 = 16;
+/// Each answer moves the share 1/`WEIGHT` of the way to 0 (fast) or [`ONE`] (slow).
+const WEIGHT: u32 = 8;
 
 /// A connection's record of how fast its node answers small requests, shared with the
 /// pool tasks that time them.
@@ -40,7 +41,7 @@ pub(crate) struct Pace(Arc<AtomicU32>);
 
 impl Default for Pace {
     fn default() -> Self {
-        Pace(Arc::new(AtomicU32::new(START_SCORE)))
+        Pace(Arc::new(AtomicU32::new(ONE)))
     }
 }
 
@@ -57,18 +58,15 @@ pub(crate) fn small(cmd: &Command) -> bool {
 impl Pace {
     /// Run the next small request inline?
     pub(crate) fn inline(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == 0
+        self.0.load(Ordering::Relaxed) < INLINE_BELOW
     }
 
     /// Record how long a small request took, wherever it ran.
     pub(crate) fn record(&self, took: Duration) {
         let old = self.0.load(Ordering::Relaxed);
-        let new = if took > SLOW {
-            (old + SLOW_COST).min(MAX_SCORE)
-        } else {
-            old.saturating_sub(1)
-        };
-        // Racing updates from pool threads may lose one; the score stays a fair guess.
+        let target = if took > SLOW { ONE } else { 0 };
+        let new = old - old / WEIGHT + target / WEIGHT;
+        // Racing updates from pool threads may lose one; the share stays a fair guess.
         self.0.store(new, Ordering::Relaxed);
     }
 }
@@ -80,41 +78,52 @@ mod tests {
     const FAST: Duration = Duration::from_micros(5);
     const SLOWER: Duration = Duration::from_millis(2);
 
+    fn record(p: &Pace, answers: &[Duration]) {
+        for &t in answers {
+            p.record(t);
+        }
+    }
+
     #[test]
     fn a_new_connection_goes_inline_after_fast_answers() {
         let p = Pace::default();
         assert!(!p.inline());
-        for _ in 0..START_SCORE - 1 {
-            p.record(FAST);
-        }
+        record(&p, &[FAST; 10]);
         assert!(!p.inline());
-        p.record(FAST);
+        record(&p, &[FAST; 2]);
         assert!(p.inline());
     }
 
     #[test]
-    fn one_slow_answer_sends_the_next_requests_to_the_pool() {
-        let p = Pace(Arc::new(AtomicU32::new(0)));
-        p.record(SLOWER);
-        for _ in 0..SLOW_COST {
-            assert!(!p.inline());
-            p.record(FAST);
-        }
-        assert!(p.inline());
-    }
-
-    #[test]
-    fn a_mostly_slow_node_stays_on_the_pool() {
+    fn a_few_slow_answers_in_a_row_send_requests_to_the_pool() {
         let p = Pace::default();
+        record(&p, &[FAST; 100]);
+        p.record(SLOWER);
+        assert!(p.inline(), "one slow answer is not enough");
+        record(&p, &[SLOWER; 2]);
+        assert!(!p.inline());
+        // A run of fast answers brings them back.
+        record(&p, &[FAST; 2]);
+        assert!(!p.inline());
+        record(&p, &[FAST; 8]);
+        assert!(p.inline());
+    }
+
+    #[test]
+    fn the_share_of_slow_answers_decides() {
+        let p = Pace::default();
+        record(&p, &[FAST; 100]);
+        // One slow answer in ten (a busy machine) keeps requests inline...
         for i in 0..1000 {
-            p.record(if i % 3 == 0 { FAST } else { SLOWER });
+            p.record(if i % 10 == 0 { SLOWER } else { FAST });
+            assert!(p.inline(), "pool after {i} answers");
+        }
+        // ...one in two (a disk) does not.
+        record(&p, &[SLOWER, FAST].repeat(4));
+        for i in 0..1000 {
+            p.record(if i % 2 == 0 { SLOWER } else { FAST });
             assert!(!p.inline(), "inline after {i} answers");
         }
-        // The score is capped, so the node comes back once it is fast again.
-        for _ in 0..MAX_SCORE {
-            p.record(FAST);
-        }
-        assert!(p.inline());
     }
 
     #[test]

@@ -130,6 +130,8 @@ struct Transmission<S> {
     replies: Replies,
     session: Session,
     idle: Option<Duration>,
+    /// Requests run inline and on the pool, for the log.
+    counts: (u64, u64),
 }
 
 /// Serve requests on `stream` until the client disconnects or misbehaves, or the server
@@ -165,11 +167,13 @@ where
             base_allocation: n.base_allocation,
         },
         idle: limits.idle,
+        counts: (0, 0),
     };
     let result = t.run(&mut stopping).await;
     let sent = t.send().await;
     while t.tasks.join_next().await.is_some() {}
     let _ = t.writer.lock().await.shutdown().await;
+    tracing::info!(inline = t.counts.0, on_pool = t.counts.1, "requests run");
     result.and(sent)
 }
 
@@ -274,8 +278,10 @@ where
             self.pace.record(t0.elapsed());
             self.outbox.hold(permit);
             self.pool.give(payload);
+            self.counts.0 += 1;
             return Ok(true);
         }
+        self.counts.1 += 1;
         let mut out = Vec::new();
         if let Command::Read { length, .. } = cmd {
             // Allocated here on a runtime worker rather than on one of the many
