@@ -12,6 +12,10 @@
 #   BENCH_IODEPTH  (environment) fio iodepth (default 16; one job, one connection)
 #   BENCH_DIR      (environment) where the images go (default /dev/shm)
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
+#   BENCH_VMCRYPT  (environment) the vmcrypt binary to measure (default
+#                  target/release/vmcrypt, built first unless BUILD=0)
+#   BENCH_QEMU_BATCH (environment) 1 runs qemu-nbd under SCHED_BATCH (`chrt -b 0`) as
+#                  `vmcrypt serve` runs by default, to see what the policy alone gives it
 #   BENCH_BUSY     (environment) 1 keeps one core busy (`sha256sum /dev/zero`) while each
 #                  server runs; 0 (default) does not; "both" measures both ways, each with
 #                  its own rounds. The busy process runs in a session of its own, like
@@ -38,6 +42,8 @@ RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
 BASE=${BENCH_DIR:-/dev/shm}
 BUILD=${BUILD:-1}
+[ -n "${BENCH_VMCRYPT:-}" ] && BUILD=0
+QEMU_BATCH=${BENCH_QEMU_BATCH:-0}
 BUSY=${BENCH_BUSY:-0}
 ISOLATE=${BENCH_ISOLATE:-0}
 case "$BUSY" in 0) MODES=(quiet) ;; 1) MODES=(busy) ;; both) MODES=(quiet busy) ;;
@@ -70,8 +76,10 @@ if [ "$ISOLATE" = 1 ] && [ "${BENCH_ISOLATED:-}" != 1 ]; then
         'echo -20 > /proc/self/autogroup && exec "$@"' isolate "$0" "$SIZE_MIB"
 fi
 [ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
+VM=${BENCH_VMCRYPT:-$PWD/target/release/vmcrypt}
 [ -x "$VM" ] || { echo "$VM not found (run with BUILD=1)" >&2; exit 2; }
+QEMU_NBD=(qemu-nbd)
+[ "$QEMU_BATCH" = 1 ] && QEMU_NBD=(chrt -b 0 qemu-nbd)
 
 DIR=$(mktemp -d "$BASE/vmcrypt-iops.XXXXXX")
 SERVER_PID=
@@ -107,7 +115,7 @@ start_server() {
     case "$1" in
         vmcrypt) "$VM" serve --persistent --socket "$SOCK" --object "$SECRET" \
                      --image-opts "driver=luks,key-secret=s0,file.filename=$img" 2>"$DIR/server.log" & ;;
-        qemu) qemu-nbd --persistent -k "$SOCK" --object "$SECRET" \
+        qemu) "${QEMU_NBD[@]}" --persistent -k "$SOCK" --object "$SECRET" \
                      --image-opts "driver=luks,key-secret=s0,file.filename=$img" 2>"$DIR/server.log" & ;;
     esac
     SERVER_PID=$!
@@ -202,7 +210,8 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2
 echo
 echo "$SIZE_MIB MiB LUKS1 image on $BASE, fio nbd engine, bs=4k iodepth=$IODEPTH numjobs=1," \
     "${RUNTIME} s per run, median of $ROUNDS rounds; busy: sha256sum /dev/zero beside the server" \
-    "(own session)$([ "$ISOLATE" = 1 ] && echo "; isolated: autogroup nice -20")"
+    "(own session)$([ "$ISOLATE" = 1 ] && echo "; isolated: autogroup nice -20")$(
+    [ "$QEMU_BATCH" = 1 ] && echo "; qemu-nbd under SCHED_BATCH")"
 printf '%-5s %-9s  %-30s %10s %8s %8s\n' "load" "pattern" "server" "IOPS" "cs/req" "CPU us/req"
 for mode in "${MODES[@]}"; do
     for p in "${PATTERNS[@]}"; do

@@ -326,7 +326,10 @@ mod tests {
         let r = execute(&node, rd, &mut Vec::new(), ST, 6);
         // One ERROR chunk (EINVAL for a range past the end), no OFFSET_DATA header.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
-        assert_eq!(r.len(), 20 + u32::from_be_bytes(r[16..20].try_into().unwrap()) as usize);
+        assert_eq!(
+            r.len(),
+            20 + u32::from_be_bytes(r[16..20].try_into().unwrap()) as usize
+        );
     }
 
     #[test]

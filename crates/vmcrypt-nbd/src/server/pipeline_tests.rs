@@ -94,7 +94,10 @@ async fn a_client_that_reads_no_reply_before_sending_all_requests_is_served() {
         let offset = u64::from_be_bytes(d[..8].try_into().unwrap());
         assert_eq!(offset, b * BS as u64 + 1000);
         let want: Vec<u8> = (1000..2024).map(|i| pattern(b, i)).collect();
-        assert!(d[8..] == want[..] || d[8..].iter().all(|&v| v == 0), "read {cookie}");
+        assert!(
+            d[8..] == want[..] || d[8..].iter().all(|&v| v == 0),
+            "read {cookie}"
+        );
     }
     drop(sent);
     stop.send(()).unwrap();

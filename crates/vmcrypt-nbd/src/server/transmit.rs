@@ -274,7 +274,14 @@ where
         if small && self.pace.inline() {
             let t0 = Instant::now();
             let out = self.outbox.buf();
-            ops::execute(self.node.as_ref(), cmd, &mut payload, self.replies, req.cookie, out);
+            ops::execute(
+                self.node.as_ref(),
+                cmd,
+                &mut payload,
+                self.replies,
+                req.cookie,
+                out,
+            );
             self.pace.record(t0.elapsed());
             self.outbox.hold(permit);
             self.pool.give(payload);
@@ -317,7 +324,12 @@ where
                 }
             };
             let mut w = writer.lock().await;
-            if let Err(e) = async { w.write_all(&reply).await?; w.flush().await }.await {
+            if let Err(e) = async {
+                w.write_all(&reply).await?;
+                w.flush().await
+            }
+            .await
+            {
                 tracing::debug!(cookie, "could not send reply: {e}");
                 gone.store(true, Ordering::SeqCst);
             }
