@@ -208,7 +208,7 @@ mod tests {
     fn execute(
         node: &dyn BlockDriver,
         cmd: Command,
-        payload: &mut Vec<u8>,
+        payload: &mut [u8],
         replies: Replies,
         cookie: u64,
     ) -> Vec<u8> {
@@ -227,7 +227,7 @@ mod tests {
                 offset: 10,
                 length: 5,
             },
-            &mut Vec::new(),
+            &mut [],
             ST,
             9,
         );
@@ -239,7 +239,7 @@ mod tests {
                 offset: 0,
                 length: 2,
             },
-            &mut Vec::new(),
+            &mut [],
             simple,
             9,
         );
@@ -250,7 +250,7 @@ mod tests {
                 offset: 0,
                 length: 0,
             },
-            &mut Vec::new(),
+            &mut [],
             ST,
             9,
         );
@@ -266,7 +266,7 @@ mod tests {
             fua: true,
         };
         assert_eq!(
-            execute(&node, w, &mut vec![1, 2, 3], ST, 1),
+            execute(&node, w, &mut [1, 2, 3], ST, 1),
             none_chunk(1).to_vec()
         );
         let z = Command::WriteZeroes {
@@ -276,10 +276,7 @@ mod tests {
             no_hole: true,
             fast: false,
         };
-        assert_eq!(
-            execute(&node, z, &mut Vec::new(), ST, 2),
-            none_chunk(2).to_vec()
-        );
+        assert_eq!(execute(&node, z, &mut [], ST, 2), none_chunk(2).to_vec());
         let data = node.snapshot();
         assert!(data[..101].iter().all(|&b| b == 0));
         assert_eq!(&data[101..104], &[2, 3, 7]);
@@ -295,7 +292,7 @@ mod tests {
             no_hole: false,
             fast: true,
         };
-        let r = execute(&node, z, &mut Vec::new(), ST, 5);
+        let r = execute(&node, z, &mut [], ST, 5);
         // ERROR chunk with NBD_ENOTSUP (95).
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &95u32.to_be_bytes());
@@ -310,7 +307,7 @@ mod tests {
             length: 1,
             fua: false,
         };
-        let r = execute(&node, w, &mut vec![1], ST, 3);
+        let r = execute(&node, w, &mut [1], ST, 3);
         // ERROR chunk type 0x8001 and EPERM for a read-only node.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &1u32.to_be_bytes());
@@ -323,7 +320,7 @@ mod tests {
             offset: 256,
             length: 512,
         };
-        let r = execute(&node, rd, &mut Vec::new(), ST, 6);
+        let r = execute(&node, rd, &mut [], ST, 6);
         // One ERROR chunk (EINVAL for a range past the end), no OFFSET_DATA header.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(
@@ -340,7 +337,7 @@ mod tests {
             length: 4096,
             req_one: false,
         };
-        let r = execute(&node, bs, &mut Vec::new(), ST, 4);
+        let r = execute(&node, bs, &mut [], ST, 4);
         assert_eq!(r, block_status_chunk(4, BASE_ALLOCATION_ID, &[(4096, 0)]));
     }
 }
