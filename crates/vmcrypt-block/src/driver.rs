@@ -185,12 +185,24 @@ pub(crate) fn read_padded(node: &dyn BlockDriver, buf: &mut [u8], offset: u64) -
 
 /// Check that `[offset, offset+len)` lies in a node of `size` bytes.
 pub(crate) fn check_range(what: &str, offset: u64, len: usize, size: u64) -> Result<()> {
+    check_range_with(|| what.to_string(), offset, len, size)
+}
+
+/// [`check_range`] for callers whose name for the request costs a `format!`: `what` is
+/// only called when the range is out of bounds (the I/O path checks every request).
+pub(crate) fn check_range_with(
+    what: impl FnOnce() -> String,
+    offset: u64,
+    len: usize,
+    size: u64,
+) -> Result<()> {
     let end = offset.checked_add(len as u64);
     match end {
         Some(end) if end <= size => Ok(()),
         _ => bail!(
             OutOfRange,
-            "{what}: request at offset {offset} length {len} is beyond the end ({size} bytes)"
+            "{}: request at offset {offset} length {len} is beyond the end ({size} bytes)",
+            what()
         ),
     }
 }

@@ -132,3 +132,51 @@ fn soak_one_greedy_client_cannot_starve_63_others_or_grow_memory() {
     );
     server.stop();
 }
+
+/// The scheduling policy of every thread of process `pid` (field 41 of its stat).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("listing threads");
+    tasks
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn serve_threads_run_under_sched_batch_unless_told_otherwise() {
+    let sc = Scratch::new();
+    sc.sparse("d.raw", MIB);
+    for (extra, want) in [(None, 3), (Some("normal"), 0), (Some("batch"), 3)] {
+        let mut args = vec!["-f", "raw"];
+        if let Some(p) = extra {
+            args.extend(["--sched", p]);
+        }
+        let img = sc.p("d.raw");
+        args.push(&img);
+        let (server, sock) = Served::unix(&sc, &args);
+        // A request, so the blocking pool has started threads too.
+        let mut c = RawClient::open(&sock, "");
+        c.request(0, CMD_FLUSH, 1, 0, 0);
+        assert_eq!(c.reply(), Some((1, 0)));
+        let pid = server.child.as_ref().unwrap().id();
+        let policies = thread_policies(pid);
+        assert!(policies.len() > 1, "{policies:?}");
+        assert!(
+            policies.iter().all(|&p| p == want),
+            "--sched {extra:?}: policies {policies:?}, want {want}"
+        );
+        drop(c);
+        server.stop();
+        std::fs::remove_file(&sock).ok();
+    }
+    let out = std::process::Command::new(VMCRYPT)
+        .args(["serve", "--sched", "fifo", "-f", "raw", &sc.p("d.raw")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown scheduling policy 'fifo'"), "{err}");
+}

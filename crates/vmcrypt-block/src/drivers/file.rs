@@ -1,7 +1,7 @@
 //! The `file` protocol driver: a regular host file, positioned I/O, holes via
 //! SEEK_DATA/SEEK_HOLE and fallocate.
 use crate::driver::{
-    Allocation, BlockDriver, Extent, HostMap, HostRange, Introspect, MapExtent, check_range,
+    Allocation, BlockDriver, Extent, HostMap, HostRange, Introspect, MapExtent, check_range_with,
 };
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -132,8 +132,8 @@ impl BlockDriver for FileDriver {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(
-            &format!("reading '{}'", self.path.display()),
+        check_range_with(
+            || format!("reading '{}'", self.path.display()),
             offset,
             buf.len(),
             self.size(),

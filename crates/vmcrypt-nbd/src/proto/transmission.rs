@@ -292,10 +292,17 @@ pub struct Replies {
 impl Replies {
     /// A successful reply without data.
     pub fn ok(&self, cookie: u64) -> Vec<u8> {
+        let mut v = Vec::with_capacity(20);
+        self.push_ok(cookie, &mut v);
+        v
+    }
+
+    /// [`Self::ok`], appended to `out` (the server's path for every request).
+    pub fn push_ok(&self, cookie: u64, out: &mut Vec<u8>) {
         if self.structured {
-            none_chunk(cookie).to_vec()
+            out.extend_from_slice(&none_chunk(cookie));
         } else {
-            simple_reply(cookie, 0).to_vec()
+            out.extend_from_slice(&simple_reply(cookie, 0));
         }
     }
 
@@ -311,10 +318,23 @@ impl Replies {
     /// What precedes the data of a successful READ of `len` (> 0) bytes at `offset`:
     /// one final OFFSET_DATA chunk, or a simple reply.
     pub fn read_header(&self, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+        let mut v = Vec::with_capacity(28);
+        self.push_read_header(cookie, offset, len, &mut v);
+        v
+    }
+
+    /// [`Self::read_header`], appended to `out`.
+    pub fn push_read_header(&self, cookie: u64, offset: u64, len: u32, out: &mut Vec<u8>) {
         if self.structured {
-            offset_data_header(cookie, offset, len, true)
+            out.extend_from_slice(&chunk_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                len + 8,
+            ));
+            out.extend_from_slice(&offset.to_be_bytes());
         } else {
-            simple_reply(cookie, 0).to_vec()
+            out.extend_from_slice(&simple_reply(cookie, 0));
         }
     }
 }

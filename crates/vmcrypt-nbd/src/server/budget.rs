@@ -81,6 +81,23 @@ impl ConnBudget {
         // Neither semaphore is ever closed, so acquiring cannot fail.
         let local = self.sem.clone().acquire_many_owned(n).await.ok();
         let global = self.server.0.sem.clone().acquire_many_owned(n).await.ok();
+        self.held(n, local, global)
+    }
+
+    /// `bytes` (capped as by [`Self::acquire`]) if both budgets have them free now.
+    pub(crate) fn try_acquire(&self, bytes: u32) -> Option<Held> {
+        let n = bytes.clamp(1, self.cap);
+        let local = self.sem.clone().try_acquire_many_owned(n).ok()?;
+        let global = self.server.0.sem.clone().try_acquire_many_owned(n).ok()?;
+        Some(self.held(n, Some(local), Some(global)))
+    }
+
+    fn held(
+        &self,
+        n: u32,
+        local: Option<OwnedSemaphorePermit>,
+        global: Option<OwnedSemaphorePermit>,
+    ) -> Held {
         let g = &self.server.0;
         let used = g.used.fetch_add(u64::from(n), Ordering::SeqCst) + u64::from(n);
         g.peak.fetch_max(used, Ordering::SeqCst);
@@ -122,5 +139,24 @@ mod tests {
         assert_eq!(b.used(), 501);
         drop((h, h2));
         assert_eq!((b.used(), b.peak()), (0, 501));
+    }
+
+    #[tokio::test]
+    async fn try_acquire_takes_only_what_both_budgets_have_free() {
+        let b = Inflight::new(1000);
+        let (c1, c2) = (b.connection(), b.connection());
+        let h1 = c1.try_acquire(400).expect("free budget");
+        // c1's own share (500) has 100 left.
+        assert!(c1.try_acquire(200).is_none());
+        let h2 = c2.try_acquire(500).expect("c2's share is untouched");
+        // c2's share is used up, and so is all but 100 of the server's.
+        assert!(c2.try_acquire(1).is_none());
+        assert!(c1.try_acquire(101).is_none());
+        assert_eq!(b.used(), 900);
+        let h3 = c1.try_acquire(100).expect("the last 100 bytes");
+        assert_eq!(b.used(), 1000);
+        drop((h1, h2, h3));
+        assert_eq!(b.used(), 0);
+        assert!(c2.try_acquire(500).is_some());
     }
 }

@@ -23,9 +23,14 @@ mod budget;
 mod busy;
 mod conn;
 mod ops;
+mod outbox;
+mod pace;
+pub mod sched;
 pub mod tls;
+mod transmit;
 
 pub use budget::{DEFAULT_MAX_INFLIGHT, Inflight};
+pub use sched::SchedPolicy;
 pub use tls::TlsCreds;
 
 use crate::proto::handshake::ExportInfo;

@@ -1,5 +1,7 @@
-//! Running one validated command against a block node. These functions are synchronous
-//! and run on tokio's blocking pool; each returns the complete reply bytes.
+//! Running one validated command against a block node. These functions are synchronous:
+//! they run on tokio's blocking pool, or on the connection's own task when the request
+//! is small and the node answers quickly (see [`super::pace`]); each appends the complete
+//! reply bytes to a buffer of replies.
 //!
 //! TRIM goes to the node's `discard` (then a flush when FUA is set). It is advisory in
 //! NBD: qcow2 turns whole clusters into zero clusters, while raw and LUKS nodes ignore it
@@ -19,26 +21,29 @@ use vmcrypt_error::{Error, Result, bail};
 /// Most descriptors sent in one BLOCK_STATUS reply (the spec lets us cover a prefix).
 const MAX_EXTENTS: usize = 1024;
 
-/// Run `cmd` (never `Disconnect`) on `node` and encode its reply for `cookie`. A WRITE's
-/// `payload` may be clobbered (an encrypting node encrypts it in place); a READ takes
-/// `payload` as the buffer of its reply (the caller allocates it, see `conn`).
+/// Run `cmd` (never `Disconnect`) on `node` and append its reply for `cookie` to `out`
+/// (a READ's data goes straight into `out`, after its header). A WRITE's `payload` may
+/// be clobbered (an encrypting node encrypts it in place).
 pub(crate) fn execute(
     node: &dyn BlockDriver,
     cmd: Command,
-    payload: &mut Vec<u8>,
+    payload: &mut [u8],
     replies: Replies,
     cookie: u64,
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) {
     let result = match cmd {
         Command::Read { offset, length } => {
-            let buf = std::mem::take(payload);
-            return read(node, (offset, length), replies, cookie, buf);
+            return read(node, (offset, length), replies, cookie, out);
         }
         Command::BlockStatus {
             offset,
             length,
             req_one,
-        } => return block_status(node, offset, length, req_one, replies, cookie),
+        } => {
+            let reply = block_status(node, offset, length, req_one, replies, cookie);
+            return out.extend_from_slice(&reply);
+        }
         Command::Write { offset, fua, .. } => node
             .write_at_mut(payload, offset)
             .and_then(|()| fua_flush(node, fua)),
@@ -67,8 +72,8 @@ pub(crate) fn execute(
         Command::Cache | Command::Disconnect => Ok(()),
     };
     match result {
-        Ok(()) => replies.ok(cookie),
-        Err(e) => error_reply(replies, cookie, &e),
+        Ok(()) => replies.push_ok(cookie, out),
+        Err(e) => out.extend_from_slice(&error_reply(replies, cookie, &e)),
     }
 }
 
@@ -83,24 +88,25 @@ fn fua_flush(node: &dyn BlockDriver, fua: bool) -> Result<()> {
     if fua { node.flush() } else { Ok(()) }
 }
 
-/// READ `length` bytes at `offset` into `buf` (cleared first), after the reply header.
+/// Append the reply header of a READ of `length` bytes at `offset`, then the data; on a
+/// failed read, only the error reply.
 fn read(
     node: &dyn BlockDriver,
     (offset, length): (u64, u32),
     replies: Replies,
     cookie: u64,
-    mut buf: Vec<u8>,
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+) {
     if length == 0 {
-        return replies.ok(cookie);
+        return replies.push_ok(cookie, out);
     }
-    let header = replies.read_header(cookie, offset, length);
-    buf.clear();
-    buf.extend_from_slice(&header);
-    buf.resize(header.len() + length as usize, 0);
-    match node.read_at(&mut buf[header.len()..], offset) {
-        Ok(()) => buf,
-        Err(e) => error_reply(replies, cookie, &e),
+    let start = out.len();
+    replies.push_read_header(cookie, offset, length, out);
+    let data = out.len();
+    out.resize(data + length as usize, 0);
+    if let Err(e) = node.read_at(&mut out[data..], offset) {
+        out.truncate(start);
+        out.extend_from_slice(&error_reply(replies, cookie, &e));
     }
 }
 
@@ -198,6 +204,20 @@ mod tests {
 
     const ST: Replies = Replies { structured: true };
 
+    /// The reply to `cmd`, appended to a buffer that already holds another reply.
+    fn execute(
+        node: &dyn BlockDriver,
+        cmd: Command,
+        payload: &mut [u8],
+        replies: Replies,
+        cookie: u64,
+    ) -> Vec<u8> {
+        let mut out = b"earlier reply".to_vec();
+        super::execute(node, cmd, payload, replies, cookie, &mut out);
+        assert_eq!(&out[..13], b"earlier reply");
+        out.split_off(13)
+    }
+
     #[test]
     fn read_returns_header_then_data() {
         let node = MemDriver::new((0..=255u8).cycle().take(4096).collect());
@@ -207,7 +227,7 @@ mod tests {
                 offset: 10,
                 length: 5,
             },
-            &mut Vec::new(),
+            &mut [],
             ST,
             9,
         );
@@ -219,7 +239,7 @@ mod tests {
                 offset: 0,
                 length: 2,
             },
-            &mut Vec::new(),
+            &mut [],
             simple,
             9,
         );
@@ -230,7 +250,7 @@ mod tests {
                 offset: 0,
                 length: 0,
             },
-            &mut Vec::new(),
+            &mut [],
             ST,
             9,
         );
@@ -246,7 +266,7 @@ mod tests {
             fua: true,
         };
         assert_eq!(
-            execute(&node, w, &mut vec![1, 2, 3], ST, 1),
+            execute(&node, w, &mut [1, 2, 3], ST, 1),
             none_chunk(1).to_vec()
         );
         let z = Command::WriteZeroes {
@@ -256,10 +276,7 @@ mod tests {
             no_hole: true,
             fast: false,
         };
-        assert_eq!(
-            execute(&node, z, &mut Vec::new(), ST, 2),
-            none_chunk(2).to_vec()
-        );
+        assert_eq!(execute(&node, z, &mut [], ST, 2), none_chunk(2).to_vec());
         let data = node.snapshot();
         assert!(data[..101].iter().all(|&b| b == 0));
         assert_eq!(&data[101..104], &[2, 3, 7]);
@@ -275,7 +292,7 @@ mod tests {
             no_hole: false,
             fast: true,
         };
-        let r = execute(&node, z, &mut Vec::new(), ST, 5);
+        let r = execute(&node, z, &mut [], ST, 5);
         // ERROR chunk with NBD_ENOTSUP (95).
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &95u32.to_be_bytes());
@@ -290,10 +307,26 @@ mod tests {
             length: 1,
             fua: false,
         };
-        let r = execute(&node, w, &mut vec![1], ST, 3);
+        let r = execute(&node, w, &mut [1], ST, 3);
         // ERROR chunk type 0x8001 and EPERM for a read-only node.
         assert_eq!(&r[6..8], &[0x80, 0x01]);
         assert_eq!(&r[20..24], &1u32.to_be_bytes());
+    }
+
+    #[test]
+    fn a_failed_read_leaves_only_its_error_after_earlier_replies() {
+        let node = MemDriver::new(vec![1u8; 512]);
+        let rd = Command::Read {
+            offset: 256,
+            length: 512,
+        };
+        let r = execute(&node, rd, &mut [], ST, 6);
+        // One ERROR chunk (EINVAL for a range past the end), no OFFSET_DATA header.
+        assert_eq!(&r[6..8], &[0x80, 0x01]);
+        assert_eq!(
+            r.len(),
+            20 + u32::from_be_bytes(r[16..20].try_into().unwrap()) as usize
+        );
     }
 
     #[test]
@@ -304,7 +337,7 @@ mod tests {
             length: 4096,
             req_one: false,
         };
-        let r = execute(&node, bs, &mut Vec::new(), ST, 4);
+        let r = execute(&node, bs, &mut [], ST, 4);
         assert_eq!(r, block_status_chunk(4, BASE_ALLOCATION_ID, &[(4096, 0)]));
     }
 }

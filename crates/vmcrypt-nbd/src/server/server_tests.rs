@@ -369,3 +369,6 @@ async fn stop_aborts_requests_that_outlast_the_grace_period() {
 
 #[path = "limits_tests.rs"]
 mod limits;
+
+#[path = "pipeline_tests.rs"]
+mod pipeline;

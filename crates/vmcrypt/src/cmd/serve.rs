@@ -5,7 +5,9 @@
 //! the server cleanly: no new clients, in-flight requests finish (for up to 5 s), every
 //! export is flushed, exit status 0. Limits: `--shared N` clients at once (more wait
 //! 2 s for a slot, then get an NBD error), `--max-inflight SIZE` bytes held by in-flight requests
-//! server-wide, `--handshake-timeout` and `--idle-timeout` for stalled clients.
+//! server-wide, `--handshake-timeout` and `--idle-timeout` for stalled clients. The
+//! server's threads run under SCHED_BATCH unless `--sched normal` (see
+//! `vmcrypt_nbd::server::sched`).
 use super::common::{Common, Ui};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use vmcrypt_block::jobs::image_arg::Access;
 use vmcrypt_block::opts::parse_size;
 use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
-use vmcrypt_nbd::server::Listener;
+use vmcrypt_nbd::server::{Listener, SchedPolicy};
 use vmcrypt_nbd::{Export, Server, TlsCreds};
 
 /// Flags of `vmcrypt serve`.
@@ -59,6 +61,11 @@ pub struct Args {
     /// Disconnect a client that sends no request for SECS seconds (default: never)
     #[arg(long = "idle-timeout", value_name = "SECS")]
     pub idle_timeout: Option<u64>,
+    /// CPU scheduling policy of the server's threads: batch (SCHED_BATCH: a thread woken
+    /// by a request does not preempt its client, so requests are answered in batches
+    /// when the CPU is busy) or normal
+    #[arg(long = "sched", value_name = "POLICY", default_value = "batch")]
+    pub sched: String,
     /// Write the server's process id to PATH once it listens
     #[arg(long = "pid-file", value_name = "PATH")]
     pub pid_file: Option<String>,
@@ -81,6 +88,7 @@ pub fn run(args: Args) -> Result<u8> {
     }
     let pairs = export_args(args)?;
     let max_inflight = max_inflight(&args.max_inflight)?;
+    let sched = SchedPolicy::parse(&args.sched)?;
     // Bad TLS files are reported before any keyslot is unlocked.
     let tls = match &args.tls_creds {
         Some(dir) => Some(TlsCreds::from_x509_dir(
@@ -113,6 +121,10 @@ pub fn run(args: Args) -> Result<u8> {
         .handshake_timeout(Duration::from_secs(args.handshake_timeout))
         .idle_timeout(args.idle_timeout.map(Duration::from_secs))
         .tls(tls);
+    // Before the runtime starts, so that its threads inherit the policy.
+    if let Err(e) = sched.apply_to_current_thread() {
+        tracing::warn!("{}", e.display_chain());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
