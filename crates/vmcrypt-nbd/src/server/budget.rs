@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Default server-wide budget (`vmcrypt serve --max-inflight`).
-pub const DEFAULT_MAX_INFLIGHT: u32 = 256 << 20;
+pub const DEFAULT_MAX_INFLIGHT: u32 = 64 << 20;
 
 /// Most bytes one connection may hold at once (further capped at half the budget).
 const PER_CONNECTION: u32 = 96 << 20;

@@ -53,7 +53,7 @@ pub struct Args {
     pub tls_verify_peer: bool,
     /// Most bytes all in-flight requests hold together (payloads and unsent replies);
     /// past it the server stops reading requests until replies are sent
-    #[arg(long = "max-inflight", value_name = "SIZE", default_value = "256M")]
+    #[arg(long = "max-inflight", value_name = "SIZE", default_value = "64M")]
     pub max_inflight: String,
     /// Seconds a client has to finish the handshake
     #[arg(long = "handshake-timeout", value_name = "SECS", default_value_t = 60)]
