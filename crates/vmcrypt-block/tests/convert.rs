@@ -127,3 +127,30 @@ fn errors_name_the_side_and_offset_and_do_not_hang() {
         "{msg}"
     );
 }
+
+/// A hole is one piece for a target that reads zeros (a 1 TiB hole was 131072 pieces of
+/// one chunk each, seconds of channel round trips), and chunk-sized pieces of zeros for
+/// one that does not.
+#[test]
+fn a_hole_is_one_piece_for_a_zeroed_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 1u64 << 40;
+    let src = FileDriver::create(&dir.path().join("src.raw"), size).unwrap();
+    src.write_at(&[7u8; 4096], size - 4096).unwrap();
+    let dst = FileDriver::create(&dir.path().join("dst.raw"), size).unwrap();
+    let mut steps = 0u32;
+    convert(&src, &dst, true, &mut |_, _| steps += 1).unwrap();
+    assert!(
+        steps <= 4,
+        "{steps} progress steps for one hole and one block"
+    );
+    let mut tail = [0u8; 4096];
+    dst.read_at(&mut tail, size - 4096).unwrap();
+    assert_eq!(tail, [7u8; 4096]);
+    let small = 64u64 << 20;
+    let src = FileDriver::create(&dir.path().join("s2.raw"), small).unwrap();
+    let dst = FileDriver::create(&dir.path().join("d2.raw"), small).unwrap();
+    let mut steps = 0u32;
+    convert(&src, &dst, false, &mut |_, _| steps += 1).unwrap();
+    assert_eq!(steps, 1 + 8, "one initial report, then one per 8 MiB chunk");
+}
