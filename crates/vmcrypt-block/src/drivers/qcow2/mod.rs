@@ -102,7 +102,8 @@ impl Qcow2Driver {
             &opts.limits,
         )?;
         let entry_bytes = if header.has_extended_l2() { 16 } else { 8 };
-        let capacity = opts.cache.cloned().unwrap_or_default().l2_tables(
+        let default_cache = CacheSpec::default();
+        let capacity = opts.cache.unwrap_or(&default_cache).l2_tables(
             header.size,
             header.cluster_size(),
             entry_bytes,
