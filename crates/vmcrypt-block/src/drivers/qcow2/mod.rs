@@ -30,7 +30,7 @@ use refcount::Refcounts;
 use serde_json::{Map, Value, json};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::qcow2::ext::FeatureKind;
@@ -68,6 +68,10 @@ pub struct Qcow2Driver {
     write_refusal: Option<String>,
     /// Whether the first write happened (the autoclear bits are cleared then).
     touched: AtomicBool,
+    /// Set once damage is found while writing: the image is marked corrupt on disk and
+    /// every later write through this driver is refused with this reason, as QEMU
+    /// stops using a node it has marked corrupt.
+    poisoned: OnceLock<String>,
     engine: Engine,
 }
 
@@ -127,6 +131,7 @@ impl Qcow2Driver {
             size: AtomicU64::new(header.size),
             write_refusal,
             touched: AtomicBool::new(false),
+            poisoned: OnceLock::new(),
             header,
             ext,
             backing_file,

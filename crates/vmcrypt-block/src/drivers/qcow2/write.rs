@@ -74,6 +74,13 @@ impl Qcow2Driver {
         if let Some(r) = &self.write_refusal {
             bail!(ReadOnly, "'{}': {r}", self.engine.file.filename());
         }
+        if let Some(r) = self.poisoned.get() {
+            bail!(
+                Corrupt,
+                "qcow2: '{}': no more writes through this open image: {r}; see 'vmcrypt check'",
+                self.engine.file.filename()
+            );
+        }
         if self.touched.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -222,18 +229,25 @@ impl Qcow2Driver {
         let Err(err) = e.decode(self.ext().then_some(bm), cb, idx) else {
             return Ok(());
         };
-        let marked = self.mark_corrupt();
+        let marked = self.poison(format!("guest cluster {ci} has an invalid L2 entry"));
         Err(err).with_ctx(|| {
             format!(
-                "qcow2: '{}': refusing to write guest cluster {ci} ({}); see 'vmcrypt check'",
+                "qcow2: '{}': refusing to write guest cluster {ci} ({marked}); see 'vmcrypt check'",
                 self.engine.file.filename(),
-                match marked {
-                    Ok(true) => "the image is now marked corrupt".to_string(),
-                    Ok(false) => "a version 2 image has no corrupt flag".to_string(),
-                    Err(e) => format!("marking the image corrupt failed too: {e}"),
-                }
             )
         })
+    }
+
+    /// Damage found while writing: mark the image corrupt on disk and refuse every
+    /// later write through this driver. Returns what happened to the on-disk flag.
+    fn poison(&self, why: String) -> String {
+        let marked = match self.mark_corrupt() {
+            Ok(true) => "the image is now marked corrupt".to_string(),
+            Ok(false) => "a version 2 image has no corrupt flag".to_string(),
+            Err(e) => format!("marking the image corrupt failed too: {e}"),
+        };
+        let _ = self.poisoned.set(format!("{why} ({marked})"));
+        marked
     }
 
     /// Set QEMU's corrupt bit (incompatible feature bit 1, qcow2 v3 only) on disk, so
@@ -254,14 +268,16 @@ impl Qcow2Driver {
     fn guard(&self, m: &Meta, host: u64, len: u64) -> Result<()> {
         let cb = self.header.cluster_bits;
         for c in host >> cb..=(host + len.max(1) - 1) >> cb {
-            ensure!(
-                !m.is_metadata(c),
-                Corrupt,
-                "qcow2: '{}': data at host offset {:#x} would overwrite metadata \
-                 (cluster {c}); the image is damaged, see 'vmcrypt check'",
-                self.engine.file.filename(),
-                c << cb
-            );
+            if m.is_metadata(c) {
+                let marked = self.poison(format!("data would overwrite metadata cluster {c}"));
+                bail!(
+                    Corrupt,
+                    "qcow2: '{}': data at host offset {:#x} would overwrite metadata \
+                     (cluster {c}); the image is damaged ({marked}), see 'vmcrypt check'",
+                    self.engine.file.filename(),
+                    c << cb
+                );
+            }
         }
         Ok(())
     }
