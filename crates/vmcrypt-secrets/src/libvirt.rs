@@ -13,10 +13,13 @@ use crate::uuid::Uuid;
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use vmcrypt_error::{Error, Result};
+use vmcrypt_error::{Error, Result, ensure};
 
 /// The program run to reach libvirt; `$VMCRYPT_VIRSH` names another one.
 pub const VIRSH_ENV: &str = "VMCRYPT_VIRSH";
+
+/// The largest value `virsh secret-set-value --file` reads.
+pub const VIRSH_MAX_VALUE: usize = 1024;
 
 /// How to push a secret.
 #[derive(Clone, Debug)]
@@ -35,6 +38,10 @@ pub struct Pushed {
     pub created: bool,
     pub private: bool,
     pub ephemeral: bool,
+    /// The value is UTF-8 without NUL bytes. QEMU takes nothing else as a LUKS
+    /// passphrase ("Data from secret ... is not valid UTF-8"), so a disk of libvirt's
+    /// cannot use a value that is not.
+    pub text: bool,
 }
 
 /// Define secret `uuid` of `store` (definition and value) in the libvirt at `req.uri`.
@@ -43,15 +50,27 @@ pub struct Pushed {
 pub fn push(store: &Store, uuid: &Uuid, req: &PushRequest<'_>) -> Result<Pushed> {
     let mut def = store.definition(uuid)?;
     let value = store.value_for_use(uuid)?;
+    ensure!(
+        value.len() <= VIRSH_MAX_VALUE,
+        LimitExceeded,
+        "secret {uuid}: the value is {} bytes; virsh secret-set-value takes at most {VIRSH_MAX_VALUE}",
+        value.len()
+    );
     def.ephemeral |= req.ephemeral;
     let virsh = Virsh::new(req.uri);
     virsh.check_connection()?;
     let uuid_s = uuid.to_string();
     let created = virsh.run(&["secret-dumpxml", &uuid_s], None).is_err();
     virsh
-        .run(&["secret-define", "/dev/stdin"], Some(def.to_xml().as_bytes()))
+        .run(
+            &["secret-define", "/dev/stdin"],
+            Some(def.to_xml().as_bytes()),
+        )
         .map_err(|e| {
-            let hint = if e.display_chain().contains("not supported by the connection driver") {
+            let hint = if e
+                .display_chain()
+                .contains("not supported by the connection driver")
+            {
                 " (libvirtd has no secret driver: Debian package libvirt-daemon-driver-secret)"
             } else {
                 ""
@@ -59,7 +78,13 @@ pub fn push(store: &Store, uuid: &Uuid, req: &PushRequest<'_>) -> Result<Pushed>
             e.context(format!("cannot define secret {uuid} in libvirt{hint}"))
         })?;
     let set = virsh.run(
-        &["secret-set-value", &uuid_s, "--file", "/dev/stdin", "--plain"],
+        &[
+            "secret-set-value",
+            &uuid_s,
+            "--file",
+            "/dev/stdin",
+            "--plain",
+        ],
         Some(value.as_bytes()),
     );
     if let Err(e) = set {
@@ -72,6 +97,7 @@ pub fn push(store: &Store, uuid: &Uuid, req: &PushRequest<'_>) -> Result<Pushed>
         created,
         private: def.private,
         ephemeral: def.ephemeral,
+        text: std::str::from_utf8(value.as_bytes()).is_ok_and(|t| !t.contains('\0')),
     })
 }
 

@@ -42,5 +42,11 @@ pub fn run(a: &Args) -> Result<()> {
             format!(" ({})", flags.join(", "))
         }
     );
+    if !p.text {
+        eprintln!(
+            "warning: secret {uuid}: the value is not UTF-8 text without NUL bytes; QEMU \
+             refuses such a value as a LUKS passphrase, so libvirt's disks cannot use it"
+        );
+    }
     Ok(())
 }
