@@ -29,6 +29,8 @@ pub struct PushRequest<'a> {
     /// Define the secret ephemeral in libvirt (kept only in libvirtd's memory, never
     /// written under /etc/libvirt/secrets), whatever the stored definition says.
     pub ephemeral: bool,
+    /// The virsh to run; `None`: `$VMCRYPT_VIRSH`, else `virsh` on PATH.
+    pub virsh: Option<&'a std::path::Path>,
 }
 
 /// What a push did.
@@ -57,7 +59,7 @@ pub fn push(store: &Store, uuid: &Uuid, req: &PushRequest<'_>) -> Result<Pushed>
         value.len()
     );
     def.ephemeral |= req.ephemeral;
-    let virsh = Virsh::new(req.uri);
+    let virsh = Virsh::new(req.uri, req.virsh);
     virsh.check_connection()?;
     let uuid_s = uuid.to_string();
     let created = virsh.run(&["secret-dumpxml", &uuid_s], None).is_err();
@@ -108,8 +110,11 @@ struct Virsh<'a> {
 }
 
 impl<'a> Virsh<'a> {
-    fn new(uri: &'a str) -> Virsh<'a> {
-        let program = std::env::var_os(VIRSH_ENV).unwrap_or_else(|| "virsh".into());
+    fn new(uri: &'a str, program: Option<&std::path::Path>) -> Virsh<'a> {
+        let program = program
+            .map(|p| p.as_os_str().to_owned())
+            .or_else(|| std::env::var_os(VIRSH_ENV))
+            .unwrap_or_else(|| "virsh".into());
         Virsh { program, uri }
     }
 

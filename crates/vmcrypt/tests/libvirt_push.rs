@@ -162,6 +162,13 @@ fn push_refusals_ephemeral_undo_and_no_value_on_virsh_command_lines() {
     let bad = vmcrypt(&["secret", "push", "--connect", "bogus:///x", &uuid, "--store", &store]);
     bad.code_is(3)
         .stderr_has("cannot connect to libvirt at 'bogus:///x'");
+    // No libvirtd behind the URI (its socket does not exist).
+    let down = "qemu:///system?socket=/nonexistent/libvirt-sock";
+    #[rustfmt::skip]
+    let bad = vmcrypt(&["secret", "push", "--connect", down, &uuid, "--store", &store]);
+    bad.code_is(3)
+        .stderr_has(&format!("cannot connect to libvirt at '{down}'"))
+        .stderr_has("/nonexistent/libvirt-sock");
     push(&store, &uuid, &[], &no_virsh)
         .code_is(3)
         .stderr_has("libvirt-clients");

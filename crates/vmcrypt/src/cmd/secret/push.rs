@@ -25,6 +25,7 @@ pub fn run(a: &Args) -> Result<()> {
     let req = PushRequest {
         uri: &a.connect,
         ephemeral: a.ephemeral,
+        virsh: None,
     };
     let p = push(&a.store.store(), &uuid, &req)?;
     let flags = [(p.private, "private"), (p.ephemeral, "ephemeral")]
