@@ -6,7 +6,7 @@
 //! The trust boundary differs from `vmcrypt-block`'s: this crate holds the master key and
 //! the sealed values, so it stays a crate of its own; the CLI hands `vmcrypt-block` only
 //! the one value an image needs. Public API: [`Store`], [`SecretDef`], [`Usage`],
-//! [`Uuid`], [`MasterKeyConfig`], [`MasterKey`], base64 helpers.
+//! [`Uuid`], [`MasterKeyConfig`], [`MasterKey`], base64 helpers, [`libvirt::push`].
 #![forbid(unsafe_code)]
 
 mod files;
