@@ -1,14 +1,16 @@
 //! vmcrypt's secret store: libvirt's secret model (UUID, description, usage,
 //! ephemeral/private; [`xml`]) kept in a directory ([`store`]) with each value sealed by
-//! an AEAD under a master key ([`seal`], key sources in [`master`]).
+//! an AEAD under a master key ([`seal`], key sources in [`master`]), and pushed into a
+//! running libvirt ([`libvirt`]).
 //!
 //! The trust boundary differs from `vmcrypt-block`'s: this crate holds the master key and
 //! the sealed values, so it stays a crate of its own; the CLI hands `vmcrypt-block` only
 //! the one value an image needs. Public API: [`Store`], [`SecretDef`], [`Usage`],
-//! [`Uuid`], [`MasterKeyConfig`], [`MasterKey`], base64 helpers.
+//! [`Uuid`], [`MasterKeyConfig`], [`MasterKey`], base64 helpers, [`libvirt::push`].
 #![forbid(unsafe_code)]
 
 mod files;
+pub mod libvirt;
 pub mod master;
 pub mod seal;
 pub mod store;

@@ -155,6 +155,11 @@ impl Store {
     }
 
     /// The definition of `uuid`.
+    pub fn definition(&self, uuid: &Uuid) -> Result<SecretDef> {
+        self.require(uuid)
+    }
+
+    /// The definition of `uuid`, as libvirt's XML.
     pub fn dumpxml(&self, uuid: &Uuid) -> Result<String> {
         Ok(self.require(uuid)?.to_xml())
     }

@@ -231,7 +231,10 @@ fn tampered_and_swapped_values_refused() {
     let pa = sc.path("store").join(format!("{UUID}.value"));
     let pb = sc.path("store").join(format!("{other}.value"));
     let (va, vb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    // the other secret's value file copied over this one's (the other stays intact)
     std::fs::write(&pa, &vb).unwrap();
+    let got = vm(&store, &["secret", "get-value", other, "--plain"], b"").ok();
+    assert_eq!(got.stdout, b"/b");
     vm(&store, &["secret", "get-value", UUID], b"").code_is(2).stderr_has(&format!(
         "secret {UUID}: sealed value does not authenticate (tampered, or sealed under another master key)"
     ));
@@ -241,6 +244,22 @@ fn tampered_and_swapped_values_refused() {
     vm(&store, &["secret", "get-value", UUID], b"")
         .code_is(2)
         .stderr_has("does not authenticate");
+    // truncated: by one byte (the tag no longer authenticates) and to less than a
+    // header, refused by get-value and where an image would use the value
+    std::fs::write(&pa, &va[..va.len() - 1]).unwrap();
+    vm(&store, &["secret", "get-value", UUID], b"")
+        .code_is(2)
+        .stderr_has("does not authenticate");
+    std::fs::write(&pa, &va[..20]).unwrap();
+    vm(&store, &["secret", "get-value", UUID], b"")
+        .code_is(4)
+        .stderr_has(&format!("secret {UUID}: sealed value is truncated"));
+    let obj = format!("secret,id=s0,store-uuid={UUID}");
+    let opts = "driver=luks,key-secret=s0,file.filename=/nonexistent.luks";
+    convert(&store, &obj, opts, &sc.p("never.raw"))
+        .failed()
+        .stderr_has("sealed value is truncated");
+    assert!(!sc.path("never.raw").exists());
     // a leftover temp file from an interrupted write is ignored; the old value reads
     std::fs::write(&pa, &va).unwrap();
     sc.write(&format!("store/.{UUID}.value.tmp.999"), b"VMCSEAL1 partial");

@@ -3,6 +3,7 @@
 //! store, print. The store's options are shared through [`StoreOpts`].
 mod define;
 mod list;
+mod push;
 mod value;
 mod xml;
 
@@ -25,6 +26,8 @@ pub enum SecretCommand {
     Dumpxml(xml::Args),
     /// Remove a secret and its value (secret-undefine)
     Undefine(xml::Args),
+    /// Define a stored secret and its value in a running libvirt
+    Push(push::Args),
 }
 
 /// Where the store is and how its master key is found.
@@ -66,6 +69,7 @@ pub fn run(cmd: SecretCommand) -> Result<u8> {
         SecretCommand::List(a) => list::run(&a),
         SecretCommand::Dumpxml(a) => xml::dumpxml(&a),
         SecretCommand::Undefine(a) => xml::undefine(&a),
+        SecretCommand::Push(a) => push::run(&a),
     }?;
     Ok(0)
 }
