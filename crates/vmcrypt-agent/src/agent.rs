@@ -125,7 +125,7 @@ impl Agent {
         match st.state {
             VmState::Running => Ok(st),
             _ => bail!(
-                WrongKey,
+                NotFound,
                 "vm {name} is {}: {}",
                 state_word(st.state),
                 st.reason.as_deref().unwrap_or("no reason recorded")

@@ -1,0 +1,350 @@
+//! `vmcrypt agent` end to end with real processes (issue 12 items 2 and 3): the agent
+//! watches a media directory; a key medium appearing there (a directory named by its
+//! label) unlocks a cryptsetup-made LUKS2 disk with 4096-byte sectors, exports it
+//! through a `luks open` daemon, and runs the VM's start command; qemu-io and nbdinfo
+//! read the export over its socket. A second VM's key comes from the secret store at
+//! the agent's start. A third VM's key file is wrong: it stays stopped, with the reason
+//! in `status` and the audit log. The agent is killed and started again: the export
+//! keeps serving throughout and is adopted (same daemon, no second start). Removing the
+//! medium under the lock policy runs the stop command and closes the export. The audit
+//! log and the agent's stderr never contain a key, and the daemons' argv and
+//! environment never do.
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const KEY_ALPHA: &[u8] = b"alpha key file \x01\x02 bytes";
+const KEY_BETA: &[u8] = b"beta-from-the-store";
+const KEY_GAMMA: &[u8] = b"gamma real key";
+const STORE_UUID: &str = "6f1c0a9e-2b47-4c1d-9e55-3a8b7d2c1f00";
+
+/// One test's world: images, store, media directory, config, the agent process.
+struct World {
+    sc: Scratch,
+    agent: Option<Child>,
+}
+
+impl World {
+    fn new() -> World {
+        let sc = Scratch::new();
+        for d in ["media", "run", "stage"] {
+            std::fs::create_dir(sc.path(d)).unwrap();
+        }
+        let w = World { sc, agent: None };
+        w.cs_luks2_4k("alpha.img", KEY_ALPHA);
+        w.cs_luks2_4k("beta.img", KEY_BETA);
+        w.cs_luks2_4k("gamma.img", KEY_GAMMA);
+        w.store_secret();
+        w.sc.write("agent.toml", w.config().as_bytes());
+        w
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.sc.p(name)
+    }
+
+    /// A LUKS2 disk with 4096-byte sectors, formatted by cryptsetup with `key`.
+    fn cs_luks2_4k(&self, name: &str, key: &[u8]) {
+        let dev = self.sc.sparse(name, 32 * MIB);
+        let kf = self.sc.write(&format!("{name}.key"), key);
+        #[rustfmt::skip]
+        cryptsetup(&[
+            "luksFormat", "-q", "--type", "luks2", "--sector-size", "4096",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", &kf, &dev,
+        ])
+        .ok();
+        std::fs::remove_file(kf).unwrap();
+        cryptsetup(&["luksDump", &dev]).ok().stdout_has("4096 [bytes]");
+    }
+
+    /// Beta's key as a stored secret (volume usage = its image).
+    fn store_secret(&self) {
+        let xml = format!(
+            "<secret ephemeral='no' private='yes'><uuid>{STORE_UUID}</uuid>\
+             <usage type='volume'><volume>{}</volume></usage></secret>",
+            self.p("beta.img")
+        );
+        let xml = self.sc.write("beta.xml", xml.as_bytes());
+        let store = self.p("store");
+        vmcrypt(&["secret", "define", "--store", &store, &xml]).ok();
+        let v = self.sc.write("beta.value", KEY_BETA);
+        #[rustfmt::skip]
+        vmcrypt(&["secret", "set-value", "--store", &store, STORE_UUID, "--file", &v, "--plain"]).ok();
+        std::fs::remove_file(v).unwrap();
+    }
+
+    /// A VM whose start/stop commands append to `NAME.events`.
+    fn vm_toml(&self, name: &str, policy: &str, keys: &str) -> String {
+        let ev = self.p(&format!("{name}.events"));
+        format!(
+            "[[vm]]\nname = \"{name}\"\non_media_removed = \"{policy}\"\n\
+             command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"] }}\n\
+             [[vm.disk]]\nname = \"root\"\nimage = \"{}\"\nkeys = [{keys}]\n",
+            self.p(&format!("{name}.img"))
+        )
+    }
+
+    fn config(&self) -> String {
+        let mut c = format!(
+            "run_dir = \"{}\"\ncontrol_socket = \"{}\"\naudit_log = \"{}\"\nrescan_interval = 1\n\
+             [media]\nwatch = [\"{}\"]\nmounts = false\n[store]\ndir = \"{}\"\n",
+            self.p("run"),
+            self.p("agent.sock"),
+            self.p("audit.jsonl"),
+            self.p("media"),
+            self.p("store"),
+        );
+        c += &self.vm_toml("alpha", "lock", "{ file = \"keys/alpha.key\", label = \"VMKEYS\" }");
+        c += &self.vm_toml("beta", "keep", &format!("{{ store_uuid = \"{STORE_UUID}\" }}"));
+        c += &self.vm_toml("gamma", "lock", "{ file = \"gamma.key\", label = \"VMKEYS\" }");
+        c
+    }
+
+    /// Start `vmcrypt agent run`, with a notification socket; wait for READY=1.
+    fn start_agent(&mut self) {
+        let notify = self.sc.path("notify");
+        let _ = std::fs::remove_file(&notify);
+        let rx = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.sc.path("agent.stderr"))
+            .unwrap();
+        let child = Command::new(VMCRYPT)
+            .args(["agent", "run", "--config", &self.p("agent.toml")])
+            .env("NOTIFY_SOCKET", &notify)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+        let mut buf = [0u8; 256];
+        let n = rx.recv(&mut buf).expect("the agent sends READY=1 within 30 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(msg.lines().any(|l| l == "READY=1"), "notification: {msg:?}");
+    }
+
+    /// SIGKILL-free stop: SIGTERM ends the agent (its exports live on).
+    fn stop_agent(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Out {
+        let sock = self.p("agent.sock");
+        let mut v = vec!["agent"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&["--socket", &sock]);
+        vmcrypt(&v)
+    }
+
+    fn status(&self) -> Value {
+        self.ctl(&["status", "--json"]).ok().json()
+    }
+
+    fn vm(&self, name: &str) -> Value {
+        let st = self.status();
+        st["vms"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned().unwrap()
+    }
+
+    /// Wait until `vm`'s state is `want`.
+    fn wait_state(&self, name: &str, want: &str) -> Value {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = self.vm(name);
+            if v["state"] == want {
+                return v;
+            }
+            assert!(Instant::now() < end, "vm {name} never became {want}: {v:#}\n{}", self.agent_log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn agent_log(&self) -> String {
+        String::from_utf8_lossy(&self.sc.read("agent.stderr")).into_owned()
+    }
+
+    fn events(&self, vm: &str) -> String {
+        std::fs::read_to_string(self.sc.path(&format!("{vm}.events"))).unwrap_or_default()
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.sc.path("audit.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).expect("an audit line is JSON")).collect()
+    }
+
+    /// The key medium: staged, then renamed into the watched directory in one step,
+    /// as a mount makes all of a medium's files appear at once.
+    fn insert_medium(&self) {
+        let stage = self.sc.path("stage/VMKEYS");
+        std::fs::create_dir_all(stage.join("keys")).unwrap();
+        for (name, data) in [("keys/alpha.key", KEY_ALPHA), ("gamma.key", b"not gamma's key" as &[u8])] {
+            let p = stage.join(name);
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::rename(stage, self.sc.path("media/VMKEYS")).unwrap();
+    }
+
+    fn remove_medium(&self) {
+        std::fs::remove_dir_all(self.sc.path("media/VMKEYS")).unwrap();
+    }
+
+    fn socket(&self, export: &str) -> String {
+        self.p(&format!("run/{export}.sock"))
+    }
+
+    fn luks_status(&self, export: &str) -> Out {
+        vmcrypt(&["luks", "status", export, "--run-dir", &self.p("run")])
+    }
+}
+
+impl Drop for World {
+    /// Nothing outlives the test: the agent, then every export.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for e in ["alpha-root", "beta-root", "gamma-root"] {
+            let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run")]);
+        }
+    }
+}
+
+fn qemu_io_nbd(sock: &str, cmd: &str) -> Out {
+    let uri = format!("nbd+unix:///?socket={sock}");
+    qemu_io(&["-f", "raw", "-c", cmd, &uri])
+}
+
+/// The pid serving `export`, from the agent's status.
+fn export_pid(vm: &Value) -> u64 {
+    vm["disks"][0]["serving"]["pid"].as_u64().expect("the disk is served")
+}
+
+#[test]
+fn media_unlock_store_wrong_key_restart_and_lock() {
+    require_tool("qemu-io");
+    require_tool("nbdinfo");
+    let mut w = World::new();
+    w.start_agent();
+
+    // Beta's key is in the store: unlocked and started at the agent's start.
+    let beta = w.wait_state("beta", "running");
+    assert_eq!(beta["disks"][0]["key_source"], format!("store uuid {STORE_UUID}"));
+    assert_eq!(w.events("beta"), "start\n");
+    // Alpha and gamma wait for their medium.
+    assert_eq!(w.vm("alpha")["state"], "stopped");
+    assert_eq!(w.events("alpha"), "");
+
+    w.insert_medium();
+    let alpha = w.wait_state("alpha", "running");
+    assert_eq!(alpha["disks"][0]["key_source"], "file keys/alpha.key on label VMKEYS");
+    assert_eq!(w.events("alpha"), "start\n");
+    let sock = w.socket("alpha-root");
+    assert_eq!(alpha["disks"][0]["serving"]["socket"], sock.as_str());
+    // The decrypted disk over NBD: 32 MiB less cryptsetup's 16 MiB LUKS2 header.
+    let info = tool("nbdinfo", &["--json", &format!("nbd+unix:///?socket={sock}")]).ok().json();
+    assert_eq!(info["exports"][0]["export-size"], 16 * MIB);
+    qemu_io_nbd(&sock, "write -P 0xa5 0 1M").ok();
+    qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
+
+    // Gamma's key file is wrong: stopped, with the reason.
+    let gamma = w.wait_state("gamma", "stopped");
+    let end = Instant::now() + Duration::from_secs(10);
+    while w.vm("gamma")["reason"].is_null() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reason = w.vm("gamma")["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("wrong key"), "gamma: {gamma:#} reason {reason}");
+    assert_eq!(w.events("gamma"), "");
+    assert!(w.luks_status("gamma-root").code == Some(4), "gamma has no export");
+    let audit = w.audit();
+    let entry = audit
+        .iter()
+        .find(|r| r["event"] == "disk-open" && r["vm"] == "gamma")
+        .expect("an audit entry for gamma's disk");
+    assert_eq!(entry["result"], "error");
+    assert_eq!(entry["key_source"], "file gamma.key on label VMKEYS");
+    assert!(entry["reason"].as_str().unwrap().contains("wrong key"), "{entry}");
+    let ok = audit
+        .iter()
+        .find(|r| r["event"] == "disk-open" && r["vm"] == "alpha")
+        .expect("an audit entry for alpha's disk");
+    assert_eq!((ok["result"].as_str(), ok["slot"].as_u64()), (Some("ok"), Some(0)));
+
+    // The agent goes away: the exports keep serving; a new agent adopts them.
+    let pid_before = export_pid(&alpha);
+    w.stop_agent();
+    qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
+    w.start_agent();
+    let alpha = w.wait_state("alpha", "running");
+    assert_eq!(export_pid(&alpha), pid_before, "the same daemon serves alpha");
+    assert_eq!(w.events("alpha"), "start\n", "an adopted VM is not started again");
+    assert!(w.audit().iter().any(|r| r["event"] == "export-adopted" && r["vm"] == "alpha"));
+    qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
+    w.ctl(&["status"]).ok().stdout_has("alpha: running").stdout_has("media: label VMKEYS");
+
+    // The medium leaves; alpha's policy is lock: stopped, export closed.
+    w.remove_medium();
+    let alpha = w.wait_state("alpha", "stopped");
+    assert!(alpha["disks"][0]["serving"].is_null(), "{alpha:#}");
+    assert_eq!(w.events("alpha"), "start\nstop\n");
+    w.luks_status("alpha-root").code_is(4);
+    assert!(!std::path::Path::new(&sock).exists(), "socket removed");
+    // Beta's key is not on the medium: untouched.
+    assert_eq!(w.vm("beta")["state"], "running");
+
+    // Control commands: lock and unlock by hand.
+    w.ctl(&["lock", "beta"]).ok().stdout_has("beta: stopped");
+    assert_eq!(w.events("beta"), "start\nstop\n");
+    w.ctl(&["unlock", "beta"]).ok().stdout_has("beta: running");
+    w.ctl(&["unlock", "alpha"]).code_is(1).stderr_has("label VMKEYS is not present");
+    w.ctl(&["unlock", "nosuch"]).code_is(1).stderr_has("no vm named 'nosuch'");
+
+    no_key_anywhere(&w);
+}
+
+/// No key in the audit log, the agent's stderr, or any daemon's argv or environment.
+fn no_key_anywhere(w: &World) {
+    let audit = std::fs::read(w.sc.path("audit.jsonl")).unwrap();
+    let stderr = w.sc.read("agent.stderr");
+    let mut places = vec![("audit log", audit), ("agent stderr", stderr)];
+    for pid in processes_mentioning(&w.p("run")) {
+        for f in ["cmdline", "environ"] {
+            let data = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            places.push(("a daemon's /proc file", data));
+        }
+    }
+    assert!(places.len() > 2, "some export daemon is running");
+    for key in [KEY_ALPHA, KEY_BETA, KEY_GAMMA, b"not gamma's key"] {
+        for (what, data) in &places {
+            assert!(!data.windows(key.len()).any(|x| x == key), "a key in the {what}");
+        }
+    }
+}
+
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
