@@ -473,4 +473,13 @@ mod tests {
             assert!(e.to_lowercase().contains(&want.to_lowercase()), "{want}: {e}");
         }
     }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c = Config::parse(include_str!("../../../contrib/agent.toml.example")).unwrap();
+        assert_eq!(c.vms.len(), 2);
+        assert_eq!(c.vms[0].disks[0].keys.len(), 3);
+        assert!(matches!(c.vms[0].starter, Starter::Libvirt(_)));
+        assert_eq!(c.vms[1].on_media_removed, RemovalPolicy::Keep);
+    }
 }
