@@ -21,21 +21,28 @@ const MIB: u64 = 1 << 20;
 const KEY_ALPHA: &[u8] = b"alpha key file \x01\x02 bytes";
 const KEY_BETA: &[u8] = b"beta-from-the-store";
 const KEY_GAMMA: &[u8] = b"gamma real key";
+const LIBVIRT_URI: &str = "qemu:///system";
 const STORE_UUID: &str = "6f1c0a9e-2b47-4c1d-9e55-3a8b7d2c1f00";
 
 /// One test's world: images, store, media directory, config, the agent process.
 struct World {
     sc: Scratch,
     agent: Option<Child>,
+    /// A libvirt domain that is alpha (instead of start/stop commands).
+    domain: Option<String>,
 }
 
 impl World {
     fn new() -> World {
+        World::with_domain(None)
+    }
+
+    fn with_domain(domain: Option<String>) -> World {
         let sc = Scratch::new();
         for d in ["media", "run", "stage"] {
             std::fs::create_dir(sc.path(d)).unwrap();
         }
-        let w = World { sc, agent: None };
+        let w = World { sc, agent: None, domain };
         w.cs_luks2_4k("alpha.img", KEY_ALPHA);
         w.cs_luks2_4k("beta.img", KEY_BETA);
         w.cs_luks2_4k("gamma.img", KEY_GAMMA);
@@ -81,9 +88,14 @@ impl World {
     /// A VM whose start/stop commands append to `NAME.events`.
     fn vm_toml(&self, name: &str, policy: &str, keys: &str) -> String {
         let ev = self.p(&format!("{name}.events"));
+        let starter = match &self.domain {
+            Some(d) if name == "alpha" => format!("libvirt = {{ domain = \"{d}\", uri = \"{LIBVIRT_URI}\" }}"),
+            _ => format!(
+                "command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"] }}"
+            ),
+        };
         format!(
-            "[[vm]]\nname = \"{name}\"\non_media_removed = \"{policy}\"\n\
-             command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"] }}\n\
+            "[[vm]]\nname = \"{name}\"\non_media_removed = \"{policy}\"\n{starter}\n\
              [[vm.disk]]\nname = \"root\"\nimage = \"{}\"\nkeys = [{keys}]\n",
             self.p(&format!("{name}.img"))
         )
@@ -347,4 +359,110 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
+}
+
+/// `virsh -c qemu:///system ARGS`.
+fn virsh(args: &[&str]) -> Out {
+    let mut v = vec!["-c", LIBVIRT_URI];
+    v.extend_from_slice(args);
+    tool("virsh", &v)
+}
+
+/// A libvirt domain, destroyed and undefined when dropped.
+struct Domain(String);
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = virsh(&["destroy", &self.0]);
+        let _ = virsh(&["undefine", &self.0]);
+    }
+}
+
+impl World {
+    /// Put a boot sector that prints `marker` on COM1 into alpha's disk, through a
+    /// temporary `luks open` export.
+    fn write_boot_disk(&self, marker: &str) {
+        let raw = self.p("boot.raw");
+        tool("python3", &[&shared("libvirt/make-boot-disk.py"), &raw, "4", marker]).ok();
+        let key = self.sc.write("alpha.pass", KEY_ALPHA);
+        let (dev, run) = (self.p("alpha.img"), self.p("run"));
+        #[rustfmt::skip]
+        vmcrypt(&["luks", "open", &dev, "prep", "--run-dir", &run, "--key-file", &key]).ok();
+        let uri = format!("nbd+unix:///?socket={}", self.socket("prep"));
+        qemu_img(&["convert", "-n", "-f", "raw", "-O", "raw", &raw, &uri]).ok();
+        vmcrypt(&["luks", "close", "prep", "--run-dir", &run]).ok();
+        std::fs::remove_file(key).unwrap();
+    }
+
+    /// Define a domain that boots from alpha's export, its serial port in serial.log.
+    fn define_domain(&self, name: &str) -> Domain {
+        let xml = format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>\
+             <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os><devices>\
+             <disk type='network' device='disk'><driver name='qemu' type='raw'/>\
+             <source protocol='nbd'><host transport='unix' socket='{}'/></source>\
+             <target dev='hda' bus='ide'/></disk>\
+             <serial type='file'><source path='{}'/></serial></devices></domain>",
+            self.socket("alpha-root"),
+            self.p("serial.log")
+        );
+        let path = self.sc.write("domain.xml", xml.as_bytes());
+        virsh(&["define", &path]).ok();
+        Domain(name.to_string())
+    }
+
+    fn serial(&self) -> String {
+        std::fs::read_to_string(self.sc.path("serial.log")).unwrap_or_default()
+    }
+}
+
+fn domstate(name: &str) -> String {
+    virsh(&["domstate", name]).ok().stdout_str().trim().to_string()
+}
+
+/// Issue 12 item 3 with a real libvirtd and QEMU (TCG): the agent starts a libvirt
+/// domain whose only disk is its NBD export of a LUKS2 (4096-byte sectors) disk; the
+/// guest prints the marker from the decrypted boot sector; the domain keeps running
+/// and its disk stays readable while the agent restarts, and the new agent adopts it
+/// without starting it again; removing the key medium (lock policy) destroys the
+/// domain and closes the export. libvirt missing is a failure, never a skip.
+#[test]
+fn libvirt_domain_boots_from_the_agents_export() {
+    let uri = tool("bash", &[&shared("libvirt/start-libvirt.sh")]).ok().stdout_str();
+    assert_eq!(uri.trim(), LIBVIRT_URI);
+    require_tool("virsh");
+    let name = format!("vmcrypt-agent-{}", std::process::id());
+    let mut w = World::with_domain(Some(name.clone()));
+    let marker = format!("AGENT-BOOT-{}", std::process::id());
+    w.write_boot_disk(&marker);
+    let _domain = w.define_domain(&name);
+    w.start_agent();
+    assert_eq!(domstate(&name), "shut off", "not started before its key is present");
+
+    w.insert_medium();
+    w.wait_state("alpha", "running");
+    assert_eq!(domstate(&name), "running");
+    let end = Instant::now() + Duration::from_secs(60);
+    while !w.serial().contains(&marker) {
+        assert!(Instant::now() < end, "no marker in the serial log: {:?}", w.serial());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The agent restarts; the guest keeps its disk, and is adopted, not restarted.
+    let pid = export_pid(&w.vm("alpha"));
+    w.stop_agent();
+    assert_eq!(domstate(&name), "running");
+    qemu_io_nbd(&w.socket("alpha-root"), "read -v 510 2").ok().stdout_has("55 aa");
+    w.start_agent();
+    let alpha = w.wait_state("alpha", "running");
+    assert_eq!(export_pid(&alpha), pid);
+    let starts = w.audit().iter().filter(|r| r["event"] == "vm-start" && r["vm"] == "alpha").count();
+    assert_eq!(starts, 1, "the adopted domain was not started again");
+
+    // Lock policy: the medium leaves, the domain is destroyed, the export closed.
+    w.remove_medium();
+    w.wait_state("alpha", "stopped");
+    assert_eq!(domstate(&name), "shut off");
+    w.luks_status("alpha-root").code_is(4);
+    no_key_anywhere(&w);
 }

@@ -40,6 +40,7 @@ fn package_of(tool: &str) -> &'static str {
         "nbdinfo" => "libnbd-bin",
         "cryptsetup" => "cryptsetup-bin",
         "openssl" => "openssl",
+        "virsh" => "libvirt-clients",
         _ => "the package providing it",
     }
 }
