@@ -65,7 +65,11 @@ struct VmRecord {
 
 impl VmRecord {
     fn stopped(reason: Option<String>) -> Self {
-        VmRecord { state: VmState::Stopped, reason, sources: BTreeMap::new() }
+        VmRecord {
+            state: VmState::Stopped,
+            reason,
+            sources: BTreeMap::new(),
+        }
     }
 }
 
@@ -81,9 +85,22 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(cfg: Checked, exporter: Box<dyn Exporter>, vms: Box<dyn VmControl>, audit: AuditLog) -> Self {
+    pub fn new(
+        cfg: Checked,
+        exporter: Box<dyn Exporter>,
+        vms: Box<dyn VmControl>,
+        audit: AuditLog,
+    ) -> Self {
         let policy = policy_of(&cfg);
-        Agent { cfg, exporter, vms, audit, policy, media: Present::new(), records: BTreeMap::new() }
+        Agent {
+            cfg,
+            exporter,
+            vms,
+            audit,
+            policy,
+            media: Present::new(),
+            records: BTreeMap::new(),
+        }
     }
 
     /// First steps: adopt running exports, look at the media, unlock what can be.
@@ -95,7 +112,8 @@ impl Agent {
         }
         self.media = self.scan();
         for m in self.media.keys() {
-            self.audit.write(&Record::new("media-present", true).medium(m.to_string()));
+            self.audit
+                .write(&Record::new("media-present", true).medium(m.to_string()));
         }
         self.autostart(&names);
     }
@@ -103,15 +121,26 @@ impl Agent {
     /// Look at the media again; act on arrivals and removals.
     pub fn rescan(&mut self) {
         let now = self.scan();
-        let removed: Vec<MediumId> = self.media.keys().filter(|m| !now.contains_key(*m)).cloned().collect();
-        let arrived: Vec<MediumId> = now.keys().filter(|m| !self.media.contains_key(*m)).cloned().collect();
+        let removed: Vec<MediumId> = self
+            .media
+            .keys()
+            .filter(|m| !now.contains_key(*m))
+            .cloned()
+            .collect();
+        let arrived: Vec<MediumId> = now
+            .keys()
+            .filter(|m| !self.media.contains_key(*m))
+            .cloned()
+            .collect();
         self.media = now;
         for m in &removed {
-            self.audit.write(&Record::new("media-removed", true).medium(m.to_string()));
+            self.audit
+                .write(&Record::new("media-removed", true).medium(m.to_string()));
             self.on_removed(m);
         }
         for m in &arrived {
-            self.audit.write(&Record::new("media-arrived", true).medium(m.to_string()));
+            self.audit
+                .write(&Record::new("media-arrived", true).medium(m.to_string()));
             self.on_arrived(m);
         }
     }
@@ -151,7 +180,8 @@ impl Agent {
             .collect();
         self.policy = policy_of(&cfg);
         self.cfg = cfg;
-        self.records.retain(|n, _| self.cfg.vms.iter().any(|v| &v.name == n));
+        self.records
+            .retain(|n, _| self.cfg.vms.iter().any(|v| &v.name == n));
         self.audit.write(&Record::new("reload", true));
         for n in &new {
             self.adopt(n);
@@ -172,14 +202,26 @@ impl Agent {
     fn vm(&self, name: &str) -> Result<Vm> {
         match self.cfg.vms.iter().find(|v| v.name == name) {
             Some(v) => Ok(v.clone()),
-            None => bail!(NotFound, "no vm named '{name}' in the agent's configuration"),
+            None => bail!(
+                NotFound,
+                "no vm named '{name}' in the agent's configuration"
+            ),
         }
     }
 
     fn scan(&self) -> Present {
         let raw = &self.cfg.raw.media;
-        let src = MediaSources { watch: raw.watch.clone(), require_mount: raw.require_mount, mounts: raw.mounts };
-        let wanted: Vec<MediumId> = self.cfg.vms.iter().flat_map(|v| v.media().into_iter().cloned()).collect();
+        let src = MediaSources {
+            watch: raw.watch.clone(),
+            require_mount: raw.require_mount,
+            mounts: raw.mounts,
+        };
+        let wanted: Vec<MediumId> = self
+            .cfg
+            .vms
+            .iter()
+            .flat_map(|v| v.media().into_iter().cloned())
+            .collect();
         media::scan(&src, &wanted)
     }
 
@@ -194,7 +236,8 @@ impl Agent {
                 _ => VmState::Running,
             };
             for d in &vm.disks {
-                self.audit.write(&Record::new("export-adopted", true).vm(name).disk(&d.name));
+                self.audit
+                    .write(&Record::new("export-adopted", true).vm(name).disk(&d.name));
             }
         }
         self.records.insert(name.to_string(), rec);
@@ -209,8 +252,14 @@ impl Agent {
         }
     }
 
+    /// The VMs that take a key from `m`.
+    fn vms_using(&self, m: &MediumId) -> Vec<Vm> {
+        let uses = |v: &&Vm| v.media().contains(&m);
+        self.cfg.vms.iter().filter(uses).cloned().collect()
+    }
+
     fn on_arrived(&mut self, m: &MediumId) {
-        let vms: Vec<Vm> = self.cfg.vms.iter().filter(|v| v.media().contains(&m)).cloned().collect();
+        let vms = self.vms_using(m);
         for vm in vms {
             if self.state(&vm.name) != VmState::Running && self.keys_available(&vm) {
                 self.unlock_vm(&vm, false);
@@ -219,7 +268,7 @@ impl Agent {
     }
 
     fn on_removed(&mut self, m: &MediumId) {
-        let vms: Vec<Vm> = self.cfg.vms.iter().filter(|v| v.media().contains(&m)).cloned().collect();
+        let vms = self.vms_using(m);
         for vm in vms {
             if self.state(&vm.name) == VmState::Stopped {
                 continue;
@@ -251,7 +300,11 @@ impl Agent {
     /// Open every disk of `vm`, then start it; on any failure close what was opened and
     /// record why.
     fn unlock_vm(&mut self, vm: &Vm, interactive: bool) {
-        let mut sources = self.records.get(&vm.name).map(|r| r.sources.clone()).unwrap_or_default();
+        let mut sources = self
+            .records
+            .get(&vm.name)
+            .map(|r| r.sources.clone())
+            .unwrap_or_default();
         for d in &vm.disks {
             if self.serving(d).is_some() {
                 continue;
@@ -268,8 +321,13 @@ impl Agent {
         }
         match self.vms.start(vm) {
             Ok(()) => {
-                self.audit.write(&Record::new("vm-start", true).vm(&vm.name));
-                let rec = VmRecord { state: VmState::Running, reason: None, sources };
+                self.audit
+                    .write(&Record::new("vm-start", true).vm(&vm.name));
+                let rec = VmRecord {
+                    state: VmState::Running,
+                    reason: None,
+                    sources,
+                };
                 self.records.insert(vm.name.clone(), rec);
             }
             Err(e) => {
@@ -280,7 +338,12 @@ impl Agent {
     }
 
     /// Try `d`'s key sources in order; the name of the one that opened it, or why none did.
-    fn open_disk(&mut self, vm: &Vm, d: &Disk, interactive: bool) -> std::result::Result<String, String> {
+    fn open_disk(
+        &mut self,
+        vm: &Vm,
+        d: &Disk,
+        interactive: bool,
+    ) -> std::result::Result<String, String> {
         let mut why = Vec::new();
         for src in &d.keys {
             match self.try_source(vm, d, src, interactive) {
@@ -291,8 +354,19 @@ impl Agent {
         Err(why.join("; "))
     }
 
-    fn try_source(&mut self, vm: &Vm, d: &Disk, src: &KeySource, interactive: bool) -> std::result::Result<(), String> {
-        let rec = || Record::new("disk-open", false).vm(&vm.name).disk(&d.name).source(src.describe());
+    fn try_source(
+        &mut self,
+        vm: &Vm,
+        d: &Disk,
+        src: &KeySource,
+        interactive: bool,
+    ) -> std::result::Result<(), String> {
+        let rec = || {
+            Record::new("disk-open", false)
+                .vm(&vm.name)
+                .disk(&d.name)
+                .source(src.describe())
+        };
         if !interactive && !keys::available(src, &self.media) {
             return Err("not available".into());
         }
@@ -324,14 +398,25 @@ impl Agent {
     }
 
     fn fail(&mut self, vm: &Vm, reason: String) {
-        self.audit.write(&Record::new("vm-unlock", false).vm(&vm.name).reason(reason.clone()));
-        self.records.insert(vm.name.clone(), VmRecord::stopped(Some(reason)));
+        self.audit.write(
+            &Record::new("vm-unlock", false)
+                .vm(&vm.name)
+                .reason(reason.clone()),
+        );
+        self.records
+            .insert(vm.name.clone(), VmRecord::stopped(Some(reason)));
     }
 
     fn stop_vm(&mut self, vm: &Vm, why: &str) {
         let r = self.vms.stop(vm);
-        self.audit.write(&outcome(Record::new("vm-stop", r.is_ok()).vm(&vm.name).reason(why), &r));
-        let rec = self.records.entry(vm.name.clone()).or_insert_with(|| VmRecord::stopped(None));
+        self.audit.write(&outcome(
+            Record::new("vm-stop", r.is_ok()).vm(&vm.name).reason(why),
+            &r,
+        ));
+        let rec = self
+            .records
+            .entry(vm.name.clone())
+            .or_insert_with(|| VmRecord::stopped(None));
         rec.state = VmState::Unlocked;
         rec.reason = Some(why.to_string());
     }
@@ -341,7 +426,8 @@ impl Agent {
             self.stop_vm(vm, why);
         }
         self.close_disks(vm);
-        self.records.insert(vm.name.clone(), VmRecord::stopped(Some(why.to_string())));
+        self.records
+            .insert(vm.name.clone(), VmRecord::stopped(Some(why.to_string())));
     }
 
     fn close_disks(&mut self, vm: &Vm) {
@@ -350,12 +436,21 @@ impl Agent {
                 continue;
             }
             let r = self.exporter.close(d);
-            self.audit.write(&outcome(Record::new("export-close", r.is_ok()).vm(&vm.name).disk(&d.name), &r));
+            self.audit.write(&outcome(
+                Record::new("export-close", r.is_ok())
+                    .vm(&vm.name)
+                    .disk(&d.name),
+                &r,
+            ));
         }
     }
 
     fn vm_status(&mut self, vm: &Vm) -> VmStatus {
-        let rec = self.records.get(&vm.name).cloned().unwrap_or_else(|| VmRecord::stopped(None));
+        let rec = self
+            .records
+            .get(&vm.name)
+            .cloned()
+            .unwrap_or_else(|| VmRecord::stopped(None));
         let disks = vm
             .disks
             .iter()
@@ -366,7 +461,12 @@ impl Agent {
                 key_source: rec.sources.get(&d.name).cloned(),
             })
             .collect();
-        VmStatus { name: vm.name.clone(), state: rec.state, reason: rec.reason, disks }
+        VmStatus {
+            name: vm.name.clone(),
+            state: rec.state,
+            reason: rec.reason,
+            disks,
+        }
     }
 }
 
@@ -384,7 +484,10 @@ fn outcome(r: Record, res: &Result<()>) -> Record {
 }
 
 fn policy_of(cfg: &Checked) -> KeyFilePolicy {
-    KeyFilePolicy::new(cfg.raw.media.max_key_size, cfg.raw.media.key_owners.as_deref())
+    KeyFilePolicy::new(
+        cfg.raw.media.max_key_size,
+        cfg.raw.media.key_owners.as_deref(),
+    )
 }
 
 /// A state as a word for messages.

@@ -35,9 +35,11 @@ pub fn serve(path: &Path, tx: Sender<crate::run::Event>) -> Result<()> {
     }
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(e, format!("creating '{}'", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(e, format!("creating '{}'", dir.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| Error::io(e, format!("binding '{}'", path.display())))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(e, format!("binding '{}'", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(e, format!("protecting '{}'", path.display())))?;
     std::thread::spawn(move || {
@@ -60,7 +62,8 @@ fn handle(conn: UnixStream, tx: &Sender<crate::run::Event>) {
                 if tx.send(crate::run::Event::Call((req, rtx))).is_err() {
                     error_reply("the agent is shutting down")
                 } else {
-                    rrx.recv().unwrap_or_else(|_| error_reply("the agent dropped the request"))
+                    rrx.recv()
+                        .unwrap_or_else(|_| error_reply("the agent dropped the request"))
                 }
             }
             Err(e) => error_reply(&format!("bad request: {e}")),
@@ -79,8 +82,12 @@ pub fn error_reply(msg: &str) -> Value {
 /// Send `req` to the agent at `path` and return its reply (an error reply becomes an
 /// error with the agent's message).
 pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Value> {
-    let conn = UnixStream::connect(path)
-        .map_err(|e| Error::io(e, format!("connecting to the agent at '{}'", path.display())))?;
+    let conn = UnixStream::connect(path).map_err(|e| {
+        Error::io(
+            e,
+            format!("connecting to the agent at '{}'", path.display()),
+        )
+    })?;
     let _ = conn.set_read_timeout(Some(timeout));
     let mut w = &conn;
     let text = serde_json::to_string(req).map_err(|e| Error::internal(e.to_string()))?;
@@ -92,7 +99,9 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Value> {
     let v: Value = serde_json::from_str(&line)
         .map_err(|e| Error::corrupt(format!("the agent's reply is not JSON: {e}")))?;
     if v["ok"] != Value::Bool(true) {
-        let msg = v["error"].as_str().unwrap_or("the agent refused the request");
+        let msg = v["error"]
+            .as_str()
+            .unwrap_or("the agent refused the request");
         let kind = match v["kind"].as_str() {
             Some("not-found") => vmcrypt_error::ErrorKind::NotFound,
             Some("wrong-key") => vmcrypt_error::ErrorKind::WrongKey,

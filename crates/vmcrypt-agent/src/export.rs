@@ -97,11 +97,13 @@ impl Exporter for LuksDaemons {
         }
         if line == "ok\n" {
             self.children.insert(disk.export.clone(), child);
-            return self
-                .status(disk)?
-                .ok_or_else(|| Error::internal(format!("export {} said ok but is not active", disk.export)));
+            return self.status(disk)?.ok_or_else(|| {
+                Error::internal(format!("export {} said ok but is not active", disk.export))
+            });
         }
-        let status = child.wait().map_err(|e| Error::io(e, "waiting for the export daemon"))?;
+        let status = child
+            .wait()
+            .map_err(|e| Error::io(e, "waiting for the export daemon"))?;
         let msg = line
             .strip_prefix("err\t")
             .map(str::trim_end)
@@ -143,5 +145,8 @@ fn kind_of_exit(code: Option<i32>) -> ErrorKind {
 }
 
 fn absolute(p: &std::path::Path) -> String {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }

@@ -36,7 +36,12 @@ pub fn read(root: &Path, rel: &str, policy: &KeyFilePolicy) -> Result<SecretByte
         OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::io(e.into(), format!("opening the medium at '{}'", root.display())))?;
+    .map_err(|e| {
+        Error::io(
+            e.into(),
+            format!("opening the medium at '{}'", root.display()),
+        )
+    })?;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS;
     let fd = rustix::fs::openat2(
         &dir,
@@ -52,7 +57,8 @@ pub fn read(root: &Path, rel: &str, policy: &KeyFilePolicy) -> Result<SecretByte
         ),
         e => Error::io(e.into(), format!("opening key file '{rel}'")),
     })?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| Error::io(e.into(), format!("key file '{rel}'")))?;
+    let st =
+        rustix::fs::fstat(&fd).map_err(|e| Error::io(e.into(), format!("key file '{rel}'")))?;
     check_stat(rel, &st, policy)?;
     let mut file = std::fs::File::from(fd);
     let mut buf = Zeroizing::new(Vec::with_capacity(st.st_size as usize + 1));
@@ -72,7 +78,11 @@ pub fn read(root: &Path, rel: &str, policy: &KeyFilePolicy) -> Result<SecretByte
 
 fn check_stat(rel: &str, st: &rustix::fs::Stat, policy: &KeyFilePolicy) -> Result<()> {
     let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
-    ensure!(kind == rustix::fs::FileType::RegularFile, Usage, "key file '{rel}' is not a regular file");
+    ensure!(
+        kind == rustix::fs::FileType::RegularFile,
+        Usage,
+        "key file '{rel}' is not a regular file"
+    );
     if !policy.owners.contains(&st.st_uid) {
         bail!(
             Usage,
@@ -128,8 +138,14 @@ mod tests {
         std::os::unix::fs::symlink("sub/inner.key", m.join("in.key")).unwrap();
         std::os::unix::fs::symlink("/proc/self/environ", m.join("proc.key")).unwrap();
 
-        assert_eq!(read(m, "good.key", &policy()).unwrap().as_bytes(), b"hunter2");
-        assert_eq!(read(m, "sub/inner.key", &policy()).unwrap().as_bytes(), b"inner");
+        assert_eq!(
+            read(m, "good.key", &policy()).unwrap().as_bytes(),
+            b"hunter2"
+        );
+        assert_eq!(
+            read(m, "sub/inner.key", &policy()).unwrap().as_bytes(),
+            b"inner"
+        );
         // A symlink that stays on the medium is followed.
         assert_eq!(read(m, "in.key", &policy()).unwrap().as_bytes(), b"inner");
         for (name, want) in [
@@ -142,10 +158,16 @@ mod tests {
             ("sub", "not a regular file"),
             ("missing.key", "missing.key"),
         ] {
-            let e = read(m, name, &policy()).err().expect(name).display_chain();
+            let Err(e) = read(m, name, &policy()) else {
+                panic!("read {name}")
+            };
+            let e = e.display_chain();
             assert!(e.contains(want), "{name}: {e}");
         }
-        let stranger = KeyFilePolicy { max_size: 64, owners: vec![4242] };
+        let stranger = KeyFilePolicy {
+            max_size: 64,
+            owners: vec![4242],
+        };
         let e = read(m, "good.key", &stranger).unwrap_err().display_chain();
         assert!(e.contains("not by an allowed owner"), "{e}");
     }

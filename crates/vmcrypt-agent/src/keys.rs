@@ -47,7 +47,10 @@ pub fn fetch(src: &KeySource, cx: &KeyContext) -> Result<SecretBytes> {
         }
         KeySource::Ask(text) => {
             if !cx.interactive {
-                bail!(NotFound, "a prompt is only shown for `vmcrypt agent unlock`");
+                bail!(
+                    NotFound,
+                    "a prompt is only shown for `vmcrypt agent unlock`"
+                );
             }
             ask(cx.prompt, text, &cx.prompt_id)
         }
@@ -57,7 +60,10 @@ pub fn fetch(src: &KeySource, cx: &KeyContext) -> Result<SecretBytes> {
 fn store(c: &StoreConfig) -> Store {
     Store::new(
         c.dir.clone(),
-        MasterKeyConfig::from_env(c.master_key_file.clone(), c.master_key_passphrase_file.clone()),
+        MasterKeyConfig::from_env(
+            c.master_key_file.clone(),
+            c.master_key_passphrase_file.clone(),
+        ),
     )
 }
 

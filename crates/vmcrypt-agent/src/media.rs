@@ -85,7 +85,9 @@ fn in_watch_dir(dir: &Path, id: &MediumId, require_mount: bool) -> Option<PathBu
             continue;
         }
         let path = e.path();
-        let Ok(meta) = path.symlink_metadata() else { continue };
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
         if !meta.is_dir() {
             continue;
         }
@@ -124,7 +126,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -170,7 +175,11 @@ mod tests {
         std::fs::create_dir(t.path().join("1234-abcd")).unwrap();
         std::os::unix::fs::symlink(t.path().join("KEYS"), t.path().join("LINK")).unwrap();
         std::fs::write(t.path().join("FILE"), b"").unwrap();
-        let src = MediaSources { watch: vec![t.path().into()], require_mount: false, mounts: false };
+        let src = MediaSources {
+            watch: vec![t.path().into()],
+            require_mount: false,
+            mounts: false,
+        };
         let ids = [
             MediumId::Label("KEYS".into()),
             MediumId::Uuid("1234-ABCD".into()),
@@ -181,7 +190,10 @@ mod tests {
         let found = scan(&src, &ids);
         assert_eq!(found.keys().cloned().collect::<Vec<_>>(), ids[..2].to_vec());
         // A plain directory is no mount point.
-        let strict = MediaSources { require_mount: true, ..src };
+        let strict = MediaSources {
+            require_mount: true,
+            ..src
+        };
         assert!(scan(&strict, &ids).is_empty());
     }
 }

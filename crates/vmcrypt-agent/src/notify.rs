@@ -18,7 +18,7 @@ pub fn notify_to(path: &str, state: &str) -> Result<()> {
         use std::os::linux::net::SocketAddrExt;
         SocketAddr::from_abstract_name(name.as_bytes())
     } else {
-        SocketAddr::from_pathname(&path)
+        SocketAddr::from_pathname(path)
     }
     .map_err(|e| Error::io(e, format!("NOTIFY_SOCKET '{path}'")))?;
     let sock = UnixDatagram::unbound().map_err(|e| Error::io(e, "creating a datagram socket"))?;

@@ -11,13 +11,20 @@ use vmcrypt_error::{Error, Result, bail};
 pub fn wait_for(child: &mut Child, limit: Duration) -> Result<ExitStatus> {
     let end = Instant::now() + limit;
     loop {
-        if let Some(s) = child.try_wait().map_err(|e| Error::io(e, "waiting for a helper"))? {
+        if let Some(s) = child
+            .try_wait()
+            .map_err(|e| Error::io(e, "waiting for a helper"))?
+        {
             return Ok(s);
         }
         if Instant::now() >= end {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(Io, "a helper did not finish within {} s and was killed", limit.as_secs());
+            bail!(
+                Io,
+                "a helper did not finish within {} s and was killed",
+                limit.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -32,7 +39,9 @@ pub struct Output {
 
 /// Run `argv` to completion (at most `limit`).
 pub fn run(argv: &[String], limit: Duration) -> Result<Output> {
-    let (prog, args) = argv.split_first().ok_or_else(|| Error::usage("an empty command"))?;
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| Error::usage("an empty command"))?;
     let mut child = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -43,15 +52,26 @@ pub fn run(argv: &[String], limit: Duration) -> Result<Output> {
     let out = child.stdout.take().map(drain);
     let err = child.stderr.take().map(drain);
     let status = wait_for(&mut child, limit)?;
-    let take = |h: Option<std::thread::JoinHandle<String>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
-    Ok(Output { status, stdout: take(out), stderr: take(err) })
+    let take = |h: Option<std::thread::JoinHandle<String>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        status,
+        stdout: take(out),
+        stderr: take(err),
+    })
 }
 
 /// Run `argv` and fail with its last stderr line unless it exits 0.
 pub fn run_ok(argv: &[String], limit: Duration) -> Result<Output> {
     let out = run(argv, limit)?;
     if !out.status.success() {
-        let why = out.stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
+        let why = out
+            .stderr
+            .lines()
+            .rfind(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
         bail!(Io, "'{}' failed ({}): {why}", argv.join(" "), out.status);
     }
     Ok(out)

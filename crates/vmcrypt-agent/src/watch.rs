@@ -28,8 +28,13 @@ fn watch(dirs: &[PathBuf], tx: &Sender<Event>) {
         if let Some(m) = &mountinfo {
             fds.push(PollFd::new(m, PollFlags::PRI));
         }
-        let second = Timespec { tv_sec: 1, tv_nsec: 0 };
-        let Ok(n) = poll(&mut fds, Some(&second)) else { return };
+        let second = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        let Ok(n) = poll(&mut fds, Some(&second)) else {
+            return;
+        };
         if n == 0 {
             continue;
         }

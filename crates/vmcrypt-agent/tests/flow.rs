@@ -62,7 +62,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let f = Fixture { dir: tempfile::tempdir().unwrap() };
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
         std::fs::create_dir(f.p("media")).unwrap();
         for vm in ["a", "b", "c"] {
             f.luks(&format!("{vm}.img"));
@@ -84,10 +86,21 @@ impl Fixture {
 
     fn luks(&self, name: &str) {
         let dev = self.p(name);
-        std::fs::File::create(&dev).unwrap().set_len(4 << 20).unwrap();
+        std::fs::File::create(&dev)
+            .unwrap()
+            .set_len(4 << 20)
+            .unwrap();
         std::fs::write(self.p("k"), KEY).unwrap();
         let st = Command::new("cryptsetup")
-            .args(["luksFormat", "-q", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file"])
+            .args([
+                "luksFormat",
+                "-q",
+                "--type",
+                "luks1",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-file",
+            ])
             .arg(self.p("k"))
             .arg(&dev)
             .status()
@@ -113,14 +126,23 @@ impl Fixture {
             self.p("ask.sh").display()
         );
         // a: a wrong key file first, then the right one.
-        c += &self.vm("a", "stop", "{ file = \"bad.key\", label = \"K\" }, { file = \"a.key\", label = \"K\" }");
+        c += &self.vm(
+            "a",
+            "stop",
+            "{ file = \"bad.key\", label = \"K\" }, { file = \"a.key\", label = \"K\" }",
+        );
         // b: on the medium, kept running when it leaves.
         c += &self.vm("b", "keep", "{ file = \"a.key\", label = \"K\" }");
         // c: a prompt only.
         c += &self.vm("c", "lock", "{ ask = \"Passphrase for c\" }");
         let cfg = Config::parse(&c).unwrap();
         let audit = AuditLog::open(&self.p("audit.jsonl")).unwrap();
-        Agent::new(cfg, Box::new(InProcess::default()), Box::new(Programs), audit)
+        Agent::new(
+            cfg,
+            Box::new(InProcess::default()),
+            Box::new(Programs),
+            audit,
+        )
     }
 
     fn insert(&self) {
@@ -138,7 +160,9 @@ impl Fixture {
 
     fn audit(&self) -> Vec<serde_json::Value> {
         let t = std::fs::read_to_string(self.p("audit.jsonl")).unwrap();
-        t.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        t.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 }
 
@@ -152,7 +176,12 @@ fn slot_of_open(audit: &[serde_json::Value], vm: &str) -> Vec<(String, String)> 
     audit
         .iter()
         .filter(|r| r["event"] == "disk-open" && r["vm"] == vm)
-        .map(|r| (r["key_source"].as_str().unwrap().to_string(), r["result"].as_str().unwrap().to_string()))
+        .map(|r| {
+            (
+                r["key_source"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -180,15 +209,24 @@ fn sources_in_order_policies_and_prompt() {
     );
     let st = agent.status();
     let a = st.vms.iter().find(|v| v.name == "a").unwrap();
-    assert_eq!(a.disks[0].key_source.as_deref(), Some("file a.key on label K"));
+    assert_eq!(
+        a.disks[0].key_source.as_deref(),
+        Some("file a.key on label K")
+    );
 
     // Removal: a (stop) is stopped with its export kept, b (keep) runs on.
     std::fs::remove_dir_all(f.p("media/K")).unwrap();
     agent.rescan();
     let (s, why) = state(&mut agent, "a");
-    assert_eq!((s, why.as_deref()), (VmState::Unlocked, Some("key medium label K removed")));
+    assert_eq!(
+        (s, why.as_deref()),
+        (VmState::Unlocked, Some("key medium label K removed"))
+    );
     assert_eq!(f.events("a"), "start\nstop\n");
-    assert!(agent.status().vms[0].disks[0].serving.is_some(), "stop keeps the export");
+    assert!(
+        agent.status().vms[0].disks[0].serving.is_some(),
+        "stop keeps the export"
+    );
     assert_eq!(state(&mut agent, "b").0, VmState::Running);
     assert_eq!(f.events("b"), "start\n");
 
@@ -197,21 +235,37 @@ fn sources_in_order_policies_and_prompt() {
     agent.rescan();
     assert_eq!(state(&mut agent, "a").0, VmState::Running);
     assert_eq!(f.events("a"), "start\nstop\nstart\n");
-    assert_eq!(slot_of_open(&f.audit(), "a").len(), 2, "no new key was read");
+    assert_eq!(
+        slot_of_open(&f.audit(), "a").len(),
+        2,
+        "no new key was read"
+    );
 
     // c: only an explicit unlock prompts, with the VM's id.
     let c = agent.unlock("c").unwrap();
     assert_eq!(c.state, VmState::Running);
     let asked = std::fs::read_to_string(f.p("asked")).unwrap();
-    assert!(asked.contains("--id=vmcrypt:c:root") && asked.contains("Passphrase for c"), "{asked}");
-    assert_eq!(slot_of_open(&f.audit(), "c"), [("prompt".to_string(), "ok".to_string())]);
+    assert!(
+        asked.contains("--id=vmcrypt:c:root") && asked.contains("Passphrase for c"),
+        "{asked}"
+    );
+    assert_eq!(
+        slot_of_open(&f.audit(), "c"),
+        [("prompt".to_string(), "ok".to_string())]
+    );
 
     // lock closes the export; unknown names are refused.
     let c = agent.lock("c").unwrap();
     assert_eq!(c.state, VmState::Stopped);
     assert!(c.disks[0].serving.is_none());
     assert_eq!(f.events("c"), "start\nstop\n");
-    assert!(agent.lock("zz").unwrap_err().display_chain().contains("no vm named 'zz'"));
+    assert!(
+        agent
+            .lock("zz")
+            .unwrap_err()
+            .display_chain()
+            .contains("no vm named 'zz'")
+    );
 }
 
 #[test]
@@ -226,6 +280,10 @@ fn a_wrong_prompt_answer_leaves_the_vm_stopped_with_the_reason() {
     assert_eq!(s, VmState::Stopped);
     assert!(why.unwrap().contains("wrong key"));
     assert_eq!(f.events("c"), "");
-    let mode = Path::new(&f.p("audit.jsonl")).metadata().unwrap().permissions().mode();
+    let mode = Path::new(&f.p("audit.jsonl"))
+        .metadata()
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the audit log is private");
 }

@@ -42,7 +42,11 @@ impl World {
         for d in ["media", "run", "stage"] {
             std::fs::create_dir(sc.path(d)).unwrap();
         }
-        let w = World { sc, agent: None, domain };
+        let w = World {
+            sc,
+            agent: None,
+            domain,
+        };
         w.cs_luks2_4k("alpha.img", KEY_ALPHA);
         w.cs_luks2_4k("beta.img", KEY_BETA);
         w.cs_luks2_4k("gamma.img", KEY_GAMMA);
@@ -66,7 +70,9 @@ impl World {
         ])
         .ok();
         std::fs::remove_file(kf).unwrap();
-        cryptsetup(&["luksDump", &dev]).ok().stdout_has("4096 [bytes]");
+        cryptsetup(&["luksDump", &dev])
+            .ok()
+            .stdout_has("4096 [bytes]");
     }
 
     /// Beta's key as a stored secret (volume usage = its image).
@@ -89,7 +95,9 @@ impl World {
     fn vm_toml(&self, name: &str, policy: &str, keys: &str) -> String {
         let ev = self.p(&format!("{name}.events"));
         let starter = match &self.domain {
-            Some(d) if name == "alpha" => format!("libvirt = {{ domain = \"{d}\", uri = \"{LIBVIRT_URI}\" }}"),
+            Some(d) if name == "alpha" => {
+                format!("libvirt = {{ domain = \"{d}\", uri = \"{LIBVIRT_URI}\" }}")
+            }
             _ => format!(
                 "command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"] }}"
             ),
@@ -111,9 +119,21 @@ impl World {
             self.p("media"),
             self.p("store"),
         );
-        c += &self.vm_toml("alpha", "lock", "{ file = \"keys/alpha.key\", label = \"VMKEYS\" }");
-        c += &self.vm_toml("beta", "keep", &format!("{{ store_uuid = \"{STORE_UUID}\" }}"));
-        c += &self.vm_toml("gamma", "lock", "{ file = \"gamma.key\", label = \"VMKEYS\" }");
+        c += &self.vm_toml(
+            "alpha",
+            "lock",
+            "{ file = \"keys/alpha.key\", label = \"VMKEYS\" }",
+        );
+        c += &self.vm_toml(
+            "beta",
+            "keep",
+            &format!("{{ store_uuid = \"{STORE_UUID}\" }}"),
+        );
+        c += &self.vm_toml(
+            "gamma",
+            "lock",
+            "{ file = \"gamma.key\", label = \"VMKEYS\" }",
+        );
         c
     }
 
@@ -138,7 +158,9 @@ impl World {
             .unwrap();
         self.agent = Some(child);
         let mut buf = [0u8; 256];
-        let n = rx.recv(&mut buf).expect("the agent sends READY=1 within 30 s");
+        let n = rx
+            .recv(&mut buf)
+            .expect("the agent sends READY=1 within 30 s");
         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(msg.lines().any(|l| l == "READY=1"), "notification: {msg:?}");
     }
@@ -166,7 +188,13 @@ impl World {
 
     fn vm(&self, name: &str) -> Value {
         let st = self.status();
-        st["vms"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned().unwrap()
+        st["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap()
     }
 
     /// Wait until `vm`'s state is `want`.
@@ -177,7 +205,11 @@ impl World {
             if v["state"] == want {
                 return v;
             }
-            assert!(Instant::now() < end, "vm {name} never became {want}: {v:#}\n{}", self.agent_log());
+            assert!(
+                Instant::now() < end,
+                "vm {name} never became {want}: {v:#}\n{}",
+                self.agent_log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -192,7 +224,9 @@ impl World {
 
     fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.sc.path("audit.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).expect("an audit line is JSON")).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("an audit line is JSON"))
+            .collect()
     }
 
     /// The key medium: staged, then renamed into the watched directory in one step,
@@ -200,7 +234,10 @@ impl World {
     fn insert_medium(&self) {
         let stage = self.sc.path("stage/VMKEYS");
         std::fs::create_dir_all(stage.join("keys")).unwrap();
-        for (name, data) in [("keys/alpha.key", KEY_ALPHA), ("gamma.key", b"not gamma's key" as &[u8])] {
+        for (name, data) in [
+            ("keys/alpha.key", KEY_ALPHA),
+            ("gamma.key", b"not gamma's key" as &[u8]),
+        ] {
             let p = stage.join(name);
             std::fs::write(&p, data).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -241,7 +278,9 @@ fn qemu_io_nbd(sock: &str, cmd: &str) -> Out {
 
 /// The pid serving `export`, from the agent's status.
 fn export_pid(vm: &Value) -> u64 {
-    vm["disks"][0]["serving"]["pid"].as_u64().expect("the disk is served")
+    vm["disks"][0]["serving"]["pid"]
+        .as_u64()
+        .expect("the disk is served")
 }
 
 #[test]
@@ -253,7 +292,10 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
 
     // Beta's key is in the store: unlocked and started at the agent's start.
     let beta = w.wait_state("beta", "running");
-    assert_eq!(beta["disks"][0]["key_source"], format!("store uuid {STORE_UUID}"));
+    assert_eq!(
+        beta["disks"][0]["key_source"],
+        format!("store uuid {STORE_UUID}")
+    );
     assert_eq!(w.events("beta"), "start\n");
     // Alpha and gamma wait for their medium.
     assert_eq!(w.vm("alpha")["state"], "stopped");
@@ -261,12 +303,20 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
 
     w.insert_medium();
     let alpha = w.wait_state("alpha", "running");
-    assert_eq!(alpha["disks"][0]["key_source"], "file keys/alpha.key on label VMKEYS");
+    assert_eq!(
+        alpha["disks"][0]["key_source"],
+        "file keys/alpha.key on label VMKEYS"
+    );
     assert_eq!(w.events("alpha"), "start\n");
     let sock = w.socket("alpha-root");
     assert_eq!(alpha["disks"][0]["serving"]["socket"], sock.as_str());
     // The decrypted disk over NBD: 32 MiB less cryptsetup's 16 MiB LUKS2 header.
-    let info = tool("nbdinfo", &["--json", &format!("nbd+unix:///?socket={sock}")]).ok().json();
+    let info = tool(
+        "nbdinfo",
+        &["--json", &format!("nbd+unix:///?socket={sock}")],
+    )
+    .ok()
+    .json();
     assert_eq!(info["exports"][0]["export-size"], 16 * MIB);
     qemu_io_nbd(&sock, "write -P 0xa5 0 1M").ok();
     qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
@@ -277,10 +327,19 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     while w.vm("gamma")["reason"].is_null() && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let reason = w.vm("gamma")["reason"].as_str().unwrap_or_default().to_string();
-    assert!(reason.contains("wrong key"), "gamma: {gamma:#} reason {reason}");
+    let reason = w.vm("gamma")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("wrong key"),
+        "gamma: {gamma:#} reason {reason}"
+    );
     assert_eq!(w.events("gamma"), "");
-    assert!(w.luks_status("gamma-root").code == Some(4), "gamma has no export");
+    assert!(
+        w.luks_status("gamma-root").code == Some(4),
+        "gamma has no export"
+    );
     let audit = w.audit();
     let entry = audit
         .iter()
@@ -288,12 +347,18 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
         .expect("an audit entry for gamma's disk");
     assert_eq!(entry["result"], "error");
     assert_eq!(entry["key_source"], "file gamma.key on label VMKEYS");
-    assert!(entry["reason"].as_str().unwrap().contains("wrong key"), "{entry}");
+    assert!(
+        entry["reason"].as_str().unwrap().contains("wrong key"),
+        "{entry}"
+    );
     let ok = audit
         .iter()
         .find(|r| r["event"] == "disk-open" && r["vm"] == "alpha")
         .expect("an audit entry for alpha's disk");
-    assert_eq!((ok["result"].as_str(), ok["slot"].as_u64()), (Some("ok"), Some(0)));
+    assert_eq!(
+        (ok["result"].as_str(), ok["slot"].as_u64()),
+        (Some("ok"), Some(0))
+    );
 
     // The agent goes away: the exports keep serving; a new agent adopts them.
     let pid_before = export_pid(&alpha);
@@ -301,11 +366,26 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
     w.start_agent();
     let alpha = w.wait_state("alpha", "running");
-    assert_eq!(export_pid(&alpha), pid_before, "the same daemon serves alpha");
-    assert_eq!(w.events("alpha"), "start\n", "an adopted VM is not started again");
-    assert!(w.audit().iter().any(|r| r["event"] == "export-adopted" && r["vm"] == "alpha"));
+    assert_eq!(
+        export_pid(&alpha),
+        pid_before,
+        "the same daemon serves alpha"
+    );
+    assert_eq!(
+        w.events("alpha"),
+        "start\n",
+        "an adopted VM is not started again"
+    );
+    assert!(
+        w.audit()
+            .iter()
+            .any(|r| r["event"] == "export-adopted" && r["vm"] == "alpha")
+    );
     qemu_io_nbd(&sock, "read -P 0xa5 0 1M").ok();
-    w.ctl(&["status"]).ok().stdout_has("alpha: running").stdout_has("media: label VMKEYS");
+    w.ctl(&["status"])
+        .ok()
+        .stdout_has("alpha: running")
+        .stdout_has("media: label VMKEYS");
 
     // The medium leaves; alpha's policy is lock: stopped, export closed.
     w.remove_medium();
@@ -321,8 +401,12 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     w.ctl(&["lock", "beta"]).ok().stdout_has("beta: stopped");
     assert_eq!(w.events("beta"), "start\nstop\n");
     w.ctl(&["unlock", "beta"]).ok().stdout_has("beta: running");
-    w.ctl(&["unlock", "alpha"]).code_is(1).stderr_has("label VMKEYS is not present");
-    w.ctl(&["unlock", "nosuch"]).code_is(1).stderr_has("no vm named 'nosuch'");
+    w.ctl(&["unlock", "alpha"])
+        .code_is(1)
+        .stderr_has("label VMKEYS is not present");
+    w.ctl(&["unlock", "nosuch"])
+        .code_is(1)
+        .stderr_has("no vm named 'nosuch'");
 
     no_key_anywhere(&w);
 }
@@ -341,24 +425,12 @@ fn no_key_anywhere(w: &World) {
     assert!(places.len() > 2, "some export daemon is running");
     for key in [KEY_ALPHA, KEY_BETA, KEY_GAMMA, b"not gamma's key"] {
         for (what, data) in &places {
-            assert!(!data.windows(key.len()).any(|x| x == key), "a key in the {what}");
+            assert!(
+                !data.windows(key.len()).any(|x| x == key),
+                "a key in the {what}"
+            );
         }
     }
-}
-
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(needle) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// `virsh -c qemu:///system ARGS`.
@@ -383,7 +455,11 @@ impl World {
     /// temporary `luks open` export.
     fn write_boot_disk(&self, marker: &str) {
         let raw = self.p("boot.raw");
-        tool("python3", &[&shared("libvirt/make-boot-disk.py"), &raw, "4", marker]).ok();
+        tool(
+            "python3",
+            &[&shared("libvirt/make-boot-disk.py"), &raw, "4", marker],
+        )
+        .ok();
         let key = self.sc.write("alpha.pass", KEY_ALPHA);
         let (dev, run) = (self.p("alpha.img"), self.p("run"));
         #[rustfmt::skip]
@@ -417,7 +493,11 @@ impl World {
 }
 
 fn domstate(name: &str) -> String {
-    virsh(&["domstate", name]).ok().stdout_str().trim().to_string()
+    virsh(&["domstate", name])
+        .ok()
+        .stdout_str()
+        .trim()
+        .to_string()
 }
 
 /// Issue 12 item 3 with a real libvirtd and QEMU (TCG): the agent starts a libvirt
@@ -428,7 +508,9 @@ fn domstate(name: &str) -> String {
 /// domain and closes the export. libvirt missing is a failure, never a skip.
 #[test]
 fn libvirt_domain_boots_from_the_agents_export() {
-    let uri = tool("bash", &[&shared("libvirt/start-libvirt.sh")]).ok().stdout_str();
+    let uri = tool("bash", &[&shared("libvirt/start-libvirt.sh")])
+        .ok()
+        .stdout_str();
     assert_eq!(uri.trim(), LIBVIRT_URI);
     require_tool("virsh");
     let name = format!("vmcrypt-agent-{}", std::process::id());
@@ -437,14 +519,22 @@ fn libvirt_domain_boots_from_the_agents_export() {
     w.write_boot_disk(&marker);
     let _domain = w.define_domain(&name);
     w.start_agent();
-    assert_eq!(domstate(&name), "shut off", "not started before its key is present");
+    assert_eq!(
+        domstate(&name),
+        "shut off",
+        "not started before its key is present"
+    );
 
     w.insert_medium();
     w.wait_state("alpha", "running");
     assert_eq!(domstate(&name), "running");
     let end = Instant::now() + Duration::from_secs(60);
     while !w.serial().contains(&marker) {
-        assert!(Instant::now() < end, "no marker in the serial log: {:?}", w.serial());
+        assert!(
+            Instant::now() < end,
+            "no marker in the serial log: {:?}",
+            w.serial()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -452,11 +542,17 @@ fn libvirt_domain_boots_from_the_agents_export() {
     let pid = export_pid(&w.vm("alpha"));
     w.stop_agent();
     assert_eq!(domstate(&name), "running");
-    qemu_io_nbd(&w.socket("alpha-root"), "read -v 510 2").ok().stdout_has("55 aa");
+    qemu_io_nbd(&w.socket("alpha-root"), "read -v 510 2")
+        .ok()
+        .stdout_has("55 aa");
     w.start_agent();
     let alpha = w.wait_state("alpha", "running");
     assert_eq!(export_pid(&alpha), pid);
-    let starts = w.audit().iter().filter(|r| r["event"] == "vm-start" && r["vm"] == "alpha").count();
+    let starts = w
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "vm-start" && r["vm"] == "alpha")
+        .count();
     assert_eq!(starts, 1, "the adopted domain was not started again");
 
     // Lock policy: the medium leaves, the domain is destroyed, the export closed.

@@ -32,7 +32,11 @@ pub enum AgentCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The configuration (TOML)
-    #[arg(long = "config", short = 'c', default_value = "/etc/vmcrypt/agent.toml")]
+    #[arg(
+        long = "config",
+        short = 'c',
+        default_value = "/etc/vmcrypt/agent.toml"
+    )]
     config: PathBuf,
 }
 
@@ -118,8 +122,20 @@ fn status(a: &StatusArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(st).unwrap_or_default());
         return Ok(0);
     }
-    let media: Vec<&str> = st["media"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-    println!("media: {}", if media.is_empty() { "none".to_string() } else { media.join(", ") });
+    let media: Vec<&str> = st["media"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    println!(
+        "media: {}",
+        if media.is_empty() {
+            "none".to_string()
+        } else {
+            media.join(", ")
+        }
+    );
     for vm in st["vms"].as_array().into_iter().flatten() {
         print_vm(vm);
     }
@@ -136,7 +152,12 @@ fn print_vm(vm: &Value) {
     for d in vm["disks"].as_array().into_iter().flatten() {
         let serving = &d["serving"];
         let how = if serving.is_object() {
-            format!("serving on {} (slot {}, pid {})", s(&serving["socket"]), serving["slot"], serving["pid"])
+            format!(
+                "serving on {} (slot {}, pid {})",
+                s(&serving["socket"]),
+                serving["slot"],
+                serving["pid"]
+            )
         } else {
             "closed".to_string()
         };
