@@ -286,11 +286,13 @@ impl Agent {
         self.records.get(name).map_or(VmState::Stopped, |r| r.state)
     }
 
-    /// Every disk not yet served has a source that needs no prompt and is present.
-    fn keys_available(&mut self, vm: &Vm) -> bool {
-        vm.disks.iter().all(|d| {
-            self.serving(d).is_some() || d.keys.iter().any(|k| keys::available(k, &self.media))
-        })
+    /// Every disk has a key source that needs no prompt and is present now, even a disk
+    /// that is still served: a VM stopped because its medium left is not started again
+    /// (by an arrival of another medium, a restart of the agent) until the medium is back.
+    fn keys_available(&self, vm: &Vm) -> bool {
+        vm.disks
+            .iter()
+            .all(|d| d.keys.iter().any(|k| keys::available(k, &self.media)))
     }
 
     fn serving(&mut self, d: &Disk) -> Option<ExportInfo> {

@@ -112,6 +112,7 @@ impl Exporter for LuksDaemons {
     }
 
     fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>> {
+        self.reap();
         Ok(match active::status(&self.dir, &disk.export)? {
             Status::Active(a) => Some(ExportInfo {
                 name: a.name.clone(),

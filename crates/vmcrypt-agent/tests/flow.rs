@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use vmcrypt_agent::audit::AuditLog;
 use vmcrypt_agent::config::{Config, Disk};
 use vmcrypt_agent::export::{ExportInfo, Exporter};
@@ -23,9 +24,10 @@ use vmcrypt_error::Result;
 
 const KEY: &[u8] = b"the right key";
 
-/// Exports as open `luks` nodes in this process.
-#[derive(Default)]
-struct InProcess(BTreeMap<String, u32>);
+/// Exports as open `luks` nodes in this process; clones share them, as two agents share
+/// the export daemons of a run directory.
+#[derive(Clone, Default)]
+struct InProcess(Arc<Mutex<BTreeMap<String, u32>>>);
 
 impl Exporter for InProcess {
     fn open(&mut self, disk: &Disk, key: &[u8]) -> Result<ExportInfo> {
@@ -39,19 +41,27 @@ impl Exporter for InProcess {
             key_slot: None,
         };
         let opened = open(&req, key)?;
-        self.0.insert(disk.export.clone(), opened.info.key_slot);
+        self.0
+            .lock()
+            .unwrap()
+            .insert(disk.export.clone(), opened.info.key_slot);
         Ok(self.status(disk)?.unwrap())
     }
     fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>> {
-        Ok(self.0.get(&disk.export).map(|slot| ExportInfo {
-            name: disk.export.clone(),
-            socket: format!("{}.sock", disk.export),
-            pid: std::process::id(),
-            slot: *slot,
-        }))
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(&disk.export)
+            .map(|slot| ExportInfo {
+                name: disk.export.clone(),
+                socket: format!("{}.sock", disk.export),
+                pid: std::process::id(),
+                slot: *slot,
+            }))
     }
     fn close(&mut self, disk: &Disk) -> Result<()> {
-        self.0.remove(&disk.export);
+        self.0.lock().unwrap().remove(&disk.export);
         Ok(())
     }
 }
@@ -112,13 +122,14 @@ impl Fixture {
         let ev = self.p(&format!("{name}.events")).display().to_string();
         format!(
             "[[vm]]\nname = \"{name}\"\non_media_removed = \"{policy}\"\n\
-             command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"] }}\n\
+             command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"], \
+             status = [\"/bin/sh\", \"-c\", \"tail -n 1 {ev} | grep -qx start\"] }}\n\
              [[vm.disk]]\nname = \"root\"\nimage = \"{}\"\nkeys = [{keys}]\n",
             self.p(&format!("{name}.img")).display()
         )
     }
 
-    fn agent(&self) -> Agent {
+    fn agent(&self, exports: &InProcess) -> Agent {
         let mut c = format!(
             "audit_log = \"{}\"\n[media]\nwatch = [\"{}\"]\nmounts = false\n[prompt]\ncommand = \"{}\"\n",
             self.p("audit.jsonl").display(),
@@ -137,12 +148,7 @@ impl Fixture {
         c += &self.vm("c", "lock", "{ ask = \"Passphrase for c\" }");
         let cfg = Config::parse(&c).unwrap();
         let audit = AuditLog::open(&self.p("audit.jsonl")).unwrap();
-        Agent::new(
-            cfg,
-            Box::new(InProcess::default()),
-            Box::new(Programs),
-            audit,
-        )
+        Agent::new(cfg, Box::new(exports.clone()), Box::new(Programs), audit)
     }
 
     fn insert(&self) {
@@ -188,7 +194,8 @@ fn slot_of_open(audit: &[serde_json::Value], vm: &str) -> Vec<(String, String)> 
 #[test]
 fn sources_in_order_policies_and_prompt() {
     let f = Fixture::new();
-    let mut agent = f.agent();
+    let exports = InProcess::default();
+    let mut agent = f.agent(&exports);
     agent.start();
     // Nothing present, nothing started; the prompt is not shown automatically.
     assert_eq!(state(&mut agent, "a").0, VmState::Stopped);
@@ -229,6 +236,18 @@ fn sources_in_order_policies_and_prompt() {
     );
     assert_eq!(state(&mut agent, "b").0, VmState::Running);
     assert_eq!(f.events("b"), "start\n");
+
+    // A new agent adopts the exports: b runs, a stays stopped (its status command says
+    // so) and is not started while its medium is away.
+    drop(agent);
+    let mut agent = f.agent(&exports);
+    agent.start();
+    assert_eq!(state(&mut agent, "a").0, VmState::Unlocked);
+    assert_eq!(state(&mut agent, "b").0, VmState::Running);
+    assert_eq!(
+        (f.events("a"), f.events("b")),
+        ("start\nstop\n".into(), "start\n".into())
+    );
 
     // The medium returns: a starts again from its open export, without a key.
     f.insert();
@@ -272,7 +291,7 @@ fn sources_in_order_policies_and_prompt() {
 fn a_wrong_prompt_answer_leaves_the_vm_stopped_with_the_reason() {
     let f = Fixture::new();
     std::fs::write(f.p("ask.sh"), "#!/bin/sh\necho wrong\n").unwrap();
-    let mut agent = f.agent();
+    let mut agent = f.agent(&InProcess::default());
     agent.start();
     let e = agent.unlock("c").unwrap_err().display_chain();
     assert!(e.contains("prompt: wrong key"), "{e}");

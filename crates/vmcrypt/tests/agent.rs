@@ -111,7 +111,7 @@ impl World {
 
     fn config(&self) -> String {
         let mut c = format!(
-            "run_dir = \"{}\"\ncontrol_socket = \"{}\"\naudit_log = \"{}\"\nrescan_interval = 1\n\
+            "run_dir = \"{}\"\ncontrol_socket = \"{}\"\naudit_log = \"{}\"\nrescan_interval = 3600\n\
              [media]\nwatch = [\"{}\"]\nmounts = false\n[store]\ndir = \"{}\"\n",
             self.p("run"),
             self.p("agent.sock"),
@@ -135,6 +135,12 @@ impl World {
             "{ file = \"gamma.key\", label = \"VMKEYS\" }",
         );
         c
+    }
+
+    /// The configuration plus VM delta, whose key is beta's stored secret named by usage.
+    fn config_with_delta(&self) -> String {
+        let usage = format!("{{ store_usage = \"volume:{}\" }}", self.p("beta.img"));
+        self.config() + &self.vm_toml("delta", "keep", &usage)
     }
 
     /// Start `vmcrypt agent run`, with a notification socket; wait for READY=1.
@@ -265,7 +271,13 @@ impl Drop for World {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for e in ["alpha-root", "beta-root", "gamma-root"] {
+        for e in [
+            "alpha-root",
+            "beta-root",
+            "gamma-root",
+            "delta-root",
+            "prep",
+        ] {
             let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run")]);
         }
     }
@@ -397,6 +409,19 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     // Beta's key is not on the medium: untouched.
     assert_eq!(w.vm("beta")["state"], "running");
 
+    // reload: a bad file is refused with the field named and changes nothing; a good
+    // one adds delta, unlocked at once with a key from the store found by usage.
+    let good = w.sc.read("agent.toml");
+    w.sc.write("agent.toml", &[&good[..], b"[[vm]]\nname = 1\n"].concat());
+    w.ctl(&["reload"]).code_is(1).stderr_has("agent.toml");
+    w.cs_luks2_4k("delta.img", KEY_BETA);
+    w.sc.write("agent.toml", w.config_with_delta().as_bytes());
+    w.ctl(&["reload"]).ok();
+    let delta = w.wait_state("delta", "running");
+    let usage = format!("store usage volume:{}", w.p("beta.img"));
+    assert_eq!(delta["disks"][0]["key_source"], usage.as_str());
+    assert_eq!(w.events("delta"), "start\n");
+
     // Control commands: lock and unlock by hand.
     w.ctl(&["lock", "beta"]).ok().stdout_has("beta: stopped");
     assert_eq!(w.events("beta"), "start\nstop\n");
@@ -416,6 +441,19 @@ fn no_key_anywhere(w: &World) {
     let audit = std::fs::read(w.sc.path("audit.jsonl")).unwrap();
     let stderr = w.sc.read("agent.stderr");
     let mut places = vec![("audit log", audit), ("agent stderr", stderr)];
+    // The agent's own argv and environment, and every file the exports keep.
+    let agent = w.agent.as_ref().expect("the agent runs").id();
+    for f in ["cmdline", "environ"] {
+        places.push((
+            "the agent's /proc file",
+            std::fs::read(format!("/proc/{agent}/{f}")).unwrap(),
+        ));
+    }
+    for e in std::fs::read_dir(w.sc.path("run")).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            places.push(("a run-directory file", std::fs::read(e.path()).unwrap()));
+        }
+    }
     for pid in processes_mentioning(&w.p("run")) {
         for f in ["cmdline", "environ"] {
             let data = std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
