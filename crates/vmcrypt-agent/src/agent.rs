@@ -383,7 +383,8 @@ impl Agent {
         let opened = keys::fetch(src, &cx).and_then(|key| self.exporter.open(d, key.as_bytes()));
         match opened {
             Ok(info) => {
-                let mut r = rec().slot(info.slot);
+                let mut r = rec();
+                r.slot = info.slot;
                 r.result = "ok";
                 self.audit.write(&r);
                 Ok(())

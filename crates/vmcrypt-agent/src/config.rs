@@ -161,12 +161,17 @@ pub enum RemovalPolicy {
     Lock,
 }
 
-/// One disk of a VM: a LUKS device (file or block device) exported over NBD.
+/// One disk of a VM: a LUKS device (file or block device) or an encrypted qcow2 image,
+/// exported over NBD.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub name: String,
     pub image: PathBuf,
+    /// `luks` (default: LUKS1/LUKS2, optionally with a detached header) or `qcow2`
+    /// (qcow2 with LUKS encryption, as `qemu-img create -o encrypt.format=luks` makes it).
+    #[serde(default)]
+    pub format: DiskFormat,
     /// A detached LUKS header.
     pub header: Option<PathBuf>,
     #[serde(default)]
@@ -174,6 +179,15 @@ pub struct DiskConfig {
     /// Export name (default `VM-DISK`): the socket is `RUN_DIR/EXPORT.sock`.
     pub export: Option<String>,
     pub keys: Vec<KeySourceConfig>,
+}
+
+/// What a disk's image is.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Luks,
+    Qcow2,
 }
 
 /// One key source as written in the file.
@@ -288,6 +302,7 @@ pub struct Disk {
     pub name: String,
     pub export: String,
     pub image: PathBuf,
+    pub format: DiskFormat,
     pub header: Option<PathBuf>,
     pub read_only: bool,
     pub keys: Vec<KeySource>,
@@ -418,10 +433,16 @@ fn check_disk(vm: &str, d: &DiskConfig) -> Result<Disk> {
         .iter()
         .map(KeySourceConfig::check)
         .collect::<Result<_>>()?;
+    ensure!(
+        d.header.is_none() || d.format == DiskFormat::Luks,
+        Usage,
+        "a detached header belongs to a luks disk"
+    );
     Ok(Disk {
         name: d.name.clone(),
         export,
         image: d.image.clone(),
+        format: d.format,
         header: d.header.clone(),
         read_only: d.read_only,
         keys,

@@ -4,7 +4,7 @@
 //! `RUN_DIR/NAME.sock`. The daemon holds the lock on `NAME.state` for its life, so an
 //! agent that restarts finds its exports by that lock ([`Exporter::status`]) and
 //! adopts them; closing one is `luks close` (SIGTERM, wait for the lock).
-use crate::config::Disk;
+use crate::config::{Disk, DiskFormat};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -19,8 +19,9 @@ pub struct ExportInfo {
     pub name: String,
     pub socket: String,
     pub pid: u32,
-    /// The key slot that opened it.
-    pub slot: u32,
+    /// The key slot that opened it (LUKS disks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 /// How disks are exported (a trait so the agent's decisions can be tested in-process).
@@ -52,14 +53,21 @@ impl LuksDaemons {
     }
 
     fn args(&self, disk: &Disk) -> Vec<String> {
+        let image = match disk.format {
+            DiskFormat::Luks => absolute(&disk.image),
+            DiskFormat::Qcow2 => qcow2_spec(&disk.image),
+        };
         let mut v = vec![
             "luks".to_string(),
             "open-daemon".into(),
-            absolute(&disk.image),
+            image,
             disk.export.clone(),
             "--run-dir".into(),
             absolute(self.dir.path()),
         ];
+        if disk.format != DiskFormat::Luks {
+            v.push("--image-opts".into());
+        }
         if let Some(h) = &disk.header {
             v.extend(["--header".into(), absolute(h)]);
         }
@@ -118,7 +126,11 @@ impl Exporter for LuksDaemons {
                 name: a.name.clone(),
                 socket: a.socket.clone(),
                 pid: a.pid,
-                slot: a.device.key_slot,
+                slot: a
+                    .device
+                    .luks_type
+                    .starts_with("LUKS")
+                    .then_some(a.device.key_slot),
             }),
             Status::Starting | Status::Inactive { .. } => None,
         })
@@ -143,6 +155,17 @@ fn kind_of_exit(code: Option<i32>) -> ErrorKind {
         Some(5) => ErrorKind::Busy,
         _ => ErrorKind::Internal,
     }
+}
+
+/// The daemon's `--image-opts` spec of an encrypted qcow2 image: its key is the secret
+/// `key`, which the daemon defines from the key on its stdin.
+fn qcow2_spec(image: &std::path::Path) -> String {
+    let spec = serde_json::json!({
+        "driver": "qcow2",
+        "encrypt": { "key-secret": "key" },
+        "file": { "driver": "file", "filename": absolute(image) },
+    });
+    format!("json:{spec}")
 }
 
 fn absolute(p: &std::path::Path) -> String {

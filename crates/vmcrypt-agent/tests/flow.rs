@@ -57,7 +57,7 @@ impl Exporter for InProcess {
                 name: disk.export.clone(),
                 socket: format!("{}.sock", disk.export),
                 pid: std::process::id(),
-                slot: *slot,
+                slot: Some(*slot),
             }))
     }
     fn close(&mut self, disk: &Disk) -> Result<()> {

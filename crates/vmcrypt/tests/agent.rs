@@ -50,6 +50,7 @@ impl World {
         w.cs_luks2_4k("alpha.img", KEY_ALPHA);
         w.cs_luks2_4k("beta.img", KEY_BETA);
         w.cs_luks2_4k("gamma.img", KEY_GAMMA);
+        w.qemu_qcow2_luks("eps.img", KEY_BETA);
         w.store_secret();
         w.sc.write("agent.toml", w.config().as_bytes());
         w
@@ -73,6 +74,23 @@ impl World {
         cryptsetup(&["luksDump", &dev])
             .ok()
             .stdout_has("4096 [bytes]");
+    }
+
+    /// An 8 MiB qcow2 image with LUKS encryption made by qemu-img, 64 KiB of 0x3c at 0.
+    fn qemu_qcow2_luks(&self, name: &str, key: &[u8]) {
+        let img = self.p(name);
+        let kf = self.sc.write("qcow2.key", key);
+        let obj = format!("secret,id=s0,file={kf}");
+        #[rustfmt::skip]
+        qemu_img(&[
+            "create", "-q", "-f", "qcow2", "--object", &obj,
+            "-o", "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", &img, "8M",
+        ])
+        .ok();
+        let opts = format!("driver=qcow2,encrypt.key-secret=s0,file.filename={img}");
+        #[rustfmt::skip]
+        qemu_io(&["--object", &obj, "--image-opts", &opts, "-c", "write -P 0x3c 0 64k"]).ok();
+        std::fs::remove_file(kf).unwrap();
     }
 
     /// Beta's key as a stored secret (volume usage = its image).
@@ -134,6 +152,13 @@ impl World {
             "lock",
             "{ file = \"gamma.key\", label = \"VMKEYS\" }",
         );
+        // eps: a qcow2+LUKS image (qemu-made) whose key is the same stored secret.
+        c += &self.vm_toml(
+            "eps",
+            "keep",
+            &format!("{{ store_uuid = \"{STORE_UUID}\" }}"),
+        );
+        c += "format = \"qcow2\"\n";
         c
     }
 
@@ -276,6 +301,7 @@ impl Drop for World {
             "beta-root",
             "gamma-root",
             "delta-root",
+            "eps-root",
             "prep",
         ] {
             let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run")]);
@@ -309,6 +335,15 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
         format!("store uuid {STORE_UUID}")
     );
     assert_eq!(w.events("beta"), "start\n");
+    // Eps, a qcow2 image with LUKS encryption made by qemu-img, is served decrypted.
+    let eps = w.wait_state("eps", "running");
+    assert!(eps["disks"][0]["serving"]["slot"].is_null(), "{eps:#}");
+    let eps_sock = w.socket("eps-root");
+    let uri = format!("nbd+unix:///?socket={eps_sock}");
+    let info = tool("nbdinfo", &["--json", &uri]).ok().json();
+    assert_eq!(info["exports"][0]["export-size"], 8 * MIB);
+    qemu_io_nbd(&eps_sock, "read -P 0x3c 0 64k").ok();
+    qemu_io_nbd(&eps_sock, "read -P 0 64k 64k").ok();
     // Alpha and gamma wait for their medium.
     assert_eq!(w.vm("alpha")["state"], "stopped");
     assert_eq!(w.events("alpha"), "");
