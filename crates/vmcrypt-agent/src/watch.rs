@@ -11,20 +11,22 @@ use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-/// Start the watching thread.
+/// Start watching: the watches are in place when this returns (so nothing that happens
+/// after it is missed), the thread reports from then on.
 pub fn spawn(dirs: Vec<PathBuf>, tx: Sender<Event>) {
-    std::thread::spawn(move || watch(&dirs, &tx));
-}
-
-fn watch(dirs: &[PathBuf], tx: &Sender<Event>) {
     let Ok(ino) = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK) else {
         return;
     };
-    let mountinfo = std::fs::File::open("/proc/self/mountinfo").ok();
     let mut watched = vec![false; dirs.len()];
+    add_missing(&ino, &dirs, &mut watched);
+    std::thread::spawn(move || watch(&ino, &dirs, &mut watched, &tx));
+}
+
+fn watch(ino: &OwnedFd, dirs: &[PathBuf], watched: &mut [bool], tx: &Sender<Event>) {
+    let mountinfo = std::fs::File::open("/proc/self/mountinfo").ok();
     loop {
-        add_missing(&ino, dirs, &mut watched);
-        let mut fds = vec![PollFd::new(&ino, PollFlags::IN)];
+        add_missing(ino, dirs, watched);
+        let mut fds = vec![PollFd::new(ino, PollFlags::IN)];
         if let Some(m) = &mountinfo {
             fds.push(PollFd::new(m, PollFlags::PRI));
         }
@@ -40,7 +42,7 @@ fn watch(dirs: &[PathBuf], tx: &Sender<Event>) {
         }
         // A burst (mkdir then mount) becomes one rescan.
         std::thread::sleep(Duration::from_millis(150));
-        drain(&ino, &mut watched);
+        drain(ino, watched);
         if tx.send(Event::Rescan).is_err() {
             return;
         }
