@@ -148,7 +148,8 @@ impl Agent {
     /// `unlock VM`: open its disks (prompting if a source asks) and start it.
     pub fn unlock(&mut self, name: &str) -> Result<VmStatus> {
         let vm = self.vm(name)?;
-        self.media = self.scan();
+        // Media that came or went meanwhile are acted on first.
+        self.rescan();
         self.unlock_vm(&vm, true);
         let st = self.vm_status(&vm);
         match st.state {
@@ -186,7 +187,9 @@ impl Agent {
         for n in &new {
             self.adopt(n);
         }
-        self.media = self.scan();
+        // The new VMs' media count as arrivals; the others are autostarted if they did
+        // not just fail.
+        self.rescan();
         self.autostart(&new);
     }
 
@@ -246,7 +249,12 @@ impl Agent {
     fn autostart(&mut self, names: &[String]) {
         for n in names {
             let Ok(vm) = self.vm(n) else { continue };
-            if vm.autostart && self.state(n) != VmState::Running && self.keys_available(&vm) {
+            let failed = self.records.get(n).is_some_and(|r| r.reason.is_some());
+            if vm.autostart
+                && !failed
+                && self.state(n) != VmState::Running
+                && self.keys_available(&vm)
+            {
                 self.unlock_vm(&vm, false);
             }
         }
