@@ -46,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::secret::SecretCommand,
     },
+    /// The unlock agent: opens and exports VM disks when their keys appear, starts the VMs
+    Agent {
+        #[command(subcommand)]
+        command: cmd::agent::AgentCommand,
+    },
     /// Serve images over NBD (like qemu-nbd)
     Serve(cmd::serve::Args),
     /// libvirt glue: print domain XML for an export of `vmcrypt serve`

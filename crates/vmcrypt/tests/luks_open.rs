@@ -95,19 +95,7 @@ impl Setup {
 
     /// Processes whose command line names this test's run directory.
     fn daemons(&self) -> Vec<String> {
-        let run = self.run_dir();
-        let mut found = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let pid = e.file_name().to_string_lossy().into_owned();
-            if !pid.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains(&run) {
-                found.push(pid);
-            }
-        }
-        found
+        processes_mentioning(&self.run_dir())
     }
 }
 

@@ -8,6 +8,7 @@ use crate::secrets::{SecretStore, StoredSecrets};
 pub use crate::spec::ImageArg;
 use std::cell::OnceCell;
 use std::sync::Arc;
+use vmcrypt_crypto::SecretBytes;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::Result;
 
@@ -66,6 +67,20 @@ impl Env {
     pub fn with_stored(mut self, loader: Arc<dyn StoredSecrets>) -> Env {
         self.stored = Some(loader);
         self
+    }
+
+    /// Add the secret `id` with `value` (a key handed over a pipe, never an `--object`
+    /// string); the `--object` definitions are parsed now.
+    pub fn with_secret(self, id: &str, value: SecretBytes) -> Result<Env> {
+        let mut store = SecretStore::with_stored(self.stored.clone());
+        for o in &self.objects {
+            store.add_object(o)?;
+        }
+        store.insert(id, value)?;
+        Ok(Env {
+            secrets: OnceCell::from(store),
+            ..self
+        })
     }
 
     /// The secrets, parsed on first use.

@@ -2,6 +2,7 @@
 //! `#[derive(clap::Args)]` struct named `Args`) and a `run` that turns them into a job
 //! request, calls the job in `vmcrypt_block::jobs` (or the luks/glue code) and prints
 //! the report. `common` holds what several commands share and imports no command.
+pub mod agent;
 pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod commit;
@@ -40,5 +41,6 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Libvirt { command } => libvirt::run(&command),
         Command::QemuArgs(args) => qemu_args::run(&args),
         Command::Secret { command } => secret::run(command),
+        Command::Agent { command } => agent::run(command),
     }
 }

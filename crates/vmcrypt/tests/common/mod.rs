@@ -40,6 +40,7 @@ fn package_of(tool: &str) -> &'static str {
         "nbdinfo" => "libnbd-bin",
         "cryptsetup" => "cryptsetup-bin",
         "openssl" => "openssl",
+        "virsh" => "libvirt-clients",
         _ => "the package providing it",
     }
 }
@@ -400,3 +401,19 @@ mod keyring;
 mod luks;
 #[allow(unused_imports)] // not every test binary uses these
 pub use {keyring::Keyring, luks::*};
+
+/// The pids of the processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}

@@ -9,9 +9,11 @@ use crate::cmd::serve::shutdown_signal;
 use crate::passphrase::read_key_file;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use vmcrypt_block::jobs::NoEvents;
+use vmcrypt_block::jobs::image_arg::{Access, Env, ImageArg};
 use vmcrypt_block::jobs::luks::Target;
 use vmcrypt_block::jobs::luks::active::{self, ActiveInfo, Claim, RunDir};
-use vmcrypt_block::jobs::luks::open::{OpenRequest, open};
+use vmcrypt_block::jobs::luks::open::{DeviceInfo, OpenRequest, Opened, open};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::{Error, ErrorKind, Result};
 use vmcrypt_nbd::server::Listener;
@@ -30,6 +32,10 @@ pub struct Args {
     key_slot: Option<u32>,
     #[arg(long = "readonly")]
     readonly: bool,
+    /// DEVICE is an image spec (keyval or `json:`) whose key is the secret `key`: any
+    /// image the other commands open (e.g. qcow2 with LUKS encryption), for the agent.
+    #[arg(long = "image-opts")]
+    image_opts: bool,
     #[command(flatten)]
     limits: LimitOpts,
 }
@@ -89,19 +95,27 @@ pub fn run(a: &Args) -> Result<u8> {
     result.map(|()| 0)
 }
 
+/// The secret id the key has in an `--image-opts` spec.
+pub const IMAGE_KEY_ID: &str = "key";
+
 fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()> {
-    let req = OpenRequest {
-        target: Target {
-            device: a.device.clone(),
-            header: a.header.clone(),
-            limits: a.limits.limits(),
-        },
-        read_only: a.readonly,
-        key_slot: a.key_slot,
-    };
-    let opened = {
-        let pass = read_key_file("-")?;
-        open(&req, pass.as_bytes())?
+    // The passphrase lives only while the device is opened.
+    let pass = read_key_file("-")?;
+    let opened = if a.image_opts {
+        open_image(a, pass)?
+    } else {
+        let req = OpenRequest {
+            target: Target {
+                device: a.device.clone(),
+                header: a.header.clone(),
+                limits: a.limits.limits(),
+            },
+            read_only: a.readonly,
+            key_slot: a.key_slot,
+        };
+        let opened = open(&req, pass.as_bytes())?;
+        drop(pass);
+        opened
     };
     init_logging(claim.log_file()?);
     let info = opened.info;
@@ -133,6 +147,33 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
         tracing::info!(name = %a.name, socket = %sock.display(), "serving");
         server.serve(listener, shutdown_signal()).await
     })
+}
+
+/// Open the image spec `a.device` with the key as secret [`IMAGE_KEY_ID`]; its status
+/// names the format and size (no key slot: the graph does not report one).
+fn open_image(a: &Args, pass: SecretBytes) -> Result<Opened> {
+    let env = Env::new(Vec::new(), a.limits.limits()).with_secret(IMAGE_KEY_ID, pass)?;
+    let arg = ImageArg {
+        name: a.device.clone(),
+        format: None,
+        // A `json:` spec is a filename to the image argument, keyval strings are options.
+        image_opts: !a.device.starts_with("json:"),
+        force_share: false,
+    };
+    let access = Access {
+        read_only: a.readonly,
+        metadata_only: false,
+    };
+    let node = arg.open(&env, access, &mut NoEvents)?;
+    let info = DeviceInfo {
+        luks_type: node.driver_name().to_string(),
+        device: a.device.clone(),
+        sector_size: 512,
+        size_sectors: node.size() / 512,
+        read_only: a.readonly,
+        ..DeviceInfo::default()
+    };
+    Ok(Opened { node, info })
 }
 
 /// Where the volume key lives, for `status`.

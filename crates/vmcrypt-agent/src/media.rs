@@ -1,0 +1,199 @@
+//! Key media: removable filesystems named by filesystem label or UUID, found in two
+//! ways. A watched directory (`/run/media/root`, `/media`) holds one subdirectory per
+//! mounted medium, named by its label or UUID; and a mounted filesystem whose device is
+//! `/dev/disk/by-label/LABEL` or `/dev/disk/by-uuid/UUID` is that medium wherever it is
+//! mounted. [`scan`] returns the media present now; the agent compares scans to see
+//! arrivals and removals (the [`crate::watch`] thread tells it when to look).
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A medium's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MediumId {
+    Label(String),
+    Uuid(String),
+}
+
+impl fmt::Display for MediumId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MediumId::Label(l) => write!(f, "label {l}"),
+            MediumId::Uuid(u) => write!(f, "fs-uuid {u}"),
+        }
+    }
+}
+
+impl MediumId {
+    /// Whether a directory or device link called `name` names this medium (UUIDs
+    /// compare without case: blkid prints FAT serials upper case, others lower).
+    pub fn matches(&self, name: &str) -> bool {
+        match self {
+            MediumId::Label(l) => l == name,
+            MediumId::Uuid(u) => u.eq_ignore_ascii_case(name),
+        }
+    }
+}
+
+/// Where media are looked for.
+#[derive(Clone, Debug, Default)]
+pub struct MediaSources {
+    pub watch: Vec<PathBuf>,
+    pub require_mount: bool,
+    pub mounts: bool,
+}
+
+/// The media present, each with the directory its files are under.
+pub type Present = BTreeMap<MediumId, PathBuf>;
+
+/// Look for `wanted` media now.
+pub fn scan(src: &MediaSources, wanted: &[MediumId]) -> Present {
+    let mut found = Present::new();
+    for dir in &src.watch {
+        for id in wanted {
+            if found.contains_key(id) {
+                continue;
+            }
+            if let Some(p) = in_watch_dir(dir, id, src.require_mount) {
+                found.insert(id.clone(), p);
+            }
+        }
+    }
+    if src.mounts {
+        let mounts = read_mounts();
+        for id in wanted {
+            if found.contains_key(id) {
+                continue;
+            }
+            if let Some(p) = mounted_device(id, &mounts) {
+                found.insert(id.clone(), p);
+            }
+        }
+    }
+    found
+}
+
+/// `dir/NAME` for a name of `id`: a real directory (not a symlink), and a mount point
+/// when `require_mount`.
+fn in_watch_dir(dir: &Path, id: &MediumId, require_mount: bool) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !id.matches(name) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = path.symlink_metadata() else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        if require_mount && !is_mount_point(&path, &meta) {
+            continue;
+        }
+        return Some(path);
+    }
+    None
+}
+
+/// A directory on another device than its parent is a mount point.
+fn is_mount_point(path: &Path, meta: &std::fs::Metadata) -> bool {
+    let parent = path.parent().and_then(|p| p.metadata().ok());
+    parent.is_some_and(|p| p.dev() != meta.dev())
+}
+
+/// (device, mount point) of every mounted filesystem.
+fn read_mounts() -> Vec<(String, PathBuf)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines().filter_map(parse_mountinfo_line).collect()
+}
+
+/// A mountinfo line: field 5 is the mount point, the first field after " - " plus one
+/// is the source.
+fn parse_mountinfo_line(line: &str) -> Option<(String, PathBuf)> {
+    let (left, right) = line.split_once(" - ")?;
+    let mount_point = left.split(' ').nth(4)?;
+    let source = right.split(' ').nth(1)?;
+    Some((unescape(source), PathBuf::from(unescape(mount_point))))
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mount point of the device udev links as `id`.
+fn mounted_device(id: &MediumId, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
+    let link = match id {
+        MediumId::Label(l) => PathBuf::from("/dev/disk/by-label").join(l),
+        MediumId::Uuid(u) => PathBuf::from("/dev/disk/by-uuid").join(u.to_lowercase()),
+    };
+    let dev = std::fs::canonicalize(&link).ok()?;
+    mounts
+        .iter()
+        .find(|(src, _)| Path::new(src) == dev)
+        .map(|(_, mp)| mp.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines() {
+        let l = r"36 35 98:0 / /run/media/root/MY\040KEYS rw,nosuid - vfat /dev/sdb1 rw";
+        assert_eq!(
+            parse_mountinfo_line(l),
+            Some(("/dev/sdb1".into(), PathBuf::from("/run/media/root/MY KEYS")))
+        );
+        assert_eq!(parse_mountinfo_line("garbage"), None);
+    }
+
+    #[test]
+    fn watch_dir_entries_by_label_and_uuid() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("KEYS")).unwrap();
+        std::fs::create_dir(t.path().join("1234-abcd")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("KEYS"), t.path().join("LINK")).unwrap();
+        std::fs::write(t.path().join("FILE"), b"").unwrap();
+        let src = MediaSources {
+            watch: vec![t.path().into()],
+            require_mount: false,
+            mounts: false,
+        };
+        let ids = [
+            MediumId::Label("KEYS".into()),
+            MediumId::Uuid("1234-ABCD".into()),
+            MediumId::Label("LINK".into()),
+            MediumId::Label("FILE".into()),
+            MediumId::Label("keys".into()),
+        ];
+        let found = scan(&src, &ids);
+        assert_eq!(found.keys().cloned().collect::<Vec<_>>(), ids[..2].to_vec());
+        // A plain directory is no mount point.
+        let strict = MediaSources {
+            require_mount: true,
+            ..src
+        };
+        assert!(scan(&strict, &ids).is_empty());
+    }
+}
