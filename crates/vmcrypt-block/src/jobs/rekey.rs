@@ -1,0 +1,128 @@
+//! `vmcrypt rekey`: a new volume key for a qcow2+LUKS image, in place and crash-safe
+//! (the mechanics are in [`crate::drivers::qcow2::Qcow2Driver::rekey`]).
+//!
+//! The image is named as every command names it, its current key in its options
+//! (`--image-opts driver=qcow2,file.filename=F,encrypt.key-secret=OLD`). The new LUKS
+//! header is described like a new image's: `-o encrypt.key-secret=NEW` (required) and,
+//! optionally, `encrypt.iter-time`, `encrypt.hash-alg` and the cipher options; cipher,
+//! IV generator, hash and UUID default to the current header's, the KDF cost to a new
+//! calibration.
+use super::image_arg::Access;
+use super::options::merge_options;
+use super::{Env, Events, ImageArg};
+use crate::drivers::luks::Luks1Volume;
+use crate::drivers::qcow2::RekeyStats;
+use crate::graph::open_qcow2_layer;
+use crate::opts::opt_str;
+use crate::spec::NodeSpec;
+use serde_json::{Map, Value};
+use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_format::luks1::Layout;
+
+/// What `vmcrypt rekey` was asked for.
+#[derive(Clone, Debug, Default)]
+pub struct RekeyRequest {
+    /// The image, with its current key.
+    pub image: ImageArg,
+    /// Every `-o` argument: the new header's options (`encrypt.key-secret=ID`, ...).
+    pub options: Vec<String>,
+}
+
+/// Options of the new header that `rekey` accepts (under `encrypt.`).
+const NEW_HEADER_OPTIONS: &[&str] = &[
+    "key-secret",
+    "cipher-alg",
+    "cipher-mode",
+    "ivgen-alg",
+    "ivgen-hash-alg",
+    "hash-alg",
+    "iter-time",
+    "iterations",
+    "uuid",
+];
+
+/// Re-key the image `req` names; progress (data clusters) goes to `events`.
+pub fn run(req: &RekeyRequest, env: &Env, events: &mut dyn Events) -> Result<RekeyStats> {
+    ensure!(
+        !req.image.force_share,
+        Usage,
+        "rekey rewrites the image: -U (force-share) is not possible"
+    );
+    let new = new_header_options(&req.options)?;
+    let spec = req.image.to_spec()?;
+    let q = match &spec {
+        NodeSpec::Qcow2(q) => q,
+        NodeSpec::Luks(_) => bail!(
+            Unsupported,
+            "rekey handles qcow2+LUKS images; a LUKS image gets a new volume key with 'vmcrypt luks reencrypt'"
+        ),
+        _ => bail!(
+            Usage,
+            "rekey needs a qcow2 image with its current key: --image-opts driver=qcow2,file.filename=FILE,encrypt.key-secret=ID"
+        ),
+    };
+    ensure!(
+        q.encrypt.key_secret.is_some(),
+        Usage,
+        "rekey needs the current key: encrypt.key-secret=ID in the image's options (--image-opts)"
+    );
+    let id = opt_str(&new, "key-secret")?.expect("checked");
+    let pass = env.secrets()?.get(&id)?;
+    let img = open_qcow2_layer(q, &env.ctx(Access::WRITE)?).ctx("image")?;
+    let Some(old) = img.luks_volume() else {
+        bail!(
+            Unsupported,
+            "the image is not encrypted with LUKS (encrypt.format=luks): nothing to re-key"
+        );
+    };
+    let params = new_params(old, &new)?;
+    img.rekey(&params, pass.as_bytes(), &mut |d, t| events.progress(d, t))
+}
+
+/// The `encrypt.*` map of the `-o` arguments, checked.
+fn new_header_options(options: &[String]) -> Result<Map<String, Value>> {
+    let mut all = merge_options(options)?;
+    let enc = match all.remove("encrypt") {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    if let Some(k) = all.keys().next() {
+        bail!(
+            Usage,
+            "rekey takes only the new header's options (-o encrypt.key-secret=ID,...), not '{k}'"
+        );
+    }
+    for k in enc.keys() {
+        ensure!(
+            NEW_HEADER_OPTIONS.contains(&k.as_str()),
+            Usage,
+            "invalid option 'encrypt.{k}' for rekey (supported: {})",
+            NEW_HEADER_OPTIONS.join(", ")
+        );
+    }
+    ensure!(
+        enc.contains_key("key-secret"),
+        Usage,
+        "name the new passphrase with -o encrypt.key-secret=ID (and --object secret,id=ID,file=PATH)"
+    );
+    Ok(enc)
+}
+
+/// The new header's parameters: what `new` names, the rest from the current header.
+fn new_params(old: &Luks1Volume, new: &Map<String, Value>) -> Result<crate::drivers::luks::CreateParams> {
+    let mut p = super::create::luks_params(new)?;
+    let cipher_named = ["cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg"]
+        .iter()
+        .any(|k| new.contains_key(*k));
+    if !cipher_named {
+        p.spec = old.spec().clone();
+    }
+    if !new.contains_key("hash-alg") {
+        p.keyslot.hash = old.hash();
+    }
+    if p.uuid.is_none() {
+        p.uuid = Some(old.header().uuid.clone());
+    }
+    p.layout = Layout::Qemu;
+    Ok(p)
+}
