@@ -58,9 +58,16 @@ fn make_chain(k: &Keyring) -> String {
         ],
     ))
     .ok();
-    let chain = format!("{},backing.encrypt.key-secret=base", q(k, "src.qcow2", "src"));
+    let chain = format!(
+        "{},backing.encrypt.key-secret=base",
+        q(k, "src.qcow2", "src")
+    );
     k.qemu_io(
-        &["write -P 0x62 1M 2M", "write -z 5M 1M", "write -P 0x63 7000000 100000"],
+        &[
+            "write -P 0x62 1M 2M",
+            "write -z 5M 1M",
+            "write -P 0x63 7000000 100000",
+        ],
         &chain,
     );
     chain
@@ -120,19 +127,36 @@ fn full_clone_of_an_encrypted_chain_has_a_new_key_and_the_same_data() {
     let chain = make_chain(&k);
     vmcrypt(&k.with_objects(
         &["clone", "--image-opts"],
-        &[&chain, &k.sc.p("dst.qcow2"), "-o", "encrypt.key-secret=dst,encrypt.iter-time=10"],
+        &[
+            &chain,
+            &k.sc.p("dst.qcow2"),
+            "-o",
+            "encrypt.key-secret=dst,encrypt.iter-time=10",
+        ],
     ))
     .ok();
     let dst = q(&k, "dst.qcow2", "dst");
-    compare(&k, &chain, &dst).ok().stdout_has("Images are identical.");
+    compare(&k, &chain, &dst)
+        .ok()
+        .stdout_has("Images are identical.");
     k.qemu_io(
-        &["read -P 0x61 0 1M", "read -P 0x62 1M 2M", "read -P 0 5M 1M", "read -P 0x63 7000000 100000"],
+        &[
+            "read -P 0x61 0 1M",
+            "read -P 0x62 1M 2M",
+            "read -P 0 5M 1M",
+            "read -P 0x63 7000000 100000",
+        ],
         &dst,
     );
     k.check_clean(&dst);
-    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")]).ok().json();
+    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")])
+        .ok()
+        .json();
     assert_eq!(info["format"], "qcow2");
-    assert!(info.get("backing-filename").is_none(), "a full clone is flat: {info}");
+    assert!(
+        info.get("backing-filename").is_none(),
+        "a full clone is flat: {info}"
+    );
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
     let (kd, ks, kb) = (
         qcow2_key(&k, "dst.qcow2", "dst"),
@@ -180,20 +204,33 @@ fn full_clone_of_a_qemu_luks1_image_inherits_the_cipher() {
     k.qemu_io(&["write -P 0x71 0 3M", "write -P 0x72 6M 1M"], &sopts);
     vmcrypt(&k.with_objects(
         &["clone", "--image-opts"],
-        &[&sopts, &k.sc.p("dst.luks"), "-o", "key-secret=dst,iter-time=10"],
+        &[
+            &sopts,
+            &k.sc.p("dst.luks"),
+            "-o",
+            "key-secret=dst,iter-time=10",
+        ],
     ))
     .ok();
     let dopts = format!(
         "driver=luks,file.filename={},key-secret=dst",
         k.sc.p("dst.luks")
     );
-    compare(&k, &sopts, &dopts).ok().stdout_has("Images are identical.");
+    compare(&k, &sopts, &dopts)
+        .ok()
+        .stdout_has("Images are identical.");
     k.qemu_io(&["read -P 0x71 0 3M", "read -P 0x72 6M 1M"], &dopts);
-    let dump = cryptsetup(&["luksDump", &k.sc.p("dst.luks")]).ok().stdout_str();
+    let dump = cryptsetup(&["luksDump", &k.sc.p("dst.luks")])
+        .ok()
+        .stdout_str();
     assert_eq!(dump_field(&dump, "Version"), "1");
     assert_eq!(dump_field(&dump, "Cipher mode"), "xts-plain64");
     assert_eq!(dump_field(&dump, "Hash spec"), "sha512");
-    assert_eq!(dump_field(&dump, "MK bits"), "256", "aes-128 in XTS: 256 key bits");
+    assert_eq!(
+        dump_field(&dump, "MK bits"),
+        "256",
+        "aes-128 in XTS: 256 key bits"
+    );
     assert_ne!(
         dump_key(&k, &src, "src"),
         dump_key(&k, &k.sc.p("dst.luks"), "dst"),
@@ -207,7 +244,12 @@ fn linked_clone_has_its_own_key_and_flattens_under_it() {
     let src = k.sc.p("src.qcow2");
     qemu_img(&k.with_objects(
         &["create", "-q", "-f", "qcow2"],
-        &["-o", "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10", &src, SIZE],
+        &[
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10",
+            &src,
+            SIZE,
+        ],
     ))
     .ok();
     let sopts = q(&k, "src.qcow2", "src");
@@ -215,27 +257,62 @@ fn linked_clone_has_its_own_key_and_flattens_under_it() {
     let golden = k.sc.read("src.qcow2");
     vmcrypt(&k.with_objects(
         &["clone", "--linked", "--image-opts"],
-        &[&sopts, &k.sc.p("dst.qcow2"), "-o", "encrypt.key-secret=dst,encrypt.iter-time=10"],
+        &[
+            &sopts,
+            &k.sc.p("dst.qcow2"),
+            "-o",
+            "encrypt.key-secret=dst,encrypt.iter-time=10",
+        ],
     ))
     .ok();
-    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")]).ok().json();
+    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")])
+        .ok()
+        .json();
     assert_eq!(info["backing-filename"], src.as_str());
     assert_eq!(info["backing-filename-format"], "qcow2");
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
-    let chain = format!("{},backing.encrypt.key-secret=src", q(&k, "dst.qcow2", "dst"));
-    k.qemu_io(&["write -P 0x82 2M 1M", "read -P 0x81 0 2M", "read -P 0x82 2M 1M"], &chain);
-    assert!(k.sc.read("src.qcow2") == golden, "writing the clone changed its source");
-    assert_ne!(qcow2_key(&k, "dst.qcow2", "dst"), qcow2_key(&k, "src.qcow2", "src"));
+    let chain = format!(
+        "{},backing.encrypt.key-secret=src",
+        q(&k, "dst.qcow2", "dst")
+    );
+    k.qemu_io(
+        &[
+            "write -P 0x82 2M 1M",
+            "read -P 0x81 0 2M",
+            "read -P 0x82 2M 1M",
+        ],
+        &chain,
+    );
+    assert!(
+        k.sc.read("src.qcow2") == golden,
+        "writing the clone changed its source"
+    );
+    assert_ne!(
+        qcow2_key(&k, "dst.qcow2", "dst"),
+        qcow2_key(&k, "src.qcow2", "src")
+    );
     let before = k.read(&chain, "before.raw");
 
     vmcrypt(&k.with_objects(&["clone", "--flatten", "--image-opts"], &[&chain])).ok();
-    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")]).ok().json();
-    assert!(info.get("backing-filename").is_none(), "still backed: {info}");
+    let info = qemu_img(&["info", "--output=json", &k.sc.p("dst.qcow2")])
+        .ok()
+        .json();
+    assert!(
+        info.get("backing-filename").is_none(),
+        "still backed: {info}"
+    );
     std::fs::remove_file(&src).unwrap();
     let dst = q(&k, "dst.qcow2", "dst");
     k.check_clean(&dst);
     assert_same_bytes("flattened clone", &k.read(&dst, "after.raw"), &before);
-    k.qemu_io(&["read -P 0x81 0 2M", "read -P 0x82 2M 1M", "read -P 0x81 3M 5M"], &dst);
+    k.qemu_io(
+        &[
+            "read -P 0x81 0 2M",
+            "read -P 0x82 2M 1M",
+            "read -P 0x81 3M 5M",
+        ],
+        &dst,
+    );
 }
 
 #[test]
@@ -246,7 +323,15 @@ fn refusals_create_nothing() {
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["--image-opts", &chain, "out"], "encrypt.key-secret=ID"),
         (
-            vec!["--image-opts", &chain, "out", "-O", "raw", "-o", "key-secret=dst"],
+            vec![
+                "--image-opts",
+                &chain,
+                "out",
+                "-O",
+                "raw",
+                "-o",
+                "key-secret=dst",
+            ],
             "-O raw cannot hold one",
         ),
         (
@@ -254,7 +339,16 @@ fn refusals_create_nothing() {
             "-o key-secret=ID",
         ),
         (
-            vec!["--linked", "--image-opts", &chain, "out", "-O", "luks", "-o", "key-secret=dst"],
+            vec![
+                "--linked",
+                "--image-opts",
+                &chain,
+                "out",
+                "-O",
+                "luks",
+                "-o",
+                "key-secret=dst",
+            ],
             "linked clone is a qcow2 overlay",
         ),
         (
@@ -262,7 +356,13 @@ fn refusals_create_nothing() {
             "not encrypted",
         ),
         (
-            vec!["--image-opts", &chain, "out", "-o", "encrypt.key-secret=dst,encrypt.format=aes"],
+            vec![
+                "--image-opts",
+                &chain,
+                "out",
+                "-o",
+                "encrypt.key-secret=dst,encrypt.format=aes",
+            ],
             "encrypt.format=aes is not possible",
         ),
     ];

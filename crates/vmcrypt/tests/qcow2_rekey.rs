@@ -211,7 +211,11 @@ fn rekey_v3_512_byte_clusters() {
     rekey_case(",cluster_size=512", false);
 }
 
-fn open_mem(file: Arc<dyn BlockDriver>, pass: &[u8], writable: bool) -> vmcrypt_error::Result<Qcow2Driver> {
+fn open_mem(
+    file: Arc<dyn BlockDriver>,
+    pass: &[u8],
+    writable: bool,
+) -> vmcrypt_error::Result<Qcow2Driver> {
     let opts = OpenOptions {
         passphrase: Some(pass),
         writable,
@@ -221,7 +225,7 @@ fn open_mem(file: Arc<dyn BlockDriver>, pass: &[u8], writable: bool) -> vmcrypt_
 }
 
 fn params(d: &Qcow2Driver) -> CreateParams {
-    let mut p = CreateParams::luks1(d.luks_volume().unwrap().spec().clone());
+    let mut p = CreateParams::luks1(*d.luks_volume().unwrap().spec());
     p.keyslot.iterations = Some(1000);
     p.layout = Layout::Qemu;
     p
@@ -260,7 +264,10 @@ fn interrupted_rekey_opens_with_one_key_and_reads_everything() {
             let new = open_mem(image, PASS2, false);
             let (d, key) = match (old, new) {
                 (Ok(d), Err(_)) => {
-                    assert!(switched_at.is_none(), "budget {budget} torn {torn}: the old key opens after the switch");
+                    assert!(
+                        switched_at.is_none(),
+                        "budget {budget} torn {torn}: the old key opens after the switch"
+                    );
                     (d, "old")
                 }
                 (Err(_), Ok(d)) => {
@@ -279,7 +286,9 @@ fn interrupted_rekey_opens_with_one_key_and_reads_everything() {
             let path = k.sc.write("crashed", &mem.snapshot());
             let out = qemu_img(&k.with_objects(
                 &["check", "--output=json", "--image-opts"],
-                &[&format!("driver=qcow2,file.filename={path},encrypt.key-secret={key}")],
+                &[&format!(
+                    "driver=qcow2,file.filename={path},encrypt.key-secret={key}"
+                )],
             ));
             let v = out.json();
             assert!(
@@ -310,23 +319,49 @@ fn refusals_leave_the_image_untouched() {
             "encrypt.key-secret=ID",
         ),
         (
-            &["--image-opts", &opts(&k, "img", "new"), "-o", "encrypt.key-secret=new"],
+            &[
+                "--image-opts",
+                &opts(&k, "img", "new"),
+                "-o",
+                "encrypt.key-secret=new",
+            ],
             "no key available with this passphrase",
         ),
         (
-            &["-f", "qcow2", &k.sc.p("img"), "-o", "encrypt.key-secret=new"],
+            &[
+                "-f",
+                "qcow2",
+                &k.sc.p("img"),
+                "-o",
+                "encrypt.key-secret=new",
+            ],
             "needs the current key",
         ),
         (
-            &["--image-opts", &opts(&k, "img", "old"), "-o", "encrypt.key-secret=new,cluster_size=512"],
+            &[
+                "--image-opts",
+                &opts(&k, "img", "old"),
+                "-o",
+                "encrypt.key-secret=new,cluster_size=512",
+            ],
             "not 'cluster_size'",
         ),
         (
-            &["--image-opts", &opts(&k, "img", "old"), "-o", "encrypt.key-secret=new,encrypt.slot=1"],
+            &[
+                "--image-opts",
+                &opts(&k, "img", "old"),
+                "-o",
+                "encrypt.key-secret=new,encrypt.slot=1",
+            ],
             "invalid option 'encrypt.slot'",
         ),
         (
-            &["--image-opts", &opts(&k, "img", "old"), "-o", "encrypt.key-secret=missing"],
+            &[
+                "--image-opts",
+                &opts(&k, "img", "old"),
+                "-o",
+                "encrypt.key-secret=missing",
+            ],
             "no secret with id 'missing'",
         ),
     ];

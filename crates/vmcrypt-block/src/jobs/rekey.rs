@@ -109,13 +109,16 @@ fn new_header_options(options: &[String]) -> Result<Map<String, Value>> {
 }
 
 /// The new header's parameters: what `new` names, the rest from the current header.
-fn new_params(old: &Luks1Volume, new: &Map<String, Value>) -> Result<crate::drivers::luks::CreateParams> {
+fn new_params(
+    old: &Luks1Volume,
+    new: &Map<String, Value>,
+) -> Result<crate::drivers::luks::CreateParams> {
     let mut p = super::create::luks_params(new)?;
     let cipher_named = ["cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg"]
         .iter()
         .any(|k| new.contains_key(*k));
     if !cipher_named {
-        p.spec = old.spec().clone();
+        p.spec = *old.spec();
     }
     if !new.contains_key("hash-alg") {
         p.keyslot.hash = old.hash();

@@ -134,7 +134,10 @@ impl Qcow2Driver {
         let old_fde = self.ext.fde.expect("a LUKS image has an FDE extension");
         let mut meta = self.meta.lock().expect("meta");
         let l1 = meta.l1.clone();
-        let mut refs = meta.refs.take().expect("writable images load their refcounts");
+        let mut refs = meta
+            .refs
+            .take()
+            .expect("writable images load their refcounts");
         drop(meta);
         let cs = self.header.cluster_size();
         let extended = self.header.has_extended_l2();
