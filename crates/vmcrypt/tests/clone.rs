@@ -1,9 +1,9 @@
 //! `vmcrypt clone` against the real QEMU tools and cryptsetup.
 //!
 //! * Full clone of a qcow2+LUKS overlay over a qcow2+LUKS base (each with its own key):
-//!   one flat qcow2 image under a new key; `qemu-img compare` with the right secrets
-//!   finds it identical to the chain, qemu-io reads the written patterns, `qemu-img
-//!   check` is clean, cryptsetup dumps a volume key different from both source layers',
+//!   one flat qcow2 image under a new key (with the source's cluster size); `qemu-img
+//!   compare` with the right secrets finds it identical to the chain, qemu-io reads the
+//!   written patterns, `qemu-img check` is clean, cryptsetup dumps a volume key different from both source layers',
 //!   and the source's LUKS header transplanted into the clone (so the source's
 //!   passphrase unlocks the source's volume key over the clone's data) reads garbage.
 //! * Full clone of a qemu-made LUKS1 image: LUKS1 again, the source's cipher and hash
@@ -50,7 +50,7 @@ fn make_chain(k: &Keyring) -> String {
         &["create", "-q", "-f", "qcow2"],
         &[
             "-o",
-            "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10,backing_fmt=qcow2",
+            "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10,backing_fmt=qcow2,cluster_size=32768",
             "-b",
             &k.sc.p("base.qcow2"),
             &k.sc.p("src.qcow2"),
@@ -71,50 +71,6 @@ fn make_chain(k: &Keyring) -> String {
         &chain,
     );
     chain
-}
-
-/// The embedded LUKS header region (offset, length) of a qcow2 file.
-fn fde_region(file: &[u8]) -> (usize, usize) {
-    let be32 = |p: usize| u32::from_be_bytes(file[p..p + 4].try_into().unwrap()) as usize;
-    let be64 = |p: usize| u64::from_be_bytes(file[p..p + 8].try_into().unwrap()) as usize;
-    let mut p = be32(100);
-    loop {
-        let (kind, len) = (be32(p), be32(p + 4));
-        assert_ne!(kind, 0, "no FDE header extension");
-        if kind == 0x0537_be77 {
-            return (be64(p + 8), be64(p + 16));
-        }
-        p += 8 + len.next_multiple_of(8);
-    }
-}
-
-/// cryptsetup's dump of the volume key of the LUKS header file `hdr`.
-fn dump_key(k: &Keyring, hdr: &str, keyfile: &str) -> String {
-    let text = cryptsetup(&[
-        "luksDump",
-        "--dump-volume-key",
-        "--batch-mode",
-        "--key-file",
-        &k.sc.p(keyfile),
-        hdr,
-    ])
-    .ok()
-    .stdout_str();
-    let start = text.find("MK dump:").expect("a volume key dump");
-    let key: String = text[start + 8..]
-        .split_whitespace()
-        .take_while(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .collect();
-    assert!(key.len() >= 32, "{text}");
-    key
-}
-
-/// The volume key of qcow2 image `name` (its embedded header copied out to a file).
-fn qcow2_key(k: &Keyring, name: &str, keyfile: &str) -> String {
-    let bytes = k.sc.read(name);
-    let (off, len) = fde_region(&bytes);
-    let hdr = k.sc.write(&format!("{name}.hdr"), &bytes[off..off + len]);
-    dump_key(k, &hdr, keyfile)
 }
 
 fn compare(k: &Keyring, a: &str, b: &str) -> Out {
@@ -158,10 +114,11 @@ fn full_clone_of_an_encrypted_chain_has_a_new_key_and_the_same_data() {
         "a full clone is flat: {info}"
     );
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
+    assert_eq!(info["cluster-size"], 32768, "the source's cluster size");
     let (kd, ks, kb) = (
-        qcow2_key(&k, "dst.qcow2", "dst"),
-        qcow2_key(&k, "src.qcow2", "src"),
-        qcow2_key(&k, "base.qcow2", "base"),
+        qcow2_volume_key(&k.sc, "dst.qcow2", "dst"),
+        qcow2_volume_key(&k.sc, "src.qcow2", "src"),
+        qcow2_volume_key(&k.sc, "base.qcow2", "base"),
     );
     assert!(kd != ks && kd != kb, "the clone shares a volume key");
 
@@ -169,7 +126,7 @@ fn full_clone_of_an_encrypted_chain_has_a_new_key_and_the_same_data() {
     // passphrase unlocks it, but what it decrypts is not the data.
     let mut forged = k.sc.read("dst.qcow2");
     let src = k.sc.read("src.qcow2");
-    let ((fo, fl), (so, sl)) = (fde_region(&forged), fde_region(&src));
+    let ((fo, fl), (so, sl)) = (qcow2_fde_region(&forged), qcow2_fde_region(&src));
     assert_eq!(fl, sl, "same LUKS parameters, same region size");
     forged[fo..fo + fl].copy_from_slice(&src[so..so + sl]);
     k.sc.write("forged", &forged);
@@ -232,8 +189,8 @@ fn full_clone_of_a_qemu_luks1_image_inherits_the_cipher() {
         "aes-128 in XTS: 256 key bits"
     );
     assert_ne!(
-        dump_key(&k, &src, "src"),
-        dump_key(&k, &k.sc.p("dst.luks"), "dst"),
+        dump_volume_key(&src, &k.sc.p("src")),
+        dump_volume_key(&k.sc.p("dst.luks"), &k.sc.p("dst")),
         "the clone shares the volume key"
     );
 }
@@ -288,8 +245,8 @@ fn linked_clone_has_its_own_key_and_flattens_under_it() {
         "writing the clone changed its source"
     );
     assert_ne!(
-        qcow2_key(&k, "dst.qcow2", "dst"),
-        qcow2_key(&k, "src.qcow2", "src")
+        qcow2_volume_key(&k.sc, "dst.qcow2", "dst"),
+        qcow2_volume_key(&k.sc, "src.qcow2", "src")
     );
     let before = k.read(&chain, "before.raw");
 

@@ -87,46 +87,6 @@ fn make_image(k: &Keyring, name: &str, extra: &str, backed: bool) {
     k.qemu_io(WRITES, &chain_opts(k, name, "old", backed));
 }
 
-/// The embedded LUKS header region (offset, length) from the FDE header extension.
-fn fde_region(file: &[u8]) -> (usize, usize) {
-    let be32 = |p: usize| u32::from_be_bytes(file[p..p + 4].try_into().unwrap()) as usize;
-    let be64 = |p: usize| u64::from_be_bytes(file[p..p + 8].try_into().unwrap()) as usize;
-    let mut p = be32(100);
-    loop {
-        let (kind, len) = (be32(p), be32(p + 4));
-        assert_ne!(kind, 0, "no FDE header extension");
-        if kind == 0x0537_be77 {
-            return (be64(p + 8), be64(p + 16));
-        }
-        p += 8 + len.next_multiple_of(8);
-    }
-}
-
-/// The volume key of the qcow2 image `name` as cryptsetup dumps it from the embedded
-/// header (copied out into a file), unlocked with the key file `keyfile`.
-fn volume_key(k: &Keyring, name: &str, keyfile: &str) -> String {
-    let bytes = k.sc.read(name);
-    let (off, len) = fde_region(&bytes);
-    let hdr = k.sc.write(&format!("{name}.hdr"), &bytes[off..off + len]);
-    let out = cryptsetup(&[
-        "luksDump",
-        "--dump-volume-key",
-        "--batch-mode",
-        "--key-file",
-        &k.sc.p(keyfile),
-        &hdr,
-    ])
-    .ok();
-    let text = out.stdout_str();
-    let start = text.find("MK dump:").expect("a volume key dump");
-    let key: String = text[start + 8..]
-        .split_whitespace()
-        .take_while(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
-        .collect();
-    assert_eq!(key.len(), 128, "{text}");
-    key
-}
-
 /// The host offset of guest cluster 0 (L1[0] -> L2[0]; the first word of an extended
 /// L2 entry too).
 fn host_of_guest_zero(file: &[u8]) -> usize {
@@ -147,9 +107,9 @@ fn rekey_case(extra: &str, backed: bool) {
     let k = keys();
     make_image(&k, "img", extra, backed);
     let before = k.read(&chain_opts(&k, "img", "old", backed), "before.raw");
-    let old_key = volume_key(&k, "img", "old");
+    let old_key = qcow2_volume_key(&k.sc, "img", "old");
     let old_file = k.sc.read("img");
-    let (off, _) = fde_region(&old_file);
+    let (off, _) = qcow2_fde_region(&old_file);
     let old_header = old_file[off..off + 592].to_vec();
     // The ciphertext of the first data cluster (guest 0: qemu-io wrote 0x41 there).
     let host = host_of_guest_zero(&old_file);
@@ -179,7 +139,7 @@ fn rekey_case(extra: &str, backed: bool) {
     ))
     .failed()
     .stderr_has("Invalid password");
-    let new_key = volume_key(&k, "img", "new");
+    let new_key = qcow2_volume_key(&k.sc, "img", "new");
     assert_ne!(old_key, new_key, "the volume key must change");
     let new_file = k.sc.read("img");
     assert!(

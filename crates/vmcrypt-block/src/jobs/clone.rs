@@ -4,8 +4,8 @@
 //!   flattened) into a new image whose LUKS header has a fresh random volume key, in one
 //!   pass through the convert pipeline (read and decrypt on one thread, encrypt and write
 //!   on another). The target has the source's format unless `-O` says otherwise, and the
-//!   source's cipher, mode, IV generator and hash (LUKS1 and qcow2 sources) unless `-o`
-//!   names them. The target's passphrase is named like qemu-img convert's:
+//!   source's cipher, mode, IV generator and hash (LUKS1 and qcow2 sources; a qcow2
+//!   source's cluster size and extended L2 too) unless `-o` names them. The target's passphrase is named like qemu-img convert's:
 //!   `-o encrypt.key-secret=ID` (qcow2, `encrypt.format=luks` is implied) or
 //!   `-o key-secret=ID` (luks).
 //! * **Linked clone** (`linked`): a qcow2 overlay whose backing file is the source (by
@@ -67,6 +67,7 @@ pub fn run(req: &CloneRequest, env: &Env, events: &mut dyn Events) -> Result<Clo
     let src = req.source.open(env, Access::READ, events).ctx("source")?;
     let format = target_format(req, src.as_ref())?;
     let mut opts = merge_options(&req.options)?;
+    inherit_layout(src.as_ref(), &format, &mut opts);
     let luks_opts = key_options(&format, &mut opts)?;
     inherit_cipher(src.as_ref(), &format, luks_opts);
     if req.linked {
@@ -166,6 +167,24 @@ fn key_options<'a>(
             Usage,
             "a clone is encrypted under a new key: -O {other} cannot hold one (use qcow2, luks or luks2)"
         ),
+    }
+}
+
+/// A qcow2 clone of a qcow2 image keeps its cluster size and extended L2 entries
+/// unless `-o` says otherwise.
+fn inherit_layout(src: &dyn BlockDriver, format: &str, opts: &mut Map<String, Value>) {
+    if format != "qcow2" || src.driver_name() != "qcow2" {
+        return;
+    }
+    let Some(i) = src.as_introspect() else { return };
+    if let Some(cs) = i.cluster_size() {
+        opts.entry("cluster_size").or_insert_with(|| cs.into());
+    }
+    let ext = i
+        .format_specific()
+        .and_then(|f| f.get("extended-l2").cloned());
+    if let Some(Value::Bool(true)) = ext {
+        opts.entry("extended_l2").or_insert(Value::Bool(true));
     }
 }
 

@@ -12,6 +12,7 @@ use super::options::merge_options;
 use super::{Env, Events, ImageArg};
 use crate::drivers::luks::Luks1Volume;
 use crate::drivers::qcow2::RekeyStats;
+use crate::drivers::qcow2::create::LUKS_KEYS;
 use crate::graph::open_qcow2_layer;
 use crate::opts::opt_str;
 use crate::spec::NodeSpec;
@@ -28,18 +29,9 @@ pub struct RekeyRequest {
     pub options: Vec<String>,
 }
 
-/// Options of the new header that `rekey` accepts (under `encrypt.`).
-const NEW_HEADER_OPTIONS: &[&str] = &[
-    "key-secret",
-    "cipher-alg",
-    "cipher-mode",
-    "ivgen-alg",
-    "ivgen-hash-alg",
-    "hash-alg",
-    "iter-time",
-    "iterations",
-    "uuid",
-];
+/// Options of the new header that `rekey` accepts (under `encrypt.`) besides those a
+/// new qcow2 image takes ([`LUKS_KEYS`]).
+const MORE_HEADER_OPTIONS: &[&str] = &["key-secret", "iterations", "uuid"];
 
 /// Re-key the image `req` names; progress (data clusters) goes to `events`.
 pub fn run(req: &RekeyRequest, env: &Env, events: &mut dyn Events) -> Result<RekeyStats> {
@@ -92,12 +84,17 @@ fn new_header_options(options: &[String]) -> Result<Map<String, Value>> {
             "rekey takes only the new header's options (-o encrypt.key-secret=ID,...), not '{k}'"
         );
     }
+    let known: Vec<&str> = MORE_HEADER_OPTIONS
+        .iter()
+        .chain(LUKS_KEYS)
+        .copied()
+        .collect();
     for k in enc.keys() {
         ensure!(
-            NEW_HEADER_OPTIONS.contains(&k.as_str()),
+            known.contains(&k.as_str()),
             Usage,
             "invalid option 'encrypt.{k}' for rekey (supported: {})",
-            NEW_HEADER_OPTIONS.join(", ")
+            known.join(", ")
         );
     }
     ensure!(

@@ -78,7 +78,7 @@ pub const QCOW2_OPTIONS: &[(&str, &str)] = &[
 ];
 
 /// The `encrypt.*` keys qemu-img's qcow2 driver knows (besides `format`/`key-secret`).
-const LUKS_KEYS: &[&str] = &[
+pub(crate) const LUKS_KEYS: &[&str] = &[
     "cipher-alg",
     "cipher-mode",
     "ivgen-alg",
