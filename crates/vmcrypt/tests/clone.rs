@@ -26,41 +26,23 @@ fn keys() -> Keyring {
     Keyring::new(&[("base", PASS3), ("src", PASS), ("dst", PASS2)])
 }
 
-fn q(k: &Keyring, name: &str, key: &str) -> String {
-    format!(
-        "driver=qcow2,file.filename={},encrypt.key-secret={key}",
-        k.sc.p(name)
-    )
-}
-
 /// A qcow2+LUKS overlay `src` (key `src`) over a qcow2+LUKS `base` (key `base`).
 fn make_chain(k: &Keyring) -> String {
-    qemu_img(&k.with_objects(
-        &["create", "-q", "-f", "qcow2"],
-        &[
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=base,encrypt.iter-time=10",
-            &k.sc.p("base.qcow2"),
-            SIZE,
-        ],
-    ))
-    .ok();
-    k.qemu_io(&["write -P 0x61 0 8M"], &q(k, "base.qcow2", "base"));
-    qemu_img(&k.with_objects(
-        &["create", "-q", "-f", "qcow2"],
-        &[
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10,backing_fmt=qcow2,cluster_size=32768",
-            "-b",
-            &k.sc.p("base.qcow2"),
-            &k.sc.p("src.qcow2"),
-            SIZE,
-        ],
-    ))
-    .ok();
+    k.create_qcow2(
+        "base.qcow2",
+        "encrypt.format=luks,encrypt.key-secret=base,encrypt.iter-time=10",
+        SIZE,
+    );
+    k.qemu_io(&["write -P 0x61 0 8M"], &k.qcow2("base.qcow2", "base"));
+    let backed = format!(
+        "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10,cluster_size=32768,\
+         backing_fmt=qcow2,backing_file={}",
+        k.sc.p("base.qcow2")
+    );
+    k.create_qcow2("src.qcow2", &backed, SIZE);
     let chain = format!(
         "{},backing.encrypt.key-secret=base",
-        q(k, "src.qcow2", "src")
+        k.qcow2("src.qcow2", "src")
     );
     k.qemu_io(
         &[
@@ -91,7 +73,7 @@ fn full_clone_of_an_encrypted_chain_has_a_new_key_and_the_same_data() {
         ],
     ))
     .ok();
-    let dst = q(&k, "dst.qcow2", "dst");
+    let dst = k.qcow2("dst.qcow2", "dst");
     compare(&k, &chain, &dst)
         .ok()
         .stdout_has("Images are identical.");
@@ -130,7 +112,7 @@ fn full_clone_of_an_encrypted_chain_has_a_new_key_and_the_same_data() {
     assert_eq!(fl, sl, "same LUKS parameters, same region size");
     forged[fo..fo + fl].copy_from_slice(&src[so..so + sl]);
     k.sc.write("forged", &forged);
-    let got = k.read(&q(&k, "forged", "src"), "forged.raw");
+    let got = k.read(&k.qcow2("forged", "src"), "forged.raw");
     let want = k.read(&chain, "want.raw");
     assert_eq!(got.len(), want.len());
     let mib = 1 << 20;
@@ -199,17 +181,12 @@ fn full_clone_of_a_qemu_luks1_image_inherits_the_cipher() {
 fn linked_clone_has_its_own_key_and_flattens_under_it() {
     let k = keys();
     let src = k.sc.p("src.qcow2");
-    qemu_img(&k.with_objects(
-        &["create", "-q", "-f", "qcow2"],
-        &[
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10",
-            &src,
-            SIZE,
-        ],
-    ))
-    .ok();
-    let sopts = q(&k, "src.qcow2", "src");
+    k.create_qcow2(
+        "src.qcow2",
+        "encrypt.format=luks,encrypt.key-secret=src,encrypt.iter-time=10",
+        SIZE,
+    );
+    let sopts = k.qcow2("src.qcow2", "src");
     k.qemu_io(&["write -P 0x81 0 8M"], &sopts);
     let golden = k.sc.read("src.qcow2");
     vmcrypt(&k.with_objects(
@@ -230,7 +207,7 @@ fn linked_clone_has_its_own_key_and_flattens_under_it() {
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
     let chain = format!(
         "{},backing.encrypt.key-secret=src",
-        q(&k, "dst.qcow2", "dst")
+        k.qcow2("dst.qcow2", "dst")
     );
     k.qemu_io(
         &[
@@ -259,7 +236,7 @@ fn linked_clone_has_its_own_key_and_flattens_under_it() {
         "still backed: {info}"
     );
     std::fs::remove_file(&src).unwrap();
-    let dst = q(&k, "dst.qcow2", "dst");
+    let dst = k.qcow2("dst.qcow2", "dst");
     k.check_clean(&dst);
     assert_same_bytes("flattened clone", &k.read(&dst, "after.raw"), &before);
     k.qemu_io(

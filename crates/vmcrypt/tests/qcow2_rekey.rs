@@ -42,16 +42,9 @@ fn keys() -> Keyring {
     Keyring::new(&[("old", PASS), ("new", PASS2), ("base", PASS3)])
 }
 
-fn opts(k: &Keyring, name: &str, key: &str) -> String {
-    format!(
-        "driver=qcow2,file.filename={},encrypt.key-secret={key}",
-        k.sc.p(name)
-    )
-}
-
 /// `opts` plus the backing layer's key (the base is always keyed `base`).
 fn chain_opts(k: &Keyring, name: &str, key: &str, backed: bool) -> String {
-    let mut o = opts(k, name, key);
+    let mut o = k.qcow2(name, key);
     if backed {
         o.push_str(",backing.encrypt.key-secret=base");
     }
@@ -63,27 +56,18 @@ fn chain_opts(k: &Keyring, name: &str, key: &str, backed: bool) -> String {
 fn make_image(k: &Keyring, name: &str, extra: &str, backed: bool) {
     let mut o = format!("encrypt.format=luks,encrypt.key-secret=old,encrypt.iter-time=10{extra}");
     if backed {
-        qemu_img(&k.with_objects(
-            &["create", "-q", "-f", "qcow2"],
-            &[
-                "-o",
-                "encrypt.format=luks,encrypt.key-secret=base,encrypt.iter-time=10",
-                &k.sc.p("base.qcow2"),
-                SIZE,
-            ],
-        ))
-        .ok();
-        k.qemu_io(&["write -P 0x77 0 6M"], &opts(k, "base.qcow2", "base"));
+        k.create_qcow2(
+            "base.qcow2",
+            "encrypt.format=luks,encrypt.key-secret=base,encrypt.iter-time=10",
+            SIZE,
+        );
+        k.qemu_io(&["write -P 0x77 0 6M"], &k.qcow2("base.qcow2", "base"));
         o.push_str(&format!(
             ",backing_file={},backing_fmt=qcow2",
             k.sc.p("base.qcow2")
         ));
     }
-    qemu_img(&k.with_objects(
-        &["create", "-q", "-f", "qcow2"],
-        &["-o", &o, &k.sc.p(name), SIZE],
-    ))
-    .ok();
+    k.create_qcow2(name, &o, SIZE);
     k.qemu_io(WRITES, &chain_opts(k, name, "old", backed));
 }
 
@@ -119,7 +103,7 @@ fn rekey_case(extra: &str, backed: bool) {
         &["rekey"],
         &[
             "--image-opts",
-            &opts(&k, "img", "old"),
+            &k.qcow2("img", "old"),
             "-o",
             "encrypt.key-secret=new,encrypt.iter-time=10",
         ],
@@ -152,7 +136,7 @@ fn rekey_case(extra: &str, backed: bool) {
     );
     if backed {
         // The backing file is another layer with its own key: untouched.
-        k.qemu_io(&["read -P 0x77 0 512"], &opts(&k, "base.qcow2", "base"));
+        k.qemu_io(&["read -P 0x77 0 512"], &k.qcow2("base.qcow2", "base"));
     }
 }
 
@@ -209,7 +193,7 @@ fn rekey_mem(fresh: &[u8], budget: usize, torn: bool) -> (Arc<MemDriver>, bool, 
 fn interrupted_rekey_opens_with_one_key_and_reads_everything() {
     let k = keys();
     make_image(&k, "img", ",cluster_size=16384", false);
-    let plain = k.read(&opts(&k, "img", "old"), "plain.raw");
+    let plain = k.read(&k.qcow2("img", "old"), "plain.raw");
     let fresh = k.sc.read("img");
     let (_, done, total) = rekey_mem(&fresh, usize::MAX, false);
     assert!(done && total > 10, "a complete run wrote {total} times");
@@ -275,13 +259,13 @@ fn refusals_leave_the_image_untouched() {
     let before = k.sc.read("img");
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--image-opts", &opts(&k, "img", "old")],
+            &["--image-opts", &k.qcow2("img", "old")],
             "encrypt.key-secret=ID",
         ),
         (
             &[
                 "--image-opts",
-                &opts(&k, "img", "new"),
+                &k.qcow2("img", "new"),
                 "-o",
                 "encrypt.key-secret=new",
             ],
@@ -300,7 +284,7 @@ fn refusals_leave_the_image_untouched() {
         (
             &[
                 "--image-opts",
-                &opts(&k, "img", "old"),
+                &k.qcow2("img", "old"),
                 "-o",
                 "encrypt.key-secret=new,cluster_size=512",
             ],
@@ -309,7 +293,7 @@ fn refusals_leave_the_image_untouched() {
         (
             &[
                 "--image-opts",
-                &opts(&k, "img", "old"),
+                &k.qcow2("img", "old"),
                 "-o",
                 "encrypt.key-secret=new,encrypt.slot=1",
             ],
@@ -318,7 +302,7 @@ fn refusals_leave_the_image_untouched() {
         (
             &[
                 "--image-opts",
-                &opts(&k, "img", "old"),
+                &k.qcow2("img", "old"),
                 "-o",
                 "encrypt.key-secret=missing",
             ],
