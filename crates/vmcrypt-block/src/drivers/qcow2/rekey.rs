@@ -113,8 +113,7 @@ impl Qcow2Driver {
             bail!(ReadOnly, "{r}");
         }
         let Crypto::Luks {
-            cipher: Some(old),
-            volume,
+            cipher: Some(old), ..
         } = &self.engine.crypto
         else {
             bail!(
@@ -143,7 +142,6 @@ impl Qcow2Driver {
         let extended = self.header.has_extended_l2();
         let total = count_clusters(file.as_ref(), &l1, cs, extended)?;
         let (new_fde, new_cipher) = new_header(&file, &mut refs, cs, params, passphrase)?;
-        let _ = volume;
         let mut w = Walk {
             file: &file,
             refs: &mut refs,
@@ -163,12 +161,16 @@ impl Qcow2Driver {
             new_l1[i] = L1Entry::owned(w.copy_table(l2)?).raw();
             progress(w.stats.clusters, total);
         }
-        let l1_off = w.write_new(&encode_u64s(&new_l1))?;
-        let old_l1_len = (l1.len() as u64 * 8).max(1);
-        w.garbage.push(Run {
-            off: self.header.l1_table_offset,
-            len: old_l1_len.div_ceil(cs) * cs,
-        });
+        // An empty L1 table (a 0-byte disk) owns no cluster: it stays where it is.
+        let l1_off = if l1.is_empty() {
+            self.header.l1_table_offset
+        } else {
+            w.garbage.push(Run {
+                off: self.header.l1_table_offset,
+                len: (l1.len() as u64 * 8).div_ceil(cs) * cs,
+            });
+            w.write_new(&encode_u64s(&new_l1))?
+        };
         w.garbage.push(Run {
             off: old_fde.offset,
             len: old_fde.length.div_ceil(cs) * cs,
