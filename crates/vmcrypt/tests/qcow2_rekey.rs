@@ -11,8 +11,11 @@
 //!   exactly one of the two passphrases (the old one until the header switch, the new
 //!   one after it), reads the full plaintext, and `qemu-img check` finds no corruption
 //!   (leaked clusters are allowed).
-//! * Refusals: no new key, a LUKS image, an unencrypted qcow2, a wrong current key —
+//! * Refusals: no new key, an unencrypted qcow2, a wrong current key, unknown options —
 //!   each a clear error that leaves the file untouched.
+//! * LUKS1 (by copy and rename): the same data, UUID, cipher, hash and file mode under a
+//!   different volume key; the old passphrase fails; a leftover temporary file is
+//!   refused. LUKS2 is refused with a pointer to `luks reencrypt`.
 mod common;
 use common::*;
 use std::sync::Arc;
@@ -327,4 +330,92 @@ fn refusals_leave_the_image_untouched() {
     ))
     .failed()
     .stderr_has("not encrypted");
+}
+
+#[test]
+fn luks1_rekey_by_copy_keeps_uuid_mode_and_data() {
+    use std::os::unix::fs::PermissionsExt;
+    let k = keys();
+    let img = k.sc.p("img.luks");
+    qemu_img(&k.with_objects(
+        &["create", "-q", "-f", "luks"],
+        &[
+            "-o",
+            "key-secret=old,iter-time=10,cipher-alg=aes-128,hash-alg=sha512",
+            &img,
+            SIZE,
+        ],
+    ))
+    .ok();
+    let old_opts = format!("driver=luks,file.filename={img},key-secret=old");
+    k.qemu_io(&["write -P 0x5a 0 3M", "write -P 0x5b 5M 1M"], &old_opts);
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let before = k.read(&old_opts, "before.raw");
+    let old_dump = cryptsetup(&["luksDump", &img]).ok().stdout_str();
+    let old_key = dump_volume_key(&img, &k.sc.p("old"));
+    vmcrypt(&k.with_objects(
+        &["rekey", "--image-opts"],
+        &[&old_opts, "-o", "key-secret=new,iter-time=10"],
+    ))
+    .ok()
+    .stdout_has("under a new volume key");
+    let new_opts = format!("driver=luks,file.filename={img},key-secret=new");
+    assert_same_bytes(
+        "plaintext after rekey",
+        &k.read(&new_opts, "after.raw"),
+        &before,
+    );
+    k.qemu_io(&["read -P 0x5a 0 3M", "read -P 0x5b 5M 1M"], &new_opts);
+    qemu_io(&k.with_objects(&["-c", "read 0 512", "--image-opts"], &[&old_opts]))
+        .failed()
+        .stderr_has("Invalid password");
+    let new_dump = cryptsetup(&["luksDump", &img]).ok().stdout_str();
+    for field in ["UUID", "Cipher name", "Cipher mode", "Hash spec", "MK bits"] {
+        assert_eq!(
+            dump_field(&new_dump, field),
+            dump_field(&old_dump, field),
+            "{field}"
+        );
+    }
+    assert_ne!(dump_volume_key(&img, &k.sc.p("new")), old_key);
+    let mode = std::fs::metadata(&img).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the image's mode");
+    assert!(!k.sc.path("img.luks.rekey-tmp").exists());
+
+    // A leftover temporary file is refused; the image stays as it is.
+    k.sc.write("img.luks.rekey-tmp", b"left over");
+    let image = k.sc.read("img.luks");
+    vmcrypt(&k.with_objects(
+        &["rekey", "--image-opts"],
+        &[&new_opts, "-o", "key-secret=old"],
+    ))
+    .failed()
+    .stderr_has("img.luks.rekey-tmp' exists");
+    assert!(
+        k.sc.read("img.luks") == image,
+        "a refused rekey changed the image"
+    );
+}
+
+#[test]
+fn luks2_rekey_points_at_luks_reencrypt() {
+    let k = keys();
+    let img = k.sc.p("img.luks2");
+    vmcrypt(&k.with_objects(
+        &["create", "-q", "-f", "luks2"],
+        &["-o", "key-secret=old,pbkdf=pbkdf2,iter-time=10", &img, "1M"],
+    ))
+    .ok();
+    let before = k.sc.read("img.luks2");
+    vmcrypt(&k.with_objects(
+        &["rekey", "--image-opts"],
+        &[
+            &format!("driver=luks,file.filename={img},key-secret=old"),
+            "-o",
+            "key-secret=new",
+        ],
+    ))
+    .failed()
+    .stderr_has("vmcrypt luks reencrypt");
+    assert!(k.sc.read("img.luks2") == before);
 }

@@ -64,9 +64,18 @@ const INHERITED: &[&str] = &[
 
 /// Make the clone `req` asks for; progress in bytes of the source goes to `events`.
 pub fn run(req: &CloneRequest, env: &Env, events: &mut dyn Events) -> Result<CloneReport> {
+    run_with_options(req, merge_options(&req.options)?, env, events)
+}
+
+/// [`run`] with the `-o` arguments already merged into `opts` (`req.options` unused).
+pub(crate) fn run_with_options(
+    req: &CloneRequest,
+    mut opts: Map<String, Value>,
+    env: &Env,
+    events: &mut dyn Events,
+) -> Result<CloneReport> {
     let src = req.source.open(env, Access::READ, events).ctx("source")?;
     let format = target_format(req, src.as_ref())?;
-    let mut opts = merge_options(&req.options)?;
     inherit_layout(src.as_ref(), &format, &mut opts);
     let luks_opts = key_options(&format, &mut opts)?;
     inherit_cipher(src.as_ref(), &format, luks_opts);

@@ -22,6 +22,7 @@ pub mod map;
 pub mod options;
 pub mod rebase;
 pub mod rekey;
+mod rekey_luks;
 pub mod resize;
 #[cfg(test)]
 mod testutil;
