@@ -11,7 +11,8 @@
 //!   exactly one of the two passphrases (the old one until the header switch, the new
 //!   one after it), reads the full plaintext, and `qemu-img check` finds no corruption
 //!   (leaked clusters are allowed).
-//! * Refusals: no new key, an unencrypted qcow2, a wrong current key, unknown options —
+//! * Refusals: no new key, an unencrypted qcow2, a wrong current key, unknown options, an
+//!   encryption header extension outside the first sector —
 //!   each a clear error that leaves the file untouched.
 //! * LUKS1 (by copy and rename): the same data, UUID, cipher, hash and file mode under a
 //!   different volume key; the old passphrase fails; a leftover temporary file is
@@ -418,4 +419,33 @@ fn luks2_rekey_points_at_luks_reencrypt() {
     .failed()
     .stderr_has("vmcrypt luks reencrypt");
     assert!(k.sc.read("img.luks2") == before);
+}
+
+#[test]
+fn fde_extension_beyond_the_first_sector_is_refused() {
+    let k = keys();
+    make_image(&k, "img", "", false);
+    // Put an unknown 512-byte header extension (QEMU skips those) before the others,
+    // pushing the encryption header extension out of the first sector.
+    let mut file = k.sc.read("img");
+    let hl = u32::from_be_bytes(file[100..104].try_into().unwrap()) as usize;
+    let mut ext = 0x1234_5678u32.to_be_bytes().to_vec();
+    ext.extend(512u32.to_be_bytes());
+    ext.extend([0u8; 512]);
+    file.splice(hl..hl, ext.iter().copied());
+    let shifted = file.split_off(65536);
+    file.extend(&shifted[ext.len()..]);
+    k.sc.write("img", &file);
+    let o = k.qcow2("img", "old");
+    k.qemu_io(&["read -P 0x41 0 1M"], &o);
+    vmcrypt(&k.with_objects(
+        &["rekey", "--image-opts"],
+        &[&o, "-o", "encrypt.key-secret=new"],
+    ))
+    .failed()
+    .stderr_has("not in the header's first sector");
+    assert!(
+        k.sc.read("img") == file,
+        "a refused rekey changed the image"
+    );
 }
