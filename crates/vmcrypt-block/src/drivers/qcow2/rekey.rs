@@ -109,24 +109,7 @@ impl Qcow2Driver {
         passphrase: &[u8],
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<RekeyStats> {
-        if let Some(r) = &self.write_refusal {
-            bail!(ReadOnly, "{r}");
-        }
-        let Crypto::Luks {
-            cipher: Some(old), ..
-        } = &self.engine.crypto
-        else {
-            bail!(
-                Unsupported,
-                "the image is not LUKS-encrypted (or no key was given): only qcow2 images with encrypt.format=luks can be re-keyed"
-            );
-        };
-        ensure!(
-            self.header.nb_snapshots == 0,
-            Unsupported,
-            "the image has {} internal snapshot(s), which share clusters with the active layer; delete them first (qemu-img snapshot -d)",
-            self.header.nb_snapshots
-        );
+        let old = self.rekeyable()?;
         self.flush_all()?;
         let file = self.engine.file.clone();
         let fde_field = fde_field_offset(file.as_ref(), u64::from(self.header.header_length))?;
@@ -152,25 +135,9 @@ impl Qcow2Driver {
             stats: RekeyStats::default(),
             garbage: Vec::new(),
         };
-        progress(0, total);
-        let mut new_l1 = vec![0u64; l1.len()];
-        for (i, &e) in l1.iter().enumerate() {
-            let Some(l2) = L1Entry::from_raw(e).l2_table(i, cs)? else {
-                continue;
-            };
-            new_l1[i] = L1Entry::owned(w.copy_table(l2)?).raw();
-            progress(w.stats.clusters, total);
-        }
-        // An empty L1 table (a 0-byte disk) owns no cluster: it stays where it is.
-        let l1_off = if l1.is_empty() {
-            self.header.l1_table_offset
-        } else {
-            w.garbage.push(Run {
-                off: self.header.l1_table_offset,
-                len: (l1.len() as u64 * 8).div_ceil(cs) * cs,
-            });
-            w.write_new(&encode_u64s(&new_l1))?
-        };
+        let l1_off = w.copy_l1(&l1, self.header.l1_table_offset, &mut |d| {
+            progress(d, total)
+        })?;
         w.garbage.push(Run {
             off: old_fde.offset,
             len: old_fde.length.div_ceil(cs) * cs,
@@ -182,6 +149,29 @@ impl Qcow2Driver {
         switch(file.as_ref(), fde_field, l1_off, new_fde)?;
         stats.freed_clusters = release(file.as_ref(), &mut refs, &garbage, cs)?;
         Ok(stats)
+    }
+
+    /// The current key's cipher, or why this image cannot be re-keyed.
+    fn rekeyable(&self) -> Result<&SectorCipher> {
+        if let Some(r) = &self.write_refusal {
+            bail!(ReadOnly, "{r}");
+        }
+        let Crypto::Luks {
+            cipher: Some(old), ..
+        } = &self.engine.crypto
+        else {
+            bail!(
+                Unsupported,
+                "the image is not LUKS-encrypted (or no key was given): only qcow2 images with encrypt.format=luks can be re-keyed"
+            );
+        };
+        ensure!(
+            self.header.nb_snapshots == 0,
+            Unsupported,
+            "the image has {} internal snapshot(s), which share clusters with the active layer; delete them first (qemu-img snapshot -d)",
+            self.header.nb_snapshots
+        );
+        Ok(old)
     }
 }
 
@@ -293,6 +283,35 @@ fn new_header(
 }
 
 impl Walk<'_> {
+    /// Copy every L2 table the L1 table `l1` (at `l1_offset`) names, and their data,
+    /// then the L1 table itself; returns the new L1 table's offset. `progress` gets the
+    /// data clusters done.
+    fn copy_l1(
+        &mut self,
+        l1: &[u64],
+        l1_offset: u64,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64> {
+        progress(0);
+        let mut new_l1 = vec![0u64; l1.len()];
+        for (i, &e) in l1.iter().enumerate() {
+            let Some(l2) = L1Entry::from_raw(e).l2_table(i, self.cs)? else {
+                continue;
+            };
+            new_l1[i] = L1Entry::owned(self.copy_table(l2)?).raw();
+            progress(self.stats.clusters);
+        }
+        // An empty L1 table (a 0-byte disk) owns no cluster: it stays where it is.
+        if l1.is_empty() {
+            return Ok(l1_offset);
+        }
+        self.garbage.push(Run {
+            off: l1_offset,
+            len: (l1.len() as u64 * 8).div_ceil(self.cs) * self.cs,
+        });
+        self.write_new(&encode_u64s(&new_l1))
+    }
+
     /// Copy the L2 table at `l2` and every data cluster it names; returns the new
     /// table's offset.
     fn copy_table(&mut self, l2: u64) -> Result<u64> {
