@@ -210,19 +210,8 @@ fn open_qcow(
 ) -> Result<Arc<dyn BlockDriver>> {
     let file = open_child(&spec.file, "file", ctx)?;
     let name = file.filename();
-    let pass = spec
-        .encrypt
-        .key_secret
-        .as_ref()
-        .map(|id| ctx.secrets.get(id))
-        .transpose()?;
-    let opts = OpenOptions {
-        passphrase: pass.map(|p| p.as_bytes()),
-        encrypt_format: spec.encrypt.format.as_deref(),
-        limits: ctx.limits,
-        writable: !ctx.read_only,
-        cache: Some(&spec.cache),
-    };
+    let pass = qcow_key(spec, ctx)?;
+    let opts = qcow_options(spec, ctx, pass);
     let missing_key = || {
         Error::usage(format!(
             "'{name}' is encrypted: pass its passphrase with {}encrypt.key-secret=ID \
@@ -253,6 +242,39 @@ fn open_qcow(
     )?;
     d.set_backing(b);
     Ok(Arc::new(d))
+}
+
+/// The passphrase named by a qcow/qcow2 node's `encrypt.key-secret`.
+fn qcow_key<'a>(spec: &QcowSpec, ctx: &OpenContext<'a>) -> Result<Option<&'a [u8]>> {
+    let pass = spec
+        .encrypt
+        .key_secret
+        .as_ref()
+        .map(|id| ctx.secrets.get(id))
+        .transpose()?;
+    Ok(pass.map(|p| p.as_bytes()))
+}
+
+fn qcow_options<'a>(
+    spec: &'a QcowSpec,
+    ctx: &OpenContext,
+    passphrase: Option<&'a [u8]>,
+) -> OpenOptions<'a> {
+    OpenOptions {
+        passphrase,
+        encrypt_format: spec.encrypt.format.as_deref(),
+        limits: ctx.limits,
+        writable: !ctx.read_only,
+        cache: Some(&spec.cache),
+    }
+}
+
+/// Open the qcow2 image `spec` names by itself (its file and its own key, no backing
+/// node) as the driver, for jobs that rewrite the image as a whole (re-keying).
+pub(crate) fn open_qcow2_layer(spec: &QcowSpec, ctx: &OpenContext) -> Result<Qcow2Driver> {
+    let file = open_child(&spec.file, "file", ctx)?;
+    let pass = qcow_key(spec, ctx)?;
+    Qcow2Driver::open(file, &qcow_options(spec, ctx, pass))
 }
 
 /// Open the backing node of the image `image`: the options under `backing` (an object,

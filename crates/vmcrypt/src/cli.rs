@@ -26,6 +26,12 @@ pub enum Command {
     Info(cmd::info::Args),
     /// Convert or copy an image (qemu-img convert)
     Convert(cmd::convert::Args),
+    /// Copy an image under a new volume key (full clone), or make an encrypted overlay
+    /// over it with a key of its own (--linked); --flatten drops a linked clone's backing
+    Clone(cmd::clone::Args),
+    /// Give a qcow2+LUKS image a new volume key in place, crash-safe (a LUKS1 image: by
+    /// copy and rename)
+    Rekey(cmd::rekey::Args),
     /// Check an image for consistency (qemu-img check)
     Check(cmd::check::Args),
     /// Change the virtual size of an image (qemu-img resize)

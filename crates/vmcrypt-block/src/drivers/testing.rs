@@ -8,10 +8,13 @@ use vmcrypt_error::{Result, bail};
 
 /// Wraps a [`MemDriver`]; after `budget` successful writes every further write (and
 /// zeroing, resize) fails without touching the data, as if the machine had stopped.
+/// A torn one ([`FaultyDriver::torn`]) first lands the first 512-byte sector of the
+/// write that fails, as a power cut in the middle of a multi-sector write can.
 pub struct FaultyDriver {
     inner: Arc<MemDriver>,
     budget: usize,
     writes: AtomicUsize,
+    torn: bool,
 }
 
 impl FaultyDriver {
@@ -20,6 +23,15 @@ impl FaultyDriver {
             inner,
             budget,
             writes: AtomicUsize::new(0),
+            torn: false,
+        }
+    }
+
+    /// Like [`FaultyDriver::new`], but the failing write lands its first sector.
+    pub fn torn(inner: Arc<MemDriver>, budget: usize) -> Self {
+        FaultyDriver {
+            torn: true,
+            ..FaultyDriver::new(inner, budget)
         }
     }
 
@@ -48,11 +60,21 @@ impl BlockDriver for FaultyDriver {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.take()?;
+        if let Err(e) = self.take() {
+            if self.torn && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
+                self.inner.write_at(&buf[..buf.len().min(512)], offset)?;
+            }
+            return Err(e);
+        }
         self.inner.write_at(buf, offset)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
-        self.take()?;
+        if let Err(e) = self.take() {
+            if self.torn && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
+                self.inner.write_zeroes(offset, len.min(512))?;
+            }
+            return Err(e);
+        }
         self.inner.write_zeroes(offset, len)
     }
     fn flush(&self) -> Result<()> {

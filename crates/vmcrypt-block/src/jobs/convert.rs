@@ -17,7 +17,7 @@ use crate::driver::{Allocation, BlockDriver};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use vmcrypt_error::{Result, ResultExt, bail};
 
-pub use super::convert_target::{ConvertReport, ConvertRequest, run};
+pub use super::convert_target::{ConvertReport, ConvertRequest, convert_from, run};
 
 /// Copy granularity.
 pub const CHUNK: usize = 8 << 20;

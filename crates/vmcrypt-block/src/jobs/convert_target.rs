@@ -46,6 +46,18 @@ pub fn run(req: &ConvertRequest, env: &Env, events: &mut dyn Events) -> Result<C
     );
     let src = req.source.open(env, Access::READ, events).ctx("source")?;
     let opts = merge_options(&req.options)?;
+    convert_from(src.as_ref(), req, &opts, env, events)
+}
+
+/// Convert the opened `src` as `req` asks, with its `-o` arguments already merged into
+/// `opts` (what `clone` calls after completing the target's options from the source).
+pub fn convert_from(
+    src: &dyn BlockDriver,
+    req: &ConvertRequest,
+    opts: &Map<String, Value>,
+    env: &Env,
+    events: &mut dyn Events,
+) -> Result<ConvertReport> {
     let (dst, target_zeroed) = if req.no_create {
         ensure!(
             opts.is_empty(),
@@ -54,9 +66,9 @@ pub fn run(req: &ConvertRequest, env: &Env, events: &mut dyn Events) -> Result<C
         );
         (open_target(req, None, env)?, false)
     } else {
-        create_target(req, &opts, src.size(), env)?
+        create_target(req, opts, src.size(), env)?
     };
-    let stats = convert(src.as_ref(), dst.as_ref(), target_zeroed, &mut |d, t| {
+    let stats = convert(src, dst.as_ref(), target_zeroed, &mut |d, t| {
         events.progress(d, t)
     })?;
     Ok(ConvertReport {

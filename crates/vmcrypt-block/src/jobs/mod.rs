@@ -7,6 +7,7 @@
 //! Images are named by an [`ImageArg`] (a filename, `json:{...}` or `--image-opts`
 //! string, with `-f` and `-U`) and opened with an [`Env`] (the secrets and KDF limits).
 pub mod check;
+pub mod clone;
 pub mod commit;
 pub mod compare;
 pub mod convert;
@@ -20,6 +21,8 @@ pub mod luks;
 pub mod map;
 pub mod options;
 pub mod rebase;
+pub mod rekey;
+mod rekey_luks;
 pub mod resize;
 #[cfg(test)]
 mod testutil;

@@ -5,6 +5,7 @@
 pub mod agent;
 pub(crate) mod bench;
 pub(crate) mod check;
+pub(crate) mod clone;
 pub(crate) mod commit;
 pub(crate) mod common;
 pub(crate) mod compare;
@@ -16,6 +17,7 @@ pub mod luks;
 pub(crate) mod map;
 pub mod qemu_args;
 pub(crate) mod rebase;
+pub(crate) mod rekey;
 pub(crate) mod resize;
 pub mod secret;
 pub mod serve;
@@ -31,6 +33,8 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Info(a) => info::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Check(a) => check::run(a),
+        Command::Clone(a) => clone::run(a),
+        Command::Rekey(a) => rekey::run(a),
         Command::Resize(a) => resize::run(a),
         Command::Commit(a) => commit::run(a),
         Command::Map(a) => map::run(a),

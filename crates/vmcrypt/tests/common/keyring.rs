@@ -33,6 +33,26 @@ impl Keyring {
         a
     }
 
+    /// The `--image-opts` string of the qcow2 scratch file `name` with its own key `key`.
+    pub fn qcow2(&self, name: &str, key: &str) -> String {
+        format!(
+            "driver=qcow2,file.filename={},encrypt.key-secret={key}",
+            self.sc.p(name)
+        )
+    }
+
+    /// `qemu-img create -f qcow2 -o OPTIONS` of the scratch file `name`, `size` long;
+    /// panics on failure.
+    #[track_caller]
+    pub fn create_qcow2(&self, name: &str, options: &str, size: &str) {
+        let path = self.sc.p(name);
+        qemu_img(&self.with_objects(
+            &["create", "-q", "-f", "qcow2"],
+            &["-o", options, &path, size],
+        ))
+        .ok();
+    }
+
     /// Run the qemu-io commands `cmds` on the node `opts` (`--image-opts`); panics on failure.
     #[track_caller]
     pub fn qemu_io(&self, cmds: &[&str], opts: &str) {

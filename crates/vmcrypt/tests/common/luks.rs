@@ -271,3 +271,50 @@ pub fn qemu_qcow2_luks_over_raw(secret: &str, base: &str, extra: &str, img: &str
     ])
     .ok();
 }
+
+/// The embedded LUKS header region (offset, length) of the qcow2 file `file`, from its
+/// FDE header extension.
+pub fn qcow2_fde_region(file: &[u8]) -> (usize, usize) {
+    let be32 = |p: usize| u32::from_be_bytes(file[p..p + 4].try_into().unwrap()) as usize;
+    let be64 = |p: usize| u64::from_be_bytes(file[p..p + 8].try_into().unwrap()) as usize;
+    let mut p = be32(100);
+    loop {
+        let (kind, len) = (be32(p), be32(p + 4));
+        assert_ne!(kind, 0, "no FDE header extension");
+        if kind == 0x0537_be77 {
+            return (be64(p + 8), be64(p + 16));
+        }
+        p += 8 + len.next_multiple_of(8);
+    }
+}
+
+/// The volume key (hex) `cryptsetup luksDump --dump-volume-key` prints for the LUKS
+/// header file `hdr`, unlocked with the key file `keyfile`.
+pub fn dump_volume_key(hdr: &str, keyfile: &str) -> String {
+    let text = cryptsetup(&[
+        "luksDump",
+        "--dump-volume-key",
+        "--batch-mode",
+        "--key-file",
+        keyfile,
+        hdr,
+    ])
+    .ok()
+    .stdout_str();
+    let start = text.find("MK dump:").expect("a volume key dump");
+    let key: String = text[start + 8..]
+        .split_whitespace()
+        .take_while(|w| w.len() == 2 && w.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    assert!(key.len() >= 32, "{text}");
+    key
+}
+
+/// The volume key of the qcow2+LUKS scratch file `name`: its embedded header is copied
+/// out to `NAME.hdr` and dumped by cryptsetup with the key file `keyfile`.
+pub fn qcow2_volume_key(sc: &Scratch, name: &str, keyfile: &str) -> String {
+    let bytes = sc.read(name);
+    let (off, len) = qcow2_fde_region(&bytes);
+    let hdr = sc.write(&format!("{name}.hdr"), &bytes[off..off + len]);
+    dump_volume_key(&hdr, &sc.p(keyfile))
+}

@@ -78,7 +78,7 @@ pub const QCOW2_OPTIONS: &[(&str, &str)] = &[
 ];
 
 /// The `encrypt.*` keys qemu-img's qcow2 driver knows (besides `format`/`key-secret`).
-const LUKS_KEYS: &[&str] = &[
+pub(crate) const LUKS_KEYS: &[&str] = &[
     "cipher-alg",
     "cipher-mode",
     "ivgen-alg",
@@ -225,7 +225,7 @@ fn parse_encryption(o: &Map<String, Value>) -> Result<Option<(CreateParams, Stri
 }
 
 /// Bytes of the LUKS region: QEMU makes it exactly the LUKS payload offset.
-fn fde_len(p: &CreateParams) -> u64 {
+pub(super) fn fde_len(p: &CreateParams) -> u64 {
     let (_, payload) = luks1::plan_layout(p.spec.key_bytes as u32, Layout::Qemu, false);
     u64::from(payload) * SECTOR_SIZE
 }

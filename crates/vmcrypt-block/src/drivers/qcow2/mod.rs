@@ -15,6 +15,7 @@ pub(crate) mod engine;
 pub(crate) mod map;
 mod meta;
 mod refcount;
+mod rekey;
 pub(crate) mod v1;
 mod write;
 
@@ -39,6 +40,7 @@ use vmcrypt_format::qcow2::{
     Extensions, Header, L1Entry, L2Entry, Limits, Mapping, RawL2Entry, Subclusters,
 };
 
+pub use rekey::RekeyStats;
 pub use v1::QcowDriver;
 
 /// Options for opening an image.
