@@ -11,9 +11,12 @@ use crate::drivers::file::FileDriver;
 use crate::drivers::luks::LuksDriver;
 use crate::drivers::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
 use crate::drivers::raw::RawDriver;
+use crate::drivers::rbd::RbdDriver;
+use crate::drivers::rbd::crypt::RbdCryptDriver;
 use crate::secrets::SecretStore;
 use crate::spec::{
-    BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, filename_options,
+    BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, RbdSpec,
+    filename_options,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +144,7 @@ impl BackingLoop {
 fn open_node(spec: &NodeSpec, ctx: &OpenContext, layer: &Layer) -> Result<Arc<dyn BlockDriver>> {
     match spec {
         NodeSpec::File(f) => open_file(f, ctx),
+        NodeSpec::Rbd(r) => open_rbd(r, ctx),
         NodeSpec::Raw(r) => open_raw(r, ctx),
         NodeSpec::Luks(l) => open_luks(l, ctx),
         NodeSpec::Qcow2(q) => open_qcow(q, ctx, "qcow2", layer),
@@ -165,6 +169,35 @@ fn open_file(spec: &FileSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>>
         ctx.read_only,
         spec.locks() && !ctx.force_share,
     )?))
+}
+
+fn open_rbd(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    let key = spec
+        .key_secret
+        .as_ref()
+        .map(|id| ctx.secrets.get(id))
+        .transpose()?;
+    let raw = Arc::new(RbdDriver::open(
+        spec,
+        key.map(|k| k.as_bytes()),
+        ctx.read_only,
+    )?);
+    let Some(enc) = &spec.encrypt else {
+        return Ok(raw);
+    };
+    let name = spec.image_name();
+    let pass = match &enc.key_secret {
+        Some(id) => Some(ctx.secrets.get(id)?),
+        None if ctx.metadata_only => None,
+        None => bail!(
+            Usage,
+            "rbd image {name} is encrypted: pass its passphrase with encrypt.key-secret=ID \
+             (and --object secret,id=ID,file=PATH)"
+        ),
+    };
+    let d = RbdCryptDriver::open(raw, enc.format, pass.map(|p| p.as_bytes()), &ctx.limits)
+        .with_ctx(|| format!("opening the encryption of rbd image {name}"))?;
+    Ok(Arc::new(d))
 }
 
 fn open_raw(spec: &RawSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {

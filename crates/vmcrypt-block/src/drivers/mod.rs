@@ -6,4 +6,5 @@ pub mod luks;
 pub mod mem;
 pub mod qcow2;
 pub(crate) mod raw;
+pub mod rbd;
 pub mod testing;

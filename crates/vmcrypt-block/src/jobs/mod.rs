@@ -19,6 +19,7 @@ pub mod info;
 pub mod luks;
 pub mod map;
 pub mod options;
+pub mod rbd;
 pub mod rebase;
 pub mod resize;
 #[cfg(test)]
