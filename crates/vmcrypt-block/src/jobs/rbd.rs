@@ -199,3 +199,59 @@ pub fn created_spec(target: &str, opts: &Map<String, Value>) -> Result<NodeSpec>
     }
     Ok(NodeSpec::Rbd(spec))
 }
+
+/// The passphrase in `path` as the rbd CLI reads a passphrase file: its bytes without
+/// one trailing newline (`--object secret,file=` keeps exact bytes, as QEMU does).
+pub fn read_passfile(path: &std::path::Path) -> Result<vmcrypt_crypto::SecretBytes> {
+    let mut bytes = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|e| Error::io(e, format!("reading passphrase file '{}'", path.display())))?,
+    );
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+    }
+    ensure!(
+        !bytes.is_empty(),
+        Usage,
+        "passphrase file '{}' is empty",
+        path.display()
+    );
+    Ok(vmcrypt_crypto::SecretBytes::from_slice(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passfile_loses_one_newline_like_the_rbd_cli() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pw");
+        std::fs::write(&p, b"a b\n\n").unwrap();
+        assert_eq!(read_passfile(&p).unwrap().as_bytes(), b"a b\n");
+        std::fs::write(&p, b"\n").unwrap();
+        assert_eq!(
+            read_passfile(&p).unwrap_err().kind(),
+            vmcrypt_error::ErrorKind::Usage
+        );
+    }
+
+    #[test]
+    fn image_names_like_the_rbd_cli() {
+        let s = image_spec("img", Some("/c.conf"), Some("u")).unwrap();
+        assert_eq!((s.pool.as_str(), s.image.as_str()), ("rbd", "img"));
+        assert_eq!(s.conf.as_deref(), Some("/c.conf"));
+        let s = image_spec("p/ns/img", None, None).unwrap();
+        assert_eq!(s.image_name(), "p/ns/img");
+    }
+
+    #[test]
+    fn create_options_are_checked_by_name() {
+        let o = crate::opts::parse_keyval("encrypt.format=luks2,encrypt.bogus=1", None).unwrap();
+        let e = check_options(&o).unwrap_err();
+        assert!(e.to_string().contains("encrypt.bogus"), "{e}");
+        let o = crate::opts::parse_keyval("encrypt.format=luks-any,encrypt.key-secret=s", None)
+            .unwrap();
+        assert!(encrypt_options(&o).is_err());
+    }
+}
