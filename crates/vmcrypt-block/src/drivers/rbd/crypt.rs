@@ -10,9 +10,12 @@
 //! not store. A read of an object that does not exist, or of the bytes past the end of
 //! an object, returns zeros, not the decryption of zeros. So this node knows each
 //! touched object's length (asked once from librbd with `rbd_diff_iterate2` over its
-//! written extents, then kept up to date by its own writes) and serves zeros beyond it;
-//! a write that does not cover whole sectors is completed from what a read returns
-//! (zeros in a hole), as librbd's read-modify-write is. Zeroing and discarding whole
+//! written extents, then kept up to date by its own writes) and serves zeros beyond it.
+//! librbd itself, writing past the end of an object, leaves a gap that RADOS fills with
+//! zeros and librbd then decrypts into garbage; vmcrypt writes encrypted zeros over such
+//! a gap first, so what it writes reads back the same in both. A write that does not
+//! cover whole sectors is completed from what a read returns (zeros in a hole), as
+//! librbd's read-modify-write is. Zeroing and discarding whole
 //! objects delete them (they read as zeros again, in librbd too); the edges of a zeroed
 //! range are written as encrypted zeros, and a discard leaves partial objects alone.
 use super::RbdDriver;
@@ -143,9 +146,33 @@ impl RbdCryptDriver {
         offset.is_multiple_of(self.sector) && len.is_multiple_of(self.sector)
     }
 
-    fn write_aligned(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// The host range between the stored end of the object holding host byte `host`
+    /// and `host` (`lengths` from [`Self::lengths_of`] starting with that object), if
+    /// any: a write there would leave a gap librbd reads as decrypted zeros (garbage).
+    fn gap_before(&self, host: u64, lengths: &[(u64, u64)]) -> Option<(u64, u64)> {
+        let &(obj, stored) = lengths.first()?;
+        let start = (obj * self.object_size + stored).div_ceil(self.sector) * self.sector;
+        let start = start.max(self.data_offset);
+        (host > start).then(|| (start, host - start))
+    }
+
+    /// Write whole sectors under the exclusive lock: first encrypted zeros over the gap
+    /// the write would leave in its object (so every stored byte decrypts to what was
+    /// written, in librbd too), then the data.
+    fn write_locked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let host = self.data_offset + offset;
-        self.lengths_of(host, buf.len() as u64)?;
+        let lengths = self.lengths_of(host, buf.len() as u64)?;
+        if let Some((gap, len)) = self.gap_before(host, &lengths) {
+            let mut done = 0;
+            while done < len {
+                let n = (4u64 << 20).min(len - done);
+                let mut z = vec![0u8; n as usize];
+                self.luks
+                    .write_at_mut(&mut z, gap + done - self.data_offset)?;
+                done += n;
+            }
+            self.wrote(gap, len);
+        }
         self.luks.write_at_mut(buf, offset)?;
         self.wrote(host, buf.len() as u64);
         Ok(())
@@ -161,7 +188,7 @@ impl RbdCryptDriver {
         self.read_at(&mut tmp, start)?;
         let at = (offset - start) as usize;
         tmp[at..at + buf.len()].copy_from_slice(buf);
-        self.write_aligned(&mut tmp, start)
+        self.write_locked(&mut tmp, start)
     }
 
     /// Whole objects (in guest offsets) inside `[offset, offset+len)`.
@@ -211,12 +238,22 @@ impl BlockDriver for RbdCryptDriver {
     }
     fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("rbd write", offset, buf.len(), self.size())?;
-        if self.aligned(offset, buf.len() as u64) {
-            let _g = self.rmw.read().expect("rmw lock");
-            self.write_aligned(buf, offset)
-        } else {
-            self.write_rmw(buf, offset)
+        if !self.aligned(offset, buf.len() as u64) {
+            return self.write_rmw(buf, offset);
         }
+        let host = self.data_offset + offset;
+        {
+            // Whole sectors that leave no gap run in parallel with each other.
+            let _g = self.rmw.read().expect("rmw lock");
+            let lengths = self.lengths_of(host, buf.len() as u64)?;
+            if self.gap_before(host, &lengths).is_none() {
+                self.luks.write_at_mut(buf, offset)?;
+                self.wrote(host, buf.len() as u64);
+                return Ok(());
+            }
+        }
+        let _g = self.rmw.write().expect("rmw lock");
+        self.write_locked(buf, offset)
     }
     fn flush(&self) -> Result<()> {
         self.luks.flush()
