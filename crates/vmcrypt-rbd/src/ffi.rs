@@ -588,3 +588,25 @@ impl Drop for Image {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_names_the_package_to_install() {
+        let Err(e) = Lib::open("libvmcrypt-no-such-rbd.so.1", "librbd1") else {
+            panic!("a library that does not exist was loaded");
+        };
+        assert!(e.contains("apt-get install librbd1"), "{e}");
+        assert!(e.contains("libvmcrypt-no-such-rbd.so.1"), "{e}");
+    }
+
+    #[test]
+    fn the_installed_librbd_has_every_function() {
+        // librbd1 is a test dependency (.ci/install-deps); a missing symbol names itself.
+        if let Err(e) = api() {
+            panic!("{e}");
+        }
+    }
+}
