@@ -12,7 +12,7 @@ use crate::drivers::luks::LuksDriver;
 use crate::drivers::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
 use crate::drivers::raw::RawDriver;
 use crate::drivers::rbd::RbdDriver;
-use crate::drivers::rbd::crypt::RbdCryptDriver;
+use crate::drivers::rbd::crypt::{ParentLayer, RbdCryptDriver};
 use crate::secrets::SecretStore;
 use crate::spec::{
     BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, RbdSpec,
@@ -172,19 +172,34 @@ fn open_file(spec: &FileSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>>
 }
 
 fn open_rbd(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    if spec.encrypt.is_none() {
+        return Ok(Arc::new(open_rbd_raw(spec, ctx)?));
+    }
+    Ok(open_rbd_encrypted(spec, ctx)?)
+}
+
+fn open_rbd_raw(spec: &RbdSpec, ctx: &OpenContext) -> Result<RbdDriver> {
     let key = spec
         .key_secret
         .as_ref()
         .map(|id| ctx.secrets.get(id))
         .transpose()?;
-    let raw = Arc::new(RbdDriver::open(
-        spec,
-        key.map(|k| k.as_bytes()),
-        ctx.read_only,
-    )?);
+    RbdDriver::open(spec, key.map(|k| k.as_bytes()), ctx.read_only)
+}
+
+/// Open an rbd node with `encrypt` options as its concrete driver (for jobs that need
+/// more than [`BlockDriver`], such as flatten). A clone whose spec names its parent's
+/// encryption (`encrypt.parent.*`) reads what it does not hold from its parent, opened
+/// read-only with the parent's key, recursively.
+pub fn open_rbd_encrypted(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<RbdCryptDriver>> {
     let Some(enc) = &spec.encrypt else {
-        return Ok(raw);
+        bail!(
+            Usage,
+            "rbd image {} has no encrypt options",
+            spec.image_name()
+        );
     };
+    let raw = Arc::new(open_rbd_raw(spec, ctx)?);
     let name = spec.image_name();
     let pass = match &enc.key_secret {
         Some(id) => Some(ctx.secrets.get(id)?),
@@ -195,8 +210,37 @@ fn open_rbd(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
              (and --object secret,id=ID,file=PATH)"
         ),
     };
-    let d = RbdCryptDriver::open(raw, enc.format, pass.map(|p| p.as_bytes()), &ctx.limits)
-        .with_ctx(|| format!("opening the encryption of rbd image {name}"))?;
+    let parent = match (&enc.parent, raw.image().parent()?) {
+        (Some(penc), Some(p)) => {
+            let pspec = RbdSpec {
+                pool: p.pool,
+                image: p.image,
+                snapshot: Some(p.snapshot),
+                namespace: (!p.namespace.is_empty()).then_some(p.namespace),
+                encrypt: Some((**penc).clone()),
+                ..spec.clone()
+            };
+            let pctx = OpenContext {
+                read_only: true,
+                ..*ctx
+            };
+            let node: Arc<dyn BlockDriver> = open_rbd_encrypted(&pspec, &pctx)
+                .with_ctx(|| format!("opening the parent of {name}"))?;
+            Some(ParentLayer {
+                node,
+                raw_overlap: p.overlap,
+            })
+        }
+        _ => None,
+    };
+    let d = RbdCryptDriver::open(
+        raw,
+        enc.format,
+        pass.map(|p| p.as_bytes()),
+        &ctx.limits,
+        parent,
+    )
+    .with_ctx(|| format!("opening the encryption of rbd image {name}"))?;
     Ok(Arc::new(d))
 }
 

@@ -105,6 +105,11 @@ api! {
     rbd_snap_create: fn(Ptr, *const c_char) -> c_int;
     rbd_snap_protect: fn(Ptr, *const c_char) -> c_int;
     rbd_snap_is_protected: fn(Ptr, *const c_char, *mut c_int) -> c_int;
+    rbd_get_parent: fn(Ptr, *mut RawLinkedImage, *mut RawSnapSpec) -> c_int;
+    rbd_linked_image_spec_cleanup: fn(*mut RawLinkedImage) -> ();
+    rbd_snap_spec_cleanup: fn(*mut RawSnapSpec) -> ();
+    rbd_get_overlap: fn(Ptr, *mut u64) -> c_int;
+    rbd_flatten: fn(Ptr) -> c_int;
     rbd_diff_iterate2: fn(Ptr, *const c_char, u64, u64, u8, u8, DiffCb, Ptr) -> c_int;
     rbd_aio_create_completion: fn(Ptr, Ptr, *mut Ptr) -> c_int;
     rbd_aio_wait_for_complete: fn(Ptr) -> c_int;
@@ -127,6 +132,36 @@ struct RawInfo {
     block_name_prefix: [c_char; 24],
     parent_pool: i64,
     parent_name: [c_char; 96],
+}
+
+/// `rbd_linked_image_spec_t` of librbd.h.
+#[repr(C)]
+struct RawLinkedImage {
+    pool_id: i64,
+    pool_name: *mut c_char,
+    pool_namespace: *mut c_char,
+    image_id: *mut c_char,
+    image_name: *mut c_char,
+    trash: bool,
+}
+
+/// `rbd_snap_spec_t` of librbd.h.
+#[repr(C)]
+struct RawSnapSpec {
+    id: u64,
+    namespace_type: c_int,
+    name: *mut c_char,
+}
+
+/// Where a clone's parent is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentSpec {
+    pub pool: String,
+    pub namespace: String,
+    pub image: String,
+    pub snapshot: String,
+    /// Bytes of the clone (from its start) that still come from the parent.
+    pub overlap: u64,
 }
 
 fn api() -> Result<&'static Api> {
@@ -517,6 +552,51 @@ impl Image {
         // SAFETY: open handle.
         let r = unsafe { (self.api().rbd_resize)(self.handle, size) };
         check(r, || format!("resizing {} to {size} bytes", self.name))
+    }
+
+    /// The clone's parent, if it has one.
+    pub fn parent(&self) -> Result<Option<ParentSpec>> {
+        // SAFETY: both are plain C structs; all-zero (NULL pointers) is a valid value.
+        let (mut img, mut snap): (RawLinkedImage, RawSnapSpec) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: open handle, valid out-structs.
+        let r = unsafe { (self.api().rbd_get_parent)(self.handle, &mut img, &mut snap) };
+        if r == -libc::ENOENT {
+            return Ok(None);
+        }
+        check(r, || format!("parent of {}", self.name))?;
+        let text = |p: *mut c_char| {
+            if p.is_null() {
+                String::new()
+            } else {
+                // SAFETY: librbd filled `p` with a NUL-terminated string it owns until
+                // the cleanup calls below.
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            }
+        };
+        let mut spec = ParentSpec {
+            pool: text(img.pool_name),
+            namespace: text(img.pool_namespace),
+            image: text(img.image_name),
+            snapshot: text(snap.name),
+            overlap: 0,
+        };
+        // SAFETY: the structs were filled by rbd_get_parent and are released once.
+        unsafe {
+            (self.api().rbd_linked_image_spec_cleanup)(&mut img);
+            (self.api().rbd_snap_spec_cleanup)(&mut snap);
+        }
+        // SAFETY: open handle, valid out-pointer.
+        let r = unsafe { (self.api().rbd_get_overlap)(self.handle, &mut spec.overlap) };
+        check(r, || format!("parent overlap of {}", self.name))?;
+        Ok(Some(spec))
+    }
+
+    /// Copy every object still in the parent into the image and detach it.
+    pub fn flatten(&self) -> Result<()> {
+        // SAFETY: open handle.
+        let r = unsafe { (self.api().rbd_flatten)(self.handle) };
+        check(r, || format!("flattening {}", self.name))
     }
 
     /// Create snapshot `snap` unless it exists, and protect it unless it is.

@@ -81,6 +81,63 @@ pub fn encryption_format(req: &EncryptionFormatRequest, passphrase: &[u8]) -> Re
     format(&raw, &params, passphrase)
 }
 
+/// `vmcrypt rbd clone PARENT@SNAP CLONE luks1|luks2 PASSFILE`.
+#[derive(Clone, Debug)]
+pub struct CloneRequest {
+    /// The parent image with the snapshot to clone (created and protected if needed).
+    pub parent: RbdSpec,
+    /// The new clone (same cluster; `conf`/`user` of `parent` are used).
+    pub child: RbdSpec,
+    pub version: Version,
+    pub aes_bits: u32,
+    pub keyslot: NewKeyslot,
+}
+
+/// Clone `parent@snap` through librbd and give the clone its own passphrase and volume
+/// key, in Ceph Reef's layered layout (works on any Ceph: the crypto is vmcrypt's).
+/// Reading the clone then needs the parent's key too (`encrypt.parent.*`).
+pub fn clone(req: &CloneRequest, passphrase: &[u8]) -> Result<Formatted> {
+    let Some(snap) = req.parent.snapshot.as_deref() else {
+        bail!(
+            Usage,
+            "rbd clone needs the parent's snapshot: POOL/IMAGE@SNAP (created if missing)"
+        );
+    };
+    ensure!(
+        req.child.snapshot.is_none(),
+        Usage,
+        "the clone is an image, not a snapshot ({})",
+        req.child.image_name()
+    );
+    let ppool = connect(&req.parent, None)?;
+    ppool
+        .open(&req.parent.image, None, false)?
+        .snap_create_protected(snap)?;
+    let cpool = connect(&req.child, None)?;
+    ppool.clone_image(&req.parent.image, snap, &cpool, &req.child.image)?;
+    let raw = Arc::new(RbdDriver::new(
+        cpool.open(&req.child.image, None, false)?,
+        false,
+    )?);
+    let params = librbd_params(
+        req.version,
+        raw.object_size(),
+        req.aes_bits,
+        req.keyslot.params(req.version)?,
+    )?;
+    crate::drivers::rbd::format::format_clone(&raw, &params, passphrase)
+        .with_ctx(|| format!("formatting clone {}", req.child.image_name()))
+}
+
+/// `flatten` of a clone with its own key (its spec names the parent's encryption):
+/// what is still in the parent is re-encrypted under the clone's key, then the parent
+/// is detached and the header becomes plain LUKS.
+pub fn flatten(spec: &RbdSpec, env: &crate::jobs::Env) -> Result<()> {
+    let ctx = env.ctx(crate::jobs::image_arg::Access::WRITE)?;
+    let node = crate::graph::open_rbd_encrypted(spec, &ctx)?;
+    node.flatten()
+}
+
 /// Whether `target` names an rbd image (`rbd:...`).
 pub fn is_rbd_target(target: &str) -> bool {
     target.starts_with("rbd:")
@@ -195,6 +252,7 @@ pub fn created_spec(target: &str, opts: &Map<String, Value>) -> Result<NodeSpec>
         spec.encrypt = Some(RbdEncrypt {
             format,
             key_secret: opt_str(e, "key-secret")?,
+            parent: None,
         });
     }
     Ok(NodeSpec::Rbd(spec))

@@ -67,6 +67,23 @@ pub struct RbdEncrypt {
     pub format: RbdEncryptFormat,
     /// The `--object secret` holding the passphrase (required to read data).
     pub key_secret: Option<String>,
+    /// `encrypt.parent.*`: the parent's encryption, for a clone with its own key (Reef's
+    /// layered encryption; nested again for a clone of a clone).
+    pub parent: Option<Box<RbdEncrypt>>,
+}
+
+impl RbdEncrypt {
+    fn write_options(&self) -> Map<String, Value> {
+        let mut em = Map::new();
+        em.insert("format".into(), Value::String(self.format.name().into()));
+        if let Some(k) = &self.key_secret {
+            em.insert("key-secret".into(), Value::String(k.clone()));
+        }
+        if let Some(p) = &self.parent {
+            em.insert("parent".into(), Value::Object(p.write_options()));
+        }
+        em
+    }
 }
 
 impl RbdSpec {
@@ -91,7 +108,7 @@ impl RbdSpec {
         };
         let encrypt = match o.get("encrypt") {
             None => None,
-            Some(Value::Object(e)) => Some(parse_encrypt(e)?),
+            Some(Value::Object(e)) => Some(parse_encrypt(e, "encrypt.")?),
             Some(_) => bail!(
                 Usage,
                 "rbd: 'encrypt' must be an object (encrypt.format=...)"
@@ -139,30 +156,34 @@ impl RbdSpec {
         put("namespace", &self.namespace);
         put("key-secret", &self.key_secret);
         if let Some(e) = &self.encrypt {
-            let mut em = Map::new();
-            em.insert("format".into(), Value::String(e.format.name().into()));
-            if let Some(k) = &e.key_secret {
-                em.insert("key-secret".into(), Value::String(k.clone()));
-            }
-            m.insert("encrypt".into(), Value::Object(em));
+            m.insert("encrypt".into(), Value::Object(e.write_options()));
         }
         self.tuning.write_options(m);
     }
 }
 
-fn parse_encrypt(e: &Map<String, Value>) -> Result<RbdEncrypt> {
+fn parse_encrypt(e: &Map<String, Value>, prefix: &str) -> Result<RbdEncrypt> {
     for k in e.keys() {
         ensure!(
-            k == "format" || k == "key-secret",
+            k == "format" || k == "key-secret" || k == "parent",
             Usage,
-            "block driver 'rbd' does not support the option 'encrypt.{k}'"
+            "block driver 'rbd' does not support the option '{prefix}{k}'"
         );
     }
+    let parent = match e.get("parent") {
+        None => None,
+        Some(Value::Object(p)) => Some(Box::new(parse_encrypt(p, &format!("{prefix}parent."))?)),
+        Some(_) => bail!(
+            Usage,
+            "rbd: '{prefix}parent' must be an object ({prefix}parent.format=...)"
+        ),
+    };
     let format = opt_str(e, "format")?
-        .ok_or_else(|| Error::usage("rbd: encrypt options need encrypt.format"))?;
+        .ok_or_else(|| Error::usage(format!("rbd: encrypt options need {prefix}format")))?;
     Ok(RbdEncrypt {
         format: RbdEncryptFormat::parse(&format)?,
         key_secret: opt_str(e, "key-secret")?,
+        parent,
     })
 }
 
@@ -288,7 +309,9 @@ mod tests {
     #[test]
     fn encrypt_options_round_trip() {
         let m = crate::opts::parse_keyval(
-            "driver=rbd,pool=p,image=i,encrypt.format=luks2,encrypt.key-secret=s0",
+            "driver=rbd,pool=p,image=i,encrypt.format=luks2,encrypt.key-secret=s0,\
+             encrypt.parent.format=luks,encrypt.parent.key-secret=s1,\
+             encrypt.parent.parent.format=luks-any",
             None,
         )
         .unwrap();
@@ -296,6 +319,12 @@ mod tests {
         let e = s.encrypt.clone().unwrap();
         assert_eq!(e.format, RbdEncryptFormat::Luks2);
         assert_eq!(e.key_secret.as_deref(), Some("s0"));
+        let p = e.parent.clone().unwrap();
+        assert_eq!(
+            (p.format, p.key_secret.as_deref()),
+            (RbdEncryptFormat::Luks1, Some("s1"))
+        );
+        assert_eq!(p.parent.unwrap().format, RbdEncryptFormat::Any);
         let mut back = Map::new();
         back.insert("driver".into(), Value::String("rbd".into()));
         s.write_options(&mut back);
@@ -305,5 +334,11 @@ mod tests {
         let bad = crate::opts::parse_keyval("driver=rbd,pool=p,image=i,encrypt.x=1", None);
         let e = RbdSpec::parse(&bad.unwrap()).unwrap_err();
         assert!(e.to_string().contains("encrypt.x"), "{e}");
+        let bad = crate::opts::parse_keyval(
+            "driver=rbd,pool=p,image=i,encrypt.format=luks,encrypt.parent.y=1",
+            None,
+        );
+        let e = RbdSpec::parse(&bad.unwrap()).unwrap_err();
+        assert!(e.to_string().contains("encrypt.parent.y"), "{e}");
     }
 }

@@ -145,6 +145,14 @@ impl TestImage {
 
 impl Drop for TestImage {
     fn drop(&mut self) {
+        let ls = rbd_cli(&["snap", "ls", "--format", "json", &self.path()]);
+        let snaps: serde_json::Value =
+            serde_json::from_slice(&ls.stdout).unwrap_or(serde_json::Value::Null);
+        for snap in snaps.as_array().into_iter().flatten() {
+            if let Some(name) = snap["name"].as_str() {
+                let _ = rbd_cli(&["snap", "unprotect", &format!("{}@{name}", self.path())]);
+            }
+        }
         let _ = rbd_cli(&["snap", "purge", "--no-progress", &self.path()]);
         let _ = rbd_cli(&["rm", "--no-progress", &self.path()]);
     }

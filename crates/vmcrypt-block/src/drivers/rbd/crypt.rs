@@ -19,6 +19,7 @@
 //! objects delete them (they read as zeros again, in librbd too); the edges of a zeroed
 //! range are written as encrypted zeros, and a discard leaves partial objects alone.
 use super::RbdDriver;
+use super::magic::{CloneMagicView, is_clone_header};
 use crate::driver::{Allocation, BlockDriver, Extent, Introspect, check_range};
 use crate::drivers::luks::{LuksDriver, Version};
 use crate::spec::RbdEncryptFormat;
@@ -38,6 +39,19 @@ pub struct RbdCryptDriver {
     lengths: Mutex<HashMap<u64, u64>>,
     /// Shared by whole-sector writes, exclusive for read-modify-writes.
     rmw: RwLock<()>,
+    /// A clone with its own key: where the data it does not hold yet comes from.
+    parent: Option<ParentLayer>,
+}
+
+/// The parent of a clone with its own key (Reef's layered encryption): the clone's data
+/// at offset X that the clone does not hold is the parent's data at offset X, read
+/// through the parent's own encryption (its key).
+pub struct ParentLayer {
+    /// The parent's encrypted node (data offsets), opened with the parent's key.
+    pub node: Arc<dyn BlockDriver>,
+    /// Bytes of the clone's raw image that still come from the parent
+    /// (`rbd_get_overlap`).
+    pub raw_overlap: u64,
 }
 
 impl RbdCryptDriver {
@@ -48,8 +62,23 @@ impl RbdCryptDriver {
         format: RbdEncryptFormat,
         passphrase: Option<&[u8]>,
         limits: &KdfLimits,
+        parent: Option<ParentLayer>,
     ) -> Result<RbdCryptDriver> {
-        let file: Arc<dyn BlockDriver> = raw.clone();
+        let mut head = [0u8; 6];
+        raw.read_at(&mut head, 0)?;
+        let file: Arc<dyn BlockDriver> = if is_clone_header(&head) {
+            if parent.is_none() {
+                bail!(
+                    Usage,
+                    "rbd image {} is a clone encrypted with its own key: pass its parent's \
+                     encryption too (encrypt.parent.format=..., encrypt.parent.key-secret=ID)",
+                    raw.image().name()
+                );
+            }
+            Arc::new(CloneMagicView::new(raw.clone(), None)?)
+        } else {
+            raw.clone()
+        };
         let luks = LuksDriver::open(file, None, passphrase, None, limits)?;
         let version = luks.header().version();
         match (format, version) {
@@ -73,6 +102,7 @@ impl RbdCryptDriver {
             luks,
             lengths: Mutex::new(HashMap::new()),
             rmw: RwLock::new(()),
+            parent,
         })
     }
 
@@ -100,7 +130,9 @@ impl RbdCryptDriver {
             let start = first * self.object_size;
             let span = (last + 1) * self.object_size - start;
             let span = span.min(self.raw.size().saturating_sub(start));
-            let ext = self.raw.written_extents(start, span, true)?;
+            let ext = self
+                .raw
+                .written_extents(start, span, self.parent.is_none())?;
             let mut found: HashMap<u64, u64> = missing.iter().map(|&o| (o, 0)).collect();
             for (o, l) in ext {
                 for obj in self.objects(o, l) {
@@ -160,6 +192,7 @@ impl RbdCryptDriver {
     /// the write would leave in its object (so every stored byte decrypts to what was
     /// written, in librbd too), then the data.
     fn write_locked(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.copy_up(offset, buf.len() as u64)?;
         let host = self.data_offset + offset;
         let lengths = self.lengths_of(host, buf.len() as u64)?;
         if let Some((gap, len)) = self.gap_before(host, &lengths) {
@@ -189,6 +222,113 @@ impl RbdCryptDriver {
         let at = (offset - start) as usize;
         tmp[at..at + buf.len()].copy_from_slice(buf);
         self.write_locked(&mut tmp, start)
+    }
+
+    /// The guest bytes of object `obj`, clipped to the data area and the node's size.
+    fn object_guest_range(&self, obj: u64) -> (u64, u64) {
+        let s = (obj * self.object_size).max(self.data_offset) - self.data_offset;
+        let e = ((obj + 1) * self.object_size)
+            .saturating_sub(self.data_offset)
+            .min(self.size());
+        (s, e.max(s))
+    }
+
+    /// Guest bytes the parent still provides.
+    fn parent_overlap(&self) -> u64 {
+        self.parent.as_ref().map_or(0, |p| {
+            p.raw_overlap
+                .saturating_sub(self.data_offset)
+                .min(p.node.size())
+        })
+    }
+
+    /// Whether object `obj`, which the clone stores `stored` bytes of, reads from the
+    /// parent.
+    fn from_parent(&self, obj: u64, stored: u64) -> bool {
+        self.parent.is_some()
+            && stored == 0
+            && self.object_guest_range(obj).0 < self.parent_overlap()
+    }
+
+    /// Fill the parts of `buf` (guest bytes from `offset`) that lie in objects the clone
+    /// does not hold from the parent (its data, decrypted with its key).
+    fn read_parent_parts(&self, buf: &mut [u8], offset: u64, lengths: &[(u64, u64)]) -> Result<()> {
+        let Some(p) = &self.parent else {
+            return Ok(());
+        };
+        let (overlap, end) = (self.parent_overlap(), offset + buf.len() as u64);
+        for &(obj, stored) in lengths {
+            if stored != 0 {
+                continue;
+            }
+            let (s, e) = self.object_guest_range(obj);
+            let (s, e) = (s.max(offset), e.min(end).min(overlap));
+            if e > s {
+                p.node
+                    .read_at(&mut buf[(s - offset) as usize..(e - offset) as usize], s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a first write to object `obj` (the clone stores `stored` bytes of it)
+    /// must write the whole object: librbd copies a clone's missing object up from the
+    /// parent's raw bytes (the parent's ciphertext) wherever the raw overlap reaches, so
+    /// every byte of it must be overwritten under the clone's key.
+    fn needs_copy_up(&self, obj: u64, stored: u64) -> bool {
+        self.parent
+            .as_ref()
+            .is_some_and(|p| stored == 0 && obj * self.object_size < p.raw_overlap)
+    }
+
+    /// Copy the parent's data of every object touched by guest `[offset, offset+len)`
+    /// that the clone does not hold yet into the clone, encrypted with the clone's key
+    /// (Reef's copy-up; zeros where the parent has no data), whole objects at a time.
+    /// Called under the exclusive lock.
+    fn copy_up(&self, offset: u64, len: u64) -> Result<()> {
+        if self.parent.is_none() {
+            return Ok(());
+        }
+        for (obj, stored) in self.lengths_of(self.data_offset + offset, len)? {
+            if !self.needs_copy_up(obj, stored) {
+                continue;
+            }
+            let (s, e) = self.object_guest_range(obj);
+            let mut data = vec![0u8; (e - s) as usize];
+            self.read_parent_parts(&mut data, s, &[(obj, 0)])?;
+            self.luks.write_at_mut(&mut data, s)?;
+            self.wrote(self.data_offset + s, e - s);
+        }
+        Ok(())
+    }
+
+    /// `flatten` under the clone's key: copy up every object still in the parent, detach
+    /// the parent (`rbd_flatten`, which then has nothing left to copy), and put the LUKS
+    /// magic back, as Reef's flatten does: the image is then a plain librbd-encrypted
+    /// image that any librbd (and cryptsetup, on its bytes) opens with the clone's key.
+    /// The node should not be used afterwards.
+    pub fn flatten(&self) -> Result<()> {
+        if self.parent.is_none() {
+            bail!(
+                Usage,
+                "rbd image {} is not a clone opened with its parent",
+                self.raw.image().name()
+            );
+        }
+        {
+            let _g = self.rmw.write().expect("rmw lock");
+            let step = 64 * self.object_size;
+            let size = self.size();
+            let mut off = 0;
+            while off < size {
+                self.copy_up(off, step.min(size - off))?;
+                off += step;
+            }
+        }
+        self.luks.flush()?;
+        self.raw.image().flatten()?;
+        super::magic::restore_luks_magic(self.raw.as_ref())?;
+        self.raw.flush()
     }
 
     /// Whole objects (in guest offsets) inside `[offset, offset+len)`.
@@ -226,11 +366,11 @@ impl BlockDriver for RbdCryptDriver {
         let lengths = self.lengths_of(host, buf.len() as u64)?;
         if lengths.iter().all(|&(_, l)| l == 0) {
             buf.fill(0);
-            return Ok(());
+        } else {
+            self.luks.read_at(buf, offset)?;
+            self.zero_holes(buf, host, &lengths);
         }
-        self.luks.read_at(buf, offset)?;
-        self.zero_holes(buf, host, &lengths);
-        Ok(())
+        self.read_parent_parts(buf, offset, &lengths)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         let mut copy = buf.to_vec();
@@ -246,7 +386,8 @@ impl BlockDriver for RbdCryptDriver {
             // Whole sectors that leave no gap run in parallel with each other.
             let _g = self.rmw.read().expect("rmw lock");
             let lengths = self.lengths_of(host, buf.len() as u64)?;
-            if self.gap_before(host, &lengths).is_none() {
+            let copy_up = lengths.iter().any(|&(o, l)| self.needs_copy_up(o, l));
+            if !copy_up && self.gap_before(host, &lengths).is_none() {
                 self.luks.write_at_mut(buf, offset)?;
                 self.wrote(host, buf.len() as u64);
                 return Ok(());
@@ -260,7 +401,11 @@ impl BlockDriver for RbdCryptDriver {
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         check_range("rbd write zeroes", offset, len as usize, self.size())?;
-        let Some((wo, wl)) = self.whole_objects(offset, len) else {
+        // In a clone with its own key a deleted object would read from the parent again.
+        let whole = self
+            .whole_objects(offset, len)
+            .filter(|_| self.parent.is_none());
+        let Some((wo, wl)) = whole else {
             return zero_fill(self, offset, len);
         };
         zero_fill(self, offset, wo - offset)?;
@@ -273,7 +418,10 @@ impl BlockDriver for RbdCryptDriver {
     }
     fn discard(&self, offset: u64, len: u64) -> Result<()> {
         check_range("rbd discard", offset, len as usize, self.size())?;
-        if let Some((wo, wl)) = self.whole_objects(offset, len) {
+        if let Some((wo, wl)) = self
+            .whole_objects(offset, len)
+            .filter(|_| self.parent.is_none())
+        {
             let _g = self.rmw.write().expect("rmw lock");
             self.raw.discard(self.data_offset + wo, wl)?;
             self.forget(wo, wl);
@@ -288,6 +436,11 @@ impl BlockDriver for RbdCryptDriver {
         let mut end = host;
         for (obj, stored) in lengths {
             let ostart = obj * self.object_size;
+            let stored = if self.from_parent(obj, stored) {
+                self.object_size
+            } else {
+                stored
+            };
             for (s, e, a) in [
                 (ostart, ostart + stored, Allocation::Data),
                 (ostart + stored, ostart + self.object_size, Allocation::Zero),

@@ -4,8 +4,10 @@
 //! for 4 MiB objects; LUKS2: 16 MiB, or the object size if larger), LUKS2 with
 //! 4096-byte sectors. Nothing but the header area is written.
 use super::RbdDriver;
+use super::magic::CloneMagicView;
 use crate::driver::BlockDriver;
 use crate::drivers::luks::{CreateParams, KeyslotParams, Version, Volume};
+use crate::drivers::mem::MemDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::CipherSpec;
 use vmcrypt_error::{Result, ResultExt, ensure};
@@ -80,6 +82,52 @@ pub fn format(raw: &Arc<RbdDriver>, params: &CreateParams, passphrase: &[u8]) ->
         Some(v1) => v1.payload_offset(),
         None => need,
     };
+    Ok(Formatted {
+        uuid: vol.uuid().to_string(),
+        data_offset,
+    })
+}
+
+/// Format a clone with its own key in Ceph Reef's layered layout: the header is built
+/// in memory, its magic changed to the clone magic (`RBDL`, see [`super::magic`]), and
+/// written from offset 0 up to the data offset in one write of whole objects (the data
+/// offset is object-aligned), so no byte of the parent's header area survives in the
+/// clone. The clone's data is untouched: it still reads from the parent, with the
+/// parent's key, until written.
+pub fn format_clone(
+    raw: &Arc<RbdDriver>,
+    params: &CreateParams,
+    passphrase: &[u8],
+) -> Result<Formatted> {
+    ensure!(!passphrase.is_empty(), Usage, "empty passphrase refused");
+    let name = raw.filename();
+    let obj = raw.object_size();
+    let need = params
+        .data_offset
+        .unwrap_or((2u64 << 20).div_ceil(obj) * obj);
+    ensure!(
+        raw.size() > need,
+        Usage,
+        "'{name}' is {} bytes, no room for data after a {need}-byte encryption header; \
+         nothing was written",
+        raw.size()
+    );
+    let mem = Arc::new(MemDriver::new(vec![0u8; (need + obj) as usize]));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let (vol, _key) =
+        Volume::create(dev, params, passphrase).with_ctx(|| format!("formatting '{name}'"))?;
+    let data_offset = vol.v1().map_or(need, |v| v.payload_offset());
+    ensure!(
+        data_offset.is_multiple_of(obj),
+        Internal,
+        "clone header of {data_offset} bytes is not a whole number of {obj}-byte objects"
+    );
+    let mut header = mem.snapshot();
+    header.truncate(data_offset as usize);
+    let target: Arc<dyn BlockDriver> = raw.clone();
+    let view = CloneMagicView::new(target, Some((params.version.number(), params.hdr_size)))?;
+    view.write_at_mut(&mut header, 0)?;
+    view.flush()?;
     Ok(Formatted {
         uuid: vol.uuid().to_string(),
         data_offset,

@@ -8,6 +8,7 @@
 //! (`rbd_diff_iterate2`, whole objects, including a clone's parent).
 pub mod crypt;
 pub mod format;
+pub mod magic;
 
 use crate::driver::{Allocation, BlockDriver, Extent, check_range};
 use crate::spec::RbdSpec;
