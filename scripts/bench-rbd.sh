@@ -70,13 +70,13 @@ start_server() {
     case $1 in
     vmcrypt)
         "$VMCRYPT" serve -q -t --shared 8 --object secret,id=s0,file="$WORK/pw" \
-            --image-opts "$OPTS" -k "$SOCK" &
+            --image-opts "$OPTS" -k "$SOCK" 2>/dev/null &
         ;;
     librbd)
         qemu-storage-daemon --object secret,id=s0,file="$WORK/pw" \
             --blockdev "$OPTS,node-name=d0,cache.direct=on" \
             --nbd-server addr.type=unix,addr.path="$SOCK" \
-            --export type=nbd,id=e0,node-name=d0,name=,writable=on &
+            --export type=nbd,id=e0,node-name=d0,name=,writable=on 2>/dev/null &
         ;;
     esac
     SERVER=$!
@@ -98,7 +98,8 @@ run_fio() {
         --ramp_time=1 --randrepeat=1 --randseed=13 --output-format=json |
         python3 -c '
 import json, sys
-j = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()
+j = json.loads(text[text.index("{"):])["jobs"][0]  # the nbd engine prints a line first
 side = j["read"] if j["read"]["io_bytes"] else j["write"]
 print("%.1f" % (side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"]))
 ' "$what"
