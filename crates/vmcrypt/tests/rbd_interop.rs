@@ -378,3 +378,152 @@ fn refusals_name_the_problem() {
         "nothing may be written on refusal"
     );
 }
+
+#[test]
+fn clone_with_own_key_then_flatten_from_the_cli() {
+    let sc = Scratch::new();
+    let (gold, child) = (TestImage::new("cli-gold"), TestImage::new("cli-clone"));
+    let (gpw, cpw) = (sc.write("gpw", b"gold"), sc.write("cpw", b"child"));
+    assert!(
+        rbd_cli(&["create", "--size", "24M", &gold.path()])
+            .status
+            .success()
+    );
+    let conf = ceph::ceph_conf();
+    vmcrypt(&[
+        "rbd",
+        "encryption",
+        "format",
+        "--conf",
+        conf,
+        "--iter-time",
+        "10",
+        &gold.path(),
+        "luks1",
+        &gpw,
+    ])
+    .ok();
+    let plain = plaintext(20 * MIB, "gold");
+    let src = sc.write("plain", &plain);
+    let gobj = format!("secret,id=g,file={gpw}");
+    let cobj = format!("secret,id=c,file={cpw}");
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "--object",
+        &gobj,
+        "-f",
+        "raw",
+        &src,
+        "--target-image-opts",
+        &gold.opts("encrypt.format=luks,encrypt.key-secret=g"),
+    ])
+    .ok();
+    vmcrypt(&[
+        "rbd",
+        "clone",
+        "--conf",
+        conf,
+        "--iter-time",
+        "10",
+        &format!("{}@base", gold.path()),
+        &child.path(),
+        "luks1",
+        &cpw,
+    ])
+    .ok();
+    let copts = child.opts(
+        "encrypt.format=luks,encrypt.key-secret=c,encrypt.parent.format=luks,encrypt.parent.key-secret=g",
+    );
+    let out = sc.p("clone.raw");
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &gobj,
+        "--object",
+        &cobj,
+        "--image-opts",
+        &copts,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .ok();
+    assert_same_bytes(
+        "the clone reads its parent",
+        &read(std::path::Path::new(&out)),
+        &plain,
+    );
+    vmcrypt(&[
+        "rbd", "flatten", "--object", &gobj, "--object", &cobj, &copts,
+    ])
+    .ok();
+    assert_same_bytes(
+        "librbd reads the flattened clone with its own key",
+        &librbd_read(&child, "luks1", &cpw),
+        &plain,
+    );
+}
+
+#[test]
+fn serve_exports_an_encrypted_rbd_image_with_multi_conn() {
+    let sc = Scratch::new();
+    let img = TestImage::new("serve");
+    let pw = sc.write("pw", PASS);
+    let o = "encrypt.format=luks2,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.pbkdf-memory=32768";
+    vmcrypt(&[
+        "create",
+        "--object",
+        &secret(&pw),
+        "-f",
+        "rbd",
+        "-o",
+        o,
+        &img.filename(),
+        "8M",
+    ])
+    .ok();
+    let plain = plaintext(8 * MIB, "served");
+    let src = sc.write("plain", &plain);
+    let sock = sc.p("nbd.sock");
+    let mut server = std::process::Command::new(VMCRYPT)
+        .args([
+            "serve",
+            "-t",
+            "--shared",
+            "4",
+            "--object",
+            &secret(&pw),
+            "--image-opts",
+            &img.opts("encrypt.format=luks2,encrypt.key-secret=s0"),
+            "-k",
+            &sock,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting vmcrypt serve");
+    for _ in 0..100 {
+        if std::path::Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let uri = format!("nbd+unix:///?socket={sock}");
+    tool("nbdcopy", &["--connections=4", &src, &uri]).ok();
+    let back = sc.p("back");
+    tool("nbdcopy", &["--connections=4", &uri, &back]).ok();
+    let _ = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status();
+    let _ = server.wait();
+    assert_same_bytes(
+        "served and read back",
+        &read(std::path::Path::new(&back)),
+        &plain,
+    );
+    assert_same_bytes(
+        "librbd reads what came over NBD",
+        &librbd_read(&img, "luks2", &pw),
+        &plain,
+    );
+}

@@ -167,7 +167,15 @@ pub fn create(
     };
     let enc = encrypt_options(opts)?;
     let pool = connect(&spec, key)?;
-    pool.create_image(&spec.image, size, order)?;
+    // Room for the largest header librbd's layout uses (LUKS2: 16 MiB rounded up to
+    // the object size); the image is resized to header + `size` once formatted.
+    let obj = 1u64 << order.unwrap_or(22);
+    let room = if enc.is_some() {
+        (16u64 << 20).div_ceil(obj) * obj
+    } else {
+        0
+    };
+    pool.create_image(&spec.image, size + room, order)?;
     let image = pool.open(&spec.image, None, false)?;
     let raw = Arc::new(RbdDriver::new(image, false)?);
     let Some((version, aes_bits, keyslot, pass_id)) = enc else {
