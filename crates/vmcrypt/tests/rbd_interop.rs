@@ -59,6 +59,47 @@ fn vmcrypt_write(img: &TestImage, pw: &str, format: &str, src: &str) {
     .ok();
 }
 
+/// A new image of `size` formatted by `vmcrypt rbd encryption format` with a cheap KDF.
+fn format_cheap(img: &TestImage, size: &str, version: &str, passfile: &str) {
+    assert!(
+        rbd_cli(&["create", "--size", size, &img.path()])
+            .status
+            .success()
+    );
+    let conf = ceph::ceph_conf();
+    vmcrypt(&[
+        "rbd",
+        "encryption",
+        "format",
+        "--conf",
+        conf,
+        "--iter-time",
+        "10",
+        "--pbkdf-memory",
+        "32768",
+        &img.path(),
+        version,
+        passfile,
+    ])
+    .ok();
+}
+
+/// `vmcrypt create -f rbd -o OPTS` of the image (the passphrase secret is s0 in `pw`).
+fn create_encrypted(img: &TestImage, pw: &str, opts: &str, size: &str) {
+    vmcrypt(&[
+        "create",
+        "--object",
+        &secret(pw),
+        "-f",
+        "rbd",
+        "-o",
+        opts,
+        &img.filename(),
+        size,
+    ])
+    .ok();
+}
+
 fn librbd_read(img: &TestImage, fmt: &str, pw: &str) -> Vec<u8> {
     librbd(&["read", &img.name, fmt, pw, "0", "-1"])
 }
@@ -136,26 +177,7 @@ fn vmcrypt_rbd_encryption_format_loads_in_librbd() {
         // A trailing newline in the passphrase file is dropped, as by `rbd`.
         let pwnl = sc.write("pwnl", b"vm pass\n");
         let pw = sc.write("pw", b"vm pass");
-        assert!(
-            rbd_cli(&["create", "--size", "40M", &img.path()])
-                .status
-                .success()
-        );
-        vmcrypt(&[
-            "rbd",
-            "encryption",
-            "format",
-            "--conf",
-            ceph::ceph_conf(),
-            "--iter-time",
-            "10",
-            "--pbkdf-memory",
-            "32768",
-            &img.path(),
-            version,
-            &pwnl,
-        ])
-        .ok();
+        format_cheap(&img, "40M", version, &pwnl);
         let info = vmcrypt(&["info", "--output=json", "--image-opts", &img.opts("")]).ok();
         assert_eq!(info.json()["virtual-size"], 40 * MIB, "raw size unchanged");
         let size = librbd_read(&img, version, &pw).len();
@@ -170,18 +192,7 @@ fn create_and_convert_to_encrypted_rbd() {
     let img = TestImage::new("create");
     let pw = sc.write("pw", PASS);
     let o = "encrypt.format=luks2,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.pbkdf-memory=32768,encrypt.cipher-alg=aes-128";
-    vmcrypt(&[
-        "create",
-        "--object",
-        &secret(&pw),
-        "-f",
-        "rbd",
-        "-o",
-        o,
-        &img.filename(),
-        "24M",
-    ])
-    .ok();
+    create_encrypted(&img, &pw, o, "24M");
     // The usable size is the size asked for, as QEMU's rbd driver makes it.
     assert_eq!(librbd_read(&img, "luks2", &pw).len(), 24 * MIB);
     vmcrypt_formatted(&img, &sc, &pw, "luks2", "luks2");
@@ -300,24 +311,7 @@ fn refusals_name_the_problem() {
     let img = TestImage::new("refuse");
     let pw = sc.write("pw", PASS);
     let wrong = sc.write("wrong", WRONG);
-    assert!(
-        rbd_cli(&["create", "--size", "24M", &img.path()])
-            .status
-            .success()
-    );
-    vmcrypt(&[
-        "rbd",
-        "encryption",
-        "format",
-        "--conf",
-        ceph::ceph_conf(),
-        "--iter-time",
-        "10",
-        &img.path(),
-        "luks1",
-        &pw,
-    ])
-    .ok();
+    format_cheap(&img, "24M", "luks1", &pw);
     let out = sc.p("o");
     // Wrong passphrase: exit code 2.
     let opts = img.opts("encrypt.format=luks,encrypt.key-secret=s0");
@@ -384,25 +378,8 @@ fn clone_with_own_key_then_flatten_from_the_cli() {
     let sc = Scratch::new();
     let (gold, child) = (TestImage::new("cli-gold"), TestImage::new("cli-clone"));
     let (gpw, cpw) = (sc.write("gpw", b"gold"), sc.write("cpw", b"child"));
-    assert!(
-        rbd_cli(&["create", "--size", "24M", &gold.path()])
-            .status
-            .success()
-    );
+    format_cheap(&gold, "24M", "luks1", &gpw);
     let conf = ceph::ceph_conf();
-    vmcrypt(&[
-        "rbd",
-        "encryption",
-        "format",
-        "--conf",
-        conf,
-        "--iter-time",
-        "10",
-        &gold.path(),
-        "luks1",
-        &gpw,
-    ])
-    .ok();
     let plain = plaintext(20 * MIB, "gold");
     let src = sc.write("plain", &plain);
     let gobj = format!("secret,id=g,file={gpw}");
@@ -471,18 +448,7 @@ fn serve_exports_an_encrypted_rbd_image_with_multi_conn() {
     let img = TestImage::new("serve");
     let pw = sc.write("pw", PASS);
     let o = "encrypt.format=luks2,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.pbkdf-memory=32768";
-    vmcrypt(&[
-        "create",
-        "--object",
-        &secret(&pw),
-        "-f",
-        "rbd",
-        "-o",
-        o,
-        &img.filename(),
-        "8M",
-    ])
-    .ok();
+    create_encrypted(&img, &pw, o, "8M");
     let plain = plaintext(8 * MIB, "served");
     let src = sc.write("plain", &plain);
     let sock = sc.p("nbd.sock");

@@ -72,12 +72,7 @@ pub fn encryption_format(req: &EncryptionFormatRequest, passphrase: &[u8]) -> Re
         req.image.image_name()
     );
     let raw = Arc::new(RbdDriver::open(&req.image, None, false)?);
-    let params = librbd_params(
-        req.version,
-        raw.object_size(),
-        req.aes_bits,
-        req.keyslot.params(req.version)?,
-    )?;
+    let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     format(&raw, &params, passphrase)
 }
 
@@ -119,12 +114,7 @@ pub fn clone(req: &CloneRequest, passphrase: &[u8]) -> Result<Formatted> {
         cpool.open(&req.child.image, None, false)?,
         false,
     )?);
-    let params = librbd_params(
-        req.version,
-        raw.object_size(),
-        req.aes_bits,
-        req.keyslot.params(req.version)?,
-    )?;
+    let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     crate::drivers::rbd::format::format_clone(&raw, &params, passphrase)
         .with_ctx(|| format!("formatting clone {}", req.child.image_name()))
 }
@@ -136,6 +126,21 @@ pub fn flatten(spec: &RbdSpec, env: &crate::jobs::Env) -> Result<()> {
     let ctx = env.ctx(crate::jobs::image_arg::Access::WRITE)?;
     let node = crate::graph::open_rbd_encrypted(spec, &ctx)?;
     node.flatten()
+}
+
+/// librbd's header parameters for `raw`.
+fn new_header(
+    raw: &RbdDriver,
+    version: Version,
+    aes_bits: u32,
+    keyslot: &NewKeyslot,
+) -> Result<crate::drivers::luks::CreateParams> {
+    librbd_params(
+        version,
+        raw.object_size(),
+        aes_bits,
+        keyslot.params(version)?,
+    )
 }
 
 /// Whether `target` names an rbd image (`rbd:...`).

@@ -244,7 +244,7 @@ impl RbdCryptDriver {
 
     /// Whether object `obj`, which the clone stores `stored` bytes of, reads from the
     /// parent.
-    fn from_parent(&self, obj: u64, stored: u64) -> bool {
+    fn reads_parent(&self, obj: u64, stored: u64) -> bool {
         self.parent.is_some()
             && stored == 0
             && self.object_guest_range(obj).0 < self.parent_overlap()
@@ -436,7 +436,7 @@ impl BlockDriver for RbdCryptDriver {
         let mut end = host;
         for (obj, stored) in lengths {
             let ostart = obj * self.object_size;
-            let stored = if self.from_parent(obj, stored) {
+            let stored = if self.reads_parent(obj, stored) {
                 self.object_size
             } else {
                 stored

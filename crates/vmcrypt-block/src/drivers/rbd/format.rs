@@ -58,10 +58,10 @@ pub fn librbd_params(
     Ok(p)
 }
 
-/// Format `raw` with `params` (from [`librbd_params`]) and `passphrase`.
-pub fn format(raw: &Arc<RbdDriver>, params: &CreateParams, passphrase: &[u8]) -> Result<Formatted> {
+/// The bytes the header will take on `raw` (its data offset; for LUKS1 an upper
+/// bound), after checking the passphrase and that data fits after it.
+fn header_room(raw: &RbdDriver, params: &CreateParams, passphrase: &[u8]) -> Result<u64> {
     ensure!(!passphrase.is_empty(), Usage, "empty passphrase refused");
-    let name = raw.filename();
     let obj = raw.object_size();
     // LUKS1's header and key slots (AES-256) end just under 2 MiB.
     let need = params
@@ -70,10 +70,17 @@ pub fn format(raw: &Arc<RbdDriver>, params: &CreateParams, passphrase: &[u8]) ->
     ensure!(
         raw.size() > need,
         Usage,
-        "'{name}' is {} bytes, no room for data after a {need}-byte encryption header; \
+        "'{}' is {} bytes, no room for data after a {need}-byte encryption header; \
          nothing was written",
+        raw.filename(),
         raw.size()
     );
+    Ok(need)
+}
+
+/// Format `raw` with `params` (from [`librbd_params`]) and `passphrase`.
+pub fn format(raw: &Arc<RbdDriver>, params: &CreateParams, passphrase: &[u8]) -> Result<Formatted> {
+    let (name, need) = (raw.filename(), header_room(raw, params, passphrase)?);
     let dev: Arc<dyn BlockDriver> = raw.clone();
     let (vol, _key) =
         Volume::create(dev, params, passphrase).with_ctx(|| format!("formatting '{name}'"))?;
@@ -99,19 +106,8 @@ pub fn format_clone(
     params: &CreateParams,
     passphrase: &[u8],
 ) -> Result<Formatted> {
-    ensure!(!passphrase.is_empty(), Usage, "empty passphrase refused");
-    let name = raw.filename();
-    let obj = raw.object_size();
-    let need = params
-        .data_offset
-        .unwrap_or((2u64 << 20).div_ceil(obj) * obj);
-    ensure!(
-        raw.size() > need,
-        Usage,
-        "'{name}' is {} bytes, no room for data after a {need}-byte encryption header; \
-         nothing was written",
-        raw.size()
-    );
+    let (name, obj) = (raw.filename(), raw.object_size());
+    let need = header_room(raw, params, passphrase)?;
     let mem = Arc::new(MemDriver::new(vec![0u8; (need + obj) as usize]));
     let dev: Arc<dyn BlockDriver> = mem.clone();
     let (vol, _key) =
