@@ -466,7 +466,11 @@ impl BlockDriver for RbdCryptDriver {
         true
     }
     fn resize(&self, new_size: u64) -> Result<()> {
-        self.luks.resize(new_size)
+        let _g = self.rmw.write().expect("rmw lock");
+        // Shrinking deletes objects: what is known about them is stale after it.
+        let r = self.luks.resize(new_size);
+        self.lengths.lock().expect("lengths lock").clear();
+        r
     }
     fn as_introspect(&self) -> Option<&dyn Introspect> {
         self.luks.as_introspect()
