@@ -11,9 +11,12 @@ use crate::drivers::file::FileDriver;
 use crate::drivers::luks::LuksDriver;
 use crate::drivers::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
 use crate::drivers::raw::RawDriver;
+use crate::drivers::rbd::RbdDriver;
+use crate::drivers::rbd::crypt::{ParentLayer, RbdCryptDriver};
 use crate::secrets::SecretStore;
 use crate::spec::{
-    BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, filename_options,
+    BackingSpec, Deferred, FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, RbdSpec,
+    filename_options,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +144,7 @@ impl BackingLoop {
 fn open_node(spec: &NodeSpec, ctx: &OpenContext, layer: &Layer) -> Result<Arc<dyn BlockDriver>> {
     match spec {
         NodeSpec::File(f) => open_file(f, ctx),
+        NodeSpec::Rbd(r) => open_rbd(r, ctx),
         NodeSpec::Raw(r) => open_raw(r, ctx),
         NodeSpec::Luks(l) => open_luks(l, ctx),
         NodeSpec::Qcow2(q) => open_qcow(q, ctx, "qcow2", layer),
@@ -165,6 +169,79 @@ fn open_file(spec: &FileSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>>
         ctx.read_only,
         spec.locks() && !ctx.force_share,
     )?))
+}
+
+fn open_rbd(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {
+    if spec.encrypt.is_none() {
+        return Ok(Arc::new(open_rbd_raw(spec, ctx)?));
+    }
+    Ok(open_rbd_encrypted(spec, ctx)?)
+}
+
+fn open_rbd_raw(spec: &RbdSpec, ctx: &OpenContext) -> Result<RbdDriver> {
+    let key = spec
+        .key_secret
+        .as_ref()
+        .map(|id| ctx.secrets.get(id))
+        .transpose()?;
+    RbdDriver::open(spec, key.map(|k| k.as_bytes()), ctx.read_only)
+}
+
+/// Open an rbd node with `encrypt` options as its concrete driver (for jobs that need
+/// more than [`BlockDriver`], such as flatten). A clone whose spec names its parent's
+/// encryption (`encrypt.parent.*`) reads what it does not hold from its parent, opened
+/// read-only with the parent's key, recursively.
+pub fn open_rbd_encrypted(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<RbdCryptDriver>> {
+    let Some(enc) = &spec.encrypt else {
+        bail!(
+            Usage,
+            "rbd image {} has no encrypt options",
+            spec.image_name()
+        );
+    };
+    let raw = Arc::new(open_rbd_raw(spec, ctx)?);
+    let name = spec.image_name();
+    let pass = match &enc.key_secret {
+        Some(id) => Some(ctx.secrets.get(id)?),
+        None if ctx.metadata_only => None,
+        None => bail!(
+            Usage,
+            "rbd image {name} is encrypted: pass its passphrase with encrypt.key-secret=ID \
+             (and --object secret,id=ID,file=PATH)"
+        ),
+    };
+    let parent = match (&enc.parent, raw.image().parent()?) {
+        (Some(penc), Some(p)) => {
+            let pspec = RbdSpec {
+                pool: p.pool,
+                image: p.image,
+                snapshot: Some(p.snapshot),
+                namespace: (!p.namespace.is_empty()).then_some(p.namespace),
+                encrypt: Some((**penc).clone()),
+                ..spec.clone()
+            };
+            let pctx = OpenContext {
+                read_only: true,
+                ..*ctx
+            };
+            let node: Arc<dyn BlockDriver> = open_rbd_encrypted(&pspec, &pctx)
+                .with_ctx(|| format!("opening the parent of {name}"))?;
+            Some(ParentLayer {
+                node,
+                raw_overlap: p.overlap,
+            })
+        }
+        _ => None,
+    };
+    let d = RbdCryptDriver::open(
+        raw,
+        enc.format,
+        pass.map(|p| p.as_bytes()),
+        &ctx.limits,
+        parent,
+    )
+    .with_ctx(|| format!("opening the encryption of rbd image {name}"))?;
+    Ok(Arc::new(d))
 }
 
 fn open_raw(spec: &RawSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> {

@@ -1,7 +1,8 @@
 //! The vmcrypt block graph.
 //!
 //! A disk is a small tree of nodes implementing [`BlockDriver`]: protocol nodes move bytes
-//! ([`drivers::file::FileDriver`], [`drivers::mem::MemDriver`]), format nodes interpret
+//! ([`drivers::file::FileDriver`], [`drivers::rbd::RbdDriver`] with librbd's own
+//! encryption in [`drivers::rbd::crypt`], [`drivers::mem::MemDriver`]), format nodes interpret
 //! them (`raw`, [`drivers::qcow2`], and
 //! [`drivers::luks::LuksDriver`], which decrypts on read and encrypts on write).
 //! [`spec`] parses QEMU's `--image-opts` / `json:{...}` descriptions into typed node

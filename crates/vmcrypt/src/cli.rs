@@ -47,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::luks::LuksCommand,
     },
+    /// Ceph RBD image encryption in librbd's layout (rbd encryption ...)
+    Rbd {
+        #[command(subcommand)]
+        command: cmd::rbd::RbdCommand,
+    },
     /// libvirt's secrets (virsh secret-*), kept encrypted in vmcrypt's store
     Secret {
         #[command(subcommand)]

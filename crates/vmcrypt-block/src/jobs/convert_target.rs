@@ -111,8 +111,10 @@ fn create_target(
     drop(file);
     let dst = open_target(req, Some(opts), env)?;
     // A new qcow2 without a backing file reads as zeros (encrypted or not: its
-    // clusters are unallocated); a LUKS payload never does.
-    let zeroed = raw_zeroed || (req.out_format == "qcow2" && dst.has_zero_init());
+    // clusters are unallocated), nor does a new rbd image (encrypted or not: librbd
+    // reads objects that do not exist as zeros); a LUKS payload never does.
+    let zeroed =
+        raw_zeroed || (matches!(req.out_format.as_str(), "qcow2" | "rbd") && dst.has_zero_init());
     Ok((dst, zeroed))
 }
 

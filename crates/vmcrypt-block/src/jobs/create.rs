@@ -108,9 +108,10 @@ pub fn options_for(format: &str) -> Result<Vec<(&'static str, &'static str)>> {
         "raw" => Ok(RAW_OPTIONS.to_vec()),
         "luks" | "luks2" => Ok(LUKS_OPTIONS.iter().chain(LUKS2_OPTIONS).copied().collect()),
         "qcow2" => Ok(crate::drivers::qcow2::create::QCOW2_OPTIONS.to_vec()),
+        "rbd" => Ok(super::rbd::RBD_OPTIONS.to_vec()),
         other => bail!(
             Unsupported,
-            "cannot create images of format '{other}' (supported: raw, luks, luks2, qcow2)"
+            "cannot create images of format '{other}' (supported: raw, luks, luks2, qcow2, rbd)"
         ),
     }
 }
@@ -210,6 +211,21 @@ pub fn create_image(
     if format == "qcow2" {
         return crate::drivers::qcow2::create::create(path, size, opts, secrets);
     }
+    if let Some(target) = path.to_str().filter(|t| super::rbd::is_rbd_target(t)) {
+        ensure!(
+            format == "raw" || format == "rbd",
+            Unsupported,
+            "an rbd: target is created as raw or rbd (librbd's encryption with \
+             -o encrypt.format=luks|luks2), not as {format}"
+        );
+        return super::rbd::create(target, size, opts, secrets);
+    }
+    ensure!(
+        format != "rbd",
+        Usage,
+        "-f rbd needs an rbd:POOL/IMAGE target, not '{}'",
+        path.display()
+    );
     check_known(format, opts)?;
     match format {
         "raw" => Ok(Arc::new(FileDriver::create(path, size)?)),
@@ -257,6 +273,9 @@ pub fn create_image(
 /// `-o` options `opts`: the key its options named (`key-secret` for luks,
 /// `encrypt.key-secret` for qcow2) becomes the node's key.
 pub fn created_spec(target: &str, format: &str, opts: &Map<String, Value>) -> Result<NodeSpec> {
+    if super::rbd::is_rbd_target(target) {
+        return super::rbd::created_spec(target, opts);
+    }
     let mut spec = spec_from_filename(target, Some(format))?;
     match &mut spec {
         NodeSpec::Luks(l) => l.key_secret = opt_str(opts, "key-secret")?,

@@ -20,6 +20,7 @@ pub mod info;
 pub mod luks;
 pub mod map;
 pub mod options;
+pub mod rbd;
 pub mod rebase;
 pub mod rekey;
 mod rekey_luks;

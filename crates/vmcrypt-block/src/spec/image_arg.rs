@@ -70,6 +70,9 @@ pub fn filename_options(filename: &str, format: Option<&str>) -> Result<Map<Stri
         }
         return Ok(m);
     }
+    if filename.starts_with("rbd:") {
+        return rbd_options(filename, format);
+    }
     let mut m = Map::new();
     if let Some(f) = format {
         m.insert("driver".into(), Value::String(f.into()));
@@ -79,4 +82,19 @@ pub fn filename_options(filename: &str, format: Option<&str>) -> Result<Map<Stri
     file.insert("filename".into(), Value::String(filename.into()));
     m.insert("file".into(), Value::Object(file));
     Ok(m)
+}
+
+/// An `rbd:` pseudo-filename: the rbd node itself (a protocol node serving the image's
+/// bytes), or, with `-f FORMAT` other than raw, that format over it.
+fn rbd_options(filename: &str, format: Option<&str>) -> Result<Map<String, Value>> {
+    let node = super::rbd_filename_options(filename)?;
+    match format {
+        None | Some("rbd") => Ok(node),
+        Some(f) => {
+            let mut m = Map::new();
+            m.insert("driver".into(), Value::String(f.into()));
+            m.insert("file".into(), Value::Object(node));
+            Ok(m)
+        }
+    }
 }

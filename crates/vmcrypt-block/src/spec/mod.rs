@@ -25,6 +25,7 @@ mod parse;
 pub(crate) mod qcow2;
 pub(crate) mod qcow2_runtime;
 pub(crate) mod raw;
+pub(crate) mod rbd;
 
 pub use deferred::Deferred;
 pub use file::{FileSpec, Locking};
@@ -34,6 +35,7 @@ pub use parse::{TUNING_OPTIONS, Tuning};
 pub use qcow2::{BackingSpec, EncryptSpec, QcowSpec};
 pub use qcow2_runtime::CacheSpec;
 pub use raw::RawSpec;
+pub use rbd::{RbdEncrypt, RbdEncryptFormat, RbdSpec, rbd_filename_options};
 
 use serde_json::{Map, Value};
 use vmcrypt_error::{Result, bail};
@@ -43,6 +45,9 @@ use vmcrypt_error::{Result, bail};
 pub enum NodeSpec {
     /// `driver=file`: a host file (the protocol node).
     File(FileSpec),
+    /// `driver=rbd`: a Ceph RBD image (a protocol node), optionally with librbd's
+    /// encryption.
+    Rbd(RbdSpec),
     /// `driver=raw`: the bytes of its `file` child, optionally a window of them.
     Raw(RawSpec),
     /// `driver=luks` (or its alias `luks2`): LUKS1 or LUKS2 over its `file` child.
@@ -70,6 +75,7 @@ impl NodeSpec {
     pub fn driver(&self) -> Option<&'static str> {
         Some(match self {
             NodeSpec::File(_) => "file",
+            NodeSpec::Rbd(_) => "rbd",
             NodeSpec::Raw(_) => "raw",
             NodeSpec::Luks(_) => "luks",
             NodeSpec::Qcow2(_) => "qcow2",
@@ -84,7 +90,7 @@ impl NodeSpec {
             NodeSpec::Raw(r) => Some(&r.file),
             NodeSpec::Luks(l) => Some(&l.file),
             NodeSpec::Qcow2(q) | NodeSpec::Qcow(q) => Some(&q.file),
-            NodeSpec::File(_) | NodeSpec::Probe(_) => None,
+            NodeSpec::File(_) | NodeSpec::Rbd(_) | NodeSpec::Probe(_) => None,
         }
     }
 
@@ -93,7 +99,7 @@ impl NodeSpec {
             NodeSpec::Raw(r) => Some(&mut r.file),
             NodeSpec::Luks(l) => Some(&mut l.file),
             NodeSpec::Qcow2(q) | NodeSpec::Qcow(q) => Some(&mut q.file),
-            NodeSpec::File(_) | NodeSpec::Probe(_) => None,
+            NodeSpec::File(_) | NodeSpec::Rbd(_) | NodeSpec::Probe(_) => None,
         }
     }
 
@@ -139,6 +145,7 @@ impl NodeSpec {
         }
         match self {
             NodeSpec::File(f) => f.write_options(&mut m),
+            NodeSpec::Rbd(r) => r.write_options(&mut m),
             NodeSpec::Raw(r) => r.write_options(&mut m),
             NodeSpec::Luks(l) => l.write_options(&mut m),
             NodeSpec::Qcow2(q) | NodeSpec::Qcow(q) => q.write_options(&mut m),
@@ -158,6 +165,7 @@ impl NodeSpec {
 pub(crate) fn known_driver(name: &str) -> Result<&'static str> {
     Ok(match name {
         "file" => "file",
+        "rbd" => "rbd",
         "raw" => "raw",
         // One driver serves both LUKS versions; "luks2" is accepted as an alias.
         "luks" | "luks2" => "luks",
@@ -165,7 +173,7 @@ pub(crate) fn known_driver(name: &str) -> Result<&'static str> {
         "qcow" => "qcow",
         other => bail!(
             Unsupported,
-            "unknown driver '{other}' (supported: file, raw, luks, qcow2, qcow)"
+            "unknown driver '{other}' (supported: file, rbd, raw, luks, qcow2, qcow)"
         ),
     })
 }

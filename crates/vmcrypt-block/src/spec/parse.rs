@@ -1,7 +1,7 @@
 //! The checks every node's options go through: the driver's name, unknown option names
 //! (refused with their name), children (`file`, `header`: an object or a bare
 //! filename), and the tuning options accepted on every node.
-use super::{FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, known_driver};
+use super::{FileSpec, LuksSpec, NodeSpec, QcowSpec, RawSpec, RbdSpec, known_driver};
 use crate::opts::opt_str;
 use serde_json::{Map, Value};
 use vmcrypt_error::{Error, Result, ResultExt, bail};
@@ -52,6 +52,7 @@ pub(crate) fn node(o: &Map<String, Value>, protocol: bool, prefix: &str) -> Resu
     };
     Ok(match known_driver(&driver)? {
         "file" => NodeSpec::File(FileSpec::parse(o)?),
+        "rbd" => NodeSpec::Rbd(RbdSpec::parse(o)?),
         "raw" => NodeSpec::Raw(RawSpec::parse(o)?),
         "luks" => NodeSpec::Luks(LuksSpec::parse(o)?),
         "qcow2" => NodeSpec::Qcow2(QcowSpec::parse(o, "qcow2", prefix)?),
@@ -78,6 +79,10 @@ pub(crate) fn check_keys(o: &Map<String, Value>, driver: &str, allowed: &[&str])
 pub(crate) fn child(o: &Map<String, Value>, role: &str) -> Result<Option<Box<NodeSpec>>> {
     match o.get(role) {
         None => Ok(None),
+        Some(Value::String(name)) if name.starts_with("rbd:") => {
+            let m = super::rbd_filename_options(name)?;
+            Ok(Some(Box::new(NodeSpec::Rbd(RbdSpec::parse(&m)?))))
+        }
         Some(Value::String(name)) => Ok(Some(Box::new(NodeSpec::File(FileSpec::bare(name))))),
         Some(Value::Object(m)) => node(m, true, "")
             .map(|n| Some(Box::new(n)))

@@ -16,6 +16,7 @@ pub mod libvirt;
 pub mod luks;
 pub(crate) mod map;
 pub mod qemu_args;
+pub mod rbd;
 pub(crate) mod rebase;
 pub(crate) mod rekey;
 pub(crate) mod resize;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Map(a) => map::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Luks { command } => luks::run(command),
+        Command::Rbd { command } => rbd::run(command),
         Command::Bench(a) => bench::run(a),
         Command::Serve(a) => serve::run(a),
         Command::Libvirt { command } => libvirt::run(&command),

@@ -120,6 +120,11 @@ fn strip_keys(spec: &mut NodeSpec) {
             strip_keys(&mut q.file);
         }
         NodeSpec::Raw(r) => strip_keys(&mut r.file),
+        NodeSpec::Rbd(r) => {
+            if let Some(e) = &mut r.encrypt {
+                e.key_secret = None;
+            }
+        }
         NodeSpec::File(_) | NodeSpec::Probe(_) => {}
     }
 }

@@ -1,0 +1,196 @@
+//! The `rbd` protocol node: a Ceph RBD image through librbd (loaded at run time by
+//! `vmcrypt-rbd`, which holds every foreign call), and [`crypt`], librbd's own image
+//! encryption (`encrypt.format=luks|luks2|luks-any`) done by vmcrypt in the same layout.
+//!
+//! Reads and writes become librbd asynchronous requests, many in flight at once (big
+//! requests are split; concurrent callers each submit their own). The image never grows
+//! on write: `resize` changes its size. `block_status` asks librbd which objects exist
+//! (`rbd_diff_iterate2`, whole objects, including a clone's parent).
+pub mod crypt;
+pub mod format;
+pub mod magic;
+
+use crate::driver::{Allocation, BlockDriver, Extent, check_range};
+use crate::spec::RbdSpec;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use vmcrypt_error::{Result, ResultExt, bail};
+use vmcrypt_rbd::{ConnectOptions, Image, Pool};
+
+/// Longest range one `block_status` call asks librbd about.
+const STATUS_WINDOW: u64 = 1 << 30;
+
+/// An open rbd image, unencrypted (the bytes librbd stores).
+pub struct RbdDriver {
+    image: Image,
+    read_only: bool,
+    size: AtomicU64,
+    object_size: u64,
+}
+
+/// Connect to the pool `spec` names (with the cephx key `key`, if given).
+pub fn connect(spec: &RbdSpec, key: Option<&[u8]>) -> Result<Arc<Pool>> {
+    Pool::connect(&ConnectOptions {
+        conf: spec.conf.as_deref(),
+        user: spec.user.as_deref(),
+        key,
+        pool: &spec.pool,
+        namespace: spec.namespace.as_deref(),
+    })
+}
+
+impl RbdDriver {
+    /// Open the image `spec` names.
+    pub fn open(spec: &RbdSpec, key: Option<&[u8]>, read_only: bool) -> Result<RbdDriver> {
+        let pool = connect(spec, key)?;
+        let image = pool.open(&spec.image, spec.snapshot.as_deref(), read_only)?;
+        RbdDriver::new(image, read_only || spec.snapshot.is_some())
+    }
+
+    /// Serve an image opened by the caller.
+    pub fn new(image: Image, read_only: bool) -> Result<RbdDriver> {
+        let info = image.info()?;
+        Ok(RbdDriver {
+            image,
+            read_only,
+            size: AtomicU64::new(info.size),
+            object_size: info.object_size,
+        })
+    }
+
+    /// The image's object size in bytes.
+    pub fn object_size(&self) -> u64 {
+        self.object_size
+    }
+
+    /// The librbd image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The byte ranges of `[offset, offset+len)` librbd has data for, objects' written
+    /// extents (not whole objects), without a clone's parent unless `include_parent`.
+    pub fn written_extents(
+        &self,
+        offset: u64,
+        len: u64,
+        include_parent: bool,
+    ) -> Result<Vec<(u64, u64)>> {
+        self.image.extents(offset, len, include_parent, false)
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            bail!(
+                ReadOnly,
+                "rbd image {} is open read-only",
+                self.image.name()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl BlockDriver for RbdDriver {
+    fn driver_name(&self) -> &'static str {
+        "rbd"
+    }
+    fn filename(&self) -> String {
+        format!("rbd:{}", self.image.name())
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+    fn size(&self) -> u64 {
+        self.size.load(Ordering::Relaxed)
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range("rbd read", offset, buf.len(), self.size())?;
+        self.image.read(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range("rbd write", offset, buf.len(), self.size())?;
+        self.image.write(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.image.flush()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range("rbd write zeroes", offset, len as usize, self.size())?;
+        self.image.write_zeroes(offset, len)
+    }
+    fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        check_range("rbd discard", offset, len as usize, self.size())?;
+        self.image.discard(offset, len)
+    }
+    fn block_status(&self, offset: u64, len: u64) -> Result<Extent> {
+        let len = len
+            .min(STATUS_WINDOW)
+            .min(self.size().saturating_sub(offset));
+        let extents = self.image.extents(offset, len, true, true)?;
+        Ok(first_extent(&extents, offset, len))
+    }
+    fn has_zero_init(&self) -> bool {
+        true
+    }
+    fn resize(&self, new_size: u64) -> Result<()> {
+        self.check_writable()?;
+        self.image.resize(new_size).ctx("resizing an rbd image")?;
+        self.size.store(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The extent at `offset` of `[offset, offset+len)` given the sorted allocated
+/// `extents`: data up to the end of a run of touching extents, else zeros up to the next.
+pub(crate) fn first_extent(extents: &[(u64, u64)], offset: u64, len: u64) -> Extent {
+    let end = offset + len;
+    let mut data_end = offset;
+    for &(o, l) in extents {
+        if o > data_end {
+            break;
+        }
+        data_end = data_end.max(o + l);
+    }
+    if data_end > offset {
+        return Extent {
+            offset,
+            length: data_end.min(end) - offset,
+            allocation: Allocation::Data,
+        };
+    }
+    let next = extents
+        .iter()
+        .map(|&(o, _)| o)
+        .find(|&o| o > offset)
+        .unwrap_or(end)
+        .min(end);
+    Extent {
+        offset,
+        length: (next - offset).max(1).min(len.max(1)),
+        allocation: Allocation::Zero,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extents_become_block_status() {
+        let e = [(0, 10), (10, 5), (40, 10)];
+        assert_eq!(first_extent(&e, 0, 100).length, 15);
+        assert_eq!(first_extent(&e, 0, 100).allocation, Allocation::Data);
+        let z = first_extent(&e, 15, 85);
+        assert_eq!((z.length, z.allocation), (25, Allocation::Zero));
+        let z = first_extent(&e, 50, 50);
+        assert_eq!((z.length, z.allocation), (50, Allocation::Zero));
+        assert_eq!(first_extent(&e, 5, 3).length, 3);
+    }
+}

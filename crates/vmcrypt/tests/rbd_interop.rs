@@ -1,0 +1,495 @@
+//! Live interop with Ceph RBD and librbd itself (python3-rbd) on a one-node cluster on
+//! 127.0.0.1 (`shared/ceph/start-ceph.sh`, started by the first test that needs it):
+//!
+//! * images formatted by librbd (`rbd_encryption_format`, LUKS1 and LUKS2, the real KDF:
+//!   one per version) are read and written by vmcrypt, and what librbd reads of them
+//!   afterwards is byte for byte what vmcrypt wrote, holes included;
+//! * images vmcrypt formats (`rbd encryption format`, `create -f rbd -o encrypt.*`, cheap
+//!   KDF) load in librbd with the same plaintext both ways;
+//! * the plain rbd node: pseudo-filenames, --image-opts, sparse copies, allocation map,
+//!   snapshots (read-only), resize; and the refusals (wrong key, wrong format, no key).
+//!
+//! A missing Ceph or python3-rbd fails these tests; they are never skipped.
+#[path = "../../vmcrypt-block/tests/support/ceph.rs"]
+mod ceph;
+mod common;
+
+use ceph::{TestImage, librbd, rbd_cli};
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+/// `--object secret` for the passphrase file `pw`.
+fn secret(pw: &str) -> String {
+    format!("secret,id=s0,file={pw}")
+}
+
+/// Read the whole encrypted image through vmcrypt into a file and return its bytes.
+fn vmcrypt_read(sc: &Scratch, img: &TestImage, pw: &str, format: &str, out: &str) -> Vec<u8> {
+    let opts = img.opts(&format!("encrypt.format={format},encrypt.key-secret=s0"));
+    let out = sc.p(out);
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &secret(pw),
+        "--image-opts",
+        &opts,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .ok();
+    read(std::path::Path::new(&out))
+}
+
+/// Write the raw file `src` over the whole encrypted image through vmcrypt.
+fn vmcrypt_write(img: &TestImage, pw: &str, format: &str, src: &str) {
+    let opts = img.opts(&format!("encrypt.format={format},encrypt.key-secret=s0"));
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "--object",
+        &secret(pw),
+        "-f",
+        "raw",
+        src,
+        "--target-image-opts",
+        &opts,
+    ])
+    .ok();
+}
+
+/// A new image of `size` formatted by `vmcrypt rbd encryption format` with a cheap KDF.
+fn format_cheap(img: &TestImage, size: &str, version: &str, passfile: &str) {
+    assert!(
+        rbd_cli(&["create", "--size", size, &img.path()])
+            .status
+            .success()
+    );
+    let conf = ceph::ceph_conf();
+    vmcrypt(&[
+        "rbd",
+        "encryption",
+        "format",
+        "--conf",
+        conf,
+        "--iter-time",
+        "10",
+        "--pbkdf-memory",
+        "32768",
+        &img.path(),
+        version,
+        passfile,
+    ])
+    .ok();
+}
+
+/// `vmcrypt create -f rbd -o OPTS` of the image (the passphrase secret is s0 in `pw`).
+fn create_encrypted(img: &TestImage, pw: &str, opts: &str, size: &str) {
+    vmcrypt(&[
+        "create",
+        "--object",
+        &secret(pw),
+        "-f",
+        "rbd",
+        "-o",
+        opts,
+        &img.filename(),
+        size,
+    ])
+    .ok();
+}
+
+fn librbd_read(img: &TestImage, fmt: &str, pw: &str) -> Vec<u8> {
+    librbd(&["read", &img.name, fmt, pw, "0", "-1"])
+}
+
+/// librbd formats (real KDF), librbd writes part of an object, vmcrypt reads the image
+/// exactly as librbd does (never-written objects as zeros, the unwritten start of a
+/// written object as librbd decrypts it); then vmcrypt writes the whole image and
+/// librbd reads back exactly that.
+fn librbd_formatted(version: &str, qemu_format: &str) {
+    let sc = Scratch::new();
+    let img = TestImage::new(&format!("lib-{version}"));
+    let pw = sc.write("pw", PASS);
+    librbd(&["create", &img.name, &(48 * MIB).to_string()]);
+    librbd(&["format", &img.name, version, &pw]);
+    let p1 = plaintext(MIB, "p1");
+    let p1f = sc.write("p1", &p1);
+    let at = 5 * MIB + 8192;
+    librbd(&["write", &img.name, version, &pw, &at.to_string(), &p1f]);
+
+    let got = vmcrypt_read(&sc, &img, &pw, qemu_format, "out1");
+    let lib = librbd_read(&img, version, &pw);
+    assert_same_bytes("vmcrypt's read vs librbd's read", &got, &lib);
+    assert_same_bytes("librbd's write seen by vmcrypt", &got[at..at + MIB], &p1);
+    assert!(
+        got[12 * MIB..16 * MIB].iter().all(|&b| b == 0),
+        "a never-written object must read as zeros"
+    );
+
+    let plain = plaintext(got.len(), &format!("vm-{version}"));
+    let src = sc.write("plain", &plain);
+    vmcrypt_write(&img, &pw, qemu_format, &src);
+    assert_same_bytes(
+        "librbd reads vmcrypt's write",
+        &librbd_read(&img, version, &pw),
+        &plain,
+    );
+}
+
+#[test]
+fn librbd_luks1_image_read_and_written_by_vmcrypt() {
+    librbd_formatted("luks1", "luks");
+}
+
+#[test]
+fn librbd_luks2_image_read_and_written_by_vmcrypt() {
+    librbd_formatted("luks2", "luks2");
+}
+
+/// vmcrypt formats (cheap KDF), writes, librbd loads and reads the same; librbd writes,
+/// vmcrypt reads the same.
+fn vmcrypt_formatted(img: &TestImage, sc: &Scratch, pw: &str, version: &str, qf: &str) {
+    let size = librbd_read(img, version, pw).len();
+    let mut plain = plaintext(size, &format!("vmf-{version}"));
+    let src = sc.write("plain", &plain);
+    vmcrypt_write(img, pw, qf, &src);
+    assert_same_bytes(
+        "librbd reads vmcrypt's data",
+        &librbd_read(img, version, pw),
+        &plain,
+    );
+    let p2 = plaintext(64 * 1024, "p2");
+    let p2f = sc.write("p2", &p2);
+    let at = 3 * MIB + 4096;
+    librbd(&["write", &img.name, version, pw, &at.to_string(), &p2f]);
+    plain[at..at + p2.len()].copy_from_slice(&p2);
+    let got = vmcrypt_read(sc, img, pw, "luks-any", "back");
+    assert_same_bytes("vmcrypt reads librbd's write", &got, &plain);
+}
+
+#[test]
+fn vmcrypt_rbd_encryption_format_loads_in_librbd() {
+    for (version, qf, offset) in [("luks1", "luks", 4 * MIB), ("luks2", "luks2", 16 * MIB)] {
+        let sc = Scratch::new();
+        let img = TestImage::new(&format!("vmf-{version}"));
+        // A trailing newline in the passphrase file is dropped, as by `rbd`.
+        let pwnl = sc.write("pwnl", b"vm pass\n");
+        let pw = sc.write("pw", b"vm pass");
+        format_cheap(&img, "40M", version, &pwnl);
+        let info = vmcrypt(&["info", "--output=json", "--image-opts", &img.opts("")]).ok();
+        assert_eq!(info.json()["virtual-size"], 40 * MIB, "raw size unchanged");
+        let size = librbd_read(&img, version, &pw).len();
+        assert_eq!(size, 40 * MIB - offset, "data offset of {version}");
+        vmcrypt_formatted(&img, &sc, &pw, version, qf);
+    }
+}
+
+#[test]
+fn create_and_convert_to_encrypted_rbd() {
+    let sc = Scratch::new();
+    let img = TestImage::new("create");
+    let pw = sc.write("pw", PASS);
+    let o = "encrypt.format=luks2,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.pbkdf-memory=32768,encrypt.cipher-alg=aes-128";
+    create_encrypted(&img, &pw, o, "24M");
+    // The usable size is the size asked for, as QEMU's rbd driver makes it.
+    assert_eq!(librbd_read(&img, "luks2", &pw).len(), 24 * MIB);
+    vmcrypt_formatted(&img, &sc, &pw, "luks2", "luks2");
+
+    // convert -O rbd from a file: the target is created, encrypted, sparse.
+    let img2 = TestImage::new("convert");
+    let mut plain = vec![0u8; 12 * MIB];
+    plain[..MIB].copy_from_slice(&plaintext(MIB, "c"));
+    let src = sc.write("src", &plain);
+    let o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &secret(&pw),
+        "-f",
+        "raw",
+        &src,
+        "-O",
+        "rbd",
+        "-o",
+        o,
+        &img2.filename(),
+    ])
+    .ok();
+    assert_same_bytes(
+        "librbd reads the converted image",
+        &librbd_read(&img2, "luks1", &pw),
+        &plain,
+    );
+    // Sparse: the header object and the one data object exist, nothing after them.
+    let map = vmcrypt(&["map", "--output=json", &img2.filename()])
+        .ok()
+        .json();
+    assert_eq!(map[0]["data"], true, "{map}");
+    assert_eq!(map[0]["length"], 8 * MIB, "{map}");
+    assert_eq!(map[1]["data"], false, "{map}");
+}
+
+#[test]
+fn plain_rbd_node() {
+    let sc = Scratch::new();
+    let img = TestImage::new("plain");
+    vmcrypt(&["create", "-f", "raw", &img.filename(), "16M"]).ok();
+    let mut plain = vec![0u8; 16 * MIB];
+    plain[..MIB].copy_from_slice(&plaintext(MIB, "plain"));
+    let src = sc.write("src", &plain[..4 * MIB]);
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        &src,
+        "--target-image-opts",
+        &img.opts(""),
+    ])
+    .ok();
+    assert_same_bytes(
+        "librbd reads vmcrypt's write",
+        &librbd_read(&img, "none", "-"),
+        &plain,
+    );
+
+    // Allocation: only the first object exists.
+    let map = vmcrypt(&["map", "--output=json", &img.filename()])
+        .ok()
+        .json();
+    let first = &map[0];
+    assert_eq!(
+        (first["start"].as_u64(), first["length"].as_u64()),
+        (Some(0), Some(4 * MIB as u64))
+    );
+    assert_eq!(first["data"], true);
+    assert_eq!(map[1]["data"], false, "{map}");
+
+    // A sparse copy back.
+    let out = sc.p("out");
+    vmcrypt(&["convert", "-O", "raw", &img.filename(), &out]).ok();
+    assert_same_bytes("copied back", &read(std::path::Path::new(&out)), &plain);
+
+    // Snapshots open read-only and keep their data.
+    assert!(
+        rbd_cli(&["snap", "create", &format!("{}@s1", img.path())])
+            .status
+            .success()
+    );
+    let zeros = sc.write("zeros", &vec![0u8; MIB]);
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        &zeros,
+        "--target-image-opts",
+        &img.opts(""),
+    ])
+    .ok();
+    let snap = format!("rbd:rbd/{}@s1:conf={}", img.name, ceph::ceph_conf());
+    let out2 = sc.p("snap");
+    vmcrypt(&["convert", "-O", "raw", &snap, &out2]).ok();
+    assert_same_bytes("snapshot data", &read(std::path::Path::new(&out2)), &plain);
+    vmcrypt(&["convert", "-n", "-f", "raw", &zeros, &snap])
+        .failed()
+        .stderr_has("read-only");
+
+    // Resize.
+    vmcrypt(&["resize", &img.filename(), "32M"]).ok();
+    let info = vmcrypt(&["info", "--output=json", &img.filename()])
+        .ok()
+        .json();
+    assert_eq!(info["virtual-size"], 32 * MIB);
+}
+
+#[test]
+fn refusals_name_the_problem() {
+    let sc = Scratch::new();
+    let img = TestImage::new("refuse");
+    let pw = sc.write("pw", PASS);
+    let wrong = sc.write("wrong", WRONG);
+    format_cheap(&img, "24M", "luks1", &pw);
+    let out = sc.p("o");
+    // Wrong passphrase: exit code 2.
+    let opts = img.opts("encrypt.format=luks,encrypt.key-secret=s0");
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &secret(&wrong),
+        "--image-opts",
+        &opts,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .code_is(2);
+    // Wrong version.
+    let opts2 = img.opts("encrypt.format=luks2,encrypt.key-secret=s0");
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &secret(&pw),
+        "--image-opts",
+        &opts2,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .failed()
+    .stderr_has("holds a LUKS1 header");
+    // No key.
+    vmcrypt(&[
+        "convert",
+        "--image-opts",
+        &img.opts("encrypt.format=luks"),
+        "-O",
+        "raw",
+        &out,
+    ])
+    .failed()
+    .stderr_has("encrypt.key-secret");
+    // No such image, bad syntax, unknown option.
+    vmcrypt(&[
+        "info",
+        &format!("rbd:rbd/nope-{}:conf={}", img.name, ceph::ceph_conf()),
+    ])
+    .failed()
+    .stderr_has("nope-");
+    vmcrypt(&["info", "rbd:justapool"])
+        .failed()
+        .stderr_has("rbd:POOL");
+    vmcrypt(&["info", "--image-opts", &img.opts("bogus=1")])
+        .failed()
+        .stderr_has("bogus");
+    vmcrypt(&["rbd", "encryption", "format", &img.path(), "luks3", &pw])
+        .failed()
+        .stderr_has("luks1 or luks2");
+    assert!(
+        !std::path::Path::new(&out).exists(),
+        "nothing may be written on refusal"
+    );
+}
+
+#[test]
+fn clone_with_own_key_then_flatten_from_the_cli() {
+    let sc = Scratch::new();
+    let (gold, child) = (TestImage::new("cli-gold"), TestImage::new("cli-clone"));
+    let (gpw, cpw) = (sc.write("gpw", b"gold"), sc.write("cpw", b"child"));
+    format_cheap(&gold, "24M", "luks1", &gpw);
+    let conf = ceph::ceph_conf();
+    let plain = plaintext(20 * MIB, "gold");
+    let src = sc.write("plain", &plain);
+    let gobj = format!("secret,id=g,file={gpw}");
+    let cobj = format!("secret,id=c,file={cpw}");
+    vmcrypt(&[
+        "convert",
+        "-n",
+        "--object",
+        &gobj,
+        "-f",
+        "raw",
+        &src,
+        "--target-image-opts",
+        &gold.opts("encrypt.format=luks,encrypt.key-secret=g"),
+    ])
+    .ok();
+    vmcrypt(&[
+        "rbd",
+        "clone",
+        "--conf",
+        conf,
+        "--iter-time",
+        "10",
+        &format!("{}@base", gold.path()),
+        &child.path(),
+        "luks1",
+        &cpw,
+    ])
+    .ok();
+    let copts = child.opts(
+        "encrypt.format=luks,encrypt.key-secret=c,encrypt.parent.format=luks,encrypt.parent.key-secret=g",
+    );
+    let out = sc.p("clone.raw");
+    vmcrypt(&[
+        "convert",
+        "--object",
+        &gobj,
+        "--object",
+        &cobj,
+        "--image-opts",
+        &copts,
+        "-O",
+        "raw",
+        &out,
+    ])
+    .ok();
+    assert_same_bytes(
+        "the clone reads its parent",
+        &read(std::path::Path::new(&out)),
+        &plain,
+    );
+    vmcrypt(&[
+        "rbd", "flatten", "--object", &gobj, "--object", &cobj, &copts,
+    ])
+    .ok();
+    assert_same_bytes(
+        "librbd reads the flattened clone with its own key",
+        &librbd_read(&child, "luks1", &cpw),
+        &plain,
+    );
+}
+
+#[test]
+fn serve_exports_an_encrypted_rbd_image_with_multi_conn() {
+    let sc = Scratch::new();
+    let img = TestImage::new("serve");
+    let pw = sc.write("pw", PASS);
+    let o = "encrypt.format=luks2,encrypt.key-secret=s0,encrypt.iter-time=10,encrypt.pbkdf-memory=32768";
+    create_encrypted(&img, &pw, o, "8M");
+    let plain = plaintext(8 * MIB, "served");
+    let src = sc.write("plain", &plain);
+    let sock = sc.p("nbd.sock");
+    let mut server = std::process::Command::new(VMCRYPT)
+        .args([
+            "serve",
+            "-t",
+            "--shared",
+            "4",
+            "--object",
+            &secret(&pw),
+            "--image-opts",
+            &img.opts("encrypt.format=luks2,encrypt.key-secret=s0"),
+            "-k",
+            &sock,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting vmcrypt serve");
+    for _ in 0..100 {
+        if std::path::Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let uri = format!("nbd+unix:///?socket={sock}");
+    tool("nbdcopy", &["--connections=4", &src, &uri]).ok();
+    let back = sc.p("back");
+    tool("nbdcopy", &["--connections=4", &uri, &back]).ok();
+    let _ = std::process::Command::new("kill")
+        .arg(server.id().to_string())
+        .status();
+    let _ = server.wait();
+    assert_same_bytes(
+        "served and read back",
+        &read(std::path::Path::new(&back)),
+        &plain,
+    );
+    assert_same_bytes(
+        "librbd reads what came over NBD",
+        &librbd_read(&img, "luks2", &pw),
+        &plain,
+    );
+}
