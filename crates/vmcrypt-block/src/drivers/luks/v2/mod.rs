@@ -8,6 +8,7 @@
 pub(crate) mod create;
 pub(crate) mod dump;
 pub(crate) mod keyslots;
+pub mod reencrypt;
 
 use super::params::Unlocked;
 use crate::driver::BlockDriver;
@@ -314,8 +315,13 @@ impl Luks2Volume {
     }
 
     /// Write `next` as the new header (seqid + 1), both copies, crash-safely.
-    pub fn write_header(&mut self, mut next: Luks2Header) -> Result<()> {
+    pub fn write_header(&mut self, next: Luks2Header) -> Result<()> {
         self.requirements()?.check_writable()?;
+        self.write_header_inner(next)
+    }
+
+    /// [`Self::write_header`] without the requirements check (reencryption).
+    fn write_header_inner(&mut self, mut next: Luks2Header) -> Result<()> {
         ensure!(
             !self.dev.is_read_only(),
             ReadOnly,

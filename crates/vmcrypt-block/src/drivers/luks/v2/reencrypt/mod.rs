@@ -1,0 +1,446 @@
+//! LUKS2 reencryption in cryptsetup's on-disk format (offline, forward, new volume
+//! key): [`init`] starts one, [`Reencryption`] resumes and runs it hotzone by hotzone.
+//!
+//! Each hotzone goes: read the old ciphertext; store its protection in the
+//! `reencrypt` keyslot's area (checksums of each block, or a journal copy) and flush;
+//! write the header naming the hotzone `in-reencryption` (both copies, each flushed);
+//! decrypt, encrypt with the new key, write and flush the data; write the header
+//! with the hotzone moved into the new segment. An interruption at any write leaves
+//! either the previous header (the hotzone untouched, or the protection half written
+//! and unused) or the hot header, from which the hotzone is recovered: with
+//! checksums, a block whose hash still matches is old ciphertext and is reencrypted,
+//! any other is already new; with a journal, the copy is reencrypted into place. With
+//! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
+//! The last header write removes the old keyslots and digest, the backup segments,
+//! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+pub mod init;
+
+use super::{Luks2Volume, verify_digest};
+use crate::driver::BlockDriver;
+use rayon::prelude::*;
+use std::sync::Arc;
+use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+use vmcrypt_format::luks2::reencrypt::{Layout, ReencryptState, Resilience, Step};
+use vmcrypt_format::luks2::{Digest, KeyslotKind, Luks2Header, SegmentSize};
+
+/// The resilience modes vmcrypt writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResilienceChoice {
+    Checksum,
+    Journal,
+    None,
+}
+
+impl ResilienceChoice {
+    pub fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "checksum" => ResilienceChoice::Checksum,
+            "journal" => ResilienceChoice::Journal,
+            "none" => ResilienceChoice::None,
+            other => bail!(
+                Usage,
+                "unsupported resilience mode \"{other}\" (checksum, journal or none)"
+            ),
+        })
+    }
+}
+
+/// Default hotzone: large enough that header writes cost little, small enough to
+/// keep memory use modest.
+pub const DEFAULT_HOTZONE: u64 = 64 << 20;
+
+/// A pbkdf2 digest of `key` (about 1/8 s of iterations, at least 1000) bound to
+/// `keyslot`, with no segments yet.
+pub(crate) fn new_digest(hash: HashAlg, key: &[u8], id: u32, keyslot: u32) -> Result<Digest> {
+    let mut salt = vec![0u8; 32];
+    random::fill(&mut salt)?;
+    let per_sec = kdf::pbkdf2_iterations_per_second(
+        hash,
+        hash.output_len(),
+        std::time::Duration::from_millis(50),
+    );
+    let iterations = (per_sec / 8).clamp(1000, u64::from(u32::MAX)) as u32;
+    let mut digest = vec![0u8; hash.output_len()];
+    kdf::pbkdf2(hash, key, &salt, iterations, &mut digest);
+    Ok(Digest {
+        id,
+        kind: "pbkdf2".into(),
+        keyslots: vec![keyslot],
+        segments: vec![],
+        hash: hash.name().into(),
+        iterations,
+        salt,
+        digest,
+    })
+}
+
+/// Where a run stands (for progress lines and reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Luks2Volume {
+    /// The reencryption in progress, if any.
+    pub fn reencrypt_state(&self) -> Result<Option<ReencryptState>> {
+        ReencryptState::load(&self.hdr.metadata)
+    }
+
+    /// Data offset and size (bytes after the data offset on the data device, rounded
+    /// down to whole 4 KiB... blocks of the largest sector size in use).
+    pub(crate) fn layout_on(&self, data: &dyn BlockDriver) -> Result<Layout> {
+        let off = self.hdr.metadata.data_offset()?;
+        let size = data.size().saturating_sub(off);
+        Ok(Layout {
+            data_offset: off,
+            data_size: size,
+        })
+    }
+
+    fn layout(&self) -> Result<Layout> {
+        self.layout_on(self.dev.as_ref())
+    }
+
+    /// The volume key of digest `digest` that `passphrase` opens in any of its keyslots.
+    pub fn unlock_digest(&self, passphrase: &[u8], digest: u32) -> Result<SecretBytes> {
+        for k in self.hdr.metadata.keyslots()? {
+            let KeyslotKind::Luks2(l) = k.kind else {
+                continue;
+            };
+            if self.hdr.metadata.digest_for_keyslot(k.id)?.map(|d| d.id) != Some(digest) {
+                continue;
+            }
+            if let Some(u) = self.try_keyslot(k.id, &l, passphrase)? {
+                return Ok(u.volume_key);
+            }
+        }
+        bail!(
+            WrongKey,
+            "no key available with this passphrase for LUKS2 digest {digest}"
+        )
+    }
+
+    /// Write `next` even while the header carries reencryption requirements.
+    pub(crate) fn write_header_any(&mut self, next: Luks2Header) -> Result<()> {
+        self.write_header_inner(next)
+    }
+}
+
+/// A reencryption being run on an open volume.
+pub struct Reencryption<'a> {
+    vol: &'a mut Luks2Volume,
+    data: Arc<dyn BlockDriver>,
+    st: ReencryptState,
+    layout: Layout,
+    old: SectorCipher,
+    new: SectorCipher,
+    hotzone: u64,
+    /// Block the hotzone is aligned to (checksum block or largest sector).
+    align: u64,
+}
+
+impl<'a> Reencryption<'a> {
+    /// Load the reencryption state of `vol` (data on `data`), check both keys against
+    /// their digests and the metadata against the verification digest.
+    pub fn load(
+        vol: &'a mut Luks2Volume,
+        data: Arc<dyn BlockDriver>,
+        old_key: &SecretBytes,
+        new_key: &SecretBytes,
+        hotzone: Option<u64>,
+    ) -> Result<Self> {
+        let Some(st) = vol.reencrypt_state()? else {
+            bail!(Usage, "no LUKS2 reencryption is in progress");
+        };
+        ensure!(
+            st.keyslot.mode == "reencrypt" && st.keyslot.direction == "forward",
+            Unsupported,
+            "LUKS2 reencryption mode {} / direction {} is not supported by vmcrypt",
+            st.keyslot.mode,
+            st.keyslot.direction
+        );
+        if let Resilience::Other(t) = &st.keyslot.resilience {
+            bail!(Unsupported, "LUKS2 reencryption resilience \"{t}\" is not supported");
+        }
+        let md = &vol.hdr.metadata;
+        let digests = md.digests()?;
+        let digest = |id: u32| {
+            digests
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| Error::corrupt(format!("LUKS2 digest {id} is missing")))
+        };
+        ensure!(
+            verify_digest(digest(st.old_digest)?, old_key)?
+                && verify_digest(digest(st.new_digest)?, new_key)?,
+            WrongKey,
+            "the volume keys do not match the reencryption digests"
+        );
+        let vid = st
+            .verify_digest
+            .ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
+        let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), new_key.as_bytes()));
+        ensure!(
+            verify_digest(digest(vid)?, &vdata)?,
+            Corrupt,
+            "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
+        );
+        let spec = |enc: &str, k: &SecretBytes| CipherSpec::from_luks2(enc, k.len());
+        let old = SectorCipher::new(&spec(&st.old.encryption, old_key)?, old_key.as_bytes())?;
+        let new = SectorCipher::new(&spec(&st.new.encryption, new_key)?, new_key.as_bytes())?;
+        let mut align = u64::from(st.old.sector_size.max(st.new.sector_size));
+        let area = st.keyslot.area_size;
+        let max = match &st.keyslot.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                align = align.max(u64::from(*sector_size));
+                let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
+                area / h.output_len() as u64 * u64::from(*sector_size)
+            }
+            Resilience::Journal => area,
+            _ => u64::MAX,
+        };
+        let want = hotzone.unwrap_or(DEFAULT_HOTZONE);
+        ensure!(
+            want % align == 0 && want > 0,
+            Usage,
+            "hotzone size {want} must be a multiple of {align} bytes"
+        );
+        let hotzone = want.min(max) / align * align;
+        ensure!(hotzone > 0, Corrupt, "LUKS2 reencryption area is too small");
+        let mut layout = vol.layout_on(data.as_ref())?;
+        if let SegmentSize::Bytes(n) = st.old.size {
+            layout.data_size = layout.data_size.min(n);
+        }
+        ensure!(
+            layout.data_size % align == 0,
+            Unsupported,
+            "data size {} is not a multiple of the reencryption block ({align} bytes)",
+            layout.data_size
+        );
+        Ok(Reencryption {
+            vol,
+            data,
+            st,
+            layout,
+            old,
+            new,
+            hotzone,
+            align,
+        })
+    }
+
+    /// Total and finished bytes.
+    pub fn position(&self) -> Result<Position> {
+        let done = match self.st.hot_segment() {
+            Some(h) => h.offset - self.layout.data_offset,
+            None => self.st.progress(&self.vol.hdr.metadata, self.layout.data_size)?,
+        };
+        Ok(Position {
+            done,
+            total: self.layout.data_size,
+        })
+    }
+
+    /// Run to the end (or until `keep_going` says stop after a hotzone). Calls
+    /// `progress` after each hotzone. Returns true when finished.
+    pub fn run(
+        &mut self,
+        progress: &mut dyn FnMut(Position),
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        if let Some(h) = self.st.hot_segment().cloned() {
+            let len = match h.size {
+                SegmentSize::Bytes(n) => n,
+                SegmentSize::Dynamic => bail!(Corrupt, "LUKS2 hotzone segment has no size"),
+            };
+            self.recover(h.offset - self.layout.data_offset, len)?;
+        }
+        let mut pos = self.position()?;
+        let mut buf = Vec::new();
+        while pos.done < pos.total {
+            if !keep_going() {
+                return Ok(false);
+            }
+            let len = self.hotzone.min(pos.total - pos.done);
+            self.step(pos.done, len, &mut buf)?;
+            pos.done += len;
+            progress(pos);
+        }
+        self.finish()?;
+        Ok(true)
+    }
+
+    fn commit(&mut self, step: Step) -> Result<()> {
+        let mut next = self.vol.hdr.clone();
+        self.st.apply(&mut next.metadata, self.layout, step)?;
+        self.vol.write_header_any(next)?;
+        self.st = self
+            .vol
+            .reencrypt_state()?
+            .ok_or_else(|| Error::internal("reencryption state lost"))?;
+        Ok(())
+    }
+
+    /// One hotzone at `offset` (from the data start) of `len` bytes.
+    fn step(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        buf.resize(len as usize, 0);
+        let at = self.layout.data_offset + offset;
+        self.data
+            .read_at(buf, at)
+            .with_ctx(|| format!("reading the hotzone at {at}"))?;
+        let protected = self.protect(buf)?;
+        if protected {
+            self.commit(Step::Hot { offset, len })?;
+        }
+        self.transform(offset, buf)?;
+        self.data
+            .write_at(buf, at)
+            .with_ctx(|| format!("writing the hotzone at {at}"))?;
+        self.data.flush()?;
+        self.commit(Step::Post { done: offset + len })
+    }
+
+    /// Store the hotzone's protection in the reencrypt area; false for `none`.
+    fn protect(&self, raw: &[u8]) -> Result<bool> {
+        let k = &self.st.keyslot;
+        let bytes = match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                checksums(HashAlg::from_name(hash)?, *sector_size as usize, raw)
+            }
+            Resilience::Journal => raw.to_vec(),
+            _ => return Ok(false),
+        };
+        ensure!(
+            bytes.len() as u64 <= k.area_size,
+            Internal,
+            "hotzone protection does not fit the reencryption area"
+        );
+        self.vol
+            .dev
+            .write_at(&bytes, k.area_offset)
+            .ctx("writing the reencryption resilience area")?;
+        self.vol.dev.flush()?;
+        Ok(true)
+    }
+
+    /// Decrypt `buf` (old ciphertext at `offset`) and encrypt it with the new key.
+    fn transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        const CHUNK: usize = 256 << 10;
+        let (o, n) = (&self.st.old, &self.st.new);
+        let (oss, nss) = (o.sector_size as usize, n.sector_size as usize);
+        buf.par_chunks_mut(CHUNK)
+            .enumerate()
+            .try_for_each(|(i, c)| {
+                let rel = offset + (i * CHUNK) as u64;
+                self.old.decrypt(o.iv_tweak + rel / 512, oss, c)?;
+                self.new.encrypt(n.iv_tweak + rel / 512, nss, c)
+            })
+    }
+
+    /// Finish an interrupted hotzone from its protection, then mark it done.
+    fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
+        ensure!(
+            len % self.align == 0 && offset + len <= self.layout.data_size,
+            Corrupt,
+            "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
+        );
+        let at = self.layout.data_offset + offset;
+        let k = self.st.keyslot.clone();
+        let mut buf = vec![0u8; len as usize];
+        match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                let h = HashAlg::from_name(hash)?;
+                let bs = *sector_size as usize;
+                let mut stored = vec![0u8; len as usize / bs * h.output_len()];
+                ensure!(
+                    stored.len() as u64 <= k.area_size,
+                    Corrupt,
+                    "LUKS2 hotzone checksums do not fit their area"
+                );
+                self.vol.dev.read_at(&mut stored, k.area_offset)?;
+                self.data.read_at(&mut buf, at)?;
+                let now = checksums(h, bs, &buf);
+                let hl = h.output_len();
+                for (b, blk) in buf.chunks_mut(bs).enumerate() {
+                    if now[b * hl..(b + 1) * hl] == stored[b * hl..(b + 1) * hl] {
+                        self.transform(offset + (b * bs) as u64, blk)?;
+                    }
+                }
+            }
+            Resilience::Journal => {
+                ensure!(
+                    len <= k.area_size,
+                    Corrupt,
+                    "LUKS2 hotzone is larger than its journal"
+                );
+                self.vol.dev.read_at(&mut buf, k.area_offset)?;
+                self.transform(offset, &mut buf)?;
+            }
+            _ => bail!(
+                Corrupt,
+                "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
+                k.resilience.name()
+            ),
+        }
+        self.data.write_at(&buf, at).ctx("writing the recovered hotzone")?;
+        self.data.flush()?;
+        self.commit(Step::Post { done: offset + len })
+    }
+
+    /// Drop the old keyslots, the old and verification digests, the backup segments,
+    /// the reencrypt keyslot and the requirement in one header write; wipe the areas.
+    fn finish(&mut self) -> Result<()> {
+        let mut next = self.vol.hdr.clone();
+        self.st.apply(
+            &mut next.metadata,
+            self.layout,
+            Step::Post {
+                done: self.layout.data_size,
+            },
+        )?;
+        let md = &mut next.metadata;
+        let mut wipe = vec![];
+        for k in md.keyslots()? {
+            let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(self.st.old_digest);
+            if bound_old || k.id == self.st.keyslot.id {
+                wipe.push((k.area_offset, k.area_size));
+                md.remove_keyslot(k.id)?;
+            }
+        }
+        let mut segs = serde_json::Map::new();
+        segs.insert(
+            "0".into(),
+            vmcrypt_format::luks2::reencrypt::segment_json(
+                &vmcrypt_format::luks2::Segment {
+                    flags: vec![],
+                    size: SegmentSize::Dynamic,
+                    ..self.st.new.clone()
+                },
+                None,
+            ),
+        );
+        md.set_segments(segs)?;
+        md.set_digest_segments(self.st.new_digest, vec!["0".into()])?;
+        md.erase_unused_digests()?;
+        let reqs: Vec<String> = md
+            .config()?
+            .mandatory_requirements
+            .into_iter()
+            .filter(|r| !r.starts_with("online-reencrypt"))
+            .collect();
+        md.set_mandatory_requirements(&reqs)?;
+        self.vol.write_header_any(next)?;
+        for (off, size) in wipe {
+            self.vol.wipe_area(off, size)?;
+        }
+        Ok(())
+    }
+}
+
+/// Hash of each `bs`-byte block of `data`, concatenated.
+fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
+    let parts: Vec<Vec<u8>> = data.par_chunks(bs).map(|b| h.digest(b)).collect();
+    parts.concat()
+}
