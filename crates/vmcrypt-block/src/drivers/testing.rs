@@ -8,10 +8,13 @@ use vmcrypt_error::{Result, bail};
 
 /// Wraps a [`MemDriver`]; after `budget` successful writes every further write (and
 /// zeroing, resize) fails without touching the data, as if the machine had stopped.
+/// A [`torn`](Self::torn) one writes the first half (in 512-byte units) of the write
+/// that fails, as a power cut in the middle of it might.
 pub struct FaultyDriver {
     inner: Arc<MemDriver>,
     budget: usize,
     writes: AtomicUsize,
+    torn: bool,
 }
 
 impl FaultyDriver {
@@ -20,6 +23,15 @@ impl FaultyDriver {
             inner,
             budget,
             writes: AtomicUsize::new(0),
+            torn: false,
+        }
+    }
+
+    /// Like [`Self::new`], but the failing write is torn.
+    pub fn torn(inner: Arc<MemDriver>, budget: usize) -> Self {
+        FaultyDriver {
+            torn: true,
+            ..Self::new(inner, budget)
         }
     }
 
@@ -48,7 +60,13 @@ impl BlockDriver for FaultyDriver {
         self.inner.read_at(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.take()?;
+        if let Err(e) = self.take() {
+            let half = buf.len() / 2 / 512 * 512;
+            if self.torn && half > 0 && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
+                self.inner.write_at(&buf[..half], offset)?;
+            }
+            return Err(e);
+        }
         self.inner.write_at(buf, offset)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {

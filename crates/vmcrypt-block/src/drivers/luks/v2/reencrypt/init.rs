@@ -7,7 +7,7 @@
 use super::super::Luks2Volume;
 use super::super::keyslots::{area_size, write_sealed};
 use super::{ResilienceChoice, new_digest};
-use crate::drivers::luks::params::KeyslotParams;
+use crate::drivers::luks::params::{KdfKind, KeyslotParams};
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, random};
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::reencrypt::{
@@ -81,7 +81,11 @@ impl Luks2Volume {
         let mut md = md0.clone();
         md.add_keyslot(slot, ks.to_json())?;
         let new_digest_id = md.first_free_digest()?;
-        let d = new_digest(p.keyslot.hash, new_key.as_bytes(), new_digest_id, slot)?;
+        let forced = match p.keyslot.kdf {
+            KdfKind::Pbkdf2 => p.keyslot.iterations,
+            _ => None,
+        };
+        let d = new_digest(p.keyslot.hash, new_key.as_bytes(), new_digest_id, slot, forced)?;
         md.set_digest(new_digest_id, d.to_json())?;
 
         let mut next = self.hdr.clone();
@@ -145,7 +149,7 @@ impl Luks2Volume {
             .ok_or_else(|| vmcrypt_error::Error::internal("reencrypt keyslot lost"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), new_key.as_bytes()));
         let vid = next.metadata.first_free_digest()?;
-        let vd = new_digest(HashAlg::Sha256, vdata.as_bytes(), vid, rslot)?;
+        let vd = new_digest(HashAlg::Sha256, vdata.as_bytes(), vid, rslot, forced)?;
         next.metadata.set_digest(vid, vd.to_json())?;
         next.metadata
             .set_digest_segments(vid, vec![])

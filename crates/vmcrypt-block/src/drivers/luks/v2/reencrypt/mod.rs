@@ -50,17 +50,25 @@ impl ResilienceChoice {
 /// keep memory use modest.
 pub const DEFAULT_HOTZONE: u64 = 64 << 20;
 
-/// A pbkdf2 digest of `key` (about 1/8 s of iterations, at least 1000) bound to
-/// `keyslot`, with no segments yet.
-pub(crate) fn new_digest(hash: HashAlg, key: &[u8], id: u32, keyslot: u32) -> Result<Digest> {
+/// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
+/// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.
+pub(crate) fn new_digest(
+    hash: HashAlg,
+    key: &[u8],
+    id: u32,
+    keyslot: u32,
+    forced: Option<u32>,
+) -> Result<Digest> {
     let mut salt = vec![0u8; 32];
     random::fill(&mut salt)?;
-    let per_sec = kdf::pbkdf2_iterations_per_second(
-        hash,
-        hash.output_len(),
-        std::time::Duration::from_millis(50),
-    );
-    let iterations = (per_sec / 8).clamp(1000, u64::from(u32::MAX)) as u32;
+    let iterations = forced.unwrap_or_else(|| {
+        let per_sec = kdf::pbkdf2_iterations_per_second(
+            hash,
+            hash.output_len(),
+            std::time::Duration::from_millis(50),
+        );
+        (per_sec / 8).clamp(1000, u64::from(u32::MAX)) as u32
+    });
     let mut digest = vec![0u8; hash.output_len()];
     kdf::pbkdf2(hash, key, &salt, iterations, &mut digest);
     Ok(Digest {
@@ -257,8 +265,15 @@ impl<'a> Reencryption<'a> {
             };
             self.recover(h.offset - self.layout.data_offset, len)?;
         }
+        if self.vol.reencrypt_state()?.is_none() {
+            return Ok(true);
+        }
         let mut pos = self.position()?;
         let mut buf = Vec::new();
+        if pos.done >= pos.total {
+            self.finish()?;
+            return Ok(true);
+        }
         while pos.done < pos.total {
             if !keep_going() {
                 return Ok(false);
@@ -268,7 +283,6 @@ impl<'a> Reencryption<'a> {
             pos.done += len;
             progress(pos);
         }
-        self.finish()?;
         Ok(true)
     }
 
@@ -299,7 +313,18 @@ impl<'a> Reencryption<'a> {
             .write_at(buf, at)
             .with_ctx(|| format!("writing the hotzone at {at}"))?;
         self.data.flush()?;
-        self.commit(Step::Post { done: offset + len })
+        self.complete(offset + len)
+    }
+
+    /// Record that everything below `done` is in the new encryption. The last hotzone
+    /// goes straight to [`Self::finish`]: a header whose only regular segment is the new
+    /// one while the reencryption metadata remains would make cryptsetup start over.
+    fn complete(&mut self, done: u64) -> Result<()> {
+        if done >= self.layout.data_size {
+            self.finish()
+        } else {
+            self.commit(Step::Post { done })
+        }
     }
 
     /// Store the hotzone's protection in the reencrypt area; false for `none`.
@@ -386,7 +411,7 @@ impl<'a> Reencryption<'a> {
         }
         self.data.write_at(&buf, at).ctx("writing the recovered hotzone")?;
         self.data.flush()?;
-        self.commit(Step::Post { done: offset + len })
+        self.complete(offset + len)
     }
 
     /// Drop the old keyslots, the old and verification digests, the backup segments,
