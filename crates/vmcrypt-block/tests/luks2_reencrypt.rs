@@ -141,7 +141,12 @@ fn cryptsetup_resume(img: &[u8], hot: bool) -> Vec<u8> {
         }
     }
     let (ok, err) = cryptsetup(
-        &["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q"],
+        &[
+            "reencrypt",
+            "--resume-only",
+            "--force-offline-reencrypt",
+            "-q",
+        ],
         &pw,
         &path,
     );
@@ -174,7 +179,10 @@ fn every_write(sector: u32, res: ResilienceChoice, new_sector: Option<u32>) {
             let left = mem.snapshot();
             let ours = Arc::new(MemDriver::new(left.clone()));
             reencrypt(ours.clone(), None).unwrap_or_else(|e| panic!("{what}: resume: {e}"));
-            assert!(plaintext(ours.snapshot()) == plain, "{what}: vmcrypt resume");
+            assert!(
+                plaintext(ours.snapshot()) == plain,
+                "{what}: vmcrypt resume"
+            );
             let (running, hot) = in_progress(&left);
             if running {
                 resumed_by_cryptsetup += 1;
@@ -183,7 +191,10 @@ fn every_write(sector: u32, res: ResilienceChoice, new_sector: Option<u32>) {
             }
         }
     }
-    assert!(resumed_by_cryptsetup > total, "too few interruptions in progress");
+    assert!(
+        resumed_by_cryptsetup > total,
+        "too few interruptions in progress"
+    );
 }
 
 #[test]

@@ -79,7 +79,15 @@ fn image(sector: u32, seed: u64) -> Image {
     let secret = format!("secret,id=s0,file={}", pw.display());
     let target = format!("driver=luks,key-secret=s0,file.filename={}", img.display());
     ok(vmcrypt()
-        .args(["convert", "-q", "-n", "-f", "raw", "--target-image-opts", "--object"])
+        .args([
+            "convert",
+            "-q",
+            "-n",
+            "-f",
+            "raw",
+            "--target-image-opts",
+            "--object",
+        ])
         .args([&secret, plain.to_str().unwrap(), &target]));
     let sha = sha256(&plain);
     let digest = digest_of(&img);
@@ -128,12 +136,27 @@ fn check(im: &Image, what: &str) {
     let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&im.img));
     assert!(!dump.contains("Requirements"), "{what}: {dump}");
     assert!(!dump.contains("reencrypt"), "{what}: {dump}");
-    assert_ne!(digest_of(&im.img), im.digest, "{what}: volume key not changed");
+    assert_ne!(
+        digest_of(&im.img),
+        im.digest,
+        "{what}: volume key not changed"
+    );
     let out = im.dir.path().join("out");
     let secret = format!("secret,id=s0,file={}", im.pw.display());
-    let src = format!("driver=luks,key-secret=s0,file.filename={}", im.img.display());
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
     ok(vmcrypt()
-        .args(["convert", "-q", "-O", "raw", "--object", &secret, "--image-opts"])
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
         .args([&src, out.to_str().unwrap()]));
     assert_eq!(sha256(&out), im.sha, "{what}: plaintext differs");
 }
@@ -228,7 +251,10 @@ fn cryptsetup_killed_vmcrypt_finishes() {
                 });
                 interrupted += u32::from(in_progress(&im.img).1);
                 vmcrypt_finish(&im);
-                check(&im, &format!("{sector} {mode} round {round} killed at {ms} ms"));
+                check(
+                    &im,
+                    &format!("{sector} {mode} round {round} killed at {ms} ms"),
+                );
             }
         }
     }
@@ -248,7 +274,10 @@ fn vmcrypt_killed_cryptsetup_finishes() {
                 });
                 interrupted += u32::from(in_progress(&im.img).1);
                 cryptsetup_finish(&im);
-                check(&im, &format!("{sector} {mode} round {round} killed at {ms} ms"));
+                check(
+                    &im,
+                    &format!("{sector} {mode} round {round} killed at {ms} ms"),
+                );
             }
         }
     }
@@ -270,7 +299,14 @@ fn none_stopped_cleanly_other_tool_finishes() {
         let im = image(sector, 12);
         ok(&mut vmcrypt_reencrypt(
             &im,
-            &["--resilience", "none", "--hotzone-size", "1M", "--max-hotzones", "5"],
+            &[
+                "--resilience",
+                "none",
+                "--hotzone-size",
+                "1M",
+                "--max-hotzones",
+                "5",
+            ],
         ));
         assert!(in_progress(&im.img).0);
         cryptsetup_finish(&im);
@@ -292,7 +328,10 @@ fn whole_run_with_new_geometry_and_wrong_key_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(std::fs::read(&im.img).unwrap() == before, "a refused run wrote");
+    assert!(
+        std::fs::read(&im.img).unwrap() == before,
+        "a refused run wrote"
+    );
     ok(&mut vmcrypt_reencrypt(
         &im,
         &["--sector-size", "4096", "--key-size", "256"],

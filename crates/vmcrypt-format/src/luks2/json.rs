@@ -438,10 +438,7 @@ impl Metadata {
             cfg.shift_remove("requirements");
         } else {
             let v: Vec<Value> = reqs.iter().cloned().map(Value::String).collect();
-            cfg.insert(
-                "requirements".into(),
-                serde_json::json!({ "mandatory": v }),
-            );
+            cfg.insert("requirements".into(), serde_json::json!({ "mandatory": v }));
         }
         Ok(())
     }

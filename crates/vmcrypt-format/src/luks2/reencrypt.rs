@@ -125,9 +125,8 @@ impl ReencryptState {
             .get("keyslots")
             .and_then(Value::as_object)
             .and_then(|ks| {
-                ks.iter().find(|(_, v)| {
-                    v.get("type").and_then(Value::as_str) == Some("reencrypt")
-                })
+                ks.iter()
+                    .find(|(_, v)| v.get("type").and_then(Value::as_str) == Some("reencrypt"))
             })
             .map(|(id, v)| (id.clone(), v.clone()))
         else {
@@ -146,7 +145,11 @@ impl ReencryptState {
             ),
         };
         let segs = md.segments()?;
-        let flagged = |f: &str| segs.iter().find(|s| s.flags.iter().any(|x| x == f)).cloned();
+        let flagged = |f: &str| {
+            segs.iter()
+                .find(|s| s.flags.iter().any(|x| x == f))
+                .cloned()
+        };
         let (Some(old), Some(new)) = (flagged("backup-previous"), flagged("backup-final")) else {
             bail!(
                 Corrupt,
@@ -154,7 +157,12 @@ impl ReencryptState {
             );
         };
         let digests = md.digests()?;
-        let digest_of = |s: u32| digests.iter().find(|d| d.segments.contains(&s)).map(|d| d.id);
+        let digest_of = |s: u32| {
+            digests
+                .iter()
+                .find(|d| d.segments.contains(&s))
+                .map(|d| d.id)
+        };
         let (Some(old_digest), Some(new_digest)) = (digest_of(old.id), digest_of(new.id)) else {
             bail!(
                 Corrupt,
@@ -283,7 +291,14 @@ pub fn segment_json(s: &Segment, flag: Option<&str>) -> Value {
         SegmentSize::Dynamic => None,
         SegmentSize::Bytes(n) => Some(n),
     };
-    crypt_segment(s.offset, s.iv_tweak, size, &s.encryption, s.sector_size, flag)
+    crypt_segment(
+        s.offset,
+        s.iv_tweak,
+        size,
+        &s.encryption,
+        s.sector_size,
+        flag,
+    )
 }
 
 /// Where a forward reencryption stands, for building its segments.
@@ -343,7 +358,11 @@ impl ReencryptState {
                 if offset > 0 {
                     segs.push((new_seg(0, Some(offset), None), false, true));
                 }
-                segs.push((new_seg(offset, Some(len), Some(IN_REENCRYPTION)), true, true));
+                segs.push((
+                    new_seg(offset, Some(len), Some(IN_REENCRYPTION)),
+                    true,
+                    true,
+                ));
                 if offset + len < layout.data_size {
                     segs.push((old_seg(offset + len), true, false));
                 }

@@ -4,12 +4,12 @@
 use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
+use crate::drivers::luks::Version;
 use crate::drivers::luks::Volume;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
 use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
-use crate::drivers::luks::Version;
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_crypto::HashAlg;
@@ -61,8 +61,8 @@ pub fn reencrypt(
         Some(_) => Arc::new(FileDriver::open(Path::new(&t.device), false)?),
         None => h.dev.clone(),
     };
-    let mut vol = Volume::open(h.dev, h.detached, &t.limits)
-        .with_ctx(|| format!("device {}", t.device))?;
+    let mut vol =
+        Volume::open(h.dev, h.detached, &t.limits).with_ctx(|| format!("device {}", t.device))?;
     ensure!(
         vol.version() == Version::V2,
         Unsupported,
@@ -139,7 +139,10 @@ pub fn reencrypt(
         r.position()?
     };
     if !finished && position.done >= position.total {
-        bail!(Internal, "reencryption stopped at its end without finishing");
+        bail!(
+            Internal,
+            "reencryption stopped at its end without finishing"
+        );
     }
     Ok(ReencryptReport {
         started,

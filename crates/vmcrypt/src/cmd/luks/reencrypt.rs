@@ -62,7 +62,11 @@ pub fn run(a: &Args) -> Result<u8> {
     );
     let key_size = match a.key_size {
         Some(bits) => {
-            ensure!(bits % 8 == 0, Usage, "--key-size {bits} is not a whole number of bytes");
+            ensure!(
+                bits % 8 == 0,
+                Usage,
+                "--key-size {bits} is not a whole number of bytes"
+            );
             Some(bits / 8)
         }
         None => None,
@@ -88,7 +92,10 @@ pub fn run(a: &Args) -> Result<u8> {
     let r = reencrypt(&t, &req, &mut keys, &mut status)?;
     status.end();
     if r.finished {
-        eprintln!("Finished, time {:.3}s", status.start.elapsed().as_secs_f64());
+        eprintln!(
+            "Finished, time {:.3}s",
+            status.start.elapsed().as_secs_f64()
+        );
     } else if !a.init_only {
         eprintln!(
             "Reencryption paused at {} of {} bytes; continue with --resume-only.",
@@ -141,7 +148,11 @@ impl Events for Status {
         } else {
             0.0
         };
-        let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
         eprint!(
             "\rProgress: {pct:5.1}%, ETA {:02}:{:02}, {} MiB written, speed {:.1} MiB/s",
             eta as u64 / 60,

@@ -123,8 +123,9 @@ impl Luks2Volume {
         if req.reencryption_in_progress() {
             bail!(
                 Unsupported,
-                "LUKS2 reencryption is in progress ({}); finish or roll it back with \
-                 `cryptsetup reencrypt` before accessing the data",
+                "LUKS2 reencryption is in progress ({}); finish it with \
+                 `vmcrypt luks reencrypt --resume-only` (or `cryptsetup reencrypt --resume-only`) \
+                 before accessing the data",
                 req.reencryption.join(", ")
             );
         }

@@ -10,9 +10,7 @@ use super::{ResilienceChoice, new_digest};
 use crate::drivers::luks::params::{KdfKind, KeyslotParams};
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, random};
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
-use vmcrypt_format::luks2::reencrypt::{
-    self, ReencryptKeyslot, ReencryptState, Resilience, Step,
-};
+use vmcrypt_format::luks2::reencrypt::{self, ReencryptKeyslot, ReencryptState, Resilience, Step};
 use vmcrypt_format::luks2::{Segment, SegmentSize};
 
 /// What the new encryption looks like (None: as the old one).
@@ -85,7 +83,13 @@ impl Luks2Volume {
             KdfKind::Pbkdf2 => p.keyslot.iterations,
             _ => None,
         };
-        let d = new_digest(p.keyslot.hash, new_key.as_bytes(), new_digest_id, slot, forced)?;
+        let d = new_digest(
+            p.keyslot.hash,
+            new_key.as_bytes(),
+            new_digest_id,
+            slot,
+            forced,
+        )?;
         md.set_digest(new_digest_id, d.to_json())?;
 
         let mut next = self.hdr.clone();

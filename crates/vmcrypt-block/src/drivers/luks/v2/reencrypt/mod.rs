@@ -50,6 +50,10 @@ impl ResilienceChoice {
 /// keep memory use modest.
 pub const DEFAULT_HOTZONE: u64 = 64 << 20;
 
+/// Piece of a hotzone one thread reads, hashes, transforms and writes (a multiple of
+/// every sector and checksum block size).
+const CHUNK: usize = 1 << 20;
+
 /// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
 /// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.
 pub(crate) fn new_digest(
@@ -170,7 +174,10 @@ impl<'a> Reencryption<'a> {
             st.keyslot.direction
         );
         if let Resilience::Other(t) = &st.keyslot.resilience {
-            bail!(Unsupported, "LUKS2 reencryption resilience \"{t}\" is not supported");
+            bail!(
+                Unsupported,
+                "LUKS2 reencryption resilience \"{t}\" is not supported"
+            );
         }
         let md = &vol.hdr.metadata;
         let digests = md.digests()?;
@@ -202,6 +209,11 @@ impl<'a> Reencryption<'a> {
         let area = st.keyslot.area_size;
         let max = match &st.keyslot.resilience {
             Resilience::Checksum { hash, sector_size } => {
+                ensure!(
+                    sector_size.is_power_of_two() && (512..=CHUNK as u32).contains(sector_size),
+                    Corrupt,
+                    "LUKS2 reencryption checksum block size {sector_size} is invalid"
+                );
                 align = align.max(u64::from(*sector_size));
                 let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
                 area / h.output_len() as u64 * u64::from(*sector_size)
@@ -243,7 +255,9 @@ impl<'a> Reencryption<'a> {
     pub fn position(&self) -> Result<Position> {
         let done = match self.st.hot_segment() {
             Some(h) => h.offset - self.layout.data_offset,
-            None => self.st.progress(&self.vol.hdr.metadata, self.layout.data_size)?,
+            None => self
+                .st
+                .progress(&self.vol.hdr.metadata, self.layout.data_size)?,
         };
         Ok(Position {
             done,
@@ -297,23 +311,55 @@ impl<'a> Reencryption<'a> {
         Ok(())
     }
 
-    /// One hotzone at `offset` (from the data start) of `len` bytes.
+    /// One hotzone at `offset` (from the data start) of `len` bytes. Both phases run
+    /// over the cores in CHUNK pieces: read (and hash), then transform and write.
     fn step(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
         buf.resize(len as usize, 0);
         let at = self.layout.data_offset + offset;
-        self.data
-            .read_at(buf, at)
-            .with_ctx(|| format!("reading the hotzone at {at}"))?;
-        let protected = self.protect(buf)?;
-        if protected {
+        let sums = self.read_hotzone(at, buf)?;
+        if self.protect(buf, sums)? {
             self.commit(Step::Hot { offset, len })?;
         }
-        self.transform(offset, buf)?;
-        self.data
-            .write_at(buf, at)
-            .with_ctx(|| format!("writing the hotzone at {at}"))?;
+        let data = &self.data;
+        buf.par_chunks_mut(CHUNK)
+            .enumerate()
+            .try_for_each(|(i, c)| {
+                let rel = (i * CHUNK) as u64;
+                self.transform(offset + rel, c)?;
+                data.write_at(c, at + rel)
+                    .with_ctx(|| format!("writing the hotzone at {}", at + rel))
+            })?;
         self.data.flush()?;
         self.complete(offset + len)
+    }
+
+    /// Read the hotzone at `at` into `buf`; with checksum resilience, also hash each
+    /// block (returned concatenated).
+    fn read_hotzone(&self, at: u64, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
+        let data = &self.data;
+        let read = |i: usize, c: &mut [u8]| {
+            let off = at + (i * CHUNK) as u64;
+            data.read_at(c, off)
+                .with_ctx(|| format!("reading the hotzone at {off}"))
+        };
+        let Resilience::Checksum { hash, sector_size } = &self.st.keyslot.resilience else {
+            buf.par_chunks_mut(CHUNK)
+                .enumerate()
+                .try_for_each(|(i, c)| read(i, c))?;
+            return Ok(None);
+        };
+        let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
+        let per_chunk = CHUNK / bs * h.output_len();
+        let mut sums = vec![0u8; buf.len() / bs * h.output_len()];
+        buf.par_chunks_mut(CHUNK)
+            .zip(sums.par_chunks_mut(per_chunk))
+            .enumerate()
+            .try_for_each(|(i, (c, s))| {
+                read(i, c)?;
+                hash_blocks(h, bs, c, s);
+                Ok(())
+            })?;
+        Ok(Some(sums))
     }
 
     /// Record that everything below `done` is in the new encryption. The last hotzone
@@ -327,14 +373,13 @@ impl<'a> Reencryption<'a> {
         }
     }
 
-    /// Store the hotzone's protection in the reencrypt area; false for `none`.
-    fn protect(&self, raw: &[u8]) -> Result<bool> {
+    /// Store the hotzone's protection (its checksums `sums`, or the raw data as a
+    /// journal) in the reencrypt area; false for `none`.
+    fn protect(&self, raw: &[u8], sums: Option<Vec<u8>>) -> Result<bool> {
         let k = &self.st.keyslot;
-        let bytes = match &k.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                checksums(HashAlg::from_name(hash)?, *sector_size as usize, raw)
-            }
-            Resilience::Journal => raw.to_vec(),
+        let bytes: &[u8] = match (&k.resilience, &sums) {
+            (Resilience::Checksum { .. }, Some(s)) => s,
+            (Resilience::Journal, _) => raw,
             _ => return Ok(false),
         };
         ensure!(
@@ -344,7 +389,7 @@ impl<'a> Reencryption<'a> {
         );
         self.vol
             .dev
-            .write_at(&bytes, k.area_offset)
+            .write_at(bytes, k.area_offset)
             .ctx("writing the reencryption resilience area")?;
         self.vol.dev.flush()?;
         Ok(true)
@@ -352,16 +397,18 @@ impl<'a> Reencryption<'a> {
 
     /// Decrypt `buf` (old ciphertext at `offset`) and encrypt it with the new key.
     fn transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        const CHUNK: usize = 256 << 10;
         let (o, n) = (&self.st.old, &self.st.new);
-        let (oss, nss) = (o.sector_size as usize, n.sector_size as usize);
+        self.old
+            .decrypt(o.iv_tweak + offset / 512, o.sector_size as usize, buf)?;
+        self.new
+            .encrypt(n.iv_tweak + offset / 512, n.sector_size as usize, buf)
+    }
+
+    /// [`Self::transform`] over the cores.
+    fn par_transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         buf.par_chunks_mut(CHUNK)
             .enumerate()
-            .try_for_each(|(i, c)| {
-                let rel = offset + (i * CHUNK) as u64;
-                self.old.decrypt(o.iv_tweak + rel / 512, oss, c)?;
-                self.new.encrypt(n.iv_tweak + rel / 512, nss, c)
-            })
+            .try_for_each(|(i, c)| self.transform(offset + (i * CHUNK) as u64, c))
     }
 
     /// Finish an interrupted hotzone from its protection, then mark it done.
@@ -401,7 +448,7 @@ impl<'a> Reencryption<'a> {
                     "LUKS2 hotzone is larger than its journal"
                 );
                 self.vol.dev.read_at(&mut buf, k.area_offset)?;
-                self.transform(offset, &mut buf)?;
+                self.par_transform(offset, &mut buf)?;
             }
             _ => bail!(
                 Corrupt,
@@ -409,7 +456,9 @@ impl<'a> Reencryption<'a> {
                 k.resilience.name()
             ),
         }
-        self.data.write_at(&buf, at).ctx("writing the recovered hotzone")?;
+        self.data
+            .write_at(&buf, at)
+            .ctx("writing the recovered hotzone")?;
         self.data.flush()?;
         self.complete(offset + len)
     }
@@ -429,8 +478,10 @@ impl<'a> Reencryption<'a> {
         let mut wipe = vec![];
         for k in md.keyslots()? {
             let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(self.st.old_digest);
-            if bound_old || k.id == self.st.keyslot.id {
+            if bound_old {
                 wipe.push((k.area_offset, k.area_size));
+            }
+            if bound_old || k.id == self.st.keyslot.id {
                 md.remove_keyslot(k.id)?;
             }
         }
@@ -457,15 +508,31 @@ impl<'a> Reencryption<'a> {
             .collect();
         md.set_mandatory_requirements(&reqs)?;
         self.vol.write_header_any(next)?;
+        // Old key material gets noise, as a killed key slot does; the resilience area
+        // (old ciphertext in a journal, or checksums) only needs clearing.
         for (off, size) in wipe {
             self.vol.wipe_area(off, size)?;
         }
-        Ok(())
+        let k = &self.st.keyslot;
+        self.vol.dev.write_zeroes(k.area_offset, k.area_size)?;
+        self.vol.dev.flush()
     }
 }
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
 fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
-    let parts: Vec<Vec<u8>> = data.par_chunks(bs).map(|b| h.digest(b)).collect();
-    parts.concat()
+    let mut out = vec![0u8; data.len() / bs * h.output_len()];
+    let per_chunk = CHUNK / bs * h.output_len();
+    data.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(per_chunk))
+        .for_each(|(c, s)| hash_blocks(h, bs, c, s));
+    out
+}
+
+/// Hash each `bs`-byte block of `data` into consecutive slots of `out`.
+fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
+    let hl = h.output_len();
+    for (b, o) in data.chunks(bs).zip(out.chunks_mut(hl)) {
+        o.copy_from_slice(&h.digest(b));
+    }
 }
