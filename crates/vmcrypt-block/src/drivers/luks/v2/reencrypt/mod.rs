@@ -223,7 +223,7 @@ impl<'a> Reencryption<'a> {
         };
         let want = hotzone.unwrap_or(DEFAULT_HOTZONE);
         ensure!(
-            want % align == 0 && want > 0,
+            want.is_multiple_of(align) && want > 0,
             Usage,
             "hotzone size {want} must be a multiple of {align} bytes"
         );
@@ -234,7 +234,7 @@ impl<'a> Reencryption<'a> {
             layout.data_size = layout.data_size.min(n);
         }
         ensure!(
-            layout.data_size % align == 0,
+            layout.data_size.is_multiple_of(align),
             Unsupported,
             "data size {} is not a multiple of the reencryption block ({align} bytes)",
             layout.data_size
@@ -414,7 +414,7 @@ impl<'a> Reencryption<'a> {
     /// Finish an interrupted hotzone from its protection, then mark it done.
     fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
         ensure!(
-            len % self.align == 0 && offset + len <= self.layout.data_size,
+            len.is_multiple_of(self.align) && offset + len <= self.layout.data_size,
             Corrupt,
             "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
         );
