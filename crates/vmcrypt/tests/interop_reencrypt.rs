@@ -343,3 +343,80 @@ fn whole_run_with_new_geometry_and_wrong_key_refused() {
     assert_eq!(ks.len(), 1, "{ks:?}");
     assert_eq!(ks.values().next().unwrap()["key_size"], 32);
 }
+
+/// LUKS1: re-keyed through LUKS2 and back; paused half way it is a LUKS2 image that
+/// cryptsetup reads and `--resume-only` finishes, conversion back included.
+#[test]
+fn luks1_is_rekeyed_through_luks2_and_back() {
+    let im = image(512, 31);
+    // Replace the LUKS2 test image by a LUKS1 one (payload at 2 MiB) holding the same
+    // plaintext.
+    std::fs::File::create(&im.img)
+        .unwrap()
+        .set_len(2 * MIB + DATA)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks1", "-q", "--iter-time", "10"])
+        .arg("--key-file")
+        .args([&im.pw, &im.img]));
+    let plain = im.dir.path().join("plain");
+    let secret = format!("secret,id=s0,file={}", im.pw.display());
+    let target = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-n",
+            "-f",
+            "raw",
+            "--target-image-opts",
+            "--object",
+        ])
+        .args([&secret, plain.to_str().unwrap(), &target]));
+    let v1_digest = || {
+        let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&im.img));
+        assert!(dump.contains("Version:       \t1"), "{dump}");
+        dump.lines()
+            .skip_while(|l| !l.starts_with("MK digest"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    let before = v1_digest();
+    ok(&mut vmcrypt_reencrypt(
+        &im,
+        &["--hotzone-size", "1M", "--max-hotzones", "3"],
+    ));
+    let (running, _) = in_progress(&im.img);
+    assert!(running, "paused LUKS1 re-key is not a LUKS2 reencryption");
+    let j = dump_json(&im.img);
+    assert!(
+        j["tokens"].to_string().contains("vmcrypt-luks1-rekey"),
+        "{j}"
+    );
+    ok(&mut vmcrypt_reencrypt(&im, &["--resume-only"]));
+    assert_ne!(v1_digest(), before, "the LUKS1 volume key did not change");
+    let out = im.dir.path().join("out");
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
+        .args([&src, out.to_str().unwrap()]));
+    assert_eq!(sha256(&out), im.sha, "LUKS1 plaintext differs");
+    ok(Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .args([&im.pw, &im.img]));
+}

@@ -1,11 +1,20 @@
 //! `vmcrypt luks reencrypt`: a new volume key for a LUKS2 device, offline, in
 //! cryptsetup's reencryption format (so either tool can resume the other's run).
 //! The whole image is locked; the header and the data are rewritten in place.
+//!
+//! A LUKS1 header goes through LUKS2 and back: it is converted in place (crash-safe,
+//! `luks convert`), marked with a [`LUKS1_MARK`] token (cryptsetup ignores token types
+//! it does not know), reencrypted with a LUKS1-compatible new key slot (PBKDF2 with
+//! the header's hash), and converted back once finished. An interruption leaves a
+//! LUKS2 image that `--resume-only` finishes, conversion back included; only one
+//! between the last reencryption write and the conversion leaves a re-keyed LUKS2
+//! image without the mark (`luks convert --type luks1` finishes it).
 use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
 use crate::drivers::luks::Version;
 use crate::drivers::luks::Volume;
+use crate::drivers::luks::convert::convert_to;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
 use crate::jobs::Events;
@@ -48,6 +57,9 @@ pub struct ReencryptReport {
     pub new_slot: Option<u32>,
 }
 
+/// Type of the token that marks a LUKS1 image being re-keyed through LUKS2.
+pub const LUKS1_MARK: &str = "vmcrypt-luks1-rekey";
+
 /// Run (start or resume) a reencryption of `t`.
 pub fn reencrypt(
     t: &Target,
@@ -61,21 +73,78 @@ pub fn reencrypt(
         Some(_) => Arc::new(FileDriver::open(Path::new(&t.device), false)?),
         None => h.dev.clone(),
     };
-    let mut vol =
-        Volume::open(h.dev, h.detached, &t.limits).with_ctx(|| format!("device {}", t.device))?;
-    ensure!(
-        vol.version() == Version::V2,
-        Unsupported,
-        "{}: reencryption needs a LUKS2 header (convert a LUKS1 header first)",
-        t.device
-    );
-    let v2 = vol.v2_mut()?;
+    let open = || {
+        Volume::open(h.dev.clone(), h.detached, &t.limits)
+            .with_ctx(|| format!("device {}", t.device))
+    };
+    let mut vol = open()?;
     let pass = keys.existing()?;
+    let mut req = req.clone();
+    if vol.version() == Version::V1 {
+        vol.unlock(pass.as_bytes(), req.key_slot)?;
+        ensure!(
+            !req.resume_only,
+            Usage,
+            "{}: no LUKS2 reencryption is in progress (the header is LUKS1)",
+            t.device
+        );
+        ensure!(
+            req.new.sector_size.is_none_or(|s| s == 512),
+            Usage,
+            "LUKS1 has 512-byte sectors only"
+        );
+        let hash = vol.v1().map_or(HashAlg::Sha256, |v| v.hash());
+        req.keyslot.kdf = Some("pbkdf2".into());
+        req.keyslot.hash = Some(hash.name().into());
+        convert_to(h.dev.clone(), 2, h.detached, &t.limits)
+            .with_ctx(|| format!("{}: converting LUKS1 to LUKS2 for the re-key", t.device))?;
+        vol = open()?;
+        vol.token_import(None, &format!(r#"{{"type":"{LUKS1_MARK}","keyslots":[]}}"#))?;
+        events.warning("LUKS1 header: re-keyed through LUKS2, converted back when finished");
+    }
+    let report = reencrypt_v2(t, &req, vol.v2_mut()?, data, pass.as_bytes(), events)?;
+    if report.finished {
+        back_to_luks1(t, &h.dev, h.detached, open()?)?;
+    }
+    Ok(report)
+}
+
+/// Convert back to LUKS1 if the header carries [`LUKS1_MARK`].
+fn back_to_luks1(
+    t: &Target,
+    dev: &Arc<dyn BlockDriver>,
+    detached: bool,
+    mut vol: Volume,
+) -> Result<()> {
+    let Some(v2) = vol.v2() else { return Ok(()) };
+    let mark = v2
+        .header()
+        .metadata
+        .tokens()?
+        .into_iter()
+        .find(|tk| tk.kind == LUKS1_MARK);
+    if let Some(tk) = mark {
+        vol.token_remove(tk.id)?;
+        convert_to(dev.clone(), 1, detached, &t.limits)
+            .with_ctx(|| format!("{}: converting back to LUKS1 after the re-key", t.device))?;
+    }
+    Ok(())
+}
+
+/// The LUKS2 part: start or resume, run, report.
+fn reencrypt_v2(
+    t: &Target,
+    req: &ReencryptRequest,
+    v2: &mut crate::drivers::luks::Luks2Volume,
+    data: Arc<dyn BlockDriver>,
+    pass: &[u8],
+    events: &mut dyn Events,
+) -> Result<ReencryptReport> {
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
         Some(st) => (
-            v2.unlock_digest(pass.as_bytes(), st.old_digest)?,
-            v2.unlock_digest(pass.as_bytes(), st.new_digest)?,
+            v2.unlock_digest(pass, st.old_digest)?,
+            v2.unlock_digest(pass, st.new_digest)?,
         ),
         None => {
             ensure!(
@@ -84,7 +153,7 @@ pub fn reencrypt(
                 "{}: no LUKS2 reencryption is in progress",
                 t.device
             );
-            let old = v2.unlock(pass.as_bytes(), req.key_slot)?;
+            let old = v2.unlock(pass, req.key_slot)?;
             let p = InitParams {
                 new: req.new.clone(),
                 resilience: ResilienceChoice::from_name(
@@ -100,7 +169,7 @@ pub fn reencrypt(
                      the reencryption finishes"
                 ));
             }
-            let (nk, slot) = v2.reencrypt_init(&old.volume_key, pass.as_bytes(), &p)?;
+            let (nk, slot) = v2.reencrypt_init(&old.volume_key, pass, &p)?;
             started = true;
             new_slot = Some(slot);
             (old.volume_key, nk)
