@@ -67,6 +67,14 @@ pub fn reencrypt(
     keys: &mut dyn KeySource,
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
+    if let Some(z) = req.hotzone_size {
+        ensure!(
+            z > 0 && z.is_multiple_of(4096),
+            Usage,
+            "--hotzone-size {z} is not a positive multiple of 4096 bytes"
+        );
+    }
+    ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
     let h = t.header_device(Access::WholeImage)?;
     super::embedded::require_plain(h.container, &t.device, "reencrypt")?;
     let data: Arc<dyn BlockDriver> = match &t.header {
