@@ -66,8 +66,8 @@ pub enum LuksCommand {
     Repair(opts::DeviceArgs),
     /// Set LUKS2 keyslot priority, label or subsystem (cryptsetup config)
     Config(config::Args),
-    /// Reencrypt a LUKS2 device under a new volume key, offline, resumable by either
-    /// vmcrypt or cryptsetup (cryptsetup reencrypt)
+    /// Reencrypt a LUKS device under a new volume key, offline, resumable by either
+    /// vmcrypt or cryptsetup (cryptsetup reencrypt; LUKS1 goes through LUKS2 and back)
     Reencrypt(reencrypt::Args),
 }
 

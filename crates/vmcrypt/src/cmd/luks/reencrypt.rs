@@ -1,5 +1,6 @@
-//! `vmcrypt luks reencrypt`: a new volume key for a LUKS2 device, offline, in
-//! cryptsetup's reencryption format (cryptsetup reencrypt --force-offline-reencrypt).
+//! `vmcrypt luks reencrypt`: a new volume key for a LUKS device, offline, in
+//! cryptsetup's LUKS2 reencryption format (cryptsetup reencrypt
+//! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back.
 use super::opts::{KdfOpts, KeyOpts};
 use std::io::Write;
 use std::time::Instant;
