@@ -293,3 +293,58 @@ fn tampered_metadata_is_refused() {
     assert!(mem.snapshot() == before, "a refused resume wrote");
     assert!(vol.unlock_digest(b"wrong", 0).is_err());
 }
+
+/// cryptsetup removes the old key slots one header write at a time before its final
+/// write; killed in between, the old digest has no key slot left. vmcrypt finishes that
+/// state from the new key alone, writing metadata only.
+#[test]
+fn finished_data_without_old_key_slots_is_finalised() {
+    let (img, plain) = base(4096, 9);
+    let mem = Arc::new(MemDriver::new(img));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let old = vol.unlock(PW, None).unwrap().volume_key;
+    let (nk, _) = vol
+        .reencrypt_init(&old, PW, &params(ResilienceChoice::Checksum, None))
+        .unwrap();
+    drop(vol);
+    let started = mem.snapshot();
+    // The data as a full run leaves it, from a copy with the same keys.
+    let copy = Arc::new(MemDriver::new(started.clone()));
+    let cdev: Arc<dyn BlockDriver> = copy.clone();
+    let mut cvol = Luks2Volume::open(cdev.clone(), false, &KdfLimits::default()).unwrap();
+    Reencryption::load(&mut cvol, cdev, &old, &nk, Some(HOTZONE))
+        .unwrap()
+        .run(&mut |_| {}, &|| true)
+        .unwrap();
+    let done = copy.snapshot();
+    // cryptsetup's state: data all new, one new segment, old slot 0 gone.
+    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
+    let mut hdr = vmcrypt_format::luks2::load(&started, &hasher, Default::default())
+        .unwrap()
+        .header;
+    let mut v = hdr.metadata.to_value();
+    let segs = v["segments"].as_object().unwrap().clone();
+    let new_seg = {
+        let mut s = segs["2"].clone();
+        s.as_object_mut().unwrap().remove("flags");
+        s
+    };
+    v["segments"] = serde_json::json!({"0": new_seg, "1": segs["1"], "2": segs["2"]});
+    v["keyslots"].as_object_mut().unwrap().remove("0");
+    v["digests"]["0"]["keyslots"] = serde_json::json!([]);
+    v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+    v["digests"]["1"]["segments"] = serde_json::json!(["0", "2"]);
+    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
+    hdr.binary.seqid += 1;
+    let mut img = done.clone();
+    img[..2 * (16 << 10)].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
+    let mem = Arc::new(MemDriver::new(img));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let st = vol.reencrypt_state().unwrap().unwrap();
+    assert!(vol.unlock_digest(PW, st.old_digest).is_err());
+    let new_key = vol.unlock_digest(PW, st.new_digest).unwrap();
+    vol.reencrypt_finish_done(dev.as_ref(), &new_key).unwrap();
+    assert!(plaintext(mem.snapshot()) == plain);
+}

@@ -179,9 +179,7 @@ fn vmcrypt_reencrypt(im: &Image, extra: &[&str]) -> Command {
         .arg(&im.pw)
         .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
         .args(extra)
-        .arg(&im.img)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .arg(&im.img);
     c
 }
 
@@ -386,6 +384,15 @@ fn luks1_is_rekeyed_through_luks2_and_back() {
             .join("")
     };
     let before = v1_digest();
+    let untouched = std::fs::read(&im.img).unwrap();
+    let out = vmcrypt_reencrypt(&im, &["--cipher", "rot13-xts-plain64"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        std::fs::read(&im.img).unwrap() == untouched,
+        "a refused LUKS1 re-key wrote"
+    );
     ok(&mut vmcrypt_reencrypt(
         &im,
         &["--hotzone-size", "1M", "--max-hotzones", "3"],

@@ -21,8 +21,8 @@ use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::HashAlg;
-use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_crypto::{CipherSpec, HashAlg};
+use vmcrypt_error::{ErrorKind, Result, ResultExt, bail, ensure};
 
 /// What to do.
 #[derive(Clone, Debug, Default)]
@@ -67,14 +67,7 @@ pub fn reencrypt(
     keys: &mut dyn KeySource,
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
-    if let Some(z) = req.hotzone_size {
-        ensure!(
-            z > 0 && z.is_multiple_of(4096),
-            Usage,
-            "--hotzone-size {z} is not a positive multiple of 4096 bytes"
-        );
-    }
-    ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
+    precheck(req)?;
     let h = t.header_device(Access::WholeImage)?;
     super::embedded::require_plain(h.container, &t.device, "reencrypt")?;
     let data: Arc<dyn BlockDriver> = match &t.header {
@@ -101,7 +94,13 @@ pub fn reencrypt(
             Usage,
             "LUKS1 has 512-byte sectors only"
         );
-        let hash = vol.v1().map_or(HashAlg::Sha256, |v| v.hash());
+        let (hash, spec) = match vol.v1() {
+            Some(v) => (v.hash(), *v.spec()),
+            None => bail!(Internal, "LUKS1 volume expected"),
+        };
+        let cipher = req.new.cipher.clone().unwrap_or(spec.luks2_encryption());
+        CipherSpec::from_luks2(&cipher, req.new.key_size.unwrap_or(spec.key_bytes))
+            .ctx("new encryption")?;
         req.keyslot.kdf = Some("pbkdf2".into());
         req.keyslot.hash = Some(hash.name().into());
         convert_to(h.dev.clone(), 2, h.detached, &t.limits)
@@ -115,6 +114,42 @@ pub fn reencrypt(
         back_to_luks1(t, &h.dev, h.detached, open()?)?;
     }
     Ok(report)
+}
+
+/// Whether any keyslot is still bound to the old digest.
+fn old_key_has_slots(
+    v2: &crate::drivers::luks::Luks2Volume,
+    st: &vmcrypt_format::luks2::reencrypt::ReencryptState,
+) -> Result<bool> {
+    Ok(v2
+        .header()
+        .metadata
+        .digests()?
+        .iter()
+        .any(|d| d.id == st.old_digest && !d.keyslots.is_empty()))
+}
+
+/// Refuse bad options before anything is opened for writing.
+fn precheck(req: &ReencryptRequest) -> Result<()> {
+    if let Some(z) = req.hotzone_size {
+        ensure!(
+            z > 0 && z.is_multiple_of(4096),
+            Usage,
+            "--hotzone-size {z} is not a positive multiple of 4096 bytes"
+        );
+    }
+    if let Some(ss) = req.new.sector_size {
+        ensure!(
+            ss.is_power_of_two() && (512..=4096).contains(&ss),
+            Usage,
+            "sector size {ss} is not 512, 1024, 2048 or 4096"
+        );
+    }
+    ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
+    HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))
+        .ctx("--resilience-hash")?;
+    req.keyslot.params(Version::V2)?;
+    Ok(())
 }
 
 /// Convert back to LUKS1 if the header carries [`LUKS1_MARK`].
@@ -150,10 +185,24 @@ fn reencrypt_v2(
 ) -> Result<ReencryptReport> {
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
-        Some(st) => (
-            v2.unlock_digest(pass, st.old_digest)?,
-            v2.unlock_digest(pass, st.new_digest)?,
-        ),
+        Some(st) => {
+            let new_key = v2.unlock_digest(pass, st.new_digest)?;
+            match v2.unlock_digest(pass, st.old_digest) {
+                Ok(old) => (old, new_key),
+                Err(e) if e.kind() == ErrorKind::WrongKey && !old_key_has_slots(v2, &st)? => {
+                    // cryptsetup was stopped while removing the old key slots.
+                    v2.reencrypt_finish_done(data.as_ref(), &new_key)?;
+                    let total = v2.layout_on(data.as_ref())?.data_size;
+                    return Ok(ReencryptReport {
+                        started: false,
+                        finished: true,
+                        position: Position { done: total, total },
+                        new_slot: None,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
         None => {
             ensure!(
                 !req.resume_only,

@@ -100,9 +100,8 @@ impl Luks2Volume {
         ReencryptState::load(&self.hdr.metadata)
     }
 
-    /// Data offset and size (bytes after the data offset on the data device, rounded
-    /// down to whole 4 KiB... blocks of the largest sector size in use).
-    pub(crate) fn layout_on(&self, data: &dyn BlockDriver) -> Result<Layout> {
+    /// Data offset and size (the bytes after the data offset on the data device).
+    pub fn layout_on(&self, data: &dyn BlockDriver) -> Result<Layout> {
         let off = self.hdr.metadata.data_offset()?;
         let size = data.size().saturating_sub(off);
         Ok(Layout {
@@ -466,57 +465,98 @@ impl<'a> Reencryption<'a> {
     /// Drop the old keyslots, the old and verification digests, the backup segments,
     /// the reencrypt keyslot and the requirement in one header write; wipe the areas.
     fn finish(&mut self) -> Result<()> {
-        let mut next = self.vol.hdr.clone();
-        self.st.apply(
-            &mut next.metadata,
-            self.layout,
-            Step::Post {
-                done: self.layout.data_size,
-            },
-        )?;
-        let md = &mut next.metadata;
-        let mut wipe = vec![];
-        for k in md.keyslots()? {
-            let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(self.st.old_digest);
-            if bound_old {
-                wipe.push((k.area_offset, k.area_size));
-            }
-            if bound_old || k.id == self.st.keyslot.id {
-                md.remove_keyslot(k.id)?;
-            }
-        }
-        let mut segs = serde_json::Map::new();
-        segs.insert(
-            "0".into(),
-            vmcrypt_format::luks2::reencrypt::segment_json(
-                &vmcrypt_format::luks2::Segment {
-                    flags: vec![],
-                    size: SegmentSize::Dynamic,
-                    ..self.st.new.clone()
-                },
-                None,
-            ),
-        );
-        md.set_segments(segs)?;
-        md.set_digest_segments(self.st.new_digest, vec!["0".into()])?;
-        md.erase_unused_digests()?;
-        let reqs: Vec<String> = md
-            .config()?
-            .mandatory_requirements
-            .into_iter()
-            .filter(|r| !r.starts_with("online-reencrypt"))
-            .collect();
-        md.set_mandatory_requirements(&reqs)?;
-        self.vol.write_header_any(next)?;
-        // Old key material gets noise, as a killed key slot does; the resilience area
-        // (old ciphertext in a journal, or checksums) only needs clearing.
-        for (off, size) in wipe {
-            self.vol.wipe_area(off, size)?;
-        }
-        let k = &self.st.keyslot;
-        self.vol.dev.write_zeroes(k.area_offset, k.area_size)?;
-        self.vol.dev.flush()
+        finish_metadata(self.vol, &self.st, self.layout)
     }
+}
+
+impl Luks2Volume {
+    /// Finish a reencryption whose data is all in the new encryption but whose old key
+    /// can no longer be opened: cryptsetup removes the old key slots one header write at
+    /// a time before its final write, so a kill there leaves the old digest without a
+    /// key slot. Only metadata is written; `new_key` must match the new digest.
+    pub fn reencrypt_finish_done(
+        &mut self,
+        data: &dyn BlockDriver,
+        new_key: &SecretBytes,
+    ) -> Result<()> {
+        let Some(st) = self.reencrypt_state()? else {
+            bail!(Usage, "no LUKS2 reencryption is in progress");
+        };
+        let digest = self
+            .hdr
+            .metadata
+            .digests()?
+            .into_iter()
+            .find(|d| d.id == st.new_digest)
+            .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
+        ensure!(
+            verify_digest(&digest, new_key)?,
+            WrongKey,
+            "the volume key does not match the new reencryption digest"
+        );
+        let layout = self.layout_on(data)?;
+        ensure!(
+            st.hot_segment().is_none()
+                && st.progress(&self.hdr.metadata, layout.data_size)? >= layout.data_size,
+            WrongKey,
+            "the old volume key is needed: the reencryption is not finished"
+        );
+        finish_metadata(self, &st, layout)
+    }
+}
+
+/// The final header write of a reencryption (see [`Reencryption::run`]), then the wipes.
+fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -> Result<()> {
+    let mut next = vol.hdr.clone();
+    st.apply(
+        &mut next.metadata,
+        layout,
+        Step::Post {
+            done: layout.data_size,
+        },
+    )?;
+    let md = &mut next.metadata;
+    let mut wipe = vec![];
+    for k in md.keyslots()? {
+        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(st.old_digest);
+        if bound_old {
+            wipe.push((k.area_offset, k.area_size));
+        }
+        if bound_old || k.id == st.keyslot.id {
+            md.remove_keyslot(k.id)?;
+        }
+    }
+    let mut segs = serde_json::Map::new();
+    segs.insert(
+        "0".into(),
+        vmcrypt_format::luks2::reencrypt::segment_json(
+            &vmcrypt_format::luks2::Segment {
+                flags: vec![],
+                size: SegmentSize::Dynamic,
+                ..st.new.clone()
+            },
+            None,
+        ),
+    );
+    md.set_segments(segs)?;
+    md.set_digest_segments(st.new_digest, vec!["0".into()])?;
+    md.erase_unused_digests()?;
+    let reqs: Vec<String> = md
+        .config()?
+        .mandatory_requirements
+        .into_iter()
+        .filter(|r| !r.starts_with("online-reencrypt"))
+        .collect();
+    md.set_mandatory_requirements(&reqs)?;
+    vol.write_header_any(next)?;
+    // Old key material gets noise, as a killed key slot does; the resilience area
+    // (old ciphertext in a journal, or checksums) only needs clearing.
+    for (off, size) in wipe {
+        vol.wipe_area(off, size)?;
+    }
+    let k = &st.keyslot;
+    vol.dev.write_zeroes(k.area_offset, k.area_size)?;
+    vol.dev.flush()
 }
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
