@@ -6,15 +6,23 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use vmcrypt_error::{Result, bail};
 
+/// Which part of the failing write a torn [`FaultyDriver`] lands.
+#[derive(Clone, Copy)]
+enum Tear {
+    FirstSector,
+    Half,
+}
+
 /// Wraps a [`MemDriver`]; after `budget` successful writes every further write (and
 /// zeroing, resize) fails without touching the data, as if the machine had stopped.
 /// A torn one ([`FaultyDriver::torn`]) first lands the first 512-byte sector of the
-/// write that fails, as a power cut in the middle of a multi-sector write can.
+/// write that fails, as a power cut in the middle of a multi-sector write can; a
+/// half-torn one ([`FaultyDriver::torn_half`]) lands its first half (in 512-byte units).
 pub struct FaultyDriver {
     inner: Arc<MemDriver>,
     budget: usize,
     writes: AtomicUsize,
-    torn: bool,
+    torn: Option<Tear>,
 }
 
 impl FaultyDriver {
@@ -23,14 +31,22 @@ impl FaultyDriver {
             inner,
             budget,
             writes: AtomicUsize::new(0),
-            torn: false,
+            torn: None,
         }
     }
 
     /// Like [`FaultyDriver::new`], but the failing write lands its first sector.
     pub fn torn(inner: Arc<MemDriver>, budget: usize) -> Self {
         FaultyDriver {
-            torn: true,
+            torn: Some(Tear::FirstSector),
+            ..FaultyDriver::new(inner, budget)
+        }
+    }
+
+    /// Like [`FaultyDriver::new`], but the failing write lands its first half.
+    pub fn torn_half(inner: Arc<MemDriver>, budget: usize) -> Self {
+        FaultyDriver {
+            torn: Some(Tear::Half),
             ..FaultyDriver::new(inner, budget)
         }
     }
@@ -61,8 +77,13 @@ impl BlockDriver for FaultyDriver {
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
         if let Err(e) = self.take() {
-            if self.torn && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
-                self.inner.write_at(&buf[..buf.len().min(512)], offset)?;
+            let landed = match self.torn {
+                Some(Tear::FirstSector) => buf.len().min(512),
+                Some(Tear::Half) => buf.len() / 2 / 512 * 512,
+                None => 0,
+            };
+            if landed > 0 && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
+                self.inner.write_at(&buf[..landed], offset)?;
             }
             return Err(e);
         }
@@ -70,8 +91,13 @@ impl BlockDriver for FaultyDriver {
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         if let Err(e) = self.take() {
-            if self.torn && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
-                self.inner.write_zeroes(offset, len.min(512))?;
+            let landed = match self.torn {
+                Some(Tear::FirstSector) => len.min(512),
+                Some(Tear::Half) => len / 2 / 512 * 512,
+                None => 0,
+            };
+            if landed > 0 && self.writes.load(Ordering::SeqCst) == self.budget + 1 {
+                self.inner.write_zeroes(offset, landed)?;
             }
             return Err(e);
         }

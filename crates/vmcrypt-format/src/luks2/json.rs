@@ -400,6 +400,49 @@ impl Metadata {
         Ok(id)
     }
 
+    /// Replace the whole `segments` section (reencryption steps).
+    pub fn set_segments(&mut self, segments: Obj) -> Result<()> {
+        *self.section_mut("segments")? = segments;
+        Ok(())
+    }
+
+    /// Set the `segments` list of digest `id`.
+    pub fn set_digest_segments(&mut self, id: u32, segments: Vec<Value>) -> Result<()> {
+        let d = self
+            .section_mut("digests")?
+            .get_mut(&id.to_string())
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| Error::not_found(format!("LUKS2 digest {id} does not exist")))?;
+        d.insert("segments".into(), Value::Array(segments));
+        Ok(())
+    }
+
+    /// Lowest digest id that is free.
+    pub fn first_free_digest(&self) -> Result<u32> {
+        let d = self.section("digests")?;
+        (0..super::DIGESTS_MAX)
+            .find(|i| !d.contains_key(&i.to_string()))
+            .ok_or_else(|| Error::busy("all LUKS2 digest ids are in use"))
+    }
+
+    /// Remove digest `id` (no-op if absent).
+    pub fn remove_digest(&mut self, id: u32) -> Result<()> {
+        self.section_mut("digests")?.shift_remove(&id.to_string());
+        Ok(())
+    }
+
+    /// Set `config.requirements.mandatory` (an empty list removes `requirements`).
+    pub fn set_mandatory_requirements(&mut self, reqs: &[String]) -> Result<()> {
+        let cfg = self.section_mut("config")?;
+        if reqs.is_empty() {
+            cfg.shift_remove("requirements");
+        } else {
+            let v: Vec<Value> = reqs.iter().cloned().map(Value::String).collect();
+            cfg.insert("requirements".into(), serde_json::json!({ "mandatory": v }));
+        }
+        Ok(())
+    }
+
     /// Remove token `id`.
     pub fn remove_token(&mut self, id: u32) -> Result<Value> {
         self.section_mut("tokens")?

@@ -18,6 +18,7 @@ pub mod json;
 mod jsonutil;
 pub mod load;
 pub mod model;
+pub mod reencrypt;
 pub mod validate;
 
 pub use binary::{BinaryHeader, HeaderCopy};

@@ -124,7 +124,7 @@ impl Volume {
         Ok(())
     }
 
-    fn v2_mut(&mut self) -> Result<&mut Luks2Volume> {
+    pub fn v2_mut(&mut self) -> Result<&mut Luks2Volume> {
         match &mut self.inner {
             Inner::V1(_) => Err(needs_luks2()),
             Inner::V2(v) => Ok(v),

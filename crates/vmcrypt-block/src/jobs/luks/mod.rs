@@ -7,6 +7,7 @@
 //! * [`format`]: luksFormat on an existing device, keeping its size;
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
 //! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair;
+//! * [`reencrypt`]: a new volume key (cryptsetup's LUKS2 reencryption format);
 //! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
 //!   the run directory that records which names are active (open/close/status).
 pub mod active;
@@ -14,6 +15,7 @@ pub mod format;
 pub mod header;
 pub mod luks2;
 pub mod open;
+pub mod reencrypt;
 pub mod slots;
 
 use crate::driver::BlockDriver;

@@ -14,6 +14,7 @@ mod is_luks;
 mod kill_slot;
 mod open;
 pub mod opts;
+mod reencrypt;
 mod remove_key;
 mod repair;
 mod status;
@@ -65,6 +66,9 @@ pub enum LuksCommand {
     Repair(opts::DeviceArgs),
     /// Set LUKS2 keyslot priority, label or subsystem (cryptsetup config)
     Config(config::Args),
+    /// Reencrypt a LUKS device under a new volume key, offline, resumable by either
+    /// vmcrypt or cryptsetup (cryptsetup reencrypt; LUKS1 goes through LUKS2 and back)
+    Reencrypt(reencrypt::Args),
 }
 
 /// Run one `vmcrypt luks` command; returns its exit status.
@@ -89,6 +93,7 @@ pub fn run(cmd: LuksCommand) -> Result<u8> {
         LuksCommand::Convert(a) => convert::run(&a),
         LuksCommand::Repair(a) => repair::run(&a),
         LuksCommand::Config(a) => config::run(&a),
+        LuksCommand::Reencrypt(a) => reencrypt::run(&a),
     }
 }
 

@@ -337,7 +337,7 @@ impl Luks2Volume {
         })
     }
 
-    fn wipe_area(&self, offset: u64, size: u64) -> Result<()> {
+    pub(crate) fn wipe_area(&self, offset: u64, size: u64) -> Result<()> {
         let mut noise = vec![0u8; size as usize];
         random::fill(&mut noise)?;
         self.dev

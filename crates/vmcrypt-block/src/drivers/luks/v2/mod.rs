@@ -8,6 +8,7 @@
 pub(crate) mod create;
 pub(crate) mod dump;
 pub(crate) mod keyslots;
+pub mod reencrypt;
 
 use super::params::Unlocked;
 use crate::driver::BlockDriver;
@@ -122,8 +123,9 @@ impl Luks2Volume {
         if req.reencryption_in_progress() {
             bail!(
                 Unsupported,
-                "LUKS2 reencryption is in progress ({}); finish or roll it back with \
-                 `cryptsetup reencrypt` before accessing the data",
+                "LUKS2 reencryption is in progress ({}); finish it with \
+                 `vmcrypt luks reencrypt --resume-only` (or `cryptsetup reencrypt --resume-only`) \
+                 before accessing the data",
                 req.reencryption.join(", ")
             );
         }
@@ -314,8 +316,13 @@ impl Luks2Volume {
     }
 
     /// Write `next` as the new header (seqid + 1), both copies, crash-safely.
-    pub fn write_header(&mut self, mut next: Luks2Header) -> Result<()> {
+    pub fn write_header(&mut self, next: Luks2Header) -> Result<()> {
         self.requirements()?.check_writable()?;
+        self.write_header_inner(next)
+    }
+
+    /// [`Self::write_header`] without the requirements check (reencryption).
+    fn write_header_inner(&mut self, mut next: Luks2Header) -> Result<()> {
         ensure!(
             !self.dev.is_read_only(),
             ReadOnly,

@@ -1,0 +1,578 @@
+//! LUKS2 reencryption in cryptsetup's on-disk format (offline, forward, new volume
+//! key): [`init`] starts one, [`Reencryption`] resumes and runs it hotzone by hotzone.
+//!
+//! Each hotzone goes: read the old ciphertext; store its protection in the
+//! `reencrypt` keyslot's area (checksums of each block, or a journal copy) and flush;
+//! write the header naming the hotzone `in-reencryption` (both copies, each flushed);
+//! decrypt, encrypt with the new key, write and flush the data; write the header
+//! with the hotzone moved into the new segment. An interruption at any write leaves
+//! either the previous header (the hotzone untouched, or the protection half written
+//! and unused) or the hot header, from which the hotzone is recovered: with
+//! checksums, a block whose hash still matches is old ciphertext and is reencrypted,
+//! any other is already new; with a journal, the copy is reencrypted into place. With
+//! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
+//! The last header write removes the old keyslots and digest, the backup segments,
+//! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+pub mod init;
+
+use super::{Luks2Volume, verify_digest};
+use crate::driver::BlockDriver;
+use rayon::prelude::*;
+use std::sync::Arc;
+use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+use vmcrypt_format::luks2::reencrypt::{Layout, ReencryptState, Resilience, Step};
+use vmcrypt_format::luks2::{Digest, KeyslotKind, Luks2Header, SegmentSize};
+
+/// The resilience modes vmcrypt writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResilienceChoice {
+    Checksum,
+    Journal,
+    None,
+}
+
+impl ResilienceChoice {
+    pub fn from_name(s: &str) -> Result<Self> {
+        Ok(match s {
+            "checksum" => ResilienceChoice::Checksum,
+            "journal" => ResilienceChoice::Journal,
+            "none" => ResilienceChoice::None,
+            other => bail!(
+                Usage,
+                "unsupported resilience mode \"{other}\" (checksum, journal or none)"
+            ),
+        })
+    }
+}
+
+/// Default hotzone: large enough that header writes cost little, small enough to
+/// keep memory use modest.
+pub const DEFAULT_HOTZONE: u64 = 64 << 20;
+
+/// Piece of a hotzone one thread reads, hashes, transforms and writes (a multiple of
+/// every sector and checksum block size).
+const CHUNK: usize = 1 << 20;
+
+/// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
+/// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.
+pub(crate) fn new_digest(
+    hash: HashAlg,
+    key: &[u8],
+    id: u32,
+    keyslot: u32,
+    forced: Option<u32>,
+) -> Result<Digest> {
+    let mut salt = vec![0u8; 32];
+    random::fill(&mut salt)?;
+    let iterations = forced.unwrap_or_else(|| {
+        let per_sec = kdf::pbkdf2_iterations_per_second(
+            hash,
+            hash.output_len(),
+            std::time::Duration::from_millis(50),
+        );
+        (per_sec / 8).clamp(1000, u64::from(u32::MAX)) as u32
+    });
+    let mut digest = vec![0u8; hash.output_len()];
+    kdf::pbkdf2(hash, key, &salt, iterations, &mut digest);
+    Ok(Digest {
+        id,
+        kind: "pbkdf2".into(),
+        keyslots: vec![keyslot],
+        segments: vec![],
+        hash: hash.name().into(),
+        iterations,
+        salt,
+        digest,
+    })
+}
+
+/// Where a run stands (for progress lines and reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub done: u64,
+    pub total: u64,
+}
+
+impl Luks2Volume {
+    /// The reencryption in progress, if any.
+    pub fn reencrypt_state(&self) -> Result<Option<ReencryptState>> {
+        ReencryptState::load(&self.hdr.metadata)
+    }
+
+    /// Data offset and size (the bytes after the data offset on the data device).
+    pub fn layout_on(&self, data: &dyn BlockDriver) -> Result<Layout> {
+        let off = self.hdr.metadata.data_offset()?;
+        let size = data.size().saturating_sub(off);
+        Ok(Layout {
+            data_offset: off,
+            data_size: size,
+        })
+    }
+
+    fn layout(&self) -> Result<Layout> {
+        self.layout_on(self.dev.as_ref())
+    }
+
+    /// The volume key of digest `digest` that `passphrase` opens in any of its keyslots.
+    pub fn unlock_digest(&self, passphrase: &[u8], digest: u32) -> Result<SecretBytes> {
+        for k in self.hdr.metadata.keyslots()? {
+            let KeyslotKind::Luks2(l) = k.kind else {
+                continue;
+            };
+            if self.hdr.metadata.digest_for_keyslot(k.id)?.map(|d| d.id) != Some(digest) {
+                continue;
+            }
+            if let Some(u) = self.try_keyslot(k.id, &l, passphrase)? {
+                return Ok(u.volume_key);
+            }
+        }
+        bail!(
+            WrongKey,
+            "no key available with this passphrase for LUKS2 digest {digest}"
+        )
+    }
+
+    /// Write `next` even while the header carries reencryption requirements.
+    pub(crate) fn write_header_any(&mut self, next: Luks2Header) -> Result<()> {
+        self.write_header_inner(next)
+    }
+}
+
+/// A reencryption being run on an open volume.
+pub struct Reencryption<'a> {
+    vol: &'a mut Luks2Volume,
+    data: Arc<dyn BlockDriver>,
+    st: ReencryptState,
+    layout: Layout,
+    old: SectorCipher,
+    new: SectorCipher,
+    hotzone: u64,
+    /// Block the hotzone is aligned to (checksum block or largest sector).
+    align: u64,
+}
+
+impl<'a> Reencryption<'a> {
+    /// Load the reencryption state of `vol` (data on `data`), check both keys against
+    /// their digests and the metadata against the verification digest.
+    pub fn load(
+        vol: &'a mut Luks2Volume,
+        data: Arc<dyn BlockDriver>,
+        old_key: &SecretBytes,
+        new_key: &SecretBytes,
+        hotzone: Option<u64>,
+    ) -> Result<Self> {
+        let Some(st) = vol.reencrypt_state()? else {
+            bail!(Usage, "no LUKS2 reencryption is in progress");
+        };
+        ensure!(
+            st.keyslot.mode == "reencrypt" && st.keyslot.direction == "forward",
+            Unsupported,
+            "LUKS2 reencryption mode {} / direction {} is not supported by vmcrypt",
+            st.keyslot.mode,
+            st.keyslot.direction
+        );
+        if let Resilience::Other(t) = &st.keyslot.resilience {
+            bail!(
+                Unsupported,
+                "LUKS2 reencryption resilience \"{t}\" is not supported"
+            );
+        }
+        let md = &vol.hdr.metadata;
+        let digests = md.digests()?;
+        let digest = |id: u32| {
+            digests
+                .iter()
+                .find(|d| d.id == id)
+                .ok_or_else(|| Error::corrupt(format!("LUKS2 digest {id} is missing")))
+        };
+        ensure!(
+            verify_digest(digest(st.old_digest)?, old_key)?
+                && verify_digest(digest(st.new_digest)?, new_key)?,
+            WrongKey,
+            "the volume keys do not match the reencryption digests"
+        );
+        let vid = st
+            .verify_digest
+            .ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
+        let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), new_key.as_bytes()));
+        ensure!(
+            verify_digest(digest(vid)?, &vdata)?,
+            Corrupt,
+            "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
+        );
+        let spec = |enc: &str, k: &SecretBytes| CipherSpec::from_luks2(enc, k.len());
+        let old = SectorCipher::new(&spec(&st.old.encryption, old_key)?, old_key.as_bytes())?;
+        let new = SectorCipher::new(&spec(&st.new.encryption, new_key)?, new_key.as_bytes())?;
+        let mut align = u64::from(st.old.sector_size.max(st.new.sector_size));
+        let area = st.keyslot.area_size;
+        let max = match &st.keyslot.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                ensure!(
+                    sector_size.is_power_of_two() && (512..=CHUNK as u32).contains(sector_size),
+                    Corrupt,
+                    "LUKS2 reencryption checksum block size {sector_size} is invalid"
+                );
+                align = align.max(u64::from(*sector_size));
+                let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
+                area / h.output_len() as u64 * u64::from(*sector_size)
+            }
+            Resilience::Journal => area,
+            _ => u64::MAX,
+        };
+        let want = hotzone.unwrap_or(DEFAULT_HOTZONE);
+        ensure!(
+            want.is_multiple_of(align) && want > 0,
+            Usage,
+            "hotzone size {want} must be a multiple of {align} bytes"
+        );
+        let hotzone = want.min(max) / align * align;
+        ensure!(hotzone > 0, Corrupt, "LUKS2 reencryption area is too small");
+        let mut layout = vol.layout_on(data.as_ref())?;
+        if let SegmentSize::Bytes(n) = st.old.size {
+            layout.data_size = layout.data_size.min(n);
+        }
+        ensure!(
+            layout.data_size.is_multiple_of(align),
+            Unsupported,
+            "data size {} is not a multiple of the reencryption block ({align} bytes)",
+            layout.data_size
+        );
+        Ok(Reencryption {
+            vol,
+            data,
+            st,
+            layout,
+            old,
+            new,
+            hotzone,
+            align,
+        })
+    }
+
+    /// Total and finished bytes.
+    pub fn position(&self) -> Result<Position> {
+        let done = match self.st.hot_segment() {
+            Some(h) => h.offset - self.layout.data_offset,
+            None => self
+                .st
+                .progress(&self.vol.hdr.metadata, self.layout.data_size)?,
+        };
+        Ok(Position {
+            done,
+            total: self.layout.data_size,
+        })
+    }
+
+    /// Run to the end (or until `keep_going` says stop after a hotzone). Calls
+    /// `progress` after each hotzone. Returns true when finished.
+    pub fn run(
+        &mut self,
+        progress: &mut dyn FnMut(Position),
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<bool> {
+        if let Some(h) = self.st.hot_segment().cloned() {
+            let len = match h.size {
+                SegmentSize::Bytes(n) => n,
+                SegmentSize::Dynamic => bail!(Corrupt, "LUKS2 hotzone segment has no size"),
+            };
+            self.recover(h.offset - self.layout.data_offset, len)?;
+        }
+        if self.vol.reencrypt_state()?.is_none() {
+            return Ok(true);
+        }
+        let mut pos = self.position()?;
+        let mut buf = Vec::new();
+        if pos.done >= pos.total {
+            self.finish()?;
+            return Ok(true);
+        }
+        while pos.done < pos.total {
+            if !keep_going() {
+                return Ok(false);
+            }
+            let len = self.hotzone.min(pos.total - pos.done);
+            self.step(pos.done, len, &mut buf)?;
+            pos.done += len;
+            progress(pos);
+        }
+        Ok(true)
+    }
+
+    fn commit(&mut self, step: Step) -> Result<()> {
+        let mut next = self.vol.hdr.clone();
+        self.st.apply(&mut next.metadata, self.layout, step)?;
+        self.vol.write_header_any(next)?;
+        self.st = self
+            .vol
+            .reencrypt_state()?
+            .ok_or_else(|| Error::internal("reencryption state lost"))?;
+        Ok(())
+    }
+
+    /// One hotzone at `offset` (from the data start) of `len` bytes. Both phases run
+    /// over the cores in CHUNK pieces: read (and hash), then transform and write.
+    fn step(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        buf.resize(len as usize, 0);
+        let at = self.layout.data_offset + offset;
+        let sums = self.read_hotzone(at, buf)?;
+        if self.protect(buf, sums)? {
+            self.commit(Step::Hot { offset, len })?;
+        }
+        let data = &self.data;
+        buf.par_chunks_mut(CHUNK)
+            .enumerate()
+            .try_for_each(|(i, c)| {
+                let rel = (i * CHUNK) as u64;
+                self.transform(offset + rel, c)?;
+                data.write_at(c, at + rel)
+                    .with_ctx(|| format!("writing the hotzone at {}", at + rel))
+            })?;
+        self.data.flush()?;
+        self.complete(offset + len)
+    }
+
+    /// Read the hotzone at `at` into `buf`; with checksum resilience, also hash each
+    /// block (returned concatenated).
+    fn read_hotzone(&self, at: u64, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
+        let data = &self.data;
+        let read = |i: usize, c: &mut [u8]| {
+            let off = at + (i * CHUNK) as u64;
+            data.read_at(c, off)
+                .with_ctx(|| format!("reading the hotzone at {off}"))
+        };
+        let Resilience::Checksum { hash, sector_size } = &self.st.keyslot.resilience else {
+            buf.par_chunks_mut(CHUNK)
+                .enumerate()
+                .try_for_each(|(i, c)| read(i, c))?;
+            return Ok(None);
+        };
+        let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
+        let per_chunk = CHUNK / bs * h.output_len();
+        let mut sums = vec![0u8; buf.len() / bs * h.output_len()];
+        buf.par_chunks_mut(CHUNK)
+            .zip(sums.par_chunks_mut(per_chunk))
+            .enumerate()
+            .try_for_each(|(i, (c, s))| {
+                read(i, c)?;
+                hash_blocks(h, bs, c, s);
+                Ok(())
+            })?;
+        Ok(Some(sums))
+    }
+
+    /// Record that everything below `done` is in the new encryption. The last hotzone
+    /// goes straight to [`Self::finish`]: a header whose only regular segment is the new
+    /// one while the reencryption metadata remains would make cryptsetup start over.
+    fn complete(&mut self, done: u64) -> Result<()> {
+        if done >= self.layout.data_size {
+            self.finish()
+        } else {
+            self.commit(Step::Post { done })
+        }
+    }
+
+    /// Store the hotzone's protection (its checksums `sums`, or the raw data as a
+    /// journal) in the reencrypt area; false for `none`.
+    fn protect(&self, raw: &[u8], sums: Option<Vec<u8>>) -> Result<bool> {
+        let k = &self.st.keyslot;
+        let bytes: &[u8] = match (&k.resilience, &sums) {
+            (Resilience::Checksum { .. }, Some(s)) => s,
+            (Resilience::Journal, _) => raw,
+            _ => return Ok(false),
+        };
+        ensure!(
+            bytes.len() as u64 <= k.area_size,
+            Internal,
+            "hotzone protection does not fit the reencryption area"
+        );
+        self.vol
+            .dev
+            .write_at(bytes, k.area_offset)
+            .ctx("writing the reencryption resilience area")?;
+        self.vol.dev.flush()?;
+        Ok(true)
+    }
+
+    /// Decrypt `buf` (old ciphertext at `offset`) and encrypt it with the new key.
+    fn transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let (o, n) = (&self.st.old, &self.st.new);
+        self.old
+            .decrypt(o.iv_tweak + offset / 512, o.sector_size as usize, buf)?;
+        self.new
+            .encrypt(n.iv_tweak + offset / 512, n.sector_size as usize, buf)
+    }
+
+    /// [`Self::transform`] over the cores.
+    fn par_transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        buf.par_chunks_mut(CHUNK)
+            .enumerate()
+            .try_for_each(|(i, c)| self.transform(offset + (i * CHUNK) as u64, c))
+    }
+
+    /// Finish an interrupted hotzone from its protection, then mark it done.
+    fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
+        ensure!(
+            len.is_multiple_of(self.align) && offset + len <= self.layout.data_size,
+            Corrupt,
+            "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
+        );
+        let at = self.layout.data_offset + offset;
+        let k = self.st.keyslot.clone();
+        let mut buf = vec![0u8; len as usize];
+        match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                let h = HashAlg::from_name(hash)?;
+                let bs = *sector_size as usize;
+                let mut stored = vec![0u8; len as usize / bs * h.output_len()];
+                ensure!(
+                    stored.len() as u64 <= k.area_size,
+                    Corrupt,
+                    "LUKS2 hotzone checksums do not fit their area"
+                );
+                self.vol.dev.read_at(&mut stored, k.area_offset)?;
+                self.data.read_at(&mut buf, at)?;
+                let now = checksums(h, bs, &buf);
+                let hl = h.output_len();
+                for (b, blk) in buf.chunks_mut(bs).enumerate() {
+                    if now[b * hl..(b + 1) * hl] == stored[b * hl..(b + 1) * hl] {
+                        self.transform(offset + (b * bs) as u64, blk)?;
+                    }
+                }
+            }
+            Resilience::Journal => {
+                ensure!(
+                    len <= k.area_size,
+                    Corrupt,
+                    "LUKS2 hotzone is larger than its journal"
+                );
+                self.vol.dev.read_at(&mut buf, k.area_offset)?;
+                self.par_transform(offset, &mut buf)?;
+            }
+            _ => bail!(
+                Corrupt,
+                "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
+                k.resilience.name()
+            ),
+        }
+        self.data
+            .write_at(&buf, at)
+            .ctx("writing the recovered hotzone")?;
+        self.data.flush()?;
+        self.complete(offset + len)
+    }
+
+    /// Drop the old keyslots, the old and verification digests, the backup segments,
+    /// the reencrypt keyslot and the requirement in one header write; wipe the areas.
+    fn finish(&mut self) -> Result<()> {
+        finish_metadata(self.vol, &self.st, self.layout)
+    }
+}
+
+impl Luks2Volume {
+    /// Finish a reencryption whose data is all in the new encryption but whose old key
+    /// can no longer be opened: cryptsetup removes the old key slots one header write at
+    /// a time before its final write, so a kill there leaves the old digest without a
+    /// key slot. Only metadata is written; `new_key` must match the new digest.
+    pub fn reencrypt_finish_done(
+        &mut self,
+        data: &dyn BlockDriver,
+        new_key: &SecretBytes,
+    ) -> Result<()> {
+        let Some(st) = self.reencrypt_state()? else {
+            bail!(Usage, "no LUKS2 reencryption is in progress");
+        };
+        let digest = self
+            .hdr
+            .metadata
+            .digests()?
+            .into_iter()
+            .find(|d| d.id == st.new_digest)
+            .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
+        ensure!(
+            verify_digest(&digest, new_key)?,
+            WrongKey,
+            "the volume key does not match the new reencryption digest"
+        );
+        let layout = self.layout_on(data)?;
+        ensure!(
+            st.hot_segment().is_none()
+                && st.progress(&self.hdr.metadata, layout.data_size)? >= layout.data_size,
+            WrongKey,
+            "the old volume key is needed: the reencryption is not finished"
+        );
+        finish_metadata(self, &st, layout)
+    }
+}
+
+/// The final header write of a reencryption (see [`Reencryption::run`]), then the wipes.
+fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -> Result<()> {
+    let mut next = vol.hdr.clone();
+    st.apply(
+        &mut next.metadata,
+        layout,
+        Step::Post {
+            done: layout.data_size,
+        },
+    )?;
+    let md = &mut next.metadata;
+    let mut wipe = vec![];
+    for k in md.keyslots()? {
+        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(st.old_digest);
+        if bound_old {
+            wipe.push((k.area_offset, k.area_size));
+        }
+        if bound_old || k.id == st.keyslot.id {
+            md.remove_keyslot(k.id)?;
+        }
+    }
+    let mut segs = serde_json::Map::new();
+    segs.insert(
+        "0".into(),
+        vmcrypt_format::luks2::reencrypt::segment_json(
+            &vmcrypt_format::luks2::Segment {
+                flags: vec![],
+                size: SegmentSize::Dynamic,
+                ..st.new.clone()
+            },
+            None,
+        ),
+    );
+    md.set_segments(segs)?;
+    md.set_digest_segments(st.new_digest, vec!["0".into()])?;
+    md.erase_unused_digests()?;
+    let reqs: Vec<String> = md
+        .config()?
+        .mandatory_requirements
+        .into_iter()
+        .filter(|r| !r.starts_with("online-reencrypt"))
+        .collect();
+    md.set_mandatory_requirements(&reqs)?;
+    vol.write_header_any(next)?;
+    // Old key material gets noise, as a killed key slot does; the resilience area
+    // (old ciphertext in a journal, or checksums) only needs clearing.
+    for (off, size) in wipe {
+        vol.wipe_area(off, size)?;
+    }
+    let k = &st.keyslot;
+    vol.dev.write_zeroes(k.area_offset, k.area_size)?;
+    vol.dev.flush()
+}
+
+/// Hash of each `bs`-byte block of `data`, concatenated.
+fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; data.len() / bs * h.output_len()];
+    let per_chunk = CHUNK / bs * h.output_len();
+    data.par_chunks(CHUNK)
+        .zip(out.par_chunks_mut(per_chunk))
+        .for_each(|(c, s)| hash_blocks(h, bs, c, s));
+    out
+}
+
+/// Hash each `bs`-byte block of `data` into consecutive slots of `out`.
+fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
+    let hl = h.output_len();
+    for (b, o) in data.chunks(bs).zip(out.chunks_mut(hl)) {
+        o.copy_from_slice(&h.digest(b));
+    }
+}

@@ -1,0 +1,350 @@
+//! LUKS2 reencryption (a new volume key in cryptsetup's format), interrupted at every
+//! write it makes (whole, and torn in the middle), for checksum and journal
+//! resilience and 512- and 4096-byte sectors: the image left behind must load, and
+//! both vmcrypt and `cryptsetup reencrypt --resume-only` must finish it to a header
+//! without requirements whose data decrypts to the original plaintext.
+mod common;
+use common::Rng;
+use std::sync::Arc;
+use vmcrypt_block::BlockDriver;
+use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
+use vmcrypt_block::drivers::luks::v2::reencrypt::{Reencryption, ResilienceChoice};
+use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::testing::FaultyDriver;
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::{CipherSpec, HashAlg};
+use vmcrypt_error::Result;
+
+const PW: &[u8] = b"pw";
+const DATA_OFFSET: u64 = 2 << 20;
+const SIZE: usize = 1 << 20;
+const HOTZONE: u64 = 256 << 10;
+
+fn pbkdf2() -> KeyslotParams {
+    KeyslotParams {
+        kdf: KdfKind::Pbkdf2,
+        iterations: Some(1000),
+        ..Default::default()
+    }
+}
+
+/// A LUKS2 image with `sector` data sectors holding random plaintext.
+fn base(sector: u32, seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let mem = Arc::new(MemDriver::new(Vec::new()));
+    let mut p = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
+    p.sector_size = sector;
+    p.keyslot = pbkdf2();
+    p.keyslots_size = Some(DATA_OFFSET - (32 << 10));
+    p.data_offset = Some(DATA_OFFSET);
+    Luks2Volume::create(mem.clone(), &p, PW).unwrap();
+    mem.resize(DATA_OFFSET + SIZE as u64).unwrap();
+    let mut rng = Rng(seed);
+    let plain: Vec<u8> = (0..SIZE).map(|_| rng.next() as u8).collect();
+    let d = LuksDriver::open(mem.clone(), None, Some(PW), None, &KdfLimits::default()).unwrap();
+    d.write_at(&plain, 0).unwrap();
+    d.flush().unwrap();
+    (mem.snapshot(), plain)
+}
+
+fn params(res: ResilienceChoice, sector: Option<u32>) -> InitParams {
+    InitParams {
+        new: NewEncryption {
+            sector_size: sector,
+            ..Default::default()
+        },
+        resilience: res,
+        hash: HashAlg::Sha256,
+        keyslot: pbkdf2(),
+    }
+}
+
+/// Start (when `init`) or resume a reencryption on `dev` and run it to the end.
+fn reencrypt(dev: Arc<dyn BlockDriver>, init: Option<&InitParams>) -> Result<()> {
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default())?;
+    let (old, new) = match (vol.reencrypt_state()?, init) {
+        (Some(st), _) => (
+            vol.unlock_digest(PW, st.old_digest)?,
+            vol.unlock_digest(PW, st.new_digest)?,
+        ),
+        (None, Some(p)) => {
+            let old = vol.unlock(PW, None)?.volume_key;
+            let (nk, _) = vol.reencrypt_init(&old, PW, p)?;
+            (old, nk)
+        }
+        (None, None) => return Ok(()),
+    };
+    Reencryption::load(&mut vol, dev, &old, &new, Some(HOTZONE))?.run(&mut |_| {}, &|| true)?;
+    Ok(())
+}
+
+/// The plaintext of a finished (no requirement) image.
+fn plaintext(img: Vec<u8>) -> Vec<u8> {
+    let mem = Arc::new(MemDriver::new(img));
+    let vol = Luks2Volume::open(mem.clone(), false, &KdfLimits::default()).unwrap();
+    assert!(
+        vol.requirements().unwrap().mandatory.is_empty(),
+        "requirements left: {:?}",
+        vol.requirements().unwrap()
+    );
+    assert!(vol.reencrypt_state().unwrap().is_none());
+    let d = LuksDriver::open(mem, None, Some(PW), None, &KdfLimits::default()).unwrap();
+    let mut out = vec![0u8; SIZE];
+    d.read_at(&mut out, 0).unwrap();
+    out
+}
+
+/// (reencryption in progress, a hotzone was interrupted)
+fn in_progress(img: &[u8]) -> (bool, bool) {
+    let vol = Luks2Volume::open(
+        Arc::new(MemDriver::new(img.to_vec())),
+        false,
+        &KdfLimits::default(),
+    )
+    .expect("an interrupted image must keep a valid header");
+    match vol.reencrypt_state().unwrap() {
+        Some(st) => (true, st.hot_segment().is_some()),
+        None => (false, false),
+    }
+}
+
+fn cryptsetup(args: &[&str], pw: &std::path::Path, img: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("cryptsetup")
+        .args(args)
+        .arg("--key-file")
+        .arg(pw)
+        .arg(img)
+        .output()
+        .expect("cryptsetup must be installed (cryptsetup-bin)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Finish `img` with `cryptsetup reencrypt --resume-only` (after `cryptsetup repair`,
+/// which cryptsetup asks for when a hotzone was interrupted); returns the image after.
+fn cryptsetup_resume(img: &[u8], hot: bool) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, pw) = (dir.path().join("img"), dir.path().join("pw"));
+    std::fs::write(&path, img).unwrap();
+    std::fs::write(&pw, PW).unwrap();
+    if hot {
+        let (ok, err) = cryptsetup(&["repair", "-q"], &pw, &path);
+        assert!(ok, "cryptsetup could not recover the hotzone: {err}");
+        let after = std::fs::read(&path).unwrap();
+        let (running, hot) = in_progress(&after);
+        assert!(!hot, "cryptsetup repair left a hotzone");
+        if !running {
+            return after;
+        }
+    }
+    let (ok, err) = cryptsetup(
+        &[
+            "reencrypt",
+            "--resume-only",
+            "--force-offline-reencrypt",
+            "-q",
+        ],
+        &pw,
+        &path,
+    );
+    assert!(ok, "cryptsetup could not resume: {err}");
+    std::fs::read(&path).unwrap()
+}
+
+/// Every write of a reencryption, interrupted whole and torn; both tools resume.
+fn every_write(sector: u32, res: ResilienceChoice, new_sector: Option<u32>) {
+    let (img, plain) = base(sector, u64::from(sector) + 7);
+    let p = params(res, new_sector);
+    let full = Arc::new(FaultyDriver::new(
+        Arc::new(MemDriver::new(img.clone())),
+        usize::MAX,
+    ));
+    reencrypt(full.clone(), Some(&p)).unwrap();
+    let total = full.writes_done();
+    assert!(total > 20, "only {total} writes for 4 hotzones");
+    let mut resumed_by_cryptsetup = 0;
+    for torn in [false, true] {
+        for budget in 0..total {
+            let what = format!("{sector}-byte sectors, {res:?}, torn {torn}, write #{budget}");
+            let mem = Arc::new(MemDriver::new(img.clone()));
+            let faulty = Arc::new(if torn {
+                FaultyDriver::torn_half(mem.clone(), budget)
+            } else {
+                FaultyDriver::new(mem.clone(), budget)
+            });
+            assert!(reencrypt(faulty, Some(&p)).is_err(), "{what}: no fault hit");
+            let left = mem.snapshot();
+            let ours = Arc::new(MemDriver::new(left.clone()));
+            reencrypt(ours.clone(), None).unwrap_or_else(|e| panic!("{what}: resume: {e}"));
+            assert!(
+                plaintext(ours.snapshot()) == plain,
+                "{what}: vmcrypt resume"
+            );
+            let (running, hot) = in_progress(&left);
+            if running {
+                resumed_by_cryptsetup += 1;
+                let theirs = cryptsetup_resume(&left, hot);
+                assert!(plaintext(theirs) == plain, "{what}: cryptsetup resume");
+            }
+        }
+    }
+    assert!(
+        resumed_by_cryptsetup > total,
+        "too few interruptions in progress"
+    );
+}
+
+#[test]
+fn checksum_512_every_write() {
+    every_write(512, ResilienceChoice::Checksum, None);
+}
+
+#[test]
+fn checksum_4096_every_write() {
+    every_write(4096, ResilienceChoice::Checksum, None);
+}
+
+#[test]
+fn journal_512_every_write() {
+    every_write(512, ResilienceChoice::Journal, None);
+}
+
+#[test]
+fn journal_4096_every_write() {
+    every_write(4096, ResilienceChoice::Journal, None);
+}
+
+#[test]
+fn checksum_sector_size_change_every_write() {
+    every_write(512, ResilienceChoice::Checksum, Some(4096));
+}
+
+/// Resilience `none` is not crash-safe inside a hotzone (nor in cryptsetup), but a
+/// run paused between hotzones resumes in either tool.
+#[test]
+fn none_paused_resumes_in_both_tools() {
+    for sector in [512, 4096] {
+        let (img, plain) = base(sector, 3);
+        let mem = Arc::new(MemDriver::new(img));
+        let dev: Arc<dyn BlockDriver> = mem.clone();
+        let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+        let old = vol.unlock(PW, None).unwrap().volume_key;
+        let (nk, _) = vol
+            .reencrypt_init(&old, PW, &params(ResilienceChoice::None, None))
+            .unwrap();
+        let steps = std::cell::Cell::new(0);
+        let mut r = Reencryption::load(&mut vol, dev, &old, &nk, Some(HOTZONE)).unwrap();
+        let done = r
+            .run(&mut |_| steps.set(steps.get() + 1), &|| steps.get() < 2)
+            .unwrap();
+        assert!(!done);
+        assert_eq!(r.position().unwrap().done, 2 * HOTZONE);
+        let left = mem.snapshot();
+        assert!(plaintext(cryptsetup_resume(&left, false)) == plain);
+        let ours = Arc::new(MemDriver::new(left));
+        reencrypt(ours.clone(), None).unwrap();
+        assert!(plaintext(ours.snapshot()) == plain);
+    }
+}
+
+/// A wrong passphrase or a tampered reencryption keyslot is refused before any write.
+#[test]
+fn tampered_metadata_is_refused() {
+    let (img, _) = base(512, 5);
+    let mem = Arc::new(MemDriver::new(img));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let old = vol.unlock(PW, None).unwrap().volume_key;
+    let (nk, _) = vol
+        .reencrypt_init(&old, PW, &params(ResilienceChoice::Checksum, None))
+        .unwrap();
+    drop(vol);
+    // Flip the direction in both header copies' JSON (checksums recomputed).
+    let img = mem.snapshot();
+    let loaded = vmcrypt_format::luks2::load(
+        &img,
+        &vmcrypt_block::drivers::luks::v2::header_hasher,
+        Default::default(),
+    )
+    .unwrap();
+    let mut hdr = loaded.header;
+    let mut v = hdr.metadata.to_value();
+    for ks in v["keyslots"].as_object_mut().unwrap().values_mut() {
+        if ks["type"] == "reencrypt" {
+            ks["area"]["size"] = serde_json::Value::String("4096".into());
+        }
+    }
+    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
+    hdr.binary.seqid += 1;
+    let both = hdr
+        .encode_both(&vmcrypt_block::drivers::luks::v2::header_hasher)
+        .unwrap();
+    mem.write_at(&both, 0).unwrap();
+    let before = mem.snapshot();
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let e = Reencryption::load(&mut vol, dev, &old, &nk, None)
+        .err()
+        .expect("tampered metadata accepted");
+    assert!(e.to_string().contains("verification digest"), "{e}");
+    assert!(mem.snapshot() == before, "a refused resume wrote");
+    assert!(vol.unlock_digest(b"wrong", 0).is_err());
+}
+
+/// cryptsetup removes the old key slots one header write at a time before its final
+/// write; killed in between, the old digest has no key slot left. vmcrypt finishes that
+/// state from the new key alone, writing metadata only.
+#[test]
+fn finished_data_without_old_key_slots_is_finalised() {
+    let (img, plain) = base(4096, 9);
+    let mem = Arc::new(MemDriver::new(img));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let old = vol.unlock(PW, None).unwrap().volume_key;
+    let (nk, _) = vol
+        .reencrypt_init(&old, PW, &params(ResilienceChoice::Checksum, None))
+        .unwrap();
+    drop(vol);
+    let started = mem.snapshot();
+    // The data as a full run leaves it, from a copy with the same keys.
+    let copy = Arc::new(MemDriver::new(started.clone()));
+    let cdev: Arc<dyn BlockDriver> = copy.clone();
+    let mut cvol = Luks2Volume::open(cdev.clone(), false, &KdfLimits::default()).unwrap();
+    Reencryption::load(&mut cvol, cdev, &old, &nk, Some(HOTZONE))
+        .unwrap()
+        .run(&mut |_| {}, &|| true)
+        .unwrap();
+    let done = copy.snapshot();
+    // cryptsetup's state: data all new, one new segment, old slot 0 gone.
+    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
+    let mut hdr = vmcrypt_format::luks2::load(&started, &hasher, Default::default())
+        .unwrap()
+        .header;
+    let mut v = hdr.metadata.to_value();
+    let segs = v["segments"].as_object().unwrap().clone();
+    let new_seg = {
+        let mut s = segs["2"].clone();
+        s.as_object_mut().unwrap().remove("flags");
+        s
+    };
+    v["segments"] = serde_json::json!({"0": new_seg, "1": segs["1"], "2": segs["2"]});
+    v["keyslots"].as_object_mut().unwrap().remove("0");
+    v["digests"]["0"]["keyslots"] = serde_json::json!([]);
+    v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+    v["digests"]["1"]["segments"] = serde_json::json!(["0", "2"]);
+    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
+    hdr.binary.seqid += 1;
+    let mut img = done.clone();
+    img[..2 * (16 << 10)].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
+    let mem = Arc::new(MemDriver::new(img));
+    let dev: Arc<dyn BlockDriver> = mem.clone();
+    let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
+    let st = vol.reencrypt_state().unwrap().unwrap();
+    assert!(vol.unlock_digest(PW, st.old_digest).is_err());
+    let new_key = vol.unlock_digest(PW, st.new_digest).unwrap();
+    vol.reencrypt_finish_done(dev.as_ref(), &new_key).unwrap();
+    assert!(plaintext(mem.snapshot()) == plain);
+}

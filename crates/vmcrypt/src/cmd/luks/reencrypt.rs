@@ -1,0 +1,167 @@
+//! `vmcrypt luks reencrypt`: a new volume key for a LUKS device, offline, in
+//! cryptsetup's LUKS2 reencryption format (cryptsetup reencrypt
+//! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back.
+use super::opts::{KdfOpts, KeyOpts};
+use std::io::Write;
+use std::time::Instant;
+use vmcrypt_block::drivers::luks::v2::reencrypt::init::NewEncryption;
+use vmcrypt_block::jobs::Events;
+use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
+use vmcrypt_block::opts::parse_size;
+use vmcrypt_error::{Result, ensure};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    device: String,
+    #[command(flatten)]
+    key: KeyOpts,
+    #[command(flatten)]
+    kdf: KdfOpts,
+    /// New data cipher (default: the current one), e.g. aes-xts-plain64
+    #[arg(long = "cipher", short = 'c', value_name = "CIPHER")]
+    cipher: Option<String>,
+    /// New volume key size in bits (default: the current one)
+    #[arg(long = "key-size", short = 's', value_name = "BITS")]
+    key_size: Option<usize>,
+    /// New encryption sector size (default: the current one)
+    #[arg(long = "sector-size", value_name = "BYTES")]
+    sector_size: Option<u32>,
+    /// Hotzone protection: checksum (default), journal or none
+    #[arg(long = "resilience", value_name = "MODE")]
+    resilience: Option<String>,
+    /// Hash of the checksum resilience (default sha256)
+    #[arg(long = "resilience-hash", value_name = "HASH")]
+    resilience_hash: Option<String>,
+    /// Largest hotzone (bytes, or with a K/M/G suffix; default 64M)
+    #[arg(long = "hotzone-size", value_name = "SIZE")]
+    hotzone_size: Option<String>,
+    /// Only continue a reencryption in progress
+    #[arg(long = "resume-only")]
+    resume_only: bool,
+    /// Only write the reencryption metadata
+    #[arg(long = "init-only")]
+    init_only: bool,
+    /// Accepted for cryptsetup compatibility: vmcrypt always reencrypts offline
+    #[arg(long = "force-offline-reencrypt")]
+    force_offline: bool,
+    /// PBKDF2 / AF hash of the new key slot (default sha256)
+    #[arg(long = "hash", value_name = "HASH")]
+    hash: Option<String>,
+    /// Stop (cleanly, resumable) after N hotzones
+    #[arg(long = "max-hotzones", value_name = "N", hide = true)]
+    max_hotzones: Option<u64>,
+    /// Print no progress line
+    #[arg(long = "no-progress")]
+    no_progress: bool,
+}
+
+pub fn run(a: &Args) -> Result<u8> {
+    ensure!(
+        !(a.resume_only && a.init_only),
+        Usage,
+        "--resume-only and --init-only exclude each other"
+    );
+    let key_size = match a.key_size {
+        Some(bits) => {
+            ensure!(
+                bits % 8 == 0,
+                Usage,
+                "--key-size {bits} is not a whole number of bytes"
+            );
+            Some(bits / 8)
+        }
+        None => None,
+    };
+    let req = ReencryptRequest {
+        new: NewEncryption {
+            cipher: a.cipher.clone(),
+            key_size,
+            sector_size: a.sector_size,
+        },
+        resilience: a.resilience.clone(),
+        resilience_hash: a.resilience_hash.clone(),
+        hotzone_size: a.hotzone_size.as_deref().map(parse_size).transpose()?,
+        resume_only: a.resume_only,
+        init_only: a.init_only,
+        key_slot: a.key.key_slot,
+        keyslot: a.kdf.keyslot(a.hash.clone()),
+        max_hotzones: a.max_hotzones,
+    };
+    let t = a.key.target(&a.device);
+    let mut keys = a.key.keys(&a.device, None);
+    let mut status = Status::new(!a.no_progress && !a.key.batch);
+    let r = reencrypt(&t, &req, &mut keys, &mut status)?;
+    status.end();
+    if r.finished {
+        eprintln!(
+            "Finished, time {:.3}s",
+            status.start.elapsed().as_secs_f64()
+        );
+    } else if !a.init_only {
+        eprintln!(
+            "Reencryption paused at {} of {} bytes; continue with --resume-only.",
+            r.position.done, r.position.total
+        );
+    }
+    Ok(0)
+}
+
+/// cryptsetup's status line: "Progress: 42.1%, ETA 00:03, 512 MiB written, speed 1.2 GiB/s".
+struct Status {
+    show: bool,
+    start: Instant,
+    first: Option<u64>,
+    drawn: bool,
+}
+
+impl Status {
+    fn new(show: bool) -> Self {
+        Status {
+            show,
+            start: Instant::now(),
+            first: None,
+            drawn: false,
+        }
+    }
+
+    fn end(&self) {
+        if self.drawn {
+            eprintln!();
+        }
+    }
+}
+
+impl Events for Status {
+    fn warning(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        let first = *self.first.get_or_insert(done);
+        if !self.show {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64().max(1e-6);
+        let written = done - first;
+        let speed = written as f64 / secs;
+        let eta = if speed > 0.0 {
+            (total - done) as f64 / speed
+        } else {
+            0.0
+        };
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
+        eprint!(
+            "\rProgress: {pct:5.1}%, ETA {:02}:{:02}, {} MiB written, speed {:.1} MiB/s",
+            eta as u64 / 60,
+            eta as u64 % 60,
+            written >> 20,
+            speed / (1 << 20) as f64
+        );
+        let _ = std::io::stderr().flush();
+        self.drawn = true;
+    }
+}

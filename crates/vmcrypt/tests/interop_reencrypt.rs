@@ -1,0 +1,429 @@
+//! `vmcrypt luks reencrypt` against `cryptsetup reencrypt --force-offline-reencrypt`:
+//! each tool is interrupted at random points (kill -9 for checksum and journal
+//! resilience, a clean stop for `none`, which cannot survive a kill inside a hotzone
+//! in either tool) and the other one finishes the run. Every time the data decrypts
+//! to the original plaintext (compared by SHA-256), and `cryptsetup luksDump` shows
+//! a new volume key digest and no requirement left. 512- and 4096-byte sectors.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const DATA: u64 = 24 * MIB;
+
+/// xorshift: reproducible random delays and data without a rand dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn vmcrypt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmcrypt"))
+}
+
+#[track_caller]
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (cryptsetup-bin needed): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Image {
+    dir: tempfile::TempDir,
+    img: PathBuf,
+    pw: PathBuf,
+    sha: String,
+    digest: String,
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A cryptsetup LUKS2 image with `sector`-byte sectors and DATA bytes of random data.
+fn image(sector: u32, seed: u64) -> Image {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, pw, plain) = (
+        dir.path().join("d.img"),
+        dir.path().join("pw"),
+        dir.path().join("plain"),
+    );
+    std::fs::write(&pw, b"secret").unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB + DATA)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks2", "-q", "--pbkdf", "pbkdf2"])
+        .args(["--pbkdf-force-iterations", "1000", "--sector-size"])
+        .arg(sector.to_string())
+        .arg("--key-file")
+        .args([&pw, &img]));
+    let mut rng = Rng(seed);
+    let data: Vec<u8> = (0..DATA).map(|_| rng.next() as u8).collect();
+    std::fs::write(&plain, &data).unwrap();
+    let secret = format!("secret,id=s0,file={}", pw.display());
+    let target = format!("driver=luks,key-secret=s0,file.filename={}", img.display());
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-n",
+            "-f",
+            "raw",
+            "--target-image-opts",
+            "--object",
+        ])
+        .args([&secret, plain.to_str().unwrap(), &target]));
+    let sha = sha256(&plain);
+    let digest = digest_of(&img);
+    Image {
+        dir,
+        img,
+        pw,
+        sha,
+        digest,
+    }
+}
+
+fn dump_json(img: &Path) -> serde_json::Value {
+    let text = ok(Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(img));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The digest value of the data segment's volume key.
+fn digest_of(img: &Path) -> String {
+    let j = dump_json(img);
+    let d = j["digests"].as_object().unwrap();
+    d.values()
+        .find(|d| d["segments"].as_array().unwrap().iter().any(|s| s == "0"))
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+fn in_progress(img: &Path) -> (bool, bool) {
+    let j = dump_json(img);
+    let running = j["config"]["requirements"]["mandatory"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    let hot = j["segments"].as_object().unwrap().values().any(|s| {
+        s["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "in-reencryption"))
+    });
+    (running, hot)
+}
+
+/// The image's plaintext hash, its header clean and its volume key new.
+#[track_caller]
+fn check(im: &Image, what: &str) {
+    let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&im.img));
+    assert!(!dump.contains("Requirements"), "{what}: {dump}");
+    assert!(!dump.contains("reencrypt"), "{what}: {dump}");
+    assert_ne!(
+        digest_of(&im.img),
+        im.digest,
+        "{what}: volume key not changed"
+    );
+    let out = im.dir.path().join("out");
+    let secret = format!("secret,id=s0,file={}", im.pw.display());
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
+        .args([&src, out.to_str().unwrap()]));
+    assert_eq!(sha256(&out), im.sha, "{what}: plaintext differs");
+}
+
+fn cryptsetup_reencrypt(im: &Image, extra: &[&str]) -> Command {
+    let mut c = Command::new("cryptsetup");
+    c.args(["reencrypt", "--force-offline-reencrypt", "-q", "--key-file"])
+        .arg(&im.pw)
+        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+        .args(extra)
+        .arg(&im.img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn vmcrypt_reencrypt(im: &Image, extra: &[&str]) -> Command {
+    let mut c = vmcrypt();
+    c.args(["luks", "reencrypt", "--no-progress", "--key-file"])
+        .arg(&im.pw)
+        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+        .args(extra)
+        .arg(&im.img);
+    c
+}
+
+/// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
+fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
+    let mut child = cmd.spawn().expect("cannot start the reencryption");
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Run `cmd(im)` and stop it with `signal` after a random delay below `max_ms`, on a
+/// fresh copy of the image each time, until a run is caught in the middle (not before
+/// its start, not after its end). Returns the delay that did.
+fn interrupt_mid_run(
+    im: &Image,
+    rng: &mut Rng,
+    max_ms: u64,
+    signal: &str,
+    cmd: &dyn Fn(&Image) -> Command,
+) -> u64 {
+    let original = std::fs::read(&im.img).unwrap();
+    for _ in 0..40 {
+        std::fs::write(&im.img, &original).unwrap();
+        let ms = 1 + rng.next() % max_ms;
+        interrupt(cmd(im), ms, signal);
+        if in_progress(&im.img).0 {
+            return ms;
+        }
+    }
+    panic!("no run was interrupted in the middle within 40 tries");
+}
+
+/// cryptsetup asks for `repair` when a hotzone was interrupted, then resumes.
+fn cryptsetup_finish(im: &Image) {
+    let (running, hot) = in_progress(&im.img);
+    if hot {
+        ok(Command::new("cryptsetup")
+            .args(["repair", "-q", "--key-file"])
+            .args([&im.pw, &im.img]));
+    }
+    if running && in_progress(&im.img).0 {
+        ok(&mut cryptsetup_reencrypt(im, &["--resume-only"]));
+    }
+}
+
+fn vmcrypt_finish(im: &Image) {
+    if in_progress(&im.img).0 {
+        ok(&mut vmcrypt_reencrypt(im, &["--resume-only"]));
+    }
+}
+
+const MODES: [&str; 2] = ["checksum", "journal"];
+
+#[test]
+fn cryptsetup_killed_vmcrypt_finishes() {
+    let mut rng = Rng(0x5eed);
+    let mut interrupted = 0;
+    for sector in [512u32, 4096] {
+        for mode in MODES {
+            for round in 0..3 {
+                let im = image(sector, rng.next());
+                let ms = interrupt_mid_run(&im, &mut rng, 400, "-KILL", &|im| {
+                    cryptsetup_reencrypt(im, &["--resilience", mode, "--hotzone-size", "1M"])
+                });
+                interrupted += u32::from(in_progress(&im.img).1);
+                vmcrypt_finish(&im);
+                check(
+                    &im,
+                    &format!("{sector} {mode} round {round} killed at {ms} ms"),
+                );
+            }
+        }
+    }
+    eprintln!("{interrupted} of 12 kills hit a hotzone in flight");
+}
+
+#[test]
+fn vmcrypt_killed_cryptsetup_finishes() {
+    let mut rng = Rng(0xfeed);
+    let mut interrupted = 0;
+    for sector in [512u32, 4096] {
+        for mode in MODES {
+            for round in 0..3 {
+                let im = image(sector, rng.next());
+                let ms = interrupt_mid_run(&im, &mut rng, 300, "-KILL", &|im| {
+                    vmcrypt_reencrypt(im, &["--resilience", mode, "--hotzone-size", "256K"])
+                });
+                interrupted += u32::from(in_progress(&im.img).1);
+                cryptsetup_finish(&im);
+                check(
+                    &im,
+                    &format!("{sector} {mode} round {round} killed at {ms} ms"),
+                );
+            }
+        }
+    }
+    eprintln!("{interrupted} of 12 kills hit a hotzone in flight");
+}
+
+/// Resilience `none`: stopped between hotzones (SIGTERM for cryptsetup, a hotzone
+/// limit for vmcrypt), then finished by the other tool.
+#[test]
+fn none_stopped_cleanly_other_tool_finishes() {
+    for sector in [512u32, 4096] {
+        let im = image(sector, 11);
+        interrupt_mid_run(&im, &mut Rng(7), 150, "-TERM", &|im| {
+            cryptsetup_reencrypt(im, &["--resilience", "none", "--hotzone-size", "1M"])
+        });
+        vmcrypt_finish(&im);
+        check(&im, &format!("{sector} none, cryptsetup stopped"));
+
+        let im = image(sector, 12);
+        ok(&mut vmcrypt_reencrypt(
+            &im,
+            &[
+                "--resilience",
+                "none",
+                "--hotzone-size",
+                "1M",
+                "--max-hotzones",
+                "5",
+            ],
+        ));
+        assert!(in_progress(&im.img).0);
+        cryptsetup_finish(&im);
+        check(&im, &format!("{sector} none, vmcrypt stopped"));
+    }
+}
+
+/// Whole runs in one tool, with a new sector size and cipher key size: cryptsetup
+/// reads the result, and a wrong passphrase changes nothing.
+#[test]
+fn whole_run_with_new_geometry_and_wrong_key_refused() {
+    let im = image(512, 21);
+    let before = std::fs::read(&im.img).unwrap();
+    let bad = im.dir.path().join("bad");
+    std::fs::write(&bad, b"wrong").unwrap();
+    let out = vmcrypt()
+        .args(["luks", "reencrypt", "--no-progress", "--key-file"])
+        .args([&bad, &im.img])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        std::fs::read(&im.img).unwrap() == before,
+        "a refused run wrote"
+    );
+    ok(&mut vmcrypt_reencrypt(
+        &im,
+        &["--sector-size", "4096", "--key-size", "256"],
+    ));
+    check(&im, "new sector size");
+    let j = dump_json(&im.img);
+    assert_eq!(j["segments"]["0"]["sector_size"], 4096);
+    let ks = j["keyslots"].as_object().unwrap();
+    assert_eq!(ks.len(), 1, "{ks:?}");
+    assert_eq!(ks.values().next().unwrap()["key_size"], 32);
+}
+
+/// LUKS1: re-keyed through LUKS2 and back; paused half way it is a LUKS2 image that
+/// cryptsetup reads and `--resume-only` finishes, conversion back included.
+#[test]
+fn luks1_is_rekeyed_through_luks2_and_back() {
+    let im = image(512, 31);
+    // Replace the LUKS2 test image by a LUKS1 one (payload at 2 MiB) holding the same
+    // plaintext.
+    std::fs::File::create(&im.img)
+        .unwrap()
+        .set_len(2 * MIB + DATA)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks1", "-q", "--iter-time", "10"])
+        .arg("--key-file")
+        .args([&im.pw, &im.img]));
+    let plain = im.dir.path().join("plain");
+    let secret = format!("secret,id=s0,file={}", im.pw.display());
+    let target = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-n",
+            "-f",
+            "raw",
+            "--target-image-opts",
+            "--object",
+        ])
+        .args([&secret, plain.to_str().unwrap(), &target]));
+    let v1_digest = || {
+        let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&im.img));
+        assert!(dump.contains("Version:       \t1"), "{dump}");
+        dump.lines()
+            .skip_while(|l| !l.starts_with("MK digest"))
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("")
+    };
+    let before = v1_digest();
+    let untouched = std::fs::read(&im.img).unwrap();
+    let out = vmcrypt_reencrypt(&im, &["--cipher", "rot13-xts-plain64"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        std::fs::read(&im.img).unwrap() == untouched,
+        "a refused LUKS1 re-key wrote"
+    );
+    ok(&mut vmcrypt_reencrypt(
+        &im,
+        &["--hotzone-size", "1M", "--max-hotzones", "3"],
+    ));
+    let (running, _) = in_progress(&im.img);
+    assert!(running, "paused LUKS1 re-key is not a LUKS2 reencryption");
+    let j = dump_json(&im.img);
+    assert!(
+        j["tokens"].to_string().contains("vmcrypt-luks1-rekey"),
+        "{j}"
+    );
+    ok(&mut vmcrypt_reencrypt(&im, &["--resume-only"]));
+    assert_ne!(v1_digest(), before, "the LUKS1 volume key did not change");
+    let out = im.dir.path().join("out");
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        im.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
+        .args([&src, out.to_str().unwrap()]));
+    assert_eq!(sha256(&out), im.sha, "LUKS1 plaintext differs");
+    ok(Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file"])
+        .args([&im.pw, &im.img]));
+}
