@@ -218,6 +218,8 @@ impl Agent {
             watch: raw.watch.clone(),
             require_mount: raw.require_mount,
             mounts: raw.mounts,
+            dev_disk: raw.dev_disk.clone(),
+            mountinfo: raw.mountinfo.clone(),
         };
         let wanted: Vec<MediumId> = self
             .cfg

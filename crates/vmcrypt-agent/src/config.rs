@@ -60,6 +60,12 @@ pub struct MediaConfig {
     /// `/dev/disk/by-uuid`, wherever they are mounted.
     #[serde(default = "yes")]
     pub mounts: bool,
+    /// udev's link tree with `by-label` and `by-uuid` (for tests and containers).
+    #[serde(default = "default_dev_disk")]
+    pub dev_disk: PathBuf,
+    /// The mount table read for `mounts` (for tests and containers).
+    #[serde(default = "default_mountinfo")]
+    pub mountinfo: PathBuf,
     #[serde(default = "default_max_key_size")]
     pub max_key_size: u64,
     /// Owners a key file may have (default: root and the agent's own user).
@@ -73,6 +79,8 @@ impl Default for MediaConfig {
             watch: Vec::new(),
             require_mount: false,
             mounts: true,
+            dev_disk: default_dev_disk(),
+            mountinfo: default_mountinfo(),
             max_key_size: DEFAULT_MAX_KEY_SIZE,
             key_owners: None,
         }
@@ -460,6 +468,12 @@ fn default_audit() -> PathBuf {
 }
 fn default_rescan() -> u64 {
     5
+}
+fn default_dev_disk() -> PathBuf {
+    crate::media::DEFAULT_DEV_DISK.into()
+}
+fn default_mountinfo() -> PathBuf {
+    crate::media::DEFAULT_MOUNTINFO.into()
 }
 fn default_max_key_size() -> u64 {
     DEFAULT_MAX_KEY_SIZE
