@@ -184,8 +184,23 @@ pub struct DiskConfig {
     pub header: Option<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
-    /// Export name (default `VM-DISK`): the socket is `RUN_DIR/EXPORT.sock`.
+    /// Export name (default `VM-DISK`).
     pub export: Option<String>,
+    /// The export's socket (default `RUN_DIR/EXPORT.sock`), an absolute path, e.g. the
+    /// one a libvirt domain's XML names.
+    pub socket: Option<PathBuf>,
+    pub keys: Vec<KeySourceConfig>,
+    /// The encrypted backing layers of a qcow2 image, each with its own key sources,
+    /// from the image's backing file down.
+    #[serde(default)]
+    pub backing: Vec<LayerConfig>,
+}
+
+/// One backing layer of a qcow2 disk (a qcow2 image with LUKS encryption).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    pub image: PathBuf,
     pub keys: Vec<KeySourceConfig>,
 }
 
@@ -309,11 +324,38 @@ fn check_key_path(path: &str) -> Result<()> {
 pub struct Disk {
     pub name: String,
     pub export: String,
+    /// A socket path of its own (else `RUN_DIR/EXPORT.sock`).
+    pub socket: Option<PathBuf>,
     pub image: PathBuf,
     pub format: DiskFormat,
     pub header: Option<PathBuf>,
     pub read_only: bool,
     pub keys: Vec<KeySource>,
+    /// Encrypted backing layers (qcow2), top down, each with its key sources.
+    pub backing: Vec<Layer>,
+}
+
+/// A checked backing layer.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub image: PathBuf,
+    pub keys: Vec<KeySource>,
+}
+
+impl Disk {
+    /// The key sources of each layer: the image's own, then its backing layers'.
+    pub fn layer_keys(&self) -> Vec<&[KeySource]> {
+        std::iter::once(&self.keys[..])
+            .chain(self.backing.iter().map(|l| &l.keys[..]))
+            .collect()
+    }
+
+    /// Every key source of every layer.
+    pub fn all_keys(&self) -> impl Iterator<Item = &KeySource> {
+        self.keys
+            .iter()
+            .chain(self.backing.iter().flat_map(|l| l.keys.iter()))
+    }
 }
 
 /// How a VM is started.
@@ -339,7 +381,7 @@ impl Vm {
         let mut v: Vec<&MediumId> = self
             .disks
             .iter()
-            .flat_map(|d| d.keys.iter().filter_map(KeySource::medium))
+            .flat_map(|d| d.all_keys().filter_map(KeySource::medium))
             .collect();
         v.dedup();
         v
@@ -382,6 +424,15 @@ impl Config {
         exports.sort_unstable();
         if let Some(w) = exports.windows(2).find(|w| w[0] == w[1]) {
             bail!(Usage, "export name '{}' is used by two disks", w[0]);
+        }
+        let mut sockets: Vec<PathBuf> = vms
+            .iter()
+            .flat_map(|v| v.disks.iter())
+            .map(|d| d.socket_in(&raw.run_dir))
+            .collect();
+        sockets.sort_unstable();
+        if let Some(w) = sockets.windows(2).find(|w| w[0] == w[1]) {
+            bail!(Usage, "socket '{}' is used by two disks", w[0].display());
         }
         ensure!(
             raw.rescan_interval > 0,
@@ -436,25 +487,63 @@ fn check_disk(vm: &str, d: &DiskConfig) -> Result<Disk> {
         Usage,
         "a disk needs at least one key source"
     );
-    let keys = d
-        .keys
-        .iter()
-        .map(KeySourceConfig::check)
-        .collect::<Result<_>>()?;
+    let keys = check_sources(&d.keys)?;
     ensure!(
         d.header.is_none() || d.format == DiskFormat::Luks,
         Usage,
         "a detached header belongs to a luks disk"
     );
+    ensure!(
+        d.backing.is_empty() || d.format == DiskFormat::Qcow2,
+        Usage,
+        "backing layers belong to a qcow2 disk"
+    );
+    if let Some(s) = &d.socket {
+        ensure!(
+            s.is_absolute() && s.file_name().is_some(),
+            Usage,
+            "socket '{}' must be an absolute file path",
+            s.display()
+        );
+    }
+    let mut backing = Vec::with_capacity(d.backing.len());
+    for (i, l) in d.backing.iter().enumerate() {
+        let keys = check_sources(&l.keys).with_ctx(|| format!("backing layer {}", i + 1))?;
+        backing.push(Layer {
+            image: l.image.clone(),
+            keys,
+        });
+    }
     Ok(Disk {
         name: d.name.clone(),
         export,
+        socket: d.socket.clone(),
+        backing,
         image: d.image.clone(),
         format: d.format,
         header: d.header.clone(),
         read_only: d.read_only,
         keys,
     })
+}
+
+fn check_sources(keys: &[KeySourceConfig]) -> Result<Vec<KeySource>> {
+    ensure!(
+        !keys.is_empty(),
+        Usage,
+        "a layer needs at least one key source"
+    );
+    keys.iter().map(KeySourceConfig::check).collect()
+}
+
+impl Disk {
+    /// The socket the disk is served on, with `run_dir` the agent's.
+    pub fn socket_in(&self, run_dir: &Path) -> PathBuf {
+        match &self.socket {
+            Some(s) => s.clone(),
+            None => run_dir.join(format!("{}.sock", self.export)),
+        }
+    }
 }
 
 fn default_run_dir() -> PathBuf {

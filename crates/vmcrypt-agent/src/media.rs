@@ -154,11 +154,7 @@ fn unescape(s: &str) -> String {
 /// `by-uuid` whose name (udev writes unsafe bytes as `\xHH`) names `id` (a UUID in any
 /// case: udev keeps blkid's, upper case for FAT), resolved to the device that mountinfo
 /// names as a mount's source.
-fn mounted_device(
-    dev_disk: &Path,
-    id: &MediumId,
-    mounts: &[(String, PathBuf)],
-) -> Option<PathBuf> {
+fn mounted_device(dev_disk: &Path, id: &MediumId, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
     let sub = match id {
         MediumId::Label(_) => "by-label",
         MediumId::Uuid(_) => "by-uuid",
@@ -181,8 +177,14 @@ fn udev_unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 2..i + 4).and_then(|h| std::str::from_utf8(h).ok());
-        match (b[i], b.get(i + 1), hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+        let hex = b
+            .get(i + 2..i + 4)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (
+            b[i],
+            b.get(i + 1),
+            hex.and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
             (b'\\', Some(b'x'), Some(v)) => {
                 out.push(v);
                 i += 4;
