@@ -19,7 +19,7 @@ pub struct ExportInfo {
     pub name: String,
     pub socket: String,
     pub pid: u32,
-    /// The key slot that opened it (LUKS disks).
+    /// The key slot that opened it (LUKS disks; the top image's for qcow2+LUKS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
 }
@@ -136,11 +136,7 @@ impl Exporter for LuksDaemons {
                 name: a.name.clone(),
                 socket: a.socket.clone(),
                 pid: a.pid,
-                slot: a
-                    .device
-                    .luks_type
-                    .starts_with("LUKS")
-                    .then_some(a.device.key_slot),
+                slot: has_slot(&a.device.luks_type).then_some(a.device.key_slot),
             }),
             Status::Starting | Status::Inactive { .. } => None,
         })
@@ -153,6 +149,12 @@ impl Exporter for LuksDaemons {
         }
         r.map(drop)
     }
+}
+
+/// Whether the daemon's device type reports a key slot: a LUKS device, or an image
+/// whose own LUKS header did (`qcow2+luks`; for a chain, the top image's).
+fn has_slot(device_type: &str) -> bool {
+    device_type.starts_with("LUKS") || device_type.ends_with("+luks")
 }
 
 /// The daemon's exit status as vmcrypt's error kinds (main.rs's table).

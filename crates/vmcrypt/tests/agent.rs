@@ -340,7 +340,7 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     assert_eq!(w.events("beta"), "start\n");
     // Eps, a qcow2 image with LUKS encryption made by qemu-img, is served decrypted.
     let eps = w.wait_state("eps", "running");
-    assert!(eps["disks"][0]["serving"]["slot"].is_null(), "{eps:#}");
+    assert_eq!(eps["disks"][0]["serving"]["slot"], 0, "{eps:#}");
     let eps_sock = w.socket("eps-root");
     let uri = format!("nbd+unix:///?socket={eps_sock}");
     let info = tool("nbdinfo", &["--json", &uri]).ok().json();
@@ -644,7 +644,8 @@ const KEY_BASE: &[u8] = b"the base layer's key";
 impl World {
     /// A two-layer qcow2 chain made by qemu-img, both layers LUKS-encrypted with
     /// different keys: `base.qcow2` (KEY_BASE, 0x11 in its first 64 KiB) under
-    /// `top.qcow2` (KEY_BETA, the stored secret; 0x22 at 64 KiB), written by qemu-io.
+    /// `top.qcow2` (KEY_BETA, the stored secret, in key slot 3; 0x22 at 64 KiB), written
+    /// by qemu-io.
     fn qemu_chain(&self) {
         let (base, top) = (self.p("base.qcow2"), self.p("top.qcow2"));
         let kb = self.sc.write("base.qkey", KEY_BASE);
@@ -667,9 +668,18 @@ impl World {
             "write -P 0x11 0 64k",
         ])
         .ok();
-        let topo = format!("{},backing_file={base},backing_fmt=qcow2", enc("st"));
+        // Top: made with a first key, then KEY_BETA added in key slot 3.
+        let k0 = self.sc.write("top.first", b"top's first key");
+        let o0 = format!("secret,id=s0,file={k0}");
+        let topo = format!("{},backing_file={base},backing_fmt=qcow2", enc("s0"));
         #[rustfmt::skip]
-        qemu_img(&["create", "-q", "-f", "qcow2", "--object", &ot, "-o", &topo, &top, "8M"]).ok();
+        qemu_img(&["create", "-q", "-f", "qcow2", "--object", &o0, "-o", &topo, &top, "8M"]).ok();
+        let amend = format!(
+            "driver=qcow2,file.filename={top},encrypt.key-secret=s0,backing.encrypt.key-secret=sb"
+        );
+        #[rustfmt::skip]
+        qemu_img(&["amend", "--object", &o0, "--object", &ot, "--object", &ob, "--image-opts", &amend,
+            "-o", "encrypt.state=active,encrypt.new-secret=st,encrypt.keyslot=3,encrypt.iter-time=10"]).ok();
         let topts = format!(
             "driver=qcow2,encrypt.key-secret=st,file.filename={top},backing.encrypt.key-secret=sb"
         );

@@ -166,7 +166,7 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
 }
 
 /// Open the image spec `a.device` with the key as secret [`IMAGE_KEY_ID`]; its status
-/// names the format and size (no key slot: the graph does not report one).
+/// names the format, the size, and the key slot of the top image's LUKS header.
 fn open_image(a: &Args, pass: SecretBytes) -> Result<Opened> {
     let keys = match a.keys {
         1 => vec![pass],
@@ -188,8 +188,15 @@ fn open_image(a: &Args, pass: SecretBytes) -> Result<Opened> {
         metadata_only: false,
     };
     let node = arg.open(&env, access, &mut NoEvents)?;
+    let slot = node.as_introspect().and_then(|i| i.key_slot());
+    let driver = node.driver_name();
     let info = DeviceInfo {
-        luks_type: node.driver_name().to_string(),
+        // "qcow2+luks" when the image's own LUKS header reported the slot.
+        luks_type: match slot {
+            Some(_) => format!("{driver}+luks"),
+            None => driver.to_string(),
+        },
+        key_slot: slot.unwrap_or(0),
         device: a.device.clone(),
         sector_size: 512,
         size_sectors: node.size() / 512,
