@@ -307,7 +307,7 @@ impl Drop for World {
             "slow-root",
             "thief",
         ] {
-            let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run")]);
+            let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run"), "--force"]);
         }
     }
 }

@@ -444,6 +444,45 @@ pub fn unframe_keys(mut buf: &[u8], count: usize) -> Result<Vec<vmcrypt_crypto::
     Ok(keys)
 }
 
+/// How many clients are connected to the Unix socket `socket` now, from the kernel's
+/// table (`/proc/net/unix`: a server's accepted and not yet accepted connections carry
+/// the socket's path; the listening socket is told apart by `__SO_ACCEPTCON`). `None`
+/// when the table cannot be read.
+pub fn clients(socket: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
+    Some(count_clients(&text, socket))
+}
+
+fn count_clients(table: &str, socket: &Path) -> usize {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let want = socket.to_str().unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(3).and_then(|x| u32::from_str_radix(x, 16).ok());
+            f.len() >= 8 && f[7..].join(" ") == want && flags.is_some_and(|x| x & ACCEPTCON == 0)
+        })
+        .count()
+}
+
+/// Refuse to close `name` while NBD clients are connected to its socket (as cryptsetup
+/// refuses to close a mapping in use): `Busy`, naming how many.
+pub fn refuse_if_in_use(dir: &RunDir, name: &str) -> Result<()> {
+    let Status::Active(info) = status(dir, name)? else {
+        return Ok(());
+    };
+    let n = clients(Path::new(&info.socket)).unwrap_or(0);
+    ensure!(
+        n == 0,
+        Busy,
+        "Device {name} is still in use: {n} client(s) connected to {} (--force disconnects them)",
+        info.socket
+    );
+    Ok(())
+}
+
 /// What `close` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Closed {
@@ -614,5 +653,27 @@ mod tests {
         let b = claim_at(&dir, "b", Some(&sock)).unwrap();
         assert!(!sock.exists(), "the stale socket was removed");
         b.release().unwrap();
+    }
+
+    #[test]
+    fn clients_of_a_socket_from_the_kernel_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000: 00000002 00000000 00010000 0001 01 877377 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 02     0 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877380 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877381 /run/y.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877382\n";
+        assert_eq!(count_clients(table, Path::new("/run/x.sock")), 2);
+        assert_eq!(count_clients(table, Path::new("/run/y.sock")), 1);
+        assert_eq!(count_clients(table, Path::new("/run/z.sock")), 0);
+        // The real table: a listener, one accepted and one queued connection.
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(clients(&sock), Some(0));
+        let _a = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _b = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _accepted = l.accept().unwrap();
+        assert_eq!(clients(&sock), Some(2));
     }
 }
