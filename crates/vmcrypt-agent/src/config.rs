@@ -633,6 +633,29 @@ mod tests {
                 GOOD.replace("command = { start = [\"true\"], stop = [\"true\"] }", ""),
                 "exactly one",
             ),
+            (
+                GOOD.replace("image =", "socket = \"rel.sock\"\nimage ="),
+                "must be an absolute file path",
+            ),
+            (
+                format!("{GOOD}[[vm.disk.backing]]\nimage = \"/b\"\nkeys = [{{ ask = \"b\" }}]\n"),
+                "backing layers belong to a qcow2 disk",
+            ),
+            (
+                GOOD.replace("image =", "format = \"qcow2\"\nimage =")
+                    + "[[vm.disk.backing]]\nimage = \"/b\"\nkeys = []\n",
+                "backing layer 1",
+            ),
+            (
+                GOOD.replace("[media]", "run_dir = \"/r\"\n[media]")
+                    .replace(
+                        "image =",
+                        "socket = \"/r/web-root.sock\"\nexport = \"other\"\nimage =",
+                    )
+                    + "[[vm]]\nname = \"x\"\ncommand = { start = [\"true\"], stop = [\"true\"] }\n\
+                     [[vm.disk]]\nname = \"root\"\nexport = \"web-root\"\nimage = \"/x\"\nkeys = [{ ask = \"x\" }]\n",
+                "socket '/r/web-root.sock' is used by two disks",
+            ),
         ];
         for (text, want) in bad {
             let Err(e) = Config::parse(&text) else {
@@ -647,11 +670,57 @@ mod tests {
     }
 
     #[test]
+    fn socket_and_backing_layers() {
+        let text = GOOD.replace(
+            "image =",
+            "format = \"qcow2\"\nsocket = \"/vms/web.sock\"\nimage =",
+        ) + "[[vm.disk.backing]]\nimage = \"/vms/base.qcow2\"\nkeys = [{ file = \"base.key\", fs_uuid = \"AB-CD\" }]\n";
+        let c = Config::parse(&text).unwrap();
+        let d = &c.vms[0].disks[0];
+        assert_eq!(
+            d.socket_in(Path::new("/run/x")),
+            PathBuf::from("/vms/web.sock")
+        );
+        assert_eq!(d.layer_keys().len(), 2);
+        assert_eq!(d.backing[0].image, PathBuf::from("/vms/base.qcow2"));
+        let media = c.vms[0].media();
+        assert!(
+            media.contains(&&MediumId::Uuid("AB-CD".into())),
+            "{media:?}"
+        );
+        let plain = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            plain.vms[0].disks[0].socket_in(Path::new("/run/x")),
+            PathBuf::from("/run/x/web-root.sock")
+        );
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let c = Config::parse(include_str!("../../../contrib/agent.toml.example")).unwrap();
         assert_eq!(c.vms.len(), 2);
         assert_eq!(c.vms[0].disks[0].keys.len(), 3);
         assert!(matches!(c.vms[0].starter, Starter::Libvirt(_)));
         assert_eq!(c.vms[1].on_media_removed, RemovalPolicy::Keep);
+        let web = &c.vms[0].disks[0];
+        assert_eq!(
+            web.socket.as_deref(),
+            Some(Path::new("/run/vmcrypt/web-root.sock"))
+        );
+        // The commented chain example parses too.
+        let chain: String = include_str!("../../../contrib/agent.toml.example")
+            .split("# A qcow2 overlay")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!(
+            "[[vm]]\nname = \"c\"\ncommand = {{ start = [\"a\"], stop = [\"b\"] }}\n{chain}"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.vms[0].disks[0].backing.len(), 1);
     }
 }
