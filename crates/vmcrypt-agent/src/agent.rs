@@ -415,11 +415,12 @@ impl Agent {
                 None => {
                     // Report each source that gave no key once.
                     for (i, p) in pick.iter().enumerate() {
-                        if let Some(Err(e)) = &mut fetched[i][*p] {
-                            if !e.is_empty() {
-                                why.push(format!("{}: {e}", describe_one(i, &layers[i][*p])));
-                                e.clear();
-                            }
+                        // (An emptied message marks one already reported.)
+                        if let Some(Err(e)) = &mut fetched[i][*p]
+                            && !e.is_empty()
+                        {
+                            why.push(format!("{}: {e}", describe_one(i, &layers[i][*p])));
+                            e.clear();
                         }
                     }
                 }
