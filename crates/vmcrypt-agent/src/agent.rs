@@ -261,8 +261,18 @@ impl Agent {
                 _ => VmState::Running,
             };
             for d in &vm.disks {
-                self.audit
-                    .write(&Record::new("export-adopted", true).vm(name).disk(&d.name));
+                let mut r = Record::new("export-adopted", true).vm(name).disk(&d.name);
+                let want = d.socket_in(&self.cfg.raw.run_dir);
+                if let Some(e) = self.serving(d)
+                    && std::path::Path::new(&e.socket) != want
+                {
+                    r = r.reason(format!(
+                        "served on {}, configured {} (takes effect when the export is reopened)",
+                        e.socket,
+                        want.display()
+                    ));
+                }
+                self.audit.write(&r);
             }
         }
         self.records.insert(name.to_string(), rec);
