@@ -328,7 +328,7 @@ fn connected(sock: &str) -> bool {
 fn close_refuses_while_a_client_is_connected() {
     let s = Setup::new(&["--pbkdf", "pbkdf2"]);
     s.open("vm0", "pw", &[]).ok();
-    let mut client = hold_connection(&s, "vm0", 1500);
+    let mut client = hold_connection(&s, "vm0", 5000);
     s.close("vm0")
         .code_is(5)
         .stderr_has("still in use: 1 client(s)");

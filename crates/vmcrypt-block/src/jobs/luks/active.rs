@@ -467,13 +467,26 @@ fn count_clients(table: &str, socket: &Path) -> usize {
         .count()
 }
 
+/// How long a connection whose client has just left may take to be closed by the server
+/// before it counts as a client.
+pub const CLIENT_GRACE: Duration = Duration::from_secs(2);
+
 /// Refuse to close `name` while NBD clients are connected to its socket (as cryptsetup
-/// refuses to close a mapping in use): `Busy`, naming how many.
+/// refuses to close a mapping in use): `Busy`, naming how many. A client that has just
+/// disconnected leaves the server's end open until the server notices, so the count is
+/// given [`CLIENT_GRACE`] to drop to zero.
 pub fn refuse_if_in_use(dir: &RunDir, name: &str) -> Result<()> {
     let Status::Active(info) = status(dir, name)? else {
         return Ok(());
     };
-    let n = clients(Path::new(&info.socket)).unwrap_or(0);
+    let start = Instant::now();
+    let n = loop {
+        let n = clients(Path::new(&info.socket)).unwrap_or(0);
+        if n == 0 || start.elapsed() >= CLIENT_GRACE {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     ensure!(
         n == 0,
         Busy,
