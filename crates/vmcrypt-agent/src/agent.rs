@@ -12,6 +12,8 @@ use crate::media::{self, MediaSources, MediumId, Present};
 use crate::vm::VmControl;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::{ErrorKind, Result, bail};
 
 /// What a VM is doing.
@@ -22,6 +24,8 @@ pub enum VmState {
     Stopped,
     /// Its disks are exported but the VM is stopped (the `stop` removal policy).
     Unlocked,
+    /// Its disks are being opened (a key being fetched or asked for, a KDF running).
+    Unlocking,
     Running,
 }
 
@@ -82,6 +86,8 @@ pub struct Agent {
     policy: KeyFilePolicy,
     media: Present,
     records: BTreeMap<String, VmRecord>,
+    /// The status as of the last change, for `status` while the agent is busy.
+    snapshot: Arc<Mutex<Option<AgentStatus>>>,
 }
 
 impl Agent {
@@ -100,7 +106,19 @@ impl Agent {
             policy,
             media: Present::new(),
             records: BTreeMap::new(),
+            snapshot: Arc::default(),
         }
+    }
+
+    /// The status as of the agent's last change (a `status` call, or the start of an
+    /// unlock, which shows the VM as `unlocking`): what a control thread answers with
+    /// while the agent is busy (a prompt, a slow KDF).
+    pub fn snapshot(&self) -> Arc<Mutex<Option<AgentStatus>>> {
+        self.snapshot.clone()
+    }
+
+    fn publish(&mut self) {
+        let _ = self.status();
     }
 
     /// First steps: adopt running exports, look at the media, unlock what can be.
@@ -196,10 +214,12 @@ impl Agent {
     /// Everything `status` shows.
     pub fn status(&mut self) -> AgentStatus {
         let vms: Vec<Vm> = self.cfg.vms.clone();
-        AgentStatus {
+        let st = AgentStatus {
             media: self.media.keys().map(ToString::to_string).collect(),
             vms: vms.iter().map(|v| self.vm_status(v)).collect(),
-        }
+        };
+        *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(st.clone());
+        st
     }
 
     fn vm(&self, name: &str) -> Result<Vm> {
@@ -218,6 +238,8 @@ impl Agent {
             watch: raw.watch.clone(),
             require_mount: raw.require_mount,
             mounts: raw.mounts,
+            dev_disk: raw.dev_disk.clone(),
+            mountinfo: raw.mountinfo.clone(),
         };
         let wanted: Vec<MediumId> = self
             .cfg
@@ -239,8 +261,18 @@ impl Agent {
                 _ => VmState::Running,
             };
             for d in &vm.disks {
-                self.audit
-                    .write(&Record::new("export-adopted", true).vm(name).disk(&d.name));
+                let mut r = Record::new("export-adopted", true).vm(name).disk(&d.name);
+                let want = d.socket_in(&self.cfg.raw.run_dir);
+                if let Some(e) = self.serving(d)
+                    && std::path::Path::new(&e.socket) != want
+                {
+                    r = r.reason(format!(
+                        "served on {}, configured {} (takes effect when the export is reopened)",
+                        e.socket,
+                        want.display()
+                    ));
+                }
+                self.audit.write(&r);
             }
         }
         self.records.insert(name.to_string(), rec);
@@ -298,9 +330,11 @@ impl Agent {
     /// that is still served: a VM stopped because its medium left is not started again
     /// (by an arrival of another medium, a restart of the agent) until the medium is back.
     fn keys_available(&self, vm: &Vm) -> bool {
-        vm.disks
-            .iter()
-            .all(|d| d.keys.iter().any(|k| keys::available(k, &self.media)))
+        vm.disks.iter().all(|d| {
+            d.layer_keys()
+                .iter()
+                .all(|l| l.iter().any(|k| keys::available(k, &self.media)))
+        })
     }
 
     fn serving(&mut self, d: &Disk) -> Option<ExportInfo> {
@@ -310,11 +344,14 @@ impl Agent {
     /// Open every disk of `vm`, then start it; on any failure close what was opened and
     /// record why.
     fn unlock_vm(&mut self, vm: &Vm, interactive: bool) {
-        let mut sources = self
+        let rec = self
             .records
-            .get(&vm.name)
-            .map(|r| r.sources.clone())
-            .unwrap_or_default();
+            .entry(vm.name.clone())
+            .or_insert_with(|| VmRecord::stopped(None));
+        rec.state = VmState::Unlocking;
+        rec.reason = None;
+        let mut sources = rec.sources.clone();
+        self.publish();
         for d in &vm.disks {
             if self.serving(d).is_some() {
                 continue;
@@ -347,36 +384,72 @@ impl Agent {
         }
     }
 
-    /// Try `d`'s key sources in order; the name of the one that opened it, or why none did.
+    /// Try `d`'s key sources in order (for a disk with backing layers, every
+    /// combination of one source per layer, the last layer's sources varying fastest);
+    /// the name of the one that opened it, or why none did. A key is fetched at most once
+    /// per unlock and dropped (zeroized) on return.
     fn open_disk(
         &mut self,
         vm: &Vm,
         d: &Disk,
         interactive: bool,
     ) -> std::result::Result<String, String> {
+        let layers = d.layer_keys();
+        let mut fetched: Vec<Vec<Option<std::result::Result<SecretBytes, String>>>> = layers
+            .iter()
+            .map(|l| l.iter().map(|_| None).collect())
+            .collect();
+        let mut pick = vec![0usize; layers.len()];
         let mut why = Vec::new();
-        for src in &d.keys {
-            match self.try_source(vm, d, src, interactive) {
-                Ok(()) => return Ok(src.describe()),
-                Err(e) => why.push(format!("{}: {e}", src.describe())),
+        loop {
+            for (i, src) in layers.iter().enumerate() {
+                if fetched[i][pick[i]].is_none() {
+                    let k = self.fetch_key(vm, d, &src[pick[i]], interactive);
+                    fetched[i][pick[i]] = Some(k);
+                }
+            }
+            let keys: Option<Vec<&[u8]>> = pick
+                .iter()
+                .enumerate()
+                .map(|(i, p)| match &fetched[i][*p] {
+                    Some(Ok(k)) => Some(k.as_bytes()),
+                    _ => None,
+                })
+                .collect();
+            let name = describe(&layers, &pick);
+            match keys {
+                Some(keys) => match self.try_keys(vm, d, &name, &keys) {
+                    Ok(()) => return Ok(name),
+                    Err(e) => why.push(format!("{name}: {e}")),
+                },
+                None => {
+                    // Report each source that gave no key once.
+                    for (i, p) in pick.iter().enumerate() {
+                        // (An emptied message marks one already reported.)
+                        if let Some(Err(e)) = &mut fetched[i][*p]
+                            && !e.is_empty()
+                        {
+                            why.push(format!("{}: {e}", describe_one(i, &layers[i][*p])));
+                            e.clear();
+                        }
+                    }
+                }
+            }
+            if !next_pick(&mut pick, &layers) {
+                return Err(why.join("; "));
             }
         }
-        Err(why.join("; "))
     }
 
-    fn try_source(
+    /// One key from one source (a failure to read one is audited; a source that is not
+    /// available is not).
+    fn fetch_key(
         &mut self,
         vm: &Vm,
         d: &Disk,
         src: &KeySource,
         interactive: bool,
-    ) -> std::result::Result<(), String> {
-        let rec = || {
-            Record::new("disk-open", false)
-                .vm(&vm.name)
-                .disk(&d.name)
-                .source(src.describe())
-        };
+    ) -> std::result::Result<SecretBytes, String> {
         if !interactive && !keys::available(src, &self.media) {
             return Err("not available".into());
         }
@@ -388,10 +461,34 @@ impl Agent {
             interactive,
             prompt_id: format!("vmcrypt:{}:{}", vm.name, d.name),
         };
-        let opened = keys::fetch(src, &cx).and_then(|key| self.exporter.open(d, key.as_bytes()));
-        match opened {
+        keys::fetch(src, &cx).map_err(|e| {
+            let why = e.display_chain();
+            self.audit.write(
+                &Record::new("disk-open", false)
+                    .vm(&vm.name)
+                    .disk(&d.name)
+                    .source(src.describe())
+                    .reason(why.clone()),
+            );
+            why
+        })
+    }
+
+    /// Open `d` with `keys` (named `name` in the log).
+    fn try_keys(
+        &mut self,
+        vm: &Vm,
+        d: &Disk,
+        name: &str,
+        keys: &[&[u8]],
+    ) -> std::result::Result<(), String> {
+        let rec = Record::new("disk-open", false)
+            .vm(&vm.name)
+            .disk(&d.name)
+            .source(name.to_string());
+        match self.exporter.open(d, keys) {
             Ok(info) => {
-                let mut r = rec();
+                let mut r = rec;
                 r.slot = info.slot;
                 r.result = "ok";
                 self.audit.write(&r);
@@ -402,7 +499,7 @@ impl Agent {
                     ErrorKind::WrongKey => format!("wrong key ({})", e.display_chain()),
                     _ => e.display_chain(),
                 };
-                self.audit.write(&rec().reason(why.clone()));
+                self.audit.write(&rec.reason(why.clone()));
                 Err(why)
             }
         }
@@ -481,6 +578,36 @@ impl Agent {
     }
 }
 
+/// A source as named for layer `i` (layer 0 is the image itself).
+fn describe_one(i: usize, src: &KeySource) -> String {
+    match i {
+        0 => src.describe(),
+        _ => format!("backing {i}: {}", src.describe()),
+    }
+}
+
+/// The sources `pick` chooses, one per layer.
+fn describe(layers: &[&[KeySource]], pick: &[usize]) -> String {
+    let names: Vec<String> = pick
+        .iter()
+        .enumerate()
+        .map(|(i, p)| describe_one(i, &layers[i][*p]))
+        .collect();
+    names.join("; ")
+}
+
+/// The next combination of one source per layer; false after the last.
+fn next_pick(pick: &mut [usize], layers: &[&[KeySource]]) -> bool {
+    for i in (0..pick.len()).rev() {
+        pick[i] += 1;
+        if pick[i] < layers[i].len() {
+            return true;
+        }
+        pick[i] = 0;
+    }
+    false
+}
+
 fn outcome(r: Record, res: &Result<()>) -> Record {
     match res {
         Ok(()) => r,
@@ -506,6 +633,7 @@ pub fn state_word(s: VmState) -> &'static str {
     match s {
         VmState::Stopped => "stopped",
         VmState::Unlocked => "unlocked (vm stopped)",
+        VmState::Unlocking => "unlocking",
         VmState::Running => "running",
     }
 }

@@ -60,6 +60,12 @@ pub struct MediaConfig {
     /// `/dev/disk/by-uuid`, wherever they are mounted.
     #[serde(default = "yes")]
     pub mounts: bool,
+    /// udev's link tree with `by-label` and `by-uuid` (for tests and containers).
+    #[serde(default = "default_dev_disk")]
+    pub dev_disk: PathBuf,
+    /// The mount table read for `mounts` (for tests and containers).
+    #[serde(default = "default_mountinfo")]
+    pub mountinfo: PathBuf,
     #[serde(default = "default_max_key_size")]
     pub max_key_size: u64,
     /// Owners a key file may have (default: root and the agent's own user).
@@ -73,6 +79,8 @@ impl Default for MediaConfig {
             watch: Vec::new(),
             require_mount: false,
             mounts: true,
+            dev_disk: default_dev_disk(),
+            mountinfo: default_mountinfo(),
             max_key_size: DEFAULT_MAX_KEY_SIZE,
             key_owners: None,
         }
@@ -176,8 +184,23 @@ pub struct DiskConfig {
     pub header: Option<PathBuf>,
     #[serde(default)]
     pub read_only: bool,
-    /// Export name (default `VM-DISK`): the socket is `RUN_DIR/EXPORT.sock`.
+    /// Export name (default `VM-DISK`).
     pub export: Option<String>,
+    /// The export's socket (default `RUN_DIR/EXPORT.sock`), an absolute path, e.g. the
+    /// one a libvirt domain's XML names.
+    pub socket: Option<PathBuf>,
+    pub keys: Vec<KeySourceConfig>,
+    /// The encrypted backing layers of a qcow2 image, each with its own key sources,
+    /// from the image's backing file down.
+    #[serde(default)]
+    pub backing: Vec<LayerConfig>,
+}
+
+/// One backing layer of a qcow2 disk (a qcow2 image with LUKS encryption).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerConfig {
+    pub image: PathBuf,
     pub keys: Vec<KeySourceConfig>,
 }
 
@@ -301,11 +324,38 @@ fn check_key_path(path: &str) -> Result<()> {
 pub struct Disk {
     pub name: String,
     pub export: String,
+    /// A socket path of its own (else `RUN_DIR/EXPORT.sock`).
+    pub socket: Option<PathBuf>,
     pub image: PathBuf,
     pub format: DiskFormat,
     pub header: Option<PathBuf>,
     pub read_only: bool,
     pub keys: Vec<KeySource>,
+    /// Encrypted backing layers (qcow2), top down, each with its key sources.
+    pub backing: Vec<Layer>,
+}
+
+/// A checked backing layer.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub image: PathBuf,
+    pub keys: Vec<KeySource>,
+}
+
+impl Disk {
+    /// The key sources of each layer: the image's own, then its backing layers'.
+    pub fn layer_keys(&self) -> Vec<&[KeySource]> {
+        std::iter::once(&self.keys[..])
+            .chain(self.backing.iter().map(|l| &l.keys[..]))
+            .collect()
+    }
+
+    /// Every key source of every layer.
+    pub fn all_keys(&self) -> impl Iterator<Item = &KeySource> {
+        self.keys
+            .iter()
+            .chain(self.backing.iter().flat_map(|l| l.keys.iter()))
+    }
 }
 
 /// How a VM is started.
@@ -331,7 +381,7 @@ impl Vm {
         let mut v: Vec<&MediumId> = self
             .disks
             .iter()
-            .flat_map(|d| d.keys.iter().filter_map(KeySource::medium))
+            .flat_map(|d| d.all_keys().filter_map(KeySource::medium))
             .collect();
         v.dedup();
         v
@@ -374,6 +424,15 @@ impl Config {
         exports.sort_unstable();
         if let Some(w) = exports.windows(2).find(|w| w[0] == w[1]) {
             bail!(Usage, "export name '{}' is used by two disks", w[0]);
+        }
+        let mut sockets: Vec<PathBuf> = vms
+            .iter()
+            .flat_map(|v| v.disks.iter())
+            .map(|d| d.socket_in(&raw.run_dir))
+            .collect();
+        sockets.sort_unstable();
+        if let Some(w) = sockets.windows(2).find(|w| w[0] == w[1]) {
+            bail!(Usage, "socket '{}' is used by two disks", w[0].display());
         }
         ensure!(
             raw.rescan_interval > 0,
@@ -428,25 +487,63 @@ fn check_disk(vm: &str, d: &DiskConfig) -> Result<Disk> {
         Usage,
         "a disk needs at least one key source"
     );
-    let keys = d
-        .keys
-        .iter()
-        .map(KeySourceConfig::check)
-        .collect::<Result<_>>()?;
+    let keys = check_sources(&d.keys)?;
     ensure!(
         d.header.is_none() || d.format == DiskFormat::Luks,
         Usage,
         "a detached header belongs to a luks disk"
     );
+    ensure!(
+        d.backing.is_empty() || d.format == DiskFormat::Qcow2,
+        Usage,
+        "backing layers belong to a qcow2 disk"
+    );
+    if let Some(s) = &d.socket {
+        ensure!(
+            s.is_absolute() && s.file_name().is_some(),
+            Usage,
+            "socket '{}' must be an absolute file path",
+            s.display()
+        );
+    }
+    let mut backing = Vec::with_capacity(d.backing.len());
+    for (i, l) in d.backing.iter().enumerate() {
+        let keys = check_sources(&l.keys).with_ctx(|| format!("backing layer {}", i + 1))?;
+        backing.push(Layer {
+            image: l.image.clone(),
+            keys,
+        });
+    }
     Ok(Disk {
         name: d.name.clone(),
         export,
+        socket: d.socket.clone(),
+        backing,
         image: d.image.clone(),
         format: d.format,
         header: d.header.clone(),
         read_only: d.read_only,
         keys,
     })
+}
+
+fn check_sources(keys: &[KeySourceConfig]) -> Result<Vec<KeySource>> {
+    ensure!(
+        !keys.is_empty(),
+        Usage,
+        "a layer needs at least one key source"
+    );
+    keys.iter().map(KeySourceConfig::check).collect()
+}
+
+impl Disk {
+    /// The socket the disk is served on, with `run_dir` the agent's.
+    pub fn socket_in(&self, run_dir: &Path) -> PathBuf {
+        match &self.socket {
+            Some(s) => s.clone(),
+            None => run_dir.join(format!("{}.sock", self.export)),
+        }
+    }
 }
 
 fn default_run_dir() -> PathBuf {
@@ -460,6 +557,12 @@ fn default_audit() -> PathBuf {
 }
 fn default_rescan() -> u64 {
     5
+}
+fn default_dev_disk() -> PathBuf {
+    crate::media::DEFAULT_DEV_DISK.into()
+}
+fn default_mountinfo() -> PathBuf {
+    crate::media::DEFAULT_MOUNTINFO.into()
 }
 fn default_max_key_size() -> u64 {
     DEFAULT_MAX_KEY_SIZE
@@ -530,6 +633,29 @@ mod tests {
                 GOOD.replace("command = { start = [\"true\"], stop = [\"true\"] }", ""),
                 "exactly one",
             ),
+            (
+                GOOD.replace("image =", "socket = \"rel.sock\"\nimage ="),
+                "must be an absolute file path",
+            ),
+            (
+                format!("{GOOD}[[vm.disk.backing]]\nimage = \"/b\"\nkeys = [{{ ask = \"b\" }}]\n"),
+                "backing layers belong to a qcow2 disk",
+            ),
+            (
+                GOOD.replace("image =", "format = \"qcow2\"\nimage =")
+                    + "[[vm.disk.backing]]\nimage = \"/b\"\nkeys = []\n",
+                "backing layer 1",
+            ),
+            (
+                GOOD.replace("[media]", "run_dir = \"/r\"\n[media]")
+                    .replace(
+                        "image =",
+                        "socket = \"/r/web-root.sock\"\nexport = \"other\"\nimage =",
+                    )
+                    + "[[vm]]\nname = \"x\"\ncommand = { start = [\"true\"], stop = [\"true\"] }\n\
+                     [[vm.disk]]\nname = \"root\"\nexport = \"web-root\"\nimage = \"/x\"\nkeys = [{ ask = \"x\" }]\n",
+                "socket '/r/web-root.sock' is used by two disks",
+            ),
         ];
         for (text, want) in bad {
             let Err(e) = Config::parse(&text) else {
@@ -544,11 +670,57 @@ mod tests {
     }
 
     #[test]
+    fn socket_and_backing_layers() {
+        let text = GOOD.replace(
+            "image =",
+            "format = \"qcow2\"\nsocket = \"/vms/web.sock\"\nimage =",
+        ) + "[[vm.disk.backing]]\nimage = \"/vms/base.qcow2\"\nkeys = [{ file = \"base.key\", fs_uuid = \"AB-CD\" }]\n";
+        let c = Config::parse(&text).unwrap();
+        let d = &c.vms[0].disks[0];
+        assert_eq!(
+            d.socket_in(Path::new("/run/x")),
+            PathBuf::from("/vms/web.sock")
+        );
+        assert_eq!(d.layer_keys().len(), 2);
+        assert_eq!(d.backing[0].image, PathBuf::from("/vms/base.qcow2"));
+        let media = c.vms[0].media();
+        assert!(
+            media.contains(&&MediumId::Uuid("AB-CD".into())),
+            "{media:?}"
+        );
+        let plain = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            plain.vms[0].disks[0].socket_in(Path::new("/run/x")),
+            PathBuf::from("/run/x/web-root.sock")
+        );
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let c = Config::parse(include_str!("../../../contrib/agent.toml.example")).unwrap();
         assert_eq!(c.vms.len(), 2);
         assert_eq!(c.vms[0].disks[0].keys.len(), 3);
         assert!(matches!(c.vms[0].starter, Starter::Libvirt(_)));
         assert_eq!(c.vms[1].on_media_removed, RemovalPolicy::Keep);
+        let web = &c.vms[0].disks[0];
+        assert_eq!(
+            web.socket.as_deref(),
+            Some(Path::new("/run/vmcrypt/web-root.sock"))
+        );
+        // The commented chain example parses too.
+        let chain: String = include_str!("../../../contrib/agent.toml.example")
+            .split("# A qcow2 overlay")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.trim_start_matches("# "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!(
+            "[[vm]]\nname = \"c\"\ncommand = {{ start = [\"a\"], stop = [\"b\"] }}\n{chain}"
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.vms[0].disks[0].backing.len(), 1);
     }
 }

@@ -2,13 +2,16 @@
 //! JSON request line (`{"cmd":"status"}`, `{"cmd":"unlock","vm":"web"}`, `lock`,
 //! `reload`, `rescan`) and reads one JSON reply line (`{"ok":true,...}` or
 //! `{"ok":false,"error":"..."}`). [`serve`] runs the listener on a thread and hands each
-//! request to the agent's loop; [`request`] is the client `vmcrypt agent` uses.
+//! request to the agent's loop, except `status`, which the connection's thread answers
+//! itself (so it never waits behind an unlock); [`request`] is the client `vmcrypt
+//! agent` uses.
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
 use std::time::Duration;
 use vmcrypt_error::{Error, Result, bail};
@@ -27,9 +30,12 @@ pub enum Request {
 /// A request with the way back to its connection.
 pub type Call = (Request, Sender<Value>);
 
+/// How a connection's thread answers `status` by itself.
+pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
 /// Bind `path` (replacing a socket nobody listens on) and pass requests to `tx` from a
-/// thread.
-pub fn serve(path: &Path, tx: Sender<crate::run::Event>) -> Result<()> {
+/// thread; `status` is answered by `status`.
+pub fn serve(path: &Path, tx: Sender<crate::run::Event>, status: StatusFn) -> Result<()> {
     if UnixStream::connect(path).is_ok() {
         bail!(Busy, "another agent listens on '{}'", path.display());
     }
@@ -45,18 +51,20 @@ pub fn serve(path: &Path, tx: Sender<crate::run::Event>) -> Result<()> {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             let tx = tx.clone();
-            std::thread::spawn(move || handle(conn, &tx));
+            let status = status.clone();
+            std::thread::spawn(move || handle(conn, &tx, &status));
         }
     });
     Ok(())
 }
 
-fn handle(conn: UnixStream, tx: &Sender<crate::run::Event>) {
+fn handle(conn: UnixStream, tx: &Sender<crate::run::Event>, status: &StatusFn) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
     let mut reader = BufReader::new(&conn);
     let reply = match reader.read_line(&mut line) {
         Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Status) => status(),
             Ok(req) => {
                 let (rtx, rrx) = channel();
                 if tx.send(crate::run::Event::Call((req, rtx))).is_err() {

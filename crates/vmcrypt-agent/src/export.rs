@@ -19,15 +19,16 @@ pub struct ExportInfo {
     pub name: String,
     pub socket: String,
     pub pid: u32,
-    /// The key slot that opened it (LUKS disks).
+    /// The key slot that opened it (LUKS disks; the top image's for qcow2+LUKS).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<u32>,
 }
 
 /// How disks are exported (a trait so the agent's decisions can be tested in-process).
 pub trait Exporter: Send {
-    /// Unlock `disk` with `key` and serve it; a wrong key is `WrongKey`.
-    fn open(&mut self, disk: &Disk, key: &[u8]) -> Result<ExportInfo>;
+    /// Unlock `disk` with `keys` (one per layer: the image's, then its backing
+    /// layers') and serve it; a wrong key is `WrongKey`.
+    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo>;
     /// The export of `disk`, if one serves it now.
     fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>>;
     /// Stop serving `disk` (the daemon wipes its key as it exits).
@@ -55,7 +56,7 @@ impl LuksDaemons {
     fn args(&self, disk: &Disk) -> Vec<String> {
         let image = match disk.format {
             DiskFormat::Luks => absolute(&disk.image),
-            DiskFormat::Qcow2 => qcow2_spec(&disk.image),
+            DiskFormat::Qcow2 => qcow2_spec(disk),
         };
         let mut v = vec![
             "luks".to_string(),
@@ -67,6 +68,12 @@ impl LuksDaemons {
         ];
         if disk.format != DiskFormat::Luks {
             v.push("--image-opts".into());
+        }
+        if !disk.backing.is_empty() {
+            v.extend(["--keys".into(), (disk.backing.len() + 1).to_string()]);
+        }
+        if let Some(s) = &disk.socket {
+            v.extend(["--socket".into(), absolute(s)]);
         }
         if let Some(h) = &disk.header {
             v.extend(["--header".into(), absolute(h)]);
@@ -85,7 +92,7 @@ impl LuksDaemons {
 }
 
 impl Exporter for LuksDaemons {
-    fn open(&mut self, disk: &Disk, key: &[u8]) -> Result<ExportInfo> {
+    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo> {
         self.reap();
         self.dir.ensure()?;
         let mut child = Command::new(&self.exe)
@@ -97,7 +104,10 @@ impl Exporter for LuksDaemons {
             .map_err(|e| Error::io(e, format!("starting '{}'", self.exe.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
             // A daemon that failed early has closed its end; its status line says why.
-            let _ = stdin.write_all(key);
+            let _ = match keys {
+                [one] => stdin.write_all(one),
+                many => stdin.write_all(&active::frame_keys(many)),
+            };
         }
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
@@ -126,11 +136,7 @@ impl Exporter for LuksDaemons {
                 name: a.name.clone(),
                 socket: a.socket.clone(),
                 pid: a.pid,
-                slot: a
-                    .device
-                    .luks_type
-                    .starts_with("LUKS")
-                    .then_some(a.device.key_slot),
+                slot: has_slot(&a.device.luks_type).then_some(a.device.key_slot),
             }),
             Status::Starting | Status::Inactive { .. } => None,
         })
@@ -143,6 +149,12 @@ impl Exporter for LuksDaemons {
         }
         r.map(drop)
     }
+}
+
+/// Whether the daemon's device type reports a key slot: a LUKS device, or an image
+/// whose own LUKS header did (`qcow2+luks`; for a chain, the top image's).
+fn has_slot(device_type: &str) -> bool {
+    device_type.starts_with("LUKS") || device_type.ends_with("+luks")
 }
 
 /// The daemon's exit status as vmcrypt's error kinds (main.rs's table).
@@ -158,13 +170,28 @@ fn kind_of_exit(code: Option<i32>) -> ErrorKind {
 }
 
 /// The daemon's `--image-opts` spec of an encrypted qcow2 image: its key is the secret
-/// `key`, which the daemon defines from the key on its stdin.
-fn qcow2_spec(image: &std::path::Path) -> String {
-    let spec = serde_json::json!({
-        "driver": "qcow2",
-        "encrypt": { "key-secret": "key" },
-        "file": { "driver": "file", "filename": absolute(image) },
-    });
+/// `key`, which the daemon defines from the key on its stdin; backing layer `i` (from 1)
+/// is named explicitly, with the secret `key<i>`.
+fn qcow2_spec(disk: &Disk) -> String {
+    let layers: Vec<&std::path::Path> = std::iter::once(disk.image.as_path())
+        .chain(disk.backing.iter().map(|l| l.image.as_path()))
+        .collect();
+    let mut spec = serde_json::Value::Null;
+    for (i, image) in layers.iter().enumerate().rev() {
+        let secret = match i {
+            0 => "key".to_string(),
+            _ => format!("key{i}"),
+        };
+        let mut node = serde_json::json!({
+            "driver": "qcow2",
+            "encrypt": { "key-secret": secret },
+            "file": { "driver": "file", "filename": absolute(image) },
+        });
+        if !spec.is_null() {
+            node["backing"] = spec;
+        }
+        spec = node;
+    }
     format!("json:{spec}")
 }
 

@@ -37,12 +37,21 @@ impl MediumId {
 }
 
 /// Where media are looked for.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MediaSources {
     pub watch: Vec<PathBuf>,
     pub require_mount: bool,
     pub mounts: bool,
+    /// udev's link tree (`/dev/disk`: `by-label/L`, `by-uuid/U`).
+    pub dev_disk: PathBuf,
+    /// The mount table (`/proc/self/mountinfo`).
+    pub mountinfo: PathBuf,
 }
+
+/// Where udev links devices by label and UUID.
+pub const DEFAULT_DEV_DISK: &str = "/dev/disk";
+/// The mount table of the agent's mount namespace.
+pub const DEFAULT_MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// The media present, each with the directory its files are under.
 pub type Present = BTreeMap<MediumId, PathBuf>;
@@ -61,12 +70,12 @@ pub fn scan(src: &MediaSources, wanted: &[MediumId]) -> Present {
         }
     }
     if src.mounts {
-        let mounts = read_mounts();
+        let mounts = read_mounts(&src.mountinfo);
         for id in wanted {
             if found.contains_key(id) {
                 continue;
             }
-            if let Some(p) = mounted_device(id, &mounts) {
+            if let Some(p) = mounted_device(&src.dev_disk, id, &mounts) {
                 found.insert(id.clone(), p);
             }
         }
@@ -106,8 +115,8 @@ fn is_mount_point(path: &Path, meta: &std::fs::Metadata) -> bool {
 }
 
 /// (device, mount point) of every mounted filesystem.
-fn read_mounts() -> Vec<(String, PathBuf)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+fn read_mounts(mountinfo: &Path) -> Vec<(String, PathBuf)> {
+    let text = std::fs::read_to_string(mountinfo).unwrap_or_default();
     text.lines().filter_map(parse_mountinfo_line).collect()
 }
 
@@ -141,17 +150,52 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The mount point of the device udev links as `id`.
-fn mounted_device(id: &MediumId, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
-    let link = match id {
-        MediumId::Label(l) => PathBuf::from("/dev/disk/by-label").join(l),
-        MediumId::Uuid(u) => PathBuf::from("/dev/disk/by-uuid").join(u.to_lowercase()),
+/// The mount point of the device udev links as `id`: an entry of `by-label` or
+/// `by-uuid` whose name (udev writes unsafe bytes as `\xHH`) names `id` (a UUID in any
+/// case: udev keeps blkid's, upper case for FAT), resolved to the device that mountinfo
+/// names as a mount's source.
+fn mounted_device(dev_disk: &Path, id: &MediumId, mounts: &[(String, PathBuf)]) -> Option<PathBuf> {
+    let sub = match id {
+        MediumId::Label(_) => "by-label",
+        MediumId::Uuid(_) => "by-uuid",
     };
+    let entries = std::fs::read_dir(dev_disk.join(sub)).ok()?;
+    let link = entries.flatten().find_map(|e| {
+        let name = e.file_name();
+        id.matches(&udev_unescape(name.to_str()?)).then(|| e.path())
+    })?;
     let dev = std::fs::canonicalize(&link).ok()?;
     mounts
         .iter()
         .find(|(src, _)| Path::new(src) == dev)
         .map(|(_, mp)| mp.clone())
+}
+
+/// udev's link names write bytes outside its safe set as `\xHH`.
+fn udev_unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 2..i + 4)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (
+            b[i],
+            b.get(i + 1),
+            hex.and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'\\', Some(b'x'), Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -179,6 +223,8 @@ mod tests {
             watch: vec![t.path().into()],
             require_mount: false,
             mounts: false,
+            dev_disk: DEFAULT_DEV_DISK.into(),
+            mountinfo: DEFAULT_MOUNTINFO.into(),
         };
         let ids = [
             MediumId::Label("KEYS".into()),
@@ -195,5 +241,58 @@ mod tests {
             ..src
         };
         assert!(scan(&strict, &ids).is_empty());
+    }
+
+    /// Media found through a fake udev tree (`by-label`, `by-uuid` symlinks to fake
+    /// device nodes) and a fake mountinfo: by label (udev-escaped), by UUID in either
+    /// case, and not when the device is not mounted or the link names another device.
+    #[test]
+    fn mounted_media_by_label_and_uuid() {
+        let t = tempfile::tempdir().unwrap();
+        let p = |n: &str| t.path().join(n);
+        for d in ["dev", "disk/by-label", "disk/by-uuid", "mnt"] {
+            std::fs::create_dir_all(p(d)).unwrap();
+        }
+        for dev in ["sdb1", "sdc1", "sdd1"] {
+            std::fs::write(p("dev").join(dev), b"").unwrap();
+        }
+        let link = |to: &str, at: &str| std::os::unix::fs::symlink(to, p(at)).unwrap();
+        link("../../dev/sdb1", "disk/by-label/MY\\x20KEYS");
+        link("../../dev/sdc1", "disk/by-uuid/1234-ABCD");
+        link("../../dev/sdd1", "disk/by-label/UNMOUNTED");
+        let dev = |n: &str| p("dev").join(n).display().to_string();
+        let mountinfo = format!(
+            "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             36 35 8:17 / {}/mnt/a\\040b rw,nosuid - vfat {} rw\n\
+             37 35 8:33 / {}/mnt/c rw - vfat {} rw\n",
+            t.path().display(),
+            dev("sdb1"),
+            t.path().display(),
+            dev("sdc1"),
+        );
+        std::fs::write(p("mountinfo"), mountinfo).unwrap();
+        let src = MediaSources {
+            watch: Vec::new(),
+            require_mount: false,
+            mounts: true,
+            dev_disk: p("disk"),
+            mountinfo: p("mountinfo"),
+        };
+        let ids = [
+            MediumId::Label("MY KEYS".into()),
+            MediumId::Uuid("1234-abcd".into()),
+            MediumId::Label("UNMOUNTED".into()),
+            MediumId::Uuid("9999-0000".into()),
+        ];
+        let found = scan(&src, &ids);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[&ids[0]], p("mnt/a b"));
+        assert_eq!(found[&ids[1]], p("mnt/c"));
+        // With mounts off, the same tree finds nothing.
+        let off = MediaSources {
+            mounts: false,
+            ..src
+        };
+        assert!(scan(&off, &ids).is_empty());
     }
 }

@@ -30,7 +30,8 @@ const KEY: &[u8] = b"the right key";
 struct InProcess(Arc<Mutex<BTreeMap<String, u32>>>);
 
 impl Exporter for InProcess {
-    fn open(&mut self, disk: &Disk, key: &[u8]) -> Result<ExportInfo> {
+    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo> {
+        let key = keys[0];
         let req = OpenRequest {
             target: Target {
                 device: disk.image.display().to_string(),

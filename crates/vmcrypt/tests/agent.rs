@@ -303,8 +303,11 @@ impl Drop for World {
             "delta-root",
             "eps-root",
             "prep",
+            "zeta-root",
+            "slow-root",
+            "thief",
         ] {
-            let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run")]);
+            let _ = vmcrypt(&["luks", "close", e, "--run-dir", &self.p("run"), "--force"]);
         }
     }
 }
@@ -337,7 +340,7 @@ fn media_unlock_store_wrong_key_restart_and_lock() {
     assert_eq!(w.events("beta"), "start\n");
     // Eps, a qcow2 image with LUKS encryption made by qemu-img, is served decrypted.
     let eps = w.wait_state("eps", "running");
-    assert!(eps["disks"][0]["serving"]["slot"].is_null(), "{eps:#}");
+    assert_eq!(eps["disks"][0]["serving"]["slot"], 0, "{eps:#}");
     let eps_sock = w.socket("eps-root");
     let uri = format!("nbd+unix:///?socket={eps_sock}");
     let info = tool("nbdinfo", &["--json", &uri]).ok().json();
@@ -634,4 +637,219 @@ fn libvirt_domain_boots_from_the_agents_export() {
     assert_eq!(domstate(&name), "shut off");
     w.luks_status("alpha-root").code_is(4);
     no_key_anywhere(&w);
+}
+
+const KEY_BASE: &[u8] = b"the base layer's key";
+
+impl World {
+    /// A two-layer qcow2 chain made by qemu-img, both layers LUKS-encrypted with
+    /// different keys: `base.qcow2` (KEY_BASE, 0x11 in its first 64 KiB) under
+    /// `top.qcow2` (KEY_BETA, the stored secret, in key slot 3; 0x22 at 64 KiB), written
+    /// by qemu-io.
+    fn qemu_chain(&self) {
+        let (base, top) = (self.p("base.qcow2"), self.p("top.qcow2"));
+        let kb = self.sc.write("base.qkey", KEY_BASE);
+        let kt = self.sc.write("top.qkey", KEY_BETA);
+        let (ob, ot) = (
+            format!("secret,id=sb,file={kb}"),
+            format!("secret,id=st,file={kt}"),
+        );
+        let enc =
+            |s: &str| format!("encrypt.format=luks,encrypt.key-secret={s},encrypt.iter-time=10");
+        #[rustfmt::skip]
+        qemu_img(&["create", "-q", "-f", "qcow2", "--object", &ob, "-o", &enc("sb"), &base, "8M"]).ok();
+        let bopts = format!("driver=qcow2,encrypt.key-secret=sb,file.filename={base}");
+        qemu_io(&[
+            "--object",
+            &ob,
+            "--image-opts",
+            &bopts,
+            "-c",
+            "write -P 0x11 0 64k",
+        ])
+        .ok();
+        // Top: made with a first key, then KEY_BETA added in key slot 3.
+        let k0 = self.sc.write("top.first", b"top's first key");
+        let o0 = format!("secret,id=s0,file={k0}");
+        let topo = format!("{},backing_file={base},backing_fmt=qcow2", enc("s0"));
+        #[rustfmt::skip]
+        qemu_img(&["create", "-q", "-f", "qcow2", "--object", &o0, "-o", &topo, &top, "8M"]).ok();
+        let amend = format!(
+            "driver=qcow2,file.filename={top},encrypt.key-secret=s0,backing.encrypt.key-secret=sb"
+        );
+        #[rustfmt::skip]
+        qemu_img(&["amend", "--object", &o0, "--object", &ot, "--object", &ob, "--image-opts", &amend,
+            "-o", "encrypt.state=active,encrypt.new-secret=st,encrypt.keyslot=3,encrypt.iter-time=10"]).ok();
+        let topts = format!(
+            "driver=qcow2,encrypt.key-secret=st,file.filename={top},backing.encrypt.key-secret=sb"
+        );
+        #[rustfmt::skip]
+        qemu_io(&["--object", &ob, "--object", &ot, "--image-opts", &topts, "-c", "write -P 0x22 64k 64k"]).ok();
+        std::fs::remove_file(kb).unwrap();
+        std::fs::remove_file(kt).unwrap();
+    }
+
+    /// zeta: the chain, exported on a socket path of its own, the top key from the
+    /// store, the base key from the medium (a wrong key file tried first). slow: gamma's
+    /// disk behind a prompt that takes 3 s to answer.
+    fn chain_config(&self) -> String {
+        let ask = self.sc.write(
+            "slow-ask.sh",
+            format!(
+                "#!/bin/sh\nsleep 3\nprintf '%s\\n' '{}'\n",
+                std::str::from_utf8(KEY_GAMMA).unwrap()
+            )
+            .as_bytes(),
+        );
+        std::fs::set_permissions(&ask, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut c = format!(
+            "run_dir = \"{}\"\ncontrol_socket = \"{}\"\naudit_log = \"{}\"\nrescan_interval = 3600\n\
+             [media]\nwatch = [\"{}\"]\nmounts = false\n[store]\ndir = \"{}\"\n[prompt]\ncommand = \"{ask}\"\n",
+            self.p("run"),
+            self.p("agent.sock"),
+            self.p("audit.jsonl"),
+            self.p("media"),
+            self.p("store"),
+        );
+        c += &self
+            .vm_toml(
+                "zeta",
+                "lock",
+                &format!("{{ store_uuid = \"{STORE_UUID}\" }}"),
+            )
+            .replace(&self.p("zeta.img"), &self.p("top.qcow2"));
+        c += &format!(
+            "format = \"qcow2\"\nsocket = \"{}\"\n[[vm.disk.backing]]\nimage = \"{}\"\n\
+             keys = [{{ file = \"wrong.key\", label = \"VMKEYS\" }}, {{ file = \"base.key\", label = \"VMKEYS\" }}]\n",
+            self.zeta_socket(),
+            self.p("base.qcow2")
+        );
+        c += &self
+            .vm_toml("slow", "keep", "{ ask = \"Passphrase for slow\" }")
+            .replace(&self.p("slow.img"), &self.p("gamma.img"));
+        c
+    }
+
+    fn zeta_socket(&self) -> String {
+        self.p("vms/zeta.sock")
+    }
+
+    fn insert_chain_medium(&self) {
+        let stage = self.sc.path("stage/VMKEYS");
+        std::fs::create_dir_all(&stage).unwrap();
+        for (name, data) in [("base.key", KEY_BASE), ("wrong.key", b"wrong" as &[u8])] {
+            let p = stage.join(name);
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::rename(stage, self.sc.path("media/VMKEYS")).unwrap();
+    }
+}
+
+/// Agent gaps closed: a disk with a key per qcow2 layer (one from the store, one from a
+/// key file, a wrong key file tried first) served on a socket path given in the config;
+/// the export is adopted on that path across an agent restart and its path cannot be
+/// taken by another export; `status` answers at once while an unlock waits for a slow
+/// prompt, showing that VM as unlocking.
+#[test]
+fn layered_qcow2_own_socket_and_status_during_a_prompt() {
+    require_tool("qemu-io");
+    let mut w = World::new();
+    w.qemu_chain();
+    std::fs::create_dir(w.sc.path("vms")).unwrap();
+    w.sc.write("agent.toml", w.chain_config().as_bytes());
+    w.insert_chain_medium();
+    w.start_agent();
+
+    let zeta = w.wait_state("zeta", "running");
+    let sock = w.zeta_socket();
+    assert_eq!(
+        zeta["disks"][0]["serving"]["socket"],
+        sock.as_str(),
+        "{zeta:#}"
+    );
+    assert!(!std::path::Path::new(&w.socket("zeta-root")).exists());
+    // What qemu-io wrote into each layer, read through the export.
+    qemu_io_nbd(&sock, "read -P 0x11 0 64k").ok();
+    qemu_io_nbd(&sock, "read -P 0x22 64k 64k").ok();
+    qemu_io_nbd(&sock, "read -P 0 128k 64k").ok();
+    let opens: Vec<(String, String)> = w
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "disk-open" && r["vm"] == "zeta")
+        .map(|r| {
+            (
+                r["key_source"].as_str().unwrap().to_string(),
+                r["result"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let top = format!("store uuid {STORE_UUID}");
+    assert_eq!(
+        opens,
+        [
+            (
+                format!("{top}; backing 1: file wrong.key on label VMKEYS"),
+                "error".to_string()
+            ),
+            (
+                format!("{top}; backing 1: file base.key on label VMKEYS"),
+                "ok".to_string()
+            ),
+        ]
+    );
+
+    // The socket path is taken: another export may not have it.
+    let k = w.sc.write("thief.key", KEY_ALPHA);
+    #[rustfmt::skip]
+    vmcrypt(&["luks", "open", &w.p("alpha.img"), "thief", "--run-dir", &w.p("run"), "--key-file", &k, "--socket", &sock])
+        .code_is(5)
+        .stderr_has("belongs to the active export zeta-root");
+    qemu_io_nbd(&sock, "read -P 0x11 0 64k").ok();
+
+    // Restart: adopted on its own path, same daemon.
+    let pid = export_pid(&zeta);
+    w.stop_agent();
+    w.start_agent();
+    let zeta = w.wait_state("zeta", "running");
+    assert_eq!(export_pid(&zeta), pid);
+    assert_eq!(zeta["disks"][0]["serving"]["socket"], sock.as_str());
+    assert_eq!(w.events("zeta"), "start\n");
+
+    // status does not wait behind an unlock that waits for a prompt.
+    let ctl_sock = w.p("agent.sock");
+    let unlock = Command::new(VMCRYPT)
+        .args(["agent", "unlock", "slow", "--socket", &ctl_sock])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut seen = Value::Null;
+    while Instant::now() < end {
+        let t = Instant::now();
+        seen = w.vm("slow");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "status took {:?}",
+            t.elapsed()
+        );
+        if seen["state"] == "unlocking" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(seen["state"], "unlocking", "{seen:#}");
+    assert_eq!(w.vm("zeta")["state"], "running");
+    let out = unlock.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.vm("slow")["state"], "running");
+
+    // Lock closes the export and frees its path.
+    w.ctl(&["lock", "zeta"]).ok().stdout_has("zeta: stopped");
+    assert!(!std::path::Path::new(&sock).exists(), "socket removed");
 }

@@ -103,7 +103,7 @@ impl Drop for Setup {
     /// No daemon outlives its test, whatever happened.
     fn drop(&mut self) {
         for n in self.names.borrow().iter() {
-            let _ = self.close(n);
+            let _ = vmcrypt(&["luks", "close", n, "--run-dir", &self.run_dir(), "--force"]);
         }
     }
 }
@@ -294,6 +294,57 @@ fn second_open_of_a_name_is_refused() {
     assert_eq!(s.daemons(), vec![pid]);
     s.close("vm0").ok();
     s.close("vm0").code_is(4).stderr_has("not active");
+}
+
+/// A qemu-io client that holds an NBD connection to `name` for `ms` milliseconds.
+fn hold_connection(s: &Setup, name: &str, ms: u32) -> std::process::Child {
+    let child = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read 0 4k", "-c", &format!("sleep {ms}")])
+        .arg(s.uri(name))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-io is installed");
+    let sock = s.socket(name);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !connected(&sock) {
+        assert!(std::time::Instant::now() < end, "qemu-io never connected");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
+/// Whether the kernel lists an accepted connection on `sock` (state 03).
+fn connected(sock: &str) -> bool {
+    let t = std::fs::read_to_string("/proc/net/unix").unwrap();
+    t.lines()
+        .any(|l| l.ends_with(sock) && l.split_whitespace().nth(5) == Some("03"))
+}
+
+/// `close` refuses while a client is connected (exit 5, as cryptsetup's "still in
+/// use"), leaving the export serving; it closes once the client has gone, and
+/// `--force` closes under a connected client.
+#[test]
+fn close_refuses_while_a_client_is_connected() {
+    let s = Setup::new(&["--pbkdf", "pbkdf2"]);
+    s.open("vm0", "pw", &[]).ok();
+    let mut client = hold_connection(&s, "vm0", 5000);
+    s.close("vm0")
+        .code_is(5)
+        .stderr_has("still in use: 1 client(s)");
+    s.status("vm0").ok();
+    assert!(
+        client.wait().unwrap().success(),
+        "the client was not cut off"
+    );
+    s.close("vm0").ok();
+
+    s.open("vm0", "pw", &[]).ok();
+    let mut client = hold_connection(&s, "vm0", 20_000);
+    let run = s.run_dir();
+    vmcrypt(&["luks", "close", "vm0", "--run-dir", &run, "--force"]).ok();
+    s.status("vm0").code_is(4);
+    let _ = client.wait();
 }
 
 #[test]

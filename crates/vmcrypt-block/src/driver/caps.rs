@@ -79,6 +79,11 @@ pub trait Introspect {
         false
     }
 
+    /// The key slot of the node's own LUKS header that its key opened, if it has one.
+    fn key_slot(&self) -> Option<u32> {
+        None
+    }
+
     /// Driver-specific information (QEMU's "format-specific" data), as JSON.
     fn format_specific(&self) -> Option<Value> {
         None

@@ -70,12 +70,19 @@ impl Env {
     }
 
     /// Add the secret `id` with `value` (a key handed over a pipe, never an `--object`
-    /// string); the `--object` definitions are parsed now.
-    pub fn with_secret(self, id: &str, value: SecretBytes) -> Result<Env> {
-        let mut store = SecretStore::with_stored(self.stored.clone());
-        for o in &self.objects {
-            store.add_object(o)?;
-        }
+    /// string); the `--object` definitions are parsed now (once: secrets added before
+    /// are kept).
+    pub fn with_secret(mut self, id: &str, value: SecretBytes) -> Result<Env> {
+        let mut store = match self.secrets.take() {
+            Some(s) => s,
+            None => {
+                let mut s = SecretStore::with_stored(self.stored.clone());
+                for o in &self.objects {
+                    s.add_object(o)?;
+                }
+                s
+            }
+        };
         store.insert(id, value)?;
         Ok(Env {
             secrets: OnceCell::from(store),

@@ -28,6 +28,8 @@ pub enum Crypto {
     Luks {
         volume: Box<Luks1Volume>,
         cipher: Option<SectorCipher>,
+        /// The key slot the passphrase opened.
+        slot: Option<u32>,
     },
     Aes {
         cipher: Option<SectorCipher>,
@@ -70,6 +72,14 @@ impl Crypto {
     /// digest, so a wrong passphrase reads as garbage instead of failing.
     pub fn key_unverified(&self) -> bool {
         matches!(self, Crypto::Aes { cipher: Some(_) })
+    }
+
+    /// The LUKS key slot the passphrase opened.
+    pub fn key_slot(&self) -> Option<u32> {
+        match self {
+            Crypto::Luks { slot, .. } => *slot,
+            _ => None,
+        }
     }
 
     /// Whether data can be decrypted (a key was given, or nothing is encrypted).
@@ -179,16 +189,18 @@ fn open_luks(
             .ctx("qcow2: the LUKS header region")?,
     );
     let volume = Luks1Volume::open(window, false, limits).ctx("qcow2 embedded LUKS header")?;
-    let cipher = match passphrase {
-        None => None,
+    let (cipher, slot) = match passphrase {
+        None => (None, None),
         Some(p) => {
             let u = volume.unlock(p, None)?;
-            Some(SectorCipher::new(volume.spec(), u.volume_key.as_bytes())?)
+            let c = SectorCipher::new(volume.spec(), u.volume_key.as_bytes())?;
+            (Some(c), Some(u.slot))
         }
     };
     Ok(Crypto::Luks {
         volume: Box::new(volume),
         cipher,
+        slot,
     })
 }
 

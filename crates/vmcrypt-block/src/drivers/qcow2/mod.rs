@@ -485,6 +485,9 @@ impl Introspect for Qcow2Driver {
     fn key_unverified(&self) -> bool {
         self.engine.crypto.key_unverified()
     }
+    fn key_slot(&self) -> Option<u32> {
+        self.engine.crypto.key_slot()
+    }
     fn format_specific(&self) -> Option<Value> {
         Some(info_json(&self.header, &self.engine.crypto))
     }

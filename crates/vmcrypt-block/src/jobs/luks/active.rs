@@ -2,7 +2,8 @@
 //! what cryptsetup keeps in device-mapper, kept here in a run directory
 //! (`/run/vmcrypt`, or `--run-dir` / `$VMCRYPT_RUN_DIR`) as two files per name:
 //!
-//! * `NAME.sock`, the NBD socket the daemon serves the decrypted device on;
+//! * `NAME.sock`, the NBD socket the daemon serves the decrypted device on (or a socket
+//!   path given at open, e.g. one a libvirt domain names; the state records it);
 //! * `NAME.state`, the [`ActiveInfo`] as JSON, which is also the daemon's lock: it holds
 //!   an exclusive `flock` on it for as long as it runs.
 //!
@@ -177,18 +178,50 @@ pub fn status(dir: &RunDir, name: &str) -> Result<Status> {
         (true, Some(i)) => Status::Active(Box::new(i)),
         (true, None) => Status::Starting,
         (false, i) => Status::Inactive {
-            leftover: leftover(dir, name, i.map(|i| i.pid)),
+            leftover: leftover(dir, name, i.as_ref()),
         },
     })
 }
 
-/// The stale files of `name`, if any.
-fn leftover(dir: &RunDir, name: &str, pid: Option<u32>) -> Option<Leftover> {
-    let files: Vec<PathBuf> = [dir.state(name), dir.socket(name)]
+/// The stale files of `name`, if any: its state, its socket, and the socket its state
+/// records when that is elsewhere and nobody listens on it.
+fn leftover(dir: &RunDir, name: &str, info: Option<&ActiveInfo>) -> Option<Leftover> {
+    let mut paths = vec![dir.state(name), dir.socket(name)];
+    if let Some(s) = info.map(|i| PathBuf::from(&i.socket))
+        && !paths.contains(&s)
+        && !listening(&s)
+    {
+        paths.push(s);
+    }
+    let files: Vec<PathBuf> = paths
         .into_iter()
         .filter(|p| p.symlink_metadata().is_ok())
         .collect();
-    (!files.is_empty()).then_some(Leftover { pid, files })
+    (!files.is_empty()).then_some(Leftover {
+        pid: info.map(|i| i.pid),
+        files,
+    })
+}
+
+/// Whether a server accepts connections on the Unix socket `path`.
+fn listening(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// The active export of `dir`, other than `name`, whose socket is `socket`.
+pub fn socket_owner(dir: &RunDir, socket: &Path, name: &str) -> Option<String> {
+    let entries = std::fs::read_dir(dir.path()).ok()?;
+    entries.flatten().find_map(|e| {
+        let file = e.file_name();
+        let other = file.to_str()?.strip_suffix(".state")?;
+        if other == name {
+            return None;
+        }
+        match status(dir, other).ok()? {
+            Status::Active(i) if Path::new(&i.socket) == socket => Some(other.to_string()),
+            _ => None,
+        }
+    })
 }
 
 fn read_info(f: &mut File) -> Option<ActiveInfo> {
@@ -230,12 +263,28 @@ pub struct Claim {
     dir: RunDir,
     name: String,
     file: File,
+    socket: PathBuf,
 }
 
 /// Claim `name` in `dir`: `Busy` if a daemon holds it; files a dead daemon left are
 /// removed.
 pub fn claim(dir: &RunDir, name: &str) -> Result<Claim> {
+    claim_at(dir, name, None)
+}
+
+/// [`claim`], serving on `socket` instead of `RUN_DIR/NAME.sock`: refused (`Busy`) when
+/// another export of `dir` records that socket or a server listens on it, and when
+/// something other than a socket is there; a socket nobody listens on is stale and
+/// replaced.
+pub fn claim_at(dir: &RunDir, name: &str, socket: Option<&Path>) -> Result<Claim> {
     check_name(name)?;
+    let socket = match socket {
+        Some(s) => {
+            check_socket_path(dir, name, s)?;
+            s.to_path_buf()
+        }
+        None => dir.socket(name),
+    };
     dir.ensure()?;
     let path = dir.state(name);
     loop {
@@ -264,17 +313,53 @@ pub fn claim(dir: &RunDir, name: &str) -> Result<Claim> {
         file.set_len(0)
             .map_err(|e| Error::io(e, format!("clearing '{}'", path.display())))?;
         remove_if_present(&dir.socket(name))?;
+        remove_if_present(&socket)?;
         return Ok(Claim {
             dir: dir.clone(),
             name: name.to_string(),
             file,
+            socket,
         });
     }
 }
 
+/// A socket path given for `name`: absolute, not another export's, not served by
+/// anyone, and a socket if anything is there.
+fn check_socket_path(dir: &RunDir, name: &str, socket: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    ensure!(
+        socket.is_absolute() && socket.file_name().is_some(),
+        Usage,
+        "the socket path '{}' of {name} must be an absolute file path",
+        socket.display()
+    );
+    if let Some(other) = socket_owner(dir, socket, name) {
+        bail!(
+            Busy,
+            "the socket path '{}' belongs to the active export {other}",
+            socket.display()
+        );
+    }
+    if let Ok(m) = socket.symlink_metadata() {
+        ensure!(
+            m.file_type().is_socket(),
+            Busy,
+            "'{}' exists and is not a socket; refusing to replace it",
+            socket.display()
+        );
+        ensure!(
+            !listening(socket),
+            Busy,
+            "a server already listens on the socket path '{}'",
+            socket.display()
+        );
+    }
+    Ok(())
+}
+
 impl Claim {
     pub fn socket(&self) -> PathBuf {
-        self.dir.socket(&self.name)
+        self.socket.clone()
     }
 
     /// The daemon's log file (owner-only, truncated).
@@ -302,7 +387,7 @@ impl Claim {
     /// Give the name up: its socket, state and log files are removed (the lock goes with
     /// the file).
     pub fn release(self) -> Result<()> {
-        remove_if_present(&self.dir.socket(&self.name))?;
+        remove_if_present(&self.socket)?;
         remove_if_present(&self.dir.log(&self.name))?;
         remove_if_present(&self.dir.state(&self.name))
     }
@@ -324,6 +409,91 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
 /// Make the socket owner-only: it gives the decrypted device to whoever connects.
 pub fn protect_socket(path: &Path) -> Result<()> {
     set_mode(path, 0o600)
+}
+
+/// Several keys on one pipe (an export daemon's stdin when an image has a key per
+/// layer): each as its length (4 bytes, big endian) and its bytes.
+pub fn frame_keys(keys: &[&[u8]]) -> zeroize::Zeroizing<Vec<u8>> {
+    let mut out = zeroize::Zeroizing::new(Vec::new());
+    for k in keys {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+    }
+    out
+}
+
+/// The `count` keys of a [`frame_keys`] buffer; anything else is refused.
+pub fn unframe_keys(mut buf: &[u8], count: usize) -> Result<Vec<vmcrypt_crypto::SecretBytes>> {
+    let mut keys = Vec::with_capacity(count);
+    while !buf.is_empty() {
+        let len = buf
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+        let Some(key) = len.and_then(|l| buf.get(4..4 + l)) else {
+            bail!(Usage, "the keys on stdin are cut short");
+        };
+        keys.push(vmcrypt_crypto::SecretBytes::from_slice(key));
+        buf = &buf[4 + key.len()..];
+    }
+    ensure!(
+        keys.len() == count,
+        Usage,
+        "expected {count} keys on stdin, got {}",
+        keys.len()
+    );
+    Ok(keys)
+}
+
+/// How many clients are connected to the Unix socket `socket` now, from the kernel's
+/// table (`/proc/net/unix`: a server's accepted and not yet accepted connections carry
+/// the socket's path; the listening socket is told apart by `__SO_ACCEPTCON`). `None`
+/// when the table cannot be read.
+pub fn clients(socket: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
+    Some(count_clients(&text, socket))
+}
+
+fn count_clients(table: &str, socket: &Path) -> usize {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let want = socket.to_str().unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = f.get(3).and_then(|x| u32::from_str_radix(x, 16).ok());
+            f.len() >= 8 && f[7..].join(" ") == want && flags.is_some_and(|x| x & ACCEPTCON == 0)
+        })
+        .count()
+}
+
+/// How long a connection whose client has just left may take to be closed by the server
+/// before it counts as a client.
+pub const CLIENT_GRACE: Duration = Duration::from_secs(2);
+
+/// Refuse to close `name` while NBD clients are connected to its socket (as cryptsetup
+/// refuses to close a mapping in use): `Busy`, naming how many. A client that has just
+/// disconnected leaves the server's end open until the server notices, so the count is
+/// given [`CLIENT_GRACE`] to drop to zero.
+pub fn refuse_if_in_use(dir: &RunDir, name: &str) -> Result<()> {
+    let Status::Active(info) = status(dir, name)? else {
+        return Ok(());
+    };
+    let start = Instant::now();
+    let n = loop {
+        let n = clients(Path::new(&info.socket)).unwrap_or(0);
+        if n == 0 || start.elapsed() >= CLIENT_GRACE {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(
+        n == 0,
+        Busy,
+        "Device {name} is still in use: {n} client(s) connected to {} (--force disconnects them)",
+        info.socket
+    );
+    Ok(())
 }
 
 /// What `close` did.
@@ -350,6 +520,9 @@ pub fn close(dir: &RunDir, name: &str, timeout: Duration) -> Result<Closed> {
         } => {
             let claim = claim(dir, name)?;
             claim.release()?;
+            for f in &left.files {
+                remove_if_present(f)?;
+            }
             Ok(Closed::Stale(left))
         }
         Status::Starting => bail!(
@@ -462,5 +635,58 @@ mod tests {
             Closed::Stale(_)
         ));
         assert!(!dir.state("vm").exists() && !dir.socket("vm").exists());
+    }
+
+    #[test]
+    fn a_socket_path_of_ones_own_is_recorded_and_not_shared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(Some(tmp.path().join("run").to_str().unwrap()));
+        let sock = tmp.path().join("vm-disk.sock");
+        let mut a = claim_at(&dir, "a", Some(&sock)).unwrap();
+        assert_eq!(a.socket(), sock);
+        let mut i = info(&dir, "a");
+        i.socket = sock.display().to_string();
+        a.publish(&i).unwrap();
+        let _server = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let e = claim_at(&dir, "b", Some(&sock)).err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(
+            e.to_string().contains("belongs to the active export a"),
+            "{e}"
+        );
+        assert!(claim_at(&dir, "b", Some(Path::new("rel.sock"))).is_err());
+        a.release().unwrap();
+        assert!(!sock.exists(), "release removes the socket it served");
+        // A plain file is never replaced; a socket nobody listens on is.
+        std::fs::write(&sock, b"data").unwrap();
+        let e = claim_at(&dir, "b", Some(&sock)).err().unwrap();
+        assert!(e.to_string().contains("is not a socket"), "{e}");
+        std::fs::remove_file(&sock).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let b = claim_at(&dir, "b", Some(&sock)).unwrap();
+        assert!(!sock.exists(), "the stale socket was removed");
+        b.release().unwrap();
+    }
+
+    #[test]
+    fn clients_of_a_socket_from_the_kernel_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000: 00000002 00000000 00010000 0001 01 877377 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 02     0 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877380 /run/x.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877381 /run/y.sock\n\
+            0000: 00000003 00000000 00000000 0001 03 877382\n";
+        assert_eq!(count_clients(table, Path::new("/run/x.sock")), 2);
+        assert_eq!(count_clients(table, Path::new("/run/y.sock")), 1);
+        assert_eq!(count_clients(table, Path::new("/run/z.sock")), 0);
+        // The real table: a listener, one accepted and one queued connection.
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("s.sock");
+        let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(clients(&sock), Some(0));
+        let _a = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _b = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        let _accepted = l.accept().unwrap();
+        assert_eq!(clients(&sock), Some(2));
     }
 }

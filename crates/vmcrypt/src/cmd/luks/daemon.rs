@@ -36,6 +36,13 @@ pub struct Args {
     /// image the other commands open (e.g. qcow2 with LUKS encryption), for the agent.
     #[arg(long = "image-opts")]
     image_opts: bool,
+    /// With --image-opts: stdin holds this many keys (framed), the secrets `key`,
+    /// `key1`, `key2`, ... (one per encrypted layer of a backing chain).
+    #[arg(long = "keys", default_value_t = 1, requires = "image_opts")]
+    keys: usize,
+    /// Serve on this socket path instead of RUN_DIR/NAME.sock (recorded in the state).
+    #[arg(long = "socket", value_name = "PATH")]
+    socket: Option<std::path::PathBuf>,
     #[command(flatten)]
     limits: LimitOpts,
 }
@@ -83,7 +90,7 @@ pub fn run(a: &Args) -> Result<u8> {
     let _ = std::env::set_current_dir("/");
     let mut status = std::io::stdout();
     let dir = RunDir::new(Some(&a.run_dir));
-    let result = active::claim(&dir, &a.name).and_then(|mut claim| {
+    let result = active::claim_at(&dir, &a.name, a.socket.as_deref()).and_then(|mut claim| {
         let served = serve(a, &mut claim, &mut status);
         let released = claim.release();
         served.and(released)
@@ -95,8 +102,17 @@ pub fn run(a: &Args) -> Result<u8> {
     result.map(|()| 0)
 }
 
-/// The secret id the key has in an `--image-opts` spec.
+/// The secret id the key has in an `--image-opts` spec (`key1`, `key2`, ... for the
+/// keys after it).
 pub const IMAGE_KEY_ID: &str = "key";
+
+/// The secret id of key number `i` of an `--image-opts` daemon.
+pub fn image_key_id(i: usize) -> String {
+    match i {
+        0 => IMAGE_KEY_ID.to_string(),
+        _ => format!("{IMAGE_KEY_ID}{i}"),
+    }
+}
 
 fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()> {
     // The passphrase lives only while the device is opened.
@@ -150,9 +166,16 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
 }
 
 /// Open the image spec `a.device` with the key as secret [`IMAGE_KEY_ID`]; its status
-/// names the format and size (no key slot: the graph does not report one).
+/// names the format, the size, and the key slot of the top image's LUKS header.
 fn open_image(a: &Args, pass: SecretBytes) -> Result<Opened> {
-    let env = Env::new(Vec::new(), a.limits.limits()).with_secret(IMAGE_KEY_ID, pass)?;
+    let keys = match a.keys {
+        1 => vec![pass],
+        n => active::unframe_keys(pass.as_bytes(), n)?,
+    };
+    let mut env = Env::new(Vec::new(), a.limits.limits());
+    for (i, k) in keys.into_iter().enumerate() {
+        env = env.with_secret(&image_key_id(i), k)?;
+    }
     let arg = ImageArg {
         name: a.device.clone(),
         format: None,
@@ -165,8 +188,15 @@ fn open_image(a: &Args, pass: SecretBytes) -> Result<Opened> {
         metadata_only: false,
     };
     let node = arg.open(&env, access, &mut NoEvents)?;
+    let slot = node.as_introspect().and_then(|i| i.key_slot());
+    let driver = node.driver_name();
     let info = DeviceInfo {
-        luks_type: node.driver_name().to_string(),
+        // "qcow2+luks" when the image's own LUKS header reported the slot.
+        luks_type: match slot {
+            Some(_) => format!("{driver}+luks"),
+            None => driver.to_string(),
+        },
+        key_slot: slot.unwrap_or(0),
         device: a.device.clone(),
         sector_size: 512,
         size_sectors: node.size() / 512,

@@ -33,7 +33,7 @@ pub enum LuksCommand {
     /// Unlock a device and serve it decrypted over NBD as RUN_DIR/NAME.sock (open)
     Open(open::Args),
     /// Stop serving an opened device (close)
-    Close(status::NameArgs),
+    Close(close::Args),
     /// Show an opened device (status): exit 0 active, 4 inactive
     Status(status::NameArgs),
     #[command(hide = true)]

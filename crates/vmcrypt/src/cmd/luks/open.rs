@@ -28,6 +28,10 @@ pub struct Args {
     /// Directory of the sockets and state files (default $VMCRYPT_RUN_DIR or /run/vmcrypt)
     #[arg(long = "run-dir", value_name = "DIR")]
     run_dir: Option<String>,
+    /// Serve on this socket path instead of RUN_DIR/NAME.sock (e.g. the one a libvirt
+    /// domain names); refused while another export or server has it
+    #[arg(long = "socket", value_name = "PATH")]
+    socket: Option<String>,
 }
 
 pub fn run(a: &Args) -> Result<u8> {
@@ -63,6 +67,9 @@ fn daemon_args(a: &Args, name: &str, dir: &RunDir) -> Vec<String> {
     }
     if a.readonly {
         v.push("--readonly".into());
+    }
+    if let Some(s) = &a.socket {
+        v.extend(["--socket".into(), absolute(s)]);
     }
     v.extend(limit_args(&a.key.limits));
     v
