@@ -13,6 +13,8 @@
 #   BENCH_IODEPTH  (environment) fio iodepth for the random runs (default 16)
 #   BENCH_ROUNDS   (environment) rounds, the server order reversed every other one; each
 #                  figure is the median (default 3)
+#   BENCH_TESTS    (environment) which of read, write, randread, randwrite to run
+#                  (default all four)
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
 #   CEPH_DIR       (environment) the test cluster's state (default /tmp/vmcrypt-ceph); it
 #                  is started with ../shared/ceph/start-ceph.sh if it is not running, and
@@ -105,7 +107,11 @@ print("%.1f" % (side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iop
 ' "$what"
 }
 
-TESTS=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
+ALL=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
+TESTS=()
+for t in "${ALL[@]}"; do
+    case " ${BENCH_TESTS:-read write randread randwrite} " in *" ${t%% *} "*) TESTS+=("$t") ;; esac
+done
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
     order=(vmcrypt librbd)
