@@ -231,7 +231,11 @@ fn shared_key_clone_reads_as_librbd_reads_it() {
     let dir = tempfile::tempdir().unwrap();
     let (parent, pw) = encrypted("sk-parent", "luks1", "24M", &dir);
     let data = dir.path().join("data");
-    for (off, len, seed) in [(0, 4 * MIB, 1), (5 * MIB, 64 << 10, 2), (12 * MIB, 64 << 10, 3)] {
+    for (off, len, seed) in [
+        (0, 4 * MIB, 1),
+        (5 * MIB, 64 << 10, 2),
+        (12 * MIB, 64 << 10, 3),
+    ] {
         std::fs::write(&data, pattern(len as usize, seed)).unwrap();
         let d = data.to_string_lossy();
         librbd(&["write", &parent.name, "luks1", &pw, &off.to_string(), &d]);
@@ -251,7 +255,11 @@ fn shared_key_clone_reads_as_librbd_reads_it() {
     let got = node_all(d.as_ref());
     let lib = librbd_all(&clone, "luks1", &pw);
     assert!(got == lib, "the clone reads as librbd reads it");
-    assert!(got[8 * MIB as usize..12 * MIB as usize].iter().all(|&b| b == 0));
+    assert!(
+        got[8 * MIB as usize..12 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
     assert!(got[..4 * MIB as usize] == pattern(4 * MIB as usize, 1)[..]);
     // Empty a whole object the parent holds, write into one the parent never wrote.
     d.discard(0, 4 * MIB).unwrap();
@@ -260,6 +268,12 @@ fn shared_key_clone_reads_as_librbd_reads_it() {
     drop(d);
     let got = node_all(open(&opts, &s).as_ref());
     let lib = librbd_all(&clone, "luks1", &pw);
-    assert!(got[..4 * MIB as usize].iter().all(|&b| b == 0), "emptied object");
-    assert!(got == lib, "a fresh open reads the clone as librbd reads it");
+    assert!(
+        got[..4 * MIB as usize].iter().all(|&b| b == 0),
+        "emptied object"
+    );
+    assert!(
+        got == lib,
+        "a fresh open reads the clone as librbd reads it"
+    );
 }

@@ -535,18 +535,45 @@ fn luks_key_commands_on_rbd_images() {
         luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw2]).ok();
         vmcrypt(&["luks", "dump", &dev])
             .ok()
-            .stdout_has(if version == "luks1" { "Key Slot 1: ENABLED" } else { "  1: luks2" });
-        assert!(librbd_loads(&img, version, &pw2), "{version}: new passphrase");
+            .stdout_has(if version == "luks1" {
+                "Key Slot 1: ENABLED"
+            } else {
+                "  1: luks2"
+            });
+        assert!(
+            librbd_loads(&img, version, &pw2),
+            "{version}: new passphrase"
+        );
         vmcrypt(&["luks", "kill-slot", "-q", "--key-file", &pw2, &dev, "0"]).ok();
-        assert!(!librbd_loads(&img, version, &pw), "{version}: killed passphrase");
+        assert!(
+            !librbd_loads(&img, version, &pw),
+            "{version}: killed passphrase"
+        );
         luks(&["change-key", "-q", "--key-file", &pw2, &dev, &pw3]).ok();
-        assert!(!librbd_loads(&img, version, &pw2), "{version}: changed passphrase");
+        assert!(
+            !librbd_loads(&img, version, &pw2),
+            "{version}: changed passphrase"
+        );
         luks(&["add-key", "-q", "--key-file", &pw3, &dev, &pw4]).ok();
         vmcrypt(&["luks", "remove-key", "-q", &dev, &pw4]).ok();
-        assert!(!librbd_loads(&img, version, &pw4), "{version}: removed passphrase");
-        let lib = librbd(&["read", &img.name, version, &pw3, "0", &want.len().to_string()]);
+        assert!(
+            !librbd_loads(&img, version, &pw4),
+            "{version}: removed passphrase"
+        );
+        let lib = librbd(&[
+            "read",
+            &img.name,
+            version,
+            &pw3,
+            "0",
+            &want.len().to_string(),
+        ]);
         assert_same_bytes("librbd after the key changes", &lib, &want);
-        assert_same_bytes("vmcrypt after the key changes", &vmcrypt_read(&sc, &img, &pw3, fmt, "after"), &want);
+        assert_same_bytes(
+            "vmcrypt after the key changes",
+            &vmcrypt_read(&sc, &img, &pw3, fmt, "after"),
+            &want,
+        );
         // The wrong passphrase changes nothing.
         luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw4]).code_is(2);
     }
@@ -563,13 +590,23 @@ fn rbd_filenames_are_probed() {
     qemu_img(&["create", "-q", "-f", "qcow2", &q, "8M"]).ok();
     qemu_io(&["-f", "qcow2", "-c", "write -P 0x5a 1M 64k", &q]).ok();
     qemu_img(&[
-        "create", "-q", "--object", &secret(&pw), "-f", "luks", "-o", "key-secret=s0,iter-time=10",
-        &l, "8M",
+        "create",
+        "-q",
+        "--object",
+        &secret(&pw),
+        "-f",
+        "luks",
+        "-o",
+        "key-secret=s0,iter-time=10",
+        &l,
+        "8M",
     ])
     .ok();
     let raw = sc.write("f.raw", &plaintext(MIB, "probe"));
     let format_of = |img: &TestImage| {
-        vmcrypt(&["info", "--output=json", &img.filename()]).ok().json()["format"]
+        vmcrypt(&["info", "--output=json", &img.filename()])
+            .ok()
+            .json()["format"]
             .as_str()
             .unwrap_or_default()
             .to_string()
@@ -577,7 +614,11 @@ fn rbd_filenames_are_probed() {
     let mut images = Vec::new();
     for (file, want) in [(&q, "qcow2"), (&l, "luks"), (&raw, "raw")] {
         let img = TestImage::new(&format!("probe-{want}"));
-        assert!(rbd_cli(&["import", "--no-progress", file, &img.path()]).status.success());
+        assert!(
+            rbd_cli(&["import", "--no-progress", file, &img.path()])
+                .status
+                .success()
+        );
         assert_eq!(format_of(&img), want, "{file}");
         images.push(img);
     }
@@ -585,9 +626,15 @@ fn rbd_filenames_are_probed() {
     let (a, b) = (sc.p("a"), sc.p("b"));
     vmcrypt(&["convert", "-O", "raw", &images[0].filename(), &a]).ok();
     qemu_img(&["convert", "-O", "raw", &q, &b]).ok();
-    assert_same_bytes("probed qcow2 over rbd", &read(std::path::Path::new(&a)), &read(std::path::Path::new(&b)));
+    assert_same_bytes(
+        "probed qcow2 over rbd",
+        &read(std::path::Path::new(&a)),
+        &read(std::path::Path::new(&b)),
+    );
     // -f rbd keeps the bare rbd node; librbd's encryption is never probed as luks.
-    let info = vmcrypt(&["info", "--output=json", "-f", "rbd", &images[0].filename()]).ok().json();
+    let info = vmcrypt(&["info", "--output=json", "-f", "rbd", &images[0].filename()])
+        .ok()
+        .json();
     assert_eq!(info["format"], "rbd");
     let enc = TestImage::new("probe-enc");
     format_cheap(&enc, "24M", "luks1", &pw);
@@ -596,8 +643,14 @@ fn rbd_filenames_are_probed() {
         enc.name,
         ceph::ceph_conf()
     );
-    let info = vmcrypt(&["info", "--output=json", "--object", &secret(&pw), &json]).ok().json();
+    let info = vmcrypt(&["info", "--output=json", "--object", &secret(&pw), &json])
+        .ok()
+        .json();
     assert_eq!(info["format"], "raw");
     assert_eq!(info["virtual-size"], 20 * MIB);
-    assert_eq!(format_of(&enc), "luks", "the raw image still shows its LUKS header");
+    assert_eq!(
+        format_of(&enc),
+        "luks",
+        "the raw image still shows its LUKS header"
+    );
 }
