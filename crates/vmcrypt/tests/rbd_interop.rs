@@ -222,8 +222,9 @@ fn create_and_convert_to_encrypted_rbd() {
         &librbd_read(&img2, "luks1", &pw),
         &plain,
     );
-    // Sparse: the header object and the one data object exist, nothing after them.
-    let map = vmcrypt(&["map", "--output=json", &img2.filename()])
+    // Sparse: the header object and the one data object exist, nothing after them (the
+    // bare rbd node: without -f its LUKS header would be probed as a luks node).
+    let map = vmcrypt(&["map", "--output=json", "-f", "rbd", &img2.filename()])
         .ok()
         .json();
     assert_eq!(map[0]["data"], true, "{map}");
