@@ -577,6 +577,20 @@ fn luks_key_commands_on_rbd_images() {
         );
         // The wrong passphrase changes nothing.
         luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw4]).code_is(2);
+        // `luks open` would serve holes decrypted: refused, pointing to serve.
+        let run = sc.p("run");
+        vmcrypt(&[
+            "luks",
+            "open",
+            "--key-file",
+            &pw3,
+            "--run-dir",
+            &run,
+            &dev,
+            "rbdkeys",
+        ])
+        .failed()
+        .stderr_has("vmcrypt serve");
     }
 }
 
