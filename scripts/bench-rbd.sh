@@ -13,6 +13,11 @@
 #   BENCH_IODEPTH  (environment) fio iodepth for the random runs (default 16)
 #   BENCH_ROUNDS   (environment) rounds, the server order reversed every other one; each
 #                  figure is the median (default 3)
+#   BENCH_LIBRBD_CACHE (environment) on: qemu-storage-daemon with cache.direct=off, so
+#                  librbd keeps its default cache (rbd_cache=true) as vmcrypt does;
+#                  default off (cache.direct=on, for which QEMU sets rbd_cache=false)
+#   BENCH_TESTS    (environment) which of read, write, randread, randwrite to run
+#                  (default all four)
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
 #   CEPH_DIR       (environment) the test cluster's state (default /tmp/vmcrypt-ceph); it
 #                  is started with ../shared/ceph/start-ceph.sh if it is not running, and
@@ -27,6 +32,8 @@ SIZE_MIB=${1:-256}
 RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
 ROUNDS=${BENCH_ROUNDS:-3}
+DIRECT=on
+[ "${BENCH_LIBRBD_CACHE:-off}" = on ] && DIRECT=off
 export CEPH_DIR=${CEPH_DIR:-/tmp/vmcrypt-ceph}
 VMCRYPT=${BENCH_VMCRYPT:-target/release/vmcrypt}
 
@@ -41,6 +48,7 @@ export CEPH_CONF=$CONF
 echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) ($(nproc) cores)"
 echo "kernel: $(uname -r)"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "librbd side: qemu-storage-daemon, cache.direct=$DIRECT"
 echo "image: ${SIZE_MIB} MiB LUKS2 (aes-256-xts, 4096-byte sectors) on a one-node memstore cluster"
 
 WORK=$(mktemp -d)
@@ -74,7 +82,7 @@ start_server() {
         ;;
     librbd)
         qemu-storage-daemon --object secret,id=s0,file="$WORK/pw" \
-            --blockdev "$OPTS,node-name=d0,cache.direct=on" \
+            --blockdev "$OPTS,node-name=d0,cache.direct=$DIRECT" \
             --nbd-server addr.type=unix,addr.path="$SOCK" \
             --export type=nbd,id=e0,node-name=d0,name=,writable=on 2>/dev/null &
         ;;
@@ -105,7 +113,11 @@ print("%.1f" % (side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iop
 ' "$what"
 }
 
-TESTS=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
+ALL=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
+TESTS=()
+for t in "${ALL[@]}"; do
+    case " ${BENCH_TESTS:-read write randread randwrite} " in *" ${t%% *} "*) TESTS+=("$t") ;; esac
+done
 declare -A R
 for round in $(seq 1 "$ROUNDS"); do
     order=(vmcrypt librbd)

@@ -3,7 +3,7 @@
 //! Every node of the spec becomes a driver: `file` nodes [`FileDriver`]s, `raw`, `luks`,
 //! `qcow2` and `qcow` nodes their format drivers over their children. A top node without
 //! a driver is probed first (qcow magic -> qcow2/qcow, LUKS magic -> luks, otherwise
-//! raw). qcow2 and qcow nodes get a `backing` node: the options under `backing` (QEMU's
+//! raw), over a file or an rbd image alike. qcow2 and qcow nodes get a `backing` node: the options under `backing` (QEMU's
 //! `backing.encrypt.key-secret=ID` or a nested json object), completed by the header's
 //! backing file name (relative to the image's directory) and format.
 use crate::driver::BlockDriver;
@@ -45,18 +45,44 @@ pub struct OpenContext<'a> {
 /// a LUKS1 or LUKS2 header, else "raw".
 pub fn probe_format(path: &Path) -> Result<&'static str> {
     // Reading 8 bytes needs no lock; the open that follows takes it.
-    let f = FileDriver::open_with(path, true, false)?;
+    probe_format_of(&FileDriver::open_with(path, true, false)?)
+}
+
+/// Guess the format of the bytes `dev` serves, from its first 8 (QEMU's probe, for a
+/// file or an rbd image alike).
+pub fn probe_format_of(dev: &dyn BlockDriver) -> Result<&'static str> {
     let mut head = [0u8; 8];
-    if f.size() < 8 {
+    if dev.size() < 8 {
         return Ok("raw");
     }
-    f.read_at(&mut head, 0)?;
+    dev.read_at(&mut head, 0)?;
     Ok(match (qcow2::version_of(&head), luks1::version_of(&head)) {
         (Some(1), _) => "qcow",
         (Some(2 | 3), _) => "qcow2",
         (_, Some(1 | 2)) => "luks",
         _ => "raw",
     })
+}
+
+/// QEMU's probe of an rbd image: its first bytes (with the cephx key `key-secret` names,
+/// looked up in `secrets`). With `encrypt.*` the rbd node decrypts the image itself (a
+/// LUKS header there is librbd's, not a format layer): it is served raw.
+fn probe_rbd(spec: &RbdSpec, secrets: Option<&SecretStore>) -> Result<&'static str> {
+    if spec.encrypt.is_some() {
+        return Ok("raw");
+    }
+    let key = match (&spec.key_secret, secrets) {
+        (None, _) => None,
+        (Some(id), Some(s)) => Some(s.get(id)?),
+        (Some(_), None) => bail!(
+            Usage,
+            "rbd image {}: give its format (-f raw, -f luks, -f qcow2, or driver=...) to use \
+             key-secret here",
+            spec.image_name()
+        ),
+    };
+    probe_format_of(&RbdDriver::open(spec, key.map(|k| k.as_bytes()), true)?)
+        .with_ctx(|| format!("probing the format of rbd image {}", spec.image_name()))
 }
 
 /// Whether the top node of `spec` would be probed, and what it probes as.
@@ -69,6 +95,14 @@ pub fn probed_format(spec: &NodeSpec) -> Result<Option<&'static str>> {
 
 /// What the top node of `d` probes as, from its `file` child's filename.
 pub(crate) fn probe_deferred(d: &Deferred) -> Result<&'static str> {
+    probe_deferred_with(d, None)
+}
+
+/// [`probe_deferred`] with the secrets an rbd child's `key-secret` may name.
+fn probe_deferred_with(d: &Deferred, secrets: Option<&SecretStore>) -> Result<&'static str> {
+    if let Some(rbd) = d.rbd_child()? {
+        return probe_rbd(&rbd, secrets);
+    }
     let path = d
         .file_name()?
         .ok_or_else(|| Error::usage("no driver and no file.filename given"))?;
@@ -78,10 +112,14 @@ pub(crate) fn probe_deferred(d: &Deferred) -> Result<&'static str> {
 /// `spec` with its top node's driver decided: a node to probe is probed and parsed for
 /// the driver found; any other spec is returned as it is.
 pub fn resolve_probe(spec: &NodeSpec) -> Result<NodeSpec> {
+    resolve_probe_with(spec, None)
+}
+
+fn resolve_probe_with(spec: &NodeSpec, secrets: Option<&SecretStore>) -> Result<NodeSpec> {
     match spec {
         NodeSpec::Probe(d) => {
             let mut d = d.clone();
-            d.set_driver(probe_deferred(&d)?);
+            d.set_driver(probe_deferred_with(&d, secrets)?);
             d.resolve("")
         }
         other => Ok(other.clone()),
@@ -96,7 +134,11 @@ pub fn open(spec: &NodeSpec, ctx: &OpenContext) -> Result<Arc<dyn BlockDriver>> 
         "-U (force-share) can only be used with read-only images: writing an image \
          another process may be writing would corrupt it"
     );
-    open_node(&resolve_probe(spec)?, ctx, &Layer::default())
+    open_node(
+        &resolve_probe_with(spec, Some(ctx.secrets))?,
+        ctx,
+        &Layer::default(),
+    )
 }
 
 /// Where a node sits in a backing chain: the option prefix of its layer ("",

@@ -220,3 +220,60 @@ fn plain_node_zeroes_discard_and_status() {
     assert_eq!(d.size(), 20 * MIB);
     d.write_at(&[1], 16 * MIB).unwrap();
 }
+
+/// A clone that shares its parent's key (Pacific's `rbd clone` of an encrypted image):
+/// vmcrypt reads it byte for byte as librbd does: the parent's data, its holes (never
+/// written objects, the end of a partly written one) as zeros, and, from a fresh open,
+/// an object the clone emptied (a discard keeps it as an empty object, which librbd
+/// reads as zeros instead of falling through to the parent) as zeros.
+#[test]
+fn shared_key_clone_reads_as_librbd_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (parent, pw) = encrypted("sk-parent", "luks1", "24M", &dir);
+    let data = dir.path().join("data");
+    for (off, len, seed) in [
+        (0, 4 * MIB, 1),
+        (5 * MIB, 64 << 10, 2),
+        (12 * MIB, 64 << 10, 3),
+    ] {
+        std::fs::write(&data, pattern(len as usize, seed)).unwrap();
+        let d = data.to_string_lossy();
+        librbd(&["write", &parent.name, "luks1", &pw, &off.to_string(), &d]);
+    }
+    let snap = format!("{}@s", parent.path());
+    let clone = TestImage::new("sk-clone");
+    for args in [
+        vec!["snap", "create", snap.as_str()],
+        vec!["snap", "protect", snap.as_str()],
+        vec!["clone", snap.as_str(), &clone.path()],
+    ] {
+        assert!(rbd_cli(&args).status.success(), "rbd {args:?}");
+    }
+    let s = secrets();
+    let opts = clone.opts("encrypt.format=luks,encrypt.key-secret=s0");
+    let d = open(&opts, &s);
+    let got = node_all(d.as_ref());
+    let lib = librbd_all(&clone, "luks1", &pw);
+    assert!(got == lib, "the clone reads as librbd reads it");
+    assert!(
+        got[8 * MIB as usize..12 * MIB as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert!(got[..4 * MIB as usize] == pattern(4 * MIB as usize, 1)[..]);
+    // Empty a whole object the parent holds, write into one the parent never wrote.
+    d.discard(0, 4 * MIB).unwrap();
+    d.write_at(&pattern(4096, 9), 9 * MIB).unwrap();
+    d.flush().unwrap();
+    drop(d);
+    let got = node_all(open(&opts, &s).as_ref());
+    let lib = librbd_all(&clone, "luks1", &pw);
+    assert!(
+        got[..4 * MIB as usize].iter().all(|&b| b == 0),
+        "emptied object"
+    );
+    assert!(
+        got == lib,
+        "a fresh open reads the clone as librbd reads it"
+    );
+}

@@ -222,8 +222,9 @@ fn create_and_convert_to_encrypted_rbd() {
         &librbd_read(&img2, "luks1", &pw),
         &plain,
     );
-    // Sparse: the header object and the one data object exist, nothing after them.
-    let map = vmcrypt(&["map", "--output=json", &img2.filename()])
+    // Sparse: the header object and the one data object exist, nothing after them (the
+    // bare rbd node: without -f its LUKS header would be probed as a luks node).
+    let map = vmcrypt(&["map", "--output=json", "-f", "rbd", &img2.filename()])
         .ok()
         .json();
     assert_eq!(map[0]["data"], true, "{map}");
@@ -491,5 +492,180 @@ fn serve_exports_an_encrypted_rbd_image_with_multi_conn() {
         "librbd reads what came over NBD",
         &librbd_read(&img, "luks2", &pw),
         &plain,
+    );
+}
+
+/// Whether librbd (python3-rbd) loads the image's encryption with passphrase `pw`
+/// (anything but a refused passphrase fails the test).
+fn librbd_loads(img: &TestImage, fmt: &str, pw: &str) -> bool {
+    let out = librbd(&["load", &img.name, fmt, pw]);
+    match String::from_utf8_lossy(&out).trim() {
+        "loaded" => true,
+        "refused" => false,
+        other => panic!("librbd load: {other}"),
+    }
+}
+
+/// `vmcrypt luks add-key / change-key / kill-slot / remove-key / dump` on the LUKS header
+/// at raw offset 0 of an rbd image (LUKS1 and LUKS2): librbd then loads the image with
+/// the new passphrases, refuses the removed ones, and reads the same plaintext.
+#[test]
+fn luks_key_commands_on_rbd_images() {
+    for (version, fmt) in [("luks1", "luks"), ("luks2", "luks2")] {
+        let sc = Scratch::new();
+        let img = TestImage::new(&format!("keys-{version}"));
+        let pw = sc.write("pw", PASS);
+        let (pw2, pw3, pw4) = (
+            sc.write("pw2", b"second pass"),
+            sc.write("pw3", b"third pass"),
+            sc.write("pw4", b"fourth pass"),
+        );
+        format_cheap(&img, "24M", version, &pw);
+        let plain = plaintext(2 * MIB, version);
+        let src = sc.write("plain", &plain);
+        vmcrypt_write(&img, &pw, fmt, &src);
+        let want = vmcrypt_read(&sc, &img, &pw, fmt, "before");
+        let dev = img.filename();
+        let cheap = ["--iter-time", "10", "--pbkdf-memory", "32768"];
+        let luks = |args: &[&str]| {
+            let mut a = vec!["luks"];
+            a.extend_from_slice(args);
+            a.extend_from_slice(&cheap);
+            vmcrypt(&a)
+        };
+        luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw2]).ok();
+        vmcrypt(&["luks", "dump", &dev])
+            .ok()
+            .stdout_has(if version == "luks1" {
+                "Key Slot 1: ENABLED"
+            } else {
+                "  1: luks2"
+            });
+        assert!(
+            librbd_loads(&img, version, &pw2),
+            "{version}: new passphrase"
+        );
+        vmcrypt(&["luks", "kill-slot", "-q", "--key-file", &pw2, &dev, "0"]).ok();
+        assert!(
+            !librbd_loads(&img, version, &pw),
+            "{version}: killed passphrase"
+        );
+        luks(&["change-key", "-q", "--key-file", &pw2, &dev, &pw3]).ok();
+        assert!(
+            !librbd_loads(&img, version, &pw2),
+            "{version}: changed passphrase"
+        );
+        luks(&["add-key", "-q", "--key-file", &pw3, &dev, &pw4]).ok();
+        vmcrypt(&["luks", "remove-key", "-q", &dev, &pw4]).ok();
+        assert!(
+            !librbd_loads(&img, version, &pw4),
+            "{version}: removed passphrase"
+        );
+        let lib = librbd(&[
+            "read",
+            &img.name,
+            version,
+            &pw3,
+            "0",
+            &want.len().to_string(),
+        ]);
+        assert_same_bytes("librbd after the key changes", &lib, &want);
+        assert_same_bytes(
+            "vmcrypt after the key changes",
+            &vmcrypt_read(&sc, &img, &pw3, fmt, "after"),
+            &want,
+        );
+        // The wrong passphrase changes nothing.
+        luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw4]).code_is(2);
+        // `luks open` would serve holes decrypted: refused, pointing to serve.
+        let run = sc.p("run");
+        vmcrypt(&[
+            "luks",
+            "open",
+            "--key-file",
+            &pw3,
+            "--run-dir",
+            &run,
+            &dev,
+            "rbdkeys",
+        ])
+        .failed()
+        .stderr_has("vmcrypt serve");
+    }
+}
+
+/// An `rbd:` filename without `-f` is probed as QEMU probes it: a LUKS header makes a
+/// luks node over the rbd image, qcow2 a qcow2 node, anything else raw; with `encrypt.*`
+/// on the rbd node (librbd's encryption) it is served raw, decrypted.
+#[test]
+fn rbd_filenames_are_probed() {
+    let sc = Scratch::new();
+    let pw = sc.write("pw", PASS);
+    let (q, l) = (sc.p("f.qcow2"), sc.p("f.luks"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &q, "8M"]).ok();
+    qemu_io(&["-f", "qcow2", "-c", "write -P 0x5a 1M 64k", &q]).ok();
+    qemu_img(&[
+        "create",
+        "-q",
+        "--object",
+        &secret(&pw),
+        "-f",
+        "luks",
+        "-o",
+        "key-secret=s0,iter-time=10",
+        &l,
+        "8M",
+    ])
+    .ok();
+    let raw = sc.write("f.raw", &plaintext(MIB, "probe"));
+    let format_of = |img: &TestImage| {
+        vmcrypt(&["info", "--output=json", &img.filename()])
+            .ok()
+            .json()["format"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut images = Vec::new();
+    for (file, want) in [(&q, "qcow2"), (&l, "luks"), (&raw, "raw")] {
+        let img = TestImage::new(&format!("probe-{want}"));
+        assert!(
+            rbd_cli(&["import", "--no-progress", file, &img.path()])
+                .status
+                .success()
+        );
+        assert_eq!(format_of(&img), want, "{file}");
+        images.push(img);
+    }
+    // The qcow2 one reads as qemu-img reads the file.
+    let (a, b) = (sc.p("a"), sc.p("b"));
+    vmcrypt(&["convert", "-O", "raw", &images[0].filename(), &a]).ok();
+    qemu_img(&["convert", "-O", "raw", &q, &b]).ok();
+    assert_same_bytes(
+        "probed qcow2 over rbd",
+        &read(std::path::Path::new(&a)),
+        &read(std::path::Path::new(&b)),
+    );
+    // -f rbd keeps the bare rbd node; librbd's encryption is never probed as luks.
+    let info = vmcrypt(&["info", "--output=json", "-f", "rbd", &images[0].filename()])
+        .ok()
+        .json();
+    assert_eq!(info["format"], "rbd");
+    let enc = TestImage::new("probe-enc");
+    format_cheap(&enc, "24M", "luks1", &pw);
+    let json = format!(
+        r#"json:{{"file":{{"driver":"rbd","pool":"rbd","image":"{}","conf":"{}","encrypt":{{"format":"luks","key-secret":"s0"}}}}}}"#,
+        enc.name,
+        ceph::ceph_conf()
+    );
+    let info = vmcrypt(&["info", "--output=json", "--object", &secret(&pw), &json])
+        .ok()
+        .json();
+    assert_eq!(info["format"], "raw");
+    assert_eq!(info["virtual-size"], 20 * MIB);
+    assert_eq!(
+        format_of(&enc),
+        "luks",
+        "the raw image still shows its LUKS header"
     );
 }

@@ -48,6 +48,19 @@ impl Deferred {
         }
     }
 
+    /// The `file` child when it is an rbd node (`driver=rbd` or an `rbd:` filename).
+    pub(crate) fn rbd_child(&self) -> Result<Option<super::RbdSpec>> {
+        match self.0.get("file") {
+            Some(Value::String(s)) if s.starts_with("rbd:") => {
+                super::RbdSpec::parse(&super::rbd_filename_options(s)?).map(Some)
+            }
+            Some(Value::Object(m)) if opt_str(m, "driver")?.as_deref() == Some("rbd") => {
+                super::RbdSpec::parse(m).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Add the options of `defaults` that are not given.
     pub(crate) fn complete_from(&mut self, defaults: Map<String, Value>) {
         for (k, v) in defaults {

@@ -84,17 +84,19 @@ pub fn filename_options(filename: &str, format: Option<&str>) -> Result<Map<Stri
     Ok(m)
 }
 
-/// An `rbd:` pseudo-filename: the rbd node itself (a protocol node serving the image's
-/// bytes), or, with `-f FORMAT` other than raw, that format over it.
+/// An `rbd:` pseudo-filename: with `-f rbd` the rbd node itself (a protocol node
+/// serving the image's bytes); with another `-f FORMAT` that format over it; without
+/// `-f` a node to probe over it (QEMU's probe of the image's first bytes, see
+/// [`crate::graph::probe_format_of`]).
 fn rbd_options(filename: &str, format: Option<&str>) -> Result<Map<String, Value>> {
     let node = super::rbd_filename_options(filename)?;
-    match format {
-        None | Some("rbd") => Ok(node),
-        Some(f) => {
-            let mut m = Map::new();
-            m.insert("driver".into(), Value::String(f.into()));
-            m.insert("file".into(), Value::Object(node));
-            Ok(m)
-        }
+    if format == Some("rbd") {
+        return Ok(node);
     }
+    let mut m = Map::new();
+    if let Some(f) = format {
+        m.insert("driver".into(), Value::String(f.into()));
+    }
+    m.insert("file".into(), Value::Object(node));
+    Ok(m)
 }

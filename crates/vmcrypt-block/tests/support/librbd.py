@@ -6,6 +6,7 @@ encryption, read and write through it. Passphrases are read from files (exact by
   librbd.py format NAME luks1|luks2 PASSFILE      (rbd_encryption_format, real KDF)
   librbd.py write  NAME FMT PASSFILE OFFSET DATAFILE
   librbd.py read   NAME FMT PASSFILE OFFSET LEN    (to stdout; LEN -1: to the end)
+  librbd.py load   NAME FMT PASSFILE               (prints "loaded" or "refused")
   FMT none: no encryption loaded.
 """
 import os
@@ -41,6 +42,14 @@ def main(a):
                 data = f.read()
                 assert im.write(data, int(a[4])) == len(data)
                 im.flush()
+        elif cmd == "load":
+            # The image must be closed after a refused load, or shutdown hangs.
+            with rbd.Image(io, a[1]) as im, open(a[3], "rb") as f:
+                try:
+                    im.encryption_load(FORMATS[a[2]], f.read())
+                    print("loaded")
+                except rbd.PermissionError:
+                    print("refused")
         elif cmd == "read":
             with image(io, a[1], a[2], a[3]) as im:
                 off, n = int(a[4]), int(a[5])

@@ -41,6 +41,9 @@ pub struct RbdCryptDriver {
     rmw: RwLock<()>,
     /// A clone with its own key: where the data it does not hold yet comes from.
     parent: Option<ParentLayer>,
+    /// A clone opened without a parent layer: it shares its parent's key (Pacific's
+    /// `rbd clone`), and librbd reads what it does not hold from the parent's raw bytes.
+    shares_parent_key: bool,
 }
 
 /// The parent of a clone with its own key (Reef's layered encryption): the clone's data
@@ -94,7 +97,9 @@ impl RbdCryptDriver {
             }
             _ => {}
         }
+        let shares_parent_key = parent.is_none() && raw.image().parent()?.is_some();
         Ok(RbdCryptDriver {
+            shares_parent_key,
             object_size: raw.object_size(),
             data_offset: luks.data_offset(),
             sector: luks.sector_size(),
@@ -130,18 +135,7 @@ impl RbdCryptDriver {
             let start = first * self.object_size;
             let span = (last + 1) * self.object_size - start;
             let span = span.min(self.raw.size().saturating_sub(start));
-            let ext = self
-                .raw
-                .written_extents(start, span, self.parent.is_none())?;
-            let mut found: HashMap<u64, u64> = missing.iter().map(|&o| (o, 0)).collect();
-            for (o, l) in ext {
-                for obj in self.objects(o, l) {
-                    let end = (o + l).min((obj + 1) * self.object_size) - obj * self.object_size;
-                    if let Some(v) = found.get_mut(&obj) {
-                        *v = (*v).max(end);
-                    }
-                }
-            }
+            let found = self.ask_lengths(&missing, start, span)?;
             let mut known = self.lengths.lock().expect("lengths lock");
             for (o, l) in found {
                 known.entry(o).or_insert(l);
@@ -149,6 +143,44 @@ impl RbdCryptDriver {
         }
         let known = self.lengths.lock().expect("lengths lock");
         Ok(objs.map(|o| (o, known[&o])).collect())
+    }
+
+    /// Ask librbd how many bytes of each of `objects` (all inside host bytes
+    /// `[start, start+span)`) RADOS stores. For a clone sharing its parent's key
+    /// (Pacific's `rbd clone` of an encrypted image) that is librbd's read rule: an object
+    /// the clone has (even emptied by a discard) is read from the clone alone, one it
+    /// does not have falls through to the parent's. A clone with its own key reads
+    /// the parent through the parent's node, so only the clone's own objects count.
+    fn ask_lengths(&self, objects: &[u64], start: u64, span: u64) -> Result<HashMap<u64, u64>> {
+        let own = self.raw.written_extents(start, span, false)?;
+        let mut found = self.ends_of(objects, &own);
+        if self.parent.is_some() || !self.shares_parent_key {
+            return Ok(found);
+        }
+        let exists = self.raw.image().extents(start, span, false, true)?;
+        let in_clone = self.ends_of(objects, &exists);
+        let fall_through = self.ends_of(objects, &self.raw.written_extents(start, span, true)?);
+        for (obj, end) in found.iter_mut() {
+            if in_clone[obj] == 0 {
+                *end = fall_through[obj];
+            }
+        }
+        Ok(found)
+    }
+
+    /// For each of `objects`, the end (from the object's start) of the last of
+    /// `extents` (host offsets) inside it; 0 for none.
+    fn ends_of(&self, objects: &[u64], extents: &[(u64, u64)]) -> HashMap<u64, u64> {
+        let mut found: HashMap<u64, u64> = objects.iter().map(|&o| (o, 0)).collect();
+        for &(o, l) in extents {
+            for obj in self.objects(o, l) {
+                let end = (o + l).min((obj + 1) * self.object_size) - obj * self.object_size;
+                if let Some(v) = found.get_mut(&obj) {
+                    *v = (*v).max(end);
+                }
+            }
+        }
+        found
     }
 
     /// Record that host bytes `[host, host+len)` were written.

@@ -10,6 +10,11 @@
 //! * [`reencrypt`]: a new volume key (cryptsetup's LUKS2 reencryption format);
 //! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
 //!   the run directory that records which names are active (open/close/status).
+//!
+//! A device is a file (or block device), or a Ceph RBD image named
+//! `rbd:POOL[/NAMESPACE]/IMAGE[:conf=PATH][:id=USER]` whose raw bytes start with the
+//! LUKS header librbd's encryption uses (header at raw offset 0); a clone formatted with
+//! its own key (`RBDL` magic) is shown to the LUKS code as plain LUKS and keeps its magic.
 pub mod active;
 pub mod format;
 pub mod header;
@@ -22,11 +27,14 @@ use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
 use crate::drivers::luks::Volume;
 use crate::drivers::luks::embedded::{self, Container, require_plain};
+use crate::drivers::rbd::RbdDriver;
+use crate::drivers::rbd::magic::{CloneMagicView, is_clone_header};
+use crate::spec::{RbdSpec, rbd_filename_options};
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Result, ResultExt};
+use vmcrypt_error::{Result, ResultExt, ensure};
 
 /// The device a key-management job works on.
 #[derive(Clone, Debug)]
@@ -72,7 +80,16 @@ struct HeaderDevice {
 
 impl Target {
     fn header_device(&self, access: Access) -> Result<HeaderDevice> {
-        let path = Path::new(self.header.as_deref().unwrap_or(&self.device));
+        let name = self.header.as_deref().unwrap_or(&self.device);
+        if name.starts_with("rbd:") {
+            let read_only = matches!(access, Access::Header { read_only: true });
+            return Ok(HeaderDevice {
+                dev: rbd_device(name, read_only)?,
+                detached: self.header.is_some(),
+                container: Container::Plain,
+            });
+        }
+        let path = Path::new(name);
         let file = match access {
             Access::WholeImage => FileDriver::open(path, false)?,
             Access::Header { read_only } => FileDriver::open_header(path, read_only)?,
@@ -111,4 +128,26 @@ impl Target {
         vol.require_luks2(&self.device)?;
         Ok(vol)
     }
+}
+
+/// The raw bytes of the rbd image `name` (an `rbd:` filename), through a
+/// [`CloneMagicView`] when it holds a clone header. No image lock is taken: librbd's
+/// exclusive lock belongs to whoever writes the data (as with cryptsetup and a file, a
+/// running user keeps running); each header write is one RADOS object write.
+fn rbd_device(name: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {
+    let spec = RbdSpec::parse(&rbd_filename_options(name)?)?;
+    ensure!(
+        spec.snapshot.is_none() || read_only,
+        Usage,
+        "rbd image {name} is a snapshot: its LUKS header cannot be changed"
+    );
+    let raw: Arc<dyn BlockDriver> = Arc::new(RbdDriver::open(&spec, None, read_only)?);
+    let mut head = [0u8; 6];
+    if raw.size() >= 6 {
+        raw.read_at(&mut head, 0)?;
+    }
+    if is_clone_header(&head) {
+        return Ok(Arc::new(CloneMagicView::new(raw, None)?));
+    }
+    Ok(raw)
 }

@@ -9,7 +9,7 @@ use crate::drivers::luks::LuksDriver;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_error::{Error, Result, ResultExt};
+use vmcrypt_error::{Error, Result, ResultExt, ensure};
 
 /// What `luks open` was asked for.
 #[derive(Clone, Debug)]
@@ -51,6 +51,7 @@ pub struct Opened {
 /// anything is served.
 pub fn open(req: &OpenRequest, passphrase: &[u8]) -> Result<Opened> {
     let t = &req.target;
+    refuse_rbd(&t.device)?;
     let file = open_file(&t.device, req.read_only)?;
     let header = match &t.header {
         Some(h) => Some(open_file(h, req.read_only)?),
@@ -77,6 +78,19 @@ pub fn open(req: &OpenRequest, passphrase: &[u8]) -> Result<Opened> {
         node: Arc::new(node),
         info,
     })
+}
+
+/// `luks open` serves files only: an rbd image's holes read as zeros through librbd's
+/// encryption, which the rbd node does (`encrypt.format=`) and a plain LUKS node would not.
+pub fn refuse_rbd(device: &str) -> Result<()> {
+    ensure!(
+        !device.starts_with("rbd:"),
+        Unsupported,
+        "luks open does not open rbd images (librbd's encryption reads holes as zeros): \
+         serve it with vmcrypt serve --image-opts driver=rbd,...,encrypt.format=luks-any,\
+         encrypt.key-secret=ID"
+    );
+    Ok(())
 }
 
 fn open_file(path: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {

@@ -45,6 +45,7 @@ pub fn run(a: &Args) -> Result<u8> {
         Error::usage("expecting a NAME for the opened device (or --test-passphrase)")
     })?;
     check_name(name)?;
+    vmcrypt_block::jobs::luks::open::refuse_rbd(&a.device)?;
     let dir = RunDir::new(a.run_dir.as_deref());
     if let Status::Active(_) | Status::Starting = status(&dir, name)? {
         bail!(Busy, "Device {name} already exists.");
