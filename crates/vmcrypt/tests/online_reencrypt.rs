@@ -128,7 +128,13 @@ fn setup(sector: u32, seed: u64) -> Setup {
         .args(["--object", &secret, plain.to_str().unwrap(), &target]));
     let digest = digest_of(&img);
     ok(vmcrypt()
-        .args(["luks", "reencrypt", "--init-only", "--no-progress", "--key-file"])
+        .args([
+            "luks",
+            "reencrypt",
+            "--init-only",
+            "--no-progress",
+            "--key-file",
+        ])
         .arg(&pw)
         .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
         .arg(&img));
@@ -142,10 +148,14 @@ fn setup(sector: u32, seed: u64) -> Setup {
     }
 }
 
+/// A `vmcrypt serve` process, or a `vmcrypt luks open` daemon (no child of ours).
 struct Server {
-    child: Child,
+    child: Option<Child>,
     nbd: PathBuf,
-    ctl: PathBuf,
+    /// What `luks reencrypt --online` is given to reach the run.
+    ctl: Vec<String>,
+    /// `luks open`: the run directory and name.
+    opened: Option<(PathBuf, String)>,
 }
 
 fn serve(s: &Setup) -> Server {
@@ -176,25 +186,61 @@ fn serve(s: &Setup) -> Server {
         assert!(t.elapsed() < Duration::from_secs(20), "server not ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Server { child, nbd, ctl }
+    Server {
+        child: Some(child),
+        nbd,
+        ctl: vec![ctl.display().to_string()],
+        opened: None,
+    }
+}
+
+/// `vmcrypt luks open` of the image under `name`.
+fn luks_open(s: &Setup, name: &str) -> Server {
+    let run = s.dir.path().join("run");
+    ok(vmcrypt()
+        .args(["luks", "open", "--key-file"])
+        .arg(&s.pw)
+        .arg("--run-dir")
+        .arg(&run)
+        .arg(&s.img)
+        .arg(name));
+    Server {
+        child: None,
+        nbd: run.join(format!("{name}.sock")),
+        ctl: vec![
+            "--run-dir".into(),
+            run.display().to_string(),
+            name.to_string(),
+        ],
+        opened: Some((run, name.to_string())),
+    }
 }
 
 impl Server {
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill9(self) {
+        let mut child = self.child.expect("a serve process");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
-    fn stop(mut self) {
-        ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
-        assert!(self.child.wait().unwrap().success(), "serve exit status");
+    fn stop(self) {
+        if let Some((run, name)) = &self.opened {
+            ok(vmcrypt()
+                .args(["luks", "close", "--run-dir"])
+                .arg(run)
+                .arg(name));
+            return;
+        }
+        let mut child = self.child.expect("a serve process");
+        ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        assert!(child.wait().unwrap().success(), "serve exit status");
     }
 
     fn online(&self, extra: &[&str]) -> String {
         ok(vmcrypt()
             .args(["luks", "reencrypt", "--online", "--no-progress"])
             .args(extra)
-            .arg(&self.ctl))
+            .args(&self.ctl))
     }
 
     /// (state, done, total, summary line).
@@ -224,11 +270,21 @@ impl Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let (batches, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let q = {
-            let (sock, model, stop, n) = (srv.nbd.clone(), model.clone(), stop.clone(), batches.clone());
+            let (sock, model, stop, n) = (
+                srv.nbd.clone(),
+                model.clone(),
+                stop.clone(),
+                batches.clone(),
+            );
             std::thread::spawn(move || qemu_io_writer(&sock, &model, &stop, &n, seed))
         };
         let r = {
-            let (sock, model, stop, n) = (srv.nbd.clone(), model.clone(), stop.clone(), requests.clone());
+            let (sock, model, stop, n) = (
+                srv.nbd.clone(),
+                model.clone(),
+                stop.clone(),
+                requests.clone(),
+            );
             std::thread::spawn(move || nbd_writer(&sock, &model, &stop, &n, seed ^ 0xabcdef))
         };
         let w = Writers {
@@ -239,7 +295,10 @@ impl Writers {
         };
         let t = Instant::now();
         while w.counts().0 < 1 || w.counts().1 < 10 {
-            assert!(t.elapsed() < Duration::from_secs(30), "writers did not start");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "writers did not start"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         w
@@ -264,7 +323,13 @@ impl Writers {
 }
 
 /// Batches of qemu-io writes into the even stripes, each read back right after.
-fn qemu_io_writer(sock: &Path, model: &Model, stop: &AtomicBool, n: &AtomicU64, seed: u64) -> Duration {
+fn qemu_io_writer(
+    sock: &Path,
+    model: &Model,
+    stop: &AtomicBool,
+    n: &AtomicU64,
+    seed: u64,
+) -> Duration {
     let mut rng = Rng(seed | 1);
     let url = format!("nbd+unix:///?socket={}", sock.display());
     while !stop.load(Ordering::SeqCst) {
@@ -283,7 +348,11 @@ fn qemu_io_writer(sock: &Path, model: &Model, stop: &AtomicBool, n: &AtomicU64, 
             !out.contains("fail") && !out.contains("error"),
             "qemu-io: {out}"
         );
-        assert_eq!(out.matches("wrote ").count(), writes.len(), "qemu-io: {out}");
+        assert_eq!(
+            out.matches("wrote ").count(),
+            writes.len(),
+            "qemu-io: {out}"
+        );
         let mut m = model.lock().unwrap();
         for (off, len, pat) in writes {
             m[off as usize..(off + len) as usize].fill(pat);
@@ -326,12 +395,27 @@ fn check(s: &Setup, what: &str) {
     let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&s.img));
     assert!(!dump.contains("Requirements"), "{what}: {dump}");
     assert!(!dump.contains("reencrypt"), "{what}: {dump}");
-    assert_ne!(digest_of(&s.img), s.digest, "{what}: volume key not changed");
+    assert_ne!(
+        digest_of(&s.img),
+        s.digest,
+        "{what}: volume key not changed"
+    );
     let out = s.dir.path().join("out");
     let secret = format!("secret,id=s0,file={}", s.pw.display());
-    let src = format!("driver=luks,key-secret=s0,file.filename={}", s.img.display());
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        s.img.display()
+    );
     ok(vmcrypt()
-        .args(["convert", "-q", "-O", "raw", "--object", &secret, "--image-opts"])
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
         .args([&src, out.to_str().unwrap()]));
     let got = std::fs::read(&out).unwrap();
     let want = s.model.lock().unwrap();
@@ -358,7 +442,20 @@ fn wait_done(srv: &Server) -> String {
 fn online_run_with_writers() {
     for (sector, seed) in [(4096u32, 11u64), (512, 12)] {
         let s = setup(sector, seed);
-        let srv = serve(&s);
+        online_run(&s, serve(&s), &format!("serve, sector {sector}"));
+    }
+}
+
+#[test]
+fn luks_open_daemon_online_run() {
+    let s = setup(4096, 13);
+    online_run(&s, luks_open(&s, "vol0"), "luks open");
+}
+
+/// Writers throughout a run started with --detach and followed with --status.
+fn online_run(s: &Setup, srv: Server, what: &str) {
+    let seed = s.digest.len() as u64 + 5;
+    {
         let w = Writers::start(&srv, &s.model, seed);
         let before = w.counts();
         srv.online(&["--hotzone-size", "64K", "--detach"]);
@@ -369,7 +466,7 @@ fn online_run_with_writers() {
         let client_worst = w.finish();
         srv.stop();
         eprintln!(
-            "sector {sector}: {} qemu-io batches and {} NBD writes during the run; \
+            "{what}: {} qemu-io batches and {} NBD writes during the run; \
              longest NBD write seen by the client {:.1} ms; server: {line}",
             during.0 - before.0,
             during.1 - before.1,
@@ -379,7 +476,7 @@ fn online_run_with_writers() {
             during.0 - before.0 >= 2 && during.1 - before.1 >= 20,
             "writers barely overlapped the run: {before:?} -> {during:?}"
         );
-        check(&s, &format!("sector {sector} online"));
+        check(s, what);
     }
 }
 
@@ -413,7 +510,10 @@ fn killed_server_restarts_and_resumes() {
     let srv = serve(&s);
     let (state, done, _, line) = srv.status();
     assert_eq!(state, "idle", "{line}");
-    assert!(done >= seen, "progress lost over the restart: {seen} -> {line}");
+    assert!(
+        done >= seen,
+        "progress lost over the restart: {seen} -> {line}"
+    );
     let w = Writers::start(&srv, &s.model, 22);
     let out = srv.online(&["--hotzone-size", "64K"]);
     assert!(out.contains("Reencryption finished"), "{out}");
@@ -438,7 +538,12 @@ fn killed_server_cryptsetup_finishes() {
             .args([&s.pw, &s.img]));
     }
     ok(Command::new("cryptsetup")
-        .args(["reencrypt", "--force-offline-reencrypt", "-q", "--resume-only"])
+        .args([
+            "reencrypt",
+            "--force-offline-reencrypt",
+            "-q",
+            "--resume-only",
+        ])
         .arg("--key-file")
         .args([&s.pw, &s.img]));
     check(&s, "server killed, cryptsetup --resume-only");

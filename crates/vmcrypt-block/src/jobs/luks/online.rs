@@ -37,6 +37,11 @@ impl Control {
         }
     }
 
+    /// Whether any export has a reencryption.
+    pub fn active(&self) -> bool {
+        !self.exports.is_empty()
+    }
+
     /// Pause every run and wait for it to stop between hotzones (shutdown).
     pub fn pause_all(&self) {
         for (_, o) in &self.exports {

@@ -4,10 +4,11 @@
 //! drives the reencryption inside a `vmcrypt serve --control SOCKET` process instead.
 use super::opts::{KdfOpts, KeyOpts};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmcrypt_block::drivers::luks::v2::reencrypt::init::NewEncryption;
 use vmcrypt_block::jobs::Events;
+use vmcrypt_block::jobs::luks::active::{RunDir, check_name};
 use vmcrypt_block::jobs::luks::online;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
 use vmcrypt_block::opts::parse_size;
@@ -56,10 +57,14 @@ pub struct Args {
     /// Print no progress line
     #[arg(long = "no-progress")]
     no_progress: bool,
-    /// DEVICE is the --control socket of a `vmcrypt serve` process: reencrypt the
-    /// image it serves while it serves it (init the image offline with --init-only first)
+    /// DEVICE is the --control socket of a `vmcrypt serve` process, or the NAME of a
+    /// `vmcrypt luks open` device: reencrypt the image while it is served (put it in
+    /// reencryption state offline with --init-only first)
     #[arg(long = "online")]
     online: bool,
+    /// With --online NAME: the run directory of `luks open`
+    #[arg(long = "run-dir", value_name = "DIR", requires = "online")]
+    run_dir: Option<String>,
     /// With --online: the export name (default: the default export "")
     #[arg(
         long = "export",
@@ -140,7 +145,8 @@ fn online(a: &Args) -> Result<u8> {
         Usage,
         "--init-only works on the image itself, offline (not with --online)"
     );
-    let sock = Path::new(&a.device);
+    let sock = control_socket(a)?;
+    let sock = sock.as_path();
     let hotzone = a.hotzone_size.as_deref().map(parse_size).transpose()?;
     let mut status = Status::new(!a.no_progress && !a.key.batch);
     let cmd = if a.status {
@@ -174,6 +180,26 @@ fn online(a: &Args) -> Result<u8> {
         st.request_max.as_secs_f64() * 1e3
     );
     Ok(0)
+}
+
+/// The control socket: DEVICE if it is a path that exists, else the socket of the
+/// `luks open` device named DEVICE.
+fn control_socket(a: &Args) -> Result<PathBuf> {
+    let p = Path::new(&a.device);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    check_name(&a.device)?;
+    let sock = RunDir::new(a.run_dir.as_deref()).control(&a.device);
+    ensure!(
+        sock.exists(),
+        NotFound,
+        "{}: no such control socket, and no `luks open` device of that name in \
+         reencryption state ({})",
+        a.device,
+        sock.display()
+    );
+    Ok(sock)
 }
 
 /// cryptsetup's status line: "Progress: 42.1%, ETA 00:03, 512 MiB written, speed 1.2 GiB/s".
