@@ -438,6 +438,12 @@ impl BlockDriver for LuksDriver {
                 self.layout.sector
             );
         }
+        if self.online.is_some() {
+            bail!(
+                Unsupported,
+                "luks: a LUKS2 reencryption is in progress; resize after it finished"
+            );
+        }
         if self.layout.size.is_some() {
             bail!(
                 Unsupported,

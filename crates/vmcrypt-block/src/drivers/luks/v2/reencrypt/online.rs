@@ -168,6 +168,14 @@ impl Online {
              vmcrypt luks reencrypt --resume-only)",
         )?;
         let mut r = Reencryption::load(v2, data.clone(), &old_key, &new_key, None)?;
+        let writable = !(hdev.is_read_only() || data.is_read_only());
+        if st.hot_segment().is_some() && !writable {
+            bail!(
+                ReadOnly,
+                "the LUKS2 reencryption was interrupted inside a hotzone: open the image \
+                 read-write (or run vmcrypt luks reencrypt --resume-only) to recover it"
+            );
+        }
         if r.recover_interrupted()? {
             return Ok(None);
         }
@@ -266,6 +274,12 @@ impl Online {
 
     /// Start (or resume) the background run with hotzones of `hotzone` bytes.
     pub fn start(self: &Arc<Self>, hotzone: Option<u64>) -> Result<()> {
+        if self.hdev.is_read_only() || self.data.is_read_only() {
+            bail!(
+                ReadOnly,
+                "the image is open read-only: it cannot be reencrypted"
+            );
+        }
         let mut g = self.lock();
         match &g.state {
             RunState::Running => bail!(Usage, "the reencryption is already running"),
