@@ -145,6 +145,12 @@ pub trait BlockDriver: Send + Sync {
     fn as_host_map(&self) -> Option<&dyn HostMap> {
         None
     }
+
+    /// The LUKS2 reencryption this node serves through, if any (LUKS nodes opened on
+    /// an image in reencryption state).
+    fn as_reencryption(&self) -> Option<Arc<crate::drivers::luks::v2::reencrypt::online::Online>> {
+        None
+    }
 }
 
 /// Describe the range starting at `offset` like `qemu-img map` (see

@@ -7,12 +7,17 @@
 //! 2 s for a slot, then get an NBD error), `--max-inflight SIZE` bytes held by in-flight requests
 //! server-wide, `--handshake-timeout` and `--idle-timeout` for stalled clients. The
 //! server's threads run under SCHED_BATCH unless `--sched normal` (see
-//! `vmcrypt_nbd::server::sched`).
+//! `vmcrypt_nbd::server::sched`). A LUKS2 image in reencryption state is served
+//! through both encryptions; `--control PATH` lets `vmcrypt luks reencrypt --online
+//! PATH` start, pause and follow the reencryption inside this process
+//! (docs/luks-reencrypt.md).
 use super::common::{Common, Ui};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use vmcrypt_block::jobs::image_arg::Access;
+use vmcrypt_block::jobs::luks::online::Control;
 use vmcrypt_block::opts::parse_size;
 use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
 use vmcrypt_nbd::server::{Listener, SchedPolicy};
@@ -66,6 +71,10 @@ pub struct Args {
     /// when the CPU is busy) or normal
     #[arg(long = "sched", value_name = "POLICY", default_value = "batch")]
     pub sched: String,
+    /// Listen for online reencryption commands (`vmcrypt luks reencrypt --online PATH`)
+    /// on this Unix socket
+    #[arg(long = "control", value_name = "PATH")]
+    pub control: Option<String>,
     /// Write the server's process id to PATH once it listens
     #[arg(long = "pid-file", value_name = "PATH")]
     pub pid_file: Option<String>,
@@ -114,6 +123,15 @@ pub fn run(args: Args) -> Result<u8> {
         });
     }
     drop(env);
+    let nodes: Vec<_> = exports
+        .iter()
+        .map(|e| (e.name.clone(), e.node.clone()))
+        .collect();
+    let control = Arc::new(Control::new(&nodes));
+    drop(nodes);
+    if let Some(path) = &args.control {
+        control.clone().listen(Path::new(path))?;
+    }
     let server = Server::new(exports)?
         .persistent(args.persistent)
         .shared(args.shared)
@@ -129,7 +147,13 @@ pub fn run(args: Args) -> Result<u8> {
         .enable_all()
         .build()
         .map_err(|e| Error::new(ErrorKind::Io, format!("starting the async runtime: {e}")))?;
-    runtime.block_on(serve(args, &server))?;
+    let served = runtime.block_on(serve(args, &server));
+    // A reencryption in progress stops between hotzones; --resume-only continues it.
+    control.pause_all();
+    if let Some(path) = &args.control {
+        let _ = std::fs::remove_file(path);
+    }
+    served?;
     Ok(0)
 }
 

@@ -22,6 +22,7 @@ mod volume;
 use crate::driver::{BlockDriver, Check, Child, Introspect, check_range};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use v2::reencrypt::online::Online;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_error::{Result, bail};
@@ -82,6 +83,9 @@ pub struct LuksDriver {
     /// read-modify-write cannot write back sector contents that another write replaced
     /// in the meantime.
     rmw: RwLock<()>,
+    /// Set while the LUKS2 header is in reencryption: requests go to the old or new
+    /// encryption by the moving hotzone (see [`v2::reencrypt::online`]).
+    online: Option<Arc<Online>>,
     /// Reusable scratch buffers for [`BlockDriver::write_at`] (which must not touch the
     /// caller's buffer), so a write neither allocates nor zeroes one.
     scratch: Mutex<Vec<Vec<u8>>>,
@@ -97,11 +101,26 @@ impl LuksDriver {
         limits: &KdfLimits,
     ) -> Result<Self> {
         let hdev = header_node.clone().unwrap_or_else(|| file.clone());
-        let header = Volume::open(hdev, header_node.is_some(), limits)?;
-        let (layout, read_only_reason) = data_layout(&header, header_node.is_some())?;
-        let (cipher, unlocked_slot) = match passphrase {
-            None => (None, None),
-            Some(p) => {
+        let detached = header_node.is_some();
+        let mut header = Volume::open(hdev.clone(), detached, limits)?;
+        let mut online = None;
+        if let (Some(p), Some(v)) = (passphrase, header.v2())
+            && v.reencrypt_state()?.is_some()
+        {
+            online = Online::open(hdev.clone(), file.clone(), detached, limits, p)?;
+            // Recovering an interrupted hotzone rewrote the header.
+            header = Volume::open(hdev, detached, limits)?;
+        }
+        let (mut layout, mut read_only_reason) = data_layout(&header, detached)?;
+        let (cipher, unlocked_slot) = match (passphrase, &online) {
+            (None, _) => (None, None),
+            (Some(_), Some(o)) => {
+                let l = o.layout();
+                (layout.offset, layout.size, layout.sector) = (l.offset, l.size, l.sector);
+                read_only_reason = None;
+                (Some(o.new_cipher()?), None)
+            }
+            (Some(p), None) => {
                 let (c, s) = header.data_cipher(p, slot)?;
                 (Some(c), Some(s))
             }
@@ -114,6 +133,7 @@ impl LuksDriver {
             cipher,
             unlocked_slot,
             read_only_reason,
+            online,
             rmw: RwLock::new(()),
             scratch: Mutex::new(Vec::new()),
         })
@@ -179,12 +199,19 @@ impl LuksDriver {
         let cipher = self.cipher()?;
         let host = self.host(g).0;
         let have = self.file.size().saturating_sub(host).min(buf.len() as u64) as usize;
+        let admitted = match &self.online {
+            Some(o) => Some(o.admit(g.0, buf.len())?),
+            None => None,
+        };
         let (inside, past_end) = buf.split_at_mut(have);
         if !inside.is_empty() {
             self.file.read_at(inside, host)?;
         }
         past_end.fill(0);
-        crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false)
+        match (&self.online, admitted) {
+            (Some(o), Some(a)) => o.crypt(buf, g.0, a.done, false),
+            _ => crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false),
+        }
     }
 
     /// Encrypt and write whole sectors starting at the sector-aligned `g`, copying
@@ -212,6 +239,11 @@ impl LuksDriver {
     /// Encrypt whole sectors in place and write them at the sector-aligned `g`.
     fn encrypt_and_write(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
         let cipher = self.cipher()?;
+        if let Some(o) = &self.online {
+            let a = o.admit(g.0, buf.len())?;
+            o.crypt(buf, g.0, a.done, true)?;
+            return self.file.write_at(buf, self.host(g).0);
+        }
         crypt(cipher, self.iv(g), self.layout.sector as usize, buf, true)?;
         self.file.write_at(buf, self.host(g).0)
     }
@@ -406,6 +438,12 @@ impl BlockDriver for LuksDriver {
                 self.layout.sector
             );
         }
+        if self.online.is_some() {
+            bail!(
+                Unsupported,
+                "luks: a LUKS2 reencryption is in progress; resize after it finished"
+            );
+        }
         if self.layout.size.is_some() {
             bail!(
                 Unsupported,
@@ -446,6 +484,10 @@ impl BlockDriver for LuksDriver {
 
     fn as_introspect(&self) -> Option<&dyn Introspect> {
         Some(self)
+    }
+
+    fn as_reencryption(&self) -> Option<Arc<Online>> {
+        self.online.clone()
     }
 }
 

@@ -51,6 +51,12 @@ impl RunDir {
         self.0.join(format!("{name}.sock"))
     }
 
+    /// The online reencryption control socket of `name`
+    /// ([`super::online`]).
+    pub fn control(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.ctl"))
+    }
+
     /// The state (and lock) file of `name`.
     pub fn state(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.state"))
@@ -362,6 +368,10 @@ impl Claim {
         self.socket.clone()
     }
 
+    pub fn control(&self) -> PathBuf {
+        self.dir.control(&self.name)
+    }
+
     /// The daemon's log file (owner-only, truncated).
     pub fn log_file(&self) -> Result<File> {
         let path = self.dir.log(&self.name);
@@ -388,6 +398,7 @@ impl Claim {
     /// the file).
     pub fn release(self) -> Result<()> {
         remove_if_present(&self.socket)?;
+        remove_if_present(&self.dir.control(&self.name))?;
         remove_if_present(&self.dir.log(&self.name))?;
         remove_if_present(&self.dir.state(&self.name))
     }

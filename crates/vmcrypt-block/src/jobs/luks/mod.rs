@@ -8,6 +8,7 @@
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
 //! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair;
 //! * [`reencrypt`]: a new volume key (cryptsetup's LUKS2 reencryption format);
+//!   [`online`]: the control channel of a reencryption run by a serving process;
 //! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
 //!   the run directory that records which names are active (open/close/status).
 //!
@@ -19,6 +20,7 @@ pub mod active;
 pub mod format;
 pub mod header;
 pub mod luks2;
+pub mod online;
 pub mod open;
 pub mod reencrypt;
 pub mod slots;

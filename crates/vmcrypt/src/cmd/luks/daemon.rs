@@ -2,17 +2,20 @@
 //! open command starts with the passphrase on its stdin (a pipe) and a status pipe on
 //! its stdout. It leaves the terminal's session, claims NAME in the run directory,
 //! unlocks the device, listens on NAME.sock, publishes its state, says "ok" and serves
-//! until SIGTERM (`luks close`); any failure before that is reported as "err MESSAGE"
+//! until SIGTERM (`luks close`). An image in LUKS2 reencryption state also gets
+//! NAME.ctl, the control socket of `vmcrypt luks reencrypt --online NAME`; any failure before that is reported as "err MESSAGE"
 //! and its exit status, which the open command passes on.
 use crate::cmd::common::LimitOpts;
 use crate::cmd::serve::shutdown_signal;
 use crate::passphrase::read_key_file;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use vmcrypt_block::jobs::NoEvents;
 use vmcrypt_block::jobs::image_arg::{Access, Env, ImageArg};
 use vmcrypt_block::jobs::luks::Target;
 use vmcrypt_block::jobs::luks::active::{self, ActiveInfo, Claim, RunDir};
+use vmcrypt_block::jobs::luks::online::Control;
 use vmcrypt_block::jobs::luks::open::{DeviceInfo, OpenRequest, Opened, open};
 use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::{Error, ErrorKind, Result};
@@ -135,6 +138,10 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
     };
     init_logging(claim.log_file()?);
     let info = opened.info;
+    let control = Arc::new(Control::new(&[(String::new(), opened.node.clone())]));
+    if control.active() {
+        control.clone().listen(&claim.control())?;
+    }
     let server = Server::new(vec![Export {
         name: String::new(),
         node: opened.node,
@@ -162,7 +169,10 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
             .map_err(|e| Error::io(e, "telling `luks open` the device is ready"))?;
         tracing::info!(name = %a.name, socket = %sock.display(), "serving");
         server.serve(listener, shutdown_signal()).await
-    })
+    })?;
+    // A reencryption in progress stops between hotzones; --online NAME resumes it.
+    control.pause_all();
+    Ok(())
 }
 
 /// Open the image spec `a.device` with the key as secret [`IMAGE_KEY_ID`]; its status

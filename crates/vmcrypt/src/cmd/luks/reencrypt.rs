@@ -1,14 +1,18 @@
 //! `vmcrypt luks reencrypt`: a new volume key for a LUKS device, offline, in
 //! cryptsetup's LUKS2 reencryption format (cryptsetup reencrypt
-//! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back.
+//! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back. `--online SOCKET`
+//! drives the reencryption inside a `vmcrypt serve --control SOCKET` process instead.
 use super::opts::{KdfOpts, KeyOpts};
 use std::io::Write;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use vmcrypt_block::drivers::luks::v2::reencrypt::init::NewEncryption;
 use vmcrypt_block::jobs::Events;
+use vmcrypt_block::jobs::luks::active::{RunDir, check_name};
+use vmcrypt_block::jobs::luks::online;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
 use vmcrypt_block::opts::parse_size;
-use vmcrypt_error::{Result, ensure};
+use vmcrypt_error::{Result, bail, ensure};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,9 +57,37 @@ pub struct Args {
     /// Print no progress line
     #[arg(long = "no-progress")]
     no_progress: bool,
+    /// DEVICE is the --control socket of a `vmcrypt serve` process, or the NAME of a
+    /// `vmcrypt luks open` device: reencrypt the image while it is served (put it in
+    /// reencryption state offline with --init-only first)
+    #[arg(long = "online")]
+    online: bool,
+    /// With --online NAME: the run directory of `luks open`
+    #[arg(long = "run-dir", value_name = "DIR", requires = "online")]
+    run_dir: Option<String>,
+    /// With --online: the export name (default: the default export "")
+    #[arg(
+        long = "export",
+        value_name = "NAME",
+        requires = "online",
+        default_value = ""
+    )]
+    export: String,
+    /// With --online: pause the run after its current hotzone
+    #[arg(long = "pause", requires = "online")]
+    pause: bool,
+    /// With --online: print where the run stands and exit
+    #[arg(long = "status", requires = "online", conflicts_with = "pause")]
+    status: bool,
+    /// With --online: start the run and exit without following it
+    #[arg(long = "detach", requires = "online")]
+    detach: bool,
 }
 
 pub fn run(a: &Args) -> Result<u8> {
+    if a.online {
+        return online(a);
+    }
     ensure!(
         !(a.resume_only && a.init_only),
         Usage,
@@ -104,6 +136,70 @@ pub fn run(a: &Args) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// `--online`: talk to the serving process's control socket.
+fn online(a: &Args) -> Result<u8> {
+    ensure!(
+        !a.init_only,
+        Usage,
+        "--init-only works on the image itself, offline (not with --online)"
+    );
+    let sock = control_socket(a)?;
+    let sock = sock.as_path();
+    let hotzone = a.hotzone_size.as_deref().map(parse_size).transpose()?;
+    let mut status = Status::new(!a.no_progress && !a.key.batch);
+    let cmd = if a.status {
+        "status"
+    } else if a.pause {
+        "pause"
+    } else {
+        "start"
+    };
+    let mut st = online::request(sock, cmd, &a.export, hotzone)?;
+    if cmd == "start" && !a.detach {
+        while st.state == "running" {
+            status.progress(st.done, st.total);
+            std::thread::sleep(Duration::from_millis(200));
+            st = online::request(sock, "status", &a.export, None)?;
+        }
+        status.progress(st.done, st.total);
+        status.end();
+    }
+    if let Some(e) = &st.error {
+        bail!(Io, "online reencryption failed: {e}");
+    }
+    eprintln!(
+        "Reencryption {}: {} of {} bytes, {} hotzones; longest hotzone {:.1} ms, \
+         longest request {:.1} ms.",
+        st.state,
+        st.done,
+        st.total,
+        st.hotzones,
+        st.hotzone_max.as_secs_f64() * 1e3,
+        st.request_max.as_secs_f64() * 1e3
+    );
+    Ok(0)
+}
+
+/// The control socket: DEVICE if it is a path that exists, else the socket of the
+/// `luks open` device named DEVICE.
+fn control_socket(a: &Args) -> Result<PathBuf> {
+    let p = Path::new(&a.device);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    check_name(&a.device)?;
+    let sock = RunDir::new(a.run_dir.as_deref()).control(&a.device);
+    ensure!(
+        sock.exists(),
+        NotFound,
+        "{}: no such control socket, and no `luks open` device of that name in \
+         reencryption state ({})",
+        a.device,
+        sock.display()
+    );
+    Ok(sock)
 }
 
 /// cryptsetup's status line: "Progress: 42.1%, ETA 00:03, 512 MiB written, speed 1.2 GiB/s".

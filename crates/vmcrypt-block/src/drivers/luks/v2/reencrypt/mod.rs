@@ -14,6 +14,7 @@
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
 pub mod init;
+pub mod online;
 
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
@@ -85,6 +86,25 @@ pub(crate) fn new_digest(
         salt,
         digest,
     })
+}
+
+/// Told before and after each hotzone, so that a driver serving the data while it is
+/// reencrypted can hold requests that touch the hotzone (see [`online`]).
+pub trait HotzoneGate {
+    /// The hotzone `[offset, offset + len)` (from the data start) is about to be
+    /// read; returns once no request touching it is in flight.
+    fn enter(&self, offset: u64, len: u64);
+    /// The hotzone is done: everything below `done` is in the new encryption; `None`
+    /// when its step failed (its state on disk is then unknown until recovered).
+    fn leave(&self, done: Option<u64>);
+}
+
+/// No one to tell (offline runs).
+struct NoGate;
+
+impl HotzoneGate for NoGate {
+    fn enter(&self, _: u64, _: u64) {}
+    fn leave(&self, _: Option<u64>) {}
 }
 
 /// Where a run stands (for progress lines and reports).
@@ -271,6 +291,12 @@ impl<'a> Reencryption<'a> {
         progress: &mut dyn FnMut(Position),
         keep_going: &dyn Fn() -> bool,
     ) -> Result<bool> {
+        self.run_gated(progress, keep_going, &NoGate)
+    }
+
+    /// Finish a hotzone that was interrupted (from its protection); true if that
+    /// finished the whole reencryption.
+    pub fn recover_interrupted(&mut self) -> Result<bool> {
         if let Some(h) = self.st.hot_segment().cloned() {
             let len = match h.size {
                 SegmentSize::Bytes(n) => n,
@@ -278,7 +304,17 @@ impl<'a> Reencryption<'a> {
             };
             self.recover(h.offset - self.layout.data_offset, len)?;
         }
-        if self.vol.reencrypt_state()?.is_none() {
+        Ok(self.vol.reencrypt_state()?.is_none())
+    }
+
+    /// [`Self::run`], telling `gate` before and after each hotzone.
+    pub fn run_gated(
+        &mut self,
+        progress: &mut dyn FnMut(Position),
+        keep_going: &dyn Fn() -> bool,
+        gate: &dyn HotzoneGate,
+    ) -> Result<bool> {
+        if self.recover_interrupted()? {
             return Ok(true);
         }
         let mut pos = self.position()?;
@@ -292,7 +328,10 @@ impl<'a> Reencryption<'a> {
                 return Ok(false);
             }
             let len = self.hotzone.min(pos.total - pos.done);
-            self.step(pos.done, len, &mut buf)?;
+            gate.enter(pos.done, len);
+            let stepped = self.step(pos.done, len, &mut buf);
+            gate.leave(stepped.is_ok().then_some(pos.done + len));
+            stepped?;
             pos.done += len;
             progress(pos);
         }

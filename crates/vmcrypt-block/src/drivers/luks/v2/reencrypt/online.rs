@@ -1,0 +1,384 @@
+//! Online reencryption: a LUKS2 image in reencryption state served while it is
+//! reencrypted, by the process that serves it.
+//!
+//! [`Online`] is the shared state of one image: both ciphers, the offset below which
+//! the data is in the new encryption (`done`), the hotzone being rewritten, and the
+//! requests in flight. Each request of the LUKS driver is admitted for its range: it
+//! waits while its range overlaps the hotzone, then is counted in flight and uses the
+//! new cipher below `done` and the old one above. The background run (one thread, the
+//! same [`Reencryption`] as offline, told through [`HotzoneGate`]) marks the hotzone,
+//! waits for the requests in flight that touch it, rewrites it with the usual
+//! crash-safe writes and moves `done`. Requests elsewhere never wait.
+//!
+//! The on-disk metadata is the state: a server restarted after a kill opens the image
+//! in reencryption state again, recovers an interrupted hotzone before serving, and
+//! resumes when told to (or `vmcrypt luks reencrypt --resume-only` finishes offline).
+use super::{HotzoneGate, Reencryption};
+use crate::driver::BlockDriver;
+use crate::drivers::luks::{Volume, crypt};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use vmcrypt_crypto::argon::KdfLimits;
+use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
+use vmcrypt_error::{Error, Result, ResultExt, bail};
+use vmcrypt_format::luks2::{Segment, SegmentSize};
+
+/// Default hotzone online: small, since requests touching it wait for all of it.
+pub const ONLINE_HOTZONE: u64 = 1 << 20;
+
+/// What the background run is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Not started by this process (the reencryption is waiting for a resume).
+    Idle,
+    Running,
+    /// Stopped cleanly between hotzones.
+    Paused,
+    Finished,
+    /// The run stopped on an error (the message).
+    Failed(String),
+}
+
+impl RunState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunState::Idle => "idle",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Finished => "finished",
+            RunState::Failed(_) => "failed",
+        }
+    }
+}
+
+/// A snapshot for status lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OnlineStatus {
+    pub state: RunState,
+    pub done: u64,
+    pub total: u64,
+    pub hotzones: u64,
+    /// Longest hotzone (from marking it to moving `done`).
+    pub hotzone_max: Duration,
+    /// Longest request of the data path (admission wait included).
+    pub request_max: Duration,
+}
+
+/// One segment's encryption.
+struct Seg {
+    cipher: SectorCipher,
+    iv_tweak: u64,
+    sector: usize,
+}
+
+impl Seg {
+    fn new(s: &Segment, key: &SecretBytes) -> Result<Self> {
+        let spec = CipherSpec::from_luks2(&s.encryption, key.len())?;
+        Ok(Seg {
+            cipher: SectorCipher::new(&spec, key.as_bytes())?,
+            iv_tweak: s.iv_tweak,
+            sector: s.sector_size as usize,
+        })
+    }
+}
+
+/// The hotzone lock and the requests in flight.
+struct Gate {
+    done: u64,
+    hot: Option<(u64, u64)>,
+    hot_since: Option<Instant>,
+    inflight: Vec<(u64, u64)>,
+    state: RunState,
+    hotzones: u64,
+    hotzone_max: Duration,
+    request_max: Duration,
+}
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+/// Where the data is, as the LUKS driver needs it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OnlineLayout {
+    pub offset: u64,
+    pub size: Option<u64>,
+    /// The larger of both sector sizes (unaligned writes are read-modify-written on it).
+    pub sector: u64,
+}
+
+/// The shared state of an image reencrypted while it is served.
+pub struct Online {
+    gate: Mutex<Gate>,
+    cv: Condvar,
+    old: Seg,
+    new: Seg,
+    old_key: SecretBytes,
+    new_key: SecretBytes,
+    hdev: Arc<dyn BlockDriver>,
+    data: Arc<dyn BlockDriver>,
+    detached: bool,
+    limits: KdfLimits,
+    layout: OnlineLayout,
+    total: u64,
+    stop: AtomicBool,
+}
+
+/// A request admitted for `range`: `done` is stable while it lives.
+pub(crate) struct Admitted<'a> {
+    online: &'a Online,
+    range: (u64, u64),
+    pub done: u64,
+    start: Instant,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut g = self.online.lock();
+        if let Some(i) = g.inflight.iter().position(|r| *r == self.range) {
+            g.inflight.swap_remove(i);
+        }
+        g.request_max = g.request_max.max(self.start.elapsed());
+        drop(g);
+        self.online.cv.notify_all();
+    }
+}
+
+impl Online {
+    /// Open the reencryption of the LUKS2 header on `hdev` (data on `data`) with
+    /// `passphrase`, which must open both the old and the new volume key. An
+    /// interrupted hotzone is recovered first. `None` when no reencryption is in
+    /// progress (any more: the recovery may have finished it).
+    pub fn open(
+        hdev: Arc<dyn BlockDriver>,
+        data: Arc<dyn BlockDriver>,
+        detached: bool,
+        limits: &KdfLimits,
+        passphrase: &[u8],
+    ) -> Result<Option<Arc<Online>>> {
+        let mut vol = Volume::open(hdev.clone(), detached, limits)?;
+        let v2 = vol.v2_mut()?;
+        let Some(st) = v2.reencrypt_state()? else {
+            return Ok(None);
+        };
+        let new_key = v2.unlock_digest(passphrase, st.new_digest)?;
+        let old_key = v2.unlock_digest(passphrase, st.old_digest).ctx(
+            "the old volume key of the reencryption in progress (finish it offline with \
+             vmcrypt luks reencrypt --resume-only)",
+        )?;
+        let mut r = Reencryption::load(v2, data.clone(), &old_key, &new_key, None)?;
+        let writable = !(hdev.is_read_only() || data.is_read_only());
+        if st.hot_segment().is_some() && !writable {
+            bail!(
+                ReadOnly,
+                "the LUKS2 reencryption was interrupted inside a hotzone: open the image \
+                 read-write (or run vmcrypt luks reencrypt --resume-only) to recover it"
+            );
+        }
+        if r.recover_interrupted()? {
+            return Ok(None);
+        }
+        let pos = r.position()?;
+        drop(r);
+        let st = v2
+            .reencrypt_state()?
+            .ok_or_else(|| Error::internal("reencryption state lost"))?;
+        let layout = OnlineLayout {
+            offset: v2.header().metadata.data_offset()?,
+            size: match st.old.size {
+                SegmentSize::Bytes(n) => Some(n),
+                SegmentSize::Dynamic => None,
+            },
+            sector: u64::from(st.old.sector_size.max(st.new.sector_size)),
+        };
+        Ok(Some(Arc::new(Online {
+            gate: Mutex::new(Gate {
+                done: pos.done,
+                hot: None,
+                hot_since: None,
+                inflight: Vec::new(),
+                state: RunState::Idle,
+                hotzones: 0,
+                hotzone_max: Duration::ZERO,
+                request_max: Duration::ZERO,
+            }),
+            cv: Condvar::new(),
+            old: Seg::new(&st.old, &old_key)?,
+            new: Seg::new(&st.new, &new_key)?,
+            old_key,
+            new_key,
+            hdev,
+            data,
+            detached,
+            limits: *limits,
+            layout,
+            total: pos.total,
+            stop: AtomicBool::new(false),
+        })))
+    }
+
+    pub(crate) fn layout(&self) -> OnlineLayout {
+        self.layout
+    }
+
+    /// A cipher of the new encryption (for the driver's "has a key" checks).
+    pub(crate) fn new_cipher(&self) -> Result<SectorCipher> {
+        SectorCipher::new(self.new.cipher.spec(), self.new_key.as_bytes())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admit a request for guest bytes `[g, g + len)`: wait while the hotzone
+    /// overlaps it, then count it in flight.
+    pub(crate) fn admit(&self, g: u64, len: usize) -> Result<Admitted<'_>> {
+        let start = Instant::now();
+        let range = (g, g + len as u64);
+        let mut gate = self.lock();
+        while let Some(h) = gate.hot.filter(|h| overlaps(*h, range)) {
+            if let RunState::Failed(why) = &gate.state {
+                bail!(
+                    Io,
+                    "bytes {}..{} are in a hotzone whose reencryption failed ({why}); \
+                     restart the server to recover it",
+                    h.0,
+                    h.1
+                );
+            }
+            gate = self.cv.wait(gate).unwrap_or_else(|e| e.into_inner());
+        }
+        gate.inflight.push(range);
+        Ok(Admitted {
+            online: self,
+            range,
+            done: gate.done,
+            start,
+        })
+    }
+
+    /// Encrypt or decrypt the whole sectors in `buf` at guest offset `g`: the new
+    /// encryption below `done`, the old one above.
+    pub(crate) fn crypt(&self, buf: &mut [u8], g: u64, done: u64, encrypt: bool) -> Result<()> {
+        let split = done.saturating_sub(g).min(buf.len() as u64) as usize;
+        let (below, above) = buf.split_at_mut(split);
+        for (seg, part, at) in [(&self.new, below, g), (&self.old, above, g + split as u64)] {
+            if !part.is_empty() {
+                let iv = seg.iv_tweak.wrapping_add(at / 512);
+                crypt(&seg.cipher, iv, seg.sector, part, encrypt)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start (or resume) the background run with hotzones of `hotzone` bytes.
+    pub fn start(self: &Arc<Self>, hotzone: Option<u64>) -> Result<()> {
+        if self.hdev.is_read_only() || self.data.is_read_only() {
+            bail!(
+                ReadOnly,
+                "the image is open read-only: it cannot be reencrypted"
+            );
+        }
+        let mut g = self.lock();
+        match &g.state {
+            RunState::Running => bail!(Usage, "the reencryption is already running"),
+            RunState::Finished => bail!(Usage, "the reencryption is finished"),
+            RunState::Failed(why) if g.hot.is_some() => bail!(
+                Io,
+                "the reencryption failed inside a hotzone ({why}); restart the server"
+            ),
+            _ => {}
+        }
+        g.state = RunState::Running;
+        drop(g);
+        self.stop.store(false, Ordering::SeqCst);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("luks-reencrypt".into())
+            .spawn(move || {
+                let r = me.work(hotzone.unwrap_or(ONLINE_HOTZONE));
+                let mut g = me.lock();
+                g.state = match r {
+                    Ok(true) => RunState::Finished,
+                    Ok(false) => RunState::Paused,
+                    Err(e) => RunState::Failed(e.display_chain()),
+                };
+                drop(g);
+                me.cv.notify_all();
+            });
+        if let Err(e) = spawned {
+            self.lock().state = RunState::Failed(e.to_string());
+            bail!(Io, "cannot start the reencryption thread: {e}");
+        }
+        Ok(())
+    }
+
+    fn work(&self, hotzone: u64) -> Result<bool> {
+        let mut vol = Volume::open(self.hdev.clone(), self.detached, &self.limits)?;
+        let v2 = vol.v2_mut()?;
+        let mut r = Reencryption::load(
+            v2,
+            self.data.clone(),
+            &self.old_key,
+            &self.new_key,
+            Some(hotzone),
+        )?;
+        r.run_gated(&mut |_| {}, &|| !self.stop.load(Ordering::SeqCst), self)
+    }
+
+    /// Stop the run after the current hotzone.
+    pub fn pause(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until the run is no longer running (tests, shutdown).
+    pub fn wait_stopped(&self) {
+        let mut g = self.lock();
+        while g.state == RunState::Running {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn status(&self) -> OnlineStatus {
+        let g = self.lock();
+        OnlineStatus {
+            state: g.state.clone(),
+            done: g.done,
+            total: self.total,
+            hotzones: g.hotzones,
+            hotzone_max: g.hotzone_max,
+            request_max: g.request_max,
+        }
+    }
+}
+
+impl HotzoneGate for Online {
+    fn enter(&self, offset: u64, len: u64) {
+        let hot = (offset, offset + len);
+        let mut g = self.lock();
+        g.hot = Some(hot);
+        g.hot_since = Some(Instant::now());
+        while g.inflight.iter().any(|r| overlaps(*r, hot)) {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn leave(&self, done: Option<u64>) {
+        let mut g = self.lock();
+        if let Some(d) = done {
+            g.done = d;
+            g.hot = None;
+            g.hotzones += 1;
+            if let Some(t) = g.hot_since.take() {
+                g.hotzone_max = g.hotzone_max.max(t.elapsed());
+            }
+        } else {
+            // Keep the hotzone locked: its data is in an unknown state until a restart
+            // recovers it. The run's error is recorded when its thread ends.
+            g.state = RunState::Failed("hotzone write failed".into());
+        }
+        drop(g);
+        self.cv.notify_all();
+    }
+}

@@ -1,0 +1,550 @@
+//! Online reencryption under `vmcrypt serve`: a cryptsetup LUKS2 image is put in
+//! reencryption state (`--init-only`), served, and reencrypted inside the server
+//! (`vmcrypt luks reencrypt --online CONTROL`) while qemu-io and a Rust NBD client
+//! write (and read back) through the export the whole time. Afterwards every
+//! acknowledged write reads back (the image is compared with a model of the writes)
+//! and `cryptsetup luksDump` shows a new volume key digest and no requirement. A
+//! server killed with SIGKILL mid-run is restarted and resumes; or cryptsetup
+//! (`repair` + `reencrypt --resume-only`) finishes the run offline.
+//!
+//! Latency is printed, not asserted: the longest NBD write as the client saw it, and
+//! the server's longest hotzone and longest request.
+#[path = "nbd_support/raw.rs"]
+mod raw;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const DATA: u64 = 32 * MIB;
+/// Writers own alternate stripes: qemu-io the even ones, the NBD client the odd ones.
+const STRIPE: u64 = MIB;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A range inside a stripe of the given parity: 512-aligned offset and length.
+    fn range(&mut self, parity: u64, max_len: u64) -> (u64, u64) {
+        let stripes = DATA / STRIPE;
+        let k = (self.next() % (stripes / 2)) * 2 + parity;
+        let o = (self.next() % (STRIPE / 512)) * 512;
+        let len = (1 + self.next() % (max_len / 512)) * 512;
+        (k * STRIPE + o, len.min(STRIPE - o))
+    }
+}
+
+fn vmcrypt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmcrypt"))
+}
+
+#[track_caller]
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+type Model = Arc<Mutex<Vec<u8>>>;
+
+struct Setup {
+    dir: tempfile::TempDir,
+    img: PathBuf,
+    pw: PathBuf,
+    model: Model,
+    digest: String,
+}
+
+fn dump_json(img: &Path) -> serde_json::Value {
+    let text = ok(Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(img));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The digest value bound to segment 0.
+fn digest_of(img: &Path) -> String {
+    let j = dump_json(img);
+    let d = j["digests"].as_object().unwrap();
+    d.values()
+        .find(|d| d["segments"].as_array().unwrap().iter().any(|s| s == "0"))
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+fn in_progress(img: &Path) -> bool {
+    dump_json(img)["config"]["requirements"]["mandatory"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+}
+
+/// A cryptsetup LUKS2 image with random data, put in reencryption state by vmcrypt.
+fn setup(sector: u32, seed: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, pw, plain) = (
+        dir.path().join("d.img"),
+        dir.path().join("pw"),
+        dir.path().join("plain"),
+    );
+    std::fs::write(&pw, b"secret").unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB + DATA)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks2", "-q", "--pbkdf", "pbkdf2"])
+        .args(["--pbkdf-force-iterations", "1000", "--sector-size"])
+        .arg(sector.to_string())
+        .arg("--key-file")
+        .args([&pw, &img]));
+    let mut rng = Rng(seed);
+    let data: Vec<u8> = (0..DATA).map(|_| rng.next() as u8).collect();
+    std::fs::write(&plain, &data).unwrap();
+    let secret = format!("secret,id=s0,file={}", pw.display());
+    let target = format!("driver=luks,key-secret=s0,file.filename={}", img.display());
+    ok(vmcrypt()
+        .args(["convert", "-q", "-n", "-f", "raw", "--target-image-opts"])
+        .args(["--object", &secret, plain.to_str().unwrap(), &target]));
+    let digest = digest_of(&img);
+    ok(vmcrypt()
+        .args([
+            "luks",
+            "reencrypt",
+            "--init-only",
+            "--no-progress",
+            "--key-file",
+        ])
+        .arg(&pw)
+        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+        .arg(&img));
+    assert!(in_progress(&img), "--init-only left no reencryption");
+    Setup {
+        dir,
+        img,
+        pw,
+        model: Arc::new(Mutex::new(data)),
+        digest,
+    }
+}
+
+/// A `vmcrypt serve` process, or a `vmcrypt luks open` daemon (no child of ours).
+struct Server {
+    child: Option<Child>,
+    nbd: PathBuf,
+    /// What `luks reencrypt --online` is given to reach the run.
+    ctl: Vec<String>,
+    /// `luks open`: the run directory and name.
+    opened: Option<(PathBuf, String)>,
+}
+
+fn serve(s: &Setup) -> Server {
+    let (nbd, ctl) = (s.dir.path().join("nbd.sock"), s.dir.path().join("ctl.sock"));
+    let _ = std::fs::remove_file(&nbd);
+    let mut child = vmcrypt()
+        .args(["serve", "--persistent", "--socket"])
+        .arg(&nbd)
+        .arg("--control")
+        .arg(&ctl)
+        .arg("--object")
+        .arg(format!("secret,id=s0,file={}", s.pw.display()))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver=luks,key-secret=s0,file.filename={}",
+            s.img.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting vmcrypt serve");
+    let t = Instant::now();
+    while !(nbd.exists() && std::os::unix::net::UnixStream::connect(&ctl).is_ok()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "vmcrypt serve exited at start"
+        );
+        assert!(t.elapsed() < Duration::from_secs(20), "server not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server {
+        child: Some(child),
+        nbd,
+        ctl: vec![ctl.display().to_string()],
+        opened: None,
+    }
+}
+
+/// `vmcrypt luks open` of the image under `name`.
+fn luks_open(s: &Setup, name: &str) -> Server {
+    let run = s.dir.path().join("run");
+    ok(vmcrypt()
+        .args(["luks", "open", "--key-file"])
+        .arg(&s.pw)
+        .arg("--run-dir")
+        .arg(&run)
+        .arg(&s.img)
+        .arg(name));
+    Server {
+        child: None,
+        nbd: run.join(format!("{name}.sock")),
+        ctl: vec![
+            "--run-dir".into(),
+            run.display().to_string(),
+            name.to_string(),
+        ],
+        opened: Some((run, name.to_string())),
+    }
+}
+
+impl Server {
+    fn kill9(self) {
+        let mut child = self.child.expect("a serve process");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn stop(self) {
+        if let Some((run, name)) = &self.opened {
+            ok(vmcrypt()
+                .args(["luks", "close", "--run-dir"])
+                .arg(run)
+                .arg(name));
+            return;
+        }
+        let mut child = self.child.expect("a serve process");
+        ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        assert!(child.wait().unwrap().success(), "serve exit status");
+    }
+
+    fn online(&self, extra: &[&str]) -> String {
+        ok(vmcrypt()
+            .args(["luks", "reencrypt", "--online", "--no-progress"])
+            .args(extra)
+            .args(&self.ctl))
+    }
+
+    /// (state, done, total, summary line).
+    fn status(&self) -> (String, u64, u64, String) {
+        let out = self.online(&["--status"]);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Reencryption "))
+            .unwrap_or_else(|| panic!("no status line in {out}"))
+            .to_string();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let state = w[1].trim_end_matches(':').to_string();
+        (state, w[2].parse().unwrap(), w[4].parse().unwrap(), line)
+    }
+}
+
+/// Writers running against the export until stopped.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    batches: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    handles: Vec<JoinHandle<Duration>>,
+}
+
+impl Writers {
+    fn start(srv: &Server, model: &Model, seed: u64) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (batches, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let q = {
+            let (sock, model, stop, n) = (
+                srv.nbd.clone(),
+                model.clone(),
+                stop.clone(),
+                batches.clone(),
+            );
+            std::thread::spawn(move || qemu_io_writer(&sock, &model, &stop, &n, seed))
+        };
+        let r = {
+            let (sock, model, stop, n) = (
+                srv.nbd.clone(),
+                model.clone(),
+                stop.clone(),
+                requests.clone(),
+            );
+            std::thread::spawn(move || nbd_writer(&sock, &model, &stop, &n, seed ^ 0xabcdef))
+        };
+        let w = Writers {
+            stop,
+            batches,
+            requests,
+            handles: vec![q, r],
+        };
+        let t = Instant::now();
+        while w.counts().0 < 1 || w.counts().1 < 10 {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "writers did not start"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        w
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::SeqCst),
+            self.requests.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Stop both; the longest NBD write the client saw.
+    fn finish(self) -> Duration {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handles
+            .into_iter()
+            .map(|h| h.join().expect("a writer failed"))
+            .max()
+            .unwrap()
+    }
+}
+
+/// Batches of qemu-io writes into the even stripes, each read back right after.
+fn qemu_io_writer(
+    sock: &Path,
+    model: &Model,
+    stop: &AtomicBool,
+    n: &AtomicU64,
+    seed: u64,
+) -> Duration {
+    let mut rng = Rng(seed | 1);
+    let url = format!("nbd+unix:///?socket={}", sock.display());
+    while !stop.load(Ordering::SeqCst) {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw", &url]);
+        let mut writes = vec![];
+        for _ in 0..8 {
+            let (off, len) = rng.range(0, 64 << 10);
+            let pat = (rng.next() % 255 + 1) as u8;
+            cmd.arg("-c").arg(format!("write -P {pat} {off} {len}"));
+            cmd.arg("-c").arg(format!("read -P {pat} {off} {len}"));
+            writes.push((off, len, pat));
+        }
+        let out = ok(&mut cmd);
+        assert!(
+            !out.contains("fail") && !out.contains("error"),
+            "qemu-io: {out}"
+        );
+        assert_eq!(
+            out.matches("wrote ").count(),
+            writes.len(),
+            "qemu-io: {out}"
+        );
+        let mut m = model.lock().unwrap();
+        for (off, len, pat) in writes {
+            m[off as usize..(off + len) as usize].fill(pat);
+        }
+        drop(m);
+        n.fetch_add(1, Ordering::SeqCst);
+    }
+    Duration::ZERO
+}
+
+/// Random writes into the odd stripes over a raw NBD connection, every fourth
+/// followed by a read of the same range; returns the longest write (send to reply).
+fn nbd_writer(sock: &Path, model: &Model, stop: &AtomicBool, n: &AtomicU64, seed: u64) -> Duration {
+    let mut rng = Rng(seed | 1);
+    let mut c = raw::RawClient::open(sock.to_str().unwrap(), "");
+    let mut worst = Duration::ZERO;
+    let mut cookie = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let (off, len) = rng.range(1, 64 << 10);
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        cookie += 1;
+        let t = Instant::now();
+        c.write(cookie, off, &data);
+        assert_eq!(c.reply(), Some((cookie, 0)), "NBD write at {off}+{len}");
+        worst = worst.max(t.elapsed());
+        model.lock().unwrap()[off as usize..(off + len) as usize].copy_from_slice(&data);
+        if cookie % 4 == 0 {
+            cookie += 1;
+            let back = c.read(cookie, off, len as u32);
+            assert!(back == data, "NBD read-back at {off}+{len} differs");
+        }
+        n.fetch_add(1, Ordering::SeqCst);
+    }
+    worst
+}
+
+/// No requirement left, a new digest, the plaintext equal to the model.
+#[track_caller]
+fn check(s: &Setup, what: &str) {
+    let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&s.img));
+    assert!(!dump.contains("Requirements"), "{what}: {dump}");
+    assert!(!dump.contains("reencrypt"), "{what}: {dump}");
+    assert_ne!(
+        digest_of(&s.img),
+        s.digest,
+        "{what}: volume key not changed"
+    );
+    let out = s.dir.path().join("out");
+    let secret = format!("secret,id=s0,file={}", s.pw.display());
+    let src = format!(
+        "driver=luks,key-secret=s0,file.filename={}",
+        s.img.display()
+    );
+    ok(vmcrypt()
+        .args([
+            "convert",
+            "-q",
+            "-O",
+            "raw",
+            "--object",
+            &secret,
+            "--image-opts",
+        ])
+        .args([&src, out.to_str().unwrap()]));
+    let got = std::fs::read(&out).unwrap();
+    let want = s.model.lock().unwrap();
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!("{what}: plaintext differs from the model of the writes at byte {i}");
+    }
+}
+
+/// Wait for the run to leave "running"; returns its last status line.
+fn wait_done(srv: &Server) -> String {
+    let t = Instant::now();
+    loop {
+        let (state, _, _, line) = srv.status();
+        if state != "running" {
+            return line;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "run never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn online_run_with_writers() {
+    for (sector, seed) in [(4096u32, 11u64), (512, 12)] {
+        let s = setup(sector, seed);
+        online_run(&s, serve(&s), &format!("serve, sector {sector}"));
+    }
+}
+
+#[test]
+fn luks_open_daemon_online_run() {
+    let s = setup(4096, 13);
+    online_run(&s, luks_open(&s, "vol0"), "luks open");
+}
+
+/// Writers throughout a run started with --detach and followed with --status.
+fn online_run(s: &Setup, srv: Server, what: &str) {
+    let seed = s.digest.len() as u64 + 5;
+    {
+        let w = Writers::start(&srv, &s.model, seed);
+        let before = w.counts();
+        srv.online(&["--hotzone-size", "64K", "--detach"]);
+        let line = wait_done(&srv);
+        let during = w.counts();
+        assert!(line.contains("finished"), "{line}");
+        std::thread::sleep(Duration::from_millis(200));
+        let client_worst = w.finish();
+        srv.stop();
+        eprintln!(
+            "{what}: {} qemu-io batches and {} NBD writes during the run; \
+             longest NBD write seen by the client {:.1} ms; server: {line}",
+            during.0 - before.0,
+            during.1 - before.1,
+            client_worst.as_secs_f64() * 1e3
+        );
+        assert!(
+            during.0 - before.0 >= 2 && during.1 - before.1 >= 20,
+            "writers barely overlapped the run: {before:?} -> {during:?}"
+        );
+        check(s, what);
+    }
+}
+
+/// Start a run with writers, kill -9 the server after a quarter; returns the
+/// progress seen last before the kill.
+fn run_and_kill(s: &Setup, seed: u64) -> u64 {
+    let srv = serve(s);
+    let w = Writers::start(&srv, &s.model, seed);
+    srv.online(&["--hotzone-size", "64K", "--detach"]);
+    let t = Instant::now();
+    let seen = loop {
+        let (state, done, total, line) = srv.status();
+        assert_eq!(state, "running", "{line}");
+        if done > total / 4 {
+            break done;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress: {line}");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // Writers stop first: a write in flight at the kill would be unacknowledged.
+    w.finish();
+    srv.kill9();
+    assert!(in_progress(&s.img), "the run finished before the kill");
+    seen
+}
+
+#[test]
+fn killed_server_restarts_and_resumes() {
+    let s = setup(4096, 21);
+    let seen = run_and_kill(&s, 21);
+    let srv = serve(&s);
+    let (state, done, _, line) = srv.status();
+    assert_eq!(state, "idle", "{line}");
+    assert!(
+        done >= seen,
+        "progress lost over the restart: {seen} -> {line}"
+    );
+    let w = Writers::start(&srv, &s.model, 22);
+    let out = srv.online(&["--hotzone-size", "64K"]);
+    assert!(out.contains("Reencryption finished"), "{out}");
+    w.finish();
+    srv.stop();
+    check(&s, "server killed, restarted, resumed");
+}
+
+#[test]
+fn killed_server_cryptsetup_finishes() {
+    let s = setup(4096, 31);
+    run_and_kill(&s, 31);
+    let j = dump_json(&s.img);
+    let hot = j["segments"].as_object().unwrap().values().any(|g| {
+        g["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "in-reencryption"))
+    });
+    if hot {
+        ok(Command::new("cryptsetup")
+            .args(["repair", "-q", "--key-file"])
+            .args([&s.pw, &s.img]));
+    }
+    ok(Command::new("cryptsetup")
+        .args([
+            "reencrypt",
+            "--force-offline-reencrypt",
+            "-q",
+            "--resume-only",
+        ])
+        .arg("--key-file")
+        .args([&s.pw, &s.img]));
+    check(&s, "server killed, cryptsetup --resume-only");
+}
