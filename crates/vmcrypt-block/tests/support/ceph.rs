@@ -31,7 +31,11 @@ pub fn ceph_conf() -> &'static str {
             );
         }
         let dir = ceph_dir();
+        // -o: the lock's descriptor is closed before the script runs, so the daemons
+        // it starts do not inherit it (they would hold the lock for the cluster's life
+        // and every later `flock` would wait forever).
         let out = Command::new("flock")
+            .arg("-o")
             .arg(format!("{dir}.lock"))
             .arg("bash")
             .arg(&script)
