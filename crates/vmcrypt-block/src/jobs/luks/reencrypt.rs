@@ -189,9 +189,17 @@ fn reencrypt_v2(
             let new_key = v2.unlock_digest(pass, st.new_digest)?;
             match v2.unlock_digest(pass, st.old_digest) {
                 Ok(old) => (old, new_key),
-                Err(e) if e.kind() == ErrorKind::WrongKey && !old_key_has_slots(v2, &st)? => {
-                    // cryptsetup was stopped while removing the old key slots.
-                    v2.reencrypt_finish_done(data.as_ref(), &new_key)?;
+                Err(e) if e.kind() == ErrorKind::WrongKey => {
+                    // cryptsetup was stopped while removing the old key slots: either
+                    // they are gone from the metadata, or their key material is wiped
+                    // and the metadata still lists them. Only a finished run may end
+                    // here without the old key (checked by reencrypt_finish_done).
+                    if old_key_has_slots(v2, &st)? {
+                        v2.reencrypt_finish_done(data.as_ref(), &new_key)
+                            .map_err(|_| e)?;
+                    } else {
+                        v2.reencrypt_finish_done(data.as_ref(), &new_key)?;
+                    }
                     let total = v2.layout_on(data.as_ref())?.data_size;
                     return Ok(ReencryptReport {
                         started: false,
