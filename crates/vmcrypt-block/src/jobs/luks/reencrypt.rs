@@ -193,13 +193,11 @@ fn reencrypt_v2(
                     // cryptsetup was stopped while removing the old key slots: either
                     // they are gone from the metadata, or their key material is wiped
                     // and the metadata still lists them. Only a finished run may end
-                    // here without the old key (checked by reencrypt_finish_done).
-                    if old_key_has_slots(v2, &st)? {
-                        v2.reencrypt_finish_done(data.as_ref(), &new_key)
-                            .map_err(|_| e)?;
-                    } else {
-                        v2.reencrypt_finish_done(data.as_ref(), &new_key)?;
-                    }
+                    // here without the old key (checked by reencrypt_finish_done); with
+                    // old slots still listed, its refusal reports the wrong passphrase.
+                    let listed = old_key_has_slots(v2, &st)?;
+                    v2.reencrypt_finish_done(data.as_ref(), &new_key)
+                        .map_err(|f| if listed { e } else { f })?;
                     let total = v2.layout_on(data.as_ref())?.data_size;
                     return Ok(ReencryptReport {
                         started: false,
