@@ -4,42 +4,15 @@
 //! in either tool) and the other one finishes the run. Every time the data decrypts
 //! to the original plaintext (compared by SHA-256), and `cryptsetup luksDump` shows
 //! a new volume key digest and no requirement left. 512- and 4096-byte sectors.
-use std::path::{Path, PathBuf};
+mod reencrypt_support;
+
+use reencrypt_support::{Rng, digest_of, dump_json, in_progress, ok, sha256, vmcrypt};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const DATA: u64 = 24 * MIB;
-
-/// xorshift: reproducible random delays and data without a rand dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-fn vmcrypt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmcrypt"))
-}
-
-#[track_caller]
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (cryptsetup-bin needed): {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Image {
     dir: tempfile::TempDir,
@@ -47,11 +20,6 @@ struct Image {
     pw: PathBuf,
     sha: String,
     digest: String,
-}
-
-fn sha256(path: &Path) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 /// A cryptsetup LUKS2 image with `sector`-byte sectors and DATA bytes of random data.
@@ -98,36 +66,6 @@ fn image(sector: u32, seed: u64) -> Image {
         sha,
         digest,
     }
-}
-
-fn dump_json(img: &Path) -> serde_json::Value {
-    let text = ok(Command::new("cryptsetup")
-        .args(["luksDump", "--dump-json-metadata"])
-        .arg(img));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// The digest value of the data segment's volume key.
-fn digest_of(img: &Path) -> String {
-    let j = dump_json(img);
-    let d = j["digests"].as_object().unwrap();
-    d.values()
-        .find(|d| d["segments"].as_array().unwrap().iter().any(|s| s == "0"))
-        .map(|d| d["digest"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
-fn in_progress(img: &Path) -> (bool, bool) {
-    let j = dump_json(img);
-    let running = j["config"]["requirements"]["mandatory"]
-        .as_array()
-        .is_some_and(|r| !r.is_empty());
-    let hot = j["segments"].as_object().unwrap().values().any(|s| {
-        s["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|f| f == "in-reencryption"))
-    });
-    (running, hot)
 }
 
 /// The image's plaintext hash, its header clean and its volume key new.

@@ -11,6 +11,10 @@
 //! the server's longest hotzone and longest request.
 #[path = "nbd_support/raw.rs"]
 mod raw;
+mod reencrypt_support;
+
+// Status lines and qemu-io errors arrive on stderr: every check reads both streams.
+use reencrypt_support::{Rng, digest_of, dump_json, ok_both as ok, vmcrypt};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,16 +28,11 @@ const DATA: u64 = 32 * MIB;
 /// Writers own alternate stripes: qemu-io the even ones, the NBD client the odd ones.
 const STRIPE: u64 = MIB;
 
-struct Rng(u64);
+trait StripeRange {
+    fn range(&mut self, parity: u64, max_len: u64) -> (u64, u64);
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
+impl StripeRange for Rng {
     /// A range inside a stripe of the given parity: 512-aligned offset and length.
     fn range(&mut self, parity: u64, max_len: u64) -> (u64, u64) {
         let stripes = DATA / STRIPE;
@@ -42,28 +41,6 @@ impl Rng {
         let len = (1 + self.next() % (max_len / 512)) * 512;
         (k * STRIPE + o, len.min(STRIPE - o))
     }
-}
-
-fn vmcrypt() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vmcrypt"))
-}
-
-#[track_caller]
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 type Model = Arc<Mutex<Vec<u8>>>;
@@ -76,27 +53,8 @@ struct Setup {
     digest: String,
 }
 
-fn dump_json(img: &Path) -> serde_json::Value {
-    let text = ok(Command::new("cryptsetup")
-        .args(["luksDump", "--dump-json-metadata"])
-        .arg(img));
-    serde_json::from_str(&text).unwrap()
-}
-
-/// The digest value bound to segment 0.
-fn digest_of(img: &Path) -> String {
-    let j = dump_json(img);
-    let d = j["digests"].as_object().unwrap();
-    d.values()
-        .find(|d| d["segments"].as_array().unwrap().iter().any(|s| s == "0"))
-        .map(|d| d["digest"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 fn in_progress(img: &Path) -> bool {
-    dump_json(img)["config"]["requirements"]["mandatory"]
-        .as_array()
-        .is_some_and(|r| !r.is_empty())
+    reencrypt_support::in_progress(img).0
 }
 
 /// A cryptsetup LUKS2 image with random data, put in reencryption state by vmcrypt.

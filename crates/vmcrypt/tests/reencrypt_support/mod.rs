@@ -1,0 +1,88 @@
+//! What the reencryption tests (`interop_reencrypt.rs`, `online_reencrypt.rs`) share:
+//! running vmcrypt and the real tools, a reproducible random source, and reading the
+//! reencryption state of an image through `cryptsetup luksDump`.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+/// xorshift: reproducible random delays and data without a rand dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+pub fn vmcrypt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vmcrypt"))
+}
+
+/// Runs `cmd`, fails the test unless it exits 0; its stdout and stderr, in that order.
+#[track_caller]
+fn run(cmd: &mut Command) -> (String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (cryptsetup-bin, qemu-utils needed): {e}"));
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "{cmd:?} failed: {so}{se}");
+    (so, se)
+}
+
+/// Runs `cmd`, which must succeed; its stdout.
+#[track_caller]
+pub fn ok(cmd: &mut Command) -> String {
+    run(cmd).0
+}
+
+/// Runs `cmd`, which must succeed; its stdout followed by its stderr.
+#[track_caller]
+pub fn ok_both(cmd: &mut Command) -> String {
+    let (so, se) = run(cmd);
+    so + &se
+}
+
+pub fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// `cryptsetup luksDump --dump-json-metadata IMG`, parsed.
+pub fn dump_json(img: &Path) -> serde_json::Value {
+    let text = ok(Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(img));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The digest value of the data segment's (segment 0's) volume key.
+pub fn digest_of(img: &Path) -> String {
+    let j = dump_json(img);
+    let d = j["digests"].as_object().unwrap();
+    d.values()
+        .find(|d| d["segments"].as_array().unwrap().iter().any(|s| s == "0"))
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Whether a mandatory requirement (a reencryption in progress) is set, and whether
+/// a segment is flagged `in-reencryption` (a hotzone was interrupted).
+pub fn in_progress(img: &Path) -> (bool, bool) {
+    let j = dump_json(img);
+    let running = j["config"]["requirements"]["mandatory"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty());
+    let hot = j["segments"].as_object().unwrap().values().any(|s| {
+        s["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "in-reencryption"))
+    });
+    (running, hot)
+}
