@@ -151,6 +151,19 @@ pub trait BlockDriver: Send + Sync {
     fn as_reencryption(&self) -> Option<Arc<crate::drivers::luks::v2::reencrypt::online::Online>> {
         None
     }
+
+    /// Put the image in LUKS2 reencryption state while it is served (a new volume key
+    /// sealed under `passphrase`, which opens the current one through `key_slot` or
+    /// any slot) and serve through the moving hotzone from then on. `None`: this node
+    /// cannot (only LUKS2 nodes can).
+    fn start_reencryption(
+        &self,
+        _passphrase: &[u8],
+        _key_slot: Option<u32>,
+        _p: &crate::drivers::luks::v2::reencrypt::init::InitParams,
+    ) -> Option<Result<Arc<crate::drivers::luks::v2::reencrypt::online::Online>>> {
+        None
+    }
 }
 
 /// Describe the range starting at `offset` like `qemu-img map` (see

@@ -59,6 +59,24 @@ fn in_progress(img: &Path) -> bool {
 
 /// A cryptsetup LUKS2 image with random data, put in reencryption state by vmcrypt.
 fn setup(sector: u32, seed: u64) -> Setup {
+    let s = setup_plain(sector, seed);
+    ok(vmcrypt()
+        .args([
+            "luks",
+            "reencrypt",
+            "--init-only",
+            "--no-progress",
+            "--key-file",
+        ])
+        .arg(&s.pw)
+        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+        .arg(&s.img));
+    assert!(in_progress(&s.img), "--init-only left no reencryption");
+    s
+}
+
+/// A cryptsetup LUKS2 image with random data, not in reencryption state.
+fn setup_plain(sector: u32, seed: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (img, pw, plain) = (
         dir.path().join("d.img"),
@@ -85,18 +103,6 @@ fn setup(sector: u32, seed: u64) -> Setup {
         .args(["convert", "-q", "-n", "-f", "raw", "--target-image-opts"])
         .args(["--object", &secret, plain.to_str().unwrap(), &target]));
     let digest = digest_of(&img);
-    ok(vmcrypt()
-        .args([
-            "luks",
-            "reencrypt",
-            "--init-only",
-            "--no-progress",
-            "--key-file",
-        ])
-        .arg(&pw)
-        .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
-        .arg(&img));
-    assert!(in_progress(&img), "--init-only left no reencryption");
     Setup {
         dir,
         img,
@@ -199,6 +205,18 @@ impl Server {
             .args(["luks", "reencrypt", "--online", "--no-progress"])
             .args(extra)
             .args(&self.ctl))
+    }
+
+    /// `luks reencrypt --online` with `extra`, which must fail: its stderr.
+    fn online_err(&self, extra: &[&str]) -> String {
+        let out = vmcrypt()
+            .args(["luks", "reencrypt", "--online", "--no-progress"])
+            .args(extra)
+            .args(&self.ctl)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// (state, done, total, summary line).
@@ -400,23 +418,73 @@ fn wait_done(srv: &Server) -> String {
 fn online_run_with_writers() {
     for (sector, seed) in [(4096u32, 11u64), (512, 12)] {
         let s = setup(sector, seed);
-        online_run(&s, serve(&s), &format!("serve, sector {sector}"));
+        online_run(&s, serve(&s), &format!("serve, sector {sector}"), &[]);
     }
 }
 
 #[test]
 fn luks_open_daemon_online_run() {
     let s = setup(4096, 13);
-    online_run(&s, luks_open(&s, "vol0"), "luks open");
+    online_run(&s, luks_open(&s, "vol0"), "luks open", &[]);
 }
 
-/// Writers throughout a run started with --detach and followed with --status.
-fn online_run(s: &Setup, srv: Server, what: &str) {
+/// What `luks reencrypt --online` needs to start a run in the server: the
+/// passphrase (sent over the control socket) and the new key slot's KDF.
+fn start_args<'a>(s: &'a Setup, resilience: &'a str) -> Vec<&'a str> {
+    vec![
+        "--key-file",
+        s.pw.to_str().unwrap(),
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+        "--resilience",
+        resilience,
+    ]
+}
+
+/// A served image that is not in reencryption state is put in it by the server and
+/// reencrypted, writers running from before the start to after the end. Refused
+/// first, with the image left as it was: a resume of nothing and a new sector size.
+#[test]
+fn run_started_while_served() {
+    let s = setup_plain(512, 31);
+    let srv = serve(&s);
+    let (state, _, _, line) = srv.status();
+    assert_eq!(state, "none", "{line}");
+    for (bad, why) in [
+        (
+            vec!["--resume-only"],
+            "no LUKS2 reencryption is in progress",
+        ),
+        (vec!["--sector-size", "4096"], "cannot be set while serving"),
+    ] {
+        let mut args = start_args(&s, "journal");
+        args.extend(bad);
+        let err = srv.online_err(&args);
+        assert!(err.contains(why), "{err}");
+        assert!(!in_progress(&s.img), "a refused start changed the header");
+    }
+    assert_eq!(digest_of(&s.img), s.digest);
+    online_run(&s, srv, "started in serve", &start_args(&s, "journal"));
+    let j = dump_json(&s.img);
+    assert_eq!(j["segments"]["0"]["sector_size"], 512, "{j}");
+
+    let s = setup_plain(4096, 32);
+    let srv = luks_open(&s, "vol1");
+    online_run(&s, srv, "started in luks open", &start_args(&s, "checksum"));
+}
+
+/// Writers throughout a run started with --detach (and `start` arguments) and
+/// followed with --status.
+fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
     let seed = s.digest.len() as u64 + 5;
     {
         let w = Writers::start(&srv, &s.model, seed);
         let before = w.counts();
-        srv.online(&["--hotzone-size", "64K", "--detach"]);
+        let mut args = vec!["--hotzone-size", "64K", "--detach"];
+        args.extend(start);
+        srv.online(&args);
         let line = wait_done(&srv);
         let during = w.counts();
         assert!(line.contains("finished"), "{line}");

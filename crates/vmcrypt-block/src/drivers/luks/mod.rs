@@ -14,6 +14,7 @@
 pub mod convert;
 pub(crate) mod embedded;
 mod fresh;
+mod online_start;
 pub(crate) mod params;
 pub(crate) mod v1;
 pub mod v2;
@@ -79,13 +80,18 @@ pub struct LuksDriver {
     unlocked_slot: Option<u32>,
     /// Unknown LUKS2 requirements: data is readable, nothing may be written.
     read_only_reason: Option<String>,
-    /// Held shared by whole-sector writes and exclusively by read-modify-writes, so a
-    /// read-modify-write cannot write back sector contents that another write replaced
-    /// in the meantime.
+    /// Held shared by reads and whole-sector writes, and exclusively by
+    /// read-modify-writes (so one cannot write back sector contents that another write
+    /// replaced in the meantime) and by the switch to online reencryption (so no
+    /// request straddles it).
     rmw: RwLock<()>,
-    /// Set while the LUKS2 header is in reencryption: requests go to the old or new
-    /// encryption by the moving hotzone (see [`v2::reencrypt::online`]).
-    online: Option<Arc<Online>>,
+    /// Set while the LUKS2 header is in reencryption (at open, or when a reencryption
+    /// is started while serving): requests go to the old or new encryption by the
+    /// moving hotzone (see [`v2::reencrypt::online`]). Never unset.
+    online: OnceLock<Arc<Online>>,
+    /// Serialises starts of a reencryption while serving.
+    starting: Mutex<()>,
+    limits: KdfLimits,
     /// Reusable scratch buffers for [`BlockDriver::write_at`] (which must not touch the
     /// caller's buffer), so a write neither allocates nor zeroes one.
     scratch: Mutex<Vec<Vec<u8>>>,
@@ -103,16 +109,18 @@ impl LuksDriver {
         let hdev = header_node.clone().unwrap_or_else(|| file.clone());
         let detached = header_node.is_some();
         let mut header = Volume::open(hdev.clone(), detached, limits)?;
-        let mut online = None;
+        let online = OnceLock::new();
         if let (Some(p), Some(v)) = (passphrase, header.v2())
             && v.reencrypt_state()?.is_some()
         {
-            online = Online::open(hdev.clone(), file.clone(), detached, limits, p)?;
+            if let Some(o) = Online::open(hdev.clone(), file.clone(), detached, limits, p)? {
+                let _ = online.set(o);
+            }
             // Recovering an interrupted hotzone rewrote the header.
             header = Volume::open(hdev, detached, limits)?;
         }
         let (mut layout, mut read_only_reason) = data_layout(&header, detached)?;
-        let (cipher, unlocked_slot) = match (passphrase, &online) {
+        let (cipher, unlocked_slot) = match (passphrase, online.get()) {
             (None, _) => (None, None),
             (Some(_), Some(o)) => {
                 let l = o.layout();
@@ -134,6 +142,8 @@ impl LuksDriver {
             unlocked_slot,
             read_only_reason,
             online,
+            starting: Mutex::new(()),
+            limits: *limits,
             rmw: RwLock::new(()),
             scratch: Mutex::new(Vec::new()),
         })
@@ -199,7 +209,7 @@ impl LuksDriver {
         let cipher = self.cipher()?;
         let host = self.host(g).0;
         let have = self.file.size().saturating_sub(host).min(buf.len() as u64) as usize;
-        let admitted = match &self.online {
+        let admitted = match self.online.get() {
             Some(o) => Some(o.admit(g.0, buf.len())?),
             None => None,
         };
@@ -208,7 +218,7 @@ impl LuksDriver {
             self.file.read_at(inside, host)?;
         }
         past_end.fill(0);
-        match (&self.online, admitted) {
+        match (self.online.get(), admitted) {
             (Some(o), Some(a)) => o.crypt(buf, g.0, a.done, false),
             _ => crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false),
         }
@@ -239,7 +249,7 @@ impl LuksDriver {
     /// Encrypt whole sectors in place and write them at the sector-aligned `g`.
     fn encrypt_and_write(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
         let cipher = self.cipher()?;
-        if let Some(o) = &self.online {
+        if let Some(o) = self.online.get() {
             let a = o.admit(g.0, buf.len())?;
             o.crypt(buf, g.0, a.done, true)?;
             return self.file.write_at(buf, self.host(g).0);
@@ -393,6 +403,7 @@ impl BlockDriver for LuksDriver {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("luks read", offset, buf.len(), self.size())?;
+        let _shared = self.rmw.read().expect("rmw lock");
         let ss = self.layout.sector;
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
@@ -438,7 +449,7 @@ impl BlockDriver for LuksDriver {
                 self.layout.sector
             );
         }
-        if self.online.is_some() {
+        if self.online.get().is_some() {
             bail!(
                 Unsupported,
                 "luks: a LUKS2 reencryption is in progress; resize after it finished"
@@ -487,7 +498,16 @@ impl BlockDriver for LuksDriver {
     }
 
     fn as_reencryption(&self) -> Option<Arc<Online>> {
-        self.online.clone()
+        self.online.get().cloned()
+    }
+
+    fn start_reencryption(
+        &self,
+        passphrase: &[u8],
+        key_slot: Option<u32>,
+        p: &v2::reencrypt::init::InitParams,
+    ) -> Option<Result<Arc<Online>>> {
+        Some(self.begin_reencryption(passphrase, key_slot, p))
     }
 }
 

@@ -1,19 +1,30 @@
 //! The control channel of online reencryption: a Unix socket the serving process
 //! (`vmcrypt serve --control PATH`) listens on, one JSON request and one JSON reply
 //! per connection. Requests: `{"cmd":"start"|"pause"|"status","export":NAME,
-//! "hotzone":BYTES?}`; replies: `{"ok":true,"state":..,"done":..,"total":..,
+//! "hotzone":BYTES?}`, and `{"cmd":"init","export":NAME,"params":{..},
+//! "passphrase_len":N}` followed by the N passphrase bytes, which puts an image that
+//! is not in reencryption state into it while it is served; replies: `{"ok":true,"state":..,"done":..,"total":..,
 //! "hotzones":..,"hotzone_max_us":..,"request_max_us":..}` or `{"ok":false,
 //! "error":MESSAGE}`. The socket is created mode 0600 (the caller's own processes
 //! only): whoever reaches it can start and pause the run, not read keys or data.
+use super::reencrypt::{ReencryptRequest, init_params};
+use super::slots::NewKeyslot;
 use crate::driver::BlockDriver;
+use crate::drivers::luks::v2::reencrypt::init::NewEncryption;
 use crate::drivers::luks::v2::reencrypt::online::{Online, OnlineStatus, RunState};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use vmcrypt_error::{Error, ErrorKind, Result, bail};
+use vmcrypt_crypto::SecretBytes;
+use vmcrypt_error::{Error, ErrorKind, Result, bail, ensure};
+
+/// Longest request line and passphrase a control connection may send.
+const MAX_LINE: usize = 64 << 10;
+const MAX_PASSPHRASE: usize = 8 << 20;
 
 /// The reencryption a node (or one of its children) serves through.
 pub fn find(node: &Arc<dyn BlockDriver>) -> Option<Arc<Online>> {
@@ -21,56 +32,125 @@ pub fn find(node: &Arc<dyn BlockDriver>) -> Option<Arc<Online>> {
         .or_else(|| node.children().iter().find_map(|c| find(&c.node)))
 }
 
-/// Exports (by name) whose image is in reencryption state.
+/// The LUKS node of an export's graph (the topmost one), which can start a reencryption.
+fn find_luks(node: &Arc<dyn BlockDriver>) -> Option<Arc<dyn BlockDriver>> {
+    if node.driver_name() == "luks" {
+        return Some(node.clone());
+    }
+    node.children().iter().find_map(|c| find_luks(&c.node))
+}
+
+/// How an `init` request describes the new encryption (the options of `vmcrypt luks
+/// reencrypt` that start a run).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitRequest {
+    pub cipher: Option<String>,
+    pub key_size: Option<usize>,
+    pub sector_size: Option<u32>,
+    pub resilience: Option<String>,
+    pub resilience_hash: Option<String>,
+    pub key_slot: Option<u32>,
+    pub kdf: Option<String>,
+    pub hash: Option<String>,
+    pub iter_time_ms: Option<u32>,
+    pub iterations: Option<u32>,
+    pub memory_kib: Option<u32>,
+    pub parallel: Option<u32>,
+}
+
+impl InitRequest {
+    fn to_request(&self) -> ReencryptRequest {
+        ReencryptRequest {
+            new: NewEncryption {
+                cipher: self.cipher.clone(),
+                key_size: self.key_size,
+                sector_size: self.sector_size,
+            },
+            resilience: self.resilience.clone(),
+            resilience_hash: self.resilience_hash.clone(),
+            key_slot: self.key_slot,
+            keyslot: NewKeyslot {
+                kdf: self.kdf.clone(),
+                hash: self.hash.clone(),
+                iter_time_ms: self.iter_time_ms,
+                iterations: self.iterations,
+                memory_kib: self.memory_kib,
+                parallel: self.parallel,
+                in_place: false,
+            },
+            ..ReencryptRequest::default()
+        }
+    }
+}
+
+/// The exports (by name) of a serving process, whose reencryptions it drives.
 pub struct Control {
-    exports: Vec<(String, Arc<Online>)>,
+    exports: Vec<(String, Arc<dyn BlockDriver>)>,
 }
 
 impl Control {
-    /// From `(export name, node)` pairs; nodes without a reencryption are left out.
+    /// From `(export name, node)` pairs.
     pub fn new(nodes: &[(String, Arc<dyn BlockDriver>)]) -> Self {
         Control {
-            exports: nodes
-                .iter()
-                .filter_map(|(n, node)| find(node).map(|o| (n.clone(), o)))
-                .collect(),
+            exports: nodes.to_vec(),
         }
     }
 
     /// Whether any export has a reencryption.
     pub fn active(&self) -> bool {
-        !self.exports.is_empty()
+        self.exports.iter().any(|(_, n)| find(n).is_some())
+    }
+
+    /// Whether any export has a LUKS node (whose reencryption could be started).
+    pub fn has_luks(&self) -> bool {
+        self.exports.iter().any(|(_, n)| find_luks(n).is_some())
     }
 
     /// Pause every run and wait for it to stop between hotzones (shutdown).
     pub fn pause_all(&self) {
-        for (_, o) in &self.exports {
+        let runs: Vec<_> = self.exports.iter().filter_map(|(_, n)| find(n)).collect();
+        for o in &runs {
             o.pause();
         }
-        for (_, o) in &self.exports {
+        for o in &runs {
             o.wait_stopped();
         }
     }
 
-    /// Answer one request.
-    pub fn handle(&self, request: &str) -> Value {
-        match self.try_handle(request) {
+    /// Answer one request (`passphrase`: the bytes that followed an `init` line).
+    pub fn handle(&self, request: &str, passphrase: Option<&SecretBytes>) -> Value {
+        match self.try_handle(request, passphrase) {
             Ok(st) => status_json(&st),
             Err(e) => json!({"ok": false, "error": e.display_chain()}),
         }
     }
 
-    fn try_handle(&self, request: &str) -> Result<OnlineStatus> {
+    fn node(&self, name: &str) -> Result<&Arc<dyn BlockDriver>> {
+        match self.exports.iter().find(|(n, _)| n == name) {
+            Some((_, node)) => Ok(node),
+            None => bail!(NotFound, "no export \"{name}\""),
+        }
+    }
+
+    fn try_handle(&self, request: &str, passphrase: Option<&SecretBytes>) -> Result<OnlineStatus> {
         let req: Value = serde_json::from_str(request)
             .map_err(|e| Error::usage(format!("control request is not JSON: {e}")))?;
         let name = req["export"].as_str().unwrap_or("");
-        let Some((_, o)) = self.exports.iter().find(|(n, _)| n == name) else {
+        let node = self.node(name)?;
+        let cmd = req["cmd"].as_str();
+        if cmd == Some("init") {
+            return self.init(name, node, &req, passphrase);
+        }
+        let Some(o) = find(node) else {
+            if cmd == Some("status") && find_luks(node).is_some() {
+                return Ok(OnlineStatus::none(node.size()));
+            }
             bail!(
                 NotFound,
                 "export \"{name}\" has no LUKS2 reencryption in progress"
             );
         };
-        match req["cmd"].as_str() {
+        match cmd {
             Some("start") => o.start(req["hotzone"].as_u64())?,
             Some("pause") => {
                 o.pause();
@@ -79,6 +159,34 @@ impl Control {
             Some("status") => {}
             other => bail!(Usage, "unknown control command {other:?}"),
         }
+        Ok(o.status())
+    }
+
+    /// Put the export's image in reencryption state (the run is started by `start`).
+    fn init(
+        &self,
+        name: &str,
+        node: &Arc<dyn BlockDriver>,
+        req: &Value,
+        passphrase: Option<&SecretBytes>,
+    ) -> Result<OnlineStatus> {
+        let Some(pass) = passphrase else {
+            bail!(Usage, "init: no passphrase was sent");
+        };
+        let wire: InitRequest = serde_json::from_value(req["params"].clone())
+            .map_err(|e| Error::usage(format!("init: bad parameters: {e}")))?;
+        let r = wire.to_request();
+        let p = init_params(&r)?;
+        let Some(luks) = find_luks(node) else {
+            bail!(
+                Unsupported,
+                "export \"{name}\" has no LUKS image to reencrypt"
+            );
+        };
+        let o = match luks.start_reencryption(pass.as_bytes(), r.key_slot, &p) {
+            Some(r) => r?,
+            None => bail!(Unsupported, "export \"{name}\": this node cannot reencrypt"),
+        };
         Ok(o.status())
     }
 
@@ -113,13 +221,46 @@ impl Control {
     }
 
     fn answer(&self, conn: UnixStream) {
-        let mut line = String::new();
-        if BufReader::new(&conn).read_line(&mut line).is_err() {
-            return;
-        }
-        let reply = self.handle(line.trim());
+        let reply = match read_request(&conn) {
+            Ok((line, pass)) => self.handle(&line, pass.as_ref()),
+            Err(e) => json!({"ok": false, "error": e.display_chain()}),
+        };
         let _ = writeln!(&conn, "{reply}");
     }
+}
+
+/// One request line, and the passphrase that follows it when the line says
+/// `"passphrase_len":N`. Read byte by byte up to the newline, so no passphrase byte
+/// lands in a buffer that is not wiped.
+fn read_request(mut conn: &UnixStream) -> Result<(String, Option<SecretBytes>)> {
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("control: {e}"));
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if conn.read(&mut b).map_err(io)? == 0 || b[0] == b'\n' {
+            break;
+        }
+        line.push(b[0]);
+        ensure!(
+            line.len() <= MAX_LINE,
+            Usage,
+            "control request line too long"
+        );
+    }
+    let line = String::from_utf8(line).map_err(|_| Error::usage("control request is not UTF-8"))?;
+    let v: Value = serde_json::from_str(&line)
+        .map_err(|e| Error::usage(format!("control request is not JSON: {e}")))?;
+    let Some(n) = v["passphrase_len"].as_u64() else {
+        return Ok((line, None));
+    };
+    ensure!(
+        n as usize <= MAX_PASSPHRASE,
+        LimitExceeded,
+        "control: passphrase of {n} bytes is too long"
+    );
+    let mut pass = SecretBytes::zeroed(n as usize);
+    conn.read_exact(pass.as_mut()).map_err(io)?;
+    Ok((line, Some(pass)))
 }
 
 fn status_json(st: &OnlineStatus) -> Value {
@@ -153,6 +294,32 @@ pub struct RemoteStatus {
 
 /// Send `cmd` for `export` to the control socket at `path`.
 pub fn request(path: &Path, cmd: &str, export: &str, hotzone: Option<u64>) -> Result<RemoteStatus> {
+    let mut req = json!({"cmd": cmd, "export": export});
+    if let Some(h) = hotzone {
+        req["hotzone"] = json!(h);
+    }
+    exchange(path, &req, None)
+}
+
+/// Ask the server at `path` to put `export`'s image in reencryption state: a new
+/// volume key sealed under `passphrase` (which must open the current one), as `init`
+/// describes. The passphrase travels on the socket after the request line, never in it.
+pub fn init(
+    path: &Path,
+    export: &str,
+    init: &InitRequest,
+    passphrase: &SecretBytes,
+) -> Result<RemoteStatus> {
+    let req = json!({
+        "cmd": "init",
+        "export": export,
+        "params": init,
+        "passphrase_len": passphrase.len(),
+    });
+    exchange(path, &req, Some(passphrase))
+}
+
+fn exchange(path: &Path, req: &Value, passphrase: Option<&SecretBytes>) -> Result<RemoteStatus> {
     let conn = UnixStream::connect(path).map_err(|e| {
         Error::new(
             ErrorKind::Io,
@@ -162,11 +329,12 @@ pub fn request(path: &Path, cmd: &str, export: &str, hotzone: Option<u64>) -> Re
             ),
         )
     })?;
-    let mut req = json!({"cmd": cmd, "export": export});
-    if let Some(h) = hotzone {
-        req["hotzone"] = json!(h);
-    }
     writeln!(&conn, "{req}").map_err(|e| Error::new(ErrorKind::Io, format!("control: {e}")))?;
+    if let Some(p) = passphrase {
+        (&conn)
+            .write_all(p.as_bytes())
+            .map_err(|e| Error::new(ErrorKind::Io, format!("control: {e}")))?;
+    }
     let mut line = String::new();
     BufReader::new(&conn)
         .read_line(&mut line)

@@ -152,6 +152,17 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
     Ok(())
 }
 
+/// How a LUKS2 reencryption of `req` is started (offline here, or online by a server).
+pub fn init_params(req: &ReencryptRequest) -> Result<InitParams> {
+    precheck(req)?;
+    Ok(InitParams {
+        new: req.new.clone(),
+        resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
+        hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
+        keyslot: req.keyslot.params(Version::V2)?,
+    })
+}
+
 /// Convert back to LUKS1 if the header carries [`LUKS1_MARK`].
 fn back_to_luks1(
     t: &Target,
@@ -217,14 +228,7 @@ fn reencrypt_v2(
                 t.device
             );
             let old = v2.unlock(pass, req.key_slot)?;
-            let p = InitParams {
-                new: req.new.clone(),
-                resilience: ResilienceChoice::from_name(
-                    req.resilience.as_deref().unwrap_or("checksum"),
-                )?,
-                hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
-                keyslot: req.keyslot.params(Version::V2)?,
-            };
+            let p = init_params(req)?;
             let others = v2.key_count()?.saturating_sub(1);
             if others > 0 {
                 events.warning(&format!(

@@ -139,7 +139,7 @@ fn serve(a: &Args, claim: &mut Claim, status: &mut std::io::Stdout) -> Result<()
     init_logging(claim.log_file()?);
     let info = opened.info;
     let control = Arc::new(Control::new(&[(String::new(), opened.node.clone())]));
-    if control.active() {
+    if control.has_luks() {
         control.clone().listen(&claim.control())?;
     }
     let server = Server::new(vec![Export {

@@ -1,13 +1,15 @@
 //! `vmcrypt luks reencrypt`: a new volume key for a LUKS device, offline, in
 //! cryptsetup's LUKS2 reencryption format (cryptsetup reencrypt
 //! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back. `--online SOCKET`
-//! drives the reencryption inside a `vmcrypt serve --control SOCKET` process instead.
+//! drives the reencryption inside a `vmcrypt serve --control SOCKET` (or `luks open`)
+//! process instead, starting it there if the image is not in reencryption state.
 use super::opts::{KdfOpts, KeyOpts};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vmcrypt_block::drivers::luks::v2::reencrypt::init::NewEncryption;
 use vmcrypt_block::jobs::Events;
+use vmcrypt_block::jobs::luks::KeySource;
 use vmcrypt_block::jobs::luks::active::{RunDir, check_name};
 use vmcrypt_block::jobs::luks::online;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
@@ -58,8 +60,8 @@ pub struct Args {
     #[arg(long = "no-progress")]
     no_progress: bool,
     /// DEVICE is the --control socket of a `vmcrypt serve` process, or the NAME of a
-    /// `vmcrypt luks open` device: reencrypt the image while it is served (put it in
-    /// reencryption state offline with --init-only first)
+    /// `vmcrypt luks open` device: reencrypt the image while it is served (started
+    /// there with the passphrase, or resumed if it is in reencryption state)
     #[arg(long = "online")]
     online: bool,
     /// With --online NAME: the run directory of `luks open`
@@ -93,17 +95,7 @@ pub fn run(a: &Args) -> Result<u8> {
         Usage,
         "--resume-only and --init-only exclude each other"
     );
-    let key_size = match a.key_size {
-        Some(bits) => {
-            ensure!(
-                bits % 8 == 0,
-                Usage,
-                "--key-size {bits} is not a whole number of bytes"
-            );
-            Some(bits / 8)
-        }
-        None => None,
-    };
+    let key_size = key_bytes(a.key_size)?;
     let req = ReencryptRequest {
         new: NewEncryption {
             cipher: a.cipher.clone(),
@@ -138,12 +130,14 @@ pub fn run(a: &Args) -> Result<u8> {
     Ok(0)
 }
 
-/// `--online`: talk to the serving process's control socket.
+/// `--online`: talk to the serving process's control socket. Starting on an image
+/// that is not in reencryption state first puts it in that state in the server
+/// (`init`, with the passphrase sent over the socket).
 fn online(a: &Args) -> Result<u8> {
     ensure!(
-        !a.init_only,
+        !(a.init_only && (a.resume_only || a.status || a.pause)),
         Usage,
-        "--init-only works on the image itself, offline (not with --online)"
+        "--init-only starts a reencryption: not with --resume-only, --status or --pause"
     );
     let sock = control_socket(a)?;
     let sock = sock.as_path();
@@ -156,6 +150,30 @@ fn online(a: &Args) -> Result<u8> {
     } else {
         "start"
     };
+    if cmd == "start" {
+        let st = online::request(sock, "status", &a.export, None)?;
+        if st.state == "none" {
+            ensure!(
+                !a.resume_only,
+                NotFound,
+                "{}: no LUKS2 reencryption is in progress (drop --resume-only to start one)",
+                a.device
+            );
+            let pass = KeySource::existing(&mut a.key.keys(&a.device, None))?;
+            let st = online::init(sock, &a.export, &init_request(a)?, &pass)?;
+            drop(pass);
+            if a.init_only {
+                eprintln!("Reencryption initialised: 0 of {} bytes.", st.total);
+                return Ok(0);
+            }
+        } else if a.init_only {
+            bail!(
+                Busy,
+                "{}: a LUKS2 reencryption is already in progress",
+                a.device
+            );
+        }
+    }
     let mut st = online::request(sock, cmd, &a.export, hotzone)?;
     if cmd == "start" && !a.detach {
         while st.state == "running" {
@@ -182,6 +200,40 @@ fn online(a: &Args) -> Result<u8> {
     Ok(0)
 }
 
+/// The new encryption and key slot an online start asks the server for.
+fn init_request(a: &Args) -> Result<online::InitRequest> {
+    let k = a.kdf.keyslot(a.hash.clone());
+    Ok(online::InitRequest {
+        cipher: a.cipher.clone(),
+        key_size: key_bytes(a.key_size)?,
+        sector_size: a.sector_size,
+        resilience: a.resilience.clone(),
+        resilience_hash: a.resilience_hash.clone(),
+        key_slot: a.key.key_slot,
+        kdf: k.kdf,
+        hash: k.hash,
+        iter_time_ms: k.iter_time_ms,
+        iterations: k.iterations,
+        memory_kib: k.memory_kib,
+        parallel: k.parallel,
+    })
+}
+
+/// `--key-size` in bits, as bytes.
+fn key_bytes(bits: Option<usize>) -> Result<Option<usize>> {
+    match bits {
+        Some(bits) => {
+            ensure!(
+                bits % 8 == 0,
+                Usage,
+                "--key-size {bits} is not a whole number of bytes"
+            );
+            Ok(Some(bits / 8))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The control socket: DEVICE if it is a path that exists, else the socket of the
 /// `luks open` device named DEVICE.
 fn control_socket(a: &Args) -> Result<PathBuf> {
@@ -195,7 +247,7 @@ fn control_socket(a: &Args) -> Result<PathBuf> {
         sock.exists(),
         NotFound,
         "{}: no such control socket, and no `luks open` device of that name in \
-         reencryption state ({})",
+         LUKS2 ({})",
         a.device,
         sock.display()
     );

@@ -30,6 +30,8 @@ pub const ONLINE_HOTZONE: u64 = 1 << 20;
 /// What the background run is doing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunState {
+    /// The image is not in reencryption state (one can be started with `init`).
+    Absent,
     /// Not started by this process (the reencryption is waiting for a resume).
     Idle,
     Running,
@@ -43,6 +45,7 @@ pub enum RunState {
 impl RunState {
     pub fn name(&self) -> &'static str {
         match self {
+            RunState::Absent => "none",
             RunState::Idle => "idle",
             RunState::Running => "running",
             RunState::Paused => "paused",
@@ -63,6 +66,20 @@ pub struct OnlineStatus {
     pub hotzone_max: Duration,
     /// Longest request of the data path (admission wait included).
     pub request_max: Duration,
+}
+
+impl OnlineStatus {
+    /// The status of an image of `total` bytes that is not in reencryption state.
+    pub fn none(total: u64) -> Self {
+        OnlineStatus {
+            state: RunState::Absent,
+            done: 0,
+            total,
+            hotzones: 0,
+            hotzone_max: Duration::ZERO,
+            request_max: Duration::ZERO,
+        }
+    }
 }
 
 /// One segment's encryption.

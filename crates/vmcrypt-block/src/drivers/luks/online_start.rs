@@ -1,0 +1,90 @@
+//! Starting a LUKS2 reencryption while the node is served: the header is put in
+//! reencryption state as `luks reencrypt --init-only` would (the new key sealed in a
+//! new keyslot, the `reencrypt` keyslot, the requirement), then the node switches to
+//! serving through the moving hotzone ([`Online`]).
+//!
+//! The KDF work and the header writes happen while requests keep flowing: until the
+//! first hotzone runs, all data is still in the old encryption, which is how the node
+//! serves it. Only the switch itself waits for the requests in flight (the node's
+//! request lock held exclusively), so no request that began on the old path is still
+//! running when the run can start.
+use super::{LuksDriver, Volume};
+use crate::driver::BlockDriver;
+use crate::drivers::luks::v2::reencrypt::init::InitParams;
+use crate::drivers::luks::v2::reencrypt::online::Online;
+use std::sync::Arc;
+use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
+
+impl LuksDriver {
+    /// See [`BlockDriver::start_reencryption`].
+    pub(super) fn begin_reencryption(
+        &self,
+        passphrase: &[u8],
+        key_slot: Option<u32>,
+        p: &InitParams,
+    ) -> Result<Arc<Online>> {
+        let _one = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.online.get().is_some() {
+            bail!(
+                Busy,
+                "'{}' is already in LUKS2 reencryption: resume it instead",
+                self.file.filename()
+            );
+        }
+        self.check_can_start(p)?;
+        let hdev = self
+            .header_node
+            .clone()
+            .unwrap_or_else(|| self.file.clone());
+        let detached = self.header_node.is_some();
+        let mut vol = Volume::open(hdev.clone(), detached, &self.limits)?;
+        let v2 = vol.v2_mut()?;
+        ensure!(
+            v2.reencrypt_state()?.is_none(),
+            Busy,
+            "'{}' is already in LUKS2 reencryption (started by another tool?): serve it \
+             again to resume",
+            self.file.filename()
+        );
+        let old = v2.unlock(passphrase, key_slot)?;
+        v2.reencrypt_init(&old.volume_key, passphrase, p)
+            .ctx("starting the reencryption")?;
+        drop(old);
+        let online = Online::open(hdev, self.file.clone(), detached, &self.limits, passphrase)?
+            .ok_or_else(|| Error::internal("the reencryption just started is not in the header"))?;
+        let _quiet = self.rmw.write().expect("rmw lock");
+        self.online
+            .set(online.clone())
+            .map_err(|_| Error::internal("online reencryption set twice"))?;
+        Ok(online)
+    }
+
+    /// What an online start cannot change: the node must be LUKS2, writable, opened
+    /// with its key, and keep its sector size (the node's request alignment).
+    fn check_can_start(&self, p: &InitParams) -> Result<()> {
+        let name = self.file.filename();
+        ensure!(
+            self.header.v2().is_some(),
+            Unsupported,
+            "'{name}' is LUKS1: re-key it offline (vmcrypt luks reencrypt), online \
+             reencryption needs LUKS2"
+        );
+        if self.is_read_only() {
+            bail!(
+                ReadOnly,
+                "'{name}' is served read-only: it cannot be reencrypted"
+            );
+        }
+        self.cipher()?;
+        if let Some(ss) = p.new.sector_size {
+            ensure!(
+                u64::from(ss) == self.layout.sector,
+                Unsupported,
+                "a new sector size ({ss}, now {}) cannot be set while serving: reencrypt \
+                 offline, or put the image in reencryption state with --init-only first",
+                self.layout.sector
+            );
+        }
+        Ok(())
+    }
+}
