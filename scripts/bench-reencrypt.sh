@@ -43,7 +43,7 @@ want=$(sha256sum < "$DIR/plain" | cut -d' ' -f1)
 rm -f "$DIR/plain"
 
 # The names the rounds below use.
-timed() { bench_timed "$@"; }
+timed() { bench_timed -q "$@"; }
 median() { bench_median; }
 verify() {
     cryptsetup luksDump "$1" | grep -q Requirements && { echo "requirement left in $1" >&2; exit 1; }

@@ -59,12 +59,12 @@ CS=(cryptsetup open --test-passphrase --key-file "$KEY")
 status=0
 for name in argon2id pbkdf2; do
     img=$WORK/$name.img
-    bench_timed "${CS[@]}" "$img" >/dev/null
-    bench_timed "${VM[@]}" "$img" >/dev/null
+    bench_timed -q "${CS[@]}" "$img" >/dev/null
+    bench_timed -q "${VM[@]}" "$img" >/dev/null
     cs=() vm=()
     for _ in $(seq "$RUNS"); do
-        cs+=("$(bench_timed "${CS[@]}" "$img")")
-        vm+=("$(bench_timed "${VM[@]}" "$img")")
+        cs+=("$(bench_timed -q "${CS[@]}" "$img")")
+        vm+=("$(bench_timed -q "${VM[@]}" "$img")")
     done
     mc=$(median "${cs[@]}")
     mv=$(median "${vm[@]}")

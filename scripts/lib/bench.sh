@@ -12,7 +12,8 @@
 #   bench_build         build the release vmcrypt (not with BUILD=0 or BENCH_VMCRYPT set)
 #   bench_build_example PACKAGE NAME   build that release example (not with BUILD=0)
 #   bench_vmcrypt       bench_build, then set VM to the binary to measure
-#   bench_timed CMD...  run CMD (stdout discarded), print its wall time in seconds
+#   bench_timed [-q] CMD...  run CMD (stdout discarded; -q: stderr too), print its
+#                       wall time in seconds
 #   bench_median [FMT]  median of the numbers on stdin
 #   bench_workdir BASE NAME   make DIR, removed (with a server still running) at exit
 #   bench_await_nbd NAME SOCK LOG   wait until the server SERVER_PID answers on SOCK
@@ -80,9 +81,14 @@ bench_vmcrypt() {
 
 # A failing CMD ends the script (exit 1, naming it) instead of being timed.
 bench_timed() {
-    local t0 t1
+    local t0 t1 quiet=
+    if [ "$1" = -q ]; then quiet=1; shift; fi
     t0=$(date +%s.%N)
-    "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }
+    if [ -n "$quiet" ]; then
+        "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
+    else
+        "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }
+    fi
     t1=$(date +%s.%N)
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
 }
