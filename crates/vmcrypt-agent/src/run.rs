@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::control::{self, Call, Request};
 use crate::export::Exporter;
 use crate::notify::notify;
-use crate::unlock::{Progress, UnlockJob};
+use crate::unlock::{Progress, UnlockJob, Unlocked};
 use crate::vm::VmControl;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -105,11 +105,18 @@ fn call(
     }
 }
 
-/// Run `job` on a thread of its own, then apply its outcome under the agent's lock.
+/// Run `job` on a thread of its own, then apply its outcome under the agent's lock (a
+/// panic is an outcome too, so the VM does not stay `unlocking` and its waiters wait).
 fn spawn_unlock(agent: &Arc<Mutex<Agent>>, job: UnlockJob) {
     let agent = agent.clone();
     std::thread::spawn(move || {
-        let out = job.run();
+        let (vm, progress) = (job.vm.clone(), job.progress.clone());
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.run()))
+            .unwrap_or_else(|_| Unlocked {
+                vm,
+                result: Err("internal error: the unlock panicked".into()),
+                progress,
+            });
         lock(&agent).finish_unlock(out);
     });
 }
