@@ -11,25 +11,17 @@
 #   BUILD     (environment) 0 skips `cargo build --release -p vmcrypt`
 #   EXTRA     (environment) extra `vmcrypt serve` options, e.g. "--max-inflight 64M"
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 SIZE_MIB=${1:-256}
 shift || true
 CLIENTS=("$@")
 [ ${#CLIENTS[@]} -gt 0 ] || CLIENTS=(1 8 64)
-BASE=${BENCH_DIR:-/dev/shm}
+BASE=$(bench_dir 0)
 cd "$(dirname "$0")/.."
-for t in qemu-img qemu-nbd nbdcopy; do
-    command -v "$t" >/dev/null || { echo "$t not found (install qemu-utils, libnbd-bin)" >&2; exit 2; }
-done
-[ "${BUILD:-1}" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; kernel $(uname -r)"
-DIR=$(mktemp -d "$BASE/vmcrypt-clients.XXXXXX")
-SERVER=
-cleanup() {
-    [ -z "$SERVER" ] || kill "$SERVER" 2>/dev/null || true
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+bench_require "install qemu-utils, libnbd-bin" qemu-img qemu-nbd nbdcopy
+bench_vmcrypt
+bench_banner
+bench_workdir "$BASE" clients
 printf 'clients bench' > "$DIR/pw"
 SECRET="secret,id=s0,file=$DIR/pw"
 IMG=$DIR/e.qcow2
@@ -51,7 +43,7 @@ measure() {
         qemu) qemu-nbd --persistent --read-only --shared 0 -k "$sock" --object "$SECRET" \
                 --image-opts "$OPTS" 2>"$DIR/server.log" & ;;
     esac
-    SERVER=$!
+    SERVER_PID=$!
     for ((i = 0; i < 200; i++)); do
         [ -S "$sock" ] && nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1 && break
         sleep 0.05
@@ -62,9 +54,9 @@ measure() {
             nbdcopy "nbd+unix:///?socket=$sock" null: & pids+=($!)
         done
         for p in "${pids[@]}"; do wait "$p" || { echo "a client of $1 failed" >&2; cat "$DIR/server.log" >&2; exit 3; }; done
-        out+="$n:$(hwm "$SERVER") "
+        out+="$n:$(hwm "$SERVER_PID") "
     done
-    kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=
+    bench_stop_server
     echo "$out"
 }
 V=$(measure vmcrypt)

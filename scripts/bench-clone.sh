@@ -18,30 +18,25 @@
 # Ratios are qemu/vmcrypt times: > 1 means vmcrypt is faster. The machine may be shared:
 # say so when quoting numbers.
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 
 SIZE_MIB=${1:-${BENCH_SIZE_MIB:-512}}
 ROUNDS=${BENCH_ROUNDS:-3}
-BASE=${BENCH_DIR:-/dev/shm}
-BUILD=${BUILD:-1}
+BASE=$(bench_dir 0)
 case "$SIZE_MIB$ROUNDS" in
     *[!0-9]*|"") echo "usage: $0 [SIZE_MIB] (BENCH_ROUNDS numeric)" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
-command -v qemu-img >/dev/null || { echo "qemu-img not found" >&2; exit 2; }
-[ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-[ -x "$VM" ] || { echo "$VM not found (run with BUILD=1)" >&2; exit 2; }
+bench_require "install qemu-utils" qemu-img
+bench_vmcrypt
 
-DIR=$(mktemp -d "$BASE/vmcrypt-clone.XXXXXX")
-trap 'rm -rf "$DIR"' EXIT
+bench_workdir "$BASE" clone
 printf 'old passphrase' > "$DIR/old"
 printf 'new passphrase' > "$DIR/new"
 OBJ=(--object "secret,id=s0,file=$DIR/old" --object "secret,id=s1,file=$DIR/new")
 SRC="driver=qcow2,file.filename=$DIR/src.qcow2,encrypt.key-secret=s0"
 NEWKEY=encrypt.format=luks,encrypt.key-secret=s1,encrypt.iter-time=10
 fail() { echo "FAILED: $*" >&2; exit 5; }
-timed() { local t0; t0=$(date +%s.%N); "$@"; echo "$(date +%s.%N) - $t0" | bc; }
-median() { sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 echo "preparing $SIZE_MIB MiB of random data in a qcow2 + LUKS image in $DIR" >&2
 head -c "$((SIZE_MIB * 1048576))" /dev/urandom > "$DIR/plain.raw"
@@ -51,13 +46,13 @@ rm "$DIR/plain.raw"
 declare -A T
 for r in $(seq "$ROUNDS"); do
     rm -f "$DIR"/out*
-    T[vm]+="$(timed "$VM" clone -q "${OBJ[@]}" --image-opts "$SRC" -o "$NEWKEY" "$DIR/out.vm") "
-    T[qi]+="$(timed qemu-img convert "${OBJ[@]}" --image-opts "$SRC" -O qcow2 -o "$NEWKEY" "$DIR/out.qi") "
-    T[qw]+="$(timed qemu-img convert -W "${OBJ[@]}" --image-opts "$SRC" -O qcow2 -o "$NEWKEY" "$DIR/out.qw") "
-    T[vm0]+="$(timed "$VM" create -q "${OBJ[@]}" -f qcow2 -o "$NEWKEY" "$DIR/out.e1" 1M) "
-    T[qi0]+="$(timed qemu-img create -q "${OBJ[@]}" -f qcow2 -o "$NEWKEY" "$DIR/out.e2" 1M) "
+    T[vm]+="$(bench_timed "$VM" clone -q "${OBJ[@]}" --image-opts "$SRC" -o "$NEWKEY" "$DIR/out.vm") "
+    T[qi]+="$(bench_timed qemu-img convert "${OBJ[@]}" --image-opts "$SRC" -O qcow2 -o "$NEWKEY" "$DIR/out.qi") "
+    T[qw]+="$(bench_timed qemu-img convert -W "${OBJ[@]}" --image-opts "$SRC" -O qcow2 -o "$NEWKEY" "$DIR/out.qw") "
+    T[vm0]+="$(bench_timed "$VM" create -q "${OBJ[@]}" -f qcow2 -o "$NEWKEY" "$DIR/out.e1" 1M) "
+    T[qi0]+="$(bench_timed qemu-img create -q "${OBJ[@]}" -f qcow2 -o "$NEWKEY" "$DIR/out.e2" 1M) "
     cp "$DIR/src.qcow2" "$DIR/out.rk"
-    T[rk]+="$(timed "$VM" rekey -q "${OBJ[@]}" --image-opts "driver=qcow2,file.filename=$DIR/out.rk,encrypt.key-secret=s0" -o "${NEWKEY#encrypt.format=luks,}") "
+    T[rk]+="$(bench_timed "$VM" rekey -q "${OBJ[@]}" --image-opts "driver=qcow2,file.filename=$DIR/out.rk,encrypt.key-secret=s0" -o "${NEWKEY#encrypt.format=luks,}") "
     if [ "$r" = 1 ]; then
         for o in vm qi qw rk; do
             qemu-img compare -q "${OBJ[@]}" --image-opts "$SRC" "driver=qcow2,file.filename=$DIR/out.$o,encrypt.key-secret=s1" \
@@ -65,7 +60,7 @@ for r in $(seq "$ROUNDS"); do
         done
     fi
 done
-m() { tr ' ' '\n' <<<"${T[$1]}" | grep . | median; }
+m() { bench_median <<<"${T[$1]}"; }
 VMT=$(m vm); QIT=$(m qi); QWT=$(m qw); VM0=$(m vm0); QI0=$(m qi0); RKT=$(m rk)
 mibs() { echo "scale=0; $SIZE_MIB / ($1)" | bc; }
 ratio() { echo "scale=2; ($1) / ($2)" | bc; }

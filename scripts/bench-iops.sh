@@ -35,14 +35,12 @@
 # Exits 0 whether or not the target is met (it measures); non-zero if a tool fails or is
 # missing. The machine may be shared: say so when quoting numbers.
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 
 SIZE_MIB=${1:-${BENCH_SIZE_MIB:-256}}
 ROUNDS=${BENCH_ROUNDS:-3}
 RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
-BASE=${BENCH_DIR:-/dev/shm}
-BUILD=${BUILD:-1}
-[ -n "${BENCH_VMCRYPT:-}" ] && BUILD=0
 QEMU_BATCH=${BENCH_QEMU_BATCH:-0}
 BUSY=${BENCH_BUSY:-0}
 ISOLATE=${BENCH_ISOLATE:-0}
@@ -56,40 +54,25 @@ esac
     echo "SIZE_MIB must be >= 16, BENCH_ROUNDS, BENCH_RUNTIME and BENCH_IODEPTH >= 1" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
-for t in qemu-img qemu-nbd fio sha256sum setsid; do
-    command -v "$t" >/dev/null || { echo "$t not found (install qemu-utils and fio)" >&2; exit 2; }
-done
+bench_require "install qemu-utils and fio" qemu-img qemu-nbd fio sha256sum setsid
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine (needs fio >= 3.20 built with libnbd)" >&2; exit 2; }
 
 # Peak use: plaintext, the LUKS1 image and one copy per server.
-NEED_MIB=$((SIZE_MIB * 4 + 64))
-FREE_MIB=$(df -Pm "$BASE" | awk 'NR == 2 { print $4 }')
-if [ "$FREE_MIB" -lt "$NEED_MIB" ]; then
-    echo "$BASE has $FREE_MIB MiB free, this run needs $NEED_MIB MiB: pass a smaller SIZE_MIB" >&2
-    exit 2
-fi
+BASE=$(bench_dir $((SIZE_MIB * 4 + 64)))
 
 if [ "$ISOLATE" = 1 ] && [ "${BENCH_ISOLATED:-}" != 1 ]; then
     # Again in a session of its own (so an autogroup of its own) at nice -20.
-    [ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
+    bench_build
     BUILD=0 BENCH_ISOLATED=1 exec setsid --wait bash -c \
         'echo -20 > /proc/self/autogroup && exec "$@"' isolate "$0" "$SIZE_MIB"
 fi
-[ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=${BENCH_VMCRYPT:-$PWD/target/release/vmcrypt}
-[ -x "$VM" ] || { echo "$VM not found (run with BUILD=1)" >&2; exit 2; }
+bench_vmcrypt
 QEMU_NBD=(qemu-nbd)
 [ "$QEMU_BATCH" = 1 ] && QEMU_NBD=(chrt -b 0 qemu-nbd)
 
-DIR=$(mktemp -d "$BASE/vmcrypt-iops.XXXXXX")
-SERVER_PID=
 HOG_PID=
-cleanup() {
-    stop_hog
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+on_exit() { stop_hog; }
+bench_workdir "$BASE" iops
 
 PW=$DIR/pw
 printf 'bench passphrase' > "$PW"
@@ -119,19 +102,7 @@ start_server() {
                      --image-opts "driver=luks,key-secret=s0,file.filename=$img" 2>"$DIR/server.log" & ;;
     esac
     SERVER_PID=$!
-    local i
-    for ((i = 0; i < 400; i++)); do
-        if [ -S "$SOCK" ] && qemu-img info "nbd+unix:///?socket=$SOCK" >/dev/null 2>&1; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server $1 exited:" >&2; cat "$DIR/server.log" >&2; exit 3; }
-        sleep 0.05
-    done
-    echo "server $1 did not start" >&2; cat "$DIR/server.log" >&2; exit 3
-}
-
-stop_server() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
+    bench_await_nbd "$1" "$SOCK" "$DIR/server.log"
 }
 
 # Keep one core busy in a session of its own (at the bench's autogroup nice).
@@ -159,27 +130,11 @@ server_usage() {
     echo "$cs $ticks"
 }
 
-# One fio run of pattern $1 (randread or randwrite) against the running server; prints IOPS.
-# Terse format v3: field 8 is read IOPS, field 49 write IOPS, field 5 the error code.
-run_fio() {
-    local out field
-    out=$(fio --minimal --terse-version=3 --name="$1" --ioengine=nbd \
-        --uri="nbd+unix:///?socket=$SOCK" --rw="$1" --bs=4k --iodepth="$IODEPTH" --numjobs=1 \
-        --size="${SIZE_MIB}M" --time_based --ramp_time=1 --runtime="$RUNTIME" \
-        --randrepeat=0 --randseed=12345 --norandommap 2>"$DIR/fio.err") || {
-        echo "fio $1 failed:" >&2; cat "$DIR/fio.err" >&2; exit 4; }
-    case "$1" in randread) field=8 ;; randwrite) field=49 ;; esac
-    echo "$out" | awk -F';' -v f="$field" '
-        $1 == 3 { if ($5 != 0) { print "fio error " $5 > "/dev/stderr"; exit 1 }
-                  print $f; found = 1 }
-        END { exit !found }' || { echo "fio $1: no result:" >&2; echo "$out" >&2; cat "$DIR/fio.err" >&2; exit 4; }
-}
-
 SERVERS=(vmcrypt qemu)
 PATTERNS=(randread randwrite)
 TICK=$(getconf CLK_TCK)
 declare -A RES CS CPU
-echo "CPU: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), $(nproc) cores;" \
+echo "CPU: $(bench_cpu_model), $(nproc) cores;" \
     "kernel $(uname -r); load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
 for mode in "${MODES[@]}"; do
     for ((r = 1; r <= ROUNDS; r++)); do
@@ -190,7 +145,7 @@ for mode in "${MODES[@]}"; do
             [ "$mode" = busy ] && start_hog
             for p in "${PATTERNS[@]}"; do
                 read -r cs0 t0 < <(server_usage)
-                v=$(run_fio "$p")
+                v=$(bench_fio "$p")
                 read -r cs1 t1 < <(server_usage)
                 reqs=$(awk -v v="$v" -v t="$RUNTIME" 'BEGIN { print v * t }')
                 k=$mode-$p-$s
@@ -200,12 +155,10 @@ for mode in "${MODES[@]}"; do
                 printf 'round %d  %-5s %-9s  %-8s %10.0f IOPS\n' "$r" "$mode" "$p" "$s" "$v" >&2
             done
             stop_hog
-            stop_server
+            bench_stop_server
         done
     done
 done
-
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 echo
 echo "$SIZE_MIB MiB LUKS1 image on $BASE, fio nbd engine, bs=4k iodepth=$IODEPTH numjobs=1," \
@@ -219,7 +172,7 @@ for mode in "${MODES[@]}"; do
             k=$mode-$p-$s
             case $s in vmcrypt) name="vmcrypt serve (LUKS1)" ;; qemu) name="qemu-nbd driver=luks" ;; esac
             printf '%-5s %-9s  %-30s %10.0f %8.2f %8.2f\n' "$mode" "$p" "$name" \
-                "$(echo "${RES[$k]}" | median)" "$(echo "${CS[$k]}" | median)" "$(echo "${CPU[$k]}" | median)"
+                "$(echo "${RES[$k]}" | bench_median)" "$(echo "${CS[$k]}" | bench_median)" "$(echo "${CPU[$k]}" | bench_median)"
         done
     done
 done
@@ -228,8 +181,8 @@ echo
 printf '%-5s %-9s  %-30s %9s %9s %5s\n' "load" "pattern" "ratio" "measured" "target" "met"
 for mode in "${MODES[@]}"; do
     for p in "${PATTERNS[@]}"; do
-        a=$(echo "${RES[$mode-$p-vmcrypt]}" | median)
-        b=$(echo "${RES[$mode-$p-qemu]}" | median)
+        a=$(echo "${RES[$mode-$p-vmcrypt]}" | bench_median)
+        b=$(echo "${RES[$mode-$p-qemu]}" | bench_median)
         ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
         met=$(awk -v r="$ratio" 'BEGIN { print (r >= 1.5) ? "yes" : "NO" }')
         printf '%-5s %-9s  %-30s %8sx %9s %5s\n' "$mode" "$p" "vmcrypt serve / qemu-nbd luks" "$ratio" ">= 1.5x" "$met"

@@ -7,6 +7,7 @@
 #   BENCH_ROUNDS  (environment) rounds (default 3); the order of the contenders is
 #                 reversed every other round, and each figure is the median over rounds
 #   BENCH_DIR     (environment) where the images go (default /dev/shm)
+#   BUILD         (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
 #
 # Cases, each timed by wall clock around one command (server start-up not included):
 #   read    qemu-img convert -O raw from the NBD export to a file in BENCH_DIR, from
@@ -23,36 +24,21 @@
 # non-zero if a tool fails or is missing. tmpfs has no O_DIRECT, so every tool runs
 # with its default cache mode. The machine may be shared: say so when quoting numbers.
 set -euo pipefail
+shopt -s inherit_errexit # a failing timed command fails the $(...) that times it
+. "$(dirname "$0")/lib/bench.sh"
 
 SIZE_MIB=${1:-${BENCH_SIZE_MIB:-1024}}
 ROUNDS=${BENCH_ROUNDS:-3}
-BASE=${BENCH_DIR:-/dev/shm}
 case "$SIZE_MIB$ROUNDS" in *[!0-9]*|"") echo "usage: $0 [SIZE_MIB] (BENCH_ROUNDS numeric)" >&2; exit 2 ;; esac
 [ "$SIZE_MIB" -ge 16 ] && [ "$ROUNDS" -ge 1 ] || { echo "SIZE_MIB must be >= 16 and BENCH_ROUNDS >= 1" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
-for t in qemu-img qemu-nbd; do
-    command -v "$t" >/dev/null || { echo "$t not found (install qemu-utils)" >&2; exit 2; }
-done
-
+bench_require "install qemu-utils" qemu-img qemu-nbd
 # Peak use: plaintext, its raw copy, the LUKS1 image, one output (+ LUKS2's 16 MiB header).
-NEED_MIB=$((SIZE_MIB * 4 + 256))
-FREE_MIB=$(df -Pm "$BASE" | awk 'NR == 2 { print $4 }')
-if [ "$FREE_MIB" -lt "$NEED_MIB" ]; then
-    echo "$BASE has $FREE_MIB MiB free, this run needs $NEED_MIB MiB: pass a smaller SIZE_MIB" >&2
-    exit 2
-fi
+BASE=$(bench_dir $((SIZE_MIB * 4 + 256)))
+bench_vmcrypt
 
-cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-
-DIR=$(mktemp -d "$BASE/vmcrypt-bench.XXXXXX")
-SERVER_PID=
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+bench_workdir "$BASE" bench
 
 PW=$DIR/pw
 printf 'bench passphrase' > "$PW"
@@ -82,28 +68,7 @@ start_server() {
         qemu-raw) qemu-nbd --persistent -k "$SOCK" -f raw "$RAWIMG" 2>"$DIR/server.log" & ;;
     esac
     SERVER_PID=$!
-    local i
-    for ((i = 0; i < 400; i++)); do
-        if [ -S "$SOCK" ] && qemu-img info "nbd+unix:///?socket=$SOCK" >/dev/null 2>&1; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server $1 exited:" >&2; cat "$DIR/server.log" >&2; exit 3; }
-        sleep 0.05
-    done
-    echo "server $1 did not start" >&2; cat "$DIR/server.log" >&2; exit 3
-}
-
-stop_server() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
-}
-
-# Run "$@" and print its wall-clock time in seconds.
-timed() {
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@"
-    t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
+    bench_await_nbd "$1" "$SOCK" "$DIR/server.log"
 }
 
 # MB/s for BYTES in $1 seconds (minus $2 seconds of fixed cost).
@@ -115,29 +80,29 @@ measure() {
     case "$1" in
         read-*)
             start_server "${1#read-}"
-            s=$(timed qemu-img convert -f raw -O raw "$uri" "$OUT")
-            stop_server; rm -f "$OUT" ;;
+            s=$(bench_timed qemu-img convert -f raw -O raw "$uri" "$OUT")
+            bench_stop_server; rm -f "$OUT" ;;
         write-*)
             start_server "${1#write-}"
-            s=$(timed qemu-img convert -n -f raw -O raw "$PLAIN" "$uri")
-            stop_server ;;
+            s=$(bench_timed qemu-img convert -n -f raw -O raw "$PLAIN" "$uri")
+            bench_stop_server ;;
         convert-vmcrypt-luks1)
-            s=$(timed "$VM" convert -q --object "$SECRET" -f raw -O luks \
+            s=$(bench_timed "$VM" convert -q --object "$SECRET" -f raw -O luks \
                 -o key-secret=s0,iterations=1000 "$PLAIN" "$OUT"); rm -f "$OUT" ;;
         convert-vmcrypt-luks2)
-            s=$(timed "$VM" convert -q --object "$SECRET" -f raw -O luks2 \
+            s=$(bench_timed "$VM" convert -q --object "$SECRET" -f raw -O luks2 \
                 -o key-secret=s0,pbkdf=pbkdf2,iterations=1000 "$PLAIN" "$OUT"); rm -f "$OUT" ;;
         convert-qemu-luks1)
-            s=$(timed qemu-img convert -q --object "$SECRET" -f raw -O luks \
+            s=$(bench_timed qemu-img convert -q --object "$SECRET" -f raw -O luks \
                 -o key-secret=s0,iter-time=10 "$PLAIN" "$OUT"); rm -f "$OUT" ;;
         empty-vmcrypt-luks1)
-            s=$(timed "$VM" create -q --object "$SECRET" -f luks \
+            s=$(bench_timed "$VM" create -q --object "$SECRET" -f luks \
                 -o key-secret=s0,iterations=1000 "$OUT" 1M); rm -f "$OUT" ;;
         empty-vmcrypt-luks2)
-            s=$(timed "$VM" create -q --object "$SECRET" -f luks2 \
+            s=$(bench_timed "$VM" create -q --object "$SECRET" -f luks2 \
                 -o key-secret=s0,pbkdf=pbkdf2,iterations=1000 "$OUT" 1M); rm -f "$OUT" ;;
         empty-qemu-luks1)
-            s=$(timed qemu-img create -q --object "$SECRET" -f luks \
+            s=$(bench_timed qemu-img create -q --object "$SECRET" -f luks \
                 -o key-secret=s0,iter-time=10 "$OUT" 1M); rm -f "$OUT" ;;
     esac
     echo "$s"
@@ -161,10 +126,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A SEC MED
 for c in "${CASES[@]}"; do
-    SEC[$c]=$(echo "${RES[$c]}" | median)
+    SEC[$c]=$(echo "${RES[$c]}" | bench_median)
     MED[$c]=$(mbs "${SEC[$c]}")
 done
 # Data-only convert speeds: the fixed cost of making an empty image subtracted.

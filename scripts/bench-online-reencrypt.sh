@@ -14,17 +14,16 @@
 #   BENCH_DIR (environment) where the images go (default /tmp)
 #   BUILD     (environment) 0 skips `cargo build --release -p vmcrypt`
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 SIZE_MIB=${1:-256}
 shift || true
 ZONES=("$@")
 [ ${#ZONES[@]} -gt 0 ] || ZONES=(64K 256K 1M 4M)
 cd "$(dirname "$0")/.."
-for t in cryptsetup qemu-io; do
-    command -v $t >/dev/null || { echo "$t not found" >&2; exit 2; }
-done
-[ "${BUILD:-1}" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-DIR=$(mktemp -d "${BENCH_DIR:-/tmp}/vmcrypt-online.XXXXXX")
+bench_require "install cryptsetup-bin, qemu-utils" cryptsetup qemu-io
+bench_vmcrypt
+BASE=$(bench_dir 0 /tmp)
+DIR=$(mktemp -d "$BASE/vmcrypt-online.XXXXXX")
 SERVER=
 WRITER=
 cleanup() {
@@ -34,8 +33,8 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; vmcrypt $(git rev-parse --short HEAD)"
-echo "image: ${SIZE_MIB} MiB data, aes-xts-plain64 512-bit, 4096-byte sectors, checksum resilience, in ${BENCH_DIR:-/tmp}"
+echo "cpu: $(bench_cpu_model), $(nproc) cores; vmcrypt $(git rev-parse --short HEAD)"
+echo "image: ${SIZE_MIB} MiB data, aes-xts-plain64 512-bit, 4096-byte sectors, checksum resilience, in $BASE"
 printf 'online bench' > "$DIR/pw"
 KDF=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
 truncate -s $((SIZE_MIB + 16))M "$DIR/base.img"

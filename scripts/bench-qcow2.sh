@@ -43,13 +43,12 @@
 # mode. The machine may be shared: say so when quoting numbers.
 set -euo pipefail
 shopt -s inherit_errexit # a failing timed command fails the $(...) that times it
+. "$(dirname "$0")/lib/bench.sh"
 
 SIZE_MIB=${1:-${BENCH_SIZE_MIB:-256}}
 ROUNDS=${BENCH_ROUNDS:-3}
 RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
-BASE=${BENCH_DIR:-/dev/shm}
-BUILD=${BUILD:-1}
 case "$SIZE_MIB$ROUNDS$RUNTIME$IODEPTH" in
     *[!0-9]*|"") echo "usage: $0 [SIZE_MIB] (BENCH_ROUNDS, BENCH_RUNTIME, BENCH_IODEPTH numeric)" >&2; exit 2 ;;
 esac
@@ -58,31 +57,15 @@ if [ "$SIZE_MIB" -lt 16 ] || [ "$ROUNDS" -lt 1 ] || [ "$RUNTIME" -lt 1 ] || [ "$
 fi
 
 cd "$(dirname "$0")/.."
-for t in qemu-img qemu-nbd fio; do
-    command -v "$t" >/dev/null || { echo "$t not found (install qemu-utils and fio)" >&2; exit 2; }
-done
+bench_require "install qemu-utils and fio" qemu-img qemu-nbd fio
 fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine (needs fio >= 3.20 built with libnbd)" >&2; exit 2; }
 
 # Peak use: plaintext, one image per side, one read output or allocating image per side,
 # each up to SIZE_MIB plus qcow2 metadata and the 2 MiB LUKS area.
-NEED_MIB=$((SIZE_MIB * 5 + SIZE_MIB / 64 + 64))
-FREE_MIB=$(df -Pm "$BASE" | awk 'NR == 2 { print $4 }')
-if [ "$FREE_MIB" -lt "$NEED_MIB" ]; then
-    echo "$BASE has $FREE_MIB MiB free, this run needs $NEED_MIB MiB: pass a smaller SIZE_MIB" >&2
-    exit 2
-fi
+BASE=$(bench_dir $((SIZE_MIB * 5 + SIZE_MIB / 64 + 64)))
+bench_vmcrypt
 
-[ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-[ -x "$VM" ] || { echo "$VM not found (run with BUILD=1)" >&2; exit 2; }
-
-DIR=$(mktemp -d "$BASE/vmcrypt-qcow2.XXXXXX")
-SERVER_PID=
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
-    rm -rf "$DIR"
-}
-trap cleanup EXIT
+bench_workdir "$BASE" qcow2
 
 PW=$DIR/pw
 printf 'bench passphrase' > "$PW"
@@ -112,15 +95,6 @@ if ! "$VM" convert -q --object "$SECRET" -f raw -O qcow2 -o "$LUKSOPTS" "$DIR/pr
 fi
 rm -f "$DIR/probe.raw" "$DIR/probe.qcow2"
 
-# Run "$@" and print its wall-clock time in seconds.
-timed() {
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@"
-    t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
-}
-
 # Start server $1 (vmcrypt or qemu) on qcow2 file $2 and wait until it answers.
 start_server() {
     rm -f "$SOCK"
@@ -131,36 +105,7 @@ start_server() {
                      --image-opts "$(opts "$2")" 2>"$DIR/server.log" & ;;
     esac
     SERVER_PID=$!
-    local i
-    for ((i = 0; i < 400; i++)); do
-        if [ -S "$SOCK" ] && qemu-img info "nbd+unix:///?socket=$SOCK" >/dev/null 2>&1; then return 0; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { echo "server $1 exited:" >&2; cat "$DIR/server.log" >&2; exit 3; }
-        sleep 0.05
-    done
-    echo "server $1 did not start" >&2; cat "$DIR/server.log" >&2; exit 3
-}
-
-stop_server() {
-    kill -TERM "$SERVER_PID"
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
-}
-
-# One fio run of pattern $1 (randread, randwrite, or alloc = one random-order pass of
-# writes) against the running server; prints IOPS.
-# Terse format v3: field 8 is read IOPS, field 49 write IOPS, field 5 the error code.
-run_fio() {
-    local out field mode=(--time_based --ramp_time=1 --runtime="$RUNTIME" --norandommap) rw=$1
-    if [ "$1" = alloc ]; then mode=(); rw=randwrite; fi
-    out=$(fio --minimal --terse-version=3 --name="$1" --ioengine=nbd \
-        --uri="nbd+unix:///?socket=$SOCK" --rw="$rw" --bs=4k --iodepth="$IODEPTH" --numjobs=1 \
-        --size="${SIZE_MIB}M" "${mode[@]}" --randrepeat=0 --randseed=12345 2>"$DIR/fio.err") || {
-        echo "fio $1 failed:" >&2; cat "$DIR/fio.err" >&2; exit 4; }
-    case "$rw" in randread) field=8 ;; randwrite) field=49 ;; esac
-    echo "$out" | awk -F';' -v f="$field" '
-        $1 == 3 { if ($5 != 0) { print "fio error " $5 > "/dev/stderr"; exit 1 }
-                  print $f; found = 1 }
-        END { exit !found }' || { echo "fio $1: no result:" >&2; echo "$out" >&2; cat "$DIR/fio.err" >&2; exit 4; }
+    bench_await_nbd "$1" "$SOCK" "$DIR/server.log"
 }
 
 declare -A RES
@@ -176,8 +121,8 @@ seq_write() {
     local img=$DIR/$1.qcow2
     cp "$EMPTY" "$img"
     case "$1" in
-        vmcrypt) timed "$VM" convert -q -n --object "$SECRET" -f raw "$PLAIN" --target-image-opts "$(opts "$img")" ;;
-        qemu) timed qemu-img convert -q -n --object "$SECRET" -f raw "$PLAIN" --target-image-opts "$(opts "$img")" ;;
+        vmcrypt) bench_timed "$VM" convert -q -n --object "$SECRET" -f raw "$PLAIN" --target-image-opts "$(opts "$img")" ;;
+        qemu) bench_timed qemu-img convert -q -n --object "$SECRET" -f raw "$PLAIN" --target-image-opts "$(opts "$img")" ;;
     esac
 }
 
@@ -185,8 +130,8 @@ seq_write() {
 seq_read() {
     local img=$DIR/$1.qcow2
     case "$1" in
-        vmcrypt) timed "$VM" convert -q --object "$SECRET" --image-opts "$(opts "$img")" -O raw "$OUT" ;;
-        qemu) timed qemu-img convert -q --object "$SECRET" --image-opts "$(opts "$img")" -O raw "$OUT" ;;
+        vmcrypt) bench_timed "$VM" convert -q --object "$SECRET" --image-opts "$(opts "$img")" -O raw "$OUT" ;;
+        qemu) bench_timed qemu-img convert -q --object "$SECRET" --image-opts "$(opts "$img")" -O raw "$OUT" ;;
     esac
 }
 
@@ -195,8 +140,8 @@ make_image() {
     local tool=qemu-img
     [ "$2" = vmcrypt ] && tool=$VM
     case "$1" in
-        convert) timed "$tool" convert -q --object "$SECRET" -f raw -O qcow2 -o "$LUKSOPTS" "$PLAIN" "$OUT" ;;
-        create) timed "$tool" create -q --object "$SECRET" -f qcow2 -o "$LUKSOPTS" "$OUT" 1M ;;
+        convert) bench_timed "$tool" convert -q --object "$SECRET" -f raw -O qcow2 -o "$LUKSOPTS" "$PLAIN" "$OUT" ;;
+        create) bench_timed "$tool" create -q --object "$SECRET" -f qcow2 -o "$LUKSOPTS" "$OUT" 1M ;;
     esac
 }
 
@@ -223,15 +168,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
 
     for s in "${order[@]}"; do
         start_server "$s" "$DIR/$s.qcow2"
-        for p in randread randwrite; do v=$(run_fio "$p"); note "$p" "$s" "$r" "$v" IOPS; done
-        stop_server
+        for p in randread randwrite; do v=$(bench_fio "$p"); note "$p" "$s" "$r" "$v" IOPS; done
+        bench_stop_server
     done
 
     for s in "${order[@]}"; do
         cp "$EMPTY" "$DIR/$s-alloc.qcow2"
         start_server "$s" "$DIR/$s-alloc.qcow2"
-        v=$(run_fio alloc); note alloc "$s" "$r" "$v" IOPS
-        stop_server
+        v=$(bench_fio alloc); note alloc "$s" "$r" "$v" IOPS
+        bench_stop_server
         if ((r == 1)) && [ "$s" = vmcrypt ]; then
             qemu-img check -q --object "$SECRET" --image-opts "$(opts "$DIR/$s-alloc.qcow2")" ||
                 fail "qemu-img check of vmcrypt's image after allocating random writes"
@@ -255,9 +200,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A MED
-for k in "${!RES[@]}"; do MED[$k]=$(echo "${RES[$k]}" | median); done
+for k in "${!RES[@]}"; do MED[$k]=$(echo "${RES[$k]}" | bench_median); done
 for s in "${SIDES[@]}"; do
     [ -n "${MED[convert-$s]:-}" ] || continue
     MED[data-$s]=$(awk -v a="${MED[convert-$s]}" -v b="${MED[create-$s]}" 'BEGIN { printf "%.6f\n", a - b }')

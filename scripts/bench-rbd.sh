@@ -26,6 +26,7 @@
 # (Debian: qemu-block-extra from bookworm-backports), python3. Prints the CPU model, the
 # kernel and the load average first. Exits 0 whether or not the target is met.
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 cd "$(dirname "$0")/.."
 
 SIZE_MIB=${1:-256}
@@ -35,17 +36,15 @@ ROUNDS=${BENCH_ROUNDS:-3}
 DIRECT=on
 [ "${BENCH_LIBRBD_CACHE:-off}" = on ] && DIRECT=off
 export CEPH_DIR=${CEPH_DIR:-/tmp/vmcrypt-ceph}
-VMCRYPT=${BENCH_VMCRYPT:-target/release/vmcrypt}
 
-for t in fio qemu-storage-daemon python3 rbd; do
-    command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
-done
-[ "${BUILD:-1}" = 0 ] || cargo build --release -q -p vmcrypt
+bench_require "see .ci/install-deps" fio qemu-storage-daemon python3 rbd
+bench_vmcrypt
+VMCRYPT=$VM
 ../shared/ceph/start-ceph.sh >/dev/null
 CONF=$CEPH_DIR/ceph.conf
 export CEPH_CONF=$CONF
 
-echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1) ($(nproc) cores)"
+echo "CPU: $(bench_cpu_model) ($(nproc) cores)"
 echo "kernel: $(uname -r)"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "librbd side: qemu-storage-daemon, cache.direct=$DIRECT"
@@ -132,7 +131,7 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { bench_median %.1f; }
 printf '\n%-10s %14s %14s %8s\n' test vmcrypt librbd ratio
 for t in "${TESTS[@]}"; do
     set -- $t

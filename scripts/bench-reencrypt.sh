@@ -14,6 +14,7 @@
 #   SECTOR    (environment) encryption sector size (default 4096)
 #   BUILD     (environment) 0 skips `cargo build --release -p vmcrypt`
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 SIZE_MIB=${1:-1024}
 ROUNDS=${2:-5}
 shift 2 || shift $# || true
@@ -22,16 +23,10 @@ MODES=("$@")
 HOTZONE=${HOTZONE:-64M}
 SECTOR=${SECTOR:-4096}
 cd "$(dirname "$0")/.."
-command -v cryptsetup >/dev/null || { echo "cryptsetup not found (install cryptsetup-bin)" >&2; exit 2; }
-[ "${BUILD:-1}" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-need=$(((SIZE_MIB + 16) * 3))
-if [ -z "${BENCH_DIR:-}" ]; then
-    BENCH_DIR=/tmp
-    free=$(df -Pm /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
-    [ -n "$free" ] && [ "$free" -gt "$need" ] && BENCH_DIR=/dev/shm
-fi
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; kernel $(uname -r)"
+bench_require "install cryptsetup-bin" cryptsetup
+bench_vmcrypt
+BENCH_DIR=$(bench_dir $(((SIZE_MIB + 16) * 3)) shm-or-tmp)
+bench_banner
 echo "cryptsetup: $(cryptsetup --version); vmcrypt: $(git rev-parse --short HEAD)"
 echo "image: ${SIZE_MIB} MiB data, aes-xts-plain64 512-bit, ${SECTOR}-byte sectors, hotzone $HOTZONE, in $BENCH_DIR, $ROUNDS rounds"
 DIR=$(mktemp -d "$BENCH_DIR/vmcrypt-reenc.XXXXXX")
@@ -47,15 +42,9 @@ SECRET="secret,id=s0,file=$DIR/pw"
 want=$(sha256sum < "$DIR/plain" | cut -d' ' -f1)
 rm -f "$DIR/plain"
 
-# $1 = image; seconds of wall time of the rest of the command line.
-timed() {
-    local s e
-    s=$(date +%s.%N)
-    "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-    e=$(date +%s.%N)
-    echo "$e - $s" | bc
-}
-median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+# The names the rounds below use.
+timed() { bench_timed -q "$@"; }
+median() { bench_median; }
 verify() {
     cryptsetup luksDump "$1" | grep -q Requirements && { echo "requirement left in $1" >&2; exit 1; }
     "$VM" convert -q -O raw --object "$SECRET" --image-opts \

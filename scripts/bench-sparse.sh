@@ -21,28 +21,23 @@
 # vmcrypt whatever the virtual size. The machine may be shared: say so when quoting.
 set -euo pipefail
 shopt -s inherit_errexit
+. "$(dirname "$0")/lib/bench.sh"
 
 DATA_MIB=${1:-64}
 ROUNDS=${BENCH_ROUNDS:-3}
 SIZE=${BENCH_SIZE:-1T}
-BASE=${BENCH_DIR:-/dev/shm}
-BUILD=${BUILD:-1}
+BASE=$(bench_dir 0)
 case "$DATA_MIB$ROUNDS" in *[!0-9]*|"") echo "usage: $0 [DATA_MIB]" >&2; exit 2 ;; esac
 [ "$DATA_MIB" -ge 2 ] && [ "$ROUNDS" -ge 1 ] || { echo "DATA_MIB >= 2, BENCH_ROUNDS >= 1" >&2; exit 2; }
 
 cd "$(dirname "$0")/.."
-for t in qemu-img qemu-io; do
-    command -v "$t" >/dev/null || { echo "$t not found (install qemu-utils)" >&2; exit 2; }
-done
-[ "$BUILD" = 0 ] || cargo build --quiet --release -p vmcrypt
-VM=$PWD/target/release/vmcrypt
-[ -x "$VM" ] || { echo "$VM not found (run with BUILD=1)" >&2; exit 2; }
+bench_require "install qemu-utils" qemu-img qemu-io
+bench_vmcrypt
 
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; kernel $(uname -r)"
+bench_banner
 echo "vmcrypt: $("$VM" --version 2>/dev/null || echo '?'); $(qemu-img --version | head -1)"
 
-DIR=$(mktemp -d "$BASE/vmcrypt-sparse.XXXXXX")
-trap 'rm -rf "$DIR"' EXIT
+bench_workdir "$BASE" sparse
 for k in 0 1 2; do printf 'sparse bench key %s' "$k" > "$DIR/pw$k"; done
 OBJS=(--object "secret,id=s0,file=$DIR/pw0" --object "secret,id=s1,file=$DIR/pw1" --object "secret,id=s2,file=$DIR/pw2")
 LUKS="encrypt.format=luks,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.ivgen-alg=plain64,encrypt.iter-time=10"
@@ -67,19 +62,10 @@ writes 0 | qemu-io "${OBJS[@]}" --image-opts "driver=qcow2,file.filename=$B,encr
 writes 1 | qemu-io "${OBJS[@]}" --image-opts "$CHAIN" >/dev/null
 echo "  base and overlay: $HALF MiB each, one 1 MiB piece every $((STRIDE >> 20)) MiB" >&2
 
-timed() {
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" >/dev/null
-    t1=$(date +%s.%N)
-    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 declare -A T
 run_case() { # $1 case, $2 side, rest: command
     local c=$1 s=$2; shift 2
-    T[$c.$s]+="$(timed "$@") "
+    T[$c.$s]+="$(bench_timed "$@") "
 }
 convert() { # $1 = tool, $2 = output
     rm -f "$2"
@@ -105,7 +91,7 @@ cmp -s "$DIR/map.vm" "$DIR/map.qemu" || fail "vmcrypt map differs from qemu-img 
 
 printf '\n%-9s %12s %12s %9s   (%s rounds, medians, %s virtual, %s MiB data)\n' case vmcrypt/s qemu-img/s ratio "$ROUNDS" "$SIZE" "$DATA_MIB"
 for c in convert compare map check; do
-    v=$(tr ' ' '\n' <<<"${T[$c.vmcrypt]}" | grep . | median)
-    q=$(tr ' ' '\n' <<<"${T[$c.qemu]}" | grep . | median)
+    v=$(bench_median <<<"${T[$c.vmcrypt]}")
+    q=$(bench_median <<<"${T[$c.qemu]}")
     awk -v c="$c" -v v="$v" -v q="$q" 'BEGIN { printf "%-9s %12.3f %12.3f %8.2fx\n", c, v, q, q / v }'
 done

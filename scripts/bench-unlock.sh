@@ -11,23 +11,22 @@
 #
 # If `vmcrypt luks test-key` cannot open LUKS2 in this build, the example
 # crates/vmcrypt-block/examples/unlock.rs (LuksDriver::open) is timed instead and the
-# output says so. Timing is bash `date +%s%N` (hyperfine cannot alternate two commands).
+# output says so. Timing is wall clock, `date +%s.%N` around each run (hyperfine cannot
+# alternate two commands).
 #
 # Environment: RUNS (5), MAX_RATIO (1.10), VMCRYPT (target/release/vmcrypt),
 # BUILD=0 to skip `cargo build --release`.
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNS=${RUNS:-5}
 MAX_RATIO=${MAX_RATIO:-1.10}
-VMCRYPT=${VMCRYPT:-$ROOT/target/release/vmcrypt}
-EXAMPLE=$ROOT/target/release/examples/unlock
+VMCRYPT=${VMCRYPT:-${BENCH_VMCRYPT:-$BENCH_ROOT/target/release/vmcrypt}}
+EXAMPLE=$BENCH_ROOT/target/release/examples/unlock
 
-command -v cryptsetup >/dev/null || { echo "bench-unlock: cryptsetup is not installed" >&2; exit 2; }
-if [ "${BUILD:-1}" != 0 ]; then
-    (cd "$ROOT" && cargo build --release -q -p vmcrypt && \
-        cargo build --release -q -p vmcrypt-block --example unlock)
-fi
+bench_require "install cryptsetup-bin" cryptsetup
+bench_build
+bench_build_example vmcrypt-block unlock
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -42,20 +41,8 @@ make_image() {
     cryptsetup luksFormat --type luks2 --batch-mode --key-file "$KEY" "$@" "$img"
 }
 
-# ns CMD...: run CMD (it must succeed), print its wall time in nanoseconds.
-ns() {
-    local t0 t1
-    t0=$(date +%s%N)
-    if ! "$@" >/dev/null 2>&1; then
-        echo "bench-unlock: failed: $*" >&2
-        exit 2
-    fi
-    t1=$(date +%s%N)
-    echo $((t1 - t0))
-}
-
-median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-ms() { awk -v n="$1" 'BEGIN { printf "%.1f", n / 1e6 }'; }
+median() { printf '%s\n' "$@" | bench_median; }
+ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
 
 make_image argon2id --pbkdf argon2id --pbkdf-force-iterations 4 --pbkdf-memory 262144 --pbkdf-parallel 2
 make_image pbkdf2 --pbkdf pbkdf2 --hash sha256 --pbkdf-force-iterations 500000
@@ -72,12 +59,12 @@ CS=(cryptsetup open --test-passphrase --key-file "$KEY")
 status=0
 for name in argon2id pbkdf2; do
     img=$WORK/$name.img
-    ns "${CS[@]}" "$img" >/dev/null
-    ns "${VM[@]}" "$img" >/dev/null
+    bench_timed -q "${CS[@]}" "$img" >/dev/null
+    bench_timed -q "${VM[@]}" "$img" >/dev/null
     cs=() vm=()
     for _ in $(seq "$RUNS"); do
-        cs+=("$(ns "${CS[@]}" "$img")")
-        vm+=("$(ns "${VM[@]}" "$img")")
+        cs+=("$(bench_timed -q "${CS[@]}" "$img")")
+        vm+=("$(bench_timed -q "${VM[@]}" "$img")")
     done
     mc=$(median "${cs[@]}")
     mv=$(median "${vm[@]}")

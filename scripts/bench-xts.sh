@@ -10,6 +10,7 @@
 #   BENCH_CPU (environment) the CPU to pin both to with taskset (default 0)
 #   BENCH_AES_BITS (environment) 256 (default) or 128: AES-256 or AES-128 on both sides
 #   VMCRYPT_AES_KERNEL (environment) force our kernel: vaes-avx512, vaes-avx2, aesni, soft
+#   BUILD     (environment) 0 skips building the xts_speed example
 #
 # Both are timed by wall-clock time (openssl speed -elapsed), so run it on an idle
 # machine or choose a quiet CPU with BENCH_CPU. Prints the median MB/s (10^6 bytes/s)
@@ -20,6 +21,7 @@
 # 512- or 4096-byte sectors per call; openssl speed makes one EVP call per block. The
 # first line names the CPU model and the kernels used.
 set -euo pipefail
+. "$(dirname "$0")/lib/bench.sh"
 
 ROUNDS=${1:-3}
 SECS=${2:-2}
@@ -29,8 +31,8 @@ BITS=${BENCH_AES_BITS:-256}
 case "$BITS" in 128|256) ;; *) echo "BENCH_AES_BITS must be 128 or 256" >&2; exit 2 ;; esac
 
 cd "$(dirname "$0")/.."
-command -v openssl >/dev/null || { echo "openssl not found" >&2; exit 2; }
-cargo build --quiet --release -p vmcrypt-crypto --example xts_speed
+bench_require "install openssl" openssl
+bench_build_example vmcrypt-crypto xts_speed
 BIN=target/release/examples/xts_speed
 
 CPU=${BENCH_CPU:-0}
@@ -55,8 +57,6 @@ ours_mbs() { # MODE SIZE DIRECTION
     # Five runs of SECS/5 seconds each; the example prints their median.
     "${PIN[@]}" "$BIN" --raw "$BITS" "$3" "$2" $((SECS * 200)) 5 "$1"
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -88,9 +88,9 @@ printf '%-5s %-6s %-8s %14s %14s %7s %7s %s\n' mode bytes dir "openssl MB/s" "vm
 for c in "${CASES[@]}"; do
     set -- $c
     key="$1-$2-$3"
-    o=$(median <"$TMP/openssl-$key")
-    v=$(median <"$TMP/ours-$key")
-    ratio=$(median <"$TMP/ratio-$key")
+    o=$(bench_median %.1f <"$TMP/openssl-$key")
+    v=$(bench_median %.1f <"$TMP/ours-$key")
+    ratio=$(bench_median %.3f <"$TMP/ratio-$key")
     if [ "$1" = cbc ]; then
         printf '%-5s %-6s %-8s %14s %14s %7.2f %7s %s\n' "$1" "$2" "$3" "$o" "$v" "$ratio" - -
         continue

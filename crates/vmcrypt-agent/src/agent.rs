@@ -3,18 +3,23 @@
 //! and on `unlock`, `lock` and `reload`. Exports and VMs are driven through the
 //! [`Exporter`] and [`VmControl`] traits, every step is written to the audit log, and
 //! per-VM state (with the reason a VM is stopped) is what `status` reports.
+//!
+//! Unlocking a VM is begun here and run as an [`UnlockJob`] ([`crate::unlock`]): inline
+//! by default, or, once [`Agent::defer_unlocks`] is called (the daemon does), handed out
+//! by [`Agent::take_unlocks`] to run without the agent's lock and brought back with
+//! [`Agent::finish_unlock`]. A VM has at most one unlock in progress.
 use crate::audit::{AuditLog, Record};
-use crate::config::{Checked, Disk, KeySource, RemovalPolicy, Vm};
+use crate::config::{Checked, Disk, RemovalPolicy, Vm};
 use crate::export::{ExportInfo, Exporter};
 use crate::keyfile::KeyFilePolicy;
-use crate::keys::{self, KeyContext};
+use crate::keys;
 use crate::media::{self, MediaSources, MediumId, Present};
+use crate::unlock::{After, KeyEnv, Progress, UnlockJob, Unlocked};
 use crate::vm::VmControl;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use vmcrypt_crypto::SecretBytes;
-use vmcrypt_error::{ErrorKind, Result, bail};
+use vmcrypt_error::{Result, bail};
 
 /// What a VM is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -80,14 +85,18 @@ impl VmRecord {
 /// The agent.
 pub struct Agent {
     cfg: Checked,
-    exporter: Box<dyn Exporter>,
+    exporter: Arc<dyn Exporter>,
     vms: Box<dyn VmControl>,
-    audit: AuditLog,
+    audit: Arc<AuditLog>,
     policy: KeyFilePolicy,
     media: Present,
     records: BTreeMap<String, VmRecord>,
     /// The status as of the last change, for `status` while the agent is busy.
     snapshot: Arc<Mutex<Option<AgentStatus>>>,
+    /// The unlocks in progress, by VM.
+    unlocking: BTreeMap<String, Arc<Progress>>,
+    /// Unlocks begun but not run, when the caller runs them ([`Agent::defer_unlocks`]).
+    queued: Option<Vec<UnlockJob>>,
 }
 
 impl Agent {
@@ -100,14 +109,29 @@ impl Agent {
         let policy = policy_of(&cfg);
         Agent {
             cfg,
-            exporter,
+            exporter: Arc::from(exporter),
             vms,
-            audit,
+            audit: Arc::new(audit),
             policy,
             media: Present::new(),
             records: BTreeMap::new(),
             snapshot: Arc::default(),
+            unlocking: BTreeMap::new(),
+            queued: None,
         }
+    }
+
+    /// From now on, unlocks begun by the agent (media arriving, `reload`, `unlock`
+    /// requests) wait in [`Agent::take_unlocks`] instead of running inline.
+    pub fn defer_unlocks(&mut self) {
+        self.queued.get_or_insert_with(Vec::new);
+    }
+
+    /// The unlocks begun since the last call: the caller runs each
+    /// ([`UnlockJob::run`], without the agent) and hands its outcome to
+    /// [`Agent::finish_unlock`].
+    pub fn take_unlocks(&mut self) -> Vec<UnlockJob> {
+        self.queued.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The status as of the agent's last change (a `status` call, or the start of an
@@ -168,7 +192,32 @@ impl Agent {
         let vm = self.vm(name)?;
         // Media that came or went meanwhile are acted on first.
         self.rescan();
-        self.unlock_vm(&vm, true);
+        if !self.unlocking.contains_key(name) {
+            let job = self.begin_unlock(&vm, true);
+            let out = job.run();
+            self.finish_unlock(out);
+        }
+        self.unlock_result(name)
+    }
+
+    /// `unlock VM` for a caller that runs unlocks ([`Agent::defer_unlocks`]): begins it
+    /// (or finds the one in progress); once the returned progress has ended, its
+    /// failure, else [`Agent::unlock_result`].
+    pub fn request_unlock(&mut self, name: &str) -> Result<Arc<Progress>> {
+        let vm = self.vm(name)?;
+        self.rescan();
+        if let Some(p) = self.unlocking.get(name) {
+            return Ok(p.clone());
+        }
+        let job = self.begin_unlock(&vm, true);
+        let progress = job.progress.clone();
+        self.queue_or_run(job);
+        Ok(progress)
+    }
+
+    /// What `unlock VM` answers: its status if it runs, else why not.
+    pub fn unlock_result(&mut self, name: &str) -> Result<VmStatus> {
+        let vm = self.vm(name)?;
         let st = self.vm_status(&vm);
         match st.state {
             VmState::Running => Ok(st),
@@ -181,11 +230,27 @@ impl Agent {
         }
     }
 
-    /// `lock VM`: stop it and close its exports.
+    /// `lock VM`: stop it and close its exports. A VM being unlocked is refused (see
+    /// [`Agent::cancel_unlock`]).
     pub fn lock(&mut self, name: &str) -> Result<VmStatus> {
         let vm = self.vm(name)?;
-        self.lock_vm(&vm, "locked on request");
+        if self.unlocking.contains_key(name) {
+            bail!(
+                Busy,
+                "vm {name} is being unlocked: cancel the unlock first, then lock it"
+            );
+        }
+        self.lock_vm(&vm, LOCKED);
         Ok(self.vm_status(&vm))
+    }
+
+    /// Cancel the unlock of `name` in progress, if there is one, for `why`: a prompt it
+    /// waits for is killed, no further key is tried, and when it ends what it opened is
+    /// closed and the VM stays stopped. The progress to wait for before locking.
+    pub fn cancel_unlock(&mut self, name: &str, why: &str) -> Option<Arc<Progress>> {
+        let p = self.unlocking.get(name)?;
+        p.set_after(After::Lock(why.to_string()));
+        Some(p.clone())
     }
 
     /// `reload`: take `cfg`; VMs new to it are adopted and autostarted, VMs gone from it
@@ -310,10 +375,19 @@ impl Agent {
     fn on_removed(&mut self, m: &MediumId) {
         let vms = self.vms_using(m);
         for vm in vms {
+            let why = format!("key medium {m} removed");
+            if let Some(p) = self.unlocking.get(&vm.name) {
+                // Applied when the unlock ends.
+                match vm.on_media_removed {
+                    RemovalPolicy::Keep => {}
+                    RemovalPolicy::Stop => p.set_after(After::Keep(why)),
+                    RemovalPolicy::Lock => p.set_after(After::Lock(why)),
+                }
+                continue;
+            }
             if self.state(&vm.name) == VmState::Stopped {
                 continue;
             }
-            let why = format!("key medium {m} removed");
             match vm.on_media_removed {
                 RemovalPolicy::Keep => {}
                 RemovalPolicy::Stop => self.stop_vm(&vm, &why),
@@ -337,35 +411,110 @@ impl Agent {
         })
     }
 
-    fn serving(&mut self, d: &Disk) -> Option<ExportInfo> {
+    fn serving(&self, d: &Disk) -> Option<ExportInfo> {
         self.exporter.status(d).ok().flatten()
     }
 
-    /// Open every disk of `vm`, then start it; on any failure close what was opened and
-    /// record why.
+    /// Unlock `vm` (open every disk, then start it; on any failure close what was
+    /// opened and record why), unless an unlock of it is in progress.
     fn unlock_vm(&mut self, vm: &Vm, interactive: bool) {
+        if !self.unlocking.contains_key(&vm.name) {
+            let job = self.begin_unlock(vm, interactive);
+            self.queue_or_run(job);
+        }
+    }
+
+    fn queue_or_run(&mut self, job: UnlockJob) {
+        match &mut self.queued {
+            Some(q) => q.push(job),
+            None => {
+                let out = job.run();
+                self.finish_unlock(out);
+            }
+        }
+    }
+
+    /// Mark `vm` as unlocking and make the job that opens its disks not served yet.
+    fn begin_unlock(&mut self, vm: &Vm, interactive: bool) -> UnlockJob {
         let rec = self
             .records
             .entry(vm.name.clone())
             .or_insert_with(|| VmRecord::stopped(None));
         rec.state = VmState::Unlocking;
         rec.reason = None;
-        let mut sources = rec.sources.clone();
+        let sources = rec.sources.clone();
         self.publish();
-        for d in &vm.disks {
-            if self.serving(d).is_some() {
-                continue;
-            }
-            match self.open_disk(vm, d, interactive) {
-                Ok(src) => {
-                    sources.insert(d.name.clone(), src);
+        let progress = Arc::new(Progress::default());
+        self.unlocking.insert(vm.name.clone(), progress.clone());
+        let disks = vm
+            .disks
+            .iter()
+            .filter(|d| self.serving(d).is_none())
+            .cloned()
+            .collect();
+        UnlockJob {
+            vm: vm.clone(),
+            disks,
+            sources,
+            interactive,
+            env: KeyEnv {
+                store: self.cfg.raw.store.clone(),
+                prompt: self.cfg.raw.prompt.clone(),
+                policy: self.policy.clone(),
+                media: self.media.clone(),
+            },
+            exporter: self.exporter.clone(),
+            audit: self.audit.clone(),
+            progress,
+        }
+    }
+
+    /// Apply how an unlock ended: start the VM, keep its exports (its medium left
+    /// meanwhile, `stop` policy), or close what was opened (failed, or cancelled). A VM
+    /// a `reload` removed meanwhile is left as it is, like the other VMs removed.
+    pub fn finish_unlock(&mut self, out: Unlocked) {
+        let Unlocked {
+            vm,
+            result,
+            progress,
+        } = out;
+        if self
+            .unlocking
+            .get(&vm.name)
+            .is_some_and(|p| Arc::ptr_eq(p, &progress))
+        {
+            self.unlocking.remove(&vm.name);
+        }
+        if self.cfg.vms.iter().any(|v| v.name == vm.name) {
+            match (progress.after(), result) {
+                (After::Lock(why), _) => {
+                    self.close_disks(&vm);
+                    self.fail(&vm, format!("unlock cancelled: {why}"));
                 }
-                Err(why) => {
-                    self.close_disks(vm);
-                    return self.fail(vm, format!("disk {}: {why}", d.name));
+                (_, Err(why)) => {
+                    self.close_disks(&vm);
+                    self.fail(&vm, why);
                 }
+                (After::Keep(why), Ok(sources)) => {
+                    let rec = VmRecord {
+                        state: VmState::Unlocked,
+                        reason: Some(why),
+                        sources,
+                    };
+                    self.records.insert(vm.name.clone(), rec);
+                }
+                (After::Start, Ok(sources)) => self.start_unlocked(&vm, sources),
             }
         }
+        progress.end(
+            self.unlock_result(&vm.name)
+                .err()
+                .map(|e| e.display_chain()),
+        );
+    }
+
+    /// Start `vm`, whose disks are all served.
+    fn start_unlocked(&mut self, vm: &Vm, sources: BTreeMap<String, String>) {
         match self.vms.start(vm) {
             Ok(()) => {
                 self.audit
@@ -380,127 +529,6 @@ impl Agent {
             Err(e) => {
                 self.close_disks(vm);
                 self.fail(vm, format!("starting the vm failed: {}", e.display_chain()));
-            }
-        }
-    }
-
-    /// Try `d`'s key sources in order (for a disk with backing layers, every
-    /// combination of one source per layer, the last layer's sources varying fastest);
-    /// the name of the one that opened it, or why none did. A key is fetched at most once
-    /// per unlock and dropped (zeroized) on return.
-    fn open_disk(
-        &mut self,
-        vm: &Vm,
-        d: &Disk,
-        interactive: bool,
-    ) -> std::result::Result<String, String> {
-        let layers = d.layer_keys();
-        let mut fetched: Vec<Vec<Option<std::result::Result<SecretBytes, String>>>> = layers
-            .iter()
-            .map(|l| l.iter().map(|_| None).collect())
-            .collect();
-        let mut pick = vec![0usize; layers.len()];
-        let mut why = Vec::new();
-        loop {
-            for (i, src) in layers.iter().enumerate() {
-                if fetched[i][pick[i]].is_none() {
-                    let k = self.fetch_key(vm, d, &src[pick[i]], interactive);
-                    fetched[i][pick[i]] = Some(k);
-                }
-            }
-            let keys: Option<Vec<&[u8]>> = pick
-                .iter()
-                .enumerate()
-                .map(|(i, p)| match &fetched[i][*p] {
-                    Some(Ok(k)) => Some(k.as_bytes()),
-                    _ => None,
-                })
-                .collect();
-            let name = describe(&layers, &pick);
-            match keys {
-                Some(keys) => match self.try_keys(vm, d, &name, &keys) {
-                    Ok(()) => return Ok(name),
-                    Err(e) => why.push(format!("{name}: {e}")),
-                },
-                None => {
-                    // Report each source that gave no key once.
-                    for (i, p) in pick.iter().enumerate() {
-                        // (An emptied message marks one already reported.)
-                        if let Some(Err(e)) = &mut fetched[i][*p]
-                            && !e.is_empty()
-                        {
-                            why.push(format!("{}: {e}", describe_one(i, &layers[i][*p])));
-                            e.clear();
-                        }
-                    }
-                }
-            }
-            if !next_pick(&mut pick, &layers) {
-                return Err(why.join("; "));
-            }
-        }
-    }
-
-    /// One key from one source (a failure to read one is audited; a source that is not
-    /// available is not).
-    fn fetch_key(
-        &mut self,
-        vm: &Vm,
-        d: &Disk,
-        src: &KeySource,
-        interactive: bool,
-    ) -> std::result::Result<SecretBytes, String> {
-        if !interactive && !keys::available(src, &self.media) {
-            return Err("not available".into());
-        }
-        let cx = KeyContext {
-            store: &self.cfg.raw.store,
-            prompt: &self.cfg.raw.prompt,
-            policy: &self.policy,
-            media: &self.media,
-            interactive,
-            prompt_id: format!("vmcrypt:{}:{}", vm.name, d.name),
-        };
-        keys::fetch(src, &cx).map_err(|e| {
-            let why = e.display_chain();
-            self.audit.write(
-                &Record::new("disk-open", false)
-                    .vm(&vm.name)
-                    .disk(&d.name)
-                    .source(src.describe())
-                    .reason(why.clone()),
-            );
-            why
-        })
-    }
-
-    /// Open `d` with `keys` (named `name` in the log).
-    fn try_keys(
-        &mut self,
-        vm: &Vm,
-        d: &Disk,
-        name: &str,
-        keys: &[&[u8]],
-    ) -> std::result::Result<(), String> {
-        let rec = Record::new("disk-open", false)
-            .vm(&vm.name)
-            .disk(&d.name)
-            .source(name.to_string());
-        match self.exporter.open(d, keys) {
-            Ok(info) => {
-                let mut r = rec;
-                r.slot = info.slot;
-                r.result = "ok";
-                self.audit.write(&r);
-                Ok(())
-            }
-            Err(e) => {
-                let why = match e.kind() {
-                    ErrorKind::WrongKey => format!("wrong key ({})", e.display_chain()),
-                    _ => e.display_chain(),
-                };
-                self.audit.write(&rec.reason(why.clone()));
-                Err(why)
             }
         }
     }
@@ -578,36 +606,6 @@ impl Agent {
     }
 }
 
-/// A source as named for layer `i` (layer 0 is the image itself).
-fn describe_one(i: usize, src: &KeySource) -> String {
-    match i {
-        0 => src.describe(),
-        _ => format!("backing {i}: {}", src.describe()),
-    }
-}
-
-/// The sources `pick` chooses, one per layer.
-fn describe(layers: &[&[KeySource]], pick: &[usize]) -> String {
-    let names: Vec<String> = pick
-        .iter()
-        .enumerate()
-        .map(|(i, p)| describe_one(i, &layers[i][*p]))
-        .collect();
-    names.join("; ")
-}
-
-/// The next combination of one source per layer; false after the last.
-fn next_pick(pick: &mut [usize], layers: &[&[KeySource]]) -> bool {
-    for i in (0..pick.len()).rev() {
-        pick[i] += 1;
-        if pick[i] < layers[i].len() {
-            return true;
-        }
-        pick[i] = 0;
-    }
-    false
-}
-
 fn outcome(r: Record, res: &Result<()>) -> Record {
     match res {
         Ok(()) => r,
@@ -620,6 +618,9 @@ fn outcome(r: Record, res: &Result<()>) -> Record {
         }
     }
 }
+
+/// The reason a VM locked by `lock` is stopped.
+pub const LOCKED: &str = "locked on request";
 
 fn policy_of(cfg: &Checked) -> KeyFilePolicy {
     KeyFilePolicy::new(

@@ -92,11 +92,14 @@ impl AuditLog {
     }
 
     /// Append `r` (and copy it to stderr). A failed write is reported on stderr: the
-    /// agent keeps running its VMs rather than stop over its log.
-    pub fn write(&mut self, r: &Record) {
+    /// agent keeps running its VMs rather than stop over its log. Shared by the agent
+    /// and its unlocks in progress: one append of a whole line each, so lines written
+    /// from several threads do not interleave.
+    pub fn write(&self, r: &Record) {
         let mut line = serde_json::to_string(r).unwrap_or_default();
         line.push('\n');
-        if let Err(e) = self.file.write_all(line.as_bytes()) {
+        let mut file = &self.file;
+        if let Err(e) = file.write_all(line.as_bytes()) {
             eprintln!("vmcrypt agent: writing the audit log: {e}");
         }
         eprint!("{line}");

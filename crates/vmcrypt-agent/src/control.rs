@@ -114,6 +114,7 @@ pub fn request(path: &Path, req: &Request, timeout: Duration) -> Result<Value> {
             Some("not-found") => vmcrypt_error::ErrorKind::NotFound,
             Some("wrong-key") => vmcrypt_error::ErrorKind::WrongKey,
             Some("usage") => vmcrypt_error::ErrorKind::Usage,
+            Some("busy") => vmcrypt_error::ErrorKind::Busy,
             _ => vmcrypt_error::ErrorKind::Io,
         };
         return Err(Error::new(kind, msg.to_string()));

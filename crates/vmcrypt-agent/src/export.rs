@@ -3,12 +3,15 @@
 //! starts with the key on a pipe to its stdin and which says "ok" once it serves
 //! `RUN_DIR/NAME.sock`. The daemon holds the lock on `NAME.state` for its life, so an
 //! agent that restarts finds its exports by that lock ([`Exporter::status`]) and
-//! adopts them; closing one is `luks close` (SIGTERM, wait for the lock).
+//! adopts them; closing one is `luks close` (SIGTERM, wait for the lock). An
+//! [`Exporter`] is shared: an unlock in progress opens one disk (waiting for the
+//! daemon's KDF) while the agent looks at or closes others.
 use crate::config::{Disk, DiskFormat};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use vmcrypt_block::jobs::luks::active::{self, RunDir, Status};
 use vmcrypt_error::{Error, ErrorKind, Result};
@@ -25,14 +28,15 @@ pub struct ExportInfo {
 }
 
 /// How disks are exported (a trait so the agent's decisions can be tested in-process).
-pub trait Exporter: Send {
+/// Called from several threads at once, for different disks.
+pub trait Exporter: Send + Sync {
     /// Unlock `disk` with `keys` (one per layer: the image's, then its backing
     /// layers') and serve it; a wrong key is `WrongKey`.
-    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo>;
+    fn open(&self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo>;
     /// The export of `disk`, if one serves it now.
-    fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>>;
+    fn status(&self, disk: &Disk) -> Result<Option<ExportInfo>>;
     /// Stop serving `disk` (the daemon wipes its key as it exits).
-    fn close(&mut self, disk: &Disk) -> Result<()>;
+    fn close(&self, disk: &Disk) -> Result<()>;
 }
 
 /// Exports served by `vmcrypt luks open-daemon` processes.
@@ -40,7 +44,7 @@ pub struct LuksDaemons {
     exe: PathBuf,
     dir: RunDir,
     /// Daemons this agent started, reaped when they end.
-    children: BTreeMap<String, Child>,
+    children: Mutex<BTreeMap<String, Child>>,
 }
 
 impl LuksDaemons {
@@ -49,7 +53,7 @@ impl LuksDaemons {
         LuksDaemons {
             exe,
             dir: RunDir::new(Some(&run_dir.display().to_string())),
-            children: BTreeMap::new(),
+            children: Mutex::default(),
         }
     }
 
@@ -84,15 +88,19 @@ impl LuksDaemons {
         v
     }
 
+    fn children(&self) -> MutexGuard<'_, BTreeMap<String, Child>> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Reap daemons that have ended.
-    fn reap(&mut self) {
-        self.children
+    fn reap(&self) {
+        self.children()
             .retain(|_, c| matches!(c.try_wait(), Ok(None)));
     }
 }
 
 impl Exporter for LuksDaemons {
-    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo> {
+    fn open(&self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo> {
         self.reap();
         self.dir.ensure()?;
         let mut child = Command::new(&self.exe)
@@ -114,7 +122,7 @@ impl Exporter for LuksDaemons {
             let _ = BufReader::new(out).read_line(&mut line);
         }
         if line == "ok\n" {
-            self.children.insert(disk.export.clone(), child);
+            self.children().insert(disk.export.clone(), child);
             return self.status(disk)?.ok_or_else(|| {
                 Error::internal(format!("export {} said ok but is not active", disk.export))
             });
@@ -129,7 +137,7 @@ impl Exporter for LuksDaemons {
         Err(Error::new(kind_of_exit(status.code()), msg.to_string()))
     }
 
-    fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>> {
+    fn status(&self, disk: &Disk) -> Result<Option<ExportInfo>> {
         self.reap();
         Ok(match active::status(&self.dir, &disk.export)? {
             Status::Active(a) => Some(ExportInfo {
@@ -142,9 +150,10 @@ impl Exporter for LuksDaemons {
         })
     }
 
-    fn close(&mut self, disk: &Disk) -> Result<()> {
+    fn close(&self, disk: &Disk) -> Result<()> {
         let r = active::close(&self.dir, &disk.export, Duration::from_secs(15));
-        if let Some(mut c) = self.children.remove(&disk.export) {
+        let child = self.children().remove(&disk.export);
+        if let Some(mut c) = child {
             let _ = crate::proc::wait_for(&mut c, Duration::from_secs(5));
         }
         r.map(drop)

@@ -5,6 +5,7 @@
 use crate::config::{KeySource, PromptConfig, StoreConfig};
 use crate::keyfile::{self, KeyFilePolicy};
 use crate::media::Present;
+use crate::unlock::Progress;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -23,6 +24,8 @@ pub struct KeyContext<'a> {
     pub interactive: bool,
     /// The prompt's id (`vmcrypt:VM:DISK`), so an agent can tell requests apart.
     pub prompt_id: String,
+    /// The unlock this key is for: a prompt is killed when it is cancelled.
+    pub progress: Option<&'a Progress>,
 }
 
 /// Whether `src` can give a key now without asking anyone.
@@ -52,7 +55,7 @@ pub fn fetch(src: &KeySource, cx: &KeyContext) -> Result<SecretBytes> {
                     "a prompt is only shown for `vmcrypt agent unlock`"
                 );
             }
-            ask(cx.prompt, text, &cx.prompt_id)
+            ask(cx.prompt, text, &cx.prompt_id, cx.progress)
         }
     }
 }
@@ -68,7 +71,7 @@ fn store(c: &StoreConfig) -> Store {
 }
 
 /// Ask through systemd-ask-password: the answer comes on its stdout, one line.
-fn ask(p: &PromptConfig, text: &str, id: &str) -> Result<SecretBytes> {
+fn ask(p: &PromptConfig, text: &str, id: &str, progress: Option<&Progress>) -> Result<SecretBytes> {
     let mut child = Command::new(&p.command)
         .arg(format!("--timeout={}", p.timeout))
         .arg(format!("--id={id}"))
@@ -78,13 +81,21 @@ fn ask(p: &PromptConfig, text: &str, id: &str) -> Result<SecretBytes> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| Error::io(e, format!("starting '{}'", p.command.display())))?;
-    let mut out = Zeroizing::new(Vec::new());
-    if let Some(o) = child.stdout.take() {
-        // The program's own timeout bounds this read.
-        o.take(64 * 1024)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::io(e, "reading the answer to the prompt"))?;
+    if let Some(p) = progress
+        && !p.watch_prompt(child.id())
+    {
+        let _ = child.kill();
     }
+    let mut out = Zeroizing::new(Vec::new());
+    let read = match child.stdout.take() {
+        // The program's own timeout (or a cancel, which kills it) bounds this read.
+        Some(o) => o.take(64 * 1024).read_to_end(&mut out).map(drop),
+        None => Ok(()),
+    };
+    if let Some(p) = progress {
+        p.prompt_done();
+    }
+    read.map_err(|e| Error::io(e, "reading the answer to the prompt"))?;
     let status = crate::proc::wait_for(&mut child, Duration::from_secs(p.timeout + 5))?;
     if !status.success() {
         bail!(NotFound, "the prompt was not answered ({status})");

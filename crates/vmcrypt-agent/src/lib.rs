@@ -9,7 +9,8 @@
 //! * [`export`]: exports as `luks open` daemons, processes of their own that outlive the
 //!   agent and are adopted by the next one.
 //! * [`vm`]: starting and stopping VMs (libvirt through virsh, or commands).
-//! * [`agent`]: the decisions; [`run`]: the daemon's loop; [`control`]: its socket.
+//! * [`agent`]: the decisions; [`unlock`]: one VM's unlock in progress, run without
+//!   the agent's lock; [`run`]: the daemon's loop; [`control`]: its socket.
 //! * [`audit`]: the JSON-lines audit log; [`notify`]: systemd's READY=1.
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod notify;
 pub mod proc;
 pub mod run;
 pub mod time;
+pub mod unlock;
 pub mod vm;
 pub mod watch;
 

@@ -7,65 +7,17 @@
 //! `stop` policy stops the VM but keeps its exports and a returning medium starts it
 //! again; `keep` leaves the VM running; `lock` closes exports; a VM whose keys are not
 //! all present is left alone, with the reason when an unlock is asked for.
-use std::collections::BTreeMap;
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use support::{InProcess, events, luks_image, vm_toml};
 use vmcrypt_agent::audit::AuditLog;
-use vmcrypt_agent::config::{Config, Disk};
-use vmcrypt_agent::export::{ExportInfo, Exporter};
+use vmcrypt_agent::config::Config;
 use vmcrypt_agent::vm::Programs;
 use vmcrypt_agent::{Agent, VmState};
-use vmcrypt_block::jobs::luks::Target;
-use vmcrypt_block::jobs::luks::open::{OpenRequest, open};
-use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::Result;
 
 const KEY: &[u8] = b"the right key";
-
-/// Exports as open `luks` nodes in this process; clones share them, as two agents share
-/// the export daemons of a run directory.
-#[derive(Clone, Default)]
-struct InProcess(Arc<Mutex<BTreeMap<String, u32>>>);
-
-impl Exporter for InProcess {
-    fn open(&mut self, disk: &Disk, keys: &[&[u8]]) -> Result<ExportInfo> {
-        let key = keys[0];
-        let req = OpenRequest {
-            target: Target {
-                device: disk.image.display().to_string(),
-                header: None,
-                limits: KdfLimits::default(),
-            },
-            read_only: disk.read_only,
-            key_slot: None,
-        };
-        let opened = open(&req, key)?;
-        self.0
-            .lock()
-            .unwrap()
-            .insert(disk.export.clone(), opened.info.key_slot);
-        Ok(self.status(disk)?.unwrap())
-    }
-    fn status(&mut self, disk: &Disk) -> Result<Option<ExportInfo>> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .get(&disk.export)
-            .map(|slot| ExportInfo {
-                name: disk.export.clone(),
-                socket: format!("{}.sock", disk.export),
-                pid: std::process::id(),
-                slot: Some(*slot),
-            }))
-    }
-    fn close(&mut self, disk: &Disk) -> Result<()> {
-        self.0.lock().unwrap().remove(&disk.export);
-        Ok(())
-    }
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -96,38 +48,12 @@ impl Fixture {
     }
 
     fn luks(&self, name: &str) {
-        let dev = self.p(name);
-        std::fs::File::create(&dev)
-            .unwrap()
-            .set_len(4 << 20)
-            .unwrap();
-        std::fs::write(self.p("k"), KEY).unwrap();
-        let st = Command::new("cryptsetup")
-            .args([
-                "luksFormat",
-                "-q",
-                "--type",
-                "luks1",
-                "--pbkdf-force-iterations",
-                "1000",
-                "--key-file",
-            ])
-            .arg(self.p("k"))
-            .arg(&dev)
-            .status()
-            .expect("cryptsetup is installed (cryptsetup-bin)");
-        assert!(st.success());
+        luks_image(&self.p(name), KEY);
     }
 
     fn vm(&self, name: &str, policy: &str, keys: &str) -> String {
-        let ev = self.p(&format!("{name}.events")).display().to_string();
-        format!(
-            "[[vm]]\nname = \"{name}\"\non_media_removed = \"{policy}\"\n\
-             command = {{ start = [\"/bin/sh\", \"-c\", \"echo start >> {ev}\"], stop = [\"/bin/sh\", \"-c\", \"echo stop >> {ev}\"], \
-             status = [\"/bin/sh\", \"-c\", \"tail -n 1 {ev} | grep -qx start\"] }}\n\
-             [[vm.disk]]\nname = \"root\"\nimage = \"{}\"\nkeys = [{keys}]\n",
-            self.p(&format!("{name}.img")).display()
-        )
+        let policy = format!("on_media_removed = \"{policy}\"\n");
+        vm_toml(self.dir.path(), name, &policy, keys)
     }
 
     fn agent(&self, exports: &InProcess) -> Agent {
@@ -162,7 +88,7 @@ impl Fixture {
     }
 
     fn events(&self, vm: &str) -> String {
-        std::fs::read_to_string(self.p(&format!("{vm}.events"))).unwrap_or_default()
+        events(self.dir.path(), vm)
     }
 
     fn audit(&self) -> Vec<serde_json::Value> {
