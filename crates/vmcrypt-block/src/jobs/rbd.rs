@@ -71,7 +71,8 @@ pub fn encryption_format(req: &EncryptionFormatRequest, passphrase: &[u8]) -> Re
         "cannot format a snapshot ({})",
         req.image.image_name()
     );
-    let raw = Arc::new(RbdDriver::open(&req.image, None, false)?);
+    let raw =
+        Arc::new(RbdDriver::open(&req.image, None, false)?.lock_header("rbd encryption format")?);
     let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     format(&raw, &params, passphrase)
 }
@@ -110,10 +111,10 @@ pub fn clone(req: &CloneRequest, passphrase: &[u8]) -> Result<Formatted> {
         .snap_create_protected(snap)?;
     let cpool = connect(&req.child, None)?;
     ppool.clone_image(&req.parent.image, snap, &cpool, &req.child.image)?;
-    let raw = Arc::new(RbdDriver::new(
-        cpool.open(&req.child.image, None, false)?,
-        false,
-    )?);
+    let raw = Arc::new(
+        RbdDriver::new(cpool.open(&req.child.image, None, false)?, false)?
+            .lock_header("rbd clone")?,
+    );
     let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     crate::drivers::rbd::format::format_clone(&raw, &params, passphrase)
         .with_ctx(|| format!("formatting clone {}", req.child.image_name()))
