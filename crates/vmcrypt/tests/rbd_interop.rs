@@ -859,3 +859,63 @@ fn luks_open_serves_an_rbd_image() {
         &want,
     );
 }
+
+/// `vmcrypt luks format` of an rbd image writes librbd's layout (as `rbd encryption
+/// format`): librbd loads it, LUKS1 and LUKS2. Options that layout fixes are refused
+/// before anything is written.
+#[test]
+fn luks_format_of_an_rbd_image_loads_in_librbd() {
+    let sc = Scratch::new();
+    let pw = sc.write("pw", PASS);
+    let pw2 = sc.write("pw2", b"another passphrase");
+    for (version, sector) in [("luks1", "512"), ("luks2", "4096")] {
+        let img = TestImage::new(&format!("fmt-{version}"));
+        assert!(
+            rbd_cli(&["create", "--size", "24M", &img.path()])
+                .status
+                .success()
+        );
+        let dev = img.filename();
+        let format = |extra: &[&str], key: &str| {
+            let mut a = vec![
+                "luks",
+                "format",
+                "-q",
+                "--type",
+                version,
+                "--iter-time",
+                "10",
+            ];
+            a.extend_from_slice(&["--pbkdf-memory", "32768"]);
+            a.extend_from_slice(extra);
+            a.extend_from_slice(&[&dev, key]);
+            vmcrypt(&a)
+        };
+        format(&["--sector-size", sector], &pw).ok();
+        assert!(
+            librbd_loads(&img, version, &pw),
+            "{version}: librbd loads it"
+        );
+        let plain = plaintext(MIB, version);
+        let src = sc.write("plain", &plain);
+        librbd(&["write", &img.name, version, &pw, "0", &src]);
+        let fmt = if version == "luks1" { "luks" } else { "luks2" };
+        let back = vmcrypt_read(&sc, &img, &pw, fmt, "back");
+        assert_same_bytes("vmcrypt reads what librbd wrote", &back[..MIB], &plain);
+        for (bad, names) in [
+            (&["--sector-size", "1024"][..], "--sector-size 1024"),
+            (&["--cipher", "aes-cbc-essiv:sha256"][..], "--cipher"),
+            (&["--key-size", "128"][..], "--key-size 128"),
+            (&["--offset", "4096"][..], "--offset"),
+        ] {
+            format(bad, &pw2)
+                .failed()
+                .stderr_has(names)
+                .stderr_has("librbd");
+        }
+        assert!(
+            librbd_loads(&img, version, &pw),
+            "{version}: refused formats wrote nothing"
+        );
+    }
+}
