@@ -33,11 +33,16 @@ struct Locker {
 }
 
 impl Image {
-    /// The RADOS object holding the image's metadata (`rbd_header.ID`).
+    /// The RADOS object holding the image's metadata (`rbd_header.ID`; `NAME.rbd` for
+    /// an old format 1 image, which has no id).
     fn header_object(&self) -> Result<String> {
         let mut id = vec![0 as c_char; 64];
         // SAFETY: open handle; `id` is writable for the length passed.
         let r = unsafe { (self.api().rbd_get_id)(self.handle, id.as_mut_ptr(), id.len()) };
+        if r == -libc::EINVAL {
+            let image = self.name.rsplit('/').next().unwrap_or(&self.name);
+            return Ok(format!("{image}.rbd"));
+        }
         check(r, || format!("id of rbd image {}", self.name))?;
         let bytes: Vec<u8> = id
             .iter()
