@@ -12,10 +12,13 @@
 #   BENCH_RUNTIME  (environment) seconds per fio run (default 5, plus 1 s ramp-up)
 #   BENCH_IODEPTH  (environment) fio iodepth for the random runs (default 16)
 #   BENCH_ROUNDS   (environment) rounds, the server order reversed every other one; each
-#                  figure is the median (default 3)
-#   BENCH_LIBRBD_CACHE (environment) on: qemu-storage-daemon with cache.direct=off, so
-#                  librbd keeps its default cache (rbd_cache=true) as vmcrypt does;
-#                  default off (cache.direct=on, for which QEMU sets rbd_cache=false)
+#                  figure is the median (default 5)
+#   BENCH_RBD_CACHE (environment) librbd's cache on both sides, the same: on (default,
+#                  librbd's default rbd_cache=true, policy writearound) or off. Both
+#                  servers read one bench ceph.conf with `rbd cache` set so and `rbd cache
+#                  writethrough until flush = false` (so neither side depends on whether
+#                  a flush came yet); qemu-storage-daemon gets cache.direct=off for on and
+#                  cache.direct=on for off, as QEMU sets rbd_cache from cache.direct
 #   BENCH_TESTS    (environment) which of read, write, randread, randwrite to run
 #                  (default all four)
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
@@ -24,7 +27,9 @@
 #                  left running
 # Needs: Ceph (see .ci/install-deps), fio, qemu-storage-daemon with its rbd module
 # (Debian: qemu-block-extra from bookworm-backports), python3. Prints the CPU model, the
-# kernel and the load average first. Exits 0 whether or not the target is met.
+# kernel, the cache settings and the load average first; after the ratios, each side's
+# CPU time per request (the server process's user+system time over the run, median)
+# and the load average again. Exits 0 whether or not the target is met.
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
 cd "$(dirname "$0")/.."
@@ -32,25 +37,34 @@ cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-256}
 RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
-ROUNDS=${BENCH_ROUNDS:-3}
-DIRECT=on
-[ "${BENCH_LIBRBD_CACHE:-off}" = on ] && DIRECT=off
+ROUNDS=${BENCH_ROUNDS:-5}
+CACHE=${BENCH_RBD_CACHE:-on}
+case $CACHE in
+on) DIRECT=off RBD_CACHE=true ;;
+off) DIRECT=on RBD_CACHE=false ;;
+*) echo "BENCH_RBD_CACHE must be on or off" >&2; exit 1 ;;
+esac
 export CEPH_DIR=${CEPH_DIR:-/tmp/vmcrypt-ceph}
 
 bench_require "see .ci/install-deps" fio qemu-storage-daemon python3 rbd
 bench_vmcrypt
 VMCRYPT=$VM
-../shared/ceph/start-ceph.sh >/dev/null
-CONF=$CEPH_DIR/ceph.conf
-export CEPH_CONF=$CONF
+flock -o "$CEPH_DIR.lock" ../shared/ceph/start-ceph.sh >/dev/null
+export CEPH_CONF=$CEPH_DIR/ceph.conf
 
 echo "CPU: $(bench_cpu_model) ($(nproc) cores)"
 echo "kernel: $(uname -r)"
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "librbd side: qemu-storage-daemon, cache.direct=$DIRECT"
+echo "librbd cache, both sides: rbd_cache=$RBD_CACHE, writethrough until flush off" \
+    "(qemu-storage-daemon: cache.direct=$DIRECT)"
 echo "image: ${SIZE_MIB} MiB LUKS2 (aes-256-xts, 4096-byte sectors) on a one-node memstore cluster"
 
 WORK=$(mktemp -d)
+# The one ceph.conf both servers read: the cluster's, plus the same cache settings.
+CONF=$WORK/ceph.conf
+cp "$CEPH_CONF" "$CONF"
+printf '\n[client]\nrbd cache = %s\nrbd cache writethrough until flush = false\n' \
+    "$RBD_CACHE" >>"$CONF"
 IMG=bench-$$
 SOCK=$WORK/nbd.sock
 SERVER=
@@ -97,27 +111,37 @@ stop_server() {
     SERVER=
 }
 
-# One fio run; prints MiB/s (sequential) or IOPS (random).
+# One fio run; prints MiB/s (sequential) or IOPS (random), then the server's CPU time
+# per request in microseconds.
 run_fio() {
-    local rw=$1 bs=$2 depth=$3 what=$4
+    local rw=$1 bs=$2 depth=$3 what=$4 c0 c1
+    c0=$(cpu_ticks)
     fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw="$rw" --bs="$bs" \
         --iodepth="$depth" --size="${SIZE_MIB}M" --time_based --runtime="$RUNTIME" \
-        --ramp_time=1 --randrepeat=1 --randseed=13 --output-format=json |
-        python3 -c '
+        --ramp_time=1 --randrepeat=1 --randseed=13 --output-format=json >"$WORK/fio.json"
+    c1=$(cpu_ticks)
+    python3 -c '
 import json, sys
-text = sys.stdin.read()
+text = open(sys.argv[1]).read()
 j = json.loads(text[text.index("{"):])["jobs"][0]  # the nbd engine prints a line first
 side = j["read"] if j["read"]["io_bytes"] else j["write"]
-print("%.1f" % (side["bw_bytes"] / 1048576 if sys.argv[1] == "bw" else side["iops"]))
-' "$what"
+# CPU over the ramp-up too: count the requests of the whole run.
+n = side["total_ios"] * (1 + 1 / float(sys.argv[3]))
+rate = side["bw_bytes"] / 1048576 if sys.argv[2] == "bw" else side["iops"]
+ticks = (int(sys.argv[5]) - int(sys.argv[4])) * 1e6 / float(sys.argv[6])
+print("%.1f %.1f" % (rate, ticks / max(n, 1)))
+' "$WORK/fio.json" "$what" "$RUNTIME" "$c0" "$c1" "$(getconf CLK_TCK)"
 }
+
+# User + system CPU ticks of the running server.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
 
 ALL=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
 TESTS=()
 for t in "${ALL[@]}"; do
     case " ${BENCH_TESTS:-read write randread randwrite} " in *" ${t%% *} "*) TESTS+=("$t") ;; esac
 done
-declare -A R
+declare -A R C
 for round in $(seq 1 "$ROUNDS"); do
     order=(vmcrypt librbd)
     [ $((round % 2)) = 0 ] && order=(librbd vmcrypt)
@@ -125,21 +149,25 @@ for round in $(seq 1 "$ROUNDS"); do
         start_server "$s"
         for t in "${TESTS[@]}"; do
             set -- $t
-            R[$s $1]+="$(run_fio "$1" "$2" "$3" "$4") "
+            read -r rate us < <(run_fio "$1" "$2" "$3" "$4")
+            R[$s $1]+="$rate "
+            C[$s $1]+="$us "
         done
         stop_server
     done
 done
 
 median() { bench_median %.1f; }
-printf '\n%-10s %14s %14s %8s\n' test vmcrypt librbd ratio
+printf '\n%-10s %14s %14s %8s   %s\n' test vmcrypt librbd ratio "server CPU per request (vmcrypt / librbd)"
 for t in "${TESTS[@]}"; do
     set -- $t
     v=$(echo "${R[vmcrypt $1]}" | median)
     l=$(echo "${R[librbd $1]}" | median)
     unit=$([ "$4" = bw ] && echo MiB/s || echo IOPS)
-    printf '%-10s %8s %-5s %8s %-5s %7.2fx\n' "$1" "$v" "$unit" "$l" "$unit" \
-        "$(awk -v a="$v" -v b="$l" 'BEGIN {print (b > 0 ? a / b : 0)}')"
+    printf '%-10s %8s %-5s %8s %-5s %7.2fx   %s / %s us\n' "$1" "$v" "$unit" "$l" "$unit" \
+        "$(awk -v a="$v" -v b="$l" 'BEGIN {print (b > 0 ? a / b : 0)}')" \
+        "$(echo "${C[vmcrypt $1]}" | median)" "$(echo "${C[librbd $1]}" | median)"
+    echo "    rounds: vmcrypt ${R[vmcrypt $1]}/ librbd ${R[librbd $1]}"
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(median of $ROUNDS rounds, ${RUNTIME} s each; target >= 1.0x sequential, >= 1.5x random)"

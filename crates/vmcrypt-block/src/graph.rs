@@ -279,6 +279,7 @@ pub fn open_rbd_encrypted(spec: &RbdSpec, ctx: &OpenContext) -> Result<Arc<RbdCr
         raw,
         enc.format,
         pass.map(|p| p.as_bytes()),
+        None,
         &ctx.limits,
         parent,
     )

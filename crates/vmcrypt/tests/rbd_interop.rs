@@ -577,20 +577,6 @@ fn luks_key_commands_on_rbd_images() {
         );
         // The wrong passphrase changes nothing.
         luks(&["add-key", "-q", "--key-file", &pw, &dev, &pw4]).code_is(2);
-        // `luks open` would serve holes decrypted: refused, pointing to serve.
-        let run = sc.p("run");
-        vmcrypt(&[
-            "luks",
-            "open",
-            "--key-file",
-            &pw3,
-            "--run-dir",
-            &run,
-            &dev,
-            "rbdkeys",
-        ])
-        .failed()
-        .stderr_has("vmcrypt serve");
     }
 }
 
@@ -668,4 +654,268 @@ fn rbd_filenames_are_probed() {
         "luks",
         "the raw image still shows its LUKS header"
     );
+}
+
+/// The librbd helper started in the background with `args`, once it has printed its
+/// first line (which must be `ready`); closing its stdin lets it finish.
+fn librbd_background(args: &[&str], ready: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg(ceph::librbd_py())
+        .args(args)
+        .env("CEPH_CONF", ceph::ceph_conf())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    let mut line = String::new();
+    let out = child.stdout.as_mut().expect("piped stdout");
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("reading the helper's output");
+    assert_eq!(line.trim(), ready, "librbd helper {args:?}");
+    child
+}
+
+/// Close the helper's stdin and return the rest of its output.
+fn librbd_finish(mut child: std::process::Child) -> String {
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("waiting for the helper");
+    assert!(out.status.success(), "librbd helper failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether vmcrypt's header lock on the image is held (`rados lock info`).
+fn header_lock_held(img: &TestImage) -> bool {
+    let id = rbd_cli(&["info", "--format", "json", &img.path()]);
+    let info: serde_json::Value = serde_json::from_slice(&id.stdout).expect("rbd info json");
+    let oid = format!("rbd_header.{}", info["id"].as_str().expect("image id"));
+    let out = std::process::Command::new("rados")
+        .args([
+            "--conf",
+            ceph::ceph_conf(),
+            "-p",
+            "rbd",
+            "lock",
+            "info",
+            &oid,
+        ])
+        .arg("vmcrypt_luks")
+        .output()
+        .expect("running rados");
+    String::from_utf8_lossy(&out.stdout).contains("\"lockers\":[{")
+}
+
+/// Key changes on an rbd image hold a RADOS lock on its header object: a second change
+/// while one runs (another vmcrypt, or any holder of the lock) is refused with an error
+/// naming the holder and how to remove a stale lock, and changes nothing. The lock is
+/// not librbd's exclusive lock: a client writing the image's data keeps writing.
+#[test]
+fn luks_key_changes_on_rbd_take_the_header_lock() {
+    let sc = Scratch::new();
+    let img = TestImage::new("keylock");
+    let pw = sc.write("pw", PASS);
+    let (pw2, pw3) = (sc.write("pw2", b"second"), sc.write("pw3", b"third"));
+    format_cheap(&img, "24M", "luks2", &pw);
+    let dev = img.filename();
+    let cheap = ["--iter-time", "10", "--pbkdf-memory", "32768"];
+    let add_key = |new: &str| {
+        let mut a = vec!["luks", "add-key", "-q", "--key-file", &pw, &dev, new];
+        a.extend_from_slice(&cheap);
+        vmcrypt(&a)
+    };
+
+    // Any holder of the lock: refused, named, nothing changed.
+    let holder = librbd_background(&["hold-lock", &img.name, "test holder"], "locked");
+    add_key(&pw2)
+        .failed()
+        .stderr_has("is being changed elsewhere")
+        .stderr_has("vmcrypt_luks")
+        .stderr_has("held by client.")
+        .stderr_has("cookie 'test holder'")
+        .stderr_has("lock break");
+    librbd_finish(holder);
+    assert!(
+        !librbd_loads(&img, "luks2", &pw2),
+        "the refused add-key added a key"
+    );
+    assert!(!header_lock_held(&img), "the refused add-key left a lock");
+
+    // Two vmcrypt key changes at once: the slow one holds the lock, the other is refused
+    // naming it (its pid); the first then finishes.
+    let slow = std::process::Command::new(VMCRYPT)
+        .args(["luks", "add-key", "-q", "--key-file", &pw, &dev, &pw2])
+        .args(["--iter-time", "4000", "--pbkdf-memory", "32768"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting vmcrypt");
+    let start = std::time::Instant::now();
+    while !header_lock_held(&img) {
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the first add-key never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    add_key(&pw3)
+        .failed()
+        .stderr_has(&format!("pid {}", slow.id()))
+        .stderr_has("luks header change");
+    let out = slow.wait_with_output().expect("waiting for vmcrypt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(librbd_loads(&img, "luks2", &pw2), "the first add-key's key");
+    assert!(
+        !librbd_loads(&img, "luks2", &pw3),
+        "the refused add-key's key"
+    );
+    assert!(!header_lock_held(&img), "a finished add-key left its lock");
+
+    // A client holding librbd's exclusive lock (writing data) neither blocks a key
+    // change nor loses its writes to it.
+    let writer = librbd_background(&["hold-writer", &img.name], "wrote");
+    add_key(&pw3).ok();
+    assert_eq!(librbd_finish(writer).trim(), "wrote again");
+    assert!(
+        librbd_loads(&img, "luks2", &pw3),
+        "key added while a writer ran"
+    );
+}
+
+/// `vmcrypt luks open` of an rbd image (librbd's layout): the daemon serves it decrypted
+/// over NBD, never-written objects as zeros as librbd reads them; `status` names it;
+/// what is written through the export, librbd reads; a wrong passphrase or key slot
+/// fails `open` itself; `close` stops it.
+#[test]
+fn luks_open_serves_an_rbd_image() {
+    let sc = Scratch::new();
+    let img = TestImage::new("open");
+    let pw = sc.write("pw", PASS);
+    let wrong = sc.write("wrong", b"not the passphrase");
+    format_cheap(&img, "24M", "luks2", &pw);
+    // librbd writes 1 MiB at 4 MiB of the 8 MiB volume; the rest is never written.
+    let data = plaintext(MIB, "librbd wrote");
+    let src = sc.write("data", &data);
+    librbd(&[
+        "write",
+        &img.name,
+        "luks2",
+        &pw,
+        &(4 * MIB).to_string(),
+        &src,
+    ]);
+    let mut want = vec![0u8; 8 * MIB];
+    want[4 * MIB..5 * MIB].copy_from_slice(&data);
+
+    let (dev, run) = (img.filename(), sc.p("run"));
+    let open = |key: &str, extra: &[&str]| {
+        let mut a = vec![
+            "luks",
+            "open",
+            "--key-file",
+            key,
+            "--run-dir",
+            &run,
+            &dev,
+            "rbd0",
+        ];
+        a.extend_from_slice(extra);
+        vmcrypt(&a)
+    };
+    open(&wrong, &[]).code_is(2);
+    open(&pw, &["--key-slot", "1"]).failed();
+    open(&pw, &[]).ok();
+    let st = vmcrypt(&["luks", "status", "rbd0", "--run-dir", &run]).ok();
+    for line in [
+        "type:    LUKS2",
+        &format!("device:  {dev}"),
+        "sector size:  4096",
+        "offset:  32768 sectors",
+        "size:    16384 sectors",
+        "mode:    read/write",
+    ] {
+        assert!(
+            st.stdout_str().contains(line),
+            "status lacks {line:?}\n{}",
+            st.describe()
+        );
+    }
+    let uri = format!("nbd+unix:///?socket={run}/rbd0.sock");
+    let back = sc.p("back");
+    tool("nbdcopy", &[&uri, &back]).ok();
+    assert_same_bytes("served by luks open", &sc.read("back"), &want);
+    let patch = plaintext(64 * 1024, "through the export");
+    let patch_file = sc.write("patch", &patch);
+    tool("nbdcopy", &[&patch_file, &uri]).ok();
+    want[..patch.len()].copy_from_slice(&patch);
+    vmcrypt(&["luks", "close", "rbd0", "--run-dir", &run]).ok();
+    vmcrypt(&["luks", "status", "rbd0", "--run-dir", &run]).code_is(4);
+    assert_same_bytes(
+        "librbd reads what the export wrote",
+        &librbd_read(&img, "luks2", &pw),
+        &want,
+    );
+}
+
+/// `vmcrypt luks format` of an rbd image writes librbd's layout (as `rbd encryption
+/// format`): librbd loads it, LUKS1 and LUKS2. Options that layout fixes are refused
+/// before anything is written.
+#[test]
+fn luks_format_of_an_rbd_image_loads_in_librbd() {
+    let sc = Scratch::new();
+    let pw = sc.write("pw", PASS);
+    let pw2 = sc.write("pw2", b"another passphrase");
+    for (version, sector) in [("luks1", "512"), ("luks2", "4096")] {
+        let img = TestImage::new(&format!("fmt-{version}"));
+        assert!(
+            rbd_cli(&["create", "--size", "24M", &img.path()])
+                .status
+                .success()
+        );
+        let dev = img.filename();
+        let format = |extra: &[&str], key: &str| {
+            let mut a = vec![
+                "luks",
+                "format",
+                "-q",
+                "--type",
+                version,
+                "--iter-time",
+                "10",
+            ];
+            a.extend_from_slice(&["--pbkdf-memory", "32768"]);
+            a.extend_from_slice(extra);
+            a.extend_from_slice(&[&dev, key]);
+            vmcrypt(&a)
+        };
+        format(&["--sector-size", sector], &pw).ok();
+        assert!(
+            librbd_loads(&img, version, &pw),
+            "{version}: librbd loads it"
+        );
+        let plain = plaintext(MIB, version);
+        let src = sc.write("plain", &plain);
+        librbd(&["write", &img.name, version, &pw, "0", &src]);
+        let fmt = if version == "luks1" { "luks" } else { "luks2" };
+        let back = vmcrypt_read(&sc, &img, &pw, fmt, "back");
+        assert_same_bytes("vmcrypt reads what librbd wrote", &back[..MIB], &plain);
+        for (bad, names) in [
+            (&["--sector-size", "1024"][..], "--sector-size 1024"),
+            (&["--cipher", "aes-cbc-essiv:sha256"][..], "--cipher"),
+            (&["--key-size", "128"][..], "--key-size 128"),
+            (&["--offset", "4096"][..], "--offset"),
+        ] {
+            format(bad, &pw2)
+                .failed()
+                .stderr_has(names)
+                .stderr_has("librbd");
+        }
+        assert!(
+            librbd_loads(&img, version, &pw),
+            "{version}: refused formats wrote nothing"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use crate::driver::BlockDriver;
 use crate::drivers::luks::{KeyslotParams, Version};
 use crate::drivers::rbd::format::{Formatted, format, librbd_params};
 use crate::drivers::rbd::{RbdDriver, connect};
+use crate::jobs::luks::format::FormatRequest;
 use crate::jobs::luks::slots::NewKeyslot;
 use crate::opts::{opt_str, opt_u64};
 use crate::secrets::SecretStore;
@@ -71,9 +72,78 @@ pub fn encryption_format(req: &EncryptionFormatRequest, passphrase: &[u8]) -> Re
         "cannot format a snapshot ({})",
         req.image.image_name()
     );
-    let raw = Arc::new(RbdDriver::open(&req.image, None, false)?);
+    let raw =
+        Arc::new(RbdDriver::open(&req.image, None, false)?.lock_header("rbd encryption format")?);
     let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     format(&raw, &params, passphrase)
+}
+
+/// `luks format` of an rbd image (`rbd:POOL/IMAGE...`): the same header as `rbd
+/// encryption format` writes, librbd's layout. Only what that layout leaves open is
+/// accepted: aes-xts-plain64 with a 256- or 512-bit key (AES-128 / AES-256), sha256,
+/// key slot 0, LUKS2's 4096-byte or LUKS1's 512-byte sectors, and the key slot's KDF
+/// options; anything else is refused naming the option, before anything is written.
+pub fn from_luks_format(req: &FormatRequest) -> Result<EncryptionFormatRequest> {
+    let fixed = [
+        ("--header", req.header.is_some()),
+        ("--label", req.label.is_some()),
+        ("--subsystem", req.subsystem.is_some()),
+        ("--uuid", req.uuid.is_some()),
+        ("--offset", req.offset_sectors.is_some()),
+        ("--align-payload", req.align_sectors.is_some()),
+        ("--luks2-metadata-size", req.metadata_size.is_some()),
+        ("--luks2-keyslots-size", req.keyslots_size.is_some()),
+        (
+            "--key-slot other than 0",
+            req.key_slot.is_some_and(|s| s != 0),
+        ),
+        (
+            "--cipher other than aes-xts-plain64",
+            req.cipher
+                .as_deref()
+                .is_some_and(|c| c != "aes-xts-plain64"),
+        ),
+        (
+            "--hash other than sha256",
+            req.hash.as_deref().is_some_and(|h| h != "sha256"),
+        ),
+    ];
+    if let Some((opt, _)) = fixed.iter().find(|(_, given)| *given) {
+        bail!(
+            Usage,
+            "{opt} cannot be used with rbd image {}: librbd's encryption layout fixes it \
+             (header at offset 0, data offset the object size, aes-xts-plain64)",
+            req.device
+        );
+    }
+    let aes_bits = match req.key_bits {
+        None | Some(512) => 256,
+        Some(256) => 128,
+        Some(b) => bail!(
+            Usage,
+            "--key-size {b} cannot be used with rbd image {}: librbd's aes-xts-plain64 \
+             takes 256 (AES-128) or 512 (AES-256)",
+            req.device
+        ),
+    };
+    let sector = match req.version {
+        Version::V1 => 512,
+        Version::V2 => 4096,
+    };
+    ensure!(
+        req.sector_size.is_none_or(|s| s == sector),
+        Usage,
+        "--sector-size {} cannot be used with rbd image {}: librbd's LUKS{} uses {sector}",
+        req.sector_size.unwrap_or(0),
+        req.device,
+        req.version.number()
+    );
+    Ok(EncryptionFormatRequest {
+        image: RbdSpec::parse(&rbd_filename_options(&req.device)?)?,
+        version: req.version,
+        aes_bits,
+        keyslot: req.keyslot.clone(),
+    })
 }
 
 /// `vmcrypt rbd clone PARENT@SNAP CLONE luks1|luks2 PASSFILE`.
@@ -110,10 +180,10 @@ pub fn clone(req: &CloneRequest, passphrase: &[u8]) -> Result<Formatted> {
         .snap_create_protected(snap)?;
     let cpool = connect(&req.child, None)?;
     ppool.clone_image(&req.parent.image, snap, &cpool, &req.child.image)?;
-    let raw = Arc::new(RbdDriver::new(
-        cpool.open(&req.child.image, None, false)?,
-        false,
-    )?);
+    let raw = Arc::new(
+        RbdDriver::new(cpool.open(&req.child.image, None, false)?, false)?
+            .lock_header("rbd clone")?,
+    );
     let params = new_header(&raw, req.version, req.aes_bits, &req.keyslot)?;
     crate::drivers::rbd::format::format_clone(&raw, &params, passphrase)
         .with_ctx(|| format!("formatting clone {}", req.child.image_name()))

@@ -7,6 +7,12 @@ encryption, read and write through it. Passphrases are read from files (exact by
   librbd.py write  NAME FMT PASSFILE OFFSET DATAFILE
   librbd.py read   NAME FMT PASSFILE OFFSET LEN    (to stdout; LEN -1: to the end)
   librbd.py load   NAME FMT PASSFILE               (prints "loaded" or "refused")
+  librbd.py hold-lock NAME COOKIE                 (takes vmcrypt's header lock, prints
+                                                  "locked", releases it at EOF on stdin)
+  librbd.py hold-writer NAME                      (writes raw bytes at the image's end,
+                                                  so librbd takes its exclusive lock; prints
+                                                  "wrote"; at EOF on stdin writes again and
+                                                  prints "wrote again" or the error)
   FMT none: no encryption loaded.
 """
 import os
@@ -62,6 +68,25 @@ def main(a):
                     off += len(chunk)
                     n -= len(chunk)
                 sys.stdout.buffer.write(out)
+        elif cmd == "hold-lock":
+            with rbd.Image(io, a[1]) as im:
+                oid = "rbd_header." + im.id()
+            io.lock_exclusive(oid, "vmcrypt_luks", a[2], desc=a[2])
+            print("locked", flush=True)
+            sys.stdin.read()
+            io.unlock(oid, "vmcrypt_luks", a[2])
+        elif cmd == "hold-writer":
+            with rbd.Image(io, a[1]) as im:
+                at = im.size() - 4096
+                im.write(b"w" * 4096, at)
+                print("wrote", flush=True)
+                sys.stdin.read()
+                try:
+                    im.write(b"v" * 4096, at)
+                    im.flush()
+                    print("wrote again", flush=True)
+                except rbd.Error as e:
+                    print("second write failed: %r" % e, flush=True)
         else:
             sys.exit("unknown command " + cmd)
     finally:

@@ -58,12 +58,14 @@ pub struct ParentLayer {
 }
 
 impl RbdCryptDriver {
-    /// Open the encryption of `raw` with `passphrase` (metadata only without one),
-    /// refusing a header of another version than `format` asks for.
+    /// Open the encryption of `raw` with `passphrase` (metadata only without one; only
+    /// key slot `key_slot` if given), refusing a header of another version than `format`
+    /// asks for.
     pub fn open(
         raw: Arc<RbdDriver>,
         format: RbdEncryptFormat,
         passphrase: Option<&[u8]>,
+        key_slot: Option<u32>,
         limits: &KdfLimits,
         parent: Option<ParentLayer>,
     ) -> Result<RbdCryptDriver> {
@@ -82,7 +84,7 @@ impl RbdCryptDriver {
         } else {
             raw.clone()
         };
-        let luks = LuksDriver::open(file, None, passphrase, None, limits)?;
+        let luks = LuksDriver::open(file, None, passphrase, key_slot, limits)?;
         let version = luks.header().version();
         match (format, version) {
             (RbdEncryptFormat::Luks1, Version::V2) | (RbdEncryptFormat::Luks2, Version::V1) => {

@@ -15,7 +15,7 @@ use crate::spec::RbdSpec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use vmcrypt_error::{Result, ResultExt, bail};
-use vmcrypt_rbd::{ConnectOptions, Image, Pool};
+use vmcrypt_rbd::{ConnectOptions, HeaderLock, Image, Pool};
 
 /// Longest range one `block_status` call asks librbd about.
 const STATUS_WINDOW: u64 = 1 << 30;
@@ -26,6 +26,8 @@ pub struct RbdDriver {
     read_only: bool,
     size: AtomicU64,
     object_size: u64,
+    /// The LUKS header lock, held while a key-management job has the image open.
+    header_lock: Option<HeaderLock>,
 }
 
 /// Connect to the pool `spec` names (with the cephx key `key`, if given).
@@ -55,7 +57,16 @@ impl RbdDriver {
             read_only,
             size: AtomicU64::new(info.size),
             object_size: info.object_size,
+            header_lock: None,
         })
+    }
+
+    /// Hold the image's LUKS header lock (see `vmcrypt_rbd::HeaderLock`) for `purpose`
+    /// until the node is dropped: another process changing the header meanwhile is
+    /// refused with an error naming this one, and a lock held elsewhere refuses this.
+    pub fn lock_header(mut self, purpose: &str) -> Result<RbdDriver> {
+        self.header_lock = Some(self.image.lock_header(purpose)?);
+        Ok(self)
     }
 
     /// The image's object size in bytes.

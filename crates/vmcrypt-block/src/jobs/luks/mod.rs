@@ -133,9 +133,11 @@ impl Target {
 }
 
 /// The raw bytes of the rbd image `name` (an `rbd:` filename), through a
-/// [`CloneMagicView`] when it holds a clone header. No image lock is taken: librbd's
-/// exclusive lock belongs to whoever writes the data (as with cryptsetup and a file, a
-/// running user keeps running); each header write is one RADOS object write.
+/// [`CloneMagicView`] when it holds a clone header. Opened writable, it holds the
+/// image's LUKS header lock (a RADOS lock of its own name on the header object), so two
+/// header changes never run at once; librbd's exclusive lock is left to whoever writes
+/// the data (as with cryptsetup and a file, a running user keeps running). Each header
+/// write is one RADOS object write.
 fn rbd_device(name: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {
     let spec = RbdSpec::parse(&rbd_filename_options(name)?)?;
     ensure!(
@@ -143,7 +145,11 @@ fn rbd_device(name: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {
         Usage,
         "rbd image {name} is a snapshot: its LUKS header cannot be changed"
     );
-    let raw: Arc<dyn BlockDriver> = Arc::new(RbdDriver::open(&spec, None, read_only)?);
+    let mut rbd = RbdDriver::open(&spec, None, read_only)?;
+    if !read_only {
+        rbd = rbd.lock_header("luks header change")?;
+    }
+    let raw: Arc<dyn BlockDriver> = Arc::new(rbd);
     let mut head = [0u8; 6];
     if raw.size() >= 6 {
         raw.read_at(&mut head, 0)?;

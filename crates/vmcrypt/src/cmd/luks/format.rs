@@ -6,6 +6,7 @@ use crate::passphrase::{prompt_new, read_key_file};
 use std::io::{BufRead, IsTerminal, Write};
 use vmcrypt_block::drivers::luks::Version;
 use vmcrypt_block::jobs::luks::format::{FormatRequest, plan};
+use vmcrypt_block::jobs::rbd::{encryption_format, from_luks_format, is_rbd_target};
 use vmcrypt_block::opts::parse_size;
 use vmcrypt_error::{Error, Result, bail, ensure};
 
@@ -85,6 +86,9 @@ pub struct Args {
 
 pub fn run(a: &Args) -> Result<u8> {
     let req = request(a)?;
+    if is_rbd_target(&a.device) {
+        return run_rbd(a, &req);
+    }
     let plan = plan(&req)?;
     let key_file = key_file(a)?;
     if let Some(v) = plan.existing {
@@ -109,6 +113,27 @@ pub fn run(a: &Args) -> Result<u8> {
         .map(read_key_file)
         .transpose()?;
     plan.run(pass.as_bytes(), volume_key)?;
+    Ok(0)
+}
+
+/// An rbd image: librbd's layout, as `vmcrypt rbd encryption format` writes it.
+fn run_rbd(a: &Args, req: &FormatRequest) -> Result<u8> {
+    ensure!(
+        a.volume_key_file.is_none(),
+        Usage,
+        "--volume-key-file cannot be used with rbd image {}",
+        a.device
+    );
+    let rbd_req = from_luks_format(req)?;
+    let key_file = key_file(a)?;
+    if !a.batch {
+        confirm(&a.device, key_file == Some("-"))?;
+    }
+    let pass = match key_file {
+        Some(f) => read_key_file(f)?,
+        None => prompt_new(&a.device)?,
+    };
+    encryption_format(&rbd_req, pass.as_bytes())?;
     Ok(0)
 }
 

@@ -45,7 +45,6 @@ pub fn run(a: &Args) -> Result<u8> {
         Error::usage("expecting a NAME for the opened device (or --test-passphrase)")
     })?;
     check_name(name)?;
-    vmcrypt_block::jobs::luks::open::refuse_rbd(&a.device)?;
     let dir = RunDir::new(a.run_dir.as_deref());
     if let Status::Active(_) | Status::Starting = status(&dir, name)? {
         bail!(Busy, "Device {name} already exists.");
@@ -90,6 +89,10 @@ fn limit_args(l: &LimitOpts) -> Vec<String> {
     .collect()
 }
 
+/// `path` made absolute; an `rbd:` image name is passed on as it is.
 fn absolute(path: &str) -> String {
+    if path.starts_with("rbd:") {
+        return path.to_string();
+    }
     std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
 }

@@ -11,6 +11,9 @@ use std::ffi::{CStr, CString};
 use std::sync::{Arc, OnceLock};
 use vmcrypt_error::{Error, Result};
 
+mod lock;
+pub use lock::HeaderLock;
+
 type Ptr = *mut c_void;
 type DiffCb = extern "C" fn(u64, usize, c_int, Ptr) -> c_int;
 
@@ -120,6 +123,14 @@ api! {
     rbd_aio_discard: fn(Ptr, u64, u64, Ptr) -> c_int;
     rbd_aio_write_zeroes: fn(Ptr, u64, usize, Ptr, c_int, c_int) -> c_int;
     rbd_aio_flush: fn(Ptr, Ptr) -> c_int;
+    rbd_get_id: fn(Ptr, *mut c_char, usize) -> c_int;
+    rados_lock_exclusive:
+        fn(Ptr, *const c_char, *const c_char, *const c_char, *const c_char, *mut libc::timeval, u8) -> c_int;
+    rados_unlock: fn(Ptr, *const c_char, *const c_char, *const c_char) -> c_int;
+    rados_list_lockers: fn(
+        Ptr, *const c_char, *const c_char, *mut c_int, *mut c_char, *mut usize,
+        *mut c_char, *mut usize, *mut c_char, *mut usize, *mut c_char, *mut usize
+    ) -> isize;
 }
 
 /// `rbd_image_info_t` of librbd.h.
@@ -188,6 +199,7 @@ pub struct Pool {
     cluster: Ptr,
     ioctx: Ptr,
     name: String,
+    namespace: Option<String>,
 }
 
 // SAFETY: librados cluster and ioctx handles may be used from any thread; vmcrypt only
@@ -213,6 +225,7 @@ impl Pool {
             cluster,
             ioctx: std::ptr::null_mut(),
             name: opts.pool.to_string(),
+            namespace: opts.namespace.map(str::to_string),
         };
         pool.configure(opts)?;
         // SAFETY: the cluster handle is valid and configured.
