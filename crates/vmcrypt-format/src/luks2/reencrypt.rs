@@ -61,7 +61,7 @@ pub struct ReencryptKeyslot {
 }
 
 impl ReencryptKeyslot {
-    fn parse(id: u32, k: &Obj) -> Result<Self> {
+    pub(crate) fn parse(id: u32, k: &Obj) -> Result<Self> {
         let what = format!("keyslot {id}");
         let area = get_obj(k, "area", &what)?;
         let aw = format!("{what} area");
@@ -246,7 +246,7 @@ impl ReencryptState {
     }
 }
 
-fn serialize_segment(s: &Segment, out: &mut Vec<u8>) {
+pub(crate) fn serialize_segment(s: &Segment, out: &mut Vec<u8>) {
     out.extend_from_slice(s.kind.as_bytes());
     out.extend_from_slice(&s.offset.to_be_bytes());
     match s.size {
