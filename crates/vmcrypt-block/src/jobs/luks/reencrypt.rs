@@ -45,6 +45,19 @@ pub struct ReencryptRequest {
     pub max_hotzones: Option<u64>,
 }
 
+impl ReencryptRequest {
+    /// The options that apply to resuming an encryption in place.
+    fn as_encrypt(&self) -> super::encrypt::EncryptRequest {
+        super::encrypt::EncryptRequest {
+            resilience: self.resilience.clone(),
+            hotzone_size: self.hotzone_size,
+            init_only: self.init_only,
+            max_hotzones: self.max_hotzones,
+            ..Default::default()
+        }
+    }
+}
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReencryptReport {
@@ -183,6 +196,9 @@ fn reencrypt_v2(
     pass: &[u8],
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
+    if v2.encrypt_state()?.is_some() {
+        return super::encrypt::resume(v2, data, pass, &req.as_encrypt(), events);
+    }
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
         Some(st) => {

@@ -13,6 +13,8 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+pub mod encrypt;
+pub mod encrypt_init;
 pub mod init;
 pub mod online;
 
