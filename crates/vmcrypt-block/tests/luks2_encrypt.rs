@@ -27,7 +27,8 @@ use vmcrypt_error::Result;
 const PW: &[u8] = b"pw";
 const SHIFT: u64 = 512 << 10;
 const DATA: u64 = 2 << 20;
-const HOTZONE: u64 = 256 << 10;
+/// Hotzone of a detached run (with a shift the hotzone is the shift).
+const HOTZONE: u64 = 512 << 10;
 
 fn params(sector: u32, reduce: bool, res: ResilienceChoice) -> EncryptParams {
     let mut create = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
@@ -70,8 +71,12 @@ fn encrypt(
 fn plaintext(img: Vec<u8>, hdr: Option<Vec<u8>>) -> Vec<u8> {
     let h = hdr.map(|h| Arc::new(MemDriver::new(h)) as Arc<dyn BlockDriver>);
     let mem: Arc<dyn BlockDriver> = Arc::new(MemDriver::new(img));
-    let vol = Luks2Volume::open(h.clone().unwrap_or(mem.clone()), h.is_some(), &KdfLimits::default())
-        .unwrap();
+    let vol = Luks2Volume::open(
+        h.clone().unwrap_or(mem.clone()),
+        h.is_some(),
+        &KdfLimits::default(),
+    )
+    .unwrap();
     assert!(vol.requirements().unwrap().mandatory.is_empty());
     let d = LuksDriver::open(mem, h, Some(PW), None, &KdfLimits::default()).unwrap();
     let mut out = vec![0u8; DATA as usize];
@@ -120,13 +125,22 @@ fn cryptsetup_resume(img: &[u8], hdr: Option<&[u8]>, hot: bool) -> (Vec<u8>, Opt
     if let Some(h) = hdr {
         std::fs::write(d.join("hdr"), h).unwrap();
     }
-    let hpath = if hdr.is_some() { d.join("hdr") } else { d.join("img") };
+    let hpath = if hdr.is_some() {
+        d.join("hdr")
+    } else {
+        d.join("img")
+    };
     if hot {
         cryptsetup(&["repair", "-q"], d, hdr.is_some());
     }
     if state(&std::fs::read(&hpath).unwrap(), hdr.is_some()).is_some_and(|s| s.0) {
         cryptsetup(
-            &["reencrypt", "--resume-only", "--force-offline-reencrypt", "-q"],
+            &[
+                "reencrypt",
+                "--resume-only",
+                "--force-offline-reencrypt",
+                "-q",
+            ],
             d,
             hdr.is_some(),
         );
@@ -149,7 +163,10 @@ fn every_write_reduce(sector: u32) {
     let img = plain(true, u64::from(sector));
     let want = img[..DATA as usize].to_vec();
     let p = params(sector, true, ResilienceChoice::Checksum);
-    let full = Arc::new(FaultyDriver::new(Arc::new(MemDriver::new(img.clone())), usize::MAX));
+    let full = Arc::new(FaultyDriver::new(
+        Arc::new(MemDriver::new(img.clone())),
+        usize::MAX,
+    ));
     encrypt(full.clone(), full.clone(), false, Some(&p)).unwrap();
     let total = full.writes_done();
     assert!(total > 20, "only {total} writes for 4 hotzones");
@@ -163,7 +180,10 @@ fn every_write_reduce(sector: u32) {
             } else {
                 FaultyDriver::new(mem.clone(), budget)
             });
-            assert!(encrypt(f.clone(), f, false, Some(&p)).is_err(), "{what}: no fault");
+            assert!(
+                encrypt(f.clone(), f, false, Some(&p)).is_err(),
+                "{what}: no fault"
+            );
             let left = mem.snapshot();
             let Some((running, hot)) = state(&left, false) else {
                 // Inside the start: the plaintext's first SHIFT bytes are in place or
@@ -181,7 +201,10 @@ fn every_write_reduce(sector: u32) {
             let ours = Arc::new(MemDriver::new(left.clone()));
             encrypt(ours.clone(), ours.clone(), false, None)
                 .unwrap_or_else(|e| panic!("{what}: resume: {e}"));
-            assert!(plaintext(ours.snapshot(), None) == want, "{what}: vmcrypt resume");
+            assert!(
+                plaintext(ours.snapshot(), None) == want,
+                "{what}: vmcrypt resume"
+            );
             if running {
                 resumed += 1;
                 let (theirs, _) = cryptsetup_resume(&left, None, hot);
@@ -189,8 +212,14 @@ fn every_write_reduce(sector: u32) {
             }
         }
     }
-    assert!(before_header <= 2 * 4, "{before_header} faults left no header");
-    assert!(resumed > total, "too few interruptions in progress ({resumed})");
+    assert!(
+        before_header <= 2 * 4,
+        "{before_header} faults left no header"
+    );
+    assert!(
+        resumed > total,
+        "too few interruptions in progress ({resumed})"
+    );
 }
 
 #[test]
@@ -224,15 +253,24 @@ fn every_header_write(sector: u32, res: ResilienceChoice) {
                 FaultyDriver::new(hm.clone(), budget)
             });
             let data = Arc::new(MemDriver::new(img.clone()));
-            assert!(encrypt(f, data.clone(), true, Some(&p)).is_err(), "{what}: no fault");
+            assert!(
+                encrypt(f, data.clone(), true, Some(&p)).is_err(),
+                "{what}: no fault"
+            );
             let (hleft, dleft) = (hm.snapshot(), data.snapshot());
             let Some((running, hot)) = state(&hleft, true) else {
                 assert!(dleft == img, "{what}: data written without a header");
                 continue;
             };
-            let (oh, od) = (Arc::new(MemDriver::new(hleft.clone())), Arc::new(MemDriver::new(dleft.clone())));
+            let (oh, od) = (
+                Arc::new(MemDriver::new(hleft.clone())),
+                Arc::new(MemDriver::new(dleft.clone())),
+            );
             encrypt(oh.clone(), od.clone(), true, None).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(plaintext(od.snapshot(), Some(oh.snapshot())) == img, "{what}: vmcrypt");
+            assert!(
+                plaintext(od.snapshot(), Some(oh.snapshot())) == img,
+                "{what}: vmcrypt"
+            );
             if running {
                 resumed += 1;
                 let (d, h) = cryptsetup_resume(&dleft, Some(&hleft), hot);
@@ -240,7 +278,10 @@ fn every_header_write(sector: u32, res: ResilienceChoice) {
             }
         }
     }
-    assert!(resumed > total, "too few interruptions in progress ({resumed})");
+    assert!(
+        resumed > total,
+        "too few interruptions in progress ({resumed})"
+    );
 }
 
 #[test]

@@ -40,7 +40,11 @@ fn plain(sector: u32, layout: Layout, seed: u64) -> Plain {
     let dir = tempfile::tempdir().unwrap();
     let (img, pw) = (dir.path().join("d.img"), dir.path().join("pw"));
     std::fs::write(&pw, b"secret").unwrap();
-    let extra = if layout == Layout::Reduce { 2 * SHIFT } else { 0 };
+    let extra = if layout == Layout::Reduce {
+        2 * SHIFT
+    } else {
+        0
+    };
     let mut rng = Rng(seed | 1);
     let data: Vec<u8> = (0..DATA + extra).map(|_| rng.next() as u8).collect();
     std::fs::write(&img, &data).unwrap();
@@ -139,13 +143,19 @@ impl Plain {
     /// (through vmcrypt) to the plaintext.
     #[track_caller]
     fn check(&self, what: &str) {
-        let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(self.header()));
+        let dump = ok(Command::new("cryptsetup")
+            .arg("luksDump")
+            .arg(self.header()));
         assert!(!dump.contains("Requirements"), "{what}: {dump}");
         assert!(!dump.contains("reencrypt"), "{what}: {dump}");
         let j = dump_json(self.header());
         let segs = j["segments"].as_object().unwrap();
         assert_eq!(segs.len(), 1, "{what}: {segs:?}");
-        let want_off = if self.layout == Layout::Reduce { SHIFT } else { 0 };
+        let want_off = if self.layout == Layout::Reduce {
+            SHIFT
+        } else {
+            0
+        };
         assert_eq!(segs["0"]["type"], "crypt", "{what}");
         assert_eq!(segs["0"]["offset"], want_off.to_string(), "{what}");
         assert_eq!(segs["0"]["sector_size"], self.sector, "{what}");
@@ -178,12 +188,12 @@ impl Plain {
             .arg(self.hdr.clone().unwrap_or(self.dir.path().join("dec.hdr")));
         ok(c.arg(&self.img));
         let head = self.dir.path().join("head");
-        std::fs::write(
-            &head,
-            &std::fs::read(&self.img).unwrap()[..DATA as usize],
-        )
-        .unwrap();
-        assert_eq!(sha256(&head), self.sha, "{what}: cryptsetup's decryption differs");
+        std::fs::write(&head, &std::fs::read(&self.img).unwrap()[..DATA as usize]).unwrap();
+        assert_eq!(
+            sha256(&head),
+            self.sha,
+            "{what}: cryptsetup's decryption differs"
+        );
     }
 
     /// Start `cmd` on a fresh copy of the image and kill it after a random delay below
@@ -283,7 +293,9 @@ fn cryptsetup_killed_vmcrypt_finishes() {
                 let ms = p.kill_mid_run(&mut rng, 400, &|| p.cryptsetup(&args));
                 hot += u32::from(in_progress(p.header()).1);
                 p.vmcrypt_finish();
-                p.check(&format!("{sector} {layout:?} round {round} killed at {ms} ms"));
+                p.check(&format!(
+                    "{sector} {layout:?} round {round} killed at {ms} ms"
+                ));
             }
         }
     }
@@ -303,7 +315,9 @@ fn vmcrypt_killed_cryptsetup_finishes() {
                 let ms = p.kill_mid_run(&mut rng, 300, &|| p.vmcrypt(&args));
                 hot += u32::from(in_progress(p.header()).1);
                 p.cryptsetup_finish();
-                p.check(&format!("{sector} {layout:?} round {round} killed at {ms} ms"));
+                p.check(&format!(
+                    "{sector} {layout:?} round {round} killed at {ms} ms"
+                ));
             }
         }
     }
@@ -323,15 +337,36 @@ fn bad_input_is_refused_and_nothing_is_written() {
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(std::fs::read(&p.img).unwrap() == before, "{args:?} wrote");
-        assert!(p.hdr.as_ref().is_none_or(|h| !h.exists()), "{args:?} made a header");
+        assert!(
+            p.hdr.as_ref().is_none_or(|h| !h.exists()),
+            "{args:?} made a header"
+        );
     };
-    refuse(&p, &["--encrypt", "--reduce-device-size", "64K"], "too small");
-    refuse(&p, &["--encrypt", "--reduce-device-size", "1001K"], "multiple of 4096");
-    refuse(&p, &["--encrypt", "--reduce-device-size", "2G"], "larger than 1 GiB");
+    refuse(
+        &p,
+        &["--encrypt", "--reduce-device-size", "64K"],
+        "too small",
+    );
+    refuse(
+        &p,
+        &["--encrypt", "--reduce-device-size", "1001K"],
+        "multiple of 4096",
+    );
+    refuse(
+        &p,
+        &["--encrypt", "--reduce-device-size", "2G"],
+        "larger than 1 GiB",
+    );
     refuse(&p, &["--encrypt"], "either --reduce-device-size");
     refuse(
         &p,
-        &["--encrypt", "--reduce-device-size", "2M", "--resilience", "journal"],
+        &[
+            "--encrypt",
+            "--reduce-device-size",
+            "2M",
+            "--resilience",
+            "journal",
+        ],
         "datashift",
     );
     refuse(
@@ -341,16 +376,28 @@ fn bad_input_is_refused_and_nothing_is_written() {
     );
     let small = plain(512, Layout::Reduce, 10);
     std::fs::write(&small.img, vec![7u8; 2 * MIB as usize]).unwrap();
-    refuse(&small, &["--encrypt", "--reduce-device-size", "2M"], "too small");
+    refuse(
+        &small,
+        &["--encrypt", "--reduce-device-size", "2M"],
+        "too small",
+    );
     // Already encrypted: by vmcrypt, and a cryptsetup LUKS2 image.
     ok(&mut p.vmcrypt(&p.start()));
-    refuse(&p, &["--encrypt", "--reduce-device-size", "2M"], "already has a LUKS header");
+    refuse(
+        &p,
+        &["--encrypt", "--reduce-device-size", "2M"],
+        "already has a LUKS header",
+    );
     let d = plain(512, Layout::Detached("checksum"), 11);
     ok(Command::new("cryptsetup")
         .args(["luksFormat", "--type", "luks2", "-q", "--pbkdf", "pbkdf2"])
         .args(["--pbkdf-force-iterations", "1000", "--key-file"])
         .args([&d.pw, &d.img]));
-    let args = ["--encrypt", "--header", d.hdr.as_ref().unwrap().to_str().unwrap()];
+    let args = [
+        "--encrypt",
+        "--header",
+        d.hdr.as_ref().unwrap().to_str().unwrap(),
+    ];
     let before = std::fs::read(&d.img).unwrap();
     let out = vmcrypt()
         .args(["luks", "reencrypt", "--no-progress", "--key-file"])

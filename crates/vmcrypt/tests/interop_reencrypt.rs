@@ -6,9 +6,7 @@
 //! a new volume key digest and no requirement left. 512- and 4096-byte sectors.
 mod reencrypt_support;
 
-use reencrypt_support::{
-    Rng, digest_of, dump_json, in_progress, interrupt, ok, sha256, vmcrypt,
-};
+use reencrypt_support::{Rng, digest_of, dump_json, in_progress, interrupt, ok, sha256, vmcrypt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 

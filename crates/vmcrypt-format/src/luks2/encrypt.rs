@@ -123,9 +123,11 @@ impl EncryptState {
         let k = k.as_object().unwrap_or(&empty);
         let keyslot = ReencryptKeyslot::parse(id, k)?;
         let shift = match keyslot.resilience {
-            Resilience::Other(ref t) if t == "datashift" => {
-                get_u64_str(get_obj(k, "area", "reencrypt keyslot")?, "shift_size", "area")?
-            }
+            Resilience::Other(ref t) if t == "datashift" => get_u64_str(
+                get_obj(k, "area", "reencrypt keyslot")?,
+                "shift_size",
+                "area",
+            )?,
             Resilience::Other(ref t) => bail!(
                 Unsupported,
                 "LUKS2 encryption with resilience \"{t}\" is not supported"
@@ -141,7 +143,11 @@ impl EncryptState {
             );
         };
         let segs = md.segments()?;
-        let flagged = |f: &str| segs.iter().find(|s| s.flags.iter().any(|x| x == f)).cloned();
+        let flagged = |f: &str| {
+            segs.iter()
+                .find(|s| s.flags.iter().any(|x| x == f))
+                .cloned()
+        };
         let (Some(previous), Some(last)) = (flagged("backup-previous"), flagged("backup-final"))
         else {
             bail!(
@@ -305,8 +311,9 @@ impl EncryptState {
         )
     }
 
-    /// The regular segments while hotzone `[offset, offset + len)` is rewritten.
-    pub fn hot_segments(&self, offset: u64, len: u64) -> Result<Vec<Value>> {
+    /// The regular segments while hotzone `[offset, offset + len)` of `total` bytes
+    /// is rewritten.
+    pub fn hot_segments(&self, offset: u64, len: u64, total: u64) -> Result<Vec<Value>> {
         let hot = self.crypt_at(offset, Some(len), Some(IN_REENCRYPTION));
         let mut out = Vec::new();
         if !self.is_moved() {
@@ -314,10 +321,12 @@ impl EncryptState {
                 out.push(self.crypt_at(0, Some(offset), None));
             }
             out.push(hot);
+            if offset + len >= total {
+                return Ok(out);
+            }
             let rest = self.data_offset() + offset + len;
             let size = match self.previous.size {
-                SegmentSize::Bytes(n) if offset + len >= n => return Ok(out),
-                SegmentSize::Bytes(n) => Some(n - offset - len),
+                SegmentSize::Bytes(n) => Some(n.saturating_sub(offset + len)),
                 SegmentSize::Dynamic => None,
             };
             out.push(linear_segment(rest, size, None));
@@ -516,7 +525,7 @@ mod tests {
                 break;
             };
             seen.push((off / M, len / M));
-            let hot = st.hot_segments(off, len).unwrap();
+            let hot = st.hot_segments(off, len, total).unwrap();
             st.set_segments(&mut m, hot).unwrap();
             let st = EncryptState::load(&m).unwrap().unwrap();
             assert_eq!(st.hot_zone().unwrap(), Some((off, len)));
@@ -529,7 +538,11 @@ mod tests {
                 }
             }
             assert_eq!(
-                EncryptState::load(&m).unwrap().unwrap().done(total).unwrap(),
+                EncryptState::load(&m)
+                    .unwrap()
+                    .unwrap()
+                    .done(total)
+                    .unwrap(),
                 data - off
             );
         }
@@ -544,13 +557,63 @@ mod tests {
         let m = md(16 * M, 32 * M);
         let st = EncryptState::load(&m).unwrap().unwrap();
         assert_eq!(st.next(32 * M, 1).unwrap(), Some((16 * M, 16 * M)));
-        let hot = st.hot_segments(16 * M, 16 * M).unwrap();
+        let hot = st.hot_segments(16 * M, 16 * M, 32 * M).unwrap();
         assert_eq!(hot[0]["offset"], (48 * M).to_string());
         assert_eq!(hot[1]["type"], "crypt");
         assert_eq!(hot[1]["offset"], (32 * M).to_string());
         assert_eq!(hot[1]["iv_tweak"], (16 * M / 512).to_string());
         assert_eq!(hot[1]["flags"][0], IN_REENCRYPTION);
         assert_eq!(hot.len(), 2);
+    }
+
+    /// A detached header: forward, linear 0 dynamic -> crypt 0 dynamic.
+    fn forward_md() -> Metadata {
+        let k = ReencryptKeyslot {
+            id: 1,
+            mode: "encrypt".into(),
+            direction: "forward".into(),
+            area_offset: 290816,
+            area_size: 1 << 20,
+            resilience: Resilience::Journal,
+        };
+        Metadata::from_value(json!({
+            "keyslots": {"1": keyslot_json(&k, 0)},
+            "tokens": {},
+            "segments": {
+                "0": linear_segment(0, None, None),
+                "1": linear_segment(0, None, Some("backup-previous")),
+                "2": super::super::reencrypt::crypt_segment(
+                    0, 0, None, "aes-xts-plain64", 4096, Some("backup-final"))},
+            "digests": {"0": {"type": "pbkdf2", "keyslots": [], "segments": ["2"],
+                "hash": "sha256", "iterations": 1000, "salt": "AAAA", "digest": "AAAA"}},
+            "config": {"json_size": "12288", "keyslots_size": "16744448",
+                "requirements": {"mandatory": ["online-reencrypt-v2"]}},
+        }))
+        .unwrap()
+    }
+
+    /// Forward: the plaintext after the hotzone stays a linear segment, except after
+    /// the last hotzone (cryptsetup's recovery would otherwise see one more segment).
+    #[test]
+    fn forward_hot_and_post_segments() {
+        let mut m = forward_md();
+        let st = EncryptState::load(&m).unwrap().unwrap();
+        assert_eq!(st.next(4 * M, M).unwrap(), Some((0, M)));
+        let hot = st.hot_segments(M, M, 4 * M).unwrap();
+        assert_eq!(hot.len(), 3);
+        assert_eq!(hot[2], linear_segment(2 * M, None, None));
+        let last = st.hot_segments(3 * M, M, 4 * M).unwrap();
+        assert_eq!(last.len(), 2, "{last:?}");
+        st.set_segments(&mut m, hot).unwrap();
+        let st = EncryptState::load(&m).unwrap().unwrap();
+        assert_eq!(st.hot_zone().unwrap(), Some((M, M)));
+        let post = st.post_segments(4 * M).unwrap().unwrap();
+        assert_eq!(post[0]["size"], (2 * M).to_string());
+        assert_eq!(post[1], linear_segment(2 * M, None, None));
+        st.set_segments(&mut m, st.hot_segments(3 * M, M, 4 * M).unwrap())
+            .unwrap();
+        let st = EncryptState::load(&m).unwrap().unwrap();
+        assert_eq!(st.post_segments(4 * M).unwrap(), None);
     }
 
     #[test]

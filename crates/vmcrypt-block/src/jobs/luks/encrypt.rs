@@ -64,7 +64,9 @@ fn params(t: &Target, req: &EncryptRequest) -> Result<EncryptParams> {
         (None, r) => ResilienceChoice::from_name(r.unwrap_or("checksum"))?,
     };
     let cipher = req.cipher.as_deref().unwrap_or(DEFAULT_CIPHER);
-    let key_size = req.key_size.unwrap_or(if cipher.contains("-xts-") { 64 } else { 32 });
+    let key_size = req
+        .key_size
+        .unwrap_or(if cipher.contains("-xts-") { 64 } else { 32 });
     let spec = CipherSpec::from_luks2(cipher, key_size)
         .with_ctx(|| format!("cipher '{cipher}' with a {}-bit key", key_size * 8))?;
     let mut create = CreateParams::luks2(spec);
@@ -115,7 +117,10 @@ pub fn encrypt(
                     "{h}: the header file already holds a LUKS header"
                 );
             }
-            Arc::new(FileDriver::create_private(Path::new(h), DEFAULT_DATA_OFFSET)?)
+            Arc::new(FileDriver::create_private(
+                Path::new(h),
+                DEFAULT_DATA_OFFSET,
+            )?)
         }
     };
     let pass = keys.new_passphrase()?;

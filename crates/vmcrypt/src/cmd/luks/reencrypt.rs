@@ -170,7 +170,11 @@ fn encrypt_request(a: &Args, req: &ReencryptRequest) -> Result<EncryptRequest> {
         cipher: req.new.cipher.clone(),
         key_size: req.new.key_size,
         sector_size: req.new.sector_size,
-        reduce: a.reduce_device_size.as_deref().map(parse_size).transpose()?,
+        reduce: a
+            .reduce_device_size
+            .as_deref()
+            .map(parse_size)
+            .transpose()?,
         resilience: req.resilience.clone(),
         resilience_hash: req.resilience_hash.clone(),
         hotzone_size: req.hotzone_size,

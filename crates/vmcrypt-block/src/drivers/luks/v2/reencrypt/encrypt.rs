@@ -46,7 +46,13 @@ pub(crate) fn verification_digest(
     let st = EncryptState::load(md)?
         .ok_or_else(|| Error::internal("the encryption keyslot is missing"))?;
     let vdata = SecretBytes::new(st.verification_data(key.as_bytes()));
-    new_digest(HashAlg::Sha256, vdata.as_bytes(), vid, st.keyslot.id, forced)
+    new_digest(
+        HashAlg::Sha256,
+        vdata.as_bytes(),
+        vid,
+        st.keyslot.id,
+        forced,
+    )
 }
 
 impl Luks2Volume {
@@ -190,7 +196,7 @@ impl<'a> Encryption<'a> {
     fn hot_metadata(&self, offset: u64, len: u64) -> Result<Metadata> {
         let mut md = self.vol.hdr.metadata.clone();
         self.st
-            .set_segments(&mut md, self.st.hot_segments(offset, len)?)?;
+            .set_segments(&mut md, self.st.hot_segments(offset, len, self.total)?)?;
         Ok(md)
     }
 
@@ -206,8 +212,8 @@ impl<'a> Encryption<'a> {
             self.commit(hot.clone())?;
         }
         self.write_encrypted(offset, buf)?;
-        let hot_st = EncryptState::load(&hot)?
-            .ok_or_else(|| Error::internal("encryption state lost"))?;
+        let hot_st =
+            EncryptState::load(&hot)?.ok_or_else(|| Error::internal("encryption state lost"))?;
         self.complete(&hot_st)
     }
 

@@ -190,7 +190,14 @@ fn encrypt_metadata(
     } else {
         segs.push(linear_segment(0, None, Some("backup-previous")));
     }
-    segs.push(crypt_segment(shift, 0, None, &enc, ss, Some("backup-final")));
+    segs.push(crypt_segment(
+        shift,
+        0,
+        None,
+        &enc,
+        ss,
+        Some("backup-final"),
+    ));
     let last = (segs.len() - 1).to_string();
     md.set_segments(
         segs.into_iter()
