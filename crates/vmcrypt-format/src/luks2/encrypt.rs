@@ -104,23 +104,10 @@ impl EncryptState {
     /// Read the state of an encryption; None if no `reencrypt` keyslot in mode
     /// `encrypt` exists.
     pub fn load(md: &Metadata) -> Result<Option<Self>> {
-        let Some((id, k)) = md
-            .as_map()
-            .get("keyslots")
-            .and_then(Value::as_object)
-            .and_then(|ks| {
-                ks.iter().find(|(_, v)| {
-                    v.get("type").and_then(Value::as_str) == Some("reencrypt")
-                        && v.get("mode").and_then(Value::as_str) == Some("encrypt")
-                })
-            })
-            .map(|(id, v)| (id.clone(), v.clone()))
-        else {
+        let Some((id, k)) = super::reencrypt::reencrypt_keyslot(md, Some("encrypt")) else {
             return Ok(None);
         };
-        let id: u32 = id.parse().unwrap_or(u32::MAX);
-        let empty = Map::new();
-        let k = k.as_object().unwrap_or(&empty);
+        let k = &k;
         let keyslot = ReencryptKeyslot::parse(id, k)?;
         let shift = match keyslot.resilience {
             Resilience::Other(ref t) if t == "datashift" => get_u64_str(
@@ -414,13 +401,7 @@ impl EncryptState {
         md.set_digest_segments(self.new_digest, vec!["0".into()])?;
         md.remove_keyslot(self.keyslot.id)?;
         md.erase_unused_digests()?;
-        let reqs: Vec<String> = md
-            .config()?
-            .mandatory_requirements
-            .into_iter()
-            .filter(|r| !r.starts_with("online-reencrypt"))
-            .collect();
-        md.set_mandatory_requirements(&reqs)
+        super::reencrypt::drop_requirement(md)
     }
 
     /// The bytes cryptsetup's verification digest covers for an encryption: "v" and
@@ -430,19 +411,7 @@ impl EncryptState {
     pub fn verification_data(&self, new_key: &[u8]) -> Vec<u8> {
         let mut out = vec![0x76, 0x30 + self.version];
         out.extend_from_slice(new_key);
-        let k = &self.keyslot;
-        out.extend_from_slice(k.mode.as_bytes());
-        out.extend_from_slice(k.direction.as_bytes());
-        out.extend_from_slice(k.resilience.name().as_bytes());
-        out.extend_from_slice(&k.area_offset.to_be_bytes());
-        out.extend_from_slice(&k.area_size.to_be_bytes());
-        if let Resilience::Checksum { hash, sector_size } = &k.resilience {
-            out.extend_from_slice(hash.as_bytes());
-            out.extend_from_slice(&sector_size.to_be_bytes());
-        }
-        if self.shift > 0 {
-            out.extend_from_slice(&self.shift.to_be_bytes());
-        }
+        self.keyslot.serialize(self.shift, &mut out);
         serialize_segment(&self.previous, &mut out);
         serialize_segment(&self.last, &mut out);
         if let Some(m) = &self.moved {

@@ -4,17 +4,17 @@
 //! (the data is shifted, resilience `datashift`); with `--header FILE` the header is a
 //! new detached file and the data stays in place (resilience checksum, journal or none).
 //! The device is locked as an image for the whole run.
-use super::reencrypt::ReencryptReport;
+use super::reencrypt::{ReencryptReport, end_position, run_steps};
 use super::slots::NewKeyslot;
 use super::{KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
 use crate::drivers::luks::params::{CreateParams, DEFAULT_DATA_OFFSET, DEFAULT_HDR_SIZE};
+use crate::drivers::luks::v2::reencrypt::ResilienceChoice;
 use crate::drivers::luks::v2::reencrypt::encrypt::Encryption;
 use crate::drivers::luks::v2::reencrypt::encrypt_init::{
     EncryptParams, encrypt_init, has_luks_magic, plan,
 };
-use crate::drivers::luks::v2::reencrypt::{Position, ResilienceChoice};
 use crate::drivers::luks::{Luks2Volume, Version};
 use crate::jobs::Events;
 use std::path::Path;
@@ -169,23 +169,7 @@ fn run(
     if req.init_only {
         return Ok(report(false, start));
     }
-    events.progress(start.done, start.total);
-    let steps = std::cell::Cell::new(0u64);
-    let limit = req.max_hotzones;
-    let finished = r.run(
-        &mut |p| {
-            steps.set(steps.get() + 1);
-            events.progress(p.done, p.total);
-        },
-        &|| limit.is_none_or(|m| steps.get() < m),
-    )?;
-    let position = if finished {
-        Position {
-            done: start.total,
-            total: start.total,
-        }
-    } else {
-        r.position()?
-    };
+    let finished = run_steps(events, start, req.max_hotzones, &mut |p, k| r.run(p, k))?;
+    let position = end_position(finished, start, || r.position())?;
     Ok(report(finished, position))
 }

@@ -129,6 +129,40 @@ pub fn reencrypt(
     Ok(report)
 }
 
+/// A runner's `run` from `start`, reporting progress to `events` and stopping cleanly
+/// after `limit` hotzones; whether it finished.
+pub(super) fn run_steps(
+    events: &mut dyn Events,
+    start: Position,
+    limit: Option<u64>,
+    run: &mut dyn FnMut(&mut dyn FnMut(Position), &dyn Fn() -> bool) -> Result<bool>,
+) -> Result<bool> {
+    events.progress(start.done, start.total);
+    let steps = std::cell::Cell::new(0u64);
+    run(
+        &mut |p| {
+            steps.set(steps.get() + 1);
+            events.progress(p.done, p.total);
+        },
+        &|| limit.is_none_or(|m| steps.get() < m),
+    )
+}
+
+/// Where a run ended: all of it when finished, else where the runner stands (`now`).
+pub(super) fn end_position(
+    finished: bool,
+    start: Position,
+    now: impl FnOnce() -> Result<Position>,
+) -> Result<Position> {
+    match finished {
+        true => Ok(Position {
+            done: start.total,
+            total: start.total,
+        }),
+        false => now(),
+    }
+}
+
 /// Whether any keyslot is still bound to the old digest.
 fn old_key_has_slots(
     v2: &crate::drivers::luks::Luks2Volume,
@@ -268,24 +302,8 @@ fn reencrypt_v2(
     }
     let mut r = Reencryption::load(v2, data, &old_key, &new_key, req.hotzone_size)?;
     let start = r.position()?;
-    events.progress(start.done, start.total);
-    let steps = std::cell::Cell::new(0u64);
-    let limit = req.max_hotzones;
-    let finished = r.run(
-        &mut |p| {
-            steps.set(steps.get() + 1);
-            events.progress(p.done, p.total);
-        },
-        &|| limit.is_none_or(|m| steps.get() < m),
-    )?;
-    let position = if finished {
-        Position {
-            done: start.total,
-            total: start.total,
-        }
-    } else {
-        r.position()?
-    };
+    let finished = run_steps(events, start, req.max_hotzones, &mut |p, k| r.run(p, k))?;
+    let position = end_position(finished, start, || r.position())?;
     if !finished && position.done >= position.total {
         bail!(
             Internal,

@@ -24,7 +24,7 @@ use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, random};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::Metadata;
 use vmcrypt_format::luks2::encrypt::EncryptState;
-use vmcrypt_format::luks2::reencrypt::Resilience;
+use vmcrypt_format::luks2::reencrypt::{ReencryptKeyslot, Resilience};
 
 /// An encryption being run on an open volume.
 pub struct Encryption<'a> {
@@ -60,6 +60,50 @@ impl Luks2Volume {
     pub fn encrypt_state(&self) -> Result<Option<EncryptState>> {
         EncryptState::load(&self.hdr.metadata)
     }
+
+    /// Write a hotzone's protection `bytes` into the `reencrypt` keyslot's area, flushed.
+    pub(super) fn store_protection(&self, k: &ReencryptKeyslot, bytes: &[u8]) -> Result<()> {
+        ensure!(
+            bytes.len() as u64 <= k.area_size,
+            Internal,
+            "hotzone protection does not fit the reencryption area"
+        );
+        self.dev
+            .write_at(bytes, k.area_offset)
+            .ctx("writing the reencryption resilience area")?;
+        self.dev.flush()
+    }
+
+    /// Whether `key` matches digest `id`.
+    pub(crate) fn digest_matches(&self, id: u32, key: &SecretBytes) -> Result<bool> {
+        let digests = self.hdr.metadata.digests()?;
+        match digests.iter().find(|d| d.id == id) {
+            Some(d) => verify_digest(d, key),
+            None => bail!(Corrupt, "LUKS2 digest {id} is missing"),
+        }
+    }
+
+    /// Refuse reencryption metadata whose verification digest `vid` does not match
+    /// `vdata` (a tampered area or segment), before anything is written.
+    pub(crate) fn check_verification(&self, vid: Option<u32>, vdata: &SecretBytes) -> Result<()> {
+        let vid = vid.ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
+        ensure!(
+            self.digest_matches(vid, vdata)?,
+            Corrupt,
+            "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
+        );
+        Ok(())
+    }
+
+    /// Read the journal copy of an interrupted hotzone (`buf.len()` bytes).
+    pub(super) fn load_journal(&self, k: &ReencryptKeyslot, buf: &mut [u8]) -> Result<()> {
+        ensure!(
+            buf.len() as u64 <= k.area_size,
+            Corrupt,
+            "LUKS2 hotzone is larger than its journal"
+        );
+        self.dev.read_at(buf, k.area_offset)
+    }
 }
 
 impl<'a> Encryption<'a> {
@@ -74,27 +118,13 @@ impl<'a> Encryption<'a> {
         let Some(st) = vol.encrypt_state()? else {
             bail!(Usage, "no LUKS2 encryption is in progress");
         };
-        let digests = vol.hdr.metadata.digests()?;
-        let digest = |id: u32| {
-            digests
-                .iter()
-                .find(|d| d.id == id)
-                .ok_or_else(|| Error::corrupt(format!("LUKS2 digest {id} is missing")))
-        };
         ensure!(
-            verify_digest(digest(st.new_digest)?, key)?,
+            vol.digest_matches(st.new_digest, key)?,
             WrongKey,
             "the volume key does not match the encryption digest"
         );
-        let vid = st
-            .verify_digest
-            .ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
         let vdata = SecretBytes::new(st.verification_data(key.as_bytes()));
-        ensure!(
-            verify_digest(digest(vid)?, &vdata)?,
-            Corrupt,
-            "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
-        );
+        vol.check_verification(st.verify_digest, &vdata)?;
         let spec = CipherSpec::from_luks2(&st.last.encryption, key.len())?;
         let cipher = SectorCipher::new(&spec, key.as_bytes())?;
         let device = data.size().saturating_sub(st.data_offset());
@@ -244,16 +274,7 @@ impl<'a> Encryption<'a> {
             Resilience::None => return Ok(false),
             Resilience::Other(_) => return Ok(true),
         };
-        ensure!(
-            bytes.len() as u64 <= k.area_size,
-            Internal,
-            "hotzone protection does not fit the reencryption area"
-        );
-        self.vol
-            .dev
-            .write_at(bytes, k.area_offset)
-            .ctx("writing the reencryption resilience area")?;
-        self.vol.dev.flush()?;
+        self.vol.store_protection(k, bytes)?;
         Ok(true)
     }
 
@@ -291,12 +312,7 @@ impl<'a> Encryption<'a> {
                 self.write_encrypted(offset, &mut buf)?;
             }
             Resilience::Journal => {
-                ensure!(
-                    len <= k.area_size,
-                    Corrupt,
-                    "LUKS2 hotzone is larger than its journal"
-                );
-                self.vol.dev.read_at(&mut buf, k.area_offset)?;
+                self.vol.load_journal(&k, &mut buf)?;
                 self.write_encrypted(offset, &mut buf)?;
             }
             Resilience::Checksum { hash, sector_size } => {
