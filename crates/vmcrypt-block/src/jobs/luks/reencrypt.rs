@@ -129,13 +129,17 @@ pub fn reencrypt(
     Ok(report)
 }
 
+/// A runner's `run` (progress callback, keep-going test) -> finished.
+pub(super) type RunFn<'a> =
+    dyn FnMut(&mut dyn FnMut(Position), &dyn Fn() -> bool) -> Result<bool> + 'a;
+
 /// A runner's `run` from `start`, reporting progress to `events` and stopping cleanly
 /// after `limit` hotzones; whether it finished.
 pub(super) fn run_steps(
     events: &mut dyn Events,
     start: Position,
     limit: Option<u64>,
-    run: &mut dyn FnMut(&mut dyn FnMut(Position), &dyn Fn() -> bool) -> Result<bool>,
+    run: &mut RunFn<'_>,
 ) -> Result<bool> {
     events.progress(start.done, start.total);
     let steps = std::cell::Cell::new(0u64);
