@@ -33,10 +33,16 @@ struct Plain {
     sha: String,
     layout: Layout,
     sector: u32,
+    /// Plaintext bytes kept.
+    data: u64,
 }
 
 /// A plain image of DATA random bytes (plus the reduction, also random).
 fn plain(sector: u32, layout: Layout, seed: u64) -> Plain {
+    plain_sized(sector, layout, seed, DATA)
+}
+
+fn plain_sized(sector: u32, layout: Layout, seed: u64, size: u64) -> Plain {
     let dir = tempfile::tempdir().unwrap();
     let (img, pw) = (dir.path().join("d.img"), dir.path().join("pw"));
     std::fs::write(&pw, b"secret").unwrap();
@@ -46,10 +52,10 @@ fn plain(sector: u32, layout: Layout, seed: u64) -> Plain {
         0
     };
     let mut rng = Rng(seed | 1);
-    let data: Vec<u8> = (0..DATA + extra).map(|_| rng.next() as u8).collect();
+    let data: Vec<u8> = (0..size + extra).map(|_| rng.next() as u8).collect();
     std::fs::write(&img, &data).unwrap();
     let p = dir.path().join("plain");
-    std::fs::write(&p, &data[..DATA as usize]).unwrap();
+    std::fs::write(&p, &data[..size as usize]).unwrap();
     let hdr = matches!(layout, Layout::Detached(_)).then(|| dir.path().join("d.hdr"));
     Plain {
         sha: sha256(&p),
@@ -59,6 +65,7 @@ fn plain(sector: u32, layout: Layout, seed: u64) -> Plain {
         pw,
         layout,
         sector,
+        data: size,
     }
 }
 
@@ -172,7 +179,7 @@ impl Plain {
             .args(["convert", "-q", "-O", "raw", "--object", &secret])
             .args(["--image-opts", &src, out.to_str().unwrap()]));
         let head = self.dir.path().join("head");
-        std::fs::write(&head, &std::fs::read(&out).unwrap()[..DATA as usize]).unwrap();
+        std::fs::write(&head, &std::fs::read(&out).unwrap()[..self.data as usize]).unwrap();
         assert_eq!(sha256(&head), self.sha, "{what}: plaintext differs");
     }
 
@@ -188,7 +195,11 @@ impl Plain {
             .arg(self.hdr.clone().unwrap_or(self.dir.path().join("dec.hdr")));
         ok(c.arg(&self.img));
         let head = self.dir.path().join("head");
-        std::fs::write(&head, &std::fs::read(&self.img).unwrap()[..DATA as usize]).unwrap();
+        std::fs::write(
+            &head,
+            &std::fs::read(&self.img).unwrap()[..self.data as usize],
+        )
+        .unwrap();
         assert_eq!(
             sha256(&head),
             self.sha,
@@ -317,6 +328,32 @@ fn cryptsetup_killed_vmcrypt_finishes() {
 #[test]
 fn vmcrypt_killed_cryptsetup_finishes() {
     kill_and_finish(0xd1e, false);
+}
+
+/// A plaintext that is not a multiple of the shift (5.5 MiB, 1 MiB shift): the short
+/// hotzone above the moved segment (cryptsetup's `[shift, L)` case). Each tool starts
+/// and stops cleanly after two hotzones, the other finishes.
+#[test]
+fn uneven_size_stopped_by_one_tool_finished_by_the_other() {
+    for sector in [512u32, 4096] {
+        let size = 11 * MIB / 2;
+        let ours = plain_sized(sector, Layout::Reduce, 13, size);
+        let mut a = ours.start();
+        a.extend(["--max-hotzones".into(), "2".into()]);
+        ok(&mut ours.vmcrypt(&a));
+        assert!(ours.running(), "not paused");
+        ours.cryptsetup_finish();
+        ours.check(&format!("{sector}: vmcrypt stopped, cryptsetup finished"));
+
+        let theirs = plain_sized(sector, Layout::Reduce, 14, size);
+        let mut a = theirs.start();
+        a.push("--init-only".into());
+        ok(&mut theirs.cryptsetup(&a));
+        ok(&mut theirs.vmcrypt(&["--resume-only".into(), "--max-hotzones".into(), "5".into()]));
+        assert!(theirs.running(), "not paused before the last hotzone");
+        theirs.cryptsetup_finish();
+        theirs.check(&format!("{sector}: cryptsetup, vmcrypt, cryptsetup"));
+    }
 }
 
 /// Each bad request fails with a message naming the problem, and the image (and the
