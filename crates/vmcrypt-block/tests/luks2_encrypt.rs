@@ -100,7 +100,10 @@ fn state(hdr: &[u8], detached: bool) -> Option<(bool, bool)> {
 
 fn cryptsetup(args: &[&str], dir: &Path, detached: bool) {
     let mut c = std::process::Command::new("cryptsetup");
-    c.args(args).arg("--key-file").arg(dir.join("pw"));
+    c.current_dir(dir)
+        .args(args)
+        .arg("--key-file")
+        .arg(dir.join("pw"));
     if detached {
         c.arg("--header").arg(dir.join("hdr"));
     }

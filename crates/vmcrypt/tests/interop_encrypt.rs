@@ -93,8 +93,16 @@ impl Plain {
         }
     }
 
-    fn cryptsetup(&self, extra: &[String]) -> Command {
+    /// cryptsetup in the test's directory: an encryption with a shift builds its header
+    /// in a `LUKS2-temp-*.new` file in the current directory, left there when killed.
+    fn cryptsetup_cmd(&self) -> Command {
         let mut c = Command::new("cryptsetup");
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    fn cryptsetup(&self, extra: &[String]) -> Command {
+        let mut c = self.cryptsetup_cmd();
         c.args(["reencrypt", "--force-offline-reencrypt", "-q", "--key-file"])
             .arg(&self.pw)
             .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]);
@@ -130,7 +138,7 @@ impl Plain {
     /// cryptsetup recovers an interrupted hotzone with `repair`, then resumes.
     fn cryptsetup_finish(&self) {
         if in_progress(self.header()).1 {
-            let mut c = Command::new("cryptsetup");
+            let mut c = self.cryptsetup_cmd();
             c.args(["repair", "-q", "--key-file"]).arg(&self.pw);
             self.with_header(&mut c);
             ok(c.arg(&self.img));
@@ -187,7 +195,7 @@ impl Plain {
     /// (with a shift, into a new detached header, moving the data back to offset 0).
     #[track_caller]
     fn check_cryptsetup_decrypts(&self, what: &str) {
-        let mut c = Command::new("cryptsetup");
+        let mut c = self.cryptsetup_cmd();
         c.args(["reencrypt", "--decrypt", "--force-offline-reencrypt", "-q"])
             .arg("--key-file")
             .arg(&self.pw)
