@@ -6,10 +6,9 @@
 //! a new volume key digest and no requirement left. 512- and 4096-byte sectors.
 mod reencrypt_support;
 
-use reencrypt_support::{Rng, digest_of, dump_json, in_progress, ok, sha256, vmcrypt};
+use reencrypt_support::{Rng, digest_of, dump_json, in_progress, interrupt, ok, sha256, vmcrypt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const DATA: u64 = 24 * MIB;
@@ -119,16 +118,6 @@ fn vmcrypt_reencrypt(im: &Image, extra: &[&str]) -> Command {
         .args(extra)
         .arg(&im.img);
     c
-}
-
-/// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
-fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
-    let mut child = cmd.spawn().expect("cannot start the reencryption");
-    std::thread::sleep(Duration::from_millis(ms));
-    let _ = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status();
-    let _ = child.wait();
 }
 
 /// Run `cmd(im)` and stop it with `signal` after a random delay below `max_ms`, on a

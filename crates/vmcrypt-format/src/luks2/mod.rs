@@ -14,6 +14,7 @@
 //! `vmcrypt_crypto::HashAlg`), so this crate stays free of crypto code.
 pub mod base64;
 pub mod binary;
+pub mod encrypt;
 pub mod json;
 mod jsonutil;
 pub mod load;

@@ -61,7 +61,7 @@ pub struct ReencryptKeyslot {
 }
 
 impl ReencryptKeyslot {
-    fn parse(id: u32, k: &Obj) -> Result<Self> {
+    pub(crate) fn parse(id: u32, k: &Obj) -> Result<Self> {
         let what = format!("keyslot {id}");
         let area = get_obj(k, "area", &what)?;
         let aw = format!("{what} area");
@@ -82,6 +82,23 @@ impl ReencryptKeyslot {
             area_size: get_u64_str(area, "size", &aw)?,
             resilience,
         })
+    }
+
+    /// The keyslot's part of the verification data: mode, direction, area type,
+    /// offset and size, the checksum hash and block, and a datashift's `shift`.
+    pub(crate) fn serialize(&self, shift: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.mode.as_bytes());
+        out.extend_from_slice(self.direction.as_bytes());
+        out.extend_from_slice(self.resilience.name().as_bytes());
+        out.extend_from_slice(&self.area_offset.to_be_bytes());
+        out.extend_from_slice(&self.area_size.to_be_bytes());
+        if let Resilience::Checksum { hash, sector_size } = &self.resilience {
+            out.extend_from_slice(hash.as_bytes());
+            out.extend_from_slice(&sector_size.to_be_bytes());
+        }
+        if shift > 0 {
+            out.extend_from_slice(&shift.to_be_bytes());
+        }
     }
 
     /// JSON in cryptsetup's field order.
@@ -120,20 +137,10 @@ pub struct ReencryptState {
 impl ReencryptState {
     /// Read the reencryption state; None if no `reencrypt` keyslot exists.
     pub fn load(md: &Metadata) -> Result<Option<Self>> {
-        let Some((id, k)) = md
-            .as_map()
-            .get("keyslots")
-            .and_then(Value::as_object)
-            .and_then(|ks| {
-                ks.iter()
-                    .find(|(_, v)| v.get("type").and_then(Value::as_str) == Some("reencrypt"))
-            })
-            .map(|(id, v)| (id.clone(), v.clone()))
-        else {
+        let Some((id, k)) = reencrypt_keyslot(md, None) else {
             return Ok(None);
         };
-        let id: u32 = id.parse().unwrap_or(u32::MAX);
-        let keyslot = ReencryptKeyslot::parse(id, k.as_object().unwrap_or(&Map::new()))?;
+        let keyslot = ReencryptKeyslot::parse(id, &k)?;
         let version = match md.config()?.mandatory_requirements.iter().find_map(|r| {
             r.strip_prefix("online-reencrypt-v")
                 .and_then(|v| v.parse::<u8>().ok())
@@ -229,16 +236,7 @@ impl ReencryptState {
         if self.new_digest != self.old_digest {
             out.extend_from_slice(new_key);
         }
-        let k = &self.keyslot;
-        out.extend_from_slice(k.mode.as_bytes());
-        out.extend_from_slice(k.direction.as_bytes());
-        out.extend_from_slice(k.resilience.name().as_bytes());
-        out.extend_from_slice(&k.area_offset.to_be_bytes());
-        out.extend_from_slice(&k.area_size.to_be_bytes());
-        if let Resilience::Checksum { hash, sector_size } = &k.resilience {
-            out.extend_from_slice(hash.as_bytes());
-            out.extend_from_slice(&sector_size.to_be_bytes());
-        }
+        self.keyslot.serialize(0, &mut out);
         for s in [&self.old, &self.new] {
             serialize_segment(s, &mut out);
         }
@@ -246,7 +244,7 @@ impl ReencryptState {
     }
 }
 
-fn serialize_segment(s: &Segment, out: &mut Vec<u8>) {
+pub(crate) fn serialize_segment(s: &Segment, out: &mut Vec<u8>) {
     out.extend_from_slice(s.kind.as_bytes());
     out.extend_from_slice(&s.offset.to_be_bytes());
     match s.size {
@@ -394,6 +392,29 @@ impl ReencryptState {
         md.set_digest_segments(self.new_digest, new_ids)?;
         Ok(())
     }
+}
+
+/// The id and JSON of the `reencrypt` keyslot (of `mode` when given), if any.
+pub(crate) fn reencrypt_keyslot(md: &Metadata, mode: Option<&str>) -> Option<(u32, Obj)> {
+    let ks = md.as_map().get("keyslots")?.as_object()?;
+    ks.iter()
+        .filter_map(|(id, v)| Some((id, v.as_object()?)))
+        .find(|(_, v)| {
+            v.get("type").and_then(Value::as_str) == Some("reencrypt")
+                && mode.is_none_or(|m| v.get("mode").and_then(Value::as_str) == Some(m))
+        })
+        .map(|(id, v)| (id.parse().unwrap_or(u32::MAX), v.clone()))
+}
+
+/// Remove the `online-reencrypt*` requirement (the final write of a run).
+pub fn drop_requirement(md: &mut Metadata) -> Result<()> {
+    let reqs: Vec<String> = md
+        .config()?
+        .mandatory_requirements
+        .into_iter()
+        .filter(|r| !r.starts_with("online-reencrypt"))
+        .collect();
+    md.set_mandatory_requirements(&reqs)
 }
 
 /// Parse a requirement list's reencryption version (None: no reencryption).

@@ -86,3 +86,13 @@ pub fn in_progress(img: &Path) -> (bool, bool) {
     });
     (running, hot)
 }
+
+/// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
+pub fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
+    let mut child = cmd.spawn().expect("cannot start the reencryption");
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let _ = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}

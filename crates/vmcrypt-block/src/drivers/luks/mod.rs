@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use v2::reencrypt::online::Online;
 use vmcrypt_crypto::SectorCipher;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Result, bail};
+use vmcrypt_error::{Result, bail, ensure};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
 pub(crate) use fresh::validate_uuid;
@@ -110,6 +110,14 @@ impl LuksDriver {
         let detached = header_node.is_some();
         let mut header = Volume::open(hdev.clone(), detached, limits)?;
         let online = OnceLock::new();
+        if let Some(v) = header.v2() {
+            ensure!(
+                v.encrypt_state()?.is_none(),
+                Unsupported,
+                "an encryption in place is in progress on this image: finish it with \
+                 vmcrypt luks reencrypt --resume-only (or cryptsetup reencrypt --resume-only)"
+            );
+        }
         if let (Some(p), Some(v)) = (passphrase, header.v2())
             && v.reencrypt_state()?.is_some()
         {

@@ -45,6 +45,19 @@ pub struct ReencryptRequest {
     pub max_hotzones: Option<u64>,
 }
 
+impl ReencryptRequest {
+    /// The options that apply to resuming an encryption in place.
+    fn as_encrypt(&self) -> super::encrypt::EncryptRequest {
+        super::encrypt::EncryptRequest {
+            resilience: self.resilience.clone(),
+            hotzone_size: self.hotzone_size,
+            init_only: self.init_only,
+            max_hotzones: self.max_hotzones,
+            ..Default::default()
+        }
+    }
+}
+
 /// What happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReencryptReport {
@@ -114,6 +127,44 @@ pub fn reencrypt(
         back_to_luks1(t, &h.dev, h.detached, open()?)?;
     }
     Ok(report)
+}
+
+/// A runner's `run` (progress callback, keep-going test) -> finished.
+pub(super) type RunFn<'a> =
+    dyn FnMut(&mut dyn FnMut(Position), &dyn Fn() -> bool) -> Result<bool> + 'a;
+
+/// A runner's `run` from `start`, reporting progress to `events` and stopping cleanly
+/// after `limit` hotzones; whether it finished.
+pub(super) fn run_steps(
+    events: &mut dyn Events,
+    start: Position,
+    limit: Option<u64>,
+    run: &mut RunFn<'_>,
+) -> Result<bool> {
+    events.progress(start.done, start.total);
+    let steps = std::cell::Cell::new(0u64);
+    run(
+        &mut |p| {
+            steps.set(steps.get() + 1);
+            events.progress(p.done, p.total);
+        },
+        &|| limit.is_none_or(|m| steps.get() < m),
+    )
+}
+
+/// Where a run ended: all of it when finished, else where the runner stands (`now`).
+pub(super) fn end_position(
+    finished: bool,
+    start: Position,
+    now: impl FnOnce() -> Result<Position>,
+) -> Result<Position> {
+    match finished {
+        true => Ok(Position {
+            done: start.total,
+            total: start.total,
+        }),
+        false => now(),
+    }
 }
 
 /// Whether any keyslot is still bound to the old digest.
@@ -194,6 +245,9 @@ fn reencrypt_v2(
     pass: &[u8],
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
+    if v2.encrypt_state()?.is_some() {
+        return super::encrypt::resume(v2, data, pass, &req.as_encrypt(), events);
+    }
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
         Some(st) => {
@@ -256,24 +310,8 @@ fn reencrypt_v2(
     }
     let mut r = Reencryption::load(v2, data, &old_key, &new_key, req.hotzone_size)?;
     let start = r.position()?;
-    events.progress(start.done, start.total);
-    let steps = std::cell::Cell::new(0u64);
-    let limit = req.max_hotzones;
-    let finished = r.run(
-        &mut |p| {
-            steps.set(steps.get() + 1);
-            events.progress(p.done, p.total);
-        },
-        &|| limit.is_none_or(|m| steps.get() < m),
-    )?;
-    let position = if finished {
-        Position {
-            done: start.total,
-            total: start.total,
-        }
-    } else {
-        r.position()?
-    };
+    let finished = run_steps(events, start, req.max_hotzones, &mut |p, k| r.run(p, k))?;
+    let position = end_position(finished, start, || r.position())?;
     if !finished && position.done >= position.total {
         bail!(
             Internal,

@@ -3,7 +3,8 @@
 //! --force-offline-reencrypt); LUKS1 goes through LUKS2 and back. `--online SOCKET`
 //! drives the reencryption inside a `vmcrypt serve --control SOCKET` (or `luks open`)
 //! process instead, starting it there if the image is not in reencryption state.
-use super::opts::{KdfOpts, KeyOpts};
+//! `--encrypt` encrypts a plain device in place (cryptsetup reencrypt --encrypt).
+use super::opts::{KdfOpts, KeyOpts, NewKeyOpts};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::init::NewEncryption;
 use vmcrypt_block::jobs::Events;
 use vmcrypt_block::jobs::luks::KeySource;
 use vmcrypt_block::jobs::luks::active::{RunDir, check_name};
+use vmcrypt_block::jobs::luks::encrypt::{EncryptRequest, encrypt};
 use vmcrypt_block::jobs::luks::online;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
 use vmcrypt_block::opts::parse_size;
@@ -41,6 +43,16 @@ pub struct Args {
     /// Largest hotzone (bytes, or with a K/M/G suffix; default 64M)
     #[arg(long = "hotzone-size", value_name = "SIZE")]
     hotzone_size: Option<String>,
+    /// Encrypt a plain (unencrypted) device in place: with --reduce-device-size the
+    /// header goes into the space freed at its start, else into --header FILE
+    #[arg(long = "encrypt", conflicts_with = "online")]
+    encrypt: bool,
+    /// With --encrypt: shrink the data by SIZE; its first half holds the header
+    #[arg(long = "reduce-device-size", value_name = "SIZE", requires = "encrypt")]
+    reduce_device_size: Option<String>,
+    /// With --encrypt: the header type (only luks2)
+    #[arg(long = "type", value_name = "TYPE", requires = "encrypt")]
+    kind: Option<String>,
     /// Only continue a reencryption in progress
     #[arg(long = "resume-only")]
     resume_only: bool,
@@ -112,9 +124,18 @@ pub fn run(a: &Args) -> Result<u8> {
         max_hotzones: a.max_hotzones,
     };
     let t = a.key.target(&a.device);
-    let mut keys = a.key.keys(&a.device, None);
     let mut status = Status::new(!a.no_progress && !a.key.batch);
-    let r = reencrypt(&t, &req, &mut keys, &mut status)?;
+    let r = if a.encrypt && !a.resume_only {
+        let new = NewKeyOpts::default();
+        let mut keys = a
+            .key
+            .keys(&a.device, None)
+            .with_new(a.key.key_file.as_deref(), &new);
+        let ereq = encrypt_request(a, &req)?;
+        encrypt(&t, &ereq, &mut keys, &mut status)?
+    } else {
+        reencrypt(&t, &req, &mut a.key.keys(&a.device, None), &mut status)?
+    };
     status.end();
     if r.finished {
         eprintln!(
@@ -128,6 +149,31 @@ pub fn run(a: &Args) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// The `--encrypt` options.
+fn encrypt_request(a: &Args, req: &ReencryptRequest) -> Result<EncryptRequest> {
+    ensure!(
+        a.kind.as_deref().is_none_or(|t| t == "luks2"),
+        Usage,
+        "--encrypt writes LUKS2 headers only (--type luks2)"
+    );
+    Ok(EncryptRequest {
+        cipher: req.new.cipher.clone(),
+        key_size: req.new.key_size,
+        sector_size: req.new.sector_size,
+        reduce: a
+            .reduce_device_size
+            .as_deref()
+            .map(parse_size)
+            .transpose()?,
+        resilience: req.resilience.clone(),
+        resilience_hash: req.resilience_hash.clone(),
+        hotzone_size: req.hotzone_size,
+        init_only: req.init_only,
+        keyslot: req.keyslot.clone(),
+        max_hotzones: req.max_hotzones,
+    })
 }
 
 /// `--online`: talk to the serving process's control socket. Starting on an image

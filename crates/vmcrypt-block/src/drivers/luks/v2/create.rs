@@ -82,6 +82,18 @@ impl Luks2Volume {
         params: &CreateParams,
         passphrase: &[u8],
     ) -> Result<(Self, SecretBytes)> {
+        Self::create_with(dev, params, passphrase, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::create`], letting `adjust` change the metadata (given the volume key)
+    /// before the one header write (an encryption in place starts in reencryption
+    /// state).
+    pub(crate) fn create_with(
+        dev: Arc<dyn BlockDriver>,
+        params: &CreateParams,
+        passphrase: &[u8],
+        adjust: &mut dyn FnMut(&mut Metadata, &SecretBytes) -> Result<()>,
+    ) -> Result<(Self, SecretBytes)> {
         let (data_offset, keyslots_size) = params.luks2_layout()?;
         ensure!(
             params.slot < 32,
@@ -105,7 +117,7 @@ impl Luks2Volume {
         )?;
         let digest = make_digest(&params.keyslot, &volume_key, params.slot)?;
         let enc = params.spec.luks2_encryption();
-        let metadata = Metadata::from_value(json!({
+        let mut metadata = Metadata::from_value(json!({
             "keyslots": { params.slot.to_string(): ks.to_json() },
             "tokens": {},
             "segments": { "0": {
@@ -116,6 +128,7 @@ impl Luks2Volume {
                 "json_size": (params.hdr_size - BIN_HEADER_SIZE as u64).to_string(),
                 "keyslots_size": keyslots_size.to_string() },
         }))?;
+        adjust(&mut metadata, &volume_key)?;
         let mut salts = [[0u8; 64]; 2];
         for s in &mut salts {
             random::fill(s)?;

@@ -13,6 +13,8 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+pub mod encrypt;
+pub mod encrypt_init;
 pub mod init;
 pub mod online;
 
@@ -420,16 +422,7 @@ impl<'a> Reencryption<'a> {
             (Resilience::Journal, _) => raw,
             _ => return Ok(false),
         };
-        ensure!(
-            bytes.len() as u64 <= k.area_size,
-            Internal,
-            "hotzone protection does not fit the reencryption area"
-        );
-        self.vol
-            .dev
-            .write_at(bytes, k.area_offset)
-            .ctx("writing the reencryption resilience area")?;
-        self.vol.dev.flush()?;
+        self.vol.store_protection(k, bytes)?;
         Ok(true)
     }
 
@@ -480,12 +473,7 @@ impl<'a> Reencryption<'a> {
                 }
             }
             Resilience::Journal => {
-                ensure!(
-                    len <= k.area_size,
-                    Corrupt,
-                    "LUKS2 hotzone is larger than its journal"
-                );
-                self.vol.dev.read_at(&mut buf, k.area_offset)?;
+                self.vol.load_journal(&k, &mut buf)?;
                 self.par_transform(offset, &mut buf)?;
             }
             _ => bail!(
@@ -580,13 +568,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
     md.set_segments(segs)?;
     md.set_digest_segments(st.new_digest, vec!["0".into()])?;
     md.erase_unused_digests()?;
-    let reqs: Vec<String> = md
-        .config()?
-        .mandatory_requirements
-        .into_iter()
-        .filter(|r| !r.starts_with("online-reencrypt"))
-        .collect();
-    md.set_mandatory_requirements(&reqs)?;
+    vmcrypt_format::luks2::reencrypt::drop_requirement(md)?;
     vol.write_header_any(next)?;
     // Old key material gets noise, as a killed key slot does; the resilience area
     // (old ciphertext in a journal, or checksums) only needs clearing.
