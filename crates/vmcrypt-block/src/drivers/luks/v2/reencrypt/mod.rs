@@ -15,8 +15,10 @@
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
 pub mod init;
 pub mod online;
+mod zone;
 
 use super::{Luks2Volume, verify_digest};
+use zone::{Zone, ZoneReader};
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -97,14 +99,6 @@ pub trait HotzoneGate {
     /// The hotzone is done: everything below `done` is in the new encryption; `None`
     /// when its step failed (its state on disk is then unknown until recovered).
     fn leave(&self, done: Option<u64>);
-}
-
-/// No one to tell (offline runs).
-struct NoGate;
-
-impl HotzoneGate for NoGate {
-    fn enter(&self, _: u64, _: u64) {}
-    fn leave(&self, _: Option<u64>) {}
 }
 
 /// Where a run stands (for progress lines and reports).
@@ -291,7 +285,7 @@ impl<'a> Reencryption<'a> {
         progress: &mut dyn FnMut(Position),
         keep_going: &dyn Fn() -> bool,
     ) -> Result<bool> {
-        self.run_gated(progress, keep_going, &NoGate)
+        self.run_loop(progress, keep_going, None)
     }
 
     /// Finish a hotzone that was interrupted (from its protection); true if that
@@ -314,25 +308,65 @@ impl<'a> Reencryption<'a> {
         keep_going: &dyn Fn() -> bool,
         gate: &dyn HotzoneGate,
     ) -> Result<bool> {
+        self.run_loop(progress, keep_going, Some(gate))
+    }
+
+    /// The hotzone loop. Offline (`gate` None) the next hotzone is read on another
+    /// thread while the current one is written ([`zone`]); a gated run reads each
+    /// hotzone only once the gate holds it.
+    fn run_loop(
+        &mut self,
+        progress: &mut dyn FnMut(Position),
+        keep_going: &dyn Fn() -> bool,
+        gate: Option<&dyn HotzoneGate>,
+    ) -> Result<bool> {
         if self.recover_interrupted()? {
             return Ok(true);
         }
         let mut pos = self.position()?;
-        let mut buf = Vec::new();
         if pos.done >= pos.total {
             self.finish()?;
             return Ok(true);
         }
+        let reader = ZoneReader::new(
+            self.data.clone(),
+            self.layout.data_offset,
+            &self.st.keyslot.resilience,
+        )?;
+        let (mut cur, mut spare) = (Zone::default(), Zone::default());
+        let mut prefetched = false;
         while pos.done < pos.total {
             if !keep_going() {
                 return Ok(false);
             }
             let len = self.hotzone.min(pos.total - pos.done);
-            gate.enter(pos.done, len);
-            let stepped = self.step(pos.done, len, &mut buf);
-            gate.leave(stepped.is_ok().then_some(pos.done + len));
-            stepped?;
-            pos.done += len;
+            let next = pos.done + len;
+            if let Some(g) = gate {
+                g.enter(pos.done, len);
+                let stepped = reader
+                    .read(pos.done, len, &mut cur)
+                    .and_then(|()| self.step(pos.done, len, &mut cur));
+                g.leave(stepped.is_ok().then_some(next));
+                stepped?;
+            } else {
+                if !prefetched {
+                    reader.read(pos.done, len, &mut cur)?;
+                }
+                let next_len = self.hotzone.min(pos.total - next);
+                prefetched = next_len > 0;
+                let this = &mut *self;
+                std::thread::scope(|s| {
+                    let ahead = prefetched.then(|| s.spawn(|| reader.read(next, next_len, &mut spare)));
+                    let stepped = this.step(pos.done, len, &mut cur);
+                    let read = ahead.map_or(Ok(()), |h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::internal("hotzone reader panicked")))
+                    });
+                    stepped.and(read)
+                })?;
+                std::mem::swap(&mut cur, &mut spare);
+            }
+            pos.done = next;
             progress(pos);
         }
         Ok(true)
@@ -349,17 +383,18 @@ impl<'a> Reencryption<'a> {
         Ok(())
     }
 
-    /// One hotzone at `offset` (from the data start) of `len` bytes. Both phases run
-    /// over the cores in CHUNK pieces: read (and hash), then transform and write.
-    fn step(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
-        buf.resize(len as usize, 0);
-        let at = self.layout.data_offset + offset;
-        let sums = self.read_hotzone(at, buf)?;
-        if self.protect(buf, sums)? {
+    /// One hotzone at `offset` (from the data start) of `len` bytes, already read into
+    /// `zone`: protect it, mark it hot, transform (in place) and write it over the
+    /// cores in CHUNK pieces, flush, mark it done.
+    fn step(&mut self, offset: u64, len: u64, zone: &mut Zone) -> Result<()> {
+        debug_assert_eq!(zone.buf.len() as u64, len);
+        if self.protect(&zone.buf, zone.sums.as_deref())? {
             self.commit(Step::Hot { offset, len })?;
         }
+        let at = self.layout.data_offset + offset;
         let data = &self.data;
-        buf.par_chunks_mut(CHUNK)
+        zone.buf
+            .par_chunks_mut(CHUNK)
             .enumerate()
             .try_for_each(|(i, c)| {
                 let rel = (i * CHUNK) as u64;
@@ -369,35 +404,6 @@ impl<'a> Reencryption<'a> {
             })?;
         self.data.flush()?;
         self.complete(offset + len)
-    }
-
-    /// Read the hotzone at `at` into `buf`; with checksum resilience, also hash each
-    /// block (returned concatenated).
-    fn read_hotzone(&self, at: u64, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
-        let data = &self.data;
-        let read = |i: usize, c: &mut [u8]| {
-            let off = at + (i * CHUNK) as u64;
-            data.read_at(c, off)
-                .with_ctx(|| format!("reading the hotzone at {off}"))
-        };
-        let Resilience::Checksum { hash, sector_size } = &self.st.keyslot.resilience else {
-            buf.par_chunks_mut(CHUNK)
-                .enumerate()
-                .try_for_each(|(i, c)| read(i, c))?;
-            return Ok(None);
-        };
-        let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
-        let per_chunk = CHUNK / bs * h.output_len();
-        let mut sums = vec![0u8; buf.len() / bs * h.output_len()];
-        buf.par_chunks_mut(CHUNK)
-            .zip(sums.par_chunks_mut(per_chunk))
-            .enumerate()
-            .try_for_each(|(i, (c, s))| {
-                read(i, c)?;
-                hash_blocks(h, bs, c, s);
-                Ok(())
-            })?;
-        Ok(Some(sums))
     }
 
     /// Record that everything below `done` is in the new encryption. The last hotzone
@@ -413,9 +419,9 @@ impl<'a> Reencryption<'a> {
 
     /// Store the hotzone's protection (its checksums `sums`, or the raw data as a
     /// journal) in the reencrypt area; false for `none`.
-    fn protect(&self, raw: &[u8], sums: Option<Vec<u8>>) -> Result<bool> {
+    fn protect(&self, raw: &[u8], sums: Option<&[u8]>) -> Result<bool> {
         let k = &self.st.keyslot;
-        let bytes: &[u8] = match (&k.resilience, &sums) {
+        let bytes: &[u8] = match (&k.resilience, sums) {
             (Resilience::Checksum { .. }, Some(s)) => s,
             (Resilience::Journal, _) => raw,
             _ => return Ok(false),
