@@ -5,7 +5,11 @@
 //! `reencrypt` keyslot's area (checksums of each block, or a journal copy) and flush;
 //! write the header naming the hotzone `in-reencryption` (both copies, each flushed);
 //! decrypt, encrypt with the new key, write and flush the data; write the header
-//! with the hotzone moved into the new segment. An interruption at any write leaves
+//! with the hotzone moved into the new segment. The data passes are streamed
+//! ([`chunks`]): each thread reads one chunk at a time into a buffer of its own that
+//! stays in the CPU cache, so the hotzone is read once to protect it and once more to
+//! transform it, rather than held whole in memory (which costs more in page faults
+//! and memory traffic than the second read from the page cache). An interruption at any write leaves
 //! either the previous header (the hotzone untouched, or the protection half written
 //! and unused) or the hot header, from which the hotzone is recovered: with
 //! checksums, a block whose hash still matches is old ciphertext and is reencrypted,
@@ -13,12 +17,12 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+mod chunks;
 pub mod init;
 pub mod online;
-mod zone;
 
 use super::{Luks2Volume, verify_digest};
-use zone::{Zone, ZoneReader};
+use chunks::Chunks;
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -99,6 +103,14 @@ pub trait HotzoneGate {
     /// The hotzone is done: everything below `done` is in the new encryption; `None`
     /// when its step failed (its state on disk is then unknown until recovered).
     fn leave(&self, done: Option<u64>);
+}
+
+/// No one to tell (offline runs).
+struct NoGate;
+
+impl HotzoneGate for NoGate {
+    fn enter(&self, _: u64, _: u64) {}
+    fn leave(&self, _: Option<u64>) {}
 }
 
 /// Where a run stands (for progress lines and reports).
@@ -285,7 +297,7 @@ impl<'a> Reencryption<'a> {
         progress: &mut dyn FnMut(Position),
         keep_going: &dyn Fn() -> bool,
     ) -> Result<bool> {
-        self.run_loop(progress, keep_going, None)
+        self.run_gated(progress, keep_going, &NoGate)
     }
 
     /// Finish a hotzone that was interrupted (from its protection); true if that
@@ -308,18 +320,6 @@ impl<'a> Reencryption<'a> {
         keep_going: &dyn Fn() -> bool,
         gate: &dyn HotzoneGate,
     ) -> Result<bool> {
-        self.run_loop(progress, keep_going, Some(gate))
-    }
-
-    /// The hotzone loop. Offline (`gate` None) the next hotzone is read on another
-    /// thread while the current one is written ([`zone`]); a gated run reads each
-    /// hotzone only once the gate holds it.
-    fn run_loop(
-        &mut self,
-        progress: &mut dyn FnMut(Position),
-        keep_going: &dyn Fn() -> bool,
-        gate: Option<&dyn HotzoneGate>,
-    ) -> Result<bool> {
         if self.recover_interrupted()? {
             return Ok(true);
         }
@@ -328,45 +328,16 @@ impl<'a> Reencryption<'a> {
             self.finish()?;
             return Ok(true);
         }
-        let reader = ZoneReader::new(
-            self.data.clone(),
-            self.layout.data_offset,
-            &self.st.keyslot.resilience,
-        )?;
-        let (mut cur, mut spare) = (Zone::default(), Zone::default());
-        let mut prefetched = false;
         while pos.done < pos.total {
             if !keep_going() {
                 return Ok(false);
             }
             let len = self.hotzone.min(pos.total - pos.done);
-            let next = pos.done + len;
-            if let Some(g) = gate {
-                g.enter(pos.done, len);
-                let stepped = reader
-                    .read(pos.done, len, &mut cur)
-                    .and_then(|()| self.step(pos.done, len, &mut cur));
-                g.leave(stepped.is_ok().then_some(next));
-                stepped?;
-            } else {
-                if !prefetched {
-                    reader.read(pos.done, len, &mut cur)?;
-                }
-                let next_len = self.hotzone.min(pos.total - next);
-                prefetched = next_len > 0;
-                let this = &mut *self;
-                std::thread::scope(|s| {
-                    let ahead = prefetched.then(|| s.spawn(|| reader.read(next, next_len, &mut spare)));
-                    let stepped = this.step(pos.done, len, &mut cur);
-                    let read = ahead.map_or(Ok(()), |h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(Error::internal("hotzone reader panicked")))
-                    });
-                    stepped.and(read)
-                })?;
-                std::mem::swap(&mut cur, &mut spare);
-            }
-            pos.done = next;
+            gate.enter(pos.done, len);
+            let stepped = self.step(pos.done, len);
+            gate.leave(stepped.is_ok().then_some(pos.done + len));
+            stepped?;
+            pos.done += len;
             progress(pos);
         }
         Ok(true)
@@ -383,25 +354,20 @@ impl<'a> Reencryption<'a> {
         Ok(())
     }
 
-    /// One hotzone at `offset` (from the data start) of `len` bytes, already read into
-    /// `zone`: protect it, mark it hot, transform (in place) and write it over the
-    /// cores in CHUNK pieces, flush, mark it done.
-    fn step(&mut self, offset: u64, len: u64, zone: &mut Zone) -> Result<()> {
-        debug_assert_eq!(zone.buf.len() as u64, len);
-        if self.protect(&zone.buf, zone.sums.as_deref())? {
+    /// One hotzone at `offset` (from the data start) of `len` bytes: protect it, mark
+    /// it hot, then read, transform and write it chunk by chunk over the cores, flush,
+    /// mark it done.
+    fn step(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.protect(offset, len)? {
             self.commit(Step::Hot { offset, len })?;
         }
         let at = self.layout.data_offset + offset;
         let data = &self.data;
-        zone.buf
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .try_for_each(|(i, c)| {
-                let rel = (i * CHUNK) as u64;
-                self.transform(offset + rel, c)?;
-                data.write_at(c, at + rel)
-                    .with_ctx(|| format!("writing the hotzone at {}", at + rel))
-            })?;
+        Chunks::new(data.as_ref(), at, len).try_for_each(|rel, c| {
+            self.transform(offset + rel, c)?;
+            data.write_at(c, at + rel)
+                .with_ctx(|| format!("writing the hotzone at {}", at + rel))
+        })?;
         self.data.flush()?;
         self.complete(offset + len)
     }
@@ -417,25 +383,38 @@ impl<'a> Reencryption<'a> {
         }
     }
 
-    /// Store the hotzone's protection (its checksums `sums`, or the raw data as a
-    /// journal) in the reencrypt area; false for `none`.
-    fn protect(&self, raw: &[u8], sums: Option<&[u8]>) -> Result<bool> {
+    /// Store the protection of the hotzone at `offset` (`len` bytes) in the reencrypt
+    /// area and flush it: the hash of each checksum block, or the old ciphertext itself
+    /// as a journal (read and written chunk by chunk); false for `none`.
+    fn protect(&self, offset: u64, len: u64) -> Result<bool> {
         let k = &self.st.keyslot;
-        let bytes: &[u8] = match (&k.resilience, sums) {
-            (Resilience::Checksum { .. }, Some(s)) => s,
-            (Resilience::Journal, _) => raw,
-            _ => return Ok(false),
+        let at = self.layout.data_offset + offset;
+        let chunks = Chunks::new(self.data.as_ref(), at, len);
+        let dev = &self.vol.dev;
+        let area = |what: &str, n: u64| {
+            ensure!(
+                n <= k.area_size,
+                Internal,
+                "hotzone {what} do not fit the reencryption area"
+            );
+            Ok(())
         };
-        ensure!(
-            bytes.len() as u64 <= k.area_size,
-            Internal,
-            "hotzone protection does not fit the reencryption area"
-        );
-        self.vol
-            .dev
-            .write_at(bytes, k.area_offset)
-            .ctx("writing the reencryption resilience area")?;
-        self.vol.dev.flush()?;
+        match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
+                let mut sums = vec![0u8; len as usize / bs * h.output_len()];
+                area("checksums", sums.len() as u64)?;
+                chunks.hash_blocks(h, bs, &mut sums)?;
+                dev.write_at(&sums, k.area_offset)
+            }
+            Resilience::Journal => {
+                area("journal bytes", len)?;
+                chunks.try_for_each(|rel, c| dev.write_at(c, k.area_offset + rel))
+            }
+            _ => return Ok(false),
+        }
+        .ctx("writing the reencryption resilience area")?;
+        dev.flush()?;
         Ok(true)
     }
 
