@@ -22,8 +22,8 @@ pub mod init;
 pub mod online;
 
 use super::{Luks2Volume, verify_digest};
-use chunks::Chunks;
 use crate::driver::BlockDriver;
+use chunks::Chunks;
 use rayon::prelude::*;
 use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
