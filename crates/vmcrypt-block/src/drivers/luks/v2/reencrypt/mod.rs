@@ -5,11 +5,7 @@
 //! `reencrypt` keyslot's area (checksums of each block, or a journal copy) and flush;
 //! write the header naming the hotzone `in-reencryption` (both copies, each flushed);
 //! decrypt, encrypt with the new key, write and flush the data; write the header
-//! with the hotzone moved into the new segment. The data passes are streamed
-//! ([`chunks`]): each thread reads one chunk at a time into a buffer of its own that
-//! stays in the CPU cache, so the hotzone is read once to protect it and once more to
-//! transform it, rather than held whole in memory (which costs more in page faults
-//! and memory traffic than the second read from the page cache). An interruption at any write leaves
+//! with the hotzone moved into the new segment. An interruption at any write leaves
 //! either the previous header (the hotzone untouched, or the protection half written
 //! and unused) or the hot header, from which the hotzone is recovered: with
 //! checksums, a block whose hash still matches is old ciphertext and is reencrypted,
@@ -17,6 +13,11 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+//!
+//! The data passes are streamed (`chunks.rs`): each thread reads one chunk at a time
+//! into a buffer of its own that stays in the CPU cache, so the hotzone is read once to
+//! protect it and once more to transform it rather than held whole in memory (which
+//! cost more, in page faults and memory traffic, than the second read).
 mod chunks;
 pub mod init;
 pub mod online;
