@@ -13,6 +13,12 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+//!
+//! The data passes are streamed (`chunks.rs`): each thread reads one chunk at a time
+//! into a buffer of its own that stays in the CPU cache, so the hotzone is read once to
+//! protect it and once more to transform it rather than held whole in memory (which
+//! cost more, in page faults and memory traffic, than the second read).
+mod chunks;
 pub mod encrypt;
 pub mod encrypt_init;
 pub mod init;
@@ -20,6 +26,7 @@ pub mod online;
 
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
+use chunks::Chunks;
 use rayon::prelude::*;
 use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
@@ -320,7 +327,6 @@ impl<'a> Reencryption<'a> {
             return Ok(true);
         }
         let mut pos = self.position()?;
-        let mut buf = Vec::new();
         if pos.done >= pos.total {
             self.finish()?;
             return Ok(true);
@@ -331,7 +337,7 @@ impl<'a> Reencryption<'a> {
             }
             let len = self.hotzone.min(pos.total - pos.done);
             gate.enter(pos.done, len);
-            let stepped = self.step(pos.done, len, &mut buf);
+            let stepped = self.step(pos.done, len);
             gate.leave(stepped.is_ok().then_some(pos.done + len));
             stepped?;
             pos.done += len;
@@ -351,55 +357,22 @@ impl<'a> Reencryption<'a> {
         Ok(())
     }
 
-    /// One hotzone at `offset` (from the data start) of `len` bytes. Both phases run
-    /// over the cores in CHUNK pieces: read (and hash), then transform and write.
-    fn step(&mut self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
-        buf.resize(len as usize, 0);
-        let at = self.layout.data_offset + offset;
-        let sums = self.read_hotzone(at, buf)?;
-        if self.protect(buf, sums)? {
+    /// One hotzone at `offset` (from the data start) of `len` bytes: protect it, mark
+    /// it hot, then read, transform and write it chunk by chunk over the cores, flush,
+    /// mark it done.
+    fn step(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.protect(offset, len)? {
             self.commit(Step::Hot { offset, len })?;
         }
+        let at = self.layout.data_offset + offset;
         let data = &self.data;
-        buf.par_chunks_mut(CHUNK)
-            .enumerate()
-            .try_for_each(|(i, c)| {
-                let rel = (i * CHUNK) as u64;
-                self.transform(offset + rel, c)?;
-                data.write_at(c, at + rel)
-                    .with_ctx(|| format!("writing the hotzone at {}", at + rel))
-            })?;
+        Chunks::new(data.as_ref(), at, len).try_for_each(|rel, c| {
+            self.transform(offset + rel, c)?;
+            data.write_at(c, at + rel)
+                .with_ctx(|| format!("writing the hotzone at {}", at + rel))
+        })?;
         self.data.flush()?;
         self.complete(offset + len)
-    }
-
-    /// Read the hotzone at `at` into `buf`; with checksum resilience, also hash each
-    /// block (returned concatenated).
-    fn read_hotzone(&self, at: u64, buf: &mut [u8]) -> Result<Option<Vec<u8>>> {
-        let data = &self.data;
-        let read = |i: usize, c: &mut [u8]| {
-            let off = at + (i * CHUNK) as u64;
-            data.read_at(c, off)
-                .with_ctx(|| format!("reading the hotzone at {off}"))
-        };
-        let Resilience::Checksum { hash, sector_size } = &self.st.keyslot.resilience else {
-            buf.par_chunks_mut(CHUNK)
-                .enumerate()
-                .try_for_each(|(i, c)| read(i, c))?;
-            return Ok(None);
-        };
-        let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
-        let per_chunk = CHUNK / bs * h.output_len();
-        let mut sums = vec![0u8; buf.len() / bs * h.output_len()];
-        buf.par_chunks_mut(CHUNK)
-            .zip(sums.par_chunks_mut(per_chunk))
-            .enumerate()
-            .try_for_each(|(i, (c, s))| {
-                read(i, c)?;
-                hash_blocks(h, bs, c, s);
-                Ok(())
-            })?;
-        Ok(Some(sums))
     }
 
     /// Record that everything below `done` is in the new encryption. The last hotzone
@@ -413,16 +386,38 @@ impl<'a> Reencryption<'a> {
         }
     }
 
-    /// Store the hotzone's protection (its checksums `sums`, or the raw data as a
-    /// journal) in the reencrypt area; false for `none`.
-    fn protect(&self, raw: &[u8], sums: Option<Vec<u8>>) -> Result<bool> {
+    /// Store the protection of the hotzone at `offset` (`len` bytes) in the reencrypt
+    /// area and flush it: the hash of each checksum block, or the old ciphertext itself
+    /// as a journal (read and written chunk by chunk); false for `none`.
+    fn protect(&self, offset: u64, len: u64) -> Result<bool> {
         let k = &self.st.keyslot;
-        let bytes: &[u8] = match (&k.resilience, &sums) {
-            (Resilience::Checksum { .. }, Some(s)) => s,
-            (Resilience::Journal, _) => raw,
-            _ => return Ok(false),
+        let at = self.layout.data_offset + offset;
+        let chunks = Chunks::new(self.data.as_ref(), at, len);
+        let dev = &self.vol.dev;
+        let area = |what: &str, n: u64| {
+            ensure!(
+                n <= k.area_size,
+                Internal,
+                "hotzone {what} do not fit the reencryption area"
+            );
+            Ok(())
         };
-        self.vol.store_protection(k, bytes)?;
+        match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
+                let mut sums = vec![0u8; len as usize / bs * h.output_len()];
+                area("checksums", sums.len() as u64)?;
+                chunks.hash_blocks(h, bs, &mut sums)?;
+                dev.write_at(&sums, k.area_offset)
+            }
+            Resilience::Journal => {
+                area("journal bytes", len)?;
+                chunks.try_for_each(|rel, c| dev.write_at(c, k.area_offset + rel))
+            }
+            _ => return Ok(false),
+        }
+        .ctx("writing the reencryption resilience area")?;
+        dev.flush()?;
         Ok(true)
     }
 
