@@ -126,7 +126,7 @@ fn old_key_has_slots(
         .metadata
         .digests()?
         .iter()
-        .any(|d| d.id == st.old_digest && !d.keyslots.is_empty()))
+        .any(|d| Some(d.id) == st.old_digest && !d.keyslots.is_empty()))
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -186,8 +186,9 @@ fn reencrypt_v2(
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
         Some(st) => {
-            let new_key = v2.unlock_digest(pass, st.new_digest)?;
-            match v2.unlock_digest(pass, st.old_digest) {
+            let (old_digest, new_digest) = st.key_digests()?;
+            let new_key = v2.unlock_digest(pass, new_digest)?;
+            match v2.unlock_digest(pass, old_digest) {
                 Ok(old) => (old, new_key),
                 Err(e) if e.kind() == ErrorKind::WrongKey => {
                     // cryptsetup was stopped while removing the old key slots: either

@@ -141,9 +141,9 @@ impl Luks2Volume {
             keyslot: rk,
             version: reencrypt::VERSION,
             old: old.clone(),
-            old_digest,
+            old_digest: Some(old_digest),
             new: new_seg,
-            new_digest: new_digest_id,
+            new_digest: Some(new_digest_id),
             verify_digest: None,
             segments: vec![],
         };

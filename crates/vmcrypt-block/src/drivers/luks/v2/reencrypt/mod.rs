@@ -206,9 +206,10 @@ impl<'a> Reencryption<'a> {
                 .find(|d| d.id == id)
                 .ok_or_else(|| Error::corrupt(format!("LUKS2 digest {id} is missing")))
         };
+        let (old_digest, new_digest) = st.key_digests()?;
         ensure!(
-            verify_digest(digest(st.old_digest)?, old_key)?
-                && verify_digest(digest(st.new_digest)?, new_key)?,
+            verify_digest(digest(old_digest)?, old_key)?
+                && verify_digest(digest(new_digest)?, new_key)?,
             WrongKey,
             "the volume keys do not match the reencryption digests"
         );
@@ -521,12 +522,13 @@ impl Luks2Volume {
         let Some(st) = self.reencrypt_state()? else {
             bail!(Usage, "no LUKS2 reencryption is in progress");
         };
+        let new_id = st.key_digests()?.1;
         let digest = self
             .hdr
             .metadata
             .digests()?
             .into_iter()
-            .find(|d| d.id == st.new_digest)
+            .find(|d| d.id == new_id)
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
         ensure!(
             verify_digest(&digest, new_key)?,
@@ -555,9 +557,10 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
         },
     )?;
     let md = &mut next.metadata;
+    let (old_digest, new_digest) = st.key_digests()?;
     let mut wipe = vec![];
     for k in md.keyslots()? {
-        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(st.old_digest);
+        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(old_digest);
         if bound_old {
             wipe.push((k.area_offset, k.area_size));
         }
@@ -578,7 +581,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
         ),
     );
     md.set_segments(segs)?;
-    md.set_digest_segments(st.new_digest, vec!["0".into()])?;
+    md.set_digest_segments(new_digest, vec!["0".into()])?;
     md.erase_unused_digests()?;
     let reqs: Vec<String> = md
         .config()?
