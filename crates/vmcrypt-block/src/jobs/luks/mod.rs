@@ -7,7 +7,8 @@
 //! * [`format`]: luksFormat on an existing device, keeping its size;
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
 //! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair;
-//! * [`reencrypt`]: a new volume key (cryptsetup's LUKS2 reencryption format);
+//! * [`reencrypt`]: a new volume key, or `--decrypt` (`decrypt.rs`), in cryptsetup's
+//!   LUKS2 reencryption format;
 //!   [`online`]: the control channel of a reencryption run by a serving process;
 //! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
 //!   the run directory that records which names are active (open/close/status).
@@ -17,6 +18,7 @@
 //! LUKS header librbd's encryption uses (header at raw offset 0); a clone formatted with
 //! its own key (`RBDL` magic) is shown to the LUKS code as plain LUKS and keeps its magic.
 pub mod active;
+mod decrypt;
 pub mod format;
 pub mod header;
 pub mod luks2;

@@ -43,6 +43,8 @@ pub struct ReencryptRequest {
     pub keyslot: NewKeyslot,
     /// Stop cleanly after this many hotzones (tests, pausing).
     pub max_hotzones: Option<u64>,
+    /// Decrypt (a LUKS2 device with a detached header) instead of a new volume key.
+    pub decrypt: bool,
 }
 
 /// What happened.
@@ -68,6 +70,9 @@ pub fn reencrypt(
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
     precheck(req)?;
+    if req.decrypt {
+        super::decrypt::precheck(t)?;
+    }
     let h = t.header_device(Access::WholeImage)?;
     super::embedded::require_plain(h.container, &t.device, "reencrypt")?;
     let data: Arc<dyn BlockDriver> = match &t.header {
@@ -79,7 +84,23 @@ pub fn reencrypt(
             .with_ctx(|| format!("device {}", t.device))
     };
     let mut vol = open()?;
+    ensure!(
+        !(req.decrypt && vol.version() == Version::V1),
+        Unsupported,
+        "{}: decrypting a LUKS1 device is not supported (convert it to LUKS2 first)",
+        t.device
+    );
+    let decrypting = req.decrypt
+        || vol.v2().is_some_and(|v| {
+            v.reencrypt_state()
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.keyslot.mode == "decrypt")
+        });
     let pass = keys.existing()?;
+    if decrypting {
+        return super::decrypt::decrypt_v2(t, req, vol.v2_mut()?, data, pass.as_bytes(), events);
+    }
     let mut req = req.clone();
     if vol.version() == Version::V1 {
         vol.unlock(pass.as_bytes(), req.key_slot)?;

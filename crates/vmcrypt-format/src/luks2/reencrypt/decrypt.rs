@@ -66,7 +66,14 @@ impl ReencryptState {
         let o = &self.old;
         let abs = |rel: u64| layout.data_offset + rel;
         let old_seg = |len: Option<u64>| {
-            crypt_segment(o.offset, o.iv_tweak, len, &o.encryption, o.sector_size, None)
+            crypt_segment(
+                o.offset,
+                o.iv_tweak,
+                len,
+                &o.encryption,
+                o.sector_size,
+                None,
+            )
         };
         let mut segs: Vec<Value> = Vec::new();
         match step {
@@ -74,7 +81,11 @@ impl ReencryptState {
                 if offset > 0 {
                     segs.push(old_seg(Some(offset)));
                 }
-                segs.push(linear_segment(abs(offset), Some(len), Some(IN_REENCRYPTION)));
+                segs.push(linear_segment(
+                    abs(offset),
+                    Some(len),
+                    Some(IN_REENCRYPTION),
+                ));
                 if offset + len < layout.data_size {
                     segs.push(linear_segment(abs(offset + len), None, None));
                 }

@@ -39,6 +39,10 @@ pub struct Args {
     /// Largest hotzone (bytes, or with a K/M/G suffix; default 64M)
     #[arg(long = "hotzone-size", value_name = "SIZE")]
     hotzone_size: Option<String>,
+    /// Decrypt the device in place (LUKS2 with a detached header, --header FILE);
+    /// afterwards the device holds the plaintext
+    #[arg(long = "decrypt", conflicts_with_all = ["cipher", "key_size", "sector_size", "online"])]
+    decrypt: bool,
     /// Only continue a reencryption in progress
     #[arg(long = "resume-only")]
     resume_only: bool,
@@ -118,6 +122,7 @@ pub fn run(a: &Args) -> Result<u8> {
         key_slot: a.key.key_slot,
         keyslot: a.kdf.keyslot(a.hash.clone()),
         max_hotzones: a.max_hotzones,
+        decrypt: a.decrypt,
     };
     let t = a.key.target(&a.device);
     let mut keys = a.key.keys(&a.device, None);

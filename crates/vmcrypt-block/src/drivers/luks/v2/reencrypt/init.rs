@@ -165,7 +165,7 @@ impl Luks2Volume {
 
 /// The largest free stretch of the keyslots area (4 KiB aligned), as cryptsetup picks
 /// for the reencrypt keyslot.
-fn largest_gap(h: &vmcrypt_format::luks2::Luks2Header) -> Result<(u64, u64)> {
+pub(super) fn largest_gap(h: &vmcrypt_format::luks2::Luks2Header) -> Result<(u64, u64)> {
     let start = 2 * h.hdr_size();
     let end = start + h.metadata.config()?.keyslots_size;
     let mut used: Vec<(u64, u64)> = h

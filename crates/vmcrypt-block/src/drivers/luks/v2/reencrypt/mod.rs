@@ -13,6 +13,7 @@
 //! resilience `none` an interrupted hotzone cannot be recovered (as in cryptsetup).
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
+pub mod decrypt;
 pub mod init;
 pub mod online;
 
@@ -53,7 +54,7 @@ pub const DEFAULT_HOTZONE: u64 = 64 << 20;
 
 /// Piece of a hotzone one thread reads, hashes, transforms and writes (a multiple of
 /// every sector and checksum block size).
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
 /// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.
@@ -602,7 +603,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
 }
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
-fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
+pub(super) fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; data.len() / bs * h.output_len()];
     let per_chunk = CHUNK / bs * h.output_len();
     data.par_chunks(CHUNK)
@@ -612,7 +613,7 @@ fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
 }
 
 /// Hash each `bs`-byte block of `data` into consecutive slots of `out`.
-fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
+pub(super) fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
     let hl = h.output_len();
     for (b, o) in data.chunks(bs).zip(out.chunks_mut(hl)) {
         o.copy_from_slice(&h.digest(b));
