@@ -117,7 +117,10 @@ fn vmcrypt_decrypt(im: &Image, extra: &[&str]) -> Command {
     c
 }
 
-/// cryptsetup repairs an interrupted hotzone first, then resumes.
+/// cryptsetup repairs an interrupted hotzone first, then resumes. After the repair of
+/// the last hotzone (at offset 0) every regular segment is `linear` while the metadata
+/// remains; cryptsetup 2.6.1's `--resume-only` would take that plaintext for
+/// ciphertext and decrypt it again, so vmcrypt finishes that state.
 fn cryptsetup_finish(im: &Image) {
     let (running, hot) = in_progress(&im.hdr);
     if hot {
@@ -126,10 +129,25 @@ fn cryptsetup_finish(im: &Image) {
             .arg(&im.pw)
             .arg("--header")
             .args([&im.hdr, &im.img]));
+        if in_progress(&im.hdr).0 && all_plaintext(&im.hdr) {
+            vmcrypt_finish(im);
+            return;
+        }
     }
     if running && in_progress(&im.hdr).0 {
         ok(&mut cryptsetup(im, &["--resume-only"]));
     }
+}
+
+/// Whether every regular (not backup) segment is `linear`.
+fn all_plaintext(hdr: &Path) -> bool {
+    let j = dump_json(hdr);
+    j["segments"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|s| !s["flags"].to_string().contains("backup-"))
+        .all(|s| s["type"] == "linear")
 }
 
 fn vmcrypt_finish(im: &Image) {
