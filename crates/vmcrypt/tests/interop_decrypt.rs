@@ -178,6 +178,11 @@ fn whole_runs_leave_the_plaintext_and_the_same_header() {
         ok(&mut cryptsetup(&b, &["--decrypt"]));
         check(&b, &format!("{sector}: cryptsetup"));
         assert_eq!(dump_json(&a.hdr), dump_json(&b.hdr), "{sector}");
+        let dump = ok(vmcrypt().args(["luks", "dump"]).arg(&a.hdr));
+        assert!(
+            dump.contains("  0: linear") && !dump.contains("cipher:"),
+            "{dump}"
+        );
     }
 }
 

@@ -63,8 +63,10 @@ pub fn luks2_dump_text(vol: &Luks2Volume, volume_key: Option<&SecretBytes>) -> R
             SegmentSize::Dynamic => s += "\tlength: (whole device)\n",
             SegmentSize::Bytes(n) => s += &format!("\tlength: {n} [bytes]\n"),
         }
-        s += &format!("\tcipher: {}\n", seg.encryption);
-        s += &format!("\tsector: {} [bytes]\n", seg.sector_size);
+        if seg.kind == "crypt" {
+            s += &format!("\tcipher: {}\n", seg.encryption);
+            s += &format!("\tsector: {} [bytes]\n", seg.sector_size);
+        }
         if !seg.flags.is_empty() {
             s += &format!("\tflags : {}\n", seg.flags.join(" "));
         }
