@@ -15,9 +15,13 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryp
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
+use vmcrypt_block::jobs::NoEvents;
+use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
+use vmcrypt_block::jobs::luks::{KeySource, Target as JobTarget};
+use vmcrypt_crypto::SecretBytes;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
-use vmcrypt_error::Result;
+use vmcrypt_error::{ErrorKind, Result};
 
 const PW: &[u8] = b"pw";
 const SIZE: usize = 1 << 20;
@@ -337,12 +341,11 @@ fn none_paused_resumes_in_both_tools() {
     }
 }
 
-/// cryptsetup removes the key slots one header write at a time after its last
-/// hotzone; killed in between, no key slot opens. vmcrypt finishes that state
-/// without a key (metadata only), and refuses it while data is still encrypted.
-#[test]
-fn finished_data_without_key_slots_is_finalised() {
-    let b = base(4096, 9);
+/// With `finished`, the header cryptsetup writes after its last hotzone (the data
+/// plaintext, one `linear` regular segment, the metadata still there), else the one
+/// of a decryption just started; with `drop_slot`, key slot 0 also gone (cryptsetup
+/// removes the key slots one header write at a time).
+fn state(b: &Base, finished: bool, drop_slot: bool) -> Vec<u8> {
     let (hmem, dmem) = (
         Arc::new(MemDriver::new(b.hdr.clone())),
         Arc::new(MemDriver::new(b.data.clone())),
@@ -354,25 +357,36 @@ fn finished_data_without_key_slots_is_finalised() {
     let e = vol.decrypt_finish_done(dmem.as_ref()).unwrap_err();
     assert!(e.to_string().contains("not finished"), "{e}");
     drop(vol);
-    // cryptsetup's state: the data plaintext, one linear segment, key slot 0 gone.
     let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
     let mut hdr = vmcrypt_format::luks2::load(&hmem.snapshot(), &hasher, Default::default())
         .unwrap()
         .header;
     let mut v = hdr.metadata.to_value();
     let segs = v["segments"].as_object().unwrap().clone();
-    v["segments"] = serde_json::json!({
-        "0": {"type": "linear", "offset": "0", "size": "dynamic"},
-        "1": segs["1"], "2": segs["2"]
-    });
-    v["keyslots"].as_object_mut().unwrap().remove("0");
-    v["digests"]["0"]["keyslots"] = serde_json::json!([]);
-    v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+    if finished {
+        v["segments"] = serde_json::json!({
+            "0": {"type": "linear", "offset": "0", "size": "dynamic"},
+            "1": segs["1"], "2": segs["2"]
+        });
+        v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+    }
+    if drop_slot {
+        v["keyslots"].as_object_mut().unwrap().remove("0");
+        v["digests"]["0"]["keyslots"] = serde_json::json!([]);
+    }
     hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
     hdr.binary.seqid += 1;
     let mut img = hmem.snapshot();
     img[..2 * (16 << 10)].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
-    let hm = Arc::new(MemDriver::new(img));
+    img
+}
+
+/// Killed between cryptsetup's key slot removals, no key slot opens. vmcrypt finishes
+/// that state without a key (metadata only), and refuses it while data is encrypted.
+#[test]
+fn finished_data_without_key_slots_is_finalised() {
+    let b = base(4096, 9);
+    let hm = Arc::new(MemDriver::new(state(&b, true, true)));
     let dm = Arc::new(MemDriver::new(b.plain.clone()));
     let mut vol = Luks2Volume::open(hm.clone(), true, &KdfLimits::default()).unwrap();
     let st = vol.reencrypt_state().unwrap().unwrap();
@@ -384,6 +398,64 @@ fn finished_data_without_key_slots_is_finalised() {
         &b.plain,
         "finished without key",
     );
+}
+
+struct Pass;
+
+impl KeySource for Pass {
+    fn existing(&mut self) -> Result<SecretBytes> {
+        Ok(SecretBytes::new(PW.to_vec()))
+    }
+    fn new_passphrase(&mut self) -> Result<SecretBytes> {
+        Ok(SecretBytes::new(PW.to_vec()))
+    }
+}
+
+/// `luks reencrypt --resume-only` (the job) on files: a key slot whose material
+/// cryptsetup wiped before removing it from the metadata (so it is still listed), or
+/// one already removed, after the last hotzone: finished without the key. With data
+/// still encrypted the same wiped slot is a wrong-passphrase error and nothing changes.
+#[test]
+fn job_finishes_after_cryptsetup_wiped_or_removed_the_key_slot() {
+    let b = base(4096, 13);
+    for (drop_slot, data) in [(false, &b.plain), (true, &b.plain), (false, &b.data)] {
+        let what = format!("slot removed {drop_slot}, data plain {}", *data == b.plain);
+        let mut hdr = state(&b, *data == b.plain, drop_slot);
+        if !drop_slot {
+            let vol = Luks2Volume::open(
+                Arc::new(MemDriver::new(hdr.clone())),
+                true,
+                &KdfLimits::default(),
+            )
+            .unwrap();
+            let k = &vol.header().metadata.keyslots().unwrap()[0];
+            let (off, len) = (k.area_offset as usize, k.area_size as usize);
+            hdr[off..off + len].fill(0);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (hp, dp) = (dir.path().join("hdr"), dir.path().join("data"));
+        std::fs::write(&hp, &hdr).unwrap();
+        std::fs::write(&dp, data).unwrap();
+        let t = JobTarget {
+            device: dp.to_str().unwrap().into(),
+            header: Some(hp.to_str().unwrap().into()),
+            limits: KdfLimits::default(),
+        };
+        let req = ReencryptRequest {
+            resume_only: true,
+            ..Default::default()
+        };
+        let r = reencrypt(&t, &req, &mut Pass, &mut NoEvents);
+        let (h, d) = (std::fs::read(&hp).unwrap(), std::fs::read(&dp).unwrap());
+        if *data == b.plain {
+            assert!(r.unwrap().finished, "{what}");
+            check_done(&h, &d, &b.plain, &what);
+        } else {
+            let e = r.err().unwrap_or_else(|| panic!("{what}: finished"));
+            assert_eq!(e.kind(), ErrorKind::WrongKey, "{what}: {e}");
+            assert!(h == hdr && d == *data, "{what}: a refused resume wrote");
+        }
+    }
 }
 
 /// A tampered decryption keyslot is refused before any write.

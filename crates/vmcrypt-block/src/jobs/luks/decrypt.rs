@@ -63,9 +63,15 @@ pub(super) fn decrypt_v2(
             };
             match v2.unlock_digest(pass, old_digest) {
                 Ok(k) => k,
-                Err(e) if e.kind() == ErrorKind::WrongKey && !old_key_listed(v2, old_digest)? => {
-                    // cryptsetup was stopped while removing the key slots at the end.
-                    v2.decrypt_finish_done(data.as_ref())?;
+                Err(e) if e.kind() == ErrorKind::WrongKey => {
+                    // cryptsetup was stopped while removing the key slots after the
+                    // last hotzone: a slot is gone from the metadata, or its material
+                    // is wiped while the metadata still lists it. With all data
+                    // plaintext no key is needed (decrypt_finish_done checks that);
+                    // otherwise, with slots still listed, the passphrase is wrong.
+                    let listed = old_key_listed(v2, old_digest)?;
+                    v2.decrypt_finish_done(data.as_ref())
+                        .map_err(|f| if listed { e } else { f })?;
                     let total = v2.layout_on(data.as_ref())?.data_size;
                     return Ok(report(false, true, Position { done: total, total }));
                 }
