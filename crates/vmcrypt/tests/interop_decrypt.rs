@@ -295,20 +295,29 @@ fn vmcrypt_killed_cryptsetup_finishes() {
     for sector in [512u32, 4096] {
         let base = image(sector, rng.next());
         for mode in MODES {
-            for round in 0..3 {
+            for round in 0..4 {
                 let im = base.copy("k");
+                // Rounds 0 and 1 kill a whole run (start included); rounds 2 and 3 a
+                // `--resume-only` run after `--init-only`, so more kills land in a
+                // hotzone.
+                let resume = round >= 2;
+                if resume {
+                    let init = ["--decrypt", "--init-only", "--resilience", mode];
+                    ok(&mut vmcrypt_decrypt(&im, &init));
+                }
+                let args: &[&str] = if resume {
+                    &["--resume-only", "--hotzone-size", "256K"]
+                } else {
+                    &["--decrypt", "--resilience", mode, "--hotzone-size", "256K"]
+                };
+                let max_ms = if resume { 250 } else { 400 };
                 let ms = interrupt_mid_run(
                     &[&im.img, &im.hdr],
                     &im.hdr,
                     &mut rng,
-                    400,
+                    max_ms,
                     "-KILL",
-                    &|| {
-                        vmcrypt_decrypt(
-                            &im,
-                            &["--decrypt", "--resilience", mode, "--hotzone-size", "256K"],
-                        )
-                    },
+                    &|| vmcrypt_decrypt(&im, args),
                 );
                 hot += u32::from(in_progress(&im.hdr).1);
                 cryptsetup_finish(&im);
@@ -319,7 +328,7 @@ fn vmcrypt_killed_cryptsetup_finishes() {
             }
         }
     }
-    eprintln!("{hot} of 12 kills hit a hotzone in flight");
+    eprintln!("{hot} of 16 kills hit a hotzone in flight");
 }
 
 /// Resilience `none`: stopped between hotzones (SIGTERM for cryptsetup, a hotzone
