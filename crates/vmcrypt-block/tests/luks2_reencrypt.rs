@@ -65,8 +65,8 @@ fn reencrypt(dev: Arc<dyn BlockDriver>, init: Option<&InitParams>) -> Result<()>
     let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default())?;
     let (old, new) = match (vol.reencrypt_state()?, init) {
         (Some(st), _) => (
-            vol.unlock_digest(PW, st.old_digest)?,
-            vol.unlock_digest(PW, st.new_digest)?,
+            vol.unlock_digest(PW, st.old_digest.unwrap())?,
+            vol.unlock_digest(PW, st.new_digest.unwrap())?,
         ),
         (None, Some(p)) => {
             let old = vol.unlock(PW, None)?.volume_key;
@@ -343,8 +343,8 @@ fn finished_data_without_old_key_slots_is_finalised() {
     let dev: Arc<dyn BlockDriver> = mem.clone();
     let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
     let st = vol.reencrypt_state().unwrap().unwrap();
-    assert!(vol.unlock_digest(PW, st.old_digest).is_err());
-    let new_key = vol.unlock_digest(PW, st.new_digest).unwrap();
+    assert!(vol.unlock_digest(PW, st.old_digest.unwrap()).is_err());
+    let new_key = vol.unlock_digest(PW, st.new_digest.unwrap()).unwrap();
     vol.reencrypt_finish_done(dev.as_ref(), &new_key).unwrap();
     assert!(plaintext(mem.snapshot()) == plain);
 }

@@ -6,7 +6,9 @@
 //! a new volume key digest and no requirement left. 512- and 4096-byte sectors.
 mod reencrypt_support;
 
-use reencrypt_support::{Rng, digest_of, dump_json, in_progress, interrupt, ok, sha256, vmcrypt};
+use reencrypt_support::{
+    Rng, digest_of, dump_json, in_progress, interrupt_mid_run, ok, sha256, vmcrypt,
+};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -120,28 +122,6 @@ fn vmcrypt_reencrypt(im: &Image, extra: &[&str]) -> Command {
     c
 }
 
-/// Run `cmd(im)` and stop it with `signal` after a random delay below `max_ms`, on a
-/// fresh copy of the image each time, until a run is caught in the middle (not before
-/// its start, not after its end). Returns the delay that did.
-fn interrupt_mid_run(
-    im: &Image,
-    rng: &mut Rng,
-    max_ms: u64,
-    signal: &str,
-    cmd: &dyn Fn(&Image) -> Command,
-) -> u64 {
-    let original = std::fs::read(&im.img).unwrap();
-    for _ in 0..40 {
-        std::fs::write(&im.img, &original).unwrap();
-        let ms = 1 + rng.next() % max_ms;
-        interrupt(cmd(im), ms, signal);
-        if in_progress(&im.img).0 {
-            return ms;
-        }
-    }
-    panic!("no run was interrupted in the middle within 40 tries");
-}
-
 /// cryptsetup asks for `repair` when a hotzone was interrupted, then resumes.
 fn cryptsetup_finish(im: &Image) {
     let (running, hot) = in_progress(&im.img);
@@ -171,8 +151,8 @@ fn cryptsetup_killed_vmcrypt_finishes() {
         for mode in MODES {
             for round in 0..3 {
                 let im = image(sector, rng.next());
-                let ms = interrupt_mid_run(&im, &mut rng, 400, "-KILL", &|im| {
-                    cryptsetup_reencrypt(im, &["--resilience", mode, "--hotzone-size", "1M"])
+                let ms = interrupt_mid_run(&[&im.img], &im.img, &mut rng, 400, "-KILL", &|| {
+                    cryptsetup_reencrypt(&im, &["--resilience", mode, "--hotzone-size", "1M"])
                 });
                 interrupted += u32::from(in_progress(&im.img).1);
                 vmcrypt_finish(&im);
@@ -194,8 +174,8 @@ fn vmcrypt_killed_cryptsetup_finishes() {
         for mode in MODES {
             for round in 0..3 {
                 let im = image(sector, rng.next());
-                let ms = interrupt_mid_run(&im, &mut rng, 300, "-KILL", &|im| {
-                    vmcrypt_reencrypt(im, &["--resilience", mode, "--hotzone-size", "256K"])
+                let ms = interrupt_mid_run(&[&im.img], &im.img, &mut rng, 300, "-KILL", &|| {
+                    vmcrypt_reencrypt(&im, &["--resilience", mode, "--hotzone-size", "256K"])
                 });
                 interrupted += u32::from(in_progress(&im.img).1);
                 cryptsetup_finish(&im);
@@ -215,8 +195,8 @@ fn vmcrypt_killed_cryptsetup_finishes() {
 fn none_stopped_cleanly_other_tool_finishes() {
     for sector in [512u32, 4096] {
         let im = image(sector, 11);
-        interrupt_mid_run(&im, &mut Rng(7), 150, "-TERM", &|im| {
-            cryptsetup_reencrypt(im, &["--resilience", "none", "--hotzone-size", "1M"])
+        interrupt_mid_run(&[&im.img], &im.img, &mut Rng(7), 150, "-TERM", &|| {
+            cryptsetup_reencrypt(&im, &["--resilience", "none", "--hotzone-size", "1M"])
         });
         vmcrypt_finish(&im);
         check(&im, &format!("{sector} none, cryptsetup stopped"));

@@ -17,12 +17,13 @@
 //! [`EncryptState`] reads the metadata, plans the next hotzone and writes the segments
 //! of each step; offsets in [`EncryptState::next`] are relative to the data start
 //! (logical offsets of the plaintext device).
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use vmcrypt_error::{Result, bail, ensure};
 
 use super::Metadata;
 use super::jsonutil::{get_obj, get_u64_str};
 use super::model::{Segment, SegmentSize};
+pub use super::reencrypt::linear_segment;
 use super::reencrypt::{IN_REENCRYPTION, ReencryptKeyslot, Resilience, serialize_segment};
 
 /// Flag of the copy of the first `shift` plaintext bytes at the end of the device.
@@ -56,21 +57,6 @@ fn seg_len(s: &Segment) -> Result<u64> {
             s.id
         ),
     }
-}
-
-/// A `linear` segment in cryptsetup's field order.
-pub fn linear_segment(offset: u64, size: Option<u64>, flag: Option<&str>) -> Value {
-    let mut m = Map::new();
-    m.insert("type".into(), "linear".into());
-    m.insert("offset".into(), offset.to_string().into());
-    m.insert(
-        "size".into(),
-        size.map_or("dynamic".to_string(), |n| n.to_string()).into(),
-    );
-    if let Some(f) = flag {
-        m.insert("flags".into(), json!([f]));
-    }
-    Value::Object(m)
 }
 
 /// The JSON of a parsed linear or crypt segment, with a new offset / iv, size and flag.
@@ -439,6 +425,7 @@ pub fn initial_segments(data_offset: u64, shift: u64, data_size: u64, moved_at: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const M: u64 = 1 << 20;
 

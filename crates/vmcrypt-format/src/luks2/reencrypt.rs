@@ -6,14 +6,17 @@
 //! digest is computed over.
 //!
 //! Offsets in [`Layout`] are relative to the start of the data (`data_offset`); the
-//! JSON holds absolute offsets. Only the forward direction of a volume-key change is
-//! built here (what `vmcrypt luks reencrypt` writes); other modes are parsed and named.
+//! JSON holds absolute offsets. The forward direction of a volume-key change is built
+//! here; a decryption's segments (`linear` for plaintext) in [`decrypt`]. A `linear`
+//! backup segment (the plaintext side of an encryption or decryption) has no digest.
 use serde_json::{Map, Value, json};
 use vmcrypt_error::{Result, bail, ensure};
 
 use super::Metadata;
 use super::jsonutil::{Obj, get_obj, get_str, get_u32, get_u64_str};
 use super::model::{Segment, SegmentSize};
+
+pub mod decrypt;
 
 /// The requirement cryptsetup 2.4.3+ writes while a reencryption is in progress.
 pub const REQUIREMENT: &str = "online-reencrypt-v2";
@@ -122,12 +125,12 @@ pub struct ReencryptState {
     pub keyslot: ReencryptKeyslot,
     /// Metadata version from the requirement ("online-reencrypt-v2" = 2).
     pub version: u8,
-    /// `backup-previous` (the old encryption) and its digest.
+    /// `backup-previous` (the old encryption) and its digest (None when `linear`).
     pub old: Segment,
-    pub old_digest: u32,
-    /// `backup-final` (the new encryption) and its digest.
+    pub old_digest: Option<u32>,
+    /// `backup-final` (the new encryption) and its digest (None when `linear`).
     pub new: Segment,
-    pub new_digest: u32,
+    pub new_digest: Option<u32>,
     /// The digest the `reencrypt` keyslot is bound to (the verification digest).
     pub verify_digest: Option<u32>,
     /// The regular segments.
@@ -170,12 +173,15 @@ impl ReencryptState {
                 .find(|d| d.segments.contains(&s))
                 .map(|d| d.id)
         };
-        let (Some(old_digest), Some(new_digest)) = (digest_of(old.id), digest_of(new.id)) else {
-            bail!(
+        let (old_digest, new_digest) = (digest_of(old.id), digest_of(new.id));
+        for (s, d) in [(&old, old_digest), (&new, new_digest)] {
+            ensure!(
+                s.kind == "linear" || d.is_some(),
                 Corrupt,
-                "LUKS2 reencryption metadata: a backup segment has no digest"
+                "LUKS2 reencryption metadata: backup segment {} has no digest",
+                s.id
             );
-        };
+        }
         let verify_digest = digests
             .iter()
             .find(|d| d.keyslots.contains(&id))
@@ -190,6 +196,19 @@ impl ReencryptState {
             verify_digest,
             segments: segs.into_iter().filter(|s| !s.is_backup()).collect(),
         }))
+    }
+
+    /// Both digests of a volume-key change (old, new); an error for an encryption or
+    /// decryption, which has a `linear` side.
+    pub fn key_digests(&self) -> Result<(u32, u32)> {
+        match (self.old_digest, self.new_digest) {
+            (Some(o), Some(n)) => Ok((o, n)),
+            _ => bail!(
+                Unsupported,
+                "LUKS2 reencryption mode \"{}\" has no old and new volume key",
+                self.keyslot.mode
+            ),
+        }
     }
 
     /// The segment in reencryption (the hotzone of an interrupted step), if any.
@@ -207,7 +226,7 @@ impl ReencryptState {
         let is_new = |s: &Segment| {
             digests
                 .iter()
-                .any(|d| d.id == self.new_digest && d.segments.contains(&s.id))
+                .any(|d| Some(d.id) == self.new_digest && d.segments.contains(&s.id))
         };
         match self.segments.as_slice() {
             [one] if is_new(one) => Ok(data_size),
@@ -228,12 +247,15 @@ impl ReencryptState {
     }
 
     /// The bytes cryptsetup's verification digest covers: "v" and the version digit,
-    /// the old and (if a different digest) new volume keys, the `reencrypt` keyslot's
-    /// parameters and the backup segments.
+    /// the old volume key (if the old side has a digest) and the new one (if it has a
+    /// digest of its own), the `reencrypt` keyslot's parameters and the backup segments.
+    /// A key whose side is `linear` is ignored (pass an empty slice).
     pub fn verification_data(&self, old_key: &[u8], new_key: &[u8]) -> Vec<u8> {
         let mut out = vec![0x76, 0x30 + self.version];
-        out.extend_from_slice(old_key);
-        if self.new_digest != self.old_digest {
+        if self.old_digest.is_some() {
+            out.extend_from_slice(old_key);
+        }
+        if self.new_digest.is_some() && self.new_digest != self.old_digest {
             out.extend_from_slice(new_key);
         }
         self.keyslot.serialize(0, &mut out);
@@ -283,12 +305,31 @@ pub fn crypt_segment(
     Value::Object(m)
 }
 
-/// The JSON of a parsed segment with a flag added (for the backup copies).
+/// A `linear` (plaintext) segment in cryptsetup's field order.
+pub fn linear_segment(offset: u64, size: Option<u64>, flag: Option<&str>) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), "linear".into());
+    m.insert("offset".into(), offset.to_string().into());
+    m.insert(
+        "size".into(),
+        size.map_or("dynamic".to_string(), |n| n.to_string()).into(),
+    );
+    if let Some(f) = flag {
+        m.insert("flags".into(), json!([f]));
+    }
+    Value::Object(m)
+}
+
+/// The JSON of a parsed segment (`crypt` or `linear`) with a flag added (for the
+/// backup copies).
 pub fn segment_json(s: &Segment, flag: Option<&str>) -> Value {
     let size = match s.size {
         SegmentSize::Dynamic => None,
         SegmentSize::Bytes(n) => Some(n),
     };
+    if s.kind == "linear" {
+        return linear_segment(s.offset, size, flag);
+    }
     crypt_segment(
         s.offset,
         s.iv_tweak,
@@ -387,9 +428,10 @@ impl ReencryptState {
                 new_ids.push(Value::String(i.to_string()));
             }
         }
+        let (old_digest, new_digest) = self.key_digests()?;
         md.set_segments(obj)?;
-        md.set_digest_segments(self.old_digest, old_ids)?;
-        md.set_digest_segments(self.new_digest, new_ids)?;
+        md.set_digest_segments(old_digest, old_ids)?;
+        md.set_digest_segments(new_digest, new_ids)?;
         Ok(())
     }
 }
@@ -461,9 +503,9 @@ mod tests {
             },
             version: 2,
             old: seg(&["backup-previous"]),
-            old_digest: 0,
+            old_digest: Some(0),
             new: seg(&["backup-final"]),
-            new_digest: 1,
+            new_digest: Some(1),
             verify_digest: Some(2),
             segments: vec![],
         };

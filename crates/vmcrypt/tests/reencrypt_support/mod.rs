@@ -1,10 +1,12 @@
 //! What the reencryption tests (`interop_reencrypt.rs`, `online_reencrypt.rs`) share:
-//! running vmcrypt and the real tools, a reproducible random source, and reading the
-//! reencryption state of an image through `cryptsetup luksDump`.
+//! running vmcrypt and the real tools, a reproducible random source, stopping a run at
+//! a random point, and reading the reencryption state of an image through
+//! `cryptsetup luksDump`.
 #![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// xorshift: reproducible random delays and data without a rand dependency.
 pub struct Rng(pub u64);
@@ -90,9 +92,73 @@ pub fn in_progress(img: &Path) -> (bool, bool) {
 /// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
 pub fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
     let mut child = cmd.spawn().expect("cannot start the reencryption");
-    std::thread::sleep(std::time::Duration::from_millis(ms));
+    std::thread::sleep(Duration::from_millis(ms));
     let _ = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status();
     let _ = child.wait();
+}
+
+/// Run `cmd()` and stop it with `signal` after a random delay below `max_ms`, on fresh
+/// copies of `files` each time, until a run is caught in the middle (`header` shows a
+/// reencryption in progress: not before its start, not after its end). Returns the
+/// delay that did.
+#[track_caller]
+pub fn interrupt_mid_run(
+    files: &[&Path],
+    header: &Path,
+    rng: &mut Rng,
+    max_ms: u64,
+    signal: &str,
+    cmd: &dyn Fn() -> Command,
+) -> u64 {
+    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    for _ in 0..40 {
+        for (f, o) in files.iter().zip(&originals) {
+            std::fs::write(f, o).unwrap();
+        }
+        let ms = 1 + rng.next() % max_ms;
+        interrupt(cmd(), ms, signal);
+        if in_progress(header).0 {
+            return ms;
+        }
+    }
+    panic!("no run was interrupted in the middle within 40 tries");
+}
+
+/// Like [`interrupt_mid_run`] for a tool whose start-up time varies (cryptsetup's
+/// PBKDF benchmark on a loaded machine): the random delay below `max_ms` counts from
+/// the moment `header` first shows the reencryption in progress.
+#[track_caller]
+pub fn interrupt_after_start(
+    files: &[&Path],
+    header: &Path,
+    rng: &mut Rng,
+    max_ms: u64,
+    signal: &str,
+    cmd: &dyn Fn() -> Command,
+) -> u64 {
+    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    for _ in 0..40 {
+        for (f, o) in files.iter().zip(&originals) {
+            std::fs::write(f, o).unwrap();
+        }
+        let ms = rng.next() % max_ms;
+        let mut child = cmd().spawn().expect("cannot start the reencryption");
+        let started = std::time::Instant::now();
+        while !in_progress(header).0 && started.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        if in_progress(header).0 {
+            return ms;
+        }
+    }
+    panic!("no run was interrupted in the middle within 40 tries");
 }

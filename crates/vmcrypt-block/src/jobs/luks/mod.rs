@@ -7,8 +7,9 @@
 //! * [`format`]: luksFormat on an existing device, keeping its size;
 //! * [`header`]: dump, header backup and restore, UUID, isLuks, format conversion;
 //! * [`luks2`]: LUKS2-only tokens, keyslot priority / label, repair;
-//! * [`reencrypt`]: a new volume key (cryptsetup's LUKS2 reencryption format);
-//!   [`encrypt`]: encryption of a plain device in place in the same format;
+//! * [`reencrypt`]: a new volume key, or `--decrypt` (`decrypt.rs`), in cryptsetup's
+//!   LUKS2 reencryption format; [`encrypt`]: encryption of a plain device in place in
+//!   the same format;
 //!   [`online`]: the control channel of a reencryption run by a serving process;
 //! * [`open`] and [`active`]: unlock a device for a daemon to serve under a name, and
 //!   the run directory that records which names are active (open/close/status).
@@ -18,6 +19,7 @@
 //! LUKS header librbd's encryption uses (header at raw offset 0); a clone formatted with
 //! its own key (`RBDL` magic) is shown to the LUKS code as plain LUKS and keeps its magic.
 pub mod active;
+mod decrypt;
 pub mod encrypt;
 pub mod format;
 pub mod header;

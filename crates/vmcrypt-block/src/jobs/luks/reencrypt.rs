@@ -43,6 +43,8 @@ pub struct ReencryptRequest {
     pub keyslot: NewKeyslot,
     /// Stop cleanly after this many hotzones (tests, pausing).
     pub max_hotzones: Option<u64>,
+    /// Decrypt (a LUKS2 device with a detached header) instead of a new volume key.
+    pub decrypt: bool,
 }
 
 impl ReencryptRequest {
@@ -81,6 +83,9 @@ pub fn reencrypt(
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
     precheck(req)?;
+    if req.decrypt {
+        super::decrypt::precheck(t)?;
+    }
     let h = t.header_device(Access::WholeImage)?;
     super::embedded::require_plain(h.container, &t.device, "reencrypt")?;
     let data: Arc<dyn BlockDriver> = match &t.header {
@@ -92,7 +97,23 @@ pub fn reencrypt(
             .with_ctx(|| format!("device {}", t.device))
     };
     let mut vol = open()?;
+    ensure!(
+        !(req.decrypt && vol.version() == Version::V1),
+        Unsupported,
+        "{}: decrypting a LUKS1 device is not supported (convert it to LUKS2 first)",
+        t.device
+    );
+    let decrypting = req.decrypt
+        || vol.v2().is_some_and(|v| {
+            v.reencrypt_state()
+                .ok()
+                .flatten()
+                .is_some_and(|st| st.keyslot.mode == "decrypt")
+        });
     let pass = keys.existing()?;
+    if decrypting {
+        return super::decrypt::decrypt_v2(t, req, vol.v2_mut()?, data, pass.as_bytes(), events);
+    }
     let mut req = req.clone();
     if vol.version() == Version::V1 {
         vol.unlock(pass.as_bytes(), req.key_slot)?;
@@ -177,7 +198,7 @@ fn old_key_has_slots(
         .metadata
         .digests()?
         .iter()
-        .any(|d| d.id == st.old_digest && !d.keyslots.is_empty()))
+        .any(|d| Some(d.id) == st.old_digest && !d.keyslots.is_empty()))
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -251,8 +272,9 @@ fn reencrypt_v2(
     let (mut started, mut new_slot) = (false, None);
     let (old_key, new_key) = match v2.reencrypt_state()? {
         Some(st) => {
-            let new_key = v2.unlock_digest(pass, st.new_digest)?;
-            match v2.unlock_digest(pass, st.old_digest) {
+            let (old_digest, new_digest) = st.key_digests()?;
+            let new_key = v2.unlock_digest(pass, new_digest)?;
+            match v2.unlock_digest(pass, old_digest) {
                 Ok(old) => (old, new_key),
                 Err(e) if e.kind() == ErrorKind::WrongKey => {
                     // cryptsetup was stopped while removing the old key slots: either

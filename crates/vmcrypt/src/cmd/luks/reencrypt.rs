@@ -53,6 +53,10 @@ pub struct Args {
     /// With --encrypt: the header type (only luks2)
     #[arg(long = "type", value_name = "TYPE", requires = "encrypt")]
     kind: Option<String>,
+    /// Decrypt the device in place (LUKS2 with a detached header, --header FILE);
+    /// afterwards the device holds the plaintext
+    #[arg(long = "decrypt", conflicts_with_all = ["cipher", "key_size", "sector_size", "online", "encrypt"])]
+    decrypt: bool,
     /// Only continue a reencryption in progress
     #[arg(long = "resume-only")]
     resume_only: bool,
@@ -122,6 +126,7 @@ pub fn run(a: &Args) -> Result<u8> {
         key_slot: a.key.key_slot,
         keyslot: a.kdf.keyslot(a.hash.clone()),
         max_hotzones: a.max_hotzones,
+        decrypt: a.decrypt,
     };
     let t = a.key.target(&a.device);
     let mut status = Status::new(!a.no_progress && !a.key.batch);

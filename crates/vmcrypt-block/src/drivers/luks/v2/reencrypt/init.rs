@@ -141,9 +141,9 @@ impl Luks2Volume {
             keyslot: rk,
             version: reencrypt::VERSION,
             old: old.clone(),
-            old_digest,
+            old_digest: Some(old_digest),
             new: new_seg,
-            new_digest: new_digest_id,
+            new_digest: Some(new_digest_id),
             verify_digest: None,
             segments: vec![],
         };
@@ -165,7 +165,7 @@ impl Luks2Volume {
 
 /// The largest free stretch of the keyslots area (4 KiB aligned), as cryptsetup picks
 /// for the reencrypt keyslot.
-fn largest_gap(h: &vmcrypt_format::luks2::Luks2Header) -> Result<(u64, u64)> {
+pub(super) fn largest_gap(h: &vmcrypt_format::luks2::Luks2Header) -> Result<(u64, u64)> {
     let start = 2 * h.hdr_size();
     let end = start + h.metadata.config()?.keyslots_size;
     let mut used: Vec<(u64, u64)> = h

@@ -19,6 +19,7 @@
 //! protect it and once more to transform it rather than held whole in memory (which
 //! cost more, in page faults and memory traffic, than the second read).
 mod chunks;
+pub mod decrypt;
 pub mod encrypt;
 pub mod encrypt_init;
 pub mod init;
@@ -62,7 +63,7 @@ pub const DEFAULT_HOTZONE: u64 = 64 << 20;
 
 /// Piece of a hotzone one thread reads, hashes, transforms and writes (a multiple of
 /// every sector and checksum block size).
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
 /// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.
@@ -215,9 +216,10 @@ impl<'a> Reencryption<'a> {
                 .find(|d| d.id == id)
                 .ok_or_else(|| Error::corrupt(format!("LUKS2 digest {id} is missing")))
         };
+        let (old_digest, new_digest) = st.key_digests()?;
         ensure!(
-            verify_digest(digest(st.old_digest)?, old_key)?
-                && verify_digest(digest(st.new_digest)?, new_key)?,
+            verify_digest(digest(old_digest)?, old_key)?
+                && verify_digest(digest(new_digest)?, new_key)?,
             WrongKey,
             "the volume keys do not match the reencryption digests"
         );
@@ -504,12 +506,13 @@ impl Luks2Volume {
         let Some(st) = self.reencrypt_state()? else {
             bail!(Usage, "no LUKS2 reencryption is in progress");
         };
+        let new_id = st.key_digests()?.1;
         let digest = self
             .hdr
             .metadata
             .digests()?
             .into_iter()
-            .find(|d| d.id == st.new_digest)
+            .find(|d| d.id == new_id)
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
         ensure!(
             verify_digest(&digest, new_key)?,
@@ -538,9 +541,10 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
         },
     )?;
     let md = &mut next.metadata;
+    let (old_digest, new_digest) = st.key_digests()?;
     let mut wipe = vec![];
     for k in md.keyslots()? {
-        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(st.old_digest);
+        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(old_digest);
         if bound_old {
             wipe.push((k.area_offset, k.area_size));
         }
@@ -561,7 +565,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
         ),
     );
     md.set_segments(segs)?;
-    md.set_digest_segments(st.new_digest, vec!["0".into()])?;
+    md.set_digest_segments(new_digest, vec!["0".into()])?;
     md.erase_unused_digests()?;
     vmcrypt_format::luks2::reencrypt::drop_requirement(md)?;
     vol.write_header_any(next)?;
@@ -576,7 +580,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
 }
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
-fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
+pub(super) fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; data.len() / bs * h.output_len()];
     let per_chunk = CHUNK / bs * h.output_len();
     data.par_chunks(CHUNK)
@@ -586,7 +590,7 @@ fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
 }
 
 /// Hash each `bs`-byte block of `data` into consecutive slots of `out`.
-fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
+pub(super) fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
     let hl = h.output_len();
     for (b, o) in data.chunks(bs).zip(out.chunks_mut(hl)) {
         o.copy_from_slice(&h.digest(b));

@@ -179,8 +179,9 @@ impl Online {
         let Some(st) = v2.reencrypt_state()? else {
             return Ok(None);
         };
-        let new_key = v2.unlock_digest(passphrase, st.new_digest)?;
-        let old_key = v2.unlock_digest(passphrase, st.old_digest).ctx(
+        let (old_digest, new_digest) = st.key_digests()?;
+        let new_key = v2.unlock_digest(passphrase, new_digest)?;
+        let old_key = v2.unlock_digest(passphrase, old_digest).ctx(
             "the old volume key of the reencryption in progress (finish it offline with \
              vmcrypt luks reencrypt --resume-only)",
         )?;

@@ -1,0 +1,147 @@
+//! `vmcrypt luks reencrypt --decrypt`: decrypt a LUKS2 device in place with its
+//! detached header, in cryptsetup's format (mode `decrypt`, direction `backward`), so
+//! either tool can resume the other's run. Afterwards the device holds the plaintext
+//! and the header file one `linear` segment, as cryptsetup leaves it.
+use super::Target;
+use super::reencrypt::{ReencryptReport, ReencryptRequest};
+use crate::driver::BlockDriver;
+use crate::drivers::luks::Luks2Volume;
+use crate::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
+use crate::drivers::luks::v2::reencrypt::{Position, ResilienceChoice};
+use crate::jobs::Events;
+use std::path::Path;
+use std::sync::Arc;
+use vmcrypt_crypto::HashAlg;
+use vmcrypt_error::{ErrorKind, Result, bail, ensure};
+
+/// Refuse a decryption this job cannot run before anything is asked or written: the
+/// header must be detached (the device itself must not start with a LUKS header).
+pub(super) fn precheck(t: &Target) -> Result<()> {
+    let Some(h) = &t.header else {
+        bail!(
+            Usage,
+            "{}: --decrypt needs the detached header (--header FILE); decrypting a device \
+             whose header is attached (moving the data over it) is not supported",
+            t.device
+        );
+    };
+    let mut magic = [0u8; 6];
+    let n = std::fs::File::open(Path::new(&t.device))
+        .and_then(|f| std::os::unix::fs::FileExt::read_at(&f, &mut magic, 0))
+        .unwrap_or(0);
+    ensure!(
+        !(n == 6 && &magic == b"LUKS\xba\xbe"),
+        Unsupported,
+        "{}: the device has a LUKS header of its own ({h} is taken as the header to \
+         decrypt with); decrypting a device whose header is attached (moving the data \
+         over it) is not supported",
+        t.device
+    );
+    Ok(())
+}
+
+/// Start (unless resuming) and run a decryption of the LUKS2 volume `v2`.
+pub(super) fn decrypt_v2(
+    t: &Target,
+    req: &ReencryptRequest,
+    v2: &mut Luks2Volume,
+    data: Arc<dyn BlockDriver>,
+    pass: &[u8],
+    events: &mut dyn Events,
+) -> Result<ReencryptReport> {
+    let mut started = false;
+    let old_key = match v2.reencrypt_state()? {
+        Some(st) => {
+            let Some(old_digest) = st.old_digest.filter(|_| st.keyslot.mode == "decrypt") else {
+                bail!(
+                    Usage,
+                    "{}: a LUKS2 reencryption of mode \"{}\" is in progress, not a decryption \
+                     (resume it without --decrypt)",
+                    t.device,
+                    st.keyslot.mode
+                );
+            };
+            match v2.unlock_digest(pass, old_digest) {
+                Ok(k) => k,
+                Err(e) if e.kind() == ErrorKind::WrongKey => {
+                    // cryptsetup was stopped while removing the key slots after the
+                    // last hotzone: a slot is gone from the metadata, or its material
+                    // is wiped while the metadata still lists it. With all data
+                    // plaintext no key is needed (decrypt_finish_done checks that);
+                    // otherwise, with slots still listed, the passphrase is wrong.
+                    let listed = old_key_listed(v2, old_digest)?;
+                    v2.decrypt_finish_done(data.as_ref())
+                        .map_err(|f| if listed { e } else { f })?;
+                    let total = v2.layout_on(data.as_ref())?.data_size;
+                    return Ok(report(false, true, Position { done: total, total }));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        None => {
+            ensure!(
+                !req.resume_only,
+                Usage,
+                "{}: no LUKS2 reencryption is in progress",
+                t.device
+            );
+            let old = v2.unlock(pass, req.key_slot)?;
+            let p = DecryptParams {
+                resilience: ResilienceChoice::from_name(
+                    req.resilience.as_deref().unwrap_or("checksum"),
+                )?,
+                hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
+                digest_iterations: req.keyslot.iterations,
+            };
+            v2.decrypt_init(data.as_ref(), &old.volume_key, &p)?;
+            started = true;
+            old.volume_key
+        }
+    };
+    if req.resilience.is_some() && !started {
+        events.warning("the resilience of a decryption in progress is kept as stored");
+    }
+    let mut d = Decryption::load(v2, data, &old_key, req.hotzone_size)?;
+    let start = d.position()?;
+    if req.init_only {
+        return Ok(report(started, false, start));
+    }
+    events.progress(start.done, start.total);
+    let steps = std::cell::Cell::new(0u64);
+    let limit = req.max_hotzones;
+    let finished = d.run(
+        &mut |p| {
+            steps.set(steps.get() + 1);
+            events.progress(p.done, p.total);
+        },
+        &|| limit.is_none_or(|m| steps.get() < m),
+    )?;
+    let position = if finished {
+        Position {
+            done: start.total,
+            total: start.total,
+        }
+    } else {
+        d.position()?
+    };
+    Ok(report(started, finished, position))
+}
+
+fn report(started: bool, finished: bool, position: Position) -> ReencryptReport {
+    ReencryptReport {
+        started,
+        finished,
+        position,
+        new_slot: None,
+    }
+}
+
+/// Whether any keyslot is still bound to the old digest.
+fn old_key_listed(v2: &Luks2Volume, old_digest: u32) -> Result<bool> {
+    Ok(v2
+        .header()
+        .metadata
+        .digests()?
+        .iter()
+        .any(|d| d.id == old_digest && !d.keyslots.is_empty()))
+}
