@@ -8,7 +8,9 @@
 //! the one module `ffi` (each `unsafe` block with a SAFETY comment). What it exposes
 //! is safe: a connected [`Pool`] (cluster + I/O context, optionally a namespace), and an
 //! open [`Image`] with positioned reads and writes that are split into many librbd
-//! asynchronous requests in flight at once, flush, discard, write-zeroes, resize,
+//! asynchronous requests in flight at once, reads, writes and flushes that call an
+//! [`AioDone`] from librbd's completion callback instead of waiting (the request owns
+//! its buffer until then), flush, discard, write-zeroes, resize,
 //! allocation extents (`rbd_diff_iterate2`), snapshots and clones.
 //!
 //! It knows nothing of vmcrypt's block graph: `vmcrypt-block`'s `rbd` driver is built
