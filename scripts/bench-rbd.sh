@@ -28,7 +28,8 @@
 # Needs: Ceph (see .ci/install-deps), fio, qemu-storage-daemon with its rbd module
 # (Debian: qemu-block-extra from bookworm-backports), python3. Prints the CPU model, the
 # kernel, the cache settings and the load average first; after the ratios, each side's
-# CPU time per request (the server process's user+system time over the run, median)
+# CPU time per request (the server process's user+system time over the run, median),
+# its context switches per request (voluntary and not, summed over its threads, median)
 # and the load average again. Exits 0 whether or not the target is met.
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
@@ -112,14 +113,16 @@ stop_server() {
 }
 
 # One fio run; prints MiB/s (sequential) or IOPS (random), then the server's CPU time
-# per request in microseconds.
+# per request in microseconds and its context switches per request.
 run_fio() {
-    local rw=$1 bs=$2 depth=$3 what=$4 c0 c1
+    local rw=$1 bs=$2 depth=$3 what=$4 c0 c1 s0 s1
     c0=$(cpu_ticks)
+    s0=$(ctx_switches)
     fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw="$rw" --bs="$bs" \
         --iodepth="$depth" --size="${SIZE_MIB}M" --time_based --runtime="$RUNTIME" \
         --ramp_time=1 --randrepeat=1 --randseed=13 --output-format=json >"$WORK/fio.json"
     c1=$(cpu_ticks)
+    s1=$(ctx_switches)
     python3 -c '
 import json, sys
 text = open(sys.argv[1]).read()
@@ -129,19 +132,27 @@ side = j["read"] if j["read"]["io_bytes"] else j["write"]
 n = side["total_ios"] * (1 + 1 / float(sys.argv[3]))
 rate = side["bw_bytes"] / 1048576 if sys.argv[2] == "bw" else side["iops"]
 ticks = (int(sys.argv[5]) - int(sys.argv[4])) * 1e6 / float(sys.argv[6])
-print("%.1f %.1f" % (rate, ticks / max(n, 1)))
-' "$WORK/fio.json" "$what" "$RUNTIME" "$c0" "$c1" "$(getconf CLK_TCK)"
+switches = int(sys.argv[8]) - int(sys.argv[7])
+print("%.1f %.1f %.2f" % (rate, ticks / max(n, 1), switches / max(n, 1)))
+' "$WORK/fio.json" "$what" "$RUNTIME" "$c0" "$c1" "$(getconf CLK_TCK)" "$s0" "$s1"
 }
 
 # User + system CPU ticks of the running server.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+
+# Context switches of the running server's threads so far (threads that ended between
+# two readings are not counted: tokio's idle blocking threads live 10 s, longer than a
+# run's gaps).
+ctx_switches() {
+    cat /proc/"$SERVER"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+}
 
 ALL=("read 1M 8 bw" "write 1M 8 bw" "randread 4k $IODEPTH iops" "randwrite 4k $IODEPTH iops")
 TESTS=()
 for t in "${ALL[@]}"; do
     case " ${BENCH_TESTS:-read write randread randwrite} " in *" ${t%% *} "*) TESTS+=("$t") ;; esac
 done
-declare -A R C
+declare -A R C S
 for round in $(seq 1 "$ROUNDS"); do
     order=(vmcrypt librbd)
     [ $((round % 2)) = 0 ] && order=(librbd vmcrypt)
@@ -149,9 +160,10 @@ for round in $(seq 1 "$ROUNDS"); do
         start_server "$s"
         for t in "${TESTS[@]}"; do
             set -- $t
-            read -r rate us < <(run_fio "$1" "$2" "$3" "$4")
+            read -r rate us cs < <(run_fio "$1" "$2" "$3" "$4")
             R[$s $1]+="$rate "
             C[$s $1]+="$us "
+            S[$s $1]+="$cs "
         done
         stop_server
     done
@@ -168,6 +180,8 @@ for t in "${TESTS[@]}"; do
         "$(awk -v a="$v" -v b="$l" 'BEGIN {print (b > 0 ? a / b : 0)}')" \
         "$(echo "${C[vmcrypt $1]}" | median)" "$(echo "${C[librbd $1]}" | median)"
     echo "    rounds: vmcrypt ${R[vmcrypt $1]}/ librbd ${R[librbd $1]}"
+    echo "    context switches per request: $(echo "${S[vmcrypt $1]}" | bench_median %.2f)" \
+        "/ $(echo "${S[librbd $1]}" | bench_median %.2f)"
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(median of $ROUNDS rounds, ${RUNTIME} s each; target >= 1.0x sequential, >= 1.5x random)"

@@ -16,7 +16,9 @@ mod extent;
 #[cfg(test)]
 mod tests;
 
-pub use caps::{Backing, BackingInfo, Check, Commit, HostMap, Introspect};
+pub use caps::{
+    AsyncIo, Backing, BackingInfo, Check, Commit, Declined, HostMap, Introspect, IoDone,
+};
 pub use extent::{Allocation, Extent, HostRange, MapExtent};
 use std::sync::Arc;
 use vmcrypt_error::{Result, bail};
@@ -143,6 +145,11 @@ pub trait BlockDriver: Send + Sync {
     /// Mapping ranges through the chain to host bytes ([`HostMap`]); without it
     /// [`map_extent`] reports the node's own allocation.
     fn as_host_map(&self) -> Option<&dyn HostMap> {
+        None
+    }
+
+    /// Reads and writes that call back when they end ([`AsyncIo`]).
+    fn as_async(&self) -> Option<&dyn AsyncIo> {
         None
     }
 

@@ -8,7 +8,9 @@
 //! the one module `ffi` (each `unsafe` block with a SAFETY comment). What it exposes
 //! is safe: a connected [`Pool`] (cluster + I/O context, optionally a namespace), and an
 //! open [`Image`] with positioned reads and writes that are split into many librbd
-//! asynchronous requests in flight at once, flush, discard, write-zeroes, resize,
+//! asynchronous requests in flight at once, reads, writes and flushes that call an
+//! [`AioDone`] from librbd's completion callback instead of waiting (the request owns
+//! its buffer until then), flush, discard, write-zeroes, resize,
 //! allocation extents (`rbd_diff_iterate2`), snapshots and clones.
 //!
 //! It knows nothing of vmcrypt's block graph: `vmcrypt-block`'s `rbd` driver is built
@@ -19,7 +21,7 @@
 #[allow(unsafe_code)]
 mod ffi;
 
-pub use ffi::{HeaderLock, Image, ImageInfo, ParentSpec, Pool};
+pub use ffi::{AioDone, HeaderLock, Image, ImageInfo, ParentSpec, Pool};
 
 /// How to reach a pool: QEMU's rbd options `conf=`, `user=`, the key from `key-secret=`,
 /// `pool=` and `namespace=`.

@@ -13,6 +13,7 @@
 //! | [`Check`] | problems in the node's own metadata (`vmcrypt check`) | luks |
 //! | [`Introspect`] | what `info` shows: host allocation, cluster size, encryption, format-specific data | file, luks, qcow2, qcow |
 //! | [`HostMap`] | where a range's bytes come from, through the chain down to the host (`vmcrypt map`) | file, raw, qcow2 |
+//! | [`AsyncIo`] | reads, writes and flushes that call back when they end, no thread waiting (`vmcrypt serve`) | rbd |
 //!
 //! A driver opts in by implementing the trait and overriding the accessor:
 //! `fn as_commit(&self) -> Option<&dyn Commit> { Some(self) }`.
@@ -99,4 +100,42 @@ pub trait HostMap {
     /// starts at `offset`, has a non-zero length of at most `len`, one allocation state,
     /// one depth in the backing chain and (if any) contiguous host bytes.
     fn map_extent(&self, offset: u64, len: u64) -> Result<MapExtent>;
+}
+
+/// What an asynchronous request calls when it ends: its result, and the buffer it was
+/// given back (a read's data in it; a write's may hold ciphertext). It may be called on
+/// any thread, also before the submit returns; it must be short.
+pub type IoDone = Box<dyn FnOnce(vmcrypt_error::Result<()>, Vec<u8>) + Send>;
+
+/// A request the node does not run asynchronously (an unaligned write, metadata it
+/// would have to fetch first, an error to report): the caller gets its buffer and
+/// `done` back and runs the request through [`BlockDriver`] on a thread that may block.
+pub struct Declined {
+    pub buf: Vec<u8>,
+    pub done: IoDone,
+}
+
+/// Submit-style I/O: the node starts the request and returns; `done` runs when it ends,
+/// so a server keeps no thread blocked per request in flight. The node owns the buffer
+/// until then. Requests in flight at once may end in any order.
+pub trait AsyncIo: Send + Sync {
+    /// Read `buf.len() - start` bytes at `offset` into `buf[start..]`.
+    fn submit_read(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        offset: u64,
+        done: IoDone,
+    ) -> std::result::Result<(), Declined>;
+
+    /// Write `buf` at `offset` (an encrypting node encrypts it in place).
+    fn submit_write(
+        &self,
+        buf: Vec<u8>,
+        offset: u64,
+        done: IoDone,
+    ) -> std::result::Result<(), Declined>;
+
+    /// Make every completed write durable (`done` gets an empty buffer).
+    fn submit_flush(&self, done: IoDone) -> std::result::Result<(), Declined>;
 }

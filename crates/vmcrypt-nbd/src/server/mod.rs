@@ -19,6 +19,7 @@
 //!
 //! With [`Server::tls`] every client must upgrade to TLS with NBD_OPT_STARTTLS before
 //! anything else (see [`tls`] for the credentials).
+mod aio;
 mod budget;
 mod busy;
 mod conn;

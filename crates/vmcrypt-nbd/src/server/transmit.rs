@@ -1,6 +1,8 @@
 //! The transmission phase of one connection: read requests in order and run them.
 //!
-//! Small READs and WRITEs run inline on the connection's task while the node answers
+//! READs, WRITEs and FLUSHes to a node with an asynchronous path (rbd) are submitted
+//! to it and answered when it calls back (see [`super::aio`]), whatever their size.
+//! Otherwise small READs and WRITEs run inline on the connection's task while the node answers
 //! them quickly (see [`super::pace`]); their replies are collected in an
 //! [`Outbox`] and sent together once no further whole request is buffered. Every other
 //! request, and small ones while the node is slow, runs on tokio's blocking pool in a
@@ -18,7 +20,7 @@ use super::budget::ConnBudget;
 use super::conn::{Limits, stopped, violation};
 use super::outbox::{self, Outbox, Writer};
 use super::pace::{self, Pace};
-use super::{Export, ops};
+use super::{Export, aio, ops};
 use crate::proto::handshake::Negotiated;
 use crate::proto::transmission::{Command, REQUEST_LEN, Replies, Request, Session, validate};
 use std::io;
@@ -130,8 +132,8 @@ struct Transmission<S> {
     replies: Replies,
     session: Session,
     idle: Option<Duration>,
-    /// Requests run inline and on the pool, for the log.
-    counts: (u64, u64),
+    /// Requests run inline, on the pool and asynchronously, for the log.
+    counts: (u64, u64, u64),
 }
 
 /// Serve requests on `stream` until the client disconnects or misbehaves, or the server
@@ -167,13 +169,18 @@ where
             base_allocation: n.base_allocation,
         },
         idle: limits.idle,
-        counts: (0, 0),
+        counts: (0, 0, 0),
     };
     let result = t.run(&mut stopping).await;
     let sent = t.send().await;
     while t.tasks.join_next().await.is_some() {}
     let _ = t.writer.lock().await.shutdown().await;
-    tracing::info!(inline = t.counts.0, on_pool = t.counts.1, "requests run");
+    tracing::info!(
+        inline = t.counts.0,
+        on_pool = t.counts.1,
+        asynchronous = t.counts.2,
+        "requests run"
+    );
     result.and(sent)
 }
 
@@ -270,6 +277,23 @@ where
             payload = self.pool.take();
             read_payload(&mut self.rd, &mut payload, n).await?;
         }
+        let shape = (self.replies, req.cookie);
+        let mut payload = match aio::submit(&self.node, cmd, payload, shape, REPLY_HEADER_MAX) {
+            Ok(pending) => {
+                self.counts.2 += 1;
+                let (writer, pool, gone) =
+                    (self.writer.clone(), self.pool.clone(), self.gone.clone());
+                let cookie = req.cookie;
+                self.tasks.spawn(async move {
+                    let (reply, payload) = pending.await;
+                    pool.give(payload);
+                    send_reply(&writer, &gone, cookie, &reply).await;
+                    drop(permit);
+                });
+                return Ok(true);
+            }
+            Err(payload) => payload,
+        };
         let small = pace::small(&cmd);
         if small && self.pace.inline() {
             let t0 = Instant::now();
@@ -323,20 +347,29 @@ where
                     replies.error(cookie, crate::proto::NbdError::Io, "internal error")
                 }
             };
-            let mut w = writer.lock().await;
-            if let Err(e) = async {
-                w.write_all(&reply).await?;
-                w.flush().await
-            }
-            .await
-            {
-                tracing::debug!(cookie, "could not send reply: {e}");
-                gone.store(true, Ordering::SeqCst);
-            }
-            drop(w);
+            send_reply(&writer, &gone, cookie, &reply).await;
             drop(reply);
             drop(permit);
         });
         Ok(true)
+    }
+}
+
+/// Write one whole reply under the writer lock; a failure marks the client `gone`.
+async fn send_reply<W: AsyncWrite + Unpin>(
+    writer: &Writer<W>,
+    gone: &AtomicBool,
+    cookie: u64,
+    reply: &[u8],
+) {
+    let mut w = writer.lock().await;
+    if let Err(e) = async {
+        w.write_all(reply).await?;
+        w.flush().await
+    }
+    .await
+    {
+        tracing::debug!(cookie, "could not send reply: {e}");
+        gone.store(true, Ordering::SeqCst);
     }
 }

@@ -40,10 +40,10 @@ impl Image {
         // SAFETY: open handle; `id` is writable for the length passed.
         let r = unsafe { (self.api().rbd_get_id)(self.handle, id.as_mut_ptr(), id.len()) };
         if r == -libc::EINVAL {
-            let image = self.name.rsplit('/').next().unwrap_or(&self.name);
+            let image = self.name().rsplit('/').next().unwrap_or(self.name());
             return Ok(format!("{image}.rbd"));
         }
-        check(r, || format!("id of rbd image {}", self.name))?;
+        check(r, || format!("id of rbd image {}", self.name()))?;
         let bytes: Vec<u8> = id
             .iter()
             .take_while(|&&c| c != 0)
@@ -84,7 +84,7 @@ impl Image {
         if r == -libc::EBUSY || r == -libc::EEXIST {
             return Err(self.held_error(&o, &n, &oid));
         }
-        check(r, || format!("locking the LUKS header of {}", self.name))?;
+        check(r, || format!("locking the LUKS header of {}", self.name()))?;
         Ok(HeaderLock {
             pool: self.pool.clone(),
             oid: o,
@@ -112,7 +112,7 @@ impl Image {
             format!(
                 "the LUKS header of rbd image {} is being changed elsewhere: lock {LOCK_NAME} \
                  on {oid} is {held}",
-                self.name
+                self.name()
             ),
         )
     }

@@ -11,7 +11,9 @@ use std::ffi::{CStr, CString};
 use std::sync::{Arc, OnceLock};
 use vmcrypt_error::{Error, Result};
 
+mod aio;
 mod lock;
+pub use aio::AioDone;
 pub use lock::HeaderLock;
 
 type Ptr = *mut c_void;
@@ -263,7 +265,19 @@ impl Pool {
             let r = unsafe { (self.api.rados_conf_set)(self.cluster, c"key".as_ptr(), k.as_ptr()) };
             check(r, || "setting the cephx key from key-secret".into())?;
         }
-        Ok(())
+        // librbd copies every written buffer unless told not to. Ours stay owned by
+        // their request until librbd has released them (it holds the completion back
+        // until then), so it may use them in place (it copies anyway while a writeback
+        // cache is on).
+        // SAFETY: valid cluster handle and NUL-terminated strings; librados copies them.
+        let r = unsafe {
+            (self.api.rados_conf_set)(
+                self.cluster,
+                c"rbd_disable_zero_copy_writes".as_ptr(),
+                c"false".as_ptr(),
+            )
+        };
+        check(r, || "setting rbd_disable_zero_copy_writes".into())
     }
 
     /// The pool's name.
@@ -345,7 +359,8 @@ impl Pool {
         Ok(Image {
             pool: self.clone(),
             handle: h,
-            name: format!("{}/{name}{at}", self.name),
+            shared_name: format!("{}/{name}{at}", self.name).into(),
+            inflight: Default::default(),
         })
     }
 }
@@ -375,7 +390,10 @@ pub struct ImageInfo {
 pub struct Image {
     pool: Arc<Pool>,
     handle: Ptr,
-    name: String,
+    /// `pool/image[@snap]`, shared with requests in flight for their error messages.
+    shared_name: Arc<str>,
+    /// Requests submitted with a callback ([`aio`]) that have not ended yet.
+    inflight: Arc<aio::Inflight>,
 }
 
 // SAFETY: librbd image handles are safe to use from several threads at once (QEMU and
@@ -430,7 +448,7 @@ impl Drop for Completion {
 impl Image {
     /// `pool/image[@snap]`.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared_name
     }
 
     fn api(&self) -> &'static Api {
@@ -442,7 +460,7 @@ impl Image {
         let mut s = 0u64;
         // SAFETY: open handle, valid out-pointer.
         let r = unsafe { (self.api().rbd_get_size)(self.handle, &mut s) };
-        check(r, || format!("size of {}", self.name))?;
+        check(r, || format!("size of {}", self.shared_name))?;
         Ok(s)
     }
 
@@ -450,7 +468,7 @@ impl Image {
         let mut f = 0u64;
         // SAFETY: open handle, valid out-pointer.
         let r = unsafe { (self.api().rbd_get_features)(self.handle, &mut f) };
-        check(r, || format!("features of {}", self.name))?;
+        check(r, || format!("features of {}", self.shared_name))?;
         Ok(f)
     }
 
@@ -461,7 +479,7 @@ impl Image {
         // SAFETY: open handle; `i` is an rbd_image_info_t of the size passed.
         let r =
             unsafe { (self.api().rbd_stat)(self.handle, &mut i, std::mem::size_of::<RawInfo>()) };
-        check(r, || format!("stat of {}", self.name))?;
+        check(r, || format!("stat of {}", self.shared_name))?;
         Ok(ImageInfo {
             size: i.size,
             object_size: i.obj_size,
@@ -486,7 +504,10 @@ impl Image {
                 let c = std::mem::ManuallyDrop::new(c);
                 // SAFETY: the completion was created above and never submitted.
                 unsafe { (self.api().rbd_aio_release)(c.c) };
-                first_err = Some(errno_error(r.into(), &format!("{what} on {}", self.name)));
+                first_err = Some(errno_error(
+                    r.into(),
+                    &format!("{what} on {}", self.shared_name),
+                ));
                 break;
             }
             inflight.push((item, c));
@@ -494,7 +515,10 @@ impl Image {
         for (_, c) in &inflight {
             let r = c.wait();
             if r < 0 && first_err.is_none() {
-                first_err = Some(errno_error(r as i64, &format!("{what} on {}", self.name)));
+                first_err = Some(errno_error(
+                    r as i64,
+                    &format!("{what} on {}", self.shared_name),
+                ));
             }
         }
         drop(inflight);
@@ -564,7 +588,9 @@ impl Image {
     pub fn resize(&self, size: u64) -> Result<()> {
         // SAFETY: open handle.
         let r = unsafe { (self.api().rbd_resize)(self.handle, size) };
-        check(r, || format!("resizing {} to {size} bytes", self.name))
+        check(r, || {
+            format!("resizing {} to {size} bytes", self.shared_name)
+        })
     }
 
     /// The clone's parent, if it has one.
@@ -577,7 +603,7 @@ impl Image {
         if r == -libc::ENOENT {
             return Ok(None);
         }
-        check(r, || format!("parent of {}", self.name))?;
+        check(r, || format!("parent of {}", self.shared_name))?;
         let text = |p: *mut c_char| {
             if p.is_null() {
                 String::new()
@@ -601,7 +627,7 @@ impl Image {
         }
         // SAFETY: open handle, valid out-pointer.
         let r = unsafe { (self.api().rbd_get_overlap)(self.handle, &mut spec.overlap) };
-        check(r, || format!("parent overlap of {}", self.name))?;
+        check(r, || format!("parent overlap of {}", self.shared_name))?;
         Ok(Some(spec))
     }
 
@@ -609,7 +635,7 @@ impl Image {
     pub fn flatten(&self) -> Result<()> {
         // SAFETY: open handle.
         let r = unsafe { (self.api().rbd_flatten)(self.handle) };
-        check(r, || format!("flattening {}", self.name))
+        check(r, || format!("flattening {}", self.shared_name))
     }
 
     /// Create snapshot `snap` unless it exists, and protect it unless it is.
@@ -618,16 +644,20 @@ impl Image {
         // SAFETY: open handle, NUL-terminated name.
         let r = unsafe { (self.api().rbd_snap_create)(self.handle, s.as_ptr()) };
         if r != -libc::EEXIST {
-            check(r, || format!("creating snapshot {}@{snap}", self.name))?;
+            check(r, || {
+                format!("creating snapshot {}@{snap}", self.shared_name)
+            })?;
         }
         let mut prot: c_int = 0;
         // SAFETY: open handle, NUL-terminated name, valid out-pointer.
         let r = unsafe { (self.api().rbd_snap_is_protected)(self.handle, s.as_ptr(), &mut prot) };
-        check(r, || format!("snapshot {}@{snap}", self.name))?;
+        check(r, || format!("snapshot {}@{snap}", self.shared_name))?;
         if prot == 0 {
             // SAFETY: open handle, NUL-terminated name.
             let r = unsafe { (self.api().rbd_snap_protect)(self.handle, s.as_ptr()) };
-            check(r, || format!("protecting snapshot {}@{snap}", self.name))?;
+            check(r, || {
+                format!("protecting snapshot {}@{snap}", self.shared_name)
+            })?;
         }
         Ok(())
     }
@@ -666,7 +696,7 @@ impl Image {
                 (&mut out as *mut Vec<(u64, u64)>).cast(),
             )
         };
-        check(r, || format!("allocation map of {}", self.name))?;
+        check(r, || format!("allocation map of {}", self.shared_name))?;
         out.sort_unstable();
         Ok(out)
     }
@@ -674,8 +704,11 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
+        // Requests submitted with a callback still use the handle.
+        self.inflight.wait_idle();
         // SAFETY: the handle is owned by this Image and closed exactly once; no request
-        // is in flight (every call waits for its own).
+        // is in flight (the synchronous calls wait for their own, the others were
+        // waited for above).
         unsafe {
             (self.api().rbd_close)(self.handle);
         }

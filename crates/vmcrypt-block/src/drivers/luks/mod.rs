@@ -76,7 +76,7 @@ pub struct LuksDriver {
     header_node: Option<Arc<dyn BlockDriver>>,
     header: Volume,
     layout: DataLayout,
-    cipher: Option<SectorCipher>,
+    cipher: Option<Arc<SectorCipher>>,
     unlocked_slot: Option<u32>,
     /// Unknown LUKS2 requirements: data is readable, nothing may be written.
     read_only_reason: Option<String>,
@@ -134,11 +134,11 @@ impl LuksDriver {
                 let l = o.layout();
                 (layout.offset, layout.size, layout.sector) = (l.offset, l.size, l.sector);
                 read_only_reason = None;
-                (Some(o.new_cipher()?), None)
+                (Some(Arc::new(o.new_cipher()?)), None)
             }
             (Some(p), None) => {
                 let (c, s) = header.data_cipher(p, slot)?;
-                (Some(c), Some(s))
+                (Some(Arc::new(c)), Some(s))
             }
         };
         Ok(LuksDriver {
@@ -190,6 +190,20 @@ impl LuksDriver {
     /// The data cipher, when the node was opened with its passphrase.
     pub fn data_spec(&self) -> Option<&vmcrypt_crypto::CipherSpec> {
         self.cipher.as_ref().map(|c| c.spec())
+    }
+
+    /// The data cipher for a caller that moves the ciphertext itself (the rbd node's
+    /// asynchronous path); `None` without a key, on a read-only header (unmet
+    /// requirements) and while a reencryption is in progress (two ciphers).
+    pub(crate) fn data_crypt(&self) -> Option<DataCrypt> {
+        if self.online.get().is_some() || self.read_only_reason.is_some() {
+            return None;
+        }
+        Some(DataCrypt {
+            cipher: self.cipher.clone()?,
+            iv_tweak: self.layout.iv_tweak,
+            sector: self.layout.sector as usize,
+        })
     }
 
     fn host(&self, g: GuestOffset) -> HostOffset {
@@ -358,6 +372,22 @@ fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<St
         round_up_file: false,
     };
     Ok((layout, ro))
+}
+
+/// A LUKS node's data cipher with its sector layout, detached from the node.
+#[derive(Clone)]
+pub(crate) struct DataCrypt {
+    cipher: Arc<SectorCipher>,
+    iv_tweak: u64,
+    sector: usize,
+}
+
+impl DataCrypt {
+    /// Encrypt or decrypt whole sectors of `buf`, guest bytes from the aligned `offset`.
+    pub(crate) fn apply(&self, buf: &mut [u8], offset: u64, encrypt: bool) -> Result<()> {
+        let iv = self.iv_tweak.wrapping_add(offset / SECTOR);
+        crypt(&self.cipher, iv, self.sector, buf, encrypt)
+    }
 }
 
 /// The number of cores, asked once (the std call reads cgroup files every time).

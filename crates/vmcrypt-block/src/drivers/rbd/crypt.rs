@@ -18,9 +18,12 @@
 //! librbd's read-modify-write is. Zeroing and discarding whole
 //! objects delete them (they read as zeros again, in librbd too); the edges of a zeroed
 //! range are written as encrypted zeros, and a discard leaves partial objects alone.
+#[path = "crypt_aio.rs"]
+mod aio;
+
 use super::RbdDriver;
 use super::magic::{CloneMagicView, is_clone_header};
-use crate::driver::{Allocation, BlockDriver, Extent, Introspect, check_range};
+use crate::driver::{Allocation, AsyncIo, BlockDriver, Extent, Introspect, check_range};
 use crate::drivers::luks::{LuksDriver, Version};
 use crate::spec::RbdEncryptFormat;
 use std::collections::HashMap;
@@ -185,6 +188,15 @@ impl RbdCryptDriver {
         found
     }
 
+    /// The stored length of every object touched by host bytes `[host, host+len)`,
+    /// if all are known already (so nothing has to be asked of librbd).
+    fn known_lengths(&self, host: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+        let known = self.lengths.lock().expect("lengths lock");
+        self.objects(host, len)
+            .map(|o| known.get(&o).map(|&l| (o, l)))
+            .collect()
+    }
+
     /// Record that host bytes `[host, host+len)` were written.
     fn wrote(&self, host: u64, len: u64) {
         let mut known = self.lengths.lock().expect("lengths lock");
@@ -198,14 +210,7 @@ impl RbdCryptDriver {
     /// Zero the parts of `buf` (host bytes from `host`) that lie where RADOS stores
     /// nothing.
     fn zero_holes(&self, buf: &mut [u8], host: u64, lengths: &[(u64, u64)]) {
-        for &(obj, stored) in lengths {
-            let ostart = obj * self.object_size;
-            let hole_start = (ostart + stored).max(host);
-            let hole_end = (ostart + self.object_size).min(host + buf.len() as u64);
-            if hole_end > hole_start {
-                buf[(hole_start - host) as usize..(hole_end - host) as usize].fill(0);
-            }
-        }
+        zero_holes(buf, host, lengths, self.object_size);
     }
 
     fn aligned(&self, offset: u64, len: u64) -> bool {
@@ -508,6 +513,22 @@ impl BlockDriver for RbdCryptDriver {
     }
     fn as_introspect(&self) -> Option<&dyn Introspect> {
         self.luks.as_introspect()
+    }
+    fn as_async(&self) -> Option<&dyn AsyncIo> {
+        Some(self)
+    }
+}
+
+/// Zero the parts of `buf` (host bytes from `host`) past the stored `lengths` of their
+/// objects of `object_size` bytes.
+fn zero_holes(buf: &mut [u8], host: u64, lengths: &[(u64, u64)], object_size: u64) {
+    for &(obj, stored) in lengths {
+        let ostart = obj * object_size;
+        let hole_start = (ostart + stored).max(host);
+        let hole_end = (ostart + object_size).min(host + buf.len() as u64);
+        if hole_end > hole_start {
+            buf[(hole_start - host) as usize..(hole_end - host) as usize].fill(0);
+        }
     }
 }
 

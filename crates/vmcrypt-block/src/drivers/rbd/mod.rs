@@ -3,14 +3,16 @@
 //! encryption (`encrypt.format=luks|luks2|luks-any`) done by vmcrypt in the same layout.
 //!
 //! Reads and writes become librbd asynchronous requests, many in flight at once (big
-//! requests are split; concurrent callers each submit their own). The image never grows
+//! requests are split; concurrent callers each submit their own). Through [`AsyncIo`]
+//! a caller (the NBD server) submits a request and is called back when librbd
+//! completes it, with no thread waiting. The image never grows
 //! on write: `resize` changes its size. `block_status` asks librbd which objects exist
 //! (`rbd_diff_iterate2`, whole objects, including a clone's parent).
 pub mod crypt;
 pub mod format;
 pub mod magic;
 
-use crate::driver::{Allocation, BlockDriver, Extent, check_range};
+use crate::driver::{Allocation, AsyncIo, BlockDriver, Declined, Extent, IoDone, check_range};
 use crate::spec::RbdSpec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,6 +156,48 @@ impl BlockDriver for RbdDriver {
         self.check_writable()?;
         self.image.resize(new_size).ctx("resizing an rbd image")?;
         self.size.store(new_size, Ordering::Relaxed);
+        Ok(())
+    }
+    fn as_async(&self) -> Option<&dyn AsyncIo> {
+        Some(self)
+    }
+}
+
+/// Requests outside the image or writes to a read-only one are declined: the blocking
+/// path reports them with their usual errors.
+impl AsyncIo for RbdDriver {
+    fn submit_read(
+        &self,
+        buf: Vec<u8>,
+        start: usize,
+        offset: u64,
+        done: IoDone,
+    ) -> std::result::Result<(), Declined> {
+        let len = buf.len().saturating_sub(start);
+        if check_range("rbd read", offset, len, self.size()).is_err() {
+            return Err(Declined { buf, done });
+        }
+        self.image.submit_read(buf, start, offset, done);
+        Ok(())
+    }
+    fn submit_write(
+        &self,
+        buf: Vec<u8>,
+        offset: u64,
+        done: IoDone,
+    ) -> std::result::Result<(), Declined> {
+        if self.read_only || check_range("rbd write", offset, buf.len(), self.size()).is_err() {
+            return Err(Declined { buf, done });
+        }
+        self.image.submit_write(buf, 0, offset, done);
+        Ok(())
+    }
+    fn submit_flush(&self, done: IoDone) -> std::result::Result<(), Declined> {
+        if self.read_only {
+            done(Ok(()), Vec::new());
+        } else {
+            self.image.submit_flush(done);
+        }
         Ok(())
     }
 }
