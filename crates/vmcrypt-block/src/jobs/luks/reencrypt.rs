@@ -13,10 +13,10 @@ use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
 use crate::drivers::luks::Version;
-use crate::drivers::luks::Volume;
 use crate::drivers::luks::convert::convert_to;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
+use crate::drivers::luks::{Luks2Volume, Volume};
 use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
@@ -188,17 +188,26 @@ pub(super) fn end_position(
     }
 }
 
-/// Whether any keyslot is still bound to the old digest.
-fn old_key_has_slots(
-    v2: &crate::drivers::luks::Luks2Volume,
-    st: &vmcrypt_format::luks2::reencrypt::ReencryptState,
-) -> Result<bool> {
+/// Whether any keyslot is still bound to the old digest `old`.
+pub(super) fn old_key_listed(v2: &Luks2Volume, old: Option<u32>) -> Result<bool> {
     Ok(v2
         .header()
         .metadata
         .digests()?
         .iter()
-        .any(|d| Some(d.id) == st.old_digest && !d.keyslots.is_empty()))
+        .any(|d| Some(d.id) == old && !d.keyslots.is_empty()))
+}
+
+/// The report of a run that a key-less finish (`*_finish_done`) completed: nothing
+/// started, all of the data of `v2` on `data` done.
+pub(super) fn finished_report(v2: &Luks2Volume, data: &dyn BlockDriver) -> Result<ReencryptReport> {
+    let total = v2.layout_on(data)?.data_size;
+    Ok(ReencryptReport {
+        started: false,
+        finished: true,
+        position: Position { done: total, total },
+        new_slot: None,
+    })
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -282,16 +291,10 @@ fn reencrypt_v2(
                     // and the metadata still lists them. Only a finished run may end
                     // here without the old key (checked by reencrypt_finish_done); with
                     // old slots still listed, its refusal reports the wrong passphrase.
-                    let listed = old_key_has_slots(v2, &st)?;
+                    let listed = old_key_listed(v2, st.old_digest)?;
                     v2.reencrypt_finish_done(data.as_ref(), &new_key)
                         .map_err(|f| if listed { e } else { f })?;
-                    let total = v2.layout_on(data.as_ref())?.data_size;
-                    return Ok(ReencryptReport {
-                        started: false,
-                        finished: true,
-                        position: Position { done: total, total },
-                        new_slot: None,
-                    });
+                    return finished_report(v2, data.as_ref());
                 }
                 Err(e) => return Err(e),
             }
