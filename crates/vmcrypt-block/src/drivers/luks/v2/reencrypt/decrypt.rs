@@ -345,43 +345,18 @@ impl<'a> Decryption<'a> {
 
     /// Finish an interrupted hotzone from its protection, then mark it done.
     fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
-        ensure!(
-            len.is_multiple_of(self.align) && offset + len <= self.layout.data_size,
-            Corrupt,
-            "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
-        );
-        let at = self.layout.data_offset + offset;
         let k = self.st.keyslot.clone();
-        let mut buf = vec![0u8; len as usize];
-        match &k.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                let sums = (hash.as_str(), *sector_size);
-                hotzone::redo_unwritten(
-                    self.vol,
-                    self.data.as_ref(),
-                    &k,
-                    sums,
-                    at,
-                    &mut buf,
-                    |rel, blk| self.decrypt(offset + rel, blk),
-                )?;
-            }
-            Resilience::Journal => {
-                self.vol.load_journal(&k, &mut buf)?;
-                buf.par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .try_for_each(|(i, c)| self.decrypt(offset + (i * CHUNK) as u64, c))?;
-            }
-            _ => bail!(
-                Corrupt,
-                "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
-                k.resilience.name()
-            ),
-        }
-        self.data
-            .write_at(&buf, at)
-            .ctx("writing the recovered hotzone")?;
-        self.data.flush()?;
+        let redo = |at: u64, c: &mut [u8]| self.decrypt(at, c);
+        hotzone::recover(
+            self.vol,
+            self.data.as_ref(),
+            &k,
+            self.layout,
+            self.align,
+            offset,
+            len,
+            &redo,
+        )?;
         self.complete(offset)
     }
 

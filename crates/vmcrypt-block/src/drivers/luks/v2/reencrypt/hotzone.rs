@@ -1,12 +1,13 @@
 //! What the three hotzone engines (new volume key in the parent module, `encrypt.rs`,
 //! `decrypt.rs`) share: the hotzone size a run may use, and the checksum recovery of
 //! an interrupted hotzone. Each engine keeps its own step, header and write order.
-use super::{DEFAULT_HOTZONE, checksums};
+use super::{CHUNK, DEFAULT_HOTZONE, checksums};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::Luks2Volume;
+use rayon::prelude::*;
 use vmcrypt_crypto::HashAlg;
-use vmcrypt_error::{Result, ResultExt, ensure};
-use vmcrypt_format::luks2::reencrypt::{ReencryptKeyslot, Resilience};
+use vmcrypt_error::{Result, ResultExt, bail, ensure};
+use vmcrypt_format::luks2::reencrypt::{Layout, ReencryptKeyslot, Resilience};
 
 /// The hotzone size and alignment of a run protected by `k`: the alignment is
 /// `align` raised to the checksum block (which must be a power of two from 512 to
@@ -76,4 +77,52 @@ pub(super) fn redo_unwritten(
         }
     }
     Ok(())
+}
+
+/// Redo the interrupted hotzone at `offset` (`len` bytes from the data start of
+/// `layout`) from its protection in `k`'s area, write it back and flush `data`:
+/// with checksums, each block whose hash still matches goes through `redo`; with a
+/// journal, the whole copy does (over the cores); `none` cannot be recovered.
+/// `redo(offset, bytes)` gets the offset from the data start. The caller then marks
+/// the hotzone done.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn recover(
+    vol: &Luks2Volume,
+    data: &dyn BlockDriver,
+    k: &ReencryptKeyslot,
+    layout: Layout,
+    align: u64,
+    offset: u64,
+    len: u64,
+    redo: &(dyn Fn(u64, &mut [u8]) -> Result<()> + Sync),
+) -> Result<()> {
+    ensure!(
+        len.is_multiple_of(align) && offset + len <= layout.data_size,
+        Corrupt,
+        "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
+    );
+    let at = layout.data_offset + offset;
+    let mut buf = vec![0u8; len as usize];
+    match &k.resilience {
+        Resilience::Checksum { hash, sector_size } => {
+            let sums = (hash.as_str(), *sector_size);
+            redo_unwritten(vol, data, k, sums, at, &mut buf, |rel, blk| {
+                redo(offset + rel, blk)
+            })?;
+        }
+        Resilience::Journal => {
+            vol.load_journal(k, &mut buf)?;
+            buf.par_chunks_mut(CHUNK)
+                .enumerate()
+                .try_for_each(|(i, c)| redo(offset + (i * CHUNK) as u64, c))?;
+        }
+        _ => bail!(
+            Corrupt,
+            "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
+            k.resilience.name()
+        ),
+    }
+    data.write_at(&buf, at)
+        .ctx("writing the recovered hotzone")?;
+    data.flush()
 }
