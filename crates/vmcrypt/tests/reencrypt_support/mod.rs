@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// xorshift: reproducible random delays and data without a rand dependency.
@@ -91,7 +91,11 @@ pub fn in_progress(img: &Path) -> (bool, bool) {
 
 /// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
 pub fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
-    let mut child = cmd.spawn().expect("cannot start the reencryption");
+    stop_after(cmd.spawn().expect("cannot start the reencryption"), ms, signal);
+}
+
+/// Stop `child` after `ms` with `signal` (it may have finished already) and reap it.
+fn stop_after(mut child: Child, ms: u64, signal: &str) {
     std::thread::sleep(Duration::from_millis(ms));
     let _ = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -140,11 +144,7 @@ pub fn interrupt_after_start(
                 break;
             }
         }
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+        stop_after(child, ms, signal);
         ms
     })
 }
