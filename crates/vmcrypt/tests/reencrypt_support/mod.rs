@@ -91,7 +91,8 @@ pub fn in_progress(img: &Path) -> (bool, bool) {
 
 /// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
 pub fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
-    stop_after(cmd.spawn().expect("cannot start the reencryption"), ms, signal);
+    let child = cmd.spawn().expect("cannot start the reencryption");
+    stop_after(child, ms, signal);
 }
 
 /// Stop `child` after `ms` with `signal` (it may have finished already) and reap it.
