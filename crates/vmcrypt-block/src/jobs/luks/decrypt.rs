@@ -5,6 +5,7 @@
 use super::Target;
 use super::reencrypt::{
     ReencryptReport, ReencryptRequest, end_position, finished_report, old_key_listed, run_steps,
+    unlock_to_start,
 };
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Luks2Volume;
@@ -80,13 +81,7 @@ pub(super) fn decrypt_v2(
             }
         }
         None => {
-            ensure!(
-                !req.resume_only,
-                Usage,
-                "{}: no LUKS2 reencryption is in progress",
-                t.device
-            );
-            let old = v2.unlock(pass, req.key_slot)?;
+            let old = unlock_to_start(t, req, v2, pass)?;
             let p = DecryptParams {
                 resilience: ResilienceChoice::from_name(
                     req.resilience.as_deref().unwrap_or("checksum"),

@@ -16,7 +16,7 @@ use crate::drivers::luks::Version;
 use crate::drivers::luks::convert::convert_to;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
-use crate::drivers::luks::{Luks2Volume, Volume};
+use crate::drivers::luks::{Luks2Volume, Unlocked, Volume};
 use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
@@ -198,6 +198,23 @@ pub(super) fn old_key_listed(v2: &Luks2Volume, old: Option<u32>) -> Result<bool>
         .any(|d| Some(d.id) == old && !d.keyslots.is_empty()))
 }
 
+/// The old key for a run about to start on `v2` (nothing is in progress, which
+/// `--resume-only` refuses), opened with `pass` in `req`'s key slot or any.
+pub(super) fn unlock_to_start(
+    t: &Target,
+    req: &ReencryptRequest,
+    v2: &Luks2Volume,
+    pass: &[u8],
+) -> Result<Unlocked> {
+    ensure!(
+        !req.resume_only,
+        Usage,
+        "{}: no LUKS2 reencryption is in progress",
+        t.device
+    );
+    v2.unlock(pass, req.key_slot)
+}
+
 /// The report of a run that a key-less finish (`*_finish_done`) completed: nothing
 /// started, all of the data of `v2` on `data` done.
 pub(super) fn finished_report(v2: &Luks2Volume, data: &dyn BlockDriver) -> Result<ReencryptReport> {
@@ -300,13 +317,7 @@ fn reencrypt_v2(
             }
         }
         None => {
-            ensure!(
-                !req.resume_only,
-                Usage,
-                "{}: no LUKS2 reencryption is in progress",
-                t.device
-            );
-            let old = v2.unlock(pass, req.key_slot)?;
+            let old = unlock_to_start(t, req, v2, pass)?;
             let p = init_params(req)?;
             let others = v2.key_count()?.saturating_sub(1);
             if others > 0 {
