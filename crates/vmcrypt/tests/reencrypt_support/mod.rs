@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// xorshift: reproducible random delays and data without a rand dependency.
@@ -91,7 +91,12 @@ pub fn in_progress(img: &Path) -> (bool, bool) {
 
 /// Start `cmd`, stop it after `ms` with `signal` (it may have finished already).
 pub fn interrupt(mut cmd: Command, ms: u64, signal: &str) {
-    let mut child = cmd.spawn().expect("cannot start the reencryption");
+    let child = cmd.spawn().expect("cannot start the reencryption");
+    stop_after(child, ms, signal);
+}
+
+/// Stop `child` after `ms` with `signal` (it may have finished already) and reap it.
+fn stop_after(mut child: Child, ms: u64, signal: &str) {
     std::thread::sleep(Duration::from_millis(ms));
     let _ = Command::new("kill")
         .args([signal, &child.id().to_string()])
@@ -112,18 +117,11 @@ pub fn interrupt_mid_run(
     signal: &str,
     cmd: &dyn Fn() -> Command,
 ) -> u64 {
-    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-    for _ in 0..40 {
-        for (f, o) in files.iter().zip(&originals) {
-            std::fs::write(f, o).unwrap();
-        }
+    until_caught_mid_run(files, header, &mut || {
         let ms = 1 + rng.next() % max_ms;
         interrupt(cmd(), ms, signal);
-        if in_progress(header).0 {
-            return ms;
-        }
-    }
-    panic!("no run was interrupted in the middle within 40 tries");
+        ms
+    })
 }
 
 /// Like [`interrupt_mid_run`] for a tool whose start-up time varies (cryptsetup's
@@ -138,11 +136,7 @@ pub fn interrupt_after_start(
     signal: &str,
     cmd: &dyn Fn() -> Command,
 ) -> u64 {
-    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
-    for _ in 0..40 {
-        for (f, o) in files.iter().zip(&originals) {
-            std::fs::write(f, o).unwrap();
-        }
+    until_caught_mid_run(files, header, &mut || {
         let ms = rng.next() % max_ms;
         let mut child = cmd().spawn().expect("cannot start the reencryption");
         let started = std::time::Instant::now();
@@ -151,11 +145,21 @@ pub fn interrupt_after_start(
                 break;
             }
         }
-        std::thread::sleep(Duration::from_millis(ms));
-        let _ = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status();
-        let _ = child.wait();
+        stop_after(child, ms, signal);
+        ms
+    })
+}
+
+/// On fresh copies of `files` each time, run `attempt` (start a run and stop it; it
+/// returns its delay) until `header` shows a reencryption in progress; that delay.
+#[track_caller]
+fn until_caught_mid_run(files: &[&Path], header: &Path, attempt: &mut dyn FnMut() -> u64) -> u64 {
+    let originals: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    for _ in 0..40 {
+        for (f, o) in files.iter().zip(&originals) {
+            std::fs::write(f, o).unwrap();
+        }
+        let ms = attempt();
         if in_progress(header).0 {
             return ms;
         }

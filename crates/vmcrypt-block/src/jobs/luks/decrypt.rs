@@ -3,7 +3,10 @@
 //! either tool can resume the other's run. Afterwards the device holds the plaintext
 //! and the header file one `linear` segment, as cryptsetup leaves it.
 use super::Target;
-use super::reencrypt::{ReencryptReport, ReencryptRequest};
+use super::reencrypt::{
+    ReencryptReport, ReencryptRequest, end_position, finished_report, old_key_listed, run_steps,
+    unlock_to_start,
+};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Luks2Volume;
 use crate::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
@@ -69,23 +72,16 @@ pub(super) fn decrypt_v2(
                     // is wiped while the metadata still lists it. With all data
                     // plaintext no key is needed (decrypt_finish_done checks that);
                     // otherwise, with slots still listed, the passphrase is wrong.
-                    let listed = old_key_listed(v2, old_digest)?;
+                    let listed = old_key_listed(v2, Some(old_digest))?;
                     v2.decrypt_finish_done(data.as_ref())
                         .map_err(|f| if listed { e } else { f })?;
-                    let total = v2.layout_on(data.as_ref())?.data_size;
-                    return Ok(report(false, true, Position { done: total, total }));
+                    return finished_report(v2, data.as_ref());
                 }
                 Err(e) => return Err(e),
             }
         }
         None => {
-            ensure!(
-                !req.resume_only,
-                Usage,
-                "{}: no LUKS2 reencryption is in progress",
-                t.device
-            );
-            let old = v2.unlock(pass, req.key_slot)?;
+            let old = unlock_to_start(t, req, v2, pass)?;
             let p = DecryptParams {
                 resilience: ResilienceChoice::from_name(
                     req.resilience.as_deref().unwrap_or("checksum"),
@@ -106,24 +102,8 @@ pub(super) fn decrypt_v2(
     if req.init_only {
         return Ok(report(started, false, start));
     }
-    events.progress(start.done, start.total);
-    let steps = std::cell::Cell::new(0u64);
-    let limit = req.max_hotzones;
-    let finished = d.run(
-        &mut |p| {
-            steps.set(steps.get() + 1);
-            events.progress(p.done, p.total);
-        },
-        &|| limit.is_none_or(|m| steps.get() < m),
-    )?;
-    let position = if finished {
-        Position {
-            done: start.total,
-            total: start.total,
-        }
-    } else {
-        d.position()?
-    };
+    let finished = run_steps(events, start, req.max_hotzones, &mut |p, k| d.run(p, k))?;
+    let position = end_position(finished, start, || d.position())?;
     Ok(report(started, finished, position))
 }
 
@@ -134,14 +114,4 @@ fn report(started: bool, finished: bool, position: Position) -> ReencryptReport 
         position,
         new_slot: None,
     }
-}
-
-/// Whether any keyslot is still bound to the old digest.
-fn old_key_listed(v2: &Luks2Volume, old_digest: u32) -> Result<bool> {
-    Ok(v2
-        .header()
-        .metadata
-        .digests()?
-        .iter()
-        .any(|d| d.id == old_digest && !d.keyslots.is_empty()))
 }

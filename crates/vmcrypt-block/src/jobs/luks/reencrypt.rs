@@ -13,10 +13,10 @@ use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
 use crate::drivers::luks::Version;
-use crate::drivers::luks::Volume;
 use crate::drivers::luks::convert::convert_to;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
+use crate::drivers::luks::{Luks2Volume, Unlocked, Volume};
 use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
@@ -188,17 +188,43 @@ pub(super) fn end_position(
     }
 }
 
-/// Whether any keyslot is still bound to the old digest.
-fn old_key_has_slots(
-    v2: &crate::drivers::luks::Luks2Volume,
-    st: &vmcrypt_format::luks2::reencrypt::ReencryptState,
-) -> Result<bool> {
+/// Whether any keyslot is still bound to the old digest `old`.
+pub(super) fn old_key_listed(v2: &Luks2Volume, old: Option<u32>) -> Result<bool> {
     Ok(v2
         .header()
         .metadata
         .digests()?
         .iter()
-        .any(|d| Some(d.id) == st.old_digest && !d.keyslots.is_empty()))
+        .any(|d| Some(d.id) == old && !d.keyslots.is_empty()))
+}
+
+/// The old key for a run about to start on `v2` (nothing is in progress, which
+/// `--resume-only` refuses), opened with `pass` in `req`'s key slot or any.
+pub(super) fn unlock_to_start(
+    t: &Target,
+    req: &ReencryptRequest,
+    v2: &Luks2Volume,
+    pass: &[u8],
+) -> Result<Unlocked> {
+    ensure!(
+        !req.resume_only,
+        Usage,
+        "{}: no LUKS2 reencryption is in progress",
+        t.device
+    );
+    v2.unlock(pass, req.key_slot)
+}
+
+/// The report of a run that a key-less finish (`*_finish_done`) completed: nothing
+/// started, all of the data of `v2` on `data` done.
+pub(super) fn finished_report(v2: &Luks2Volume, data: &dyn BlockDriver) -> Result<ReencryptReport> {
+    let total = v2.layout_on(data)?.data_size;
+    Ok(ReencryptReport {
+        started: false,
+        finished: true,
+        position: Position { done: total, total },
+        new_slot: None,
+    })
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -282,28 +308,16 @@ fn reencrypt_v2(
                     // and the metadata still lists them. Only a finished run may end
                     // here without the old key (checked by reencrypt_finish_done); with
                     // old slots still listed, its refusal reports the wrong passphrase.
-                    let listed = old_key_has_slots(v2, &st)?;
+                    let listed = old_key_listed(v2, st.old_digest)?;
                     v2.reencrypt_finish_done(data.as_ref(), &new_key)
                         .map_err(|f| if listed { e } else { f })?;
-                    let total = v2.layout_on(data.as_ref())?.data_size;
-                    return Ok(ReencryptReport {
-                        started: false,
-                        finished: true,
-                        position: Position { done: total, total },
-                        new_slot: None,
-                    });
+                    return finished_report(v2, data.as_ref());
                 }
                 Err(e) => return Err(e),
             }
         }
         None => {
-            ensure!(
-                !req.resume_only,
-                Usage,
-                "{}: no LUKS2 reencryption is in progress",
-                t.device
-            );
-            let old = v2.unlock(pass, req.key_slot)?;
+            let old = unlock_to_start(t, req, v2, pass)?;
             let p = init_params(req)?;
             let others = v2.key_count()?.saturating_sub(1);
             if others > 0 {

@@ -18,7 +18,9 @@
 //! is not handled here.
 use super::super::{Luks2Volume, verify_digest};
 use super::init::largest_gap;
-use super::{CHUNK, Position, ResilienceChoice, checksums, hash_blocks, new_digest};
+use super::{
+    CHUNK, Position, ResilienceChoice, checksums, hotzone, new_digest, remove_old_keyslots,
+};
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -192,30 +194,12 @@ impl<'a> Decryption<'a> {
         check_keys(vol, &st, old_key)?;
         let spec = CipherSpec::from_luks2(&st.old.encryption, old_key.len())?;
         let old = SectorCipher::new(&spec, old_key.as_bytes())?;
-        let mut align = u64::from(st.old.sector_size);
-        let area = st.keyslot.area_size;
-        let max = match &st.keyslot.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                ensure!(
-                    sector_size.is_power_of_two() && (512..=CHUNK as u32).contains(sector_size),
-                    Corrupt,
-                    "LUKS2 reencryption checksum block size {sector_size} is invalid"
-                );
-                align = align.max(u64::from(*sector_size));
-                let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
-                area / h.output_len() as u64 * u64::from(*sector_size)
-            }
-            Resilience::Journal => area,
-            _ => u64::MAX,
-        };
-        let want = hotzone.unwrap_or(super::DEFAULT_HOTZONE);
-        ensure!(
-            want.is_multiple_of(align) && want > 0,
-            Usage,
-            "hotzone size {want} must be a multiple of {align} bytes"
-        );
-        let hotzone = want.min(max) / align * align;
-        ensure!(hotzone > 0, Corrupt, "LUKS2 reencryption area is too small");
+        let (hotzone, align) = hotzone::size(
+            &st.keyslot,
+            u64::from(st.old.sector_size),
+            CHUNK as u32,
+            hotzone,
+        )?;
         let layout = vol.layout_on(data.as_ref())?;
         ensure!(
             layout.data_size.is_multiple_of(align),
@@ -348,16 +332,7 @@ impl<'a> Decryption<'a> {
             Resilience::Journal => raw,
             _ => return Ok(false),
         };
-        ensure!(
-            bytes.len() as u64 <= k.area_size,
-            Internal,
-            "hotzone protection does not fit the reencryption area"
-        );
-        self.vol
-            .dev
-            .write_at(bytes, k.area_offset)
-            .ctx("writing the reencryption resilience area")?;
-        self.vol.dev.flush()?;
+        self.vol.store_protection(k, bytes)?;
         Ok(true)
     }
 
@@ -370,55 +345,18 @@ impl<'a> Decryption<'a> {
 
     /// Finish an interrupted hotzone from its protection, then mark it done.
     fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
-        ensure!(
-            len.is_multiple_of(self.align) && offset + len <= self.layout.data_size,
-            Corrupt,
-            "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
-        );
-        let at = self.layout.data_offset + offset;
         let k = self.st.keyslot.clone();
-        let mut buf = vec![0u8; len as usize];
-        match &k.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                let h = HashAlg::from_name(hash)?;
-                let (bs, hl) = (*sector_size as usize, h.output_len());
-                let mut stored = vec![0u8; len as usize / bs * hl];
-                ensure!(
-                    stored.len() as u64 <= k.area_size,
-                    Corrupt,
-                    "LUKS2 hotzone checksums do not fit their area"
-                );
-                self.vol.dev.read_at(&mut stored, k.area_offset)?;
-                self.data.read_at(&mut buf, at)?;
-                let mut now = vec![0u8; stored.len()];
-                hash_blocks(h, bs, &buf, &mut now);
-                for (b, blk) in buf.chunks_mut(bs).enumerate() {
-                    if now[b * hl..(b + 1) * hl] == stored[b * hl..(b + 1) * hl] {
-                        self.decrypt(offset + (b * bs) as u64, blk)?;
-                    }
-                }
-            }
-            Resilience::Journal => {
-                ensure!(
-                    len <= k.area_size,
-                    Corrupt,
-                    "LUKS2 hotzone is larger than its journal"
-                );
-                self.vol.dev.read_at(&mut buf, k.area_offset)?;
-                buf.par_chunks_mut(CHUNK)
-                    .enumerate()
-                    .try_for_each(|(i, c)| self.decrypt(offset + (i * CHUNK) as u64, c))?;
-            }
-            _ => bail!(
-                Corrupt,
-                "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
-                k.resilience.name()
-            ),
-        }
-        self.data
-            .write_at(&buf, at)
-            .ctx("writing the recovered hotzone")?;
-        self.data.flush()?;
+        let redo = |at: u64, c: &mut [u8]| self.decrypt(at, c);
+        hotzone::recover(
+            self.vol,
+            self.data.as_ref(),
+            &k,
+            self.layout,
+            self.align,
+            offset,
+            len,
+            &redo,
+        )?;
         self.complete(offset)
     }
 
@@ -454,16 +392,7 @@ fn check_keys(vol: &Luks2Volume, st: &ReencryptState, old_key: &SecretBytes) -> 
 fn finish_decrypt(vol: &mut Luks2Volume, st: &ReencryptState) -> Result<()> {
     let mut next: Luks2Header = vol.hdr.clone();
     let md = &mut next.metadata;
-    let mut wipe = vec![];
-    for k in md.keyslots()? {
-        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == st.old_digest;
-        if bound_old {
-            wipe.push((k.area_offset, k.area_size));
-        }
-        if bound_old || k.id == st.keyslot.id {
-            md.remove_keyslot(k.id)?;
-        }
-    }
+    let wipe = remove_old_keyslots(md, st.old_digest, st.keyslot.id)?;
     let mut segs = serde_json::Map::new();
     segs.insert("0".into(), linear_segment(st.new.offset, None, None));
     md.set_segments(segs)?;

@@ -16,7 +16,7 @@
 //! random data and the resilience area cleared. An interruption between the final
 //! header and that wipe leaves the copy (plaintext that was on the device anyway) in
 //! the unused tail; the encrypted data is complete.
-use super::{DEFAULT_HOTZONE, Position, new_digest};
+use super::{Position, hotzone, new_digest};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::{Luks2Volume, verify_digest};
 use std::sync::Arc;
@@ -129,29 +129,12 @@ impl<'a> Encryption<'a> {
         let cipher = SectorCipher::new(&spec, key.as_bytes())?;
         let device = data.size().saturating_sub(st.data_offset());
         let total = st.total(device)?;
-        let mut align = u64::from(st.last.sector_size);
-        let max = match &st.keyslot.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                ensure!(
-                    sector_size.is_power_of_two() && *sector_size >= 512,
-                    Corrupt,
-                    "LUKS2 reencryption checksum block size {sector_size} is invalid"
-                );
-                align = align.max(u64::from(*sector_size));
-                let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
-                st.keyslot.area_size / h.output_len() as u64 * u64::from(*sector_size)
-            }
-            Resilience::Journal => st.keyslot.area_size,
-            _ => u64::MAX,
-        };
-        let want = hotzone.unwrap_or(DEFAULT_HOTZONE);
-        ensure!(
-            want > 0 && want.is_multiple_of(align),
-            Usage,
-            "hotzone size {want} must be a multiple of {align} bytes"
-        );
-        let hotzone = want.min(max) / align * align;
-        ensure!(hotzone > 0, Corrupt, "LUKS2 reencryption area is too small");
+        let (hotzone, _) = hotzone::size(
+            &st.keyslot,
+            u64::from(st.last.sector_size),
+            u32::MAX,
+            hotzone,
+        )?;
         ensure!(
             total.is_multiple_of(u64::from(st.last.sector_size))
                 && st.shift.is_multiple_of(u64::from(st.last.sector_size)),
@@ -316,24 +299,20 @@ impl<'a> Encryption<'a> {
                 self.write_encrypted(offset, &mut buf)?;
             }
             Resilience::Checksum { hash, sector_size } => {
-                let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
-                let hl = h.output_len();
-                let mut stored = vec![0u8; len as usize / bs * hl];
-                ensure!(
-                    stored.len() as u64 <= k.area_size && len.is_multiple_of(bs as u64),
-                    Corrupt,
-                    "LUKS2 hotzone checksums do not fit their area"
-                );
-                self.vol.dev.read_at(&mut stored, k.area_offset)?;
-                self.data.read_at(&mut buf, at)?;
-                let now = checksums(h, bs, &buf);
+                let sums = (hash.as_str(), *sector_size);
                 let l = &self.st.last;
-                for (b, blk) in buf.chunks_mut(bs).enumerate() {
-                    if now[b * hl..(b + 1) * hl] == stored[b * hl..(b + 1) * hl] {
-                        let iv = l.iv_tweak + (offset + (b * bs) as u64) / 512;
-                        self.cipher.encrypt(iv, l.sector_size as usize, blk)?;
-                    }
-                }
+                hotzone::redo_unwritten(
+                    self.vol,
+                    self.data.as_ref(),
+                    &k,
+                    sums,
+                    at,
+                    &mut buf,
+                    |rel, blk| {
+                        let iv = l.iv_tweak + (offset + rel) / 512;
+                        self.cipher.encrypt(iv, l.sector_size as usize, blk)
+                    },
+                )?;
                 self.data
                     .write_at(&buf, at)
                     .ctx("writing the recovered hotzone")?;

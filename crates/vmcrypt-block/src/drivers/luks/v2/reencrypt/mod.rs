@@ -22,6 +22,7 @@ mod chunks;
 pub mod decrypt;
 pub mod encrypt;
 pub mod encrypt_init;
+mod hotzone;
 pub mod init;
 pub mod online;
 
@@ -33,7 +34,7 @@ use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::reencrypt::{Layout, ReencryptState, Resilience, Step};
-use vmcrypt_format::luks2::{Digest, KeyslotKind, Luks2Header, SegmentSize};
+use vmcrypt_format::luks2::{Digest, KeyslotKind, Luks2Header, Metadata, SegmentSize};
 
 /// The resilience modes vmcrypt writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,30 +236,12 @@ impl<'a> Reencryption<'a> {
         let spec = |enc: &str, k: &SecretBytes| CipherSpec::from_luks2(enc, k.len());
         let old = SectorCipher::new(&spec(&st.old.encryption, old_key)?, old_key.as_bytes())?;
         let new = SectorCipher::new(&spec(&st.new.encryption, new_key)?, new_key.as_bytes())?;
-        let mut align = u64::from(st.old.sector_size.max(st.new.sector_size));
-        let area = st.keyslot.area_size;
-        let max = match &st.keyslot.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                ensure!(
-                    sector_size.is_power_of_two() && (512..=CHUNK as u32).contains(sector_size),
-                    Corrupt,
-                    "LUKS2 reencryption checksum block size {sector_size} is invalid"
-                );
-                align = align.max(u64::from(*sector_size));
-                let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
-                area / h.output_len() as u64 * u64::from(*sector_size)
-            }
-            Resilience::Journal => area,
-            _ => u64::MAX,
-        };
-        let want = hotzone.unwrap_or(DEFAULT_HOTZONE);
-        ensure!(
-            want.is_multiple_of(align) && want > 0,
-            Usage,
-            "hotzone size {want} must be a multiple of {align} bytes"
-        );
-        let hotzone = want.min(max) / align * align;
-        ensure!(hotzone > 0, Corrupt, "LUKS2 reencryption area is too small");
+        let (hotzone, align) = hotzone::size(
+            &st.keyslot,
+            u64::from(st.old.sector_size.max(st.new.sector_size)),
+            CHUNK as u32,
+            hotzone,
+        )?;
         let mut layout = vol.layout_on(data.as_ref())?;
         if let SegmentSize::Bytes(n) = st.old.size {
             layout.data_size = layout.data_size.min(n);
@@ -432,57 +415,20 @@ impl<'a> Reencryption<'a> {
             .encrypt(n.iv_tweak + offset / 512, n.sector_size as usize, buf)
     }
 
-    /// [`Self::transform`] over the cores.
-    fn par_transform(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        buf.par_chunks_mut(CHUNK)
-            .enumerate()
-            .try_for_each(|(i, c)| self.transform(offset + (i * CHUNK) as u64, c))
-    }
-
     /// Finish an interrupted hotzone from its protection, then mark it done.
     fn recover(&mut self, offset: u64, len: u64) -> Result<()> {
-        ensure!(
-            len.is_multiple_of(self.align) && offset + len <= self.layout.data_size,
-            Corrupt,
-            "LUKS2 hotzone ({offset}+{len}) is misaligned or beyond the data"
-        );
-        let at = self.layout.data_offset + offset;
         let k = self.st.keyslot.clone();
-        let mut buf = vec![0u8; len as usize];
-        match &k.resilience {
-            Resilience::Checksum { hash, sector_size } => {
-                let h = HashAlg::from_name(hash)?;
-                let bs = *sector_size as usize;
-                let mut stored = vec![0u8; len as usize / bs * h.output_len()];
-                ensure!(
-                    stored.len() as u64 <= k.area_size,
-                    Corrupt,
-                    "LUKS2 hotzone checksums do not fit their area"
-                );
-                self.vol.dev.read_at(&mut stored, k.area_offset)?;
-                self.data.read_at(&mut buf, at)?;
-                let now = checksums(h, bs, &buf);
-                let hl = h.output_len();
-                for (b, blk) in buf.chunks_mut(bs).enumerate() {
-                    if now[b * hl..(b + 1) * hl] == stored[b * hl..(b + 1) * hl] {
-                        self.transform(offset + (b * bs) as u64, blk)?;
-                    }
-                }
-            }
-            Resilience::Journal => {
-                self.vol.load_journal(&k, &mut buf)?;
-                self.par_transform(offset, &mut buf)?;
-            }
-            _ => bail!(
-                Corrupt,
-                "an interrupted hotzone at {at} cannot be recovered with resilience \"{}\"",
-                k.resilience.name()
-            ),
-        }
-        self.data
-            .write_at(&buf, at)
-            .ctx("writing the recovered hotzone")?;
-        self.data.flush()?;
+        let redo = |at: u64, c: &mut [u8]| self.transform(at, c);
+        hotzone::recover(
+            self.vol,
+            self.data.as_ref(),
+            &k,
+            self.layout,
+            self.align,
+            offset,
+            len,
+            &redo,
+        )?;
         self.complete(offset + len)
     }
 
@@ -542,16 +488,7 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
     )?;
     let md = &mut next.metadata;
     let (old_digest, new_digest) = st.key_digests()?;
-    let mut wipe = vec![];
-    for k in md.keyslots()? {
-        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == Some(old_digest);
-        if bound_old {
-            wipe.push((k.area_offset, k.area_size));
-        }
-        if bound_old || k.id == st.keyslot.id {
-            md.remove_keyslot(k.id)?;
-        }
-    }
+    let wipe = remove_old_keyslots(md, Some(old_digest), st.keyslot.id)?;
     let mut segs = serde_json::Map::new();
     segs.insert(
         "0".into(),
@@ -577,6 +514,26 @@ fn finish_metadata(vol: &mut Luks2Volume, st: &ReencryptState, layout: Layout) -
     let k = &st.keyslot;
     vol.dev.write_zeroes(k.area_offset, k.area_size)?;
     vol.dev.flush()
+}
+
+/// Remove from `md` the keyslots bound to digest `old` and the `reencrypt` keyslot
+/// `rslot`; returns the areas of the old keyslots, to wipe after the header write.
+pub(super) fn remove_old_keyslots(
+    md: &mut Metadata,
+    old: Option<u32>,
+    rslot: u32,
+) -> Result<Vec<(u64, u64)>> {
+    let mut wipe = vec![];
+    for k in md.keyslots()? {
+        let bound_old = md.digest_for_keyslot(k.id)?.map(|d| d.id) == old;
+        if bound_old {
+            wipe.push((k.area_offset, k.area_size));
+        }
+        if bound_old || k.id == rslot {
+            md.remove_keyslot(k.id)?;
+        }
+    }
+    Ok(wipe)
 }
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
