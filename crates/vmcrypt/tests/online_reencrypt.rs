@@ -180,22 +180,39 @@ fn luks_open(s: &Setup, name: &str) -> Server {
     }
 }
 
+/// A test that fails part-way must not leave its server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some((run, name)) = self.opened.take() {
+            let _ = vmcrypt()
+                .args(["luks", "close", "--force", "--run-dir"])
+                .arg(run)
+                .arg(name)
+                .output();
+        }
+    }
+}
+
 impl Server {
-    fn kill9(self) {
-        let mut child = self.child.expect("a serve process");
+    fn kill9(mut self) {
+        let mut child = self.child.take().expect("a serve process");
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
-    fn stop(self) {
-        if let Some((run, name)) = &self.opened {
+    fn stop(mut self) {
+        if let Some((run, name)) = self.opened.take() {
             ok(vmcrypt()
                 .args(["luks", "close", "--run-dir"])
                 .arg(run)
                 .arg(name));
             return;
         }
-        let mut child = self.child.expect("a serve process");
+        let mut child = self.child.take().expect("a serve process");
         ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
         assert!(child.wait().unwrap().success(), "serve exit status");
     }
