@@ -191,6 +191,122 @@ mod same_header_as_cryptsetup {
     }
 }
 
+/// What decides a layout, from `cryptsetup luksDump`: (encryption sector size, data
+/// offset in bytes, keyslots area in bytes); LUKS1 has 512-byte sectors and no area.
+fn layout_of(meta: &str) -> (u64, u64, u64) {
+    let dump = cryptsetup(&["luksDump", meta]).ok().stdout_str();
+    let field = |key: &str| {
+        dump.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+    };
+    if let Some(payload) = field("Payload offset:") {
+        return (512, payload * 512, 0);
+    }
+    let got = (field("sector:"), field("offset:"), field("Keyslots area:"));
+    match got {
+        (Some(s), Some(o), Some(k)) => (s, o, k),
+        _ => panic!("no sector/offset/keyslots area in luksDump of {meta}:\n{dump}"),
+    }
+}
+
+/// Format a `size`-byte file (with a detached header when `detached`) with `tool` and
+/// `args`; the layout, or `None` when the tool refused.
+fn format_layout(tool: &str, size: u64, detached: bool, args: &[&str]) -> Option<(u64, u64, u64)> {
+    let sc = Scratch::new();
+    sc.write("pw", PASS);
+    let dev = sc.sparse("d.img", size);
+    let hdr = sc.p("d.hdr");
+    let mut argv: Vec<String> = match tool {
+        "cryptsetup" => vec!["luksFormat".into()],
+        _ => vec!["luks".into(), "format".into()],
+    };
+    argv.extend(quick(&sc));
+    argv.extend(args.iter().map(|s| s.to_string()));
+    if detached {
+        argv.extend(["--header".into(), hdr.clone()]);
+    }
+    argv.push(dev.clone());
+    let argv = strs(&argv);
+    let out = match tool {
+        "cryptsetup" => cryptsetup(&argv),
+        _ => vmcrypt(&argv),
+    };
+    if out.code != Some(0) {
+        return None;
+    }
+    Some(layout_of(if detached { &hdr } else { &dev }))
+}
+
+/// Without `--sector-size`, vmcrypt picks the sector size, data offset and keyslots area
+/// cryptsetup 2.6.1 picks, and refuses what it refuses, for offsets, alignments, data
+/// sizes, detached headers and metadata sizes. cryptsetup counts a fixed data offset in
+/// 512-byte sectors when it checks it against 4096 (so `--offset 40000`, a multiple of
+/// 4096 bytes, gets 512-byte sectors) and checks the device size less the alignment, not
+/// less the data offset. `ok` says whether both must succeed.
+#[test]
+fn default_layout_is_cryptsetups() {
+    const M: u64 = MIB;
+    let p = ["--pbkdf", "pbkdf2"];
+    #[rustfmt::skip]
+    let cases: &[(u64, bool, &[&str], bool)] = &[
+        (40 * M, false, &[], true),
+        (40 * M + 512, false, &[], true),
+        (40 * M + 4096, false, &[], true),
+        (40 * M, false, &["--offset", "40000"], true),
+        (40 * M, false, &["--offset", "34816"], true),
+        (40 * M, false, &["--offset", "36864"], true),
+        (40 * M, false, &["--offset", "32768"], true),
+        (40 * M + 512, false, &["--offset", "32768"], true),
+        (40 * M, false, &["--offset", "0"], true),
+        (40 * M, false, &["--offset", "40001"], false),
+        (40 * M, false, &["--offset", "32768", "--align-payload", "8"], false),
+        (40 * M, false, &["--offset", "8192", "--luks2-keyslots-size", "8m"], true),
+        (40 * M, false, &["--offset", "8192", "--luks2-metadata-size", "64k"], true),
+        (40 * M, false, &["--align-payload", "2049"], true),
+        (40 * M, false, &["--align-payload", "1"], true),
+        (40 * M, false, &["--align-payload", "0"], true),
+        (40 * M + 512, false, &["--align-payload", "1"], false),
+        (40 * M, false, &["--luks2-metadata-size", "64k", "--luks2-keyslots-size", "1m"], true),
+        (40 * M, true, &[], true),
+        (40 * M + 512, true, &[], true),
+        (40 * M, true, &["--offset", "2048"], true),
+        (40 * M, true, &["--offset", "4096"], true),
+        (40 * M + 512, true, &["--offset", "4096"], true),
+        (40 * M, true, &["--offset", "300000"], true),
+        (40 * M, true, &["--offset", "4096", "--luks2-keyslots-size", "4m"], true),
+        (40 * M, true, &["--offset", "128", "--luks2-metadata-size", "64k"], false),
+        (40 * M, true, &["--align-payload", "2048"], true),
+        (40 * M, true, &["--align-payload", "8193"], true),
+        (40 * M, true, &["--luks2-metadata-size", "64k"], true),
+        (40 * M, false, &["--type", "luks1", "--offset", "4097"], false),
+        (40 * M, false, &["--type", "luks1", "--offset", "0"], true),
+    ];
+    let mut wrong = Vec::new();
+    for &(size, detached, extra, ok) in cases {
+        let args = [&p[..], extra].concat();
+        let cs = format_layout("cryptsetup", size, detached, &args);
+        let vm = format_layout("vmcrypt", size, detached, &args);
+        assert_eq!(
+            cs.is_some(),
+            ok,
+            "cryptsetup {} {args:?} on {size} bytes (detached: {detached})",
+            if ok { "failed" } else { "succeeded" }
+        );
+        if cs != vm {
+            wrong.push(format!(
+                "{size} bytes, detached {detached}, {extra:?}: cryptsetup {cs:?}, vmcrypt {vm:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "(sector, data offset, keyslots area) differ:\n{}",
+        wrong.join("\n")
+    );
+}
+
 /// An 8 MiB file with data beyond the header keeps its size and that data; cryptsetup
 /// opens the result, and data written through vmcrypt reads back through qemu-img.
 #[test]
@@ -334,7 +450,8 @@ fn bad_options_are_refused_first() {
         (&["--uuid", "not-a-uuid"], "not a valid UUID"),
         (&["--type", "luks3"], "luks3"),
         (&["--luks2-metadata-size", "20k"], "metadata size"),
-        (&["--type", "luks1", "--offset", "100"], "overlaps"),
+        (&["--type", "luks1", "--offset", "96"], "overlaps"),
+        (&["--type", "luks1", "--offset", "100"], "multiple of 4096"),
     ];
     for (extra, msg) in cases {
         let mut args = vec!["luks", "format", "-q", "--key-file", &pw];
@@ -380,8 +497,21 @@ fn formats_a_block_device_in_place() {
         "the block device changed size"
     );
     cs_test_pass(&sc, "pw", &lo.0, &[]).ok();
-    let dump = cryptsetup(&["luksDump", &lo.0]).ok().stdout_str();
-    assert!(dump.contains("offset: 16777216 [bytes]"), "{dump}");
+    let vm_layout = layout_of(&lo.0);
+    assert_eq!(vm_layout.1, 16 * MIB);
+    // cryptsetup picks the sector size from the block device (512 on a loop device
+    // with 512-byte physical blocks), not 4096 as on a file.
+    let mut cs_argv = vec!["luksFormat", "--pbkdf", "pbkdf2"];
+    let q = quick(&sc);
+    cs_argv.extend(strs(&q));
+    cs_argv.push(&lo.0);
+    cryptsetup(&cs_argv).ok();
+    assert_eq!(
+        vm_layout,
+        layout_of(&lo.0),
+        "vmcrypt (left) and cryptsetup (right)"
+    );
+    vmcrypt(&strs(&argv)).ok();
     let run = sc.p("run");
     let pw = sc.p("pw");
     vmcrypt(&[

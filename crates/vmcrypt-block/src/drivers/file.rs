@@ -107,6 +107,30 @@ impl FileDriver {
         &self.path
     }
 
+    /// The encryption sector size cryptsetup 2.6.1 prefers for this device when
+    /// `--sector-size` is not given: 4096 for a regular file (the page size), for a block
+    /// device its physical block size when that is a larger multiple of the logical one
+    /// and at most 4096, else its logical block size.
+    pub fn preferred_sector_size(&self) -> u32 {
+        use std::os::unix::fs::FileTypeExt;
+        let is_block = self
+            .file
+            .metadata()
+            .is_ok_and(|m| m.file_type().is_block_device());
+        if !is_block {
+            return 4096;
+        }
+        let logical = rustix::fs::ioctl_blksszget(&self.file)
+            .unwrap_or(512)
+            .max(512);
+        let physical = rustix::fs::ioctl_blkpbszget(&self.file).unwrap_or(logical);
+        if physical <= logical || physical > 4096 || !physical.is_multiple_of(logical) {
+            logical
+        } else {
+            physical
+        }
+    }
+
     fn io_err(&self, e: std::io::Error, what: &str, offset: u64) -> Error {
         Error::io(
             e,

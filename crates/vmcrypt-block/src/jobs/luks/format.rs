@@ -47,17 +47,18 @@ pub struct FormatRequest {
     pub keyslot: NewKeyslot,
     /// `-S/--key-slot` for the passphrase (default 0).
     pub key_slot: Option<u32>,
-    /// `--sector-size` (LUKS2; default 4096 where data offset and size allow it).
+    /// `--sector-size` (LUKS2; default as cryptsetup 2.6.1 picks it, see
+    /// [`default_sector_size`]).
     pub sector_size: Option<u32>,
     /// `--label`, `--subsystem` (LUKS2).
     pub label: Option<String>,
     pub subsystem: Option<String>,
     /// `--uuid`.
     pub uuid: Option<String>,
-    /// `--offset`: data offset in 512-byte sectors.
+    /// `--offset`: data offset in 512-byte sectors, a multiple of 8 (0: not given).
     pub offset_sectors: Option<u64>,
     /// `--align-payload`: data alignment in 512-byte sectors (with a detached header,
-    /// the data offset).
+    /// the data offset); not with `--offset` (0: not given).
     pub align_sectors: Option<u64>,
     /// `--luks2-metadata-size`, `--luks2-keyslots-size` in bytes.
     pub metadata_size: Option<u64>,
@@ -114,7 +115,7 @@ pub struct FormatReport {
 }
 
 /// Where the data and the metadata go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Geometry {
     data_offset: u64,
     /// Bytes of header and key material on the header device.
@@ -125,19 +126,23 @@ struct Geometry {
     sector_size: u32,
     /// LUKS1 only.
     align_sectors: u64,
+    /// What cryptsetup would warn about (a keyslots area cut down to fit).
+    warnings: Vec<String>,
 }
 
 /// Check `req` against the device: refuses bad options, and a device too small for the
 /// header, before anything is opened for writing.
 pub fn plan(req: &FormatRequest) -> Result<FormatPlan> {
+    let req = &placement(req)?;
     let spec = cipher_spec(req)?;
     let detached = req.header.is_some();
     let data = FileDriver::open_with(Path::new(&req.device), true, false)?;
     let device_size = data.size();
+    let preferred = data.preferred_sector_size();
     drop(data);
     let geo = match req.version {
         Version::V1 => luks1_geometry(req, spec.key_bytes, detached)?,
-        Version::V2 => luks2_geometry(req, detached, device_size)?,
+        Version::V2 => luks2_geometry(req, detached, device_size, preferred)?,
     };
     let params = create_params(req, spec, &geo, detached)?;
     let header_path = req.header.as_deref().unwrap_or(&req.device);
@@ -145,7 +150,7 @@ pub fn plan(req: &FormatRequest) -> Result<FormatPlan> {
         size: header_size,
         existing,
     } = header_device_state(header_path)?;
-    let mut warnings = Vec::new();
+    let mut warnings = geo.warnings.clone();
     if detached {
         if let Some((size, false)) = header_size {
             ensure!(
@@ -230,6 +235,30 @@ impl FormatPlan {
     }
 }
 
+/// `--offset` and `--align-payload` as cryptsetup reads them: 0 is the same as not
+/// given, the two do not combine, and an offset is a whole number of 4096-byte blocks.
+fn placement(req: &FormatRequest) -> Result<FormatRequest> {
+    let offset = req.offset_sectors.filter(|&o| o != 0);
+    let align = req.align_sectors.filter(|&a| a != 0);
+    ensure!(
+        offset.is_none() || align.is_none(),
+        Usage,
+        "--offset and --align-payload cannot be combined"
+    );
+    if let Some(o) = offset {
+        ensure!(
+            o.is_multiple_of(4096 / SECTOR),
+            Usage,
+            "--offset {o}: the data offset is not a multiple of 4096 bytes (8 sectors)"
+        );
+    }
+    Ok(FormatRequest {
+        offset_sectors: offset,
+        align_sectors: align,
+        ..req.clone()
+    })
+}
+
 /// The cipher `-c` and `-s` name.
 fn cipher_spec(req: &FormatRequest) -> Result<CipherSpec> {
     let name = req.cipher.as_deref().unwrap_or(DEFAULT_CIPHER);
@@ -302,11 +331,6 @@ fn luks1_geometry(req: &FormatRequest, key_bytes: usize, detached: bool) -> Resu
         ensure!(!given, Usage, "{name} needs LUKS2 (--type luks2)");
     }
     let align = req.align_sectors.unwrap_or(DEFAULT_ALIGN / SECTOR);
-    ensure!(
-        align > 0,
-        Usage,
-        "--align-payload must be at least 1 sector"
-    );
     let (offsets, default_payload) = luks1::plan_layout(
         key_bytes as u32,
         Layout::Cryptsetup {
@@ -336,45 +360,58 @@ fn luks1_geometry(req: &FormatRequest, key_bytes: usize, detached: bool) -> Resu
         metadata_size: 0,
         sector_size: SECTOR as u32,
         align_sectors: align,
+        warnings: Vec::new(),
     })
 }
 
-/// LUKS2 as cryptsetup lays it out: two metadata copies, the keyslots area (16 MiB
-/// minus the metadata unless given, or up to `--offset`), data at the next multiple of
-/// the alignment (1 MiB); 4096-byte sectors unless the data offset or the data size is
-/// not a multiple of 4096.
-fn luks2_geometry(req: &FormatRequest, detached: bool, data_size: u64) -> Result<Geometry> {
+/// LUKS2 as cryptsetup 2.6.1 lays it out: two metadata copies, then the keyslots area.
+/// With a fixed data offset (`--offset`, or `--align-payload` with a detached header)
+/// the keyslots area fills the room up to it (at most 128 MiB; a larger
+/// `--luks2-keyslots-size` is cut down with a warning). Otherwise the area is 16 MiB
+/// minus the metadata unless given, and attached data starts at the next multiple of
+/// the alignment (1 MiB) while detached data starts at 0.
+fn luks2_geometry(
+    req: &FormatRequest,
+    detached: bool,
+    data_size: u64,
+    preferred: u32,
+) -> Result<Geometry> {
     let md = req.metadata_size.unwrap_or(DEFAULT_HDR_SIZE);
     let default_ks = DEFAULT_DATA_OFFSET.saturating_sub(2 * md);
-    if let (Some(o), Some(a)) = (req.offset_sectors, req.align_sectors) {
-        ensure!(
-            a > 0 && o.is_multiple_of(a),
-            Usage,
-            "--offset {o} is not a multiple of --align-payload {a}"
-        );
-    }
-    let (data_offset, ks) = match (req.offset_sectors, detached) {
-        (Some(o), false) => {
+    let fixed = req
+        .offset_sectors
+        .or(req.align_sectors.filter(|_| detached));
+    let alignment = match (req.align_sectors, detached) {
+        (Some(a), _) => a * SECTOR,
+        (None, true) => 0,
+        (None, false) => DEFAULT_ALIGN,
+    };
+    let mut warnings = Vec::new();
+    let (data_offset, ks) = match fixed {
+        Some(o) => {
             let off = o * SECTOR;
-            let ks = req
-                .keyslots_size
-                .unwrap_or_else(|| off.saturating_sub(2 * md).min(MAX_KEYSLOTS_SIZE));
+            ensure!(
+                off >= 2 * md,
+                Usage,
+                "data offset {off} bytes is too small: the two LUKS2 metadata copies \
+                 take {} bytes",
+                2 * md
+            );
+            let room = ((off - 2 * md) / 4096 * 4096).min(MAX_KEYSLOTS_SIZE);
+            let ks = match req.keyslots_size {
+                Some(k) if k > room => {
+                    warnings.push(format!("LUKS2 keyslots area size changed to {room} bytes."));
+                    room
+                }
+                Some(k) => k,
+                None => room,
+            };
             (off, ks)
         }
-        (Some(o), true) => (o * SECTOR, req.keyslots_size.unwrap_or(default_ks)),
-        (None, true) => (
-            req.align_sectors.unwrap_or(0) * SECTOR,
-            req.keyslots_size.unwrap_or(default_ks),
-        ),
-        (None, false) => {
+        None if detached => (0, req.keyslots_size.unwrap_or(default_ks)),
+        None => {
             let ks = req.keyslots_size.unwrap_or(default_ks);
-            let align = req.align_sectors.map_or(DEFAULT_ALIGN, |a| a * SECTOR);
-            ensure!(
-                align > 0,
-                Usage,
-                "--align-payload must be at least 1 sector"
-            );
-            ((2 * md + ks).div_ceil(align) * align, ks)
+            ((2 * md + ks).div_ceil(alignment) * alignment, ks)
         }
     };
     let data_area = data_size.wrapping_sub(data_offset);
@@ -388,8 +425,17 @@ fn luks2_geometry(req: &FormatRequest, detached: bool, data_size: u64) -> Result
             );
             s
         }
-        None if data_offset.is_multiple_of(4096) && data_area.is_multiple_of(4096) => 4096,
-        None => 512,
+        None => {
+            let s = default_sector_size(preferred, fixed, data_size.wrapping_sub(alignment));
+            ensure!(
+                s <= 512 || data_area.is_multiple_of(u64::from(s)),
+                Usage,
+                "the data area ({data_area} bytes after offset {data_offset}) is not a \
+                 multiple of {s}, the sector size cryptsetup 2.6.1 picks for this device \
+                 and alignment; choose one with --sector-size (512 always fits)"
+            );
+            s
+        }
     };
     Ok(Geometry {
         data_offset,
@@ -398,7 +444,23 @@ fn luks2_geometry(req: &FormatRequest, detached: bool, data_size: u64) -> Result
         metadata_size: md,
         sector_size,
         align_sectors: 0,
+        warnings,
     })
+}
+
+/// cryptsetup 2.6.1's sector size when `--sector-size` is not given: the device's
+/// `preferred` size, or 512 when a fixed data offset counted in 512-byte sectors is not
+/// a multiple of it (so a 1 MiB offset, 2048 sectors, falls back to 512), or when the
+/// device size less the alignment (not less the data offset) is not a multiple of it.
+fn default_sector_size(preferred: u32, offset_sectors: Option<u64>, size_less_align: u64) -> u32 {
+    let p = u64::from(preferred);
+    let misaligned =
+        offset_sectors.is_some_and(|o| !o.is_multiple_of(p)) || !size_less_align.is_multiple_of(p);
+    if preferred <= 512 || misaligned {
+        512
+    } else {
+        preferred
+    }
 }
 
 /// The create parameters for `geo`.
@@ -473,7 +535,7 @@ mod tests {
     use super::*;
 
     fn geo(req: &FormatRequest, size: u64) -> Geometry {
-        luks2_geometry(req, req.header.is_some(), size).unwrap()
+        luks2_geometry(req, req.header.is_some(), size, 4096).unwrap()
     }
 
     /// Layouts cryptsetup 2.6.1 chose for these options on a 40 MiB file.
@@ -510,24 +572,110 @@ mod tests {
         assert_eq!((g.data_offset, g.header_bytes), (0, 16 << 20));
     }
 
-    /// 4096-byte sectors only where the data offset and the data size allow them; a
-    /// requested size that does not fit is refused.
+    /// Sector sizes, data offsets and keyslots areas cryptsetup 2.6.1 chose on files
+    /// (`luksFormat --type luks2` without `--sector-size`, then `luksDump`).
     #[test]
-    fn sector_size_falls_back_to_512() {
+    fn default_sector_size_is_cryptsetups() {
+        const M: u64 = 1 << 20;
+        // (size, detached, --offset, --align-payload) -> (sector, data offset, keyslots)
+        let cases: &[((u64, bool, Option<u64>, Option<u64>), (u32, u64, u64))] = &[
+            ((40 * M, false, None, None), (4096, 16 * M, 16_744_448)),
+            ((40 * M + 512, false, None, None), (512, 16 * M, 16_744_448)),
+            (
+                (40 * M, false, Some(40000), None),
+                (512, 20_480_000, 20_447_232),
+            ),
+            (
+                (40 * M, false, Some(34816), None),
+                (512, 17 * M, 17_793_024),
+            ),
+            (
+                (40 * M, false, Some(36864), None),
+                (4096, 18 * M, 18_841_600),
+            ),
+            (
+                (40 * M, false, None, Some(2049)),
+                (512, 16_785_408, 16_744_448),
+            ),
+            ((40 * M, false, None, Some(1)), (512, 16 * M, 16_744_448)),
+            ((40 * M, true, None, None), (4096, 0, 16_744_448)),
+            ((40 * M, true, Some(2048), None), (512, M, 1_015_808)),
+            ((40 * M, true, Some(4096), None), (4096, 2 * M, 2_064_384)),
+            ((40 * M, true, None, Some(2048)), (512, M, 1_015_808)),
+            (
+                (40 * M, true, None, Some(8193)),
+                (512, 4_194_816, 4_161_536),
+            ),
+            (
+                (40 * M, true, Some(300_000), None),
+                (512, 153_600_000, 128 * M),
+            ),
+        ];
+        for &((size, detached, offset, align), want) in cases {
+            let req = FormatRequest {
+                header: detached.then(|| "h".into()),
+                offset_sectors: offset,
+                align_sectors: align,
+                ..FormatRequest::new("d", Version::V2)
+            };
+            let g = geo(&req, size);
+            let got = (g.sector_size, g.data_offset, g.keyslots_size);
+            assert_eq!(got, want, "{size} detached={detached} {offset:?} {align:?}");
+        }
+    }
+
+    /// A block device whose preferred size is 512 keeps 512; where cryptsetup keeps 4096
+    /// for a data area that is not a multiple of it, the format is refused, as a
+    /// requested size that does not fit is.
+    #[test]
+    fn sector_size_fallbacks_and_refusals() {
         let base = FormatRequest::new("d", Version::V2);
-        assert_eq!(geo(&base, 40 << 20).sector_size, 4096);
-        assert_eq!(geo(&base, (40 << 20) + 512).sector_size, 512);
-        let odd = FormatRequest {
-            offset_sectors: Some(40001),
+        let g = luks2_geometry(&base, false, 40 << 20, 512).unwrap();
+        assert_eq!(g.sector_size, 512);
+        let align = FormatRequest {
+            align_sectors: Some(1),
             ..base.clone()
         };
-        assert_eq!(geo(&odd, 40 << 20).sector_size, 512);
+        let e = luks2_geometry(&align, false, (40 << 20) + 512, 4096).unwrap_err();
+        assert!(e.to_string().contains("--sector-size"), "{e}");
         let forced = FormatRequest {
             sector_size: Some(4096),
             ..base
         };
-        let e = luks2_geometry(&forced, false, (40 << 20) + 512).unwrap_err();
+        let e = luks2_geometry(&forced, false, (40 << 20) + 512, 4096).unwrap_err();
         assert!(e.to_string().contains("sector size"), "{e}");
+    }
+
+    /// A keyslots area larger than the room before a fixed offset is cut down with
+    /// cryptsetup's warning; offsets are checked as cryptsetup checks them.
+    #[test]
+    fn fixed_offsets() {
+        let base = FormatRequest {
+            offset_sectors: Some(8192),
+            keyslots_size: Some(8 << 20),
+            ..FormatRequest::new("d", Version::V2)
+        };
+        let g = geo(&base, 40 << 20);
+        assert_eq!(g.keyslots_size, 4_161_536);
+        assert_eq!(
+            g.warnings,
+            ["LUKS2 keyslots area size changed to 4161536 bytes."]
+        );
+        for (o, a) in [(Some(4097), None), (Some(8192), Some(8))] {
+            let req = FormatRequest {
+                offset_sectors: o,
+                align_sectors: a,
+                ..base.clone()
+            };
+            assert!(placement(&req).is_err(), "{o:?} {a:?}");
+        }
+        let zero = FormatRequest {
+            offset_sectors: Some(0),
+            align_sectors: Some(0),
+            ..base
+        };
+        let z = placement(&zero).unwrap();
+        assert_eq!((z.offset_sectors, z.align_sectors), (None, None));
     }
 
     #[test]
