@@ -485,26 +485,46 @@ pub const CLIENT_GRACE: Duration = Duration::from_secs(2);
 /// Refuse to close `name` while NBD clients are connected to its socket (as cryptsetup
 /// refuses to close a mapping in use): `Busy`, naming how many. A client that has just
 /// disconnected leaves the server's end open until the server notices, so the count is
-/// given [`CLIENT_GRACE`] to drop to zero.
+/// given [`CLIENT_GRACE`] to drop to zero. When the kernel's table cannot be read the
+/// count is unknown, and that refuses too: only `--force` closes blind.
 pub fn refuse_if_in_use(dir: &RunDir, name: &str) -> Result<()> {
     let Status::Active(info) = status(dir, name)? else {
         return Ok(());
     };
+    let socket = Path::new(&info.socket);
+    refuse_if_counted(name, socket, CLIENT_GRACE, || clients(socket))
+}
+
+/// [`refuse_if_in_use`] with the counter given: polls `count` until it says 0 or
+/// `grace` has passed.
+fn refuse_if_counted(
+    name: &str,
+    socket: &Path,
+    grace: Duration,
+    count: impl Fn() -> Option<usize>,
+) -> Result<()> {
     let start = Instant::now();
     let n = loop {
-        let n = clients(Path::new(&info.socket)).unwrap_or(0);
-        if n == 0 || start.elapsed() >= CLIENT_GRACE {
+        let n = count();
+        if n == Some(0) || start.elapsed() >= grace {
             break n;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    ensure!(
-        n == 0,
-        Busy,
-        "Device {name} is still in use: {n} client(s) connected to {} (--force disconnects them)",
-        info.socket
-    );
-    Ok(())
+    let socket = socket.display();
+    match n {
+        Some(0) => Ok(()),
+        Some(n) => bail!(
+            Busy,
+            "Device {name} is still in use: {n} client(s) connected to {socket} (--force \
+             disconnects them)"
+        ),
+        None => bail!(
+            Busy,
+            "Device {name}: cannot tell whether clients are connected to {socket} \
+             (/proc/net/unix is unreadable); not closed (--force closes anyway)"
+        ),
+    }
 }
 
 /// What `close` did.
@@ -550,8 +570,23 @@ pub fn close(dir: &RunDir, name: &str, timeout: Duration) -> Result<Closed> {
                 )
             })?;
             wait_released(dir, name, timeout)?;
+            wait_exited(info.pid, EXIT_WAIT);
             Ok(Closed::Stopped { pid: info.pid })
         }
+    }
+}
+
+/// How long `close` waits, once the name is free, for the daemon's process to be gone.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// The daemon lets go of its lock a moment before its process exits: wait (at most
+/// `limit`) until `pid` has no command line left (gone, or a zombie), so that nothing
+/// of it runs when `close` returns.
+fn wait_exited(pid: u32, limit: Duration) {
+    let start = Instant::now();
+    let cmdline = format!("/proc/{pid}/cmdline");
+    while std::fs::read(&cmdline).is_ok_and(|c| !c.is_empty()) && start.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -677,6 +712,26 @@ mod tests {
         let b = claim_at(&dir, "b", Some(&sock)).unwrap();
         assert!(!sock.exists(), "the stale socket was removed");
         b.release().unwrap();
+    }
+
+    #[test]
+    fn close_refuses_while_counted_or_unknown() {
+        let sock = Path::new("/run/x.sock");
+        let ms = Duration::from_millis(120);
+        refuse_if_counted("vm", sock, ms, || Some(0)).unwrap();
+        let e = refuse_if_counted("vm", sock, ms, || Some(2)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("2 client(s)"), "{e}");
+        let e = refuse_if_counted("vm", sock, ms, || None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("cannot tell"), "{e}");
+        // A client that leaves within the grace period does not count.
+        let calls = std::cell::Cell::new(0);
+        let leaving = || {
+            calls.set(calls.get() + 1);
+            Some(usize::from(calls.get() < 2))
+        };
+        refuse_if_counted("vm", sock, Duration::from_secs(5), leaving).unwrap();
     }
 
     #[test]
