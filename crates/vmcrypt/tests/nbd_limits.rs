@@ -1,5 +1,5 @@
-//! `vmcrypt serve` limits seen from outside: qemu-img and nbdinfo beyond `--shared`
-//! get the busy error promptly, and a ~10 s soak on a Unix socket: 64 clients, one greedy (queues
+//! `vmcrypt serve` limits seen from outside: a client beyond `--shared` waits for a
+//! slot as with qemu-nbd, and a ~10 s soak on a Unix socket: 64 clients, one greedy (queues
 //! 4 MiB reads and never reads the replies), the others verified small writes and
 //! reads. The others keep completing with bounded latency, the server's memory stays
 //! within the `--max-inflight` budget, and its RSS returns near idle afterwards.
@@ -9,6 +9,7 @@ mod nbd_support;
 use common::*;
 use nbd_support::Served;
 use nbd_support::raw::*;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -30,29 +31,113 @@ fn status_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-#[test]
-fn clients_beyond_shared_get_the_busy_error_promptly() {
-    require_tool("nbdinfo");
+/// Whether something listens on the Unix socket `sock` (from the kernel's table, so
+/// that no probe connection takes the one `--shared 1` slot).
+fn listening(sock: &str) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8 && f[3] == "00010000" && f[7..].join(" ") == sock
+    })
+}
+
+/// Wait up to `limit` for `child` to exit; `None` while it still runs.
+fn exited_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `--shared 1`, one client holds the slot while `nbdinfo --size` connects; after
+/// 3 s the first leaves. Returns whether nbdinfo was still waiting then, and the size it
+/// printed (`None`: it failed).
+fn second_client_under_shared_1(tool: &str, persistent: bool) -> (bool, Option<String>) {
     let sc = Scratch::new();
-    sc.sparse("d.raw", MIB);
-    let (server, sock) = Served::unix(&sc, &["--shared", "1", "-f", "raw", &sc.p("d.raw")]);
-    let first = RawClient::open(&sock, "");
-    let t0 = Instant::now();
-    // qemu prints the server's message; libnbd names the error (the message is in
-    // its debug log).
-    qemu_img(&["info", &url(&sock)])
-        .failed()
-        .stderr_has("server reported: server busy: 1 clients connected (--shared 1)");
-    tool("nbdinfo", &["--size", &url(&sock)])
-        .failed()
-        .stderr_has("server is shutting down");
-    assert!(
-        t0.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        t0.elapsed()
+    let file = sc.sparse("d.raw", MIB);
+    let sock = sc.p("s.sock");
+    let mut cmd = match tool {
+        "qemu-nbd" => {
+            let mut c = Command::new(require_tool("qemu-nbd"));
+            c.args(["--shared=1", "-f", "raw", "-k", &sock]);
+            if persistent {
+                c.arg("-t");
+            }
+            c
+        }
+        _ => {
+            let mut c = Command::new(VMCRYPT);
+            c.args(["serve", "--shared", "1", "-f", "raw", "--socket", &sock]);
+            if persistent {
+                c.arg("--persistent");
+            }
+            c
+        }
+    };
+    let server = cmd.arg(&file).stdin(Stdio::null()).stdout(Stdio::null());
+    let mut server = Killed(
+        server
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the server"),
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !listening(&sock) {
+        assert!(Instant::now() < deadline, "{tool} did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = RawClient::open(&sock, "");
+    let mut second = Killed(
+        Command::new(require_tool("nbdinfo"))
+            .args(["--size", &url(&sock)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nbdinfo"),
+    );
+    let waited = exited_within(&mut second.0, Duration::from_secs(3)).is_none();
     drop(first);
-    server.stop();
+    let st = exited_within(&mut second.0, Duration::from_secs(15));
+    let mut out = String::new();
+    if let Some(o) = second.0.stdout.as_mut() {
+        std::io::Read::read_to_string(o, &mut out).unwrap();
+    }
+    let served = st
+        .is_some_and(|s| s.success())
+        .then(|| out.trim().to_string());
+    let _ = server.0.kill();
+    (waited, served)
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A client beyond `--shared N` waits, ungreeted, for as long as it takes one to leave
+/// and is then served, as with qemu-nbd 10 (measured here on both); without
+/// `--persistent` (qemu-nbd's `-t`) the server exits when its client leaves and the
+/// waiting client is dropped, also as with qemu-nbd.
+#[test]
+fn a_client_beyond_shared_waits_like_qemu_nbd() {
+    for persistent in [true, false] {
+        let qemu = second_client_under_shared_1("qemu-nbd", persistent);
+        let ours = second_client_under_shared_1("vmcrypt", persistent);
+        let want = (true, persistent.then(|| MIB.to_string()));
+        assert_eq!(qemu, want, "qemu-nbd, persistent {persistent}");
+        assert_eq!(ours, want, "vmcrypt serve, persistent {persistent}");
+    }
 }
 
 /// One well-behaved client: write a 4 KiB pattern to its own block, read it back,

@@ -10,9 +10,9 @@
 //! the sockets close. Connections still busy after the grace period
 //! ([`Server::grace`], 5 s by default) are aborted.
 //!
-//! Limits: [`Server::shared`] caps how many clients are served at once; a further
-//! client waits briefly for a slot, then is refused with an NBD error during the
-//! handshake (see [`busy`]).
+//! Limits: [`Server::shared`] caps how many clients are served at once; while all are
+//! taken nothing more is accepted, so a further client waits in the listen backlog
+//! until one leaves, as with qemu-nbd (see [`busy`]).
 //! [`Server::max_inflight`] caps the bytes all in-flight requests hold together (see
 //! [`budget`]). [`Server::handshake_timeout`] (60 s by default) and
 //! [`Server::idle_timeout`] (off by default) disconnect clients that stall.
@@ -118,7 +118,6 @@ pub struct Server {
     handshake: Duration,
     idle: Option<Duration>,
     inflight: Inflight,
-    shared_wait: Duration,
 }
 
 /// How long a shutdown waits for in-flight requests before aborting connections.
@@ -126,9 +125,6 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 /// Time a client has to finish the handshake (so an idle socket cannot pin the server).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a client beyond `--shared` waits for a slot before it is refused.
-pub const DEFAULT_SHARED_WAIT: Duration = Duration::from_secs(2);
 
 impl Server {
     /// A server for `exports`; names must be unique and at most 4096 bytes.
@@ -157,7 +153,6 @@ impl Server {
             handshake: DEFAULT_HANDSHAKE_TIMEOUT,
             idle: None,
             inflight: Inflight::new(DEFAULT_MAX_INFLIGHT),
-            shared_wait: DEFAULT_SHARED_WAIT,
         })
     }
 
@@ -173,15 +168,9 @@ impl Server {
         self
     }
 
-    /// Serve at most `n` clients at once (0: no limit); more are refused with an error.
+    /// Serve at most `n` clients at once (0: no limit); more wait to be accepted.
     pub fn shared(mut self, n: usize) -> Self {
         self.shared = n;
-        self
-    }
-
-    /// How long a client beyond [`Server::shared`] waits for a slot before it is refused.
-    pub fn shared_wait(mut self, wait: Duration) -> Self {
-        self.shared_wait = wait;
         self
     }
 
@@ -253,7 +242,11 @@ impl Server {
                 idle: self.idle,
                 inflight: self.inflight.clone(),
             },
-            gate: busy::Gate::new(self.shared, self.shared_wait),
+        };
+        let gate = busy::Gate::new(self.shared);
+        let next = || async {
+            let slot = gate.free_slot().await;
+            (accept(&listener).await, slot)
         };
         tokio::pin!(shutdown);
         loop {
@@ -262,13 +255,13 @@ impl Server {
                     tracing::info!(clients = conns.len(), "shutting down: no new connections");
                     break;
                 }
-                accepted = accept(&listener) => match accepted {
+                (accepted, slot) = next() => match accepted {
                     Ok((stream, peer)) => {
                         served += 1;
                         let c = client.clone();
                         match stream {
-                            Stream::Unix(s) => conns.spawn(busy::admit(s, c, peer)),
-                            Stream::Tcp(s) => conns.spawn(busy::admit(s, c, peer)),
+                            Stream::Unix(s) => conns.spawn(busy::serve_in(s, c, peer, slot)),
+                            Stream::Tcp(s) => conns.spawn(busy::serve_in(s, c, peer, slot)),
                         };
                     }
                     Err(e) => {
@@ -276,11 +269,14 @@ impl Server {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {
+                Some(slot) = conns.join_next(), if !conns.is_empty() => {
+                    // The slot is freed only here, after this check: a client waiting
+                    // for it is not accepted by a server that is about to exit.
                     if !self.persistent && served > 0 && conns.is_empty() {
                         tracing::info!("last client left; exiting (not persistent)");
                         break;
                     }
+                    drop(slot);
                 }
             }
         }
@@ -298,7 +294,7 @@ impl Server {
 
     /// Tell the connections to stop and wait up to the grace period for their
     /// in-flight requests; abort what is left.
-    async fn drain(&self, mut conns: JoinSet<()>, stop: watch::Sender<bool>) {
+    async fn drain(&self, mut conns: JoinSet<busy::Slot>, stop: watch::Sender<bool>) {
         let _ = stop.send(true);
         if conns.is_empty() {
             return;

@@ -4,7 +4,7 @@
 //! the certificate files qemu's `tls-creds-x509` object uses. SIGTERM or SIGINT stops
 //! the server cleanly: no new clients, in-flight requests finish (for up to 5 s), every
 //! export is flushed, exit status 0. Limits: `--shared N` clients at once (more wait
-//! 2 s for a slot, then get an NBD error), `--max-inflight SIZE` bytes held by in-flight requests
+//! in the listen backlog until one leaves, as with qemu-nbd), `--max-inflight SIZE` bytes held by in-flight requests
 //! server-wide, `--handshake-timeout` and `--idle-timeout` for stalled clients. The
 //! server's threads run under SCHED_BATCH unless `--sched normal` (see
 //! `vmcrypt_nbd::server::sched`). A LUKS2 image in reencryption state is served
@@ -46,8 +46,8 @@ pub struct Args {
     /// Keep serving after the last client disconnects
     #[arg(long = "persistent", short = 't')]
     pub persistent: bool,
-    /// Serve at most N clients at once; more wait up to 2 s for a slot, then are refused
-    /// with an NBD error (0: no limit)
+    /// Serve at most N clients at once; more wait to be accepted until one leaves, as
+    /// with qemu-nbd (0: no limit)
     #[arg(long = "shared", short = 'e', value_name = "N", default_value_t = 0)]
     pub shared: usize,
     /// Require TLS with the x509 files in DIR (ca-cert.pem, server-cert.pem, server-key.pem)
