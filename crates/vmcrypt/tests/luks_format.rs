@@ -60,6 +60,25 @@ fn dump_fields(dev: &str) -> Vec<String> {
     out
 }
 
+/// Format `dev` with `tool` (cryptsetup or vmcrypt), the [`quick`] options and `args`,
+/// with a detached `header` when given.
+fn format_with(tool: &str, sc: &Scratch, args: &[&str], header: Option<&str>, dev: &str) -> Out {
+    let mut argv: Vec<String> = match tool {
+        "cryptsetup" => vec!["luksFormat".into()],
+        _ => vec!["luks".into(), "format".into()],
+    };
+    argv.extend(quick(sc));
+    argv.extend(args.iter().map(|s| s.to_string()));
+    if let Some(h) = header {
+        argv.extend(["--header".into(), h.into()]);
+    }
+    argv.push(dev.into());
+    match tool {
+        "cryptsetup" => cryptsetup(&strs(&argv)),
+        _ => vmcrypt(&strs(&argv)),
+    }
+}
+
 /// Format one file with cryptsetup and one with vmcrypt, same size and options; the
 /// dumps must agree, both must open with the passphrase, and neither file may change
 /// size. `header` formats with a detached header file (created by each tool).
@@ -71,21 +90,7 @@ fn compare_with_cryptsetup(args: &[&str], header: bool) {
     for (tool, name) in [("cryptsetup", "cs"), ("vmcrypt", "vm")] {
         let dev = sc.sparse(&format!("{name}.img"), size);
         let hdr = sc.p(&format!("{name}.hdr"));
-        let mut argv: Vec<String> = match tool {
-            "cryptsetup" => vec!["luksFormat".into()],
-            _ => vec!["luks".into(), "format".into()],
-        };
-        argv.extend(quick(&sc));
-        argv.extend(args.iter().map(|s| s.to_string()));
-        if header {
-            argv.extend(["--header".into(), hdr.clone()]);
-        }
-        argv.push(dev.clone());
-        let argv: Vec<&str> = strs(&argv);
-        match tool {
-            "cryptsetup" => cryptsetup(&argv).ok(),
-            _ => vmcrypt(&argv).ok(),
-        };
+        format_with(tool, &sc, args, header.then_some(&hdr[..]), &dev).ok();
         let len = std::fs::metadata(&dev).unwrap().len();
         assert_eq!(
             len, size,
@@ -218,21 +223,7 @@ fn format_layout(tool: &str, size: u64, detached: bool, args: &[&str]) -> Option
     sc.write("pw", PASS);
     let dev = sc.sparse("d.img", size);
     let hdr = sc.p("d.hdr");
-    let mut argv: Vec<String> = match tool {
-        "cryptsetup" => vec!["luksFormat".into()],
-        _ => vec!["luks".into(), "format".into()],
-    };
-    argv.extend(quick(&sc));
-    argv.extend(args.iter().map(|s| s.to_string()));
-    if detached {
-        argv.extend(["--header".into(), hdr.clone()]);
-    }
-    argv.push(dev.clone());
-    let argv = strs(&argv);
-    let out = match tool {
-        "cryptsetup" => cryptsetup(&argv),
-        _ => vmcrypt(&argv),
-    };
+    let out = format_with(tool, &sc, args, detached.then_some(&hdr[..]), &dev);
     if out.code != Some(0) {
         return None;
     }
