@@ -578,7 +578,8 @@ mod tests {
     fn default_sector_size_is_cryptsetups() {
         const M: u64 = 1 << 20;
         // (size, detached, --offset, --align-payload) -> (sector, data offset, keyslots)
-        let cases: &[((u64, bool, Option<u64>, Option<u64>), (u32, u64, u64))] = &[
+        type Given = (u64, bool, Option<u64>, Option<u64>);
+        let cases: &[(Given, (u32, u64, u64))] = &[
             ((40 * M, false, None, None), (4096, 16 * M, 16_744_448)),
             ((40 * M + 512, false, None, None), (512, 16 * M, 16_744_448)),
             (
