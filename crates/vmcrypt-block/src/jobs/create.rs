@@ -10,7 +10,7 @@ use crate::spec::{NodeSpec, spec_from_filename};
 use serde_json::{Map, Value};
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::{CipherSpec, HashAlg};
+use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks1::Layout;
 
@@ -244,10 +244,7 @@ pub fn create_image(
                 );
             }
             let params = luks_params(opts)?;
-            let id = opt_str(opts, "key-secret")?.ok_or_else(|| {
-                Error::usage("Parameter 'key-secret' is required for cipher (-o key-secret=ID)")
-            })?;
-            let pass = secrets.get(&id)?;
+            let pass = required_key(opts, secrets)?;
             ensure!(
                 size.is_multiple_of(512),
                 Usage,
@@ -316,6 +313,17 @@ pub fn luks2_params(opts: &Map<String, Value>) -> Result<CreateParams> {
     Ok(p)
 }
 
+/// The passphrase `-o key-secret=ID` names, which creating an encrypted image needs.
+fn required_key<'a>(
+    opts: &Map<String, Value>,
+    secrets: &'a SecretStore,
+) -> Result<&'a SecretBytes> {
+    let id = opt_str(opts, "key-secret")?.ok_or_else(|| {
+        Error::usage("Parameter 'key-secret' is required for cipher (-o key-secret=ID)")
+    })?;
+    secrets.get(&id)
+}
+
 fn create_luks2(
     path: &Path,
     size: u64,
@@ -323,10 +331,7 @@ fn create_luks2(
     secrets: &SecretStore,
 ) -> Result<Arc<dyn BlockDriver>> {
     let params = luks2_params(opts)?;
-    let id = opt_str(opts, "key-secret")?.ok_or_else(|| {
-        Error::usage("Parameter 'key-secret' is required for cipher (-o key-secret=ID)")
-    })?;
-    let pass = secrets.get(&id)?;
+    let pass = required_key(opts, secrets)?;
     ensure!(
         size.is_multiple_of(u64::from(params.sector_size)),
         Usage,
@@ -345,4 +350,31 @@ fn create_luks2(
     file.resize(total)?;
     file.flush()?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmcrypt_error::ErrorKind;
+
+    /// An encrypted image needs `key-secret`, naming a secret that was given.
+    #[test]
+    fn required_key_names_what_is_missing() {
+        let mut secrets = SecretStore::new();
+        secrets
+            .insert("s0", SecretBytes::new(b"pw".to_vec()))
+            .unwrap();
+        let opts = |v: Value| v.as_object().unwrap().clone();
+        let none = required_key(&opts(serde_json::json!({})), &secrets).unwrap_err();
+        assert_eq!(none.kind(), ErrorKind::Usage);
+        assert!(
+            none.to_string().contains("'key-secret' is required"),
+            "{none}"
+        );
+        let other = opts(serde_json::json!({"key-secret": "s1"}));
+        let e = required_key(&other, &secrets).unwrap_err();
+        assert!(e.to_string().contains("no secret with id 's1'"), "{e}");
+        let ok = opts(serde_json::json!({"key-secret": "s0"}));
+        assert_eq!(required_key(&ok, &secrets).unwrap().as_bytes(), b"pw");
+    }
 }
