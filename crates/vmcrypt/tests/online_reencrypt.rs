@@ -424,7 +424,10 @@ fn pieces_in_flight(c: &mut raw::RawClient, model: &Model, rng: &mut Rng, mut co
     model.lock().unwrap()[block as usize..block as usize + 4096].copy_from_slice(&data);
     cookie += 1;
     let back = c.read(cookie, block, 4096);
-    assert!(back == data, "512-byte pieces at {block} written concurrently: one was lost");
+    assert!(
+        back == data,
+        "512-byte pieces at {block} written concurrently: one was lost"
+    );
     cookie
 }
 
@@ -520,7 +523,10 @@ fn run_started_while_served() {
             vec!["--resume-only"],
             "no LUKS2 reencryption is in progress",
         ),
-        (vec!["--sector-size", "1000"], "is not 512, 1024, 2048 or 4096"),
+        (
+            vec!["--sector-size", "1000"],
+            "is not 512, 1024, 2048 or 4096",
+        ),
     ] {
         let mut args = start_args(&s, "journal");
         args.extend(bad);
@@ -577,7 +583,10 @@ fn check_sector(s: &Setup, what: &str, sector: u32) {
     let j = dump_json(&s.img);
     assert_eq!(j["segments"]["0"]["sector_size"], sector, "{what}: {j}");
     let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&s.img));
-    assert!(dump.contains(&format!("sector: {sector} [bytes]")), "{what}: {dump}");
+    assert!(
+        dump.contains(&format!("sector: {sector} [bytes]")),
+        "{what}: {dump}"
+    );
     let want = s.model.lock().unwrap();
     let n = reencrypt_support::check_with_cryptsetup_key(&s.img, &s.pw, &want, &mut Rng(7), 24);
     eprintln!("{what}: {n} sectors of {sector} bytes decrypted by openssl with cryptsetup's key");
@@ -633,10 +642,14 @@ fn sector_size_change_resumed_online() {
 #[test]
 fn sector_size_change_misaligned_refused() {
     let s = setup_plain(512, 45);
-    let img = std::fs::OpenOptions::new().write(true).open(&s.img).unwrap();
+    let img = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.img)
+        .unwrap();
     img.set_len(16 * MIB + DATA + 512).unwrap();
     let srv = serve(&s);
-    let err = srv.online_err(&[&start_args(&s, "journal")[..], &["--sector-size", "4096"]].concat());
+    let err =
+        srv.online_err(&[&start_args(&s, "journal")[..], &["--sector-size", "4096"]].concat());
     assert!(err.contains("not a multiple of 4096 bytes"), "{err}");
     assert!(!in_progress(&s.img), "a refused start changed the header");
     assert_eq!(digest_of(&s.img), s.digest);
@@ -670,26 +683,50 @@ fn run_and_kill(s: &Setup, seed: u64) -> u64 {
 #[test]
 fn killed_server_restarts_and_resumes() {
     let s = setup(4096, 21);
-    let seen = run_and_kill(&s, 21);
-    let srv = serve(&s);
+    restart_and_resume(&s, 21, "server killed, restarted, resumed");
+}
+
+/// Kill -9 the server of a run a quarter in, start it again (the progress is kept) and
+/// resume the run online.
+fn restart_and_resume(s: &Setup, seed: u64, what: &str) {
+    let seen = run_and_kill(s, seed);
+    let srv = serve(s);
     let (state, done, _, line) = srv.status();
     assert_eq!(state, "idle", "{line}");
     assert!(
         done >= seen,
         "progress lost over the restart: {seen} -> {line}"
     );
-    let w = Writers::start(&srv, &s.model, 22);
+    let w = Writers::start(&srv, &s.model, seed + 1);
     let out = srv.online(&["--hotzone-size", "64K"]);
     assert!(out.contains("Reencryption finished"), "{out}");
     w.finish();
     srv.stop();
-    check(&s, "server killed, restarted, resumed");
+    check(s, what);
 }
 
 #[test]
 fn killed_server_cryptsetup_finishes() {
     let s = setup(4096, 31);
-    run_and_kill(&s, 31);
+    cryptsetup_finishes(&s, 31, "server killed, cryptsetup --resume-only");
+}
+
+/// A sector size change killed with the server a quarter in (writers throughout):
+/// 512 -> 4096 restarted and resumed online, 4096 -> 512 finished by cryptsetup.
+#[test]
+fn sector_size_change_killed_server() {
+    let s = setup_init(512, 51, &["--sector-size", "4096"]);
+    restart_and_resume(&s, 51, "512 -> 4096 killed, resumed online");
+    check_sector(&s, "512 -> 4096 killed, resumed online", 4096);
+    let s = setup_init(4096, 52, &["--sector-size", "512"]);
+    cryptsetup_finishes(&s, 52, "4096 -> 512 killed, cryptsetup");
+    check_sector(&s, "4096 -> 512 killed, cryptsetup", 512);
+}
+
+/// Kill -9 the server of a run a quarter in; `cryptsetup repair` (after an
+/// interrupted hotzone) and `reencrypt --resume-only` finish it.
+fn cryptsetup_finishes(s: &Setup, seed: u64, what: &str) {
+    run_and_kill(s, seed);
     let j = dump_json(&s.img);
     let hot = j["segments"].as_object().unwrap().values().any(|g| {
         g["flags"]
@@ -710,5 +747,5 @@ fn killed_server_cryptsetup_finishes() {
         ])
         .arg("--key-file")
         .args([&s.pw, &s.img]));
-    check(&s, "server killed, cryptsetup --resume-only");
+    check(s, what);
 }

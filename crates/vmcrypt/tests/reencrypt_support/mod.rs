@@ -170,7 +170,12 @@ fn until_caught_mid_run(files: &[&Path], header: &Path, attempt: &mut dyn FnMut(
 /// The volume key (hex) `cryptsetup luksDump --dump-volume-key` shows for `img`.
 pub fn cryptsetup_volume_key(img: &Path, pw: &Path) -> String {
     let text = ok(Command::new("cryptsetup")
-        .args(["luksDump", "--dump-volume-key", "--batch-mode", "--key-file"])
+        .args([
+            "luksDump",
+            "--dump-volume-key",
+            "--batch-mode",
+            "--key-file",
+        ])
         .args([pw, img]));
     let start = text.find("MK dump:").expect("a volume key dump");
     text[start + 8..]
@@ -222,9 +227,8 @@ pub fn check_with_cryptsetup_key(
         let from = offset as usize + at;
         let mut iv = (tweak + k * ss / 512).to_le_bytes().to_vec();
         iv.resize(16, 0);
-        let got =
-            openssl::symm::decrypt(cipher, &key, Some(&iv), &file[from..from + ss as usize])
-                .unwrap();
+        let got = openssl::symm::decrypt(cipher, &key, Some(&iv), &file[from..from + ss as usize])
+            .unwrap();
         assert!(
             got == want[at..at + ss as usize],
             "sector {k} ({ss} bytes) does not decrypt to the plaintext with cryptsetup's key"
