@@ -84,7 +84,6 @@ fn plaintext_of(img: Vec<u8>, hdr: Option<Vec<u8>>, len: u64) -> Vec<u8> {
     .unwrap();
     assert!(vol.requirements().unwrap().mandatory.is_empty());
     let d = LuksDriver::open(mem, h, Some(PW), None, &KdfLimits::default()).unwrap();
-    assert_eq!(d.size(), len, "data size");
     let mut out = vec![0u8; len as usize];
     d.read_at(&mut out, 0).unwrap();
     out
