@@ -59,6 +59,11 @@ fn in_progress(img: &Path) -> bool {
 
 /// A cryptsetup LUKS2 image with random data, put in reencryption state by vmcrypt.
 fn setup(sector: u32, seed: u64) -> Setup {
+    setup_init(sector, seed, &[])
+}
+
+/// Like [`setup`], with more `luks reencrypt --init-only` options.
+fn setup_init(sector: u32, seed: u64, extra: &[&str]) -> Setup {
     let s = setup_plain(sector, seed);
     ok(vmcrypt()
         .args([
@@ -70,6 +75,7 @@ fn setup(sector: u32, seed: u64) -> Setup {
         ])
         .arg(&s.pw)
         .args(["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"])
+        .args(extra)
         .arg(&s.img));
     assert!(in_progress(&s.img), "--init-only left no reencryption");
     s
@@ -329,8 +335,12 @@ fn qemu_io_writer(
         let mut cmd = Command::new("qemu-io");
         cmd.args(["-f", "raw", &url]);
         let mut writes = vec![];
-        for _ in 0..8 {
-            let (off, len) = rng.range(0, 64 << 10);
+        for i in 0..8 {
+            let (mut off, mut len) = rng.range(0, 64 << 10);
+            if i % 4 == 3 {
+                // Not even 512-byte aligned: read-modify-written in the server.
+                (off, len) = (off + 7, len - 7 - rng.next() % 64);
+            }
             let pat = (rng.next() % 255 + 1) as u8;
             cmd.arg("-c").arg(format!("write -P {pat} {off} {len}"));
             cmd.arg("-c").arg(format!("read -P {pat} {off} {len}"));
@@ -357,13 +367,18 @@ fn qemu_io_writer(
 }
 
 /// Random writes into the odd stripes over a raw NBD connection, every fourth
-/// followed by a read of the same range; returns the longest write (send to reply).
+/// followed by a read of the same range, and every third a 4096-byte block written as
+/// its eight 512-byte pieces, all in flight at once; returns the longest write (send to
+/// reply).
 fn nbd_writer(sock: &Path, model: &Model, stop: &AtomicBool, n: &AtomicU64, seed: u64) -> Duration {
     let mut rng = Rng(seed | 1);
     let mut c = raw::RawClient::open(sock.to_str().unwrap(), "");
     let mut worst = Duration::ZERO;
     let mut cookie = 0;
     while !stop.load(Ordering::SeqCst) {
+        if cookie % 3 == 0 {
+            cookie = pieces_in_flight(&mut c, model, &mut rng, cookie);
+        }
         let (off, len) = rng.range(1, 64 << 10);
         let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         cookie += 1;
@@ -380,6 +395,40 @@ fn nbd_writer(sock: &Path, model: &Model, stop: &AtomicBool, n: &AtomicU64, seed
         n.fetch_add(1, Ordering::SeqCst);
     }
     worst
+}
+
+/// Eight 512-byte writes into the pieces of one 4096-byte block of an odd stripe, sent
+/// in a shuffled order before any reply is read (the server runs them concurrently: on
+/// 4096-byte sectors each is a read-modify-write of the same sector, and none may undo
+/// another), then read back. Returns the last cookie used.
+fn pieces_in_flight(c: &mut raw::RawClient, model: &Model, rng: &mut Rng, mut cookie: u64) -> u64 {
+    let (off, _) = rng.range(1, 512);
+    let block = off / 4096 * 4096;
+    let mut order: Vec<u64> = (0..8).collect();
+    for i in (1..8).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let data: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+    let mut sent = std::collections::BTreeSet::new();
+    for &k in &order {
+        cookie += 1;
+        let at = (k * 512) as usize;
+        c.write(cookie, block + k * 512, &data[at..at + 512]);
+        sent.insert(cookie);
+    }
+    for _ in 0..8 {
+        let (got, err) = c.reply().expect("a reply to a piece write");
+        assert_eq!(err, 0, "NBD piece write {got} failed");
+        assert!(sent.remove(&got), "unexpected reply {got}");
+    }
+    model.lock().unwrap()[block as usize..block as usize + 4096].copy_from_slice(&data);
+    cookie += 1;
+    let back = c.read(cookie, block, 4096);
+    assert!(
+        back == data,
+        "512-byte pieces at {block} written concurrently: one was lost"
+    );
+    cookie
 }
 
 /// No requirement left, a new digest, the plaintext equal to the model.
@@ -474,7 +523,10 @@ fn run_started_while_served() {
             vec!["--resume-only"],
             "no LUKS2 reencryption is in progress",
         ),
-        (vec!["--sector-size", "4096"], "cannot be set while serving"),
+        (
+            vec!["--sector-size", "1000"],
+            "is not 512, 1024, 2048 or 4096",
+        ),
     ] {
         let mut args = start_args(&s, "journal");
         args.extend(bad);
@@ -523,6 +575,88 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
     }
 }
 
+/// The image's data is in `sector`-byte sectors, as cryptsetup reads the header, and
+/// sampled sectors decrypt to the model with the volume key cryptsetup reveals and
+/// OpenSSL's AES-XTS (after [`check`], which decrypts it all with vmcrypt).
+#[track_caller]
+fn check_sector(s: &Setup, what: &str, sector: u32) {
+    let j = dump_json(&s.img);
+    assert_eq!(j["segments"]["0"]["sector_size"], sector, "{what}: {j}");
+    let dump = ok(Command::new("cryptsetup").arg("luksDump").arg(&s.img));
+    assert!(
+        dump.contains(&format!("sector: {sector} [bytes]")),
+        "{what}: {dump}"
+    );
+    let want = s.model.lock().unwrap();
+    let n = reencrypt_support::check_with_cryptsetup_key(&s.img, &s.pw, &want, &mut Rng(7), 24);
+    eprintln!("{what}: {n} sectors of {sector} bytes decrypted by openssl with cryptsetup's key");
+}
+
+/// A new sector size, both ways, set by a run started in the server (`serve`: 512 ->
+/// 4096 with checksum; `luks open`: 4096 -> 512 with journal), writers running from
+/// before the start to after the end: 512-byte writes that are not 4096-aligned, writes
+/// not even 512-aligned, and the eight 512-byte pieces of one block in flight at once.
+/// While part of the image is (or may become) in 4096-byte sectors the export serves
+/// them by read-modify-write, and every acknowledged write reads back.
+#[test]
+fn sector_size_change_started_while_served() {
+    for (from, to, seed, daemon, resilience) in [
+        (512u32, 4096u32, 41u64, false, "checksum"),
+        (4096, 512, 42, true, "journal"),
+    ] {
+        let s = setup_plain(from, seed);
+        let srv = if daemon {
+            luks_open(&s, "vol2")
+        } else {
+            serve(&s)
+        };
+        let what = format!("{from} -> {to} started while served (daemon: {daemon})");
+        let to_s = to.to_string();
+        let mut args = start_args(&s, resilience);
+        args.extend(["--sector-size", to_s.as_str()]);
+        online_run(&s, srv, &what, &args);
+        check_sector(&s, &what, to);
+    }
+}
+
+/// A sector size change put in the header offline (`--init-only --sector-size`),
+/// resumed by the server with writers throughout, both ways.
+#[test]
+fn sector_size_change_resumed_online() {
+    for (from, to, seed, daemon) in [(512u32, 4096u32, 43u64, true), (4096, 512, 44, false)] {
+        let to_s = to.to_string();
+        let s = setup_init(from, seed, &["--sector-size", &to_s]);
+        let srv = if daemon {
+            luks_open(&s, "vol3")
+        } else {
+            serve(&s)
+        };
+        let what = format!("{from} -> {to} from --init-only, resumed online (daemon: {daemon})");
+        online_run(&s, srv, &what, &[]);
+        check_sector(&s, &what, to);
+    }
+}
+
+/// A data size that is not a multiple of the new sector size is refused before
+/// anything is written; the server goes on without a run.
+#[test]
+fn sector_size_change_misaligned_refused() {
+    let s = setup_plain(512, 45);
+    let img = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&s.img)
+        .unwrap();
+    img.set_len(16 * MIB + DATA + 512).unwrap();
+    let srv = serve(&s);
+    let err =
+        srv.online_err(&[&start_args(&s, "journal")[..], &["--sector-size", "4096"]].concat());
+    assert!(err.contains("not a multiple of 4096 bytes"), "{err}");
+    assert!(!in_progress(&s.img), "a refused start changed the header");
+    assert_eq!(digest_of(&s.img), s.digest);
+    assert_eq!(srv.status().0, "none");
+    srv.stop();
+}
+
 /// Start a run with writers, kill -9 the server after a quarter; returns the
 /// progress seen last before the kill.
 fn run_and_kill(s: &Setup, seed: u64) -> u64 {
@@ -549,26 +683,50 @@ fn run_and_kill(s: &Setup, seed: u64) -> u64 {
 #[test]
 fn killed_server_restarts_and_resumes() {
     let s = setup(4096, 21);
-    let seen = run_and_kill(&s, 21);
-    let srv = serve(&s);
+    restart_and_resume(&s, 21, "server killed, restarted, resumed");
+}
+
+/// Kill -9 the server of a run a quarter in, start it again (the progress is kept) and
+/// resume the run online.
+fn restart_and_resume(s: &Setup, seed: u64, what: &str) {
+    let seen = run_and_kill(s, seed);
+    let srv = serve(s);
     let (state, done, _, line) = srv.status();
     assert_eq!(state, "idle", "{line}");
     assert!(
         done >= seen,
         "progress lost over the restart: {seen} -> {line}"
     );
-    let w = Writers::start(&srv, &s.model, 22);
+    let w = Writers::start(&srv, &s.model, seed + 1);
     let out = srv.online(&["--hotzone-size", "64K"]);
     assert!(out.contains("Reencryption finished"), "{out}");
     w.finish();
     srv.stop();
-    check(&s, "server killed, restarted, resumed");
+    check(s, what);
 }
 
 #[test]
 fn killed_server_cryptsetup_finishes() {
     let s = setup(4096, 31);
-    run_and_kill(&s, 31);
+    cryptsetup_finishes(&s, 31, "server killed, cryptsetup --resume-only");
+}
+
+/// A sector size change killed with the server a quarter in (writers throughout):
+/// 512 -> 4096 restarted and resumed online, 4096 -> 512 finished by cryptsetup.
+#[test]
+fn sector_size_change_killed_server() {
+    let s = setup_init(512, 51, &["--sector-size", "4096"]);
+    restart_and_resume(&s, 51, "512 -> 4096 killed, resumed online");
+    check_sector(&s, "512 -> 4096 killed, resumed online", 4096);
+    let s = setup_init(4096, 52, &["--sector-size", "512"]);
+    cryptsetup_finishes(&s, 52, "4096 -> 512 killed, cryptsetup");
+    check_sector(&s, "4096 -> 512 killed, cryptsetup", 512);
+}
+
+/// Kill -9 the server of a run a quarter in; `cryptsetup repair` (after an
+/// interrupted hotzone) and `reencrypt --resume-only` finish it.
+fn cryptsetup_finishes(s: &Setup, seed: u64, what: &str) {
+    run_and_kill(s, seed);
     let j = dump_json(&s.img);
     let hot = j["segments"].as_object().unwrap().values().any(|g| {
         g["flags"]
@@ -589,5 +747,5 @@ fn killed_server_cryptsetup_finishes() {
         ])
         .arg("--key-file")
         .args([&s.pw, &s.img]));
-    check(&s, "server killed, cryptsetup --resume-only");
+    check(s, what);
 }

@@ -177,9 +177,26 @@ impl LuksDriver {
         self.unlocked_slot
     }
 
-    /// Data sector size (512 for LUKS1).
+    /// The sector size requests are aligned to (512 for LUKS1): the data sector size,
+    /// or while a LUKS2 reencryption is served the larger of the old and the new one.
     pub fn sector_size(&self) -> u64 {
-        self.layout.sector
+        self.request_sector()
+    }
+
+    /// See [`Self::sector_size`]. A reencryption started while serving may raise it
+    /// (a new sector size); the switch happens under the exclusive request lock, so a
+    /// request reads it only once it holds the lock, and keeps it while it does.
+    fn request_sector(&self) -> u64 {
+        self.online
+            .get()
+            .map_or(self.layout.sector, |o| o.layout().sector)
+    }
+
+    /// Whether a write of `len` bytes at `offset` covers whole request sectors (ask
+    /// with the request lock held).
+    fn aligned(&self, offset: u64, len: usize) -> bool {
+        let ss = self.request_sector();
+        offset.is_multiple_of(ss) && (len as u64).is_multiple_of(ss)
     }
 
     /// Where the data starts in the `file` child, in bytes.
@@ -293,24 +310,23 @@ impl LuksDriver {
         }
     }
 
-    /// Common checks of a write; `Ok(true)` when it covers whole sectors.
-    fn check_write(&self, offset: u64, len: usize) -> Result<bool> {
+    /// Common checks of a write.
+    fn check_write(&self, offset: u64, len: usize) -> Result<()> {
         if let Some(why) = &self.read_only_reason {
             bail!(ReadOnly, "'{}' is read-only: {why}", self.file.filename());
         }
         check_range("luks write", offset, len, self.size())?;
         self.cipher()?;
-        let ss = self.layout.sector;
-        Ok(offset.is_multiple_of(ss) && (len as u64).is_multiple_of(ss))
+        Ok(())
     }
 
     /// Read-modify-write of the partial head/tail sectors, serialised against every
     /// other write so that no writer to one sector can lose another's bytes.
     fn write_unaligned(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let ss = self.layout.sector;
+        let _guard = self.rmw.write().expect("rmw lock");
+        let ss = self.request_sector();
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
-        let _guard = self.rmw.write().expect("rmw lock");
         let mut tmp = vec![0u8; (end - start) as usize];
         self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
         if end - start > ss {
@@ -436,13 +452,14 @@ impl BlockDriver for LuksDriver {
         }
         let avail = file.saturating_sub(self.layout.offset);
         let raw = self.layout.size.map_or(avail, |s| s.min(avail));
-        raw / self.layout.sector * self.layout.sector
+        let ss = self.request_sector();
+        raw / ss * ss
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("luks read", offset, buf.len(), self.size())?;
         let _shared = self.rmw.read().expect("rmw lock");
-        let ss = self.layout.sector;
+        let ss = self.request_sector();
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         if start == offset && end == offset + buf.len() as u64 {
@@ -456,22 +473,26 @@ impl BlockDriver for LuksDriver {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        if !self.check_write(offset, buf.len())? {
+        self.check_write(offset, buf.len())?;
+        let shared = self.rmw.read().expect("rmw lock");
+        if !self.aligned(offset, buf.len()) {
+            drop(shared);
             return self.write_unaligned(buf, offset);
         }
-        let _shared = self.rmw.read().expect("rmw lock");
         self.write_sectors(buf, GuestOffset(offset))
     }
 
     /// Encrypts `buf` in place: no copy, no scratch buffer.
     fn write_at_mut(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if !self.check_write(offset, buf.len())? {
-            return self.write_unaligned(buf, offset);
-        }
+        self.check_write(offset, buf.len())?;
         if buf.is_empty() {
             return Ok(());
         }
-        let _shared = self.rmw.read().expect("rmw lock");
+        let shared = self.rmw.read().expect("rmw lock");
+        if !self.aligned(offset, buf.len()) {
+            drop(shared);
+            return self.write_unaligned(buf, offset);
+        }
         self.encrypt_and_write(buf, GuestOffset(offset))
     }
 
@@ -480,11 +501,11 @@ impl BlockDriver for LuksDriver {
     }
 
     fn resize(&self, new_size: u64) -> Result<()> {
-        if !new_size.is_multiple_of(self.layout.sector) {
+        if !new_size.is_multiple_of(self.request_sector()) {
             bail!(
                 Usage,
                 "luks: the new size {new_size} is not a multiple of the {}-byte sector size",
-                self.layout.sector
+                self.request_sector()
             );
         }
         if self.online.get().is_some() {

@@ -7,9 +7,11 @@
 //! first hotzone runs, all data is still in the old encryption, which is how the node
 //! serves it. Only the switch itself waits for the requests in flight (the node's
 //! request lock held exclusively), so no request that began on the old path is still
-//! running when the run can start.
+//! running when the run can start, and every later request sees the request sector of
+//! the run (the larger of the old and the new sector size).
 use super::{LuksDriver, Volume};
 use crate::driver::BlockDriver;
+use crate::drivers::luks::v2::reencrypt::ResilienceChoice;
 use crate::drivers::luks::v2::reencrypt::init::InitParams;
 use crate::drivers::luks::v2::reencrypt::online::Online;
 use std::sync::Arc;
@@ -59,8 +61,10 @@ impl LuksDriver {
         Ok(online)
     }
 
-    /// What an online start cannot change: the node must be LUKS2, writable, opened
-    /// with its key, and keep its sector size (the node's request alignment).
+    /// What an online start needs: the node must be LUKS2, writable, opened with its
+    /// key, and its size a multiple of both sector sizes (and of the checksum block). A larger sector size raises
+    /// the node's request sector (see [`LuksDriver::sector_size`]) when the run is
+    /// switched on below: smaller writes are then read-modify-written on it.
     fn check_can_start(&self, p: &InitParams) -> Result<()> {
         let name = self.file.filename();
         ensure!(
@@ -76,15 +80,21 @@ impl LuksDriver {
             );
         }
         self.cipher()?;
-        if let Some(ss) = p.new.sector_size {
-            ensure!(
-                u64::from(ss) == self.layout.sector,
-                Unsupported,
-                "a new sector size ({ss}, now {}) cannot be set while serving: reencrypt \
-                 offline, or put the image in reencryption state with --init-only first",
-                self.layout.sector
-            );
+        // The node keeps its size: the data must be whole sectors of both sizes
+        // (cryptsetup refuses the same, "not aligned to encryption sector size") and
+        // whole checksum blocks (the larger sector size, at least 4096 bytes).
+        let ss = p.new.sector_size.map_or(self.layout.sector, u64::from);
+        let mut block = ss.max(self.layout.sector);
+        if matches!(p.resilience, ResilienceChoice::Checksum) {
+            block = block.max(4096);
         }
+        let size = self.size();
+        ensure!(
+            size.is_multiple_of(block),
+            Unsupported,
+            "'{name}' has {size} bytes of data, not a multiple of {block} bytes (the \
+             sector size {ss}, or the checksum block): it cannot be reencrypted so"
+        );
         Ok(())
     }
 }

@@ -167,6 +167,19 @@ fn move_first(data: &dyn BlockDriver, plan: EncryptPlan) -> Result<()> {
     data.flush()
 }
 
+/// The checksum block of an encryption of `data_size` bytes in `ss`-byte sectors:
+/// 4096 bytes (or the sector size, if larger) as cryptsetup picks, lowered to the
+/// largest power of two (not below the sector size) that divides the data size, so
+/// that the last hotzone ends in a whole block: cryptsetup's recovery skips a partial
+/// last block, which an interruption before its write would leave in plaintext.
+fn checksum_block(ss: u32, data_size: u64) -> u32 {
+    let mut b = ss.max(4096);
+    while b > ss && !data_size.is_multiple_of(u64::from(b)) {
+        b /= 2;
+    }
+    b
+}
+
 /// Turn the metadata of a fresh header into cryptsetup's encryption start state.
 fn encrypt_metadata(
     md: &mut Metadata,
@@ -214,7 +227,7 @@ fn encrypt_metadata(
         (_, ResilienceChoice::Checksum) => (
             Resilience::Checksum {
                 hash: p.hash.name().into(),
-                sector_size: ss.max(4096),
+                sector_size: checksum_block(ss, plan.data_size),
             },
             end - start,
         ),

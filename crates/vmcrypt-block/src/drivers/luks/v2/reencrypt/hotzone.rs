@@ -50,7 +50,11 @@ pub(super) fn size(
 /// `data`, checksums of `hash` over `sector_size`-byte blocks in `k`'s area): read the
 /// stored checksums, then the hotzone into `buf`, and call `redo(rel, block)` on each
 /// block whose hash still matches (not yet written); the other blocks are already
-/// done. The caller writes `buf` back.
+/// done. The caller writes `buf` back. A last hotzone that is not a whole number of
+/// blocks ends in a partial block, whose checksum covers its bytes only (as the
+/// protect step hashes it). cryptsetup 2.6 skips such a block in its recovery, and
+/// hashes a whole block's worth of its buffer for it, so its checksum never matches
+/// here: the block is taken as written, as cryptsetup takes it.
 pub(super) fn redo_unwritten(
     vol: &Luks2Volume,
     data: &dyn BlockDriver,
@@ -62,9 +66,10 @@ pub(super) fn redo_unwritten(
 ) -> Result<()> {
     let (h, bs) = (HashAlg::from_name(hash)?, sector_size as usize);
     let hl = h.output_len();
-    let mut stored = vec![0u8; buf.len() / bs * hl];
+    // A last hotzone may end in a partial block, hashed as it is (`checksums`).
+    let mut stored = vec![0u8; buf.len().div_ceil(bs) * hl];
     ensure!(
-        stored.len() as u64 <= k.area_size && buf.len().is_multiple_of(bs),
+        stored.len() as u64 <= k.area_size,
         Corrupt,
         "LUKS2 hotzone checksums do not fit their area"
     );

@@ -538,7 +538,8 @@ pub(super) fn remove_old_keyslots(
 
 /// Hash of each `bs`-byte block of `data`, concatenated.
 pub(super) fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0u8; data.len() / bs * h.output_len()];
+    // A last partial block (the end of a last hotzone) is hashed as it is.
+    let mut out = vec![0u8; data.len().div_ceil(bs) * h.output_len()];
     let per_chunk = CHUNK / bs * h.output_len();
     data.par_chunks(CHUNK)
         .zip(out.par_chunks_mut(per_chunk))

@@ -10,6 +10,12 @@
 //! waits for the requests in flight that touch it, rewrites it with the usual
 //! crash-safe writes and moves `done`. Requests elsewhere never wait.
 //!
+//! The segments may have different sector sizes (a new `--sector-size`, started offline
+//! with `--init-only` or while serving): requests are then aligned to the larger one
+//! ([`OnlineLayout::sector`]; the LUKS driver read-modify-writes smaller writes on it
+//! under its exclusive request lock), and `done` moves by whole hotzones, which are
+//! multiples of it, so a request's part on either side is whole sectors of its segment.
+//!
 //! The on-disk metadata is the state: a server restarted after a kill opens the image
 //! in reencryption state again, recovers an interrupted hotzone before serving, and
 //! resumes when told to (or `vmcrypt luks reencrypt --resume-only` finishes offline).
@@ -283,6 +289,16 @@ impl Online {
         let (below, above) = buf.split_at_mut(split);
         for (seg, part, at) in [(&self.new, below, g), (&self.old, above, g + split as u64)] {
             if !part.is_empty() {
+                // The driver aligns requests to the larger sector size and `done` to the
+                // hotzone; anything else would encrypt across sector boundaries.
+                let ss = seg.sector as u64;
+                if !(at.is_multiple_of(ss) && (part.len() as u64).is_multiple_of(ss)) {
+                    bail!(
+                        Internal,
+                        "online reencryption: bytes {at}+{} are not whole {ss}-byte sectors",
+                        part.len()
+                    );
+                }
                 let iv = seg.iv_tweak.wrapping_add(at / 512);
                 crypt(&seg.cipher, iv, seg.sector, part, encrypt)?;
             }
