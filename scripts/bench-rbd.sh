@@ -217,7 +217,7 @@ for t in "${TESTS[@]}"; do
     if [ "$CEILING" = 1 ]; then
         c=$(echo "${R[ceiling $1]}" | median)
         echo "    ceiling (fio rbd engine, unencrypted copy, no NBD): $c $unit" \
-            "(vmcrypt $(awk -v a="$v" -v b="$c" 'BEGIN {printf "%.2f", b > 0 ? a / b : 0}')x of it);" \
+            "(vmcrypt $(awk -v a="$v" -v b="$c" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')x of it);" \
             "rounds: ${R[ceiling $1]}"
         osd+=" / $(echo "${O[ceiling $1]}" | median)"
     fi

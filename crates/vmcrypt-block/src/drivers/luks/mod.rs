@@ -620,7 +620,9 @@ mod tests {
             iv_tweak: 77,
             sector: 4096,
         };
-        let plain: Vec<u8> = (0..PARALLEL_MIN * 4).map(|i| (i * 31 % 251) as u8).collect();
+        let plain: Vec<u8> = (0..PARALLEL_MIN * 4)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
         let (mut a, mut b) = (plain.clone(), plain.clone());
         dc.apply(&mut a, 1 << 20, true).unwrap();
         dc.apply_here(&mut b, 1 << 20, true).unwrap();
