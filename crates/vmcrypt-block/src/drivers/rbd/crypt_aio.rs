@@ -65,7 +65,10 @@ impl AsyncIo for RbdCryptDriver {
         offset: u64,
         done: IoDone,
     ) -> std::result::Result<(), Declined> {
-        let dc = self.luks.data_crypt().filter(|_| !self.is_read_only());
+        let dc = self
+            .luks
+            .data_crypt()
+            .filter(|_| !self.is_read_only() && !self.raw.holds_header_lock());
         // Shared with other whole-sector writes, exclusive of read-modify-writes and
         // gap fills, from the look at the lengths until the request is submitted.
         let guard = self.rmw.read().expect("rmw lock");

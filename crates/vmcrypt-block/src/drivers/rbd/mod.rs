@@ -71,6 +71,12 @@ impl RbdDriver {
         Ok(self)
     }
 
+    /// Whether this node holds the image's LUKS header lock (its writes then take the
+    /// blocking path, which checks that the lock is still held).
+    pub fn holds_header_lock(&self) -> bool {
+        self.header_lock.is_some()
+    }
+
     /// The image's object size in bytes.
     pub fn object_size(&self) -> u64 {
         self.object_size
@@ -193,7 +199,7 @@ impl AsyncIo for RbdDriver {
     ) -> std::result::Result<(), Declined> {
         // Under the header lock, writes take the blocking path, which checks the lock.
         if self.read_only
-            || self.header_lock.is_some()
+            || self.holds_header_lock()
             || check_range("rbd write", offset, buf.len(), self.size()).is_err()
         {
             return Err(Declined { buf, done });
