@@ -21,6 +21,10 @@
 #                  cache.direct=on for off, as QEMU sets rbd_cache from cache.direct
 #   BENCH_TESTS    (environment) which of read, write, randread, randwrite to run
 #                  (default all four)
+#   BENCH_RBD_CEILING (environment) 1 (default) also runs each test with fio's own rbd
+#                  engine on an unencrypted copy of the image (no NBD, no encryption, the
+#                  same ceph.conf): what the cluster gives any client, the ceiling both
+#                  sides are held to when the OSD is the bottleneck; 0 skips it
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
 #   CEPH_DIR       (environment) the test cluster's state (default /tmp/vmcrypt-ceph); it
 #                  is started with ../shared/ceph/start-ceph.sh if it is not running, and
@@ -29,8 +33,9 @@
 # (Debian: qemu-block-extra from bookworm-backports), python3. Prints the CPU model, the
 # kernel, the cache settings and the load average first; after the ratios, each side's
 # CPU time per request (the server process's user+system time over the run, median),
-# its context switches per request (voluntary and not, summed over its threads, median)
-# and the load average again. Exits 0 whether or not the target is met.
+# its context switches per request (voluntary and not, summed over its threads, median),
+# the OSD's CPU time per request (ceph-osd user+system time over the run, median) and
+# the load average again. Exits 0 whether or not the target is met.
 set -euo pipefail
 . "$(dirname "$0")/lib/bench.sh"
 cd "$(dirname "$0")/.."
@@ -40,6 +45,7 @@ RUNTIME=${BENCH_RUNTIME:-5}
 IODEPTH=${BENCH_IODEPTH:-16}
 ROUNDS=${BENCH_ROUNDS:-5}
 CACHE=${BENCH_RBD_CACHE:-on}
+CEILING=${BENCH_RBD_CEILING:-1}
 case $CACHE in
 on) DIRECT=off RBD_CACHE=true ;;
 off) DIRECT=on RBD_CACHE=false ;;
@@ -72,6 +78,7 @@ SERVER=
 cleanup() {
     [ -z "$SERVER" ] || { kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null || true; }
     rbd rm --no-progress "rbd/$IMG" >/dev/null 2>&1 || true
+    rbd rm --no-progress "rbd/$IMG-plain" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -85,7 +92,12 @@ OPTS="driver=rbd,pool=rbd,image=$IMG,conf=$CONF,encrypt.format=luks2,encrypt.key
 head -c "$((SIZE_MIB << 20))" /dev/urandom >"$WORK/fill"
 "$VMCRYPT" convert -n --object secret,id=s0,file="$WORK/pw" -f raw "$WORK/fill" \
     --target-image-opts "$OPTS"
+if [ "$CEILING" = 1 ]; then
+    fio --enghelp 2>/dev/null | grep -qw rbd || { echo "fio has no rbd engine (BENCH_RBD_CEILING=0 skips the ceiling)" >&2; exit 2; }
+    rbd import --no-progress "$WORK/fill" "rbd/$IMG-plain"
+fi
 rm -f "$WORK/fill"
+OSD_PID=$(cat "$CEPH_DIR/run/osd.0.pid")
 
 start_server() {
     rm -f "$SOCK"
@@ -112,17 +124,23 @@ stop_server() {
     SERVER=
 }
 
-# One fio run; prints MiB/s (sequential) or IOPS (random), then the server's CPU time
-# per request in microseconds and its context switches per request.
+# One fio run (over NBD, or with fio's rbd engine on the unencrypted copy when no
+# server runs); prints MiB/s (sequential) or IOPS (random), then the server's CPU time
+# per request in microseconds, its context switches per request and the OSD's CPU time
+# per request.
 run_fio() {
-    local rw=$1 bs=$2 depth=$3 what=$4 c0 c1 s0 s1
+    local rw=$1 bs=$2 depth=$3 what=$4 c0 c1 s0 s1 o0 o1 engine
+    engine=(--ioengine=nbd --uri="nbd+unix:///?socket=$SOCK")
+    [ -n "$SERVER" ] || engine=(--ioengine=rbd --clientname=admin --pool=rbd --rbdname="$IMG-plain")
     c0=$(cpu_ticks)
     s0=$(ctx_switches)
-    fio --name=b --ioengine=nbd --uri="nbd+unix:///?socket=$SOCK" --rw="$rw" --bs="$bs" \
+    o0=$(osd_ticks)
+    CEPH_CONF=$CONF fio --name=b "${engine[@]}" --rw="$rw" --bs="$bs" \
         --iodepth="$depth" --size="${SIZE_MIB}M" --time_based --runtime="$RUNTIME" \
         --ramp_time=1 --randrepeat=1 --randseed=13 --output-format=json >"$WORK/fio.json"
     c1=$(cpu_ticks)
     s1=$(ctx_switches)
+    o1=$(osd_ticks)
     python3 -c '
 import json, sys
 text = open(sys.argv[1]).read()
@@ -133,17 +151,22 @@ n = side["total_ios"] * (1 + 1 / float(sys.argv[3]))
 rate = side["bw_bytes"] / 1048576 if sys.argv[2] == "bw" else side["iops"]
 ticks = (int(sys.argv[5]) - int(sys.argv[4])) * 1e6 / float(sys.argv[6])
 switches = int(sys.argv[8]) - int(sys.argv[7])
-print("%.1f %.1f %.2f" % (rate, ticks / max(n, 1), switches / max(n, 1)))
-' "$WORK/fio.json" "$what" "$RUNTIME" "$c0" "$c1" "$(getconf CLK_TCK)" "$s0" "$s1"
+osd = (int(sys.argv[10]) - int(sys.argv[9])) * 1e6 / float(sys.argv[6])
+print("%.1f %.1f %.2f %.1f" % (rate, ticks / max(n, 1), switches / max(n, 1), osd / max(n, 1)))
+' "$WORK/fio.json" "$what" "$RUNTIME" "$c0" "$c1" "$(getconf CLK_TCK)" "$s0" "$s1" "$o0" "$o1"
 }
 
-# User + system CPU ticks of the running server.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+# User + system CPU ticks of the running server (0 without one).
+cpu_ticks() { [ -z "$SERVER" ] && echo 0 || awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+
+# User + system CPU ticks of the OSD (all its threads).
+osd_ticks() { awk '{print $14 + $15}' "/proc/$OSD_PID/stat"; }
 
 # Context switches of the running server's threads so far (threads that ended between
 # two readings are not counted: tokio's idle blocking threads live 10 s, longer than a
 # run's gaps).
 ctx_switches() {
+    [ -n "$SERVER" ] || { echo 0; return; }
     cat /proc/"$SERVER"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
 }
 
@@ -152,7 +175,7 @@ TESTS=()
 for t in "${ALL[@]}"; do
     case " ${BENCH_TESTS:-read write randread randwrite} " in *" ${t%% *} "*) TESTS+=("$t") ;; esac
 done
-declare -A R C S
+declare -A R C S O
 for round in $(seq 1 "$ROUNDS"); do
     order=(vmcrypt librbd)
     [ $((round % 2)) = 0 ] && order=(librbd vmcrypt)
@@ -160,12 +183,20 @@ for round in $(seq 1 "$ROUNDS"); do
         start_server "$s"
         for t in "${TESTS[@]}"; do
             set -- $t
-            read -r rate us cs < <(run_fio "$1" "$2" "$3" "$4")
+            read -r rate us cs osd < <(run_fio "$1" "$2" "$3" "$4")
             R[$s $1]+="$rate "
             C[$s $1]+="$us "
             S[$s $1]+="$cs "
+            O[$s $1]+="$osd "
         done
         stop_server
+    done
+    [ "$CEILING" = 1 ] || continue
+    for t in "${TESTS[@]}"; do
+        set -- $t
+        read -r rate _ _ osd < <(run_fio "$1" "$2" "$3" "$4")
+        R[ceiling $1]+="$rate "
+        O[ceiling $1]+="$osd "
     done
 done
 
@@ -182,6 +213,15 @@ for t in "${TESTS[@]}"; do
     echo "    rounds: vmcrypt ${R[vmcrypt $1]}/ librbd ${R[librbd $1]}"
     echo "    context switches per request: $(echo "${S[vmcrypt $1]}" | bench_median %.2f)" \
         "/ $(echo "${S[librbd $1]}" | bench_median %.2f)"
+    osd="$(echo "${O[vmcrypt $1]}" | median) / $(echo "${O[librbd $1]}" | median)"
+    if [ "$CEILING" = 1 ]; then
+        c=$(echo "${R[ceiling $1]}" | median)
+        echo "    ceiling (fio rbd engine, unencrypted copy, no NBD): $c $unit" \
+            "(vmcrypt $(awk -v a="$v" -v b="$c" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')x of it);" \
+            "rounds: ${R[ceiling $1]}"
+        osd+=" / $(echo "${O[ceiling $1]}" | median)"
+    fi
+    echo "    OSD CPU per request (vmcrypt / librbd$([ "$CEILING" = 1 ] && echo " / ceiling")): $osd us"
 done
 echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "(median of $ROUNDS rounds, ${RUNTIME} s each; target >= 1.0x sequential, >= 1.5x random)"

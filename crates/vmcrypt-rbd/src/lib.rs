@@ -21,7 +21,7 @@
 #[allow(unsafe_code)]
 mod ffi;
 
-pub use ffi::{AioDone, HeaderLock, Image, ImageInfo, ParentSpec, Pool};
+pub use ffi::{AioDone, HeaderLock, Image, ImageInfo, LOCK_SECONDS_ENV, ParentSpec, Pool};
 
 /// How to reach a pool: QEMU's rbd options `conf=`, `user=`, the key from `key-secret=`,
 /// `pool=` and `namespace=`.

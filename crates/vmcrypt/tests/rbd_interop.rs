@@ -785,6 +785,148 @@ fn luks_key_changes_on_rbd_take_the_header_lock() {
     );
 }
 
+/// A `vmcrypt luks add-key` on `dev` with passphrase file `pw`, adding `new`, with a
+/// KDF of `iter_ms`, its header lock lasting 3 s unless renewed; stderr piped.
+fn spawn_add_key(dev: &str, pw: &str, new: &str, iter_ms: &str) -> std::process::Child {
+    std::process::Command::new(VMCRYPT)
+        .env("VMCRYPT_RBD_LOCK_SECONDS", "3")
+        .args(["luks", "add-key", "-q", "--key-file", pw, dev, new])
+        .args(["--iter-time", iter_ms, "--pbkdf-memory", "32768"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting vmcrypt")
+}
+
+/// Wait (up to 30 s) until the image's header lock is held.
+fn await_header_lock(img: &TestImage) {
+    let start = std::time::Instant::now();
+    while !header_lock_held(img) {
+        assert!(start.elapsed().as_secs() < 30, "nobody took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The header lock is taken for a limited time and renewed while its holder runs: a
+/// change that runs for longer than the lock lasts keeps it and blocks others to the
+/// end; a holder killed with SIGKILL leaves a lock that blocks at first and expires by
+/// itself, after which the next change succeeds; a holder stopped for longer than the
+/// lock lasts has lost it, and writes nothing when it resumes, another change having
+/// run meanwhile. A bad `VMCRYPT_RBD_LOCK_SECONDS` is refused, naming it.
+#[test]
+fn rbd_header_lock_expires_when_its_holder_is_gone() {
+    let sc = Scratch::new();
+    let img = TestImage::new("lockexpiry");
+    let pw = sc.write("pw", PASS);
+    let [pw2, pw3, pw4, pw5] = ["two", "three", "four", "five"].map(|p| sc.write(p, p.as_bytes()));
+    format_cheap(&img, "24M", "luks2", &pw);
+    let dev = img.filename();
+    let add_key = |new: &str| {
+        vmcrypt(&[
+            "luks",
+            "add-key",
+            "-q",
+            "--key-file",
+            &pw,
+            &dev,
+            new,
+            "--iter-time",
+            "10",
+            "--pbkdf-memory",
+            "32768",
+        ])
+    };
+
+    // A live holder, for twice the lock's 3 s: renewed, it still blocks, then succeeds.
+    let live = spawn_add_key(&dev, &pw, &pw2, "6000");
+    await_header_lock(&img);
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    add_key(&pw3)
+        .failed()
+        .stderr_has("is being changed elsewhere")
+        .stderr_has(&format!("pid {}", live.id()));
+    let out = live.wait_with_output().expect("waiting for vmcrypt");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(librbd_loads(&img, "luks2", &pw2), "the long add-key's key");
+    assert!(!header_lock_held(&img), "a finished add-key left its lock");
+
+    // Killed with SIGKILL: the lock stays, blocks, and is gone within the 3 s (plus
+    // the renewal period) and some slack; then the next change runs.
+    let mut killed = spawn_add_key(&dev, &pw, &pw3, "20000");
+    await_header_lock(&img);
+    killed.kill().expect("SIGKILL");
+    let killed_at = std::time::Instant::now();
+    killed.wait().expect("reaping vmcrypt");
+    assert!(header_lock_held(&img), "the killed holder's lock is left");
+    add_key(&pw3)
+        .failed()
+        .stderr_has("is being changed elsewhere");
+    while header_lock_held(&img) {
+        assert!(killed_at.elapsed().as_secs() < 12, "the lock never expired");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    add_key(&pw3).ok();
+    assert!(librbd_loads(&img, "luks2", &pw3), "added after the expiry");
+
+    // Stopped (SIGSTOP) past the expiry while another change runs: on SIGCONT it fails
+    // naming the lost lock and adds nothing.
+    let stopped = spawn_add_key(&dev, &pw, &pw4, "3000");
+    await_header_lock(&img);
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &stopped.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let stopped_at = std::time::Instant::now();
+    while add_key(&pw5).code != Some(0) {
+        assert!(
+            stopped_at.elapsed().as_secs() < 12,
+            "the lock never expired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    signal("-CONT");
+    let out = stopped.wait_with_output().expect("waiting for vmcrypt");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the stopped add-key succeeded");
+    assert!(err.contains("lost the LUKS header lock"), "{err}");
+    assert!(
+        librbd_loads(&img, "luks2", &pw5),
+        "the change made meanwhile"
+    );
+    assert!(
+        !librbd_loads(&img, "luks2", &pw4),
+        "the stopped add-key's key"
+    );
+    assert!(!header_lock_held(&img), "a lock is left");
+
+    let bad = run_in_env(
+        &["luks", "add-key", "-q", "--key-file", &pw, &dev, &pw4],
+        "1",
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("VMCRYPT_RBD_LOCK_SECONDS"));
+    assert!(
+        !librbd_loads(&img, "luks2", &pw4),
+        "added with a refused setting"
+    );
+}
+
+/// Run vmcrypt with `VMCRYPT_RBD_LOCK_SECONDS=seconds`.
+fn run_in_env(args: &[&str], seconds: &str) -> std::process::Output {
+    std::process::Command::new(VMCRYPT)
+        .env("VMCRYPT_RBD_LOCK_SECONDS", seconds)
+        .args(args)
+        .output()
+        .expect("running vmcrypt")
+}
+
 /// `vmcrypt luks open` of an rbd image (librbd's layout): the daemon serves it decrypted
 /// over NBD, never-written objects as zeros as librbd reads them; `status` names it;
 /// what is written through the export, librbd reads; a wrong passphrase or key slot

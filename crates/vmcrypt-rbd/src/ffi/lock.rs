@@ -9,20 +9,56 @@
 //! `rbd_lock_acquire`), and `rbd lock add` is refused while any client writes. A
 //! separate name keeps writers running, as cryptsetup's metadata lock does for a device
 //! in use, and still lets only one header change run at a time.
+//!
+//! The lock is taken for a limited time ([`lock_seconds`], 30 s by default) and renewed
+//! while it is held (`lock_renew.rs`), so that a holder killed mid-way leaves a lock
+//! that expires by itself instead of one that blocks every later change.
+use super::lock_renew::{Held, Renewer};
 use super::{Image, check, cstr};
 use libc::{c_char, c_int};
 use std::ffi::CString;
 use std::sync::Arc;
-use vmcrypt_error::{Error, Result};
+use std::time::Duration;
+use vmcrypt_error::{Error, Result, bail};
 
 /// The RADOS lock name on the header object.
 pub const LOCK_NAME: &str = "vmcrypt_luks";
 
-/// The header lock of one image, released on drop.
+/// The environment variable that sets how long the lock lasts unless renewed.
+pub const LOCK_SECONDS_ENV: &str = "VMCRYPT_RBD_LOCK_SECONDS";
+
+/// How long the lock lasts unless renewed, by default.
+const LOCK_SECONDS_DEFAULT: u64 = 30;
+
+/// The header lock of one image, renewed while held, released on drop.
 pub struct HeaderLock {
-    pool: Arc<super::Pool>,
-    oid: CString,
-    cookie: CString,
+    held: Arc<Held>,
+    renewer: Option<Renewer>,
+}
+
+impl HeaderLock {
+    /// Fail unless the lock is still this process's: renewed in time (renewing it now
+    /// if less than a third of its duration is left). A holder stopped for longer than
+    /// the duration has lost it, and another change may have run meanwhile, so whatever
+    /// it was about to write must not be written.
+    pub fn ensure_held(&self) -> Result<()> {
+        self.held.ensure()
+    }
+}
+
+/// How long a lock lasts unless renewed: `VMCRYPT_RBD_LOCK_SECONDS` (2 to 3600) or
+/// 30 s.
+pub fn lock_seconds() -> Result<Duration> {
+    let Ok(v) = std::env::var(LOCK_SECONDS_ENV) else {
+        return Ok(Duration::from_secs(LOCK_SECONDS_DEFAULT));
+    };
+    match v.trim().parse::<u64>() {
+        Ok(n) if (2..=3600).contains(&n) => Ok(Duration::from_secs(n)),
+        _ => bail!(
+            Usage,
+            "{LOCK_SECONDS_ENV}={v:?}: expected whole seconds from 2 to 3600"
+        ),
+    }
 }
 
 /// Who holds a lock, as `rados_list_lockers` reports it.
@@ -55,6 +91,7 @@ impl Image {
     /// Take the header lock for `purpose` (e.g. `luks add-key`); a lock some other
     /// process holds is a `Busy` error naming it and how to remove a stale one.
     pub fn lock_header(&self, purpose: &str) -> Result<HeaderLock> {
+        let duration = lock_seconds()?;
         let oid = self.header_object()?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let cookie = format!(
@@ -67,32 +104,27 @@ impl Image {
             cstr(LOCK_NAME, "lock")?,
             cstr(&cookie, "cookie")?,
         );
-        let api = self.api();
-        // SAFETY: valid ioctx of the image's pool; NUL-terminated strings; a NULL
-        // duration (held until released); no flags.
-        let r = unsafe {
-            (api.rados_lock_exclusive)(
-                self.pool.ioctx,
-                o.as_ptr(),
-                n.as_ptr(),
-                c.as_ptr(),
-                c.as_ptr(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
+        let held = Held::new(self.pool.clone(), o, c, duration);
+        let r = held.take();
         if r == -libc::EBUSY || r == -libc::EEXIST {
-            return Err(self.held_error(&o, &n, &oid));
+            return Err(self.held_error(&held.oid, &n, &oid, duration));
         }
         check(r, || format!("locking the LUKS header of {}", self.name()))?;
+        let held = Arc::new(held);
+        let renewer = match Renewer::start(held.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                held.release();
+                return Err(e);
+            }
+        };
         Ok(HeaderLock {
-            pool: self.pool.clone(),
-            oid: o,
-            cookie: c,
+            renewer: Some(renewer),
+            held,
         })
     }
 
-    fn held_error(&self, o: &CString, n: &CString, oid: &str) -> Error {
+    fn held_error(&self, o: &CString, n: &CString, oid: &str, duration: Duration) -> Error {
         let pool = &self.pool;
         let ns = pool
             .namespace
@@ -101,9 +133,17 @@ impl Image {
             .unwrap_or_default();
         let held = match lockers(pool, o, n).ok().and_then(|v| v.into_iter().next()) {
             Some(l) => format!(
-                "held by {} at {} (cookie '{}'); if that process is gone, remove the lock \
-                 with: rados -p {}{ns} lock break {oid} {LOCK_NAME} {} --lock-cookie '{}'",
-                l.client, l.addr, l.cookie, pool.name, l.client, l.cookie
+                "held by {} at {} (cookie '{}'); a lock vmcrypt took expires once its \
+                 holder stops renewing it ({LOCK_SECONDS_ENV}, here {} s); if the holder \
+                 is gone and the lock stays, remove it with: rados -p {}{ns} lock break {oid} {LOCK_NAME} {} \
+                 --lock-cookie '{}'",
+                l.client,
+                l.addr,
+                l.cookie,
+                duration.as_secs(),
+                pool.name,
+                l.client,
+                l.cookie
             ),
             None => "held by another client".to_string(),
         };
@@ -180,16 +220,8 @@ fn lockers(pool: &super::Pool, o: &CString, n: &CString) -> Result<Vec<Locker>> 
 
 impl Drop for HeaderLock {
     fn drop(&mut self) {
-        let n = CString::new(LOCK_NAME).expect("no NUL in the lock name");
-        // SAFETY: the pool (and its ioctx) is kept alive by the Arc; NUL-terminated
-        // strings. A failed unlock leaves a lock that the next taker reports.
-        unsafe {
-            (self.pool.api.rados_unlock)(
-                self.pool.ioctx,
-                self.oid.as_ptr(),
-                n.as_ptr(),
-                self.cookie.as_ptr(),
-            );
-        }
+        // Stop renewing first, so no renewal runs after the unlock.
+        drop(self.renewer.take());
+        self.held.release();
     }
 }

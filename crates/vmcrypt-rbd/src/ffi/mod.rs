@@ -13,8 +13,13 @@ use vmcrypt_error::{Error, Result};
 
 mod aio;
 mod lock;
+mod lock_renew;
 pub use aio::AioDone;
-pub use lock::HeaderLock;
+pub use lock::{HeaderLock, LOCK_SECONDS_ENV};
+
+/// `LIBRADOS_LOCK_FLAG_MUST_RENEW` (librados.h): renew a lock the caller holds, or fail
+/// with ENOENT if it does not hold it any more.
+const LIBRADOS_LOCK_FLAG_MUST_RENEW: u8 = 1 << 1;
 
 type Ptr = *mut c_void;
 type DiffCb = extern "C" fn(u64, usize, c_int, Ptr) -> c_int;

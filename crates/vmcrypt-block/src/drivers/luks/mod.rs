@@ -404,6 +404,21 @@ impl DataCrypt {
         let iv = self.iv_tweak.wrapping_add(offset / SECTOR);
         crypt(&self.cipher, iv, self.sector, buf, encrypt)
     }
+
+    /// As [`DataCrypt::apply`], all on the calling thread whatever the size: for callers
+    /// that already have many requests in flight (the asynchronous path), where those
+    /// requests keep the cores busy and handing one request to rayon's pool costs more
+    /// than it saves (its idle workers spin in `sched_yield` after each request,
+    /// taking CPU from librbd and the OSDs: 14% of the server's samples measured with
+    /// 1 MiB writes on 2 cores).
+    pub(crate) fn apply_here(&self, buf: &mut [u8], offset: u64, encrypt: bool) -> Result<()> {
+        let iv = self.iv_tweak.wrapping_add(offset / SECTOR);
+        if encrypt {
+            self.cipher.encrypt(iv, self.sector, buf)
+        } else {
+            self.cipher.decrypt(iv, self.sector, buf)
+        }
+    }
 }
 
 /// The number of cores, asked once (the std call reads cgroup files every time).
@@ -606,5 +621,35 @@ impl Check for LuksDriver {
                 .push("the LUKS2 metadata needed cryptsetup's repair (stray KDF fields)".into());
         }
         problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmcrypt_crypto::CipherSpec;
+
+    /// The one-thread path gives the bytes the parallel one gives, on a buffer large
+    /// enough to be split (LUKS2 4096-byte sectors, IV tweak and offset not zero), and
+    /// decrypts back to the plaintext.
+    #[test]
+    fn apply_here_matches_apply() {
+        let spec = CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap();
+        let key: Vec<u8> = (0..64u8).collect();
+        let dc = DataCrypt {
+            cipher: Arc::new(SectorCipher::new(&spec, &key).unwrap()),
+            iv_tweak: 77,
+            sector: 4096,
+        };
+        let plain: Vec<u8> = (0..PARALLEL_MIN * 4)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        dc.apply(&mut a, 1 << 20, true).unwrap();
+        dc.apply_here(&mut b, 1 << 20, true).unwrap();
+        assert_ne!(a, plain);
+        assert_eq!(a, b);
+        dc.apply_here(&mut b, 1 << 20, false).unwrap();
+        assert_eq!(b, plain);
     }
 }

@@ -1,6 +1,8 @@
 //! The asynchronous path of an encrypted rbd node ([`AsyncIo`]): a write is encrypted
 //! on the submitting thread and handed to librbd; a read's ciphertext is decrypted (and
-//! its holes zeroed) in librbd's completion callback.
+//! its holes zeroed) in librbd's completion callback. A write's encryption stays on
+//! its thread whatever its size (`DataCrypt::apply_here`): the requests in flight
+//! together keep the cores busy.
 //!
 //! Only the common case goes this way: whole sectors, objects whose stored length is
 //! known, no gap to fill before a write, no clone parent to read or copy up, no
@@ -63,7 +65,10 @@ impl AsyncIo for RbdCryptDriver {
         offset: u64,
         done: IoDone,
     ) -> std::result::Result<(), Declined> {
-        let dc = self.luks.data_crypt().filter(|_| !self.is_read_only());
+        let dc = self
+            .luks
+            .data_crypt()
+            .filter(|_| !self.is_read_only() && !self.raw.holds_header_lock());
         // Shared with other whole-sector writes, exclusive of read-modify-writes and
         // gap fills, from the look at the lengths until the request is submitted.
         let guard = self.rmw.read().expect("rmw lock");
@@ -74,7 +79,7 @@ impl AsyncIo for RbdCryptDriver {
         let (Some(_), Some(dc)) = (lengths, dc) else {
             return Err(Declined { buf, done });
         };
-        if let Err(e) = dc.apply(&mut buf, offset, true) {
+        if let Err(e) = dc.apply_here(&mut buf, offset, true) {
             done(Err(e), buf);
             return Ok(());
         }

@@ -71,6 +71,12 @@ impl RbdDriver {
         Ok(self)
     }
 
+    /// Whether this node holds the image's LUKS header lock (its writes then take the
+    /// blocking path, which checks that the lock is still held).
+    pub fn holds_header_lock(&self) -> bool {
+        self.header_lock.is_some()
+    }
+
     /// The image's object size in bytes.
     pub fn object_size(&self) -> u64 {
         self.object_size
@@ -92,6 +98,8 @@ impl RbdDriver {
         self.image.extents(offset, len, include_parent, false)
     }
 
+    /// Refuse writes to a read-only image, and, while the header lock is held, any write
+    /// once the lock is lost (see `HeaderLock::ensure_held`).
     fn check_writable(&self) -> Result<()> {
         if self.read_only {
             bail!(
@@ -99,6 +107,9 @@ impl RbdDriver {
                 "rbd image {} is open read-only",
                 self.image.name()
             );
+        }
+        if let Some(lock) = &self.header_lock {
+            lock.ensure_held()?;
         }
         Ok(())
     }
@@ -186,7 +197,11 @@ impl AsyncIo for RbdDriver {
         offset: u64,
         done: IoDone,
     ) -> std::result::Result<(), Declined> {
-        if self.read_only || check_range("rbd write", offset, buf.len(), self.size()).is_err() {
+        // Under the header lock, writes take the blocking path, which checks the lock.
+        if self.read_only
+            || self.holds_header_lock()
+            || check_range("rbd write", offset, buf.len(), self.size()).is_err()
+        {
             return Err(Declined { buf, done });
         }
         self.image.submit_write(buf, 0, offset, done);
