@@ -16,7 +16,7 @@
 //! random data and the resilience area cleared. An interruption between the final
 //! header and that wipe leaves the copy (plaintext that was on the device anyway) in
 //! the unused tail; the encrypted data is complete.
-use super::{Position, hotzone, new_digest};
+use super::{Position, checksums, hotzone, new_digest};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::{Luks2Volume, verify_digest};
 use std::sync::Arc;
@@ -359,9 +359,4 @@ fn wipe_random(dev: &dyn BlockDriver, offset: u64, len: u64) -> Result<()> {
         done += n as u64;
     }
     dev.flush()
-}
-
-/// Hash of each `bs`-byte block of `data`, concatenated.
-fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
-    data.chunks(bs).flat_map(|b| h.digest(b)).collect()
 }

@@ -12,7 +12,7 @@
 //! hotzone is marked done, and its data only once its protection is flushed and the
 //! header marks it hot. A run served online (gated) never reads ahead: a request may
 //! still write to the next hotzone until the gate holds it.
-use super::{CHUNK, Reencryption, Step, hash_blocks};
+use super::{CHUNK, Reencryption, Step};
 use rayon::prelude::*;
 use vmcrypt_crypto::HashAlg;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
@@ -97,7 +97,7 @@ impl Reencryption<'_> {
                     .enumerate()
                     .try_for_each(|(i, (c, s))| {
                         let rel = read(i, c)?;
-                        hash_blocks(h, bs, c, s);
+                        h.digest_each(bs, c, s);
                         self.transform(offset + rel, c)
                     })?;
             }
