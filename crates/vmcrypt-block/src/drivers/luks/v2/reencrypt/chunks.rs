@@ -6,6 +6,7 @@
 use super::CHUNK;
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
+use vmcrypt_crypto::HashAlg;
 use vmcrypt_error::{Result, ResultExt};
 
 /// Pieces a rayon job takes at least: each job allocates (and zeroes) its buffer.
@@ -49,6 +50,19 @@ impl<'a> Chunks<'a> {
             .try_for_each_init(Vec::new, |buf, i| {
                 let rel = self.read(i, buf)?;
                 f(rel, buf)
+            })
+    }
+
+    /// Hash each `bs`-byte block (`bs` divides `CHUNK`) into consecutive slots of `out`.
+    pub fn hash_blocks(&self, h: HashAlg, bs: usize, out: &mut [u8]) -> Result<()> {
+        let per_chunk = CHUNK / bs * h.output_len();
+        out.par_chunks_mut(per_chunk)
+            .enumerate()
+            .with_min_len(MIN_PER_JOB)
+            .try_for_each_init(Vec::new, |buf, (i, sums)| {
+                self.read(i, buf)?;
+                h.digest_each(bs, buf, sums);
+                Ok(())
             })
     }
 }

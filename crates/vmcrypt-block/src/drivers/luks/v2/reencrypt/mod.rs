@@ -14,16 +14,14 @@
 //! The last header write removes the old keyslots and digest, the backup segments,
 //! the `reencrypt` keyslot and the requirement; then the freed areas are wiped.
 //!
-//! With resilience `none` each hotzone is streamed (`chunks.rs`): each thread reads
-//! one chunk at a time into a buffer of its own that stays in the CPU cache,
-//! transforms and writes it. Checksum and journal hotzones are read once into memory
-//! (two hotzone-sized buffers), protected and transformed chunk by chunk while in
-//! cache, and written back while the next hotzone is read ([`held`]).
+//! The data passes are streamed (`chunks.rs`): each thread reads one chunk at a time
+//! into a buffer of its own that stays in the CPU cache, so the hotzone is read once to
+//! protect it and once more to transform it rather than held whole in memory (which
+//! cost more, in page faults and memory traffic, than the second read).
 mod chunks;
 pub mod decrypt;
 pub mod encrypt;
 pub mod encrypt_init;
-mod held;
 mod hotzone;
 pub mod init;
 pub mod online;
@@ -31,7 +29,6 @@ pub mod online;
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
 use chunks::Chunks;
-use held::Held;
 use rayon::prelude::*;
 use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher, kdf, random};
@@ -288,7 +285,7 @@ impl<'a> Reencryption<'a> {
         progress: &mut dyn FnMut(Position),
         keep_going: &dyn Fn() -> bool,
     ) -> Result<bool> {
-        self.run_loop(progress, keep_going, &NoGate, true)
+        self.run_gated(progress, keep_going, &NoGate)
     }
 
     /// Finish a hotzone that was interrupted (from its protection); true if that
@@ -311,18 +308,6 @@ impl<'a> Reencryption<'a> {
         keep_going: &dyn Fn() -> bool,
         gate: &dyn HotzoneGate,
     ) -> Result<bool> {
-        self.run_loop(progress, keep_going, gate, false)
-    }
-
-    /// The hotzone loop; `ahead`: checksum and journal hotzones may be read while the
-    /// previous one is written (offline only, see [`held`]).
-    fn run_loop(
-        &mut self,
-        progress: &mut dyn FnMut(Position),
-        keep_going: &dyn Fn() -> bool,
-        gate: &dyn HotzoneGate,
-        ahead: bool,
-    ) -> Result<bool> {
         if self.recover_interrupted()? {
             return Ok(true);
         }
@@ -331,21 +316,13 @@ impl<'a> Reencryption<'a> {
             self.finish()?;
             return Ok(true);
         }
-        let held = !matches!(self.st.keyslot.resilience, Resilience::None);
-        let (mut cur, mut next) = (Held::default(), Held::default());
         while pos.done < pos.total {
             if !keep_going() {
                 return Ok(false);
             }
             let len = self.hotzone.min(pos.total - pos.done);
             gate.enter(pos.done, len);
-            let stepped = if held {
-                let r = self.step_held((pos.done, len), &mut cur, &mut next, ahead);
-                std::mem::swap(&mut cur, &mut next);
-                r
-            } else {
-                self.step(pos.done, len)
-            };
+            let stepped = self.step(pos.done, len);
             gate.leave(stepped.is_ok().then_some(pos.done + len));
             stepped?;
             pos.done += len;
@@ -365,10 +342,13 @@ impl<'a> Reencryption<'a> {
         Ok(())
     }
 
-    /// One hotzone at `offset` (from the data start) of `len` bytes with resilience
-    /// `none`: read, transform and write it chunk by chunk over the cores, flush, mark
-    /// it done.
+    /// One hotzone at `offset` (from the data start) of `len` bytes: protect it, mark
+    /// it hot, then read, transform and write it chunk by chunk over the cores, flush,
+    /// mark it done.
     fn step(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.protect(offset, len)? {
+            self.commit(Step::Hot { offset, len })?;
+        }
         let at = self.layout.data_offset + offset;
         let data = &self.data;
         Chunks::new(data.as_ref(), at, len).try_for_each(|rel, c| {
@@ -389,6 +369,41 @@ impl<'a> Reencryption<'a> {
         } else {
             self.commit(Step::Post { done })
         }
+    }
+
+    /// Store the protection of the hotzone at `offset` (`len` bytes) in the reencrypt
+    /// area and flush it: the hash of each checksum block, or the old ciphertext itself
+    /// as a journal (read and written chunk by chunk); false for `none`.
+    fn protect(&self, offset: u64, len: u64) -> Result<bool> {
+        let k = &self.st.keyslot;
+        let at = self.layout.data_offset + offset;
+        let chunks = Chunks::new(self.data.as_ref(), at, len);
+        let dev = &self.vol.dev;
+        let area = |what: &str, n: u64| {
+            ensure!(
+                n <= k.area_size,
+                Internal,
+                "hotzone {what} do not fit the reencryption area"
+            );
+            Ok(())
+        };
+        match &k.resilience {
+            Resilience::Checksum { hash, sector_size } => {
+                let (h, bs) = (HashAlg::from_name(hash)?, *sector_size as usize);
+                let mut sums = vec![0u8; len as usize / bs * h.output_len()];
+                area("checksums", sums.len() as u64)?;
+                chunks.hash_blocks(h, bs, &mut sums)?;
+                dev.write_at(&sums, k.area_offset)
+            }
+            Resilience::Journal => {
+                area("journal bytes", len)?;
+                chunks.try_for_each(|rel, c| dev.write_at(c, k.area_offset + rel))
+            }
+            _ => return Ok(false),
+        }
+        .ctx("writing the reencryption resilience area")?;
+        dev.flush()?;
+        Ok(true)
     }
 
     /// Decrypt `buf` (old ciphertext at `offset`) and encrypt it with the new key.
