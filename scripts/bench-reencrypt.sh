@@ -6,10 +6,10 @@
 # filled image; the wall time of each run is measured and the medians and the ratio
 # (cryptsetup / vmcrypt) printed per mode, with the median CPU time (user + system, as
 # /usr/bin/time reports it: what is charged to the process, not kernel threads) of each
-# tool: on a loaded machine wall times vary with the
-# other load, CPU times much less. The load average is printed before and after. Every
-# vmcrypt result is checked: cryptsetup must see no requirement left and the data must
-# decrypt to the original plaintext.
+# tool: on a loaded machine wall times vary with the other load, CPU times much less.
+# The load average is printed before and after. Every vmcrypt result is checked:
+# cryptsetup must see no requirement left and the data must decrypt to the original
+# plaintext.
 #
 # usage: scripts/bench-reencrypt.sh [SIZE_MIB [ROUNDS [MODES...]]]
 #   SIZE_MIB  data size (default 1024); ROUNDS default 5; MODES default: checksum journal none
