@@ -4,8 +4,12 @@
 # 512-bit key, the same sector size) with the same resilience mode and hotzone size.
 # Each round starts both tools from a byte-identical copy of one freshly formatted and
 # filled image; the wall time of each run is measured and the medians and the ratio
-# (cryptsetup / vmcrypt) printed per mode. Every vmcrypt result is checked: cryptsetup
-# must see no requirement left and the data must decrypt to the original plaintext.
+# (cryptsetup / vmcrypt) printed per mode, with the median CPU time (user + system, as
+# /usr/bin/time reports it: what is charged to the process, not kernel threads) of each
+# tool: on a loaded machine wall times vary with the other load, CPU times much less.
+# The load average is printed before and after. Every vmcrypt result is checked:
+# cryptsetup must see no requirement left and the data must decrypt to the original
+# plaintext.
 #
 # usage: scripts/bench-reencrypt.sh [SIZE_MIB [ROUNDS [MODES...]]]
 #   SIZE_MIB  data size (default 1024); ROUNDS default 5; MODES default: checksum journal none
@@ -24,9 +28,11 @@ HOTZONE=${HOTZONE:-64M}
 SECTOR=${SECTOR:-4096}
 cd "$(dirname "$0")/.."
 bench_require "install cryptsetup-bin" cryptsetup
+[ -x /usr/bin/time ] || { echo "/usr/bin/time not found (install time)" >&2; exit 2; }
 bench_vmcrypt
 BENCH_DIR=$(bench_dir $(((SIZE_MIB + 16) * 3)) shm-or-tmp)
 bench_banner
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cryptsetup: $(cryptsetup --version); vmcrypt: $(git rev-parse --short HEAD)"
 echo "image: ${SIZE_MIB} MiB data, aes-xts-plain64 512-bit, ${SECTOR}-byte sectors, hotzone $HOTZONE, in $BENCH_DIR, $ROUNDS rounds"
 DIR=$(mktemp -d "$BENCH_DIR/vmcrypt-reenc.XXXXXX")
@@ -42,9 +48,14 @@ SECRET="secret,id=s0,file=$DIR/pw"
 want=$(sha256sum < "$DIR/plain" | cut -d' ' -f1)
 rm -f "$DIR/plain"
 
-# The names the rounds below use.
-timed() { bench_timed -q "$@"; }
-median() { bench_median; }
+# The names the rounds below use. `timed CMD...` prints the wall time of CMD and its
+# CPU time (user + system); `median N` the median of column N of its input.
+timed() {
+    local wall
+    wall=$(bench_timed -q /usr/bin/time -f '%U %S' -o "$DIR/cpu" "$@")
+    echo "$wall $(awk '{ printf "%.2f", $1 + $2 }' "$DIR/cpu")"
+}
+median() { awk -v c="$1" '{ print $c }' | bench_median; }
 verify() {
     cryptsetup luksDump "$1" | grep -q Requirements && { echo "requirement left in $1" >&2; exit 1; }
     "$VM" convert -q -O raw --object "$SECRET" --image-opts \
@@ -54,7 +65,7 @@ verify() {
     [ "$got" = "$want" ] || { echo "plaintext differs after vmcrypt" >&2; exit 1; }
 }
 
-printf '%-9s %12s %12s %8s\n' mode "vmcrypt s" "cryptsetup s" ratio
+printf '%-9s %12s %12s %8s %12s %14s\n' mode "vmcrypt s" "cryptsetup s" ratio "vmcrypt cpu" "cryptsetup cpu"
 for mode in "${MODES[@]}"; do
     : > "$DIR/vm.t"
     : > "$DIR/cs.t"
@@ -67,7 +78,9 @@ for mode in "${MODES[@]}"; do
         timed cryptsetup reencrypt --force-offline-reencrypt -q --key-file "$DIR/pw" "${KDF[@]}" \
             --resilience "$mode" --hotzone-size "$HOTZONE" "$DIR/a.img" >> "$DIR/cs.t"
     done
-    vm=$(median < "$DIR/vm.t")
-    cs=$(median < "$DIR/cs.t")
-    printf '%-9s %12.3f %12.3f %7.2fx\n' "$mode" "$vm" "$cs" "$(echo "$cs / $vm" | bc -l)"
+    vm=$(median 1 < "$DIR/vm.t")
+    cs=$(median 1 < "$DIR/cs.t")
+    printf '%-9s %12.3f %12.3f %7.2fx %12.2f %14.2f\n' "$mode" "$vm" "$cs" "$(echo "$cs / $vm" | bc -l)" \
+        "$(median 2 < "$DIR/vm.t")" "$(median 2 < "$DIR/cs.t")"
 done
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"

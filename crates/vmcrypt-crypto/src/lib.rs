@@ -9,7 +9,9 @@
 //! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
 //! * [`lrw`]: the GF(2^128) tweak arithmetic of the kernel's LRW mode.
 //! * [`aes_xts`]: the fast AES-XTS kernels and the [`aes_xts::Kernel`] choice, and
-//!   [`aes_cbc`]: fast AES-CBC decryption; the only modules allowed to use `unsafe`.
+//!   [`aes_cbc`]: fast AES-CBC decryption, and `sha256_ni`: SHA-256 of many blocks two
+//!   at a time on SHA-NI (behind [`HashAlg::digest_each`]); the only modules allowed
+//!   to use `unsafe`.
 //! * [`secret`]: [`SecretBytes`], key material that is zeroized on drop.
 //! * [`random`]: the OS random number generator.
 //!
@@ -32,6 +34,9 @@ pub mod lrw;
 pub mod random;
 pub mod secret;
 pub mod sector;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod sha256_ni;
 pub mod spec;
 
 pub use hash::HashAlg;

@@ -3,7 +3,7 @@
 //! piece, so it stays in the CPU cache), and hands each to a closure that hashes,
 //! copies or transforms and writes it. Pieces are handled in any order and at the
 //! same time; the caller flushes after the whole pass.
-use super::{CHUNK, hash_blocks};
+use super::CHUNK;
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
 use vmcrypt_crypto::HashAlg;
@@ -61,7 +61,7 @@ impl<'a> Chunks<'a> {
             .with_min_len(MIN_PER_JOB)
             .try_for_each_init(Vec::new, |buf, (i, sums)| {
                 self.read(i, buf)?;
-                hash_blocks(h, bs, buf, sums);
+                h.digest_each(bs, buf, sums);
                 Ok(())
             })
     }

@@ -536,21 +536,13 @@ pub(super) fn remove_old_keyslots(
     Ok(wipe)
 }
 
-/// Hash of each `bs`-byte block of `data`, concatenated.
+/// Hash of each `bs`-byte block of `data`, concatenated (over the cores).
 pub(super) fn checksums(h: HashAlg, bs: usize, data: &[u8]) -> Vec<u8> {
     // A last partial block (the end of a last hotzone) is hashed as it is.
     let mut out = vec![0u8; data.len().div_ceil(bs) * h.output_len()];
     let per_chunk = CHUNK / bs * h.output_len();
     data.par_chunks(CHUNK)
         .zip(out.par_chunks_mut(per_chunk))
-        .for_each(|(c, s)| hash_blocks(h, bs, c, s));
+        .for_each(|(c, s)| h.digest_each(bs, c, s));
     out
-}
-
-/// Hash each `bs`-byte block of `data` into consecutive slots of `out`.
-pub(super) fn hash_blocks(h: HashAlg, bs: usize, data: &[u8], out: &mut [u8]) {
-    let hl = h.output_len();
-    for (b, o) in data.chunks(bs).zip(out.chunks_mut(hl)) {
-        o.copy_from_slice(&h.digest(b));
-    }
 }
