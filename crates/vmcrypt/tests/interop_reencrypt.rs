@@ -334,3 +334,50 @@ fn luks1_is_rekeyed_through_luks2_and_back() {
         .args(["open", "--test-passphrase", "--key-file"])
         .args([&im.pw, &im.img]));
 }
+
+/// Data that is not whole sectors of the new size (or whole checksum blocks) is refused
+/// before anything is written, as cryptsetup refuses it: a started run could not be
+/// loaded again.
+#[test]
+fn misaligned_data_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (img, pw) = (dir.path().join("d.img"), dir.path().join("pw"));
+    std::fs::write(&pw, b"secret").unwrap();
+    // 16 MiB of header plus 1 MiB and three 512-byte sectors of data.
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(17 * MIB + 3 * 512)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks2", "-q", "--pbkdf", "pbkdf2"])
+        .args(["--pbkdf-force-iterations", "1000", "--sector-size", "512"])
+        .arg("--key-file")
+        .args([&pw, &img]));
+    let before = std::fs::read(&img).unwrap();
+    for extra in [
+        &["--sector-size", "4096", "--resilience", "journal"][..],
+        &["--resilience", "checksum"][..],
+    ] {
+        let out = vmcrypt()
+            .args(["luks", "reencrypt", "--no-progress", "--key-file"])
+            .args([&pw, &img])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted: {out:?}");
+        assert!(err.contains("not a multiple of"), "{extra:?}: {err}");
+        assert!(std::fs::read(&img).unwrap() == before, "{extra:?} wrote");
+    }
+    // The same image re-keys with its own sector size and journal resilience.
+    ok(vmcrypt()
+        .args([
+            "luks",
+            "reencrypt",
+            "--no-progress",
+            "--resilience",
+            "journal",
+        ])
+        .arg("--key-file")
+        .args([&pw, &img]));
+}

@@ -11,8 +11,7 @@
 //! the run (the larger of the old and the new sector size).
 use super::{LuksDriver, Volume};
 use crate::driver::BlockDriver;
-use crate::drivers::luks::v2::reencrypt::ResilienceChoice;
-use crate::drivers::luks::v2::reencrypt::init::InitParams;
+use crate::drivers::luks::v2::reencrypt::init::{InitParams, check_data_alignment};
 use crate::drivers::luks::v2::reencrypt::online::Online;
 use std::sync::Arc;
 use vmcrypt_error::{Error, Result, ResultExt, bail, ensure};
@@ -80,21 +79,16 @@ impl LuksDriver {
             );
         }
         self.cipher()?;
-        // The node keeps its size: the data must be whole sectors of both sizes
-        // (cryptsetup refuses the same, "not aligned to encryption sector size") and
-        // whole checksum blocks (the larger sector size, at least 4096 bytes).
+        // The node keeps its size: the data must be whole sectors of both sizes and
+        // whole checksum blocks.
         let ss = p.new.sector_size.map_or(self.layout.sector, u64::from);
-        let mut block = ss.max(self.layout.sector);
-        if matches!(p.resilience, ResilienceChoice::Checksum) {
-            block = block.max(4096);
-        }
-        let size = self.size();
-        ensure!(
-            size.is_multiple_of(block),
-            Unsupported,
-            "'{name}' has {size} bytes of data, not a multiple of {block} bytes (the \
-             sector size {ss}, or the checksum block): it cannot be reencrypted so"
-        );
+        check_data_alignment(
+            self.size(),
+            self.layout.sector as u32,
+            ss as u32,
+            &p.resilience,
+        )
+        .ctx(format!("'{name}'"))?;
         Ok(())
     }
 }

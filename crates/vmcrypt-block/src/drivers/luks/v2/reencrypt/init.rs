@@ -60,6 +60,7 @@ impl Luks2Volume {
             "sector size {ss} is not 512, 1024, 2048 or 4096"
         );
         let spec = CipherSpec::from_luks2(&cipher, key_len).ctx("new encryption")?;
+        check_data_alignment(self.layout()?.data_size, old.sector_size, ss, &p.resilience)?;
         let mut new_key = SecretBytes::zeroed(key_len);
         random::fill(new_key.as_mut())?;
 
@@ -161,6 +162,29 @@ impl Luks2Volume {
         self.write_header_any(next)?;
         Ok((new_key, slot))
     }
+}
+
+/// The data must be whole sectors of the old and the new size and, for checksum
+/// resilience, whole checksum blocks (the larger sector size, at least 4096 bytes), or
+/// the run could not be loaded once started; checked before anything is written
+/// (cryptsetup refuses the same: "not aligned to encryption sector size").
+pub(crate) fn check_data_alignment(
+    size: u64,
+    old_ss: u32,
+    new_ss: u32,
+    resilience: &ResilienceChoice,
+) -> Result<()> {
+    let mut block = u64::from(old_ss.max(new_ss));
+    if matches!(resilience, ResilienceChoice::Checksum) {
+        block = block.max(4096);
+    }
+    ensure!(
+        size.is_multiple_of(block),
+        Unsupported,
+        "the image has {size} bytes of data, not a multiple of {block} bytes (the sector \
+         size {new_ss}, or the checksum block): it cannot be reencrypted so"
+    );
+    Ok(())
 }
 
 /// The largest free stretch of the keyslots area (4 KiB aligned), as cryptsetup picks
