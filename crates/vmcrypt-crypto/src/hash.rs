@@ -121,20 +121,28 @@ impl HashAlg {
         self.digest_parts(&[data])
     }
 
-    /// Hash each `len`-byte message of `data` (a multiple of `len`, which is not 0)
-    /// into consecutive [`Self::output_len`] slots of `out` (exactly that long).
-    /// SHA-256 of messages a multiple of 64 bytes long hashes two at a time on SHA-NI.
+    /// Hash each `len`-byte message of `data` (`len` is not 0; the last message may be
+    /// shorter and is hashed as it is) into consecutive [`Self::output_len`] slots of
+    /// `out` (exactly one per message). SHA-256 of messages a multiple of 64 bytes long
+    /// hashes two at a time on SHA-NI.
     pub fn digest_each(self, len: usize, data: &[u8], out: &mut [u8]) {
         let hl = self.output_len();
-        assert!(len > 0 && data.len().is_multiple_of(len));
+        assert!(len > 0);
         assert_eq!(
             out.len(),
-            data.len() / len * hl,
+            data.len().div_ceil(len) * hl,
             "one output slot per message"
         );
+        let whole = data.len() / len * len;
+        let (data, tail) = data.split_at(whole);
+        let (out, tail_out) = out.split_at_mut(whole / len * hl);
+        if !tail.is_empty() {
+            tail_out.copy_from_slice(&self.digest(tail));
+        }
         #[cfg(target_arch = "x86_64")]
         if self == HashAlg::Sha256 && len.is_multiple_of(64) && crate::sha256_ni::available() {
-            // SAFETY: `available` checked the CPU features the kernel needs.
+            // SAFETY: `available` checked the CPU features the kernel needs, and `data`
+            // holds whole `len`-byte messages with one slot each in `out`.
             #[allow(unsafe_code)]
             unsafe {
                 crate::sha256_ni::digest_each(len, data, out)
@@ -175,8 +183,8 @@ mod tests {
         }
     }
 
-    /// Every message of every group size (both lanes, a short last group) and length
-    /// hashes as OpenSSL hashes it alone; lengths not a multiple of 64 and other
+    /// Every message of every group size (both lanes, a short last group, a shorter
+    /// last message) and length hashes as OpenSSL hashes it alone; lengths not a multiple of 64 and other
     /// algorithms take the one-at-a-time path.
     #[test]
     fn digest_each_matches_openssl() {
@@ -188,8 +196,9 @@ mod tests {
             (HashAlg::Sha1, openssl::hash::MessageDigest::sha1()),
         ] {
             for len in [64, 128, 100, 512, 4096] {
-                for count in [1, 2, 3, 7] {
-                    let msgs = &data[..len * count];
+                for (count, short) in [(1, 0), (2, 0), (3, 0), (7, 0), (2, 1), (3, 40)] {
+                    // `short` bytes less: the last message is shorter, hashed as it is.
+                    let msgs = &data[..len * count - short];
                     let mut out = vec![0u8; count * h.output_len()];
                     h.digest_each(len, msgs, &mut out);
                     for (m, o) in msgs.chunks(len).zip(out.chunks(h.output_len())) {
