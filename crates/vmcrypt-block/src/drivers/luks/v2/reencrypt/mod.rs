@@ -25,6 +25,8 @@ pub mod encrypt_init;
 mod hotzone;
 pub mod init;
 pub mod online;
+pub mod shift;
+pub mod shift_init;
 
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
