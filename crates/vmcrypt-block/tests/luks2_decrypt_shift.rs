@@ -21,9 +21,9 @@ use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDri
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_format::luks2::reencrypt::shift::ShiftPhase;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::{ErrorKind, Result};
+use vmcrypt_format::luks2::reencrypt::shift::ShiftPhase;
 
 const PW: &[u8] = b"pw";
 const KIB: u64 = 1 << 10;
@@ -136,13 +136,17 @@ fn check_done(hdr: &[u8], img: &[u8], plain: &[u8], at: u64, what: &str) {
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
     let v = vol.header().metadata.to_value();
-    let seg = serde_json::json!({"0": {"type": "linear", "offset": at.to_string(), "size": "dynamic"}});
+    let seg =
+        serde_json::json!({"0": {"type": "linear", "offset": at.to_string(), "size": "dynamic"}});
     assert_eq!(v["segments"], seg, "{what}");
     assert_eq!(v["keyslots"], serde_json::json!({}), "{what}");
     assert_eq!(v["digests"], serde_json::json!({}), "{what}");
     assert!(vol.requirements().unwrap().mandatory.is_empty(), "{what}");
     let at = at as usize;
-    assert!(img[at..at + plain.len()] == *plain, "{what}: not the plaintext");
+    assert!(
+        img[at..at + plain.len()] == *plain,
+        "{what}: not the plaintext"
+    );
 }
 
 /// Whether all data but the moved segment is done (and nothing is hot). cryptsetup
@@ -215,7 +219,11 @@ fn cryptsetup(args: &[&str], dir: &Path) {
         .expect("cryptsetup must be installed (cryptsetup-bin)");
     let err = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && std::env::var_os("KEEP_FAILED").is_some() {
-        let _ = std::process::Command::new("cp").arg("-r").arg(dir).arg("/tmp/failed-shift").status();
+        let _ = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(dir)
+            .arg("/tmp/failed-shift")
+            .status();
     }
     assert!(out.status.success(), "cryptsetup {args:?}: {err}");
 }
@@ -283,7 +291,8 @@ fn every_write(sector: u32, res: ResilienceChoice) {
                     .unwrap_or_else(|e| panic!("{what}: vmcrypt resume: {e}"));
                 check_done(&hm.snapshot(), &im.snapshot(), &b.plain, at, &what);
                 let short = p.moved != Some(SHIFT);
-                if running && !torn
+                if running
+                    && !torn
                     && let Some((th, ti)) = cryptsetup_resume(&h, &i, hot, short)
                 {
                     by_cryptsetup += 1;

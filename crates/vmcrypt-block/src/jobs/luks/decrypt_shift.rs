@@ -3,7 +3,9 @@
 //! NEW.hdr and the data is shifted left over the old header, so IMG ends up holding
 //! the plaintext from offset 0 (`drivers/luks/v2/reencrypt/shift*.rs`).
 use super::decrypt::report;
-use super::reencrypt::{ReencryptReport, ReencryptRequest, end_position, run_steps, unlock_to_start};
+use super::reencrypt::{
+    ReencryptReport, ReencryptRequest, end_position, run_steps, unlock_to_start,
+};
 use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;

@@ -72,8 +72,13 @@ pub enum ShiftPhase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShiftStep {
     /// Clean at `pos` (the first header, and after each hotzone).
-    Clean { pos: u64 },
-    Hot { pos: u64, len: u64 },
+    Clean {
+        pos: u64,
+    },
+    Hot {
+        pos: u64,
+        len: u64,
+    },
     MovedHot,
 }
 
@@ -128,10 +133,16 @@ impl ShiftDecryptState {
         let version = reencrypt_version(&md.config()?.mandatory_requirements)
             .ok_or_else(|| Error::corrupt("LUKS2 decryption without a reencrypt requirement"))?;
         let segs = md.segments()?;
-        let flagged = |f: &str| segs.iter().find(|s| s.flags.iter().any(|x| x == f)).cloned();
-        let (Some(previous), Some(last), Some(moved)) =
-            (flagged("backup-previous"), flagged("backup-final"), flagged(MOVED))
-        else {
+        let flagged = |f: &str| {
+            segs.iter()
+                .find(|s| s.flags.iter().any(|x| x == f))
+                .cloned()
+        };
+        let (Some(previous), Some(last), Some(moved)) = (
+            flagged("backup-previous"),
+            flagged("backup-final"),
+            flagged(MOVED),
+        ) else {
             bail!(
                 Corrupt,
                 "LUKS2 decryption metadata lacks a backup-previous, backup-final or {MOVED} \
@@ -350,7 +361,12 @@ impl ShiftDecryptState {
 /// moved, previous and final backups; the `crypt` ones bound in order) for a device
 /// whose old segment `old` (at `shift`) holds `data` bytes, `moved` of them copied to
 /// the start.
-pub fn initial_segments(old: &Segment, shift: u64, moved: u64, data: u64) -> Result<Map<String, Value>> {
+pub fn initial_segments(
+    old: &Segment,
+    shift: u64,
+    moved: u64,
+    data: u64,
+) -> Result<Map<String, Value>> {
     ensure!(
         moved > 0 && moved < data && moved <= shift,
         Unsupported,
@@ -443,10 +459,16 @@ mod tests {
         let mut seen = vec![];
         let mut pos = 16 * MIB;
         while let Some((p, len)) = st.next(pos, data) {
-            st.set_segments(&mut m, st.regular(ShiftStep::Hot { pos: p, len }, data).unwrap())
-                .unwrap();
+            st.set_segments(
+                &mut m,
+                st.regular(ShiftStep::Hot { pos: p, len }, data).unwrap(),
+            )
+            .unwrap();
             let s2 = ShiftDecryptState::load(&m).unwrap().unwrap();
-            assert_eq!(s2.phase(data).unwrap(), ShiftPhase::ShiftHot { pos: p, len });
+            assert_eq!(
+                s2.phase(data).unwrap(),
+                ShiftPhase::ShiftHot { pos: p, len }
+            );
             seen.push(kinds(&m));
             pos = p + len;
             st.set_segments(&mut m, st.regular(ShiftStep::Clean { pos }, data).unwrap())
@@ -479,7 +501,9 @@ mod tests {
 
     #[test]
     fn verification_data_layout() {
-        let st = ShiftDecryptState::load(&md(4 * MIB, 32 * MIB)).unwrap().unwrap();
+        let st = ShiftDecryptState::load(&md(4 * MIB, 32 * MIB))
+            .unwrap()
+            .unwrap();
         let v = st.verification_data(&[9; 2]);
         let mut want = vec![b'v', b'3', 9, 9];
         want.extend_from_slice(b"decryptforwarddatashift-checksum");

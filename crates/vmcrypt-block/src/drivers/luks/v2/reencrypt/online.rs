@@ -185,7 +185,11 @@ impl Online {
             "a LUKS2 {} in place (cryptsetup reencrypt --{}) is in progress; the data \
              cannot be served until it is finished: finish it offline with `vmcrypt luks \
              reencrypt --resume-only` (with --header FILE for a detached header)",
-            if st.keyslot.mode == "decrypt" { "decryption" } else { "encryption" },
+            if st.keyslot.mode == "decrypt" {
+                "decryption"
+            } else {
+                "encryption"
+            },
             st.keyslot.mode
         );
         let (old_digest, new_digest) = st.key_digests()?;

@@ -43,7 +43,11 @@ pub struct ShiftParams {
 impl Luks2Volume {
     /// Check a decryption of this attached-header volume with `old_key` and build its
     /// first header (to be written into the new header file); nothing is written.
-    pub fn decrypt_shift_plan(&self, old_key: &SecretBytes, p: &ShiftParams) -> Result<Luks2Header> {
+    pub fn decrypt_shift_plan(
+        &self,
+        old_key: &SecretBytes,
+        p: &ShiftParams,
+    ) -> Result<Luks2Header> {
         self.requirements()?.check_writable()?;
         ensure!(!self.is_detached(), Internal, "the header is detached");
         let old = self.data_segment()?;
