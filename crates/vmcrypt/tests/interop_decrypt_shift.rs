@@ -179,8 +179,8 @@ fn whole_runs_leave_the_same_bytes_and_header() {
 /// and each tool resumes the other's.
 #[test]
 fn init_only_matches_and_the_other_tool_resumes() {
-    let base = image(4096, 3);
-    for mode in ["checksum", "journal"] {
+    for (sector, mode) in [(4096, "checksum"), (512, "checksum"), (4096, "journal")] {
+        let base = image(sector, 3);
         let (a, b) = (base.copy("vm"), base.copy("cs"));
         let mut args = vec!["--decrypt", "--init-only"];
         args.extend(mode_args(mode));

@@ -11,6 +11,7 @@ use super::reencrypt::{
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Luks2Volume;
 use crate::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
+use crate::drivers::luks::v2::reencrypt::shift::ShiftDecryption;
 use crate::drivers::luks::v2::reencrypt::{Position, ResilienceChoice};
 use crate::jobs::Events;
 use std::path::Path;
@@ -104,6 +105,40 @@ pub(super) fn decrypt_v2(
         return super::decrypt_shift::run(v2, data, &old_key, req, started, events);
     }
     let mut d = Decryption::load(v2, data, &old_key, req.hotzone_size)?;
+    drive(&mut d, req, started, events)
+}
+
+/// A decryption runner of either kind (detached header, or data shift).
+pub(super) trait Runner {
+    fn position(&self) -> Result<Position>;
+    fn run(&mut self, progress: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool>;
+}
+
+impl Runner for Decryption<'_> {
+    fn position(&self) -> Result<Position> {
+        Decryption::position(self)
+    }
+    fn run(&mut self, p: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool> {
+        Decryption::run(self, p, go)
+    }
+}
+
+impl Runner for ShiftDecryption<'_> {
+    fn position(&self) -> Result<Position> {
+        ShiftDecryption::position(self)
+    }
+    fn run(&mut self, p: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool> {
+        ShiftDecryption::run(self, p, go)
+    }
+}
+
+/// Run `d` (unless `--init-only`) with progress to `events`; the report.
+pub(super) fn drive(
+    d: &mut dyn Runner,
+    req: &ReencryptRequest,
+    started: bool,
+    events: &mut dyn Events,
+) -> Result<ReencryptReport> {
     let start = d.position()?;
     if req.init_only {
         return Ok(report(started, false, start));
@@ -113,7 +148,7 @@ pub(super) fn decrypt_v2(
     Ok(report(started, finished, position))
 }
 
-pub(super) fn report(started: bool, finished: bool, position: Position) -> ReencryptReport {
+fn report(started: bool, finished: bool, position: Position) -> ReencryptReport {
     ReencryptReport {
         started,
         finished,

@@ -2,10 +2,8 @@
 //! header is attached, as cryptsetup does it: the header moves into the new file
 //! NEW.hdr and the data is shifted left over the old header, so IMG ends up holding
 //! the plaintext from offset 0 (`drivers/luks/v2/reencrypt/shift*.rs`).
-use super::decrypt::report;
-use super::reencrypt::{
-    ReencryptReport, ReencryptRequest, end_position, run_steps, unlock_to_start,
-};
+use super::decrypt::drive;
+use super::reencrypt::{ReencryptReport, ReencryptRequest, unlock_to_start};
 use super::{Access, KeySource, Target};
 use crate::driver::BlockDriver;
 use crate::drivers::file::FileDriver;
@@ -78,11 +76,5 @@ pub(super) fn run(
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
     let mut d = ShiftDecryption::load(v2, data, old_key)?;
-    let start = d.position()?;
-    if req.init_only {
-        return Ok(report(started, false, start));
-    }
-    let finished = run_steps(events, start, req.max_hotzones, &mut |p, k| d.run(p, k))?;
-    let position = end_position(finished, start, || d.position())?;
-    Ok(report(started, finished, position))
+    drive(&mut d, req, started, events)
 }

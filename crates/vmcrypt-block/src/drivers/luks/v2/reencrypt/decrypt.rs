@@ -19,7 +19,8 @@
 use super::super::{Luks2Volume, verify_digest};
 use super::init::largest_gap;
 use super::{
-    CHUNK, Position, ResilienceChoice, checksums, hotzone, new_digest, remove_old_keyslots,
+    CHUNK, Position, ResilienceChoice, add_verification_digest, checksums, hotzone,
+    remove_old_keyslots,
 };
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
@@ -115,17 +116,7 @@ impl Luks2Volume {
         let st =
             ReencryptState::load(nmd)?.ok_or_else(|| Error::internal("reencrypt keyslot lost"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), &[]));
-        let vid = nmd.first_free_digest()?;
-        let vd = new_digest(
-            HashAlg::Sha256,
-            vdata.as_bytes(),
-            vid,
-            rslot,
-            p.digest_iterations,
-        )?;
-        nmd.set_digest(vid, vd.to_json())?;
-        nmd.set_digest_segments(vid, vec![])
-            .ctx("verification digest")?;
+        add_verification_digest(nmd, &vdata, rslot, p.digest_iterations)?;
         self.write_header_any(next)
     }
 

@@ -16,7 +16,7 @@
 //! between 2 and 4 the new file is a valid detached header of the old layout.
 use super::super::Luks2Volume;
 use super::init::largest_gap;
-use super::{ResilienceChoice, new_digest};
+use super::{ResilienceChoice, add_verification_digest};
 use crate::driver::BlockDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::{HashAlg, SecretBytes};
@@ -110,17 +110,7 @@ impl Luks2Volume {
         let st = ShiftDecryptState::load(md)?
             .ok_or_else(|| Error::internal("decryption keyslot lost"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes()));
-        let vid = md.first_free_digest()?;
-        let vd = new_digest(
-            HashAlg::Sha256,
-            vdata.as_bytes(),
-            vid,
-            rslot,
-            p.digest_iterations,
-        )?;
-        md.set_digest(vid, vd.to_json())?;
-        md.set_digest_segments(vid, vec![])
-            .ctx("verification digest")?;
+        add_verification_digest(md, &vdata, rslot, p.digest_iterations)?;
         Ok(next)
     }
 
