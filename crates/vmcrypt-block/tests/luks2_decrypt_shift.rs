@@ -19,7 +19,6 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::shift::ShiftDecryption;
 use vmcrypt_block::drivers::luks::v2::reencrypt::shift_init::ShiftParams;
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
-use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::{ErrorKind, Result};
@@ -242,29 +241,10 @@ fn faulty_run(
     target: Target,
     budget: Option<(usize, bool)>,
 ) -> (Result<()>, Vec<u8>, Vec<u8>, usize) {
-    let (hmem, imem) = (
-        Arc::new(MemDriver::new(Vec::new())),
-        Arc::new(MemDriver::new(b.img.clone())),
-    );
-    let faulty = |m: &Arc<MemDriver>| {
-        Arc::new(match budget {
-            None => FaultyDriver::new(m.clone(), usize::MAX),
-            Some((n, false)) => FaultyDriver::new(m.clone(), n),
-            Some((n, true)) => FaultyDriver::torn_half(m.clone(), n),
-        })
-    };
-    let (h, i, counter): (Arc<dyn BlockDriver>, Arc<dyn BlockDriver>, _) = match target {
-        Target::Header => {
-            let f = faulty(&hmem);
-            (f.clone(), imem.clone(), f)
-        }
-        Target::Image => {
-            let f = faulty(&imem);
-            (hmem.clone(), f.clone(), f)
-        }
-    };
-    let r = start(i, h, p);
-    (r, hmem.snapshot(), imem.snapshot(), counter.writes_done())
+    let on_header = matches!(target, Target::Header);
+    common::faulty_pair(Vec::new(), b.img.clone(), on_header, budget, |h, i| {
+        start(i, h, p)
+    })
 }
 
 fn every_write(sector: u32, res: ResilienceChoice) {
