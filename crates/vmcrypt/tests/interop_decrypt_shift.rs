@@ -199,6 +199,46 @@ fn init_only_matches_and_the_other_tool_resumes() {
     }
 }
 
+/// A vmcrypt run paused after one hotzone writes cryptsetup's segments, and
+/// cryptsetup finishes it.
+#[test]
+fn paused_segments_match_cryptsetup() {
+    let base = image(4096, 5);
+    let a = base.copy("vm");
+    ok(&mut vm(&a, &["--decrypt", "--max-hotzones", "1"]));
+    let j = dump_json(&a.hdr);
+    let s = &j["segments"];
+    let shift = REDUCE / 2;
+    let want = serde_json::json!([
+        ["crypt", "0", shift.to_string()],
+        ["linear", shift.to_string(), shift.to_string()],
+        ["crypt", (3 * shift).to_string(), "dynamic"],
+        ["crypt", shift.to_string(), "dynamic"],
+        ["linear", "0", "dynamic"],
+        ["crypt", "0", shift.to_string()],
+    ]);
+    let got: Vec<serde_json::Value> = (0..6)
+        .map(|i| {
+            let x = &s[i.to_string()];
+            serde_json::json!([x["type"], x["offset"], x["size"]])
+        })
+        .collect();
+    assert_eq!(serde_json::Value::from(got), want, "{s}");
+    assert_eq!(s["2"]["iv_tweak"], (2 * shift / 512).to_string(), "{s}");
+    let digests: Vec<&serde_json::Value> = j["digests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|d| &d["segments"])
+        .collect();
+    assert!(
+        digests.contains(&&serde_json::json!(["3", "5", "0", "2"])),
+        "{digests:?}"
+    );
+    ok(&mut cryptsetup(&a, &["--resume-only"]));
+    check(&a, "vmcrypt paused, cryptsetup finished");
+}
+
 /// Whether all data but the moved segment is plaintext (nothing hot): cryptsetup
 /// 2.6.1 fails to resume that state ("Failed to write reencryption resilience
 /// metadata") when the moved segment is shorter than the shift, even its own.
