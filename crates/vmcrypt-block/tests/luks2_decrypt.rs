@@ -14,7 +14,6 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::ResilienceChoice;
 use vmcrypt_block::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
-use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_block::jobs::NoEvents;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
 use vmcrypt_block::jobs::luks::{KeySource, Target as JobTarget};
@@ -220,29 +219,10 @@ fn faulty_run(
     target: Target,
     budget: Option<(usize, bool)>,
 ) -> (Result<()>, Vec<u8>, Vec<u8>, usize) {
-    let (hmem, dmem) = (
-        Arc::new(MemDriver::new(b.hdr.clone())),
-        Arc::new(MemDriver::new(b.data.clone())),
-    );
-    let faulty = |m: &Arc<MemDriver>| {
-        Arc::new(match budget {
-            None => FaultyDriver::new(m.clone(), usize::MAX),
-            Some((n, false)) => FaultyDriver::new(m.clone(), n),
-            Some((n, true)) => FaultyDriver::torn_half(m.clone(), n),
-        })
-    };
-    let (h, d, counter): (Arc<dyn BlockDriver>, Arc<dyn BlockDriver>, _) = match target {
-        Target::Header => {
-            let f = faulty(&hmem);
-            (f.clone(), dmem.clone(), f)
-        }
-        Target::Data => {
-            let f = faulty(&dmem);
-            (hmem.clone(), f.clone(), f)
-        }
-    };
-    let r = decrypt(h, d, Some(p));
-    (r, hmem.snapshot(), dmem.snapshot(), counter.writes_done())
+    let on_header = matches!(target, Target::Header);
+    common::faulty_pair(b.hdr.clone(), b.data.clone(), on_header, budget, |h, d| {
+        decrypt(h, d, Some(p))
+    })
 }
 
 /// Every write of a decryption, interrupted whole and torn; both tools resume.

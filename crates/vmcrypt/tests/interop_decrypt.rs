@@ -417,7 +417,8 @@ fn bad_input_is_refused_and_nothing_written() {
     ])
     .args([&im.pw, &im.hdr]);
     refused(c, 1, "--header", &files);
-    // A header attached to the data, named as a detached one: data shift, refused.
+    // A device with its own header and --header naming an existing file (here the
+    // device itself): the header moves into a new file, so this is refused.
     let attached = im.dir.path().join("attached.img");
     std::fs::File::create(&attached)
         .unwrap()
@@ -438,7 +439,7 @@ fn bad_input_is_refused_and_nothing_written() {
     .arg(&im.pw)
     .arg("--header")
     .args([&attached, &attached]);
-    refused(c, 4, "attached", &[&attached]);
+    refused(c, 1, "already exists", &[&attached]);
     // LUKS1 (detached header): not supported, before a passphrase is asked for.
     let (v1, v1hdr) = (im.dir.path().join("v1.img"), im.dir.path().join("v1.hdr"));
     std::fs::File::create(&v1)

@@ -1,10 +1,15 @@
 //! Shared by vmcrypt-block's integration tests: [`run`], which runs a QEMU tool and fails
 //! the test loudly (with the tool's output) when it is missing or fails, and [`Rng`], a
 //! seeded xorshift generator that keeps the randomised tests reproducible without a
-//! rand dependency.
+//! rand dependency, and [`faulty_pair`], a run over two in-memory devices with a
+//! write fault on one of them.
 #![allow(dead_code)]
 
 use std::process::Command;
+use std::sync::Arc;
+use vmcrypt_block::BlockDriver;
+use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::drivers::testing::FaultyDriver;
 
 /// Run `cmd ARGS`; panics when it cannot be started (naming qemu-utils) or exits
 /// non-zero (showing its stdout and stderr).
@@ -32,4 +37,34 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
+}
+
+/// Run `run(first, second)` on in-memory devices holding `first` and `second`, one of
+/// them (`fault_first`) behind a [`FaultyDriver`] that fails after `budget` writes
+/// (`(n, true)`: the failing write is torn in half; None: no fault). Returns the
+/// run's result, both devices' bytes after it and the writes done on the faulty one.
+pub fn faulty_pair(
+    first: Vec<u8>,
+    second: Vec<u8>,
+    fault_first: bool,
+    budget: Option<(usize, bool)>,
+    run: impl FnOnce(Arc<dyn BlockDriver>, Arc<dyn BlockDriver>) -> vmcrypt_error::Result<()>,
+) -> (vmcrypt_error::Result<()>, Vec<u8>, Vec<u8>, usize) {
+    let (a, b) = (
+        Arc::new(MemDriver::new(first)),
+        Arc::new(MemDriver::new(second)),
+    );
+    let target = if fault_first { &a } else { &b };
+    let f = Arc::new(match budget {
+        None => FaultyDriver::new(target.clone(), usize::MAX),
+        Some((n, false)) => FaultyDriver::new(target.clone(), n),
+        Some((n, true)) => FaultyDriver::torn_half(target.clone(), n),
+    });
+    let (x, y): (Arc<dyn BlockDriver>, Arc<dyn BlockDriver>) = if fault_first {
+        (f.clone(), b.clone())
+    } else {
+        (a.clone(), f.clone())
+    };
+    let r = run(x, y);
+    (r, a.snapshot(), b.snapshot(), f.writes_done())
 }

@@ -17,6 +17,7 @@ use super::jsonutil::{Obj, get_obj, get_str, get_u32, get_u64_str};
 use super::model::{Segment, SegmentSize};
 
 pub mod decrypt;
+pub mod shift;
 
 /// The requirement cryptsetup 2.4.3+ writes while a reencryption is in progress.
 pub const REQUIREMENT: &str = "online-reencrypt-v2";

@@ -75,9 +75,18 @@ pub fn digest_of(img: &Path) -> String {
 }
 
 /// Whether a mandatory requirement (a reencryption in progress) is set, and whether
-/// a segment is flagged `in-reencryption` (a hotzone was interrupted).
+/// a segment is flagged `in-reencryption` (a hotzone was interrupted). A header that
+/// does not exist or does not load yet (a new header file being written) is not in
+/// progress.
 pub fn in_progress(img: &Path) -> (bool, bool) {
-    let j = dump_json(img);
+    let out = Command::new("cryptsetup")
+        .args(["luksDump", "--dump-json-metadata"])
+        .arg(img)
+        .output()
+        .expect("cryptsetup must be installed (cryptsetup-bin)");
+    let Ok(j) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return (false, false);
+    };
     let running = j["config"]["requirements"]["mandatory"]
         .as_array()
         .is_some_and(|r| !r.is_empty());

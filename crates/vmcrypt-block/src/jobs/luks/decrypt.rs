@@ -1,6 +1,7 @@
 //! `vmcrypt luks reencrypt --decrypt`: decrypt a LUKS2 device in place with its
 //! detached header, in cryptsetup's format (mode `decrypt`, direction `backward`), so
-//! either tool can resume the other's run. Afterwards the device holds the plaintext
+//! either tool can resume the other's run. A device with its header attached goes
+//! through [`super::decrypt_shift`]. Afterwards the device holds the plaintext
 //! and the header file one `linear` segment, as cryptsetup leaves it.
 use super::Target;
 use super::reencrypt::{
@@ -10,6 +11,7 @@ use super::reencrypt::{
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Luks2Volume;
 use crate::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
+use crate::drivers::luks::v2::reencrypt::shift::ShiftDecryption;
 use crate::drivers::luks::v2::reencrypt::{Position, ResilienceChoice};
 use crate::jobs::Events;
 use std::path::Path;
@@ -17,14 +19,15 @@ use std::sync::Arc;
 use vmcrypt_crypto::HashAlg;
 use vmcrypt_error::{ErrorKind, Result, bail, ensure};
 
-/// Refuse a decryption this job cannot run before anything is asked or written: the
-/// header must be detached (the device itself must not start with a LUKS header).
-pub(super) fn precheck(t: &Target) -> Result<()> {
+/// Which decryption `t` asks for, refused before anything is asked or written when
+/// it cannot run: true when the device carries its own LUKS header (the header moves
+/// into the new file `--header FILE`, which must not exist), false when the header is
+/// already detached in that file.
+pub(super) fn precheck(t: &Target) -> Result<bool> {
     let Some(h) = &t.header else {
         bail!(
             Usage,
-            "{}: --decrypt needs the detached header (--header FILE); decrypting a device \
-             whose header is attached (moving the data over it) is not supported",
+            "{}: --decrypt needs --header FILE: the detached header, or for a device with              its own header the new file the header is moved to",
             t.device
         );
     };
@@ -32,15 +35,16 @@ pub(super) fn precheck(t: &Target) -> Result<()> {
     let n = std::fs::File::open(Path::new(&t.device))
         .and_then(|f| std::os::unix::fs::FileExt::read_at(&f, &mut magic, 0))
         .unwrap_or(0);
+    let attached = n == 6 && (&magic == b"LUKS\xba\xbe" || &magic == b"SKUL\xba\xbe");
     ensure!(
-        !(n == 6 && &magic == b"LUKS\xba\xbe"),
-        Unsupported,
-        "{}: the device has a LUKS header of its own ({h} is taken as the header to \
-         decrypt with); decrypting a device whose header is attached (moving the data \
-         over it) is not supported",
+        !(attached && Path::new(h).exists()),
+        Usage,
+        "{}: the device has a LUKS header of its own and {h} already exists; the header \
+         is moved into a new file (remove {h} if it is left from an interrupted start: the \
+         device still holds its header)",
         t.device
     );
-    Ok(())
+    Ok(attached)
 }
 
 /// Start (unless resuming) and run a decryption of the LUKS2 volume `v2`.
@@ -97,7 +101,44 @@ pub(super) fn decrypt_v2(
     if req.resilience.is_some() && !started {
         events.warning("the resilience of a decryption in progress is kept as stored");
     }
+    if v2.shift_decrypt_state()?.is_some() {
+        return super::decrypt_shift::run(v2, data, &old_key, req, started, events);
+    }
     let mut d = Decryption::load(v2, data, &old_key, req.hotzone_size)?;
+    drive(&mut d, req, started, events)
+}
+
+/// A decryption runner of either kind (detached header, or data shift).
+pub(super) trait Runner {
+    fn position(&self) -> Result<Position>;
+    fn run(&mut self, progress: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool>;
+}
+
+impl Runner for Decryption<'_> {
+    fn position(&self) -> Result<Position> {
+        Decryption::position(self)
+    }
+    fn run(&mut self, p: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool> {
+        Decryption::run(self, p, go)
+    }
+}
+
+impl Runner for ShiftDecryption<'_> {
+    fn position(&self) -> Result<Position> {
+        ShiftDecryption::position(self)
+    }
+    fn run(&mut self, p: &mut dyn FnMut(Position), go: &dyn Fn() -> bool) -> Result<bool> {
+        ShiftDecryption::run(self, p, go)
+    }
+}
+
+/// Run `d` (unless `--init-only`) with progress to `events`; the report.
+pub(super) fn drive(
+    d: &mut dyn Runner,
+    req: &ReencryptRequest,
+    started: bool,
+    events: &mut dyn Events,
+) -> Result<ReencryptReport> {
     let start = d.position()?;
     if req.init_only {
         return Ok(report(started, false, start));

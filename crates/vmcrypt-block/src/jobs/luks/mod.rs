@@ -20,6 +20,7 @@
 //! its own key (`RBDL` magic) is shown to the LUKS code as plain LUKS and keeps its magic.
 pub mod active;
 mod decrypt;
+mod decrypt_shift;
 pub mod encrypt;
 pub mod format;
 pub mod header;

@@ -83,8 +83,8 @@ pub fn reencrypt(
     events: &mut dyn Events,
 ) -> Result<ReencryptReport> {
     precheck(req)?;
-    if req.decrypt {
-        super::decrypt::precheck(t)?;
+    if req.decrypt && super::decrypt::precheck(t)? {
+        return super::decrypt_shift::start(t, req, keys, events);
     }
     let h = t.header_device(Access::WholeImage)?;
     super::embedded::require_plain(h.container, &t.device, "reencrypt")?;

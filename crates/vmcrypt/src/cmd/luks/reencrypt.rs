@@ -53,8 +53,9 @@ pub struct Args {
     /// With --encrypt: the header type (only luks2)
     #[arg(long = "type", value_name = "TYPE", requires = "encrypt")]
     kind: Option<String>,
-    /// Decrypt the device in place (LUKS2 with a detached header, --header FILE);
-    /// afterwards the device holds the plaintext
+    /// Decrypt the device in place (LUKS2): with a detached header (--header FILE), or
+    /// with its header attached, which moves into the new file --header FILE while the
+    /// data shifts over it; afterwards the device holds the plaintext
     #[arg(long = "decrypt", conflicts_with_all = ["cipher", "key_size", "sector_size", "online", "encrypt"])]
     decrypt: bool,
     /// Only continue a reencryption in progress

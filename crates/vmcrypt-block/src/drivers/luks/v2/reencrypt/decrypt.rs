@@ -15,11 +15,12 @@
 //! on a header whose only regular segment is plaintext while the metadata remains).
 //!
 //! A header attached to the data (cryptsetup's data shift to a new detached header)
-//! is not handled here.
+//! is handled by [`super::shift`].
 use super::super::{Luks2Volume, verify_digest};
 use super::init::largest_gap;
 use super::{
-    CHUNK, Position, ResilienceChoice, checksums, hotzone, new_digest, remove_old_keyslots,
+    CHUNK, Position, ResilienceChoice, add_verification_digest, checksums, hotzone,
+    remove_old_keyslots,
 };
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
@@ -115,17 +116,7 @@ impl Luks2Volume {
         let st =
             ReencryptState::load(nmd)?.ok_or_else(|| Error::internal("reencrypt keyslot lost"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), &[]));
-        let vid = nmd.first_free_digest()?;
-        let vd = new_digest(
-            HashAlg::Sha256,
-            vdata.as_bytes(),
-            vid,
-            rslot,
-            p.digest_iterations,
-        )?;
-        nmd.set_digest(vid, vd.to_json())?;
-        nmd.set_digest_segments(vid, vec![])
-            .ctx("verification digest")?;
+        add_verification_digest(nmd, &vdata, rslot, p.digest_iterations)?;
         self.write_header_any(next)
     }
 
@@ -133,6 +124,9 @@ impl Luks2Volume {
     /// removes the old key slots one header write at a time before its final write,
     /// so a kill there leaves the metadata without a key slot that opens.
     pub fn decrypt_finish_done(&mut self, data: &dyn BlockDriver) -> Result<()> {
+        if let Some(st) = self.shift_decrypt_state()? {
+            return super::shift::finish_done(self, data, &st);
+        }
         let Some(st) = self.reencrypt_state()? else {
             bail!(Usage, "no LUKS2 reencryption is in progress");
         };
@@ -144,7 +138,7 @@ impl Luks2Volume {
             WrongKey,
             "the volume key is needed: the decryption is not finished"
         );
-        finish_decrypt(self, &st)
+        finish_decrypt(self, st.old_digest, &st.keyslot, st.new.offset)
     }
 }
 
@@ -361,7 +355,8 @@ impl<'a> Decryption<'a> {
     }
 
     fn finish(&mut self) -> Result<()> {
-        finish_decrypt(self.vol, &self.st)
+        let st = &self.st;
+        finish_decrypt(self.vol, st.old_digest, &st.keyslot, st.new.offset)
     }
 }
 
@@ -388,15 +383,20 @@ fn check_keys(vol: &Luks2Volume, st: &ReencryptState, old_key: &SecretBytes) -> 
 
 /// The final header write: one `linear` segment over the data; the keyslots of the
 /// old key, the `reencrypt` keyslot, the digests and the requirement gone. Then the
-/// freed areas are wiped.
-fn finish_decrypt(vol: &mut Luks2Volume, st: &ReencryptState) -> Result<()> {
+/// freed areas are wiped. `plain_at` is the offset of the plaintext.
+pub(super) fn finish_decrypt(
+    vol: &mut Luks2Volume,
+    old_digest: Option<u32>,
+    k: &ReencryptKeyslot,
+    plain_at: u64,
+) -> Result<()> {
     let mut next: Luks2Header = vol.hdr.clone();
     let md = &mut next.metadata;
-    let wipe = remove_old_keyslots(md, st.old_digest, st.keyslot.id)?;
+    let wipe = remove_old_keyslots(md, old_digest, k.id)?;
     let mut segs = serde_json::Map::new();
-    segs.insert("0".into(), linear_segment(st.new.offset, None, None));
+    segs.insert("0".into(), linear_segment(plain_at, None, None));
     md.set_segments(segs)?;
-    if let Some(d) = st.old_digest {
+    if let Some(d) = old_digest {
         md.set_digest_segments(d, vec![])?;
     }
     md.erase_unused_digests()?;
@@ -411,7 +411,6 @@ fn finish_decrypt(vol: &mut Luks2Volume, st: &ReencryptState) -> Result<()> {
     for (off, size) in wipe {
         vol.wipe_area(off, size)?;
     }
-    let k = &st.keyslot;
     vol.wipe_area(k.area_offset, k.area_size)?;
     vol.dev.flush()
 }

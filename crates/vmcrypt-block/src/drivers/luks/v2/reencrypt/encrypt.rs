@@ -348,7 +348,7 @@ impl<'a> Encryption<'a> {
 }
 
 /// Overwrite `[offset, offset + len)` of `dev` with random bytes, 1 MiB at a time.
-fn wipe_random(dev: &dyn BlockDriver, offset: u64, len: u64) -> Result<()> {
+pub(super) fn wipe_random(dev: &dyn BlockDriver, offset: u64, len: u64) -> Result<()> {
     let mut noise = vec![0u8; (1 << 20).min(len as usize)];
     let mut done = 0;
     while done < len {

@@ -25,6 +25,8 @@ pub mod encrypt_init;
 mod hotzone;
 pub mod init;
 pub mod online;
+pub mod shift;
+pub mod shift_init;
 
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
@@ -65,6 +67,21 @@ pub const DEFAULT_HOTZONE: u64 = 64 << 20;
 /// Piece of a hotzone one thread reads, hashes, transforms and writes (a multiple of
 /// every sector and checksum block size).
 pub(super) const CHUNK: usize = 1 << 20;
+
+/// Add the verification digest of `vdata` (PBKDF2-SHA256, `iterations` or about
+/// 1/8 s worth) bound to the `reencrypt` keyslot `rslot` and no segment.
+pub(super) fn add_verification_digest(
+    md: &mut vmcrypt_format::luks2::Metadata,
+    vdata: &SecretBytes,
+    rslot: u32,
+    iterations: Option<u32>,
+) -> Result<()> {
+    let vid = md.first_free_digest()?;
+    let vd = new_digest(HashAlg::Sha256, vdata.as_bytes(), vid, rslot, iterations)?;
+    md.set_digest(vid, vd.to_json())?;
+    md.set_digest_segments(vid, vec![])
+        .ctx("verification digest")
+}
 
 /// A pbkdf2 digest of `key` bound to `keyslot`, with no segments yet: `forced`
 /// iterations, else about 1/8 s worth (at least 1000), as cryptsetup does.

@@ -185,6 +185,19 @@ impl Online {
         let Some(st) = v2.reencrypt_state()? else {
             return Ok(None);
         };
+        vmcrypt_error::ensure!(
+            st.keyslot.mode == "reencrypt",
+            Unsupported,
+            "a LUKS2 {} in place (cryptsetup reencrypt --{}) is in progress; the data \
+             cannot be served until it is finished: finish it offline with `vmcrypt luks \
+             reencrypt --resume-only` (with --header FILE for a detached header)",
+            if st.keyslot.mode == "decrypt" {
+                "decryption"
+            } else {
+                "encryption"
+            },
+            st.keyslot.mode
+        );
         let (old_digest, new_digest) = st.key_digests()?;
         let new_key = v2.unlock_digest(passphrase, new_digest)?;
         let old_key = v2.unlock_digest(passphrase, old_digest).ctx(
