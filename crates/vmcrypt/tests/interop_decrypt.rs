@@ -8,7 +8,8 @@
 mod reencrypt_support;
 
 use reencrypt_support::{
-    Rng, dump_json, in_progress, interrupt_after_start, interrupt_mid_run, ok, vmcrypt,
+    Rng, assert_decrypted_header, cryptsetup_detached, dump_json, in_progress,
+    interrupt_after_start, interrupt_mid_run, ok, vmcrypt, vmcrypt_detached,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -81,40 +82,15 @@ fn check(im: &Image, what: &str) {
         std::fs::read(&im.img).unwrap() == im.plain,
         "{what}: the device does not hold the plaintext"
     );
-    let j = dump_json(&im.hdr);
-    assert_eq!(
-        j["segments"],
-        serde_json::json!({"0": {"type": "linear", "offset": "0", "size": "dynamic"}}),
-        "{what}: {j}"
-    );
-    for k in ["keyslots", "digests", "tokens"] {
-        assert_eq!(j[k], serde_json::json!({}), "{what}: {k} left: {j}");
-    }
-    assert!(j["config"].get("requirements").is_none(), "{what}: {j}");
+    assert_decrypted_header(&im.hdr, what);
 }
 
 fn cryptsetup(im: &Image, extra: &[&str]) -> Command {
-    let mut c = Command::new("cryptsetup");
-    c.args(["reencrypt", "--force-offline-reencrypt", "-q", "--key-file"])
-        .arg(&im.pw)
-        .arg("--header")
-        .arg(&im.hdr)
-        .args(extra)
-        .arg(&im.img)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
+    cryptsetup_detached(&im.pw, &im.hdr, &im.img, extra)
 }
 
 fn vmcrypt_decrypt(im: &Image, extra: &[&str]) -> Command {
-    let mut c = vmcrypt();
-    c.args(["luks", "reencrypt", "--no-progress", "--key-file"])
-        .arg(&im.pw)
-        .arg("--header")
-        .arg(&im.hdr)
-        .args(extra)
-        .arg(&im.img);
-    c
+    vmcrypt_detached(&im.pw, &im.hdr, &im.img, extra)
 }
 
 /// cryptsetup repairs an interrupted hotzone first, then resumes. After the repair of

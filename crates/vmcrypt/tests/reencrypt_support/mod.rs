@@ -1,11 +1,12 @@
-//! What the reencryption tests (`interop_reencrypt.rs`, `online_reencrypt.rs`) share:
+//! What the reencryption tests (`interop_reencrypt.rs`, `online_reencrypt.rs`,
+//! `interop_decrypt*.rs`, ...) share:
 //! running vmcrypt and the real tools, a reproducible random source, stopping a run at
 //! a random point, and reading the reencryption state of an image through
 //! `cryptsetup luksDump`.
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// xorshift: reproducible random delays and data without a rand dependency.
@@ -245,4 +246,47 @@ pub fn check_with_cryptsetup_key(
         n += 1;
     }
     n
+}
+
+/// `cryptsetup reencrypt --force-offline-reencrypt` of `img` with the detached header
+/// `hdr`, quiet.
+pub fn cryptsetup_detached(pw: &Path, hdr: &Path, img: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new("cryptsetup");
+    c.args(["reencrypt", "--force-offline-reencrypt", "-q", "--key-file"])
+        .arg(pw)
+        .arg("--header")
+        .arg(hdr)
+        .args(extra)
+        .arg(img)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// `vmcrypt luks reencrypt` of `img` with the detached header `hdr`.
+pub fn vmcrypt_detached(pw: &Path, hdr: &Path, img: &Path, extra: &[&str]) -> Command {
+    let mut c = vmcrypt();
+    c.args(["luks", "reencrypt", "--no-progress", "--key-file"])
+        .arg(pw)
+        .arg("--header")
+        .arg(hdr)
+        .args(extra)
+        .arg(img);
+    c
+}
+
+/// The header a finished decryption leaves: one `linear` segment from 0, no key
+/// slots, digests or tokens, no requirement.
+#[track_caller]
+pub fn assert_decrypted_header(hdr: &Path, what: &str) {
+    let j = dump_json(hdr);
+    assert_eq!(
+        j["segments"],
+        serde_json::json!({"0": {"type": "linear", "offset": "0", "size": "dynamic"}}),
+        "{what}: {j}"
+    );
+    for k in ["keyslots", "digests", "tokens"] {
+        assert_eq!(j[k], serde_json::json!({}), "{what}: {k} left: {j}");
+    }
+    assert!(j["config"].get("requirements").is_none(), "{what}: {j}");
 }
