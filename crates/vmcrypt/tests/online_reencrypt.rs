@@ -559,6 +559,9 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
         assert!(line.contains("finished"), "{line}");
         std::thread::sleep(Duration::from_millis(200));
         let client_worst = w.finish();
+        if let Some((run, name)) = &srv.opened {
+            status_shows_the_header(s, run, name, what);
+        }
         srv.stop();
         eprintln!(
             "{what}: {} qemu-io batches and {} NBD writes during the run; \
@@ -572,6 +575,30 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
             "writers barely overlapped the run: {before:?} -> {during:?}"
         );
         check(s, what);
+    }
+}
+
+/// `luks status` of a device whose run finished while it was open shows the finished
+/// run and the encryption the header now has (not the one it was opened with).
+#[track_caller]
+fn status_shows_the_header(s: &Setup, run: &Path, name: &str, what: &str) {
+    let st = ok(vmcrypt()
+        .args(["luks", "status", "--run-dir"])
+        .arg(run)
+        .arg(name));
+    let seg = &dump_json(&s.img)["segments"]["0"];
+    let keyslot_bits = dump_json(&s.img)["keyslots"]
+        .as_object()
+        .and_then(|k| k.values().next().cloned())
+        .map(|k| k["key_size"].as_u64().unwrap() * 8)
+        .unwrap();
+    for want in [
+        format!("cipher:  {}", seg["encryption"].as_str().unwrap()),
+        format!("keysize: {keyslot_bits} bits"),
+        format!("sector size:  {}", seg["sector_size"]),
+        "reencryption: finished".to_string(),
+    ] {
+        assert!(st.contains(&want), "{what}: status lacks {want:?}:\n{st}");
     }
 }
 

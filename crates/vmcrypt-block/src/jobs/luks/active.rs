@@ -13,6 +13,7 @@
 //! The state file is removed only by the lock's holder, and a claimant checks after
 //! locking that the path still names the file it locked, so two racing `open`s of one
 //! NAME cannot both win.
+use super::online::RemoteStatus;
 use super::open::DeviceInfo;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -187,6 +188,45 @@ pub fn status(dir: &RunDir, name: &str) -> Result<Status> {
             leftover: leftover(dir, name, i.as_ref()),
         },
     })
+}
+
+/// What the daemon of the active `name` says of a reencryption of its device, asked on
+/// its control socket (within two seconds): `None` when it has none or does not
+/// answer. Once a run is finished, its new encryption replaces the cipher, key size and
+/// sector size `info` recorded at open time, as cryptsetup's `status` shows a device as
+/// it is now.
+pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Option<RemoteStatus> {
+    let ctl = dir.control(name);
+    ctl.symlink_metadata().ok()?;
+    let st = super::online::status_within(&ctl, "", Duration::from_secs(2)).ok()?;
+    if st.state == "finished"
+        && let Some(t) = &st.target
+    {
+        info.device.cipher = t.cipher.clone();
+        info.device.key_bits = t.key_bits;
+        info.device.sector_size = u64::from(t.sector_size);
+    }
+    Some(st)
+}
+
+/// `status`'s line for a reencryption of the device (none when there is no run).
+pub fn render_reencryption(st: &RemoteStatus) -> Option<String> {
+    if st.state == "none" {
+        return None;
+    }
+    let pct = if st.total == 0 {
+        100.0
+    } else {
+        st.done as f64 * 100.0 / st.total as f64
+    };
+    let mut s = format!(
+        "  reencryption: {}, {} of {} bytes ({pct:.1}%)",
+        st.state, st.done, st.total
+    );
+    if let Some(e) = &st.error {
+        s += &format!(": {e}");
+    }
+    Some(s + "\n")
 }
 
 /// The stale files of `name`, if any: its state, its socket, and the socket its state

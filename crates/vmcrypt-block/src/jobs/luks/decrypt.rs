@@ -102,6 +102,13 @@ pub(super) fn decrypt_v2(
         events.warning("the resilience of a decryption in progress is kept as stored");
     }
     if v2.shift_decrypt_state()?.is_some() {
+        if req.hotzone_size.is_some() && !started {
+            // Its hotzones are the data shift and its moved segment is already stored.
+            events.warning(
+                "--hotzone-size has no effect when resuming a decryption that moves the header: \
+                 its hotzones are the data shift",
+            );
+        }
         return super::decrypt_shift::run(v2, data, &old_key, req, started, events);
     }
     let mut d = Decryption::load(v2, data, &old_key, req.hotzone_size)?;

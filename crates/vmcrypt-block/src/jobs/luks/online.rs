@@ -11,7 +11,9 @@ use super::reencrypt::{ReencryptRequest, init_params};
 use super::slots::NewKeyslot;
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::reencrypt::init::NewEncryption;
-use crate::drivers::luks::v2::reencrypt::online::{Online, OnlineStatus, RunState};
+use crate::drivers::luks::v2::reencrypt::online::{
+    Online, OnlineStatus, RunState, TargetEncryption,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -276,6 +278,13 @@ fn status_json(st: &OnlineStatus) -> Value {
     if let RunState::Failed(why) = &st.state {
         v["error"] = json!(why);
     }
+    if let Some(t) = &st.target {
+        v["new"] = json!({
+            "cipher": t.cipher,
+            "key_bits": t.key_bits,
+            "sector_size": t.sector_size,
+        });
+    }
     v
 }
 
@@ -290,6 +299,8 @@ pub struct RemoteStatus {
     pub request_max: Duration,
     /// Why the run failed (state "failed").
     pub error: Option<String>,
+    /// The encryption the run moves the data to (`None` without a run).
+    pub target: Option<TargetEncryption>,
 }
 
 /// Send `cmd` for `export` to the control socket at `path`.
@@ -298,7 +309,14 @@ pub fn request(path: &Path, cmd: &str, export: &str, hotzone: Option<u64>) -> Re
     if let Some(h) = hotzone {
         req["hotzone"] = json!(h);
     }
-    exchange(path, &req, None)
+    exchange(path, &req, None, None)
+}
+
+/// The `status` of `export` from the control socket at `path`, giving up after
+/// `timeout` (for `luks status`, which must not hang on a stuck daemon).
+pub fn status_within(path: &Path, export: &str, timeout: Duration) -> Result<RemoteStatus> {
+    let req = json!({"cmd": "status", "export": export});
+    exchange(path, &req, None, Some(timeout))
 }
 
 /// Ask the server at `path` to put `export`'s image in reencryption state: a new
@@ -316,10 +334,15 @@ pub fn init(
         "params": init,
         "passphrase_len": passphrase.len(),
     });
-    exchange(path, &req, Some(passphrase))
+    exchange(path, &req, Some(passphrase), None)
 }
 
-fn exchange(path: &Path, req: &Value, passphrase: Option<&SecretBytes>) -> Result<RemoteStatus> {
+fn exchange(
+    path: &Path,
+    req: &Value,
+    passphrase: Option<&SecretBytes>,
+    timeout: Option<Duration>,
+) -> Result<RemoteStatus> {
     let conn = UnixStream::connect(path).map_err(|e| {
         Error::new(
             ErrorKind::Io,
@@ -329,6 +352,9 @@ fn exchange(path: &Path, req: &Value, passphrase: Option<&SecretBytes>) -> Resul
             ),
         )
     })?;
+    conn.set_read_timeout(timeout)
+        .and_then(|()| conn.set_write_timeout(timeout))
+        .map_err(|e| Error::new(ErrorKind::Io, format!("control: {e}")))?;
     writeln!(&conn, "{req}").map_err(|e| Error::new(ErrorKind::Io, format!("control: {e}")))?;
     if let Some(p) = passphrase {
         (&conn)
@@ -357,5 +383,14 @@ fn exchange(path: &Path, req: &Value, passphrase: Option<&SecretBytes>) -> Resul
         hotzone_max: Duration::from_micros(n("hotzone_max_us")),
         request_max: Duration::from_micros(n("request_max_us")),
         error: v["error"].as_str().map(str::to_string),
+        target: target_of(&v["new"]),
+    })
+}
+
+fn target_of(v: &Value) -> Option<TargetEncryption> {
+    Some(TargetEncryption {
+        cipher: v["cipher"].as_str()?.to_string(),
+        key_bits: u32::try_from(v["key_bits"].as_u64()?).ok()?,
+        sector_size: u32::try_from(v["sector_size"].as_u64()?).ok()?,
     })
 }

@@ -1,6 +1,9 @@
 //! `vmcrypt luks status NAME`: cryptsetup's status of a device `luks open` opened, plus
-//! its socket and daemon; exit 0 active, 4 inactive (as cryptsetup).
-use vmcrypt_block::jobs::luks::active::{RunDir, Status, status};
+//! its socket, its daemon and a reencryption run's progress (asked of the daemon);
+//! exit 0 active, 4 inactive (as cryptsetup).
+use vmcrypt_block::jobs::luks::active::{
+    RunDir, Status, live_reencryption, render_reencryption, status,
+};
 use vmcrypt_error::Result;
 
 /// A command that takes only a name.
@@ -16,8 +19,12 @@ pub struct NameArgs {
 pub fn run(a: &NameArgs) -> Result<u8> {
     let dir = RunDir::new(a.run_dir.as_deref());
     Ok(match status(&dir, &a.name)? {
-        Status::Active(info) => {
+        Status::Active(mut info) => {
+            let run = live_reencryption(&dir, &a.name, &mut info);
             out!("{}", info.render());
+            if let Some(line) = run.as_ref().and_then(render_reencryption) {
+                out!("{line}");
+            }
             0
         }
         Status::Starting => {

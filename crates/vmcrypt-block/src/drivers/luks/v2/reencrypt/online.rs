@@ -72,6 +72,17 @@ pub struct OnlineStatus {
     pub hotzone_max: Duration,
     /// Longest request of the data path (admission wait included).
     pub request_max: Duration,
+    /// The encryption the run moves the data to (`None` without a run).
+    pub target: Option<TargetEncryption>,
+}
+
+/// The new segment's encryption as `luks status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetEncryption {
+    /// cryptsetup's cipher string, e.g. "aes-xts-plain64".
+    pub cipher: String,
+    pub key_bits: u32,
+    pub sector_size: u32,
 }
 
 impl OnlineStatus {
@@ -84,6 +95,7 @@ impl OnlineStatus {
             hotzones: 0,
             hotzone_max: Duration::ZERO,
             request_max: Duration::ZERO,
+            target: None,
         }
     }
 }
@@ -96,6 +108,15 @@ struct Seg {
 }
 
 impl Seg {
+    fn target(&self) -> TargetEncryption {
+        let spec = self.cipher.spec();
+        TargetEncryption {
+            cipher: spec.luks2_encryption(),
+            key_bits: (spec.key_bytes * 8) as u32,
+            sector_size: self.sector as u32,
+        }
+    }
+
     fn new(s: &Segment, key: &SecretBytes) -> Result<Self> {
         let spec = CipherSpec::from_luks2(&s.encryption, key.len())?;
         Ok(Seg {
@@ -396,6 +417,7 @@ impl Online {
             hotzones: g.hotzones,
             hotzone_max: g.hotzone_max,
             request_max: g.request_max,
+            target: Some(self.new.target()),
         }
     }
 }
