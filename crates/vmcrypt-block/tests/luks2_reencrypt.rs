@@ -348,3 +348,37 @@ fn finished_data_without_old_key_slots_is_finalised() {
     vol.reencrypt_finish_done(dev.as_ref(), &new_key).unwrap();
     assert!(plaintext(mem.snapshot()) == plain);
 }
+
+/// A node served through an online run from 4096- to 512-byte sectors aligns its
+/// requests to 4096 bytes while the run goes and to 512 once it has finished (so
+/// 512-byte writes are no longer read-modify-written); its size never changes and
+/// every write reads back, as does the plaintext after a reopen.
+#[test]
+fn online_run_to_smaller_sectors_drops_the_request_sector_when_finished() {
+    let (img, mut plain) = base(4096, 61);
+    let mem = Arc::new(MemDriver::new(img));
+    let d = LuksDriver::open(mem.clone(), None, Some(PW), None, &KdfLimits::default()).unwrap();
+    let size = d.size();
+    assert_eq!(d.sector_size(), 4096);
+    let online = d
+        .start_reencryption(PW, None, &params(ResilienceChoice::Journal, Some(512)))
+        .expect("a LUKS node can reencrypt")
+        .unwrap();
+    assert_eq!(d.sector_size(), 4096, "while the run goes");
+    online.start(Some(HOTZONE)).unwrap();
+    online.wait_stopped();
+    assert_eq!(online.status().state.name(), "finished");
+    assert_eq!(d.sector_size(), 512, "once the run has finished");
+    assert_eq!(d.size(), size);
+    let piece = [0x5au8; 512];
+    d.write_at(&piece, 512 * 7).unwrap();
+    plain[512 * 7..512 * 8].copy_from_slice(&piece);
+    let mut out = vec![0u8; SIZE];
+    d.read_at(&mut out, 0).unwrap();
+    assert!(out == plain, "the data through the finished node");
+    d.flush().unwrap();
+    assert!(
+        plaintext(mem.snapshot()) == plain,
+        "the data after a reopen"
+    );
+}

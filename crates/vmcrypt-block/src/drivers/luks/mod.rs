@@ -178,7 +178,8 @@ impl LuksDriver {
     }
 
     /// The sector size requests are aligned to (512 for LUKS1): the data sector size,
-    /// or while a LUKS2 reencryption is served the larger of the old and the new one.
+    /// or while a LUKS2 reencryption is served the larger of the old and the new one
+    /// (the new one once the run has finished).
     pub fn sector_size(&self) -> u64 {
         self.request_sector()
     }

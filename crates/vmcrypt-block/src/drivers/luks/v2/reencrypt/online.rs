@@ -167,6 +167,8 @@ pub struct Online {
     layout: OnlineLayout,
     total: u64,
     stop: AtomicBool,
+    /// Set once the run has finished: every byte is in the new encryption.
+    finished: AtomicBool,
 }
 
 /// A request admitted for `range`: `done` is stable while it lives.
@@ -273,11 +275,21 @@ impl Online {
             layout,
             total: pos.total,
             stop: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
         })))
     }
 
+    /// The request layout: while the run goes, requests are whole sectors of the larger
+    /// of both sector sizes; once it has finished, every byte is in the new encryption
+    /// and whole new sectors suffice (after 4096 -> 512, 512-byte writes are no longer
+    /// read-modify-written). The data size is a multiple of both, so the node's size
+    /// does not change; a request that read the larger size is still whole sectors.
     pub(crate) fn layout(&self) -> OnlineLayout {
-        self.layout
+        let mut l = self.layout;
+        if self.finished.load(Ordering::Acquire) {
+            l.sector = self.new.sector as u64;
+        }
+        l
     }
 
     /// A cipher of the new encryption (for the driver's "has a key" checks).
@@ -367,6 +379,9 @@ impl Online {
             .spawn(move || {
                 let r = me.work(hotzone.unwrap_or(ONLINE_HOTZONE));
                 let mut g = me.lock();
+                if matches!(r, Ok(true)) {
+                    me.finished.store(true, Ordering::Release);
+                }
                 g.state = match r {
                     Ok(true) => RunState::Finished,
                     Ok(false) => RunState::Paused,
