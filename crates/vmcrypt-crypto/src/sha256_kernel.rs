@@ -3,15 +3,19 @@
 //! which of them this CPU can run, and which one is used (the fastest, or the one named
 //! by the [`KERNEL_ENV`] environment variable).
 //!
-//! * `sha-ni-x2`: the SHA extensions, two messages interleaved (`sha256_ni`).
-//! * `avx512-x16`: AVX-512, sixteen messages in the sixteen 32-bit lanes of the vector
-//!   registers (`sha256_mb`). Chosen only on CPUs without SHA-NI (Skylake-SP, Cascade
-//!   Lake): on a Sapphire Rapids class Xeon with both it measured slower than
-//!   `sha-ni-x2` (see the README).
+//! * `avx512-x16`: AVX-512F/BW, sixteen messages in the sixteen 32-bit lanes of the
+//!   vector registers (`sha256_mb`). First choice: on the Sapphire Rapids class Xeon
+//!   this was measured on it hashes 1.5-1.65x as fast as `sha-ni-x2` (README), and on
+//!   AVX-512 CPUs without SHA-NI (Skylake-SP, Cascade Lake) it is the only vector
+//!   kernel. A last group of fewer than sixteen messages goes to `sha-ni-x2` where the
+//!   CPU has it (else the kernel repeats lanes).
+//! * `sha-ni-x2`: the SHA extensions, two messages interleaved (`sha256_ni`): CPUs with
+//!   SHA-NI but no AVX-512 (Zen 1-3, Alder Lake and later client cores, Goldmont).
 //! * `single`: the `sha2` crate, one message at a time (its own SHA-NI or portable code).
 //!
 //! The two vector kernels need messages a multiple of 64 bytes long; other lengths and a
-//! shorter last message are hashed by `single`.
+//! shorter last message are hashed by `single`. Zen 4/5 have both AVX-512 and SHA-NI
+//! and get `avx512-x16` unmeasured; `VMCRYPT_SHA256_KERNEL=sha-ni-x2` overrides.
 use sha2::Digest;
 use vmcrypt_error::{Error, Result};
 
@@ -50,14 +54,14 @@ pub(crate) const IV: [u32; 8] = [
 ];
 
 impl Sha256Kernel {
-    /// Every kernel, in the order [`Sha256Kernel::best`] tries them.
+    /// Every kernel, fastest first (the order [`Sha256Kernel::best`] tries them).
     pub const ALL: [Sha256Kernel; 3] = [
-        Sha256Kernel::ShaNiX2,
         Sha256Kernel::Avx512X16,
+        Sha256Kernel::ShaNiX2,
         Sha256Kernel::Single,
     ];
 
-    /// The kernel's name: "sha-ni-x2", "avx512-x16" or "single".
+    /// The kernel's name: "avx512-x16", "sha-ni-x2" or "single".
     pub fn name(self) -> &'static str {
         match self {
             Sha256Kernel::ShaNiX2 => "sha-ni-x2",
@@ -225,7 +229,7 @@ mod tests {
         assert_eq!(
             e.message(),
             "VMCRYPT_SHA256_KERNEL=avx9: unknown SHA-256 kernel 'avx9' \
-             (known: sha-ni-x2, avx512-x16, single)"
+             (known: avx512-x16, sha-ni-x2, single)"
         );
     }
 

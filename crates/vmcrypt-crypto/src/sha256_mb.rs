@@ -68,7 +68,11 @@ fn padding_schedule(len: usize) -> [u32; 64] {
 #[target_feature(enable = "avx512f,avx512bw")]
 fn kernel(len: usize, data: &[u8], out: &mut [u8]) {
     let pad = padding_schedule(len);
-    for (msgs, outs) in data.chunks(len * LANES).zip(out.chunks_mut(32 * LANES)) {
+    for (g, (msgs, outs)) in data
+        .chunks(len * LANES)
+        .zip(out.chunks_mut(32 * LANES))
+        .enumerate()
+    {
         let n = msgs.len() / len;
         // Lane l hashes message l, or the group's last where the group is short.
         let mut starts = [0usize; LANES];
@@ -79,12 +83,29 @@ fn kernel(len: usize, data: &[u8], out: &mut [u8]) {
         for (s, iv) in st.iter_mut().zip(IV) {
             *s = _mm512_set1_epi32(iv as i32);
         }
+        let next = (g + 1) * len * LANES;
         for b in (0..len).step_by(64) {
+            prefetch_group(data, next, len, b);
             let mut w = load_block(msgs, &starts, b);
             compress(&mut st, &mut w);
         }
         compress_padding(&mut st, &pad);
         store_digests(&st, outs);
+    }
+}
+
+/// Ask for block `b` of the sixteen messages of the group at `next` of `data` (the one
+/// after the current group) to be brought into the cache: each message is a separate
+/// stream, too short at 512 bytes for the hardware prefetchers to follow.
+#[inline]
+#[target_feature(enable = "sse")]
+fn prefetch_group(data: &[u8], next: usize, len: usize, b: usize) {
+    for l in 0..LANES {
+        let at = next + l * len + b;
+        if at < data.len() {
+            // SAFETY: a prefetch never faults or changes memory; `at` is in bounds.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at).cast()) };
+        }
     }
 }
 
@@ -166,10 +187,20 @@ fn store_digests(st: &State, out: &mut [u8]) {
 #[target_feature(enable = "avx512f")]
 fn compress(st: &mut State, w: &mut Words) {
     let saved = *st;
-    rounds16::<false>(st, w, 0);
-    rounds16::<true>(st, w, 16);
-    rounds16::<true>(st, w, 32);
-    rounds16::<true>(st, w, 48);
+    // All 64 rounds written out here (a function per 16 rounds was not inlined, which
+    // sent the state and schedule through memory between calls).
+    macro_rules! rounds {
+        ($sched:literal, $t0:literal) => {
+            rounds!(@ $sched, $t0, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+        };
+        (@ $sched:literal, $t0:literal, $($j:literal)*) => {
+            $(step::<$j, $sched>(st, w, K[$t0 + $j]);)*
+        };
+    }
+    rounds!(false, 0);
+    rounds!(true, 16);
+    rounds!(true, 32);
+    rounds!(true, 48);
     for (s, v) in st.iter_mut().zip(saved) {
         *s = _mm512_add_epi32(*s, v);
     }
@@ -190,17 +221,6 @@ fn compress_padding(st: &mut State, kw: &[u32; 64]) {
     for (s, v) in st.iter_mut().zip(saved) {
         *s = _mm512_add_epi32(*s, v);
     }
-}
-
-/// Rounds `t0..t0 + 16` (`t0` a multiple of 16), extending the schedule first if `SCHED`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn rounds16<const SCHED: bool>(st: &mut State, w: &mut Words, t0: usize) {
-    let k: &[u32; 16] = K[t0..t0 + 16].try_into().expect("16 constants");
-    macro_rules! at {
-        ($($j:literal)*) => { $(step::<$j, SCHED>(st, w, k[$j]);)* };
-    }
-    at!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
 }
 
 /// One round on word `J` of the window (a constant, so every index below is too).
