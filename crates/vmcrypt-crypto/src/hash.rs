@@ -3,6 +3,8 @@
 //! Every algorithm is backed by a RustCrypto crate of the `digest` 0.10 generation
 //! (`sha1`, `sha2`, `ripemd`, `whirlpool`, `sm3`); SHA-1/SHA-2 pick SHA-NI at run time.
 //! SM3 is here because QEMU accepts it (`hash-alg`, `ivgen-hash-alg`, so `essiv:sm3`).
+//! SHA-256 of many equal-length messages ([`HashAlg::digest_each`]) runs on our own
+//! multi-message kernels instead ([`crate::sha256_kernel`]).
 //!
 //! `wp256`/`wp384`/`wp512` are the Linux kernel's names for Whirlpool truncated to its
 //! first 32/48/64 bytes (old cryptsetup images use them for ESSIV, "xts-essiv:wp256");

@@ -32,6 +32,7 @@ pub mod bench_suite;
 mod blockcipher;
 pub mod hash;
 pub mod kdf;
+mod kernel_choice;
 pub mod lrw;
 pub mod random;
 pub mod secret;

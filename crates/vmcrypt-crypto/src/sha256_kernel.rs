@@ -16,8 +16,9 @@
 //! The two vector kernels need messages a multiple of 64 bytes long; other lengths and a
 //! shorter last message are hashed by `single`. Zen 4/5 have both AVX-512 and SHA-NI
 //! and get `avx512-x16` unmeasured; `VMCRYPT_SHA256_KERNEL=sha-ni-x2` overrides.
+use crate::kernel_choice::{self as choice, KernelChoice};
 use sha2::Digest;
-use vmcrypt_error::{Error, Result};
+use vmcrypt_error::Result;
 
 /// The environment variable that forces a kernel by name (tests and benchmarks use it).
 /// Unset or empty: the fastest available kernel. Read once, on first use.
@@ -72,16 +73,7 @@ impl Sha256Kernel {
 
     /// The kernel called `name` (as [`Sha256Kernel::name`] prints it).
     pub fn from_name(name: &str) -> Result<Sha256Kernel> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::usage(format!(
-                    "unknown SHA-256 kernel '{name}' (known: {})",
-                    names.join(", ")
-                ))
-            })
+        choice::from_name(name)
     }
 
     /// Whether this CPU can run the kernel.
@@ -99,10 +91,7 @@ impl Sha256Kernel {
 
     /// The first kernel of [`Sha256Kernel::ALL`] this CPU can run.
     pub fn best() -> Sha256Kernel {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.available())
-            .unwrap_or(Sha256Kernel::Single)
+        choice::best()
     }
 
     /// The kernel named by [`KERNEL_ENV`] if that is set and not empty (an error if the
@@ -121,29 +110,7 @@ impl Sha256Kernel {
 
     /// [`Sha256Kernel::selected`] for a given value of the variable.
     pub(crate) fn from_setting(value: Option<&str>) -> Result<Sha256Kernel> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(Self::best()),
-            Some(name) => Self::from_name(name)
-                .and_then(Self::check_available)
-                .map_err(|e| {
-                    let msg = format!("{KERNEL_ENV}={name}: {}", e.message());
-                    match e.kind() {
-                        vmcrypt_error::ErrorKind::Usage => Error::usage(msg),
-                        _ => Error::unsupported(msg),
-                    }
-                }),
-        }
-    }
-
-    fn check_available(self) -> Result<Sha256Kernel> {
-        if self.available() {
-            Ok(self)
-        } else {
-            Err(Error::unsupported(format!(
-                "SHA-256 kernel {} is not supported by this CPU",
-                self.name()
-            )))
-        }
+        choice::from_setting(value)
     }
 
     /// SHA-256 of each `len`-byte message of `data` (`len` not 0; the last message may be
@@ -190,6 +157,18 @@ impl Sha256Kernel {
 fn single(len: usize, data: &[u8], out: &mut [u8]) {
     for (m, o) in data.chunks(len).zip(out.chunks_exact_mut(32)) {
         o.copy_from_slice(&sha2::Sha256::digest(m));
+    }
+}
+
+impl KernelChoice for Sha256Kernel {
+    const ALL: &'static [Sha256Kernel] = &Sha256Kernel::ALL;
+    const WHAT: &'static str = "SHA-256";
+    const ENV: &'static str = KERNEL_ENV;
+    fn name(self) -> &'static str {
+        Sha256Kernel::name(self)
+    }
+    fn available(self) -> bool {
+        Sha256Kernel::available(self)
     }
 }
 

@@ -5,7 +5,9 @@
 //! with their instructions interleaved fills those gaps. Used for the per-block
 //! checksums of LUKS2 reencryption (thousands of 512..4096-byte blocks per hotzone).
 //! Messages must be a multiple of 64 bytes long: their padding is then one block of
-//! its own.
+//! its own. This is the `sha-ni-x2` kernel of [`crate::sha256_kernel`], chosen where
+//! the CPU has SHA-NI but not AVX-512, and for the last few messages (fewer than
+//! sixteen) after `avx512-x16`.
 use crate::aes_xts::vaes_ops::{load128, store128};
 use crate::sha256_kernel::{IV, K};
 use core::arch::x86_64::*;
