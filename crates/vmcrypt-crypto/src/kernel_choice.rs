@@ -70,3 +70,34 @@ pub(crate) fn check_available<K: KernelChoice>(k: K) -> Result<K> {
         )))
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// `from_setting` of `K`: blank is the best kernel, a name is that kernel if this CPU
+    /// runs it (else an `Unsupported` error naming the variable), an unknown name a
+    /// usage error.
+    pub(crate) fn check_settings<K: KernelChoice + PartialEq + std::fmt::Debug>() {
+        assert_eq!(from_setting::<K>(None).unwrap(), best::<K>());
+        assert_eq!(from_setting::<K>(Some(" ")).unwrap(), best::<K>());
+        for &k in K::ALL {
+            match from_setting::<K>(Some(k.name())) {
+                Ok(got) => assert!(k.available() && got == k, "{k:?}"),
+                Err(e) => {
+                    assert!(!k.available(), "{k:?}: {e}");
+                    assert_eq!(e.kind(), ErrorKind::Unsupported);
+                    assert!(e.message().contains(&format!("{}={}", K::ENV, k.name())));
+                }
+            }
+        }
+        let e = from_setting::<K>(Some("avx9")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        let want = format!(
+            "{}=avx9: unknown {} kernel 'avx9' (known: ",
+            K::ENV,
+            K::WHAT
+        );
+        assert!(e.message().starts_with(&want), "{e}");
+    }
+}

@@ -181,30 +181,11 @@ impl std::fmt::Display for Sha256Kernel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmcrypt_error::ErrorKind;
 
     #[test]
     fn setting_picks_the_named_kernel_or_the_best() {
-        assert_eq!(
-            Sha256Kernel::from_setting(None).unwrap(),
-            Sha256Kernel::best()
-        );
-        assert_eq!(
-            Sha256Kernel::from_setting(Some(" ")).unwrap(),
-            Sha256Kernel::best()
-        );
-        for k in Sha256Kernel::ALL {
-            match Sha256Kernel::from_setting(Some(k.name())) {
-                Ok(got) => assert!(k.available() && got == k, "{k}"),
-                Err(e) => {
-                    assert!(!k.available(), "{k}: {e}");
-                    assert_eq!(e.kind(), ErrorKind::Unsupported);
-                    assert!(e.message().contains(&format!("{KERNEL_ENV}={k}")), "{e}");
-                }
-            }
-        }
+        crate::kernel_choice::tests::check_settings::<Sha256Kernel>();
         let e = Sha256Kernel::from_setting(Some("avx9")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Usage);
         assert_eq!(
             e.message(),
             "VMCRYPT_SHA256_KERNEL=avx9: unknown SHA-256 kernel 'avx9' \

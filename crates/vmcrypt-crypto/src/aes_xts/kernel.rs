@@ -117,24 +117,11 @@ pub fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmcrypt_error::ErrorKind;
 
     #[test]
     fn setting_picks_the_named_kernel_or_the_best() {
-        assert_eq!(Kernel::from_setting(None).unwrap(), Kernel::best());
-        assert_eq!(Kernel::from_setting(Some(" ")).unwrap(), Kernel::best());
-        for k in Kernel::ALL {
-            match Kernel::from_setting(Some(k.name())) {
-                Ok(got) => assert!(k.available() && got == k, "{k}"),
-                Err(e) => {
-                    assert!(!k.available(), "{k}: {e}");
-                    assert_eq!(e.kind(), ErrorKind::Unsupported);
-                    assert!(e.message().contains(&format!("{KERNEL_ENV}={k}")), "{e}");
-                }
-            }
-        }
+        crate::kernel_choice::tests::check_settings::<Kernel>();
         let e = Kernel::from_setting(Some("avx9")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Usage);
         assert!(
             e.message()
                 .starts_with("VMCRYPT_AES_KERNEL=avx9: unknown AES kernel 'avx9' (known: "),
