@@ -3,10 +3,13 @@
 //! Every algorithm is backed by a RustCrypto crate of the `digest` 0.10 generation
 //! (`sha1`, `sha2`, `ripemd`, `whirlpool`, `sm3`); SHA-1/SHA-2 pick SHA-NI at run time.
 //! SM3 is here because QEMU accepts it (`hash-alg`, `ivgen-hash-alg`, so `essiv:sm3`).
+//! SHA-256 of many equal-length messages ([`HashAlg::digest_each`]) runs on our own
+//! multi-message kernels instead ([`crate::sha256_kernel`]).
 //!
 //! `wp256`/`wp384`/`wp512` are the Linux kernel's names for Whirlpool truncated to its
 //! first 32/48/64 bytes (old cryptsetup images use them for ESSIV, "xts-essiv:wp256");
 //! `wp512` computes the same digest as `whirlpool` but keeps its own name.
+use crate::sha256_kernel::Sha256Kernel;
 use sha2::Digest;
 use vmcrypt_error::{Error, Result};
 
@@ -123,8 +126,10 @@ impl HashAlg {
 
     /// Hash each `len`-byte message of `data` (`len` is not 0; the last message may be
     /// shorter and is hashed as it is) into consecutive [`Self::output_len`] slots of
-    /// `out` (exactly one per message). SHA-256 of messages a multiple of 64 bytes long
-    /// hashes two at a time on SHA-NI.
+    /// `out` (exactly one per message). SHA-256 runs on
+    /// [`crate::sha256_kernel::Sha256Kernel::in_use`] (SHA-NI two messages at a time, or
+    /// AVX-512 sixteen at a time, where the CPU has them); other algorithms hash one
+    /// message at a time.
     pub fn digest_each(self, len: usize, data: &[u8], out: &mut [u8]) {
         let hl = self.output_len();
         assert!(len > 0);
@@ -133,21 +138,8 @@ impl HashAlg {
             data.len().div_ceil(len) * hl,
             "one output slot per message"
         );
-        let whole = data.len() / len * len;
-        let (data, tail) = data.split_at(whole);
-        let (out, tail_out) = out.split_at_mut(whole / len * hl);
-        if !tail.is_empty() {
-            tail_out.copy_from_slice(&self.digest(tail));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if self == HashAlg::Sha256 && len.is_multiple_of(64) && crate::sha256_ni::available() {
-            // SAFETY: `available` checked the CPU features the kernel needs, and `data`
-            // holds whole `len`-byte messages with one slot each in `out`.
-            #[allow(unsafe_code)]
-            unsafe {
-                crate::sha256_ni::digest_each(len, data, out)
-            };
-            return;
+        if self == HashAlg::Sha256 {
+            return Sha256Kernel::in_use().digest_each(len, data, out);
         }
         for (m, o) in data.chunks(len).zip(out.chunks_mut(hl)) {
             o.copy_from_slice(&self.digest(m));

@@ -9,9 +9,11 @@
 //! * [`sector`]: [`SectorCipher`], a keyed cipher that encrypts/decrypts runs of sectors.
 //! * [`lrw`]: the GF(2^128) tweak arithmetic of the kernel's LRW mode.
 //! * [`aes_xts`]: the fast AES-XTS kernels and the [`aes_xts::Kernel`] choice, and
-//!   [`aes_cbc`]: fast AES-CBC decryption, and `sha256_ni`: SHA-256 of many blocks two
-//!   at a time on SHA-NI (behind [`HashAlg::digest_each`]); the only modules allowed
-//!   to use `unsafe`.
+//!   [`aes_cbc`]: fast AES-CBC decryption, and `sha256_ni` / `sha256_mb`: SHA-256 of
+//!   many blocks two at a time on SHA-NI / sixteen at a time on AVX-512; the only
+//!   modules allowed to use `unsafe`.
+//! * [`sha256_kernel`]: which of those SHA-256 kernels [`HashAlg::digest_each`] runs
+//!   ([`sha256_kernel::Sha256Kernel`], `VMCRYPT_SHA256_KERNEL`).
 //! * [`secret`]: [`SecretBytes`], key material that is zeroized on drop.
 //! * [`random`]: the OS random number generator.
 //!
@@ -30,10 +32,15 @@ pub mod bench_suite;
 mod blockcipher;
 pub mod hash;
 pub mod kdf;
+mod kernel_choice;
 pub mod lrw;
 pub mod random;
 pub mod secret;
 pub mod sector;
+pub mod sha256_kernel;
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod sha256_mb;
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod sha256_ni;

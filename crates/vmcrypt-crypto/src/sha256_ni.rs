@@ -5,27 +5,15 @@
 //! with their instructions interleaved fills those gaps. Used for the per-block
 //! checksums of LUKS2 reencryption (thousands of 512..4096-byte blocks per hotzone).
 //! Messages must be a multiple of 64 bytes long: their padding is then one block of
-//! its own.
+//! its own. This is the `sha-ni-x2` kernel of [`crate::sha256_kernel`], chosen where
+//! the CPU has SHA-NI but not AVX-512, and for the last few messages (fewer than
+//! sixteen) after `avx512-x16`.
 use crate::aes_xts::vaes_ops::{load128, store128};
+use crate::sha256_kernel::{IV, K};
 use core::arch::x86_64::*;
 
 /// Messages hashed together (`kernel` fills exactly two).
 const LANES: usize = 2;
-
-const K: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
-
-const IV: [u32; 8] = [
-    0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19,
-];
 
 /// Whether this CPU has the SHA extensions (and the SSSE3/SSE4.1 shuffles used here).
 pub(crate) fn available() -> bool {
@@ -35,14 +23,13 @@ pub(crate) fn available() -> bool {
 }
 
 /// Hash each `len`-byte message of `data` (`len` a non-zero multiple of 64, `data.len()`
-/// a multiple of `len`) into consecutive 32-byte slots of `out`.
-///
-/// # Safety
-/// The CPU must support SHA, SSSE3 and SSE4.1 ([`available`]).
-pub(crate) unsafe fn digest_each(len: usize, data: &[u8], out: &mut [u8]) {
+/// a multiple of `len`) into consecutive 32-byte slots of `out`. Panics if the CPU
+/// lacks the features ([`available`]).
+pub(crate) fn digest_each(len: usize, data: &[u8], out: &mut [u8]) {
+    assert!(available(), "SHA-NI kernel on a CPU without SHA-NI");
     assert!(len > 0 && len.is_multiple_of(64) && data.len().is_multiple_of(len));
     assert_eq!(out.len(), data.len() / len * 32);
-    // SAFETY: the caller guarantees the features `kernel` enables.
+    // SAFETY: `available` checked the features `kernel` enables.
     unsafe { kernel(len, data, out) }
 }
 

@@ -249,6 +249,42 @@ fn whole_run_with_new_geometry_and_wrong_key_refused() {
     assert_eq!(ks.values().next().unwrap()["key_size"], 32);
 }
 
+/// `VMCRYPT_SHA256_KERNEL` naming no kernel is refused before any write; each kernel
+/// this CPU runs, forced by name, computes `checksum` hotzones that leave an image
+/// cryptsetup reads back (a kernel the CPU lacks is refused, and printed as not run).
+#[test]
+fn each_sha256_kernel_reencrypts_and_a_bad_name_is_refused() {
+    use vmcrypt_crypto::sha256_kernel::{KERNEL_ENV, Sha256Kernel};
+    let im = image(512, 23);
+    let before = std::fs::read(&im.img).unwrap();
+    let out = vmcrypt_reencrypt(&im, &["--resilience", "checksum"])
+        .env(KERNEL_ENV, "avx1024")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        err.contains("VMCRYPT_SHA256_KERNEL=avx1024: unknown SHA-256 kernel"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read(&im.img).unwrap() == before,
+        "a refused run wrote"
+    );
+    for k in Sha256Kernel::ALL {
+        let mut c = vmcrypt_reencrypt(&im, &["--resilience", "checksum"]);
+        c.env(KERNEL_ENV, k.name());
+        if k.available() {
+            ok(&mut c);
+            check(&im, k.name());
+        } else {
+            println!("sha256 kernel {k}: NOT RUN (this CPU lacks it)");
+            let out = c.output().unwrap();
+            assert!(!out.status.success(), "{k}: {out:?}");
+        }
+    }
+}
+
 /// LUKS1: re-keyed through LUKS2 and back; paused half way it is a LUKS2 image that
 /// cryptsetup reads and `--resume-only` finishes, conversion back included.
 #[test]

@@ -1,7 +1,8 @@
 //! [`Kernel`]: the implementations of the hardware AES paths (XTS and CBC decryption),
 //! which of them this CPU can run, and which one is used (the fastest, or the one named
 //! by the `VMCRYPT_AES_KERNEL` environment variable).
-use vmcrypt_error::{Error, Result};
+use crate::kernel_choice::{self as choice, KernelChoice};
+use vmcrypt_error::Result;
 
 /// The environment variable that forces a kernel by name (benchmarks use it to measure
 /// `vaes-avx2` on an AVX-512 machine). Unset or empty: the fastest available kernel.
@@ -41,16 +42,7 @@ impl Kernel {
 
     /// The kernel called `name` (as [`Kernel::name`] prints it).
     pub fn from_name(name: &str) -> Result<Kernel> {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = Kernel::ALL.iter().map(|k| k.name()).collect();
-                Error::usage(format!(
-                    "unknown AES kernel '{name}' (known: {})",
-                    names.join(", ")
-                ))
-            })
+        choice::from_name(name)
     }
 
     /// Whether this CPU can run the kernel.
@@ -70,10 +62,7 @@ impl Kernel {
 
     /// The fastest kernel this CPU can run.
     pub fn best() -> Kernel {
-        Kernel::ALL
-            .into_iter()
-            .find(|k| k.available())
-            .unwrap_or(Kernel::Soft)
+        choice::best()
     }
 
     /// The kernel new ciphers use: the one named by [`KERNEL_ENV`] if that is set and not
@@ -84,30 +73,24 @@ impl Kernel {
 
     /// [`Kernel::selected`] for a given value of the variable.
     pub(crate) fn from_setting(value: Option<&str>) -> Result<Kernel> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(Kernel::best()),
-            Some(name) => Kernel::from_name(name)
-                .and_then(Kernel::check_available)
-                .map_err(|e| {
-                    let msg = format!("{KERNEL_ENV}={name}: {}", e.message());
-                    match e.kind() {
-                        vmcrypt_error::ErrorKind::Usage => Error::usage(msg),
-                        _ => Error::unsupported(msg),
-                    }
-                }),
-        }
+        choice::from_setting(value)
     }
 
     /// `self`, or an error naming it if this CPU cannot run it.
     pub(crate) fn check_available(self) -> Result<Kernel> {
-        if self.available() {
-            Ok(self)
-        } else {
-            Err(Error::unsupported(format!(
-                "AES kernel {} is not supported by this CPU",
-                self.name()
-            )))
-        }
+        choice::check_available(self)
+    }
+}
+
+impl KernelChoice for Kernel {
+    const ALL: &'static [Kernel] = &Kernel::ALL;
+    const WHAT: &'static str = "AES";
+    const ENV: &'static str = KERNEL_ENV;
+    fn name(self) -> &'static str {
+        Kernel::name(self)
+    }
+    fn available(self) -> bool {
+        Kernel::available(self)
     }
 }
 
@@ -134,24 +117,11 @@ pub fn cpu_model() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vmcrypt_error::ErrorKind;
 
     #[test]
     fn setting_picks_the_named_kernel_or_the_best() {
-        assert_eq!(Kernel::from_setting(None).unwrap(), Kernel::best());
-        assert_eq!(Kernel::from_setting(Some(" ")).unwrap(), Kernel::best());
-        for k in Kernel::ALL {
-            match Kernel::from_setting(Some(k.name())) {
-                Ok(got) => assert!(k.available() && got == k, "{k}"),
-                Err(e) => {
-                    assert!(!k.available(), "{k}: {e}");
-                    assert_eq!(e.kind(), ErrorKind::Unsupported);
-                    assert!(e.message().contains(&format!("{KERNEL_ENV}={k}")), "{e}");
-                }
-            }
-        }
+        crate::kernel_choice::tests::check_settings::<Kernel>();
         let e = Kernel::from_setting(Some("avx9")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Usage);
         assert!(
             e.message()
                 .starts_with("VMCRYPT_AES_KERNEL=avx9: unknown AES kernel 'avx9' (known: "),

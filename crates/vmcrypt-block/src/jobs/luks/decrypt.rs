@@ -16,7 +16,6 @@ use crate::drivers::luks::v2::reencrypt::{Position, ResilienceChoice};
 use crate::jobs::Events;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::HashAlg;
 use vmcrypt_error::{ErrorKind, Result, bail, ensure};
 
 /// Which decryption `t` asks for, refused before anything is asked or written when
@@ -90,7 +89,7 @@ pub(super) fn decrypt_v2(
                 resilience: ResilienceChoice::from_name(
                     req.resilience.as_deref().unwrap_or("checksum"),
                 )?,
-                hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
+                hash: super::resilience_hash(req.resilience_hash.as_deref())?,
                 digest_iterations: req.keyslot.iterations,
             };
             v2.decrypt_init(data.as_ref(), &old.volume_key, &p)?;

@@ -16,7 +16,7 @@ use crate::jobs::Events;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::{HashAlg, SecretBytes};
+use vmcrypt_crypto::SecretBytes;
 use vmcrypt_error::{Result, ResultExt, ensure};
 
 /// Start (and unless `--init-only`, run) the decryption of `t.device`, whose header
@@ -50,7 +50,7 @@ pub(super) fn start(
     let old = unlock_to_start(t, req, v2, pass.as_bytes())?;
     let p = ShiftParams {
         resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
-        hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
+        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
         moved: req.hotzone_size,
         digest_iterations: req.keyslot.iterations,
     };

@@ -19,7 +19,7 @@ use crate::drivers::luks::{Luks2Volume, Version};
 use crate::jobs::Events;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
+use vmcrypt_crypto::{CipherSpec, SecretBytes};
 use vmcrypt_error::{Result, ResultExt, ensure};
 
 /// cryptsetup's defaults for `reencrypt --encrypt`.
@@ -83,8 +83,7 @@ fn params(t: &Target, req: &EncryptRequest) -> Result<EncryptParams> {
     Ok(EncryptParams {
         create,
         resilience,
-        hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))
-            .ctx("--resilience-hash")?,
+        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
         reduce: req.reduce,
     })
 }

@@ -21,7 +21,7 @@ use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
 use std::sync::Arc;
-use vmcrypt_crypto::{CipherSpec, HashAlg};
+use vmcrypt_crypto::CipherSpec;
 use vmcrypt_error::{ErrorKind, Result, ResultExt, bail, ensure};
 
 /// What to do.
@@ -244,8 +244,7 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
         );
     }
     ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
-    HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))
-        .ctx("--resilience-hash")?;
+    super::resilience_hash(req.resilience_hash.as_deref())?;
     req.keyslot.params(Version::V2)?;
     Ok(())
 }
@@ -256,7 +255,7 @@ pub fn init_params(req: &ReencryptRequest) -> Result<InitParams> {
     Ok(InitParams {
         new: req.new.clone(),
         resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
-        hash: HashAlg::from_name(req.resilience_hash.as_deref().unwrap_or("sha256"))?,
+        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
         keyslot: req.keyslot.params(Version::V2)?,
     })
 }

@@ -226,6 +226,11 @@ impl<'a> Reencryption<'a> {
                 "LUKS2 reencryption resilience \"{t}\" is not supported"
             );
         }
+        if let Resilience::Checksum { .. } = &st.keyslot.resilience {
+            // A VMCRYPT_SHA256_KERNEL naming a kernel this CPU lacks is refused here,
+            // before anything is written (`digest_each` would use the best one instead).
+            vmcrypt_crypto::sha256_kernel::Sha256Kernel::selected()?;
+        }
         let md = &vol.hdr.metadata;
         let digests = md.digests()?;
         let digest = |id: u32| {
