@@ -133,18 +133,6 @@ impl FileDriver {
         }
     }
 
-    fn io_err(&self, e: std::io::Error, what: &str, offset: u64) -> Error {
-        Error::io(
-            e,
-            format!("{what} '{}' at offset {offset}", self.path.display()),
-        )
-    }
-}
-
-/// Bytes asked of one `copy_file_range` call.
-const KERNEL_COPY_MAX: u64 = 1 << 30;
-
-impl FileDriver {
     /// Copy `len` bytes at `from` of `src` to `to` of this file with `copy_file_range`
     /// (short copies continued). Returns the bytes copied: fewer than `len` when the
     /// kernel cannot copy between these files (another filesystem, a block device, no
@@ -181,7 +169,17 @@ impl FileDriver {
         }
         Ok(done)
     }
+
+    fn io_err(&self, e: std::io::Error, what: &str, offset: u64) -> Error {
+        Error::io(
+            e,
+            format!("{what} '{}' at offset {offset}", self.path.display()),
+        )
+    }
 }
+
+/// Bytes asked of one `copy_file_range` call.
+const KERNEL_COPY_MAX: u64 = 1 << 30;
 
 fn device_size(file: &File) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
