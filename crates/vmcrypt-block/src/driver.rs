@@ -12,6 +12,7 @@
 //! details, host mapping) are capability traits reached through `as_*` accessors that
 //! return `None` by default.
 pub(crate) mod caps;
+pub(crate) mod copy;
 mod extent;
 #[cfg(test)]
 mod tests;
@@ -74,6 +75,25 @@ pub trait BlockDriver: Send + Sync {
     /// Make every completed write durable.
     fn flush(&self) -> Result<()>;
 
+    /// Copy the `len` bytes at `src_offset` of `src` to `offset` of this node, as they
+    /// are: the same bytes land as if read from `src` and written here with
+    /// [`BlockDriver::write_at`], which is what the default does, in 1 MiB pieces (so a
+    /// fault-injecting node sees, fails or tears them as writes). The ranges may overlap
+    /// when `src` is this node. A `file` node copying from a `file` node
+    /// ([`BlockDriver::as_host_file`]) has the kernel copy them (`copy_file_range`),
+    /// without passing them through this process.
+    fn copy_from(
+        &self,
+        src: &dyn BlockDriver,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        copy::copy_buffered(src, src_offset, offset, len, &mut |b, at| {
+            self.write_at(b, at)
+        })
+    }
+
     /// Make `[offset, offset+len)` read as zeros. The default writes zero buffers.
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         const CHUNK: u64 = 1 << 20;
@@ -121,6 +141,14 @@ pub trait BlockDriver: Send + Sync {
     }
 
     // Optional capabilities (see the `caps` module): `None` unless the driver has them.
+
+    /// The `file` node this node is, if it is one: its bytes are a host file's, at the
+    /// same offsets, so [`BlockDriver::copy_from`] between two of them may run in the
+    /// kernel. Nodes over a file (raw windows, fault injection) answer `None`: a copy
+    /// through them goes through their own reads and writes.
+    fn as_host_file(&self) -> Option<&crate::drivers::file::FileDriver> {
+        None
+    }
 
     /// The backing chain, if this node's format can have one ([`Backing`]).
     fn as_backing(&self) -> Option<&dyn Backing> {

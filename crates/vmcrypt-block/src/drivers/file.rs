@@ -1,5 +1,7 @@
 //! The `file` protocol driver: a regular host file, positioned I/O, holes via
-//! SEEK_DATA/SEEK_HOLE and fallocate.
+//! SEEK_DATA/SEEK_HOLE and fallocate, copies between files by the kernel
+//! (`copy_file_range`).
+use crate::driver::copy::copy_buffered;
 use crate::driver::{
     Allocation, BlockDriver, Extent, HostMap, HostRange, Introspect, MapExtent, check_range_with,
 };
@@ -131,6 +133,43 @@ impl FileDriver {
         }
     }
 
+    /// Copy `len` bytes at `from` of `src` to `to` of this file with `copy_file_range`
+    /// (short copies continued). Returns the bytes copied: fewer than `len` when the
+    /// kernel cannot copy between these files (another filesystem, a block device, no
+    /// support) or when the ranges overlap in one file (never handed to the kernel),
+    /// and the caller copies the rest through a buffer.
+    fn kernel_copy(&self, src: &FileDriver, from: u64, to: u64, len: u64) -> Result<u64> {
+        use rustix::io::Errno;
+        check_range_with(
+            || format!("copying from '{}'", src.path.display()),
+            from,
+            len as usize,
+            src.size(),
+        )?;
+        // Two nodes over one file overlapping get EINVAL from the kernel: buffered too.
+        if std::ptr::eq(src, self) && from < to + len && to < from + len {
+            return Ok(0);
+        }
+        let mut done = 0;
+        while done < len {
+            let (mut i, mut o) = (from + done, to + done);
+            let n = (len - done).min(KERNEL_COPY_MAX) as usize;
+            match rustix::fs::copy_file_range(&src.file, Some(&mut i), &self.file, Some(&mut o), n)
+            {
+                // The source ended early (it shrank): the buffered copy reports it.
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n as u64;
+                    self.size.fetch_max(to + done, Ordering::AcqRel);
+                }
+                Err(Errno::INTR) => {}
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => break,
+                Err(e) => return Err(self.io_err(e.into(), "copying into", to + done)),
+            }
+        }
+        Ok(done)
+    }
+
     fn io_err(&self, e: std::io::Error, what: &str, offset: u64) -> Error {
         Error::io(
             e,
@@ -138,6 +177,9 @@ impl FileDriver {
         )
     }
 }
+
+/// Bytes asked of one `copy_file_range` call.
+const KERNEL_COPY_MAX: u64 = 1 << 30;
 
 fn device_size(file: &File) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
@@ -177,6 +219,27 @@ impl BlockDriver for FileDriver {
         self.size
             .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
         Ok(())
+    }
+
+    fn copy_from(
+        &self,
+        src: &dyn BlockDriver,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        if self.read_only {
+            bail!(ReadOnly, "'{}' is open read-only", self.path.display());
+        }
+        let done = match src.as_host_file() {
+            Some(file) => self.kernel_copy(file, src_offset, offset, len)?,
+            None => 0,
+        };
+        if done == len {
+            return Ok(());
+        }
+        let (from, to) = (src_offset + done, offset + done);
+        copy_buffered(src, from, to, len - done, &mut |b, at| self.write_at(b, at))
     }
 
     fn flush(&self) -> Result<()> {
@@ -287,6 +350,10 @@ impl BlockDriver for FileDriver {
     }
 
     fn as_host_map(&self) -> Option<&dyn HostMap> {
+        Some(self)
+    }
+
+    fn as_host_file(&self) -> Option<&FileDriver> {
         Some(self)
     }
 }

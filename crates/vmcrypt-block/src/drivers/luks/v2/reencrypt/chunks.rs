@@ -1,8 +1,9 @@
 //! Streaming a hotzone through the cores: [`Chunks`] reads `CHUNK`-sized pieces of
 //! it, each into a buffer owned by the thread that handles it (reused for the next
-//! piece, so it stays in the CPU cache), and hands each to a closure that hashes,
-//! copies or transforms and writes it. Pieces are handled in any order and at the
-//! same time; the caller flushes after the whole pass.
+//! piece, so it stays in the CPU cache), and hands each to a closure that hashes or
+//! transforms and writes it; or copies it as it is, piece by piece, without reading it
+//! here. Pieces are handled in any order and at the same time; the caller flushes
+//! after the whole pass.
 use super::CHUNK;
 use crate::driver::BlockDriver;
 use rayon::prelude::*;
@@ -11,6 +12,10 @@ use vmcrypt_error::{Result, ResultExt};
 
 /// Pieces a rayon job takes at least: each job allocates (and zeroes) its buffer.
 const MIN_PER_JOB: usize = 4;
+
+/// Piece of a hotzone one thread copies as it is (no buffer of ours: the kernel copies
+/// between files, so the pieces can be larger).
+const COPY_PIECE: u64 = 4 * CHUNK as u64;
 
 /// The `len` bytes at `at` of `data`, in `CHUNK` pieces.
 pub(super) struct Chunks<'a> {
@@ -51,6 +56,17 @@ impl<'a> Chunks<'a> {
                 let rel = self.read(i, buf)?;
                 f(rel, buf)
             })
+    }
+
+    /// Copy the hotzone as it is to `to` of `dst` ([`BlockDriver::copy_from`]: in the
+    /// kernel between files) in `COPY_PIECE` pieces over the cores.
+    pub fn copy_to(&self, dst: &dyn BlockDriver, to: u64) -> Result<()> {
+        let pieces = self.len.div_ceil(COPY_PIECE);
+        (0..pieces).into_par_iter().try_for_each(|i| {
+            let rel = i * COPY_PIECE;
+            let n = COPY_PIECE.min(self.len - rel);
+            dst.copy_from(self.data, self.at + rel, to + rel, n)
+        })
     }
 
     /// Hash each `bs`-byte block (`bs` divides `CHUNK`) into consecutive slots of `out`.

@@ -157,12 +157,10 @@ pub fn encrypt_init(
     Ok(key)
 }
 
-/// Copy the first `shift` plaintext bytes to the end of the device, flushed.
+/// Copy the first `shift` plaintext bytes to the end of the device (in the kernel
+/// for a file, see [`BlockDriver::copy_from`]), flushed.
 fn move_first(data: &dyn BlockDriver, plan: EncryptPlan) -> Result<()> {
-    let mut buf = vec![0u8; plan.shift as usize];
-    data.read_at(&mut buf, 0)
-        .ctx("reading the start of the device")?;
-    data.write_at(&buf, plan.moved_at)
+    data.copy_from(data, 0, plan.moved_at, plan.shift)
         .ctx("copying the start of the device to its end")?;
     data.flush()
 }

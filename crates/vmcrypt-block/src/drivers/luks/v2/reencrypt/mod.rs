@@ -17,7 +17,9 @@
 //! The data passes are streamed (`chunks.rs`): each thread reads one chunk at a time
 //! into a buffer of its own that stays in the CPU cache, so the hotzone is read once to
 //! protect it and once more to transform it rather than held whole in memory (which
-//! cost more, in page faults and memory traffic, than the second read).
+//! cost more, in page faults and memory traffic, than the second read). A journal is
+//! copied by [`BlockDriver::copy_from`] (`copy_file_range` between files: the kernel
+//! copies the hotzone without passing it through this process).
 mod chunks;
 pub mod decrypt;
 pub mod encrypt;
@@ -394,8 +396,10 @@ impl<'a> Reencryption<'a> {
     }
 
     /// Store the protection of the hotzone at `offset` (`len` bytes) in the reencrypt
-    /// area and flush it: the hash of each checksum block, or the old ciphertext itself
-    /// as a journal (read and written chunk by chunk); false for `none`.
+    /// area and flush it: the hash of each checksum block (read chunk by chunk), or the
+    /// old ciphertext itself as a journal (copied piece by piece with
+    /// [`BlockDriver::copy_from`]: in the kernel when the header and the data are
+    /// files); false for `none`.
     fn protect(&self, offset: u64, len: u64) -> Result<bool> {
         let k = &self.st.keyslot;
         let at = self.layout.data_offset + offset;
@@ -419,7 +423,7 @@ impl<'a> Reencryption<'a> {
             }
             Resilience::Journal => {
                 area("journal bytes", len)?;
-                chunks.try_for_each(|rel, c| dev.write_at(c, k.area_offset + rel))
+                chunks.copy_to(dev.as_ref(), k.area_offset)
             }
             _ => return Ok(false),
         }

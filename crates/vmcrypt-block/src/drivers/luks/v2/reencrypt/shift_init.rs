@@ -170,16 +170,10 @@ fn moved_size(p: &ShiftParams, r: &Resilience, shift: u64, area: u64, align: u64
     Ok(want.min(cap))
 }
 
-/// Copy `len` bytes from `src` at `from` to `dst` at `to` in 1 MiB pieces (the
-/// ranges must not overlap), then flush `dst`.
+/// Copy `len` bytes from `src` at `from` to `dst` at `to` (the ranges must not
+/// overlap; in the kernel between files, see [`BlockDriver::copy_from`]), then flush
+/// `dst`.
 fn copy(src: &dyn BlockDriver, from: u64, dst: &dyn BlockDriver, to: u64, len: u64) -> Result<()> {
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(buf.len() as u64) as usize;
-        src.read_at(&mut buf[..n], from + done)?;
-        dst.write_at(&buf[..n], to + done)?;
-        done += n as u64;
-    }
+    dst.copy_from(src, from, to, len)?;
     dst.flush()
 }
