@@ -75,7 +75,11 @@ pub(super) fn copy(
             progress(d, total);
         });
         let mut all = vec![mine];
-        all.extend(others.into_iter().map(|h| h.join().expect("convert worker")));
+        all.extend(
+            others
+                .into_iter()
+                .map(|h| h.join().expect("convert worker")),
+        );
         all
     });
     let mut stats = ConvertStats::default();
@@ -104,7 +108,11 @@ fn work_inner(sh: &Shared<'_>, report: &mut dyn FnMut(u64)) -> Result<ConvertSta
     let mut stats = ConvertStats::default();
     let mut buf = Vec::with_capacity(CHUNK.min(sh.src.size() as usize));
     while !sh.failed.load(Ordering::Relaxed) {
-        let next = sh.plan.lock().unwrap_or_else(|e| e.into_inner()).next(sh.src)?;
+        let next = sh
+            .plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next(sh.src)?;
         let Some((off, len, zero)) = next else { break };
         if zero && sh.target_zeroed {
             stats.bytes_skipped += len;
