@@ -154,3 +154,44 @@ fn a_hole_is_one_piece_for_a_zeroed_target() {
     convert(&src, &dst, false, &mut |_, _| steps += 1).unwrap();
     assert_eq!(steps, 1 + 8, "one initial report, then one per 8 MiB chunk");
 }
+
+/// A file target is written by several workers, out of order: the bytes, the counts
+/// and the progress (rising, ending at the total) are as with the ordered copy, and a
+/// failing read stops every worker with the offset named.
+#[test]
+fn parallel_copy_to_a_file_is_exact_and_stops_on_error() {
+    use vmcrypt_block::drivers::mem::MemDriver;
+    let chunk = vmcrypt_block::jobs::convert::CHUNK;
+    let len = 5 * chunk + 12_345;
+    let data = pattern(len);
+    let dir = tempfile::tempdir().unwrap();
+    for zeroed in [true, false] {
+        let tp = dir.path().join(format!("dst-{zeroed}.raw"));
+        let dst = FileDriver::create(&tp, len as u64).unwrap();
+        if !zeroed {
+            dst.write_at(&vec![0xee; len], 0).unwrap();
+        }
+        let mut seen = vec![];
+        let stats = convert(&MemDriver::new(data.clone()), &dst, zeroed, &mut |d, t| {
+            seen.push((d, t))
+        })
+        .unwrap();
+        assert!(std::fs::read(&tp).unwrap() == data, "zeroed={zeroed}");
+        assert_eq!(stats.bytes_written + stats.bytes_skipped, len as u64);
+        assert_eq!(stats.bytes_skipped, if zeroed { 4 * 4096 } else { 0 });
+        assert_eq!(seen.first(), Some(&(0, len as u64)));
+        assert_eq!(seen.last(), Some(&(len as u64, len as u64)));
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    }
+    let src = FailingSource {
+        inner: MemDriver::new(data),
+        bad: (3 * chunk) as u64,
+    };
+    let dst = FileDriver::create(&dir.path().join("bad.raw"), len as u64).unwrap();
+    let e = convert(&src, &dst, true, &mut |_, _| {}).unwrap_err();
+    let msg = e.display_chain();
+    assert!(
+        msg.contains(&format!("reading source at offset {}", 3 * chunk)),
+        "{msg}"
+    );
+}

@@ -10,6 +10,11 @@
 //! calling thread; that thread writes them with [`BlockDriver::write_at_mut`] (so an
 //! encrypting target encrypts in place) and sends the buffer back for the next read.
 //!
+//! A target whose writes at distinct offsets do not depend on each other (a file, or a
+//! raw or LUKS node straight over one) is instead copied by one worker per core, each
+//! reading, encrypting and writing its own chunks (`convert_parallel.rs`), so that the
+//! reads and the encryption overlap the writes, which the host may serialise.
+//!
 //! The job around the copy ([`ConvertRequest`], [`run`]) lives in `convert_target.rs`:
 //! it opens the source, creates or opens the target and decides whether the target
 //! already reads as zeros.
@@ -59,6 +64,11 @@ pub fn convert(
     }
     let mut stats = ConvertStats::default();
     progress(0, total);
+    if super::convert_parallel::independent_writes(dst) {
+        let stats = super::convert_parallel::copy(src, dst, target_zeroed, progress)?;
+        dst.flush()?;
+        return Ok(stats);
+    }
     let (piece_tx, piece_rx) = sync_channel::<Result<Piece>>(BUFFERS - 1);
     let (buf_tx, buf_rx) = sync_channel::<Vec<u8>>(BUFFERS);
     let size = (CHUNK as u64).min(total) as usize;
@@ -68,14 +78,8 @@ pub fn convert(
             .expect("fresh channel has room");
     }
     std::thread::scope(|s| {
-        // A target that reads zeros already skips zero runs whole: one message per run,
-        // not one per chunk (a 1 TiB hole was 131072 channel round trips).
-        let zero_cap = if target_zeroed {
-            u64::MAX
-        } else {
-            CHUNK as u64
-        };
-        s.spawn(move || read_pieces(src, total, zero_cap, &piece_tx, &buf_rx));
+        let plan = Planner::new(total, target_zeroed);
+        s.spawn(move || read_pieces(src, plan, &piece_tx, &buf_rx));
         // When this returns early, `piece_rx` and `buf_tx` drop, which stops the reader.
         write_pieces(
             dst,
@@ -91,57 +95,93 @@ pub fn convert(
     Ok(stats)
 }
 
-/// The reader thread: plan chunks from the source's allocation and read data chunks
-/// into buffers taken from `bufs`. Stops at the end, at the first error (sent on), or
-/// when the writer hangs up. Zero runs are sent in pieces of at most `zero_cap` bytes.
-fn read_pieces(
-    src: &dyn BlockDriver,
+/// Where the copy stands: the next offset and the last block-status answer. Hands out
+/// the copy in order as zero runs (of at most `zero_cap` bytes) and data ranges of at
+/// most [`CHUNK`] bytes.
+pub(super) struct Planner {
+    off: u64,
     total: u64,
     zero_cap: u64,
+    // One block-status answer serves every chunk it covers (tmpfs answers SEEK_DATA
+    // by scanning to the end of the file, so asking per chunk is quadratic).
+    cached: Option<(u64, u64, Allocation)>,
+}
+
+impl Planner {
+    pub(super) fn new(total: u64, target_zeroed: bool) -> Self {
+        // A target that reads zeros already skips zero runs whole: one piece per run,
+        // not one per chunk (a 1 TiB hole was 131072 channel round trips).
+        let zero_cap = if target_zeroed {
+            u64::MAX
+        } else {
+            CHUNK as u64
+        };
+        Planner {
+            off: 0,
+            total,
+            zero_cap,
+            cached: None,
+        }
+    }
+
+    /// The next piece as `(offset, length, reads as zeros)`, `None` at the end.
+    pub(super) fn next(&mut self, src: &dyn BlockDriver) -> Result<Option<(u64, u64, bool)>> {
+        let (off, total) = (self.off, self.total);
+        if off >= total {
+            return Ok(None);
+        }
+        let (alloc, ext_end) = match self.cached {
+            Some((s, e, a)) if s <= off && off < e => (a, e),
+            _ => {
+                let ext = src
+                    .block_status(off, total - off)
+                    .ctx("querying source allocation")?;
+                let e = off + ext.length.max(1);
+                self.cached = Some((off, e, ext.allocation));
+                (ext.allocation, e)
+            }
+        };
+        let zero = alloc == Allocation::Zero;
+        let cap = if zero { self.zero_cap } else { CHUNK as u64 };
+        let len = (ext_end - off).clamp(1, cap.min(total - off));
+        self.off += len;
+        Ok(Some((off, len, zero)))
+    }
+}
+
+/// The reader thread: plan chunks from the source's allocation and read data chunks
+/// into buffers taken from `bufs`. Stops at the end, at the first error (sent on), or
+/// when the writer hangs up.
+fn read_pieces(
+    src: &dyn BlockDriver,
+    mut plan: Planner,
     out: &SyncSender<Result<Piece>>,
     bufs: &Receiver<Vec<u8>>,
 ) {
-    let mut off = 0u64;
-    // One block-status answer serves every chunk it covers (tmpfs answers SEEK_DATA
-    // by scanning to the end of the file, so asking per chunk is quadratic).
-    let mut cached: Option<(u64, u64, Allocation)> = None;
-    while off < total {
-        let want = (CHUNK as u64).min(total - off);
-        let (alloc, ext_end) = match cached {
-            Some((s, e, a)) if s <= off && off < e => (a, e),
-            _ => match src.block_status(off, total - off) {
-                Ok(ext) => {
-                    let e = off + ext.length.max(1);
-                    cached = Some((off, e, ext.allocation));
-                    (ext.allocation, e)
-                }
-                Err(e) => {
-                    let _ = out.send(Err(e).ctx("querying source allocation"));
+    loop {
+        let (off, len) = match plan.next(src) {
+            Ok(Some((off, len, true))) => {
+                if out.send(Ok(Piece::Zero { off, len })).is_err() {
                     return;
                 }
-            },
-        };
-        let cap = if alloc == Allocation::Zero {
-            zero_cap
-        } else {
-            want
-        };
-        let len = (ext_end - off).clamp(1, cap.min(total - off));
-        let piece = if alloc == Allocation::Zero {
-            Piece::Zero { off, len }
-        } else {
-            let Ok(mut buf) = bufs.recv() else { return };
-            buf.resize(len as usize, 0);
-            if let Err(e) = src.read_at(&mut buf, off) {
-                let _ = out.send(Err(e).with_ctx(|| format!("reading source at offset {off}")));
+                continue;
+            }
+            Ok(Some((off, len, false))) => (off, len),
+            Ok(None) => return,
+            Err(e) => {
+                let _ = out.send(Err(e));
                 return;
             }
-            Piece::Data { off, buf }
         };
-        if out.send(Ok(piece)).is_err() {
+        let Ok(mut buf) = bufs.recv() else { return };
+        buf.resize(len as usize, 0);
+        if let Err(e) = src.read_at(&mut buf, off) {
+            let _ = out.send(Err(e).with_ctx(|| format!("reading source at offset {off}")));
             return;
         }
-        off += len;
+        if out.send(Ok(Piece::Data { off, buf })).is_err() {
+            return;
+        }
     }
 }
 
@@ -185,7 +225,7 @@ fn write_pieces(
 
 /// Write `b` at `off`, leaving out 4 KiB-aligned all-zero pieces when the target is
 /// zeroed. The target may clobber `b` (it is not read again after being written).
-fn copy_runs(
+pub(super) fn copy_runs(
     dst: &dyn BlockDriver,
     b: &mut [u8],
     off: u64,

@@ -11,6 +11,7 @@ pub mod clone;
 pub mod commit;
 pub mod compare;
 pub mod convert;
+mod convert_parallel;
 mod convert_target;
 pub mod create;
 pub mod create_request;
