@@ -586,8 +586,9 @@ fn status_shows_the_header(s: &Setup, run: &Path, name: &str, what: &str) {
         .args(["luks", "status", "--run-dir"])
         .arg(run)
         .arg(name));
-    let seg = &dump_json(&s.img)["segments"]["0"];
-    let keyslot_bits = dump_json(&s.img)["keyslots"]
+    let hdr = dump_json(&s.img);
+    let seg = &hdr["segments"]["0"];
+    let keyslot_bits = hdr["keyslots"]
         .as_object()
         .and_then(|k| k.values().next().cloned())
         .map(|k| k["key_size"].as_u64().unwrap() * 8)
