@@ -9,7 +9,9 @@
 # tool: on a loaded machine wall times vary with the other load, CPU times much less.
 # The load average is printed before and after. Every vmcrypt result is checked:
 # cryptsetup must see no requirement left and the data must decrypt to the original
-# plaintext.
+# plaintext. With journal among the modes, the journal's floor on this filesystem is
+# printed too (`lib/write-floor.py`, python3): the time of its writes alone, which form
+# one chain, and the best ratio against cryptsetup that floor allows.
 #
 # usage: scripts/bench-reencrypt.sh [SIZE_MIB [ROUNDS [MODES...]]]
 #   SIZE_MIB  data size (default 1024); ROUNDS default 5; MODES default: checksum journal none
@@ -78,9 +80,26 @@ for mode in "${MODES[@]}"; do
         timed cryptsetup reencrypt --force-offline-reencrypt -q --key-file "$DIR/pw" "${KDF[@]}" \
             --resilience "$mode" --hotzone-size "$HOTZONE" "$DIR/a.img" >> "$DIR/cs.t"
     done
+    cp "$DIR/cs.t" "$DIR/cs.$mode"
     vm=$(median 1 < "$DIR/vm.t")
     cs=$(median 1 < "$DIR/cs.t")
     printf '%-9s %12.3f %12.3f %7.2fx %12.2f %14.2f\n' "$mode" "$vm" "$cs" "$(echo "$cs / $vm" | bc -l)" \
         "$(median 2 < "$DIR/vm.t")" "$(median 2 < "$DIR/cs.t")"
 done
+# The journal's floor: its writes form one chain (journal, then data, hotzone after
+# hotzone) that more cores cannot shorten; `lib/write-floor.py` times that chain alone,
+# in pieces the size of the journal area (the keyslots area less two key slots: the
+# old key's and the new one's), and the ratio it would give against cryptsetup.
+if [[ " ${MODES[*]} " == *" journal "* ]] && command -v python3 > /dev/null; then
+    area=$(cryptsetup luksDump --dump-json-metadata "$DIR/base.img" | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(int(m["config"]["keyslots_size"]) - 2 * int(m["keyslots"]["0"]["area"]["size"]))')
+    hz=$(numfmt --from=iec "$HOTZONE")
+    piece=$((hz < area ? hz : area))
+    floor=$(python3 scripts/lib/write-floor.py "$DIR/floor.img" "$SIZE_MIB" "$piece" "$ROUNDS")
+    cs=$(median 1 < "$DIR/cs.journal")
+    printf 'journal floor: %.3f s for its writes alone (%d-byte pieces, one chain): at most %.2fx cryptsetup here\n' \
+        "$floor" "$piece" "$(echo "$cs / $floor" | bc -l)"
+fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
