@@ -719,4 +719,54 @@ mod tests {
         dc.apply_here(&mut b, 1 << 20, false).unwrap();
         assert_eq!(b, plain);
     }
+
+    /// The fast path (`data_crypt`, rbd's asynchronous path) is off while a
+    /// reencryption run serves the node and on once the run has finished and handed
+    /// the node over, encrypting as a fresh open's does.
+    #[test]
+    fn finished_online_run_turns_the_fast_path_on() {
+        use crate::drivers::mem::MemDriver;
+        use v2::reencrypt::ResilienceChoice;
+        use v2::reencrypt::init::{InitParams, NewEncryption};
+        use vmcrypt_crypto::HashAlg;
+        const PW: &[u8] = b"pw";
+        let limits = KdfLimits::default();
+        let mem = Arc::new(MemDriver::new(Vec::new()));
+        let fast_kdf = KeyslotParams {
+            kdf: KdfKind::Pbkdf2,
+            iterations: Some(1000),
+            ..Default::default()
+        };
+        let mut p = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
+        p.keyslot = fast_kdf.clone();
+        p.data_offset = Some(1 << 20);
+        p.keyslots_size = Some((1 << 20) - (32 << 10));
+        Luks2Volume::create(mem.clone(), &p, PW).unwrap();
+        mem.resize(2 << 20).unwrap();
+        let d = LuksDriver::open(mem.clone(), None, Some(PW), None, &limits).unwrap();
+        assert!(d.data_crypt().is_some(), "a plain node has the fast path");
+        let init = InitParams {
+            new: NewEncryption::default(),
+            resilience: ResilienceChoice::Journal,
+            hash: HashAlg::Sha256,
+            keyslot: fast_kdf,
+        };
+        let online = d.begin_reencryption(PW, None, &init).unwrap();
+        assert!(
+            d.data_crypt().is_none(),
+            "no fast path while the run serves"
+        );
+        online.start(Some(256 << 10)).unwrap();
+        online.wait_stopped();
+        assert_eq!(online.status().state.name(), "finished");
+        let ours = d.data_crypt().expect("the fast path once handed over");
+        let fresh = LuksDriver::open(mem, None, Some(PW), None, &limits).unwrap();
+        let theirs = fresh.data_crypt().unwrap();
+        let plain: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        ours.apply_here(&mut a, 4096, true).unwrap();
+        theirs.apply_here(&mut b, 4096, true).unwrap();
+        assert_ne!(a, plain);
+        assert_eq!(a, b, "the handed-over node encrypts as a fresh open");
+    }
 }
