@@ -590,7 +590,7 @@ impl BlockDriver for LuksDriver {
                 self.request_sector()
             );
         }
-        if self.online.get().is_some() {
+        if self.serves_reencryption() {
             bail!(
                 Unsupported,
                 "luks: a LUKS2 reencryption is in progress; resize after it finished"
@@ -738,7 +738,7 @@ mod tests {
             ..Default::default()
         };
         let mut p = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
-        p.keyslot = fast_kdf.clone();
+        p.keyslot = fast_kdf;
         p.data_offset = Some(1 << 20);
         p.keyslots_size = Some((1 << 20) - (32 << 10));
         Luks2Volume::create(mem.clone(), &p, PW).unwrap();
