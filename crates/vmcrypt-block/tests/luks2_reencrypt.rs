@@ -5,7 +5,8 @@
 //! without requirements whose data decrypts to the original plaintext.
 mod common;
 use common::Rng;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
 use vmcrypt_block::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
@@ -381,4 +382,126 @@ fn online_run_to_smaller_sectors_drops_the_request_sector_when_finished() {
         plaintext(mem.snapshot()) == plain,
         "the data after a reopen"
     );
+}
+
+/// Writes into the 64 KiB stripes `k` owns (`k` of `of`), many not sector-aligned,
+/// each read back at once and recorded in `model`, until `stop`.
+fn stripe_writer(
+    d: &LuksDriver,
+    model: &Mutex<Vec<u8>>,
+    stop: &AtomicBool,
+    n: &AtomicU64,
+    k: u64,
+    of: u64,
+) {
+    const STRIPE: u64 = 64 << 10;
+    let mut rng = Rng(k * 7919 + 1);
+    while !stop.load(Ordering::SeqCst) {
+        let stripe = (rng.next() % (SIZE as u64 / STRIPE / of)) * of + k;
+        let off = stripe * STRIPE + rng.next() % STRIPE;
+        let len = (1 + rng.next() % 8192).min(STRIPE - off % STRIPE);
+        let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        d.write_at(&data, off).unwrap();
+        let mut back = vec![0u8; len as usize];
+        d.read_at(&mut back, off).unwrap();
+        assert!(back == data, "write at {off}+{len} read back differently");
+        model.lock().unwrap()[off as usize..(off + len) as usize].copy_from_slice(&data);
+        n.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Wait until `n` has reached `at_least` (writers are making progress).
+fn wait_for(n: &AtomicU64, at_least: u64) {
+    let t = std::time::Instant::now();
+    while n.load(Ordering::SeqCst) < at_least {
+        assert!(t.elapsed().as_secs() < 60, "the writers stalled");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// A node served through an online run (opened on an image in reencryption state, or
+/// started while served), with writers from before the run starts until after it has
+/// finished: once finished, the node has handed itself over to the new key. It no
+/// longer serves through the run, the old key is no longer held, and it reports the
+/// key slot, cipher and sector size a fresh open of the finished header reports. Every
+/// write reads back through it as in the model, and it encrypts as a fresh open
+/// does (what one writes, the other reads).
+#[test]
+fn finished_online_run_hands_the_node_over_to_the_new_key() {
+    for (sector, new_sector, started_while_served) in [
+        (4096, Some(512), true),
+        (512, None, false),
+        (512, Some(4096), false),
+    ] {
+        let what =
+            format!("{sector} -> {new_sector:?}, started while served: {started_while_served}");
+        let (img, plain) = base(sector, 71 + u64::from(sector));
+        let mem = Arc::new(MemDriver::new(img));
+        let p = params(ResilienceChoice::Checksum, new_sector);
+        let open = || LuksDriver::open(mem.clone(), None, Some(PW), None, &KdfLimits::default());
+        if !started_while_served {
+            let mut vol = Luks2Volume::open(mem.clone(), false, &KdfLimits::default()).unwrap();
+            let old = vol.unlock(PW, None).unwrap().volume_key;
+            vol.reencrypt_init(&old, PW, &p).unwrap();
+        }
+        let d = open().unwrap();
+        let online = match started_while_served {
+            true => d.start_reencryption(PW, None, &p).unwrap().unwrap(),
+            false => d.as_reencryption().expect("opened in reencryption state"),
+        };
+        assert!(d.serves_reencryption(), "{what}");
+        assert!(online.status().old_key_held, "{what}");
+        let old_slot = d.unlocked_slot();
+        let model = Mutex::new(plain);
+        let (stop, n) = (AtomicBool::new(false), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for k in 0..3 {
+                let (d, model, stop, n) = (&d, &model, &stop, &n);
+                s.spawn(move || stripe_writer(d, model, stop, n, k, 3));
+            }
+            wait_for(&n, 30);
+            online.start(Some(HOTZONE)).unwrap();
+            online.wait_stopped();
+            wait_for(&n, n.load(Ordering::SeqCst) + 300);
+            stop.store(true, Ordering::SeqCst);
+        });
+        let st = online.status();
+        assert_eq!(st.state.name(), "finished", "{what}: {st:?}");
+        assert!(
+            !d.serves_reencryption(),
+            "{what}: still serves through the run"
+        );
+        assert!(!st.old_key_held, "{what}: the old key is still held");
+
+        let fresh = open().unwrap();
+        assert!(!fresh.serves_reencryption() && fresh.as_reencryption().is_none());
+        assert_ne!(
+            d.unlocked_slot(),
+            old_slot,
+            "{what}: the old key's slot is gone"
+        );
+        assert_eq!(d.unlocked_slot(), fresh.unlocked_slot(), "{what}: key slot");
+        assert_eq!(st.target.unwrap().key_slot, fresh.unlocked_slot(), "{what}");
+        assert_eq!(d.data_spec(), fresh.data_spec(), "{what}: cipher");
+        assert_eq!(d.sector_size(), fresh.sector_size(), "{what}: sector size");
+        assert_eq!(d.size(), fresh.size(), "{what}: size");
+
+        let want = model.into_inner().unwrap();
+        for (node, name) in [(&d, "the handed-over node"), (&fresh, "a fresh open")] {
+            let mut out = vec![0u8; SIZE];
+            node.read_at(&mut out, 0).unwrap();
+            assert!(out == want, "{what}: {name} differs from the model");
+        }
+        // What one writes, the other reads: the same encryption.
+        for (w, r, at) in [(&d, &fresh, 8192u64), (&fresh, &d, 20480)] {
+            let piece: Vec<u8> = (0..4096u32).map(|i| (i * 13 + at as u32) as u8).collect();
+            w.write_at(&piece, at).unwrap();
+            let mut back = vec![0u8; piece.len()];
+            r.read_at(&mut back, at).unwrap();
+            assert!(
+                back == piece,
+                "{what}: a write at {at} reads back differently"
+            );
+        }
+    }
 }

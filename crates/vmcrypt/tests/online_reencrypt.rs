@@ -557,6 +557,7 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
         let line = wait_done(&srv);
         let during = w.counts();
         assert!(line.contains("finished"), "{line}");
+        assert!(line.contains("The old key is dropped."), "{what}: {line}");
         std::thread::sleep(Duration::from_millis(200));
         let client_worst = w.finish();
         if let Some((run, name)) = &srv.opened {
@@ -579,7 +580,9 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
 }
 
 /// `luks status` of a device whose run finished while it was open shows the finished
-/// run and the encryption the header now has (not the one it was opened with).
+/// run and the encryption the header now has (not the one it was opened with): its
+/// cipher, key size, sector size, and its one key slot (the new key's; the key slot
+/// the device was opened with held the old key, which the finish removed).
 #[track_caller]
 fn status_shows_the_header(s: &Setup, run: &Path, name: &str, what: &str) {
     let st = ok(vmcrypt()
@@ -588,14 +591,18 @@ fn status_shows_the_header(s: &Setup, run: &Path, name: &str, what: &str) {
         .arg(name));
     let hdr = dump_json(&s.img);
     let seg = &hdr["segments"]["0"];
-    let keyslot_bits = hdr["keyslots"]
-        .as_object()
-        .and_then(|k| k.values().next().cloned())
-        .map(|k| k["key_size"].as_u64().unwrap() * 8)
-        .unwrap();
+    let slots = hdr["keyslots"].as_object().unwrap();
+    assert_eq!(slots.len(), 1, "{what}: {hdr}");
+    let (slot, keyslot) = slots.iter().next().unwrap();
+    assert_ne!(
+        slot, "0",
+        "{what}: the new key is in the old key's slot: {hdr}"
+    );
+    let keyslot_bits = keyslot["key_size"].as_u64().unwrap() * 8;
     for want in [
         format!("cipher:  {}", seg["encryption"].as_str().unwrap()),
         format!("keysize: {keyslot_bits} bits"),
+        format!("key slot: {slot}"),
         format!("sector size:  {}", seg["sector_size"]),
         "reencryption: finished".to_string(),
     ] {

@@ -9,6 +9,12 @@
 //!
 //! Opened without a passphrase, the node serves metadata only (for `info`, `dump`).
 //!
+//! How the data is encrypted lives behind the node's request lock ([`RequestLock`]):
+//! the data cipher of the plain path, or none while a LUKS2 reencryption run serves
+//! the requests through both keys ([`v2::reencrypt::online`]). Each request holds the
+//! lock from its start to its end, so the switches (a run started while serving, a
+//! finished run handing the node over to the new key) happen between requests.
+//!
 //! The LUKS API is version-blind: [`Volume`] opens either header and dispatches to
 //! [`v1`] and [`v2`]; [`params`] holds the one set of parameter types both use.
 pub mod convert;
@@ -23,10 +29,10 @@ mod volume;
 use crate::driver::{BlockDriver, Check, Child, Introspect, check_range};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use v2::reencrypt::online::Online;
-use vmcrypt_crypto::SectorCipher;
+use v2::reencrypt::online::{Admitted, Online};
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_error::{Result, bail, ensure};
+use vmcrypt_crypto::{CipherSpec, SectorCipher};
+use vmcrypt_error::{Error, Result, bail, ensure};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
 pub(crate) use fresh::validate_uuid;
@@ -60,6 +66,8 @@ struct DataLayout {
     offset: u64,
     /// Fixed segment size, or `None` for "up to the end of the file".
     size: Option<u64>,
+    /// The data sector size at open (while a reencryption serves the node, its
+    /// layout decides: [`LuksDriver::sector_size`]).
     sector: u64,
     iv_tweak: u64,
     /// LUKS1 as QEMU serves it: a last partial sector of the file counts as a whole one
@@ -76,18 +84,18 @@ pub struct LuksDriver {
     header_node: Option<Arc<dyn BlockDriver>>,
     header: Volume,
     layout: DataLayout,
-    cipher: Option<Arc<SectorCipher>>,
+    /// Opened with its key (it never loses it).
+    keyed: bool,
+    /// The slot the passphrase opened (during a reencryption, the old key's).
     unlocked_slot: Option<u32>,
     /// Unknown LUKS2 requirements: data is readable, nothing may be written.
     read_only_reason: Option<String>,
-    /// Held shared by reads and whole-sector writes, and exclusively by
-    /// read-modify-writes (so one cannot write back sector contents that another write
-    /// replaced in the meantime) and by the switch to online reencryption (so no
-    /// request straddles it).
-    rmw: RwLock<()>,
-    /// Set while the LUKS2 header is in reencryption (at open, or when a reencryption
-    /// is started while serving): requests go to the old or new encryption by the
-    /// moving hotzone (see [`v2::reencrypt::online`]). Never unset.
+    /// The request lock and the plain path's data cipher ([`RequestLock`]).
+    rmw: RequestLock,
+    /// Set when the LUKS2 header is in reencryption (at open, or when a reencryption
+    /// is started while serving): until its run has finished, requests go to the old
+    /// or new encryption by the moving hotzone (see [`v2::reencrypt::online`]). Never
+    /// unset: it keeps the finished run's status.
     online: OnceLock<Arc<Online>>,
     /// Serialises starts of a reencryption while serving.
     starting: Mutex<()>,
@@ -110,6 +118,7 @@ impl LuksDriver {
         let detached = header_node.is_some();
         let mut header = Volume::open(hdev.clone(), detached, limits)?;
         let online = OnceLock::new();
+        let rmw: RequestLock = Arc::new(RwLock::new(None));
         if let Some(v) = header.v2() {
             ensure!(
                 v.encrypt_state()?.is_none(),
@@ -121,24 +130,28 @@ impl LuksDriver {
         if let (Some(p), Some(v)) = (passphrase, header.v2())
             && v.reencrypt_state()?.is_some()
         {
-            if let Some(o) = Online::open(hdev.clone(), file.clone(), detached, limits, p)? {
+            if let Some(o) =
+                Online::open(hdev.clone(), file.clone(), detached, limits, p, rmw.clone())?
+            {
                 let _ = online.set(o);
             }
             // Recovering an interrupted hotzone rewrote the header.
             header = Volume::open(hdev, detached, limits)?;
         }
         let (mut layout, mut read_only_reason) = data_layout(&header, detached)?;
-        let (cipher, unlocked_slot) = match (passphrase, online.get()) {
-            (None, _) => (None, None),
+        let unlocked_slot = match (passphrase, online.get()) {
+            (None, _) => None,
             (Some(_), Some(o)) => {
                 let l = o.layout();
                 (layout.offset, layout.size, layout.sector) = (l.offset, l.size, l.sector);
                 read_only_reason = None;
-                (Some(Arc::new(o.new_cipher()?)), None)
+                Some(o.old_slot())
             }
             (Some(p), None) => {
                 let (c, s) = header.data_cipher(p, slot)?;
-                (Some(Arc::new(c)), Some(s))
+                let dc = DataCrypt::new(Arc::new(c), layout.iv_tweak, layout.sector as usize);
+                *rmw.write().expect("rmw lock") = Some(dc);
+                Some(s)
             }
         };
         Ok(LuksDriver {
@@ -146,13 +159,13 @@ impl LuksDriver {
             header_node,
             header,
             layout,
-            cipher,
+            keyed: passphrase.is_some(),
             unlocked_slot,
             read_only_reason,
             online,
             starting: Mutex::new(()),
             limits: *limits,
-            rmw: RwLock::new(()),
+            rmw,
             scratch: Mutex::new(Vec::new()),
         })
     }
@@ -172,9 +185,21 @@ impl LuksDriver {
         self.header.v2()
     }
 
-    /// The slot the passphrase opened.
+    /// The slot the passphrase opened. While a LUKS2 reencryption serves the node,
+    /// the one of the old key; once its run has finished, the one of the new key
+    /// (the finish removed the old key's slots).
     pub fn unlocked_slot(&self) -> Option<u32> {
-        self.unlocked_slot
+        match self.online.get() {
+            Some(o) if o.finished() => Some(o.new_slot()),
+            _ => self.unlocked_slot,
+        }
+    }
+
+    /// Whether requests go through a LUKS2 reencryption run (both keys held): false
+    /// without one and once its run has finished and handed the node over to the plain
+    /// path under the new key.
+    pub fn serves_reencryption(&self) -> bool {
+        self.online.get().is_some_and(|o| !o.finished())
     }
 
     /// The sector size requests are aligned to (512 for LUKS1): the data sector size,
@@ -205,75 +230,81 @@ impl LuksDriver {
         self.layout.offset
     }
 
-    /// The data cipher, when the node was opened with its passphrase.
-    pub fn data_spec(&self) -> Option<&vmcrypt_crypto::CipherSpec> {
-        self.cipher.as_ref().map(|c| c.spec())
+    /// The data cipher (the new one while a reencryption serves the node), when the
+    /// node was opened with its passphrase.
+    pub fn data_spec(&self) -> Option<CipherSpec> {
+        let plain = self.rmw.read().expect("rmw lock");
+        match (plain.as_ref(), self.online.get()) {
+            (Some(dc), _) => Some(*dc.cipher.spec()),
+            (None, Some(o)) => Some(o.new_spec()),
+            _ => None,
+        }
     }
 
     /// The data cipher for a caller that moves the ciphertext itself (the rbd node's
     /// asynchronous path); `None` without a key, on a read-only header (unmet
-    /// requirements) and while a reencryption is in progress (two ciphers).
+    /// requirements) and while a reencryption run serves the node (two ciphers).
     pub(crate) fn data_crypt(&self) -> Option<DataCrypt> {
-        if self.online.get().is_some() || self.read_only_reason.is_some() {
+        if self.read_only_reason.is_some() {
             return None;
         }
-        Some(DataCrypt {
-            cipher: self.cipher.clone()?,
-            iv_tweak: self.layout.iv_tweak,
-            sector: self.layout.sector as usize,
-        })
+        self.rmw.read().expect("rmw lock").clone()
     }
 
     fn host(&self, g: GuestOffset) -> HostOffset {
         HostOffset(self.layout.offset + g.0)
     }
 
-    fn iv(&self, g: GuestOffset) -> u64 {
-        self.layout.iv_tweak.wrapping_add(g.0 / SECTOR)
+    fn check_key(&self) -> Result<()> {
+        ensure!(
+            self.keyed,
+            Usage,
+            "'{}' is encrypted: give its passphrase with key-secret=ID and --object secret,id=ID,file=PATH",
+            self.file.filename()
+        );
+        Ok(())
     }
 
-    fn cipher(&self) -> Result<&SectorCipher> {
-        match &self.cipher {
-            Some(c) => Ok(c),
-            None => bail!(
-                Usage,
-                "'{}' is encrypted: give its passphrase with key-secret=ID and --object secret,id=ID,file=PATH",
-                self.file.filename()
-            ),
+    /// How a request for guest bytes `[g, g + len)` is encrypted, given the plain
+    /// path's cipher read under the request lock (held until the request ends).
+    fn route<'a>(&'a self, plain: Option<&'a DataCrypt>, g: u64, len: usize) -> Result<Route<'a>> {
+        self.check_key()?;
+        match (plain, self.online.get()) {
+            (Some(dc), _) => Ok(Route::Plain(dc)),
+            (None, Some(o)) => Ok(Route::Online(o.admit(g, len)?)),
+            (None, None) => Err(Error::internal("a LUKS node with its key has no cipher")),
         }
     }
 
     /// Read and decrypt whole sectors starting at the sector-aligned `g`. Bytes past the
     /// end of the file (only in LUKS1's last partial sector) read as zeros.
-    fn read_sectors(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
-        let cipher = self.cipher()?;
+    fn read_sectors(
+        &self,
+        plain: Option<&DataCrypt>,
+        buf: &mut [u8],
+        g: GuestOffset,
+    ) -> Result<()> {
+        let route = self.route(plain, g.0, buf.len())?;
         let host = self.host(g).0;
         let have = self.file.size().saturating_sub(host).min(buf.len() as u64) as usize;
-        let admitted = match self.online.get() {
-            Some(o) => Some(o.admit(g.0, buf.len())?),
-            None => None,
-        };
         let (inside, past_end) = buf.split_at_mut(have);
         if !inside.is_empty() {
             self.file.read_at(inside, host)?;
         }
         past_end.fill(0);
-        match (self.online.get(), admitted) {
-            (Some(o), Some(a)) => o.crypt(buf, g.0, a.done, false),
-            _ => crypt(cipher, self.iv(g), self.layout.sector as usize, buf, false),
-        }
+        route.apply(buf, g.0, false)
     }
 
     /// Encrypt and write whole sectors starting at the sector-aligned `g`, copying
     /// `data` piecewise into a reused scratch buffer.
-    fn write_sectors(&self, data: &[u8], g: GuestOffset) -> Result<()> {
+    fn write_sectors(&self, plain: Option<&DataCrypt>, data: &[u8], g: GuestOffset) -> Result<()> {
         let mut scratch = self.take_scratch();
         let mut result = Ok(());
         for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
             let off = GuestOffset(g.0 + (i * WRITE_CHUNK) as u64);
             scratch.clear();
             scratch.extend_from_slice(chunk);
-            result = self.encrypt_and_write(&mut scratch, off);
+            result = self.encrypt_and_write(plain, &mut scratch, off);
             if result.is_err() {
                 break;
             }
@@ -286,15 +317,16 @@ impl LuksDriver {
         result
     }
 
-    /// Encrypt whole sectors in place and write them at the sector-aligned `g`.
-    fn encrypt_and_write(&self, buf: &mut [u8], g: GuestOffset) -> Result<()> {
-        let cipher = self.cipher()?;
-        if let Some(o) = self.online.get() {
-            let a = o.admit(g.0, buf.len())?;
-            o.crypt(buf, g.0, a.done, true)?;
-            return self.file.write_at(buf, self.host(g).0);
-        }
-        crypt(cipher, self.iv(g), self.layout.sector as usize, buf, true)?;
+    /// Encrypt whole sectors in place and write them at the sector-aligned `g` (a
+    /// request admitted through a reencryption stays admitted until written).
+    fn encrypt_and_write(
+        &self,
+        plain: Option<&DataCrypt>,
+        buf: &mut [u8],
+        g: GuestOffset,
+    ) -> Result<()> {
+        let route = self.route(plain, g.0, buf.len())?;
+        route.apply(buf, g.0, true)?;
         self.file.write_at(buf, self.host(g).0)
     }
 
@@ -317,26 +349,26 @@ impl LuksDriver {
             bail!(ReadOnly, "'{}' is read-only: {why}", self.file.filename());
         }
         check_range("luks write", offset, len, self.size())?;
-        self.cipher()?;
-        Ok(())
+        self.check_key()
     }
 
     /// Read-modify-write of the partial head/tail sectors, serialised against every
     /// other write so that no writer to one sector can lose another's bytes.
     fn write_unaligned(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let _guard = self.rmw.write().expect("rmw lock");
+        let guard = self.rmw.write().expect("rmw lock");
+        let plain = guard.as_ref();
         let ss = self.request_sector();
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         let mut tmp = vec![0u8; (end - start) as usize];
-        self.read_sectors(&mut tmp[..ss as usize], GuestOffset(start))?;
+        self.read_sectors(plain, &mut tmp[..ss as usize], GuestOffset(start))?;
         if end - start > ss {
             let last = tmp.len() - ss as usize;
-            self.read_sectors(&mut tmp[last..], GuestOffset(end - ss))?;
+            self.read_sectors(plain, &mut tmp[last..], GuestOffset(end - ss))?;
         }
         let skip = (offset - start) as usize;
         tmp[skip..skip + buf.len()].copy_from_slice(buf);
-        self.encrypt_and_write(&mut tmp, GuestOffset(start))
+        self.encrypt_and_write(plain, &mut tmp, GuestOffset(start))
     }
 }
 
@@ -391,6 +423,30 @@ fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<St
     Ok((layout, ro))
 }
 
+/// A node's request lock: held shared by each request from its start to its end
+/// (reads, whole-sector writes) and exclusively by read-modify-writes (so one cannot
+/// write back sector contents that another write replaced in the meantime) and by
+/// every switch of how the data is encrypted (so no request straddles one). It holds
+/// the plain path's data cipher: `None` without a key and while a LUKS2 reencryption
+/// run serves the requests.
+pub(crate) type RequestLock = Arc<RwLock<Option<DataCrypt>>>;
+
+/// How one request is encrypted, chosen under the request lock.
+enum Route<'a> {
+    Plain(&'a DataCrypt),
+    /// Through a reencryption run, admitted for the request's range.
+    Online(Admitted<'a>),
+}
+
+impl Route<'_> {
+    fn apply(&self, buf: &mut [u8], g: u64, encrypt: bool) -> Result<()> {
+        match self {
+            Route::Plain(dc) => dc.apply(buf, g, encrypt),
+            Route::Online(a) => a.crypt(buf, g, encrypt),
+        }
+    }
+}
+
 /// A LUKS node's data cipher with its sector layout, detached from the node.
 #[derive(Clone)]
 pub(crate) struct DataCrypt {
@@ -400,6 +456,15 @@ pub(crate) struct DataCrypt {
 }
 
 impl DataCrypt {
+    /// `cipher` over sectors of `sector` bytes whose IVs start at `iv_tweak`.
+    pub(crate) fn new(cipher: Arc<SectorCipher>, iv_tweak: u64, sector: usize) -> Self {
+        DataCrypt {
+            cipher,
+            iv_tweak,
+            sector,
+        }
+    }
+
     /// Encrypt or decrypt whole sectors of `buf`, guest bytes from the aligned `offset`.
     pub(crate) fn apply(&self, buf: &mut [u8], offset: u64, encrypt: bool) -> Result<()> {
         let iv = self.iv_tweak.wrapping_add(offset / SECTOR);
@@ -474,15 +539,16 @@ impl BlockDriver for LuksDriver {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range("luks read", offset, buf.len(), self.size())?;
-        let _shared = self.rmw.read().expect("rmw lock");
+        let plain = self.rmw.read().expect("rmw lock");
+        let plain = plain.as_ref();
         let ss = self.request_sector();
         let start = offset / ss * ss;
         let end = (offset + buf.len() as u64).div_ceil(ss) * ss;
         if start == offset && end == offset + buf.len() as u64 {
-            return self.read_sectors(buf, GuestOffset(offset));
+            return self.read_sectors(plain, buf, GuestOffset(offset));
         }
         let mut tmp = vec![0u8; (end - start) as usize];
-        self.read_sectors(&mut tmp, GuestOffset(start))?;
+        self.read_sectors(plain, &mut tmp, GuestOffset(start))?;
         let skip = (offset - start) as usize;
         buf.copy_from_slice(&tmp[skip..skip + buf.len()]);
         Ok(())
@@ -495,7 +561,7 @@ impl BlockDriver for LuksDriver {
             drop(shared);
             return self.write_unaligned(buf, offset);
         }
-        self.write_sectors(buf, GuestOffset(offset))
+        self.write_sectors(shared.as_ref(), buf, GuestOffset(offset))
     }
 
     /// Encrypts `buf` in place: no copy, no scratch buffer.
@@ -509,7 +575,7 @@ impl BlockDriver for LuksDriver {
             drop(shared);
             return self.write_unaligned(buf, offset);
         }
-        self.encrypt_and_write(buf, GuestOffset(offset))
+        self.encrypt_and_write(shared.as_ref(), buf, GuestOffset(offset))
     }
 
     fn flush(&self) -> Result<()> {
@@ -524,7 +590,7 @@ impl BlockDriver for LuksDriver {
                 self.request_sector()
             );
         }
-        if self.online.get().is_some() {
+        if self.serves_reencryption() {
             bail!(
                 Unsupported,
                 "luks: a LUKS2 reencryption is in progress; resize after it finished"
@@ -652,5 +718,55 @@ mod tests {
         assert_eq!(a, b);
         dc.apply_here(&mut b, 1 << 20, false).unwrap();
         assert_eq!(b, plain);
+    }
+
+    /// The fast path (`data_crypt`, rbd's asynchronous path) is off while a
+    /// reencryption run serves the node and on once the run has finished and handed
+    /// the node over, encrypting as a fresh open's does.
+    #[test]
+    fn finished_online_run_turns_the_fast_path_on() {
+        use crate::drivers::mem::MemDriver;
+        use v2::reencrypt::ResilienceChoice;
+        use v2::reencrypt::init::{InitParams, NewEncryption};
+        use vmcrypt_crypto::HashAlg;
+        const PW: &[u8] = b"pw";
+        let limits = KdfLimits::default();
+        let mem = Arc::new(MemDriver::new(Vec::new()));
+        let fast_kdf = KeyslotParams {
+            kdf: KdfKind::Pbkdf2,
+            iterations: Some(1000),
+            ..Default::default()
+        };
+        let mut p = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 64).unwrap());
+        p.keyslot = fast_kdf;
+        p.data_offset = Some(1 << 20);
+        p.keyslots_size = Some((1 << 20) - (32 << 10));
+        Luks2Volume::create(mem.clone(), &p, PW).unwrap();
+        mem.resize(2 << 20).unwrap();
+        let d = LuksDriver::open(mem.clone(), None, Some(PW), None, &limits).unwrap();
+        assert!(d.data_crypt().is_some(), "a plain node has the fast path");
+        let init = InitParams {
+            new: NewEncryption::default(),
+            resilience: ResilienceChoice::Journal,
+            hash: HashAlg::Sha256,
+            keyslot: fast_kdf,
+        };
+        let online = d.begin_reencryption(PW, None, &init).unwrap();
+        assert!(
+            d.data_crypt().is_none(),
+            "no fast path while the run serves"
+        );
+        online.start(Some(256 << 10)).unwrap();
+        online.wait_stopped();
+        assert_eq!(online.status().state.name(), "finished");
+        let ours = d.data_crypt().expect("the fast path once handed over");
+        let fresh = LuksDriver::open(mem, None, Some(PW), None, &limits).unwrap();
+        let theirs = fresh.data_crypt().unwrap();
+        let plain: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        let (mut a, mut b) = (plain.clone(), plain.clone());
+        ours.apply_here(&mut a, 4096, true).unwrap();
+        theirs.apply_here(&mut b, 4096, true).unwrap();
+        assert_ne!(a, plain);
+        assert_eq!(a, b, "the handed-over node encrypts as a fresh open");
     }
 }

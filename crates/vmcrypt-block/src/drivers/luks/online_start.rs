@@ -8,7 +8,9 @@
 //! serves it. Only the switch itself waits for the requests in flight (the node's
 //! request lock held exclusively), so no request that began on the old path is still
 //! running when the run can start, and every later request sees the request sector of
-//! the run (the larger of the old and the new sector size).
+//! the run (the larger of the old and the new sector size). The switch drops the
+//! node's plain-path cipher (the old key): the run holds both keys from then on, until
+//! it finishes and hands the node over to the new one.
 use super::{LuksDriver, Volume};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, check_data_alignment};
@@ -51,12 +53,20 @@ impl LuksDriver {
         v2.reencrypt_init(&old.volume_key, passphrase, p)
             .ctx("starting the reencryption")?;
         drop(old);
-        let online = Online::open(hdev, self.file.clone(), detached, &self.limits, passphrase)?
-            .ok_or_else(|| Error::internal("the reencryption just started is not in the header"))?;
-        let _quiet = self.rmw.write().expect("rmw lock");
+        let online = Online::open(
+            hdev,
+            self.file.clone(),
+            detached,
+            &self.limits,
+            passphrase,
+            self.rmw.clone(),
+        )?
+        .ok_or_else(|| Error::internal("the reencryption just started is not in the header"))?;
+        let mut plain = self.rmw.write().expect("rmw lock");
         self.online
             .set(online.clone())
             .map_err(|_| Error::internal("online reencryption set twice"))?;
+        *plain = None;
         Ok(online)
     }
 
@@ -78,7 +88,7 @@ impl LuksDriver {
                 "'{name}' is served read-only: it cannot be reencrypted"
             );
         }
-        self.cipher()?;
+        self.check_key()?;
         // The node keeps its size: the data must be whole sectors of both sizes and
         // whole checksum blocks.
         let ss = p.new.sector_size.map_or(self.layout.sector, u64::from);

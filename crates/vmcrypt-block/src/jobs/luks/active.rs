@@ -122,9 +122,14 @@ impl ActiveInfo {
     pub fn render(&self) -> String {
         let d = &self.device;
         let mut s = format!(
-            "{} is active.\n  type:    {}\n  cipher:  {}\n  keysize: {} bits\n  key location: {}\n  device:  {}\n",
-            self.name, d.luks_type, d.cipher, d.key_bits, self.key_location, d.device
+            "{} is active.\n  type:    {}\n  cipher:  {}\n  keysize: {} bits\n  key location: {}\n",
+            self.name, d.luks_type, d.cipher, d.key_bits, self.key_location
         );
+        // Not in cryptsetup's status: the slot the passphrase opened (a LUKS header's).
+        if d.luks_type.to_ascii_lowercase().contains("luks") {
+            s += &format!("  key slot: {}\n", d.key_slot);
+        }
+        s += &format!("  device:  {}\n", d.device);
         if let Some(h) = &d.header {
             s += &format!("  header:  {h}\n");
         }
@@ -192,9 +197,9 @@ pub fn status(dir: &RunDir, name: &str) -> Result<Status> {
 
 /// What the daemon of the active `name` says of a reencryption of its device, asked on
 /// its control socket (within two seconds): `None` when it has none or does not
-/// answer. Once a run is finished, its new encryption replaces the cipher, key size and
-/// sector size `info` recorded at open time, as cryptsetup's `status` shows a device as
-/// it is now.
+/// answer. Once a run is finished, its new encryption replaces the cipher, key size,
+/// sector size and key slot `info` recorded at open time (the old key's slot is gone:
+/// the finish removed it), as cryptsetup's `status` shows a device as it is now.
 pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Option<RemoteStatus> {
     let ctl = dir.control(name);
     ctl.symlink_metadata().ok()?;
@@ -205,6 +210,9 @@ pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Opt
         info.device.cipher = t.cipher.clone();
         info.device.key_bits = t.key_bits;
         info.device.sector_size = u64::from(t.sector_size);
+        if let Some(slot) = t.key_slot {
+            info.device.key_slot = slot;
+        }
     }
     Some(st)
 }

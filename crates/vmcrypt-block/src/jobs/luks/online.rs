@@ -4,7 +4,8 @@
 //! "hotzone":BYTES?}`, and `{"cmd":"init","export":NAME,"params":{..},
 //! "passphrase_len":N}` followed by the N passphrase bytes, which puts an image that
 //! is not in reencryption state into it while it is served; replies: `{"ok":true,"state":..,"done":..,"total":..,
-//! "hotzones":..,"hotzone_max_us":..,"request_max_us":..}` or `{"ok":false,
+//! "hotzones":..,"hotzone_max_us":..,"request_max_us":..,"old_key_held":..,"new":{..}}`
+//! or `{"ok":false,
 //! "error":MESSAGE}`. The socket is created mode 0600 (the caller's own processes
 //! only): whoever reaches it can start and pause the run, not read keys or data.
 use super::reencrypt::{ReencryptRequest, init_params};
@@ -274,6 +275,7 @@ fn status_json(st: &OnlineStatus) -> Value {
         "hotzones": st.hotzones,
         "hotzone_max_us": st.hotzone_max.as_micros() as u64,
         "request_max_us": st.request_max.as_micros() as u64,
+        "old_key_held": st.old_key_held,
     });
     if let RunState::Failed(why) = &st.state {
         v["error"] = json!(why);
@@ -283,6 +285,7 @@ fn status_json(st: &OnlineStatus) -> Value {
             "cipher": t.cipher,
             "key_bits": t.key_bits,
             "sector_size": t.sector_size,
+            "key_slot": t.key_slot,
         });
     }
     v
@@ -301,6 +304,9 @@ pub struct RemoteStatus {
     pub error: Option<String>,
     /// The encryption the run moves the data to (`None` without a run).
     pub target: Option<TargetEncryption>,
+    /// Whether the server still holds the old volume key (false once a finished run
+    /// has handed the node over to the new one).
+    pub old_key_held: bool,
 }
 
 /// Send `cmd` for `export` to the control socket at `path`.
@@ -384,6 +390,7 @@ fn exchange(
         request_max: Duration::from_micros(n("request_max_us")),
         error: v["error"].as_str().map(str::to_string),
         target: target_of(&v["new"]),
+        old_key_held: v["old_key_held"] == json!(true),
     })
 }
 
@@ -392,5 +399,6 @@ fn target_of(v: &Value) -> Option<TargetEncryption> {
         cipher: v["cipher"].as_str()?.to_string(),
         key_bits: u32::try_from(v["key_bits"].as_u64()?).ok()?,
         sector_size: u32::try_from(v["sector_size"].as_u64()?).ok()?,
+        key_slot: v["key_slot"].as_u64().and_then(|s| u32::try_from(s).ok()),
     })
 }

@@ -105,7 +105,7 @@ fn open_rbd(req: &OpenRequest, passphrase: &[u8]) -> Result<Opened> {
 /// `status`'s description of the unlocked `node` of `device`.
 fn describe(req: &OpenRequest, node: &LuksDriver, device: String) -> Result<DeviceInfo> {
     let t = &req.target;
-    let spec = *node
+    let spec = node
         .data_spec()
         .ok_or_else(|| Error::internal("a LUKS node opened with its key has no cipher"))?;
     Ok(DeviceInfo {

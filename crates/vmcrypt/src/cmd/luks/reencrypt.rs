@@ -239,9 +239,15 @@ fn online(a: &Args) -> Result<u8> {
     if let Some(e) = &st.error {
         bail!(Io, "online reencryption failed: {e}");
     }
+    // A finished run has handed the export over to the new key.
+    let key = match (st.state.as_str(), st.old_key_held) {
+        ("finished", false) => " The old key is dropped.",
+        ("finished", true) => " The old key is still held.",
+        _ => "",
+    };
     eprintln!(
         "Reencryption {}: {} of {} bytes, {} hotzones; longest hotzone {:.1} ms, \
-         longest request {:.1} ms.",
+         longest request {:.1} ms.{key}",
         st.state,
         st.done,
         st.total,

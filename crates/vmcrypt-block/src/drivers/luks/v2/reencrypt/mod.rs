@@ -32,6 +32,7 @@ pub mod shift_init;
 
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
+use crate::drivers::luks::Unlocked;
 use chunks::Chunks;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -166,6 +167,11 @@ impl Luks2Volume {
 
     /// The volume key of digest `digest` that `passphrase` opens in any of its keyslots.
     pub fn unlock_digest(&self, passphrase: &[u8], digest: u32) -> Result<SecretBytes> {
+        Ok(self.unlock_digest_slot(passphrase, digest)?.volume_key)
+    }
+
+    /// As [`Self::unlock_digest`], with the keyslot that opened it.
+    pub(crate) fn unlock_digest_slot(&self, passphrase: &[u8], digest: u32) -> Result<Unlocked> {
         for k in self.hdr.metadata.keyslots()? {
             let KeyslotKind::Luks2(l) = k.kind else {
                 continue;
@@ -174,7 +180,7 @@ impl Luks2Volume {
                 continue;
             }
             if let Some(u) = self.try_keyslot(k.id, &l, passphrase)? {
-                return Ok(u.volume_key);
+                return Ok(u);
             }
         }
         bail!(

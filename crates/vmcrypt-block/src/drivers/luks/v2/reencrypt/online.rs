@@ -16,14 +16,21 @@
 //! under its exclusive request lock), and `done` moves by whole hotzones, which are
 //! multiples of it, so a request's part on either side is whole sectors of its segment.
 //!
+//! A finished run hands the node over: after the final header write, with the node's
+//! request lock held exclusively (so no request is in flight), the new segment's cipher
+//! becomes the node's data cipher ([`RequestLock`]) and the run lets its keys go (both
+//! volume keys and the old segment's cipher, zeroized as they drop). From then on the
+//! node serves as a fresh open would: the plain path, the fast path of
+//! `LuksDriver::data_crypt`, the new key slot in the status.
+//!
 //! The on-disk metadata is the state: a server restarted after a kill opens the image
 //! in reencryption state again, recovers an interrupted hotzone before serving, and
 //! resumes when told to (or `vmcrypt luks reencrypt --resume-only` finishes offline).
 use super::{HotzoneGate, Reencryption};
 use crate::driver::BlockDriver;
-use crate::drivers::luks::{Volume, crypt};
+use crate::drivers::luks::{DataCrypt, RequestLock, Volume, crypt};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
@@ -74,6 +81,9 @@ pub struct OnlineStatus {
     pub request_max: Duration,
     /// The encryption the run moves the data to (`None` without a run).
     pub target: Option<TargetEncryption>,
+    /// Whether the old volume key is still in memory: until the run has finished and
+    /// handed the node over to the new key (read from whether the run's keys exist).
+    pub old_key_held: bool,
 }
 
 /// The new segment's encryption as `luks status` shows it.
@@ -83,6 +93,9 @@ pub struct TargetEncryption {
     pub cipher: String,
     pub key_bits: u32,
     pub sector_size: u32,
+    /// The key slot the passphrase opened the new volume key with (`None` from a
+    /// server that does not say).
+    pub key_slot: Option<u32>,
 }
 
 impl OnlineStatus {
@@ -96,35 +109,36 @@ impl OnlineStatus {
             hotzone_max: Duration::ZERO,
             request_max: Duration::ZERO,
             target: None,
+            old_key_held: false,
         }
     }
 }
 
 /// One segment's encryption.
 struct Seg {
-    cipher: SectorCipher,
+    cipher: Arc<SectorCipher>,
     iv_tweak: u64,
     sector: usize,
 }
 
 impl Seg {
-    fn target(&self) -> TargetEncryption {
-        let spec = self.cipher.spec();
-        TargetEncryption {
-            cipher: spec.luks2_encryption(),
-            key_bits: (spec.key_bytes * 8) as u32,
-            sector_size: self.sector as u32,
-        }
-    }
-
     fn new(s: &Segment, key: &SecretBytes) -> Result<Self> {
         let spec = CipherSpec::from_luks2(&s.encryption, key.len())?;
         Ok(Seg {
-            cipher: SectorCipher::new(&spec, key.as_bytes())?,
+            cipher: Arc::new(SectorCipher::new(&spec, key.as_bytes())?),
             iv_tweak: s.iv_tweak,
             sector: s.sector_size as usize,
         })
     }
+}
+
+/// The key material of a run, shared by the run and the requests admitted through
+/// it; dropped (everything in it zeroizes on drop) when the run hands the node over.
+struct Keys {
+    old: Seg,
+    new: Seg,
+    old_key: SecretBytes,
+    new_key: SecretBytes,
 }
 
 /// The hotzone lock and the requests in flight.
@@ -137,6 +151,8 @@ struct Gate {
     hotzones: u64,
     hotzone_max: Duration,
     request_max: Duration,
+    /// `None` once the run has handed the node over.
+    keys: Option<Arc<Keys>>,
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -156,10 +172,15 @@ pub(crate) struct OnlineLayout {
 pub struct Online {
     gate: Mutex<Gate>,
     cv: Condvar,
-    old: Seg,
-    new: Seg,
-    old_key: SecretBytes,
-    new_key: SecretBytes,
+    /// Alive while any holder keeps the run's keys (for the status).
+    keys_alive: Weak<Keys>,
+    /// The node's request lock, where a finished run puts the new cipher.
+    node: RequestLock,
+    target: TargetEncryption,
+    new_spec: CipherSpec,
+    /// The key slots the passphrase opened the old and the new volume key with.
+    old_slot: u32,
+    new_slot: u32,
     hdev: Arc<dyn BlockDriver>,
     data: Arc<dyn BlockDriver>,
     detached: bool,
@@ -167,15 +188,18 @@ pub struct Online {
     layout: OnlineLayout,
     total: u64,
     stop: AtomicBool,
-    /// Set once the run has finished: every byte is in the new encryption.
+    /// Set once the run has finished and handed the node over: every byte is in the
+    /// new encryption and the node serves it on its plain path.
     finished: AtomicBool,
 }
 
-/// A request admitted for `range`: `done` is stable while it lives.
+/// A request admitted for `range`: `done` is stable while it lives, and so are the
+/// keys it holds.
 pub(crate) struct Admitted<'a> {
     online: &'a Online,
     range: (u64, u64),
-    pub done: u64,
+    done: u64,
+    keys: Arc<Keys>,
     start: Instant,
 }
 
@@ -191,17 +215,45 @@ impl Drop for Admitted<'_> {
     }
 }
 
+impl Admitted<'_> {
+    /// Encrypt or decrypt the whole sectors in `buf` at guest offset `g`: the new
+    /// encryption below `done`, the old one above.
+    pub(crate) fn crypt(&self, buf: &mut [u8], g: u64, encrypt: bool) -> Result<()> {
+        let split = self.done.saturating_sub(g).min(buf.len() as u64) as usize;
+        let (below, above) = buf.split_at_mut(split);
+        let (new, old) = (&self.keys.new, &self.keys.old);
+        for (seg, part, at) in [(new, below, g), (old, above, g + split as u64)] {
+            if !part.is_empty() {
+                // The driver aligns requests to the larger sector size and `done` to the
+                // hotzone; anything else would encrypt across sector boundaries.
+                let ss = seg.sector as u64;
+                if !(at.is_multiple_of(ss) && (part.len() as u64).is_multiple_of(ss)) {
+                    bail!(
+                        Internal,
+                        "online reencryption: bytes {at}+{} are not whole {ss}-byte sectors",
+                        part.len()
+                    );
+                }
+                let iv = seg.iv_tweak.wrapping_add(at / 512);
+                crypt(&seg.cipher, iv, seg.sector, part, encrypt)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Online {
     /// Open the reencryption of the LUKS2 header on `hdev` (data on `data`) with
-    /// `passphrase`, which must open both the old and the new volume key. An
-    /// interrupted hotzone is recovered first. `None` when no reencryption is in
-    /// progress (any more: the recovery may have finished it).
-    pub fn open(
+    /// `passphrase`, which must open both the old and the new volume key, for the node
+    /// whose request lock is `node`. An interrupted hotzone is recovered first. `None`
+    /// when no reencryption is in progress (any more: the recovery may have finished it).
+    pub(crate) fn open(
         hdev: Arc<dyn BlockDriver>,
         data: Arc<dyn BlockDriver>,
         detached: bool,
         limits: &KdfLimits,
         passphrase: &[u8],
+        node: RequestLock,
     ) -> Result<Option<Arc<Online>>> {
         let mut vol = Volume::open(hdev.clone(), detached, limits)?;
         let v2 = vol.v2_mut()?;
@@ -222,11 +274,12 @@ impl Online {
             st.keyslot.mode
         );
         let (old_digest, new_digest) = st.key_digests()?;
-        let new_key = v2.unlock_digest(passphrase, new_digest)?;
-        let old_key = v2.unlock_digest(passphrase, old_digest).ctx(
+        let new = v2.unlock_digest_slot(passphrase, new_digest)?;
+        let old = v2.unlock_digest_slot(passphrase, old_digest).ctx(
             "the old volume key of the reencryption in progress (finish it offline with \
              vmcrypt luks reencrypt --resume-only)",
         )?;
+        let (old_key, new_key) = (old.volume_key, new.volume_key);
         let mut r = Reencryption::load(v2, data.clone(), &old_key, &new_key, None)?;
         let writable = !(hdev.is_read_only() || data.is_read_only());
         if st.hot_segment().is_some() && !writable {
@@ -252,6 +305,20 @@ impl Online {
             },
             sector: u64::from(st.old.sector_size.max(st.new.sector_size)),
         };
+        let keys = Arc::new(Keys {
+            old: Seg::new(&st.old, &old_key)?,
+            new: Seg::new(&st.new, &new_key)?,
+            old_key,
+            new_key,
+        });
+        let new_spec = *keys.new.cipher.spec();
+        let target = TargetEncryption {
+            cipher: new_spec.luks2_encryption(),
+            key_bits: (new_spec.key_bytes * 8) as u32,
+            sector_size: st.new.sector_size,
+            key_slot: Some(new.slot),
+        };
+        let keys_alive = Arc::downgrade(&keys);
         Ok(Some(Arc::new(Online {
             gate: Mutex::new(Gate {
                 done: pos.done,
@@ -262,12 +329,15 @@ impl Online {
                 hotzones: 0,
                 hotzone_max: Duration::ZERO,
                 request_max: Duration::ZERO,
+                keys: Some(keys),
             }),
             cv: Condvar::new(),
-            old: Seg::new(&st.old, &old_key)?,
-            new: Seg::new(&st.new, &new_key)?,
-            old_key,
-            new_key,
+            keys_alive,
+            node,
+            target,
+            new_spec,
+            old_slot: old.slot,
+            new_slot: new.slot,
             hdev,
             data,
             detached,
@@ -286,15 +356,32 @@ impl Online {
     /// does not change; a request that read the larger size is still whole sectors.
     pub(crate) fn layout(&self) -> OnlineLayout {
         let mut l = self.layout;
-        if self.finished.load(Ordering::Acquire) {
-            l.sector = self.new.sector as u64;
+        if self.finished() {
+            l.sector = u64::from(self.target.sector_size);
         }
         l
     }
 
-    /// A cipher of the new encryption (for the driver's "has a key" checks).
-    pub(crate) fn new_cipher(&self) -> Result<SectorCipher> {
-        SectorCipher::new(self.new.cipher.spec(), self.new_key.as_bytes())
+    /// Whether the run has finished and handed the node over to its plain path under
+    /// the new key (see the module doc).
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// The new encryption's cipher.
+    pub(crate) fn new_spec(&self) -> CipherSpec {
+        self.new_spec
+    }
+
+    /// The key slot the passphrase opened the old volume key with.
+    pub(crate) fn old_slot(&self) -> u32 {
+        self.old_slot
+    }
+
+    /// The key slot the passphrase opened the new volume key with (it survives the
+    /// finish, which removes the old key's slots).
+    pub(crate) fn new_slot(&self) -> u32 {
+        self.new_slot
     }
 
     fn lock(&self) -> MutexGuard<'_, Gate> {
@@ -302,7 +389,8 @@ impl Online {
     }
 
     /// Admit a request for guest bytes `[g, g + len)`: wait while the hotzone
-    /// overlaps it, then count it in flight.
+    /// overlaps it, then count it in flight. The node asks only before the hand-over
+    /// (both happen under its request lock), so the keys are still there.
     pub(crate) fn admit(&self, g: u64, len: usize) -> Result<Admitted<'_>> {
         let start = Instant::now();
         let range = (g, g + len as u64);
@@ -319,37 +407,20 @@ impl Online {
             }
             gate = self.cv.wait(gate).unwrap_or_else(|e| e.into_inner());
         }
+        let Some(keys) = gate.keys.clone() else {
+            bail!(
+                Internal,
+                "a request reached the reencryption after it handed the node over"
+            );
+        };
         gate.inflight.push(range);
         Ok(Admitted {
             online: self,
             range,
             done: gate.done,
+            keys,
             start,
         })
-    }
-
-    /// Encrypt or decrypt the whole sectors in `buf` at guest offset `g`: the new
-    /// encryption below `done`, the old one above.
-    pub(crate) fn crypt(&self, buf: &mut [u8], g: u64, done: u64, encrypt: bool) -> Result<()> {
-        let split = done.saturating_sub(g).min(buf.len() as u64) as usize;
-        let (below, above) = buf.split_at_mut(split);
-        for (seg, part, at) in [(&self.new, below, g), (&self.old, above, g + split as u64)] {
-            if !part.is_empty() {
-                // The driver aligns requests to the larger sector size and `done` to the
-                // hotzone; anything else would encrypt across sector boundaries.
-                let ss = seg.sector as u64;
-                if !(at.is_multiple_of(ss) && (part.len() as u64).is_multiple_of(ss)) {
-                    bail!(
-                        Internal,
-                        "online reencryption: bytes {at}+{} are not whole {ss}-byte sectors",
-                        part.len()
-                    );
-                }
-                let iv = seg.iv_tweak.wrapping_add(at / 512);
-                crypt(&seg.cipher, iv, seg.sector, part, encrypt)?;
-            }
-        }
-        Ok(())
     }
 
     /// Start (or resume) the background run with hotzones of `hotzone` bytes.
@@ -378,10 +449,10 @@ impl Online {
             .name("luks-reencrypt".into())
             .spawn(move || {
                 let r = me.work(hotzone.unwrap_or(ONLINE_HOTZONE));
-                let mut g = me.lock();
                 if matches!(r, Ok(true)) {
-                    me.finished.store(true, Ordering::Release);
+                    me.hand_over();
                 }
+                let mut g = me.lock();
                 g.state = match r {
                     Ok(true) => RunState::Finished,
                     Ok(false) => RunState::Paused,
@@ -398,16 +469,42 @@ impl Online {
     }
 
     fn work(&self, hotzone: u64) -> Result<bool> {
+        let keys = self
+            .lock()
+            .keys
+            .clone()
+            .ok_or_else(|| Error::internal("the finished reencryption was started again"))?;
         let mut vol = Volume::open(self.hdev.clone(), self.detached, &self.limits)?;
         let v2 = vol.v2_mut()?;
         let mut r = Reencryption::load(
             v2,
             self.data.clone(),
-            &self.old_key,
-            &self.new_key,
+            &keys.old_key,
+            &keys.new_key,
             Some(hotzone),
         )?;
         r.run_gated(&mut |_| {}, &|| !self.stop.load(Ordering::SeqCst), self)
+    }
+
+    /// Hand the node over to its plain path once the run has finished (its final
+    /// header write is done). The node's request lock, held exclusively, waits for the
+    /// requests in flight, each of which holds it shared from its admission to its
+    /// last byte: none straddles the switch. The new segment's cipher becomes the
+    /// node's data cipher, and the run's keys are dropped (no request holds them any
+    /// more), zeroized as they go.
+    fn hand_over(&self) {
+        let mut plain = self.node.write().unwrap_or_else(|e| e.into_inner());
+        let keys = self.lock().keys.take();
+        if let Some(k) = &keys {
+            *plain = Some(DataCrypt::new(
+                k.new.cipher.clone(),
+                k.new.iv_tweak,
+                k.new.sector,
+            ));
+        }
+        self.finished.store(true, Ordering::Release);
+        drop(plain);
+        drop(keys);
     }
 
     /// Stop the run after the current hotzone.
@@ -432,7 +529,8 @@ impl Online {
             hotzones: g.hotzones,
             hotzone_max: g.hotzone_max,
             request_max: g.request_max,
-            target: Some(self.new.target()),
+            target: Some(self.target.clone()),
+            old_key_held: self.keys_alive.strong_count() > 0,
         }
     }
 }
