@@ -85,11 +85,11 @@ pub(super) fn decrypt_v2(
         }
         None => {
             let old = unlock_to_start(t, req, v2, pass)?;
+            let resilience =
+                ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
             let p = DecryptParams {
-                resilience: ResilienceChoice::from_name(
-                    req.resilience.as_deref().unwrap_or("checksum"),
-                )?,
-                hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+                resilience,
+                hash: resilience.hash(req.resilience_hash.as_deref())?,
                 digest_iterations: req.keyslot.iterations,
             };
             v2.decrypt_init(data.as_ref(), &old.volume_key, &p)?;

@@ -137,6 +137,8 @@ pub fn reencrypt(
             .ctx("new encryption")?;
         req.keyslot.kdf = Some("pbkdf2".into());
         req.keyslot.hash = Some(hash.name().into());
+        // The start parameters (the checksum kernel too) before the conversion writes.
+        init_params(&req)?;
         convert_to(h.dev.clone(), 2, h.detached, &t.limits)
             .with_ctx(|| format!("{}: converting LUKS1 to LUKS2 for the re-key", t.device))?;
         vol = open()?;
@@ -243,8 +245,10 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
             "sector size {ss} is not 512, 1024, 2048 or 4096"
         );
     }
+    // Names only: a run in progress keeps its stored resilience, whose checksum kernel
+    // its engine checks when it loads the run.
     ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
-    super::resilience_hash(req.resilience_hash.as_deref())?;
+    ResilienceChoice::None.hash(req.resilience_hash.as_deref())?;
     req.keyslot.params(Version::V2)?;
     Ok(())
 }
@@ -252,10 +256,11 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
 /// How a LUKS2 reencryption of `req` is started (offline here, or online by a server).
 pub fn init_params(req: &ReencryptRequest) -> Result<InitParams> {
     precheck(req)?;
+    let resilience = ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
     Ok(InitParams {
         new: req.new.clone(),
-        resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
-        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+        resilience,
+        hash: resilience.hash(req.resilience_hash.as_deref())?,
         keyslot: req.keyslot.params(Version::V2)?,
     })
 }

@@ -20,7 +20,7 @@ use super::super::Luks2Volume;
 use super::chunks::Chunks;
 use super::decrypt::finish_decrypt;
 use super::encrypt::wipe_random;
-use super::{Position, checksums, hotzone};
+use super::{Position, checksum_hash, checksums, hotzone};
 use crate::driver::BlockDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher};
@@ -90,6 +90,7 @@ impl<'a> ShiftDecryption<'a> {
         );
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes()));
         vol.check_verification(st.verify_digest, &vdata)?;
+        checksum_hash(&st.protect)?;
         let p = &st.previous;
         let old = SectorCipher::new(
             &CipherSpec::from_luks2(&p.encryption, old_key.len())?,
