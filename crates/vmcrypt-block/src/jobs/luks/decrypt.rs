@@ -76,9 +76,10 @@ pub(super) fn decrypt_v2(
                     // plaintext no key is needed (decrypt_finish_done checks that);
                     // otherwise, with slots still listed, the passphrase is wrong.
                     let listed = old_key_listed(v2, Some(old_digest))?;
-                    v2.decrypt_finish_done(data.as_ref())
+                    let total = v2
+                        .decrypt_finish_done(data.as_ref())
                         .map_err(|f| if listed { e } else { f })?;
-                    return finished_report(v2, data.as_ref());
+                    return Ok(finished_report(total));
                 }
                 Err(e) => return Err(e),
             }

@@ -218,15 +218,14 @@ pub(super) fn unlock_to_start(
 }
 
 /// The report of a run that a key-less finish (`*_finish_done`) completed: nothing
-/// started, all of the data of `v2` on `data` done.
-pub(super) fn finished_report(v2: &Luks2Volume, data: &dyn BlockDriver) -> Result<ReencryptReport> {
-    let total = v2.layout_on(data)?.data_size;
-    Ok(ReencryptReport {
+/// started, all of its `total` data bytes (as the finish counts them) done.
+pub(super) fn finished_report(total: u64) -> ReencryptReport {
+    ReencryptReport {
         started: false,
         finished: true,
         position: Position { done: total, total },
         new_slot: None,
-    })
+    }
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -313,9 +312,10 @@ fn reencrypt_v2(
                     // here without the old key (checked by reencrypt_finish_done); with
                     // old slots still listed, its refusal reports the wrong passphrase.
                     let listed = old_key_listed(v2, st.old_digest)?;
-                    v2.reencrypt_finish_done(data.as_ref(), &new_key)
+                    let total = v2
+                        .reencrypt_finish_done(data.as_ref(), &new_key)
                         .map_err(|f| if listed { e } else { f })?;
-                    return finished_report(v2, data.as_ref());
+                    return Ok(finished_report(total));
                 }
                 Err(e) => return Err(e),
             }

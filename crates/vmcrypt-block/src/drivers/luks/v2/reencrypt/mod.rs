@@ -499,12 +499,13 @@ impl Luks2Volume {
     /// Finish a reencryption whose data is all in the new encryption but whose old key
     /// can no longer be opened: cryptsetup removes the old key slots one header write at
     /// a time before its final write, so a kill there leaves the old digest without a
-    /// key slot. Only metadata is written; `new_key` must match the new digest.
+    /// key slot. Only metadata is written; `new_key` must match the new digest. Returns
+    /// the data bytes.
     pub fn reencrypt_finish_done(
         &mut self,
         data: &dyn BlockDriver,
         new_key: &SecretBytes,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let Some(st) = self.reencrypt_state()? else {
             bail!(Usage, "no LUKS2 reencryption is in progress");
         };
@@ -528,7 +529,8 @@ impl Luks2Volume {
             WrongKey,
             "the old volume key is needed: the reencryption is not finished"
         );
-        finish_metadata(self, &st, layout)
+        finish_metadata(self, &st, layout)?;
+        Ok(layout.data_size)
     }
 }
 

@@ -41,18 +41,21 @@ fn data_size(st: &ShiftDecryptState, data: &dyn BlockDriver) -> u64 {
 }
 
 /// Finish a data-shifting decryption whose data is all plaintext without a key
-/// (cryptsetup removes the key slots one header write at a time at its end).
+/// (cryptsetup removes the key slots one header write at a time at its end); the
+/// plaintext bytes (the freed tail wiped after them is not data).
 pub(super) fn finish_done(
     vol: &mut Luks2Volume,
     data: &dyn BlockDriver,
     st: &ShiftDecryptState,
-) -> Result<()> {
+) -> Result<u64> {
+    let plain = data_size(st, data);
     ensure!(
-        st.phase(data_size(st, data))? == ShiftPhase::Done,
+        st.phase(plain)? == ShiftPhase::Done,
         WrongKey,
         "the volume key is needed: the decryption is not finished"
     );
-    finish(vol, data, st)
+    finish(vol, data, st)?;
+    Ok(plain)
 }
 
 /// The final header, then the freed tail of the data and the freed areas wiped.
