@@ -8,7 +8,7 @@
 //! again (the device still has its header) or as a detached-header decryption (the
 //! new file already holds the header, the device's magic is gone).
 mod common;
-use common::Rng;
+use common::{Pass, Rng, with_edited_metadata};
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
@@ -21,10 +21,10 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::shift_init::ShiftParams;
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::jobs::NoEvents;
+use vmcrypt_block::jobs::luks::Target as JobTarget;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
-use vmcrypt_block::jobs::luks::{KeySource, Target as JobTarget};
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes};
+use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::{ErrorKind, Result};
 use vmcrypt_format::luks2::reencrypt::shift::ShiftPhase;
 
@@ -347,55 +347,35 @@ fn finished_without_key_slot(b: &Base) -> Vec<u8> {
         .decrypt_shift_plan(&key, &params(ResilienceChoice::Checksum))
         .unwrap();
     drop(vol.decrypt_shift_start(hmem.clone(), next).unwrap());
-    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
-    let mut hdr = vmcrypt_format::luks2::load(&hmem.snapshot(), &hasher, Default::default())
-        .unwrap()
-        .header;
-    let mut v = hdr.metadata.to_value();
-    let backups: Vec<serde_json::Value> = v["segments"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|s| s["flags"].as_array().is_some_and(|f| !f.is_empty()))
-        .cloned()
-        .collect();
-    let mut segs = serde_json::Map::new();
-    segs.insert(
-        "0".into(),
-        serde_json::json!({"type": "linear", "offset": "0", "size": "dynamic"}),
-    );
-    let mut bound = vec![];
-    for (i, s) in backups.into_iter().enumerate() {
-        if s["type"] == "crypt" {
-            bound.push(serde_json::json!((i + 1).to_string()));
+    with_edited_metadata(&hmem.snapshot(), |v| {
+        let backups: Vec<serde_json::Value> = v["segments"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|s| s["flags"].as_array().is_some_and(|f| !f.is_empty()))
+            .cloned()
+            .collect();
+        let mut segs = serde_json::Map::new();
+        segs.insert(
+            "0".into(),
+            serde_json::json!({"type": "linear", "offset": "0", "size": "dynamic"}),
+        );
+        let mut bound = vec![];
+        for (i, s) in backups.into_iter().enumerate() {
+            if s["type"] == "crypt" {
+                bound.push(serde_json::json!((i + 1).to_string()));
+            }
+            segs.insert((i + 1).to_string(), s);
         }
-        segs.insert((i + 1).to_string(), s);
-    }
-    v["segments"] = serde_json::Value::Object(segs);
-    v["keyslots"].as_object_mut().unwrap().remove("0");
-    for d in v["digests"].as_object_mut().unwrap().values_mut() {
-        if d["keyslots"] == serde_json::json!(["0"]) {
-            d["keyslots"] = serde_json::json!([]);
-            d["segments"] = serde_json::Value::Array(bound.clone());
+        v["segments"] = serde_json::Value::Object(segs);
+        v["keyslots"].as_object_mut().unwrap().remove("0");
+        for d in v["digests"].as_object_mut().unwrap().values_mut() {
+            if d["keyslots"] == serde_json::json!(["0"]) {
+                d["keyslots"] = serde_json::json!([]);
+                d["segments"] = serde_json::Value::Array(bound.clone());
+            }
         }
-    }
-    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
-    hdr.binary.seqid += 1;
-    let mut out = hmem.snapshot();
-    let n = 2 * hdr.hdr_size() as usize;
-    out[..n].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
-    out
-}
-
-struct Pass;
-
-impl KeySource for Pass {
-    fn existing(&mut self) -> Result<SecretBytes> {
-        Ok(SecretBytes::new(PW.to_vec()))
-    }
-    fn new_passphrase(&mut self) -> Result<SecretBytes> {
-        Ok(SecretBytes::new(PW.to_vec()))
-    }
+    })
 }
 
 /// `luks reencrypt --resume-only` (the job) on files, the data all shifted and
@@ -420,7 +400,7 @@ fn job_finishes_without_the_key_and_reports_the_data_bytes() {
         resume_only: true,
         ..Default::default()
     };
-    let r = reencrypt(&t, &req, &mut Pass, &mut NoEvents).unwrap();
+    let r = reencrypt(&t, &req, &mut Pass(PW), &mut NoEvents).unwrap();
     assert!(r.finished && !r.started);
     let all = Position {
         done: DATA,
