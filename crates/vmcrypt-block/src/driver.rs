@@ -81,7 +81,9 @@ pub trait BlockDriver: Send + Sync {
     /// fault-injecting node sees, fails or tears them as writes). The ranges may overlap
     /// when `src` is this node. A `file` node copying from a `file` node
     /// ([`BlockDriver::as_host_file`]) has the kernel copy them (`copy_file_range`),
-    /// without passing them through this process.
+    /// without passing them through this process; a `raw` window passes a copy into
+    /// it to its child at the translated offsets (refusing a range outside the window
+    /// or the source before anything is written).
     fn copy_from(
         &self,
         src: &dyn BlockDriver,
@@ -145,7 +147,8 @@ pub trait BlockDriver: Send + Sync {
     /// The `file` node this node is, if it is one: its bytes are a host file's, at the
     /// same offsets, so [`BlockDriver::copy_from`] between two of them may run in the
     /// kernel. Nodes over a file (raw windows, fault injection) answer `None`: a copy
-    /// through them goes through their own reads and writes.
+    /// out of them goes through their own reads, and into a fault-injecting node
+    /// through its writes (a raw window hands a copy into it to its child).
     fn as_host_file(&self) -> Option<&crate::drivers::file::FileDriver> {
         None
     }

@@ -5,7 +5,7 @@
 //! behind must load, and both vmcrypt and `cryptsetup reencrypt --resume-only` must
 //! finish it to plaintext with cryptsetup's final header.
 mod common;
-use common::Rng;
+use common::{Pass, Rng, with_edited_metadata};
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
@@ -15,9 +15,8 @@ use vmcrypt_block::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryp
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::jobs::NoEvents;
+use vmcrypt_block::jobs::luks::Target as JobTarget;
 use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
-use vmcrypt_block::jobs::luks::{KeySource, Target as JobTarget};
-use vmcrypt_crypto::SecretBytes;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::{ErrorKind, Result};
@@ -337,28 +336,20 @@ fn state(b: &Base, finished: bool, drop_slot: bool) -> Vec<u8> {
     let e = vol.decrypt_finish_done(dmem.as_ref()).unwrap_err();
     assert!(e.to_string().contains("not finished"), "{e}");
     drop(vol);
-    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
-    let mut hdr = vmcrypt_format::luks2::load(&hmem.snapshot(), &hasher, Default::default())
-        .unwrap()
-        .header;
-    let mut v = hdr.metadata.to_value();
-    let segs = v["segments"].as_object().unwrap().clone();
-    if finished {
-        v["segments"] = serde_json::json!({
-            "0": {"type": "linear", "offset": "0", "size": "dynamic"},
-            "1": segs["1"], "2": segs["2"]
-        });
-        v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
-    }
-    if drop_slot {
-        v["keyslots"].as_object_mut().unwrap().remove("0");
-        v["digests"]["0"]["keyslots"] = serde_json::json!([]);
-    }
-    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
-    hdr.binary.seqid += 1;
-    let mut img = hmem.snapshot();
-    img[..2 * (16 << 10)].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
-    img
+    with_edited_metadata(&hmem.snapshot(), |v| {
+        let segs = v["segments"].as_object().unwrap().clone();
+        if finished {
+            v["segments"] = serde_json::json!({
+                "0": {"type": "linear", "offset": "0", "size": "dynamic"},
+                "1": segs["1"], "2": segs["2"]
+            });
+            v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+        }
+        if drop_slot {
+            v["keyslots"].as_object_mut().unwrap().remove("0");
+            v["digests"]["0"]["keyslots"] = serde_json::json!([]);
+        }
+    })
 }
 
 /// Killed between cryptsetup's key slot removals, no key slot opens. vmcrypt finishes
@@ -378,17 +369,6 @@ fn finished_data_without_key_slots_is_finalised() {
         &b.plain,
         "finished without key",
     );
-}
-
-struct Pass;
-
-impl KeySource for Pass {
-    fn existing(&mut self) -> Result<SecretBytes> {
-        Ok(SecretBytes::new(PW.to_vec()))
-    }
-    fn new_passphrase(&mut self) -> Result<SecretBytes> {
-        Ok(SecretBytes::new(PW.to_vec()))
-    }
 }
 
 /// `luks reencrypt --resume-only` (the job) on files: a key slot whose material
@@ -425,7 +405,7 @@ fn job_finishes_after_cryptsetup_wiped_or_removed_the_key_slot() {
             resume_only: true,
             ..Default::default()
         };
-        let r = reencrypt(&t, &req, &mut Pass, &mut NoEvents);
+        let r = reencrypt(&t, &req, &mut Pass(PW), &mut NoEvents);
         let (h, d) = (std::fs::read(&hp).unwrap(), std::fs::read(&dp).unwrap());
         if *data == b.plain {
             assert!(r.unwrap().finished, "{what}");
@@ -451,20 +431,14 @@ fn tampered_metadata_is_refused() {
     vol.decrypt_init(dmem.as_ref(), &k, &params(ResilienceChoice::Journal))
         .unwrap();
     drop(vol);
-    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
-    let mut hdr = vmcrypt_format::luks2::load(&hmem.snapshot(), &hasher, Default::default())
-        .unwrap()
-        .header;
-    let mut v = hdr.metadata.to_value();
-    for ks in v["keyslots"].as_object_mut().unwrap().values_mut() {
-        if ks["type"] == "reencrypt" {
-            ks["area"]["size"] = serde_json::Value::String("4096".into());
+    let edited = with_edited_metadata(&hmem.snapshot(), |v| {
+        for ks in v["keyslots"].as_object_mut().unwrap().values_mut() {
+            if ks["type"] == "reencrypt" {
+                ks["area"]["size"] = serde_json::Value::String("4096".into());
+            }
         }
-    }
-    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
-    hdr.binary.seqid += 1;
-    hmem.write_at(&hdr.encode_both(&hasher).unwrap(), 0)
-        .unwrap();
+    });
+    hmem.write_at(&edited, 0).unwrap();
     let before = (hmem.snapshot(), dmem.snapshot());
     let mut vol = Luks2Volume::open(hmem.clone(), true, &KdfLimits::default()).unwrap();
     let e = Decryption::load(&mut vol, dmem.clone(), &k, None)

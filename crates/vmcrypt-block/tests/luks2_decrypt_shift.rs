@@ -8,17 +8,21 @@
 //! again (the device still has its header) or as a detached-header decryption (the
 //! new file already holds the header, the device's magic is gone).
 mod common;
-use common::Rng;
+use common::{Pass, Rng, with_edited_metadata};
 use std::path::Path;
 use std::sync::Arc;
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
+use vmcrypt_block::drivers::luks::v2::reencrypt::Position;
 use vmcrypt_block::drivers::luks::v2::reencrypt::ResilienceChoice;
 use vmcrypt_block::drivers::luks::v2::reencrypt::decrypt::{DecryptParams, Decryption};
 use vmcrypt_block::drivers::luks::v2::reencrypt::shift::ShiftDecryption;
 use vmcrypt_block::drivers::luks::v2::reencrypt::shift_init::ShiftParams;
 use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver};
 use vmcrypt_block::drivers::mem::MemDriver;
+use vmcrypt_block::jobs::NoEvents;
+use vmcrypt_block::jobs::luks::Target as JobTarget;
+use vmcrypt_block::jobs::luks::reencrypt::{ReencryptRequest, reencrypt};
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
 use vmcrypt_error::{ErrorKind, Result};
@@ -328,4 +332,81 @@ fn refusals_write_nothing() {
     let e = vol.decrypt_shift_plan(&key, &big).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Usage, "{e}");
     assert!(img.snapshot() == b.img, "something was written");
+}
+
+/// The new header of a decryption started on `b` (checksum), edited into the state
+/// cryptsetup leaves when killed between its key slot removals after the last
+/// hotzone: one `linear` regular segment from 0, the backups and the reencryption
+/// metadata still there, key slot 0 gone.
+fn finished_without_key_slot(b: &Base) -> Vec<u8> {
+    let img = Arc::new(MemDriver::new(b.img.clone()));
+    let hmem = Arc::new(MemDriver::new(Vec::new()));
+    let vol = Luks2Volume::open(img, false, &KdfLimits::default()).unwrap();
+    let key = vol.unlock(PW, None).unwrap().volume_key;
+    let next = vol
+        .decrypt_shift_plan(&key, &params(ResilienceChoice::Checksum))
+        .unwrap();
+    drop(vol.decrypt_shift_start(hmem.clone(), next).unwrap());
+    with_edited_metadata(&hmem.snapshot(), |v| {
+        let backups: Vec<serde_json::Value> = v["segments"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter(|s| s["flags"].as_array().is_some_and(|f| !f.is_empty()))
+            .cloned()
+            .collect();
+        let mut segs = serde_json::Map::new();
+        segs.insert(
+            "0".into(),
+            serde_json::json!({"type": "linear", "offset": "0", "size": "dynamic"}),
+        );
+        let mut bound = vec![];
+        for (i, s) in backups.into_iter().enumerate() {
+            if s["type"] == "crypt" {
+                bound.push(serde_json::json!((i + 1).to_string()));
+            }
+            segs.insert((i + 1).to_string(), s);
+        }
+        v["segments"] = serde_json::Value::Object(segs);
+        v["keyslots"].as_object_mut().unwrap().remove("0");
+        for d in v["digests"].as_object_mut().unwrap().values_mut() {
+            if d["keyslots"] == serde_json::json!(["0"]) {
+                d["keyslots"] = serde_json::json!([]);
+                d["segments"] = serde_json::Value::Array(bound.clone());
+            }
+        }
+    })
+}
+
+/// `luks reencrypt --resume-only` (the job) on files, the data all shifted and
+/// plaintext but no key slot left (see [`finished_without_key_slot`]): finished
+/// without the key, reporting the data bytes, not the freed tail of the device.
+#[test]
+fn job_finishes_without_the_key_and_reports_the_data_bytes() {
+    let b = base(4096, 23);
+    let hdr = finished_without_key_slot(&b);
+    let mut dev = b.img.clone();
+    dev[..DATA as usize].copy_from_slice(&b.plain);
+    let dir = tempfile::tempdir().unwrap();
+    let (hp, dp) = (dir.path().join("new.hdr"), dir.path().join("d.img"));
+    std::fs::write(&hp, &hdr).unwrap();
+    std::fs::write(&dp, &dev).unwrap();
+    let t = JobTarget {
+        device: dp.to_str().unwrap().into(),
+        header: Some(hp.to_str().unwrap().into()),
+        limits: KdfLimits::default(),
+    };
+    let req = ReencryptRequest {
+        resume_only: true,
+        ..Default::default()
+    };
+    let r = reencrypt(&t, &req, &mut Pass(PW), &mut NoEvents).unwrap();
+    assert!(r.finished && !r.started);
+    let all = Position {
+        done: DATA,
+        total: DATA,
+    };
+    assert_eq!(r.position, all, "SHIFT = {SHIFT}");
+    let (h, d) = (std::fs::read(&hp).unwrap(), std::fs::read(&dp).unwrap());
+    check_done(&h, &d, &b.plain, 0, "finished without the key");
 }

@@ -4,7 +4,7 @@
 //! both vmcrypt and `cryptsetup reencrypt --resume-only` must finish it to a header
 //! without requirements whose data decrypts to the original plaintext.
 mod common;
-use common::Rng;
+use common::{Rng, with_edited_metadata};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use vmcrypt_block::BlockDriver;
@@ -264,26 +264,14 @@ fn tampered_metadata_is_refused() {
         .unwrap();
     drop(vol);
     // Flip the direction in both header copies' JSON (checksums recomputed).
-    let img = mem.snapshot();
-    let loaded = vmcrypt_format::luks2::load(
-        &img,
-        &vmcrypt_block::drivers::luks::v2::header_hasher,
-        Default::default(),
-    )
-    .unwrap();
-    let mut hdr = loaded.header;
-    let mut v = hdr.metadata.to_value();
-    for ks in v["keyslots"].as_object_mut().unwrap().values_mut() {
-        if ks["type"] == "reencrypt" {
-            ks["area"]["size"] = serde_json::Value::String("4096".into());
+    let edited = with_edited_metadata(&mem.snapshot(), |v| {
+        for ks in v["keyslots"].as_object_mut().unwrap().values_mut() {
+            if ks["type"] == "reencrypt" {
+                ks["area"]["size"] = serde_json::Value::String("4096".into());
+            }
         }
-    }
-    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
-    hdr.binary.seqid += 1;
-    let both = hdr
-        .encode_both(&vmcrypt_block::drivers::luks::v2::header_hasher)
-        .unwrap();
-    mem.write_at(&both, 0).unwrap();
+    });
+    mem.write_at(&edited, 0).unwrap();
     let before = mem.snapshot();
     let dev: Arc<dyn BlockDriver> = mem.clone();
     let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();
@@ -320,26 +308,22 @@ fn finished_data_without_old_key_slots_is_finalised() {
         .unwrap();
     let done = copy.snapshot();
     // cryptsetup's state: data all new, one new segment, old slot 0 gone.
-    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
-    let mut hdr = vmcrypt_format::luks2::load(&started, &hasher, Default::default())
-        .unwrap()
-        .header;
-    let mut v = hdr.metadata.to_value();
-    let segs = v["segments"].as_object().unwrap().clone();
-    let new_seg = {
-        let mut s = segs["2"].clone();
-        s.as_object_mut().unwrap().remove("flags");
-        s
-    };
-    v["segments"] = serde_json::json!({"0": new_seg, "1": segs["1"], "2": segs["2"]});
-    v["keyslots"].as_object_mut().unwrap().remove("0");
-    v["digests"]["0"]["keyslots"] = serde_json::json!([]);
-    v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
-    v["digests"]["1"]["segments"] = serde_json::json!(["0", "2"]);
-    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
-    hdr.binary.seqid += 1;
+    let edited = with_edited_metadata(&started, |v| {
+        let segs = v["segments"].as_object().unwrap().clone();
+        let new_seg = {
+            let mut s = segs["2"].clone();
+            s.as_object_mut().unwrap().remove("flags");
+            s
+        };
+        v["segments"] = serde_json::json!({"0": new_seg, "1": segs["1"], "2": segs["2"]});
+        v["keyslots"].as_object_mut().unwrap().remove("0");
+        v["digests"]["0"]["keyslots"] = serde_json::json!([]);
+        v["digests"]["0"]["segments"] = serde_json::json!(["1"]);
+        v["digests"]["1"]["segments"] = serde_json::json!(["0", "2"]);
+    });
     let mut img = done.clone();
-    img[..2 * (16 << 10)].copy_from_slice(&hdr.encode_both(&hasher).unwrap());
+    let n = 2 * (16 << 10);
+    img[..n].copy_from_slice(&edited[..n]);
     let mem = Arc::new(MemDriver::new(img));
     let dev: Arc<dyn BlockDriver> = mem.clone();
     let mut vol = Luks2Volume::open(dev.clone(), false, &KdfLimits::default()).unwrap();

@@ -124,6 +124,17 @@ impl HashAlg {
         self.digest_parts(&[data])
     }
 
+    /// Refuse a forced [`Self::digest_each`] kernel this process cannot run: for SHA-256,
+    /// `VMCRYPT_SHA256_KERNEL` must be unset or name a kernel this CPU runs (else
+    /// `digest_each` would quietly use the best one); other algorithms have no kernel
+    /// to choose. For callers about to hash, before they write anything.
+    pub fn check_each_kernel(self) -> Result<()> {
+        if self == HashAlg::Sha256 {
+            Sha256Kernel::selected()?;
+        }
+        Ok(())
+    }
+
     /// Hash each `len`-byte message of `data` (`len` is not 0; the last message may be
     /// shorter and is hashed as it is) into consecutive [`Self::output_len`] slots of
     /// `out` (exactly one per message). SHA-256 runs on

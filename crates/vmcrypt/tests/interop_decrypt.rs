@@ -9,7 +9,8 @@ mod reencrypt_support;
 
 use reencrypt_support::{
     Rng, assert_decrypted_header, cryptsetup_detached, dump_json, in_progress,
-    interrupt_after_start, interrupt_mid_run, ok, vmcrypt, vmcrypt_detached,
+    interrupt_after_start, interrupt_mid_run, ok, refused_for_bad_sha256_kernel, vmcrypt,
+    vmcrypt_detached, with_bad_sha256_kernel,
 };
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -451,4 +452,29 @@ fn bad_input_is_refused_and_nothing_written() {
     // The untouched image still decrypts.
     ok(&mut vmcrypt_decrypt(&im, &["--decrypt"]));
     check(&im, "after the refusals");
+}
+
+/// `VMCRYPT_SHA256_KERNEL` naming no kernel: a decryption with checksum resilience is
+/// refused before anything is written, when it starts and when it resumes (the
+/// decryption engine checks the stored checksum hash when it loads the run); journal
+/// and none runs hash nothing and are not refused.
+#[test]
+fn a_bad_sha256_kernel_name_refuses_only_runs_that_hash() {
+    let im = image(4096, 79);
+    let files = [im.img.as_path(), im.hdr.as_path()];
+    let checksum = ["--decrypt", "--resilience", "checksum"];
+    refused_for_bad_sha256_kernel(&mut vmcrypt_decrypt(&im, &checksum), &files);
+    ok(&mut vmcrypt_decrypt(
+        &im,
+        &[&checksum[..], &["--init-only"]].concat(),
+    ));
+    refused_for_bad_sha256_kernel(&mut vmcrypt_decrypt(&im, &["--resume-only"]), &files);
+    ok(&mut vmcrypt_decrypt(&im, &["--resume-only"]));
+    check(&im, "checksum, resumed without the variable");
+    for mode in ["journal", "none"] {
+        let im = image(4096, 80);
+        let c = &mut vmcrypt_decrypt(&im, &["--decrypt", "--resilience", mode]);
+        ok(with_bad_sha256_kernel(c));
+        check(&im, &format!("{mode} with a bad kernel name"));
+    }
 }

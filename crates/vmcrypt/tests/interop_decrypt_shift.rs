@@ -10,7 +10,8 @@ mod reencrypt_support;
 
 use reencrypt_support::{
     Rng, assert_decrypted_header, cryptsetup_detached, dump_json, in_progress,
-    interrupt_after_start, ok, vmcrypt, vmcrypt_detached,
+    interrupt_after_start, ok, refused_for_bad_sha256_kernel, vmcrypt, vmcrypt_detached,
+    with_bad_sha256_kernel,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -415,4 +416,25 @@ fn bad_input_is_refused_and_nothing_written() {
         .arg("--key-file")
         .args([&v1.pw, &v1.img]));
     refused(vm(&v1, &["--decrypt"]), 4, "LUKS1", &v1);
+}
+
+/// `VMCRYPT_SHA256_KERNEL` naming no kernel: a checksum run is refused before
+/// anything is written (no header file made), when it starts and when it resumes
+/// (the shift engine checks the stored checksum hash when it loads the run); a
+/// journal run hashes nothing and is not refused.
+#[test]
+fn a_bad_sha256_kernel_name_refuses_only_runs_that_hash() {
+    let im = image(4096, 91);
+    let j = im.copy("journal");
+    let checksum = ["--decrypt", "--resilience", "checksum"];
+    refused_for_bad_sha256_kernel(&mut vm(&im, &checksum), &[&im.img, &im.hdr]);
+    assert!(!im.hdr.exists(), "a refused start made the header file");
+    ok(&mut vm(&im, &[&checksum[..], &["--init-only"]].concat()));
+    refused_for_bad_sha256_kernel(&mut vm(&im, &["--resume-only"]), &[&im.img, &im.hdr]);
+    ok(&mut vm(&im, &["--resume-only"]));
+    check(&im, "checksum, resumed without the variable");
+    let mut args = vec!["--decrypt"];
+    args.extend(mode_args("journal"));
+    ok(with_bad_sha256_kernel(&mut vm(&j, &args)));
+    check(&j, "journal with a bad kernel name");
 }

@@ -7,7 +7,10 @@
 //! sectors. Bad input is refused with nothing written.
 mod reencrypt_support;
 
-use reencrypt_support::{Rng, dump_json, in_progress, interrupt, ok, sha256, vmcrypt};
+use reencrypt_support::{
+    Rng, dump_json, in_progress, interrupt, ok, refused_for_bad_sha256_kernel, sha256, vmcrypt,
+    with_bad_sha256_kernel,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -450,4 +453,27 @@ fn bad_input_is_refused_and_nothing_is_written() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already has a LUKS header"));
     assert!(std::fs::read(&d.img).unwrap() == before);
     assert!(!d.hdr.as_ref().unwrap().exists());
+}
+
+/// `VMCRYPT_SHA256_KERNEL` naming no kernel: an encryption with checksum resilience is
+/// refused before anything is written, when it starts and when it resumes (its
+/// engine checks the stored checksum hash when it loads the run); a journal run and
+/// a `--reduce-device-size` run (datashift) hash nothing and are not refused.
+#[test]
+fn a_bad_sha256_kernel_name_refuses_only_runs_that_hash() {
+    let p = plain(512, Layout::Detached("checksum"), 41);
+    let hdr = p.hdr.clone().unwrap();
+    refused_for_bad_sha256_kernel(&mut p.vmcrypt(&p.start()), &[&p.img, &hdr]);
+    assert!(!hdr.exists(), "a refused start made a header");
+    let mut init = p.start();
+    init.push("--init-only".into());
+    ok(&mut p.vmcrypt(&init));
+    refused_for_bad_sha256_kernel(&mut p.vmcrypt(&["--resume-only".into()]), &[&p.img, &hdr]);
+    p.vmcrypt_finish();
+    p.check("checksum, resumed without the variable");
+    for layout in [Layout::Detached("journal"), Layout::Reduce] {
+        let p = plain(512, layout, 42);
+        ok(with_bad_sha256_kernel(&mut p.vmcrypt(&p.start())));
+        p.check(&format!("{layout:?} with a bad kernel name"));
+    }
 }

@@ -7,7 +7,8 @@
 mod reencrypt_support;
 
 use reencrypt_support::{
-    Rng, digest_of, dump_json, in_progress, interrupt_mid_run, ok, sha256, vmcrypt,
+    Rng, digest_of, dump_json, in_progress, interrupt_mid_run, ok, refused_for_bad_sha256_kernel,
+    sha256, vmcrypt,
 };
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -271,6 +272,21 @@ fn each_sha256_kernel_reencrypts_and_a_bad_name_is_refused() {
         std::fs::read(&im.img).unwrap() == before,
         "a refused run wrote"
     );
+    // A LUKS1 image is converted to LUKS2 first: refused before that write.
+    let v1 = im.dir.path().join("v1.img");
+    std::fs::File::create(&v1)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    ok(Command::new("cryptsetup")
+        .args(["luksFormat", "--type", "luks1", "-q", "--iter-time", "10"])
+        .arg("--key-file")
+        .args([&im.pw, &v1]));
+    let mut c = vmcrypt();
+    c.args(["luks", "reencrypt", "--no-progress", "--key-file"])
+        .arg(&im.pw)
+        .arg(&v1);
+    refused_for_bad_sha256_kernel(&mut c, &[&v1]);
     for k in Sha256Kernel::ALL {
         let mut c = vmcrypt_reencrypt(&im, &["--resilience", "checksum"]);
         c.env(KERNEL_ENV, k.name());

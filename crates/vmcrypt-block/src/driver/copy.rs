@@ -1,7 +1,8 @@
 //! Copying a range from one node to another as it is (a reencryption journal, a data
 //! shift's move): the default of [`BlockDriver::copy_from`], which reads and writes
 //! through a buffer. A `file` node copying from a `file` node has the kernel copy
-//! instead (`drivers/file.rs`), falling back on this.
+//! instead (`drivers/file.rs`), falling back on this; a `raw` window passes a copy
+//! into it to its child (`drivers/raw.rs`).
 use super::BlockDriver;
 use vmcrypt_error::Result;
 

@@ -141,3 +141,105 @@ fn a_copy_into_a_fault_injecting_node_goes_through_its_writes() {
     target.copy_from(&faulty, 4096, 0, 8192).unwrap();
     assert!(std::fs::read(&out).unwrap()[..8192] == src[4096..12288]);
 }
+
+/// A memory node that records each copy asked of it, then does it.
+struct CopySpy {
+    mem: MemDriver,
+    copies: std::sync::Mutex<Vec<(u64, u64, u64)>>,
+}
+
+impl BlockDriver for CopySpy {
+    fn driver_name(&self) -> &'static str {
+        "spy"
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.mem.write_at(buf, offset)
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn copy_from(&self, src: &dyn BlockDriver, from: u64, to: u64, len: u64) -> Result<()> {
+        self.copies.lock().unwrap().push((from, to, len));
+        copy::copy_buffered(src, from, to, len, &mut |b, at| self.write_at(b, at))
+    }
+}
+
+/// A raw window at 4096 (3 MiB, fixed size) over a recording node of 4 MiB.
+fn window_over_spy() -> (Arc<CopySpy>, RawDriver, Vec<u8>) {
+    let orig = pattern(4 << 20, 11);
+    let spy = Arc::new(CopySpy {
+        mem: MemDriver::new(orig.clone()),
+        copies: Default::default(),
+    });
+    let raw = RawDriver::new(spy.clone(), 4096, Some(3 << 20)).unwrap();
+    (spy, raw, orig)
+}
+
+#[test]
+fn a_copy_into_a_raw_window_is_its_childs_copy_at_the_translated_offset() {
+    let (spy, raw, orig) = window_over_spy();
+    let src = MemDriver::new(pattern(1 << 20, 12));
+    raw.copy_from(&src, 100, 512, 8192).unwrap();
+    assert_eq!(*spy.copies.lock().unwrap(), [(100, 4096 + 512, 8192)]);
+    let mut want = orig;
+    want[4608..4608 + 8192].copy_from_slice(&src.snapshot()[100..100 + 8192]);
+    assert!(spy.mem.snapshot() == want);
+}
+
+#[test]
+fn a_copy_beyond_a_raw_window_or_its_source_is_refused_whole() {
+    let (spy, raw, orig) = window_over_spy();
+    let src = MemDriver::new(pattern(4 << 20, 13));
+    // Ends 512 KiB past the window: the first 1 MiB piece would fit, nothing lands.
+    let (from, to, len) = (2 << 20, 3 << 19, 2 << 20);
+    let e = raw.copy_from(&src, from, to, len).unwrap_err();
+    assert_eq!(e.kind(), vmcrypt_error::ErrorKind::OutOfRange);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("bytes {to}..{}", to + len)) && msg.contains("window"),
+        "{msg}"
+    );
+    // A source range past the source's end.
+    let e = raw.copy_from(&src, (4 << 20) - 512, 0, 1024).unwrap_err();
+    assert_eq!(e.kind(), vmcrypt_error::ErrorKind::OutOfRange);
+    assert!(e.to_string().contains("source"), "{e}");
+    assert!(spy.copies.lock().unwrap().is_empty());
+    assert!(spy.mem.snapshot() == orig, "a refused copy wrote");
+}
+
+#[test]
+fn a_raw_window_over_a_file_copies_into_it_and_within_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, other) = (dir.path().join("f"), dir.path().join("g"));
+    let orig = pattern(4 << 20, 14);
+    let src = pattern(1 << 20, 15);
+    std::fs::write(&other, &src).unwrap();
+    let base = 1usize << 20;
+    // From another file (the kernel copy beneath), and within the window both ways
+    // over overlapping ranges: window offsets, not a mix of window and file offsets,
+    // must decide the order (the shift to the left is less than the window's offset).
+    let (len, lo, hi) = ((1 << 20) + 4096, 4096usize, (1 << 19) + 4096);
+    for (from, to) in [(lo, hi), (hi, lo)] {
+        std::fs::write(&path, &orig).unwrap();
+        let f = Arc::new(FileDriver::open(&path, false).unwrap());
+        let raw = RawDriver::new(f, base as u64, Some(3 << 20)).unwrap();
+        let g = FileDriver::open(&other, true).unwrap();
+        raw.copy_from(&g, 512, 0, 4096).unwrap();
+        raw.copy_from(&raw, from as u64, to as u64, len as u64)
+            .unwrap();
+        drop(raw);
+        let mut want = orig.clone();
+        want[base..base + 4096].copy_from_slice(&src[512..512 + 4096]);
+        want.copy_within(base + from..base + from + len, base + to);
+        assert!(std::fs::read(&path).unwrap() == want, "{from} -> {to}");
+    }
+}

@@ -1,8 +1,9 @@
 //! The `raw` format driver: its `file` child as is, optionally a window of it
-//! (QEMU's `offset=` and `size=` options).
+//! (QEMU's `offset=` and `size=` options). A copy into the window is the child's copy
+//! at the translated offsets, so a window over a file keeps the kernel copy.
 use crate::driver::{BlockDriver, Child, Extent, HostMap, MapExtent, check_range, map_extent};
 use std::sync::Arc;
-use vmcrypt_error::{Result, bail};
+use vmcrypt_error::{Result, bail, ensure};
 
 pub struct RawDriver {
     file: Arc<dyn BlockDriver>,
@@ -24,6 +25,19 @@ impl RawDriver {
         }
         Ok(RawDriver { file, offset, size })
     }
+}
+
+/// Refuse a copy of the `len` bytes at `at` of `what` (the window or the source)
+/// unless they lie inside its `size` bytes, naming the range.
+fn check_copy(what: impl FnOnce() -> String, at: u64, len: u64, size: u64) -> Result<()> {
+    ensure!(
+        at.checked_add(len).is_some_and(|end| end <= size),
+        OutOfRange,
+        "raw copy: bytes {at}..{} are beyond the end of {} ({size} bytes)",
+        at.saturating_add(len),
+        what()
+    );
+    Ok(())
 }
 
 impl BlockDriver for RawDriver {
@@ -52,6 +66,30 @@ impl BlockDriver for RawDriver {
     }
     fn flush(&self) -> Result<()> {
         self.file.flush()
+    }
+    /// Checked whole before anything is written: the source range against its node,
+    /// the target range against the window (when it has a fixed size, as a write is).
+    /// A copy within this window is the child's copy within itself, so overlapping
+    /// ranges compare in one address space.
+    fn copy_from(
+        &self,
+        src: &dyn BlockDriver,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        let source = || format!("the source '{}'", src.filename());
+        check_copy(source, src_offset, len, src.size())?;
+        if self.size.is_some() {
+            let window = || format!("the window at {} of '{}'", self.offset, self.filename());
+            check_copy(window, offset, len, self.size())?;
+        }
+        let to = self.offset + offset;
+        if std::ptr::addr_eq(src, self) {
+            let file = self.file.as_ref();
+            return file.copy_from(file, self.offset + src_offset, to, len);
+        }
+        self.file.copy_from(src, src_offset, to, len)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
         self.file.write_zeroes(self.offset + offset, len)

@@ -1,8 +1,9 @@
 //! Shared by vmcrypt-block's integration tests: [`run`], which runs a QEMU tool and fails
 //! the test loudly (with the tool's output) when it is missing or fails, and [`Rng`], a
 //! seeded xorshift generator that keeps the randomised tests reproducible without a
-//! rand dependency, and [`faulty_pair`], a run over two in-memory devices with a
-//! write fault on one of them.
+//! rand dependency, [`faulty_pair`], a run over two in-memory devices with a write
+//! fault on one of them, [`with_edited_metadata`], a LUKS2 header rewritten with
+//! edited metadata, and [`Pass`], a key source with one passphrase.
 #![allow(dead_code)]
 
 use std::process::Command;
@@ -67,4 +68,34 @@ pub fn faulty_pair(
     };
     let r = run(x, y);
     (r, a.snapshot(), b.snapshot(), f.writes_done())
+}
+
+/// `img` (a LUKS2 header at its start) with the metadata changed by `edit` (on its
+/// JSON) in both header copies, checksums recomputed and the sequence id raised: the
+/// state a tool that wrote that metadata leaves.
+pub fn with_edited_metadata(img: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let hasher = vmcrypt_block::drivers::luks::v2::header_hasher;
+    let mut hdr = vmcrypt_format::luks2::load(img, &hasher, Default::default())
+        .unwrap()
+        .header;
+    let mut v = hdr.metadata.to_value();
+    edit(&mut v);
+    hdr.metadata = vmcrypt_format::luks2::Metadata::from_value(v).unwrap();
+    hdr.binary.seqid += 1;
+    let both = hdr.encode_both(&hasher).unwrap();
+    let mut out = img.to_vec();
+    out[..both.len()].copy_from_slice(&both);
+    out
+}
+
+/// A key source that answers every question with its passphrase.
+pub struct Pass(pub &'static [u8]);
+
+impl vmcrypt_block::jobs::luks::KeySource for Pass {
+    fn existing(&mut self) -> vmcrypt_error::Result<vmcrypt_crypto::SecretBytes> {
+        Ok(vmcrypt_crypto::SecretBytes::new(self.0.to_vec()))
+    }
+    fn new_passphrase(&mut self) -> vmcrypt_error::Result<vmcrypt_crypto::SecretBytes> {
+        Ok(vmcrypt_crypto::SecretBytes::new(self.0.to_vec()))
+    }
 }

@@ -290,3 +290,26 @@ pub fn assert_decrypted_header(hdr: &Path, what: &str) {
     }
     assert!(j["config"].get("requirements").is_none(), "{what}: {j}");
 }
+
+/// `cmd` with `VMCRYPT_SHA256_KERNEL` naming no kernel.
+pub fn with_bad_sha256_kernel(cmd: &mut Command) -> &mut Command {
+    cmd.env(vmcrypt_crypto::sha256_kernel::KERNEL_ENV, "avx1024")
+}
+
+/// Runs `cmd` with a bad `VMCRYPT_SHA256_KERNEL` ([`with_bad_sha256_kernel`]): it must
+/// fail with a usage error naming the variable and leave each of `files` as it was
+/// (absent ones absent).
+#[track_caller]
+pub fn refused_for_bad_sha256_kernel(cmd: &mut Command, files: &[&Path]) {
+    let before: Vec<Option<Vec<u8>>> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    let out = with_bad_sha256_kernel(cmd).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+    assert!(
+        err.contains("VMCRYPT_SHA256_KERNEL=avx1024: unknown SHA-256 kernel"),
+        "{cmd:?}: {err}"
+    );
+    for (f, b) in files.iter().zip(&before) {
+        assert!(std::fs::read(f).ok() == *b, "{cmd:?} wrote {f:?}");
+    }
+}

@@ -203,7 +203,7 @@ pub fn status(dir: &RunDir, name: &str) -> Result<Status> {
 pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Option<RemoteStatus> {
     let ctl = dir.control(name);
     ctl.symlink_metadata().ok()?;
-    let st = super::online::status_within(&ctl, "", Duration::from_secs(2)).ok()?;
+    let st = super::online::request(&ctl, "status", "", None, Some(Duration::from_secs(2))).ok()?;
     if st.state == "finished"
         && let Some(t) = &st.target
     {

@@ -76,20 +76,21 @@ pub(super) fn decrypt_v2(
                     // plaintext no key is needed (decrypt_finish_done checks that);
                     // otherwise, with slots still listed, the passphrase is wrong.
                     let listed = old_key_listed(v2, Some(old_digest))?;
-                    v2.decrypt_finish_done(data.as_ref())
+                    let total = v2
+                        .decrypt_finish_done(data.as_ref())
                         .map_err(|f| if listed { e } else { f })?;
-                    return finished_report(v2, data.as_ref());
+                    return Ok(finished_report(total));
                 }
                 Err(e) => return Err(e),
             }
         }
         None => {
             let old = unlock_to_start(t, req, v2, pass)?;
+            let resilience =
+                ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
             let p = DecryptParams {
-                resilience: ResilienceChoice::from_name(
-                    req.resilience.as_deref().unwrap_or("checksum"),
-                )?,
-                hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+                resilience,
+                hash: resilience.hash(req.resilience_hash.as_deref())?,
                 digest_iterations: req.keyslot.iterations,
             };
             v2.decrypt_init(data.as_ref(), &old.volume_key, &p)?;

@@ -48,9 +48,10 @@ pub(super) fn start(
     let v2 = vol.v2_mut()?;
     let pass = keys.existing()?;
     let old = unlock_to_start(t, req, v2, pass.as_bytes())?;
+    let resilience = ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
     let p = ShiftParams {
-        resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
-        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+        resilience,
+        hash: resilience.hash(req.resilience_hash.as_deref())?,
         moved: req.hotzone_size,
         digest_iterations: req.keyslot.iterations,
     };

@@ -56,7 +56,8 @@ fn params(t: &Target, req: &EncryptRequest) -> Result<EncryptParams> {
          (a detached header file), not both"
     );
     let resilience = match (req.reduce, req.resilience.as_deref()) {
-        (Some(_), None | Some("datashift")) => ResilienceChoice::Checksum,
+        // Unused: a shift is protected by datashift, which hashes nothing.
+        (Some(_), None | Some("datashift")) => ResilienceChoice::None,
         (Some(_), Some(r)) => vmcrypt_error::bail!(
             Usage,
             "--reduce-device-size uses resilience datashift, not \"{r}\""
@@ -83,7 +84,7 @@ fn params(t: &Target, req: &EncryptRequest) -> Result<EncryptParams> {
     Ok(EncryptParams {
         create,
         resilience,
-        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+        hash: resilience.hash(req.resilience_hash.as_deref())?,
         reduce: req.reduce,
     })
 }

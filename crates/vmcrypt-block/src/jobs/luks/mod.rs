@@ -164,11 +164,3 @@ fn rbd_device(name: &str, read_only: bool) -> Result<Arc<dyn BlockDriver>> {
     }
     Ok(raw)
 }
-
-/// The checksum hash `--resilience-hash` names (sha256 by default), once a
-/// `VMCRYPT_SHA256_KERNEL` override is known to name a kernel this CPU runs: a bad one
-/// is refused here, before anything is written.
-pub(crate) fn resilience_hash(name: Option<&str>) -> Result<vmcrypt_crypto::HashAlg> {
-    vmcrypt_crypto::sha256_kernel::Sha256Kernel::selected()?;
-    vmcrypt_crypto::HashAlg::from_name(name.unwrap_or("sha256")).ctx("--resilience-hash")
-}

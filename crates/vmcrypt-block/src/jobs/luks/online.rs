@@ -309,20 +309,22 @@ pub struct RemoteStatus {
     pub old_key_held: bool,
 }
 
-/// Send `cmd` for `export` to the control socket at `path`.
-pub fn request(path: &Path, cmd: &str, export: &str, hotzone: Option<u64>) -> Result<RemoteStatus> {
+/// Send `cmd` ("start", "pause", "status") for `export` to the control socket at
+/// `path`, with a hotzone size for "start". With a `timeout`, give up when the
+/// server has not taken the request or answered by then (`luks status` must not hang
+/// on a stuck daemon); without, wait (a pause waits for the hotzone in flight).
+pub fn request(
+    path: &Path,
+    cmd: &str,
+    export: &str,
+    hotzone: Option<u64>,
+    timeout: Option<Duration>,
+) -> Result<RemoteStatus> {
     let mut req = json!({"cmd": cmd, "export": export});
     if let Some(h) = hotzone {
         req["hotzone"] = json!(h);
     }
-    exchange(path, &req, None, None)
-}
-
-/// The `status` of `export` from the control socket at `path`, giving up after
-/// `timeout` (for `luks status`, which must not hang on a stuck daemon).
-pub fn status_within(path: &Path, export: &str, timeout: Duration) -> Result<RemoteStatus> {
-    let req = json!({"cmd": "status", "export": export});
-    exchange(path, &req, None, Some(timeout))
+    exchange(path, &req, None, timeout)
 }
 
 /// Ask the server at `path` to put `export`'s image in reencryption state: a new

@@ -137,6 +137,8 @@ pub fn reencrypt(
             .ctx("new encryption")?;
         req.keyslot.kdf = Some("pbkdf2".into());
         req.keyslot.hash = Some(hash.name().into());
+        // The start parameters (the checksum kernel too) before the conversion writes.
+        init_params(&req)?;
         convert_to(h.dev.clone(), 2, h.detached, &t.limits)
             .with_ctx(|| format!("{}: converting LUKS1 to LUKS2 for the re-key", t.device))?;
         vol = open()?;
@@ -216,15 +218,14 @@ pub(super) fn unlock_to_start(
 }
 
 /// The report of a run that a key-less finish (`*_finish_done`) completed: nothing
-/// started, all of the data of `v2` on `data` done.
-pub(super) fn finished_report(v2: &Luks2Volume, data: &dyn BlockDriver) -> Result<ReencryptReport> {
-    let total = v2.layout_on(data)?.data_size;
-    Ok(ReencryptReport {
+/// started, all of its `total` data bytes (as the finish counts them) done.
+pub(super) fn finished_report(total: u64) -> ReencryptReport {
+    ReencryptReport {
         started: false,
         finished: true,
         position: Position { done: total, total },
         new_slot: None,
-    })
+    }
 }
 
 /// Refuse bad options before anything is opened for writing.
@@ -243,8 +244,10 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
             "sector size {ss} is not 512, 1024, 2048 or 4096"
         );
     }
+    // Names only: a run in progress keeps its stored resilience, whose checksum kernel
+    // its engine checks when it loads the run.
     ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
-    super::resilience_hash(req.resilience_hash.as_deref())?;
+    ResilienceChoice::None.hash(req.resilience_hash.as_deref())?;
     req.keyslot.params(Version::V2)?;
     Ok(())
 }
@@ -252,10 +255,11 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
 /// How a LUKS2 reencryption of `req` is started (offline here, or online by a server).
 pub fn init_params(req: &ReencryptRequest) -> Result<InitParams> {
     precheck(req)?;
+    let resilience = ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?;
     Ok(InitParams {
         new: req.new.clone(),
-        resilience: ResilienceChoice::from_name(req.resilience.as_deref().unwrap_or("checksum"))?,
-        hash: super::resilience_hash(req.resilience_hash.as_deref())?,
+        resilience,
+        hash: resilience.hash(req.resilience_hash.as_deref())?,
         keyslot: req.keyslot.params(Version::V2)?,
     })
 }
@@ -308,9 +312,10 @@ fn reencrypt_v2(
                     // here without the old key (checked by reencrypt_finish_done); with
                     // old slots still listed, its refusal reports the wrong passphrase.
                     let listed = old_key_listed(v2, st.old_digest)?;
-                    v2.reencrypt_finish_done(data.as_ref(), &new_key)
+                    let total = v2
+                        .reencrypt_finish_done(data.as_ref(), &new_key)
                         .map_err(|f| if listed { e } else { f })?;
-                    return finished_report(v2, data.as_ref());
+                    return Ok(finished_report(total));
                 }
                 Err(e) => return Err(e),
             }

@@ -203,7 +203,7 @@ fn online(a: &Args) -> Result<u8> {
         "start"
     };
     if cmd == "start" {
-        let st = online::request(sock, "status", &a.export, None)?;
+        let st = online::request(sock, "status", &a.export, None, None)?;
         if st.state == "none" {
             ensure!(
                 !a.resume_only,
@@ -226,12 +226,12 @@ fn online(a: &Args) -> Result<u8> {
             );
         }
     }
-    let mut st = online::request(sock, cmd, &a.export, hotzone)?;
+    let mut st = online::request(sock, cmd, &a.export, hotzone, None)?;
     if cmd == "start" && !a.detach {
         while st.state == "running" {
             status.progress(st.done, st.total);
             std::thread::sleep(Duration::from_millis(200));
-            st = online::request(sock, "status", &a.export, None)?;
+            st = online::request(sock, "status", &a.export, None, None)?;
         }
         status.progress(st.done, st.total);
         status.end();

@@ -122,8 +122,9 @@ impl Luks2Volume {
 
     /// Finish a decryption whose data is all plaintext without a key: cryptsetup
     /// removes the old key slots one header write at a time before its final write,
-    /// so a kill there leaves the metadata without a key slot that opens.
-    pub fn decrypt_finish_done(&mut self, data: &dyn BlockDriver) -> Result<()> {
+    /// so a kill there leaves the metadata without a key slot that opens. Returns the
+    /// plaintext bytes (with a data shift, the device less the freed tail).
+    pub fn decrypt_finish_done(&mut self, data: &dyn BlockDriver) -> Result<u64> {
         if let Some(st) = self.shift_decrypt_state()? {
             return super::shift::finish_done(self, data, &st);
         }
@@ -138,7 +139,8 @@ impl Luks2Volume {
             WrongKey,
             "the volume key is needed: the decryption is not finished"
         );
-        finish_decrypt(self, st.old_digest, &st.keyslot, st.new.offset)
+        finish_decrypt(self, st.old_digest, &st.keyslot, st.new.offset)?;
+        Ok(layout.data_size)
     }
 }
 

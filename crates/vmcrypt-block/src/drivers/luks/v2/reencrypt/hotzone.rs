@@ -1,7 +1,7 @@
 //! What the three hotzone engines (new volume key in the parent module, `encrypt.rs`,
 //! `decrypt.rs`) share: the hotzone size a run may use, and the checksum recovery of
 //! an interrupted hotzone. Each engine keeps its own step, header and write order.
-use super::{CHUNK, DEFAULT_HOTZONE, checksums};
+use super::{CHUNK, DEFAULT_HOTZONE, checksum_hash, checksums};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::Luks2Volume;
 use rayon::prelude::*;
@@ -9,7 +9,8 @@ use vmcrypt_crypto::HashAlg;
 use vmcrypt_error::{Result, ResultExt, bail, ensure};
 use vmcrypt_format::luks2::reencrypt::{Layout, ReencryptKeyslot, Resilience};
 
-/// The hotzone size and alignment of a run protected by `k`: the alignment is
+/// The hotzone size and alignment of a run protected by `k` (whose checksum hash,
+/// if any, is checked ready to hash: `checksum_hash`): the alignment is
 /// `align` raised to the checksum block (which must be a power of two from 512 to
 /// `max_block`); the hotzone is `want` (default [`DEFAULT_HOTZONE`], a multiple of
 /// the alignment) capped by what the `reencrypt` area can protect, rounded down to
@@ -21,18 +22,17 @@ pub(super) fn size(
     want: Option<u64>,
 ) -> Result<(u64, u64)> {
     let area = k.area_size;
-    let max = match &k.resilience {
-        Resilience::Checksum { hash, sector_size } => {
+    let max = match (&k.resilience, checksum_hash(&k.resilience)?) {
+        (Resilience::Checksum { sector_size, .. }, Some(h)) => {
             ensure!(
                 sector_size.is_power_of_two() && (512..=max_block).contains(sector_size),
                 Corrupt,
                 "LUKS2 reencryption checksum block size {sector_size} is invalid"
             );
             align = align.max(u64::from(*sector_size));
-            let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
             area / h.output_len() as u64 * u64::from(*sector_size)
         }
-        Resilience::Journal => area,
+        (Resilience::Journal, _) => area,
         _ => u64::MAX,
     };
     let want = want.unwrap_or(DEFAULT_HOTZONE);

@@ -61,6 +61,41 @@ impl ResilienceChoice {
             ),
         })
     }
+
+    /// The checksum hash `name` names (default sha256) for a run started with this
+    /// choice. A checksum run's is checked ready to hash ([`hashing`]) here, before
+    /// anything is written; a journal or none run hashes nothing, so only the name
+    /// is checked.
+    pub fn hash(self, name: Option<&str>) -> Result<HashAlg> {
+        let h = HashAlg::from_name(name.unwrap_or("sha256")).ctx("--resilience-hash")?;
+        match self {
+            ResilienceChoice::Checksum => hashing(h),
+            ResilienceChoice::Journal | ResilienceChoice::None => Ok(h),
+        }
+    }
+}
+
+/// The hash a run protected by `r` checksums its hotzones with, `None` for a run
+/// that hashes nothing (journal, none, datashift); checked ready to hash
+/// ([`hashing`]). Every engine's `load` calls it, before anything is written.
+pub(super) fn checksum_hash(r: &Resilience) -> Result<Option<HashAlg>> {
+    match r {
+        Resilience::Checksum { hash, .. } => {
+            let h = HashAlg::from_name(hash).ctx("reencryption checksum")?;
+            hashing(h).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `h`, once the kernel that will hash with it is the one asked for: a
+/// `VMCRYPT_SHA256_KERNEL` naming no kernel this CPU runs is refused (hashing would
+/// quietly use the best one instead). The one place a reencryption checks it: when a
+/// checksum run starts ([`ResilienceChoice::hash`]) and when one is loaded
+/// ([`checksum_hash`]), so a server resuming a run at open refuses as the jobs do.
+fn hashing(h: HashAlg) -> Result<HashAlg> {
+    h.check_each_kernel()?;
+    Ok(h)
 }
 
 /// Default hotzone: large enough that header writes cost little, small enough to
@@ -233,11 +268,6 @@ impl<'a> Reencryption<'a> {
                 Unsupported,
                 "LUKS2 reencryption resilience \"{t}\" is not supported"
             );
-        }
-        if let Resilience::Checksum { .. } = &st.keyslot.resilience {
-            // A VMCRYPT_SHA256_KERNEL naming a kernel this CPU lacks is refused here,
-            // before anything is written (`digest_each` would use the best one instead).
-            vmcrypt_crypto::sha256_kernel::Sha256Kernel::selected()?;
         }
         let md = &vol.hdr.metadata;
         let digests = md.digests()?;
@@ -475,12 +505,13 @@ impl Luks2Volume {
     /// Finish a reencryption whose data is all in the new encryption but whose old key
     /// can no longer be opened: cryptsetup removes the old key slots one header write at
     /// a time before its final write, so a kill there leaves the old digest without a
-    /// key slot. Only metadata is written; `new_key` must match the new digest.
+    /// key slot. Only metadata is written; `new_key` must match the new digest. Returns
+    /// the data bytes.
     pub fn reencrypt_finish_done(
         &mut self,
         data: &dyn BlockDriver,
         new_key: &SecretBytes,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let Some(st) = self.reencrypt_state()? else {
             bail!(Usage, "no LUKS2 reencryption is in progress");
         };
@@ -504,7 +535,8 @@ impl Luks2Volume {
             WrongKey,
             "the old volume key is needed: the reencryption is not finished"
         );
-        finish_metadata(self, &st, layout)
+        finish_metadata(self, &st, layout)?;
+        Ok(layout.data_size)
     }
 }
 

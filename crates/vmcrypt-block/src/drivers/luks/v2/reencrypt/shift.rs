@@ -20,7 +20,7 @@ use super::super::Luks2Volume;
 use super::chunks::Chunks;
 use super::decrypt::finish_decrypt;
 use super::encrypt::wipe_random;
-use super::{Position, checksums, hotzone};
+use super::{Position, checksum_hash, checksums, hotzone};
 use crate::driver::BlockDriver;
 use std::sync::Arc;
 use vmcrypt_crypto::{CipherSpec, HashAlg, SecretBytes, SectorCipher};
@@ -41,18 +41,21 @@ fn data_size(st: &ShiftDecryptState, data: &dyn BlockDriver) -> u64 {
 }
 
 /// Finish a data-shifting decryption whose data is all plaintext without a key
-/// (cryptsetup removes the key slots one header write at a time at its end).
+/// (cryptsetup removes the key slots one header write at a time at its end); the
+/// plaintext bytes (the freed tail wiped after them is not data).
 pub(super) fn finish_done(
     vol: &mut Luks2Volume,
     data: &dyn BlockDriver,
     st: &ShiftDecryptState,
-) -> Result<()> {
+) -> Result<u64> {
+    let plain = data_size(st, data);
     ensure!(
-        st.phase(data_size(st, data))? == ShiftPhase::Done,
+        st.phase(plain)? == ShiftPhase::Done,
         WrongKey,
         "the volume key is needed: the decryption is not finished"
     );
-    finish(vol, data, st)
+    finish(vol, data, st)?;
+    Ok(plain)
 }
 
 /// The final header, then the freed tail of the data and the freed areas wiped.
@@ -90,6 +93,7 @@ impl<'a> ShiftDecryption<'a> {
         );
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes()));
         vol.check_verification(st.verify_digest, &vdata)?;
+        checksum_hash(&st.protect)?;
         let p = &st.previous;
         let old = SectorCipher::new(
             &CipherSpec::from_luks2(&p.encryption, old_key.len())?,
