@@ -28,7 +28,7 @@
 //! resumes when told to (or `vmcrypt luks reencrypt --resume-only` finishes offline).
 use super::{HotzoneGate, Reencryption};
 use crate::driver::BlockDriver;
-use crate::drivers::luks::{DataCrypt, RequestLock, Volume, crypt};
+use crate::drivers::luks::{DataCrypt, RequestLock, Volume};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -114,29 +114,19 @@ impl OnlineStatus {
     }
 }
 
-/// One segment's encryption.
-struct Seg {
-    cipher: Arc<SectorCipher>,
-    iv_tweak: u64,
-    sector: usize,
-}
-
-impl Seg {
-    fn new(s: &Segment, key: &SecretBytes) -> Result<Self> {
-        let spec = CipherSpec::from_luks2(&s.encryption, key.len())?;
-        Ok(Seg {
-            cipher: Arc::new(SectorCipher::new(&spec, key.as_bytes())?),
-            iv_tweak: s.iv_tweak,
-            sector: s.sector_size as usize,
-        })
-    }
+/// One segment's encryption under `key`: the same data cipher the node's plain path
+/// uses, so the new segment's becomes the node's as it is when the run hands over.
+fn segment_crypt(s: &Segment, key: &SecretBytes) -> Result<DataCrypt> {
+    let spec = CipherSpec::from_luks2(&s.encryption, key.len())?;
+    let cipher = Arc::new(SectorCipher::new(&spec, key.as_bytes())?);
+    Ok(DataCrypt::new(cipher, s.iv_tweak, s.sector_size as usize))
 }
 
 /// The key material of a run, shared by the run and the requests admitted through
 /// it; dropped (everything in it zeroizes on drop) when the run hands the node over.
 struct Keys {
-    old: Seg,
-    new: Seg,
+    old: DataCrypt,
+    new: DataCrypt,
     old_key: SecretBytes,
     new_key: SecretBytes,
 }
@@ -234,8 +224,7 @@ impl Admitted<'_> {
                         part.len()
                     );
                 }
-                let iv = seg.iv_tweak.wrapping_add(at / 512);
-                crypt(&seg.cipher, iv, seg.sector, part, encrypt)?;
+                seg.apply(part, at, encrypt)?;
             }
         }
         Ok(())
@@ -306,8 +295,8 @@ impl Online {
             sector: u64::from(st.old.sector_size.max(st.new.sector_size)),
         };
         let keys = Arc::new(Keys {
-            old: Seg::new(&st.old, &old_key)?,
-            new: Seg::new(&st.new, &new_key)?,
+            old: segment_crypt(&st.old, &old_key)?,
+            new: segment_crypt(&st.new, &new_key)?,
             old_key,
             new_key,
         });
@@ -496,11 +485,7 @@ impl Online {
         let mut plain = self.node.write().unwrap_or_else(|e| e.into_inner());
         let keys = self.lock().keys.take();
         if let Some(k) = &keys {
-            *plain = Some(DataCrypt::new(
-                k.new.cipher.clone(),
-                k.new.iv_tweak,
-                k.new.sector,
-            ));
+            *plain = Some(k.new.clone());
         }
         self.finished.store(true, Ordering::Release);
         drop(plain);
