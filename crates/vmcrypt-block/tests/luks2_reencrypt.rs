@@ -435,6 +435,12 @@ fn finished_online_run_hands_the_node_over_to_the_new_key() {
         };
         assert!(d.serves_reencryption(), "{what}");
         assert!(online.status().old_key_held, "{what}");
+        let meta_only = || LuksDriver::open(mem.clone(), None, None, None, &KdfLimits::default());
+        let reqs = header_as_fresh(&d, &meta_only().unwrap(), &format!("{what}, run started"));
+        assert!(
+            reqs.iter().any(|r| r.starts_with("online-reencrypt")),
+            "{what}: the live header is not in reencryption: {reqs:?}"
+        );
         let old_slot = d.unlocked_slot();
         let model = Mutex::new(plain);
         let (stop, n) = (AtomicBool::new(false), AtomicU64::new(0));
@@ -459,6 +465,10 @@ fn finished_online_run_hands_the_node_over_to_the_new_key() {
 
         let fresh = open().unwrap();
         assert!(!fresh.serves_reencryption() && fresh.as_reencryption().is_none());
+        assert_eq!(st.header_error, None, "{what}");
+        let reqs = header_as_fresh(&d, &fresh, &format!("{what}, finished"));
+        assert!(reqs.is_empty(), "{what}: requirements left: {reqs:?}");
+        finished_info(&d, &what);
         assert_ne!(
             d.unlocked_slot(),
             old_slot,
@@ -488,4 +498,56 @@ fn finished_online_run_hands_the_node_over_to_the_new_key() {
             );
         }
     }
+}
+
+/// The live node `d` describes its header as `fresh`, a new open of the same device,
+/// does: the same metadata and sequence id, the same `info` block, and `check` finds
+/// nothing. Returns the header's mandatory requirements.
+#[track_caller]
+fn header_as_fresh(d: &LuksDriver, fresh: &LuksDriver, what: &str) -> Vec<String> {
+    let (ours, theirs) = (d.luks2().unwrap(), fresh.luks2().unwrap());
+    assert_eq!(
+        ours.header().metadata.to_value(),
+        theirs.header().metadata.to_value(),
+        "{what}: the live node's LUKS2 metadata is not the device's"
+    );
+    assert_eq!(ours.header().binary.seqid, theirs.header().binary.seqid);
+    let info = |n: &LuksDriver| n.as_introspect().unwrap().format_specific().unwrap();
+    assert_eq!(info(d), info(fresh), "{what}: info");
+    assert_eq!(
+        d.as_check().unwrap().check(),
+        Vec::<String>::new(),
+        "{what}"
+    );
+    ours.requirements().unwrap().mandatory
+}
+
+/// The live node's `info` block after a finished run names the new key's slot (and
+/// only slots that open the new key: no `reencrypt` keyslot, not the old key's), the
+/// new cipher and the new sector size, and no requirement.
+#[track_caller]
+fn finished_info(d: &LuksDriver, what: &str) {
+    let info = d.as_introspect().unwrap().format_specific().unwrap();
+    let ids: Vec<u64> = info["keyslots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            assert_eq!(k["type"], "luks2", "{what}: {info}");
+            k["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [u64::from(d.unlocked_slot().unwrap())],
+        "{what}: {info}"
+    );
+    let spec = d.data_spec().unwrap();
+    assert_eq!(info["cipher"], spec.luks2_encryption(), "{what}: {info}");
+    assert_eq!(info["sector-size"], d.sector_size(), "{what}: {info}");
+    assert_eq!(
+        info["requirements"],
+        serde_json::json!([]),
+        "{what}: {info}"
+    );
 }

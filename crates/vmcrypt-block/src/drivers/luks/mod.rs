@@ -20,6 +20,7 @@
 pub mod convert;
 pub(crate) mod embedded;
 mod fresh;
+mod header_view;
 mod online_start;
 pub(crate) mod params;
 pub(crate) mod v1;
@@ -36,6 +37,8 @@ use vmcrypt_error::{Error, Result, bail, ensure};
 use vmcrypt_format::luks2::{CopyState, SegmentSize};
 
 pub(crate) use fresh::validate_uuid;
+pub use header_view::HeaderRef;
+pub(crate) use header_view::HeaderView;
 pub use params::{
     ChangeReport, CreateParams, KdfKind, KeyslotParams, KillReport, Unlocked, Version,
 };
@@ -82,7 +85,11 @@ struct DataLayout {
 pub struct LuksDriver {
     file: Arc<dyn BlockDriver>,
     header_node: Option<Arc<dyn BlockDriver>>,
-    header: Volume,
+    /// The header as it is on the device: read at open, replaced whole by the online
+    /// transitions the node makes itself ([`HeaderView`]).
+    header: Arc<HeaderView>,
+    /// Where the data is, fixed at open: a node serves one size for as long as it is
+    /// open, whatever transitions its header goes through.
     layout: DataLayout,
     /// Opened with its key (it never loses it).
     keyed: bool,
@@ -99,7 +106,6 @@ pub struct LuksDriver {
     online: OnceLock<Arc<Online>>,
     /// Serialises starts of a reencryption while serving.
     starting: Mutex<()>,
-    limits: KdfLimits,
     /// Reusable scratch buffers for [`BlockDriver::write_at`] (which must not touch the
     /// caller's buffer), so a write neither allocates nor zeroes one.
     scratch: Mutex<Vec<Vec<u8>>>,
@@ -116,7 +122,7 @@ impl LuksDriver {
     ) -> Result<Self> {
         let hdev = header_node.clone().unwrap_or_else(|| file.clone());
         let detached = header_node.is_some();
-        let mut header = Volume::open(hdev.clone(), detached, limits)?;
+        let header = Volume::open(hdev.clone(), detached, limits)?;
         let online = OnceLock::new();
         let rmw: RequestLock = Arc::new(RwLock::new(None));
         if let Some(v) = header.v2() {
@@ -127,17 +133,19 @@ impl LuksDriver {
                  vmcrypt luks reencrypt --resume-only (or cryptsetup reencrypt --resume-only)"
             );
         }
-        if let (Some(p), Some(v)) = (passphrase, header.v2())
-            && v.reencrypt_state()?.is_some()
-        {
-            if let Some(o) =
-                Online::open(hdev.clone(), file.clone(), detached, limits, p, rmw.clone())?
-            {
+        let in_reencryption = match header.v2() {
+            Some(v) => v.reencrypt_state()?.is_some(),
+            None => false,
+        };
+        let view = HeaderView::new(header, hdev, detached, limits);
+        if let (Some(p), true) = (passphrase, in_reencryption) {
+            if let Some(o) = Online::open(view.clone(), file.clone(), p, rmw.clone())? {
                 let _ = online.set(o);
             }
             // Recovering an interrupted hotzone rewrote the header.
-            header = Volume::open(hdev, detached, limits)?;
+            view.install(view.read()?);
         }
+        let header = view.get();
         let (mut layout, mut read_only_reason) = data_layout(&header, detached)?;
         let unlocked_slot = match (passphrase, online.get()) {
             (None, _) => None,
@@ -157,32 +165,33 @@ impl LuksDriver {
         Ok(LuksDriver {
             file,
             header_node,
-            header,
+            header: view,
             layout,
             keyed: passphrase.is_some(),
             unlocked_slot,
             read_only_reason,
             online,
             starting: Mutex::new(()),
-            limits: *limits,
             rmw,
             scratch: Mutex::new(Vec::new()),
         })
     }
 
-    /// The header, either version.
-    pub fn header(&self) -> &Volume {
-        &self.header
+    /// The header, either version, as it is on the device now: after an online
+    /// reencryption started here or finished here, the header that transition wrote
+    /// (see [`HeaderView`]). A snapshot: a later transition does not change it.
+    pub fn header(&self) -> Arc<Volume> {
+        self.header.get()
     }
 
-    /// The LUKS1 header, if this is LUKS1.
-    pub fn luks1(&self) -> Option<&Luks1Volume> {
-        self.header.v1()
+    /// The LUKS1 header, if this is LUKS1 (a snapshot, as [`Self::header`]).
+    pub fn luks1(&self) -> Option<HeaderRef<Luks1Volume>> {
+        header_view::luks1_of(self.header())
     }
 
-    /// The LUKS2 header, if this is LUKS2.
-    pub fn luks2(&self) -> Option<&Luks2Volume> {
-        self.header.v2()
+    /// The LUKS2 header, if this is LUKS2 (a snapshot, as [`Self::header`]).
+    pub fn luks2(&self) -> Option<HeaderRef<Luks2Volume>> {
+        header_view::luks2_of(self.header())
     }
 
     /// The slot the passphrase opened. While a LUKS2 reencryption serves the node,
@@ -654,7 +663,7 @@ impl BlockDriver for LuksDriver {
 
 impl Introspect for LuksDriver {
     fn format_specific(&self) -> Option<serde_json::Value> {
-        Some(self.header.info_json())
+        Some(self.header().info_json())
     }
 
     fn is_encrypted(&self) -> bool {
@@ -667,7 +676,7 @@ impl Check for LuksDriver {
     /// copy, or JSON that needed cryptsetup's repair, is reported (`vmcrypt luks repair`
     /// fixes it).
     fn check(&self) -> Vec<String> {
-        let Some(v) = self.header.v2() else {
+        let Some(v) = self.luks2() else {
             return Vec::new();
         };
         let mut problems = Vec::new();

@@ -11,7 +11,7 @@
 //! the run (the larger of the old and the new sector size). The switch drops the
 //! node's plain-path cipher (the old key): the run holds both keys from then on, until
 //! it finishes and hands the node over to the new one.
-use super::{LuksDriver, Volume};
+use super::LuksDriver;
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, check_data_alignment};
 use crate::drivers::luks::v2::reencrypt::online::Online;
@@ -35,12 +35,7 @@ impl LuksDriver {
             );
         }
         self.check_can_start(p)?;
-        let hdev = self
-            .header_node
-            .clone()
-            .unwrap_or_else(|| self.file.clone());
-        let detached = self.header_node.is_some();
-        let mut vol = Volume::open(hdev.clone(), detached, &self.limits)?;
+        let mut vol = self.header.read()?;
         let v2 = vol.v2_mut()?;
         ensure!(
             v2.reencrypt_state()?.is_none(),
@@ -54,19 +49,21 @@ impl LuksDriver {
             .ctx("starting the reencryption")?;
         drop(old);
         let online = Online::open(
-            hdev,
+            self.header.clone(),
             self.file.clone(),
-            detached,
-            &self.limits,
             passphrase,
             self.rmw.clone(),
         )?
         .ok_or_else(|| Error::internal("the reencryption just started is not in the header"))?;
+        // The header as the start wrote it, read before the switch (which waits for
+        // the requests in flight) so the switch itself does no I/O.
+        let fresh = self.header.read();
         let mut plain = self.rmw.write().expect("rmw lock");
         self.online
             .set(online.clone())
             .map_err(|_| Error::internal("online reencryption set twice"))?;
         *plain = None;
+        online.follow_header(fresh);
         Ok(online)
     }
 
@@ -77,7 +74,7 @@ impl LuksDriver {
     fn check_can_start(&self, p: &InitParams) -> Result<()> {
         let name = self.file.filename();
         ensure!(
-            self.header.v2().is_some(),
+            self.luks2().is_some(),
             Unsupported,
             "'{name}' is LUKS1: re-key it offline (vmcrypt luks reencrypt), online \
              reencryption needs LUKS2"

@@ -23,16 +23,25 @@
 //! node serves as a fresh open would: the plain path, the fast path of
 //! `LuksDriver::data_crypt`, the new key slot in the status.
 //!
+//! The node's header view ([`HeaderView`]) follows the header on the device across
+//! these transitions: the hand-over re-reads the header the finish wrote (before it
+//! takes the request lock, so the switch does no I/O) and swaps it in with the new
+//! cipher, as a start while serving does with the header it wrote; `header()`,
+//! `info` and `check` of the live node then describe what a fresh open would. If the
+//! re-read fails, the node still serves (the cipher does not depend on it), keeps the
+//! header it had, and the status says so ([`OnlineStatus::header_error`]). The node's
+//! size never changes: the data size is a multiple of both sector sizes, and the node
+//! keeps the data layout it opened with.
+//!
 //! The on-disk metadata is the state: a server restarted after a kill opens the image
 //! in reencryption state again, recovers an interrupted hotzone before serving, and
 //! resumes when told to (or `vmcrypt luks reencrypt --resume-only` finishes offline).
 use super::{HotzoneGate, Reencryption};
 use crate::driver::BlockDriver;
-use crate::drivers::luks::{DataCrypt, RequestLock, Volume};
+use crate::drivers::luks::{DataCrypt, HeaderView, RequestLock, Volume};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, SecretBytes, SectorCipher};
 use vmcrypt_error::{Error, Result, ResultExt, bail};
 use vmcrypt_format::luks2::{Segment, SegmentSize};
@@ -84,6 +93,10 @@ pub struct OnlineStatus {
     /// Whether the old volume key is still in memory: until the run has finished and
     /// handed the node over to the new key (read from whether the run's keys exist).
     pub old_key_held: bool,
+    /// Why the node's header view could not follow the header on the device after a
+    /// transition (the re-read failed): the node serves on, but `info` and `check`
+    /// describe the header from before it until the image is opened again.
+    pub header_error: Option<String>,
 }
 
 /// The new segment's encryption as `luks status` shows it.
@@ -110,6 +123,7 @@ impl OnlineStatus {
             request_max: Duration::ZERO,
             target: None,
             old_key_held: false,
+            header_error: None,
         }
     }
 }
@@ -143,6 +157,8 @@ struct Gate {
     request_max: Duration,
     /// `None` once the run has handed the node over.
     keys: Option<Arc<Keys>>,
+    /// See [`OnlineStatus::header_error`].
+    header_error: Option<String>,
 }
 
 fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
@@ -166,15 +182,15 @@ pub struct Online {
     keys_alive: Weak<Keys>,
     /// The node's request lock, where a finished run puts the new cipher.
     node: RequestLock,
+    /// The node's header view (on the header device), where a finished run puts the
+    /// header it wrote.
+    header: Arc<HeaderView>,
     target: TargetEncryption,
     new_spec: CipherSpec,
     /// The key slots the passphrase opened the old and the new volume key with.
     old_slot: u32,
     new_slot: u32,
-    hdev: Arc<dyn BlockDriver>,
     data: Arc<dyn BlockDriver>,
-    detached: bool,
-    limits: KdfLimits,
     layout: OnlineLayout,
     total: u64,
     stop: AtomicBool,
@@ -232,19 +248,19 @@ impl Admitted<'_> {
 }
 
 impl Online {
-    /// Open the reencryption of the LUKS2 header on `hdev` (data on `data`) with
+    /// Open the reencryption of the LUKS2 header of `header` (data on `data`) with
     /// `passphrase`, which must open both the old and the new volume key, for the node
-    /// whose request lock is `node`. An interrupted hotzone is recovered first. `None`
-    /// when no reencryption is in progress (any more: the recovery may have finished it).
+    /// whose request lock is `node` and whose header view is `header`. An interrupted
+    /// hotzone is recovered first. `None` when no reencryption is in progress (any
+    /// more: the recovery may have finished it).
     pub(crate) fn open(
-        hdev: Arc<dyn BlockDriver>,
+        header: Arc<HeaderView>,
         data: Arc<dyn BlockDriver>,
-        detached: bool,
-        limits: &KdfLimits,
         passphrase: &[u8],
         node: RequestLock,
     ) -> Result<Option<Arc<Online>>> {
-        let mut vol = Volume::open(hdev.clone(), detached, limits)?;
+        let hdev = header.dev().clone();
+        let mut vol = header.read()?;
         let v2 = vol.v2_mut()?;
         let Some(st) = v2.reencrypt_state()? else {
             return Ok(None);
@@ -319,18 +335,17 @@ impl Online {
                 hotzone_max: Duration::ZERO,
                 request_max: Duration::ZERO,
                 keys: Some(keys),
+                header_error: None,
             }),
             cv: Condvar::new(),
             keys_alive,
             node,
+            header,
             target,
             new_spec,
             old_slot: old.slot,
             new_slot: new.slot,
-            hdev,
             data,
-            detached,
-            limits: *limits,
             layout,
             total: pos.total,
             stop: AtomicBool::new(false),
@@ -414,7 +429,7 @@ impl Online {
 
     /// Start (or resume) the background run with hotzones of `hotzone` bytes.
     pub fn start(self: &Arc<Self>, hotzone: Option<u64>) -> Result<()> {
-        if self.hdev.is_read_only() || self.data.is_read_only() {
+        if self.header.dev().is_read_only() || self.data.is_read_only() {
             bail!(
                 ReadOnly,
                 "the image is open read-only: it cannot be reencrypted"
@@ -463,7 +478,7 @@ impl Online {
             .keys
             .clone()
             .ok_or_else(|| Error::internal("the finished reencryption was started again"))?;
-        let mut vol = Volume::open(self.hdev.clone(), self.detached, &self.limits)?;
+        let mut vol = self.header.read()?;
         let v2 = vol.v2_mut()?;
         let mut r = Reencryption::load(
             v2,
@@ -476,20 +491,42 @@ impl Online {
     }
 
     /// Hand the node over to its plain path once the run has finished (its final
-    /// header write is done). The node's request lock, held exclusively, waits for the
-    /// requests in flight, each of which holds it shared from its admission to its
-    /// last byte: none straddles the switch. The new segment's cipher becomes the
-    /// node's data cipher, and the run's keys are dropped (no request holds them any
-    /// more), zeroized as they go.
+    /// header write is done). The header it wrote is read first, without any lock.
+    /// The node's request lock, held exclusively, waits for the requests in flight,
+    /// each of which holds it shared from its admission to its last byte: none
+    /// straddles the switch. The new segment's cipher becomes the node's data cipher,
+    /// the header read becomes the node's header view, and the run's keys are dropped
+    /// (no request holds them any more), zeroized as they go.
     fn hand_over(&self) {
+        let fresh = self.header.read();
         let mut plain = self.node.write().unwrap_or_else(|e| e.into_inner());
         let keys = self.lock().keys.take();
         if let Some(k) = &keys {
             *plain = Some(k.new.clone());
         }
+        self.follow_header(fresh);
         self.finished.store(true, Ordering::Release);
         drop(plain);
         drop(keys);
+    }
+
+    /// Make `fresh`, the header just read back after a transition wrote it, the
+    /// node's header view; if it could not be read, keep the view and say so in the
+    /// status.
+    pub(crate) fn follow_header(&self, fresh: Result<Volume>) {
+        let error = match fresh {
+            Ok(vol) => {
+                self.header.install(vol);
+                None
+            }
+            Err(e) => Some(format!(
+                "the LUKS header could not be read back after the reencryption changed it \
+                 ({}); the node serves on, but describes the header as it was before \
+                 until the image is opened again",
+                e.display_chain()
+            )),
+        };
+        self.lock().header_error = error;
     }
 
     /// Stop the run after the current hotzone.
@@ -516,6 +553,7 @@ impl Online {
             request_max: g.request_max,
             target: Some(self.target.clone()),
             old_key_held: self.keys_alive.strong_count() > 0,
+            header_error: g.header_error.clone(),
         }
     }
 }
