@@ -16,7 +16,7 @@ use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_crypto::{CipherSpec, HashAlg};
-use vmcrypt_error::Result;
+use vmcrypt_error::{Error, ErrorKind, Result};
 
 const PW: &[u8] = b"pw";
 const DATA_OFFSET: u64 = 2 << 20;
@@ -549,5 +549,98 @@ fn finished_info(d: &LuksDriver, what: &str) {
         info["requirements"],
         serde_json::json!([]),
         "{what}: {info}"
+    );
+}
+
+/// A device whose header area stops answering reads once a header without the
+/// reencryption requirement (a finished run's) has been written to it.
+struct HeaderUnreadableAfterFinish {
+    inner: Arc<MemDriver>,
+    gone: AtomicBool,
+}
+
+impl BlockDriver for HeaderUnreadableAfterFinish {
+    fn driver_name(&self) -> &'static str {
+        "file"
+    }
+
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if offset < DATA_OFFSET && self.gone.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Io, "header area unreadable (test)"));
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
+        let header = buf.starts_with(b"LUKS\xba\xbe") || buf.starts_with(b"SKUL\xba\xbe");
+        let in_reencryption = buf.windows(16).any(|w| w == b"online-reencrypt");
+        if header && !in_reencryption {
+            self.gone.store(true, Ordering::SeqCst);
+        }
+        self.inner.write_at(buf, offset)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// When the header a finished run wrote cannot be read back, the hand-over still
+/// happens (the node serves the new key, the old one is dropped) and the run's status
+/// says why the node's header view is the one from before the finish; the data reads
+/// and writes as before, and the header on the device is the finished one.
+#[test]
+fn unreadable_header_after_the_finish_is_reported_and_the_node_serves_on() {
+    let (img, mut plain) = base(512, 81);
+    let mem = Arc::new(MemDriver::new(img));
+    let p = params(ResilienceChoice::Journal, None);
+    let mut vol = Luks2Volume::open(mem.clone(), false, &KdfLimits::default()).unwrap();
+    let old = vol.unlock(PW, None).unwrap().volume_key;
+    vol.reencrypt_init(&old, PW, &p).unwrap();
+    let dev = Arc::new(HeaderUnreadableAfterFinish {
+        inner: mem.clone(),
+        gone: AtomicBool::new(false),
+    });
+    let d = LuksDriver::open(dev.clone(), None, Some(PW), None, &KdfLimits::default()).unwrap();
+    let online = d.as_reencryption().unwrap();
+    online.start(Some(HOTZONE)).unwrap();
+    online.wait_stopped();
+    let st = online.status();
+    assert!(
+        dev.gone.load(Ordering::SeqCst),
+        "the finished header was never written"
+    );
+    assert_eq!(st.state.name(), "finished", "{st:?}");
+    assert!(!st.old_key_held && !d.serves_reencryption());
+    let why = st
+        .header_error
+        .expect("the failed re-read is in the status");
+    assert!(
+        why.contains("could not be read back") && why.contains("header area unreadable"),
+        "{why}"
+    );
+    assert!(
+        d.luks2().unwrap().reencrypt_state().unwrap().is_some(),
+        "the view stays the one from before the finish"
+    );
+    let piece = [0xa5u8; 4096];
+    d.write_at(&piece, 8192).unwrap();
+    plain[8192..8192 + 4096].copy_from_slice(&piece);
+    let mut out = vec![0u8; SIZE];
+    d.read_at(&mut out, 0).unwrap();
+    assert!(out == plain, "the data through the node");
+    d.flush().unwrap();
+    assert_eq!(in_progress(&mem.snapshot()), (false, false));
+    assert!(
+        plaintext(mem.snapshot()) == plain,
+        "the data after a reopen"
     );
 }

@@ -558,6 +558,7 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
         let during = w.counts();
         assert!(line.contains("finished"), "{line}");
         assert!(line.contains("The old key is dropped."), "{what}: {line}");
+        status_shows_the_live_header(s, &srv, what);
         std::thread::sleep(Duration::from_millis(200));
         let client_worst = w.finish();
         if let Some((run, name)) = &srv.opened {
@@ -577,6 +578,35 @@ fn online_run(s: &Setup, srv: Server, what: &str, start: &[&str]) {
         );
         check(s, what);
     }
+}
+
+/// `luks reencrypt --online --status` of a finished run describes the header the
+/// export serves now as cryptsetup reads it from the image: its cipher and sector size,
+/// the new key's slot alone (not the old key's, not the `reencrypt` keyslot) and no
+/// requirement; and no warning that the server's view is stale.
+#[track_caller]
+fn status_shows_the_live_header(s: &Setup, srv: &Server, what: &str) {
+    let out = srv.online(&["--status"]);
+    assert!(!out.contains("Warning"), "{what}: {out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("Header: "))
+        .unwrap_or_else(|| panic!("{what}: no header line in {out}"));
+    let hdr = dump_json(&s.img);
+    let seg = &hdr["segments"]["0"];
+    let slots: Vec<&str> = hdr["keyslots"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let want = format!(
+        "Header: LUKS2, cipher {}, sector size {}, key slots {}, requirements none.",
+        seg["encryption"].as_str().unwrap(),
+        seg["sector_size"],
+        slots.join(", ")
+    );
+    assert_eq!(line, want, "{what}: {hdr}");
 }
 
 /// `luks status` of a device whose run finished while it was open shows the finished

@@ -199,7 +199,8 @@ pub fn status(dir: &RunDir, name: &str) -> Result<Status> {
 /// its control socket (within two seconds): `None` when it has none or does not
 /// answer. Once a run is finished, its new encryption replaces the cipher, key size,
 /// sector size and key slot `info` recorded at open time (the old key's slot is gone:
-/// the finish removed it), as cryptsetup's `status` shows a device as it is now.
+/// the finish removed it), as cryptsetup's `status` shows a device as it is now: the
+/// cipher and sector size of the header the daemon serves now, when it says.
 pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Option<RemoteStatus> {
     let ctl = dir.control(name);
     ctl.symlink_metadata().ok()?;
@@ -207,9 +208,14 @@ pub fn live_reencryption(dir: &RunDir, name: &str, info: &mut ActiveInfo) -> Opt
     if st.state == "finished"
         && let Some(t) = &st.target
     {
-        info.device.cipher = t.cipher.clone();
+        let live = st.header.as_ref();
+        info.device.cipher = live
+            .and_then(|h| h["cipher"].as_str())
+            .map_or_else(|| t.cipher.clone(), str::to_string);
         info.device.key_bits = t.key_bits;
-        info.device.sector_size = u64::from(t.sector_size);
+        info.device.sector_size = live
+            .and_then(|h| h["sector-size"].as_u64())
+            .unwrap_or(u64::from(t.sector_size));
         if let Some(slot) = t.key_slot {
             info.device.key_slot = slot;
         }
@@ -233,6 +239,9 @@ pub fn render_reencryption(st: &RemoteStatus) -> Option<String> {
     );
     if let Some(e) = &st.error {
         s += &format!(": {e}");
+    }
+    if let Some(e) = &st.header_error {
+        s += &format!("\n  warning: {e}");
     }
     Some(s + "\n")
 }

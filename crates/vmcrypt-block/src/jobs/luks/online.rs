@@ -4,9 +4,11 @@
 //! "hotzone":BYTES?}`, and `{"cmd":"init","export":NAME,"params":{..},
 //! "passphrase_len":N}` followed by the N passphrase bytes, which puts an image that
 //! is not in reencryption state into it while it is served; replies: `{"ok":true,"state":..,"done":..,"total":..,
-//! "hotzones":..,"hotzone_max_us":..,"request_max_us":..,"old_key_held":..,"new":{..}}`
-//! or `{"ok":false,
-//! "error":MESSAGE}`. The socket is created mode 0600 (the caller's own processes
+//! "hotzones":..,"hotzone_max_us":..,"request_max_us":..,"old_key_held":..,"new":{..},
+//! "header":{..},"header_error":MESSAGE?}` or `{"ok":false,"error":MESSAGE}`, where
+//! `header` is the `info` block of the export's LUKS node as it serves it now (after a
+//! finished run, the header the finish wrote) and `header_error` says why that view
+//! could not follow the header on the device. The socket is created mode 0600 (the caller's own processes
 //! only): whoever reaches it can start and pause the run, not read keys or data.
 use super::reencrypt::{ReencryptRequest, init_params};
 use super::slots::NewKeyslot;
@@ -123,7 +125,7 @@ impl Control {
     /// Answer one request (`passphrase`: the bytes that followed an `init` line).
     pub fn handle(&self, request: &str, passphrase: Option<&SecretBytes>) -> Value {
         match self.try_handle(request, passphrase) {
-            Ok(st) => status_json(&st),
+            Ok(v) => v,
             Err(e) => json!({"ok": false, "error": e.display_chain()}),
         }
     }
@@ -135,14 +137,32 @@ impl Control {
         }
     }
 
-    fn try_handle(&self, request: &str, passphrase: Option<&SecretBytes>) -> Result<OnlineStatus> {
+    /// The reply to `request`: the run's status and the header the export serves.
+    fn try_handle(&self, request: &str, passphrase: Option<&SecretBytes>) -> Result<Value> {
         let req: Value = serde_json::from_str(request)
             .map_err(|e| Error::usage(format!("control request is not JSON: {e}")))?;
         let name = req["export"].as_str().unwrap_or("");
         let node = self.node(name)?;
+        let mut reply = status_json(&self.act(name, node, &req, passphrase)?);
+        if let Some(luks) = find_luks(node)
+            && let Some(h) = luks.as_introspect().and_then(|i| i.format_specific())
+        {
+            reply["header"] = h;
+        }
+        Ok(reply)
+    }
+
+    /// Carry out the request's command on the export `node`.
+    fn act(
+        &self,
+        name: &str,
+        node: &Arc<dyn BlockDriver>,
+        req: &Value,
+        passphrase: Option<&SecretBytes>,
+    ) -> Result<OnlineStatus> {
         let cmd = req["cmd"].as_str();
         if cmd == Some("init") {
-            return self.init(name, node, &req, passphrase);
+            return self.init(name, node, req, passphrase);
         }
         let Some(o) = find(node) else {
             if cmd == Some("status") && find_luks(node).is_some() {
@@ -280,6 +300,9 @@ fn status_json(st: &OnlineStatus) -> Value {
     if let RunState::Failed(why) = &st.state {
         v["error"] = json!(why);
     }
+    if let Some(why) = &st.header_error {
+        v["header_error"] = json!(why);
+    }
     if let Some(t) = &st.target {
         v["new"] = json!({
             "cipher": t.cipher,
@@ -307,6 +330,44 @@ pub struct RemoteStatus {
     /// Whether the server still holds the old volume key (false once a finished run
     /// has handed the node over to the new one).
     pub old_key_held: bool,
+    /// The `info` block of the LUKS header the export serves now (`None` from a
+    /// server that does not say).
+    pub header: Option<Value>,
+    /// Why the server's view of the header could not follow the device's.
+    pub header_error: Option<String>,
+}
+
+impl RemoteStatus {
+    /// One line describing the header the export serves, e.g. "Header: LUKS2, cipher
+    /// aes-xts-plain64, sector size 4096, key slots 1, requirements none." (key slots
+    /// that are not passphrase slots name their type: "2 (reencrypt)").
+    pub fn header_line(&self) -> Option<String> {
+        let h = self.header.as_ref()?;
+        let slots: Vec<String> = h["keyslots"]
+            .as_array()?
+            .iter()
+            .map(|k| match k["type"].as_str() {
+                Some("luks2") | None => k["id"].to_string(),
+                Some(t) => format!("{} ({t})", k["id"]),
+            })
+            .collect();
+        let reqs: Vec<&str> = h["requirements"]
+            .as_array()
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let or_none = |v: Vec<String>| match v.is_empty() {
+            true => "none".to_string(),
+            false => v.join(", "),
+        };
+        Some(format!(
+            "Header: LUKS{}, cipher {}, sector size {}, key slots {}, requirements {}.",
+            h["version"],
+            h["cipher"].as_str().unwrap_or("?"),
+            h["sector-size"],
+            or_none(slots),
+            or_none(reqs.iter().map(|r| r.to_string()).collect())
+        ))
+    }
 }
 
 /// Send `cmd` ("start", "pause", "status") for `export` to the control socket at
@@ -393,6 +454,8 @@ fn exchange(
         error: v["error"].as_str().map(str::to_string),
         target: target_of(&v["new"]),
         old_key_held: v["old_key_held"] == json!(true),
+        header: v.get("header").filter(|h| h.is_object()).cloned(),
+        header_error: v["header_error"].as_str().map(str::to_string),
     })
 }
 

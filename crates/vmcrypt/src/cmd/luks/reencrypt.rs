@@ -255,6 +255,12 @@ fn online(a: &Args) -> Result<u8> {
         st.hotzone_max.as_secs_f64() * 1e3,
         st.request_max.as_secs_f64() * 1e3
     );
+    if let Some(line) = st.header_line() {
+        eprintln!("{line}");
+    }
+    if let Some(e) = &st.header_error {
+        eprintln!("Warning: {e}");
+    }
     Ok(0)
 }
 
