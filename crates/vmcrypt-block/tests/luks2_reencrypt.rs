@@ -429,6 +429,7 @@ fn finished_online_run_hands_the_node_over_to_the_new_key() {
             vol.reencrypt_init(&old, PW, &p).unwrap();
         }
         let d = open().unwrap();
+        let served_size = d.size();
         let online = match started_while_served {
             true => d.start_reencryption(PW, None, &p).unwrap().unwrap(),
             false => d.as_reencryption().expect("opened in reencryption state"),
@@ -479,6 +480,13 @@ fn finished_online_run_hands_the_node_over_to_the_new_key() {
         assert_eq!(d.data_spec(), fresh.data_spec(), "{what}: cipher");
         assert_eq!(d.sector_size(), fresh.sector_size(), "{what}: sector size");
         assert_eq!(d.size(), fresh.size(), "{what}: size");
+        assert_eq!(
+            d.size(),
+            served_size,
+            "{what}: the size changed while served"
+        );
+        let info = vmcrypt_block::jobs::info::image_info(&d);
+        assert_eq!(info["virtual-size"], served_size, "{what}: info's size");
 
         let want = model.into_inner().unwrap();
         for (node, name) in [(&d, "the handed-over node"), (&fresh, "a fresh open")] {

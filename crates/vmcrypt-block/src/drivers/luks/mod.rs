@@ -15,6 +15,17 @@
 //! lock from its start to its end, so the switches (a run started while serving, a
 //! finished run handing the node over to the new key) happen between requests.
 //!
+//! The header the node describes (`header()`, `luks2()`, the `info` block, `check`)
+//! follows the device across those switches: each re-reads the header it wrote and
+//! swaps it in whole ([`HeaderView`]), so the live node describes what a fresh open
+//! would. The data path never reads it.
+//!
+//! A node's size does not change while it is served (only `resize` changes it): the
+//! data layout is fixed at open, and a reencryption's data size must be a multiple of
+//! both sector sizes (checked when a run starts and whenever one is loaded), so
+//! rounding it to the old, the larger or the new sector size gives the same size
+//! before a run, during it and after its finish. `info` reports that size.
+//!
 //! The LUKS API is version-blind: [`Volume`] opens either header and dispatches to
 //! [`v1`] and [`v2`]; [`params`] holds the one set of parameter types both use.
 pub mod convert;

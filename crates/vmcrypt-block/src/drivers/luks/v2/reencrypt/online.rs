@@ -30,8 +30,7 @@
 //! `info` and `check` of the live node then describe what a fresh open would. If the
 //! re-read fails, the node still serves (the cipher does not depend on it), keeps the
 //! header it had, and the status says so ([`OnlineStatus::header_error`]). The node's
-//! size never changes: the data size is a multiple of both sector sizes, and the node
-//! keeps the data layout it opened with.
+//! size never changes across a run (see the LUKS driver's module doc).
 //!
 //! The on-disk metadata is the state: a server restarted after a kill opens the image
 //! in reencryption state again, recovers an interrupted hotzone before serving, and
