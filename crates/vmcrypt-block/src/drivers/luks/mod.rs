@@ -149,7 +149,7 @@ impl LuksDriver {
             None => false,
         };
         let view = HeaderView::new(header, hdev, detached, limits);
-        if let (Some(p), true) = (passphrase, in_reencryption) {
+        if in_reencryption && let Some(p) = passphrase {
             if let Some(o) = Online::open(view.clone(), file.clone(), p, rmw.clone())? {
                 let _ = online.set(o);
             }

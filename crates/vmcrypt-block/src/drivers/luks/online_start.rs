@@ -10,7 +10,9 @@
 //! running when the run can start, and every later request sees the request sector of
 //! the run (the larger of the old and the new sector size). The switch drops the
 //! node's plain-path cipher (the old key): the run holds both keys from then on, until
-//! it finishes and hands the node over to the new one.
+//! it finishes and hands the node over to the new one. It also swaps in the header the
+//! start wrote, read back from the device beforehand, as the node's header view (a
+//! failed read leaves the view as it was and is reported in the run's status).
 use super::LuksDriver;
 use crate::driver::BlockDriver;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, check_data_alignment};
