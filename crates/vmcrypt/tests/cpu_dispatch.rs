@@ -1,0 +1,376 @@
+//! The run-time CPU dispatch on x86 CPUs other than the host's. Each emulated run is
+//! `qemu-x86_64 -cpu MODEL vmcrypt ...` (TCG): the binary sees that model's CPUID, and an
+//! instruction the model lacks is a SIGILL that fails the run. For each model of
+//! [`MODELS`] (Zen 2, Zen 3, Haswell, Westmere, and qemu64 without AES-NI):
+//!
+//! * `vmcrypt bench` names the model (so the run really was emulated) and the AES and
+//!   SHA-256 kernels that the model's features call for ([`expected_aes`],
+//!   [`expected_sha256`], from the feature table, not a name written per run);
+//! * images made under emulation (LUKS2 AES-XTS with 256- and 512-bit keys and 512- and
+//!   4096-byte sectors, one with a PBKDF2 and one with an Argon2id key slot; LUKS1
+//!   aes-cbc-essiv:sha256; qcow2 with LUKS) hold the data written, read natively with
+//!   the host's best kernel, and images made natively read back under emulation;
+//! * `VMCRYPT_AES_KERNEL` forcing each kernel works where the model has it and is
+//!   refused by name, with a non-zero exit and nothing written, where it does not.
+//!
+//! Speed is not measured. TCG has no VPCLMULQDQ, so the VAES kernels never run here
+//! (EPYC-Milan-v2 falls back to aesni; a real Zen 3 picks vaes-avx2): aes_kernels.rs in
+//! vmcrypt-crypto checks them on an AVX-512 host by forcing each one.
+mod common;
+
+use common::*;
+
+/// The host's build of vmcrypt under TCG.
+const QEMU_USER: &str = "qemu-x86_64";
+/// The variables that force kernels; emulated runs clear them unless a test sets one.
+const AES_ENV: &str = "VMCRYPT_AES_KERNEL";
+const SHA_ENV: &str = "VMCRYPT_SHA256_KERNEL";
+
+/// A QEMU CPU model: its name for `-cpu`, the brand string its CPUID reports, and the
+/// features of its definition (QEMU's target/i386/cpu.c) that the kernels depend on.
+struct Model {
+    name: &'static str,
+    brand: &'static str,
+    features: &'static [&'static str],
+}
+
+const MODELS: [Model; 5] = [
+    Model {
+        name: "EPYC-Rome",
+        brand: "AMD EPYC-Rome Processor",
+        features: &["aes", "pclmulqdq", "ssse3", "sse4.1", "avx", "avx2", "sha"],
+    },
+    Model {
+        name: "EPYC-Milan-v2",
+        brand: "AMD EPYC-Milan-v2 Processor",
+        features: &[
+            "aes",
+            "pclmulqdq",
+            "ssse3",
+            "sse4.1",
+            "avx",
+            "avx2",
+            "sha",
+            "vaes",
+            "vpclmulqdq",
+        ],
+    },
+    Model {
+        name: "Haswell",
+        brand: "Intel Core Processor (Haswell)",
+        features: &["aes", "pclmulqdq", "ssse3", "sse4.1", "avx", "avx2"],
+    },
+    Model {
+        name: "Westmere",
+        brand: "Westmere E56xx/L56xx/X56xx (Nehalem-C)",
+        features: &["aes", "pclmulqdq", "ssse3", "sse4.1"],
+    },
+    Model {
+        name: "qemu64",
+        brand: "QEMU Virtual CPU version 2.5+",
+        features: &[],
+    },
+];
+
+/// Features of those definitions that TCG cannot emulate: QEMU drops them from CPUID
+/// and says so on stderr ("TCG doesn't support requested feature: ...vpclmulqdq"),
+/// which [`check_choice`] checks, so the table stays true for the QEMU installed.
+const TCG_LACKS: &[&str] = &["vpclmulqdq"];
+
+impl Model {
+    fn named(name: &str) -> &'static Model {
+        MODELS
+            .iter()
+            .find(|m| m.name == name)
+            .expect("a model of MODELS")
+    }
+
+    /// Whether the emulated CPU has `feature`: the model defines it and TCG runs it.
+    fn has(&self, feature: &str) -> bool {
+        self.features.contains(&feature) && !TCG_LACKS.contains(&feature)
+    }
+
+    /// Whether the AES kernel `kernel` can run on the emulated CPU (the CPUID bits each
+    /// kernel needs, as its module documents them).
+    fn runs_aes(&self, kernel: &str) -> bool {
+        let h = |f| self.has(f);
+        let vaes = h("aes") && h("pclmulqdq") && h("avx2") && h("vaes") && h("vpclmulqdq");
+        match kernel {
+            "vaes-avx512" => vaes && h("avx512f") && h("avx512vl") && h("avx512bw"),
+            "vaes-avx2" => vaes,
+            "aesni" => h("aes"),
+            "soft" => true,
+            _ => panic!("unknown AES kernel {kernel}"),
+        }
+    }
+}
+
+/// Every AES kernel, fastest first.
+const AES_KERNELS: [&str; 4] = ["vaes-avx512", "vaes-avx2", "aesni", "soft"];
+
+/// The AES kernel vmcrypt should pick on `m`: the fastest one it can run.
+fn expected_aes(m: &Model) -> &'static str {
+    AES_KERNELS.into_iter().find(|k| m.runs_aes(k)).unwrap()
+}
+
+/// The SHA-256 (reencryption checksum) kernel vmcrypt should pick on `m`.
+fn expected_sha256(m: &Model) -> &'static str {
+    if m.has("avx512f") && m.has("avx512bw") {
+        "avx512-x16"
+    } else if m.has("sha") && m.has("ssse3") && m.has("sse4.1") {
+        "sha-ni-x2"
+    } else {
+        "single"
+    }
+}
+
+/// Where a vmcrypt command runs: natively, or under `qemu-x86_64 -cpu MODEL`.
+#[derive(Clone, Copy)]
+enum Cpu {
+    Host,
+    Emulated(&'static Model),
+}
+
+impl Cpu {
+    fn run(self, args: &[&str]) -> Out {
+        self.run_forced(None, args)
+    }
+
+    /// Run vmcrypt; emulated, as [`emulate`] does, with QEMU's TCG warnings left out of
+    /// stderr.
+    fn run_forced(self, aes_kernel: Option<&str>, args: &[&str]) -> Out {
+        let Cpu::Emulated(m) = self else {
+            assert!(
+                aes_kernel.is_none(),
+                "kernels are forced only under emulation"
+            );
+            return vmcrypt(args);
+        };
+        let mut out = emulate(m, aes_kernel, args);
+        out.stderr = out
+            .stderr
+            .lines()
+            .filter(|l| !l.contains(TCG_WARNING))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        out
+    }
+}
+
+/// `qemu-x86_64 -cpu MODEL vmcrypt ARGS`, with `AES_ENV` set to `aes_kernel` if given
+/// (both kernel variables cleared otherwise); fails the test if vmcrypt died of a
+/// signal (SIGILL: an instruction the model lacks).
+fn emulate(m: &Model, aes_kernel: Option<&str>, args: &[&str]) -> Out {
+    let forced = aes_kernel.map(|k| format!("{AES_ENV}={k}"));
+    let mut a = vec!["-cpu", m.name, "-U", SHA_ENV];
+    match &forced {
+        Some(set) => a.extend(["-E", set]),
+        None => a.extend(["-U", AES_ENV]),
+    }
+    a.push(VMCRYPT);
+    a.extend_from_slice(args);
+    let out = tool(QEMU_USER, &a);
+    assert!(
+        !out.stderr.contains("uncaught target signal"),
+        "vmcrypt died under -cpu {} (an instruction the CPU lacks?)\n{}",
+        m.name,
+        out.describe()
+    );
+    out
+}
+
+/// The line QEMU prints for each feature of a model TCG cannot emulate.
+const TCG_WARNING: &str = "TCG doesn't support requested feature";
+
+/// A short `vmcrypt bench -c aes-xts`: its last line names the CPU and the kernels.
+const BENCH: [&str; 5] = ["bench", "-c", "aes-xts", "--seconds", "0.01"];
+
+fn kernel_line(out: &Out) -> String {
+    let text = out.stdout_str();
+    let line = text.lines().find(|l| l.starts_with("# CPU: "));
+    line.unwrap_or_else(|| panic!("no CPU line\n{}", out.describe()))
+        .to_string()
+}
+
+/// The model is what the binary sees, and its kernels are the ones its features call
+/// for; the features the table says TCG lacks are the ones QEMU reports dropping.
+fn check_choice(m: &'static Model) {
+    let raw = emulate(m, None, &BENCH).ok();
+    for f in TCG_LACKS.iter().filter(|f| m.features.contains(f)) {
+        let bit = format!(".{f} [bit ");
+        let dropped = raw
+            .stderr
+            .lines()
+            .any(|l| l.contains(TCG_WARNING) && l.contains(&bit));
+        assert!(
+            dropped,
+            "-cpu {}: TCG runs {f} now?\n{}",
+            m.name, raw.stderr
+        );
+    }
+    let line = kernel_line(&raw);
+    let want = format!(
+        "# CPU: {}; AES kernel (XTS, CBC decryption): {}; SHA-256 kernel (checksums): {}",
+        m.brand,
+        expected_aes(m),
+        expected_sha256(m)
+    );
+    assert_eq!(line, want, "-cpu {}", m.name);
+    eprintln!("-cpu {}: {line}", m.name);
+}
+
+/// Forcing each AES kernel: one the model runs is used, one it lacks is refused naming
+/// the variable and the kernel; a refused read of an image writes nothing.
+fn check_forcing(m: &'static Model, sc: &Scratch, luks2: &str) {
+    let cpu = Cpu::Emulated(m);
+    for k in AES_KERNELS {
+        if m.runs_aes(k) {
+            let line = kernel_line(&cpu.run_forced(Some(k), &BENCH).ok());
+            assert!(line.contains(&format!("decryption): {k};")), "{line}");
+        } else {
+            let refusal = format!("{AES_ENV}={k}: AES kernel {k} is not supported by this CPU");
+            cpu.run_forced(Some(k), &BENCH)
+                .failed()
+                .stderr_has(&refusal);
+        }
+    }
+    let k = "vaes-avx2";
+    assert!(!m.runs_aes(k), "{}: TCG has no VPCLMULQDQ", m.name);
+    let out = sc.p("forced.raw");
+    let secret = sc.secret("s0", "key");
+    let opts = luks_opts("s0", luks2, None);
+    #[rustfmt::skip]
+    let args = ["convert", "--object", &secret, "--image-opts", &opts, "-O", "raw", &out];
+    cpu.run_forced(Some(k), &args)
+        .failed()
+        .stderr_has(&format!("{AES_ENV}={k}: AES kernel {k} is not supported"));
+    assert!(
+        !sc.path("forced.raw").exists(),
+        "a refused read wrote {out}"
+    );
+}
+
+/// One kind of test image: a LUKS header `luks format` writes with these flags, or a
+/// qcow2 image with LUKS encryption.
+#[derive(Clone, Copy)]
+enum Kind {
+    Luks(&'static [&'static str]),
+    Qcow2,
+}
+
+/// Each image holds this much data (after a 2 MiB header for LUKS).
+const DATA: usize = 2 << 20;
+const LUKS_OFFSET_SECTORS: &str = "4096";
+
+#[rustfmt::skip]
+const IMAGES: [(&str, Kind); 4] = [
+    (
+        "luks2-xts256-s512",
+        Kind::Luks(&[
+            "--type", "luks2", "-c", "aes-xts-plain64", "-s", "256", "--sector-size", "512",
+            "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+        ]),
+    ),
+    (
+        "luks2-xts512-s4096",
+        Kind::Luks(&[
+            "--type", "luks2", "-c", "aes-xts-plain64", "-s", "512", "--sector-size", "4096",
+            "--pbkdf", "argon2id", "--pbkdf-force-iterations", "4", "--pbkdf-memory", "32",
+            "--pbkdf-parallel", "1",
+        ]),
+    ),
+    (
+        "luks1-cbc-essiv",
+        Kind::Luks(&[
+            "--type", "luks1", "-c", "aes-cbc-essiv:sha256", "-s", "256",
+            "--pbkdf-force-iterations", "1000",
+        ]),
+    ),
+    ("qcow2-luks", Kind::Qcow2),
+];
+
+/// The `--image-opts` of image `img` of `kind`, keyed by secret `s0`.
+fn image_opts(kind: Kind, img: &str) -> String {
+    match kind {
+        Kind::Luks(_) => luks_opts("s0", img, None),
+        Kind::Qcow2 => format!("driver=qcow2,encrypt.key-secret=s0,file.filename={img}"),
+    }
+}
+
+/// Make image `name` of `kind` on `cpu` holding `data` (written there too).
+fn make_image(cpu: Cpu, sc: &Scratch, kind: Kind, name: &str, data: &[u8]) {
+    let (secret, img, key) = (sc.secret("s0", "key"), sc.p(name), sc.p("key"));
+    let raw = format!("{name}.in");
+    let raw = sc.write(&raw, data);
+    let Kind::Luks(flags) = kind else {
+        let o = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
+        #[rustfmt::skip]
+        cpu.run(&["convert", "--object", &secret, "-f", "raw", &raw, "-O", "qcow2", "-o", o, &img]).ok();
+        return;
+    };
+    sc.sparse(name, 2 * DATA as u64);
+    let mut args = vec!["luks", "format", "-q", "--offset", LUKS_OFFSET_SECTORS];
+    args.extend_from_slice(flags);
+    args.extend([img.as_str(), &key]);
+    cpu.run(&args).ok();
+    let opts = image_opts(kind, &img);
+    #[rustfmt::skip]
+    cpu.run(&["convert", "-n", "--object", &secret, "-f", "raw", &raw, "--target-image-opts", &opts]).ok();
+}
+
+/// Read image `name` of `kind` on `cpu` and compare it with `data`.
+fn check_image(cpu: Cpu, sc: &Scratch, kind: Kind, name: &str, data: &[u8]) {
+    let (secret, out) = (sc.secret("s0", "key"), sc.p(&format!("{name}.out")));
+    let opts = image_opts(kind, &sc.p(name));
+    #[rustfmt::skip]
+    cpu.run(&["convert", "--object", &secret, "--image-opts", &opts, "-O", "raw", &out]).ok();
+    assert_same_bytes(name, &read(std::path::Path::new(&out)), data);
+}
+
+/// Everything this file checks for one model.
+fn check_model(name: &str) {
+    require_tool(QEMU_USER);
+    let m = Model::named(name);
+    let start = std::time::Instant::now();
+    check_choice(m);
+    let sc = Scratch::new();
+    sc.write("key", PASS);
+    for (image, kind) in IMAGES {
+        for (maker, reader, dir) in [
+            (Cpu::Emulated(m), Cpu::Host, "emulated-to-host"),
+            (Cpu::Host, Cpu::Emulated(m), "host-to-emulated"),
+        ] {
+            let file = format!("{image}.{dir}");
+            let data = plaintext(DATA, &format!("{}/{file}", m.name));
+            make_image(maker, &sc, kind, &file, &data);
+            check_image(reader, &sc, kind, &file, &data);
+        }
+    }
+    check_forcing(m, &sc, &sc.p("luks2-xts256-s512.host-to-emulated"));
+    eprintln!("-cpu {}: done in {:.1?}", m.name, start.elapsed());
+}
+
+#[test]
+fn epyc_rome_zen2_aesni_avx2_sha_ni_no_vaes() {
+    check_model("EPYC-Rome");
+}
+
+#[test]
+fn epyc_milan_zen3_falls_back_to_aesni_under_tcg() {
+    check_model("EPYC-Milan-v2");
+}
+
+#[test]
+fn haswell_aesni_avx2_no_sha_ni() {
+    check_model("Haswell");
+}
+
+#[test]
+fn westmere_aesni_no_avx() {
+    check_model("Westmere");
+}
+
+#[test]
+fn qemu64_no_aesni_runs_the_soft_kernel() {
+    check_model("qemu64");
+}
