@@ -1,11 +1,11 @@
 //! The run-time CPU dispatch on x86 CPUs other than the host's. Each emulated run is
 //! `qemu-x86_64 -cpu MODEL vmcrypt ...` (TCG): the binary sees that model's CPUID, and an
 //! instruction the model lacks is a SIGILL that fails the run. For each model of
-//! [`MODELS`] (Zen 2, Zen 3, Haswell, Westmere, and qemu64 without AES-NI):
+//! `cpu_models::MODELS` (Zen 2, Zen 3, Haswell, Westmere, and qemu64 without AES-NI):
 //!
 //! * `vmcrypt bench` names the model (so the run really was emulated) and the AES and
-//!   SHA-256 kernels that the model's features call for ([`expected_aes`],
-//!   [`expected_sha256`], from the feature table, not a name written per run);
+//!   SHA-256 kernels that the model's features call for ([`Model::expected_aes`],
+//!   [`Model::expected_sha256`], from the feature table, not a name written per run);
 //! * images made under emulation (LUKS2 AES-XTS with 256- and 512-bit keys and 512- and
 //!   4096-byte sectors, one with a PBKDF2 and one with an Argon2id key slot; LUKS1
 //!   aes-cbc-essiv:sha256; qcow2 with LUKS) hold the data written, read natively with
@@ -15,114 +15,20 @@
 //!
 //! Speed is not measured. TCG has no VPCLMULQDQ, so the VAES kernels never run here
 //! (EPYC-Milan-v2 falls back to aesni; a real Zen 3 picks vaes-avx2): aes_kernels.rs in
-//! vmcrypt-crypto checks them on an AVX-512 host by forcing each one.
+//! vmcrypt-crypto checks them on an AVX-512 host by forcing each one, and runs its own
+//! kernel checks against OpenSSL on these models too.
 mod common;
 
+/// The emulated models and the kernels each should get, shared with vmcrypt-crypto's
+/// kernel tests.
+#[path = "../../vmcrypt-crypto/tests/common/cpu_models.rs"]
+mod cpu_models;
+
 use common::*;
+use cpu_models::{AES_KERNELS, Model, QEMU_USER, without_tcg_warnings};
 
-/// The host's build of vmcrypt under TCG.
-const QEMU_USER: &str = "qemu-x86_64";
-/// The variables that force kernels; emulated runs clear them unless a test sets one.
+/// The variable that forces an AES kernel.
 const AES_ENV: &str = "VMCRYPT_AES_KERNEL";
-const SHA_ENV: &str = "VMCRYPT_SHA256_KERNEL";
-
-/// A QEMU CPU model: its name for `-cpu`, the brand string its CPUID reports, and the
-/// features of its definition (QEMU's target/i386/cpu.c) that the kernels depend on.
-struct Model {
-    name: &'static str,
-    brand: &'static str,
-    features: &'static [&'static str],
-}
-
-const MODELS: [Model; 5] = [
-    Model {
-        name: "EPYC-Rome",
-        brand: "AMD EPYC-Rome Processor",
-        features: &["aes", "pclmulqdq", "ssse3", "sse4.1", "avx", "avx2", "sha"],
-    },
-    Model {
-        name: "EPYC-Milan-v2",
-        brand: "AMD EPYC-Milan-v2 Processor",
-        features: &[
-            "aes",
-            "pclmulqdq",
-            "ssse3",
-            "sse4.1",
-            "avx",
-            "avx2",
-            "sha",
-            "vaes",
-            "vpclmulqdq",
-        ],
-    },
-    Model {
-        name: "Haswell",
-        brand: "Intel Core Processor (Haswell)",
-        features: &["aes", "pclmulqdq", "ssse3", "sse4.1", "avx", "avx2"],
-    },
-    Model {
-        name: "Westmere",
-        brand: "Westmere E56xx/L56xx/X56xx (Nehalem-C)",
-        features: &["aes", "pclmulqdq", "ssse3", "sse4.1"],
-    },
-    Model {
-        name: "qemu64",
-        brand: "QEMU Virtual CPU version 2.5+",
-        features: &[],
-    },
-];
-
-/// Features of those definitions that TCG cannot emulate: QEMU drops them from CPUID
-/// and says so on stderr ("TCG doesn't support requested feature: ...vpclmulqdq"),
-/// which [`check_choice`] checks, so the table stays true for the QEMU installed.
-const TCG_LACKS: &[&str] = &["vpclmulqdq"];
-
-impl Model {
-    fn named(name: &str) -> &'static Model {
-        MODELS
-            .iter()
-            .find(|m| m.name == name)
-            .expect("a model of MODELS")
-    }
-
-    /// Whether the emulated CPU has `feature`: the model defines it and TCG runs it.
-    fn has(&self, feature: &str) -> bool {
-        self.features.contains(&feature) && !TCG_LACKS.contains(&feature)
-    }
-
-    /// Whether the AES kernel `kernel` can run on the emulated CPU (the CPUID bits each
-    /// kernel needs, as its module documents them).
-    fn runs_aes(&self, kernel: &str) -> bool {
-        let h = |f| self.has(f);
-        let vaes = h("aes") && h("pclmulqdq") && h("avx2") && h("vaes") && h("vpclmulqdq");
-        match kernel {
-            "vaes-avx512" => vaes && h("avx512f") && h("avx512vl") && h("avx512bw"),
-            "vaes-avx2" => vaes,
-            "aesni" => h("aes"),
-            "soft" => true,
-            _ => panic!("unknown AES kernel {kernel}"),
-        }
-    }
-}
-
-/// Every AES kernel, fastest first.
-const AES_KERNELS: [&str; 4] = ["vaes-avx512", "vaes-avx2", "aesni", "soft"];
-
-/// The AES kernel vmcrypt should pick on `m`: the fastest one it can run.
-fn expected_aes(m: &Model) -> &'static str {
-    AES_KERNELS.into_iter().find(|k| m.runs_aes(k)).unwrap()
-}
-
-/// The SHA-256 (reencryption checksum) kernel vmcrypt should pick on `m`.
-fn expected_sha256(m: &Model) -> &'static str {
-    if m.has("avx512f") && m.has("avx512bw") {
-        "avx512-x16"
-    } else if m.has("sha") && m.has("ssse3") && m.has("sse4.1") {
-        "sha-ni-x2"
-    } else {
-        "single"
-    }
-}
 
 /// Where a vmcrypt command runs: natively, or under `qemu-x86_64 -cpu MODEL`.
 #[derive(Clone, Copy)]
@@ -136,8 +42,8 @@ impl Cpu {
         self.run_forced(None, args)
     }
 
-    /// Run vmcrypt; emulated, as [`emulate`] does, with QEMU's TCG warnings left out of
-    /// stderr.
+    /// Run vmcrypt; emulated, with `AES_ENV` set to `aes_kernel` if given (see
+    /// [`Model::run`]) and QEMU's TCG warnings left out of stderr.
     fn run_forced(self, aes_kernel: Option<&str>, args: &[&str]) -> Out {
         let Cpu::Emulated(m) = self else {
             assert!(
@@ -147,40 +53,28 @@ impl Cpu {
             return vmcrypt(args);
         };
         let mut out = emulate(m, aes_kernel, args);
-        out.stderr = out
-            .stderr
-            .lines()
-            .filter(|l| !l.contains(TCG_WARNING))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        out.stderr = without_tcg_warnings(&out.stderr);
         out
     }
 }
 
-/// `qemu-x86_64 -cpu MODEL vmcrypt ARGS`, with `AES_ENV` set to `aes_kernel` if given
-/// (both kernel variables cleared otherwise); fails the test if vmcrypt died of a
-/// signal (SIGILL: an instruction the model lacks).
+/// `qemu-x86_64 -cpu MODEL vmcrypt ARGS` as an [`Out`], QEMU's warnings included.
 fn emulate(m: &Model, aes_kernel: Option<&str>, args: &[&str]) -> Out {
-    let forced = aes_kernel.map(|k| format!("{AES_ENV}={k}"));
-    let mut a = vec!["-cpu", m.name, "-U", SHA_ENV];
-    match &forced {
-        Some(set) => a.extend(["-E", set]),
-        None => a.extend(["-U", AES_ENV]),
+    let out = m.run(aes_kernel, VMCRYPT, args);
+    let forced = aes_kernel
+        .map(|k| format!("{AES_ENV}={k} "))
+        .unwrap_or_default();
+    Out {
+        cmdline: format!(
+            "{forced}{QEMU_USER} -cpu {} vmcrypt {}",
+            m.name,
+            args.join(" ")
+        ),
+        code: out.status.code(),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-    a.push(VMCRYPT);
-    a.extend_from_slice(args);
-    let out = tool(QEMU_USER, &a);
-    assert!(
-        !out.stderr.contains("uncaught target signal"),
-        "vmcrypt died under -cpu {} (an instruction the CPU lacks?)\n{}",
-        m.name,
-        out.describe()
-    );
-    out
 }
-
-/// The line QEMU prints for each feature of a model TCG cannot emulate.
-const TCG_WARNING: &str = "TCG doesn't support requested feature";
 
 /// A short `vmcrypt bench -c aes-xts`: its last line names the CPU and the kernels.
 const BENCH: [&str; 5] = ["bench", "-c", "aes-xts", "--seconds", "0.01"];
@@ -196,24 +90,13 @@ fn kernel_line(out: &Out) -> String {
 /// for; the features the table says TCG lacks are the ones QEMU reports dropping.
 fn check_choice(m: &'static Model) {
     let raw = emulate(m, None, &BENCH).ok();
-    for f in TCG_LACKS.iter().filter(|f| m.features.contains(f)) {
-        let bit = format!(".{f} [bit ");
-        let dropped = raw
-            .stderr
-            .lines()
-            .any(|l| l.contains(TCG_WARNING) && l.contains(&bit));
-        assert!(
-            dropped,
-            "-cpu {}: TCG runs {f} now?\n{}",
-            m.name, raw.stderr
-        );
-    }
+    m.tcg_dropped(&raw.stderr);
     let line = kernel_line(&raw);
     let want = format!(
         "# CPU: {}; AES kernel (XTS, CBC decryption): {}; SHA-256 kernel (checksums): {}",
         m.brand,
-        expected_aes(m),
-        expected_sha256(m)
+        m.expected_aes(),
+        m.expected_sha256()
     );
     assert_eq!(line, want, "-cpu {}", m.name);
     eprintln!("-cpu {}: {line}", m.name);
