@@ -172,7 +172,7 @@ fn every_kernel_of_each_emulated_cpu_matches_openssl() {
     let exe = exe.to_str().expect("a UTF-8 test binary path");
     let args = ["--exact", "every_available_kernel_matches_openssl"];
     for m in &MODELS {
-        let out = m.run(None, exe, &args);
+        let out = m.run(&[], exe, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let ran: Vec<_> = AES_KERNELS.into_iter().filter(|k| m.runs_aes(k)).collect();
         let line = format!(

@@ -113,7 +113,7 @@ fn each_emulated_cpu_runs_its_kernels() {
         "--nocapture",
     ];
     for m in &MODELS {
-        let out = m.run(None, exe, &args);
+        let out = m.run(&[], exe, &args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let ctx = format!(
             "-cpu {}:\n{stdout}{}",

@@ -37,39 +37,44 @@ enum Cpu {
     Emulated(&'static Model),
 }
 
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 impl Cpu {
     fn run(self, args: &[&str]) -> Out {
-        self.run_forced(None, args)
+        self.run_env(&[], args)
     }
 
-    /// Run vmcrypt; emulated, with `AES_ENV` set to `aes_kernel` if given (see
-    /// [`Model::run`]) and QEMU's TCG warnings left out of stderr.
-    fn run_forced(self, aes_kernel: Option<&str>, args: &[&str]) -> Out {
-        let Cpu::Emulated(m) = self else {
-            assert!(
-                aes_kernel.is_none(),
-                "kernels are forced only under emulation"
-            );
-            return vmcrypt(args);
-        };
-        let mut out = emulate(m, aes_kernel, args);
-        out.stderr = without_tcg_warnings(&out.stderr);
-        out
+    /// Run vmcrypt with the variables `env` set; emulated as [`Model::run`] runs it, with
+    /// QEMU's TCG warnings left out of stderr.
+    fn run_env(self, env: Env, args: &[&str]) -> Out {
+        match self {
+            Cpu::Host => {
+                let cmd = std::process::Command::new(VMCRYPT)
+                    .envs(env.iter().copied())
+                    .args(args)
+                    .output();
+                out_of(env, "", args, cmd.expect("running vmcrypt"))
+            }
+            Cpu::Emulated(m) => {
+                let mut out = emulate(m, env, args);
+                out.stderr = without_tcg_warnings(&out.stderr);
+                out
+            }
+        }
     }
 }
 
 /// `qemu-x86_64 -cpu MODEL vmcrypt ARGS` as an [`Out`], QEMU's warnings included.
-fn emulate(m: &Model, aes_kernel: Option<&str>, args: &[&str]) -> Out {
-    let out = m.run(aes_kernel, VMCRYPT, args);
-    let forced = aes_kernel
-        .map(|k| format!("{AES_ENV}={k} "))
-        .unwrap_or_default();
+fn emulate(m: &Model, env: Env, args: &[&str]) -> Out {
+    let out = m.run(env, VMCRYPT, args);
+    out_of(env, &format!("{QEMU_USER} -cpu {} ", m.name), args, out)
+}
+
+/// The [`Out`] of a run of vmcrypt with `env`, after `prefix` (the emulator).
+fn out_of(env: Env, prefix: &str, args: &[&str], out: std::process::Output) -> Out {
+    let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     Out {
-        cmdline: format!(
-            "{forced}{QEMU_USER} -cpu {} vmcrypt {}",
-            m.name,
-            args.join(" ")
-        ),
+        cmdline: format!("{env}{prefix}vmcrypt {}", args.join(" ")),
         code: out.status.code(),
         stdout: out.stdout,
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -89,7 +94,7 @@ fn kernel_line(out: &Out) -> String {
 /// The model is what the binary sees, and its kernels are the ones its features call
 /// for; the features the table says TCG lacks are the ones QEMU reports dropping.
 fn check_choice(m: &'static Model) {
-    let raw = emulate(m, None, &BENCH).ok();
+    let raw = emulate(m, &[], &BENCH).ok();
     m.tcg_dropped(&raw.stderr);
     let line = kernel_line(&raw);
     let want = format!(
@@ -107,14 +112,13 @@ fn check_choice(m: &'static Model) {
 fn check_forcing(m: &'static Model, sc: &Scratch, luks2: &str) {
     let cpu = Cpu::Emulated(m);
     for k in AES_KERNELS {
+        let forced = [(AES_ENV, k)];
         if m.runs_aes(k) {
-            let line = kernel_line(&cpu.run_forced(Some(k), &BENCH).ok());
+            let line = kernel_line(&cpu.run_env(&forced, &BENCH).ok());
             assert!(line.contains(&format!("decryption): {k};")), "{line}");
         } else {
             let refusal = format!("{AES_ENV}={k}: AES kernel {k} is not supported by this CPU");
-            cpu.run_forced(Some(k), &BENCH)
-                .failed()
-                .stderr_has(&refusal);
+            cpu.run_env(&forced, &BENCH).failed().stderr_has(&refusal);
         }
     }
     let k = "vaes-avx2";
@@ -124,7 +128,7 @@ fn check_forcing(m: &'static Model, sc: &Scratch, luks2: &str) {
     let opts = luks_opts("s0", luks2, None);
     #[rustfmt::skip]
     let args = ["convert", "--object", &secret, "--image-opts", &opts, "-O", "raw", &out];
-    cpu.run_forced(Some(k), &args)
+    cpu.run_env(&[(AES_ENV, k)], &args)
         .failed()
         .stderr_has(&format!("{AES_ENV}={k}: AES kernel {k} is not supported"));
     assert!(
@@ -210,6 +214,31 @@ fn check_image(cpu: Cpu, sc: &Scratch, kind: Kind, name: &str, data: &[u8]) {
     assert_same_bytes(name, &read(std::path::Path::new(&out)), data);
 }
 
+/// A secret stored (sealed with XChaCha20-Poly1305, whose crates pick AVX2 or SSE2 code
+/// at run time) on `maker` reads back on `reader`, in a store of its own at `store`.
+fn check_secret_store(maker: Cpu, reader: Cpu, sc: &Scratch, store: &str) {
+    const UUID: &str = "0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f";
+    let xml = format!(
+        "<secret ephemeral='no' private='no'>\n  <uuid>{UUID}</uuid>\n  \
+         <usage type='volume'>\n    <volume>/images/{store}.img</volume>\n  </usage>\n</secret>\n"
+    );
+    let (xml, dir) = (
+        sc.write(&format!("{store}.xml"), xml.as_bytes()),
+        sc.p(store),
+    );
+    let env = [("VMCRYPT_SECRET_STORE", dir.as_str())];
+    // Several ChaCha20 blocks and Poly1305 chunks, and a partial one.
+    let value = plaintext(1024, store)[..1000].to_vec();
+    let file = sc.write(&format!("{store}.value"), &value);
+    maker.run_env(&env, &["secret", "define", &xml]).ok();
+    #[rustfmt::skip]
+    maker.run_env(&env, &["secret", "set-value", UUID, "--file", &file, "--plain"]).ok();
+    let got = reader
+        .run_env(&env, &["secret", "get-value", UUID, "--plain"])
+        .ok();
+    assert_same_bytes(store, &got.stdout, &value);
+}
+
 /// Everything this file checks for one model.
 fn check_model(name: &str) {
     require_tool(QEMU_USER);
@@ -229,6 +258,9 @@ fn check_model(name: &str) {
             check_image(reader, &sc, kind, &file, &data);
         }
     }
+    let emulated = Cpu::Emulated(m);
+    check_secret_store(emulated, Cpu::Host, &sc, "store-emulated-to-host");
+    check_secret_store(Cpu::Host, emulated, &sc, "store-host-to-emulated");
     check_forcing(m, &sc, &sc.p("luks2-xts256-s512.host-to-emulated"));
     eprintln!("-cpu {}: done in {:.1?}", m.name, start.elapsed());
 }

@@ -136,17 +136,21 @@ impl Model {
         }
     }
 
-    /// `qemu-x86_64 -cpu MODEL PROGRAM ARGS` with `VMCRYPT_AES_KERNEL` set to
-    /// `aes_kernel` if given (both kernel variables cleared otherwise): the output,
-    /// after failing the test if the program died of a signal (SIGILL: an instruction
-    /// the model lacks).
-    pub fn run(&self, aes_kernel: Option<&str>, program: &str, args: &[&str]) -> Output {
+    /// `qemu-x86_64 -cpu MODEL PROGRAM ARGS` with the variables `env` set for PROGRAM
+    /// (`VMCRYPT_AES_KERNEL` and `VMCRYPT_SHA256_KERNEL` cleared unless set there): the
+    /// output, after failing the test if the program died of a signal (SIGILL: an
+    /// instruction the model lacks).
+    pub fn run(&self, env: &[(&str, &str)], program: &str, args: &[&str]) -> Output {
         let mut cmd = Command::new(qemu_user());
-        cmd.args(["-cpu", self.name, "-U", "VMCRYPT_SHA256_KERNEL"]);
-        match aes_kernel {
-            Some(k) => cmd.args(["-E", &format!("VMCRYPT_AES_KERNEL={k}")]),
-            None => cmd.args(["-U", "VMCRYPT_AES_KERNEL"]),
-        };
+        cmd.args(["-cpu", self.name]);
+        for var in ["VMCRYPT_AES_KERNEL", "VMCRYPT_SHA256_KERNEL"] {
+            if !env.iter().any(|&(k, _)| k == var) {
+                cmd.args(["-U", var]);
+            }
+        }
+        for (k, v) in env {
+            cmd.args(["-E", &format!("{k}={v}")]);
+        }
         let out = cmd
             .arg(program)
             .args(args)
