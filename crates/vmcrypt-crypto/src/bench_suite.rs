@@ -86,13 +86,15 @@ pub fn kdf_rows(budget: Duration) -> Vec<KdfRow> {
     pbkdf2.chain(argon2).collect()
 }
 
-/// The comment line `vmcrypt bench` prints above its table: the CPU model and the AES
-/// kernel in use (an error if `VMCRYPT_AES_KERNEL` names one this CPU lacks).
+/// The comment line `vmcrypt bench` prints above its table: the CPU model, the AES
+/// kernel and the SHA-256 kernel of reencryption checksums in use (an error if
+/// `VMCRYPT_AES_KERNEL` or `VMCRYPT_SHA256_KERNEL` names one this CPU lacks).
 pub fn kernel_line() -> vmcrypt_error::Result<String> {
     Ok(format!(
-        "# CPU: {}; AES kernel (XTS, CBC decryption): {}",
+        "# CPU: {}; AES kernel (XTS, CBC decryption): {}; SHA-256 kernel (checksums): {}",
         crate::aes_xts::cpu_model(),
-        crate::aes_xts::Kernel::selected()?
+        crate::aes_xts::Kernel::selected()?,
+        crate::sha256_kernel::Sha256Kernel::selected()?.name()
     ))
 }
 
@@ -184,9 +186,17 @@ mod tests {
     fn kernel_line_names_cpu_and_kernel() {
         let line = kernel_line().unwrap();
         let kernel = crate::aes_xts::Kernel::selected().unwrap();
+        let sha = crate::sha256_kernel::Sha256Kernel::selected().unwrap();
         assert!(line.starts_with("# CPU: "), "{line}");
         assert!(line.contains(&crate::aes_xts::cpu_model()), "{line}");
-        assert!(line.ends_with(&format!(": {kernel}")), "{line}");
+        assert!(
+            line.contains(&format!("(XTS, CBC decryption): {kernel};")),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(&format!("(checksums): {}", sha.name())),
+            "{line}"
+        );
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! AES-128/256-XTS and AES-128/192/256-CBC decryption, 512- and 4096-byte sectors (and
 //! odd sizes that reach every tail path), several sectors per call, unaligned tweak
 //! starts, both directions. Kernels the CPU lacks are reported by name as not run, and
-//! the set that ran is checked against the CPU's features as std detects them.
+//! the set that ran is checked against the CPU's features as std detects them. The same
+//! check runs again under each emulated CPU of `common::cpu_models` (no AVX-512, VAES,
+//! SHA-NI, AVX or AES-NI in turn), where the set must be the one the model's features
+//! give.
 mod common;
 
+use common::cpu_models::{AES_KERNELS, MODELS};
 use common::{bytes, ossl};
 use openssl::symm::{Cipher, Mode};
 use std::io::Write;
@@ -158,6 +162,30 @@ fn every_available_kernel_matches_openssl() {
         "the best kernel did not run"
     );
     assert_eq!(ran[0], Kernel::best().name());
+}
+
+/// [`every_available_kernel_matches_openssl`] under `qemu-x86_64 -cpu MODEL` for each
+/// model: it passes there, and the kernels it ran are the ones the model runs.
+#[test]
+fn every_kernel_of_each_emulated_cpu_matches_openssl() {
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    let args = ["--exact", "every_available_kernel_matches_openssl"];
+    for m in &MODELS {
+        let out = m.run(&[], exe, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let ran: Vec<_> = AES_KERNELS.into_iter().filter(|k| m.runs_aes(k)).collect();
+        let line = format!(
+            "AES kernels checked against OpenSSL (XTS + CBC): {}; NOT RUN",
+            ran.join(", ")
+        );
+        assert!(
+            out.status.success() && stderr.contains(&line),
+            "-cpu {}: wanted {line:?}\n{}{stderr}",
+            m.name,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
 
 #[test]

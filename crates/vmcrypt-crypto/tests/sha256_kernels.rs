@@ -1,7 +1,12 @@
 //! Every SHA-256 kernel this CPU can run, forced by name, against the `sha2` crate and
 //! OpenSSL: message lengths 64..=4096 (multiples of 64), 1..=40 messages (full groups of
 //! 16, short groups, a shorter last message), and the `VMCRYPT_SHA256_KERNEL` override.
-//! A kernel the CPU lacks is printed as not run, by name.
+//! A kernel the CPU lacks is printed as not run, by name. The shorter-message checks run
+//! again under each emulated CPU of `common::cpu_models`, where the kernels not run must
+//! be the ones the model lacks.
+mod common;
+
+use common::cpu_models::{MODELS, SHA256_KERNELS};
 use sha2::Digest;
 use vmcrypt_crypto::HashAlg;
 use vmcrypt_crypto::sha256_kernel::{KERNEL_ENV, Sha256Kernel};
@@ -92,6 +97,34 @@ fn shorter_last_message_and_odd_lengths() {
     }
     for &k in &kernels {
         check(k, 512, &[], &[]);
+    }
+}
+
+/// [`shorter_last_message_and_odd_lengths`] (every kernel the CPU runs, full and short
+/// groups, odd lengths) under `qemu-x86_64 -cpu MODEL` for each model: it passes there,
+/// and it skips exactly the kernels the model lacks.
+#[test]
+fn each_emulated_cpu_runs_its_kernels() {
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.to_str().expect("a UTF-8 test binary path");
+    let args = [
+        "--exact",
+        "shorter_last_message_and_odd_lengths",
+        "--nocapture",
+    ];
+    for m in &MODELS {
+        let out = m.run(&[], exe, &args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ctx = format!(
+            "-cpu {}:\n{stdout}{}",
+            m.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{ctx}");
+        for k in SHA256_KERNELS {
+            let skipped = stdout.contains(&format!("sha256 kernel {k}: NOT RUN"));
+            assert_eq!(skipped, !m.runs_sha256(k), "{k}, {ctx}");
+        }
     }
 }
 

@@ -100,18 +100,46 @@ impl std::fmt::Display for Kernel {
     }
 }
 
-/// The CPU model as the OS reports it (`model name` in /proc/cpuinfo on Linux), or the
-/// architecture where that is not available; benchmarks print it beside their numbers.
+/// The CPU model: the processor's own brand string (CPUID) on x86_64, else `model name`
+/// in /proc/cpuinfo (Linux), else the architecture; benchmarks print it beside their
+/// numbers. CPUID comes first because it is what the kernel choice sees: under
+/// `qemu-x86_64 -cpu MODEL` /proc/cpuinfo still describes the host.
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+    cpuid_brand()
+        .or_else(proc_cpuinfo_model)
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The 48-byte brand string of CPUID leaves 0x8000_0002..=0x8000_0004, trimmed; `None`
+/// where the CPU has no such leaves or leaves them blank.
+#[cfg(target_arch = "x86_64")]
+fn cpuid_brand() -> Option<String> {
+    use std::arch::x86_64::__cpuid;
+    if __cpuid(0x8000_0000).eax < 0x8000_0004 {
+        return None;
+    }
+    let bytes: Vec<u8> = (0x8000_0002..=0x8000_0004)
+        .flat_map(|leaf| {
+            let r = __cpuid(leaf);
+            [r.eax, r.ebx, r.ecx, r.edx].map(u32::to_le_bytes)
+        })
+        .flatten()
+        .take_while(|&b| b != 0)
+        .collect();
+    let brand = String::from_utf8_lossy(&bytes).trim().to_string();
+    (!brand.is_empty()).then_some(brand)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpuid_brand() -> Option<String> {
+    None
+}
+
+/// `model name` of the first CPU in /proc/cpuinfo.
+fn proc_cpuinfo_model() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("model name"))?;
+    Some(line.split_once(':')?.1.trim().to_string())
 }
 
 #[cfg(test)]
@@ -127,6 +155,18 @@ mod tests {
                 .starts_with("VMCRYPT_AES_KERNEL=avx9: unknown AES kernel 'avx9' (known: "),
             "{e}"
         );
+    }
+
+    /// Natively the brand string is what Linux prints as `model name` (the kernel reads
+    /// the same CPUID leaves), so the two sources agree wherever both exist.
+    #[test]
+    fn cpu_model_is_the_brand_string_linux_reports() {
+        let model = cpu_model();
+        assert!(!model.is_empty());
+        if let (Some(brand), Some(proc)) = (cpuid_brand(), proc_cpuinfo_model()) {
+            assert_eq!(brand, proc);
+            assert_eq!(model, brand);
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! and [`shared_data`], the one way to reach the test data in `shared/` beside the checkout.
 #![allow(dead_code)]
 
+pub mod cpu_models;
 pub mod luks1;
 pub mod shared_data;
 

@@ -41,6 +41,7 @@ fn package_of(tool: &str) -> &'static str {
         "cryptsetup" => "cryptsetup-bin",
         "openssl" => "openssl",
         "virsh" => "libvirt-clients",
+        "qemu-x86_64" => "qemu-user (from bookworm-backports)",
         _ => "the package providing it",
     }
 }
