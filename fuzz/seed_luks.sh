@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the luks_driver fuzz target's template images (fuzz/seeds/luks_driver/*.img.gz)
-# and its seed corpus (fuzz/corpus/luks_driver/): one input per template, its selector
-# byte followed by the template's metadata (the LUKS2 JSON text, or the LUKS1 binary
-# header). The selector order is TEMPLATES in fuzz/src/luks_driver.rs.
+# and its seed corpus (fuzz/corpus/luks_driver/): per template, its selector byte
+# followed by the template's metadata (the LUKS2 JSON text, or the LUKS1 binary
+# header), and for LUKS2 also a no-op edit (the edit form of the input). The selector order is TEMPLATES in fuzz/src/luks_driver.rs.
 # Needs cryptsetup (cryptsetup-bin). Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +58,9 @@ else:
     hdr = struct.unpack(">Q", img[8:16])[0]
     meta = img[4096:hdr].rstrip(b"\0")
 open(dst, "wb").write(bytes([pick]) + meta)
+if meta.startswith(b"{"):
+    # The edit form: one edit that adds 0 to the first scalar (a no-op).
+    open(dst + "-edit", "wb").write(bytes([pick, 0, 1]) + bytes(8))
 PY
 done
 ls -l "$out" fuzz/corpus/luks_driver

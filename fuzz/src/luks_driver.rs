@@ -5,9 +5,12 @@
 //! The input's first byte picks one of the template images in `fuzz/seeds/luks_driver/`
 //! (made by `fuzz/seed_luks.sh`: plain LUKS1 and LUKS2, and LUKS2 left in each
 //! reencryption resilience mode by vmcrypt and by cryptsetup; passphrase "pw", PBKDF2
-//! slots of 1000 iterations). The rest replaces that image's metadata: for LUKS2 the
-//! JSON area of both header copies (zero-padded; the checksums are recomputed so the
-//! mutations reach the parser), for LUKS1 the start of the binary header.
+//! slots of 1000 iterations). The rest replaces that image's metadata: for LUKS1 the
+//! start of the binary header; for LUKS2 the JSON area of both header copies
+//! (zero-padded; the checksums are recomputed so the mutations reach the parser),
+//! either as JSON text (when it starts with `{`) or as edits of the template's JSON
+//! ([`edit_json`]), which keep it well-formed and its keys unlockable, so hostile
+//! numbers and names reach the reencryption code.
 //!
 //! Then: open without and with the passphrase, read, write and read back a few ranges,
 //! and `check()`. Errors are fine. Not fine: panics, hangs, huge allocations, a write
@@ -96,6 +99,14 @@ fn mutated(data: &[u8]) -> Option<Vec<u8>> {
     let hdr = BinaryHeader::decode(&img[..BIN_HEADER_SIZE], HeaderCopy::Primary, 0)
         .expect("a LUKS2 template has a valid primary header")
         .hdr_size as usize;
+    let edited;
+    let meta = match meta.first() {
+        Some(b'{') | None => meta,
+        Some(_) => {
+            edited = edit_json(&img[BIN_HEADER_SIZE..hdr], meta)?;
+            &edited[..]
+        }
+    };
     for off in [0, hdr] {
         let area = &mut img[off + BIN_HEADER_SIZE..off + hdr];
         let n = meta.len().min(area.len());
@@ -105,6 +116,64 @@ fn mutated(data: &[u8]) -> Option<Vec<u8>> {
     fix_checksum(&mut img, 0, HeaderCopy::Primary);
     fix_checksum(&mut img, hdr, HeaderCopy::Secondary);
     Some(img)
+}
+
+/// Names the edits may put in string fields.
+const WORDS: &[&str] = &[
+    "", "checksum", "journal", "none", "datashift", "datashift-checksum",
+    "datashift-journal", "reencrypt", "encrypt", "decrypt", "crypt", "linear",
+    "dynamic", "in-reencryption", "backup-previous", "backup-final",
+    "backup-moved-segment", "sha256", "sha1", "sha512", "aes-xts-plain64",
+    "aes-cbc-essiv:sha256", "cipher_null-ecb", "raw", "luks2", "pbkdf2", "forward",
+    "backward", "online-reencrypt-v2", "online-reencrypt-v3", "4096", "512", "-1",
+];
+
+/// Apply `edits` (10 bytes each: a scalar of the JSON, in document order; an
+/// operation; a little-endian value) to the JSON text at the start of `area`.
+fn edit_json(area: &[u8], edits: &[u8]) -> Option<Vec<u8>> {
+    let text = &area[..area.iter().position(|&b| b == 0).unwrap_or(area.len())];
+    let mut json: serde_json::Value = serde_json::from_slice(text).ok()?;
+    for e in edits.chunks_exact(10) {
+        let mut leaves = Vec::new();
+        scalars(&mut json, &mut leaves);
+        let n = leaves.len();
+        let leaf = leaves.into_iter().nth(e[0] as usize % n.max(1))?;
+        let val = u64::from_le_bytes(e[2..10].try_into().expect("8 bytes"));
+        let old = match &*leaf {
+            serde_json::Value::String(s) => s.parse::<u64>().ok(),
+            v => v.as_u64(),
+        };
+        let num = match e[1] % 6 {
+            0 => Some(val),
+            1 => old.map(|o| o.wrapping_add(val as i16 as u64)),
+            2 => Some((val % 65536) * 512),
+            3 => {
+                *leaf = WORDS[val as usize % WORDS.len()].into();
+                None
+            }
+            4 => {
+                *leaf = serde_json::Value::Null;
+                None
+            }
+            _ => Some(u64::MAX - val % 4096),
+        };
+        if let Some(v) = num {
+            *leaf = match leaf {
+                serde_json::Value::Number(_) => v.into(),
+                _ => v.to_string().into(),
+            };
+        }
+    }
+    serde_json::to_vec(&json).ok()
+}
+
+/// The scalars of `v`, in document order.
+fn scalars<'a>(v: &'a mut serde_json::Value, out: &mut Vec<&'a mut serde_json::Value>) {
+    match v {
+        serde_json::Value::Object(m) => m.values_mut().for_each(|c| scalars(c, out)),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|c| scalars(c, out)),
+        _ => out.push(v),
+    }
 }
 
 /// See the module documentation.
