@@ -39,7 +39,8 @@ fn tree() -> &'static Path {
         std::fs::write(p.join("outside/secret"), OUTSIDE).expect("a file");
         std::fs::write(p.join("medium/web.key"), b"hunter2").expect("a file");
         std::fs::write(p.join("medium/sub/inner.key"), b"inner").expect("a file");
-        let link = |to: &Path, at: &str| std::os::unix::fs::symlink(to, p.join(at)).expect("a link");
+        let link =
+            |to: &Path, at: &str| std::os::unix::fs::symlink(to, p.join(at)).expect("a link");
         link(&p.join("outside/secret"), "medium/out.key");
         link(Path::new("../outside/secret"), "medium/rel-out.key");
         link(Path::new("sub/inner.key"), "medium/in.key");
@@ -103,6 +104,9 @@ fn key_file(rel: &str) {
     let t = tree();
     let policy = KeyFilePolicy::new(64, None);
     if let Ok(k) = keyfile::read(&t.join("medium"), rel, &policy) {
-        assert!(k.as_bytes() != OUTSIDE, "key file '{rel}' read a file outside the medium");
+        assert!(
+            k.as_bytes() != OUTSIDE,
+            "key file '{rel}' read a file outside the medium"
+        );
     }
 }

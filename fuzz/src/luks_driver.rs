@@ -25,8 +25,8 @@ use vmcrypt_block::driver::Check;
 use vmcrypt_block::drivers::luks::LuksDriver;
 use vmcrypt_block::drivers::luks::v2::header_hasher;
 use vmcrypt_crypto::argon::KdfLimits;
-use vmcrypt_format::luks2::binary::{self, BinaryHeader, CSUM_RANGE, HeaderCopy};
 use vmcrypt_format::luks2::BIN_HEADER_SIZE;
+use vmcrypt_format::luks2::binary::{self, BinaryHeader, CSUM_RANGE, HeaderCopy};
 
 /// The templates, in selector order (the first input byte, modulo their number).
 const TEMPLATES: &[&[u8]] = &[
@@ -120,12 +120,39 @@ fn mutated(data: &[u8]) -> Option<Vec<u8>> {
 
 /// Names the edits may put in string fields.
 const WORDS: &[&str] = &[
-    "", "checksum", "journal", "none", "datashift", "datashift-checksum",
-    "datashift-journal", "reencrypt", "encrypt", "decrypt", "crypt", "linear",
-    "dynamic", "in-reencryption", "backup-previous", "backup-final",
-    "backup-moved-segment", "sha256", "sha1", "sha512", "aes-xts-plain64",
-    "aes-cbc-essiv:sha256", "cipher_null-ecb", "raw", "luks2", "pbkdf2", "forward",
-    "backward", "online-reencrypt-v2", "online-reencrypt-v3", "4096", "512", "-1",
+    "",
+    "checksum",
+    "journal",
+    "none",
+    "datashift",
+    "datashift-checksum",
+    "datashift-journal",
+    "reencrypt",
+    "encrypt",
+    "decrypt",
+    "crypt",
+    "linear",
+    "dynamic",
+    "in-reencryption",
+    "backup-previous",
+    "backup-final",
+    "backup-moved-segment",
+    "sha256",
+    "sha1",
+    "sha512",
+    "aes-xts-plain64",
+    "aes-cbc-essiv:sha256",
+    "cipher_null-ecb",
+    "raw",
+    "luks2",
+    "pbkdf2",
+    "forward",
+    "backward",
+    "online-reencrypt-v2",
+    "online-reencrypt-v3",
+    "4096",
+    "512",
+    "-1",
 ];
 
 /// Apply `edits` (10 bytes each: a scalar of the JSON, in document order; an
@@ -203,21 +230,32 @@ fn exercise(d: &LuksDriver) {
     let mut buf = vec![0u8; size.min(4096) as usize];
     for at in [0, tail] {
         if let Err(e) = d.read_at(&mut buf, at) {
-            panic!("an opened {size}-byte node cannot read {} bytes at {at}: {e}", buf.len());
+            panic!(
+                "an opened {size}-byte node cannot read {} bytes at {at}: {e}",
+                buf.len()
+            );
         }
     }
     if d.is_read_only() {
         return;
     }
-    for (at, len) in [(0, 700), (size / 2, 5000), (size.saturating_sub(1000), 1000)] {
+    for (at, len) in [
+        (0, 700),
+        (size / 2, 5000),
+        (size.saturating_sub(1000), 1000),
+    ] {
         let len = len.min(size - at) as usize;
         let pattern: Vec<u8> = (0..len).map(|i| (i as u8) ^ 0xa5).collect();
         if d.write_at(&pattern, at).is_err() {
             continue;
         }
         let mut back = vec![0u8; len];
-        d.read_at(&mut back, at).expect("a written range reads back");
-        assert!(back == pattern, "{len} bytes written at {at} read back differently");
+        d.read_at(&mut back, at)
+            .expect("a written range reads back");
+        assert!(
+            back == pattern,
+            "{len} bytes written at {at} read back differently"
+        );
     }
     let _ = d.flush();
 }

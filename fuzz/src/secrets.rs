@@ -51,7 +51,9 @@ fn fixture() -> &'static Mutex<Fixture> {
         let store = Store::new(Some(dir.path().join("store")), master);
         let def = SecretDef::parse(XML).expect("the fixture's definition parses");
         store.define(&def).expect("defining the fixture's secret");
-        store.set_value(&def.uuid, VALUE).expect("storing its value");
+        store
+            .set_value(&def.uuid, VALUE)
+            .expect("storing its value");
         let sealed = std::fs::read(value_path(&store)).expect("reading the sealed value");
         Mutex::new(Fixture {
             _dir: dir,
@@ -107,7 +109,10 @@ fn store_files(xml: Option<&[u8]>, value: Option<&[u8]>) {
         store.value_for_usage(&Usage::parse_ref("volume:/vms/a.img").expect("a usage")),
     ];
     for v in got.iter().flatten() {
-        assert!(v.as_bytes() == VALUE, "a sealed value opened to something else");
+        assert!(
+            v.as_bytes() == VALUE,
+            "a sealed value opened to something else"
+        );
     }
 }
 
@@ -120,6 +125,10 @@ fn text(data: &[u8]) {
         let _ = (u.display(), u.kind(), u.id());
     }
     if let Ok(u) = s.parse::<Uuid>() {
-        assert_eq!(u.to_string().parse::<Uuid>().ok(), Some(u), "a UUID round trip");
+        assert_eq!(
+            u.to_string().parse::<Uuid>().ok(),
+            Some(u),
+            "a UUID round trip"
+        );
     }
 }

@@ -156,7 +156,9 @@ fn octal_byte(esc: Option<&[u8]>) -> Option<u8> {
         return None;
     };
     let v = digits.iter().try_fold(0u16, |v, &c| {
-        (b'0'..=b'7').contains(&c).then(|| v * 8 + u16::from(c - b'0'))
+        (b'0'..=b'7')
+            .contains(&c)
+            .then(|| v * 8 + u16::from(c - b'0'))
     })?;
     u8::try_from(v).ok()
 }

@@ -12,7 +12,9 @@ use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::luks::v2::Luks2Volume;
 use vmcrypt_block::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use vmcrypt_block::drivers::luks::v2::reencrypt::{Reencryption, ResilienceChoice};
-use vmcrypt_block::drivers::luks::{CreateParams, KdfKind, KeyslotParams, LuksDriver, Version, Volume};
+use vmcrypt_block::drivers::luks::{
+    CreateParams, KdfKind, KeyslotParams, LuksDriver, Version, Volume,
+};
 use vmcrypt_block::drivers::mem::MemDriver;
 use vmcrypt_block::drivers::testing::FaultyDriver;
 use vmcrypt_crypto::argon::KdfLimits;
@@ -97,7 +99,10 @@ fn interrupted(base: &[u8], res: ResilienceChoice, sector: Option<u32>) -> Resul
             false,
             &KdfLimits::default(),
         )?;
-        if vol.reencrypt_state()?.is_some_and(|s| s.hot_segment().is_some()) {
+        if vol
+            .reencrypt_state()?
+            .is_some_and(|s| s.hot_segment().is_some())
+        {
             hot_seen += 1;
             if hot_seen == 2 {
                 return Ok(img);
@@ -112,7 +117,10 @@ fn run(out: &Path) -> Result<()> {
         std::fs::write(out.join(name), img)
             .map_err(|e| Error::usage(format!("writing {name}: {e}")))
     };
-    write("luks1.img", &image(CreateParams::luks1(essiv()))?.snapshot())?;
+    write(
+        "luks1.img",
+        &image(CreateParams::luks1(essiv()))?.snapshot(),
+    )?;
     let mut p2 = CreateParams::luks2(CipherSpec::from_luks2("aes-xts-plain64", 32)?);
     p2.sector_size = 4096;
     write("luks2.img", &image(p2)?.snapshot())?;
@@ -122,7 +130,11 @@ fn run(out: &Path) -> Result<()> {
     for (name, res, sector) in [
         ("reenc-checksum.img", ResilienceChoice::Checksum, None),
         ("reenc-journal.img", ResilienceChoice::Journal, None),
-        ("reenc-checksum-to4096.img", ResilienceChoice::Checksum, Some(4096)),
+        (
+            "reenc-checksum-to4096.img",
+            ResilienceChoice::Checksum,
+            Some(4096),
+        ),
     ] {
         write(name, &interrupted(&base, res, sector)?)?;
     }

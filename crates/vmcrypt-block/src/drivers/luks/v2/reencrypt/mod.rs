@@ -279,8 +279,8 @@ impl<'a> Reencryption<'a> {
         };
         let (old_digest, new_digest) = st.key_digests()?;
         ensure!(
-            verify_digest(digest(old_digest)?, old_key)?
-                && verify_digest(digest(new_digest)?, new_key)?,
+            verify_digest(digest(old_digest)?, old_key, &vol.limits)?
+                && verify_digest(digest(new_digest)?, new_key, &vol.limits)?,
             WrongKey,
             "the volume keys do not match the reencryption digests"
         );
@@ -289,7 +289,7 @@ impl<'a> Reencryption<'a> {
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), new_key.as_bytes()));
         ensure!(
-            verify_digest(digest(vid)?, &vdata)?,
+            verify_digest(digest(vid)?, &vdata, &vol.limits)?,
             Corrupt,
             "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
         );
@@ -524,7 +524,7 @@ impl Luks2Volume {
             .find(|d| d.id == new_id)
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
         ensure!(
-            verify_digest(&digest, new_key)?,
+            verify_digest(&digest, new_key, &self.limits)?,
             WrongKey,
             "the volume key does not match the new reencryption digest"
         );
