@@ -33,6 +33,7 @@ pub mod shift_init;
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Unlocked;
+use crate::drivers::luks::check_data_sector_size;
 use chunks::Chunks;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -293,6 +294,8 @@ impl<'a> Reencryption<'a> {
             Corrupt,
             "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
         );
+        check_data_sector_size("the LUKS2 reencryption's old segment", st.old.sector_size)?;
+        check_data_sector_size("the LUKS2 reencryption's new segment", st.new.sector_size)?;
         let spec = |enc: &str, k: &SecretBytes| CipherSpec::from_luks2(enc, k.len());
         let old = SectorCipher::new(&spec(&st.old.encryption, old_key)?, old_key.as_bytes())?;
         let new = SectorCipher::new(&spec(&st.new.encryption, new_key)?, new_key.as_bytes())?;
