@@ -1,10 +1,13 @@
 //! Fuzz entry points for `vmcrypt-block`, through its public API only: the qcow2
-//! driver opening, reading and writing a mutated image held in memory, and the
+//! driver opening, reading and writing a mutated image held in memory, the LUKS
+//! driver opening a LUKS1/LUKS2 image with mutated metadata with its passphrase
+//! (`luks_driver.rs`), and the
 //! `--image-opts` (keyval) and `json:{...}` option parsers.
 //!
 //! Shared by the fuzz targets (`fuzz/fuzz_targets/`) and by
 //! `crates/vmcrypt-block/tests/fuzz_replay.rs` (included with `#[path]`).
 use crate::replay::Target;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use vmcrypt_block::BlockDriver;
 use vmcrypt_block::drivers::mem::MemDriver;
@@ -12,8 +15,16 @@ use vmcrypt_block::drivers::qcow2::{OpenOptions, Qcow2Driver, QcowDriver};
 use vmcrypt_block::opts;
 use vmcrypt_error::{Error, ErrorKind, Result};
 
+#[path = "luks_driver.rs"]
+mod luks;
+pub use luks::luks_driver;
+
 /// Every target in this file, by name (the corpus directory names).
-pub const TARGETS: &[Target] = &[("qcow2_driver", qcow2_driver), ("image_opts", image_opts)];
+pub const TARGETS: &[Target] = &[
+    ("qcow2_driver", qcow2_driver),
+    ("luks_driver", luks_driver),
+    ("image_opts", image_opts),
+];
 
 /// Largest guest range read or walked per input (keeps one run in milliseconds).
 const SPAN: u64 = 256 << 10;
@@ -24,10 +35,29 @@ const SPAN: u64 = 256 << 10;
 /// `fuzz/regressions/qcow2_driver/`) aborts every run on an allocation of petabytes.
 const FILE_LIMIT: u64 = 64 << 20;
 
-/// A growable in-memory protocol node with a size limit (see [`FILE_LIMIT`]).
-struct Bounded(RwLock<Vec<u8>>);
+/// A growable in-memory protocol node with a size limit (see [`FILE_LIMIT`]); it counts
+/// the writes and resizes it refused for going past the limit.
+pub(crate) struct Bounded {
+    data: RwLock<Vec<u8>>,
+    limit: u64,
+    refused: AtomicU64,
+}
 
 impl Bounded {
+    /// A node holding `data` that may grow up to `limit` bytes.
+    pub(crate) fn new(data: Vec<u8>, limit: u64) -> Self {
+        Bounded {
+            data: RwLock::new(data),
+            limit,
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes and resizes refused so far for going past the limit.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     /// `offset..offset + len` as indices, if it ends within `limit`.
     fn range(offset: u64, len: usize, limit: u64) -> Result<std::ops::Range<usize>> {
         let end = offset.checked_add(len as u64).filter(|&e| e <= limit);
@@ -39,6 +69,13 @@ impl Bounded {
         })?;
         Ok(offset as usize..end as usize)
     }
+
+    /// [`Self::range`] against the size limit, counting a refusal.
+    fn writable(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>> {
+        Self::range(offset, len, self.limit).inspect_err(|_| {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        })
+    }
 }
 
 impl BlockDriver for Bounded {
@@ -49,17 +86,17 @@ impl BlockDriver for Bounded {
         false
     }
     fn size(&self) -> u64 {
-        self.0.read().expect("lock").len() as u64
+        self.data.read().expect("lock").len() as u64
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let d = self.0.read().expect("lock");
+        let d = self.data.read().expect("lock");
         let r = Self::range(offset, buf.len(), d.len() as u64)?;
         buf.copy_from_slice(&d[r]);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        let r = Self::range(offset, buf.len(), FILE_LIMIT)?;
-        let mut d = self.0.write().expect("lock");
+        let r = self.writable(offset, buf.len())?;
+        let mut d = self.data.write().expect("lock");
         if r.end > d.len() {
             d.resize(r.end, 0);
         }
@@ -70,8 +107,8 @@ impl BlockDriver for Bounded {
         Ok(())
     }
     fn resize(&self, new_size: u64) -> Result<()> {
-        let r = Self::range(new_size, 0, FILE_LIMIT)?;
-        self.0.write().expect("lock").resize(r.end, 0);
+        let r = self.writable(new_size, 0)?;
+        self.data.write().expect("lock").resize(r.end, 0);
         Ok(())
     }
 }
@@ -91,7 +128,7 @@ pub fn qcow2_driver(data: &[u8]) {
         writable: true,
         ..Default::default()
     };
-    let file = Arc::new(Bounded(RwLock::new(data.to_vec())));
+    let file = Arc::new(Bounded::new(data.to_vec(), FILE_LIMIT));
     if let Ok(d) = Qcow2Driver::open(file, &rw) {
         write_some(&d);
     }

@@ -129,25 +129,38 @@ fn parse_mountinfo_line(line: &str) -> Option<(String, PathBuf)> {
     Some((unescape(source), PathBuf::from(unescape(mount_point))))
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+/// mountinfo writes space, tab, newline and backslash as `\ooo`. A backslash not
+/// followed by three octal digits of a byte (at most `\377`) is kept as it is.
 fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        match octal_byte(b.get(i..i + 4)) {
+            Some(v) => {
+                out.push(v);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The byte of an escape `\ooo`, if `esc` is one.
+fn octal_byte(esc: Option<&[u8]>) -> Option<u8> {
+    let [b'\\', digits @ ..] = esc? else {
+        return None;
+    };
+    let v = digits.iter().try_fold(0u16, |v, &c| {
+        (b'0'..=b'7')
+            .contains(&c)
+            .then(|| v * 8 + u16::from(c - b'0'))
+    })?;
+    u8::try_from(v).ok()
 }
 
 /// The mount point of the device udev links as `id`: an entry of `by-label` or
@@ -210,6 +223,21 @@ mod tests {
             Some(("/dev/sdb1".into(), PathBuf::from("/run/media/root/MY KEYS")))
         );
         assert_eq!(parse_mountinfo_line("garbage"), None);
+    }
+
+    /// Found by the `agent_files` fuzz target: `\400` overflowed a byte (a panic in a
+    /// debug build). Escapes past `\377`, short or non-octal ones stay literal.
+    #[test]
+    fn mountinfo_escapes_that_are_not_bytes_stay_literal() {
+        assert_eq!(unescape(r"a\400b\777"), r"a\400b\777");
+        assert_eq!(unescape(r"\377"), "\u{fffd}");
+        assert_eq!(unescape(r"x\134y\011\04"), "x\\y\t\\04");
+        assert_eq!(unescape(r"\08a\"), r"\08a\");
+        let l = r"1 2 3:4 / /m\400 rw - ext4 /dev/sdc1 rw";
+        assert_eq!(
+            parse_mountinfo_line(l),
+            Some(("/dev/sdc1".into(), PathBuf::from(r"/m\400")))
+        );
     }
 
     #[test]

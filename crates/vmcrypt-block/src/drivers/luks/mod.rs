@@ -59,6 +59,23 @@ pub use volume::{LAST_SLOT, Volume, backup_version, probe_version};
 
 /// IV sectors are always 512 bytes.
 pub const SECTOR: u64 = 512;
+
+/// Whether `n` is a data sector size the driver can serve (and dm-crypt accepts): a
+/// power of two from 512 to 4096. The LUKS2 metadata validator (as cryptsetup's)
+/// accepts any multiple of 512, so a header may load that cannot be served.
+pub(crate) fn is_data_sector_size(n: u32) -> bool {
+    n.is_power_of_two() && (512..=4096).contains(&n)
+}
+
+/// Refuse a `what` (a segment) whose sector size cannot be served.
+pub(crate) fn check_data_sector_size(what: &str, n: u32) -> Result<()> {
+    ensure!(
+        is_data_sector_size(n),
+        Unsupported,
+        "{what} has sector size {n}: data sectors must be 512, 1024, 2048 or 4096 bytes"
+    );
+    Ok(())
+}
 /// Requests at least this large are encrypted on several threads.
 const PARALLEL_MIN: usize = 256 * 1024;
 /// Largest buffer encrypted in one piece on the copying write path.
@@ -425,6 +442,7 @@ fn data_layout(header: &Volume, detached: bool) -> Result<(DataLayout, Option<St
             seg.offset
         );
     }
+    check_data_sector_size(&format!("LUKS2 data segment {}", seg.id), seg.sector_size)?;
     let size = match seg.size {
         SegmentSize::Dynamic => None,
         SegmentSize::Bytes(n) => Some(n),

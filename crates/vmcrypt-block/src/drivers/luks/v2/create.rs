@@ -27,7 +27,7 @@ impl CreateParams {
             self.hdr_size
         );
         ensure!(
-            self.sector_size.is_power_of_two() && (512..=4096).contains(&self.sector_size),
+            crate::drivers::luks::is_data_sector_size(self.sector_size),
             Usage,
             "invalid sector size {} (512, 1024, 2048 or 4096)",
             self.sector_size

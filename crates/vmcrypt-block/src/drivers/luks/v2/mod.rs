@@ -292,7 +292,7 @@ impl Luks2Volume {
             .with_ctx(|| format!("reading LUKS2 keyslot {id}"))?;
         SectorCipher::new(&spec, slot_key.as_bytes())?.decrypt(0, 512, material.as_mut())?;
         let key = af::merge(hash, material.as_bytes(), l.key_size as usize, l.af_stripes)?;
-        if !verify_digest(&digest, &key)? {
+        if !verify_digest(&digest, &key, &self.limits)? {
             return Ok(None);
         }
         let seg = self.hdr.metadata.default_segment().ok().map(|s| s.id);
@@ -308,7 +308,7 @@ impl Luks2Volume {
     /// The digest (bound to the data segment) that `key` matches.
     pub fn digest_of_volume_key(&self, key: &SecretBytes) -> Result<Option<u32>> {
         for d in self.hdr.metadata.digests()? {
-            if verify_digest(&d, key)? {
+            if verify_digest(&d, key, &self.limits)? {
                 return Ok(Some(d.id));
             }
         }
@@ -515,8 +515,15 @@ pub fn material_len(key_size: u32, stripes: u32) -> u64 {
     (u64::from(key_size) * u64::from(stripes)).div_ceil(512) * 512
 }
 
+/// Largest digest a LUKS2 PBKDF2 digest may store: the longest hash output (SHA-512),
+/// as cryptsetup, which verifies into a buffer of that size.
+pub const DIGEST_MAX: usize = 64;
+
 /// Whether `key` matches `digest` (PBKDF2 with the digest's hash, salt and iterations).
-pub fn verify_digest(digest: &Digest, key: &SecretBytes) -> Result<bool> {
+/// The digest's cost comes from the header, so it is bounded before any work: its
+/// iterations by `limits` (as a key slot's), its length by [`DIGEST_MAX`] (PBKDF2 runs
+/// every iteration once per hash-sized block of output).
+pub fn verify_digest(digest: &Digest, key: &SecretBytes, limits: &KdfLimits) -> Result<bool> {
     let hash =
         HashAlg::from_name(&digest.hash).with_ctx(|| format!("LUKS2 digest {}", digest.id))?;
     if digest.digest.is_empty() {
@@ -525,6 +532,16 @@ pub fn verify_digest(digest: &Digest, key: &SecretBytes) -> Result<bool> {
             digest.id
         )));
     }
+    ensure!(
+        digest.digest.len() <= DIGEST_MAX,
+        Corrupt,
+        "LUKS2 digest {} is {} bytes long; a PBKDF2 digest has at most {DIGEST_MAX}",
+        digest.id,
+        digest.digest.len()
+    );
+    limits
+        .check_pbkdf2(digest.iterations)
+        .with_ctx(|| format!("LUKS2 digest {}", digest.id))?;
     let mut out = vec![0u8; digest.digest.len()];
     kdf::pbkdf2(
         hash,
@@ -538,4 +555,51 @@ pub fn verify_digest(digest: &Digest, key: &SecretBytes) -> Result<bool> {
         .zip(&digest.digest)
         .fold(0u8, |a, (x, y)| a | (x ^ y))
         == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(iterations: u32, len: usize) -> Digest {
+        Digest {
+            id: 3,
+            kind: "pbkdf2".into(),
+            keyslots: vec![0],
+            segments: vec![0],
+            hash: "sha256".into(),
+            iterations,
+            salt: vec![1; 32],
+            digest: vec![2; len],
+        }
+    }
+
+    /// Found by the `luks_driver` fuzz target: a digest's iterations (and length) come
+    /// from the header and were not bounded, so a hostile reencryption digest of
+    /// 33 million iterations held an open for many seconds (up to hours at 2^32).
+    #[test]
+    fn digest_cost_is_bounded_before_any_work() {
+        let limits = KdfLimits {
+            max_pbkdf2_iterations: 1000,
+            ..KdfLimits::default()
+        };
+        let key = SecretBytes::new(vec![7; 32]);
+        let e = verify_digest(&digest(1001, 32), &key, &limits).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::LimitExceeded, "{e}");
+        assert!(e.to_string().contains("LUKS2 digest 3"), "{e}");
+        let e = verify_digest(&digest(1000, DIGEST_MAX + 1), &key, &limits).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains("65 bytes"), "{e}");
+        // Within both bounds it runs and compares: a wrong digest does not match.
+        assert!(!verify_digest(&digest(1000, DIGEST_MAX), &key, &limits).unwrap());
+        let mut right = digest(1000, 32);
+        kdf::pbkdf2(
+            HashAlg::Sha256,
+            key.as_bytes(),
+            &right.salt,
+            1000,
+            &mut right.digest,
+        );
+        assert!(verify_digest(&right, &key, &limits).unwrap());
+    }
 }

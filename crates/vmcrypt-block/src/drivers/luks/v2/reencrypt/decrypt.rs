@@ -370,13 +370,13 @@ fn check_keys(vol: &Luks2Volume, st: &ReencryptState, old_key: &SecretBytes) -> 
             .ok_or_else(|| Error::corrupt("a LUKS2 decryption digest is missing"))
     };
     ensure!(
-        verify_digest(digest(st.old_digest)?, old_key)?,
+        verify_digest(digest(st.old_digest)?, old_key, &vol.limits)?,
         WrongKey,
         "the volume key does not match the decryption's digest"
     );
     let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), &[]));
     ensure!(
-        verify_digest(digest(st.verify_digest)?, &vdata)?,
+        verify_digest(digest(st.verify_digest)?, &vdata, &vol.limits)?,
         Corrupt,
         "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
     );

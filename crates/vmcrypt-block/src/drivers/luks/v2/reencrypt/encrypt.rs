@@ -78,7 +78,7 @@ impl Luks2Volume {
     pub(crate) fn digest_matches(&self, id: u32, key: &SecretBytes) -> Result<bool> {
         let digests = self.hdr.metadata.digests()?;
         match digests.iter().find(|d| d.id == id) {
-            Some(d) => verify_digest(d, key),
+            Some(d) => verify_digest(d, key, &self.limits),
             None => bail!(Corrupt, "LUKS2 digest {id} is missing"),
         }
     }

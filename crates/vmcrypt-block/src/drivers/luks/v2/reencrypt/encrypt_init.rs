@@ -65,7 +65,7 @@ pub fn has_luks_magic(dev: &dyn BlockDriver) -> Result<bool> {
 pub fn plan(size: u64, p: &EncryptParams) -> Result<EncryptPlan> {
     let ss = u64::from(p.create.sector_size);
     ensure!(
-        p.create.sector_size.is_power_of_two() && (512..=4096).contains(&p.create.sector_size),
+        crate::drivers::luks::is_data_sector_size(p.create.sector_size),
         Usage,
         "sector size {ss} is not 512, 1024, 2048 or 4096"
     );

@@ -55,7 +55,7 @@ impl Luks2Volume {
         let key_len = p.new.key_size.unwrap_or(old_key.len());
         let ss = p.new.sector_size.unwrap_or(old.sector_size);
         ensure!(
-            ss.is_power_of_two() && (512..=4096).contains(&ss),
+            crate::drivers::luks::is_data_sector_size(ss),
             Usage,
             "sector size {ss} is not 512, 1024, 2048 or 4096"
         );

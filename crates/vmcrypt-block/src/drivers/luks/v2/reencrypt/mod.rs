@@ -33,6 +33,7 @@ pub mod shift_init;
 use super::{Luks2Volume, verify_digest};
 use crate::driver::BlockDriver;
 use crate::drivers::luks::Unlocked;
+use crate::drivers::luks::check_data_sector_size;
 use chunks::Chunks;
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -279,8 +280,8 @@ impl<'a> Reencryption<'a> {
         };
         let (old_digest, new_digest) = st.key_digests()?;
         ensure!(
-            verify_digest(digest(old_digest)?, old_key)?
-                && verify_digest(digest(new_digest)?, new_key)?,
+            verify_digest(digest(old_digest)?, old_key, &vol.limits)?
+                && verify_digest(digest(new_digest)?, new_key, &vol.limits)?,
             WrongKey,
             "the volume keys do not match the reencryption digests"
         );
@@ -289,10 +290,12 @@ impl<'a> Reencryption<'a> {
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption digest is missing"))?;
         let vdata = SecretBytes::new(st.verification_data(old_key.as_bytes(), new_key.as_bytes()));
         ensure!(
-            verify_digest(digest(vid)?, &vdata)?,
+            verify_digest(digest(vid)?, &vdata, &vol.limits)?,
             Corrupt,
             "LUKS2 reencryption metadata is invalid (verification digest mismatch)"
         );
+        check_data_sector_size("the LUKS2 reencryption's old segment", st.old.sector_size)?;
+        check_data_sector_size("the LUKS2 reencryption's new segment", st.new.sector_size)?;
         let spec = |enc: &str, k: &SecretBytes| CipherSpec::from_luks2(enc, k.len());
         let old = SectorCipher::new(&spec(&st.old.encryption, old_key)?, old_key.as_bytes())?;
         let new = SectorCipher::new(&spec(&st.new.encryption, new_key)?, new_key.as_bytes())?;
@@ -524,7 +527,7 @@ impl Luks2Volume {
             .find(|d| d.id == new_id)
             .ok_or_else(|| Error::corrupt("LUKS2 reencryption: the new digest is missing"))?;
         ensure!(
-            verify_digest(&digest, new_key)?,
+            verify_digest(&digest, new_key, &self.limits)?,
             WrongKey,
             "the volume key does not match the new reencryption digest"
         );
