@@ -190,8 +190,10 @@ fn udev_unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
+        // Exactly two hex digits (from_str_radix alone would take a sign: `\x+f`).
         let hex = b
             .get(i + 2..i + 4)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok());
         match (
             b[i],
@@ -214,6 +216,15 @@ fn udev_unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udev_escapes_are_two_hex_digits() {
+        assert_eq!(udev_unescape(r"KEYS\x20USB\x2f1"), "KEYS USB/1");
+        // A sign or a single digit is no escape: kept as written.
+        assert_eq!(udev_unescape(r"a\x+fb"), r"a\x+fb");
+        assert_eq!(udev_unescape(r"a\x-1"), r"a\x-1");
+        assert_eq!(udev_unescape(r"end\x4"), r"end\x4");
+    }
 
     #[test]
     fn mountinfo_lines() {
