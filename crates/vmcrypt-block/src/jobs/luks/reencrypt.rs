@@ -16,7 +16,7 @@ use crate::drivers::luks::Version;
 use crate::drivers::luks::convert::convert_to;
 use crate::drivers::luks::v2::reencrypt::init::{InitParams, NewEncryption};
 use crate::drivers::luks::v2::reencrypt::{Position, Reencryption, ResilienceChoice};
-use crate::drivers::luks::{Luks2Volume, Unlocked, Volume};
+use crate::drivers::luks::{Luks2Volume, Unlocked, Volume, is_data_sector_size};
 use crate::jobs::Events;
 use crate::jobs::luks::slots::NewKeyslot;
 use std::path::Path;
@@ -239,7 +239,7 @@ fn precheck(req: &ReencryptRequest) -> Result<()> {
     }
     if let Some(ss) = req.new.sector_size {
         ensure!(
-            ss.is_power_of_two() && (512..=4096).contains(&ss),
+            is_data_sector_size(ss),
             Usage,
             "sector size {ss} is not 512, 1024, 2048 or 4096"
         );
