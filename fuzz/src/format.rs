@@ -8,9 +8,10 @@
 //! takes any bytes and must return without panicking; the `assert!`s are properties of
 //! the codecs (what decodes also re-encodes to the same value).
 use crate::common::sha2_hasher as hasher;
+use crate::luks2_csum::fix_checksum;
 use crate::replay::Target;
 use vmcrypt_format::luks1::{self, Luks1Header};
-use vmcrypt_format::luks2::binary::{self, BinaryHeader, CSUM_RANGE, HeaderCopy};
+use vmcrypt_format::luks2::binary::HeaderCopy;
 use vmcrypt_format::luks2::{self, BIN_HEADER_SIZE, HDR_SIZES, LoadOptions, Metadata};
 use vmcrypt_format::qcow2::table::{CompressedDescriptor, L1Entry, L2Entry, RawL2Entry};
 use vmcrypt_format::qcow2::{self, Extensions, Header, Limits, V1Header, refcount};
@@ -41,32 +42,15 @@ pub fn luks1_header(data: &[u8]) {
     assert_eq!(again, h, "LUKS1 header changed in a round trip");
 }
 
-/// Store a correct checksum in the LUKS2 binary header at `off`, if one decodes there.
-fn fix_checksum(buf: &mut [u8], off: usize, copy: HeaderCopy) {
-    let Some(bin_bytes) = buf.get(off..off + BIN_HEADER_SIZE) else {
-        return;
-    };
-    let Ok(bin) = BinaryHeader::decode(bin_bytes, copy, off as u64) else {
-        return;
-    };
-    let area_end = (off as u64 + bin.hdr_size).min(buf.len() as u64) as usize;
-    let area = &buf[off + BIN_HEADER_SIZE..area_end];
-    if let Ok(sum) = binary::checksum(bin_bytes, area, &bin.checksum_alg, &hasher) {
-        let csum = &mut buf[off + CSUM_RANGE.start..off + CSUM_RANGE.end];
-        csum.fill(0);
-        csum[..sum.len()].copy_from_slice(&sum);
-    }
-}
-
 /// LUKS2: the input is the start of a header device. Checksums of the primary and of
 /// every possible secondary are made correct first, so mutations reach the JSON parser
 /// and validator instead of stopping at the checksum. A loaded header must re-encode
 /// into one that loads again.
 pub fn luks2_load(data: &[u8]) {
     let mut buf = data.to_vec();
-    fix_checksum(&mut buf, 0, HeaderCopy::Primary);
+    fix_checksum(&mut buf, 0, HeaderCopy::Primary, &hasher);
     for off in HDR_SIZES {
-        fix_checksum(&mut buf, off as usize, HeaderCopy::Secondary);
+        fix_checksum(&mut buf, off as usize, HeaderCopy::Secondary, &hasher);
     }
     let opts = LoadOptions {
         device_size: Some(buf.len() as u64),

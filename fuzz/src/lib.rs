@@ -8,6 +8,7 @@ pub mod block;
 #[path = "../../crates/vmcrypt-format/tests/common/mod.rs"]
 pub mod common;
 pub mod format;
+pub mod luks2_csum;
 pub mod nbd;
 pub mod replay;
 pub mod secrets;

@@ -17,6 +17,7 @@
 //! past the end of the image, a successful open that cannot read inside its size, or a
 //! write that reads back differently.
 use super::Bounded;
+use crate::luks2_csum::fix_checksum;
 use flate2::read::GzDecoder;
 use std::io::Read;
 use std::sync::{Arc, OnceLock};
@@ -26,7 +27,7 @@ use vmcrypt_block::drivers::luks::LuksDriver;
 use vmcrypt_block::drivers::luks::v2::header_hasher;
 use vmcrypt_crypto::argon::KdfLimits;
 use vmcrypt_format::luks2::BIN_HEADER_SIZE;
-use vmcrypt_format::luks2::binary::{self, BinaryHeader, CSUM_RANGE, HeaderCopy};
+use vmcrypt_format::luks2::binary::{BinaryHeader, HeaderCopy};
 
 /// The templates, in selector order (the first input byte, modulo their number).
 const TEMPLATES: &[&[u8]] = &[
@@ -72,20 +73,6 @@ fn limits() -> KdfLimits {
     }
 }
 
-/// Store a correct checksum in the LUKS2 binary header at `off`, if one decodes there.
-fn fix_checksum(img: &mut [u8], off: usize, copy: HeaderCopy) {
-    let Ok(bin) = BinaryHeader::decode(&img[off..off + BIN_HEADER_SIZE], copy, off as u64) else {
-        return;
-    };
-    let end = (off as u64 + bin.hdr_size).min(img.len() as u64) as usize;
-    let (bin_bytes, area) = img[off..end].split_at(BIN_HEADER_SIZE);
-    if let Ok(sum) = binary::checksum(bin_bytes, area, &bin.checksum_alg, &header_hasher) {
-        let csum = &mut img[off + CSUM_RANGE.start..off + CSUM_RANGE.end];
-        csum.fill(0);
-        csum[..sum.len()].copy_from_slice(&sum);
-    }
-}
-
 /// The template picked by `data[0]` with the rest of `data` as its metadata.
 fn mutated(data: &[u8]) -> Option<Vec<u8>> {
     let (&pick, meta) = data.split_first()?;
@@ -113,8 +100,8 @@ fn mutated(data: &[u8]) -> Option<Vec<u8>> {
         area[..n].copy_from_slice(&meta[..n]);
         area[n..].fill(0);
     }
-    fix_checksum(&mut img, 0, HeaderCopy::Primary);
-    fix_checksum(&mut img, hdr, HeaderCopy::Secondary);
+    fix_checksum(&mut img, 0, HeaderCopy::Primary, &header_hasher);
+    fix_checksum(&mut img, hdr, HeaderCopy::Secondary, &header_hasher);
     Some(img)
 }
 

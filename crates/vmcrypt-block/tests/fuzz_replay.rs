@@ -2,6 +2,8 @@
 //! an in-memory image, the image-opts/json: parsers) through the fuzz entry points.
 #[path = "../../../fuzz/src/block.rs"]
 mod entries;
+#[path = "../../../fuzz/src/luks2_csum.rs"]
+mod luks2_csum;
 #[path = "../../../fuzz/src/replay.rs"]
 mod replay;
 

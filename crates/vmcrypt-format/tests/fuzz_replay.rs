@@ -4,6 +4,8 @@
 mod common;
 #[path = "../../../fuzz/src/format.rs"]
 mod entries;
+#[path = "../../../fuzz/src/luks2_csum.rs"]
+mod luks2_csum;
 #[path = "../../../fuzz/src/replay.rs"]
 mod replay;
 
