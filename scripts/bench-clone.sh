@@ -29,6 +29,7 @@ esac
 cd "$(dirname "$0")/.."
 bench_require "install qemu-utils" qemu-img
 bench_vmcrypt
+bench_banner
 
 bench_workdir "$BASE" clone
 printf 'old passphrase' > "$DIR/old"

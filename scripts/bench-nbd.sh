@@ -8,6 +8,9 @@
 #                 reversed every other round, and each figure is the median over rounds
 #   BENCH_DIR     (environment) where the images go (default /dev/shm)
 #   BUILD         (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
+#   BENCH_WARM    (environment) 0: do not touch SIZE_MIB + 64 MiB of memory before each
+#                 timed command (done where the hypervisor takes freed memory back; see
+#                 bench_warm in scripts/lib/bench.sh)
 #
 # Cases, each timed by wall clock around one command (server start-up not included):
 #   read    qemu-img convert -O raw from the NBD export to a file in BENCH_DIR, from
@@ -37,6 +40,8 @@ bench_require "install qemu-utils" qemu-img qemu-nbd
 # Peak use: plaintext, its raw copy, the LUKS1 image, one output (+ LUKS2's 16 MiB header).
 BASE=$(bench_dir $((SIZE_MIB * 4 + 256)))
 bench_vmcrypt
+BENCH_WARM_MIB=$((SIZE_MIB + 64))
+bench_banner
 
 bench_workdir "$BASE" bench
 

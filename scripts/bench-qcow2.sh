@@ -11,6 +11,9 @@
 #   BENCH_IODEPTH  (environment) fio iodepth (default 16; one job, one connection)
 #   BENCH_DIR      (environment) where the images go (default /dev/shm)
 #   BUILD          (environment) 0 skips `cargo build --release -p vmcrypt` (default 1)
+#   BENCH_WARM     (environment) 0: do not touch SIZE_MIB + 64 MiB of memory before each
+#                  timed command (done where the hypervisor takes freed memory back; see
+#                  bench_warm in scripts/lib/bench.sh)
 #
 # Cases (wall clock around one command unless fio measures):
 #   write     convert -n -f raw PLAIN --target-image-opts driver=qcow2,... into an empty
@@ -64,6 +67,8 @@ fio --enghelp 2>/dev/null | grep -qw nbd || { echo "this fio has no nbd engine (
 # each up to SIZE_MIB plus qcow2 metadata and the 2 MiB LUKS area.
 BASE=$(bench_dir $((SIZE_MIB * 5 + SIZE_MIB / 64 + 64)))
 bench_vmcrypt
+BENCH_WARM_MIB=$((SIZE_MIB + 64))
+bench_banner
 
 bench_workdir "$BASE" qcow2
 

@@ -27,6 +27,7 @@ EXAMPLE=$BENCH_ROOT/target/release/examples/unlock
 bench_require "install cryptsetup-bin" cryptsetup
 bench_build
 bench_build_example vmcrypt-block unlock
+bench_banner
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
