@@ -22,7 +22,12 @@
 #           calibrating PBKDF2 whatever iter-time says, so each tool's time to create an
 #           empty 1 MiB image of that format is also measured, and the "data" ratios use
 #           convert time minus that fixed cost (both end-to-end and data ratios printed).
-# Targets: read >= 2x qemu-nbd luks and >= 0.9x qemu-nbd raw; convert >= 5x qemu-img.
+#   convert -n  both tools' `convert -n` of the plaintext into one existing LUKS1 image
+#           (made once by qemu-img, iter-time=10): no key derivation to speak of and no
+#           new file, so neither side pays the filesystem for fresh pages, which on a
+#           guest whose host reclaims freed memory varies from run to run even for `cp`
+# Targets: read >= 2x qemu-nbd luks and >= 0.9x qemu-nbd raw; convert (each way) >= 5x
+# qemu-img.
 # MB/s = 10^6 bytes per second. Exits 0 whether or not targets are met (it measures);
 # non-zero if a tool fails or is missing. tmpfs has no O_DIRECT, so every tool runs
 # with its default cache mode. The machine may be shared: say so when quoting numbers.
@@ -37,8 +42,9 @@ case "$SIZE_MIB$ROUNDS" in *[!0-9]*|"") echo "usage: $0 [SIZE_MIB] (BENCH_ROUNDS
 
 cd "$(dirname "$0")/.."
 bench_require "install qemu-utils" qemu-img qemu-nbd
-# Peak use: plaintext, its raw copy, the LUKS1 image, one output (+ LUKS2's 16 MiB header).
-BASE=$(bench_dir $((SIZE_MIB * 4 + 256)))
+# Peak use: plaintext, its raw copy, the LUKS1 image, the convert -n target, one output
+# (+ LUKS2's 16 MiB header).
+BASE=$(bench_dir $((SIZE_MIB * 5 + 256)))
 bench_vmcrypt
 BENCH_WARM_MIB=$((SIZE_MIB + 64))
 bench_banner
@@ -61,6 +67,11 @@ cp "$PLAIN" "$RAWIMG"
 "$VM" convert -q --object "$SECRET" -f raw -O luks \
     -o key-secret=s0,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64,iterations=1000 \
     "$PLAIN" "$LUKS"
+
+# The image both tools convert -n into.
+INTO=$DIR/into.luks
+qemu-img create -q --object "$SECRET" -f luks -o key-secret=s0,iter-time=10 "$INTO" "${SIZE_MIB}M"
+INTO_OPTS="driver=luks,key-secret=s0,file.filename=$INTO"
 
 # Start the server named $1 on $SOCK and wait until it answers.
 start_server() {
@@ -100,6 +111,12 @@ measure() {
         convert-qemu-luks1)
             s=$(bench_timed qemu-img convert -q --object "$SECRET" -f raw -O luks \
                 -o key-secret=s0,iter-time=10 "$PLAIN" "$OUT"); rm -f "$OUT" ;;
+        into-vmcrypt-luks1)
+            s=$(bench_timed "$VM" convert -q -n --object "$SECRET" -f raw "$PLAIN" \
+                --target-image-opts "$INTO_OPTS") ;;
+        into-qemu-luks1)
+            s=$(bench_timed qemu-img convert -q -n --object "$SECRET" -f raw "$PLAIN" \
+                --target-image-opts "$INTO_OPTS") ;;
         empty-vmcrypt-luks1)
             s=$(bench_timed "$VM" create -q --object "$SECRET" -f luks \
                 -o key-secret=s0,iterations=1000 "$OUT" 1M); rm -f "$OUT" ;;
@@ -116,6 +133,7 @@ measure() {
 CASES=(read-vmcrypt read-qemu-luks read-qemu-raw
        write-vmcrypt write-qemu-luks write-qemu-raw
        convert-vmcrypt-luks1 convert-vmcrypt-luks2 convert-qemu-luks1
+       into-vmcrypt-luks1 into-qemu-luks1
        empty-vmcrypt-luks1 empty-vmcrypt-luks2 empty-qemu-luks1)
 declare -A RES
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -157,6 +175,8 @@ row "convert qemu-img raw -> LUKS1" convert-qemu-luks1
 row "convert vmcrypt raw -> LUKS1, data only" data-vmcrypt-luks1
 row "convert vmcrypt raw -> LUKS2, data only" data-vmcrypt-luks2
 row "convert qemu-img raw -> LUKS1, data only" data-qemu-luks1
+row "convert -n vmcrypt raw -> existing LUKS1" into-vmcrypt-luks1
+row "convert -n qemu-img raw -> existing LUKS1" into-qemu-luks1
 printf '%s %s s\n' "fixed cost (create empty image) vmcrypt LUKS1 / LUKS2 / qemu-img LUKS1:" \
     "$(printf '%.3f / %.3f / %.3f' "${SEC[empty-vmcrypt-luks1]}" "${SEC[empty-vmcrypt-luks2]}" "${SEC[empty-qemu-luks1]}")"
 
@@ -178,3 +198,4 @@ ratio "convert vmcrypt LUKS1 / qemu-img LUKS1" convert-vmcrypt-luks1 convert-qem
 ratio "convert vmcrypt LUKS2 / qemu-img LUKS1" convert-vmcrypt-luks2 convert-qemu-luks1 5
 ratio "convert, data only: vmcrypt LUKS1 / qemu-img" data-vmcrypt-luks1 data-qemu-luks1 5
 ratio "convert, data only: vmcrypt LUKS2 / qemu-img" data-vmcrypt-luks2 data-qemu-luks1 5
+ratio "convert -n into LUKS1: vmcrypt / qemu-img" into-vmcrypt-luks1 into-qemu-luks1 5

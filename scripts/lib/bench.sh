@@ -39,7 +39,7 @@ bench_banner() {
         echo "free page reporting: on (virtio balloon); each timed command starts right" \
             "after $BENCH_WARM_MIB MiB of memory were touched and freed"
     else
-        echo "free page reporting: on (virtio balloon); memory not warmed before timed commands"
+        echo "free page reporting: on (virtio balloon)"
     fi
 }
 
