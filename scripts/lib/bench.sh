@@ -13,10 +13,11 @@
 #   bench_build_example PACKAGE NAME   build that release example (not with BUILD=0)
 #   bench_vmcrypt       bench_build, then set VM to the binary to measure
 #   bench_timed [-q] CMD...  run CMD (stdout discarded; -q: stderr too), print its
-#                       wall time in seconds; first bench_warm (below) when BENCH_WARM_MIB
-#                       is set
+#                       wall time in seconds; first bench_warm (below)
 #   bench_page_reporting  "on" when a virtio balloon reports free pages to the host
-#   bench_warm MIB      touch and free MIB of memory, when page reporting is on
+#   bench_warming       true when bench_warm does something: page reporting is on,
+#                       BENCH_WARM_MIB > 0 and BENCH_WARM is not 0
+#   bench_warm          touch and free BENCH_WARM_MIB of memory, when bench_warming
 #   bench_median [FMT]  median of the numbers on stdin
 #   bench_workdir BASE NAME   make DIR, removed (with a server still running) at exit
 #   bench_await_nbd NAME SOCK LOG   wait until the server SERVER_PID answers on SOCK
@@ -35,7 +36,7 @@ bench_cpu_model() {
 bench_banner() {
     echo "cpu: $(bench_cpu_model), $(nproc) cores; kernel $(uname -r)"
     [ "$BENCH_REPORTING" = on ] || return 0
-    if [ "${BENCH_WARM_MIB:-0}" -gt 0 ] && [ "${BENCH_WARM:-1}" != 0 ]; then
+    if bench_warming; then
         echo "free page reporting: on (virtio balloon); each timed command starts right" \
             "after $BENCH_WARM_MIB MiB of memory were touched and freed"
     else
@@ -61,12 +62,16 @@ bench_page_reporting() {
 
 BENCH_REPORTING=$(bench_page_reporting)
 
+bench_warming() {
+    [ "$BENCH_REPORTING" = on ] && [ "${BENCH_WARM_MIB:-0}" -gt 0 ] && [ "${BENCH_WARM:-1}" != 0 ]
+}
+
 bench_warm() {
-    [ "$BENCH_REPORTING" = on ] && [ "${BENCH_WARM:-1}" != 0 ] && [ "$1" -gt 0 ] || return 0
+    bench_warming || return 0
     local f
     f=$(mktemp /dev/shm/vmcrypt-warm.XXXXXX)
     # A full /dev/shm warms what fits; the file goes either way.
-    dd if=/dev/zero of="$f" bs=1M count="$1" status=none 2>/dev/null || true
+    dd if=/dev/zero of="$f" bs=1M count="$BENCH_WARM_MIB" status=none 2>/dev/null || true
     rm -f "$f"
 }
 
@@ -121,7 +126,7 @@ bench_vmcrypt() {
 bench_timed() {
     local t0 t1 quiet=
     if [ "$1" = -q ]; then quiet=1; shift; fi
-    bench_warm "${BENCH_WARM_MIB:-0}"
+    bench_warm
     t0=$(date +%s.%N)
     if [ -n "$quiet" ]; then
         "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
